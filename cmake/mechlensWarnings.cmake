@@ -1,0 +1,22 @@
+# Strict warnings, -march=native and sanitizers for mechlens's own executables only; dependencies stay quiet
+# because their targets are imported and so their headers are system includes.
+set(CMAKE_CXX_EXTENSIONS OFF)  # -std=c++20, not gnu++20: no implicit FMA contraction by GCC
+
+function(mechlens_own_target target)
+  target_compile_options(${target} PRIVATE
+    -Wall -Wextra -Wpedantic -Wconversion -Wsign-conversion -Wshadow -Wnon-virtual-dtor -Wold-style-cast
+    -Wcast-align -Wunused -Woverloaded-virtual -Wnull-dereference -Wdouble-promotion -Wformat=2
+    -Wimplicit-fallthrough)
+  set_target_properties(${target} PROPERTIES CXX_EXTENSIONS OFF)
+  if(MECHLENS_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(MECHLENS_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+  endif()
+  if(MECHLENS_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=all
+                                             -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+endfunction()

@@ -1,0 +1,3 @@
+#pragma once
+/// @file
+/// SIMD kernels (xsimd) with scalar references, and matrix products through Eigen.

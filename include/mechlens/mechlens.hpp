@@ -1,0 +1,9 @@
+#pragma once
+/// @file
+/// The whole of mechlens: include this one header (or the generated single_include/mechlens/mechlens.hpp).
+
+#include "mechlens/tensor.hpp"
+#include "mechlens/kernels.hpp"
+#include "mechlens/tokenizer.hpp"
+#include "mechlens/model.hpp"
+#include "mechlens/io.hpp"

@@ -1,0 +1,63 @@
+#pragma once
+/// @file
+/// Hyper-parameters of a decoder-only transformer, kept apart from weights and run state.
+
+#include <string>
+
+#include "mechlens/detail/namespace.hpp"
+#include "mechlens/tensor/errors.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// How rotary embedding pairs the dimensions of a head.
+enum class rope_layout {
+    adjacent_pairs,  ///< (0,1), (2,3), ...: llama2.c, GGUF/llama.cpp "normal" rope.
+    split_halves,    ///< (i, i + d_head/2): Hugging Face LLaMA, GPT-NeoX.
+};
+
+/// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
+struct model_config {
+    index_t d_model = 0;     ///< Residual stream width ("dim").
+    index_t n_layers = 0;    ///< Number of transformer blocks.
+    index_t n_heads = 0;     ///< Query heads per block.
+    index_t n_kv_heads = 0;  ///< Key/value heads per block (grouped-query attention when < n_heads).
+    index_t d_mlp = 0;       ///< MLP hidden width ("hidden_dim").
+    index_t d_vocab = 0;     ///< Vocabulary size.
+    index_t n_ctx = 0;       ///< Maximum context length.
+    float rope_theta = 10000.0f;                     ///< Rotary base frequency.
+    float norm_eps = 1e-5f;                          ///< Epsilon inside RMSNorm.
+    bool tied_unembed = true;                        ///< Unembedding shares the token embedding matrix.
+    rope_layout rope = rope_layout::adjacent_pairs;  ///< Rotary pairing convention.
+
+    /// Width of one head.
+    [[nodiscard]] index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
+    /// Query heads that share one key/value head.
+    [[nodiscard]] index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
+
+    /// Throws format_error (prefixed with `where`) unless the hyper-parameters are consistent.
+    void validate(const std::string& where = "model_config") const {
+        auto fail = [&](const std::string& what) { throw format_error(where + ": " + what); };
+        constexpr index_t limit = index_t{1} << 24;  // generous bound that keeps every product below 2^63
+        auto in_range = [&](index_t v, const char* name) {
+            if (v <= 0 || v > limit)
+                fail(std::string(name) + " = " + std::to_string(v) + " is outside [1, " + std::to_string(limit) + "]");
+        };
+        in_range(d_model, "d_model");
+        in_range(n_layers, "n_layers");
+        in_range(n_heads, "n_heads");
+        in_range(n_kv_heads, "n_kv_heads");
+        in_range(d_mlp, "d_mlp");
+        in_range(d_vocab, "d_vocab");
+        in_range(n_ctx, "n_ctx");
+        if (d_model % n_heads != 0)
+            fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
+        if (n_heads % n_kv_heads != 0)
+            fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
+                 std::to_string(n_kv_heads));
+        if (d_head() % 2 != 0) fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
+        if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
+    }
+};
+
+MECHLENS_END_NAMESPACE
