@@ -1,3 +1,12 @@
 #pragma once
 /// @file
-/// Loaders and writers: llama2.c .bin, GGUF, .npy.
+/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy arrays.
+
+#include "mechlens/io/byte_reader.hpp"
+#include "mechlens/io/gguf.hpp"
+#include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/llama2c.hpp"
+#include "mechlens/io/load.hpp"
+#include "mechlens/io/loader_storage.hpp"
+#include "mechlens/io/mapped_file.hpp"
+#include "mechlens/io/npy.hpp"

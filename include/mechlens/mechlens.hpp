@@ -5,5 +5,6 @@
 #include "mechlens/tensor.hpp"
 #include "mechlens/kernels.hpp"
 #include "mechlens/tokenizer.hpp"
+#include "mechlens/hooks.hpp"
 #include "mechlens/model.hpp"
 #include "mechlens/io.hpp"

@@ -405,6 +405,853 @@ MECHLENS_END_NAMESPACE
 // ---- begin mechlens/kernels.hpp ----
 /// @file
 /// SIMD kernels (xsimd) with scalar references, and matrix products through Eigen.
+
+// ---- begin mechlens/kernels/simd.hpp ----
+/// @file
+/// xsimd plumbing shared by the kernels: the float batch of the compile-time architecture, partial loads and
+/// stores for tails, horizontal reductions and a lane-wise transform.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <limits>
+
+#include <xsimd/xsimd.hpp>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// The float SIMD batch of the architecture the compiler flags enable (SSE2 on plain x86-64, AVX2 with -mavx2, ...).
+using float_batch = xsimd::batch<float>;
+
+/// Number of float lanes in float_batch.
+inline constexpr index_t simd_width = static_cast<index_t>(float_batch::size);
+
+namespace detail {
+
+/// Alignment of the stack buffers that stage tails (enough for any batch, so aligned loads are valid).
+inline constexpr std::size_t batch_alignment = float_batch::arch_type::alignment();
+
+/// Loads `count` (<= simd_width) floats from `p` into the low lanes, `fill` elsewhere; never reads past p + count.
+inline float_batch load_partial(const float* p, index_t count, float fill) noexcept {
+    alignas(batch_alignment) std::array<float, float_batch::size> buffer;
+    buffer.fill(fill);
+    std::copy_n(p, count, buffer.data());
+    return float_batch::load_aligned(buffer.data());
+}
+
+/// Stores the low `count` (<= simd_width) lanes of `v` to `p`; never writes past p + count.
+inline void store_partial(float* p, const float_batch& v, index_t count) noexcept {
+    alignas(batch_alignment) std::array<float, float_batch::size> buffer;
+    v.store_aligned(buffer.data());
+    std::copy_n(buffer.data(), count, p);
+}
+
+/// Largest lane of `v`.
+inline float horizontal_max(const float_batch& v) noexcept {
+    alignas(batch_alignment) std::array<float, float_batch::size> buffer;
+    v.store_aligned(buffer.data());
+    return *std::max_element(buffer.begin(), buffer.end());
+}
+
+/// out[i] = f(in[i]...) for i in [0, n), lane-wise; the tail goes through a zero-padded batch so every element
+/// sees the same arithmetic whatever its position. `out` may equal any input pointer (each batch is loaded before
+/// it is stored) but must not partially overlap one. `f` is taken by value and should capture by value: a functor
+/// the stores through `out` might alias would be reloaded from memory on every iteration.
+template <class F, class... In>
+void transform(float* out, index_t n, F f, const In*... in) {
+    index_t i = 0;
+    for (; i + simd_width <= n; i += simd_width) f(float_batch::load_unaligned(in + i)...).store_unaligned(out + i);
+    if (i < n) store_partial(out + i, f(load_partial(in + i, n - i, 0.0f)...), n - i);
+}
+
+/// Folds x[0..n) (one element from each input) into a float sum: `f(acc, in...)` returns `acc` plus the batch's
+/// contribution (fused with fma where it helps). Four independent accumulators hide the add latency and shorten
+/// each rounding chain. Tail lanes past n are padded with `fill`, whose contribution `f` must make zero.
+template <class F, class... In>
+float reduce_sum(index_t n, float fill, F f, const In*... in) {
+    float_batch acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+    index_t i = 0;
+    for (; i + 4 * simd_width <= n; i += 4 * simd_width) {
+        acc0 = f(acc0, float_batch::load_unaligned(in + i)...);
+        acc1 = f(acc1, float_batch::load_unaligned(in + i + simd_width)...);
+        acc2 = f(acc2, float_batch::load_unaligned(in + i + 2 * simd_width)...);
+        acc3 = f(acc3, float_batch::load_unaligned(in + i + 3 * simd_width)...);
+    }
+    for (; i + simd_width <= n; i += simd_width) acc0 = f(acc0, float_batch::load_unaligned(in + i)...);
+    if (i < n) acc1 = f(acc1, load_partial(in + i, n - i, fill)...);
+    return xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
+}
+
+/// Largest of x[0..n); -infinity when n == 0.
+inline float max_of(const float* x, index_t n) noexcept {
+    constexpr float lowest = -std::numeric_limits<float>::infinity();
+    float_batch m(lowest);
+    index_t i = 0;
+    for (; i + simd_width <= n; i += simd_width) m = xsimd::max(m, float_batch::load_unaligned(x + i));
+    if (i < n) m = xsimd::max(m, load_partial(x + i, n - i, lowest));
+    return horizontal_max(m);
+}
+
+}  // namespace detail
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/simd.hpp ----
+// ---- begin mechlens/kernels/vector_ops.hpp ----
+/// @file
+/// BLAS-1 style vector operations (add, scale, axpy, dot), SIMD.
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// out = a + b. `out` may equal `a` or `b` (the residual stream update).
+inline void add(float* out, const float* a, const float* b, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& u, const float_batch& v) { return u + v; }, a, b);
+}
+
+/// x *= s.
+inline void scale(float* x, float s, index_t n) {
+    const float_batch factor(s);
+    detail::transform(
+        x, n, [=](const float_batch& v) { return v * factor; }, x);
+}
+
+/// y += a * x (fused where the target has FMA). `y` must not partially overlap `x`.
+inline void axpy(float* y, float a, const float* x, index_t n) {
+    const float_batch factor(a);
+    detail::transform(
+        y, n, [=](const float_batch& v, const float_batch& u) { return xsimd::fma(factor, u, v); }, y, x);
+}
+
+/// Sum of a[i] * b[i], accumulated with fma in four float batches.
+inline float dot(const float* a, const float* b, index_t n) {
+    return detail::reduce_sum(
+        n, 0.0f,
+        [](const float_batch& acc, const float_batch& u, const float_batch& v) { return xsimd::fma(u, v, acc); }, a, b);
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/vector_ops.hpp ----
+// ---- begin mechlens/kernels/norm.hpp ----
+/// @file
+/// RMSNorm and LayerNorm over one row, SIMD.
+
+#include <cmath>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// sqrt(mean(x^2) + eps) over x[0..n); n must be positive.
+inline float rms_scale(const float* x, index_t n, float eps) {
+    const float squares = detail::reduce_sum(
+        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return xsimd::fma(v, v, acc); }, x);
+    return std::sqrt(squares / static_cast<float>(n) + eps);
+}
+
+/// out = x / rms_scale(x, n, eps) * weight (weight may be null: no gain); returns the scale. `out` may equal `x`.
+/// Divides rather than multiplying by a reciprocal: one rounding per element instead of two.
+inline float rmsnorm(float* out, const float* x, const float* weight, index_t n, float eps) {
+    const float s = rms_scale(x, n, eps);
+    const float_batch scale(s);
+    if (weight)
+        detail::transform(
+            out, n, [=](const float_batch& v, const float_batch& g) { return v / scale * g; }, x, weight);
+    else
+        detail::transform(
+            out, n, [=](const float_batch& v) { return v / scale; }, x);
+    return s;
+}
+
+/// out = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance (weight and bias may each be null);
+/// returns sqrt(var + eps). `out` may equal `x`. Two passes (mean, then centred squares) keep the variance accurate
+/// when the mean is large compared with the spread.
+inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+    const float sum = detail::reduce_sum(
+        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return acc + v; }, x);
+    const float mean = sum / static_cast<float>(n);
+    const float_batch m(mean);
+    const float squares = detail::reduce_sum(
+        n, mean,
+        [=](const float_batch& acc, const float_batch& v) {
+            const float_batch d = v - m;
+            return xsimd::fma(d, d, acc);
+        },
+        x);
+    const float s = std::sqrt(squares / static_cast<float>(n) + eps);
+    const float_batch scale(s);
+    if (weight && bias)
+        detail::transform(
+            out, n,
+            [=](const float_batch& v, const float_batch& g, const float_batch& b) {
+                return xsimd::fma((v - m) / scale, g, b);
+            },
+            x, weight, bias);
+    else if (weight)
+        detail::transform(
+            out, n, [=](const float_batch& v, const float_batch& g) { return (v - m) / scale * g; }, x, weight);
+    else if (bias)
+        detail::transform(
+            out, n, [=](const float_batch& v, const float_batch& b) { return (v - m) / scale + b; }, x, bias);
+    else
+        detail::transform(
+            out, n, [=](const float_batch& v) { return (v - m) / scale; }, x);
+    return s;
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/norm.hpp ----
+// ---- begin mechlens/kernels/softmax.hpp ----
+/// @file
+/// Numerically stable softmax over one row, and its causal-mask variant, SIMD.
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// In-place softmax of x[0..n), shifted by the row maximum so no exponential overflows. A row whose maximum is
+/// not finite (all -inf, or containing +inf or NaN) yields NaN.
+inline void softmax(float* x, index_t n) {
+    if (n <= 0) return;
+    const float_batch peak(detail::max_of(x, n));
+    // Tail lanes are padded with -inf so exp() makes them contribute exactly zero to the sum.
+    float_batch acc0(0.0f), acc1(0.0f);
+    index_t i = 0;
+    for (; i + 2 * simd_width <= n; i += 2 * simd_width) {
+        const float_batch e0 = xsimd::exp(float_batch::load_unaligned(x + i) - peak);
+        const float_batch e1 = xsimd::exp(float_batch::load_unaligned(x + i + simd_width) - peak);
+        e0.store_unaligned(x + i);
+        e1.store_unaligned(x + i + simd_width);
+        acc0 += e0;
+        acc1 += e1;
+    }
+    for (; i + simd_width <= n; i += simd_width) {
+        const float_batch e = xsimd::exp(float_batch::load_unaligned(x + i) - peak);
+        e.store_unaligned(x + i);
+        acc0 += e;
+    }
+    if (i < n) {
+        const float_batch e =
+            xsimd::exp(detail::load_partial(x + i, n - i, -std::numeric_limits<float>::infinity()) - peak);
+        detail::store_partial(x + i, e, n - i);
+        acc1 += e;
+    }
+    const float_batch sum(xsimd::hadd(acc0 + acc1));
+    // Dividing (not multiplying by 1/sum) keeps each probability within one rounding of exp/sum.
+    detail::transform(
+        x, n, [=](const float_batch& v) { return v / sum; }, x);
+}
+
+/// Softmax over row[0..valid), zeros in row[valid..n) (a causal attention row of which only the first `valid`
+/// keys are visible). Throws std::invalid_argument unless 1 <= valid <= n.
+inline void masked_softmax(float* row, index_t valid, index_t n) {
+    if (valid < 1 || valid > n)
+        throw std::invalid_argument("masked_softmax: need 1 <= valid <= n, got valid " + std::to_string(valid) +
+                                    ", n " + std::to_string(n));
+    softmax(row, valid);
+    std::fill(row + valid, row + n, 0.0f);
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/softmax.hpp ----
+// ---- begin mechlens/kernels/activation.hpp ----
+/// @file
+/// Element-wise activations (SiLU, SwiGLU gate, GELU in its tanh and erf forms), SIMD.
+///
+/// Each is written in a form that stays finite and accurate at both extremes: x * sigmoid(y) as x / (1 + exp(-y))
+/// gives x when exp(-y) underflows and a signed zero when it overflows, with no 1 + (-1) cancellation.
+
+#include <cmath>
+#include <numbers>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+namespace detail {
+
+/// x * sigmoid(x), lane-wise.
+inline float_batch silu(const float_batch& x) { return x / (float_batch(1.0f) + xsimd::exp(-x)); }
+
+/// 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as x * sigmoid(2u), lane-wise.
+inline float_batch gelu_tanh(const float_batch& x) {
+    static constexpr double k = 2.0 * std::numbers::inv_sqrtpi * std::numbers::sqrt2;  // 2 sqrt(2/pi)
+    const float_batch linear(static_cast<float>(k));
+    const float_batch cubic(static_cast<float>(k * 0.044715));
+    const float_batch two_u = x * xsimd::fma(cubic, x * x, linear);
+    return x / (float_batch(1.0f) + xsimd::exp(-two_u));
+}
+
+/// 0.5 x (1 + erf(x / sqrt 2)), evaluated as 0.5 x erfc(-x / sqrt 2) so the negative tail keeps its relative
+/// accuracy, lane-wise.
+inline float_batch gelu_erf(const float_batch& x) {
+    const float_batch inv_sqrt2(static_cast<float>(1.0 / std::numbers::sqrt2));
+    return float_batch(0.5f) * x * xsimd::erfc(-x * inv_sqrt2);
+}
+
+}  // namespace detail
+
+/// out = x * sigmoid(x). `out` may equal `x`.
+inline void silu(float* out, const float* x, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v) { return detail::silu(v); }, x);
+}
+
+/// out = silu(gate) * up (the SwiGLU gate of Llama MLPs). `out` may equal `gate` or `up`.
+inline void silu_mul(float* out, const float* gate, const float* up, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& g, const float_batch& u) { return detail::silu(g) * u; }, gate, up);
+}
+
+/// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's "gelu_new"). `out` may equal `x`.
+inline void gelu_tanh(float* out, const float* x, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v) { return detail::gelu_tanh(v); }, x);
+}
+
+/// out = 0.5 x (1 + erf(x / sqrt 2)) (the exact GELU). `out` may equal `x`.
+inline void gelu_erf(float* out, const float* x, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v) { return detail::gelu_erf(v); }, x);
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/activation.hpp ----
+// ---- begin mechlens/kernels/rope.hpp ----
+/// @file
+/// Rotary position embedding: cos/sin tables and the two pair layouts (adjacent as in llama2.c and GGUF, split
+/// halves as in Hugging Face and GPT-NeoX), SIMD.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// Precomputed rotation tables: row p holds the cos/sin of position p's angle for each of the d_head/2 pairs.
+struct rope_tables {
+    tensor<float, 2> cos;  ///< (n_ctx, d_head/2): cos(p * theta^(-2i/d_head)).
+    tensor<float, 2> sin;  ///< (n_ctx, d_head/2): sin(p * theta^(-2i/d_head)).
+};
+
+/// Builds the tables for positions [0, n_ctx) of heads of size d_head, angles computed in double and stored as
+/// float. Throws shape_error unless d_head is positive and even and n_ctx >= 0, std::invalid_argument unless theta
+/// is positive and finite.
+inline rope_tables make_rope_tables(index_t n_ctx, index_t d_head, float theta) {
+    if (d_head <= 0 || d_head % 2 != 0 || n_ctx < 0)
+        throw shape_error("make_rope_tables: need an even d_head > 0 and n_ctx >= 0, got d_head " +
+                          std::to_string(d_head) + ", n_ctx " + std::to_string(n_ctx));
+    if (!(theta > 0.0f) || !std::isfinite(theta))
+        throw std::invalid_argument("make_rope_tables: theta must be positive and finite, got " +
+                                    std::to_string(theta));
+    const index_t half = d_head / 2;
+    rope_tables tables{tensor<float, 2>({n_ctx, half}), tensor<float, 2>({n_ctx, half})};
+    for (index_t i = 0; i < half; ++i) {
+        const double frequency =
+            std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
+        for (index_t p = 0; p < n_ctx; ++p) {
+            const double angle = static_cast<double>(p) * frequency;
+            tables.cos(p, i) = static_cast<float>(std::cos(angle));
+            tables.sin(p, i) = static_cast<float>(std::sin(angle));
+        }
+    }
+    return tables;
+}
+
+namespace detail {
+
+/// Swizzle pattern that exchanges the two lanes of each adjacent pair.
+struct swap_pairs {
+    /// Source lane of lane i.
+    static constexpr std::uint32_t get(std::size_t i, std::size_t) { return static_cast<std::uint32_t>(i ^ 1u); }
+};
+/// Swizzle pattern repeating each lane of the low half twice: (v0, v0, v1, v1, ...).
+struct repeat_low_half {
+    /// Source lane of lane i.
+    static constexpr std::uint32_t get(std::size_t i, std::size_t) { return static_cast<std::uint32_t>(i / 2); }
+};
+/// Swizzle pattern repeating each lane of the high half twice.
+struct repeat_high_half {
+    /// Source lane of lane i.
+    static constexpr std::uint32_t get(std::size_t i, std::size_t n) {
+        return static_cast<std::uint32_t>(n / 2 + i / 2);
+    }
+};
+
+/// Lane pattern (-1, +1, -1, +1, ...): the first member of each pair subtracts b sin, the second adds a sin.
+inline float_batch alternating_signs() noexcept {
+    alignas(batch_alignment) std::array<float, float_batch::size> signs;
+    for (std::size_t i = 0; i < signs.size(); ++i) signs[i] = i % 2 == 0 ? -1.0f : 1.0f;
+    return float_batch::load_aligned(signs.data());
+}
+
+/// Rotates the interleaved pairs in x0 (pairs [0, W/2)) and x1 (pairs [W/2, W)) by the angles in c/s.
+/// Each output is partner * (+-sin) + own * cos with the own * cos product rounded first, the same order as
+/// rope_split_halves so both layouts give identical numbers.
+inline void rotate_adjacent(float_batch& x0, float_batch& x1, const float_batch& c, const float_batch& s) {
+    using index_batch = xsimd::batch<std::uint32_t, float_batch::arch_type>;
+    constexpr auto swap = xsimd::make_batch_constant<index_batch, swap_pairs>();
+    constexpr auto low = xsimd::make_batch_constant<index_batch, repeat_low_half>();
+    constexpr auto high = xsimd::make_batch_constant<index_batch, repeat_high_half>();
+    const float_batch signs = alternating_signs();
+    x0 = xsimd::fma(xsimd::swizzle(x0, swap), xsimd::swizzle(s, low) * signs, x0 * xsimd::swizzle(c, low));
+    x1 = xsimd::fma(xsimd::swizzle(x1, swap), xsimd::swizzle(s, high) * signs, x1 * xsimd::swizzle(c, high));
+}
+
+}  // namespace detail
+
+/// Rotates the pairs (2i, 2i+1) of head[0..d_head): (a, b) -> (a cos_i - b sin_i, a sin_i + b cos_i), where cos
+/// and sin are the table rows of the head's position (llama2.c / GGUF layout). d_head must be even.
+inline void rope_adjacent(float* head, const float* cos, const float* sin, index_t d_head) {
+    const index_t half = d_head / 2;
+    index_t p = 0;  // pair index
+    for (; p + simd_width <= half; p += simd_width) {
+        float* h = head + 2 * p;
+        float_batch x0 = float_batch::load_unaligned(h), x1 = float_batch::load_unaligned(h + simd_width);
+        detail::rotate_adjacent(x0, x1, float_batch::load_unaligned(cos + p), float_batch::load_unaligned(sin + p));
+        x0.store_unaligned(h);
+        x1.store_unaligned(h + simd_width);
+    }
+    if (p < half) {  // the remaining pairs through padded batches, so every pair sees the same arithmetic
+        const index_t pairs = half - p, floats = 2 * pairs;
+        const index_t first = std::min(floats, simd_width), second = floats - first;
+        float* h = head + 2 * p;
+        float_batch x0 = detail::load_partial(h, first, 0.0f), x1 = detail::load_partial(h + first, second, 0.0f);
+        detail::rotate_adjacent(x0, x1, detail::load_partial(cos + p, pairs, 0.0f),
+                                detail::load_partial(sin + p, pairs, 0.0f));
+        detail::store_partial(h, x0, first);
+        detail::store_partial(h + first, x1, second);
+    }
+}
+
+/// Rotates the pairs (i, i + d_head/2) of head[0..d_head) by the angles of the table rows cos/sin (Hugging Face /
+/// GPT-NeoX layout). d_head must be even.
+inline void rope_split_halves(float* head, const float* cos, const float* sin, index_t d_head) {
+    const index_t half = d_head / 2;
+    auto rotate = [](float_batch& a, float_batch& b, const float_batch& c, const float_batch& s) {
+        const float_batch a_rot = xsimd::fnma(b, s, a * c);
+        b = xsimd::fma(a, s, b * c);
+        a = a_rot;
+    };
+    index_t i = 0;
+    for (; i + simd_width <= half; i += simd_width) {
+        float_batch a = float_batch::load_unaligned(head + i), b = float_batch::load_unaligned(head + half + i);
+        rotate(a, b, float_batch::load_unaligned(cos + i), float_batch::load_unaligned(sin + i));
+        a.store_unaligned(head + i);
+        b.store_unaligned(head + half + i);
+    }
+    if (i < half) {
+        const index_t rest = half - i;
+        float_batch a = detail::load_partial(head + i, rest, 0.0f),
+                    b = detail::load_partial(head + half + i, rest, 0.0f);
+        rotate(a, b, detail::load_partial(cos + i, rest, 0.0f), detail::load_partial(sin + i, rest, 0.0f));
+        detail::store_partial(head + i, a, rest);
+        detail::store_partial(head + half + i, b, rest);
+    }
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/rope.hpp ----
+// ---- begin mechlens/kernels/matmul.hpp ----
+/// @file
+/// Linear layers y = x w^T on tensor views, with weights stored (out_features, in_features) row-major as in
+/// llama2.c and GGUF; the products run on the batch-invariant tiled kernel of gemm.hpp.
+
+#include <string>
+
+// ---- begin mechlens/kernels/gemm.hpp ----
+/// @file
+/// A batch-invariant matrix product y = x w^T: every output element is reduced in one fixed order, whatever the
+/// number of rows, the tile it falls in or the thread that computes it.
+///
+/// Why: interpretability compares runs. With this kernel the logits of a prompt do not depend on what else is in
+/// the batch, on whether it was decoded token by token through a KV cache or in one prefill, or on the thread
+/// count, so patching several cells in one batched forward gives bit-for-bit the table of one forward per cell.
+/// The design is the register-tiled dot-product GEMM (one SIMD accumulator per output element, RM x RN of them
+/// live in registers) that suits weights stored (out, in) row-major, as llama2.c and GGUF store them.
+
+#include <algorithm>
+#include <cstddef>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+namespace detail {
+
+/// Rows of x per register tile.
+inline constexpr index_t gemm_tile_rows = 3;
+/// Outputs (rows of w) per register tile; 3 x 4 accumulators + 3 x loads + 1 w load fit 16 vector registers.
+inline constexpr index_t gemm_tile_outputs = 4;
+/// Outputs per tile when x has a single row (matrix-vector products, i.e. decoding).
+inline constexpr index_t gemv_tile_outputs = 8;
+
+/// Operands of one product: x (rows, depth) and w (outputs, depth) with dense rows, y (rows, outputs).
+struct gemm_operands {
+    const float* x;          ///< First element of x.
+    index_t x_stride;        ///< Elements between rows of x.
+    const float* w;          ///< First element of w.
+    index_t w_stride;        ///< Elements between rows of w.
+    float* y;                ///< First element of y.
+    index_t y_stride;        ///< Elements between rows of y.
+    index_t depth;           ///< Shared inner dimension.
+    bool accumulate;         ///< y += x w^T instead of y = x w^T.
+};
+
+/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
+/// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
+template <index_t RM, index_t RN>
+inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept {
+    constexpr auto rows = static_cast<std::size_t>(RM), outputs = static_cast<std::size_t>(RN);
+    float_batch acc[rows][outputs];
+    const float* x[rows];
+    const float* w[outputs];
+    for (index_t i = 0; i < RM; ++i) x[i] = op.x + (r0 + i) * op.x_stride;
+    for (index_t j = 0; j < RN; ++j) w[j] = op.w + (o0 + j) * op.w_stride;
+    for (index_t i = 0; i < RM; ++i)
+        for (index_t j = 0; j < RN; ++j) acc[i][j] = float_batch(0.0f);
+    index_t k = 0;
+    for (; k + simd_width <= op.depth; k += simd_width) {
+        float_batch xv[rows];
+        for (index_t i = 0; i < RM; ++i) xv[i] = float_batch::load_unaligned(x[i] + k);
+        for (index_t j = 0; j < RN; ++j) {
+            const float_batch wv = float_batch::load_unaligned(w[j] + k);
+            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
+        }
+    }
+    if (k < op.depth) {
+        const index_t tail = op.depth - k;
+        float_batch xv[rows];
+        for (index_t i = 0; i < RM; ++i) xv[i] = load_partial(x[i] + k, tail, 0.0f);
+        for (index_t j = 0; j < RN; ++j) {
+            const float_batch wv = load_partial(w[j] + k, tail, 0.0f);
+            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
+        }
+    }
+    for (index_t i = 0; i < RM; ++i) {
+        float* y = op.y + (r0 + i) * op.y_stride + o0;
+        for (index_t j = 0; j < RN; ++j) {
+            const float sum = xsimd::hadd(acc[i][j]);
+            y[j] = op.accumulate ? y[j] + sum : sum;
+        }
+    }
+}
+
+/// Runs the tile of the given (possibly partial) size; every combination up to the full tile is instantiated.
+inline void gemm_edge_tile(const gemm_operands& op, index_t r0, index_t o0, index_t rows, index_t outputs) noexcept {
+    // Tables of instantiations indexed by [rows - 1][outputs - 1].
+    using tile_fn = void (*)(const gemm_operands&, index_t, index_t) noexcept;
+    static constexpr tile_fn table[3][4] = {
+        {&gemm_tile<1, 1>, &gemm_tile<1, 2>, &gemm_tile<1, 3>, &gemm_tile<1, 4>},
+        {&gemm_tile<2, 1>, &gemm_tile<2, 2>, &gemm_tile<2, 3>, &gemm_tile<2, 4>},
+        {&gemm_tile<3, 1>, &gemm_tile<3, 2>, &gemm_tile<3, 3>, &gemm_tile<3, 4>},
+    };
+    table[rows - 1][outputs - 1](op, r0, o0);
+}
+
+/// Outputs [o_begin, o_end) for every row; the unit of parallel work.
+inline void gemm_output_block(const gemm_operands& op, index_t rows, index_t o_begin, index_t o_end) noexcept {
+    if (rows == 1) {
+        index_t o = o_begin;
+        for (; o + gemv_tile_outputs <= o_end; o += gemv_tile_outputs) gemm_tile<1, gemv_tile_outputs>(op, 0, o);
+        for (; o < o_end; o += gemm_tile_outputs)
+            gemm_edge_tile(op, 0, o, 1, std::min(gemm_tile_outputs, o_end - o));
+        return;
+    }
+    for (index_t r = 0; r < rows; r += gemm_tile_rows) {
+        const index_t tile_rows = std::min(gemm_tile_rows, rows - r);
+        index_t o = o_begin;
+        if (tile_rows == gemm_tile_rows)
+            for (; o + gemm_tile_outputs <= o_end; o += gemm_tile_outputs)
+                gemm_tile<gemm_tile_rows, gemm_tile_outputs>(op, r, o);
+        for (; o < o_end; o += gemm_tile_outputs)
+            gemm_edge_tile(op, r, o, tile_rows, std::min(gemm_tile_outputs, o_end - o));
+    }
+}
+
+/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth): blocks of outputs sized to stay in L2 are spread over
+/// OpenMP threads when the product is large enough to pay for them. No shape checks: callers validate.
+inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
+    if (rows <= 0 || outputs <= 0) return;
+    // About 256 KiB of w per block, a multiple of both tile widths.
+    const index_t lcm = gemv_tile_outputs;
+    index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
+    const index_t blocks = (outputs + block - 1) / block;
+    const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+#if defined(_OPENMP)
+    if (work >= 1 << 18 && blocks > 1) {
+#pragma omp parallel for schedule(static)
+        for (index_t b = 0; b < blocks; ++b)
+            gemm_output_block(op, rows, b * block, std::min(outputs, (b + 1) * block));
+        return;
+    }
+#endif
+    (void)work;
+    for (index_t b = 0; b < blocks; ++b) gemm_output_block(op, rows, b * block, std::min(outputs, (b + 1) * block));
+}
+
+}  // namespace detail
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/gemm.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+namespace detail {
+
+/// Throws shape_error naming `what` unless x is (rows, in), w is (out, in) and y is (rows, out).
+inline void require_linear_shapes(const tensor_view<const float, 2>& x, const tensor_view<const float, 2>& w,
+                                  const tensor_view<float, 2>& y, const char* what) {
+    if (x.extent(1) != w.extent(1) || y.extent(0) != x.extent(0) || y.extent(1) != w.extent(0))
+        throw shape_error(std::string(what) + ": need x (rows, in), w (out, in), y (rows, out); got x " +
+                          mechlens::detail::format_extents(x.shape()) + ", w " +
+                          mechlens::detail::format_extents(w.shape()) + ", y " +
+                          mechlens::detail::format_extents(y.shape()));
+    const auto dense = [](index_t extent, index_t stride) { return extent <= 1 || stride == 1; };
+    if (!dense(x.extent(1), x.stride(1)) || !dense(w.extent(1), w.stride(1)) || !dense(y.extent(1), y.stride(1)))
+        throw shape_error(std::string(what) + ": the last axis of x, w and y must be dense (stride 1)");
+}
+
+/// y = x w^T (accumulate == false) or y += x w^T, shapes already checked. Goes through the batch-invariant
+/// tiled kernel (gemm.hpp): each output element is reduced in the same order for any number of rows.
+inline void linear_product(const tensor_view<const float, 2>& x, const tensor_view<const float, 2>& w,
+                           const tensor_view<float, 2>& y, bool accumulate) {
+    if (y.extent(0) == 0 || y.extent(1) == 0) return;
+    if (x.extent(1) == 0) {  // an empty sum
+        if (!accumulate)
+            for (index_t r = 0; r < y.extent(0); ++r)
+                for (index_t o = 0; o < y.extent(1); ++o) y(r, o) = 0.0f;
+        return;
+    }
+    const gemm_operands operands{x.data(), x.stride(0), w.data(), w.stride(0), y.data(), y.stride(0),
+                                 x.extent(1), accumulate};
+    gemm_xwt(operands, x.extent(0), w.extent(0));
+}
+
+}  // namespace detail
+
+/// y = x w^T for x (rows, in), w (out, in), y (rows, out). Rows of x and y may be strided but each row must be
+/// dense; y must not overlap x or w. Throws shape_error on mismatched or non-dense shapes.
+inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<float, 2> y) {
+    detail::require_linear_shapes(x, w, y, "kernels::linear");
+    detail::linear_product(x, w, y, false);
+}
+
+/// y += x w^T, with the same shapes and rules as linear().
+inline void linear_accumulate(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<float, 2> y) {
+    detail::require_linear_shapes(x, w, y, "kernels::linear_accumulate");
+    detail::linear_product(x, w, y, true);
+}
+
+/// y = x w^T + bias for bias of shape (out) (GPT-2 style layers); otherwise as linear().
+inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<const float, 1> bias,
+                   tensor_view<float, 2> y) {
+    detail::require_linear_shapes(x, w, y, "kernels::linear");
+    require_shape(bias, {w.extent(0)}, "kernels::linear bias");
+    if (bias.stride(0) != 1 && bias.extent(0) > 1)
+        throw shape_error("kernels::linear: the bias must be dense, got stride " + std::to_string(bias.stride(0)));
+    detail::linear_product(x, w, y, false);
+    for (index_t r = 0; r < y.extent(0); ++r) {
+        float* row = y.data() + r * y.stride(0);  // dense: linear_product mapped y
+        add(row, row, bias.data(), y.extent(1));
+    }
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/matmul.hpp ----
+// ---- begin mechlens/kernels/reference.hpp ----
+/// @file
+/// Scalar reference kernels: the same signatures as the SIMD kernels, written as the textbook formulas and
+/// evaluated in double (rounded to float once per output), so tests can measure the SIMD kernels' float error.
+
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels::reference {
+
+/// sqrt(mean(x^2) + eps) over x[0..n).
+inline float rms_scale(const float* x, index_t n, float eps) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return static_cast<float>(std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps)));
+}
+
+/// out = x / rms_scale(x) * weight (weight may be null: no gain); returns the scale. `out` may equal `x`.
+inline float rmsnorm(float* out, const float* x, const float* weight, index_t n, float eps) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    const double scale = std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps));
+    for (index_t i = 0; i < n; ++i) {
+        const double g = weight ? static_cast<double>(weight[i]) : 1.0;
+        out[i] = static_cast<float>(static_cast<double>(x[i]) / scale * g);
+    }
+    return static_cast<float>(scale);
+}
+
+/// out = (x - mean) / sqrt(var + eps) * weight + bias, biased variance (weight/bias may be null); returns
+/// sqrt(var + eps). `out` may equal `x`.
+inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
+    const double mean = sum / static_cast<double>(n);
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        const double d = static_cast<double>(x[i]) - mean;
+        squares += d * d;
+    }
+    const double scale = std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+    for (index_t i = 0; i < n; ++i) {
+        double y = (static_cast<double>(x[i]) - mean) / scale;
+        if (weight) y *= static_cast<double>(weight[i]);
+        if (bias) y += static_cast<double>(bias[i]);
+        out[i] = static_cast<float>(y);
+    }
+    return static_cast<float>(scale);
+}
+
+/// In-place softmax of x[0..n), shifted by the maximum for stability.
+inline void softmax(float* x, index_t n) {
+    if (n <= 0) return;
+    double max = static_cast<double>(x[0]);
+    for (index_t i = 1; i < n; ++i) max = std::fmax(max, static_cast<double>(x[i]));
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max);
+    for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - max) / sum);
+}
+
+/// Softmax over row[0..valid), zeros in row[valid..n); throws std::invalid_argument unless 1 <= valid <= n.
+inline void masked_softmax(float* row, index_t valid, index_t n) {
+    if (valid < 1 || valid > n)
+        throw std::invalid_argument("masked_softmax: need 1 <= valid <= n, got valid " + std::to_string(valid) +
+                                    ", n " + std::to_string(n));
+    softmax(row, valid);
+    for (index_t i = valid; i < n; ++i) row[i] = 0.0f;
+}
+
+namespace detail {
+/// x * sigmoid(x) in double.
+inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
+}  // namespace detail
+
+/// out = x * sigmoid(x). `out` may equal `x`.
+inline void silu(float* out, const float* x, index_t n) {
+    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(detail::silu(static_cast<double>(x[i])));
+}
+
+/// out = silu(gate) * up (the SwiGLU gate). `out` may equal `gate` or `up`.
+inline void silu_mul(float* out, const float* gate, const float* up, index_t n) {
+    for (index_t i = 0; i < n; ++i)
+        out[i] = static_cast<float>(detail::silu(static_cast<double>(gate[i])) * static_cast<double>(up[i]));
+}
+
+/// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). `out` may equal `x`.
+inline void gelu_tanh(float* out, const float* x, index_t n) {
+    const double k = std::sqrt(2.0 / std::numbers::pi);
+    for (index_t i = 0; i < n; ++i) {
+        const double v = static_cast<double>(x[i]);
+        out[i] = static_cast<float>(0.5 * v * (1.0 + std::tanh(k * (v + 0.044715 * v * v * v))));
+    }
+}
+
+/// out = 0.5 x (1 + erf(x / sqrt 2)). `out` may equal `x`.
+inline void gelu_erf(float* out, const float* x, index_t n) {
+    for (index_t i = 0; i < n; ++i) {
+        const double v = static_cast<double>(x[i]);
+        out[i] = static_cast<float>(0.5 * v * (1.0 + std::erf(v / std::numbers::sqrt2)));
+    }
+}
+
+/// out = a + b. `out` may equal `a` or `b`.
+inline void add(float* out, const float* a, const float* b, index_t n) {
+    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<double>(a[i]) + static_cast<double>(b[i]));
+}
+
+/// x *= s.
+inline void scale(float* x, float s, index_t n) {
+    for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(static_cast<double>(x[i]) * static_cast<double>(s));
+}
+
+/// y += a * x.
+inline void axpy(float* y, float a, const float* x, index_t n) {
+    for (index_t i = 0; i < n; ++i)
+        y[i] = static_cast<float>(static_cast<double>(y[i]) + static_cast<double>(a) * static_cast<double>(x[i]));
+}
+
+/// Sum of a[i] * b[i].
+inline float dot(const float* a, const float* b, index_t n) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+    return static_cast<float>(sum);
+}
+
+/// Rotates pairs (2i, 2i+1) of head[0..d_head) by the angles whose cos/sin are cos[i]/sin[i] (llama2.c, GGUF).
+inline void rope_adjacent(float* head, const float* cos, const float* sin, index_t d_head) {
+    for (index_t i = 0; i < d_head / 2; ++i) {
+        const double a = static_cast<double>(head[2 * i]), b = static_cast<double>(head[2 * i + 1]);
+        const double c = static_cast<double>(cos[i]), s = static_cast<double>(sin[i]);
+        head[2 * i] = static_cast<float>(a * c - b * s);
+        head[2 * i + 1] = static_cast<float>(a * s + b * c);
+    }
+}
+
+/// Rotates pairs (i, i + d_head/2) of head[0..d_head) by the angles whose cos/sin are cos[i]/sin[i] (Hugging Face).
+inline void rope_split_halves(float* head, const float* cos, const float* sin, index_t d_head) {
+    const index_t half = d_head / 2;
+    for (index_t i = 0; i < half; ++i) {
+        const double a = static_cast<double>(head[i]), b = static_cast<double>(head[i + half]);
+        const double c = static_cast<double>(cos[i]), s = static_cast<double>(sin[i]);
+        head[i] = static_cast<float>(a * c - b * s);
+        head[i + half] = static_cast<float>(a * s + b * c);
+    }
+}
+
+/// y += x w^T by the naive triple loop (double accumulation); same shape rules as kernels::linear_accumulate.
+inline void linear_accumulate(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<float, 2> y) {
+    kernels::detail::require_linear_shapes(x, w, y, "reference::linear_accumulate");
+    for (index_t r = 0; r < x.extent(0); ++r)
+        for (index_t o = 0; o < w.extent(0); ++o) {
+            double sum = static_cast<double>(y(r, o));
+            for (index_t k = 0; k < x.extent(1); ++k)
+                sum += static_cast<double>(x(r, k)) * static_cast<double>(w(o, k));
+            y(r, o) = static_cast<float>(sum);
+        }
+}
+
+/// y = x w^T by the naive triple loop (double accumulation); same shape rules as kernels::linear.
+inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<float, 2> y) {
+    kernels::detail::require_linear_shapes(x, w, y, "reference::linear");
+    for (index_t r = 0; r < x.extent(0); ++r)
+        for (index_t o = 0; o < w.extent(0); ++o) y(r, o) = 0.0f;
+    linear_accumulate(x, w, y);
+}
+
+}  // namespace kernels::reference
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/reference.hpp ----
 // ---- end mechlens/kernels.hpp ----
 // ---- begin mechlens/tokenizer.hpp ----
 /// @file
@@ -443,10 +1290,614 @@ struct vocabulary {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/tokenizer/vocabulary.hpp ----
+// ---- begin mechlens/tokenizer/byte_piece.hpp ----
+/// @file
+/// The `<0xXX>` byte-fallback piece notation shared by sentencepiece, llama2.c and GGUF vocabularies.
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail::tok {
+
+/// Value of one hexadecimal digit, or -1 when `c` is not one (either case, as run.c's `%X` accepts).
+constexpr int hex_digit_value(char c) noexcept {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/// The byte a piece of the exact form `<0xXX>` stands for, or nothing for any other piece.
+constexpr std::optional<unsigned char> parse_byte_piece(std::string_view piece) noexcept {
+    if (piece.size() != 6 || piece[0] != '<' || piece[1] != '0' || piece[2] != 'x' || piece[5] != '>') return {};
+    const int high = hex_digit_value(piece[3]);
+    const int low = hex_digit_value(piece[4]);
+    if (high < 0 || low < 0) return {};
+    return static_cast<unsigned char>(high * 16 + low);
+}
+
+/// The canonical (upper-case) piece text for `byte`, e.g. `<0x0A>`, as sentencepiece writes it.
+inline std::string byte_piece_text(unsigned char byte) {
+    constexpr std::string_view digits = "0123456789ABCDEF";
+    std::string text = "<0x00>";
+    text[3] = digits[static_cast<std::size_t>(byte >> 4)];
+    text[4] = digits[static_cast<std::size_t>(byte & 0x0F)];
+    return text;
+}
+
+}  // namespace detail::tok
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/tokenizer/byte_piece.hpp ----
+// ---- begin mechlens/tokenizer/llama2c_vocab.hpp ----
+/// @file
+/// Reader of llama2.c tokenizer files (`tokenizer.bin`, `tok512.bin`) into a `mechlens::vocabulary`.
+///
+/// Layout (little-endian): int32 max_token_length, then per entry float32 score, int32 length and that many
+/// bytes of piece text (no terminator). The entry count is not stored: entries run to the end of the file.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <ios>
+#include <limits>
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail::tok {
+
+/// Whole contents of a file; throws format_error naming the file when it cannot be read.
+inline std::string read_whole_file(const std::filesystem::path& path, const char* what) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) throw format_error(std::string("mechlens: cannot open ") + what + " '" + path.string() + "'");
+    const std::streamoff size = in.tellg();
+    if (size < 0) throw format_error(std::string("mechlens: cannot size ") + what + " '" + path.string() + "'");
+    std::string bytes(static_cast<std::size_t>(size), '\0');
+    in.seekg(0);
+    if (size > 0 && !in.read(bytes.data(), static_cast<std::streamsize>(size))) {
+        throw format_error(std::string("mechlens: error reading ") + what + " '" + path.string() + "'");
+    }
+    return bytes;
+}
+
+/// The little-endian 32-bit word at `offset`; the caller has checked that four bytes remain.
+inline std::uint32_t load_le_u32(const std::string& bytes, std::size_t offset) noexcept {
+    std::uint32_t value = 0;
+    for (std::size_t i = 0; i < 4; ++i) {
+        value |= static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
+    }
+    return value;
+}
+
+/// Reinterprets the bits of a 32-bit word as a two's-complement int32.
+inline std::int32_t as_int32(std::uint32_t bits) noexcept {
+    std::int32_t value = 0;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/// Reinterprets the bits of a 32-bit word as an IEEE float32.
+inline float as_float32(std::uint32_t bits) noexcept {
+    static_assert(sizeof(float) == 4 && std::numeric_limits<float>::is_iec559, "float must be IEEE binary32");
+    float value = 0.0F;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+}  // namespace detail::tok
+
+/// Reads a llama2.c tokenizer file into a vocabulary, taking entries until the end of the file.
+///
+/// llama2.c fixes ids 0, 1, 2 as `<unk>`, BOS and EOS, so they are marked unknown/control; pieces spelled
+/// `<0xXX>` are marked as byte pieces; the rest are normal. Throws format_error, naming the file, when the file
+/// is missing, empty, truncated inside an entry, has a negative length or a piece longer than the header's
+/// max_token_length (which llama2.c relies on to size its buffers), or has fewer than three entries.
+inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
+    const std::string bytes = detail::tok::read_whole_file(path, "llama2.c tokenizer");
+    const auto fail = [&](const std::string& problem) {
+        return format_error("mechlens: llama2.c tokenizer '" + path.string() + "': " + problem);
+    };
+    if (bytes.empty()) throw fail("empty file");
+    if (bytes.size() < 4) throw fail("file of " + std::to_string(bytes.size()) + " bytes is too short for the header");
+    const std::int32_t max_token_length = detail::tok::as_int32(detail::tok::load_le_u32(bytes, 0));
+    if (max_token_length < 0) throw fail("negative max_token_length " + std::to_string(max_token_length));
+
+    vocabulary vocab;
+    std::size_t offset = 4;
+    while (offset < bytes.size()) {
+        const std::size_t entry = vocab.pieces.size();
+        const std::string where = "entry " + std::to_string(entry) + " at byte offset " + std::to_string(offset);
+        if (entry >= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+            throw fail("more entries than int32 token ids can address");
+        }
+        const std::size_t left = bytes.size() - offset;
+        if (left < 8) throw fail(where + " is truncated: " + std::to_string(left) + " bytes left, need 8 for score and length");
+        const float score = detail::tok::as_float32(detail::tok::load_le_u32(bytes, offset));
+        const std::int32_t length = detail::tok::as_int32(detail::tok::load_le_u32(bytes, offset + 4));
+        offset += 8;
+        if (length < 0) throw fail(where + " has negative piece length " + std::to_string(length));
+        if (length > max_token_length) {
+            throw fail(where + " has piece length " + std::to_string(length) + " above max_token_length " +
+                       std::to_string(max_token_length));
+        }
+        const auto piece_length = static_cast<std::size_t>(length);
+        if (piece_length > bytes.size() - offset) {
+            throw fail(where + " is truncated: piece length " + std::to_string(length) + " but only " +
+                       std::to_string(bytes.size() - offset) + " bytes left");
+        }
+        vocab.pieces.emplace_back(bytes, offset, piece_length);
+        vocab.scores.push_back(score);
+        offset += piece_length;
+    }
+    if (vocab.pieces.size() < 3) {
+        throw fail("only " + std::to_string(vocab.pieces.size()) +
+                   " entries; a llama2.c tokenizer starts with <unk>, <s> and </s>");
+    }
+
+    vocab.kinds.assign(vocab.pieces.size(), token_kind::normal);
+    for (std::size_t id = 0; id < vocab.pieces.size(); ++id) {
+        if (detail::tok::parse_byte_piece(vocab.pieces[id])) vocab.kinds[id] = token_kind::byte;
+    }
+    vocab.kinds[0] = token_kind::unknown;
+    vocab.kinds[1] = token_kind::control;
+    vocab.kinds[2] = token_kind::control;
+    vocab.unknown_id = 0;
+    vocab.bos_id = 1;
+    vocab.eos_id = 2;
+    return vocab;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/tokenizer/llama2c_vocab.hpp ----
+// ---- begin mechlens/tokenizer/bpe.hpp ----
+/// @file
+/// Score-driven BPE (sentencepiece / llama2.c style) with byte fallback, over any `mechlens::vocabulary`.
+///
+/// Encoding follows llama2.c's `encode`: optional BOS; for non-empty text a dummy-prefix " " token; one token per
+/// UTF-8 code point (lead byte plus at most three continuation bytes), or one `<0xXX>` token per byte when the code
+/// point is not a piece; then, repeatedly, the adjacent pair whose concatenated text is the highest-scoring piece
+/// merges (the leftmost such pair on ties) until none does; optional EOS. Unlike run.c's rescan of every pair per
+/// merge (quadratic), candidate pairs sit in a max-heap over a linked list of symbols, giving the same result.
+///
+/// Deliberate differences from run.c, none of which changes the output on real llama2.c or GGUF vocabularies:
+/// only normal and user-defined pieces take part in lookups and merges, so control, unknown, unused and byte pieces
+/// (and the BOS/EOS/unknown ids) never arise from text; a piece whose score is NaN never merges, while run.c also
+/// ignores pieces scoring at most -1e10; an embedded NUL is a byte like any other rather than the end of the text.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail::tok {
+
+/// Hash that accepts any string-like key, so lookups by string_view allocate nothing.
+struct string_hash {
+    using is_transparent = void;  ///< Enables heterogeneous lookup.
+    /// Hashes the characters of `text`.
+    std::size_t operator()(std::string_view text) const noexcept { return std::hash<std::string_view>{}(text); }
+};
+
+/// Piece text to id, searchable by string_view.
+using piece_map = std::unordered_map<std::string, std::int32_t, string_hash, std::equal_to<>>;
+
+/// True for a UTF-8 continuation byte (10xxxxxx).
+constexpr bool is_continuation_byte(char c) noexcept {
+    return (static_cast<unsigned char>(c) & 0xC0U) == 0x80U;
+}
+
+/// A candidate merge of the adjacent symbols at `left` and `right`, valid while both still hold the same tokens.
+struct merge_candidate {
+    float score;                ///< Score of the merged piece (never NaN).
+    index_t left;               ///< Symbol position of the left half (its first byte's token index).
+    index_t right;              ///< Symbol position of the right half.
+    std::int32_t left_token;    ///< Token at `left` when the candidate was made.
+    std::int32_t right_token;   ///< Token at `right` when the candidate was made.
+    std::int32_t merged_token;  ///< Id of the concatenated piece.
+};
+
+/// Heap order: the top is the highest score, and among equal scores the leftmost pair.
+struct merge_order {
+    /// True when `a` should be popped after `b`.
+    bool operator()(const merge_candidate& a, const merge_candidate& b) const noexcept {
+        if (a.score != b.score) return a.score < b.score;
+        return a.left > b.left;
+    }
+};
+
+}  // namespace detail::tok
+
+/// Score-driven BPE tokenizer with byte fallback, as in llama2.c's run.c and sentencepiece BPE models.
+class bpe_tokenizer {
+public:
+    /// Takes the vocabulary and indexes it; throws std::invalid_argument when its arrays disagree in length
+    /// (empty `kinds` means all normal), it is empty or too large for int32 ids, or a special id is out of range
+    /// (-1 marks an absent special token).
+    explicit bpe_tokenizer(vocabulary vocab) : vocab_(std::move(vocab)) {
+        const std::size_t n = vocab_.pieces.size();
+        if (n == 0) throw std::invalid_argument("mechlens: bpe_tokenizer needs a non-empty vocabulary");
+        if (n > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+            throw std::invalid_argument("mechlens: vocabulary of " + std::to_string(n) + " pieces exceeds int32 ids");
+        }
+        if (vocab_.kinds.empty()) vocab_.kinds.assign(n, token_kind::normal);
+        if (vocab_.scores.size() != n || vocab_.kinds.size() != n) {
+            throw std::invalid_argument("mechlens: vocabulary has " + std::to_string(n) + " pieces but " +
+                                        std::to_string(vocab_.scores.size()) + " scores and " +
+                                        std::to_string(vocab_.kinds.size()) + " kinds");
+        }
+        check_special("bos_id", vocab_.bos_id);
+        check_special("eos_id", vocab_.eos_id);
+        check_special("unknown_id", vocab_.unknown_id);
+
+        mergeable_.assign(n, false);
+        silent_.assign(n, false);
+        byte_value_.assign(n, -1);
+        all_pieces_.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto id = static_cast<std::int32_t>(i);
+            const std::string& piece = vocab_.pieces[i];
+            all_pieces_.try_emplace(piece, id);  // the first of duplicate pieces wins
+            const token_kind kind = vocab_.kinds[i];
+            const bool special = id == vocab_.bos_id || id == vocab_.eos_id || id == vocab_.unknown_id;
+            silent_[i] = special || kind == token_kind::control || kind == token_kind::unknown;
+            if (const auto byte = detail::tok::parse_byte_piece(piece)) byte_value_[i] = *byte;
+            // Empty pieces never merge either, so every merge strictly lengthens a symbol and the loop ends.
+            if (!special && !piece.empty() && (kind == token_kind::normal || kind == token_kind::user_defined)) {
+                if (mergeable_pieces_.try_emplace(piece, id).second) {
+                    mergeable_[i] = true;
+                    max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
+                }
+            }
+        }
+        for (std::size_t b = 0; b < byte_ids_.size(); ++b) {
+            const auto it = all_pieces_.find(detail::tok::byte_piece_text(static_cast<unsigned char>(b)));
+            byte_ids_[b] = it != all_pieces_.end() ? it->second : vocab_.unknown_id;
+        }
+    }
+
+    /// Reads a llama2.c tokenizer file (see read_llama2c_vocabulary) and builds the tokenizer.
+    static bpe_tokenizer from_llama2c(const std::filesystem::path& path) {
+        return bpe_tokenizer(read_llama2c_vocabulary(path));
+    }
+
+    /// Token ids of `text` (any bytes; invalid UTF-8 falls back to byte tokens), with optional BOS and EOS.
+    /// Throws std::invalid_argument when BOS/EOS is asked for but absent, or a byte has neither a byte piece
+    /// nor an unknown id to fall back to.
+    std::vector<std::int32_t> encode(std::string_view text, bool add_bos = true, bool add_eos = false) const {
+        std::vector<std::int32_t> out;
+        if (add_bos) {
+            if (vocab_.bos_id < 0) throw std::invalid_argument("mechlens: encode with BOS but the vocabulary has none");
+            out.push_back(vocab_.bos_id);
+        }
+        if (!text.empty()) {
+            std::vector<std::int32_t> symbols;  // (n_symbols) one token per code point or fallback byte
+            symbols.reserve(text.size() + 1);
+            push_code_point(" ", symbols);  // sentencepiece's dummy prefix: the first word looks like any other
+            std::size_t start = 0;
+            std::size_t length = 0;
+            for (std::size_t i = 0; i < text.size(); ++i) {
+                // Like run.c: a run of continuation bytes stays with its lead byte, capped at four bytes.
+                if (length == 0) start = i;
+                ++length;
+                const bool continues = i + 1 < text.size() && detail::tok::is_continuation_byte(text[i + 1]);
+                if (continues && length < 4) continue;
+                push_code_point(text.substr(start, length), symbols);
+                length = 0;
+            }
+            merge(symbols);
+            for (const std::int32_t token : symbols) {
+                if (token >= 0) out.push_back(token);
+            }
+        }
+        if (add_eos) {
+            if (vocab_.eos_id < 0) throw std::invalid_argument("mechlens: encode with EOS but the vocabulary has none");
+            out.push_back(vocab_.eos_id);
+        }
+        return out;
+    }
+
+    /// Text of a whole token sequence: control and unknown tokens give nothing, `<0xXX>` pieces give their byte,
+    /// and a piece right after BOS loses one leading space. Throws std::out_of_range on an id outside the vocabulary.
+    std::string decode(std::span<const std::int32_t> tokens) const {
+        std::string text;
+        std::int32_t previous = -1;
+        for (const std::int32_t token : tokens) {
+            append_piece(previous, token, text);
+            previous = token;
+        }
+        return text;
+    }
+
+    /// Text of `token` when it follows `previous` (-1 for none), as run.c prints while streaming; concatenating
+    /// these over a sequence gives decode(). Throws std::out_of_range when `token` is outside the vocabulary.
+    std::string decode_piece(std::int32_t previous, std::int32_t token) const {
+        std::string text;
+        append_piece(previous, token, text);
+        return text;
+    }
+
+    /// Number of pieces.
+    index_t size() const noexcept { return static_cast<index_t>(vocab_.pieces.size()); }
+    /// The vocabulary this tokenizer was built from (kinds filled in when they were empty).
+    const vocabulary& vocab() const noexcept { return vocab_; }
+    /// Beginning-of-sequence id (-1 when absent).
+    std::int32_t bos_id() const noexcept { return vocab_.bos_id; }
+    /// End-of-sequence id (-1 when absent).
+    std::int32_t eos_id() const noexcept { return vocab_.eos_id; }
+
+    /// Id of the piece spelled exactly `piece` (any kind; the lowest id among duplicates), if there is one.
+    std::optional<std::int32_t> find(std::string_view piece) const {
+        const auto it = all_pieces_.find(piece);
+        if (it == all_pieces_.end()) return std::nullopt;
+        return it->second;
+    }
+
+private:
+    void check_special(const char* name, std::int32_t id) const {
+        if (id < -1 || id >= static_cast<std::int32_t>(vocab_.pieces.size())) {
+            throw std::invalid_argument(std::string("mechlens: vocabulary ") + name + " " + std::to_string(id) +
+                                        " is outside [0, " + std::to_string(vocab_.pieces.size()) + ") and not -1");
+        }
+    }
+
+    std::size_t piece_size(std::int32_t token) const noexcept {
+        return vocab_.pieces[static_cast<std::size_t>(token)].size();
+    }
+
+    // The piece for one code point, or one byte-fallback token per byte when there is none.
+    void push_code_point(std::string_view code_point, std::vector<std::int32_t>& symbols) const {
+        if (const auto it = mergeable_pieces_.find(code_point); it != mergeable_pieces_.end()) {
+            symbols.push_back(it->second);
+            return;
+        }
+        for (const char c : code_point) {
+            const std::int32_t id = byte_ids_[static_cast<unsigned char>(c)];
+            if (id < 0) {
+                throw std::invalid_argument("mechlens: text has byte " + std::to_string(static_cast<unsigned char>(c)) +
+                                            " which the vocabulary can represent neither as a piece nor as unknown");
+            }
+            symbols.push_back(id);
+        }
+    }
+
+    // Applies merges in place: merged-away symbols become -1. Positions are first-byte indices, so the heap's
+    // "smallest position" is the leftmost pair of the current sequence, which is run.c's tie-break.
+    void merge(std::vector<std::int32_t>& symbols) const {
+        const auto n = static_cast<index_t>(symbols.size());
+        std::vector<index_t> prev(static_cast<std::size_t>(n));  // (n_symbols) left neighbour, -1 at the start
+        std::vector<index_t> next(static_cast<std::size_t>(n));  // (n_symbols) right neighbour, -1 at the end
+        for (index_t i = 0; i < n; ++i) {
+            prev[static_cast<std::size_t>(i)] = i - 1;
+            next[static_cast<std::size_t>(i)] = i + 1 < n ? i + 1 : -1;
+        }
+        const auto at = [&](index_t i) -> std::int32_t& { return symbols[static_cast<std::size_t>(i)]; };
+        std::vector<detail::tok::merge_candidate> heap;
+        std::string joined;
+        const auto consider = [&](index_t left, index_t right) {
+            if (left < 0 || right < 0) return;
+            const std::int32_t a = at(left);
+            const std::int32_t b = at(right);
+            if (!mergeable_[static_cast<std::size_t>(a)] || !mergeable_[static_cast<std::size_t>(b)]) return;
+            if (piece_size(a) + piece_size(b) > max_piece_bytes_) return;
+            joined.assign(vocab_.pieces[static_cast<std::size_t>(a)]);
+            joined.append(vocab_.pieces[static_cast<std::size_t>(b)]);
+            const auto it = mergeable_pieces_.find(std::string_view(joined));
+            if (it == mergeable_pieces_.end()) return;
+            const float score = vocab_.scores[static_cast<std::size_t>(it->second)];
+            if (std::isnan(score)) return;
+            heap.push_back({score, left, right, a, b, it->second});
+            std::push_heap(heap.begin(), heap.end(), detail::tok::merge_order{});
+        };
+        for (index_t i = 0; i + 1 < n; ++i) consider(i, i + 1);
+        while (!heap.empty()) {
+            std::pop_heap(heap.begin(), heap.end(), detail::tok::merge_order{});
+            const detail::tok::merge_candidate c = heap.back();
+            heap.pop_back();
+            // Stale when either half has merged since: a merged-away right half reads -1, a grown one a new id,
+            // and a left half that absorbed something no longer has `right` as its neighbour.
+            if (at(c.left) != c.left_token || at(c.right) != c.right_token ||
+                next[static_cast<std::size_t>(c.left)] != c.right) {
+                continue;
+            }
+            at(c.left) = c.merged_token;
+            at(c.right) = -1;
+            const index_t after = next[static_cast<std::size_t>(c.right)];
+            next[static_cast<std::size_t>(c.left)] = after;
+            if (after >= 0) prev[static_cast<std::size_t>(after)] = c.left;
+            consider(prev[static_cast<std::size_t>(c.left)], c.left);
+            consider(c.left, after);
+        }
+    }
+
+    void append_piece(std::int32_t previous, std::int32_t token, std::string& text) const {
+        if (token < 0 || token >= static_cast<std::int32_t>(vocab_.pieces.size())) {
+            throw std::out_of_range("mechlens: token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                                    std::to_string(vocab_.pieces.size()) + ")");
+        }
+        const auto id = static_cast<std::size_t>(token);
+        if (silent_[id]) return;
+        if (byte_value_[id] >= 0) {
+            text.push_back(static_cast<char>(static_cast<unsigned char>(byte_value_[id])));
+            return;
+        }
+        std::string_view piece = vocab_.pieces[id];
+        // sentencepiece's dummy prefix: the first word after BOS carries a space the text never had.
+        if (previous >= 0 && previous == vocab_.bos_id && !piece.empty() && piece.front() == ' ') piece.remove_prefix(1);
+        text.append(piece);
+    }
+
+    vocabulary vocab_;                             ///< The pieces, scores, kinds and special ids.
+    detail::tok::piece_map all_pieces_;            ///< Every piece to its lowest id, for find() and byte pieces.
+    detail::tok::piece_map mergeable_pieces_;      ///< Normal and user-defined pieces: what text may become.
+    std::vector<bool> mergeable_;                  ///< (vocab) id is the entry of mergeable_pieces_ for its text.
+    std::vector<bool> silent_;                     ///< (vocab) id decodes to nothing (control, unknown, special).
+    std::vector<std::int16_t> byte_value_;         ///< (vocab) byte a `<0xXX>` piece stands for, else -1.
+    std::array<std::int32_t, 256> byte_ids_{};     ///< Fallback id per byte: its `<0xXX>` piece, else unknown.
+    std::size_t max_piece_bytes_ = 0;              ///< Longest mergeable piece, to skip hopeless lookups.
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/tokenizer/bpe.hpp ----
 // ---- end mechlens/tokenizer.hpp ----
+// ---- begin mechlens/hooks.hpp ----
+/// @file
+/// Hooks: named sites and the policy concept.
+
+// ---- begin mechlens/hooks/site.hpp ----
+/// @file
+/// Hook sites: every named activation of the forward pass, as a typed (kind, layer) value.
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The kind of a hook site; names and shapes follow TransformerLens (batch axis kept).
+enum class site_kind : std::uint8_t {
+    embed,                ///< `hook_embed` (batch, pos, d_model)
+    resid_pre,            ///< `blocks.L.hook_resid_pre` (batch, pos, d_model)
+    ln1_scale,            ///< `blocks.L.ln1.hook_scale` (batch, pos, 1)
+    ln1_normalized,       ///< `blocks.L.ln1.hook_normalized` (batch, pos, d_model), before the gain
+    attn_q,               ///< `blocks.L.attn.hook_q` (batch, pos, n_heads, d_head)
+    attn_k,               ///< `blocks.L.attn.hook_k` (batch, pos, n_kv_heads, d_head)
+    attn_v,               ///< `blocks.L.attn.hook_v` (batch, pos, n_kv_heads, d_head)
+    attn_rot_q,           ///< `blocks.L.attn.hook_rot_q` (batch, pos, n_heads, d_head)
+    attn_rot_k,           ///< `blocks.L.attn.hook_rot_k` (batch, pos, n_kv_heads, d_head)
+    attn_scores,          ///< `blocks.L.attn.hook_attn_scores` (batch, head, query_pos, key_pos), masked = -inf
+    attn_pattern,         ///< `blocks.L.attn.hook_pattern` (batch, head, query_pos, key_pos)
+    attn_z,               ///< `blocks.L.attn.hook_z` (batch, pos, n_heads, d_head)
+    attn_result,          ///< `blocks.L.attn.hook_result` (batch, pos, n_heads, d_model), computed only when wanted
+    attn_out,             ///< `blocks.L.hook_attn_out` (batch, pos, d_model)
+    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model)
+    ln2_scale,            ///< `blocks.L.ln2.hook_scale` (batch, pos, 1)
+    ln2_normalized,       ///< `blocks.L.ln2.hook_normalized` (batch, pos, d_model), before the gain
+    mlp_pre,              ///< `blocks.L.mlp.hook_pre` (batch, pos, d_mlp): gate pre-activation
+    mlp_pre_linear,       ///< `blocks.L.mlp.hook_pre_linear` (batch, pos, d_mlp): up projection
+    mlp_post,             ///< `blocks.L.mlp.hook_post` (batch, pos, d_mlp)
+    mlp_out,              ///< `blocks.L.hook_mlp_out` (batch, pos, d_model)
+    resid_post,           ///< `blocks.L.hook_resid_post` (batch, pos, d_model)
+    ln_final_scale,       ///< `ln_final.hook_scale` (batch, pos, 1)
+    ln_final_normalized,  ///< `ln_final.hook_normalized` (batch, pos, d_model), before the gain
+    unembed_out,          ///< `unembed.hook_out` (batch, pos, d_vocab): the logits
+};
+
+/// Number of site kinds.
+inline constexpr std::size_t site_kind_count = static_cast<std::size_t>(site_kind::unembed_out) + 1;
+
+/// True for sites that exist once per block (named `blocks.L.…`); false for global ones.
+constexpr bool is_block_site(site_kind kind) noexcept {
+    return kind != site_kind::embed && kind != site_kind::ln_final_scale &&
+           kind != site_kind::ln_final_normalized && kind != site_kind::unembed_out;
+}
+
+/// The part of a hook name after `blocks.L.` (or the whole name for global sites).
+constexpr std::string_view site_suffix(site_kind kind) noexcept {
+    constexpr std::array<std::string_view, site_kind_count> names{
+        "hook_embed",          "hook_resid_pre",      "ln1.hook_scale",     "ln1.hook_normalized",
+        "attn.hook_q",         "attn.hook_k",         "attn.hook_v",        "attn.hook_rot_q",
+        "attn.hook_rot_k",     "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
+        "attn.hook_result",
+        "hook_attn_out",       "hook_resid_mid",      "ln2.hook_scale",     "ln2.hook_normalized",
+        "mlp.hook_pre",        "mlp.hook_pre_linear", "mlp.hook_post",      "hook_mlp_out",
+        "hook_resid_post",     "ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_out"};
+    return names[static_cast<std::size_t>(kind)];
+}
+
+/// One hook site: a kind plus the block it belongs to (-1 for global sites).
+struct site {
+    site_kind kind = site_kind::embed;  ///< Which activation.
+    index_t layer = -1;                 ///< Block index, or -1 for global sites.
+    friend constexpr bool operator==(const site&, const site&) = default;  ///< Same kind and layer.
+};
+
+/// The TransformerLens name of a site, e.g. `blocks.3.attn.hook_pattern`.
+inline std::string to_string(const site& s) {
+    if (!is_block_site(s.kind)) return std::string(site_suffix(s.kind));
+    return "blocks." + std::to_string(s.layer) + "." + std::string(site_suffix(s.kind));
+}
+
+/// Where in the sequence a forward call is: lets hooks see absolute positions during KV-cache decoding.
+struct hook_context {
+    index_t start_position = 0;  ///< Absolute position of the first query row in this call.
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/site.hpp ----
+// ---- begin mechlens/hooks/policy.hpp ----
+/// @file
+/// The hook policy concept and the empty `no_hooks` policy.
+
+#include <concepts>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A hook policy answers "do you want this kind of site?" at compile time and is then handed each wanted activation
+/// as a mutable view; whatever it writes is what the rest of the forward pass sees.
+template <class P>
+concept hook_policy = requires(P& policy, const site& s, const hook_context& ctx, tensor_view<float, 3> v3,
+                               tensor_view<float, 4> v4) {
+    { P::wants(site_kind::embed) } -> std::convertible_to<bool>;
+    policy.on_activation(s, v3, ctx);
+    policy.on_activation(s, v4, ctx);
+};
+
+/// The policy that wants nothing: the forward pass compiled with it is the plain forward pass.
+struct no_hooks {
+    /// Wants no site.
+    static constexpr bool wants(site_kind) noexcept { return false; }
+    /// Never called.
+    template <std::size_t Rank>
+    void on_activation(const site&, tensor_view<float, Rank>, const hook_context&) noexcept {}
+};
+static_assert(hook_policy<no_hooks>);
+static_assert(sizeof(no_hooks) == 1 && std::is_empty_v<no_hooks>, "no_hooks must stay an empty type");
+
+namespace detail {
+/// Fires a site when the policy wants its kind; `make_view` is only evaluated then, so unwanted sites cost nothing.
+template <site_kind Kind, class Policy, class MakeView>
+inline void fire(Policy& policy, index_t layer, const hook_context& ctx, MakeView&& make_view) {
+    if constexpr (Policy::wants(Kind)) policy.on_activation(site{Kind, layer}, make_view(), ctx);
+}
+/// True when the policy wants any of the given kinds (evaluated at compile time).
+template <class Policy, site_kind... Kinds>
+inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
+}  // namespace detail
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/policy.hpp ----
+// ---- end mechlens/hooks.hpp ----
 // ---- begin mechlens/model.hpp ----
 /// @file
-/// The LLaMA-family transformer: config, weights, forward pass, KV cache, sampling.
+/// The LLaMA-family transformer: config, weights, forward pass, KV cache, sampling, generation.
 
 // ---- begin mechlens/model/config.hpp ----
 /// @file
@@ -573,9 +2024,2183 @@ inline void validate_weights(const model_config& config, const model_weights& w)
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/weights.hpp ----
+// ---- begin mechlens/model/transformer.hpp ----
+/// @file
+/// A ready-to-run transformer: config, weight views and precomputed rotary tables.
+
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A LLaMA-family model ready for forward passes; immutable, so one instance can serve many threads.
+class transformer {
+public:
+    /// Takes a loader's result; validates config and weight shapes (throws format_error / shape_error).
+    explicit transformer(loaded_model loaded)
+        : config_(std::move(loaded.config)), weights_(std::move(loaded.weights)) {
+        config_.validate();
+        validate_weights(config_, weights_);
+        rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
+    }
+
+    /// Hyper-parameters.
+    [[nodiscard]] const model_config& config() const noexcept { return config_; }
+    /// Weight views.
+    [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
+    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each.
+    [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
+
+private:
+    model_config config_;
+    model_weights weights_;
+    kernels::rope_tables rope_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/transformer.hpp ----
+// ---- begin mechlens/model/kv_cache.hpp ----
+/// @file
+/// Key/value cache for incremental decoding.
+
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Rotated keys and values of every past position, per layer; one cache serves one batch of sequences.
+class kv_cache {
+public:
+    /// An empty cache with no capacity.
+    kv_cache() = default;
+
+    /// A cache for `batch` sequences of up to `capacity` positions (at most config.n_ctx).
+    kv_cache(const model_config& config, index_t batch, index_t capacity) { reset(config, batch, capacity); }
+
+    /// Makes the cache hold `batch` sequences of up to `capacity` positions and empties it; reuses memory when it fits.
+    void reset(const model_config& config, index_t batch, index_t capacity) {
+        if (batch <= 0) throw shape_error("kv_cache: batch must be positive, got " + std::to_string(batch));
+        if (capacity <= 0 || capacity > config.n_ctx)
+            throw shape_error("kv_cache: capacity " + std::to_string(capacity) + " is outside [1, n_ctx = " +
+                              std::to_string(config.n_ctx) + "]");
+        const extents<4> shape{batch, config.n_kv_heads, capacity, config.d_head()};
+        const auto layers = static_cast<std::size_t>(config.n_layers);
+        if (keys_.size() != layers || keys_.front().shape() != shape) {
+            keys_.assign(layers, tensor<float, 4>(shape));
+            values_.assign(layers, tensor<float, 4>(shape));
+        }
+        length_ = 0;
+    }
+
+    /// Forgets every position but keeps the memory.
+    void clear() noexcept { length_ = 0; }
+    /// Positions already stored.
+    [[nodiscard]] index_t length() const noexcept { return length_; }
+    /// Maximum positions.
+    [[nodiscard]] index_t capacity() const noexcept { return keys_.empty() ? 0 : keys_.front().extent(2); }
+    /// Sequences per batch.
+    [[nodiscard]] index_t batch() const noexcept { return keys_.empty() ? 0 : keys_.front().extent(0); }
+    /// Number of layers stored.
+    [[nodiscard]] index_t layers() const noexcept { return static_cast<index_t>(keys_.size()); }
+    /// Rotated keys of one layer, (batch, kv_head, position, d_head).
+    [[nodiscard]] tensor_view<float, 4> keys(index_t layer) { return keys_.at(static_cast<std::size_t>(layer)).view(); }
+    /// Values of one layer, (batch, kv_head, position, d_head).
+    [[nodiscard]] tensor_view<float, 4> values(index_t layer) {
+        return values_.at(static_cast<std::size_t>(layer)).view();
+    }
+    /// Marks `count` more positions as stored (called by the forward pass after writing them).
+    void advance(index_t count) noexcept { length_ += count; }
+
+private:
+    std::vector<tensor<float, 4>> keys_;    // per layer: (batch, kv_head, position, d_head)
+    std::vector<tensor<float, 4>> values_;  // per layer: (batch, kv_head, position, d_head)
+    index_t length_ = 0;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/kv_cache.hpp ----
+// ---- begin mechlens/model/workspace.hpp ----
+/// @file
+/// Reusable scratch memory for forward passes: grows to the largest shape seen, then allocates nothing.
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+/// A flat float buffer that only ever grows, handing out dense views of its prefix.
+class scratch_buffer {
+public:
+    /// Grows (never shrinks) to hold at least `count` floats.
+    void reserve(index_t count) {
+        if (count > storage_.size()) storage_ = tensor<float, 1>({count});
+    }
+    /// A dense (rows, cols) view of the prefix; reserve first.
+    [[nodiscard]] tensor_view<float, 2> matrix(index_t rows, index_t cols) noexcept {
+        return tensor_view<float, 2>(storage_.data(), {rows, cols});
+    }
+    /// A dense rank-4 view of the prefix; reserve first.
+    [[nodiscard]] tensor_view<float, 4> block(const extents<4>& shape) noexcept {
+        return tensor_view<float, 4>(storage_.data(), shape);
+    }
+    /// Start of the storage (null before the first reserve).
+    [[nodiscard]] const float* data() const noexcept { return storage_.data(); }
+    /// Floats currently held.
+    [[nodiscard]] index_t capacity() const noexcept { return storage_.size(); }
+
+private:
+    tensor<float, 1> storage_;
+};
+}  // namespace detail
+
+/// Scratch buffers of the forward pass. Keep one per thread and reuse it: after the first call at a given
+/// (batch, positions, keys) shape, later calls of that size or smaller allocate nothing.
+class workspace {
+public:
+    /// Grows every buffer to fit `batch` sequences of `positions` new tokens attending to `keys` positions.
+    void reserve(const model_config& c, index_t batch, index_t positions, index_t keys) {
+        const index_t rows = batch * positions;
+        residual.reserve(rows * c.d_model);
+        normed.reserve(rows * c.d_model);
+        norm_scale.reserve(rows);
+        queries.reserve(rows * c.n_heads * c.d_head());
+        new_keys.reserve(rows * c.n_kv_heads * c.d_head());
+        new_values.reserve(rows * c.n_kv_heads * c.d_head());
+        scores.reserve(batch * c.n_heads * positions * keys);
+        mixed.reserve(rows * c.n_heads * c.d_head());
+        block_out.reserve(rows * c.d_model);
+        gate.reserve(rows * c.d_mlp);
+        up.reserve(rows * c.d_mlp);
+    }
+
+    detail::scratch_buffer residual;    ///< (batch * pos, d_model) the residual stream.
+    detail::scratch_buffer normed;      ///< (batch * pos, d_model) norm output.
+    detail::scratch_buffer norm_scale;  ///< (batch * pos, 1) norm scales (only when hooked).
+    detail::scratch_buffer queries;     ///< (batch * pos, n_heads * d_head)
+    detail::scratch_buffer new_keys;    ///< (batch * pos, n_kv_heads * d_head) before entering the cache.
+    detail::scratch_buffer new_values;  ///< (batch * pos, n_kv_heads * d_head) before entering the cache.
+    detail::scratch_buffer scores;      ///< (batch, n_heads, pos, keys) scores, then the pattern in place.
+    detail::scratch_buffer mixed;       ///< (batch * pos, n_heads * d_head) attention output per head ("z").
+    detail::scratch_buffer block_out;   ///< (batch * pos, d_model) attention or MLP output.
+    detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) gate pre-activation, then the MLP hidden state.
+    detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection.
+    detail::scratch_buffer head_result; ///< (batch * pos, n_heads, d_model) per-head outputs (only when hooked).
+    kv_cache own_cache;                 ///< Cache used by forward calls that are not given one.
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/workspace.hpp ----
+// ---- begin mechlens/model/forward.hpp ----
+/// @file
+/// The forward pass of a LLaMA-family transformer, with a hook site at every named activation.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+#if defined(_OPENMP)
+#define MECHLENS_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#else
+#define MECHLENS_PARALLEL_FOR
+#endif
+
+/// Shapes of one forward call, derived once and shared by the block functions.
+struct forward_shape {
+    index_t batch;      ///< Sequences.
+    index_t positions;  ///< New positions per sequence in this call.
+    index_t start;      ///< Absolute position of the first new token.
+    index_t keys;       ///< Positions attended to: start + positions.
+    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
+};
+
+/// Views a (batch * pos, width) matrix as (batch, pos, width).
+inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {
+    return tensor_view<float, 3>(m.data(), {s.batch, s.positions, m.extent(1)});
+}
+
+/// Views a (batch * pos, heads * d_head) matrix as (batch, pos, heads, d_head).
+inline tensor_view<float, 4> as_heads(tensor_view<float, 2> m, const forward_shape& s, index_t heads) {
+    return tensor_view<float, 4>(m.data(), {s.batch, s.positions, heads, m.extent(1) / heads});
+}
+
+/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
+/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
+                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
+    const index_t width = x.extent(1);
+    if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
+        tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
+        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
+        fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
+        for (index_t r = 0; r < s.rows(); ++r) {
+            const float inverse = 1.0f / scale(r, 0);
+            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) * inverse;
+        }
+        fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
+        for (index_t r = 0; r < s.rows(); ++r)
+            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
+    } else {
+        (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
+        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
+    }
+}
+
+/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
+inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
+    const model_config& c = model.config();
+    const index_t d_head = c.d_head();
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const index_t position = s.start + r % s.positions;
+        const float* cos = &model.rope().cos(position, 0);
+        const float* sin = &model.rope().sin(position, 0);
+        for (index_t h = 0; h < heads; ++h) {
+            float* head = &m(r, h * d_head);
+            if (c.rope == rope_layout::adjacent_pairs)
+                kernels::rope_adjacent(head, cos, sin, d_head);
+            else
+                kernels::rope_split_halves(head, cos, sin, d_head);
+        }
+    }
+}
+
+/// Causal multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries and the cache.
+template <class Policy>
+void attend(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model, const forward_shape& s,
+            kv_cache& cache, workspace& ws) {
+    const model_config& c = model.config();
+    const index_t heads = c.n_heads, d_head = c.d_head(), group = c.group_size();
+    const auto queries = ws.queries.matrix(s.rows(), heads * d_head);  // (batch * pos, n_heads * d_head)
+    const auto mixed = ws.mixed.matrix(s.rows(), heads * d_head);      // (batch * pos, n_heads * d_head)
+    const auto scores = ws.scores.block({s.batch, heads, s.positions, s.keys});  // (batch, head, query_pos, key_pos)
+    const auto keys = cache.keys(layer);                                        // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
+    const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
+    const index_t pairs = s.batch * heads;
+
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        const tensor_view<const float, 2> q(&queries(b * s.positions, h * d_head), {s.positions, d_head},
+                                            {heads * d_head, 1});                      // (pos, d_head)
+        const tensor_view<const float, 2> k(&keys(b, h / group, 0, 0), {s.keys, d_head});  // (keys, d_head)
+        const tensor_view<float, 2> score = scores[b][h];                                  // (pos, keys)
+        kernels::linear(q, k, score);
+        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, s.start + p + 1);
+    }
+    if constexpr (Policy::wants(site_kind::attn_scores)) {
+        for (index_t b = 0; b < s.batch; ++b)
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t p = 0; p < s.positions; ++p)
+                    for (index_t key = s.start + p + 1; key < s.keys; ++key)
+                        scores(b, h, p, key) = -std::numeric_limits<float>::infinity();
+        fire<site_kind::attn_scores>(policy, layer, ctx, [&] { return scores; });
+    }
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        for (index_t p = 0; p < s.positions; ++p)
+            kernels::masked_softmax(&scores(b, h, p, 0), s.start + p + 1, s.keys);
+    }
+    fire<site_kind::attn_pattern>(policy, layer, ctx, [&] { return scores; });
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        // z[p] = sum over visible keys t, in order, of pattern[p][t] * v[t]: each row's sum is the same whether the
+        // row was computed in a prefill or in a decode step.
+        for (index_t p = 0; p < s.positions; ++p) {
+            float* z = &mixed(b * s.positions + p, h * d_head);
+            const float* pattern = &scores(b, h, p, 0);
+            for (index_t i = 0; i < d_head; ++i) z[i] = 0.0f;
+            for (index_t t = 0; t < s.start + p + 1; ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
+        }
+    }
+    fire<site_kind::attn_z>(policy, layer, ctx, [&] { return as_heads(mixed, s, heads); });
+}
+
+/// The attention output projection; with `attn.hook_result` wanted, goes through per-head results and sums them.
+template <class Policy>
+void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
+                   const forward_shape& s, workspace& ws, tensor_view<float, 2> out) {
+    const model_config& c = model.config();
+    const auto mixed = ws.mixed.matrix(s.rows(), c.n_heads * c.d_head());  // (batch * pos, n_heads * d_head)
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    if constexpr (Policy::wants(site_kind::attn_result)) {
+        const index_t heads = c.n_heads, d_head = c.d_head(), d = c.d_model;
+        ws.head_result.reserve(s.rows() * heads * d);
+        auto result = ws.head_result.block({s.batch, s.positions, heads, d});  // (batch, pos, head, d_model)
+        for (index_t h = 0; h < heads; ++h) {
+            const tensor_view<const float, 2> z_h(&mixed(0, h * d_head), {s.rows(), d_head},
+                                                  {heads * d_head, 1});          // (batch * pos, d_head)
+            const auto w_h = w.w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
+            kernels::linear(z_h, w_h, tensor_view<float, 2>(&result(0, 0, h, 0), {s.rows(), d}, {heads * d, 1}));
+        }
+        fire<site_kind::attn_result>(policy, layer, ctx, [&] { return result; });
+        for (index_t r = 0; r < s.rows(); ++r) {
+            float* row = &out(r, 0);
+            for (index_t i = 0; i < d; ++i) row[i] = 0.0f;
+            for (index_t h = 0; h < heads; ++h) kernels::add(row, row, &result(r / s.positions, r % s.positions, h, 0), d);
+        }
+    } else {
+        (void)policy, (void)ctx;
+        kernels::linear(mixed, w.w_o, out);
+    }
+}
+
+/// One transformer block: attention then gated MLP, each added to the residual stream.
+template <class Policy>
+void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
+               const forward_shape& s, kv_cache& cache, workspace& ws) {
+    const model_config& c = model.config();
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const index_t rows = s.rows(), d = c.d_model, d_head = c.d_head();
+    const auto x = ws.residual.matrix(rows, d);                                 // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(rows, d);                              // (batch * pos, d_model)
+    const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
+    const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
+    const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
+    const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
+
+    fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+    rms_normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(policy, layer, ctx, s, x, w.attn_norm, c.norm_eps,
+                                                                   normed, ws.norm_scale);
+    kernels::linear(normed, w.w_q, queries);
+    kernels::linear(normed, w.w_k, new_keys);
+    kernels::linear(normed, w.w_v, new_values);
+    fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+    fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
+    apply_rope(model, s, queries, c.n_heads);
+    apply_rope(model, s, new_keys, c.n_kv_heads);
+    fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+    fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+
+    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
+    for (index_t r = 0; r < rows; ++r) {
+        const index_t b = r / s.positions, position = s.start + r % s.positions;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                keys(b, h, position, i) = new_keys(r, h * d_head + i);
+                values(b, h, position, i) = new_values(r, h * d_head + i);
+            }
+    }
+    attend(policy, layer, ctx, model, s, cache, ws);
+    project_heads(policy, layer, ctx, model, s, ws, block_out);
+    fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+
+    rms_normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(policy, layer, ctx, s, x, w.mlp_norm, c.norm_eps,
+                                                                   normed, ws.norm_scale);
+    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
+    const auto up = ws.up.matrix(rows, c.d_mlp);      // (batch * pos, d_mlp)
+    kernels::linear(normed, w.w_gate, gate);
+    kernels::linear(normed, w.w_up, up);
+    fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
+    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    kernels::linear(gate, w.w_down, block_out);
+    fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+}
+
+/// Throws unless tokens, cache and logits fit the model and each other.
+inline forward_shape check_forward_arguments(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+                                             const kv_cache& cache, tensor_view<float, 3> logits) {
+    const model_config& c = model.config();
+    const forward_shape s{tokens.extent(0), tokens.extent(1), cache.length(), cache.length() + tokens.extent(1)};
+    if (s.batch <= 0 || s.positions <= 0)
+        throw shape_error("forward: tokens must be (batch, pos) with both positive, got " +
+                          detail::format_extents(tokens.shape()));
+    if (cache.layers() != c.n_layers || cache.batch() != s.batch)
+        throw shape_error("forward: the kv_cache was made for batch " + std::to_string(cache.batch()) + " and " +
+                          std::to_string(cache.layers()) + " layers; tokens have batch " + std::to_string(s.batch));
+    if (s.keys > cache.capacity())
+        throw shape_error("forward: " + std::to_string(s.keys) + " positions exceed the kv_cache capacity " +
+                          std::to_string(cache.capacity()) + " (n_ctx = " + std::to_string(c.n_ctx) + ")");
+    if (logits.extent(0) != s.batch || (logits.extent(1) != s.positions && logits.extent(1) != 1) ||
+        logits.extent(2) != c.d_vocab)
+        throw shape_error("forward: logits must be (batch, pos, d_vocab) or (batch, 1, d_vocab) = (" +
+                          std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
+                          std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
+    if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
+    for (index_t b = 0; b < s.batch; ++b)
+        for (index_t p = 0; p < s.positions; ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range("forward: token id " + std::to_string(tokens(b, p)) + " at (" +
+                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+    return s;
+}
+
+}  // namespace detail
+
+/// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
+/// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
+/// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
+template <class Policy = no_hooks>
+void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, kv_cache& cache,
+             tensor_view<float, 3> logits, workspace& ws, Policy&& policy = Policy{}) {
+    using policy_type = std::remove_cvref_t<Policy>;
+    static_assert(hook_policy<policy_type>, "mechlens::forward: the policy does not satisfy mechlens::hook_policy");
+    const model_config& c = model.config();
+    const detail::forward_shape s = detail::check_forward_arguments(model, tokens, cache, logits);
+    const hook_context ctx{s.start};
+    ws.reserve(c, s.batch, s.positions, s.keys);
+    policy_type& hooks = policy;
+
+    const auto x = ws.residual.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const std::int32_t token = tokens(r / s.positions, r % s.positions);
+        const float* embedding = &model.weights().token_embedding(token, 0);
+        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
+    }
+    detail::fire<site_kind::embed>(hooks, -1, ctx, [&] { return detail::as_sequence(x, s); });
+    for (index_t layer = 0; layer < c.n_layers; ++layer) detail::run_block(hooks, layer, ctx, model, s, cache, ws);
+
+    // Only the rows whose logits are asked for go through the final norm and the unembedding.
+    const bool last_only = logits.extent(1) == 1 && s.positions > 1;
+    const detail::forward_shape out_shape{s.batch, last_only ? 1 : s.positions, s.start, s.keys};
+    auto final_rows = x;  // (batch * out_pos, d_model)
+    if (last_only) {
+        final_rows = ws.block_out.matrix(s.batch, c.d_model);
+        for (index_t b = 0; b < s.batch; ++b)
+            for (index_t i = 0; i < c.d_model; ++i) final_rows(b, i) = x(b * s.positions + s.positions - 1, i);
+    }
+    const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
+    const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
+    detail::rms_normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        hooks, -1, final_ctx, out_shape, final_rows, model.weights().final_norm, c.norm_eps, normed, ws.norm_scale);
+    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
+    kernels::linear(normed, model.weights().unembed, logit_rows);
+    detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
+    cache.advance(s.positions);
+}
+
+/// Full forward pass over `tokens` (batch, pos) from position 0, using the workspace's own cache.
+template <class Policy = no_hooks>
+void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, tensor_view<float, 3> logits,
+             workspace& ws, Policy&& policy = Policy{}) {
+    ws.own_cache.reset(model.config(), tokens.extent(0), std::max<index_t>(tokens.extent(1), 1));
+    forward(model, tokens, ws.own_cache, logits, ws, std::forward<Policy>(policy));
+}
+
+/// Convenience: allocates and returns the logits (batch, pos, d_vocab) of a full forward pass.
+template <class Policy = no_hooks>
+tensor<float, 3> forward_logits(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+                                Policy&& policy = Policy{}) {
+    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().d_vocab});
+    workspace ws;
+    forward(model, tokens, logits.view(), ws, std::forward<Policy>(policy));
+    return logits;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/forward.hpp ----
+// ---- begin mechlens/model/sampling.hpp ----
+/// @file
+/// Turning logits into tokens: greedy, temperature and nucleus (top-p) sampling with a reproducible generator.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A small, fast, fully specified random generator (splitmix64), so a seed gives the same tokens on every platform.
+class random_generator {
+public:
+    /// Seeds the generator.
+    explicit random_generator(std::uint64_t seed) noexcept : state_(seed) {}
+    /// Next 64 random bits.
+    std::uint64_t next() noexcept {
+        std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return z ^ (z >> 31);
+    }
+    /// Uniform double in [0, 1) with 53 random bits.
+    double uniform() noexcept { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+private:
+    std::uint64_t state_;
+};
+
+/// Index of the largest logit (the first one on ties).
+inline std::int32_t argmax(const float* logits, index_t n) {
+    if (n <= 0) throw std::invalid_argument("argmax: empty logits");
+    return static_cast<std::int32_t>(std::max_element(logits, logits + n) - logits);
+}
+
+/// How to pick the next token.
+struct sampling_options {
+    float temperature = 0.0f;  ///< 0 means greedy (argmax); otherwise logits are divided by it.
+    float top_p = 1.0f;        ///< Nucleus: sample among the most likely tokens whose mass reaches top_p (1 = all).
+    std::uint64_t seed = 42;   ///< Seed of the generator.
+};
+
+/// Samples tokens from logits according to sampling_options; stateful (owns its generator).
+class sampler {
+public:
+    /// Validates the options (temperature >= 0, top_p in (0, 1]).
+    explicit sampler(const sampling_options& options) : options_(options), rng_(options.seed) {
+        if (!(options.temperature >= 0.0f) || !std::isfinite(options.temperature))
+            throw std::invalid_argument("sampler: temperature must be a finite number >= 0, got " +
+                                        std::to_string(options.temperature));
+        if (!(options.top_p > 0.0f && options.top_p <= 1.0f))
+            throw std::invalid_argument("sampler: top_p must be in (0, 1], got " + std::to_string(options.top_p));
+    }
+
+    /// Picks one token id from `n` logits.
+    std::int32_t sample(const float* logits, index_t n) {
+        if (options_.temperature == 0.0f) return argmax(logits, n);
+        // Probabilities in double: the sampled id must not depend on float summation order.
+        const auto count = static_cast<std::size_t>(n);
+        probabilities_.resize(count);
+        const double max_logit = static_cast<double>(*std::max_element(logits, logits + n));
+        double total = 0.0;
+        for (std::size_t i = 0; i < count; ++i) {
+            probabilities_[i] =
+                std::exp((static_cast<double>(logits[i]) - max_logit) / static_cast<double>(options_.temperature));
+            total += probabilities_[i];
+        }
+        order_.resize(count);
+        std::iota(order_.begin(), order_.end(), 0);
+        if (options_.top_p < 1.0f) {
+            // Most likely first; ties by id keep the order deterministic.
+            std::sort(order_.begin(), order_.end(), [&](std::int32_t a, std::int32_t b) {
+                const auto pa = probabilities_[static_cast<std::size_t>(a)];
+                const auto pb = probabilities_[static_cast<std::size_t>(b)];
+                return pa != pb ? pa > pb : a < b;
+            });
+            double mass = 0.0;
+            std::size_t keep = 0;
+            while (keep < count && mass < static_cast<double>(options_.top_p) * total)
+                mass += probabilities_[static_cast<std::size_t>(order_[keep++])];
+            order_.resize(std::max<std::size_t>(keep, 1));
+            total = mass;
+        }
+        const double target = rng_.uniform() * total;
+        double running = 0.0;
+        for (std::int32_t id : order_) {
+            running += probabilities_[static_cast<std::size_t>(id)];
+            if (target < running) return id;
+        }
+        return order_.back();  // only reached through rounding at the very top of the range
+    }
+
+private:
+    sampling_options options_;
+    random_generator rng_;
+    std::vector<double> probabilities_;
+    std::vector<std::int32_t> order_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/sampling.hpp ----
+// ---- begin mechlens/model/generate.hpp ----
+/// @file
+/// Autoregressive generation with a KV cache; hooks fire during prefill and every decode step.
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// What to generate.
+struct generation_options {
+    index_t max_new_tokens = 64;  ///< Upper bound on generated tokens (also bounded by n_ctx).
+    sampling_options sampling;    ///< Greedy by default.
+    bool stop_at_eos = true;      ///< Stop after emitting `eos_id`.
+    std::int32_t eos_id = 2;      ///< End-of-sequence id.
+    bool stop_at_bos = true;      ///< Stop when the model emits `bos_id` (llama2.c's convention).
+    std::int32_t bos_id = 1;      ///< Beginning-of-sequence id.
+};
+
+/// Generates after `prompt` (which must be non-empty); calls `on_token(id)` as each token is chosen and returns the
+/// new tokens. The prompt is prefilled in one batched forward; then one forward per token reuses the cache.
+template <class OnToken, class Policy = no_hooks>
+std::vector<std::int32_t> generate(const transformer& model, std::span<const std::int32_t> prompt,
+                                   const generation_options& options, OnToken&& on_token,
+                                   Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    const auto prompt_length = static_cast<index_t>(prompt.size());
+    if (prompt_length == 0) throw std::invalid_argument("generate: the prompt must hold at least one token");
+    if (prompt_length > c.n_ctx)
+        throw std::invalid_argument("generate: the prompt has " + std::to_string(prompt_length) +
+                                    " tokens, more than n_ctx = " + std::to_string(c.n_ctx));
+    const index_t budget = std::min(options.max_new_tokens, c.n_ctx - prompt_length);
+    kv_cache cache(c, 1, std::max<index_t>(1, std::min(c.n_ctx, prompt_length + budget)));
+    workspace ws;
+    sampler pick(options.sampling);
+    tensor<float, 3> logits({1, 1, c.d_vocab});  // (batch, 1, d_vocab): only the last position is needed
+    std::vector<std::int32_t> generated;
+    std::vector<std::int32_t> step(prompt.begin(), prompt.end());
+    for (index_t i = 0; i < budget; ++i) {
+        const tensor_view<const std::int32_t, 2> tokens(step.data(), {1, static_cast<index_t>(step.size())});
+        forward(model, tokens, cache, logits.view(), ws, policy);
+        const std::int32_t next = pick.sample(logits.data(), c.d_vocab);
+        if ((options.stop_at_eos && next == options.eos_id) || (options.stop_at_bos && next == options.bos_id)) break;
+        generated.push_back(next);
+        on_token(next);
+        step.assign(1, next);
+    }
+    return generated;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/generate.hpp ----
+// ---- begin mechlens/model/threads.hpp ----
+/// @file
+/// Thread count control for the OpenMP-parallel parts (attention heads, Eigen's GEMM).
+
+#include <Eigen/Core>
+
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Sets the threads used by later forward passes (no effect when built without OpenMP).
+inline void set_num_threads(int threads) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    Eigen::setNbThreads(threads);
+}
+
+/// Threads later forward passes may use (1 without OpenMP).
+inline int num_threads() noexcept {
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/threads.hpp ----
+// ---- begin mechlens/model/random.hpp ----
+/// @file
+/// Models with random weights: for benchmarks at real shapes, tests, and training from scratch.
+
+#include <cmath>
+#include <cstdint>
+#include <memory>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A model with weights drawn uniformly from [-scale, scale] (norm gains 1), reproducible from `seed`.
+/// The weights live in one owned buffer kept alive by `weights.storage`.
+inline loaded_model random_model(const model_config& config, std::uint64_t seed, float scale = 0.05f) {
+    config.validate("random_model");
+    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
+    const index_t per_layer = 2 * d + q * d + 2 * kv * d + d * q + 3 * config.d_mlp * d;
+    const index_t total = config.d_vocab * d * (config.tied_unembed ? 1 : 2) + d + config.n_layers * per_layer;
+    auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{total});
+    random_generator rng(seed);
+    float* cursor = buffer->data();
+    auto take = [&](index_t count, bool gain) {
+        float* begin = cursor;
+        for (index_t i = 0; i < count; ++i)
+            cursor[i] = gain ? 1.0f : static_cast<float>((2.0 * rng.uniform() - 1.0) * static_cast<double>(scale));
+        cursor += count;
+        return begin;
+    };
+    auto matrix = [&](index_t rows, index_t cols) {
+        return tensor_view<const float, 2>(take(rows * cols, false), {rows, cols});
+    };
+    auto gain = [&](index_t n) { return tensor_view<const float, 1>(take(n, true), {n}); };
+
+    loaded_model model{config, {}};
+    model_weights& w = model.weights;
+    w.token_embedding = matrix(config.d_vocab, d);
+    for (index_t l = 0; l < config.n_layers; ++l) {
+        layer_weights layer;
+        layer.attn_norm = gain(d);
+        layer.w_q = matrix(q, d);
+        layer.w_k = matrix(kv, d);
+        layer.w_v = matrix(kv, d);
+        layer.w_o = matrix(d, q);
+        layer.mlp_norm = gain(d);
+        layer.w_gate = matrix(config.d_mlp, d);
+        layer.w_up = matrix(config.d_mlp, d);
+        layer.w_down = matrix(d, config.d_mlp);
+        w.layers.push_back(layer);
+    }
+    w.final_norm = gain(d);
+    w.unembed = config.tied_unembed ? w.token_embedding : matrix(config.d_vocab, d);
+    w.storage = buffer;
+    return model;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/random.hpp ----
 // ---- end mechlens/model.hpp ----
 // ---- begin mechlens/io.hpp ----
 /// @file
-/// Loaders and writers: llama2.c .bin, GGUF, .npy.
+/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy arrays.
+
+// ---- begin mechlens/io/byte_reader.hpp ----
+/// @file
+/// A bounds-checked little-endian cursor over untrusted bytes, and overflow-checked size arithmetic.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+// The loaders view file bytes as host floats and integers in place; that is only right on little-endian hosts.
+static_assert(std::endian::native == std::endian::little, "mechlens: the file loaders need a little-endian host");
+
+/// Throws format_error "`where`: `problem`".
+[[noreturn]] inline void format_fail(const std::string& where, const std::string& problem) {
+    throw format_error(where + ": " + problem);
+}
+
+/// `a * b`, or format_error naming `what` when the product does not fit in 64 bits.
+inline std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
+    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a)
+        format_fail(where, "size of " + std::string(what) + " overflows (" + std::to_string(a) + " * " +
+                               std::to_string(b) + ")");
+    return a * b;
+}
+
+/// `a + b`, or format_error naming `what` when the sum does not fit in 64 bits.
+inline std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
+    if (b > std::numeric_limits<std::uint64_t>::max() - a)
+        format_fail(where, "offset of " + std::string(what) + " overflows (" + std::to_string(a) + " + " +
+                               std::to_string(b) + ")");
+    return a + b;
+}
+
+/// A cursor over `size` bytes that never reads past the end: every read names what it reads, and running out
+/// throws format_error "`where`: truncated: ...".
+class byte_reader {
+public:
+    /// A cursor at offset 0 of `size` bytes at `data`; `where` (usually the file path) prefixes every error.
+    byte_reader(const std::byte* data, std::size_t size, std::string where)
+        : data_(data), size_(size), where_(std::move(where)) {}
+
+    /// Offset of the next byte to read.
+    [[nodiscard]] std::size_t position() const noexcept { return pos_; }
+    /// Total number of bytes.
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    /// Bytes left after the cursor.
+    [[nodiscard]] std::size_t remaining() const noexcept { return size_ - pos_; }
+    /// The error prefix (usually the file path).
+    [[nodiscard]] const std::string& where() const noexcept { return where_; }
+
+    /// Throws format_error "`where`: `problem`".
+    [[noreturn]] void fail(const std::string& problem) const { format_fail(where_, problem); }
+
+    /// Throws the "truncated" error unless `n` more bytes are available for `what`.
+    void require(std::uint64_t n, std::string_view what) const {
+        if (n > remaining())
+            fail("truncated: " + std::string(what) + " needs " + std::to_string(n) + " bytes at offset " +
+                 std::to_string(pos_) + ", but the file has " + std::to_string(size_) + " bytes");
+    }
+
+    /// Reads one little-endian arithmetic value.
+    template <class T>
+    T read(std::string_view what) {
+        static_assert(std::is_arithmetic_v<T>, "mechlens: byte_reader reads arithmetic types only");
+        require(sizeof(T), what);
+        T value{};
+        std::memcpy(&value, data_ + pos_, sizeof(T));  // memcpy: the cursor position need not be aligned
+        pos_ += sizeof(T);
+        return value;
+    }
+
+    /// Returns a pointer to the next `n` bytes and moves past them.
+    const std::byte* take(std::uint64_t n, std::string_view what) {
+        require(n, what);
+        const std::byte* p = data_ + pos_;
+        pos_ += static_cast<std::size_t>(n);
+        return p;
+    }
+
+    /// Reads `n` bytes as a string.
+    std::string read_string(std::uint64_t n, std::string_view what) {
+        const std::byte* p = take(n, what);
+        return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
+    }
+
+    /// Moves the cursor to `offset`, which must not lie beyond the end.
+    void seek(std::uint64_t offset, std::string_view what) {
+        if (offset > size_)
+            fail("truncated: " + std::string(what) + " starts at offset " + std::to_string(offset) +
+                 ", but the file has " + std::to_string(size_) + " bytes");
+        pos_ = static_cast<std::size_t>(offset);
+    }
+
+private:
+    const std::byte* data_;
+    std::size_t size_;
+    std::size_t pos_ = 0;
+    std::string where_;
+};
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/byte_reader.hpp ----
+// ---- begin mechlens/io/gguf.hpp ----
+/// @file
+/// A validating parser for GGUF v2/v3 headers: typed metadata, tensor infos and where each tensor's bytes lie.
+
+#include <cstdint>
+#include <filesystem>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+// ---- begin mechlens/io/mapped_file.hpp ----
+/// @file
+/// A read-only memory mapping of a whole file, so weights can be viewed in place instead of copied.
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define MECHLENS_HAS_MMAP 1
+#else
+#include <fstream>
+#include <vector>
+#define MECHLENS_HAS_MMAP 0
+#endif
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A whole file mapped read-only (MAP_PRIVATE, PROT_READ); move-only; unmapped on destruction.
+///
+/// Another process truncating the file while it is mapped makes later reads fault (SIGBUS): that is the price
+/// of zero-copy loading, and the loaders only map files they then treat as read-only.
+class mapped_file {
+public:
+    /// Maps `path`; throws format_error naming the file when it is missing, not a regular file, empty or unmappable.
+    static std::shared_ptr<const mapped_file> open(const std::filesystem::path& path) {
+        return std::make_shared<const mapped_file>(mapped_file(path));
+    }
+
+    /// Maps `path`; prefer open(), which shares the mapping with every view made from it.
+    explicit mapped_file(const std::filesystem::path& path) : path_(path) { map(); }
+
+    mapped_file(const mapped_file&) = delete;             ///< A mapping has one owner.
+    mapped_file& operator=(const mapped_file&) = delete;  ///< A mapping has one owner.
+    /// Takes over the mapping; `other` becomes empty.
+    mapped_file(mapped_file&& other) noexcept
+        : path_(std::move(other.path_)),
+          data_(std::exchange(other.data_, nullptr)),
+          size_(std::exchange(other.size_, 0))
+#if !MECHLENS_HAS_MMAP
+          ,
+          buffer_(std::move(other.buffer_))
+#endif
+    {
+    }
+    /// Releases the current mapping and takes over `other`'s.
+    mapped_file& operator=(mapped_file&& other) noexcept {
+        if (this != &other) {
+            unmap();
+            path_ = std::move(other.path_);
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+#if !MECHLENS_HAS_MMAP
+            buffer_ = std::move(other.buffer_);
+#endif
+        }
+        return *this;
+    }
+    /// Unmaps the file.
+    ~mapped_file() { unmap(); }
+
+    /// First byte of the file (page-aligned), or null after a move.
+    [[nodiscard]] const std::byte* data() const noexcept { return data_; }
+    /// Size of the file in bytes.
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    /// The path the file was opened with.
+    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+    /// True when the `bytes` bytes starting at `p` lie entirely inside the mapping.
+    [[nodiscard]] bool contains(const void* p, std::size_t bytes) const noexcept {
+        // Integer addresses: ordering pointers into different objects with < is unspecified.
+        const auto begin = reinterpret_cast<std::uintptr_t>(data_), q = reinterpret_cast<std::uintptr_t>(p);
+        if (data_ == nullptr || q < begin || q - begin > size_) return false;
+        return bytes <= size_ - (q - begin);
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const { throw format_error(path_.string() + ": " + problem); }
+
+#if MECHLENS_HAS_MMAP
+    void map() {
+        const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fail(std::string("cannot open: ") + std::strerror(errno));
+        struct ::stat st {};
+        if (::fstat(fd, &st) != 0) {
+            const int err = errno;
+            ::close(fd);
+            fail(std::string("cannot stat: ") + std::strerror(err));
+        }
+        if (!S_ISREG(st.st_mode)) {
+            ::close(fd);
+            fail(S_ISDIR(st.st_mode) ? "is a directory, not a file" : "is not a regular file");
+        }
+        if (st.st_size <= 0) {
+            ::close(fd);
+            fail("empty file");  // mmap of 0 bytes is an error (EINVAL), and nothing could be read anyway
+        }
+        const auto bytes = static_cast<std::size_t>(st.st_size);
+        void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        const int err = errno;
+        ::close(fd);  // the mapping keeps its own reference to the file
+        if (p == MAP_FAILED) fail(std::string("cannot mmap: ") + std::strerror(err));
+        data_ = static_cast<const std::byte*>(p);
+        size_ = bytes;
+    }
+    void unmap() noexcept {
+        if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);  // NOLINT: munmap takes void*
+        data_ = nullptr;
+        size_ = 0;
+    }
+#else
+    // Without POSIX mmap the file is read into memory; the interface and the error messages stay the same.
+    void map() {
+        std::error_code ec;
+        if (!std::filesystem::exists(path_, ec)) fail("cannot open: no such file");
+        if (std::filesystem::is_directory(path_, ec)) fail("is a directory, not a file");
+        std::ifstream in(path_, std::ios::binary | std::ios::ate);
+        if (!in) fail("cannot open");
+        const auto end = in.tellg();
+        if (end <= 0) fail("empty file");
+        buffer_.resize(static_cast<std::size_t>(end));
+        in.seekg(0);
+        if (!in.read(reinterpret_cast<char*>(buffer_.data()), static_cast<std::streamsize>(buffer_.size())))
+            fail("cannot read");
+        data_ = buffer_.data();
+        size_ = buffer_.size();
+    }
+    void unmap() noexcept {
+        data_ = nullptr;
+        size_ = 0;
+    }
+#endif
+
+    std::filesystem::path path_;
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+#if !MECHLENS_HAS_MMAP
+    std::vector<std::byte> buffer_;
+#endif
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/mapped_file.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Type tag of a GGUF metadata value (numbering from the GGUF specification).
+enum class gguf_type : std::uint32_t {
+    uint8 = 0,     ///< 8-bit unsigned integer.
+    int8 = 1,      ///< 8-bit signed integer.
+    uint16 = 2,    ///< 16-bit unsigned integer.
+    int16 = 3,     ///< 16-bit signed integer.
+    uint32 = 4,    ///< 32-bit unsigned integer.
+    int32 = 5,     ///< 32-bit signed integer.
+    float32 = 6,   ///< IEEE binary32.
+    boolean = 7,   ///< One byte, 0 or 1.
+    string = 8,    ///< uint64 length + UTF-8 bytes.
+    array = 9,     ///< Element type + uint64 count + elements.
+    uint64 = 10,   ///< 64-bit unsigned integer.
+    int64 = 11,    ///< 64-bit signed integer.
+    float64 = 12,  ///< IEEE binary64.
+};
+
+/// Name of a metadata value type, e.g. "uint32".
+inline std::string to_string(gguf_type t) {
+    static constexpr const char* names[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                            "bool",  "string", "array",  "uint64", "int64",  "float64"};
+    const auto i = static_cast<std::uint32_t>(t);
+    return i < 13 ? names[i] : "type " + std::to_string(i);
+}
+
+/// Storage type of a tensor (ggml_type numbering); values this enum does not name are still representable.
+enum class ggml_type : std::uint32_t {
+    f32 = 0,    ///< IEEE binary32: viewed in place.
+    f16 = 1,    ///< IEEE binary16: converted to float when loaded.
+    q4_0 = 2,   ///< 4-bit blocks of 32 (not loadable).
+    q4_1 = 3,   ///< 4-bit blocks of 32 with minimum (not loadable).
+    q5_0 = 6,   ///< 5-bit blocks of 32 (not loadable).
+    q5_1 = 7,   ///< 5-bit blocks of 32 with minimum (not loadable).
+    q8_0 = 8,   ///< 8-bit blocks of 32 (not loadable).
+    bf16 = 30,  ///< bfloat16 (not loadable yet).
+};
+
+/// ggml's name of a tensor type, e.g. "Q4_0"; "type N" for numbers it does not know.
+inline std::string to_string(ggml_type t) {
+    static constexpr const char* names[] = {
+        "F32",   "F16",    "Q4_0", "Q4_1", "Q4_2", "Q4_3",    "Q5_0",   "Q5_1",    "Q8_0",  "Q8_1",   "Q2_K",
+        "Q3_K",  "Q4_K",   "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
+        "IQ2_S", "IQ4_XS", "I8",   "I16",  "I32",  "I64",     "F64",    "IQ1_M",   "BF16"};
+    const auto i = static_cast<std::uint32_t>(t);
+    return i < std::size(names) ? names[i] : "type " + std::to_string(i);
+}
+
+namespace detail {
+/// Elements per block and bytes per block of the ggml types whose layout is fixed; {0, 0} when unknown.
+inline std::pair<std::uint64_t, std::uint64_t> ggml_block_layout(ggml_type t) noexcept {
+    struct layout {
+        std::uint32_t type, block, bytes;
+    };
+    // Quantised blocks: Q4_0 = f16 scale + 16 bytes; Q4_1 adds an f16 minimum; Q5_* add 4 high-bit bytes;
+    // Q8_0 = f16 scale + 32 bytes. Types missing here (K-quants, IQ*) are parsed but not range-checked.
+    static constexpr layout known[] = {{0, 1, 4},   {1, 1, 2},   {2, 32, 18}, {3, 32, 20}, {6, 32, 22},
+                                       {7, 32, 24}, {8, 32, 34}, {24, 1, 1},  {25, 1, 2},  {26, 1, 4},
+                                       {27, 1, 8},  {28, 1, 8},  {30, 1, 2}};
+    for (const layout& l : known)
+        if (l.type == static_cast<std::uint32_t>(t)) return {l.block, l.bytes};
+    return {0, 0};
+}
+}  // namespace detail
+
+/// A typed GGUF metadata value; arrays hold their elements as gguf_values of one element type.
+class gguf_value {
+public:
+    using array_type = std::vector<gguf_value>;  ///< Elements of an array value.
+    /// Alternatives: unsigned integers, signed integers, floats, bool, string, array.
+    using storage_type = std::variant<std::uint64_t, std::int64_t, double, bool, std::string, array_type>;
+
+    /// A uint8 zero.
+    gguf_value() = default;
+    /// A value of scalar type `type` (or an array of `element_type`) holding `value`.
+    gguf_value(gguf_type type, storage_type value, gguf_type element_type = gguf_type::uint8)
+        : type_(type), element_type_(element_type), value_(std::move(value)) {}
+
+    /// The value's type.
+    [[nodiscard]] gguf_type type() const noexcept { return type_; }
+    /// Element type (meaningful for arrays only).
+    [[nodiscard]] gguf_type element_type() const noexcept { return element_type_; }
+
+    /// The value as int64 when it is an integer that fits; nullopt otherwise (bool is not an integer).
+    [[nodiscard]] std::optional<std::int64_t> as_int() const noexcept {
+        if (const auto* s = std::get_if<std::int64_t>(&value_)) return *s;
+        if (const auto* u = std::get_if<std::uint64_t>(&value_))
+            if (*u <= static_cast<std::uint64_t>(INT64_MAX)) return static_cast<std::int64_t>(*u);
+        return std::nullopt;
+    }
+    /// The value as double when it is a float32/float64; nullopt otherwise.
+    [[nodiscard]] std::optional<double> as_float() const noexcept {
+        if (const auto* f = std::get_if<double>(&value_)) return *f;
+        return std::nullopt;
+    }
+    /// The value when it is a bool; nullopt otherwise.
+    [[nodiscard]] std::optional<bool> as_bool() const noexcept {
+        if (const auto* b = std::get_if<bool>(&value_)) return *b;
+        return std::nullopt;
+    }
+    /// The string, or null when the value is not a string.
+    [[nodiscard]] const std::string* as_string() const noexcept { return std::get_if<std::string>(&value_); }
+    /// The elements, or null when the value is not an array.
+    [[nodiscard]] const array_type* as_array() const noexcept { return std::get_if<array_type>(&value_); }
+    /// The raw storage.
+    [[nodiscard]] const storage_type& storage() const noexcept { return value_; }
+
+private:
+    gguf_type type_ = gguf_type::uint8;
+    gguf_type element_type_ = gguf_type::uint8;
+    storage_type value_ = std::uint64_t{0};
+};
+
+/// Where one tensor is and how it is stored.
+struct gguf_tensor_info {
+    std::string name;                 ///< Tensor name, e.g. "blk.0.attn_q.weight".
+    std::vector<std::uint64_t> dims;  ///< Extents in ggml order: dims[0] varies fastest (the columns).
+    ggml_type type = ggml_type::f32;  ///< Storage type.
+    std::uint64_t offset = 0;         ///< Byte offset relative to the start of the data section.
+    std::uint64_t n_elements = 0;     ///< Product of the dims.
+    std::uint64_t n_bytes = 0;        ///< Bytes of data, or 0 when the type's layout is unknown to mechlens.
+};
+
+/// A parsed and validated GGUF file (versions 2 and 3, little-endian); keeps the mapping alive.
+///
+/// Construction checks everything a later read relies on: counts that fit in the file, strings and arrays that
+/// end inside it, at most 4 dims whose product does not overflow, aligned offsets, unique names and keys, and
+/// tensor data inside the file for every type whose layout is known. Any failure throws format_error naming the
+/// file and the problem.
+class gguf_file {
+public:
+    /// Maps and parses `path`.
+    explicit gguf_file(const std::filesystem::path& path) : gguf_file(mapped_file::open(path)) {}
+    /// Parses an existing mapping.
+    explicit gguf_file(std::shared_ptr<const mapped_file> file) : file_(std::move(file)) { parse(); }
+
+    /// The mapping (shared with every view into it).
+    [[nodiscard]] const std::shared_ptr<const mapped_file>& file() const noexcept { return file_; }
+    /// The file's path.
+    [[nodiscard]] const std::filesystem::path& path() const noexcept { return file_->path(); }
+    /// Format version (2 or 3).
+    [[nodiscard]] std::uint32_t version() const noexcept { return version_; }
+    /// Alignment of tensor data (general.alignment, default 32).
+    [[nodiscard]] std::uint64_t alignment() const noexcept { return alignment_; }
+    /// Absolute file offset of the data section.
+    [[nodiscard]] std::uint64_t data_offset() const noexcept { return data_offset_; }
+    /// All metadata, by key.
+    [[nodiscard]] const std::map<std::string, gguf_value, std::less<>>& metadata() const noexcept { return kv_; }
+    /// All tensor infos, in file order.
+    [[nodiscard]] const std::vector<gguf_tensor_info>& tensors() const noexcept { return tensors_; }
+
+    /// The value of `key`, or null when absent.
+    [[nodiscard]] const gguf_value* find(std::string_view key) const noexcept {
+        const auto it = kv_.find(key);
+        return it == kv_.end() ? nullptr : &it->second;
+    }
+    /// The value of `key`; throws format_error when absent.
+    [[nodiscard]] const gguf_value& at(std::string_view key) const {
+        if (const gguf_value* v = find(key)) return *v;
+        fail("missing metadata key '" + std::string(key) + "'");
+    }
+    /// An integer value (any integer type that fits in int64); throws format_error when absent or mistyped.
+    [[nodiscard]] std::int64_t get_int(std::string_view key) const {
+        const gguf_value& v = at(key);
+        if (const auto i = v.as_int()) return *i;
+        fail(mistyped(key, v, "an integer"));
+    }
+    /// An integer value, or `fallback` when absent; throws format_error when mistyped.
+    [[nodiscard]] std::int64_t get_int(std::string_view key, std::int64_t fallback) const {
+        return find(key) ? get_int(key) : fallback;
+    }
+    /// A float32/float64 value (integers accepted too); throws format_error when absent or mistyped.
+    [[nodiscard]] double get_float(std::string_view key) const {
+        const gguf_value& v = at(key);
+        if (const auto f = v.as_float()) return *f;
+        if (const auto i = v.as_int()) return static_cast<double>(*i);
+        fail(mistyped(key, v, "a number"));
+    }
+    /// A float value, or `fallback` when absent; throws format_error when mistyped.
+    [[nodiscard]] double get_float(std::string_view key, double fallback) const {
+        return find(key) ? get_float(key) : fallback;
+    }
+    /// A string value; throws format_error when absent or mistyped.
+    [[nodiscard]] const std::string& get_string(std::string_view key) const {
+        const gguf_value& v = at(key);
+        if (const std::string* s = v.as_string()) return *s;
+        fail(mistyped(key, v, "a string"));
+    }
+    /// An array whose elements have type `element`; throws format_error when absent or mistyped.
+    [[nodiscard]] const gguf_value::array_type& get_array(std::string_view key, gguf_type element) const {
+        const gguf_value& v = at(key);
+        const gguf_value::array_type* a = v.as_array();
+        if (a == nullptr) fail(mistyped(key, v, "an array of " + to_string(element)));
+        if (v.element_type() != element)
+            fail("metadata key '" + std::string(key) + "' is an array of " + to_string(v.element_type()) +
+                 ", expected an array of " + to_string(element));
+        return *a;
+    }
+
+    /// The info of tensor `name`, or null when absent.
+    [[nodiscard]] const gguf_tensor_info* find_tensor(std::string_view name) const noexcept {
+        const auto it = tensor_index_.find(name);
+        return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+    }
+    /// The info of tensor `name`; throws format_error when absent.
+    [[nodiscard]] const gguf_tensor_info& tensor(std::string_view name) const {
+        if (const gguf_tensor_info* t = find_tensor(name)) return *t;
+        fail("missing tensor '" + std::string(name) + "'");
+    }
+    /// First byte of a tensor's data inside the mapping (its n_bytes bytes are in range); throws format_error
+    /// when the type's layout is unknown, since then nothing was range-checked.
+    [[nodiscard]] const std::byte* tensor_data(const gguf_tensor_info& info) const {
+        if (detail::ggml_block_layout(info.type).first == 0)
+            fail("tensor '" + info.name + "' has type " + to_string(info.type) + ", whose layout is unknown");
+        return file_->data() + (data_offset_ + info.offset);
+    }
+
+    /// Throws format_error "<path>: `problem`".
+    [[noreturn]] void fail(const std::string& problem) const { detail::format_fail(path().string(), problem); }
+
+private:
+    static std::string mistyped(std::string_view key, const gguf_value& v, const std::string& expected) {
+        return "metadata key '" + std::string(key) + "' has type " + to_string(v.type()) + ", expected " + expected;
+    }
+
+    // Smallest encoding of a value of type t (used to reject counts that cannot fit in the bytes left).
+    static std::uint64_t min_encoded_size(gguf_type t) noexcept {
+        // uint8, int8, uint16, int16, uint32, int32, float32, bool, string, array, uint64, int64, float64
+        static constexpr std::uint64_t sizes[] = {1, 1, 2, 2, 4, 4, 4, 1, 8, 12, 8, 8, 8};
+        const auto i = static_cast<std::uint32_t>(t);
+        return i < std::size(sizes) ? sizes[i] : 1;
+    }
+
+    gguf_value read_value(detail::byte_reader& r, gguf_type type, const std::string& what, int depth) {
+        switch (type) {
+            case gguf_type::uint8:
+                return {type, std::uint64_t{r.read<std::uint8_t>(what)}};
+            case gguf_type::int8:
+                return {type, std::int64_t{r.read<std::int8_t>(what)}};
+            case gguf_type::uint16:
+                return {type, std::uint64_t{r.read<std::uint16_t>(what)}};
+            case gguf_type::int16:
+                return {type, std::int64_t{r.read<std::int16_t>(what)}};
+            case gguf_type::uint32:
+                return {type, std::uint64_t{r.read<std::uint32_t>(what)}};
+            case gguf_type::int32:
+                return {type, std::int64_t{r.read<std::int32_t>(what)}};
+            case gguf_type::uint64:
+                return {type, r.read<std::uint64_t>(what)};
+            case gguf_type::int64:
+                return {type, r.read<std::int64_t>(what)};
+            case gguf_type::float32:
+                return {type, static_cast<double>(r.read<float>(what))};
+            case gguf_type::float64:
+                return {type, r.read<double>(what)};
+            case gguf_type::boolean: {
+                const auto b = r.read<std::uint8_t>(what);
+                if (b > 1) r.fail(what + " is a bool with byte value " + std::to_string(b) + " (must be 0 or 1)");
+                return {type, b == 1};
+            }
+            case gguf_type::string: {
+                // No per-element labels: string arrays can hold 10^5 entries.
+                const auto length = r.read<std::uint64_t>(what);
+                return {type, r.read_string(length, what)};
+            }
+            case gguf_type::array: {
+                const auto element = static_cast<gguf_type>(r.read<std::uint32_t>(what + " (array type)"));
+                if (static_cast<std::uint32_t>(element) > 12)
+                    r.fail(what + " is an array of unknown value type " +
+                           std::to_string(static_cast<std::uint32_t>(element)));
+                if (element == gguf_type::array && depth >= 4) r.fail(what + " nests arrays deeper than 4 levels");
+                const auto count = r.read<std::uint64_t>(what + " (array length)");
+                if (count > r.remaining() / min_encoded_size(element))
+                    r.fail(what + " claims " + std::to_string(count) + " elements of type " + to_string(element) +
+                           ", which cannot fit in the " + std::to_string(r.remaining()) + " bytes left");
+                gguf_value::array_type elements;
+                elements.reserve(static_cast<std::size_t>(count));
+                for (std::uint64_t i = 0; i < count; ++i) elements.push_back(read_value(r, element, what, depth + 1));
+                return {type, std::move(elements), element};
+            }
+        }
+        r.fail(what + " has unknown value type " + std::to_string(static_cast<std::uint32_t>(type)));
+    }
+
+    void parse() {
+        detail::byte_reader r(file_->data(), file_->size(), path().string());
+        const std::byte* magic = r.take(4, "magic");
+        if (std::string_view(reinterpret_cast<const char*>(magic), 4) != "GGUF") r.fail("not a GGUF file (bad magic)");
+        version_ = r.read<std::uint32_t>("version");
+        if (version_ == 0x02000000u || version_ == 0x03000000u) r.fail("big-endian GGUF files are not supported");
+        if (version_ != 2 && version_ != 3)
+            r.fail("unsupported GGUF version " + std::to_string(version_) + " (only 2 and 3 are supported)");
+        const auto tensor_count = r.read<std::uint64_t>("tensor_count");
+        const auto kv_count = r.read<std::uint64_t>("metadata_kv_count");
+        // A key-value pair takes at least 13 bytes and a tensor info at least 32.
+        if (kv_count > r.remaining() / 13)
+            r.fail("metadata_kv_count " + std::to_string(kv_count) + " cannot fit in a file of " +
+                   std::to_string(r.size()) + " bytes");
+        if (tensor_count > r.remaining() / 32)
+            r.fail("tensor_count " + std::to_string(tensor_count) + " cannot fit in a file of " +
+                   std::to_string(r.size()) + " bytes");
+
+        for (std::uint64_t i = 0; i < kv_count; ++i) {
+            const std::string label = "metadata key #" + std::to_string(i);
+            const auto key_length = r.read<std::uint64_t>(label + " (key length)");
+            std::string key = r.read_string(key_length, label + " (key of " + std::to_string(key_length) + " bytes)");
+            const std::string what = "value of '" + key + "'";
+            const auto type = static_cast<gguf_type>(r.read<std::uint32_t>(what + " (type)"));
+            if (static_cast<std::uint32_t>(type) > 12)
+                r.fail(what + " has unknown value type " + std::to_string(static_cast<std::uint32_t>(type)));
+            gguf_value value = read_value(r, type, what, 0);
+            if (!kv_.try_emplace(key, std::move(value)).second) r.fail("duplicate metadata key '" + key + "'");
+        }
+
+        if (const gguf_value* a = find("general.alignment")) {
+            const auto v = a->as_int();
+            if (!v || *v < 8 || *v > (std::int64_t{1} << 30) || (*v & (*v - 1)) != 0)
+                r.fail("general.alignment must be a power of two between 8 and 2^30");
+            alignment_ = static_cast<std::uint64_t>(*v);
+        }
+
+        if (tensor_count > r.remaining() / 32)
+            r.fail("tensor_count " + std::to_string(tensor_count) + " cannot fit in the " +
+                   std::to_string(r.remaining()) + " bytes after the metadata");
+        tensors_.reserve(static_cast<std::size_t>(tensor_count));
+        for (std::uint64_t i = 0; i < tensor_count; ++i) {
+            const std::string label = "tensor info #" + std::to_string(i);
+            gguf_tensor_info t;
+            const auto name_length = r.read<std::uint64_t>(label + " (name length)");
+            t.name = r.read_string(name_length, label + " (name of " + std::to_string(name_length) + " bytes)");
+            const std::string what = "tensor '" + t.name + "'";
+            const auto n_dims = r.read<std::uint32_t>(what + " (n_dims)");
+            if (n_dims < 1 || n_dims > 4) r.fail(what + " has n_dims " + std::to_string(n_dims) + " (must be 1 to 4)");
+            t.n_elements = 1;
+            for (std::uint32_t d = 0; d < n_dims; ++d) {
+                t.dims.push_back(r.read<std::uint64_t>(what + " (dims)"));
+                t.n_elements = detail::checked_mul(t.n_elements, t.dims.back(), path().string(), what);
+            }
+            if (t.n_elements > static_cast<std::uint64_t>(INT64_MAX)) r.fail(what + " has too many elements");
+            t.type = static_cast<ggml_type>(r.read<std::uint32_t>(what + " (type)"));
+            t.offset = r.read<std::uint64_t>(what + " (offset)");
+            if (t.offset % alignment_ != 0)
+                r.fail(what + " has offset " + std::to_string(t.offset) + ", not a multiple of the alignment " +
+                       std::to_string(alignment_));
+            const auto [block, block_bytes] = detail::ggml_block_layout(t.type);
+            if (block != 0) {
+                if (t.dims[0] % block != 0)
+                    r.fail(what + " has " + std::to_string(t.dims[0]) + " columns, not a multiple of the " +
+                           to_string(t.type) + " block size " + std::to_string(block));
+                t.n_bytes = detail::checked_mul(t.n_elements / block, block_bytes, path().string(), what);
+            }
+            if (!tensor_index_.emplace(t.name, tensors_.size()).second) r.fail("duplicate " + what);
+            tensors_.push_back(std::move(t));
+        }
+
+        // The data section starts at the next multiple of the alignment; with no tensors it may lie past the end.
+        const std::uint64_t end = r.position();
+        data_offset_ = detail::checked_add(end, (alignment_ - end % alignment_) % alignment_, path().string(), "data");
+        for (const gguf_tensor_info& t : tensors_) {
+            if (detail::ggml_block_layout(t.type).first == 0) continue;
+            const std::string what = "data of tensor '" + t.name + "'";
+            const std::uint64_t begin = detail::checked_add(data_offset_, t.offset, path().string(), what);
+            const std::uint64_t stop = detail::checked_add(begin, t.n_bytes, path().string(), what);
+            if (stop > r.size())
+                r.fail("truncated: " + what + " spans bytes [" + std::to_string(begin) + ", " + std::to_string(stop) +
+                       ") but the file has " + std::to_string(r.size()) + " bytes");
+        }
+    }
+
+    std::shared_ptr<const mapped_file> file_;
+    std::uint32_t version_ = 0;
+    std::uint64_t alignment_ = 32;
+    std::uint64_t data_offset_ = 0;
+    std::map<std::string, gguf_value, std::less<>> kv_;
+    std::vector<gguf_tensor_info> tensors_;
+    std::map<std::string, std::size_t, std::less<>> tensor_index_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/gguf.hpp ----
+// ---- begin mechlens/io/gguf_model.hpp ----
+/// @file
+/// LLaMA models and sentencepiece-style vocabularies from GGUF files.
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <string>
+#include <string_view>
+
+// ---- begin mechlens/io/loader_storage.hpp ----
+/// @file
+/// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The object behind `model_weights::storage` for weights made by the mechlens loaders.
+struct loader_storage {
+    std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
+    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
+};
+
+namespace detail {
+
+/// Deleter that marks a `model_weights::storage` as a loader_storage (found again with std::get_deleter).
+struct loader_storage_deleter {
+    /// Deletes the storage.
+    void operator()(const loader_storage* p) const noexcept { delete p; }
+};
+
+/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
+inline float half_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t exponent = (h >> 10) & 0x1fu;
+    const std::uint32_t mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24, exact in float.
+        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
+}
+
+/// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
+/// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
+class weight_builder {
+public:
+    /// A builder whose views may point into `file`.
+    explicit weight_builder(std::shared_ptr<const mapped_file> file) : storage_(std::make_unique<loader_storage>()) {
+        storage_->file = std::move(file);
+    }
+
+    /// `count` little-endian floats at `bytes` (inside the mapping): viewed in place, or copied when misaligned.
+    const float* f32(const std::byte* bytes, index_t count) {
+        if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(float) == 0)
+            return reinterpret_cast<const float*>(bytes);  // the mapping holds these floats; never copy them
+        float* out = allocate(count);
+        std::memcpy(out, bytes, static_cast<std::size_t>(count) * sizeof(float));
+        return out;
+    }
+
+    /// `count` little-endian binary16 values at `bytes`, converted into an owned float buffer.
+    const float* f16(const std::byte* bytes, index_t count) {
+        float* out = allocate(count);
+        for (index_t i = 0; i < count; ++i) {
+            std::uint16_t h = 0;
+            std::memcpy(&h, bytes + 2 * i, sizeof h);
+            out[i] = half_to_float(h);
+        }
+        return out;
+    }
+
+    /// The storage to put in model_weights::storage; the builder is empty afterwards.
+    std::shared_ptr<const void> finish() {
+        const loader_storage* raw = storage_.release();
+        return std::shared_ptr<const void>(raw, loader_storage_deleter{});
+    }
+
+private:
+    float* allocate(index_t count) {
+        storage_->converted.emplace_back(extents<1>{count});
+        return storage_->converted.back().data();
+    }
+
+    std::unique_ptr<loader_storage> storage_;
+};
+
+}  // namespace detail
+
+/// The loader_storage behind `weights`, or null when they were not made by a mechlens loader.
+inline const loader_storage* loader_storage_of(const model_weights& weights) noexcept {
+    if (std::get_deleter<detail::loader_storage_deleter>(weights.storage) == nullptr) return nullptr;
+    return static_cast<const loader_storage*>(weights.storage.get());
+}
+
+/// True when every byte of `view`'s elements lies inside the file mapping of `weights` (zero-copy check).
+template <class T, std::size_t Rank>
+bool views_mapping(const model_weights& weights, const tensor_view<T, Rank>& view) noexcept {
+    const loader_storage* s = loader_storage_of(weights);
+    if (s == nullptr || s->file == nullptr || !view.is_contiguous()) return false;
+    return s->file->contains(view.data(), static_cast<std::size_t>(view.size()) * sizeof(T));
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/loader_storage.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// A float metadata value that must be finite and representable as float (converting others would be UB).
+inline float gguf_float(const gguf_file& g, std::string_view key, double fallback) {
+    const double v = g.get_float(key, fallback);
+    if (!std::isfinite(v) || std::fabs(v) > static_cast<double>(std::numeric_limits<float>::max()))
+        g.fail("metadata key '" + std::string(key) + "' = " + std::to_string(v) + " is not a finite float");
+    return static_cast<float>(v);
+}
+
+/// `piece` with every U+2581 (sentencepiece's visible space) turned into ' '.
+inline std::string spaces_from_u2581(std::string_view piece) {
+    static constexpr std::string_view mark = "\xE2\x96\x81";
+    std::string out;
+    out.reserve(piece.size());
+    for (std::size_t at = 0; at < piece.size();) {
+        if (piece.substr(at, mark.size()) == mark) {
+            out += ' ';
+            at += mark.size();
+        } else {
+            out += piece[at++];
+        }
+    }
+    return out;
+}
+
+/// Builds weight views for the tensors of one GGUF file, checking each tensor's shape and type.
+class gguf_weight_reader {
+public:
+    /// Views into `g`'s mapping, or converted buffers owned by `builder`.
+    gguf_weight_reader(const gguf_file& g, weight_builder& builder) : g_(g), builder_(builder) {}
+
+    /// The (rows, cols) matrix `name`, stored with ggml dims [cols, rows].
+    tensor_view<const float, 2> matrix(const std::string& name, index_t rows, index_t cols) {
+        const gguf_tensor_info& t = g_.tensor(name);
+        if (t.dims.size() != 2 || t.dims[0] != static_cast<std::uint64_t>(cols) ||
+            t.dims[1] != static_cast<std::uint64_t>(rows))
+            g_.fail("tensor '" + name + "' has ggml dims " + dims_text(t) + ", expected [" + std::to_string(cols) +
+                    ", " + std::to_string(rows) + "] for a (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                    ") matrix");
+        return tensor_view<const float, 2>(floats(t), {rows, cols});
+    }
+
+    /// The vector `name` of length n.
+    tensor_view<const float, 1> vector(const std::string& name, index_t n) {
+        const gguf_tensor_info& t = g_.tensor(name);
+        if (t.dims.size() != 1 || t.dims[0] != static_cast<std::uint64_t>(n))
+            g_.fail("tensor '" + name + "' has ggml dims " + dims_text(t) + ", expected [" + std::to_string(n) + "]");
+        return tensor_view<const float, 1>(floats(t), {n});
+    }
+
+private:
+    static std::string dims_text(const gguf_tensor_info& t) {
+        std::string s = "[";
+        for (std::size_t i = 0; i < t.dims.size(); ++i) s += (i ? ", " : "") + std::to_string(t.dims[i]);
+        return s + "]";
+    }
+
+    const float* floats(const gguf_tensor_info& t) {
+        const auto count = static_cast<index_t>(t.n_elements);  // bounded by the file size, checked by gguf_file
+        if (t.type == ggml_type::f32) return builder_.f32(g_.tensor_data(t), count);
+        if (t.type == ggml_type::f16) return builder_.f16(g_.tensor_data(t), count);
+        g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name + " (only F32 and F16 load)");
+    }
+
+    const gguf_file& g_;
+    weight_builder& builder_;
+};
+
+}  // namespace detail
+
+/// Loads a LLaMA-architecture model from a parsed GGUF file (F32 tensors viewed in place, F16 converted).
+///
+/// Reads llama.* hyper-parameters (head_count_kv defaults to head_count, rope.freq_base to 10000,
+/// layer_norm_rms_epsilon to 1e-5; the vocabulary size comes from token_embd.weight); a missing output.weight means
+/// the unembedding is tied to the embedding. Rotary pairs are adjacent, as in llama.cpp's normal rope.
+inline loaded_model load_gguf(const gguf_file& g) {
+    const std::string where = g.path().string();
+    const std::string& arch = g.get_string("general.architecture");
+    if (arch != "llama") g.fail("architecture '" + arch + "' is not supported (only 'llama')");
+    if (g.get_int("llama.expert_count", 0) > 0) g.fail("mixture-of-experts models are not supported");
+    if (const gguf_value* scaling = g.find("llama.rope.scaling.type"))
+        if (scaling->as_string() == nullptr || *scaling->as_string() != "none")
+            g.fail("rope scaling (llama.rope.scaling.type) is not supported");
+
+    model_config config;
+    config.d_model = g.get_int("llama.embedding_length");
+    config.n_layers = g.get_int("llama.block_count");
+    config.d_mlp = g.get_int("llama.feed_forward_length");
+    config.n_heads = g.get_int("llama.attention.head_count");
+    config.n_kv_heads = g.get_int("llama.attention.head_count_kv", config.n_heads);
+    config.n_ctx = g.get_int("llama.context_length");
+    config.rope_theta = detail::gguf_float(g, "llama.rope.freq_base", 10000.0);
+    config.norm_eps = detail::gguf_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+    config.rope = rope_layout::adjacent_pairs;
+    const gguf_tensor_info& embedding = g.tensor("token_embd.weight");
+    if (embedding.dims.size() != 2) g.fail("tensor 'token_embd.weight' must have 2 dims");
+    if (embedding.dims[1] > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()))
+        g.fail("token_embd.weight has too many rows");
+    config.d_vocab = static_cast<index_t>(embedding.dims[1]);
+    if (g.find("llama.vocab_size") && g.get_int("llama.vocab_size") != config.d_vocab)
+        g.fail("llama.vocab_size = " + std::to_string(g.get_int("llama.vocab_size")) + " disagrees with the " +
+               std::to_string(config.d_vocab) + " rows of token_embd.weight");
+    config.tied_unembed = g.find_tensor("output.weight") == nullptr;
+    config.validate(where);
+    if (g.find("llama.rope.dimension_count") && g.get_int("llama.rope.dimension_count") != config.d_head())
+        g.fail("llama.rope.dimension_count = " + std::to_string(g.get_int("llama.rope.dimension_count")) +
+               " differs from d_head " + std::to_string(config.d_head()) + " (partial rotary is not supported)");
+
+    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
+    detail::weight_builder builder(g.file());
+    detail::gguf_weight_reader read(g, builder);
+    loaded_model out;
+    out.config = config;
+    model_weights& w = out.weights;
+    w.token_embedding = read.matrix("token_embd.weight", config.d_vocab, d);
+    w.layers.resize(static_cast<std::size_t>(config.n_layers));
+    for (index_t l = 0; l < config.n_layers; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
+        lw.attn_norm = read.vector(p + "attn_norm.weight", d);
+        lw.w_q = read.matrix(p + "attn_q.weight", q, d);
+        lw.w_k = read.matrix(p + "attn_k.weight", kv, d);
+        lw.w_v = read.matrix(p + "attn_v.weight", kv, d);
+        lw.w_o = read.matrix(p + "attn_output.weight", d, q);
+        lw.mlp_norm = read.vector(p + "ffn_norm.weight", d);
+        lw.w_gate = read.matrix(p + "ffn_gate.weight", config.d_mlp, d);
+        lw.w_up = read.matrix(p + "ffn_up.weight", config.d_mlp, d);
+        lw.w_down = read.matrix(p + "ffn_down.weight", d, config.d_mlp);
+    }
+    w.final_norm = read.vector("output_norm.weight", d);
+    w.unembed = config.tied_unembed ? w.token_embedding : read.matrix("output.weight", config.d_vocab, d);
+    w.storage = builder.finish();
+    try {
+        validate_weights(out.config, out.weights);
+    } catch (const shape_error& e) {
+        g.fail(e.what());
+    }
+    return out;
+}
+
+/// Maps, parses and loads a LLaMA GGUF model file; see load_gguf(const gguf_file&).
+inline loaded_model load_gguf(const std::filesystem::path& path) { return load_gguf(gguf_file(path)); }
+
+/// The embedded tokenizer vocabulary: tokenizer.ggml.tokens (U+2581 turned into ' '), .scores (default 0),
+/// .token_type (default normal) and the bos/eos/unknown ids when present; throws format_error on inconsistencies.
+inline vocabulary load_gguf_vocabulary(const gguf_file& g) {
+    const auto& tokens = g.get_array("tokenizer.ggml.tokens", gguf_type::string);
+    if (tokens.empty()) g.fail("tokenizer.ggml.tokens is empty");
+    if (tokens.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+        g.fail("tokenizer.ggml.tokens has too many entries");
+    const std::size_t n = tokens.size();
+    vocabulary v;
+    v.pieces.reserve(n);
+    for (const gguf_value& t : tokens) {
+        const std::string* piece = t.as_string();  // never null: get_array checked the element type
+        v.pieces.push_back(piece ? detail::spaces_from_u2581(*piece) : std::string());
+    }
+    v.scores.assign(n, 0.0f);
+    if (g.find("tokenizer.ggml.scores")) {
+        const auto& scores = g.get_array("tokenizer.ggml.scores", gguf_type::float32);
+        if (scores.size() != n)
+            g.fail("tokenizer.ggml.scores has " + std::to_string(scores.size()) + " entries for " + std::to_string(n) +
+                   " tokens");
+        for (std::size_t i = 0; i < n; ++i) v.scores[i] = static_cast<float>(*scores[i].as_float());  // was float32
+    }
+    v.kinds.assign(n, token_kind::normal);
+    if (g.find("tokenizer.ggml.token_type")) {
+        const auto& types = g.get_array("tokenizer.ggml.token_type", gguf_type::int32);
+        if (types.size() != n)
+            g.fail("tokenizer.ggml.token_type has " + std::to_string(types.size()) + " entries for " +
+                   std::to_string(n) + " tokens");
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::int64_t k = *types[i].as_int();
+            if (k < 0 || k > 6)
+                g.fail("tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + std::to_string(k) + " is unknown");
+            // 0 is llama.cpp's "undefined"; treat it as an ordinary piece.
+            v.kinds[i] = k == 0 ? token_kind::normal : static_cast<token_kind>(k);
+        }
+    }
+    const auto special = [&](const char* key, std::int32_t& id) {
+        if (!g.find(key)) return;
+        const std::int64_t value = g.get_int(key);
+        if (value < 0 || value >= static_cast<std::int64_t>(n))
+            g.fail(std::string(key) + " = " + std::to_string(value) + " is not a token id (vocabulary of " +
+                   std::to_string(n) + ")");
+        id = static_cast<std::int32_t>(value);
+    };
+    special("tokenizer.ggml.bos_token_id", v.bos_id);
+    special("tokenizer.ggml.eos_token_id", v.eos_id);
+    special("tokenizer.ggml.unknown_token_id", v.unknown_id);
+    return v;
+}
+
+/// Maps and parses `path` and returns its embedded tokenizer vocabulary.
+inline vocabulary load_gguf_vocabulary(const std::filesystem::path& path) {
+    return load_gguf_vocabulary(gguf_file(path));
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/gguf_model.hpp ----
+// ---- begin mechlens/io/llama2c.hpp ----
+/// @file
+/// Loader for Karpathy's llama2.c legacy checkpoint format (`.bin`), viewing the weights inside the mapping.
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// Bytes of the legacy llama2.c header: seven little-endian int32.
+inline constexpr std::size_t llama2c_header_bytes = 28;
+
+/// llama2.c's versioned export (`export.py --version 1/2`) starts with this uint32 ("ak42").
+inline constexpr std::uint32_t llama2c_versioned_magic = 0x616b3432u;
+
+/// Loads a llama2.c legacy checkpoint from an existing mapping.
+inline loaded_model load_llama2c_mapped(std::shared_ptr<const mapped_file> file) {
+    const std::string where = file->path().string();
+    byte_reader reader(file->data(), file->size(), where);
+    static constexpr std::array<const char*, 7> names{"dim",        "hidden_dim", "n_layers", "n_heads",
+                                                      "n_kv_heads", "vocab_size", "seq_len"};
+    std::array<std::int64_t, 7> h{};
+    for (std::size_t i = 0; i < h.size(); ++i)
+        h[i] = reader.read<std::int32_t>(std::string("header field ") + names[i]);
+
+    if (static_cast<std::uint32_t>(h[0]) == llama2c_versioned_magic)
+        reader.fail("llama2.c export version " + std::to_string(h[1]) +
+                    " (magic \"ak42\") is not supported; only the legacy format is");
+    for (std::size_t i = 0; i < h.size(); ++i)
+        if (i != 5 && h[i] <= 0)
+            reader.fail(std::string("header field ") + names[i] + " = " + std::to_string(h[i]) + " must be positive");
+    if (h[5] == 0) reader.fail("header field vocab_size = 0 must be non-zero");
+
+    model_config config;
+    config.d_model = h[0];
+    config.d_mlp = h[1];
+    config.n_layers = h[2];
+    config.n_heads = h[3];
+    config.n_kv_heads = h[4];
+    config.d_vocab = h[5] < 0 ? -h[5] : h[5];  // int64: negating INT32_MIN is fine here
+    config.n_ctx = h[6];
+    config.tied_unembed = h[5] > 0;  // a negative vocab_size flags a separate classifier at the end
+    config.rope = rope_layout::adjacent_pairs;
+    config.rope_theta = 10000.0f;
+    config.norm_eps = 1e-5f;
+    config.validate(where);  // bounds every extent by 2^24 and checks divisibility before any size is computed
+
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    const std::uint64_t d = u(config.d_model), hidden = u(config.d_mlp), layers = u(config.n_layers),
+                        vocab = u(config.d_vocab), head = u(config.d_head()), kv = u(config.n_kv_heads) * head;
+    const auto mul3 = [&](std::uint64_t a, std::uint64_t b, std::uint64_t c, const char* what) {
+        return checked_mul(checked_mul(a, b, where, what), c, where, what);
+    };
+    // Floats per array, in file order.
+    struct section {
+        const char* name;
+        std::uint64_t floats;
+    };
+    const std::array<section, 14> sections{{
+        {"token_embedding", checked_mul(vocab, d, where, "token_embedding")},
+        {"rms_att", checked_mul(layers, d, where, "rms_att")},
+        {"wq", mul3(layers, d, d, "wq")},
+        {"wk", mul3(layers, kv, d, "wk")},
+        {"wv", mul3(layers, kv, d, "wv")},
+        {"wo", mul3(layers, d, d, "wo")},
+        {"rms_ffn", checked_mul(layers, d, where, "rms_ffn")},
+        {"w1", mul3(layers, hidden, d, "w1")},
+        {"w2", mul3(layers, d, hidden, "w2")},
+        {"w3", mul3(layers, hidden, d, "w3")},
+        {"rms_final", d},
+        {"freq_cis_real", checked_mul(u(config.n_ctx), head / 2, where, "freq_cis_real")},
+        {"freq_cis_imag", checked_mul(u(config.n_ctx), head / 2, where, "freq_cis_imag")},
+        {"wcls", config.tied_unembed ? 0 : checked_mul(vocab, d, where, "wcls")},
+    }};
+    std::uint64_t needed = llama2c_header_bytes;
+    for (const section& s : sections)
+        needed = checked_add(needed, checked_mul(s.floats, sizeof(float), where, s.name), where, s.name);
+    if (needed > file->size())
+        reader.fail("truncated: needs " + std::to_string(needed) + " bytes, has " + std::to_string(file->size()));
+    if (needed < file->size())
+        reader.fail("has " + std::to_string(file->size()) + " bytes, but its header implies exactly " +
+                    std::to_string(needed) + " (trailing data: not a legacy llama2.c checkpoint?)");
+
+    // Every size now fits in the file, hence in index_t.
+    weight_builder builder(file);
+    std::array<const float*, 14> base{};
+    for (std::size_t i = 0; i < sections.size(); ++i) {
+        const std::byte* bytes = reader.take(sections[i].floats * sizeof(float), sections[i].name);
+        const bool used = sections[i].floats > 0 && i != 11 && i != 12;  // the freq_cis tables are recomputed
+        if (used) base[i] = builder.f32(bytes, static_cast<index_t>(sections[i].floats));
+    }
+
+    const index_t D = config.d_model, H = config.d_mlp, Q = config.n_heads * config.d_head(),
+                  KV = config.n_kv_heads * config.d_head();
+    loaded_model out;
+    out.config = config;
+    model_weights& w = out.weights;
+    w.token_embedding = tensor_view<const float, 2>(base[0], {config.d_vocab, D});
+    w.layers.resize(static_cast<std::size_t>(config.n_layers));
+    for (index_t l = 0; l < config.n_layers; ++l) {
+        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
+        lw.attn_norm = tensor_view<const float, 1>(base[1] + l * D, {D});
+        lw.w_q = tensor_view<const float, 2>(base[2] + l * Q * D, {Q, D});
+        lw.w_k = tensor_view<const float, 2>(base[3] + l * KV * D, {KV, D});
+        lw.w_v = tensor_view<const float, 2>(base[4] + l * KV * D, {KV, D});
+        lw.w_o = tensor_view<const float, 2>(base[5] + l * D * Q, {D, Q});
+        lw.mlp_norm = tensor_view<const float, 1>(base[6] + l * D, {D});
+        lw.w_gate = tensor_view<const float, 2>(base[7] + l * H * D, {H, D});
+        lw.w_down = tensor_view<const float, 2>(base[8] + l * D * H, {D, H});
+        lw.w_up = tensor_view<const float, 2>(base[9] + l * H * D, {H, D});
+    }
+    w.final_norm = tensor_view<const float, 1>(base[10], {D});
+    w.unembed = config.tied_unembed ? w.token_embedding : tensor_view<const float, 2>(base[13], {config.d_vocab, D});
+    w.storage = builder.finish();
+    try {
+        validate_weights(out.config, out.weights);
+    } catch (const shape_error& e) {
+        reader.fail(e.what());
+    }
+    return out;
+}
+
+}  // namespace detail
+
+/// Loads a llama2.c legacy `.bin` checkpoint; F32 weights are views into a shared read-only mapping of the file.
+///
+/// Layout: seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative
+/// vocab_size means an unshared classifier), then float32 arrays token_embedding, rms_att, wq, wk, wv, wo, rms_ffn,
+/// w1 (gate), w2 (down), w3 (up), rms_final, the unused freq_cis tables, and wcls when unshared. Throws
+/// format_error naming the file on any inconsistency, including a size that differs from what the header implies.
+inline loaded_model load_llama2c(const std::filesystem::path& path) {
+    return detail::load_llama2c_mapped(mapped_file::open(path));
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/llama2c.hpp ----
+// ---- begin mechlens/io/load.hpp ----
+/// @file
+/// One entry point for model files: sniffs the format and dispatches to the right loader.
+
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Loads a model file: GGUF when it starts with the magic "GGUF", else a llama2.c legacy checkpoint.
+inline loaded_model load_model(const std::filesystem::path& path) {
+    std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    if (file->size() >= 4 && std::memcmp(file->data(), "GGUF", 4) == 0) return load_gguf(gguf_file(std::move(file)));
+    return detail::load_llama2c_mapped(std::move(file));
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/load.hpp ----
+// ---- begin mechlens/io/npy.hpp ----
+/// @file
+/// NumPy `.npy` files (format 1.0/2.0, little-endian, C order): write float/int arrays, read them back as float.
+
+#include <array>
+#include <cctype>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// An array read from a `.npy` file, converted to float.
+struct npy_array {
+    std::vector<index_t> shape;  ///< Extents, outermost first (C order); empty for a 0-d array.
+    std::vector<float> data;     ///< Elements in C (row-major) order; size is the product of `shape`.
+};
+
+namespace detail {
+
+/// The NumPy dtype string of a supported element type.
+template <class T>
+constexpr const char* npy_descr() {
+    if constexpr (std::is_same_v<T, float>)
+        return "<f4";
+    else if constexpr (std::is_same_v<T, double>)
+        return "<f8";
+    else if constexpr (std::is_same_v<T, std::int32_t>)
+        return "<i4";
+    else if constexpr (std::is_same_v<T, std::int64_t>)
+        return "<i8";
+    else
+        static_assert(sizeof(T) == 0, "mechlens: write_npy supports float, double, int32 and int64 elements");
+}
+
+/// Everything before the data: magic, version, header length and the padded header dict, as NumPy writes it.
+inline std::string npy_prefix(const char* descr, const std::vector<index_t>& shape) {
+    std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
+    for (std::size_t i = 0; i < shape.size(); ++i) dict += (i ? ", " : "") + std::to_string(shape[i]);
+    dict += shape.size() == 1 ? ",), }" : "), }";
+    // Pad with spaces and end with '\n' so that the data starts at a multiple of 64 bytes (format 1.0: 10-byte
+    // preamble; 2.0, needed past 65535 header bytes: 12).
+    std::size_t preamble = 10;
+    std::size_t header = dict.size() + 1;
+    header += 64 - (preamble + header) % 64;
+    std::uint8_t major = 1;
+    if (header > 65535) {
+        preamble = 12;
+        major = 2;
+        header = dict.size() + 1;
+        header += 64 - (preamble + header) % 64;
+    }
+    std::string out("\x93NUMPY", 6);
+    out += static_cast<char>(major);
+    out += '\0';
+    for (std::size_t i = 0; i < preamble - 8; ++i) out += static_cast<char>((header >> (8 * i)) & 0xffu);
+    out += dict;
+    out.append(header - dict.size() - 1, ' ');
+    out += '\n';
+    return out;
+}
+
+/// Writes prefix and `bytes` bytes of data to `path`; throws format_error naming the file on I/O failure.
+inline void write_npy_bytes(const std::filesystem::path& path, const std::string& prefix, const void* data,
+                            std::size_t bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) format_fail(path.string(), "cannot open for writing");
+    out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
+    if (bytes > 0) out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+    out.close();
+    if (!out) format_fail(path.string(), "write failed");
+}
+
+/// Element count of `shape`; throws std::invalid_argument on negative extents or overflow.
+inline index_t npy_element_count(const std::vector<index_t>& shape) {
+    index_t count = 1;
+    for (index_t e : shape) {
+        if (e < 0) throw std::invalid_argument("write_npy: negative extent " + std::to_string(e));
+        if (e != 0 && count > std::numeric_limits<index_t>::max() / e)
+            throw std::invalid_argument("write_npy: element count overflows");
+        count *= e;
+    }
+    return count;
+}
+
+/// A cursor over the Python-literal header dict of a .npy file.
+class npy_header_parser {
+public:
+    /// Parses `text`; failures go through `reader` (which names the file).
+    npy_header_parser(std::string_view text, const byte_reader& reader) : s_(text), r_(reader) {}
+
+    /// Reads the dict into descr, fortran_order and shape; throws format_error on anything else.
+    void parse(std::string& descr, bool& fortran_order, std::vector<index_t>& shape) {
+        bool seen[3] = {false, false, false};
+        expect('{');
+        while (true) {
+            skip_space();
+            if (peek() == '}') break;
+            const std::string key = string_literal();
+            expect(':');
+            skip_space();
+            if (key == "descr") {
+                if (peek() != '\'' && peek() != '"') fail("descr is not a simple dtype string (structured arrays?)");
+                descr = string_literal();
+                seen[0] = true;
+            } else if (key == "fortran_order") {
+                fortran_order = boolean_literal();
+                seen[1] = true;
+            } else if (key == "shape") {
+                shape = tuple_literal();
+                seen[2] = true;
+            } else {
+                fail("unexpected key '" + key + "'");
+            }
+            skip_space();
+            if (peek() == ',')
+                ++pos_;
+            else if (peek() != '}')
+                fail("expected ',' or '}'");
+        }
+        ++pos_;
+        while (pos_ < s_.size())
+            if (!std::isspace(static_cast<unsigned char>(s_[pos_++]))) fail("text after the dict");
+        if (!seen[0] || !seen[1] || !seen[2]) fail("missing 'descr', 'fortran_order' or 'shape'");
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const { r_.fail("malformed .npy header: " + problem); }
+    char peek() const { return pos_ < s_.size() ? s_[pos_] : '\0'; }
+    void skip_space() {
+        while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+    }
+    void expect(char c) {
+        skip_space();
+        if (peek() != c) fail(std::string("expected '") + c + "'");
+        ++pos_;
+    }
+    std::string string_literal() {
+        skip_space();
+        const char quote = peek();
+        if (quote != '\'' && quote != '"') fail("expected a quoted string");
+        const std::size_t end = s_.find(quote, pos_ + 1);
+        if (end == std::string_view::npos) fail("unterminated string");
+        std::string out(s_.substr(pos_ + 1, end - pos_ - 1));
+        pos_ = end + 1;
+        return out;
+    }
+    bool boolean_literal() {
+        if (s_.substr(pos_, 4) == "True") {
+            pos_ += 4;
+            return true;
+        }
+        if (s_.substr(pos_, 5) == "False") {
+            pos_ += 5;
+            return false;
+        }
+        fail("fortran_order is neither True nor False");
+    }
+    std::vector<index_t> tuple_literal() {
+        expect('(');
+        std::vector<index_t> out;
+        while (true) {
+            skip_space();
+            if (peek() == ')') break;
+            if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("shape holds something other than integers");
+            index_t v = 0;
+            while (std::isdigit(static_cast<unsigned char>(peek()))) {
+                if (v > (std::numeric_limits<index_t>::max() - 9) / 10) fail("shape extent too large");
+                v = v * 10 + (s_[pos_++] - '0');
+            }
+            if (peek() == 'L') ++pos_;  // Python 2 long literals
+            out.push_back(v);
+            if (out.size() > 32) fail("more than 32 dimensions");
+            skip_space();
+            if (peek() == ',')
+                ++pos_;
+            else if (peek() != ')')
+                fail("expected ',' or ')' in shape");
+        }
+        ++pos_;
+        return out;
+    }
+
+    std::string_view s_;
+    const byte_reader& r_;
+    std::size_t pos_ = 0;
+};
+
+/// Converts `count` little-endian elements of type T at `bytes` to float.
+template <class T>
+void npy_convert(const std::byte* bytes, std::size_t count, std::vector<float>& out) {
+    out.resize(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        T v{};
+        std::memcpy(&v, bytes + i * sizeof(T), sizeof(T));
+        out[i] = static_cast<float>(v);  // narrowing by design; f8 beyond float range becomes inf (IEEE)
+    }
+}
+
+}  // namespace detail
+
+/// Writes `shape`-d float32 data in C order as a NumPy '<f4' array (format 1.0, or 2.0 for huge headers).
+inline void write_npy(const std::filesystem::path& path, const float* data, const std::vector<index_t>& shape) {
+    const index_t count = detail::npy_element_count(shape);
+    if (count > 0 && data == nullptr) throw std::invalid_argument("write_npy: null data for a non-empty array");
+    detail::write_npy_bytes(path, detail::npy_prefix("<f4", shape), data,
+                            static_cast<std::size_t>(count) * sizeof(float));
+}
+
+/// Writes a (possibly strided) view in C order; T is float, double, int32 or int64 (const or not).
+template <class T, std::size_t Rank>
+void write_npy(const std::filesystem::path& path, const tensor_view<T, Rank>& view) {
+    using element = std::remove_const_t<T>;
+    const std::vector<index_t> shape(view.shape().begin(), view.shape().end());
+    std::vector<element> dense(static_cast<std::size_t>(view.size()));
+    if (!dense.empty()) {
+        // Walk the indices in row-major order (an odometer), so any strides work.
+        std::array<index_t, Rank> idx{};
+        for (element& out : dense) {
+            index_t offset = 0;
+            for (std::size_t a = 0; a < Rank; ++a) offset += idx[a] * view.stride(a);
+            out = view.data()[offset];
+            for (std::size_t a = Rank; a-- > 0;) {
+                if (++idx[a] < view.extent(a)) break;
+                idx[a] = 0;
+            }
+        }
+    }
+    detail::write_npy_bytes(path, detail::npy_prefix(detail::npy_descr<element>(), shape), dense.data(),
+                            dense.size() * sizeof(element));
+}
+
+/// Writes an owning tensor; see the view overload.
+template <class T, std::size_t Rank>
+void write_npy(const std::filesystem::path& path, const tensor<T, Rank>& t) {
+    write_npy(path, t.view());
+}
+
+/// Reads a .npy file of dtype '<f4', '<f8', '<i4' or '<i8' (converted to float); throws format_error naming the file
+/// for any other dtype, fortran_order True, bad magic, an unsupported version, a malformed header or truncated data.
+inline npy_array read_npy(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    detail::byte_reader r(file->data(), file->size(), path.string());
+    if (file->size() < 6 || std::memcmp(file->data(), "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
+    r.take(6, "magic");
+    const auto major = r.read<std::uint8_t>("version");
+    const auto minor = r.read<std::uint8_t>("version");
+    std::uint64_t header_length = 0;
+    if (major == 1 && minor == 0)
+        header_length = r.read<std::uint16_t>("header length");
+    else if ((major == 2 || major == 3) && minor == 0)
+        header_length = r.read<std::uint32_t>("header length");
+    else
+        r.fail("unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor));
+    const std::string header = r.read_string(header_length, "header");
+
+    std::string descr;
+    bool fortran_order = false;
+    npy_array out;
+    detail::npy_header_parser(header, r).parse(descr, fortran_order, out.shape);
+    if (fortran_order) r.fail("fortran_order True arrays are not supported (save C-ordered arrays)");
+    std::size_t item = 0;
+    if (descr == "<f4" || descr == "<i4")
+        item = 4;
+    else if (descr == "<f8" || descr == "<i8")
+        item = 8;
+    else
+        r.fail("unsupported dtype '" + descr + "' (only <f4, <f8, <i4, <i8)");
+
+    std::uint64_t count = 1;
+    for (index_t e : out.shape)
+        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), "array");
+    const std::uint64_t bytes = detail::checked_mul(count, item, path.string(), "array data");
+    const std::byte* data = r.take(bytes, "array data");  // fits in the file, hence in size_t
+    const auto n = static_cast<std::size_t>(count);
+    if (descr == "<f4")
+        detail::npy_convert<float>(data, n, out.data);
+    else if (descr == "<f8")
+        detail::npy_convert<double>(data, n, out.data);
+    else if (descr == "<i4")
+        detail::npy_convert<std::int32_t>(data, n, out.data);
+    else
+        detail::npy_convert<std::int64_t>(data, n, out.data);
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/npy.hpp ----
 // ---- end mechlens/io.hpp ----
 // ---- end mechlens/mechlens.hpp ----

@@ -1,5 +1,845 @@
-// Placeholder until the loaders tests land.
+// File loaders: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy, and hostile inputs.
 #include <mechlens/mechlens.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
 #include "test_support.hpp"
 
-TEST_CASE("loaders: library header compiles", "[loaders]") { STATIC_REQUIRE(sizeof(mechlens::index_t) == 8); }
+using mechlens::index_t;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_file_bytes(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary | std::ios::ate);
+    std::string bytes(static_cast<std::size_t>(in.tellg()), '\0');
+    in.seekg(0);
+    in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return bytes;
+}
+
+fs::path write_scratch(const std::string& name, const std::string& bytes) {
+    const fs::path p = mechlens_test::scratch_dir() / ("loaders_" + name);
+    // Unlink first: rewriting a truncated file makes ext4 flush it to disk on close (auto_da_alloc), which is slow.
+    fs::remove(p);
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return p;
+}
+
+template <class T>
+T get_raw(const std::string& bytes, std::size_t offset) {
+    T v{};
+    std::memcpy(&v, bytes.data() + offset, sizeof(T));
+    return v;
+}
+
+template <class T>
+void put_raw(std::string& bytes, std::size_t offset, T v) {
+    std::memcpy(bytes.data() + offset, &v, sizeof(T));
+}
+
+template <class T>
+void append_raw(std::string& bytes, T v) {
+    bytes.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+// The format_error message `load` throws; fails the test when it throws nothing or something else.
+std::string error_of(const std::function<void()>& load) {
+    try {
+        load();
+    } catch (const mechlens::format_error& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        FAIL("expected format_error, got: " << e.what());
+    }
+    FAIL("expected format_error, nothing was thrown");
+    return {};
+}
+
+// Loads `bytes` from a scratch file with `loader`; requires a format_error naming the file and containing `problem`.
+void require_rejected(const std::string& name, const std::string& bytes, const std::string& problem,
+                      const std::function<void(const fs::path&)>& loader) {
+    const fs::path p = write_scratch(name, bytes);
+    const std::string message = error_of([&] { loader(p); });
+    INFO(name << ": " << message);
+    REQUIRE(message.find(p.string()) != std::string::npos);
+    REQUIRE(message.find(problem) != std::string::npos);
+}
+
+void load_bin(const fs::path& p) { (void)mechlens::load_llama2c(p); }
+void load_gguf_file(const fs::path& p) { (void)mechlens::load_gguf(p); }
+
+template <class T, std::size_t R>
+bool bitwise_equal(const mechlens::tensor_view<const float, R>& a, const mechlens::tensor_view<T, R>& b) {
+    return a.shape() == b.shape() &&
+           std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.size()) * sizeof(float)) == 0;
+}
+
+// Binary16 bits of a float that half represents exactly (normal range or zero).
+std::uint16_t half_bits(float f) {
+    const auto b = std::bit_cast<std::uint32_t>(f);
+    const auto sign = static_cast<std::uint16_t>((b >> 16) & 0x8000u);
+    if ((b & 0x7fffffffu) == 0) return sign;
+    const int e = static_cast<int>((b >> 23) & 0xffu) - 127 + 15;
+    REQUIRE((e > 0 && e < 31 && (b & 0x1fffu) == 0));
+    return static_cast<std::uint16_t>(sign | (static_cast<std::uint32_t>(e) << 10) | ((b >> 13) & 0x3ffu));
+}
+
+// A tiny GGUF writer, free to write nonsense: the hostile tests need exactly that.
+struct gguf_writer {
+    struct tensor {
+        std::string name;
+        std::vector<std::uint64_t> dims;
+        std::uint32_t type = 0;
+        std::string data;
+        std::optional<std::uint64_t> offset;  // default: laid out after the previous tensor, aligned
+    };
+    std::string magic = "GGUF";
+    std::uint32_t version = 3;
+    std::optional<std::uint64_t> tensor_count, kv_count;  // overrides of the true counts
+    std::uint64_t alignment = 32;
+    std::vector<std::pair<std::string, std::string>> kvs;  // key -> type + encoded value
+    std::vector<tensor> tensors;
+
+    static std::string str(const std::string& s) {
+        std::string out;
+        append_raw<std::uint64_t>(out, s.size());
+        return out + s;
+    }
+    void kv_raw(const std::string& key, std::uint32_t type, const std::string& value) {
+        std::string v;
+        append_raw(v, type);
+        kvs.emplace_back(key, v + value);
+    }
+    template <class T>
+    void kv(const std::string& key, std::uint32_t type, T value) {
+        std::string v;
+        append_raw(v, value);
+        kv_raw(key, type, v);
+    }
+    void kv_u32(const std::string& key, std::uint32_t v) { kv(key, 4, v); }
+    void kv_f32(const std::string& key, float v) { kv(key, 6, v); }
+    void kv_str(const std::string& key, const std::string& v) { kv_raw(key, 8, str(v)); }
+    template <class T>
+    void kv_array(const std::string& key, std::uint32_t element_type, const std::vector<T>& values) {
+        std::string v;
+        append_raw(v, element_type);
+        append_raw<std::uint64_t>(v, values.size());
+        for (const T& x : values) {
+            if constexpr (std::is_same_v<T, std::string>)
+                v += str(x);
+            else
+                append_raw(v, x);
+        }
+        kv_raw(key, 9, v);
+    }
+    void erase_kv(const std::string& key) {
+        std::erase_if(kvs, [&](const auto& p) { return p.first == key; });
+    }
+    void erase_tensor(const std::string& name) {
+        std::erase_if(tensors, [&](const tensor& t) { return t.name == name; });
+    }
+    tensor& find(const std::string& name) {
+        for (tensor& t : tensors)
+            if (t.name == name) return t;
+        FAIL("no tensor " << name);
+        return tensors.front();
+    }
+
+    std::string bytes() const {
+        std::string out = magic;
+        append_raw(out, version);
+        append_raw<std::uint64_t>(out, tensor_count.value_or(tensors.size()));
+        append_raw<std::uint64_t>(out, kv_count.value_or(kvs.size()));
+        for (const auto& [key, value] : kvs) out += str(key) + value;
+        std::uint64_t next = 0;
+        std::vector<std::uint64_t> offsets;
+        for (const tensor& t : tensors) {
+            offsets.push_back(t.offset.value_or(next));
+            next = (offsets.back() + t.data.size() + alignment - 1) / alignment * alignment;
+            out += str(t.name);
+            append_raw<std::uint32_t>(out, static_cast<std::uint32_t>(t.dims.size()));
+            for (std::uint64_t d : t.dims) append_raw(out, d);
+            append_raw(out, t.type);
+            append_raw(out, offsets.back());
+        }
+        out.resize((out.size() + alignment - 1) / alignment * alignment, '\0');
+        const std::size_t data_start = out.size();
+        for (std::size_t i = 0; i < tensors.size(); ++i) {
+            if (offsets[i] > (1u << 24)) continue;  // hostile offsets point nowhere
+            out.resize(std::max<std::size_t>(out.size(), data_start + offsets[i]), '\0');
+            out.replace(data_start + offsets[i], std::min(tensors[i].data.size(), out.size() - data_start - offsets[i]),
+                        tensors[i].data);
+        }
+        return out;
+    }
+};
+
+// Deterministic weight values, exact in binary16: multiples of 1/8 in [-1, 1].
+float synthetic_value(std::size_t tensor_index, std::size_t i) {
+    return static_cast<float>(static_cast<int>((i * 7 + tensor_index * 3) % 17) - 8) * 0.125f;
+}
+
+// d_model 32, 4 heads of 8, 2 kv heads, d_mlp 48, 2 layers, vocab 16, context 64; type 0 = F32, 1 = F16.
+gguf_writer tiny_llama(std::uint32_t type) {
+    gguf_writer w;
+    w.kv_str("general.architecture", "llama");
+    w.kv_u32("llama.embedding_length", 32);
+    w.kv_u32("llama.block_count", 2);
+    w.kv_u32("llama.feed_forward_length", 48);
+    w.kv_u32("llama.attention.head_count", 4);
+    w.kv_u32("llama.attention.head_count_kv", 2);
+    w.kv_u32("llama.context_length", 64);
+    w.kv_f32("llama.rope.freq_base", 500000.0f);
+    w.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-6f);
+    w.kv_array<std::string>(
+        "tokenizer.ggml.tokens", 8,
+        {"<unk>", "<s>", "</s>", "\xE2\x96\x81the", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"});
+    auto add = [&](const std::string& name, std::vector<std::uint64_t> dims) {
+        gguf_writer::tensor t{name, dims, type, {}, {}};
+        std::size_t n = 1;
+        for (auto d : dims) n *= d;
+        for (std::size_t i = 0; i < n; ++i) {
+            const float v = synthetic_value(w.tensors.size(), i);
+            if (type == 0)
+                append_raw(t.data, v);
+            else
+                append_raw(t.data, half_bits(v));
+        }
+        w.tensors.push_back(std::move(t));
+    };
+    add("token_embd.weight", {32, 16});
+    for (int l = 0; l < 2; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        add(p + "attn_norm.weight", {32});
+        add(p + "attn_q.weight", {32, 32});
+        add(p + "attn_k.weight", {32, 16});
+        add(p + "attn_v.weight", {32, 16});
+        add(p + "attn_output.weight", {32, 32});
+        add(p + "ffn_norm.weight", {32});
+        add(p + "ffn_gate.weight", {32, 48});
+        add(p + "ffn_up.weight", {32, 48});
+        add(p + "ffn_down.weight", {48, 32});
+    }
+    add("output_norm.weight", {32});
+    return w;
+}
+
+}  // namespace
+
+TEST_CASE("loaders: mapped_file maps whole files and names the file in every error", "[loaders]") {
+    const fs::path p = write_scratch("mapped.bin", "hello mapping");
+    auto m = mechlens::mapped_file::open(p);
+    REQUIRE(m->size() == 13);
+    REQUIRE(std::memcmp(m->data(), "hello mapping", 13) == 0);
+    REQUIRE(m->path() == p);
+    REQUIRE(m->contains(m->data() + 5, 8));
+    REQUIRE_FALSE(m->contains(m->data() + 5, 9));
+    mechlens::mapped_file moved(p);
+    mechlens::mapped_file target = std::move(moved);
+    REQUIRE(target.size() == 13);
+    REQUIRE(moved.data() == nullptr);  // NOLINT(bugprone-use-after-move): documented state after a move
+
+    const fs::path missing = mechlens_test::scratch_dir() / "loaders_does_not_exist.bin";
+    REQUIRE(error_of([&] { (void)mechlens::mapped_file::open(missing); }).find(missing.string()) != std::string::npos);
+    const std::string dir_error = error_of([&] { (void)mechlens::mapped_file::open(mechlens_test::scratch_dir()); });
+    REQUIRE(dir_error.find("directory") != std::string::npos);
+    const fs::path empty = write_scratch("empty.bin", "");
+    for (auto* load : {+[](const fs::path& q) { (void)mechlens::mapped_file::open(q); }, &load_bin, &load_gguf_file,
+                       +[](const fs::path& q) { (void)mechlens::load_model(q); },
+                       +[](const fs::path& q) { (void)mechlens::read_npy(q); }}) {
+        const std::string e = error_of([&] { load(empty); });
+        REQUIRE(e.find(empty.string()) != std::string::npos);
+        REQUIRE(e.find("empty file") != std::string::npos);
+        REQUIRE(error_of([&] { load(missing); }).find(missing.string()) != std::string::npos);
+    }
+}
+
+TEST_CASE("loaders: stories260K.bin config, weights at known offsets, zero-copy views", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("stories260K/stories260K.bin");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const std::string raw = read_file_bytes(path);
+    const auto m = mechlens::load_llama2c(path);
+    const auto& c = m.config;
+    REQUIRE(c.d_model == 64);
+    REQUIRE(c.d_mlp == 172);
+    REQUIRE(c.n_layers == 5);
+    REQUIRE(c.n_heads == 8);
+    REQUIRE(c.n_kv_heads == 4);
+    REQUIRE(c.d_vocab == 512);
+    REQUIRE(c.n_ctx == 512);
+    REQUIRE(c.tied_unembed);
+    REQUIRE(c.rope == mechlens::rope_layout::adjacent_pairs);
+    REQUIRE(c.rope_theta == 10000.0f);
+    REQUIRE(c.norm_eps == 1e-5f);
+
+    // Offsets computed here from the documented layout, independently of the loader.
+    const std::size_t V = 512, D = 64, L = 5, KV = 32, H = 172;
+    const std::size_t emb = 28, rms_att = emb + 4 * V * D, wq = rms_att + 4 * L * D, wk = wq + 4 * L * D * D,
+                      wv = wk + 4 * L * KV * D, wo = wv + 4 * L * KV * D, rms_ffn = wo + 4 * L * D * D,
+                      w1 = rms_ffn + 4 * L * D, w2 = w1 + 4 * L * H * D, w3 = w2 + 4 * L * D * H,
+                      fin = w3 + 4 * L * H * D;
+    const auto& w = m.weights;
+    REQUIRE(w.token_embedding(0, 0) == get_raw<float>(raw, emb));
+    REQUIRE(w.token_embedding(3, 5) == get_raw<float>(raw, emb + 4 * (3 * D + 5)));
+    REQUIRE(w.layers[2].attn_norm(7) == get_raw<float>(raw, rms_att + 4 * (2 * D + 7)));
+    REQUIRE(w.layers[2].w_q(1, 2) == get_raw<float>(raw, wq + 4 * (2 * D * D + 1 * D + 2)));
+    REQUIRE(w.layers[4].w_k(31, 63) == get_raw<float>(raw, wk + 4 * (4 * KV * D + 31 * D + 63)));
+    REQUIRE(w.layers[1].w_v(10, 3) == get_raw<float>(raw, wv + 4 * (1 * KV * D + 10 * D + 3)));
+    REQUIRE(w.layers[3].w_o(5, 60) == get_raw<float>(raw, wo + 4 * (3 * D * D + 5 * D + 60)));
+    REQUIRE(w.layers[0].mlp_norm(63) == get_raw<float>(raw, rms_ffn + 4 * 63));
+    REQUIRE(w.layers[1].w_gate(171, 0) == get_raw<float>(raw, w1 + 4 * (1 * H * D + 171 * D)));
+    REQUIRE(w.layers[4].w_down(63, 171) == get_raw<float>(raw, w2 + 4 * (4 * D * H + 63 * H + 171)));
+    REQUIRE(w.layers[2].w_up(100, 7) == get_raw<float>(raw, w3 + 4 * (2 * H * D + 100 * D + 7)));
+    REQUIRE(w.final_norm(13) == get_raw<float>(raw, fin + 4 * 13));
+    REQUIRE(w.token_embedding(0, 0) == -0.29474878311157227f);
+    REQUIRE(w.unembed.data() == w.token_embedding.data());
+
+    // Zero copy: every view lies inside the mapping and nothing was converted.
+    const mechlens::loader_storage* s = mechlens::loader_storage_of(w);
+    REQUIRE(s != nullptr);
+    REQUIRE(s->converted.empty());
+    REQUIRE(s->file->size() == raw.size());
+    REQUIRE(mechlens::views_mapping(w, w.token_embedding));
+    REQUIRE(mechlens::views_mapping(w, w.final_norm));
+    for (const auto& l : w.layers)
+        REQUIRE((mechlens::views_mapping(w, l.w_q) && mechlens::views_mapping(w, l.w_down) &&
+                 mechlens::views_mapping(w, l.attn_norm)));
+    REQUIRE(mechlens::loader_storage_of(mechlens::model_weights{}) == nullptr);
+}
+
+TEST_CASE("loaders: stories260K .bin and .gguf hold bitwise-identical weights", "[loaders]") {
+    const fs::path bin = mechlens_test::model_file("stories260K/stories260K.bin");
+    const fs::path gguf = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(bin);
+    MECHLENS_REQUIRE_FILE_OR_SKIP(gguf);
+    const auto a = mechlens::load_model(bin);
+    const auto b = mechlens::load_model(gguf);
+    REQUIRE(a.config.tied_unembed);
+    REQUIRE_FALSE(b.config.tied_unembed);  // the converter wrote an untied copy of the embedding
+    REQUIRE(b.config.d_model == 64);
+    REQUIRE(b.config.d_mlp == 172);
+    REQUIRE(b.config.n_layers == 5);
+    REQUIRE(b.config.n_heads == 8);
+    REQUIRE(b.config.n_kv_heads == 4);
+    REQUIRE(b.config.d_vocab == 512);
+    REQUIRE(b.config.n_ctx == 2048);  // llama.context_length says 2048; the .bin's seq_len is 512
+    REQUIRE(b.config.rope_theta == a.config.rope_theta);
+    REQUIRE(b.config.norm_eps == a.config.norm_eps);
+    REQUIRE(b.config.rope == a.config.rope);
+
+    const auto& x = a.weights;
+    const auto& y = b.weights;
+    REQUIRE(bitwise_equal(x.token_embedding, y.token_embedding));
+    REQUIRE(bitwise_equal(x.token_embedding, y.unembed));
+    REQUIRE(y.unembed.data() != y.token_embedding.data());
+    REQUIRE(bitwise_equal(x.final_norm, y.final_norm));
+    for (std::size_t l = 0; l < 5; ++l) {
+        INFO("layer " << l);
+        const auto &p = x.layers[l], &q = y.layers[l];
+        REQUIRE(bitwise_equal(p.attn_norm, q.attn_norm));
+        REQUIRE(bitwise_equal(p.w_q, q.w_q));
+        REQUIRE(bitwise_equal(p.w_k, q.w_k));
+        REQUIRE(bitwise_equal(p.w_v, q.w_v));
+        REQUIRE(bitwise_equal(p.w_o, q.w_o));
+        REQUIRE(bitwise_equal(p.mlp_norm, q.mlp_norm));
+        REQUIRE(bitwise_equal(p.w_gate, q.w_gate));
+        REQUIRE(bitwise_equal(p.w_up, q.w_up));
+        REQUIRE(bitwise_equal(p.w_down, q.w_down));
+        REQUIRE((mechlens::views_mapping(y, q.w_q) && mechlens::views_mapping(y, q.w_up)));
+    }
+    REQUIRE(mechlens::loader_storage_of(y)->converted.empty());
+    REQUIRE(mechlens::views_mapping(y, y.unembed));
+}
+
+TEST_CASE("loaders: aidreams260K.bin loads", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("aidreams260K/aidreams260K.bin");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const auto m = mechlens::load_model(path);
+    REQUIRE(m.config.n_layers == 4);
+    REQUIRE(m.config.n_heads == 4);
+    REQUIRE(m.config.n_kv_heads == 4);
+    REQUIRE(m.config.d_model == 64);
+    REQUIRE(m.config.d_mlp == 172);
+    REQUIRE(m.config.d_vocab == 512);
+    REQUIRE(m.config.n_ctx == 128);
+    REQUIRE(m.weights.layers.size() == 4);
+    REQUIRE(m.weights.token_embedding(0, 0) == get_raw<float>(read_file_bytes(path), 28));
+}
+
+TEST_CASE("loaders: gguf_file exposes version, metadata, tensor infos and the vocabulary", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const mechlens::gguf_file g(path);
+    REQUIRE(g.version() == 3);
+    REQUIRE(g.alignment() == 32);
+    REQUIRE(g.tensors().size() == 48);
+    REQUIRE(g.metadata().size() == 19);
+    REQUIRE(g.data_offset() == 14176);
+    REQUIRE(g.get_string("general.architecture") == "llama");
+    REQUIRE(g.get_int("llama.attention.head_count_kv") == 4);
+    REQUIRE(g.at("llama.block_count").type() == mechlens::gguf_type::uint32);
+    REQUIRE(g.get_float("llama.attention.layer_norm_rms_epsilon") == static_cast<double>(1e-5f));
+    const auto& k = g.tensor("blk.0.attn_k.weight");
+    REQUIRE(k.dims == std::vector<std::uint64_t>{64, 32});  // ggml order: columns first
+    REQUIRE(k.type == mechlens::ggml_type::f32);
+    REQUIRE(k.offset == 278784);
+    REQUIRE(k.n_bytes == 64 * 32 * 4);
+    REQUIRE(g.find_tensor("blk.9.attn_k.weight") == nullptr);
+    REQUIRE(g.find("no.such.key") == nullptr);
+    const std::string missing = error_of([&] { (void)g.get_int("no.such.key"); });
+    REQUIRE((missing.find("no.such.key") != std::string::npos && missing.find(path.string()) != std::string::npos));
+    REQUIRE(error_of([&] { (void)g.get_int("general.name"); }).find("expected an integer") != std::string::npos);
+    REQUIRE(error_of([&] { (void)g.tensor("nope"); }).find("missing tensor 'nope'") != std::string::npos);
+
+    const mechlens::vocabulary v = mechlens::load_gguf_vocabulary(path);
+    REQUIRE(v.pieces.size() == 512);
+    REQUIRE(v.scores.size() == 512);
+    REQUIRE(v.kinds.size() == 512);
+    REQUIRE(v.bos_id == 1);
+    REQUIRE(v.eos_id == 2);
+    REQUIRE(v.unknown_id == 0);
+    REQUIRE(v.pieces[1] == "<s>");
+    REQUIRE(v.kinds[0] == mechlens::token_kind::unknown);
+    REQUIRE(v.kinds[1] == mechlens::token_kind::control);
+    REQUIRE(v.kinds[3] == mechlens::token_kind::byte);
+    REQUIRE(v.kinds[300] == mechlens::token_kind::normal);
+    std::size_t with_space = 0;
+    for (const std::string& p : v.pieces) {
+        REQUIRE(p.find("\xE2\x96\x81") == std::string::npos);
+        with_space += p.size() > 1 && p[0] == ' ';
+    }
+    REQUIRE(with_space > 50);
+    const auto& tokens = g.get_array("tokenizer.ggml.tokens", mechlens::gguf_type::string);
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+        const std::string* stored = tokens[i].as_string();
+        REQUIRE(stored != nullptr);
+        const std::string raw = stored ? *stored : std::string();
+        std::string expected;
+        for (std::size_t at = 0; at < raw.size(); ++at) {
+            if (raw.compare(at, 3, "\xE2\x96\x81") == 0) {
+                expected += ' ';
+                at += 2;
+            } else {
+                expected += raw[at];
+            }
+        }
+        REQUIRE(v.pieces[i] == expected);
+    }
+    REQUIRE(g.get_array("tokenizer.ggml.scores", mechlens::gguf_type::float32)[300].as_float() ==
+            static_cast<double>(v.scores[300]));
+}
+
+TEST_CASE("loaders: llama2.c files truncated anywhere or with corrupt headers are rejected", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("stories260K/stories260K.bin");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const std::string good = read_file_bytes(path);
+    std::vector<std::size_t> cuts{1, 4, 27, 28, 29, 100, good.size() / 2, good.size() - 4, good.size() - 1};
+    for (std::size_t at = 31; at < good.size(); at += 4099) cuts.push_back(at);
+    for (std::size_t at : cuts) require_rejected("cut.bin", good.substr(0, at), "truncated", load_bin);
+    require_rejected("cut_exact.bin", good.substr(0, 1000), "truncated: needs 1056540 bytes, has 1000", load_bin);
+    require_rejected("trailing.bin", good + "xxxx", "trailing", load_bin);
+
+    struct corruption {
+        std::size_t field;
+        std::int32_t value;
+        const char* problem;
+    };
+    const std::vector<corruption> corruptions{
+        {0, 0, "dim = 0 must be positive"},
+        {0, -64, "dim = -64 must be positive"},
+        {1, -1, "hidden_dim = -1"},
+        {2, 0, "n_layers = 0"},
+        {3, 0, "n_heads = 0"},
+        {4, -4, "n_kv_heads = -4"},
+        {5, 0, "vocab_size = 0"},
+        {6, 0, "seq_len = 0"},
+        {3, 7, "not a multiple of n_heads"},
+        {4, 3, "not a multiple of n_kv_heads"},
+        {0, 1 << 30, "outside"},
+        {5, INT32_MIN, "outside"},
+        {5, -512, "truncated: needs 1187612 bytes"},
+        {0, 0x616b3432, "ak42"},
+    };
+    for (const corruption& c : corruptions) {
+        std::string bad = good;
+        put_raw<std::int32_t>(bad, 4 * c.field, c.value);
+        require_rejected("corrupt.bin", bad, c.problem, load_bin);
+    }
+    // Every extent within bounds, yet n_layers * dim * dim overflows 64 bits.
+    std::string huge = good.substr(0, 28);
+    const std::int32_t fields[7] = {1 << 24, 1 << 24, 1 << 24, 1 << 20, 1 << 20, 1 << 24, 1 << 24};
+    std::memcpy(huge.data(), fields, sizeof fields);
+    require_rejected("overflow.bin", huge, "overflows", load_bin);
+}
+
+TEST_CASE("loaders: llama2.c unshared classifier is read from the end", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("stories260K/stories260K.bin");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    std::string bytes = read_file_bytes(path);
+    put_raw<std::int32_t>(bytes, 20, -512);
+    std::string classifier(512 * 64 * 4, '\0');
+    for (std::size_t i = 0; i < 512 * 64; ++i) put_raw<float>(classifier, 4 * i, static_cast<float>(i) * 0.5f);
+    const auto m = mechlens::load_llama2c(write_scratch("unshared.bin", bytes + classifier));
+    REQUIRE_FALSE(m.config.tied_unembed);
+    REQUIRE(m.config.d_vocab == 512);
+    REQUIRE(m.weights.unembed.data() != m.weights.token_embedding.data());
+    REQUIRE(m.weights.unembed(3, 2) == static_cast<float>(3 * 64 + 2) * 0.5f);
+    REQUIRE(m.weights.token_embedding(0, 0) == get_raw<float>(bytes, 28));
+}
+
+TEST_CASE("loaders: GGUF files truncated anywhere or with corrupt headers are rejected", "[loaders]") {
+    const fs::path path = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const std::string good = read_file_bytes(path);
+    std::vector<std::size_t> cuts;
+    for (std::size_t at = 1; at < 14200; at += 13) cuts.push_back(at);  // header, kvs, tensor infos
+    for (std::size_t at = 14200; at < good.size(); at += 60013) cuts.push_back(at);
+    cuts.push_back(good.size() - 1);
+    for (std::size_t at : cuts) {
+        const fs::path p = write_scratch("cut.gguf", good.substr(0, at));
+        const std::string e = error_of([&] { (void)mechlens::load_model(p); });
+        INFO("cut at " << at << ": " << e);
+        REQUIRE(e.find(p.string()) != std::string::npos);
+        REQUIRE((e.find("truncated") != std::string::npos || e.find("cannot fit") != std::string::npos));
+    }
+    auto corrupt = [&](std::size_t offset, auto value, const char* problem) {
+        std::string bad = good;
+        put_raw(bad, offset, value);
+        require_rejected("corrupt.gguf", bad, problem, load_gguf_file);
+    };
+    corrupt(0, std::uint32_t{0x46554746}, "bad magic");
+    corrupt(4, std::uint32_t{1}, "unsupported GGUF version 1");
+    corrupt(4, std::uint32_t{4}, "unsupported GGUF version 4");
+    corrupt(4, std::uint32_t{0x03000000}, "big-endian");
+    corrupt(8, std::uint64_t{1} << 60, "tensor_count");
+    corrupt(16, std::uint64_t{1} << 60, "metadata_kv_count");
+    corrupt(24, std::uint64_t{1} << 62, "truncated");               // first key's length
+    corrupt(24 + 8 + 21, std::uint32_t{13}, "unknown value type");  // type of "tokenizer.ggml.tokens"
+    corrupt(24 + 8 + 21 + 4, std::uint32_t{13}, "unknown value type");
+    corrupt(24 + 8 + 21 + 8, std::uint64_t{1} << 61, "cannot fit");  // its element count
+    corrupt(24 + 8 + 21 + 16, std::uint64_t{1} << 40, "truncated");  // its first string's length
+}
+
+TEST_CASE("loaders: random header corruptions either load or throw format_error, nothing else", "[loaders]") {
+    std::mt19937 rng(20240611u);  // fixed seed: failures reproduce
+    const std::string tiny = tiny_llama(1).bytes();
+    const std::size_t tiny_header = mechlens::gguf_file(write_scratch("tiny.gguf", tiny)).data_offset();
+    std::size_t rejected = 0;
+    for (int i = 0; i < 400; ++i) {
+        std::string bad = tiny;
+        for (int flips = 1 + static_cast<int>(rng() % 3); flips > 0; --flips) {
+            const std::size_t at = rng() % tiny_header;
+            const unsigned old = static_cast<unsigned char>(bad[at]);
+            bad[at] = static_cast<char>(rng() % 2 ? rng() % 256 : old ^ (1u << (rng() % 8)));
+        }
+        const fs::path p = write_scratch("fuzz.gguf", bad);
+        try {
+            const auto m = mechlens::load_model(p);
+            mechlens::validate_weights(m.config, m.weights);
+            (void)mechlens::load_gguf_vocabulary(p);
+        } catch (const mechlens::format_error& e) {
+            ++rejected;
+            REQUIRE(std::string(e.what()).find(p.string()) != std::string::npos);
+        }
+    }
+    REQUIRE(rejected > 100);
+}
+
+TEST_CASE("loaders: synthetic GGUF models, F32 in place and F16 converted", "[loaders]") {
+    for (std::uint32_t type : {0u, 1u}) {
+        INFO("type " << type);
+        const gguf_writer w = tiny_llama(type);
+        const fs::path p = write_scratch(type ? "tiny_f16.gguf" : "tiny_f32.gguf", w.bytes());
+        const auto m = mechlens::load_model(p);
+        REQUIRE(m.config.d_model == 32);
+        REQUIRE(m.config.n_heads == 4);
+        REQUIRE(m.config.n_kv_heads == 2);
+        REQUIRE(m.config.d_mlp == 48);
+        REQUIRE(m.config.n_layers == 2);
+        REQUIRE(m.config.d_vocab == 16);
+        REQUIRE(m.config.n_ctx == 64);
+        REQUIRE(m.config.rope_theta == 500000.0f);
+        REQUIRE(m.config.norm_eps == 1e-6f);
+        REQUIRE(m.config.tied_unembed);
+        REQUIRE(m.weights.unembed.data() == m.weights.token_embedding.data());
+        // Tensor order in tiny_llama: embedding, then 9 per layer, then output_norm.
+        const auto& w1 = m.weights.layers[1];
+        for (index_t r = 0; r < 16; ++r)
+            for (index_t c = 0; c < 32; ++c)
+                REQUIRE(m.weights.token_embedding(r, c) == synthetic_value(0, static_cast<std::size_t>(r * 32 + c)));
+        for (index_t r = 0; r < 16; ++r)
+            for (index_t c = 0; c < 32; ++c)
+                REQUIRE(w1.w_k(r, c) == synthetic_value(12, static_cast<std::size_t>(r * 32 + c)));
+        for (index_t r = 0; r < 32; ++r)
+            for (index_t c = 0; c < 48; ++c)
+                REQUIRE(w1.w_down(r, c) == synthetic_value(18, static_cast<std::size_t>(r * 48 + c)));
+        REQUIRE(m.weights.final_norm(31) == synthetic_value(19, 31));
+        const auto* s = mechlens::loader_storage_of(m.weights);
+        REQUIRE(s != nullptr);
+        REQUIRE(s->converted.size() == (type == 0 ? 0u : 20u));
+        REQUIRE(mechlens::views_mapping(m.weights, w1.w_k) == (type == 0));
+        const auto v = mechlens::load_gguf_vocabulary(p);
+        REQUIRE(v.pieces[3] == " the");
+        REQUIRE(v.bos_id == 1);  // defaults when the file does not say
+        REQUIRE(v.kinds[5] == mechlens::token_kind::normal);
+    }
+    gguf_writer aligned = tiny_llama(0);
+    aligned.alignment = 64;
+    aligned.kv_u32("general.alignment", 64);
+    const mechlens::gguf_file g(write_scratch("tiny_aligned.gguf", aligned.bytes()));
+    REQUIRE(g.alignment() == 64);
+    REQUIRE(g.data_offset() % 64 == 0);
+    REQUIRE(mechlens::load_gguf(g).weights.layers[0].w_q(3, 4) == synthetic_value(2, 3 * 32 + 4));
+
+    REQUIRE(mechlens::detail::half_to_float(0x3C00) == 1.0f);
+    REQUIRE(mechlens::detail::half_to_float(0xC000) == -2.0f);
+    REQUIRE(mechlens::detail::half_to_float(0x7BFF) == 65504.0f);
+    REQUIRE(mechlens::detail::half_to_float(0x0400) == std::ldexp(1.0f, -14));
+    REQUIRE(mechlens::detail::half_to_float(0x0001) == std::ldexp(1.0f, -24));
+    REQUIRE(mechlens::detail::half_to_float(0x83FF) == -std::ldexp(1023.0f, -24));
+    REQUIRE(std::signbit(mechlens::detail::half_to_float(0x8000)));
+    REQUIRE(std::isinf(mechlens::detail::half_to_float(0xFC00)));
+    REQUIRE(std::isnan(mechlens::detail::half_to_float(0x7E00)));
+
+    // Misaligned F32 data (impossible from a real mapping) is copied rather than viewed.
+    std::vector<std::byte> buffer(4 * 8 + 1);
+    const float values[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::memcpy(buffer.data() + 1, values, sizeof values);
+    mechlens::detail::weight_builder builder(nullptr);
+    const float* copied = builder.f32(buffer.data() + 1, 8);
+    REQUIRE(reinterpret_cast<std::uintptr_t>(copied) % alignof(float) == 0);
+    REQUIRE(std::memcmp(copied, values, sizeof values) == 0);
+}
+
+TEST_CASE("loaders: hostile synthetic GGUF files are rejected with clear messages", "[loaders]") {
+    using mod = std::function<void(gguf_writer&)>;
+    const std::vector<std::pair<mod, const char*>> cases{
+        {[](gguf_writer& w) {
+             w.version = 2;
+             w.tensor_count = std::uint64_t{1} << 60;
+         },
+         "tensor_count"},
+        {[](gguf_writer& w) { w.kv_count = std::uint64_t{1} << 40; }, "metadata_kv_count"},
+        {[](gguf_writer& w) { w.kv_count = w.kvs.size() + 1; }, ""},  // tensor infos parsed as a key: any error
+        {[](gguf_writer& w) {
+             w.kv_raw("x", 8, gguf_writer::str("abc").replace(0, 8, std::string("\0\0\0\0\0\1\0\0", 8)));
+         },
+         "truncated"},
+        {[](gguf_writer& w) { w.kv("x", 7, std::uint8_t{2}); }, "must be 0 or 1"},
+        {[](gguf_writer& w) { w.kv("x", 99, std::uint8_t{2}); }, "unknown value type 99"},
+        {[](gguf_writer& w) {
+             std::string nested;
+             for (int i = 0; i < 6; ++i) {
+                 append_raw<std::uint32_t>(nested, 9);
+                 append_raw<std::uint64_t>(nested, 1);
+             }
+             append_raw<std::uint32_t>(nested, 4);
+             append_raw<std::uint64_t>(nested, 0);
+             w.kv_raw("x", 9, nested);
+         },
+         "deeper"},
+        {[](gguf_writer& w) {
+             w.kv_array<std::uint32_t>("x", 4, {1, 2});
+             w.kvs.back().second.replace(8, 8, std::string("\0\0\0\0\0\0\0\x10", 8));
+         },
+         "cannot fit"},
+        {[](gguf_writer& w) { w.kv_u32("llama.block_count", 2); }, "duplicate metadata key 'llama.block_count'"},
+        {[](gguf_writer& w) { w.kv_u32("general.alignment", 12); }, "general.alignment"},
+        {[](gguf_writer& w) {
+             w.find("blk.0.attn_q.weight").dims = {32, 32, 1, 1, 1};
+         },
+         "n_dims 5"},
+        {[](gguf_writer& w) { w.find("blk.0.attn_q.weight").dims = {}; }, "n_dims 0"},
+        {[](gguf_writer& w) {
+             w.find("blk.0.attn_q.weight").dims = {1ull << 32, 1ull << 32, 2};
+         },
+         "overflows"},
+        {[](gguf_writer& w) { w.find("output_norm.weight").offset = std::uint64_t{1} << 40; }, "truncated: data of"},
+        {[](gguf_writer& w) { w.find("output_norm.weight").offset = ~std::uint64_t{0} - 31; }, "overflows"},
+        {[](gguf_writer& w) { w.find("output_norm.weight").offset = 4; }, "not a multiple of the alignment"},
+        {[](gguf_writer& w) {
+             auto& t = w.find("blk.0.attn_q.weight");
+             t.type = 2;
+             t.data.assign(32 * 32 / 32 * 18, '\0');
+         },
+         "unsupported tensor type Q4_0 for blk.0.attn_q.weight"},
+        {[](gguf_writer& w) { w.find("blk.1.ffn_up.weight").type = 16; }, "unsupported tensor type IQ2_XXS"},
+        {[](gguf_writer& w) { w.find("blk.1.ffn_down.weight").type = 2; }, "block size"},
+        {[](gguf_writer& w) { w.erase_tensor("blk.1.ffn_down.weight"); }, "missing tensor 'blk.1.ffn_down.weight'"},
+        {[](gguf_writer& w) { w.erase_kv("llama.block_count"); }, "missing metadata key 'llama.block_count'"},
+        {[](gguf_writer& w) { w.erase_kv("general.architecture"); }, "general.architecture"},
+        {[](gguf_writer& w) {
+             w.erase_kv("llama.embedding_length");
+             w.kv_str("llama.embedding_length", "32");
+         },
+         "expected an integer"},
+        {[](gguf_writer& w) {
+             w.erase_kv("general.architecture");
+             w.kv_str("general.architecture", "gpt2");
+         },
+         "architecture 'gpt2'"},
+        {[](gguf_writer& w) {
+             w.find("blk.0.attn_k.weight").dims = {16, 32};
+         },
+         "blk.0.attn_k.weight' has ggml dims [16, 32]"},
+        {[](gguf_writer& w) {
+             w.find("blk.1.attn_norm.weight").dims = {32, 1};
+         },
+         "blk.1.attn_norm.weight"},
+        {[](gguf_writer& w) { w.tensors.push_back(w.tensors[3]); }, "duplicate tensor 'blk.0.attn_k.weight'"},
+        {[](gguf_writer& w) {
+             w.erase_kv("llama.attention.head_count");
+             w.kv_u32("llama.attention.head_count", 3);
+         },
+         "not a multiple of n_heads"},
+        {[](gguf_writer& w) { w.kv_u32("llama.rope.dimension_count", 4); }, "partial rotary"},
+        {[](gguf_writer& w) { w.kv_u32("llama.vocab_size", 17); }, "llama.vocab_size"},
+        {[](gguf_writer& w) {
+             w.erase_kv("llama.rope.freq_base");
+             w.kv("llama.rope.freq_base", 12, 1e300);
+         },
+         "not a finite float"},
+    };
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+        gguf_writer w = tiny_llama(0);
+        cases[i].first(w);
+        INFO("case " << i);
+        require_rejected("hostile.gguf", w.bytes(), cases[i].second, load_gguf_file);
+    }
+    gguf_writer bad_types = tiny_llama(0);
+    bad_types.kv_array<std::int32_t>("tokenizer.ggml.token_type", 5, std::vector<std::int32_t>(16, 9));
+    require_rejected("bad_vocab.gguf", bad_types.bytes(), "token_type[0] = 9",
+                     [](const fs::path& p) { (void)mechlens::load_gguf_vocabulary(p); });
+    gguf_writer bad_bos = tiny_llama(0);
+    bad_bos.kv_u32("tokenizer.ggml.bos_token_id", 16);
+    require_rejected("bad_bos.gguf", bad_bos.bytes(), "bos_token_id = 16",
+                     [](const fs::path& p) { (void)mechlens::load_gguf_vocabulary(p); });
+
+    // Truncating a valid synthetic file at every byte of its header, and across its data, is always caught.
+    const std::string good = tiny_llama(1).bytes();
+    const std::size_t header_end = mechlens::gguf_file(write_scratch("tiny.gguf", good)).data_offset();
+    for (std::size_t at = 1; at < good.size(); at += at < header_end ? 1 : 509) {
+        const fs::path p = write_scratch("cut_tiny.gguf", good.substr(0, at));
+        const std::string e = error_of([&] { (void)mechlens::load_gguf(p); });
+        INFO("cut at " << at << ": " << e);
+        REQUIRE(e.find(p.string()) != std::string::npos);
+    }
+}
+
+TEST_CASE("loaders: npy round trips and writes NumPy's exact header", "[loaders]") {
+    const fs::path dir = mechlens_test::scratch_dir();
+    const std::vector<float> values{1.5f, -2.0f, 3.25f, 0.0f, 1e-30f, -7.0f};
+    mechlens::write_npy(dir / "loaders_a.npy", values.data(), {2, 3});
+    const std::string bytes = read_file_bytes(dir / "loaders_a.npy");
+    const std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    REQUIRE(bytes.substr(0, 8) == std::string("\x93NUMPY\x01\x00", 8));
+    const auto header_length = get_raw<std::uint16_t>(bytes, 8);
+    REQUIRE((10 + header_length) % 64 == 0);
+    REQUIRE(header_length == 118);
+    REQUIRE(bytes.substr(10, dict.size()) == dict);
+    REQUIRE(bytes.substr(10 + dict.size(), header_length - dict.size() - 1) ==
+            std::string(header_length - dict.size() - 1, ' '));
+    REQUIRE(bytes[9 + header_length] == '\n');
+    REQUIRE(bytes.size() == 10u + header_length + 6u * 4u);
+    const auto a = mechlens::read_npy(dir / "loaders_a.npy");
+    REQUIRE(a.shape == std::vector<index_t>{2, 3});
+    REQUIRE(a.data == values);
+
+    // Strided views are written in logical C order: the transpose of a (2, 3) tensor.
+    mechlens::tensor<float, 2> t({2, 3});
+    for (index_t i = 0; i < 6; ++i) t.data()[i] = values[static_cast<std::size_t>(i)];
+    mechlens::tensor_view<const float, 2> transposed(t.data(), {3, 2}, {1, 3});
+    mechlens::write_npy(dir / "loaders_t.npy", transposed);
+    const auto tt = mechlens::read_npy(dir / "loaders_t.npy");
+    REQUIRE(tt.shape == std::vector<index_t>{3, 2});
+    REQUIRE(tt.data == std::vector<float>{1.5f, 0.0f, -2.0f, 1e-30f, 3.25f, -7.0f});
+
+    mechlens::tensor<std::int32_t, 1> ints({5});
+    for (index_t i = 0; i < 5; ++i) ints(i) = static_cast<std::int32_t>(i * i) - 3;
+    mechlens::write_npy(dir / "loaders_i.npy", ints);
+    const std::string ibytes = read_file_bytes(dir / "loaders_i.npy");
+    REQUIRE(ibytes.find("{'descr': '<i4', 'fortran_order': False, 'shape': (5,), }") == 10);
+    REQUIRE(mechlens::read_npy(dir / "loaders_i.npy").data == std::vector<float>{-3, -2, 1, 6, 13});
+
+    mechlens::write_npy(dir / "loaders_0d.npy", values.data(), {});
+    REQUIRE(read_file_bytes(dir / "loaders_0d.npy").find("'shape': (), }") != std::string::npos);
+    const auto zero_d = mechlens::read_npy(dir / "loaders_0d.npy");
+    REQUIRE((zero_d.shape.empty() && zero_d.data == std::vector<float>{1.5f}));
+
+    // Hand-written files in the other accepted dtypes and versions.
+    auto npy = [](std::uint8_t major, const std::string& dict_text, const std::string& data) {
+        std::string out("\x93NUMPY", 6);
+        out += static_cast<char>(major);
+        out += '\0';
+        std::string header = dict_text + "\n";
+        if (major == 1)
+            append_raw<std::uint16_t>(out, static_cast<std::uint16_t>(header.size()));
+        else
+            append_raw<std::uint32_t>(out, static_cast<std::uint32_t>(header.size()));
+        return out + header + data;
+    };
+    std::string f8, i8;
+    for (double d : {0.5, -1.25, 1e10}) append_raw(f8, d);
+    for (std::int64_t i : {std::int64_t{-5}, std::int64_t{1} << 40}) append_raw(i8, i);
+    const auto r8 = mechlens::read_npy(
+        write_scratch("f8.npy", npy(2, "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (3,)}", f8)));
+    REQUIRE(r8.data == std::vector<float>{0.5f, -1.25f, 1e10f});
+    const auto ri8 = mechlens::read_npy(
+        write_scratch("i8.npy", npy(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (1L, 2L), }", i8)));
+    REQUIRE(ri8.shape == std::vector<index_t>{1, 2});
+    REQUIRE(ri8.data == std::vector<float>{-5.0f, 1099511627776.0f});
+
+    auto read = [](const fs::path& p) { (void)mechlens::read_npy(p); };
+    const std::string f4(24, '\0');
+    require_rejected("bad1.npy", "\x93NUMPZ" + bytes.substr(6), "bad magic", read);
+    require_rejected("bad2.npy", npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (6,), }", f4), "dtype '>f4'",
+                     read);
+    require_rejected("bad3.npy", npy(1, "{'descr': '<f2', 'fortran_order': False, 'shape': (6,), }", f4), "dtype '<f2'",
+                     read);
+    require_rejected("bad4.npy", npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", f4),
+                     "fortran_order", read);
+    require_rejected("bad5.npy", npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }", f4), "truncated",
+                     read);
+    require_rejected("bad6.npy", npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", f4), "malformed",
+                     read);
+    require_rejected("bad7.npy", npy(1, "{'descr': '<f4', 'shape': (6,), }", f4), "missing", read);
+    require_rejected("bad8.npy", npy(1, "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (6,), }", f4),
+                     "structured", read);
+    require_rejected("bad9.npy", npy(4, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", f4), "version 4.0",
+                     read);
+    require_rejected(
+        "bad10.npy",
+        npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }", f4),
+        "overflows", read);
+    for (std::size_t at = 6; at < bytes.size(); at += 3)
+        require_rejected("cut.npy", bytes.substr(0, at), "truncated", read);
+}
+
+TEST_CASE("loaders: every committed NumPy-written fixture reads back", "[loaders]") {
+    const fs::path dir = mechlens_test::fixtures_dir();
+    MECHLENS_REQUIRE_FILE_OR_SKIP(dir);
+    std::size_t files = 0;
+    for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+        if (entry.path().extension() != ".npy") continue;
+        const mechlens::npy_array a =
+            mechlens::read_npy(entry.path());  // written by numpy.save, growth padding and all
+        std::size_t count = 1;
+        for (index_t e : a.shape) count *= static_cast<std::size_t>(e);
+        REQUIRE(a.data.size() == count);
+        ++files;
+    }
+    REQUIRE(files > 0);
+}

@@ -1,0 +1,6 @@
+#pragma once
+/// @file
+/// Hooks: named sites and the policy concept.
+
+#include "mechlens/hooks/site.hpp"
+#include "mechlens/hooks/policy.hpp"

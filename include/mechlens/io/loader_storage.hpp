@@ -1,0 +1,107 @@
+#pragma once
+/// @file
+/// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "mechlens/io/mapped_file.hpp"
+#include "mechlens/model/weights.hpp"
+#include "mechlens/tensor/tensor.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The object behind `model_weights::storage` for weights made by the mechlens loaders.
+struct loader_storage {
+    std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
+    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
+};
+
+namespace detail {
+
+/// Deleter that marks a `model_weights::storage` as a loader_storage (found again with std::get_deleter).
+struct loader_storage_deleter {
+    /// Deletes the storage.
+    void operator()(const loader_storage* p) const noexcept { delete p; }
+};
+
+/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
+inline float half_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t exponent = (h >> 10) & 0x1fu;
+    const std::uint32_t mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24, exact in float.
+        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
+}
+
+/// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
+/// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
+class weight_builder {
+public:
+    /// A builder whose views may point into `file`.
+    explicit weight_builder(std::shared_ptr<const mapped_file> file) : storage_(std::make_unique<loader_storage>()) {
+        storage_->file = std::move(file);
+    }
+
+    /// `count` little-endian floats at `bytes` (inside the mapping): viewed in place, or copied when misaligned.
+    const float* f32(const std::byte* bytes, index_t count) {
+        if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(float) == 0)
+            return reinterpret_cast<const float*>(bytes);  // the mapping holds these floats; never copy them
+        float* out = allocate(count);
+        std::memcpy(out, bytes, static_cast<std::size_t>(count) * sizeof(float));
+        return out;
+    }
+
+    /// `count` little-endian binary16 values at `bytes`, converted into an owned float buffer.
+    const float* f16(const std::byte* bytes, index_t count) {
+        float* out = allocate(count);
+        for (index_t i = 0; i < count; ++i) {
+            std::uint16_t h = 0;
+            std::memcpy(&h, bytes + 2 * i, sizeof h);
+            out[i] = half_to_float(h);
+        }
+        return out;
+    }
+
+    /// The storage to put in model_weights::storage; the builder is empty afterwards.
+    std::shared_ptr<const void> finish() {
+        const loader_storage* raw = storage_.release();
+        return std::shared_ptr<const void>(raw, loader_storage_deleter{});
+    }
+
+private:
+    float* allocate(index_t count) {
+        storage_->converted.emplace_back(extents<1>{count});
+        return storage_->converted.back().data();
+    }
+
+    std::unique_ptr<loader_storage> storage_;
+};
+
+}  // namespace detail
+
+/// The loader_storage behind `weights`, or null when they were not made by a mechlens loader.
+inline const loader_storage* loader_storage_of(const model_weights& weights) noexcept {
+    if (std::get_deleter<detail::loader_storage_deleter>(weights.storage) == nullptr) return nullptr;
+    return static_cast<const loader_storage*>(weights.storage.get());
+}
+
+/// True when every byte of `view`'s elements lies inside the file mapping of `weights` (zero-copy check).
+template <class T, std::size_t Rank>
+bool views_mapping(const model_weights& weights, const tensor_view<T, Rank>& view) noexcept {
+    const loader_storage* s = loader_storage_of(weights);
+    if (s == nullptr || s->file == nullptr || !view.is_contiguous()) return false;
+    return s->file->contains(view.data(), static_cast<std::size_t>(view.size()) * sizeof(T));
+}
+
+MECHLENS_END_NAMESPACE

@@ -1,0 +1,327 @@
+#pragma once
+/// @file
+/// The forward pass of a LLaMA-family transformer, with a hook site at every named activation.
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include "mechlens/hooks/policy.hpp"
+#include "mechlens/kernels/matmul.hpp"
+#include "mechlens/kernels/norm.hpp"
+#include "mechlens/kernels/activation.hpp"
+#include "mechlens/kernels/rope.hpp"
+#include "mechlens/kernels/softmax.hpp"
+#include "mechlens/kernels/vector_ops.hpp"
+#include "mechlens/model/kv_cache.hpp"
+#include "mechlens/model/transformer.hpp"
+#include "mechlens/model/workspace.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+#if defined(_OPENMP)
+#define MECHLENS_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#else
+#define MECHLENS_PARALLEL_FOR
+#endif
+
+/// Shapes of one forward call, derived once and shared by the block functions.
+struct forward_shape {
+    index_t batch;      ///< Sequences.
+    index_t positions;  ///< New positions per sequence in this call.
+    index_t start;      ///< Absolute position of the first new token.
+    index_t keys;       ///< Positions attended to: start + positions.
+    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
+};
+
+/// Views a (batch * pos, width) matrix as (batch, pos, width).
+inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {
+    return tensor_view<float, 3>(m.data(), {s.batch, s.positions, m.extent(1)});
+}
+
+/// Views a (batch * pos, heads * d_head) matrix as (batch, pos, heads, d_head).
+inline tensor_view<float, 4> as_heads(tensor_view<float, 2> m, const forward_shape& s, index_t heads) {
+    return tensor_view<float, 4>(m.data(), {s.batch, s.positions, heads, m.extent(1) / heads});
+}
+
+/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
+/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
+                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
+    const index_t width = x.extent(1);
+    if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
+        tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
+        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
+        fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
+        for (index_t r = 0; r < s.rows(); ++r) {
+            const float inverse = 1.0f / scale(r, 0);
+            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) * inverse;
+        }
+        fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
+        for (index_t r = 0; r < s.rows(); ++r)
+            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
+    } else {
+        (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
+        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
+    }
+}
+
+/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
+inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
+    const model_config& c = model.config();
+    const index_t d_head = c.d_head();
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const index_t position = s.start + r % s.positions;
+        const float* cos = &model.rope().cos(position, 0);
+        const float* sin = &model.rope().sin(position, 0);
+        for (index_t h = 0; h < heads; ++h) {
+            float* head = &m(r, h * d_head);
+            if (c.rope == rope_layout::adjacent_pairs)
+                kernels::rope_adjacent(head, cos, sin, d_head);
+            else
+                kernels::rope_split_halves(head, cos, sin, d_head);
+        }
+    }
+}
+
+/// Causal multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries and the cache.
+template <class Policy>
+void attend(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model, const forward_shape& s,
+            kv_cache& cache, workspace& ws) {
+    const model_config& c = model.config();
+    const index_t heads = c.n_heads, d_head = c.d_head(), group = c.group_size();
+    const auto queries = ws.queries.matrix(s.rows(), heads * d_head);  // (batch * pos, n_heads * d_head)
+    const auto mixed = ws.mixed.matrix(s.rows(), heads * d_head);      // (batch * pos, n_heads * d_head)
+    const auto scores = ws.scores.block({s.batch, heads, s.positions, s.keys});  // (batch, head, query_pos, key_pos)
+    const auto keys = cache.keys(layer);                                        // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
+    const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
+    const index_t pairs = s.batch * heads;
+
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        const tensor_view<const float, 2> q(&queries(b * s.positions, h * d_head), {s.positions, d_head},
+                                            {heads * d_head, 1});                      // (pos, d_head)
+        const tensor_view<const float, 2> k(&keys(b, h / group, 0, 0), {s.keys, d_head});  // (keys, d_head)
+        const tensor_view<float, 2> score = scores[b][h];                                  // (pos, keys)
+        kernels::linear(q, k, score);
+        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, s.start + p + 1);
+    }
+    if constexpr (Policy::wants(site_kind::attn_scores)) {
+        for (index_t b = 0; b < s.batch; ++b)
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t p = 0; p < s.positions; ++p)
+                    for (index_t key = s.start + p + 1; key < s.keys; ++key)
+                        scores(b, h, p, key) = -std::numeric_limits<float>::infinity();
+        fire<site_kind::attn_scores>(policy, layer, ctx, [&] { return scores; });
+    }
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        for (index_t p = 0; p < s.positions; ++p)
+            kernels::masked_softmax(&scores(b, h, p, 0), s.start + p + 1, s.keys);
+    }
+    fire<site_kind::attn_pattern>(policy, layer, ctx, [&] { return scores; });
+    MECHLENS_PARALLEL_FOR
+    for (index_t pair = 0; pair < pairs; ++pair) {
+        const index_t b = pair / heads, h = pair % heads;
+        // z[p] = sum over visible keys t, in order, of pattern[p][t] * v[t]: each row's sum is the same whether the
+        // row was computed in a prefill or in a decode step.
+        for (index_t p = 0; p < s.positions; ++p) {
+            float* z = &mixed(b * s.positions + p, h * d_head);
+            const float* pattern = &scores(b, h, p, 0);
+            for (index_t i = 0; i < d_head; ++i) z[i] = 0.0f;
+            for (index_t t = 0; t < s.start + p + 1; ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
+        }
+    }
+    fire<site_kind::attn_z>(policy, layer, ctx, [&] { return as_heads(mixed, s, heads); });
+}
+
+/// The attention output projection; with `attn.hook_result` wanted, goes through per-head results and sums them.
+template <class Policy>
+void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
+                   const forward_shape& s, workspace& ws, tensor_view<float, 2> out) {
+    const model_config& c = model.config();
+    const auto mixed = ws.mixed.matrix(s.rows(), c.n_heads * c.d_head());  // (batch * pos, n_heads * d_head)
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    if constexpr (Policy::wants(site_kind::attn_result)) {
+        const index_t heads = c.n_heads, d_head = c.d_head(), d = c.d_model;
+        ws.head_result.reserve(s.rows() * heads * d);
+        auto result = ws.head_result.block({s.batch, s.positions, heads, d});  // (batch, pos, head, d_model)
+        for (index_t h = 0; h < heads; ++h) {
+            const tensor_view<const float, 2> z_h(&mixed(0, h * d_head), {s.rows(), d_head},
+                                                  {heads * d_head, 1});          // (batch * pos, d_head)
+            const auto w_h = w.w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
+            kernels::linear(z_h, w_h, tensor_view<float, 2>(&result(0, 0, h, 0), {s.rows(), d}, {heads * d, 1}));
+        }
+        fire<site_kind::attn_result>(policy, layer, ctx, [&] { return result; });
+        for (index_t r = 0; r < s.rows(); ++r) {
+            float* row = &out(r, 0);
+            for (index_t i = 0; i < d; ++i) row[i] = 0.0f;
+            for (index_t h = 0; h < heads; ++h) kernels::add(row, row, &result(r / s.positions, r % s.positions, h, 0), d);
+        }
+    } else {
+        (void)policy, (void)ctx;
+        kernels::linear(mixed, w.w_o, out);
+    }
+}
+
+/// One transformer block: attention then gated MLP, each added to the residual stream.
+template <class Policy>
+void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
+               const forward_shape& s, kv_cache& cache, workspace& ws) {
+    const model_config& c = model.config();
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const index_t rows = s.rows(), d = c.d_model, d_head = c.d_head();
+    const auto x = ws.residual.matrix(rows, d);                                 // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(rows, d);                              // (batch * pos, d_model)
+    const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
+    const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
+    const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
+    const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
+
+    fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+    rms_normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(policy, layer, ctx, s, x, w.attn_norm, c.norm_eps,
+                                                                   normed, ws.norm_scale);
+    kernels::linear(normed, w.w_q, queries);
+    kernels::linear(normed, w.w_k, new_keys);
+    kernels::linear(normed, w.w_v, new_values);
+    fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+    fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
+    apply_rope(model, s, queries, c.n_heads);
+    apply_rope(model, s, new_keys, c.n_kv_heads);
+    fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+    fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+
+    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
+    for (index_t r = 0; r < rows; ++r) {
+        const index_t b = r / s.positions, position = s.start + r % s.positions;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                keys(b, h, position, i) = new_keys(r, h * d_head + i);
+                values(b, h, position, i) = new_values(r, h * d_head + i);
+            }
+    }
+    attend(policy, layer, ctx, model, s, cache, ws);
+    project_heads(policy, layer, ctx, model, s, ws, block_out);
+    fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+
+    rms_normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(policy, layer, ctx, s, x, w.mlp_norm, c.norm_eps,
+                                                                   normed, ws.norm_scale);
+    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
+    const auto up = ws.up.matrix(rows, c.d_mlp);      // (batch * pos, d_mlp)
+    kernels::linear(normed, w.w_gate, gate);
+    kernels::linear(normed, w.w_up, up);
+    fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
+    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    kernels::linear(gate, w.w_down, block_out);
+    fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
+    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+}
+
+/// Throws unless tokens, cache and logits fit the model and each other.
+inline forward_shape check_forward_arguments(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+                                             const kv_cache& cache, tensor_view<float, 3> logits) {
+    const model_config& c = model.config();
+    const forward_shape s{tokens.extent(0), tokens.extent(1), cache.length(), cache.length() + tokens.extent(1)};
+    if (s.batch <= 0 || s.positions <= 0)
+        throw shape_error("forward: tokens must be (batch, pos) with both positive, got " +
+                          detail::format_extents(tokens.shape()));
+    if (cache.layers() != c.n_layers || cache.batch() != s.batch)
+        throw shape_error("forward: the kv_cache was made for batch " + std::to_string(cache.batch()) + " and " +
+                          std::to_string(cache.layers()) + " layers; tokens have batch " + std::to_string(s.batch));
+    if (s.keys > cache.capacity())
+        throw shape_error("forward: " + std::to_string(s.keys) + " positions exceed the kv_cache capacity " +
+                          std::to_string(cache.capacity()) + " (n_ctx = " + std::to_string(c.n_ctx) + ")");
+    if (logits.extent(0) != s.batch || (logits.extent(1) != s.positions && logits.extent(1) != 1) ||
+        logits.extent(2) != c.d_vocab)
+        throw shape_error("forward: logits must be (batch, pos, d_vocab) or (batch, 1, d_vocab) = (" +
+                          std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
+                          std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
+    if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
+    for (index_t b = 0; b < s.batch; ++b)
+        for (index_t p = 0; p < s.positions; ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range("forward: token id " + std::to_string(tokens(b, p)) + " at (" +
+                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+    return s;
+}
+
+}  // namespace detail
+
+/// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
+/// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
+/// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
+template <class Policy = no_hooks>
+void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, kv_cache& cache,
+             tensor_view<float, 3> logits, workspace& ws, Policy&& policy = Policy{}) {
+    using policy_type = std::remove_cvref_t<Policy>;
+    static_assert(hook_policy<policy_type>, "mechlens::forward: the policy does not satisfy mechlens::hook_policy");
+    const model_config& c = model.config();
+    const detail::forward_shape s = detail::check_forward_arguments(model, tokens, cache, logits);
+    const hook_context ctx{s.start};
+    ws.reserve(c, s.batch, s.positions, s.keys);
+    policy_type& hooks = policy;
+
+    const auto x = ws.residual.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const std::int32_t token = tokens(r / s.positions, r % s.positions);
+        const float* embedding = &model.weights().token_embedding(token, 0);
+        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
+    }
+    detail::fire<site_kind::embed>(hooks, -1, ctx, [&] { return detail::as_sequence(x, s); });
+    for (index_t layer = 0; layer < c.n_layers; ++layer) detail::run_block(hooks, layer, ctx, model, s, cache, ws);
+
+    // Only the rows whose logits are asked for go through the final norm and the unembedding.
+    const bool last_only = logits.extent(1) == 1 && s.positions > 1;
+    const detail::forward_shape out_shape{s.batch, last_only ? 1 : s.positions, s.start, s.keys};
+    auto final_rows = x;  // (batch * out_pos, d_model)
+    if (last_only) {
+        final_rows = ws.block_out.matrix(s.batch, c.d_model);
+        for (index_t b = 0; b < s.batch; ++b)
+            for (index_t i = 0; i < c.d_model; ++i) final_rows(b, i) = x(b * s.positions + s.positions - 1, i);
+    }
+    const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
+    const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
+    detail::rms_normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        hooks, -1, final_ctx, out_shape, final_rows, model.weights().final_norm, c.norm_eps, normed, ws.norm_scale);
+    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
+    kernels::linear(normed, model.weights().unembed, logit_rows);
+    detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
+    cache.advance(s.positions);
+}
+
+/// Full forward pass over `tokens` (batch, pos) from position 0, using the workspace's own cache.
+template <class Policy = no_hooks>
+void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, tensor_view<float, 3> logits,
+             workspace& ws, Policy&& policy = Policy{}) {
+    ws.own_cache.reset(model.config(), tokens.extent(0), std::max<index_t>(tokens.extent(1), 1));
+    forward(model, tokens, ws.own_cache, logits, ws, std::forward<Policy>(policy));
+}
+
+/// Convenience: allocates and returns the logits (batch, pos, d_vocab) of a full forward pass.
+template <class Policy = no_hooks>
+tensor<float, 3> forward_logits(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+                                Policy&& policy = Policy{}) {
+    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().d_vocab});
+    workspace ws;
+    forward(model, tokens, logits.view(), ws, std::forward<Policy>(policy));
+    return logits;
+}
+
+MECHLENS_END_NAMESPACE

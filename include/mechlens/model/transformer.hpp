@@ -1,0 +1,37 @@
+#pragma once
+/// @file
+/// A ready-to-run transformer: config, weight views and precomputed rotary tables.
+
+#include <utility>
+
+#include "mechlens/kernels/rope.hpp"
+#include "mechlens/model/config.hpp"
+#include "mechlens/model/weights.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A LLaMA-family model ready for forward passes; immutable, so one instance can serve many threads.
+class transformer {
+public:
+    /// Takes a loader's result; validates config and weight shapes (throws format_error / shape_error).
+    explicit transformer(loaded_model loaded)
+        : config_(std::move(loaded.config)), weights_(std::move(loaded.weights)) {
+        config_.validate();
+        validate_weights(config_, weights_);
+        rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
+    }
+
+    /// Hyper-parameters.
+    [[nodiscard]] const model_config& config() const noexcept { return config_; }
+    /// Weight views.
+    [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
+    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each.
+    [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
+
+private:
+    model_config config_;
+    model_weights weights_;
+    kernels::rope_tables rope_;
+};
+
+MECHLENS_END_NAMESPACE

@@ -1,0 +1,144 @@
+// The mechlens command-line tool: a thin layer over the library. Every error is one line on stderr, exit code 2.
+
+#include <mechlens/mechlens.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "arguments.hpp"
+
+namespace fs = std::filesystem;
+using mechlens_cli::arguments;
+using mechlens_cli::usage_error;
+
+namespace {
+
+constexpr const char* usage_text =
+    "usage: mechlens COMMAND [options]\n"
+    "commands:\n"
+    "  info     --model PATH\n"
+    "  generate --model PATH [--tokenizer PATH] --prompt TEXT [-n N] [--temperature T] [--top-p P] [--seed S]\n"
+    "  logits   --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --out FILE.npy\n"
+    "A llama2.c model without --tokenizer uses the one tok*.bin or tokenizer.bin beside it; a GGUF model uses its own\n"
+    "vocabulary.\n";
+
+/// The tokenizer for a model: --tokenizer, else the GGUF's own vocabulary, else the one tokenizer beside the model.
+mechlens::bpe_tokenizer resolve_tokenizer(const fs::path& model_path, const std::optional<std::string>& explicit_path) {
+    if (explicit_path) {
+        const fs::path path(*explicit_path);
+        if (path.extension() == ".gguf") return mechlens::bpe_tokenizer(mechlens::load_gguf_vocabulary(path));
+        return mechlens::bpe_tokenizer::from_llama2c(path);
+    }
+    if (model_path.extension() == ".gguf") return mechlens::bpe_tokenizer(mechlens::load_gguf_vocabulary(model_path));
+    std::vector<fs::path> candidates;
+    const fs::path directory = model_path.has_parent_path() ? model_path.parent_path() : fs::path(".");
+    for (const auto& entry : fs::directory_iterator(directory)) {
+        const std::string name = entry.path().filename().string();
+        const bool tokenizer_name = name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && entry.path().extension() == ".bin");
+        if (entry.is_regular_file() && tokenizer_name && entry.path() != model_path) candidates.push_back(entry.path());
+    }
+    if (candidates.size() != 1)
+        throw usage_error(std::to_string(candidates.size()) + " tokenizer files (tok*.bin, tokenizer.bin) beside " +
+                          model_path.string() + "; pass --tokenizer PATH");
+    return mechlens::bpe_tokenizer::from_llama2c(candidates.front());
+}
+
+int run_info(arguments& args) {
+    const fs::path model_path = args.require("model");
+    args.reject_unknown();
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::model_config& c = model.config();
+    std::printf("model       %s\n", model_path.string().c_str());
+    std::printf("d_model     %td\nn_layers    %td\nn_heads     %td\nn_kv_heads  %td\nd_head      %td\n", c.d_model,
+                c.n_layers, c.n_heads, c.n_kv_heads, c.d_head());
+    std::printf("d_mlp       %td\nd_vocab     %td\nn_ctx       %td\n", c.d_mlp, c.d_vocab, c.n_ctx);
+    std::printf("rope_theta  %g\nnorm_eps    %g\nrope        %s\nunembed     %s\n", static_cast<double>(c.rope_theta),
+                static_cast<double>(c.norm_eps),
+                c.rope == mechlens::rope_layout::adjacent_pairs ? "adjacent pairs" : "split halves",
+                c.tied_unembed ? "tied to the embedding" : "separate matrix");
+    mechlens::index_t parameters = c.d_vocab * c.d_model + c.d_model;
+    parameters += c.n_layers * (2 * c.d_model + 2 * c.d_model * c.n_heads * c.d_head() +
+                                2 * c.d_model * c.n_kv_heads * c.d_head() + 3 * c.d_model * c.d_mlp);
+    if (!c.tied_unembed) parameters += c.d_vocab * c.d_model;
+    std::printf("parameters  %td\n", parameters);
+    return 0;
+}
+
+int run_generate(arguments& args) {
+    const fs::path model_path = args.require("model");
+    const auto tokenizer_path = args.get("tokenizer");
+    const std::string prompt = args.require("prompt");
+    mechlens::generation_options options;
+    options.max_new_tokens = mechlens_cli::parse_number<mechlens::index_t>(args.get("n").value_or("64"), "-n");
+    if (auto t = args.get("temperature")) options.sampling.temperature = mechlens_cli::parse_number<float>(*t, "--temperature");
+    if (auto p = args.get("top-p")) options.sampling.top_p = mechlens_cli::parse_number<float>(*p, "--top-p");
+    if (auto s = args.get("seed")) options.sampling.seed = mechlens_cli::parse_number<std::uint64_t>(*s, "--seed");
+    args.reject_unknown();
+    if (options.max_new_tokens < 0) throw usage_error("-n must be >= 0");
+
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::bpe_tokenizer tokenizer = resolve_tokenizer(model_path, tokenizer_path);
+    const std::vector<std::int32_t> tokens = tokenizer.encode(prompt, true);
+    options.bos_id = tokenizer.bos_id();
+    options.eos_id = tokenizer.eos_id();
+    std::fputs(prompt.c_str(), stdout);
+    std::int32_t previous = tokens.back();
+    const auto started = std::chrono::steady_clock::now();
+    const auto generated = mechlens::generate(model, tokens, options, [&](std::int32_t token) {
+        std::fputs(tokenizer.decode_piece(previous, token).c_str(), stdout);
+        std::fflush(stdout);
+        previous = token;
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::printf("\n");
+    std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s)\n", generated.size(), seconds,
+                 seconds > 0 ? static_cast<double>(generated.size()) / seconds : 0.0);
+    return 0;
+}
+
+int run_logits(arguments& args) {
+    const fs::path model_path = args.require("model");
+    const auto tokenizer_path = args.get("tokenizer");
+    const auto prompt = args.get("prompt");
+    const auto token_text = args.get("tokens");
+    const fs::path out = args.require("out");
+    args.reject_unknown();
+    if (prompt.has_value() == token_text.has_value()) throw usage_error("give exactly one of --prompt and --tokens");
+
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                    : mechlens_cli::parse_token_list(*token_text);
+    const auto positions = static_cast<mechlens::index_t>(tokens.size());
+    const mechlens::tensor<float, 3> logits =
+        mechlens::forward_logits(model, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}));
+    const mechlens::tensor_view<const float, 2> table(logits.data(), {positions, model.config().d_vocab});
+    mechlens::write_npy(out, table);
+    std::fprintf(stderr, "wrote %s: logits (%td, %td)\n", out.string().c_str(), positions, model.config().d_vocab);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+        std::string(argv[1]) == "help") {
+        std::fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const std::string command = argv[1];
+    try {
+        arguments args(argc, argv, 2, {});
+        if (command == "info") return run_info(args);
+        if (command == "generate") return run_generate(args);
+        if (command == "logits") return run_logits(args);
+        throw usage_error("unknown command '" + command + "' (try: info, generate, logits)");
+    } catch (const std::exception& error) {
+        std::fprintf(stderr, "mechlens %s: %s\n", command.c_str(), error.what());
+        return 2;
+    }
+}
