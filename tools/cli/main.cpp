@@ -125,10 +125,13 @@ int run_logits(arguments& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
-        std::string(argv[1]) == "help") {
-        std::fputs(usage_text, argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    if (argc < 2) {
+        std::fputs("mechlens: missing command (info, generate, logits); see mechlens --help\n", stderr);
+        return 2;
+    }
+    if (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+        std::fputs(usage_text, stdout);
+        return 0;
     }
     const std::string command = argv[1];
     try {
