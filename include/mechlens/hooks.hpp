@@ -4,3 +4,4 @@
 
 #include "mechlens/hooks/site.hpp"
 #include "mechlens/hooks/policy.hpp"
+#include "mechlens/hooks/interventions.hpp"

@@ -1856,9 +1856,39 @@ MECHLENS_END_NAMESPACE
 /// The hook policy concept and the empty `no_hooks` policy.
 
 #include <concepts>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 
 MECHLENS_BEGIN_NAMESPACE
+
+/// A compile-time set of site kinds (usable as a template argument): what a configurable policy may want.
+struct kind_set {
+    std::uint64_t bits = 0;  ///< Bit k set when site_kind k is in the set.
+
+    /// True when `kind` is in the set.
+    constexpr bool contains(site_kind kind) const noexcept {
+        return (bits >> static_cast<unsigned>(kind)) & 1u;
+    }
+    /// The set of the given kinds.
+    static constexpr kind_set of(std::initializer_list<site_kind> kinds) noexcept {
+        kind_set set;
+        for (site_kind k : kinds) set.bits |= std::uint64_t{1} << static_cast<unsigned>(k);
+        return set;
+    }
+    /// Every kind except `attn.hook_result`, whose (batch, pos, head, d_model) tensor costs extra work to produce.
+    static constexpr kind_set all_but_result() noexcept {
+        kind_set set{(std::uint64_t{1} << site_kind_count) - 1};
+        set.bits &= ~(std::uint64_t{1} << static_cast<unsigned>(site_kind::attn_result));
+        return set;
+    }
+    /// Every kind, `attn.hook_result` included.
+    static constexpr kind_set all() noexcept { return kind_set{(std::uint64_t{1} << site_kind_count) - 1}; }
+    /// Set union.
+    friend constexpr kind_set operator|(kind_set a, kind_set b) noexcept { return kind_set{a.bits | b.bits}; }
+    friend constexpr bool operator==(kind_set, kind_set) = default;  ///< Same kinds.
+};
 
 /// A hook policy answers "do you want this kind of site?" at compile time and is then handed each wanted activation
 /// as a mutable view; whatever it writes is what the rest of the forward pass sees.
@@ -1883,9 +1913,14 @@ static_assert(sizeof(no_hooks) == 1 && std::is_empty_v<no_hooks>, "no_hooks must
 
 namespace detail {
 /// Fires a site when the policy wants its kind; `make_view` is only evaluated then, so unwanted sites cost nothing.
+/// Defining MECHLENS_STRIP_HOOK_SITES compiles every site out entirely: the "hook-free" forward pass that the
+/// zero-overhead test compares `no_hooks` against.
 template <site_kind Kind, class Policy, class MakeView>
-inline void fire(Policy& policy, index_t layer, const hook_context& ctx, MakeView&& make_view) {
+inline void fire([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer,
+                 [[maybe_unused]] const hook_context& ctx, [[maybe_unused]] MakeView&& make_view) {
+#if !defined(MECHLENS_STRIP_HOOK_SITES)
     if constexpr (Policy::wants(Kind)) policy.on_activation(site{Kind, layer}, make_view(), ctx);
+#endif
 }
 /// True when the policy wants any of the given kinds (evaluated at compile time).
 template <class Policy, site_kind... Kinds>
@@ -1894,6 +1929,10 @@ inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/hooks/policy.hpp ----
+// ---- begin mechlens/hooks/interventions.hpp ----
+/// @file
+/// Intervention policies: patch, ablate, steer, compose, dynamic hooks.
+// ---- end mechlens/hooks/interventions.hpp ----
 // ---- end mechlens/hooks.hpp ----
 // ---- begin mechlens/model.hpp ----
 /// @file

@@ -1,0 +1,3 @@
+#pragma once
+/// @file
+/// Intervention policies: patch, ablate, steer, compose, dynamic hooks.
