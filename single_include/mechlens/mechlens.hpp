@@ -890,8 +890,16 @@ MECHLENS_END_NAMESPACE
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
+
+#if defined(__GNUC__)
+/// Forces inlining of the tile's small lambdas; without it GCC may keep the accumulators in memory.
+#define MECHLENS_TILE_INLINE __attribute__((always_inline))
+#else
+#define MECHLENS_TILE_INLINE
+#endif
 
 MECHLENS_BEGIN_NAMESPACE
 namespace kernels {
@@ -916,6 +924,15 @@ struct gemm_operands {
     bool accumulate;         ///< y += x w^T instead of y = x w^T.
 };
 
+/// Calls f(integral_constant<index_t, I>) for I = 0 .. N-1, unrolled at compile time: the tile's accumulator arrays
+/// are indexed by constants only, so the compiler keeps them in registers even at -O2.
+template <index_t N, class F>
+MECHLENS_TILE_INLINE inline void unrolled(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) MECHLENS_TILE_INLINE {
+        (f(std::integral_constant<index_t, static_cast<index_t>(I)>{}), ...);
+    }(std::make_index_sequence<static_cast<std::size_t>(N)>{});
+}
+
 /// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
 /// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
 template <index_t RM, index_t RN>
@@ -924,35 +941,34 @@ inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept 
     float_batch acc[rows][outputs];
     const float* x[rows];
     const float* w[outputs];
-    for (index_t i = 0; i < RM; ++i) x[i] = op.x + (r0 + i) * op.x_stride;
-    for (index_t j = 0; j < RN; ++j) w[j] = op.w + (o0 + j) * op.w_stride;
-    for (index_t i = 0; i < RM; ++i)
-        for (index_t j = 0; j < RN; ++j) acc[i][j] = float_batch(0.0f);
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { x[i] = op.x + (r0 + i) * op.x_stride; });
+    unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE { w[j] = op.w + (o0 + j) * op.w_stride; });
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE { acc[i][j] = float_batch(0.0f); }); });
+    const auto step = [&](auto&& load_x, auto&& load_w) MECHLENS_TILE_INLINE {
+        float_batch xv[rows];
+        unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { xv[i] = load_x(x[i]); });
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+            const float_batch wv = load_w(w[j]);
+            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]); });
+        });
+    };
     index_t k = 0;
     for (; k + simd_width <= op.depth; k += simd_width) {
-        float_batch xv[rows];
-        for (index_t i = 0; i < RM; ++i) xv[i] = float_batch::load_unaligned(x[i] + k);
-        for (index_t j = 0; j < RN; ++j) {
-            const float_batch wv = float_batch::load_unaligned(w[j] + k);
-            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
-        }
+        const auto load = [k](const float* p) MECHLENS_TILE_INLINE { return float_batch::load_unaligned(p + k); };
+        step(load, load);
     }
     if (k < op.depth) {
         const index_t tail = op.depth - k;
-        float_batch xv[rows];
-        for (index_t i = 0; i < RM; ++i) xv[i] = load_partial(x[i] + k, tail, 0.0f);
-        for (index_t j = 0; j < RN; ++j) {
-            const float_batch wv = load_partial(w[j] + k, tail, 0.0f);
-            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
-        }
+        const auto load = [k, tail](const float* p) MECHLENS_TILE_INLINE { return load_partial(p + k, tail, 0.0f); };
+        step(load, load);
     }
-    for (index_t i = 0; i < RM; ++i) {
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE {
         float* y = op.y + (r0 + i) * op.y_stride + o0;
-        for (index_t j = 0; j < RN; ++j) {
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             const float sum = xsimd::hadd(acc[i][j]);
             y[j] = op.accumulate ? y[j] + sum : sum;
-        }
-    }
+        });
+    });
 }
 
 /// Runs the tile of the given (possibly partial) size; every combination up to the full tile is instantiated.
@@ -1766,7 +1782,7 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/tokenizer.hpp ----
 // ---- begin mechlens/hooks.hpp ----
 /// @file
-/// Hooks: named sites and the policy concept.
+/// Hooks: named sites, the policy concept, names and globs, the activation cache and the caching policy.
 
 // ---- begin mechlens/hooks/site.hpp ----
 /// @file
@@ -1929,14 +1945,20 @@ inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/hooks/policy.hpp ----
-// ---- begin mechlens/hooks/interventions.hpp ----
+// ---- begin mechlens/hooks/names.hpp ----
 /// @file
-/// Intervention policies: patch, ablate, steer, compose, dynamic hooks.
-// ---- end mechlens/hooks/interventions.hpp ----
-// ---- end mechlens/hooks.hpp ----
-// ---- begin mechlens/model.hpp ----
-/// @file
-/// The LLaMA-family transformer: config, weights, forward pass, KV cache, sampling, generation.
+/// Hook names: parse TransformerLens names into sites, list and glob-match the sites of a model, and suggest the
+/// closest valid names when a name is wrong.
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 // ---- begin mechlens/model/config.hpp ----
 /// @file
@@ -2000,6 +2022,2672 @@ struct model_config {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/config.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Thrown for a hook name (or pattern) that names no site of the model; the message ends with the closest valid
+/// names ("did you mean ...?"), which suggestions() also returns.
+class unknown_hook_error : public std::invalid_argument {
+public:
+    /// Builds the error from a complete message and the suggested names it mentions.
+    unknown_hook_error(const std::string& message, std::vector<std::string> suggestions)
+        : std::invalid_argument(message), suggestions_(std::move(suggestions)) {}
+    /// The closest valid names, best first (at most three; empty when nothing is close).
+    [[nodiscard]] const std::vector<std::string>& suggestions() const noexcept { return suggestions_; }
+
+private:
+    std::vector<std::string> suggestions_;
+};
+
+namespace detail {
+
+/// Orders sites as the forward pass fires them: `hook_embed`, block 0 (in site_kind order), block 1, ..., then the
+/// final norm and the unembedding.
+inline bool forward_order_less(const site& a, const site& b) noexcept {
+    auto phase = [](const site& s) { return s.kind == site_kind::embed ? 0 : is_block_site(s.kind) ? 1 : 2; };
+    if (phase(a) != phase(b)) return phase(a) < phase(b);
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.kind < b.kind;
+}
+
+/// Levenshtein distance (insertions, deletions and substitutions cost 1).
+inline std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0u : 1u)});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+/// True when `text` matches the glob `pattern`: `*` is any run of characters (dots included), `?` one character.
+inline bool glob_match(std::string_view pattern, std::string_view text) noexcept {
+    // Greedy matching with one backtrack point: linear-time for a single `*`, never exponential.
+    std::size_t p = 0, t = 0, star = std::string_view::npos, resume = 0;
+    while (t < text.size()) {
+        if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+            ++p, ++t;
+        } else if (p < pattern.size() && pattern[p] == '*') {
+            star = p++;
+            resume = t;
+        } else if (star != std::string_view::npos) {
+            p = star + 1;
+            t = ++resume;
+        } else {
+            return false;
+        }
+    }
+    while (p < pattern.size() && pattern[p] == '*') ++p;
+    return p == pattern.size();
+}
+
+/// The layer number in a name that starts `blocks.N.`, or -1; used only to rank suggestions.
+inline index_t layer_hint(std::string_view name) noexcept {
+    constexpr std::string_view prefix = "blocks.";
+    if (name.substr(0, prefix.size()) != prefix) return -1;
+    index_t layer = 0;
+    std::size_t i = prefix.size();
+    for (; i < name.size() && name[i] >= '0' && name[i] <= '9' && i < prefix.size() + 9; ++i)
+        layer = layer * 10 + (name[i] - '0');
+    return i > prefix.size() ? layer : -1;
+}
+
+/// Up to `count` of `candidates` closest to `name` by edit distance; ties go to the nearest layer number, then to
+/// the earlier candidate. Candidates farther than about half the name's length are not worth suggesting.
+inline std::vector<std::string> closest_names(std::string_view name, const std::vector<std::string>& candidates,
+                                              std::size_t count = 3) {
+    struct ranked {
+        std::size_t distance;
+        index_t layer_gap;
+        std::size_t order;
+    };
+    const index_t hint = layer_hint(name);
+    const std::size_t limit = std::max<std::size_t>(3, name.size() / 2);
+    std::vector<ranked> ranks;
+    for (std::size_t i = 0; i < candidates.size(); ++i) {
+        const std::size_t d = edit_distance(name, candidates[i]);
+        if (d > limit) continue;
+        const index_t layer = layer_hint(candidates[i]);
+        const index_t gap = hint >= 0 && layer >= 0 ? (hint > layer ? hint - layer : layer - hint) : 0;
+        ranks.push_back({d, gap, i});
+    }
+    std::sort(ranks.begin(), ranks.end(), [](const ranked& a, const ranked& b) {
+        if (a.distance != b.distance) return a.distance < b.distance;
+        if (a.layer_gap != b.layer_gap) return a.layer_gap < b.layer_gap;
+        return a.order < b.order;
+    });
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < ranks.size() && i < count; ++i) out.push_back(candidates[ranks[i].order]);
+    return out;
+}
+
+/// Builds an unknown_hook_error: `problem`, then "; did you mean A, B or C?" when something is close.
+inline unknown_hook_error make_unknown_hook_error(const std::string& problem, std::string_view name,
+                                                  const std::vector<std::string>& candidates) {
+    std::vector<std::string> suggestions = closest_names(name, candidates);
+    std::string message = problem;
+    if (!suggestions.empty()) {
+        message += "; did you mean ";
+        for (std::size_t i = 0; i < suggestions.size(); ++i) {
+            if (i > 0) message += i + 1 == suggestions.size() ? " or " : ", ";
+            message += suggestions[i];
+        }
+        message += "?";
+    }
+    return unknown_hook_error(message, std::move(suggestions));
+}
+
+/// Quotes a user-supplied name for an error message, cut short so one bad argument cannot flood a log.
+inline std::string quote_name(std::string_view name) {
+    constexpr std::size_t longest = 200;
+    return "'" + std::string(name.substr(0, longest)) + (name.size() > longest ? "...'" : "'");
+}
+
+}  // namespace detail
+
+/// The site kind whose name suffix (the part after `blocks.L.`, or the whole global name) is `suffix`, e.g.
+/// "attn.hook_pattern" or "hook_embed"; nullopt when there is none.
+constexpr std::optional<site_kind> site_kind_from_suffix(std::string_view suffix) noexcept {
+    for (std::size_t k = 0; k < site_kind_count; ++k)
+        if (site_suffix(static_cast<site_kind>(k)) == suffix) return static_cast<site_kind>(k);
+    return std::nullopt;
+}
+
+/// Parses a TransformerLens hook name, e.g. "blocks.3.attn.hook_pattern" or "ln_final.hook_scale"; nullopt when the
+/// name is malformed. Only the canonical spelling parses (no leading zeros, no spaces), so every name round-trips
+/// through to_string. Whether the layer exists in a given model is site_from_name's business.
+constexpr std::optional<site> parse_site(std::string_view name) noexcept {
+    constexpr std::string_view prefix = "blocks.";
+    if (name.substr(0, prefix.size()) != prefix) {
+        const auto kind = site_kind_from_suffix(name);
+        if (!kind || is_block_site(*kind)) return std::nullopt;
+        return site{*kind, -1};
+    }
+    std::size_t i = prefix.size();
+    index_t layer = 0;
+    const std::size_t digits_begin = i;
+    for (; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) {
+        if (layer > (std::numeric_limits<index_t>::max() - 9) / 10) return std::nullopt;
+        layer = layer * 10 + (name[i] - '0');
+    }
+    const std::size_t digits = i - digits_begin;
+    if (digits == 0 || (digits > 1 && name[digits_begin] == '0')) return std::nullopt;
+    if (i >= name.size() || name[i] != '.') return std::nullopt;
+    const auto kind = site_kind_from_suffix(name.substr(i + 1));
+    if (!kind || !is_block_site(*kind)) return std::nullopt;
+    return site{*kind, layer};
+}
+
+/// Every site of a model with this config, in the order the forward pass fires them (`attn.hook_result` included).
+inline std::vector<site> all_sites(const model_config& c) {
+    std::vector<site> sites;
+    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 4);
+    sites.push_back(site{site_kind::embed, -1});
+    for (index_t layer = 0; layer < c.n_layers; ++layer)
+        for (std::size_t k = 0; k < site_kind_count; ++k)
+            if (is_block_site(static_cast<site_kind>(k))) sites.push_back(site{static_cast<site_kind>(k), layer});
+    for (site_kind k : {site_kind::ln_final_scale, site_kind::ln_final_normalized, site_kind::unembed_out})
+        sites.push_back(site{k, -1});
+    return sites;
+}
+
+/// The TransformerLens names of all_sites(c), in the same order.
+inline std::vector<std::string> all_site_names(const model_config& c) {
+    std::vector<std::string> names;
+    for (const site& s : all_sites(c)) names.push_back(to_string(s));
+    return names;
+}
+
+/// The site a hook name denotes in a model with this config; throws unknown_hook_error (with the closest valid
+/// names) when the name is malformed or its layer is not below n_layers.
+inline site site_from_name(std::string_view name, const model_config& c) {
+    const std::optional<site> parsed = parse_site(name);
+    if (parsed && (parsed->layer < c.n_layers)) return *parsed;
+    std::string problem = "unknown hook name " + detail::quote_name(name);
+    if (parsed)
+        problem += " (layer " + std::to_string(parsed->layer) + " is out of range: the model has " +
+                   std::to_string(c.n_layers) + " blocks)";
+    throw detail::make_unknown_hook_error(problem, name, all_site_names(c));
+}
+
+/// The sites whose names match any of the comma-separated glob patterns (`*` any run of characters, `?` one; spaces
+/// around commas ignored), each once, in forward order. Throws unknown_hook_error for an empty pattern or a pattern
+/// that matches nothing, suggesting the closest valid names.
+inline std::vector<site> match_sites(std::string_view patterns, const model_config& c) {
+    const std::vector<site> sites = all_sites(c);
+    std::vector<std::string> names;
+    names.reserve(sites.size());
+    for (const site& s : sites) names.push_back(to_string(s));
+    std::vector<bool> selected(sites.size(), false);
+    std::size_t begin = 0;
+    while (begin <= patterns.size()) {
+        const std::size_t comma = std::min(patterns.find(',', begin), patterns.size());
+        std::string_view pattern = patterns.substr(begin, comma - begin);
+        while (!pattern.empty() && pattern.front() == ' ') pattern.remove_prefix(1);
+        while (!pattern.empty() && pattern.back() == ' ') pattern.remove_suffix(1);
+        if (pattern.empty())
+            throw unknown_hook_error("empty hook name pattern in " + detail::quote_name(patterns), {});
+        bool any = false;
+        for (std::size_t i = 0; i < names.size(); ++i)
+            if (detail::glob_match(pattern, names[i])) selected[i] = any = true;
+        if (!any)
+            throw detail::make_unknown_hook_error(
+                "hook name pattern " + detail::quote_name(pattern) + " matches no site of the model", pattern, names);
+        begin = comma + 1;
+    }
+    std::vector<site> out;
+    for (std::size_t i = 0; i < sites.size(); ++i)
+        if (selected[i]) out.push_back(sites[i]);
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/names.hpp ----
+// ---- begin mechlens/hooks/activation_cache.hpp ----
+/// @file
+/// ActivationCache: stored activations by site or TransformerLens name, stacking across layers, and saving to
+/// `.safetensors` and `.npy` files that numpy and Hugging Face's safetensors load unchanged.
+
+#include <algorithm>
+#include <cstddef>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+// ---- begin mechlens/io/npy.hpp ----
+/// @file
+/// NumPy `.npy` files (format 1.0/2.0, little-endian, C order): write float/int arrays, read them back as float.
+
+#include <array>
+#include <cctype>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+// ---- begin mechlens/io/byte_reader.hpp ----
+/// @file
+/// A bounds-checked little-endian cursor over untrusted bytes, and overflow-checked size arithmetic.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+// The loaders view file bytes as host floats and integers in place; that is only right on little-endian hosts.
+static_assert(std::endian::native == std::endian::little, "mechlens: the file loaders need a little-endian host");
+
+/// Throws format_error "`where`: `problem`".
+[[noreturn]] inline void format_fail(const std::string& where, const std::string& problem) {
+    throw format_error(where + ": " + problem);
+}
+
+/// `a * b`, or format_error naming `what` when the product does not fit in 64 bits.
+inline std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
+    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a)
+        format_fail(where, "size of " + std::string(what) + " overflows (" + std::to_string(a) + " * " +
+                               std::to_string(b) + ")");
+    return a * b;
+}
+
+/// `a + b`, or format_error naming `what` when the sum does not fit in 64 bits.
+inline std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
+    if (b > std::numeric_limits<std::uint64_t>::max() - a)
+        format_fail(where, "offset of " + std::string(what) + " overflows (" + std::to_string(a) + " + " +
+                               std::to_string(b) + ")");
+    return a + b;
+}
+
+/// A cursor over `size` bytes that never reads past the end: every read names what it reads, and running out
+/// throws format_error "`where`: truncated: ...".
+class byte_reader {
+public:
+    /// A cursor at offset 0 of `size` bytes at `data`; `where` (usually the file path) prefixes every error.
+    byte_reader(const std::byte* data, std::size_t size, std::string where)
+        : data_(data), size_(size), where_(std::move(where)) {}
+
+    /// Offset of the next byte to read.
+    [[nodiscard]] std::size_t position() const noexcept { return pos_; }
+    /// Total number of bytes.
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    /// Bytes left after the cursor.
+    [[nodiscard]] std::size_t remaining() const noexcept { return size_ - pos_; }
+    /// The error prefix (usually the file path).
+    [[nodiscard]] const std::string& where() const noexcept { return where_; }
+
+    /// Throws format_error "`where`: `problem`".
+    [[noreturn]] void fail(const std::string& problem) const { format_fail(where_, problem); }
+
+    /// Throws the "truncated" error unless `n` more bytes are available for `what`.
+    void require(std::uint64_t n, std::string_view what) const {
+        if (n > remaining())
+            fail("truncated: " + std::string(what) + " needs " + std::to_string(n) + " bytes at offset " +
+                 std::to_string(pos_) + ", but the file has " + std::to_string(size_) + " bytes");
+    }
+
+    /// Reads one little-endian arithmetic value.
+    template <class T>
+    T read(std::string_view what) {
+        static_assert(std::is_arithmetic_v<T>, "mechlens: byte_reader reads arithmetic types only");
+        require(sizeof(T), what);
+        T value{};
+        std::memcpy(&value, data_ + pos_, sizeof(T));  // memcpy: the cursor position need not be aligned
+        pos_ += sizeof(T);
+        return value;
+    }
+
+    /// Returns a pointer to the next `n` bytes and moves past them.
+    const std::byte* take(std::uint64_t n, std::string_view what) {
+        require(n, what);
+        const std::byte* p = data_ + pos_;
+        pos_ += static_cast<std::size_t>(n);
+        return p;
+    }
+
+    /// Reads `n` bytes as a string.
+    std::string read_string(std::uint64_t n, std::string_view what) {
+        const std::byte* p = take(n, what);
+        return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
+    }
+
+    /// Moves the cursor to `offset`, which must not lie beyond the end.
+    void seek(std::uint64_t offset, std::string_view what) {
+        if (offset > size_)
+            fail("truncated: " + std::string(what) + " starts at offset " + std::to_string(offset) +
+                 ", but the file has " + std::to_string(size_) + " bytes");
+        pos_ = static_cast<std::size_t>(offset);
+    }
+
+private:
+    const std::byte* data_;
+    std::size_t size_;
+    std::size_t pos_ = 0;
+    std::string where_;
+};
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/byte_reader.hpp ----
+// ---- begin mechlens/io/mapped_file.hpp ----
+/// @file
+/// A read-only memory mapping of a whole file, so weights can be viewed in place instead of copied.
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define MECHLENS_HAS_MMAP 1
+#else
+#include <fstream>
+#include <vector>
+#define MECHLENS_HAS_MMAP 0
+#endif
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A whole file mapped read-only (MAP_PRIVATE, PROT_READ); move-only; unmapped on destruction.
+///
+/// Another process truncating the file while it is mapped makes later reads fault (SIGBUS): that is the price
+/// of zero-copy loading, and the loaders only map files they then treat as read-only.
+class mapped_file {
+public:
+    /// Maps `path`; throws format_error naming the file when it is missing, not a regular file, empty or unmappable.
+    static std::shared_ptr<const mapped_file> open(const std::filesystem::path& path) {
+        return std::make_shared<const mapped_file>(mapped_file(path));
+    }
+
+    /// Maps `path`; prefer open(), which shares the mapping with every view made from it.
+    explicit mapped_file(const std::filesystem::path& path) : path_(path) { map(); }
+
+    mapped_file(const mapped_file&) = delete;             ///< A mapping has one owner.
+    mapped_file& operator=(const mapped_file&) = delete;  ///< A mapping has one owner.
+    /// Takes over the mapping; `other` becomes empty.
+    mapped_file(mapped_file&& other) noexcept
+        : path_(std::move(other.path_)),
+          data_(std::exchange(other.data_, nullptr)),
+          size_(std::exchange(other.size_, 0))
+#if !MECHLENS_HAS_MMAP
+          ,
+          buffer_(std::move(other.buffer_))
+#endif
+    {
+    }
+    /// Releases the current mapping and takes over `other`'s.
+    mapped_file& operator=(mapped_file&& other) noexcept {
+        if (this != &other) {
+            unmap();
+            path_ = std::move(other.path_);
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+#if !MECHLENS_HAS_MMAP
+            buffer_ = std::move(other.buffer_);
+#endif
+        }
+        return *this;
+    }
+    /// Unmaps the file.
+    ~mapped_file() { unmap(); }
+
+    /// First byte of the file (page-aligned), or null after a move.
+    [[nodiscard]] const std::byte* data() const noexcept { return data_; }
+    /// Size of the file in bytes.
+    [[nodiscard]] std::size_t size() const noexcept { return size_; }
+    /// The path the file was opened with.
+    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+    /// True when the `bytes` bytes starting at `p` lie entirely inside the mapping.
+    [[nodiscard]] bool contains(const void* p, std::size_t bytes) const noexcept {
+        // Integer addresses: ordering pointers into different objects with < is unspecified.
+        const auto begin = reinterpret_cast<std::uintptr_t>(data_), q = reinterpret_cast<std::uintptr_t>(p);
+        if (data_ == nullptr || q < begin || q - begin > size_) return false;
+        return bytes <= size_ - (q - begin);
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const { throw format_error(path_.string() + ": " + problem); }
+
+#if MECHLENS_HAS_MMAP
+    void map() {
+        const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fail(std::string("cannot open: ") + std::strerror(errno));
+        struct ::stat st {};
+        if (::fstat(fd, &st) != 0) {
+            const int err = errno;
+            ::close(fd);
+            fail(std::string("cannot stat: ") + std::strerror(err));
+        }
+        if (!S_ISREG(st.st_mode)) {
+            ::close(fd);
+            fail(S_ISDIR(st.st_mode) ? "is a directory, not a file" : "is not a regular file");
+        }
+        if (st.st_size <= 0) {
+            ::close(fd);
+            fail("empty file");  // mmap of 0 bytes is an error (EINVAL), and nothing could be read anyway
+        }
+        const auto bytes = static_cast<std::size_t>(st.st_size);
+        void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+        const int err = errno;
+        ::close(fd);  // the mapping keeps its own reference to the file
+        if (p == MAP_FAILED) fail(std::string("cannot mmap: ") + std::strerror(err));
+        data_ = static_cast<const std::byte*>(p);
+        size_ = bytes;
+    }
+    void unmap() noexcept {
+        if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);  // NOLINT: munmap takes void*
+        data_ = nullptr;
+        size_ = 0;
+    }
+#else
+    // Without POSIX mmap the file is read into memory; the interface and the error messages stay the same.
+    void map() {
+        std::error_code ec;
+        if (!std::filesystem::exists(path_, ec)) fail("cannot open: no such file");
+        if (std::filesystem::is_directory(path_, ec)) fail("is a directory, not a file");
+        std::ifstream in(path_, std::ios::binary | std::ios::ate);
+        if (!in) fail("cannot open");
+        const auto end = in.tellg();
+        if (end <= 0) fail("empty file");
+        buffer_.resize(static_cast<std::size_t>(end));
+        in.seekg(0);
+        if (!in.read(reinterpret_cast<char*>(buffer_.data()), static_cast<std::streamsize>(buffer_.size())))
+            fail("cannot read");
+        data_ = buffer_.data();
+        size_ = buffer_.size();
+    }
+    void unmap() noexcept {
+        data_ = nullptr;
+        size_ = 0;
+    }
+#endif
+
+    std::filesystem::path path_;
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+#if !MECHLENS_HAS_MMAP
+    std::vector<std::byte> buffer_;
+#endif
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/mapped_file.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// An array read from a `.npy` file, converted to float.
+struct npy_array {
+    std::vector<index_t> shape;  ///< Extents, outermost first (C order); empty for a 0-d array.
+    std::vector<float> data;     ///< Elements in C (row-major) order; size is the product of `shape`.
+};
+
+namespace detail {
+
+/// The NumPy dtype string of a supported element type.
+template <class T>
+constexpr const char* npy_descr() {
+    if constexpr (std::is_same_v<T, float>)
+        return "<f4";
+    else if constexpr (std::is_same_v<T, double>)
+        return "<f8";
+    else if constexpr (std::is_same_v<T, std::int32_t>)
+        return "<i4";
+    else if constexpr (std::is_same_v<T, std::int64_t>)
+        return "<i8";
+    else
+        static_assert(sizeof(T) == 0, "mechlens: write_npy supports float, double, int32 and int64 elements");
+}
+
+/// Everything before the data: magic, version, header length and the padded header dict, as NumPy writes it.
+inline std::string npy_prefix(const char* descr, const std::vector<index_t>& shape) {
+    std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
+    for (std::size_t i = 0; i < shape.size(); ++i) dict += (i ? ", " : "") + std::to_string(shape[i]);
+    dict += shape.size() == 1 ? ",), }" : "), }";
+    // Pad with spaces and end with '\n' so that the data starts at a multiple of 64 bytes (format 1.0: 10-byte
+    // preamble; 2.0, needed past 65535 header bytes: 12).
+    std::size_t preamble = 10;
+    std::size_t header = dict.size() + 1;
+    header += 64 - (preamble + header) % 64;
+    std::uint8_t major = 1;
+    if (header > 65535) {
+        preamble = 12;
+        major = 2;
+        header = dict.size() + 1;
+        header += 64 - (preamble + header) % 64;
+    }
+    std::string out("\x93NUMPY", 6);
+    out += static_cast<char>(major);
+    out += '\0';
+    for (std::size_t i = 0; i < preamble - 8; ++i) out += static_cast<char>((header >> (8 * i)) & 0xffu);
+    out += dict;
+    out.append(header - dict.size() - 1, ' ');
+    out += '\n';
+    return out;
+}
+
+/// Writes prefix and `bytes` bytes of data to `path`; throws format_error naming the file on I/O failure.
+inline void write_npy_bytes(const std::filesystem::path& path, const std::string& prefix, const void* data,
+                            std::size_t bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) format_fail(path.string(), "cannot open for writing");
+    out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
+    if (bytes > 0) out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+    out.close();
+    if (!out) format_fail(path.string(), "write failed");
+}
+
+/// Element count of `shape`; throws std::invalid_argument on negative extents or overflow.
+inline index_t npy_element_count(const std::vector<index_t>& shape) {
+    index_t count = 1;
+    for (index_t e : shape) {
+        if (e < 0) throw std::invalid_argument("write_npy: negative extent " + std::to_string(e));
+        if (e != 0 && count > std::numeric_limits<index_t>::max() / e)
+            throw std::invalid_argument("write_npy: element count overflows");
+        count *= e;
+    }
+    return count;
+}
+
+/// A cursor over the Python-literal header dict of a .npy file.
+class npy_header_parser {
+public:
+    /// Parses `text`; failures go through `reader` (which names the file).
+    npy_header_parser(std::string_view text, const byte_reader& reader) : s_(text), r_(reader) {}
+
+    /// Reads the dict into descr, fortran_order and shape; throws format_error on anything else.
+    void parse(std::string& descr, bool& fortran_order, std::vector<index_t>& shape) {
+        bool seen[3] = {false, false, false};
+        expect('{');
+        while (true) {
+            skip_space();
+            if (peek() == '}') break;
+            const std::string key = string_literal();
+            expect(':');
+            skip_space();
+            if (key == "descr") {
+                if (peek() != '\'' && peek() != '"') fail("descr is not a simple dtype string (structured arrays?)");
+                descr = string_literal();
+                seen[0] = true;
+            } else if (key == "fortran_order") {
+                fortran_order = boolean_literal();
+                seen[1] = true;
+            } else if (key == "shape") {
+                shape = tuple_literal();
+                seen[2] = true;
+            } else {
+                fail("unexpected key '" + key + "'");
+            }
+            skip_space();
+            if (peek() == ',')
+                ++pos_;
+            else if (peek() != '}')
+                fail("expected ',' or '}'");
+        }
+        ++pos_;
+        while (pos_ < s_.size())
+            if (!std::isspace(static_cast<unsigned char>(s_[pos_++]))) fail("text after the dict");
+        if (!seen[0] || !seen[1] || !seen[2]) fail("missing 'descr', 'fortran_order' or 'shape'");
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const { r_.fail("malformed .npy header: " + problem); }
+    char peek() const { return pos_ < s_.size() ? s_[pos_] : '\0'; }
+    void skip_space() {
+        while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+    }
+    void expect(char c) {
+        skip_space();
+        if (peek() != c) fail(std::string("expected '") + c + "'");
+        ++pos_;
+    }
+    std::string string_literal() {
+        skip_space();
+        const char quote = peek();
+        if (quote != '\'' && quote != '"') fail("expected a quoted string");
+        const std::size_t end = s_.find(quote, pos_ + 1);
+        if (end == std::string_view::npos) fail("unterminated string");
+        std::string out(s_.substr(pos_ + 1, end - pos_ - 1));
+        pos_ = end + 1;
+        return out;
+    }
+    bool boolean_literal() {
+        if (s_.substr(pos_, 4) == "True") {
+            pos_ += 4;
+            return true;
+        }
+        if (s_.substr(pos_, 5) == "False") {
+            pos_ += 5;
+            return false;
+        }
+        fail("fortran_order is neither True nor False");
+    }
+    std::vector<index_t> tuple_literal() {
+        expect('(');
+        std::vector<index_t> out;
+        while (true) {
+            skip_space();
+            if (peek() == ')') break;
+            if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("shape holds something other than integers");
+            index_t v = 0;
+            while (std::isdigit(static_cast<unsigned char>(peek()))) {
+                if (v > (std::numeric_limits<index_t>::max() - 9) / 10) fail("shape extent too large");
+                v = v * 10 + (s_[pos_++] - '0');
+            }
+            if (peek() == 'L') ++pos_;  // Python 2 long literals
+            out.push_back(v);
+            if (out.size() > 32) fail("more than 32 dimensions");
+            skip_space();
+            if (peek() == ',')
+                ++pos_;
+            else if (peek() != ')')
+                fail("expected ',' or ')' in shape");
+        }
+        ++pos_;
+        return out;
+    }
+
+    std::string_view s_;
+    const byte_reader& r_;
+    std::size_t pos_ = 0;
+};
+
+/// Converts `count` little-endian elements of type T at `bytes` to float.
+template <class T>
+void npy_convert(const std::byte* bytes, std::size_t count, std::vector<float>& out) {
+    out.resize(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        T v{};
+        std::memcpy(&v, bytes + i * sizeof(T), sizeof(T));
+        out[i] = static_cast<float>(v);  // narrowing by design; f8 beyond float range becomes inf (IEEE)
+    }
+}
+
+}  // namespace detail
+
+/// Writes `shape`-d float32 data in C order as a NumPy '<f4' array (format 1.0, or 2.0 for huge headers).
+inline void write_npy(const std::filesystem::path& path, const float* data, const std::vector<index_t>& shape) {
+    const index_t count = detail::npy_element_count(shape);
+    if (count > 0 && data == nullptr) throw std::invalid_argument("write_npy: null data for a non-empty array");
+    detail::write_npy_bytes(path, detail::npy_prefix("<f4", shape), data,
+                            static_cast<std::size_t>(count) * sizeof(float));
+}
+
+/// Writes a (possibly strided) view in C order; T is float, double, int32 or int64 (const or not).
+template <class T, std::size_t Rank>
+void write_npy(const std::filesystem::path& path, const tensor_view<T, Rank>& view) {
+    using element = std::remove_const_t<T>;
+    const std::vector<index_t> shape(view.shape().begin(), view.shape().end());
+    std::vector<element> dense(static_cast<std::size_t>(view.size()));
+    if (!dense.empty()) {
+        // Walk the indices in row-major order (an odometer), so any strides work.
+        std::array<index_t, Rank> idx{};
+        for (element& out : dense) {
+            index_t offset = 0;
+            for (std::size_t a = 0; a < Rank; ++a) offset += idx[a] * view.stride(a);
+            out = view.data()[offset];
+            for (std::size_t a = Rank; a-- > 0;) {
+                if (++idx[a] < view.extent(a)) break;
+                idx[a] = 0;
+            }
+        }
+    }
+    detail::write_npy_bytes(path, detail::npy_prefix(detail::npy_descr<element>(), shape), dense.data(),
+                            dense.size() * sizeof(element));
+}
+
+/// Writes an owning tensor; see the view overload.
+template <class T, std::size_t Rank>
+void write_npy(const std::filesystem::path& path, const tensor<T, Rank>& t) {
+    write_npy(path, t.view());
+}
+
+/// Reads a .npy file of dtype '<f4', '<f8', '<i4' or '<i8' (converted to float); throws format_error naming the file
+/// for any other dtype, fortran_order True, bad magic, an unsupported version, a malformed header or truncated data.
+inline npy_array read_npy(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    detail::byte_reader r(file->data(), file->size(), path.string());
+    if (file->size() < 6 || std::memcmp(file->data(), "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
+    r.take(6, "magic");
+    const auto major = r.read<std::uint8_t>("version");
+    const auto minor = r.read<std::uint8_t>("version");
+    std::uint64_t header_length = 0;
+    if (major == 1 && minor == 0)
+        header_length = r.read<std::uint16_t>("header length");
+    else if ((major == 2 || major == 3) && minor == 0)
+        header_length = r.read<std::uint32_t>("header length");
+    else
+        r.fail("unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor));
+    const std::string header = r.read_string(header_length, "header");
+
+    std::string descr;
+    bool fortran_order = false;
+    npy_array out;
+    detail::npy_header_parser(header, r).parse(descr, fortran_order, out.shape);
+    if (fortran_order) r.fail("fortran_order True arrays are not supported (save C-ordered arrays)");
+    std::size_t item = 0;
+    if (descr == "<f4" || descr == "<i4")
+        item = 4;
+    else if (descr == "<f8" || descr == "<i8")
+        item = 8;
+    else
+        r.fail("unsupported dtype '" + descr + "' (only <f4, <f8, <i4, <i8)");
+
+    std::uint64_t count = 1;
+    for (index_t e : out.shape)
+        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), "array");
+    const std::uint64_t bytes = detail::checked_mul(count, item, path.string(), "array data");
+    const std::byte* data = r.take(bytes, "array data");  // fits in the file, hence in size_t
+    const auto n = static_cast<std::size_t>(count);
+    if (descr == "<f4")
+        detail::npy_convert<float>(data, n, out.data);
+    else if (descr == "<f8")
+        detail::npy_convert<double>(data, n, out.data);
+    else if (descr == "<i4")
+        detail::npy_convert<std::int32_t>(data, n, out.data);
+    else
+        detail::npy_convert<std::int64_t>(data, n, out.data);
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/npy.hpp ----
+// ---- begin mechlens/io/safetensors.hpp ----
+/// @file
+/// `.safetensors` files of float32 tensors: a writer that Hugging Face's readers (and numpy with a few lines) load
+/// unchanged, and a strict, bounds-checked reader. The layout: an 8-byte little-endian header length N, N bytes of
+/// JSON (`{"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__": {...}}`,
+/// padded with spaces), then the tensor bytes, offsets relative to the end of the header.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One float32 tensor to write: a name, row-major extents and a pointer to product(shape) floats.
+struct safetensors_tensor_ref {
+    std::string name;            ///< Tensor name (any UTF-8 text except "__metadata__").
+    std::vector<index_t> shape;  ///< Extents, outermost first.
+    const float* data = nullptr; ///< product(shape) floats in row-major order.
+};
+
+/// One float32 tensor read from a file.
+struct safetensors_tensor {
+    std::string name;            ///< Tensor name.
+    std::vector<index_t> shape;  ///< Extents, outermost first.
+    std::vector<float> values;   ///< product(shape) floats in row-major order.
+};
+
+/// The contents of a `.safetensors` file.
+struct safetensors_file {
+    std::vector<safetensors_tensor> tensors;        ///< In the order of the header.
+    std::map<std::string, std::string> metadata;   ///< The `__metadata__` strings (empty when absent).
+};
+
+namespace detail {
+
+/// A parsed JSON value; numbers keep their text so integers of any size are checked when converted.
+struct json_value {
+    /// The JSON type of the value.
+    enum class type : std::uint8_t { null, boolean, number, string, array, object };
+    type kind = type::null;                                   ///< Which of the members below is meaningful.
+    bool boolean = false;                                     ///< For type::boolean.
+    std::string text;                                         ///< A string's content, or a number's digits.
+    std::vector<json_value> items;                            ///< For type::array.
+    std::vector<std::pair<std::string, json_value>> members;  ///< For type::object, in file order, keys unique.
+};
+
+/// A strict RFC 8259 JSON parser over untrusted text: every read is bounds-checked, nesting is limited, strings
+/// must be valid UTF-8 without raw control characters, object keys must be unique; errors name `where`.
+class json_parser {
+public:
+    /// A parser over `text`; errors throw format_error "`where`: malformed JSON header: ...".
+    json_parser(std::string_view text, std::string where) : s_(text), where_(std::move(where)) {}
+
+    /// Parses one value followed only by whitespace.
+    json_value parse_document() {
+        json_value v = value(0);
+        skip_space();
+        if (pos_ != s_.size()) fail("unexpected text after the top-level value");
+        return v;
+    }
+
+private:
+    static constexpr int max_depth = 64;
+
+    [[noreturn]] void fail(const std::string& problem) const {
+        format_fail(where_, "malformed JSON header: " + problem + " at byte " + std::to_string(pos_));
+    }
+    char peek() const noexcept { return pos_ < s_.size() ? s_[pos_] : '\0'; }
+    bool at_end() const noexcept { return pos_ >= s_.size(); }
+    void skip_space() noexcept {
+        while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r'))
+            ++pos_;
+    }
+    void expect_word(std::string_view word) {
+        if (s_.substr(pos_, word.size()) != word) fail("invalid literal");
+        pos_ += word.size();
+    }
+
+    json_value value(int depth) {
+        if (depth > max_depth) fail("nesting deeper than " + std::to_string(max_depth));
+        skip_space();
+        if (at_end()) fail("unexpected end");
+        json_value v;
+        switch (peek()) {
+            case '{': v.kind = json_value::type::object; object(v, depth); break;
+            case '[': v.kind = json_value::type::array; array(v, depth); break;
+            case '"': v.kind = json_value::type::string; v.text = string(); break;
+            case 't': expect_word("true"); v.kind = json_value::type::boolean; v.boolean = true; break;
+            case 'f': expect_word("false"); v.kind = json_value::type::boolean; break;
+            case 'n': expect_word("null"); break;
+            default: v.kind = json_value::type::number; v.text = number(); break;
+        }
+        return v;
+    }
+
+    void object(json_value& v, int depth) {
+        ++pos_;  // '{'
+        skip_space();
+        if (peek() == '}') {
+            ++pos_;
+            return;
+        }
+        while (true) {
+            skip_space();
+            if (peek() != '"') fail("expected a string key");
+            std::string key = string();
+            for (const auto& member : v.members)
+                if (member.first == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
+            skip_space();
+            if (peek() != ':') fail("expected ':'");
+            ++pos_;
+            v.members.emplace_back(std::move(key), value(depth + 1));
+            skip_space();
+            if (peek() == ',') {
+                ++pos_;
+                continue;
+            }
+            if (peek() == '}') {
+                ++pos_;
+                return;
+            }
+            fail("expected ',' or '}'");
+        }
+    }
+
+    void array(json_value& v, int depth) {
+        ++pos_;  // '['
+        skip_space();
+        if (peek() == ']') {
+            ++pos_;
+            return;
+        }
+        while (true) {
+            v.items.push_back(value(depth + 1));
+            skip_space();
+            if (peek() == ',') {
+                ++pos_;
+                continue;
+            }
+            if (peek() == ']') {
+                ++pos_;
+                return;
+            }
+            fail("expected ',' or ']'");
+        }
+    }
+
+    std::string number() {
+        const std::size_t begin = pos_;
+        auto digits = [&] {
+            const std::size_t start = pos_;
+            while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
+            if (pos_ == start) fail("expected a digit");
+        };
+        if (peek() == '-') ++pos_;
+        if (peek() == '0')
+            ++pos_;  // no leading zeros
+        else
+            digits();
+        if (peek() == '.') {
+            ++pos_;
+            digits();
+        }
+        if (peek() == 'e' || peek() == 'E') {
+            ++pos_;
+            if (peek() == '+' || peek() == '-') ++pos_;
+            digits();
+        }
+        return std::string(s_.substr(begin, pos_ - begin));
+    }
+
+    unsigned hex4() {
+        if (s_.size() - pos_ < 4) fail("truncated \\u escape");
+        unsigned code = 0;
+        for (int i = 0; i < 4; ++i) {
+            const char c = s_[pos_++];
+            code <<= 4;
+            if (c >= '0' && c <= '9') code |= static_cast<unsigned>(c - '0');
+            else if (c >= 'a' && c <= 'f') code |= static_cast<unsigned>(c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') code |= static_cast<unsigned>(c - 'A' + 10);
+            else fail("invalid \\u escape");
+        }
+        return code;
+    }
+
+    static void append_utf8(std::string& out, unsigned code) {
+        if (code < 0x80) {
+            out += static_cast<char>(code);
+        } else if (code < 0x800) {
+            out += static_cast<char>(0xC0u | (code >> 6));
+            out += static_cast<char>(0x80u | (code & 0x3Fu));
+        } else if (code < 0x10000) {
+            out += static_cast<char>(0xE0u | (code >> 12));
+            out += static_cast<char>(0x80u | ((code >> 6) & 0x3Fu));
+            out += static_cast<char>(0x80u | (code & 0x3Fu));
+        } else {
+            out += static_cast<char>(0xF0u | (code >> 18));
+            out += static_cast<char>(0x80u | ((code >> 12) & 0x3Fu));
+            out += static_cast<char>(0x80u | ((code >> 6) & 0x3Fu));
+            out += static_cast<char>(0x80u | (code & 0x3Fu));
+        }
+    }
+
+    /// Length of the valid UTF-8 sequence starting at pos_ (1 to 4), or 0 when it is invalid.
+    std::size_t utf8_length() const noexcept {
+        const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s_[pos_ + i]); };
+        const unsigned char c = byte(0);
+        std::size_t n = 0;
+        unsigned code = 0;
+        if (c < 0x80) return 1;
+        if ((c & 0xE0u) == 0xC0u) n = 2, code = c & 0x1Fu;
+        else if ((c & 0xF0u) == 0xE0u) n = 3, code = c & 0x0Fu;
+        else if ((c & 0xF8u) == 0xF0u) n = 4, code = c & 0x07u;
+        else return 0;
+        if (s_.size() - pos_ < n) return 0;
+        for (std::size_t i = 1; i < n; ++i) {
+            if ((byte(i) & 0xC0u) != 0x80u) return 0;
+            code = (code << 6) | (byte(i) & 0x3Fu);
+        }
+        // Reject overlong forms, surrogates and code points past U+10FFFF.
+        const unsigned smallest[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (code < smallest[n] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+        return n;
+    }
+
+    std::string string() {
+        ++pos_;  // opening quote
+        std::string out;
+        while (true) {
+            if (at_end()) fail("unterminated string");
+            const char c = s_[pos_];
+            if (c == '"') {
+                ++pos_;
+                return out;
+            }
+            if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in a string");
+            if (c != '\\') {
+                const std::size_t n = utf8_length();
+                if (n == 0) fail("invalid UTF-8");
+                out.append(s_.substr(pos_, n));
+                pos_ += n;
+                continue;
+            }
+            ++pos_;
+            if (at_end()) fail("unterminated escape");
+            const char e = s_[pos_++];
+            switch (e) {
+                case '"': out += '"'; break;
+                case '\\': out += '\\'; break;
+                case '/': out += '/'; break;
+                case 'b': out += '\b'; break;
+                case 'f': out += '\f'; break;
+                case 'n': out += '\n'; break;
+                case 'r': out += '\r'; break;
+                case 't': out += '\t'; break;
+                case 'u': {
+                    unsigned code = hex4();
+                    if (code >= 0xD800 && code <= 0xDBFF) {
+                        if (s_.substr(pos_, 2) != "\\u") fail("unpaired surrogate");
+                        pos_ += 2;
+                        const unsigned low = hex4();
+                        if (low < 0xDC00 || low > 0xDFFF) fail("unpaired surrogate");
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    } else if (code >= 0xDC00 && code <= 0xDFFF) {
+                        fail("unpaired surrogate");
+                    }
+                    append_utf8(out, code);
+                    break;
+                }
+                default: fail("invalid escape");
+            }
+        }
+    }
+
+    std::string_view s_;
+    std::string where_;
+    std::size_t pos_ = 0;
+};
+
+/// The JSON text of a string, quoted and escaped.
+inline std::string json_quote(std::string_view text) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out = "\"";
+    for (const char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (u < 0x20) {
+            out += "\\u00";
+            out += hex[u >> 4];
+            out += hex[u & 0xFu];
+        } else {
+            out += c;
+        }
+    }
+    return out + "\"";
+}
+
+/// A JSON number as a non-negative integer that fits in 64 bits, or format_error naming `what`.
+inline std::uint64_t json_uint(const json_value& v, const std::string& where, const std::string& what) {
+    if (v.kind != json_value::type::number || v.text.empty() || v.text[0] == '-' ||
+        v.text.find_first_of(".eE") != std::string::npos)
+        format_fail(where, what + " is not a non-negative integer");
+    std::uint64_t out = 0;
+    for (const char c : v.text) {
+        const auto digit = static_cast<std::uint64_t>(c - '0');
+        if (out > (UINT64_MAX - digit) / 10) format_fail(where, what + " is too large");
+        out = out * 10 + digit;
+    }
+    return out;
+}
+
+/// The largest header accepted: larger than any real one, small enough that a hostile length cannot exhaust memory.
+inline constexpr std::uint64_t safetensors_max_header = std::uint64_t{100} << 20;
+
+}  // namespace detail
+
+/// Writes float32 tensors to a `.safetensors` file, data in the given order, with `metadata` as `__metadata__`;
+/// the header is padded with spaces to a multiple of 8 bytes so every tensor starts 8-byte aligned. Throws
+/// std::invalid_argument for duplicate or reserved names or bad shapes, format_error naming the file on I/O failure.
+inline void write_safetensors(const std::filesystem::path& path, const std::vector<safetensors_tensor_ref>& tensors,
+                              const std::map<std::string, std::string>& metadata = {}) {
+    std::string header = "{";
+    if (!metadata.empty()) {
+        header += "\"__metadata__\":{";
+        bool first = true;
+        for (const auto& [key, value] : metadata) {
+            header += (first ? "" : ",") + detail::json_quote(key) + ":" + detail::json_quote(value);
+            first = false;
+        }
+        header += "}";
+    }
+    std::vector<std::string> names;
+    std::uint64_t offset = 0;
+    for (const safetensors_tensor_ref& t : tensors) {
+        if (t.name == "__metadata__") throw std::invalid_argument("write_safetensors: the name __metadata__ is reserved");
+        if (std::find(names.begin(), names.end(), t.name) != names.end())
+            throw std::invalid_argument("write_safetensors: duplicate tensor name '" + t.name + "'");
+        names.push_back(t.name);
+        std::uint64_t count = 1;
+        std::string shape;
+        for (index_t e : t.shape) {
+            if (e < 0) throw std::invalid_argument("write_safetensors: negative extent in '" + t.name + "'");
+            count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), t.name);
+            shape += (shape.empty() ? "" : ",") + std::to_string(e);
+        }
+        if (count > 0 && t.data == nullptr)
+            throw std::invalid_argument("write_safetensors: null data for tensor '" + t.name + "'");
+        const std::uint64_t end = detail::checked_add(offset, count * sizeof(float), path.string(), t.name);
+        header += (header.size() > 1 ? "," : "") + detail::json_quote(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" +
+                  shape + "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
+        offset = end;
+    }
+    header += "}";
+    header.append((8 - header.size() % 8) % 8, ' ');
+
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) detail::format_fail(path.string(), "cannot open for writing");
+    const auto length = static_cast<std::uint64_t>(header.size());
+    char length_bytes[8];
+    for (int i = 0; i < 8; ++i) length_bytes[i] = static_cast<char>((length >> (8 * i)) & 0xffu);
+    out.write(length_bytes, 8);
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    for (const safetensors_tensor_ref& t : tensors) {
+        std::size_t count = 1;
+        for (index_t e : t.shape) count *= static_cast<std::size_t>(e);
+        if (count > 0)
+            out.write(reinterpret_cast<const char*>(t.data), static_cast<std::streamsize>(count * sizeof(float)));
+    }
+    out.close();
+    if (!out) detail::format_fail(path.string(), "write failed");
+}
+
+/// Reads a `.safetensors` file whose tensors are all F32. Throws format_error naming the file for anything else:
+/// truncation, a header that is not strict JSON or not the safetensors schema, another dtype, offsets that do not
+/// match the shape or do not tile the data exactly (no holes, no overlaps, nothing after the last tensor).
+inline safetensors_file read_safetensors(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    detail::byte_reader r(file->data(), file->size(), path.string());
+    const auto header_length = r.read<std::uint64_t>("header length");
+    if (header_length > detail::safetensors_max_header)
+        r.fail("header length " + std::to_string(header_length) + " exceeds the 100 MiB limit");
+    const std::string header = r.read_string(header_length, "header");
+    if (header.empty() || header[0] != '{') r.fail("the header does not start with '{'");
+    const detail::json_value root = detail::json_parser(header, path.string()).parse_document();
+    if (root.kind != detail::json_value::type::object) r.fail("the header is not a JSON object");
+    const std::uint64_t data_size = r.remaining();
+    const std::byte* data = r.take(data_size, "tensor data");
+
+    safetensors_file out;
+    struct span {
+        std::uint64_t begin, end;
+        std::size_t tensor;
+    };
+    std::vector<span> spans;
+    for (const auto& [name, entry] : root.members) {
+        const std::string what = "tensor '" + name.substr(0, 200) + "'";
+        if (name == "__metadata__") {
+            if (entry.kind != detail::json_value::type::object) r.fail("__metadata__ is not an object");
+            for (const auto& [key, value] : entry.members) {
+                if (value.kind != detail::json_value::type::string)
+                    r.fail("__metadata__ value of '" + key.substr(0, 200) + "' is not a string");
+                out.metadata[key] = value.text;
+            }
+            continue;
+        }
+        if (entry.kind != detail::json_value::type::object) r.fail(what + " is not an object");
+        const detail::json_value *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
+        for (const auto& [key, value] : entry.members) {
+            if (key == "dtype") dtype = &value;
+            else if (key == "shape") shape = &value;
+            else if (key == "data_offsets") offsets = &value;
+            else r.fail(what + " has an unexpected field '" + key.substr(0, 100) + "'");
+        }
+        if (!dtype || !shape || !offsets) r.fail(what + " lacks dtype, shape or data_offsets");
+        if (dtype->kind != detail::json_value::type::string) r.fail(what + ": dtype is not a string");
+        if (dtype->text != "F32") r.fail(what + " has dtype " + dtype->text.substr(0, 20) + "; only F32 is supported");
+        if (shape->kind != detail::json_value::type::array) r.fail(what + ": shape is not an array");
+        if (shape->items.size() > 32) r.fail(what + " has more than 32 dimensions");
+        safetensors_tensor t;
+        t.name = name;
+        std::uint64_t count = 1;
+        for (const detail::json_value& e : shape->items) {
+            const std::uint64_t extent = detail::json_uint(e, path.string(), what + " shape extent");
+            if (extent > static_cast<std::uint64_t>(PTRDIFF_MAX)) r.fail(what + " shape extent is too large");
+            count = detail::checked_mul(count, extent, path.string(), what);
+            t.shape.push_back(static_cast<index_t>(extent));
+        }
+        if (offsets->kind != detail::json_value::type::array || offsets->items.size() != 2)
+            r.fail(what + ": data_offsets is not a [begin, end] pair");
+        const std::uint64_t begin = detail::json_uint(offsets->items[0], path.string(), what + " data_offsets");
+        const std::uint64_t end = detail::json_uint(offsets->items[1], path.string(), what + " data_offsets");
+        if (begin > end || end > data_size)
+            r.fail(what + " data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                   ") lie outside the " + std::to_string(data_size) + " data bytes");
+        if (end - begin != detail::checked_mul(count, sizeof(float), path.string(), what))
+            r.fail(what + " holds " + std::to_string(end - begin) + " bytes, but its shape needs " +
+                   std::to_string(count * sizeof(float)));
+        t.values.resize(static_cast<std::size_t>(count));
+        if (count > 0) std::memcpy(t.values.data(), data + begin, static_cast<std::size_t>(end - begin));
+        spans.push_back({begin, end, out.tensors.size()});
+        out.tensors.push_back(std::move(t));
+    }
+    // Like the reference implementation: the tensors must tile the data area exactly.
+    std::sort(spans.begin(), spans.end(), [](const span& a, const span& b) {
+        return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    std::uint64_t expected = 0;
+    for (const span& s : spans) {
+        if (s.begin != expected)
+            r.fail("tensor '" + out.tensors[s.tensor].name.substr(0, 200) + "' starts at data offset " +
+                   std::to_string(s.begin) + ", expected " + std::to_string(expected) +
+                   (s.begin < expected ? " (overlapping tensors)" : " (a hole in the data)"));
+        expected = s.end;
+    }
+    if (expected != data_size)
+        r.fail("the tensors cover " + std::to_string(expected) + " of the " + std::to_string(data_size) +
+               " data bytes");
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/safetensors.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The rank of a site's activation: 4 for per-head sites and attention patterns, 3 for everything else.
+constexpr std::size_t site_rank(site_kind kind) noexcept {
+    switch (kind) {
+        case site_kind::attn_q: case site_kind::attn_k: case site_kind::attn_v: case site_kind::attn_rot_q:
+        case site_kind::attn_rot_k: case site_kind::attn_scores: case site_kind::attn_pattern: case site_kind::attn_z:
+        case site_kind::attn_result: return 4;
+        default: return 3;
+    }
+}
+
+/// The axis that runs over sequence positions: the query axis (2) of `hook_attn_scores`/`hook_pattern`, else 1.
+constexpr std::size_t position_axis(site_kind kind) noexcept {
+    return kind == site_kind::attn_scores || kind == site_kind::attn_pattern ? 2 : 1;
+}
+
+/// One stored activation: TransformerLens shape (batch axis kept) and row-major float values.
+struct cached_activation {
+    std::vector<index_t> shape;  ///< Extents, outermost first.
+    std::vector<float> values;   ///< product(shape) floats in row-major order.
+    /// Absolute sequence positions of the rows along the position axis (see position_axis); empty means
+    /// 0, 1, ..., n-1. Set when a caching filter kept only some positions or the rows start later in the sequence.
+    std::vector<index_t> positions;
+
+    /// A read-only view; throws shape_error unless the activation has rank R.
+    template <std::size_t R>
+    [[nodiscard]] tensor_view<const float, R> view() const {
+        return tensor_view<const float, R>(values.data(), checked_extents<R>());
+    }
+    /// A mutable view; throws shape_error unless the activation has rank R.
+    template <std::size_t R>
+    [[nodiscard]] tensor_view<float, R> view() {
+        return tensor_view<float, R>(values.data(), checked_extents<R>());
+    }
+    /// Number of elements: the product of the extents.
+    [[nodiscard]] index_t size() const noexcept { return static_cast<index_t>(values.size()); }
+    /// The absolute position of row `i` of the position axis.
+    [[nodiscard]] index_t position(index_t i) const noexcept {
+        return positions.empty() ? i : positions[static_cast<std::size_t>(i)];
+    }
+
+private:
+    template <std::size_t R>
+    extents<R> checked_extents() const {
+        if (shape.size() != R)
+            throw shape_error("cached_activation: stored rank " + std::to_string(shape.size()) + ", requested view<" +
+                              std::to_string(R) + ">");
+        extents<R> e{};
+        std::copy(shape.begin(), shape.end(), e.begin());
+        if (detail::checked_element_count(e) != static_cast<index_t>(values.size()))
+            throw shape_error("cached_activation: " + std::to_string(values.size()) + " values for shape " +
+                              detail::format_extents(e));
+        return e;
+    }
+};
+
+namespace detail {
+/// Orders std::map keys in forward order.
+struct forward_order {
+    bool operator()(const site& a, const site& b) const noexcept { return forward_order_less(a, b); }
+};
+/// "(1, 5, 64)" for error messages.
+inline std::string format_shape(const std::vector<index_t>& shape) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    return out + ")";
+}
+/// Metadata key under which save_safetensors records the non-default positions of a tensor.
+inline std::string positions_key(const std::string& name) { return "mechlens.positions." + name; }
+}  // namespace detail
+
+/// Activations by site, kept in forward order; what caching_hooks fills, and what patching reads.
+class activation_cache {
+public:
+    /// Stores `a` for site `s`, replacing any earlier entry; throws shape_error when the values do not fill the shape.
+    void put(const site& s, cached_activation a) {
+        index_t count = 1;
+        for (index_t e : a.shape) {
+            if (e < 0) throw shape_error("activation_cache::put: negative extent for " + to_string(s));
+            count *= e;
+        }
+        if (count != static_cast<index_t>(a.values.size()))
+            throw shape_error("activation_cache::put: " + std::to_string(a.values.size()) + " values for " +
+                              to_string(s) + " of shape " + detail::format_shape(a.shape));
+        entries_[s] = std::move(a);
+    }
+    /// True when site `s` is stored.
+    [[nodiscard]] bool contains(const site& s) const { return entries_.count(s) != 0; }
+    /// The activation of `s`; throws unknown_hook_error naming the site (and the closest cached names).
+    [[nodiscard]] const cached_activation& at(const site& s) const {
+        if (const cached_activation* found = find(s)) return *found;
+        throw missing(to_string(s));
+    }
+    /// The activation of `s`, mutable; throws unknown_hook_error naming the site.
+    [[nodiscard]] cached_activation& at(const site& s) {
+        if (cached_activation* found = find(s)) return *found;
+        throw missing(to_string(s));
+    }
+    /// The activation named `name` (TransformerLens spelling); throws unknown_hook_error when absent or malformed.
+    [[nodiscard]] const cached_activation& operator[](std::string_view name) const {
+        if (const auto s = parse_site(name))
+            if (const cached_activation* found = find(*s)) return *found;
+        throw missing(name);
+    }
+    /// Pointer to the activation of `s`, or null.
+    [[nodiscard]] const cached_activation* find(const site& s) const {
+        const auto it = entries_.find(s);
+        return it == entries_.end() ? nullptr : &it->second;
+    }
+    /// Pointer to the activation of `s`, or null (mutable).
+    [[nodiscard]] cached_activation* find(const site& s) {
+        const auto it = entries_.find(s);
+        return it == entries_.end() ? nullptr : &it->second;
+    }
+    /// Removes site `s`; returns whether it was stored.
+    bool erase(const site& s) { return entries_.erase(s) != 0; }
+    /// Removes everything.
+    void clear() noexcept { entries_.clear(); }
+    /// The stored sites, in forward order.
+    [[nodiscard]] std::vector<site> sites() const {
+        std::vector<site> out;
+        out.reserve(entries_.size());
+        for (const auto& entry : entries_) out.push_back(entry.first);
+        return out;
+    }
+    /// Number of stored sites.
+    [[nodiscard]] std::size_t size() const noexcept { return entries_.size(); }
+    /// True when nothing is stored.
+    [[nodiscard]] bool empty() const noexcept { return entries_.empty(); }
+    /// The layers for which a block site of `kind` is stored, ascending.
+    [[nodiscard]] std::vector<index_t> layers(site_kind kind) const {
+        std::vector<index_t> out;
+        for (const auto& entry : entries_)
+            if (entry.first.kind == kind) out.push_back(entry.first.layer);
+        return out;
+    }
+
+    /// One block site kind across layers with a leading layer axis, (layers, batch, ...), like TransformerLens's
+    /// `cache.stack_activation`; row i is layers(kind)[i]. Throws std::invalid_argument for a global kind or when no
+    /// layer is stored, shape_error when the layers' shapes differ.
+    [[nodiscard]] cached_activation stack(site_kind kind) const {
+        if (!is_block_site(kind))
+            throw std::invalid_argument("activation_cache::stack: " + std::string(site_suffix(kind)) +
+                                        " is not a per-block site");
+        std::vector<const cached_activation*> parts;
+        for (const auto& entry : entries_)
+            if (entry.first.kind == kind) parts.push_back(&entry.second);
+        if (parts.empty())
+            throw std::invalid_argument("activation_cache::stack: no layer of " + std::string(site_suffix(kind)) +
+                                        " is cached");
+        cached_activation out;
+        out.shape.push_back(static_cast<index_t>(parts.size()));
+        out.shape.insert(out.shape.end(), parts.front()->shape.begin(), parts.front()->shape.end());
+        out.positions = parts.front()->positions;
+        out.values.reserve(parts.size() * parts.front()->values.size());
+        for (const cached_activation* part : parts) {
+            if (part->shape != parts.front()->shape || part->positions != parts.front()->positions)
+                throw shape_error("activation_cache::stack: " + std::string(site_suffix(kind)) +
+                                  " has different shapes or positions across layers: " +
+                                  detail::format_shape(parts.front()->shape) + " and " +
+                                  detail::format_shape(part->shape));
+            out.values.insert(out.values.end(), part->values.begin(), part->values.end());
+        }
+        return out;
+    }
+    /// stack() by name suffix, e.g. "hook_resid_post" or "attn.hook_pattern"; throws unknown_hook_error when the
+    /// suffix names no block site.
+    [[nodiscard]] cached_activation stack(std::string_view suffix) const {
+        const auto kind = site_kind_from_suffix(suffix);
+        if (!kind || !is_block_site(*kind)) {
+            std::vector<std::string> suffixes;
+            for (std::size_t k = 0; k < site_kind_count; ++k)
+                if (is_block_site(static_cast<site_kind>(k)))
+                    suffixes.emplace_back(site_suffix(static_cast<site_kind>(k)));
+            throw detail::make_unknown_hook_error("activation_cache::stack: " + detail::quote_name(suffix) +
+                                                      " names no per-block site",
+                                                  suffix, suffixes);
+        }
+        return stack(*kind);
+    }
+
+    /// Writes every entry to one `.safetensors` file: F32 tensors named by hook name, shapes as stored, metadata
+    /// {"format": "mechlens"} plus "mechlens.positions.<name>" ("3,7,8") for entries with explicit positions.
+    void save_safetensors(const std::filesystem::path& path) const {
+        std::vector<safetensors_tensor_ref> tensors;
+        std::map<std::string, std::string> metadata{{"format", "mechlens"}};
+        for (const auto& [s, a] : entries_) {
+            const std::string name = to_string(s);
+            tensors.push_back({name, a.shape, a.values.data()});
+            if (!a.positions.empty()) {
+                std::string list;
+                for (index_t p : a.positions) list += (list.empty() ? "" : ",") + std::to_string(p);
+                metadata[detail::positions_key(name)] = list;
+            }
+        }
+        write_safetensors(path, tensors, metadata);
+    }
+
+    /// Writes one `<hook name>.npy` (float32, C order) per entry into `directory`, creating it when needed.
+    void save_npy(const std::filesystem::path& directory) const {
+        std::filesystem::create_directories(directory);
+        for (const auto& [s, a] : entries_) write_npy(directory / (to_string(s) + ".npy"), a.values.data(), a.shape);
+    }
+
+    /// Reads a cache written by save_safetensors (or any F32 safetensors file whose tensor names are hook names
+    /// with the ranks of their sites); throws format_error naming the file otherwise.
+    [[nodiscard]] static activation_cache load_safetensors(const std::filesystem::path& path) {
+        safetensors_file file = read_safetensors(path);
+        activation_cache out;
+        for (safetensors_tensor& t : file.tensors) {
+            const std::optional<site> s = parse_site(t.name);
+            if (!s) detail::format_fail(path.string(), "tensor '" + t.name.substr(0, 200) + "' is not a hook name");
+            const std::size_t axis = position_axis(s->kind);
+            if (t.shape.size() != site_rank(s->kind))
+                detail::format_fail(path.string(), "tensor '" + t.name + "' has rank " +
+                                                       std::to_string(t.shape.size()) + ", expected " +
+                                                       std::to_string(site_rank(s->kind)));
+            cached_activation a{std::move(t.shape), std::move(t.values), {}};
+            if (const auto it = file.metadata.find(detail::positions_key(t.name)); it != file.metadata.end())
+                a.positions = parse_positions(it->second, path, t.name);
+            if (!a.positions.empty() && static_cast<index_t>(a.positions.size()) != a.shape[axis])
+                detail::format_fail(path.string(), "tensor '" + t.name + "' has " + std::to_string(a.shape[axis]) +
+                                                       " positions but its metadata lists " +
+                                                       std::to_string(a.positions.size()));
+            out.entries_[*s] = std::move(a);
+        }
+        return out;
+    }
+
+private:
+    static unknown_hook_error missing_error(std::string_view name, const std::vector<std::string>& cached) {
+        return detail::make_unknown_hook_error("no activation cached for " + detail::quote_name(name), name, cached);
+    }
+    unknown_hook_error missing(std::string_view name) const {
+        std::vector<std::string> cached;
+        for (const auto& entry : entries_) cached.push_back(to_string(entry.first));
+        return missing_error(name, cached);
+    }
+    static std::vector<index_t> parse_positions(const std::string& text, const std::filesystem::path& path,
+                                                const std::string& name) {
+        std::vector<index_t> out;
+        std::size_t begin = 0;
+        while (begin <= text.size()) {
+            const std::size_t comma = std::min(text.find(',', begin), text.size());
+            index_t value = 0;
+            if (comma == begin) detail::format_fail(path.string(), "empty position in the metadata of '" + name + "'");
+            for (std::size_t i = begin; i < comma; ++i) {
+                if (text[i] < '0' || text[i] > '9' || value > (PTRDIFF_MAX - 9) / 10)
+                    detail::format_fail(path.string(), "bad position list in the metadata of '" + name + "'");
+                value = value * 10 + (text[i] - '0');
+            }
+            out.push_back(value);
+            begin = comma + 1;
+        }
+        return out;
+    }
+
+    std::map<site, cached_activation, detail::forward_order> entries_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/activation_cache.hpp ----
+// ---- begin mechlens/hooks/caching.hpp ----
+/// @file
+/// The caching policy: copies the activations it is asked for into an activation_cache, filtered by site kind,
+/// layer range, name glob, predicate and sequence position, and keeps appending during KV-cache generation.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Which sites and positions a caching_hooks keeps, decided at run time; every condition set must hold (AND).
+/// The default keeps everything the policy's compile-time kind set lets through.
+class cache_filter {
+public:
+    /// Keeps only sites whose kind is in `kinds`.
+    cache_filter& kinds(kind_set kinds) {
+        kinds_ = kinds;
+        return *this;
+    }
+    /// Keeps only block sites of layers [begin, end); global sites (embed, ln_final, unembed) are then dropped.
+    cache_filter& layers(index_t begin, index_t end) {
+        if (begin < 0 || end < begin)
+            throw std::invalid_argument("cache_filter::layers: [" + std::to_string(begin) + ", " +
+                                        std::to_string(end) + ") is not a layer range");
+        layers_ = {begin, end};
+        return *this;
+    }
+    /// Keeps only the sites matched by comma-separated globs (see match_sites, which throws unknown_hook_error for a
+    /// pattern matching nothing in a model with config `c`); replaces an earlier names() or sites().
+    cache_filter& names(std::string_view patterns, const model_config& c) { return sites(match_sites(patterns, c)); }
+    /// Keeps only the given sites; replaces an earlier names() or sites().
+    cache_filter& sites(std::vector<site> chosen) {
+        std::sort(chosen.begin(), chosen.end(), detail::forward_order_less);
+        sites_ = std::move(chosen);
+        return *this;
+    }
+    /// Keeps only sites for which `predicate` returns true.
+    cache_filter& where(std::function<bool(const site&)> predicate) {
+        predicate_ = std::move(predicate);
+        return *this;
+    }
+    /// Keeps only rows at these absolute sequence positions (the query rows of patterns and scores).
+    cache_filter& positions(std::vector<index_t> absolute) {
+        for (index_t p : absolute)
+            if (p < 0) throw std::invalid_argument("cache_filter::positions: negative position " + std::to_string(p));
+        std::sort(absolute.begin(), absolute.end());
+        absolute.erase(std::unique(absolute.begin(), absolute.end()), absolute.end());
+        positions_ = std::move(absolute);
+        return *this;
+    }
+    /// Keeps only rows at absolute positions [begin, end).
+    cache_filter& position_range(index_t begin, index_t end) {
+        if (begin < 0 || end < begin)
+            throw std::invalid_argument("cache_filter::position_range: [" + std::to_string(begin) + ", " +
+                                        std::to_string(end) + ") is not a position range");
+        position_begin_ = begin;
+        position_end_ = end;
+        return *this;
+    }
+
+    /// True when site `s` passes the kind, layer, name and predicate conditions.
+    [[nodiscard]] bool selects(const site& s) const {
+        if (!kinds_.contains(s.kind)) return false;
+        if (layers_ && (!is_block_site(s.kind) || s.layer < layers_->first || s.layer >= layers_->second))
+            return false;
+        if (sites_ && !std::binary_search(sites_->begin(), sites_->end(), s, detail::forward_order_less))
+            return false;
+        return !predicate_ || predicate_(s);
+    }
+    /// True when rows at absolute position `p` are kept.
+    [[nodiscard]] bool keeps_position(index_t p) const {
+        if (p < position_begin_ || p >= position_end_) return false;
+        return !positions_ || std::binary_search(positions_->begin(), positions_->end(), p);
+    }
+    /// True when every position is kept.
+    [[nodiscard]] bool keeps_all_positions() const noexcept {
+        return !positions_ && position_begin_ == 0 && position_end_ == std::numeric_limits<index_t>::max();
+    }
+
+private:
+    kind_set kinds_ = kind_set::all();
+    std::optional<std::pair<index_t, index_t>> layers_;
+    std::optional<std::vector<site>> sites_;  // sorted in forward order
+    std::function<bool(const site&)> predicate_;
+    std::optional<std::vector<index_t>> positions_;  // sorted, unique
+    index_t position_begin_ = 0;
+    index_t position_end_ = std::numeric_limits<index_t>::max();
+};
+
+namespace detail {
+
+/// Copies the row at (outer index `outer`, position `row`) of a strided view into `out`: all elements after the
+/// position axis, in row-major order.
+template <std::size_t R>
+void gather_row(const tensor_view<const float, R>& v, std::size_t axis, index_t outer, index_t row, float* out) {
+    index_t offset = row * v.stride(axis);
+    if (axis == 1) {
+        offset += outer * v.stride(0);
+    } else {
+        offset += (outer / v.extent(1)) * v.stride(0) + (outer % v.extent(1)) * v.stride(1);
+    }
+    const float* base = v.data() + offset;
+    if (axis + 2 == R) {  // one inner axis
+        const index_t n = v.extent(R - 1), stride = v.stride(R - 1);
+        if (stride == 1) {
+            std::memcpy(out, base, static_cast<std::size_t>(n) * sizeof(float));
+        } else {
+            for (index_t j = 0; j < n; ++j) out[j] = base[j * stride];
+        }
+    } else {  // two inner axes: (batch, pos, head, d_head)
+        const index_t n2 = v.extent(R - 2), n3 = v.extent(R - 1);
+        for (index_t a = 0; a < n2; ++a) {
+            const float* source = base + a * v.stride(R - 2);
+            float* destination = out + a * n3;
+            if (v.stride(R - 1) == 1) {
+                std::memcpy(destination, source, static_cast<std::size_t>(n3) * sizeof(float));
+            } else {
+                for (index_t b = 0; b < n3; ++b) destination[b] = source[b * v.stride(R - 1)];
+            }
+        }
+    }
+}
+
+/// Stores the kept rows of one firing of site `s` in `cache`: a new entry when the site is absent or this is a new
+/// run (start 0, or not after the stored rows), else appended after the stored rows along the position axis. For
+/// scores and patterns the key axis grows too; stored rows are padded with what a full forward has there (-inf
+/// scores, 0 probabilities), so a cache built while decoding equals one full forward's.
+template <std::size_t R>
+void cache_rows(activation_cache& cache, const site& s, const tensor_view<const float, R>& v, index_t start,
+                const cache_filter& filter) {
+    const std::size_t axis = position_axis(s.kind);
+    if (axis + 1 >= R) throw shape_error("caching_hooks: " + to_string(s) + " fired with an unexpected rank");
+    const index_t rows = v.extent(axis);
+    std::vector<index_t> kept;  // indices into this firing's rows
+    kept.reserve(static_cast<std::size_t>(rows));
+    for (index_t i = 0; i < rows; ++i)
+        if (filter.keeps_position(start + i)) kept.push_back(i);
+    if (kept.empty()) return;
+
+    index_t outer = 1, inner = 1;
+    for (std::size_t a = 0; a < axis; ++a) outer *= v.extent(a);
+    for (std::size_t a = axis + 1; a < R; ++a) inner *= v.extent(a);
+    const bool keyed = s.kind == site_kind::attn_scores || s.kind == site_kind::attn_pattern;
+
+    cached_activation* old = cache.find(s);
+    bool append = old != nullptr && start > 0 && old->shape.size() == R && old->shape[axis] > 0 &&
+                  old->position(old->shape[axis] - 1) < start + kept.front();
+    for (std::size_t a = 0; append && a < R; ++a) {
+        if (a == axis) continue;
+        append = keyed && a + 1 == R ? old->shape[a] <= v.extent(a) : old->shape[a] == v.extent(a);
+    }
+    const index_t old_rows = append ? old->shape[axis] : 0;
+    const index_t old_inner = append ? static_cast<index_t>(old->values.size()) / std::max<index_t>(1, outer * old_rows) : 0;
+    const index_t total_rows = old_rows + static_cast<index_t>(kept.size());
+    const float pad = s.kind == site_kind::attn_scores ? -std::numeric_limits<float>::infinity() : 0.0f;
+
+    cached_activation next;
+    next.shape.assign(v.shape().begin(), v.shape().end());
+    next.shape[axis] = total_rows;
+    next.values.resize(static_cast<std::size_t>(outer * total_rows * inner));
+    for (index_t o = 0; o < outer; ++o) {
+        float* out = next.values.data() + o * total_rows * inner;
+        for (index_t r = 0; r < old_rows; ++r, out += inner) {
+            const float* source = old->values.data() + (o * old_rows + r) * old_inner;
+            std::copy(source, source + old_inner, out);
+            std::fill(out + old_inner, out + inner, pad);
+        }
+        for (index_t i : kept) {
+            gather_row(v, axis, o, i, out);
+            out += inner;
+        }
+    }
+    bool identity = true;
+    for (index_t r = 0; r < total_rows; ++r) {
+        const index_t p = r < old_rows ? old->position(r) : start + kept[static_cast<std::size_t>(r - old_rows)];
+        next.positions.push_back(p);
+        identity = identity && p == r;
+    }
+    if (identity) next.positions.clear();
+    cache.put(s, std::move(next));
+}
+
+}  // namespace detail
+
+/// The caching policy (TransformerLens's `run_with_cache`): copies every wanted activation into its own
+/// activation_cache. `Kinds` decides at compile time which site kinds the forward pass hands it (default: all but
+/// `attn.hook_result`, which costs an extra per-head projection and changes the rounding of `hook_attn_out`); a
+/// cache_filter narrows that at run time. A site that fires again later in the sequence (KV-cache decoding) is
+/// appended; one that fires again from position 0 starts over.
+template <kind_set Kinds = kind_set::all_but_result()>
+class caching_hooks {
+public:
+    /// Caches every site of the kinds in `Kinds`, at every position.
+    caching_hooks() = default;
+    /// Caches what `filter` selects among the kinds in `Kinds`.
+    explicit caching_hooks(cache_filter filter) : filter_(std::move(filter)) {}
+
+    /// The compile-time half of the filter.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+
+    /// Copies the selected rows of the activation into the cache (reads only; the forward pass is unchanged).
+    template <std::size_t Rank>
+    void on_activation(const site& s, tensor_view<float, Rank> activation, const hook_context& ctx) {
+        if (!filter_.selects(s)) return;
+        detail::cache_rows(cache_, s, tensor_view<const float, Rank>(activation), ctx.start_position, filter_);
+    }
+
+    /// The activations cached so far.
+    [[nodiscard]] const activation_cache& cache() const noexcept { return cache_; }
+    /// The activations cached so far (mutable, e.g. to clear or edit before patching).
+    [[nodiscard]] activation_cache& cache() noexcept { return cache_; }
+    /// Moves the cache out, leaving this policy empty.
+    [[nodiscard]] activation_cache take() noexcept {
+        activation_cache out = std::move(cache_);
+        cache_.clear();
+        return out;
+    }
+    /// The run-time filter.
+    [[nodiscard]] const cache_filter& filter() const noexcept { return filter_; }
+
+private:
+    cache_filter filter_;
+    activation_cache cache_;
+};
+static_assert(hook_policy<caching_hooks<>>);
+static_assert(hook_policy<caching_hooks<kind_set::all()>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/caching.hpp ----
+// ---- begin mechlens/hooks/interventions.hpp ----
+/// @file
+/// Intervention policies: patch, ablate, steer, compose, dynamic hooks.
+
+// ---- begin mechlens/hooks/patching.hpp ----
+/// @file
+/// Activation patching: overwrite chosen sites, positions and heads with activations from a source cache; also the
+/// position/head selections that ablation and steering share.
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstddef>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Indices along one axis: every index (the default, also `index_set{}`), or a chosen list, kept sorted and unique.
+class index_set {
+public:
+    /// Every index.
+    index_set() = default;
+    /// Exactly these indices (an empty list selects nothing); throws std::invalid_argument on a negative index.
+    index_set(std::initializer_list<index_t> indices) : index_set(std::vector<index_t>(indices)) {}
+    /// Exactly these indices (an empty vector selects nothing); throws std::invalid_argument on a negative index.
+    explicit index_set(std::vector<index_t> indices) : all_(false), indices_(std::move(indices)) {
+        std::sort(indices_.begin(), indices_.end());
+        indices_.erase(std::unique(indices_.begin(), indices_.end()), indices_.end());
+        if (!indices_.empty() && indices_.front() < 0)
+            throw std::invalid_argument("index_set: negative index " + std::to_string(indices_.front()));
+    }
+    /// Every index.
+    static index_set all() { return index_set(); }
+    /// No index at all.
+    static index_set none() { return index_set(std::vector<index_t>{}); }
+
+    /// True when every index is selected.
+    [[nodiscard]] bool is_all() const noexcept { return all_; }
+    /// The chosen indices, sorted (empty and meaningless when is_all()).
+    [[nodiscard]] const std::vector<index_t>& indices() const noexcept { return indices_; }
+    /// True when `i` is selected.
+    [[nodiscard]] bool contains(index_t i) const noexcept {
+        return all_ || std::binary_search(indices_.begin(), indices_.end(), i);
+    }
+
+private:
+    bool all_ = true;
+    std::vector<index_t> indices_;
+};
+
+/// Which part of a site's activation an intervention touches: positions are absolute (a decode step at
+/// hook_context::start_position = 7 with one new row is position 7), heads index the site's head axis.
+struct selection {
+    index_set positions;  ///< Absolute positions (query positions for hook_attn_scores / hook_pattern).
+    index_set heads;      ///< Heads; only for sites with a head axis (q, k, v, rot_q, rot_k, z, result, scores, pattern).
+};
+
+namespace detail {
+
+/// Where a site's position, head and key axes are; -1 when it has none.
+struct site_axes {
+    int position = 1;  ///< Axis of (query) positions.
+    int head = -1;     ///< Axis of heads.
+    int key = -1;      ///< Axis of key positions (always the last one when present).
+};
+
+/// The axes of a site kind, following the TransformerLens shapes listed in site.hpp.
+constexpr site_axes axes_of(site_kind kind) noexcept {
+    switch (kind) {
+        case site_kind::attn_q:
+        case site_kind::attn_k:
+        case site_kind::attn_v:
+        case site_kind::attn_rot_q:
+        case site_kind::attn_rot_k:
+        case site_kind::attn_z:
+        case site_kind::attn_result: return {1, 2, -1};  // (batch, pos, head, ...)
+        case site_kind::attn_scores:
+        case site_kind::attn_pattern: return {2, 1, 3};  // (batch, head, query_pos, key_pos)
+        default: return {1, -1, -1};                      // (batch, pos, ...)
+    }
+}
+
+/// Throws std::invalid_argument unless a site and selection make sense for a policy wanting `Kinds`.
+template <kind_set Kinds>
+void check_target(const site& s, const selection& where, const char* who) {
+    const std::string name = to_string(s);
+    if (is_block_site(s.kind) ? s.layer < 0 : s.layer != -1)
+        throw std::invalid_argument(std::string(who) + ": " + name + " has an invalid layer " + std::to_string(s.layer));
+    if (!Kinds.contains(s.kind))
+        throw std::invalid_argument(std::string(who) + ": " + name +
+                                    " is not among the site kinds this policy was compiled to want; add its kind to "
+                                    "the policy's kind_set template argument");
+    if (!where.heads.is_all() && axes_of(s.kind).head < 0)
+        throw std::invalid_argument(std::string(who) + ": " + name + " has no head axis, so heads cannot be chosen");
+}
+
+/// The rows to visit along one outer axis: [0, count) when `list` is null, else list[i] - offset.
+struct axis_walk {
+    const index_t* list = nullptr;  ///< Chosen indices, or null for the whole axis.
+    index_t count = 0;              ///< Number of rows to visit.
+    index_t offset = 0;             ///< Subtracted from list entries (absolute -> relative positions).
+    /// Relative index of the i-th visited row.
+    [[nodiscard]] index_t at(index_t i) const noexcept { return list ? list[i] - offset : i; }
+};
+
+/// Visits every row (last axis) of `view` inside the selection: fn(index, row) with index[last] == 0 and `row`
+/// pointing at element 0 of that row; elements of a row are view.stride(R - 1) apart.
+template <std::size_t R, class Fn>
+void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook_context& ctx,
+                           const selection& where, Fn&& fn) {
+    static_assert(R >= 3, "mechlens: hook sites are rank 3 or 4 (batch axis kept)");
+    const site_axes axes = axes_of(s.kind);
+    std::array<axis_walk, R - 1> walks{};
+    for (std::size_t a = 0; a + 1 < R; ++a) walks[a] = {nullptr, view.extent(a), 0};
+    if (!where.positions.is_all()) {
+        // Only the chosen absolute positions that fall inside this call's rows [start, start + n).
+        const auto axis = static_cast<std::size_t>(axes.position);
+        const std::vector<index_t>& chosen = where.positions.indices();
+        const index_t start = ctx.start_position;
+        const auto first = std::lower_bound(chosen.begin(), chosen.end(), start);
+        const auto last = std::lower_bound(first, chosen.end(), start + view.extent(axis));
+        walks[axis] = {chosen.data() + (first - chosen.begin()), static_cast<index_t>(last - first), start};
+    }
+    if (!where.heads.is_all() && axes.head >= 0) {
+        const auto axis = static_cast<std::size_t>(axes.head);
+        const std::vector<index_t>& chosen = where.heads.indices();
+        if (!chosen.empty() && chosen.back() >= view.extent(axis))
+            throw shape_error(to_string(s) + ": head " + std::to_string(chosen.back()) + " is out of range; the site has " +
+                              std::to_string(view.extent(axis)) + " heads");
+        walks[axis] = {chosen.data(), static_cast<index_t>(chosen.size()), 0};
+    }
+    for (const axis_walk& w : walks)
+        if (w.count == 0) return;
+    std::array<index_t, R - 1> counter{};
+    extents<R> index{};
+    for (;;) {
+        index_t offset = 0;
+        for (std::size_t a = 0; a + 1 < R; ++a) {
+            index[a] = walks[a].at(counter[a]);
+            offset += index[a] * view.stride(a);
+        }
+        fn(index, view.data() + offset);
+        std::size_t a = R - 1;  // odometer over the outer axes, innermost first
+        for (;;) {
+            if (a == 0) return;
+            --a;
+            if (++counter[a] < walks[a].count) break;
+            counter[a] = 0;
+        }
+    }
+}
+
+/// Overwrites the selected rows of `view` with the matching rows of `source`, whose position axis holds absolute
+/// positions (0, 1, ... or source.positions; a single row broadcast to every position when `broadcast_positions`)
+/// and whose batch axis is either the view's or 1 (broadcast). Throws shape_error naming the site when `source` cannot cover `view`.
+template <std::size_t R>
+void overwrite_from(tensor_view<float, R> view, const site& s, const hook_context& ctx, const selection& where,
+                    const cached_activation& source, bool broadcast_positions, const char* who) {
+    const site_axes axes = axes_of(s.kind);
+    const auto pos_axis = static_cast<std::size_t>(axes.position);
+    const index_t start = ctx.start_position;
+    bool fits = source.shape.size() == R;
+    index_t count = 1;
+    for (index_t e : source.shape) {
+        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e)) fits = false;
+        else count *= e;
+    }
+    fits = fits && static_cast<std::size_t>(count) == source.values.size();
+    for (std::size_t a = 0; fits && a < R; ++a) {
+        const index_t have = source.shape[a], need = view.extent(a);
+        if (a == 0)
+            fits = have == need || have == 1;
+        else if (a == pos_axis)
+            fits = broadcast_positions ? have == 1
+                   : source.positions.empty() ? have >= start + need
+                                              : static_cast<std::size_t>(have) == source.positions.size();
+        else if (static_cast<int>(a) == axes.key)
+            fits = have >= need;
+        else
+            fits = have == need;
+    }
+    if (!fits)
+        throw shape_error(std::string(who) + ": the source activation of " + to_string(s) + " has shape " +
+                          format_shape(source.shape) + " (" + std::to_string(source.values.size()) +
+                          " values), which cannot cover the site's shape " + detail::format_extents(view.shape()) +
+                          " at absolute positions [" + std::to_string(start) + ", " +
+                          std::to_string(start + view.extent(pos_axis)) + ")");
+    std::array<index_t, R> source_strides{};
+    index_t running = 1;
+    for (std::size_t a = R; a-- > 0;) {
+        source_strides[a] = running;
+        running *= source.shape[a];
+    }
+    const bool broadcast_batch = source.shape[0] == 1;
+    const index_t width = view.extent(R - 1), stride = view.stride(R - 1);
+    // The source row holding absolute position p: p itself, or its index in source.positions when the cache kept
+    // only some positions.
+    auto source_row = [&](index_t p) -> index_t {
+        if (broadcast_positions) return 0;
+        if (source.positions.empty()) return p;
+        const auto found = std::find(source.positions.begin(), source.positions.end(), p);
+        if (found == source.positions.end())
+            throw shape_error(std::string(who) + ": the source activation of " + to_string(s) +
+                              " holds no row for absolute position " + std::to_string(p));
+        return static_cast<index_t>(found - source.positions.begin());
+    };
+    for_each_selected_row(view, s, ctx, where, [&](const extents<R>& index, float* row) {
+        index_t offset = 0;
+        for (std::size_t a = 0; a + 1 < R; ++a) {
+            index_t i = index[a];
+            if (a == 0 && broadcast_batch) i = 0;
+            if (a == pos_axis) i = source_row(i + start);
+            offset += i * source_strides[a];
+        }
+        const float* from = source.values.data() + offset;
+        for (index_t i = 0; i < width; ++i) row[i * stride] = from[i];
+    });
+}
+
+}  // namespace detail
+
+/// One patched site: where, and which positions/heads of it.
+struct patch_target {
+    site target;         ///< The site.
+    selection selected;  ///< Positions and heads to overwrite (everything by default).
+};
+
+/// Overwrites activations with those of a source cache (e.g. a clean run), so the rest of the forward pass sees
+/// the source's values there. The source's position axis is absolute: during KV-cache decoding row p of a site is
+/// taken from the source's position start_position + p, so a cache of the full sequence patches every step. The
+/// source batch must equal the run's or be 1 (broadcast). `Kinds` fixes at compile time which kinds can fire.
+template <kind_set Kinds = kind_set::all_but_result()>
+class patch_hooks {
+public:
+    /// The kinds this policy can patch.
+    static constexpr kind_set kinds = Kinds;
+
+    /// Patches from `source`, which must outlive this policy; nothing is patched until patch()/patch_all().
+    explicit patch_hooks(const activation_cache& source) : source_(&source) {}
+    /// Refuses a temporary cache: the policy keeps a reference to its source.
+    explicit patch_hooks(activation_cache&&) = delete;
+
+    /// Patches `s` (the chosen positions and heads; everything by default); throws if the source lacks `s`
+    /// (unknown_hook_error), or if `s`'s kind is not in Kinds or heads are chosen on a site without heads.
+    patch_hooks& patch(const site& s, const selection& where = {}) {
+        detail::check_target<Kinds>(s, where, "patch_hooks");
+        (void)source_->at(s);
+        targets_.push_back({s, where});
+        return *this;
+    }
+    /// Patches every site of the source whose kind is in Kinds, at the chosen positions (all by default).
+    patch_hooks& patch_all(const index_set& positions = {}) {
+        for (const site& s : source_->sites())
+            if (Kinds.contains(s.kind)) targets_.push_back({s, selection{positions, {}}});
+        return *this;
+    }
+    /// Forgets every target.
+    void clear() noexcept { targets_.clear(); }
+    /// The patched sites, in the order they were added.
+    [[nodiscard]] const std::vector<patch_target>& targets() const noexcept { return targets_; }
+
+    /// True for kinds in Kinds.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Overwrites the selected part of `view` when `s` is a target.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        for (const patch_target& t : targets_)
+            if (t.target == s) detail::overwrite_from(view, s, ctx, t.selected, source_->at(s), false, "patch_hooks");
+    }
+
+private:
+    const activation_cache* source_;
+    std::vector<patch_target> targets_;
+};
+static_assert(hook_policy<patch_hooks<>>);
+static_assert(hook_policy<patch_hooks<kind_set::all()>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/patching.hpp ----
+// ---- begin mechlens/hooks/ablation.hpp ----
+/// @file
+/// Ablation: knock out chosen sites, heads and positions by zeroing them, by replacing them with their mean over
+/// many prompts, or by resampling them from another prompt.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Which axes a mean ablation averages over.
+enum class mean_over {
+    batch,                ///< Over the prompts only: one mean per position, (1, pos, ...).
+    batch_and_positions,  ///< Over prompts and positions: one mean for every position, (1, 1, ...).
+};
+
+namespace detail {
+
+/// Throws shape_error unless `a` holds exactly the values its shape promises and has a batch axis.
+inline void check_cached(const cached_activation& a, const site& s, const char* who) {
+    bool valid = a.shape.size() >= 3;
+    index_t count = 1;
+    for (index_t e : a.shape) {
+        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e)) valid = false;
+        else count *= e;
+    }
+    if (!valid || static_cast<std::size_t>(count) != a.values.size() || a.shape[0] < 1)
+        throw shape_error(std::string(who) + ": the cached activation of " + to_string(s) + " has shape " +
+                          format_shape(a.shape) + " and " + std::to_string(a.values.size()) +
+                          " values; expected a batch of at least one prompt");
+}
+
+/// The mean of a cached activation over its batch axis (and its position axis): accumulated in double, in order.
+inline cached_activation mean_activation(const cached_activation& a, const site& s, mean_over over) {
+    check_cached(a, s, "ablate_hooks::mean");
+    const bool positions = over == mean_over::batch_and_positions;
+    if (positions && axes_of(s.kind).key >= 0)
+        throw std::invalid_argument("ablate_hooks::mean: " + to_string(s) +
+                                    " is causal per query row, so it cannot be averaged over positions");
+    // Rows averaged together: the batch axis, and the position axis right after it for every site that allows it.
+    const index_t groups = positions ? a.shape[0] * a.shape[1] : a.shape[0];
+    if (groups <= 0)
+        throw shape_error("ablate_hooks::mean: the cached activation of " + to_string(s) + " has no positions");
+    const auto width = static_cast<index_t>(a.values.size()) / groups;
+    cached_activation mean;
+    mean.shape = a.shape;
+    mean.positions = a.positions;
+    mean.shape[0] = 1;
+    if (positions) {
+        mean.shape[1] = 1;
+        mean.positions.clear();
+    }
+    std::vector<double> sum(static_cast<std::size_t>(width), 0.0);
+    for (index_t g = 0; g < groups; ++g)
+        for (index_t i = 0; i < width; ++i)
+            sum[static_cast<std::size_t>(i)] += static_cast<double>(a.values[static_cast<std::size_t>(g * width + i)]);
+    mean.values.resize(sum.size());
+    for (std::size_t i = 0; i < sum.size(); ++i) mean.values[i] = static_cast<float>(sum[i] / static_cast<double>(groups));
+    return mean;
+}
+
+/// Prompt `prompt` of a cached activation, batch axis kept: (1, ...).
+inline cached_activation prompt_activation(const cached_activation& a, const site& s, index_t prompt) {
+    check_cached(a, s, "ablate_hooks::resample");
+    if (prompt < 0 || prompt >= a.shape[0])
+        throw std::invalid_argument("ablate_hooks::resample: prompt " + std::to_string(prompt) + " is outside the " +
+                                    std::to_string(a.shape[0]) + " prompts cached for " + to_string(s));
+    const auto width = static_cast<index_t>(a.values.size()) / a.shape[0];
+    cached_activation one;
+    one.shape = a.shape;
+    one.positions = a.positions;
+    one.shape[0] = 1;
+    one.values.assign(a.values.begin() + prompt * width, a.values.begin() + (prompt + 1) * width);
+    return one;
+}
+
+}  // namespace detail
+
+/// One ablated site: where, which part, and what replaces it (nothing: zeros).
+struct ablation_target {
+    site target;                                  ///< The site.
+    selection selected;                           ///< Positions and heads to ablate (everything by default).
+    std::optional<cached_activation> replacement;  ///< (1, pos | 1, ...) values written in; zeros when empty.
+    bool broadcast_positions = false;             ///< The replacement has one position, used at every position.
+};
+
+/// Ablates chosen sites, heads and positions; owns every replacement value, so the caches it was built from may go.
+/// Positions are absolute (see `selection`), so the same policy works in a full forward and in KV-cache decoding.
+template <kind_set Kinds = kind_set::all_but_result()>
+class ablate_hooks {
+public:
+    /// The kinds this policy can ablate.
+    static constexpr kind_set kinds = Kinds;
+
+    /// Zero ablation: writes 0 into the selected part of `s`.
+    ablate_hooks& zero(const site& s, const selection& where = {}) {
+        detail::check_target<Kinds>(s, where, "ablate_hooks::zero");
+        targets_.push_back({s, where, std::nullopt, false});
+        return *this;
+    }
+    /// Mean ablation: replaces the selected part of `s` by its mean over the prompts of `prompts` (a cache built by
+    /// running a batch of prompts), per position by default (the run's positions must then exist in the cache), or
+    /// also over positions (not allowed for hook_attn_scores / hook_pattern, whose rows are causal).
+    ablate_hooks& mean(const site& s, const activation_cache& prompts, mean_over over = mean_over::batch,
+                       const selection& where = {}) {
+        detail::check_target<Kinds>(s, where, "ablate_hooks::mean");
+        targets_.push_back({s, where, detail::mean_activation(prompts.at(s), s, over),
+                            over == mean_over::batch_and_positions});
+        return *this;
+    }
+    /// Resample ablation: replaces the selected part of `s` by prompt `prompt` of `other` (same shape apart from
+    /// the batch), for every sequence of the run.
+    ablate_hooks& resample(const site& s, const activation_cache& other, index_t prompt = 0,
+                           const selection& where = {}) {
+        detail::check_target<Kinds>(s, where, "ablate_hooks::resample");
+        targets_.push_back({s, where, detail::prompt_activation(other.at(s), s, prompt), false});
+        return *this;
+    }
+    /// Forgets every target.
+    void clear() noexcept { targets_.clear(); }
+    /// The ablated sites, in the order they were added.
+    [[nodiscard]] const std::vector<ablation_target>& targets() const noexcept { return targets_; }
+
+    /// True for kinds in Kinds.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Ablates the selected part of `view` when `s` is a target.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        for (const ablation_target& t : targets_) {
+            if (!(t.target == s)) continue;
+            if (t.replacement) {
+                detail::overwrite_from(view, s, ctx, t.selected, *t.replacement, t.broadcast_positions, "ablate_hooks");
+            } else {
+                const index_t width = view.extent(R - 1), stride = view.stride(R - 1);
+                detail::for_each_selected_row(view, s, ctx, t.selected, [&](const extents<R>&, float* row) {
+                    for (index_t i = 0; i < width; ++i) row[i * stride] = 0.0f;
+                });
+            }
+        }
+    }
+
+private:
+    std::vector<ablation_target> targets_;
+};
+static_assert(hook_policy<ablate_hooks<>>);
+static_assert(hook_policy<ablate_hooks<kind_set::all()>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/ablation.hpp ----
+// ---- begin mechlens/hooks/steering.hpp ----
+/// @file
+/// Activation steering: add alpha * v to chosen sites at chosen positions (and heads).
+
+#include <cstddef>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One steered site: where, which part, and the vector added to every selected row.
+struct steering_target {
+    site target;                ///< The site.
+    selection selected;         ///< Positions and heads to steer (everything by default).
+    std::vector<float> scaled;  ///< alpha * v, as float products: exactly what `x += alpha * v[i]` would add.
+};
+
+/// Adds alpha * v to every selected row of chosen sites; v has the size of the site's last axis (d_model for the
+/// residual stream, d_head for hook_z, d_mlp for mlp.hook_post, ...). Positions are absolute (see `selection`), so
+/// steering during `generate` touches the same positions as steering one full forward over the same tokens.
+template <kind_set Kinds = kind_set::all_but_result()>
+class steer_hooks {
+public:
+    /// The kinds this policy can steer.
+    static constexpr kind_set kinds = Kinds;
+
+    /// Adds alpha * v at `s` (selected positions and heads; everything by default); the vector is copied.
+    steer_hooks& add(const site& s, std::span<const float> v, float alpha = 1.0f, const selection& where = {}) {
+        detail::check_target<Kinds>(s, where, "steer_hooks");
+        if (v.empty()) throw std::invalid_argument("steer_hooks: the steering vector for " + to_string(s) + " is empty");
+        std::vector<float> scaled(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) scaled[i] = alpha * v[i];
+        targets_.push_back({s, where, std::move(scaled)});
+        return *this;
+    }
+    /// Forgets every target.
+    void clear() noexcept { targets_.clear(); }
+    /// The steered sites, in the order they were added.
+    [[nodiscard]] const std::vector<steering_target>& targets() const noexcept { return targets_; }
+
+    /// True for kinds in Kinds.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Adds the scaled vector to the selected rows of `view` when `s` is a target; throws shape_error naming the
+    /// site when the vector's size is not the site's last-axis size.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        for (const steering_target& t : targets_) {
+            if (!(t.target == s)) continue;
+            const index_t width = view.extent(R - 1), stride = view.stride(R - 1);
+            if (static_cast<index_t>(t.scaled.size()) != width)
+                throw shape_error("steer_hooks: the steering vector for " + to_string(s) + " has " +
+                                  std::to_string(t.scaled.size()) + " elements, but the site's last axis has " +
+                                  std::to_string(width) + " (shape " + detail::format_extents(view.shape()) + ")");
+            const float* add = t.scaled.data();
+            detail::for_each_selected_row(view, s, ctx, t.selected, [&](const extents<R>&, float* row) {
+                for (index_t i = 0; i < width; ++i) row[i * stride] += add[i];
+            });
+        }
+    }
+
+private:
+    std::vector<steering_target> targets_;
+};
+static_assert(hook_policy<steer_hooks<>>);
+static_assert(hook_policy<steer_hooks<kind_set::of({site_kind::resid_post})>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/steering.hpp ----
+// ---- begin mechlens/hooks/compose.hpp ----
+/// @file
+/// Composition: several hook policies applied in order at every site, as one policy.
+
+#include <cstddef>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Several policies as one: at each site, every part that wants it runs in order and sees what earlier parts wrote.
+/// A part given as an lvalue is held by reference (read it after the run); a temporary is held by value.
+template <class... Policies>
+class composed_hooks {
+    static_assert((hook_policy<std::remove_cvref_t<Policies>> && ...),
+                  "mechlens::compose: every part must satisfy mechlens::hook_policy");
+    static_assert((!std::is_const_v<std::remove_reference_t<Policies>> && ...),
+                  "mechlens::compose: a part cannot be const, since hooks may change state when they fire");
+
+public:
+    /// Builds the parts from the arguments (use mechlens::compose instead).
+    template <class... Args>
+    explicit composed_hooks(std::in_place_t, Args&&... parts) : parts_(std::forward<Args>(parts)...) {}
+
+    /// The union of what the parts want.
+    static constexpr bool wants(site_kind kind) noexcept {
+        return (std::remove_cvref_t<Policies>::wants(kind) || ...);
+    }
+    /// Hands the activation to each part that wants its kind, in order.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        std::apply([&](auto&... part) { (fire_part(part, s, view, ctx), ...); }, parts_);
+    }
+    /// Part I (a reference to the caller's policy when it was passed as an lvalue).
+    template <std::size_t I>
+    [[nodiscard]] decltype(auto) get() noexcept {
+        return std::get<I>(parts_);
+    }
+
+private:
+    template <class Part, std::size_t R>
+    static void fire_part(Part& part, const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        if (Part::wants(s.kind)) part.on_activation(s, view, ctx);
+    }
+
+    std::tuple<Policies...> parts_;
+};
+
+/// A policy applying `parts` in order at every site; `wants` is the union of theirs.
+template <class... Policies>
+[[nodiscard]] composed_hooks<Policies...> compose(Policies&&... parts) {
+    return composed_hooks<Policies...>(std::in_place, std::forward<Policies>(parts)...);
+}
+
+static_assert(hook_policy<composed_hooks<no_hooks, no_hooks&>>);
+static_assert(!composed_hooks<no_hooks, no_hooks>::wants(site_kind::resid_pre));
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/compose.hpp ----
+// ---- begin mechlens/hooks/dynamic.hpp ----
+/// @file
+/// Dynamic hooks: a run-time registry of callbacks by hook name, with handles and scope guards.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A rank-erased mutable view of one activation, as handed to run-time callbacks; writes reach the forward pass.
+struct activation_view {
+    float* data = nullptr;              ///< Element (0, ..., 0).
+    std::size_t rank = 0;               ///< Number of axes (3 or 4 for hook sites).
+    std::array<index_t, max_rank> shape{};    ///< Extents; axes past `rank` are 0.
+    std::array<index_t, max_rank> strides{};  ///< Strides in elements; axes past `rank` are 0.
+
+    /// An empty view.
+    activation_view() = default;
+    /// Erases the rank of a view.
+    template <std::size_t R>
+    activation_view(tensor_view<float, R> view) noexcept  // NOLINT(google-explicit-constructor)
+        : data(view.data()), rank(R) {
+        for (std::size_t a = 0; a < R; ++a) {
+            shape[a] = view.extent(a);
+            strides[a] = view.stride(a);
+        }
+    }
+    /// The view with its rank back; throws shape_error when the activation's rank is not R.
+    template <std::size_t R>
+    [[nodiscard]] tensor_view<float, R> as() const {
+        if (rank != R)
+            throw shape_error("activation_view: the activation has rank " + std::to_string(rank) + ", not " +
+                              std::to_string(R));
+        extents<R> e{}, s{};
+        for (std::size_t a = 0; a < R; ++a) {
+            e[a] = shape[a];
+            s[a] = strides[a];
+        }
+        return tensor_view<float, R>(data, e, s);
+    }
+    /// Number of elements.
+    [[nodiscard]] index_t size() const noexcept {
+        index_t n = rank ? 1 : 0;
+        for (std::size_t a = 0; a < rank; ++a) n *= shape[a];
+        return n;
+    }
+};
+
+/// A run-time hook: called with the site, its activation (mutable) and the call's context.
+using hook_callback = std::function<void(const site&, activation_view, const hook_context&)>;
+
+/// Identifies one registration (one add(), possibly at many sites); 0 is never issued.
+struct hook_handle {
+    std::uint64_t id = 0;  ///< Registration number.
+    friend constexpr bool operator==(hook_handle, hook_handle) = default;  ///< Same registration.
+};
+
+/// Wraps a compile-time policy (held by reference: it must outlive the callback) as a run-time callback.
+template <class Policy>
+hook_callback as_callback(Policy& policy) {
+    static_assert(hook_policy<Policy>, "mechlens::as_callback: the argument must satisfy mechlens::hook_policy");
+    return [&policy](const site& s, activation_view view, const hook_context& ctx) {
+        if (!Policy::wants(s.kind)) return;
+        if (view.rank == 3)
+            policy.on_activation(s, view.as<3>(), ctx);
+        else
+            policy.on_activation(s, view.as<4>(), ctx);
+    };
+}
+
+namespace detail {
+
+/// The shared state of a dynamic_hooks: callbacks per site slot, plus one "anything here?" byte per slot.
+class dynamic_registry {
+public:
+    /// An empty registry for a model with these hyper-parameters.
+    explicit dynamic_registry(const model_config& config)
+        : config_(config),
+          lists_(static_cast<std::size_t>(config.n_layers + 1) * site_kind_count),
+          active_(lists_.size(), 0) {}
+
+    /// The model's hyper-parameters (used to validate names).
+    [[nodiscard]] const model_config& config() const noexcept { return config_; }
+
+    /// Registers `fn` at every site in `sites`; returns the registration number.
+    std::uint64_t add(const std::vector<site>& sites, hook_callback fn) {
+        auto shared = std::make_shared<hook_callback>(std::move(fn));
+        const std::uint64_t id = next_id_++;
+        for (const site& s : sites) {
+            const std::size_t i = slot(s);
+            if (i >= lists_.size()) throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not in this model");
+        }
+        for (const site& s : sites) {
+            const std::size_t i = slot(s);
+            lists_[i].push_back({id, shared, false});
+            active_[i] = 1;
+        }
+        ++live_;
+        return id;
+    }
+    /// Unregisters one registration at every site; false when it was not registered. Safe inside a callback.
+    bool remove(std::uint64_t id) noexcept {
+        bool found = false;
+        for (std::size_t i = 0; i < lists_.size(); ++i)
+            for (entry& e : lists_[i])
+                if (e.id == id && !e.dead) {
+                    e.dead = true;
+                    found = true;
+                }
+        if (found) --live_;
+        if (firing_ == 0) sweep();
+        return found;
+    }
+    /// Unregisters everything. Safe inside a callback.
+    void clear() noexcept {
+        for (auto& list : lists_)
+            for (entry& e : list) e.dead = true;
+        live_ = 0;
+        if (firing_ == 0) sweep();
+    }
+    /// Number of live registrations.
+    [[nodiscard]] std::size_t size() const noexcept { return live_; }
+
+    /// The slot of a site, or an index past the table for sites outside the model.
+    [[nodiscard]] std::size_t slot(const site& s) const noexcept {
+        const index_t row = is_block_site(s.kind) ? (s.layer >= 0 ? s.layer + 1 : config_.n_layers + 1) : 0;
+        return static_cast<std::size_t>(row) * site_kind_count + static_cast<std::size_t>(s.kind);
+    }
+    /// True when something is registered at slot `i` (false for slots outside the table).
+    [[nodiscard]] bool active(std::size_t i) const noexcept { return i < active_.size() && active_[i] != 0; }
+
+    /// Calls the callbacks of slot `i` in registration order; ones added meanwhile wait for the next call.
+    void fire(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
+        struct depth_guard {
+            dynamic_registry& r;
+            explicit depth_guard(dynamic_registry& registry) : r(registry) { ++r.firing_; }
+            ~depth_guard() {
+                if (--r.firing_ == 0) r.sweep();
+            }
+            depth_guard(const depth_guard&) = delete;
+            depth_guard& operator=(const depth_guard&) = delete;
+        } guard(*this);
+        const std::size_t count = lists_[i].size();
+        for (std::size_t k = 0; k < count; ++k) {
+            if (lists_[i][k].dead) continue;
+            hook_callback* fn = lists_[i][k].fn.get();  // stays alive: dead entries are only swept after firing
+            (*fn)(s, view, ctx);
+        }
+    }
+
+private:
+    struct entry {
+        std::uint64_t id;
+        std::shared_ptr<hook_callback> fn;  // shared by every site of one registration: one callback state
+        bool dead;
+    };
+    void sweep() noexcept {
+        for (std::size_t i = 0; i < lists_.size(); ++i) {
+            auto& list = lists_[i];
+            std::erase_if(list, [](const entry& e) { return e.dead; });
+            active_[i] = list.empty() ? 0 : 1;
+        }
+    }
+
+    model_config config_;
+    std::vector<std::vector<entry>> lists_;  // (n_layers + 1) * site_kind_count slots; row 0 holds global sites
+    std::vector<unsigned char> active_;      // one byte per slot: the only thing read when nothing is registered
+    std::uint64_t next_id_ = 1;
+    std::size_t live_ = 0;
+    int firing_ = 0;
+};
+
+}  // namespace detail
+
+/// Removes its hooks when it goes out of scope, like `with model.hooks(...)`; movable, not copyable.
+class scoped_hooks {
+public:
+    /// A guard that guards nothing.
+    scoped_hooks() = default;
+    /// Guards registration `handle` of `registry`.
+    scoped_hooks(std::weak_ptr<detail::dynamic_registry> registry, hook_handle handle) noexcept
+        : registry_(std::move(registry)), handle_(handle) {}
+    /// Takes over another guard's hooks.
+    scoped_hooks(scoped_hooks&& other) noexcept
+        : registry_(std::move(other.registry_)), handle_(std::exchange(other.handle_, hook_handle{})) {}
+    /// Removes this guard's hooks, then takes over the other's.
+    scoped_hooks& operator=(scoped_hooks&& other) noexcept {
+        if (this != &other) {
+            reset();
+            registry_ = std::move(other.registry_);
+            handle_ = std::exchange(other.handle_, hook_handle{});
+        }
+        return *this;
+    }
+    scoped_hooks(const scoped_hooks&) = delete;             ///< One owner per registration.
+    scoped_hooks& operator=(const scoped_hooks&) = delete;  ///< One owner per registration.
+    /// Removes the hooks (a no-op when the registry is already gone).
+    ~scoped_hooks() { reset(); }
+
+    /// Removes the hooks now.
+    void reset() noexcept {
+        if (auto registry = registry_.lock(); registry && handle_.id != 0) registry->remove(handle_.id);
+        registry_.reset();
+        handle_ = {};
+    }
+    /// Keeps the hooks registered and returns their handle; the guard then guards nothing.
+    hook_handle release() noexcept {
+        registry_.reset();
+        return std::exchange(handle_, hook_handle{});
+    }
+    /// The guarded registration.
+    [[nodiscard]] hook_handle handle() const noexcept { return handle_; }
+
+private:
+    std::weak_ptr<detail::dynamic_registry> registry_;
+    hook_handle handle_;
+};
+
+/// A hook policy whose callbacks are registered at run time by TransformerLens name or glob. Its `wants` is every
+/// kind in `Kinds` (all kinds by default), so each site costs one check of a per-site byte when nothing is
+/// registered there. With `Kinds` = all(), attn.hook_result is always computed; use
+/// `basic_dynamic_hooks<kind_set::all_but_result()>` to skip it. Copies share one registry (like a handle).
+/// Not thread-safe: register and run from one thread at a time.
+template <kind_set Kinds = kind_set::all()>
+class basic_dynamic_hooks {
+public:
+    /// The kinds that fire.
+    static constexpr kind_set kinds = Kinds;
+
+    /// An empty registry for a model with these hyper-parameters (names are validated against them).
+    explicit basic_dynamic_hooks(const model_config& config)
+        : registry_(std::make_shared<detail::dynamic_registry>(config)) {}
+    basic_dynamic_hooks(const basic_dynamic_hooks&) = default;             ///< Shares the registry.
+    basic_dynamic_hooks& operator=(const basic_dynamic_hooks&) = default;  ///< Shares the registry.
+    ~basic_dynamic_hooks() = default;
+
+    /// Registers `fn` at every site matching `names` (comma-separated names or globs such as
+    /// `blocks.*.hook_resid_post`); throws unknown_hook_error, with suggestions, when a pattern matches nothing.
+    hook_handle add(std::string_view names, hook_callback fn) {
+        std::vector<site> sites = match_sites(names, registry_->config());
+        std::erase_if(sites, [](const site& s) { return !Kinds.contains(s.kind); });
+        if (sites.empty())
+            throw std::invalid_argument("dynamic_hooks: '" + std::string(names) +
+                                        "' matches only site kinds outside this policy's kind_set");
+        return add_sites(sites, std::move(fn));
+    }
+    /// Registers `fn` at one site; throws std::invalid_argument when the site is not in the model or its kind is
+    /// not in Kinds.
+    hook_handle add(const site& s, hook_callback fn) {
+        const model_config& c = registry_->config();
+        if (is_block_site(s.kind) ? (s.layer < 0 || s.layer >= c.n_layers) : s.layer != -1)
+            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not a site of this model (" +
+                                        std::to_string(c.n_layers) + " layers)");
+        if (!Kinds.contains(s.kind))
+            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is outside this policy's kind_set");
+        return add_sites({s}, std::move(fn));
+    }
+    /// Like add(), returning a guard that removes the callback when it goes out of scope.
+    [[nodiscard]] scoped_hooks scoped(std::string_view names, hook_callback fn) {
+        return scoped_hooks(registry_, add(names, std::move(fn)));
+    }
+    /// Like add(site), returning a guard that removes the callback when it goes out of scope.
+    [[nodiscard]] scoped_hooks scoped(const site& s, hook_callback fn) {
+        return scoped_hooks(registry_, add(s, std::move(fn)));
+    }
+    /// Unregisters `handle` everywhere; false when it was not registered. Safe inside a callback.
+    bool remove(hook_handle handle) noexcept { return registry_->remove(handle.id); }
+    /// Unregisters everything. Safe inside a callback.
+    void clear() noexcept { registry_->clear(); }
+    /// Number of live registrations.
+    [[nodiscard]] std::size_t size() const noexcept { return registry_->size(); }
+    /// True when nothing is registered.
+    [[nodiscard]] bool empty() const noexcept { return registry_->size() == 0; }
+
+    /// Every kind in Kinds: what fires is only known at run time.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Calls the callbacks registered at `s`, if any.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+        detail::dynamic_registry& registry = *registry_;
+        const std::size_t i = registry.slot(s);
+        if (!registry.active(i)) return;
+        registry.fire(i, s, activation_view(view), ctx);
+    }
+
+private:
+    hook_handle add_sites(const std::vector<site>& sites, hook_callback fn) {
+        if (!fn) throw std::invalid_argument("dynamic_hooks: the callback is empty");
+        return hook_handle{registry_->add(sites, std::move(fn))};
+    }
+
+    std::shared_ptr<detail::dynamic_registry> registry_;  // never null: copies share it, nothing moves it out
+};
+
+/// Run-time hooks at every site kind, attn.hook_result included.
+using dynamic_hooks = basic_dynamic_hooks<>;
+static_assert(hook_policy<dynamic_hooks>);
+static_assert(hook_policy<basic_dynamic_hooks<kind_set::all_but_result()>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/dynamic.hpp ----
+// ---- end mechlens/hooks/interventions.hpp ----
+// ---- end mechlens/hooks.hpp ----
+// ---- begin mechlens/model.hpp ----
+/// @file
+/// The LLaMA-family transformer: config, weights, forward pass, KV cache, sampling, generation.
+
 // ---- begin mechlens/model/weights.hpp ----
 /// @file
 /// Model weights as non-owning views, plus the storage that keeps them alive.
@@ -2802,118 +5490,6 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy arrays.
 
-// ---- begin mechlens/io/byte_reader.hpp ----
-/// @file
-/// A bounds-checked little-endian cursor over untrusted bytes, and overflow-checked size arithmetic.
-
-#include <bit>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <string>
-#include <string_view>
-#include <type_traits>
-#include <utility>
-
-
-MECHLENS_BEGIN_NAMESPACE
-namespace detail {
-
-// The loaders view file bytes as host floats and integers in place; that is only right on little-endian hosts.
-static_assert(std::endian::native == std::endian::little, "mechlens: the file loaders need a little-endian host");
-
-/// Throws format_error "`where`: `problem`".
-[[noreturn]] inline void format_fail(const std::string& where, const std::string& problem) {
-    throw format_error(where + ": " + problem);
-}
-
-/// `a * b`, or format_error naming `what` when the product does not fit in 64 bits.
-inline std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
-    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a)
-        format_fail(where, "size of " + std::string(what) + " overflows (" + std::to_string(a) + " * " +
-                               std::to_string(b) + ")");
-    return a * b;
-}
-
-/// `a + b`, or format_error naming `what` when the sum does not fit in 64 bits.
-inline std::uint64_t checked_add(std::uint64_t a, std::uint64_t b, const std::string& where, std::string_view what) {
-    if (b > std::numeric_limits<std::uint64_t>::max() - a)
-        format_fail(where, "offset of " + std::string(what) + " overflows (" + std::to_string(a) + " + " +
-                               std::to_string(b) + ")");
-    return a + b;
-}
-
-/// A cursor over `size` bytes that never reads past the end: every read names what it reads, and running out
-/// throws format_error "`where`: truncated: ...".
-class byte_reader {
-public:
-    /// A cursor at offset 0 of `size` bytes at `data`; `where` (usually the file path) prefixes every error.
-    byte_reader(const std::byte* data, std::size_t size, std::string where)
-        : data_(data), size_(size), where_(std::move(where)) {}
-
-    /// Offset of the next byte to read.
-    [[nodiscard]] std::size_t position() const noexcept { return pos_; }
-    /// Total number of bytes.
-    [[nodiscard]] std::size_t size() const noexcept { return size_; }
-    /// Bytes left after the cursor.
-    [[nodiscard]] std::size_t remaining() const noexcept { return size_ - pos_; }
-    /// The error prefix (usually the file path).
-    [[nodiscard]] const std::string& where() const noexcept { return where_; }
-
-    /// Throws format_error "`where`: `problem`".
-    [[noreturn]] void fail(const std::string& problem) const { format_fail(where_, problem); }
-
-    /// Throws the "truncated" error unless `n` more bytes are available for `what`.
-    void require(std::uint64_t n, std::string_view what) const {
-        if (n > remaining())
-            fail("truncated: " + std::string(what) + " needs " + std::to_string(n) + " bytes at offset " +
-                 std::to_string(pos_) + ", but the file has " + std::to_string(size_) + " bytes");
-    }
-
-    /// Reads one little-endian arithmetic value.
-    template <class T>
-    T read(std::string_view what) {
-        static_assert(std::is_arithmetic_v<T>, "mechlens: byte_reader reads arithmetic types only");
-        require(sizeof(T), what);
-        T value{};
-        std::memcpy(&value, data_ + pos_, sizeof(T));  // memcpy: the cursor position need not be aligned
-        pos_ += sizeof(T);
-        return value;
-    }
-
-    /// Returns a pointer to the next `n` bytes and moves past them.
-    const std::byte* take(std::uint64_t n, std::string_view what) {
-        require(n, what);
-        const std::byte* p = data_ + pos_;
-        pos_ += static_cast<std::size_t>(n);
-        return p;
-    }
-
-    /// Reads `n` bytes as a string.
-    std::string read_string(std::uint64_t n, std::string_view what) {
-        const std::byte* p = take(n, what);
-        return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
-    }
-
-    /// Moves the cursor to `offset`, which must not lie beyond the end.
-    void seek(std::uint64_t offset, std::string_view what) {
-        if (offset > size_)
-            fail("truncated: " + std::string(what) + " starts at offset " + std::to_string(offset) +
-                 ", but the file has " + std::to_string(size_) + " bytes");
-        pos_ = static_cast<std::size_t>(offset);
-    }
-
-private:
-    const std::byte* data_;
-    std::size_t size_;
-    std::size_t pos_ = 0;
-    std::string where_;
-};
-
-}  // namespace detail
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/io/byte_reader.hpp ----
 // ---- begin mechlens/io/gguf.hpp ----
 /// @file
 /// A validating parser for GGUF v2/v3 headers: typed metadata, tensor infos and where each tensor's bytes lie.
@@ -2930,158 +5506,6 @@ MECHLENS_END_NAMESPACE
 #include <variant>
 #include <vector>
 
-// ---- begin mechlens/io/mapped_file.hpp ----
-/// @file
-/// A read-only memory mapping of a whole file, so weights can be viewed in place instead of copied.
-
-#include <cerrno>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <memory>
-#include <string>
-#include <utility>
-
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#define MECHLENS_HAS_MMAP 1
-#else
-#include <fstream>
-#include <vector>
-#define MECHLENS_HAS_MMAP 0
-#endif
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// A whole file mapped read-only (MAP_PRIVATE, PROT_READ); move-only; unmapped on destruction.
-///
-/// Another process truncating the file while it is mapped makes later reads fault (SIGBUS): that is the price
-/// of zero-copy loading, and the loaders only map files they then treat as read-only.
-class mapped_file {
-public:
-    /// Maps `path`; throws format_error naming the file when it is missing, not a regular file, empty or unmappable.
-    static std::shared_ptr<const mapped_file> open(const std::filesystem::path& path) {
-        return std::make_shared<const mapped_file>(mapped_file(path));
-    }
-
-    /// Maps `path`; prefer open(), which shares the mapping with every view made from it.
-    explicit mapped_file(const std::filesystem::path& path) : path_(path) { map(); }
-
-    mapped_file(const mapped_file&) = delete;             ///< A mapping has one owner.
-    mapped_file& operator=(const mapped_file&) = delete;  ///< A mapping has one owner.
-    /// Takes over the mapping; `other` becomes empty.
-    mapped_file(mapped_file&& other) noexcept
-        : path_(std::move(other.path_)),
-          data_(std::exchange(other.data_, nullptr)),
-          size_(std::exchange(other.size_, 0))
-#if !MECHLENS_HAS_MMAP
-          ,
-          buffer_(std::move(other.buffer_))
-#endif
-    {
-    }
-    /// Releases the current mapping and takes over `other`'s.
-    mapped_file& operator=(mapped_file&& other) noexcept {
-        if (this != &other) {
-            unmap();
-            path_ = std::move(other.path_);
-            data_ = std::exchange(other.data_, nullptr);
-            size_ = std::exchange(other.size_, 0);
-#if !MECHLENS_HAS_MMAP
-            buffer_ = std::move(other.buffer_);
-#endif
-        }
-        return *this;
-    }
-    /// Unmaps the file.
-    ~mapped_file() { unmap(); }
-
-    /// First byte of the file (page-aligned), or null after a move.
-    [[nodiscard]] const std::byte* data() const noexcept { return data_; }
-    /// Size of the file in bytes.
-    [[nodiscard]] std::size_t size() const noexcept { return size_; }
-    /// The path the file was opened with.
-    [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-    /// True when the `bytes` bytes starting at `p` lie entirely inside the mapping.
-    [[nodiscard]] bool contains(const void* p, std::size_t bytes) const noexcept {
-        // Integer addresses: ordering pointers into different objects with < is unspecified.
-        const auto begin = reinterpret_cast<std::uintptr_t>(data_), q = reinterpret_cast<std::uintptr_t>(p);
-        if (data_ == nullptr || q < begin || q - begin > size_) return false;
-        return bytes <= size_ - (q - begin);
-    }
-
-private:
-    [[noreturn]] void fail(const std::string& problem) const { throw format_error(path_.string() + ": " + problem); }
-
-#if MECHLENS_HAS_MMAP
-    void map() {
-        const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) fail(std::string("cannot open: ") + std::strerror(errno));
-        struct ::stat st {};
-        if (::fstat(fd, &st) != 0) {
-            const int err = errno;
-            ::close(fd);
-            fail(std::string("cannot stat: ") + std::strerror(err));
-        }
-        if (!S_ISREG(st.st_mode)) {
-            ::close(fd);
-            fail(S_ISDIR(st.st_mode) ? "is a directory, not a file" : "is not a regular file");
-        }
-        if (st.st_size <= 0) {
-            ::close(fd);
-            fail("empty file");  // mmap of 0 bytes is an error (EINVAL), and nothing could be read anyway
-        }
-        const auto bytes = static_cast<std::size_t>(st.st_size);
-        void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-        const int err = errno;
-        ::close(fd);  // the mapping keeps its own reference to the file
-        if (p == MAP_FAILED) fail(std::string("cannot mmap: ") + std::strerror(err));
-        data_ = static_cast<const std::byte*>(p);
-        size_ = bytes;
-    }
-    void unmap() noexcept {
-        if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);  // NOLINT: munmap takes void*
-        data_ = nullptr;
-        size_ = 0;
-    }
-#else
-    // Without POSIX mmap the file is read into memory; the interface and the error messages stay the same.
-    void map() {
-        std::error_code ec;
-        if (!std::filesystem::exists(path_, ec)) fail("cannot open: no such file");
-        if (std::filesystem::is_directory(path_, ec)) fail("is a directory, not a file");
-        std::ifstream in(path_, std::ios::binary | std::ios::ate);
-        if (!in) fail("cannot open");
-        const auto end = in.tellg();
-        if (end <= 0) fail("empty file");
-        buffer_.resize(static_cast<std::size_t>(end));
-        in.seekg(0);
-        if (!in.read(reinterpret_cast<char*>(buffer_.data()), static_cast<std::streamsize>(buffer_.size())))
-            fail("cannot read");
-        data_ = buffer_.data();
-        size_ = buffer_.size();
-    }
-    void unmap() noexcept {
-        data_ = nullptr;
-        size_ = 0;
-    }
-#endif
-
-    std::filesystem::path path_;
-    const std::byte* data_ = nullptr;
-    std::size_t size_ = 0;
-#if !MECHLENS_HAS_MMAP
-    std::vector<std::byte> buffer_;
-#endif
-};
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/io/mapped_file.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -3945,301 +6369,5 @@ inline loaded_model load_model(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/load.hpp ----
-// ---- begin mechlens/io/npy.hpp ----
-/// @file
-/// NumPy `.npy` files (format 1.0/2.0, little-endian, C order): write float/int arrays, read them back as float.
-
-#include <array>
-#include <cctype>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <limits>
-#include <string>
-#include <string_view>
-#include <type_traits>
-#include <vector>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// An array read from a `.npy` file, converted to float.
-struct npy_array {
-    std::vector<index_t> shape;  ///< Extents, outermost first (C order); empty for a 0-d array.
-    std::vector<float> data;     ///< Elements in C (row-major) order; size is the product of `shape`.
-};
-
-namespace detail {
-
-/// The NumPy dtype string of a supported element type.
-template <class T>
-constexpr const char* npy_descr() {
-    if constexpr (std::is_same_v<T, float>)
-        return "<f4";
-    else if constexpr (std::is_same_v<T, double>)
-        return "<f8";
-    else if constexpr (std::is_same_v<T, std::int32_t>)
-        return "<i4";
-    else if constexpr (std::is_same_v<T, std::int64_t>)
-        return "<i8";
-    else
-        static_assert(sizeof(T) == 0, "mechlens: write_npy supports float, double, int32 and int64 elements");
-}
-
-/// Everything before the data: magic, version, header length and the padded header dict, as NumPy writes it.
-inline std::string npy_prefix(const char* descr, const std::vector<index_t>& shape) {
-    std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
-    for (std::size_t i = 0; i < shape.size(); ++i) dict += (i ? ", " : "") + std::to_string(shape[i]);
-    dict += shape.size() == 1 ? ",), }" : "), }";
-    // Pad with spaces and end with '\n' so that the data starts at a multiple of 64 bytes (format 1.0: 10-byte
-    // preamble; 2.0, needed past 65535 header bytes: 12).
-    std::size_t preamble = 10;
-    std::size_t header = dict.size() + 1;
-    header += 64 - (preamble + header) % 64;
-    std::uint8_t major = 1;
-    if (header > 65535) {
-        preamble = 12;
-        major = 2;
-        header = dict.size() + 1;
-        header += 64 - (preamble + header) % 64;
-    }
-    std::string out("\x93NUMPY", 6);
-    out += static_cast<char>(major);
-    out += '\0';
-    for (std::size_t i = 0; i < preamble - 8; ++i) out += static_cast<char>((header >> (8 * i)) & 0xffu);
-    out += dict;
-    out.append(header - dict.size() - 1, ' ');
-    out += '\n';
-    return out;
-}
-
-/// Writes prefix and `bytes` bytes of data to `path`; throws format_error naming the file on I/O failure.
-inline void write_npy_bytes(const std::filesystem::path& path, const std::string& prefix, const void* data,
-                            std::size_t bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) format_fail(path.string(), "cannot open for writing");
-    out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
-    if (bytes > 0) out.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
-    out.close();
-    if (!out) format_fail(path.string(), "write failed");
-}
-
-/// Element count of `shape`; throws std::invalid_argument on negative extents or overflow.
-inline index_t npy_element_count(const std::vector<index_t>& shape) {
-    index_t count = 1;
-    for (index_t e : shape) {
-        if (e < 0) throw std::invalid_argument("write_npy: negative extent " + std::to_string(e));
-        if (e != 0 && count > std::numeric_limits<index_t>::max() / e)
-            throw std::invalid_argument("write_npy: element count overflows");
-        count *= e;
-    }
-    return count;
-}
-
-/// A cursor over the Python-literal header dict of a .npy file.
-class npy_header_parser {
-public:
-    /// Parses `text`; failures go through `reader` (which names the file).
-    npy_header_parser(std::string_view text, const byte_reader& reader) : s_(text), r_(reader) {}
-
-    /// Reads the dict into descr, fortran_order and shape; throws format_error on anything else.
-    void parse(std::string& descr, bool& fortran_order, std::vector<index_t>& shape) {
-        bool seen[3] = {false, false, false};
-        expect('{');
-        while (true) {
-            skip_space();
-            if (peek() == '}') break;
-            const std::string key = string_literal();
-            expect(':');
-            skip_space();
-            if (key == "descr") {
-                if (peek() != '\'' && peek() != '"') fail("descr is not a simple dtype string (structured arrays?)");
-                descr = string_literal();
-                seen[0] = true;
-            } else if (key == "fortran_order") {
-                fortran_order = boolean_literal();
-                seen[1] = true;
-            } else if (key == "shape") {
-                shape = tuple_literal();
-                seen[2] = true;
-            } else {
-                fail("unexpected key '" + key + "'");
-            }
-            skip_space();
-            if (peek() == ',')
-                ++pos_;
-            else if (peek() != '}')
-                fail("expected ',' or '}'");
-        }
-        ++pos_;
-        while (pos_ < s_.size())
-            if (!std::isspace(static_cast<unsigned char>(s_[pos_++]))) fail("text after the dict");
-        if (!seen[0] || !seen[1] || !seen[2]) fail("missing 'descr', 'fortran_order' or 'shape'");
-    }
-
-private:
-    [[noreturn]] void fail(const std::string& problem) const { r_.fail("malformed .npy header: " + problem); }
-    char peek() const { return pos_ < s_.size() ? s_[pos_] : '\0'; }
-    void skip_space() {
-        while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
-    }
-    void expect(char c) {
-        skip_space();
-        if (peek() != c) fail(std::string("expected '") + c + "'");
-        ++pos_;
-    }
-    std::string string_literal() {
-        skip_space();
-        const char quote = peek();
-        if (quote != '\'' && quote != '"') fail("expected a quoted string");
-        const std::size_t end = s_.find(quote, pos_ + 1);
-        if (end == std::string_view::npos) fail("unterminated string");
-        std::string out(s_.substr(pos_ + 1, end - pos_ - 1));
-        pos_ = end + 1;
-        return out;
-    }
-    bool boolean_literal() {
-        if (s_.substr(pos_, 4) == "True") {
-            pos_ += 4;
-            return true;
-        }
-        if (s_.substr(pos_, 5) == "False") {
-            pos_ += 5;
-            return false;
-        }
-        fail("fortran_order is neither True nor False");
-    }
-    std::vector<index_t> tuple_literal() {
-        expect('(');
-        std::vector<index_t> out;
-        while (true) {
-            skip_space();
-            if (peek() == ')') break;
-            if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("shape holds something other than integers");
-            index_t v = 0;
-            while (std::isdigit(static_cast<unsigned char>(peek()))) {
-                if (v > (std::numeric_limits<index_t>::max() - 9) / 10) fail("shape extent too large");
-                v = v * 10 + (s_[pos_++] - '0');
-            }
-            if (peek() == 'L') ++pos_;  // Python 2 long literals
-            out.push_back(v);
-            if (out.size() > 32) fail("more than 32 dimensions");
-            skip_space();
-            if (peek() == ',')
-                ++pos_;
-            else if (peek() != ')')
-                fail("expected ',' or ')' in shape");
-        }
-        ++pos_;
-        return out;
-    }
-
-    std::string_view s_;
-    const byte_reader& r_;
-    std::size_t pos_ = 0;
-};
-
-/// Converts `count` little-endian elements of type T at `bytes` to float.
-template <class T>
-void npy_convert(const std::byte* bytes, std::size_t count, std::vector<float>& out) {
-    out.resize(count);
-    for (std::size_t i = 0; i < count; ++i) {
-        T v{};
-        std::memcpy(&v, bytes + i * sizeof(T), sizeof(T));
-        out[i] = static_cast<float>(v);  // narrowing by design; f8 beyond float range becomes inf (IEEE)
-    }
-}
-
-}  // namespace detail
-
-/// Writes `shape`-d float32 data in C order as a NumPy '<f4' array (format 1.0, or 2.0 for huge headers).
-inline void write_npy(const std::filesystem::path& path, const float* data, const std::vector<index_t>& shape) {
-    const index_t count = detail::npy_element_count(shape);
-    if (count > 0 && data == nullptr) throw std::invalid_argument("write_npy: null data for a non-empty array");
-    detail::write_npy_bytes(path, detail::npy_prefix("<f4", shape), data,
-                            static_cast<std::size_t>(count) * sizeof(float));
-}
-
-/// Writes a (possibly strided) view in C order; T is float, double, int32 or int64 (const or not).
-template <class T, std::size_t Rank>
-void write_npy(const std::filesystem::path& path, const tensor_view<T, Rank>& view) {
-    using element = std::remove_const_t<T>;
-    const std::vector<index_t> shape(view.shape().begin(), view.shape().end());
-    std::vector<element> dense(static_cast<std::size_t>(view.size()));
-    if (!dense.empty()) {
-        // Walk the indices in row-major order (an odometer), so any strides work.
-        std::array<index_t, Rank> idx{};
-        for (element& out : dense) {
-            index_t offset = 0;
-            for (std::size_t a = 0; a < Rank; ++a) offset += idx[a] * view.stride(a);
-            out = view.data()[offset];
-            for (std::size_t a = Rank; a-- > 0;) {
-                if (++idx[a] < view.extent(a)) break;
-                idx[a] = 0;
-            }
-        }
-    }
-    detail::write_npy_bytes(path, detail::npy_prefix(detail::npy_descr<element>(), shape), dense.data(),
-                            dense.size() * sizeof(element));
-}
-
-/// Writes an owning tensor; see the view overload.
-template <class T, std::size_t Rank>
-void write_npy(const std::filesystem::path& path, const tensor<T, Rank>& t) {
-    write_npy(path, t.view());
-}
-
-/// Reads a .npy file of dtype '<f4', '<f8', '<i4' or '<i8' (converted to float); throws format_error naming the file
-/// for any other dtype, fortran_order True, bad magic, an unsupported version, a malformed header or truncated data.
-inline npy_array read_npy(const std::filesystem::path& path) {
-    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    detail::byte_reader r(file->data(), file->size(), path.string());
-    if (file->size() < 6 || std::memcmp(file->data(), "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
-    r.take(6, "magic");
-    const auto major = r.read<std::uint8_t>("version");
-    const auto minor = r.read<std::uint8_t>("version");
-    std::uint64_t header_length = 0;
-    if (major == 1 && minor == 0)
-        header_length = r.read<std::uint16_t>("header length");
-    else if ((major == 2 || major == 3) && minor == 0)
-        header_length = r.read<std::uint32_t>("header length");
-    else
-        r.fail("unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor));
-    const std::string header = r.read_string(header_length, "header");
-
-    std::string descr;
-    bool fortran_order = false;
-    npy_array out;
-    detail::npy_header_parser(header, r).parse(descr, fortran_order, out.shape);
-    if (fortran_order) r.fail("fortran_order True arrays are not supported (save C-ordered arrays)");
-    std::size_t item = 0;
-    if (descr == "<f4" || descr == "<i4")
-        item = 4;
-    else if (descr == "<f8" || descr == "<i8")
-        item = 8;
-    else
-        r.fail("unsupported dtype '" + descr + "' (only <f4, <f8, <i4, <i8)");
-
-    std::uint64_t count = 1;
-    for (index_t e : out.shape)
-        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), "array");
-    const std::uint64_t bytes = detail::checked_mul(count, item, path.string(), "array data");
-    const std::byte* data = r.take(bytes, "array data");  // fits in the file, hence in size_t
-    const auto n = static_cast<std::size_t>(count);
-    if (descr == "<f4")
-        detail::npy_convert<float>(data, n, out.data);
-    else if (descr == "<f8")
-        detail::npy_convert<double>(data, n, out.data);
-    else if (descr == "<i4")
-        detail::npy_convert<std::int32_t>(data, n, out.data);
-    else
-        detail::npy_convert<std::int64_t>(data, n, out.data);
-    return out;
-}
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/io/npy.hpp ----
 // ---- end mechlens/io.hpp ----
 // ---- end mechlens/mechlens.hpp ----

@@ -11,9 +11,17 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 #include <utility>
 
 #include "mechlens/kernels/simd.hpp"
+
+#if defined(__GNUC__)
+/// Forces inlining of the tile's small lambdas; without it GCC may keep the accumulators in memory.
+#define MECHLENS_TILE_INLINE __attribute__((always_inline))
+#else
+#define MECHLENS_TILE_INLINE
+#endif
 
 MECHLENS_BEGIN_NAMESPACE
 namespace kernels {
@@ -38,6 +46,15 @@ struct gemm_operands {
     bool accumulate;         ///< y += x w^T instead of y = x w^T.
 };
 
+/// Calls f(integral_constant<index_t, I>) for I = 0 .. N-1, unrolled at compile time: the tile's accumulator arrays
+/// are indexed by constants only, so the compiler keeps them in registers even at -O2.
+template <index_t N, class F>
+MECHLENS_TILE_INLINE inline void unrolled(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) MECHLENS_TILE_INLINE {
+        (f(std::integral_constant<index_t, static_cast<index_t>(I)>{}), ...);
+    }(std::make_index_sequence<static_cast<std::size_t>(N)>{});
+}
+
 /// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
 /// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
 template <index_t RM, index_t RN>
@@ -46,35 +63,34 @@ inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept 
     float_batch acc[rows][outputs];
     const float* x[rows];
     const float* w[outputs];
-    for (index_t i = 0; i < RM; ++i) x[i] = op.x + (r0 + i) * op.x_stride;
-    for (index_t j = 0; j < RN; ++j) w[j] = op.w + (o0 + j) * op.w_stride;
-    for (index_t i = 0; i < RM; ++i)
-        for (index_t j = 0; j < RN; ++j) acc[i][j] = float_batch(0.0f);
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { x[i] = op.x + (r0 + i) * op.x_stride; });
+    unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE { w[j] = op.w + (o0 + j) * op.w_stride; });
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE { acc[i][j] = float_batch(0.0f); }); });
+    const auto step = [&](auto&& load_x, auto&& load_w) MECHLENS_TILE_INLINE {
+        float_batch xv[rows];
+        unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { xv[i] = load_x(x[i]); });
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+            const float_batch wv = load_w(w[j]);
+            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]); });
+        });
+    };
     index_t k = 0;
     for (; k + simd_width <= op.depth; k += simd_width) {
-        float_batch xv[rows];
-        for (index_t i = 0; i < RM; ++i) xv[i] = float_batch::load_unaligned(x[i] + k);
-        for (index_t j = 0; j < RN; ++j) {
-            const float_batch wv = float_batch::load_unaligned(w[j] + k);
-            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
-        }
+        const auto load = [k](const float* p) MECHLENS_TILE_INLINE { return float_batch::load_unaligned(p + k); };
+        step(load, load);
     }
     if (k < op.depth) {
         const index_t tail = op.depth - k;
-        float_batch xv[rows];
-        for (index_t i = 0; i < RM; ++i) xv[i] = load_partial(x[i] + k, tail, 0.0f);
-        for (index_t j = 0; j < RN; ++j) {
-            const float_batch wv = load_partial(w[j] + k, tail, 0.0f);
-            for (index_t i = 0; i < RM; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
-        }
+        const auto load = [k, tail](const float* p) MECHLENS_TILE_INLINE { return load_partial(p + k, tail, 0.0f); };
+        step(load, load);
     }
-    for (index_t i = 0; i < RM; ++i) {
+    unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE {
         float* y = op.y + (r0 + i) * op.y_stride + o0;
-        for (index_t j = 0; j < RN; ++j) {
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             const float sum = xsimd::hadd(acc[i][j]);
             y[j] = op.accumulate ? y[j] + sum : sum;
-        }
-    }
+        });
+    });
 }
 
 /// Runs the tile of the given (possibly partial) size; every combination up to the full tile is instantiated.
