@@ -10,3 +10,4 @@
 #include "mechlens/io/loader_storage.hpp"
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/io/npy.hpp"
+#include "mechlens/io/safetensors.hpp"

@@ -2146,7 +2146,10 @@ inline unknown_hook_error make_unknown_hook_error(const std::string& problem, st
 /// Quotes a user-supplied name for an error message, cut short so one bad argument cannot flood a log.
 inline std::string quote_name(std::string_view name) {
     constexpr std::size_t longest = 200;
-    return "'" + std::string(name.substr(0, longest)) + (name.size() > longest ? "...'" : "'");
+    std::string out = "'";
+    out += name.substr(0, longest);
+    out += name.size() > longest ? "...'" : "'";
+    return out;
 }
 
 }  // namespace detail
@@ -3161,7 +3164,10 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
         header += "\"__metadata__\":{";
         bool first = true;
         for (const auto& [key, value] : metadata) {
-            header += (first ? "" : ",") + detail::json_quote(key) + ":" + detail::json_quote(value);
+            if (!first) header += ',';
+            header += detail::json_quote(key);
+            header += ':';
+            header += detail::json_quote(value);
             first = false;
         }
         header += "}";
@@ -3178,13 +3184,16 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
         for (index_t e : t.shape) {
             if (e < 0) throw std::invalid_argument("write_safetensors: negative extent in '" + t.name + "'");
             count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), t.name);
-            shape += (shape.empty() ? "" : ",") + std::to_string(e);
+            if (!shape.empty()) shape += ',';
+            shape += std::to_string(e);
         }
         if (count > 0 && t.data == nullptr)
             throw std::invalid_argument("write_safetensors: null data for tensor '" + t.name + "'");
         const std::uint64_t end = detail::checked_add(offset, count * sizeof(float), path.string(), t.name);
-        header += (header.size() > 1 ? "," : "") + detail::json_quote(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" +
-                  shape + "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
+        if (header.size() > 1) header += ',';
+        header += detail::json_quote(t.name);
+        header += ":{\"dtype\":\"F32\",\"shape\":[" + shape + "],\"data_offsets\":[" + std::to_string(offset) + "," +
+                  std::to_string(end) + "]}";
         offset = end;
     }
     header += "}";
@@ -3363,7 +3372,10 @@ struct forward_order {
 /// "(1, 5, 64)" for error messages.
 inline std::string format_shape(const std::vector<index_t>& shape) {
     std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i > 0) out += ", ";
+        out += std::to_string(shape[i]);
+    }
     return out + ")";
 }
 /// Metadata key under which save_safetensors records the non-default positions of a tensor.
@@ -3490,7 +3502,10 @@ public:
             tensors.push_back({name, a.shape, a.values.data()});
             if (!a.positions.empty()) {
                 std::string list;
-                for (index_t p : a.positions) list += (list.empty() ? "" : ",") + std::to_string(p);
+                for (index_t p : a.positions) {
+                    if (!list.empty()) list += ',';
+                    list += std::to_string(p);
+                }
                 metadata[detail::positions_key(name)] = list;
             }
         }
@@ -3728,6 +3743,11 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     const float pad = s.kind == site_kind::attn_scores ? -std::numeric_limits<float>::infinity() : 0.0f;
 
     cached_activation next;
+    if (old != nullptr && !append) {  // a new run over a stored site: reuse its buffers instead of reallocating
+        next.values = std::move(old->values);
+        next.positions = std::move(old->positions);
+        next.positions.clear();
+    }
     next.shape.assign(v.shape().begin(), v.shape().end());
     next.shape[axis] = total_rows;
     next.values.resize(static_cast<std::size_t>(outer * total_rows * inner));
@@ -3858,8 +3878,9 @@ private:
 /// Which part of a site's activation an intervention touches: positions are absolute (a decode step at
 /// hook_context::start_position = 7 with one new row is position 7), heads index the site's head axis.
 struct selection {
-    index_set positions;  ///< Absolute positions (query positions for hook_attn_scores / hook_pattern).
-    index_set heads;      ///< Heads; only for sites with a head axis (q, k, v, rot_q, rot_k, z, result, scores, pattern).
+    // The `{}` initializers let `{.heads = {2}}` leave positions out without a -Wmissing-field-initializers warning.
+    index_set positions{};  ///< Absolute positions (query positions for hook_attn_scores / hook_pattern).
+    index_set heads{};  ///< Heads; only for sites with a head axis (q, k, v, rot_q, rot_k, z, result, scores, pattern).
 };
 
 namespace detail {
@@ -3880,10 +3901,13 @@ constexpr site_axes axes_of(site_kind kind) noexcept {
         case site_kind::attn_rot_q:
         case site_kind::attn_rot_k:
         case site_kind::attn_z:
-        case site_kind::attn_result: return {1, 2, -1};  // (batch, pos, head, ...)
+        case site_kind::attn_result:
+            return {1, 2, -1};  // (batch, pos, head, ...)
         case site_kind::attn_scores:
-        case site_kind::attn_pattern: return {2, 1, 3};  // (batch, head, query_pos, key_pos)
-        default: return {1, -1, -1};                      // (batch, pos, ...)
+        case site_kind::attn_pattern:
+            return {2, 1, 3};  // (batch, head, query_pos, key_pos)
+        default:
+            return {1, -1, -1};  // (batch, pos, ...)
     }
 }
 
@@ -3892,7 +3916,8 @@ template <kind_set Kinds>
 void check_target(const site& s, const selection& where, const char* who) {
     const std::string name = to_string(s);
     if (is_block_site(s.kind) ? s.layer < 0 : s.layer != -1)
-        throw std::invalid_argument(std::string(who) + ": " + name + " has an invalid layer " + std::to_string(s.layer));
+        throw std::invalid_argument(std::string(who) + ": " + name + " has an invalid layer " +
+                                    std::to_string(s.layer));
     if (!Kinds.contains(s.kind))
         throw std::invalid_argument(std::string(who) + ": " + name +
                                     " is not among the site kinds this policy was compiled to want; add its kind to "
@@ -3913,8 +3938,8 @@ struct axis_walk {
 /// Visits every row (last axis) of `view` inside the selection: fn(index, row) with index[last] == 0 and `row`
 /// pointing at element 0 of that row; elements of a row are view.stride(R - 1) apart.
 template <std::size_t R, class Fn>
-void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook_context& ctx,
-                           const selection& where, Fn&& fn) {
+void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook_context& ctx, const selection& where,
+                           Fn&& fn) {
     static_assert(R >= 3, "mechlens: hook sites are rank 3 or 4 (batch axis kept)");
     const site_axes axes = axes_of(s.kind);
     std::array<axis_walk, R - 1> walks{};
@@ -3932,8 +3957,8 @@ void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook
         const auto axis = static_cast<std::size_t>(axes.head);
         const std::vector<index_t>& chosen = where.heads.indices();
         if (!chosen.empty() && chosen.back() >= view.extent(axis))
-            throw shape_error(to_string(s) + ": head " + std::to_string(chosen.back()) + " is out of range; the site has " +
-                              std::to_string(view.extent(axis)) + " heads");
+            throw shape_error(to_string(s) + ": head " + std::to_string(chosen.back()) +
+                              " is out of range; the site has " + std::to_string(view.extent(axis)) + " heads");
         walks[axis] = {chosen.data(), static_cast<index_t>(chosen.size()), 0};
     }
     for (const axis_walk& w : walks)
@@ -3959,7 +3984,8 @@ void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook
 
 /// Overwrites the selected rows of `view` with the matching rows of `source`, whose position axis holds absolute
 /// positions (0, 1, ... or source.positions; a single row broadcast to every position when `broadcast_positions`)
-/// and whose batch axis is either the view's or 1 (broadcast). Throws shape_error naming the site when `source` cannot cover `view`.
+/// and whose batch axis is either the view's or 1 (broadcast). Throws shape_error naming the site when `source` cannot
+/// cover `view`.
 template <std::size_t R>
 void overwrite_from(tensor_view<float, R> view, const site& s, const hook_context& ctx, const selection& where,
                     const cached_activation& source, bool broadcast_positions, const char* who) {
@@ -3969,8 +3995,10 @@ void overwrite_from(tensor_view<float, R> view, const site& s, const hook_contex
     bool fits = source.shape.size() == R;
     index_t count = 1;
     for (index_t e : source.shape) {
-        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e)) fits = false;
-        else count *= e;
+        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e))
+            fits = false;
+        else
+            count *= e;
     }
     fits = fits && static_cast<std::size_t>(count) == source.values.size();
     for (std::size_t a = 0; fits && a < R; ++a) {
@@ -3978,7 +4006,7 @@ void overwrite_from(tensor_view<float, R> view, const site& s, const hook_contex
         if (a == 0)
             fits = have == need || have == 1;
         else if (a == pos_axis)
-            fits = broadcast_positions ? have == 1
+            fits = broadcast_positions        ? have == 1
                    : source.positions.empty() ? have >= start + need
                                               : static_cast<std::size_t>(have) == source.positions.size();
         else if (static_cast<int>(a) == axes.key)
@@ -4113,8 +4141,10 @@ inline void check_cached(const cached_activation& a, const site& s, const char* 
     bool valid = a.shape.size() >= 3;
     index_t count = 1;
     for (index_t e : a.shape) {
-        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e)) valid = false;
-        else count *= e;
+        if (e < 0 || (e != 0 && count > PTRDIFF_MAX / e))
+            valid = false;
+        else
+            count *= e;
     }
     if (!valid || static_cast<std::size_t>(count) != a.values.size() || a.shape[0] < 1)
         throw shape_error(std::string(who) + ": the cached activation of " + to_string(s) + " has shape " +
@@ -4147,7 +4177,8 @@ inline cached_activation mean_activation(const cached_activation& a, const site&
         for (index_t i = 0; i < width; ++i)
             sum[static_cast<std::size_t>(i)] += static_cast<double>(a.values[static_cast<std::size_t>(g * width + i)]);
     mean.values.resize(sum.size());
-    for (std::size_t i = 0; i < sum.size(); ++i) mean.values[i] = static_cast<float>(sum[i] / static_cast<double>(groups));
+    for (std::size_t i = 0; i < sum.size(); ++i)
+        mean.values[i] = static_cast<float>(sum[i] / static_cast<double>(groups));
     return mean;
 }
 
@@ -4170,10 +4201,10 @@ inline cached_activation prompt_activation(const cached_activation& a, const sit
 
 /// One ablated site: where, which part, and what replaces it (nothing: zeros).
 struct ablation_target {
-    site target;                                  ///< The site.
-    selection selected;                           ///< Positions and heads to ablate (everything by default).
+    site target;                                   ///< The site.
+    selection selected;                            ///< Positions and heads to ablate (everything by default).
     std::optional<cached_activation> replacement;  ///< (1, pos | 1, ...) values written in; zeros when empty.
-    bool broadcast_positions = false;             ///< The replacement has one position, used at every position.
+    bool broadcast_positions = false;              ///< The replacement has one position, used at every position.
 };
 
 /// Ablates chosen sites, heads and positions; owns every replacement value, so the caches it was built from may go.
@@ -4196,8 +4227,8 @@ public:
     ablate_hooks& mean(const site& s, const activation_cache& prompts, mean_over over = mean_over::batch,
                        const selection& where = {}) {
         detail::check_target<Kinds>(s, where, "ablate_hooks::mean");
-        targets_.push_back({s, where, detail::mean_activation(prompts.at(s), s, over),
-                            over == mean_over::batch_and_positions});
+        targets_.push_back(
+            {s, where, detail::mean_activation(prompts.at(s), s, over), over == mean_over::batch_and_positions});
         return *this;
     }
     /// Resample ablation: replaces the selected part of `s` by prompt `prompt` of `other` (same shape apart from
@@ -4255,9 +4286,10 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// One steered site: where, which part, and the vector added to every selected row.
 struct steering_target {
-    site target;                ///< The site.
-    selection selected;         ///< Positions and heads to steer (everything by default).
-    std::vector<float> scaled;  ///< alpha * v, as float products: exactly what `x += alpha * v[i]` would add.
+    site target;         ///< The site.
+    selection selected;  ///< Positions and heads to steer (everything by default).
+    std::vector<float>
+        scaled;  ///< alpha * v rounded to float once; rows get x + scaled[i], never a fused multiply-add.
 };
 
 /// Adds alpha * v to every selected row of chosen sites; v has the size of the site's last axis (d_model for the
@@ -4272,7 +4304,8 @@ public:
     /// Adds alpha * v at `s` (selected positions and heads; everything by default); the vector is copied.
     steer_hooks& add(const site& s, std::span<const float> v, float alpha = 1.0f, const selection& where = {}) {
         detail::check_target<Kinds>(s, where, "steer_hooks");
-        if (v.empty()) throw std::invalid_argument("steer_hooks: the steering vector for " + to_string(s) + " is empty");
+        if (v.empty())
+            throw std::invalid_argument("steer_hooks: the steering vector for " + to_string(s) + " is empty");
         std::vector<float> scaled(v.size());
         for (std::size_t i = 0; i < v.size(); ++i) scaled[i] = alpha * v[i];
         targets_.push_back({s, where, std::move(scaled)});
@@ -4338,9 +4371,7 @@ public:
     explicit composed_hooks(std::in_place_t, Args&&... parts) : parts_(std::forward<Args>(parts)...) {}
 
     /// The union of what the parts want.
-    static constexpr bool wants(site_kind kind) noexcept {
-        return (std::remove_cvref_t<Policies>::wants(kind) || ...);
-    }
+    static constexpr bool wants(site_kind kind) noexcept { return (std::remove_cvref_t<Policies>::wants(kind) || ...); }
     /// Hands the activation to each part that wants its kind, in order.
     template <std::size_t R>
     void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
@@ -4392,8 +4423,8 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// A rank-erased mutable view of one activation, as handed to run-time callbacks; writes reach the forward pass.
 struct activation_view {
-    float* data = nullptr;              ///< Element (0, ..., 0).
-    std::size_t rank = 0;               ///< Number of axes (3 or 4 for hook sites).
+    float* data = nullptr;                    ///< Element (0, ..., 0).
+    std::size_t rank = 0;                     ///< Number of axes (3 or 4 for hook sites).
     std::array<index_t, max_rank> shape{};    ///< Extents; axes past `rank` are 0.
     std::array<index_t, max_rank> strides{};  ///< Strides in elements; axes past `rank` are 0.
 
@@ -4434,7 +4465,7 @@ using hook_callback = std::function<void(const site&, activation_view, const hoo
 
 /// Identifies one registration (one add(), possibly at many sites); 0 is never issued.
 struct hook_handle {
-    std::uint64_t id = 0;  ///< Registration number.
+    std::uint64_t id = 0;                                                  ///< Registration number.
     friend constexpr bool operator==(hook_handle, hook_handle) = default;  ///< Same registration.
 };
 
@@ -4471,7 +4502,8 @@ public:
         const std::uint64_t id = next_id_++;
         for (const site& s : sites) {
             const std::size_t i = slot(s);
-            if (i >= lists_.size()) throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not in this model");
+            if (i >= lists_.size())
+                throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not in this model");
         }
         for (const site& s : sites) {
             const std::size_t i = slot(s);
@@ -4969,8 +5001,8 @@ void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const
         for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
         fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
         for (index_t r = 0; r < s.rows(); ++r) {
-            const float inverse = 1.0f / scale(r, 0);
-            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) * inverse;
+            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
+            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
         }
         fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
         for (index_t r = 0; r < s.rows(); ++r)

@@ -2,6 +2,7 @@
 
 #include <mechlens/mechlens.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -24,6 +25,9 @@ constexpr const char* usage_text =
     "  info     --model PATH\n"
     "  generate --model PATH [--tokenizer PATH] --prompt TEXT [-n N] [--temperature T] [--top-p P] [--seed S]\n"
     "  logits   --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --out FILE.npy\n"
+    "  cache    --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --names PATTERNS\n"
+    "           --out FILE.safetensors [--npy DIR]\n"
+    "           PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern'\n"
     "A llama2.c model without --tokenizer uses the one tok*.bin or tokenizer.bin beside it; a GGUF model uses its own\n"
     "vocabulary.\n";
 
@@ -122,11 +126,60 @@ int run_logits(arguments& args) {
     return 0;
 }
 
+/// Runs one forward pass with a caching policy that lets `Kinds` through and keeps exactly `sites`.
+template <mechlens::kind_set Kinds>
+mechlens::activation_cache cache_sites(const mechlens::transformer& model, const std::vector<std::int32_t>& tokens,
+                                       std::vector<mechlens::site> sites) {
+    mechlens::caching_hooks<Kinds> hooks(mechlens::cache_filter().sites(std::move(sites)));
+    const auto positions = static_cast<mechlens::index_t>(tokens.size());
+    (void)mechlens::forward_logits(model, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}),
+                                   hooks);
+    return hooks.take();
+}
+
+int run_cache(arguments& args) {
+    const fs::path model_path = args.require("model");
+    const auto tokenizer_path = args.get("tokenizer");
+    const auto prompt = args.get("prompt");
+    const auto token_text = args.get("tokens");
+    const std::string patterns = args.require("names");
+    const fs::path out = args.require("out");
+    const auto npy_directory = args.get("npy");
+    args.reject_unknown();
+    if (prompt.has_value() == token_text.has_value()) throw usage_error("give exactly one of --prompt and --tokens");
+
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    const std::vector<mechlens::site> sites = mechlens::match_sites(patterns, model.config());
+    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                    : mechlens_cli::parse_token_list(*token_text);
+    // attn.hook_result costs an extra projection per head: compile it in only when it was asked for.
+    const bool wants_result = std::any_of(sites.begin(), sites.end(), [](const mechlens::site& s) {
+        return s.kind == mechlens::site_kind::attn_result;
+    });
+    const mechlens::activation_cache cache = wants_result ? cache_sites<mechlens::kind_set::all()>(model, tokens, sites)
+                                                          : cache_sites<mechlens::kind_set::all_but_result()>(model, tokens, sites);
+    cache.save_safetensors(out);
+    if (npy_directory) cache.save_npy(*npy_directory);
+    for (const mechlens::site& s : cache.sites()) {
+        const mechlens::cached_activation& a = cache.at(s);
+        std::string shape;
+        for (const mechlens::index_t e : a.shape) {
+            if (!shape.empty()) shape += ", ";
+            shape += std::to_string(e);
+        }
+        std::printf("%s (%s)\n", mechlens::to_string(s).c_str(), shape.c_str());
+    }
+    std::fprintf(stderr, "wrote %s: %zu activation%s of %zu tokens%s%s\n", out.string().c_str(), cache.size(),
+                 cache.size() == 1 ? "" : "s", tokens.size(), npy_directory ? ", and .npy files in " : "",
+                 npy_directory ? npy_directory->c_str() : "");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fputs("mechlens: missing command (info, generate, logits); see mechlens --help\n", stderr);
+        std::fputs("mechlens: missing command (info, generate, logits, cache); see mechlens --help\n", stderr);
         return 2;
     }
     if (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
@@ -139,7 +192,8 @@ int main(int argc, char** argv) {
         if (command == "info") return run_info(args);
         if (command == "generate") return run_generate(args);
         if (command == "logits") return run_logits(args);
-        throw usage_error("unknown command '" + command + "' (try: info, generate, logits)");
+        if (command == "cache") return run_cache(args);
+        throw usage_error("unknown command '" + command + "' (try: info, generate, logits, cache)");
     } catch (const std::exception& error) {
         std::fprintf(stderr, "mechlens %s: %s\n", command.c_str(), error.what());
         return 2;

@@ -60,8 +60,8 @@ void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const
         for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
         fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
         for (index_t r = 0; r < s.rows(); ++r) {
-            const float inverse = 1.0f / scale(r, 0);
-            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) * inverse;
+            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
+            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
         }
         fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
         for (index_t r = 0; r < s.rows(); ++r)
