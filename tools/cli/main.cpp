@@ -24,6 +24,7 @@ constexpr const char* usage_text =
     "commands:\n"
     "  info     --model PATH\n"
     "  generate --model PATH [--tokenizer PATH] --prompt TEXT [-n N] [--temperature T] [--top-p P] [--seed S]\n"
+    "           [--steer NAME:VECTOR.npy:ALPHA]... [--ablate NAME[:head=H]]...\n"
     "  logits   --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --out FILE.npy\n"
     "  cache    --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --names PATTERNS\n"
     "           --out FILE.safetensors [--npy DIR]\n"
@@ -73,6 +74,36 @@ int run_info(arguments& args) {
     return 0;
 }
 
+/// Adds `--steer NAME:VECTOR.npy:ALPHA` targets: alpha * the vector (sized like the site's last axis) at every position.
+void add_steering(mechlens::steer_hooks<>& steer, const std::vector<std::string>& specs,
+                  const mechlens::model_config& config) {
+    for (const std::string& spec : specs) {
+        const std::size_t first = spec.find(':'), last = spec.rfind(':');
+        if (first == std::string::npos || first == last)
+            throw usage_error("--steer expects NAME:VECTOR.npy:ALPHA, got '" + spec + "'");
+        const mechlens::site target = mechlens::site_from_name(spec.substr(0, first), config);
+        const mechlens::npy_array vector = mechlens::read_npy(spec.substr(first + 1, last - first - 1));
+        const float alpha = mechlens_cli::parse_number<float>(spec.substr(last + 1), "the alpha of --steer");
+        steer.add(target, vector.data, alpha);
+    }
+}
+
+/// Adds `--ablate NAME[:head=H]` targets: zero ablation of a whole site, or of one head of a site with a head axis.
+void add_ablations(mechlens::ablate_hooks<>& ablate, const std::vector<std::string>& specs,
+                   const mechlens::model_config& config) {
+    for (const std::string& spec : specs) {
+        const std::size_t colon = spec.find(':');
+        const mechlens::site target = mechlens::site_from_name(spec.substr(0, colon), config);
+        mechlens::selection where;
+        if (colon != std::string::npos) {
+            const std::string option = spec.substr(colon + 1);
+            if (option.rfind("head=", 0) != 0) throw usage_error("--ablate expects NAME or NAME:head=H, got '" + spec + "'");
+            where.heads = {mechlens_cli::parse_number<mechlens::index_t>(option.substr(5), "the head of --ablate")};
+        }
+        ablate.zero(target, where);
+    }
+}
+
 int run_generate(arguments& args) {
     const fs::path model_path = args.require("model");
     const auto tokenizer_path = args.get("tokenizer");
@@ -82,22 +113,32 @@ int run_generate(arguments& args) {
     if (auto t = args.get("temperature")) options.sampling.temperature = mechlens_cli::parse_number<float>(*t, "--temperature");
     if (auto p = args.get("top-p")) options.sampling.top_p = mechlens_cli::parse_number<float>(*p, "--top-p");
     if (auto s = args.get("seed")) options.sampling.seed = mechlens_cli::parse_number<std::uint64_t>(*s, "--seed");
+    const std::vector<std::string> steer_specs = args.all("steer");
+    const std::vector<std::string> ablate_specs = args.all("ablate");
     args.reject_unknown();
     if (options.max_new_tokens < 0) throw usage_error("-n must be >= 0");
 
     const mechlens::transformer model(mechlens::load_model(model_path));
+    mechlens::steer_hooks<> steer;
+    mechlens::ablate_hooks<> ablate;
+    add_steering(steer, steer_specs, model.config());
+    add_ablations(ablate, ablate_specs, model.config());
     const mechlens::bpe_tokenizer tokenizer = resolve_tokenizer(model_path, tokenizer_path);
     const std::vector<std::int32_t> tokens = tokenizer.encode(prompt, true);
     options.bos_id = tokenizer.bos_id();
     options.eos_id = tokenizer.eos_id();
     std::fputs(prompt.c_str(), stdout);
     std::int32_t previous = tokens.back();
-    const auto started = std::chrono::steady_clock::now();
-    const auto generated = mechlens::generate(model, tokens, options, [&](std::int32_t token) {
+    const auto on_token = [&](std::int32_t token) {
         std::fputs(tokenizer.decode_piece(previous, token).c_str(), stdout);
         std::fflush(stdout);
         previous = token;
-    });
+    };
+    const auto started = std::chrono::steady_clock::now();
+    // Without interventions, the plain (no_hooks) forward pass; with them, steering first, then ablation.
+    const auto generated = steer_specs.empty() && ablate_specs.empty()
+                               ? mechlens::generate(model, tokens, options, on_token)
+                               : mechlens::generate(model, tokens, options, on_token, mechlens::compose(steer, ablate));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     std::printf("\n");
     std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s)\n", generated.size(), seconds,

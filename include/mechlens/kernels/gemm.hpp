@@ -135,7 +135,7 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
     const index_t blocks = (outputs + block - 1) / block;
     const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
 #if defined(_OPENMP)
-    if (work >= 1 << 18 && blocks > 1) {
+    if (work >= 1 << 20 && blocks > 1) {  // about 50 microseconds of work: worth a parallel region
 #pragma omp parallel for schedule(static)
         for (index_t b = 0; b < blocks; ++b)
             gemm_output_block(op, rows, b * block, std::min(outputs, (b + 1) * block));

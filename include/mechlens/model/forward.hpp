@@ -24,7 +24,9 @@ MECHLENS_BEGIN_NAMESPACE
 namespace detail {
 
 #if defined(_OPENMP)
-#define MECHLENS_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+/// Splits the next loop over OpenMP threads when the local `worth_parallel` is true: small loops stay serial, since a
+/// parallel region costs microseconds and, on a busy machine, can wait on a descheduled thread far longer.
+#define MECHLENS_PARALLEL_FOR _Pragma("omp parallel for schedule(static) if(worth_parallel)")
 #else
 #define MECHLENS_PARALLEL_FOR
 #endif
@@ -103,6 +105,8 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
     const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
     const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
     const index_t pairs = s.batch * heads;
+    // About 100 microseconds of attention work or more is worth a parallel region.
+    [[maybe_unused]] const bool worth_parallel = pairs > 1 && pairs * s.positions * s.keys * d_head >= (index_t{1} << 20);
 
     MECHLENS_PARALLEL_FOR
     for (index_t pair = 0; pair < pairs; ++pair) {
