@@ -7,6 +7,7 @@
 //                       of computing the RMSNorm scale separately so it can be hooked);
 //   copy/<kinds>        wants every kind, copies each activation into buffers allocated on the first call;
 //   caching_hooks       the library's caching policy (mechlens::caching_hooks<>), a fresh cache per pass;
+//   caching_hooks_reused  the same policy object run again and again (a sweep): its buffers are reused;
 //   dynamic/<kinds>     the library's run-time registry (mechlens::basic_dynamic_hooks) with nothing registered.
 // <kinds> is `all_but_result` (every site except attn.hook_result, the default of the caching policy) or `all`
 // (attn.hook_result too, which replaces the output projection by per-head projections and a sum).
@@ -144,6 +145,14 @@ void BM_caching_hooks(benchmark::State& state) {
     });
 }
 
+void BM_caching_hooks_reused(benchmark::State& state) {
+    mechlens::caching_hooks<> policy;
+    run_prefill(state, [&](const auto& model, auto tokens, auto logits, auto& ws) {
+        mechlens::forward(model, tokens, logits, ws, policy);
+        benchmark::DoNotOptimize(policy.cache().size());
+    });
+}
+
 template <kind_set Kinds>
 void BM_dynamic_empty(benchmark::State& state) {
     mechlens::basic_dynamic_hooks<Kinds> policy(model_110m().config());
@@ -167,6 +176,7 @@ BENCHMARK(BM_dispatch<all>)->Name("BM_dispatch/all")->Unit(benchmark::kMilliseco
 BENCHMARK(BM_copy<all_but_result>)->Name("BM_copy/all_but_result")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_copy<all>)->Name("BM_copy/all")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_caching_hooks)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_caching_hooks_reused)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_dynamic_empty<all_but_result>)
     ->Name("BM_dynamic_empty/all_but_result")
     ->Unit(benchmark::kMillisecond)

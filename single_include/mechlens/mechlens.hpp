@@ -1782,7 +1782,8 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/tokenizer.hpp ----
 // ---- begin mechlens/hooks.hpp ----
 /// @file
-/// Hooks: named sites, the policy concept, names and globs, the activation cache and the caching policy.
+/// Hooks: named sites, the policy concept, names and globs, the activation cache, the shipped policies and the
+/// entry point for other engines (fire_site).
 
 // ---- begin mechlens/hooks/site.hpp ----
 /// @file
@@ -3385,8 +3386,9 @@ inline std::string positions_key(const std::string& name) { return "mechlens.pos
 /// Activations by site, kept in forward order; what caching_hooks fills, and what patching reads.
 class activation_cache {
 public:
-    /// Stores `a` for site `s`, replacing any earlier entry; throws shape_error when the values do not fill the shape.
-    void put(const site& s, cached_activation a) {
+    /// Stores `a` for site `s`, replacing any earlier entry, and returns the stored entry; throws shape_error when
+    /// the values do not fill the shape.
+    cached_activation& put(const site& s, cached_activation a) {
         index_t count = 1;
         for (index_t e : a.shape) {
             if (e < 0) throw shape_error("activation_cache::put: negative extent for " + to_string(s));
@@ -3395,7 +3397,9 @@ public:
         if (count != static_cast<index_t>(a.values.size()))
             throw shape_error("activation_cache::put: " + std::to_string(a.values.size()) + " values for " +
                               to_string(s) + " of shape " + detail::format_shape(a.shape));
-        entries_[s] = std::move(a);
+        cached_activation& stored = entries_[s];
+        stored = std::move(a);
+        return stored;
     }
     /// True when site `s` is stored.
     [[nodiscard]] bool contains(const site& s) const { return entries_.count(s) != 0; }
@@ -3719,6 +3723,21 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     const std::size_t axis = position_axis(s.kind);
     if (axis + 1 >= R) throw shape_error("caching_hooks: " + to_string(s) + " fired with an unexpected rank");
     const index_t rows = v.extent(axis);
+    cached_activation* old = cache.find(s);
+    if (start == 0 && filter.keeps_all_positions()) {
+        // The common case (run_with_cache): the whole activation from position 0, stored in place. The entry's
+        // buffers are reused when the policy runs again, and nothing is zero-filled first.
+        cached_activation& entry = old != nullptr ? *old : cache.put(s, cached_activation{{0}, {}, {}});
+        entry.positions.clear();
+        entry.shape.assign(v.shape().begin(), v.shape().end());
+        if (v.is_contiguous()) {
+            entry.values.assign(v.data(), v.data() + v.size());
+        } else {
+            entry.values.resize(static_cast<std::size_t>(v.size()));
+            copy(v, tensor_view<float, R>(entry.values.data(), v.shape()));
+        }
+        return;
+    }
     std::vector<index_t> kept;  // indices into this firing's rows
     kept.reserve(static_cast<std::size_t>(rows));
     for (index_t i = 0; i < rows; ++i)
@@ -3730,7 +3749,6 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     for (std::size_t a = axis + 1; a < R; ++a) inner *= v.extent(a);
     const bool keyed = s.kind == site_kind::attn_scores || s.kind == site_kind::attn_pattern;
 
-    cached_activation* old = cache.find(s);
     bool append = old != nullptr && start > 0 && old->shape.size() == R && old->shape[axis] > 0 &&
                   old->position(old->shape[axis] - 1) < start + kept.front();
     for (std::size_t a = 0; append && a < R; ++a) {
@@ -4632,11 +4650,11 @@ private:
 };
 
 /// A hook policy whose callbacks are registered at run time by TransformerLens name or glob. Its `wants` is every
-/// kind in `Kinds` (all kinds by default), so each site costs one check of a per-site byte when nothing is
-/// registered there. With `Kinds` = all(), attn.hook_result is always computed; use
-/// `basic_dynamic_hooks<kind_set::all_but_result()>` to skip it. Copies share one registry (like a handle).
+/// kind in `Kinds`, so each site costs one check of a per-site byte when nothing is registered there. The default
+/// leaves out attn.hook_result, which would make every forward pass compute per-head projections (1.2x at the 110M
+/// shape); use `basic_dynamic_hooks<kind_set::all()>` to register at it. Copies share one registry (like a handle).
 /// Not thread-safe: register and run from one thread at a time.
-template <kind_set Kinds = kind_set::all()>
+template <kind_set Kinds = kind_set::all_but_result()>
 class basic_dynamic_hooks {
 public:
     /// The kinds that fire.
@@ -4707,14 +4725,170 @@ private:
     std::shared_ptr<detail::dynamic_registry> registry_;  // never null: copies share it, nothing moves it out
 };
 
-/// Run-time hooks at every site kind, attn.hook_result included.
+/// Run-time hooks at every site kind but attn.hook_result (the same kinds as the shipped static policies' default).
 using dynamic_hooks = basic_dynamic_hooks<>;
 static_assert(hook_policy<dynamic_hooks>);
-static_assert(hook_policy<basic_dynamic_hooks<kind_set::all_but_result()>>);
+static_assert(hook_policy<basic_dynamic_hooks<kind_set::all()>>);
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/hooks/dynamic.hpp ----
 // ---- end mechlens/hooks/interventions.hpp ----
+// ---- begin mechlens/hooks/engine.hpp ----
+/// @file
+/// Hooks inside other engines: fire a mechlens hook site on any engine's own activation buffers.
+///
+/// An engine that is not mechlens (llama2.c-style loops, a ggml eval callback, a custom kernel library) adds one
+/// `fire_site` call per activation it wants to expose, and every mechlens hook policy (caching, patching, ablation,
+/// steering, your own) then works on that engine unchanged. The policy sees a mutable view of the engine's buffer:
+/// whatever it writes is what the engine computes with next, which is how patching works.
+///
+/// Two flavours:
+/// - `fire_site<site_kind::resid_post>(policy, layer, data, {1, 1, d_model}, position)`: the kind is a template
+///   argument, so with a policy that does not want it (e.g. `no_hooks`) the call compiles to nothing at all;
+/// - `fire_site(policy, site{...}, data, {1, 1, d_model}, position)`: the site is a run-time value (handy when an
+///   engine maps names such as llama.cpp's `l_out-3` to sites while it runs); costs one bit test when unwanted.
+///
+/// Buffers are described by their TransformerLens shape (batch axis kept): rank 3 for residual-stream-like sites,
+/// rank 4 for per-head sites (see site.hpp). A raw pointer plus a shape means a dense row-major buffer; pass a
+/// `tensor_view` with strides for anything else (e.g. a per-head attention row inside a (heads, n_ctx) buffer).
+/// `start_position` is the absolute position of the buffer's first `pos` row, as in `hook_context`. Like every other
+/// site, these calls compile out under `MECHLENS_STRIP_HOOK_SITES`.
+
+#include <array>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// The rank of a site's TransformerLens activation: 4 for per-head sites, 3 for everything else.
+constexpr std::size_t engine_site_rank(site_kind kind) noexcept {
+    switch (kind) {
+        case site_kind::attn_q:
+        case site_kind::attn_k:
+        case site_kind::attn_v:
+        case site_kind::attn_rot_q:
+        case site_kind::attn_rot_k:
+        case site_kind::attn_scores:
+        case site_kind::attn_pattern:
+        case site_kind::attn_z:
+        case site_kind::attn_result:
+            return 4;
+        default:
+            return 3;
+    }
+}
+
+/// Throws unless `s` names a real site (block sites need a layer >= 0, global ones -1) of rank `Rank`, with data.
+template <std::size_t Rank>
+void check_engine_site(const site& s, const tensor_view<float, Rank>& view) {
+    if (is_block_site(s.kind) ? s.layer < 0 : s.layer != -1)
+        throw std::invalid_argument("mechlens::fire_site: " + std::string(site_suffix(s.kind)) +
+                                    (is_block_site(s.kind) ? " is a block site and needs a layer >= 0, got "
+                                                           : " is a global site and needs layer -1, got ") +
+                                    std::to_string(s.layer));
+    if (engine_site_rank(s.kind) != Rank)
+        throw shape_error("mechlens::fire_site: " + to_string(s) + " has rank " +
+                          std::to_string(engine_site_rank(s.kind)) + " in TransformerLens, got a rank-" +
+                          std::to_string(Rank) + " buffer " + format_extents(view.shape()));
+    if (view.data() == nullptr && view.size() != 0)
+        throw std::invalid_argument("mechlens::fire_site: null data for " + to_string(s) + " of shape " +
+                                    format_extents(view.shape()));
+}
+
+/// Checks the policy type once, with a readable message, for every fire_site overload.
+template <class Policy>
+constexpr void require_engine_policy() {
+    static_assert(hook_policy<std::remove_cvref_t<Policy>>,
+                  "mechlens::fire_site: the policy does not satisfy mechlens::hook_policy (it needs a static "
+                  "constexpr wants(site_kind) and on_activation(const site&, tensor_view<float, R>, const "
+                  "hook_context&) for R = 3 and 4)");
+}
+
+}  // namespace detail
+
+/// Fires site `s` on a (possibly strided) view of an engine's buffer when the policy wants `s.kind`; the policy may
+/// write through the view. Throws std::invalid_argument or shape_error (only when wanted) if `s` and the view's rank
+/// do not fit together.
+template <class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, const site& s, tensor_view<float, Rank> view, index_t start_position = 0) {
+    detail::require_engine_policy<Policy>();
+    static_assert(Rank == 3 || Rank == 4, "mechlens::fire_site: hook sites are rank 3 or rank 4 (batch axis kept)");
+#if !defined(MECHLENS_STRIP_HOOK_SITES)
+    using policy_type = std::remove_cvref_t<Policy>;
+    if (!policy_type::wants(s.kind)) return;
+    detail::check_engine_site(s, view);
+    policy.on_activation(s, view, hook_context{start_position});
+#else
+    (void)policy, (void)s, (void)view, (void)start_position;
+#endif
+}
+
+/// Fires site `s` on a dense row-major buffer of TransformerLens shape `shape` (e.g. {1, 1, d_model} for one token).
+template <class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, const site& s, float* data, const extents<Rank>& shape, index_t start_position = 0) {
+    detail::require_engine_policy<Policy>();
+    if (!std::remove_cvref_t<Policy>::wants(s.kind)) return;
+    fire_site(std::forward<Policy>(policy), s, tensor_view<float, Rank>(data, shape), start_position);
+}
+
+/// As above, with the shape written as a braced list: `fire_site(policy, s, x, {1, 1, dim}, pos)`.
+template <class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, const site& s, float* data, const index_t (&shape)[Rank], index_t start_position = 0) {
+    extents<Rank> e{};
+    for (std::size_t i = 0; i < Rank; ++i) e[i] = shape[i];
+    fire_site(std::forward<Policy>(policy), s, data, e, start_position);
+}
+
+/// Fires the site (Kind, layer) on a view when the policy wants Kind; with a policy that does not, the call (view
+/// construction included) compiles to nothing. The rank is checked at compile time.
+template <site_kind Kind, class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, index_t layer, tensor_view<float, Rank> view, index_t start_position = 0) {
+    detail::require_engine_policy<Policy>();
+    static_assert(Rank == detail::engine_site_rank(Kind),
+                  "mechlens::fire_site: wrong rank for this site kind (per-head sites are rank 4: batch, pos, head, "
+                  "d_head or batch, head, query_pos, key_pos; the others rank 3: batch, pos, width)");
+    if constexpr (std::remove_cvref_t<Policy>::wants(Kind)) {
+        const hook_context ctx{start_position};
+        detail::fire<Kind>(policy, layer, ctx, [&] {
+            detail::check_engine_site(site{Kind, layer}, view);
+            return view;
+        });
+    } else {
+        (void)policy, (void)layer, (void)view, (void)start_position;
+    }
+}
+
+/// Fires the site (Kind, layer) on a dense row-major buffer; compiles to nothing when the policy does not want Kind.
+template <site_kind Kind, class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, index_t layer, float* data, const extents<Rank>& shape, index_t start_position = 0) {
+    detail::require_engine_policy<Policy>();
+    if constexpr (std::remove_cvref_t<Policy>::wants(Kind))
+        fire_site<Kind>(std::forward<Policy>(policy), layer, tensor_view<float, Rank>(data, shape), start_position);
+    else
+        (void)policy, (void)layer, (void)data, (void)shape, (void)start_position;
+}
+
+/// As above, with the shape written as a braced list: `fire_site<site_kind::mlp_out>(policy, l, x, {1, 1, dim}, pos)`.
+template <site_kind Kind, class Policy, std::size_t Rank>
+void fire_site(Policy&& policy, index_t layer, float* data, const index_t (&shape)[Rank], index_t start_position = 0) {
+    detail::require_engine_policy<Policy>();
+    if constexpr (std::remove_cvref_t<Policy>::wants(Kind)) {
+        extents<Rank> e{};
+        for (std::size_t i = 0; i < Rank; ++i) e[i] = shape[i];
+        fire_site<Kind>(std::forward<Policy>(policy), layer, data, e, start_position);
+    } else {
+        (void)policy, (void)layer, (void)data, (void)shape, (void)start_position;
+    }
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/engine.hpp ----
 // ---- end mechlens/hooks.hpp ----
 // ---- begin mechlens/model.hpp ----
 /// @file

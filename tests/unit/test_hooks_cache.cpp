@@ -388,6 +388,20 @@ TEST_CASE("hooks cache: filters select exactly the requested sites and positions
         (void)mechlens::forward_logits(model, as_batch(shorter), hooks);
         CHECK(hooks.cache()["hook_embed"].shape == std::vector<index_t>{1, 3, 64});
     }
+    SECTION("a reused policy (buffers recycled) caches exactly what a fresh one does") {
+        mechlens::caching_hooks<> reused;
+        (void)mechlens::forward_logits(model, as_batch(prompt_tokens), reused);
+        const std::vector<std::int32_t> shorter{1, 403, 407};
+        (void)mechlens::forward_logits(model, as_batch(shorter), reused);
+        const mechlens::activation_cache fresh = full_cache(model, shorter);
+        REQUIRE(reused.cache().sites() == fresh.sites());
+        for (const site& s : fresh.sites()) {
+            INFO(mechlens::to_string(s));
+            CHECK(reused.cache().at(s).shape == fresh.at(s).shape);
+            CHECK(reused.cache().at(s).positions.empty());
+            CHECK(reused.cache().at(s).values == fresh.at(s).values);  // bitwise
+        }
+    }
     CHECK_THROWS_AS(mechlens::cache_filter().positions({-1}), std::invalid_argument);
     CHECK_THROWS_AS(mechlens::cache_filter().layers(3, 2), std::invalid_argument);
     CHECK_THROWS_AS(mechlens::cache_filter().names("blocks.*.hook_resid_postt", c), mechlens::unknown_hook_error);

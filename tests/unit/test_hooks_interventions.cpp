@@ -364,7 +364,7 @@ TEST_CASE("interventions: dynamic hooks give the same results as the static poli
     const mechlens::transformer model(mechlens::load_model(stories_bin));
     recorder<> run_a;
     const auto logits_a = mechlens::forward_logits(model, as_batch(prompt_a), run_a);
-    mechlens::dynamic_hooks hooks(model.config());
+    mechlens::basic_dynamic_hooks<kind_set::all()> hooks(model.config());  // every kind, like the static ones below
 
     // Nothing registered: exactly the forward pass of any policy that wants every kind and does nothing.
     CHECK(hooks.empty());
@@ -419,7 +419,7 @@ TEST_CASE("interventions: dynamic hooks give the same results as the static poli
     }
 
     // Without attn.hook_result, dynamic hooks match the default static policies.
-    mechlens::basic_dynamic_hooks<kind_set::all_but_result()> lean(model.config());
+    mechlens::dynamic_hooks lean(model.config());  // the default kinds: all but attn.hook_result
     mechlens::steer_hooks<> steer_lean;
     steer_lean.add(site{site_kind::mlp_out, 4}, v, -2.0f);
     lean.add(site{site_kind::mlp_out, 4}, mechlens::as_callback(steer_lean));

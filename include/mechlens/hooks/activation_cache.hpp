@@ -97,8 +97,9 @@ inline std::string positions_key(const std::string& name) { return "mechlens.pos
 /// Activations by site, kept in forward order; what caching_hooks fills, and what patching reads.
 class activation_cache {
 public:
-    /// Stores `a` for site `s`, replacing any earlier entry; throws shape_error when the values do not fill the shape.
-    void put(const site& s, cached_activation a) {
+    /// Stores `a` for site `s`, replacing any earlier entry, and returns the stored entry; throws shape_error when
+    /// the values do not fill the shape.
+    cached_activation& put(const site& s, cached_activation a) {
         index_t count = 1;
         for (index_t e : a.shape) {
             if (e < 0) throw shape_error("activation_cache::put: negative extent for " + to_string(s));
@@ -107,7 +108,9 @@ public:
         if (count != static_cast<index_t>(a.values.size()))
             throw shape_error("activation_cache::put: " + std::to_string(a.values.size()) + " values for " +
                               to_string(s) + " of shape " + detail::format_shape(a.shape));
-        entries_[s] = std::move(a);
+        cached_activation& stored = entries_[s];
+        stored = std::move(a);
+        return stored;
     }
     /// True when site `s` is stored.
     [[nodiscard]] bool contains(const site& s) const { return entries_.count(s) != 0; }

@@ -19,6 +19,7 @@
 #include "mechlens/hooks/names.hpp"
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/model/config.hpp"
+#include "mechlens/tensor/tensor.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -145,6 +146,21 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     const std::size_t axis = position_axis(s.kind);
     if (axis + 1 >= R) throw shape_error("caching_hooks: " + to_string(s) + " fired with an unexpected rank");
     const index_t rows = v.extent(axis);
+    cached_activation* old = cache.find(s);
+    if (start == 0 && filter.keeps_all_positions()) {
+        // The common case (run_with_cache): the whole activation from position 0, stored in place. The entry's
+        // buffers are reused when the policy runs again, and nothing is zero-filled first.
+        cached_activation& entry = old != nullptr ? *old : cache.put(s, cached_activation{{0}, {}, {}});
+        entry.positions.clear();
+        entry.shape.assign(v.shape().begin(), v.shape().end());
+        if (v.is_contiguous()) {
+            entry.values.assign(v.data(), v.data() + v.size());
+        } else {
+            entry.values.resize(static_cast<std::size_t>(v.size()));
+            copy(v, tensor_view<float, R>(entry.values.data(), v.shape()));
+        }
+        return;
+    }
     std::vector<index_t> kept;  // indices into this firing's rows
     kept.reserve(static_cast<std::size_t>(rows));
     for (index_t i = 0; i < rows; ++i)
@@ -156,7 +172,6 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     for (std::size_t a = axis + 1; a < R; ++a) inner *= v.extent(a);
     const bool keyed = s.kind == site_kind::attn_scores || s.kind == site_kind::attn_pattern;
 
-    cached_activation* old = cache.find(s);
     bool append = old != nullptr && start > 0 && old->shape.size() == R && old->shape[axis] > 0 &&
                   old->position(old->shape[axis] - 1) < start + kept.front();
     for (std::size_t a = 0; append && a < R; ++a) {
