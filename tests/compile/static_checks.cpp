@@ -64,7 +64,7 @@ static_assert(!mechlens::detail::wants_any<no_hooks, site_kind::ln1_scale, site_
                                            site_kind::attn_scores, site_kind::attn_result>);
 
 // --- the site catalogue is consistent ------------------------------------------------------------------------------
-static_assert(site_kind_count == 25, "TransformerLens LLaMA sites: 21 per block, 4 global");
+static_assert(site_kind_count == 26, "TransformerLens sites: 21 per block, 5 global (hook_pos_embed included)");
 constexpr bool every_kind_has_a_name() {
     std::size_t block = 0;
     for (std::size_t k = 0; k < site_kind_count; ++k) {
@@ -77,6 +77,20 @@ constexpr bool every_kind_has_a_name() {
 }
 static_assert(every_kind_has_a_name());
 static_assert(site_kind_count <= 64, "kind_set stores one bit per kind in a uint64_t");
+
+// --- which kinds a config has is a constant expression --------------------------------------------------------------
+constexpr mechlens::model_config llama_config{};
+constexpr mechlens::model_config attn_only_config{.norm = mechlens::norm_kind::none,
+                                                  .positions = mechlens::positional_kind::learned,
+                                                  .mlp = mechlens::mlp_kind::none};
+static_assert(!mechlens::has_site_kind(llama_config, site_kind::pos_embed) &&
+              mechlens::has_site_kind(llama_config, site_kind::attn_rot_q) &&
+              mechlens::has_site_kind(llama_config, site_kind::mlp_pre_linear));
+static_assert(mechlens::has_site_kind(attn_only_config, site_kind::pos_embed) &&
+                  !mechlens::has_site_kind(attn_only_config, site_kind::attn_rot_k) &&
+                  !mechlens::has_site_kind(attn_only_config, site_kind::resid_mid) &&
+                  !mechlens::has_site_kind(attn_only_config, site_kind::ln_final_scale),
+              "TransformerLens attn-only blocks have no resid_mid; normalization_type None has no ln sites");
 
 // --- kind_set: a structural type, usable as a template argument ----------------------------------------------------
 template <kind_set Wanted>

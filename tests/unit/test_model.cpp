@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -329,4 +331,279 @@ TEST_CASE("sampling: seeds reproduce, temperature follows the softmax, top-p kee
     }
     REQUIRE_THROWS_AS(mechlens::sampler({.temperature = -1.0f}), std::invalid_argument);
     REQUIRE_THROWS_AS(mechlens::sampler({.temperature = 1.0f, .top_p = 0.0f}), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Model variants (norm none, learned positions, plain GELU MLP, attention-only) against the float64 reference of
+// tests/reference/variants_reference.py, whose fixtures hold weights, tokens, logits and activations.
+
+namespace {
+
+/// One variants fixture: its config, its weights as model_parameters, its tokens and every stored tensor by name.
+struct variant_fixture {
+    std::string name;
+    mechlens::model_config config;
+    mechlens::model_parameters params;
+    std::vector<std::int32_t> tokens;
+    std::map<std::string, mechlens::safetensors_tensor> tensors;
+};
+
+mechlens::model_config variant_config(const mechlens::safetensors_file& file) {
+    auto meta = [&](const std::string& key) {
+        const auto it = file.metadata.find(key);
+        INFO("metadata key " << key);
+        REQUIRE(it != file.metadata.end());
+        return it->second;
+    };
+    mechlens::model_config c;
+    c.d_model = std::stoll(meta("d_model"));
+    c.n_layers = std::stoll(meta("n_layers"));
+    c.n_heads = std::stoll(meta("n_heads"));
+    c.n_kv_heads = std::stoll(meta("n_kv_heads"));
+    c.d_mlp = std::stoll(meta("d_mlp"));
+    c.d_vocab = std::stoll(meta("d_vocab"));
+    c.n_ctx = std::stoll(meta("n_ctx"));
+    c.rope_theta = std::stof(meta("rope_theta"));
+    c.norm_eps = std::stof(meta("norm_eps"));
+    c.tied_unembed = meta("tied_unembed") == "true";
+    REQUIRE(meta("rope") == "adjacent_pairs");
+    const std::string norm = meta("norm"), positions = meta("positions"), mlp = meta("mlp");
+    REQUIRE((norm == "rms" || norm == "none"));
+    REQUIRE((positions == "rotary" || positions == "learned"));
+    REQUIRE((mlp == "gated_silu" || mlp == "plain_gelu" || mlp == "none"));
+    c.norm = norm == "rms" ? mechlens::norm_kind::rms : mechlens::norm_kind::none;
+    c.positions = positions == "rotary" ? mechlens::positional_kind::rotary : mechlens::positional_kind::learned;
+    c.mlp = mlp == "gated_silu"   ? mechlens::mlp_kind::gated_silu
+            : mlp == "plain_gelu" ? mechlens::mlp_kind::plain_gelu
+                                  : mechlens::mlp_kind::none;
+    return c;
+}
+
+/// Reads a fixture and copies its weights, by parameter_layout name, into model_parameters.
+variant_fixture load_variant(const fs::path& path) {
+    mechlens::safetensors_file file = mechlens::read_safetensors(path);
+    variant_fixture f{path.stem().string(), variant_config(file), {}, {}, {}};
+    for (mechlens::safetensors_tensor& t : file.tensors) f.tensors.emplace(t.name, std::move(t));
+    f.params = mechlens::model_parameters(f.config);
+    for (const mechlens::parameter_entry& e : f.params.layout()) {
+        INFO("parameter " << e.name << " of " << f.name);
+        const auto found = f.tensors.find(e.name);
+        REQUIRE(found != f.tensors.end());
+        const std::vector<index_t> shape =
+            e.rank == 1 ? std::vector<index_t>{e.shape[0]} : std::vector<index_t>{e.shape[0], e.shape[1]};
+        REQUIRE(found->second.shape == shape);
+        const auto destination = f.params.find(e.name);
+        std::copy(found->second.values.begin(), found->second.values.end(), destination.begin());
+    }
+    const mechlens::safetensors_tensor& tokens = f.tensors.at("tokens");
+    REQUIRE(tokens.shape.size() == 2);
+    REQUIRE(tokens.shape[0] == 1);
+    for (float v : tokens.values) {
+        REQUIRE(v == std::floor(v));
+        f.tokens.push_back(static_cast<std::int32_t>(v));
+    }
+    return f;
+}
+
+std::vector<variant_fixture> variant_fixtures() {
+    std::vector<fs::path> paths;
+    for (const auto& entry : fs::directory_iterator(mechlens_test::fixtures_dir() / "variants"))
+        if (entry.path().extension() == ".safetensors") paths.push_back(entry.path());
+    std::sort(paths.begin(), paths.end());
+    std::vector<variant_fixture> out;
+    for (const fs::path& p : paths) out.push_back(load_variant(p));
+    REQUIRE(out.size() >= 5);
+    return out;
+}
+
+mechlens::transformer variant_model(const variant_fixture& f) {
+    return mechlens::transformer(mechlens::loaded_model{f.config, f.params.weights()});
+}
+
+std::vector<float> values_of(const mechlens::tensor<float, 3>& t) { return {t.data(), t.data() + t.size()}; }
+
+/// Every combination of norm x positions x MLP, tied and untied alternately, at the fixtures' small shape.
+std::vector<mechlens::model_config> every_variant() {
+    std::vector<mechlens::model_config> out;
+    for (auto norm : {mechlens::norm_kind::rms, mechlens::norm_kind::none})
+        for (auto positions : {mechlens::positional_kind::rotary, mechlens::positional_kind::learned})
+            for (auto mlp : {mechlens::mlp_kind::gated_silu, mechlens::mlp_kind::plain_gelu, mechlens::mlp_kind::none}) {
+                mechlens::model_config c{.d_model = 16, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .d_mlp = 32,
+                                         .d_vocab = 37, .n_ctx = 12};
+                c.norm = norm, c.positions = positions, c.mlp = mlp;
+                c.tied_unembed = out.size() % 2 == 0;
+                out.push_back(c);
+            }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("variants: logits and activations equal the float64 reference within 1e-4", "[variants][reference]") {
+    for (const variant_fixture& f : variant_fixtures()) {
+        INFO("fixture " << f.name);
+        const mechlens::transformer model = variant_model(f);
+        mechlens::caching_hooks<> run;
+        const auto logits = mechlens::forward_logits(model, as_batch(f.tokens), run);
+        const mechlens::safetensors_tensor& expected = f.tensors.at("logits");
+        REQUIRE(expected.shape == std::vector<index_t>{1, 10, 37});
+        const double logit_error = max_abs_difference(values_of(logits), expected.values);
+        CAPTURE(logit_error);
+        CHECK(logit_error <= 1e-4);
+        double worst = 0.0;
+        index_t compared = 0, residual_layers = 0, pos_embeds = 0;
+        for (const auto& [name, t] : f.tensors) {
+            if (!mechlens::parse_site(name)) continue;  // weights, tokens, logits
+            INFO("site " << name);
+            const mechlens::cached_activation& actual = run.cache()[name];
+            REQUIRE(actual.shape == t.shape);
+            worst = std::max(worst, max_abs_difference(actual.values, t.values));
+            ++compared;
+            residual_layers += name.find("hook_resid_post") != std::string::npos;
+            pos_embeds += name == "hook_pos_embed";
+        }
+        CAPTURE(worst, compared);
+        CHECK(worst <= 1e-4);
+        CHECK(residual_layers == f.config.n_layers);
+        CHECK(pos_embeds == (f.config.rotary() ? 0 : 1));
+        CHECK(compared >= 2 + 5 * f.config.n_layers);  // at least 2 global sites and 5 per block
+    }
+}
+
+TEST_CASE("variants: KV-cache decoding token by token equals the full forward bit for bit", "[variants][kv]") {
+    for (const variant_fixture& f : variant_fixtures()) {
+        INFO("fixture " << f.name);
+        const mechlens::transformer model = variant_model(f);
+        const auto n = static_cast<index_t>(f.tokens.size());
+        mechlens::caching_hooks<> full_run, decoded_run;
+        const auto full = mechlens::forward_logits(model, as_batch(f.tokens), full_run);
+        mechlens::kv_cache cache(f.config, 1, n);
+        mechlens::workspace ws;
+        for (index_t p = 0; p < n; ++p) {
+            mechlens::tensor<float, 3> step({1, 1, f.config.d_vocab});
+            mechlens::forward(model, mechlens::tensor_view<const std::int32_t, 2>(f.tokens.data() + p, {1, 1}), cache,
+                              step.view(), ws, decoded_run);
+            for (index_t v = 0; v < f.config.d_vocab; ++v) REQUIRE(step(0, 0, v) == full(0, p, v));
+        }
+        // Every site too, hook_pos_embed included: decode steps add the rows of their absolute positions.
+        REQUIRE(decoded_run.cache().sites() == full_run.cache().sites());
+        for (const mechlens::site& s : full_run.cache().sites()) {
+            INFO("site " << mechlens::to_string(s));
+            const auto& a = decoded_run.cache().at(s);
+            REQUIRE(a.shape == full_run.cache().at(s).shape);
+            CHECK(max_abs_difference(a.values, full_run.cache().at(s).values) == 0.0);
+        }
+    }
+}
+
+TEST_CASE("variants: a forward pass fires exactly the sites match_sites lists", "[variants][hooks]") {
+    for (const mechlens::model_config& c : every_variant()) {
+        const mechlens::transformer model(mechlens::random_model(c, 7, 0.3f));
+        INFO("norm " << int(c.norm) << " positions " << int(c.positions) << " mlp " << int(c.mlp));
+        mechlens::caching_hooks<mechlens::kind_set::all()> everything;
+        const std::vector<std::int32_t> tokens{3, 1, 4, 1, 5, 9};
+        (void)mechlens::forward_logits(model, as_batch(tokens), everything);
+        const std::vector<mechlens::site> listed = mechlens::match_sites("*", c);
+        CHECK(everything.cache().sites() == listed);
+        CHECK(listed == mechlens::all_sites(c));
+        for (const mechlens::site& s : listed) CHECK(mechlens::site_from_name(mechlens::to_string(s), c) == s);
+    }
+    // TransformerLens's attn-only, normalization_type None, learned positions: 10 sites per block, 3 global.
+    mechlens::model_config c = every_variant().back();
+    REQUIRE((c.attn_only() && !c.has_norm() && !c.rotary()));
+    CHECK(mechlens::all_sites(c).size() == 2 * 10 + 3);
+    CHECK(mechlens::all_site_names(c)[1] == "hook_pos_embed");
+    CHECK_THROWS_WITH(mechlens::site_from_name("blocks.0.hook_resid_mid", c), Catch::Matchers::Contains("attention-only"));
+    CHECK_THROWS_WITH(mechlens::site_from_name("ln_final.hook_scale", c), Catch::Matchers::Contains("no normalisation"));
+    CHECK_THROWS_WITH(mechlens::site_from_name("blocks.1.attn.hook_rot_k", c), Catch::Matchers::Contains("learned"));
+    CHECK_THROWS_AS(mechlens::match_sites("*ln1*", c), mechlens::unknown_hook_error);
+    CHECK_THROWS_WITH(mechlens::site_from_name("hook_pos_embed", mechlens::model_config{}),
+                      Catch::Matchers::Contains("rotary"));
+}
+
+TEST_CASE("variants: patching hook_pos_embed changes the logits as editing W_pos does", "[variants][hooks]") {
+    for (const variant_fixture& f : variant_fixtures()) {
+        if (f.config.rotary()) continue;
+        INFO("fixture " << f.name);
+        const mechlens::transformer model = variant_model(f);
+        mechlens::caching_hooks<> clean;
+        const auto base = mechlens::forward_logits(model, as_batch(f.tokens), clean);
+        const mechlens::site pos_site{mechlens::site_kind::pos_embed, -1};
+        mechlens::patch_hooks<> same(clean.cache());
+        same.patch(pos_site);
+        CHECK(max_abs_difference(values_of(mechlens::forward_logits(model, as_batch(f.tokens), same)),
+                                 values_of(base)) == 0.0);
+
+        // Reverse the position rows, once through the hook and once in a copy of the weights.
+        mechlens::activation_cache reversed = clean.cache();
+        auto rows = reversed.at(pos_site).view<3>();  // (1, pos, d_model)
+        const index_t n = rows.extent(1), d = rows.extent(2);
+        mechlens::model_parameters edited = f.params;
+        for (index_t p = 0; p < n; ++p)
+            for (index_t i = 0; i < d; ++i) {
+                rows(0, p, i) = f.params.pos_embedding(n - 1 - p, i);
+                edited.pos_embedding(p, i) = f.params.pos_embedding(n - 1 - p, i);
+            }
+        mechlens::patch_hooks<> patch(reversed);
+        patch.patch(pos_site);
+        const auto patched = mechlens::forward_logits(model, as_batch(f.tokens), patch);
+        const mechlens::transformer edited_model(mechlens::loaded_model{f.config, edited.weights()});
+        mechlens::caching_hooks<> edited_run;  // the same hooked code path as the patched run
+        const auto expected = mechlens::forward_logits(edited_model, as_batch(f.tokens), edited_run);
+        CHECK(max_abs_difference(values_of(patched), values_of(base)) > 1e-2);
+        CHECK(max_abs_difference(values_of(patched), values_of(expected)) <= 1e-6);
+    }
+}
+
+TEST_CASE("variants: weights validate per variant; random_model keeps LLaMA's weights", "[variants][weights]") {
+    for (const variant_fixture& f : variant_fixtures()) {
+        INFO("fixture " << f.name);
+        CHECK_NOTHROW(mechlens::validate_weights(f.config, f.params.weights()));
+        mechlens::model_weights w = f.params.weights();
+        if (f.config.rotary()) {
+            w.pos_embedding = f.params.weights().token_embedding.slice(0, 0, f.config.n_ctx);  // a stray table
+        } else {
+            w.pos_embedding = {};  // learned positions without their table
+        }
+        CHECK_THROWS_AS(mechlens::validate_weights(f.config, w), mechlens::shape_error);
+        CHECK_THROWS_AS(mechlens::transformer(mechlens::loaded_model{f.config, w}), mechlens::shape_error);
+    }
+    // random_model's draws are pinned: these FNV-1a hashes of every weight were taken before the variants existed.
+    auto fnv = [](const mechlens::model_weights& w) {
+        std::uint64_t h = 1469598103934665603ull;
+        auto mix = [&](auto view) {
+            for (index_t i = 0; i < view.size(); ++i) {
+                std::uint32_t bits = 0;
+                std::memcpy(&bits, view.data() + i, sizeof bits);
+                for (int k = 0; k < 4; ++k) h = (h ^ ((bits >> (8 * k)) & 0xffu)) * 1099511628211ull;
+            }
+        };
+        mix(w.token_embedding);
+        for (const mechlens::layer_weights& l : w.layers) {
+            mix(l.attn_norm), mix(l.w_q), mix(l.w_k), mix(l.w_v), mix(l.w_o);
+            mix(l.mlp_norm), mix(l.w_gate), mix(l.w_up), mix(l.w_down);
+        }
+        mix(w.final_norm), mix(w.unembed);
+        return h;
+    };
+    const std::vector<mechlens::model_config> variants = every_variant();
+    mechlens::model_config llama = variants.front();  // rms, rotary, gated
+    REQUIRE((llama.has_norm() && llama.rotary() && llama.mlp == mechlens::mlp_kind::gated_silu));
+    llama.tied_unembed = true;
+    CHECK(fnv(mechlens::random_model(llama, 42).weights) == 0xe3c6bd3346fde4f9ull);
+    llama.tied_unembed = false;
+    const mechlens::loaded_model untied = mechlens::random_model(llama, 42);
+    CHECK(fnv(untied.weights) == 0x502ad54de6642210ull);
+    // Every variant validates, has exactly the weights it uses, and shares the draws that come before its first
+    // difference from LLaMA (position tables are drawn last).
+    for (const mechlens::model_config& c : variants) {
+        const mechlens::loaded_model m = mechlens::random_model(c, 42);
+        CHECK_NOTHROW(mechlens::validate_weights(c, m.weights));
+        CHECK(m.weights.pos_embedding.size() == (c.rotary() ? 0 : c.n_ctx * c.d_model));
+        CHECK(m.weights.final_norm.size() == (c.has_norm() ? c.d_model : 0));
+        const mechlens::tensor_view<const float, 2> a = m.weights.layers[0].w_o, b = untied.weights.layers[0].w_o;
+        CHECK(std::equal(a.data(), a.data() + a.size(), b.data()));
+        CHECK(std::equal(m.weights.token_embedding.data(), m.weights.token_embedding.data() + 37 * 16,
+                         untied.weights.token_embedding.data()));
+    }
 }

@@ -34,10 +34,12 @@ private:
 
 namespace detail {
 
-/// Orders sites as the forward pass fires them: `hook_embed`, block 0 (in site_kind order), block 1, ..., then the
-/// final norm and the unembedding.
+/// Orders sites as the forward pass fires them: `hook_embed`, `hook_pos_embed`, block 0 (in site_kind order),
+/// block 1, ..., then the final norm and the unembedding.
 inline bool forward_order_less(const site& a, const site& b) noexcept {
-    auto phase = [](const site& s) { return s.kind == site_kind::embed ? 0 : is_block_site(s.kind) ? 1 : 2; };
+    auto phase = [](const site& s) {
+        return s.kind == site_kind::embed || s.kind == site_kind::pos_embed ? 0 : is_block_site(s.kind) ? 1 : 2;
+    };
     if (phase(a) != phase(b)) return phase(a) < phase(b);
     if (a.layer != b.layer) return a.layer < b.layer;
     return a.kind < b.kind;
@@ -180,16 +182,59 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     return site{*kind, layer};
 }
 
-/// Every site of a model with this config, in the order the forward pass fires them (`attn.hook_result` included).
+/// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
+/// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
+/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
+/// `hook_pos_embed` learned ones.
+constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
+    // The fields, not the helper functions, so that this stays usable in constant expressions.
+    const bool norms = c.norm != norm_kind::none, mlp = c.mlp != mlp_kind::none;
+    const bool rotary = c.positions == positional_kind::rotary;
+    switch (kind) {
+        case site_kind::pos_embed: return !rotary;
+        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return rotary;
+        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
+        case site_kind::ln_final_normalized: return norms;
+        case site_kind::ln2_scale: case site_kind::ln2_normalized: return norms && mlp;
+        case site_kind::resid_mid: case site_kind::mlp_pre: case site_kind::mlp_post: case site_kind::mlp_out:
+            return mlp;
+        case site_kind::mlp_pre_linear: return c.mlp == mlp_kind::gated_silu;
+        default: return true;
+    }
+}
+
+namespace detail {
+/// Why a model with config `c` lacks sites of `kind` (for error messages); empty when it has them.
+inline std::string missing_kind_reason(const model_config& c, site_kind kind) {
+    if (has_site_kind(c, kind)) return {};
+    constexpr const char* no_norms = "the model has no normalisation layers";
+    constexpr const char* attention_only = "the model's blocks are attention-only";
+    switch (kind) {
+        case site_kind::pos_embed: return "the model uses rotary positions, not learned ones";
+        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return "the model uses learned positions, not rotary";
+        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
+        case site_kind::ln_final_normalized: return no_norms;
+        case site_kind::ln2_scale: case site_kind::ln2_normalized: return c.attn_only() ? attention_only : no_norms;
+        case site_kind::mlp_pre_linear: return c.attn_only() ? attention_only : "the model's MLP is not gated";
+        default: return attention_only;  // resid_mid and the remaining mlp sites
+    }
+}
+}  // namespace detail
+
+/// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
+/// fires them (`attn.hook_result` included).
 inline std::vector<site> all_sites(const model_config& c) {
     std::vector<site> sites;
-    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 4);
-    sites.push_back(site{site_kind::embed, -1});
+    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 5);
+    for (site_kind k : {site_kind::embed, site_kind::pos_embed})
+        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
     for (index_t layer = 0; layer < c.n_layers; ++layer)
-        for (std::size_t k = 0; k < site_kind_count; ++k)
-            if (is_block_site(static_cast<site_kind>(k))) sites.push_back(site{static_cast<site_kind>(k), layer});
+        for (std::size_t k = 0; k < site_kind_count; ++k) {
+            const auto kind = static_cast<site_kind>(k);
+            if (is_block_site(kind) && has_site_kind(c, kind)) sites.push_back(site{kind, layer});
+        }
     for (site_kind k : {site_kind::ln_final_scale, site_kind::ln_final_normalized, site_kind::unembed_out})
-        sites.push_back(site{k, -1});
+        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
     return sites;
 }
 
@@ -201,14 +246,17 @@ inline std::vector<std::string> all_site_names(const model_config& c) {
 }
 
 /// The site a hook name denotes in a model with this config; throws unknown_hook_error (with the closest valid
-/// names) when the name is malformed or its layer is not below n_layers.
+/// names) when the name is malformed, its layer is not below n_layers, or the model has no such site (e.g.
+/// `blocks.0.ln1.hook_scale` without norms, see has_site_kind).
 inline site site_from_name(std::string_view name, const model_config& c) {
     const std::optional<site> parsed = parse_site(name);
-    if (parsed && (parsed->layer < c.n_layers)) return *parsed;
+    if (parsed && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind)) return *parsed;
     std::string problem = "unknown hook name " + detail::quote_name(name);
-    if (parsed)
+    if (parsed && parsed->layer >= c.n_layers)
         problem += " (layer " + std::to_string(parsed->layer) + " is out of range: the model has " +
                    std::to_string(c.n_layers) + " blocks)";
+    else if (parsed)
+        problem += " (" + detail::missing_kind_reason(c, parsed->kind) + ")";
     throw detail::make_unknown_hook_error(problem, name, all_site_names(c));
 }
 

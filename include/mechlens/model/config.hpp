@@ -2,6 +2,7 @@
 /// @file
 /// Hyper-parameters of a decoder-only transformer, kept apart from weights and run state.
 
+#include <cstdint>
 #include <string>
 
 #include "mechlens/detail/namespace.hpp"
@@ -13,6 +14,25 @@ MECHLENS_BEGIN_NAMESPACE
 enum class rope_layout {
     adjacent_pairs,  ///< (0,1), (2,3), ...: llama2.c, GGUF/llama.cpp "normal" rope.
     split_halves,    ///< (i, i + d_head/2): Hugging Face LLaMA, GPT-NeoX.
+};
+
+/// The normalisation before attention, before the MLP and before the unembedding.
+enum class norm_kind : std::uint8_t {
+    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
+    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+};
+
+/// How positions enter the model.
+enum class positional_kind : std::uint8_t {
+    rotary,   ///< Rotary embedding of queries and keys (LLaMA); fires attn.hook_rot_q/rot_k.
+    learned,  ///< A learned (n_ctx, d_model) table added to the token embedding (GPT-2); fires hook_pos_embed.
+};
+
+/// The MLP of each block.
+enum class mlp_kind : std::uint8_t {
+    gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
+    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
+    none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
 };
 
 /// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
@@ -28,6 +48,16 @@ struct model_config {
     float norm_eps = 1e-5f;                          ///< Epsilon inside RMSNorm.
     bool tied_unembed = true;                        ///< Unembedding shares the token embedding matrix.
     rope_layout rope = rope_layout::adjacent_pairs;  ///< Rotary pairing convention.
+    norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
+    positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
+    mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
+
+    /// True for attention-only blocks (no MLP).
+    [[nodiscard]] bool attn_only() const noexcept { return mlp == mlp_kind::none; }
+    /// True when the blocks and the unembedding are preceded by a normalisation layer.
+    [[nodiscard]] bool has_norm() const noexcept { return norm != norm_kind::none; }
+    /// True for rotary positions.
+    [[nodiscard]] bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
     /// Width of one head.
     [[nodiscard]] index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
@@ -46,7 +76,7 @@ struct model_config {
         in_range(n_layers, "n_layers");
         in_range(n_heads, "n_heads");
         in_range(n_kv_heads, "n_kv_heads");
-        in_range(d_mlp, "d_mlp");
+        if (!attn_only()) in_range(d_mlp, "d_mlp");
         in_range(d_vocab, "d_vocab");
         in_range(n_ctx, "n_ctx");
         if (d_model % n_heads != 0)
@@ -54,7 +84,8 @@ struct model_config {
         if (n_heads % n_kv_heads != 0)
             fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
                  std::to_string(n_kv_heads));
-        if (d_head() % 2 != 0) fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (rotary() && d_head() % 2 != 0)
+            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
         if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
     }

@@ -1,6 +1,8 @@
 #pragma once
 /// @file
-/// The forward pass of a LLaMA-family transformer, with a hook site at every named activation.
+/// The forward pass of a decoder-only transformer, with a hook site at every named activation: LLaMA (RMSNorm,
+/// rotary, gated SiLU MLP) and the variants model_config allows (no norms, learned positions, a plain GELU MLP,
+/// attention-only blocks). The variant branches are run-time tests of cheap config fields outside the inner loops.
 
 #include <cmath>
 #include <cstdint>
@@ -72,6 +74,44 @@ void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const
         (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
         for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
     }
+}
+
+/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
+/// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                                      const model_config& c, tensor_view<const float, 2> x,
+                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
+                                      detail::scratch_buffer& scale_buffer) {
+    if (!c.has_norm()) return x;
+    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
+    return out;
+}
+
+/// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
+/// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
+/// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
+template <class Policy>
+void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+           const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
+    const model_config& c = model.config();
+    const model_weights& w = model.weights();
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const std::int32_t token = tokens(r / s.positions, r % s.positions);
+        const float* embedding = &w.token_embedding(token, 0);
+        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
+    }
+    fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
+    if (c.rotary()) return;
+    // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
+    // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
+    const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
+        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
+    }
+    fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
+    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
 }
 
 /// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
@@ -177,7 +217,30 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
     }
 }
 
-/// One transformer block: attention then gated MLP, each added to the residual stream.
+/// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
+/// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
+template <class Policy>
+void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const layer_weights& w,
+             const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+    const index_t rows = s.rows();
+    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
+    if (c.mlp == mlp_kind::gated_silu) {
+        const auto up = ws.up.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
+        kernels::linear(in, w.w_gate, gate);
+        kernels::linear(in, w.w_up, up);
+        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+        fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
+        for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
+    } else {
+        kernels::linear(in, w.w_up, gate);
+        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+        for (index_t r = 0; r < rows; ++r) kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+    }
+    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    kernels::linear(gate, w.w_down, out);
+}
+
+/// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
@@ -192,18 +255,20 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
 
     fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-    rms_normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(policy, layer, ctx, s, x, w.attn_norm, c.norm_eps,
-                                                                   normed, ws.norm_scale);
-    kernels::linear(normed, w.w_q, queries);
-    kernels::linear(normed, w.w_k, new_keys);
-    kernels::linear(normed, w.w_v, new_values);
+    const auto attn_in = normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+    kernels::linear(attn_in, w.w_q, queries);
+    kernels::linear(attn_in, w.w_k, new_keys);
+    kernels::linear(attn_in, w.w_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
-    apply_rope(model, s, queries, c.n_heads);
-    apply_rope(model, s, new_keys, c.n_kv_heads);
-    fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-    fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    if (c.rotary()) {
+        apply_rope(model, s, queries, c.n_heads);
+        apply_rope(model, s, new_keys, c.n_kv_heads);
+        fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+        fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    }
 
     const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
     const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
@@ -219,19 +284,15 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     project_heads(policy, layer, ctx, model, s, ws, block_out);
     fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
     for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    if (c.attn_only()) {  // TransformerLens: resid_post = resid_pre + attn_out, with no hook_resid_mid in between
+        fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+        return;
+    }
     fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
 
-    rms_normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(policy, layer, ctx, s, x, w.mlp_norm, c.norm_eps,
-                                                                   normed, ws.norm_scale);
-    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
-    const auto up = ws.up.matrix(rows, c.d_mlp);      // (batch * pos, d_mlp)
-    kernels::linear(normed, w.w_gate, gate);
-    kernels::linear(normed, w.w_up, up);
-    fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
-    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    kernels::linear(gate, w.w_down, block_out);
+    const auto mlp_in = normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.mlp_norm, normed, ws.norm_scale);
+    run_mlp(policy, layer, ctx, c, w, s, mlp_in, ws, block_out);
     fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
     for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
     fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
@@ -283,12 +344,7 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     policy_type& hooks = policy;
 
     const auto x = ws.residual.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const std::int32_t token = tokens(r / s.positions, r % s.positions);
-        const float* embedding = &model.weights().token_embedding(token, 0);
-        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
-    }
-    detail::fire<site_kind::embed>(hooks, -1, ctx, [&] { return detail::as_sequence(x, s); });
+    detail::embed(hooks, ctx, model, tokens, s, x, ws);
     for (index_t layer = 0; layer < c.n_layers; ++layer) detail::run_block(hooks, layer, ctx, model, s, cache, ws);
 
     // Only the rows whose logits are asked for go through the final norm and the unembedding.
@@ -302,10 +358,10 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     }
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
     const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
-    detail::rms_normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        hooks, -1, final_ctx, out_shape, final_rows, model.weights().final_norm, c.norm_eps, normed, ws.norm_scale);
+    const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        hooks, -1, final_ctx, out_shape, c, final_rows, model.weights().final_norm, normed, ws.norm_scale);
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
-    kernels::linear(normed, model.weights().unembed, logit_rows);
+    kernels::linear(unembed_in, model.weights().unembed, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }

@@ -50,8 +50,10 @@ public:
         scores.reserve(batch * c.n_heads * positions * keys);
         mixed.reserve(rows * c.n_heads * c.d_head());
         block_out.reserve(rows * c.d_model);
-        gate.reserve(rows * c.d_mlp);
-        up.reserve(rows * c.d_mlp);
+        // Attention-only models may leave d_mlp at anything; only a gated MLP needs the second hidden buffer.
+        const index_t d_mlp = c.attn_only() ? 0 : c.d_mlp;
+        gate.reserve(rows * d_mlp);
+        up.reserve(c.mlp == mlp_kind::gated_silu ? rows * d_mlp : 0);
     }
 
     detail::scratch_buffer residual;    ///< (batch * pos, d_model) the residual stream.
@@ -62,9 +64,9 @@ public:
     detail::scratch_buffer new_values;  ///< (batch * pos, n_kv_heads * d_head) before entering the cache.
     detail::scratch_buffer scores;      ///< (batch, n_heads, pos, keys) scores, then the pattern in place.
     detail::scratch_buffer mixed;       ///< (batch * pos, n_heads * d_head) attention output per head ("z").
-    detail::scratch_buffer block_out;   ///< (batch * pos, d_model) attention or MLP output.
-    detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) gate pre-activation, then the MLP hidden state.
-    detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection.
+    detail::scratch_buffer block_out;   ///< (batch * pos, d_model) position rows, then attention or MLP output.
+    detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) MLP pre-activation (gate or W_in), then hidden state.
+    detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection of a gated MLP.
     detail::scratch_buffer head_result; ///< (batch * pos, n_heads, d_model) per-head outputs (only when hooked).
     kv_cache own_cache;                 ///< Cache used by forward calls that are not given one.
 };

@@ -1,0 +1,283 @@
+#!/usr/bin/python3
+"""Independent float64 reference of the model variants mechlens's forward pass supports.
+
+For a handful of tiny configs covering {RMSNorm, no norm} x {rotary, learned positions} x {gated SiLU MLP,
+plain GELU MLP, attention-only}, this script draws weights with numpy (fixed seeds), runs a forward pass written
+directly from the equations in float64 (from the float32-rounded weights), and writes one
+`fixtures/variants/<name>.safetensors` per config holding the weights under mechlens's `parameter_layout` names,
+the tokens, the logits and TransformerLens-named activations, with the config in `__metadata__`. The C++ test
+`[variants]` in tests/unit/test_model.cpp loads each file and compares. Run with Debian's python:
+
+    /usr/bin/python3 tests/reference/variants_reference.py [--out tests/reference/fixtures/variants]
+
+Only numpy and the standard library are used; re-running writes byte-identical files.
+
+Conventions (the same as llama_reference.py where they overlap):
+- RMSNorm: scale = sqrt(mean(x^2) + 1e-5), normalized = x / scale, output = normalized * gain.
+  Without norms (TransformerLens normalization_type None) the sublayers read the residual stream itself.
+- Rotary: llama2.c adjacent pairs (2i, 2i+1) per head, angle = pos * 10000^(-2i/d_head), pos from 0.
+- Learned positions: resid_pre of block 0 = W_E[token] + W_pos[pos] (hook_embed, hook_pos_embed); no rotary.
+- Attention: q.k / sqrt(d_head), causal mask, softmax, grouped-query (query head h reads kv head
+  h // (n_heads / n_kv_heads)), z @ W_O^T.
+- Gated MLP: hook_pre = x W_gate^T, hook_pre_linear = x W_up^T, hook_post = silu(pre) * pre_linear, then W_down.
+  Plain MLP: hook_pre = x W_up^T, hook_post = gelu_tanh(pre) (GPT-2's gelu_new), then W_down. No biases.
+- Attention-only blocks (TransformerLens attn_only): resid_post = resid_pre + attn_out; no hook_resid_mid.
+- Logits = final_input @ W_U^T, W_U = the token embedding when tied, else the `unembed` tensor.
+- Every tensor is float32 (mechlens's safetensors reader takes F32 only), so `tokens` (1, 10) holds small integers
+  as floats; the ids are also listed in the metadata under "tokens".
+"""
+
+import argparse
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+D_MODEL, N_LAYERS, N_HEADS, N_KV_HEADS, D_MLP, D_VOCAB, N_CTX = 16, 2, 4, 2, 32, 37, 12
+N_TOKENS = 10
+NORM_EPS = 1e-5
+ROPE_THETA = 10000.0
+
+# name, norm, positions, mlp, tied unembedding
+CONFIGS = [
+    ("attn_only_none_learned", "none", "learned", "none", False),
+    ("attn_only_rms_rotary", "rms", "rotary", "none", True),
+    ("gelu_rms_learned", "rms", "learned", "plain_gelu", False),
+    ("gated_none_rotary", "none", "rotary", "gated_silu", True),
+    ("gated_rms_rotary", "rms", "rotary", "gated_silu", True),
+]
+
+
+def make_config(name, norm, positions, mlp, tied):
+    return dict(name=name, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, d_mlp=D_MLP,
+                d_vocab=D_VOCAB, n_ctx=N_CTX, rope_theta=ROPE_THETA, norm_eps=NORM_EPS, tied_unembed=tied,
+                rope="adjacent_pairs", norm=norm, positions=positions, mlp=mlp)
+
+
+def parameter_layout(c):
+    """(name, shape) in the order of mechlens::parameter_layout: only the tensors the config uses."""
+    d, d_head = c["d_model"], c["d_model"] // c["n_heads"]
+    q, kv = c["n_heads"] * d_head, c["n_kv_heads"] * d_head
+    out = [("token_embedding", (c["d_vocab"], d))]
+    if c["positions"] == "learned":
+        out.append(("pos_embedding", (c["n_ctx"], d)))
+    for layer in range(c["n_layers"]):
+        p = f"blocks.{layer}."
+        if c["norm"] == "rms":
+            out.append((p + "attn_norm", (d,)))
+        out += [(p + "w_q", (q, d)), (p + "w_k", (kv, d)), (p + "w_v", (kv, d)), (p + "w_o", (d, q))]
+        if c["mlp"] != "none":
+            if c["norm"] == "rms":
+                out.append((p + "mlp_norm", (d,)))
+            if c["mlp"] == "gated_silu":
+                out.append((p + "w_gate", (c["d_mlp"], d)))
+            out += [(p + "w_up", (c["d_mlp"], d)), (p + "w_down", (d, c["d_mlp"]))]
+    if c["norm"] == "rms":
+        out.append(("final_norm", (d,)))
+    if not c["tied_unembed"]:
+        out.append(("unembed", (c["d_vocab"], d)))
+    return out
+
+
+def draw_weights(c, rng):
+    """Float32 weights of roughly unit-scale activations: N(0, 1/fan_in) matrices, gains near 1."""
+    weights = {}
+    for name, shape in parameter_layout(c):
+        field = name.rsplit(".", 1)[-1]
+        if field in ("attn_norm", "mlp_norm", "final_norm"):
+            value = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif field in ("token_embedding", "unembed"):
+            value = rng.standard_normal(shape)
+        elif field == "pos_embedding":
+            value = 0.5 * rng.standard_normal(shape)
+        else:
+            value = rng.standard_normal(shape) / np.sqrt(shape[1])
+        weights[name] = value.astype(np.float32)
+    return weights
+
+
+# --------------------------------------------------------------------------------------------------
+# The forward pass, from the equations
+
+
+def rms_norm(x, gain, eps):
+    scale = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    normalized = x / scale
+    return normalized * gain, scale, normalized
+
+
+def rotary_adjacent(x, theta):
+    """x: (pos, heads, d_head); rotates pairs (2i, 2i+1) of every head by pos * theta^(-2i/d_head)."""
+    pos, _, d_head = x.shape
+    half = np.arange(d_head // 2, dtype=np.float64)
+    angle = np.arange(pos, dtype=np.float64)[:, None] * theta ** (-2.0 * half / d_head)[None, :]  # (pos, d_head/2)
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = even * cos - odd * sin
+    out[..., 1::2] = even * sin + odd * cos
+    return out
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def forward(c, w, tokens, dtype=np.float64):
+    """Runs one sequence of token ids; returns (logits (pos, vocab), {hook name: activation without batch axis})."""
+    W = {k: v.astype(dtype) for k, v in w.items()}
+    eps = dtype(c["norm_eps"])
+    n_heads, n_kv = c["n_heads"], c["n_kv_heads"]
+    d_head = c["d_model"] // n_heads
+    group = n_heads // n_kv
+    pos = len(tokens)
+    acts = {}
+
+    def norm(x, gain_name, hook):
+        if c["norm"] == "none":
+            return x
+        out, scale, normalized = rms_norm(x, W[gain_name], eps)
+        acts[hook + ".hook_scale"] = scale
+        acts[hook + ".hook_normalized"] = normalized
+        return out
+
+    x = W["token_embedding"][tokens]
+    acts["hook_embed"] = x
+    if c["positions"] == "learned":
+        acts["hook_pos_embed"] = W["pos_embedding"][:pos]
+        x = x + acts["hook_pos_embed"]
+    for layer in range(c["n_layers"]):
+        p = f"blocks.{layer}."
+        acts[p + "hook_resid_pre"] = x
+        xn = norm(x, p + "attn_norm", p + "ln1")
+        q = (xn @ W[p + "w_q"].T).reshape(pos, n_heads, d_head)
+        k = (xn @ W[p + "w_k"].T).reshape(pos, n_kv, d_head)
+        v = (xn @ W[p + "w_v"].T).reshape(pos, n_kv, d_head)
+        if c["positions"] == "rotary":
+            q, k = rotary_adjacent(q, c["rope_theta"]), rotary_adjacent(k, c["rope_theta"])
+            acts[p + "attn.hook_rot_q"] = q
+        pattern = np.empty((n_heads, pos, pos), dtype=dtype)
+        z = np.empty((pos, n_heads, d_head), dtype=dtype)
+        future = np.triu(np.ones((pos, pos), dtype=bool), 1)
+        for h in range(n_heads):
+            scores = q[:, h, :] @ k[:, h // group, :].T / np.sqrt(dtype(d_head))
+            scores = np.where(future, -np.inf, scores)
+            e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            pattern[h] = e / e.sum(axis=-1, keepdims=True)
+            z[:, h, :] = pattern[h] @ v[:, h // group, :]
+        acts[p + "attn.hook_pattern"] = pattern
+        acts[p + "attn.hook_z"] = z
+        attn_out = z.reshape(pos, n_heads * d_head) @ W[p + "w_o"].T
+        acts[p + "hook_attn_out"] = attn_out
+        x = x + attn_out
+        if c["mlp"] != "none":
+            acts[p + "hook_resid_mid"] = x
+            xn = norm(x, p + "mlp_norm", p + "ln2")
+            if c["mlp"] == "gated_silu":
+                pre, pre_linear = xn @ W[p + "w_gate"].T, xn @ W[p + "w_up"].T
+                acts[p + "mlp.hook_pre_linear"] = pre_linear
+                post = silu(pre) * pre_linear
+            else:
+                pre = xn @ W[p + "w_up"].T
+                post = gelu_tanh(pre)
+            acts[p + "mlp.hook_pre"] = pre
+            acts[p + "mlp.hook_post"] = post
+            mlp_out = post @ W[p + "w_down"].T
+            acts[p + "hook_mlp_out"] = mlp_out
+            x = x + mlp_out
+        acts[p + "hook_resid_post"] = x
+    xn = norm(x, "final_norm", "ln_final")
+    unembed = W["token_embedding"] if c["tied_unembed"] else W["unembed"]
+    return xn @ unembed.T, acts
+
+
+# Stored activations: enough to locate a mismatch, small enough to keep the files small. "L" is every block.
+STORED = ["hook_embed", "hook_pos_embed", "L.hook_resid_pre", "L.ln1.hook_scale", "L.attn.hook_rot_q",
+          "L.attn.hook_pattern", "L.attn.hook_z", "L.hook_attn_out", "L.hook_resid_mid", "L.mlp.hook_pre",
+          "L.mlp.hook_pre_linear", "L.mlp.hook_post", "L.hook_mlp_out", "L.hook_resid_post",
+          "ln_final.hook_normalized"]
+
+
+def stored_names(c, acts):
+    names = []
+    for pattern in STORED:
+        layers = range(c["n_layers"]) if pattern.startswith("L.") else [None]
+        for layer in layers:
+            name = pattern if layer is None else f"blocks.{layer}." + pattern[2:]
+            if name in acts:
+                names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# safetensors, written with the standard library
+
+
+def write_safetensors(path, tensors, metadata):
+    """tensors: list of (name, float32 array); an 8-byte little-endian header length, the JSON header padded with
+    spaces to a multiple of 8, then the raw little-endian data in list order."""
+    header = {"__metadata__": metadata}
+    offset, blobs = 0, []
+    for name, array in tensors:
+        blob = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * ((8 - len(text) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+
+
+def check(condition, message):
+    if not condition:
+        sys.exit("variants_reference.py: check failed: " + message)
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(here, "fixtures", "variants"))
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    for index, (name, norm, positions, mlp, tied) in enumerate(CONFIGS):
+        c = make_config(name, norm, positions, mlp, tied)
+        rng = np.random.RandomState(1000 + index)  # the legacy generator: its streams never change across numpy
+        weights = draw_weights(c, rng)
+        tokens = rng.randint(0, c["d_vocab"], size=N_TOKENS)
+        logits, acts = forward(c, weights, tokens)
+
+        # Self-checks: causality (a prefix gives the prefix's logits) and float32 agreement with float64.
+        prefix_logits, _ = forward(c, weights, tokens[:4])
+        check(np.max(np.abs(prefix_logits - logits[:4])) < 1e-12, f"{name}: a prefix changes earlier logits")
+        logits32, _ = forward(c, weights, tokens, np.float32)
+        drift = float(np.max(np.abs(logits32 - logits)))
+        check(drift < 1e-4, f"{name}: float32 and float64 logits differ by {drift}")
+        check(np.all(np.isfinite(logits)), f"{name}: non-finite logits")
+
+        tensors = [(n, weights[n]) for n, _ in parameter_layout(c)]
+        tensors.append(("tokens", tokens.astype(np.float32)[None, :]))
+        tensors.append(("logits", logits.astype(np.float32)[None]))
+        for hook in stored_names(c, acts):
+            tensors.append((hook, acts[hook].astype(np.float32)[None]))
+        metadata = {k: (("true" if v else "false") if isinstance(v, bool) else str(v)) for k, v in c.items()}
+        metadata["tokens"] = ",".join(str(int(t)) for t in tokens)
+        metadata["generator"] = "tests/reference/variants_reference.py (numpy float64 from float32 weights)"
+        path = os.path.join(args.out, name + ".safetensors")
+        write_safetensors(path, tensors, metadata)
+        print(f"{name}: {len(tensors)} tensors, {os.path.getsize(path)} bytes, |logits| max "
+              f"{np.max(np.abs(logits)):.3g}, float32 drift {drift:.2g}")
+
+
+if __name__ == "__main__":
+    main()
