@@ -152,6 +152,15 @@ public:
         }
     }
 
+    /// Observes the gradient at every kind it can ablate (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Zeroes the gradient of what it replaced: an ablated value is a constant, so nothing flows back through it.
+    template <std::size_t R>
+    void on_gradient(const site& s, tensor_view<float, R> gradient, const hook_context& ctx) {
+        for (const ablation_target& t : targets_)
+            if (t.target == s) detail::zero_selected(gradient, s, ctx, t.selected);
+    }
+
 private:
     std::vector<ablation_target> targets_;
 };

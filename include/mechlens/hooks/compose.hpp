@@ -28,10 +28,21 @@ public:
 
     /// The union of what the parts want.
     static constexpr bool wants(site_kind kind) noexcept { return (std::remove_cvref_t<Policies>::wants(kind) || ...); }
-    /// Hands the activation to each part that wants its kind, in order.
-    template <std::size_t R>
-    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+    /// Hands the activation to each part that wants its kind, in order (float passes, or double gradient passes
+    /// whose parts all accept double views).
+    template <std::size_t R, class T>
+    void on_activation(const site& s, tensor_view<T, R> view, const hook_context& ctx) {
         std::apply([&](auto&... part) { (fire_part(part, s, view, ctx), ...); }, parts_);
+    }
+    /// The union of the gradients the parts observe (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept {
+        return (detail::wants_gradient_of<std::remove_cvref_t<Policies>>(kind) || ...);
+    }
+    /// Hands a gradient to each part that observes its kind, in reverse order: the backward pass meets the last
+    /// intervention first, so `compose(ablate, cache)` caches the gradient before the ablation cuts it.
+    template <std::size_t R, class T>
+    void on_gradient(const site& s, tensor_view<T, R> gradient, const hook_context& ctx) {
+        reverse_gradient(s, gradient, ctx, std::make_index_sequence<sizeof...(Policies)>{});
     }
     /// Part I (a reference to the caller's policy when it was passed as an lvalue).
     template <std::size_t I>
@@ -40,9 +51,21 @@ public:
     }
 
 private:
-    template <class Part, std::size_t R>
-    static void fire_part(Part& part, const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+    template <class Part, std::size_t R, class T>
+    static void fire_part(Part& part, const site& s, tensor_view<T, R> view, const hook_context& ctx) {
         if (Part::wants(s.kind)) part.on_activation(s, view, ctx);
+    }
+
+    template <std::size_t R, class T, std::size_t... I>
+    void reverse_gradient(const site& s, tensor_view<T, R> gradient, const hook_context& ctx,
+                          std::index_sequence<I...>) {
+        (observe_part(std::get<sizeof...(I) - 1 - I>(parts_), s, gradient, ctx), ...);
+    }
+    template <class Part, std::size_t R, class T>
+    static void observe_part(Part& part, const site& s, tensor_view<T, R> gradient, const hook_context& ctx) {
+        using part_type = std::remove_cvref_t<Part>;
+        if constexpr (requires { part_type::wants_gradient(s.kind); })
+            if (part_type::wants_gradient(s.kind)) part.on_gradient(s, gradient, ctx);
     }
 
     std::tuple<Policies...> parts_;

@@ -161,6 +161,15 @@ void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook
     }
 }
 
+/// Writes zeros into the selected part of `view`.
+template <std::size_t R>
+void zero_selected(tensor_view<float, R> view, const site& s, const hook_context& ctx, const selection& where) {
+    const index_t width = view.extent(R - 1), stride = view.stride(R - 1);
+    for_each_selected_row(view, s, ctx, where, [&](const extents<R>&, float* row) {
+        for (index_t i = 0; i < width; ++i) row[i * stride] = 0.0f;
+    });
+}
+
 /// Overwrites the selected rows of `view` with the matching rows of `source`, whose position axis holds absolute
 /// positions (0, 1, ... or source.positions; a single row broadcast to every position when `broadcast_positions`)
 /// and whose batch axis is either the view's or 1 (broadcast). Throws shape_error naming the site when `source` cannot
@@ -280,6 +289,15 @@ public:
     void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
         for (const patch_target& t : targets_)
             if (t.target == s) detail::overwrite_from(view, s, ctx, t.selected, source_->at(s), false, "patch_hooks");
+    }
+
+    /// Observes the gradient at every kind it can patch (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Zeroes the gradient of what it overwrote: a patched value comes from another run, so nothing flows back.
+    template <std::size_t R>
+    void on_gradient(const site& s, tensor_view<float, R> gradient, const hook_context& ctx) {
+        for (const patch_target& t : targets_)
+            if (t.target == s) detail::zero_selected(gradient, s, ctx, t.selected);
     }
 
 private:

@@ -71,6 +71,14 @@ inline void fire([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer
     if constexpr (Policy::wants(Kind)) policy.on_activation(site{Kind, layer}, make_view(), ctx);
 #endif
 }
+/// True when Policy declares `wants_gradient` (it observes gradients in the backward pass) and wants `kind`'s.
+template <class Policy>
+constexpr bool wants_gradient_of(site_kind kind) noexcept {
+    if constexpr (requires { Policy::wants_gradient(kind); })
+        return Policy::wants_gradient(kind);
+    else
+        return false;
+}
 /// True when the policy wants any of the given kinds (evaluated at compile time).
 template <class Policy, site_kind... Kinds>
 inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);

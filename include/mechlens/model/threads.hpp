@@ -2,8 +2,6 @@
 /// @file
 /// Thread count control for the OpenMP-parallel parts (attention heads, Eigen's GEMM).
 
-#include <Eigen/Core>
-
 #include "mechlens/detail/namespace.hpp"
 
 #if defined(_OPENMP)
@@ -12,12 +10,15 @@
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Sets the threads used by later forward passes (no effect when built without OpenMP).
+/// Sets the threads the calling thread's later passes may use (no effect when built without OpenMP). It sets
+/// OpenMP's per-thread count, which Eigen's GEMM also follows; it leaves Eigen's own global override
+/// (Eigen::setNbThreads) alone, so the gradient pass can keep small products serial.
 inline void set_num_threads(int threads) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
-    Eigen::setNbThreads(threads);
 }
 
 /// Threads later forward passes may use (1 without OpenMP).
