@@ -1,4 +1,4 @@
-# mechlens entry points. `make demo` runs the first lesson; `make test` builds and runs the whole test suite.
+# mechlens entry points. `make demo` runs the flagship lesson (04, grow / see / intervene); `make test` builds and runs the whole test suite.
 # Both first make sure the Debian packages mechlens needs are installed. Build trees and their options are the
 # presets in CMakePresets.json (release -> build/, sanitize -> build-sanitize/, bench -> build-bench/).
 
@@ -22,7 +22,7 @@ launcher = $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUN
 .PHONY: help deps configure build test demo test-sanitize bench single-header format format-check clean
 
 help:
-	@echo "make demo           build and run examples/01_generate (needs the model; it says where to get it)"
+	@echo "make demo           build and run examples/04_grow_induction: grow, see and break an induction circuit"
 	@echo "make test           build everything in build/ (Release, -Werror) and run ctest"
 	@echo "make test-sanitize  ASan+UBSan build in build-sanitize/ and run ctest (consumer tests excluded)"
 	@echo "make bench          build the benchmarks in build-bench/ and run them (BENCH_ARGS=...)"
@@ -67,9 +67,10 @@ build: configure
 test: build
 	ctest --preset release -j $(JOBS)
 
+# The flagship demo needs no downloaded model; its report and grown model land in build/.
 demo: configure
-	cmake --build --preset release --target example_01_generate -j $(JOBS)
-	./build/examples/example_01_generate $(DEMO_ARGS)
+	cmake --build --preset release --target example_04_grow_induction -j $(JOBS)
+	cd build && ./examples/example_04_grow_induction $(DEMO_ARGS)
 
 # ASan + UBSan (leak checking on); the sanitize test preset sets ASAN_OPTIONS/UBSAN_OPTIONS and skips `consumers`.
 test-sanitize: deps

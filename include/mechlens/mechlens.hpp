@@ -8,3 +8,7 @@
 #include "mechlens/hooks.hpp"
 #include "mechlens/model.hpp"
 #include "mechlens/io.hpp"
+#include "mechlens/grad.hpp"
+#include "mechlens/train.hpp"
+#include "mechlens/attribution.hpp"
+#include "mechlens/report.hpp"

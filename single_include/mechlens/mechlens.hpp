@@ -1787,7 +1787,9 @@ MECHLENS_END_NAMESPACE
 
 // ---- begin mechlens/hooks/site.hpp ----
 /// @file
-/// Hook sites: every named activation of the forward pass, as a typed (kind, layer) value.
+/// Hook sites: every named activation of the forward pass, as a typed (kind, layer) value. Which kinds a model has
+/// depends on its config (see has_site_kind in names.hpp): LLaMA has no hook_pos_embed, GPT-2-style learned
+/// positions no rot_q/rot_k, attention-only blocks no ln2/mlp sites and no hook_resid_mid.
 
 #include <array>
 #include <cstdint>
@@ -1799,25 +1801,26 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// The kind of a hook site; names and shapes follow TransformerLens (batch axis kept).
 enum class site_kind : std::uint8_t {
-    embed,                ///< `hook_embed` (batch, pos, d_model)
+    embed,                ///< `hook_embed` (batch, pos, d_model): token embedding rows
+    pos_embed,            ///< `hook_pos_embed` (batch, pos, d_model): learned position rows (learned positions only)
     resid_pre,            ///< `blocks.L.hook_resid_pre` (batch, pos, d_model)
-    ln1_scale,            ///< `blocks.L.ln1.hook_scale` (batch, pos, 1)
+    ln1_scale,            ///< `blocks.L.ln1.hook_scale` (batch, pos, 1), with norms only
     ln1_normalized,       ///< `blocks.L.ln1.hook_normalized` (batch, pos, d_model), before the gain
     attn_q,               ///< `blocks.L.attn.hook_q` (batch, pos, n_heads, d_head)
     attn_k,               ///< `blocks.L.attn.hook_k` (batch, pos, n_kv_heads, d_head)
     attn_v,               ///< `blocks.L.attn.hook_v` (batch, pos, n_kv_heads, d_head)
-    attn_rot_q,           ///< `blocks.L.attn.hook_rot_q` (batch, pos, n_heads, d_head)
-    attn_rot_k,           ///< `blocks.L.attn.hook_rot_k` (batch, pos, n_kv_heads, d_head)
+    attn_rot_q,           ///< `blocks.L.attn.hook_rot_q` (batch, pos, n_heads, d_head), rotary positions only
+    attn_rot_k,           ///< `blocks.L.attn.hook_rot_k` (batch, pos, n_kv_heads, d_head), rotary positions only
     attn_scores,          ///< `blocks.L.attn.hook_attn_scores` (batch, head, query_pos, key_pos), masked = -inf
     attn_pattern,         ///< `blocks.L.attn.hook_pattern` (batch, head, query_pos, key_pos)
     attn_z,               ///< `blocks.L.attn.hook_z` (batch, pos, n_heads, d_head)
     attn_result,          ///< `blocks.L.attn.hook_result` (batch, pos, n_heads, d_model), computed only when wanted
     attn_out,             ///< `blocks.L.hook_attn_out` (batch, pos, d_model)
-    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model)
+    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model), not in attention-only blocks
     ln2_scale,            ///< `blocks.L.ln2.hook_scale` (batch, pos, 1)
     ln2_normalized,       ///< `blocks.L.ln2.hook_normalized` (batch, pos, d_model), before the gain
-    mlp_pre,              ///< `blocks.L.mlp.hook_pre` (batch, pos, d_mlp): gate pre-activation
-    mlp_pre_linear,       ///< `blocks.L.mlp.hook_pre_linear` (batch, pos, d_mlp): up projection
+    mlp_pre,              ///< `blocks.L.mlp.hook_pre` (batch, pos, d_mlp): gate (gated) or W_in (plain) pre-activation
+    mlp_pre_linear,       ///< `blocks.L.mlp.hook_pre_linear` (batch, pos, d_mlp): up projection, gated MLP only
     mlp_post,             ///< `blocks.L.mlp.hook_post` (batch, pos, d_mlp)
     mlp_out,              ///< `blocks.L.hook_mlp_out` (batch, pos, d_model)
     resid_post,           ///< `blocks.L.hook_resid_post` (batch, pos, d_model)
@@ -1831,14 +1834,15 @@ inline constexpr std::size_t site_kind_count = static_cast<std::size_t>(site_kin
 
 /// True for sites that exist once per block (named `blocks.L.…`); false for global ones.
 constexpr bool is_block_site(site_kind kind) noexcept {
-    return kind != site_kind::embed && kind != site_kind::ln_final_scale &&
+    return kind != site_kind::embed && kind != site_kind::pos_embed && kind != site_kind::ln_final_scale &&
            kind != site_kind::ln_final_normalized && kind != site_kind::unembed_out;
 }
 
 /// The part of a hook name after `blocks.L.` (or the whole name for global sites).
 constexpr std::string_view site_suffix(site_kind kind) noexcept {
     constexpr std::array<std::string_view, site_kind_count> names{
-        "hook_embed",          "hook_resid_pre",      "ln1.hook_scale",     "ln1.hook_normalized",
+        "hook_embed",          "hook_pos_embed",
+        "hook_resid_pre",      "ln1.hook_scale",      "ln1.hook_normalized",
         "attn.hook_q",         "attn.hook_k",         "attn.hook_v",        "attn.hook_rot_q",
         "attn.hook_rot_k",     "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
         "attn.hook_result",
@@ -1939,6 +1943,14 @@ inline void fire([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer
     if constexpr (Policy::wants(Kind)) policy.on_activation(site{Kind, layer}, make_view(), ctx);
 #endif
 }
+/// True when Policy declares `wants_gradient` (it observes gradients in the backward pass) and wants `kind`'s.
+template <class Policy>
+constexpr bool wants_gradient_of(site_kind kind) noexcept {
+    if constexpr (requires { Policy::wants_gradient(kind); })
+        return Policy::wants_gradient(kind);
+    else
+        return false;
+}
 /// True when the policy wants any of the given kinds (evaluated at compile time).
 template <class Policy, site_kind... Kinds>
 inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
@@ -1965,6 +1977,7 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Hyper-parameters of a decoder-only transformer, kept apart from weights and run state.
 
+#include <cstdint>
 #include <string>
 
 
@@ -1974,6 +1987,25 @@ MECHLENS_BEGIN_NAMESPACE
 enum class rope_layout {
     adjacent_pairs,  ///< (0,1), (2,3), ...: llama2.c, GGUF/llama.cpp "normal" rope.
     split_halves,    ///< (i, i + d_head/2): Hugging Face LLaMA, GPT-NeoX.
+};
+
+/// The normalisation before attention, before the MLP and before the unembedding.
+enum class norm_kind : std::uint8_t {
+    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
+    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+};
+
+/// How positions enter the model.
+enum class positional_kind : std::uint8_t {
+    rotary,   ///< Rotary embedding of queries and keys (LLaMA); fires attn.hook_rot_q/rot_k.
+    learned,  ///< A learned (n_ctx, d_model) table added to the token embedding (GPT-2); fires hook_pos_embed.
+};
+
+/// The MLP of each block.
+enum class mlp_kind : std::uint8_t {
+    gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
+    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
+    none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
 };
 
 /// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
@@ -1989,6 +2021,16 @@ struct model_config {
     float norm_eps = 1e-5f;                          ///< Epsilon inside RMSNorm.
     bool tied_unembed = true;                        ///< Unembedding shares the token embedding matrix.
     rope_layout rope = rope_layout::adjacent_pairs;  ///< Rotary pairing convention.
+    norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
+    positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
+    mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
+
+    /// True for attention-only blocks (no MLP).
+    [[nodiscard]] bool attn_only() const noexcept { return mlp == mlp_kind::none; }
+    /// True when the blocks and the unembedding are preceded by a normalisation layer.
+    [[nodiscard]] bool has_norm() const noexcept { return norm != norm_kind::none; }
+    /// True for rotary positions.
+    [[nodiscard]] bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
     /// Width of one head.
     [[nodiscard]] index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
@@ -2007,7 +2049,7 @@ struct model_config {
         in_range(n_layers, "n_layers");
         in_range(n_heads, "n_heads");
         in_range(n_kv_heads, "n_kv_heads");
-        in_range(d_mlp, "d_mlp");
+        if (!attn_only()) in_range(d_mlp, "d_mlp");
         in_range(d_vocab, "d_vocab");
         in_range(n_ctx, "n_ctx");
         if (d_model % n_heads != 0)
@@ -2015,7 +2057,8 @@ struct model_config {
         if (n_heads % n_kv_heads != 0)
             fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
                  std::to_string(n_kv_heads));
-        if (d_head() % 2 != 0) fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (rotary() && d_head() % 2 != 0)
+            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
         if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
     }
@@ -2042,10 +2085,12 @@ private:
 
 namespace detail {
 
-/// Orders sites as the forward pass fires them: `hook_embed`, block 0 (in site_kind order), block 1, ..., then the
-/// final norm and the unembedding.
+/// Orders sites as the forward pass fires them: `hook_embed`, `hook_pos_embed`, block 0 (in site_kind order),
+/// block 1, ..., then the final norm and the unembedding.
 inline bool forward_order_less(const site& a, const site& b) noexcept {
-    auto phase = [](const site& s) { return s.kind == site_kind::embed ? 0 : is_block_site(s.kind) ? 1 : 2; };
+    auto phase = [](const site& s) {
+        return s.kind == site_kind::embed || s.kind == site_kind::pos_embed ? 0 : is_block_site(s.kind) ? 1 : 2;
+    };
     if (phase(a) != phase(b)) return phase(a) < phase(b);
     if (a.layer != b.layer) return a.layer < b.layer;
     return a.kind < b.kind;
@@ -2188,16 +2233,59 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     return site{*kind, layer};
 }
 
-/// Every site of a model with this config, in the order the forward pass fires them (`attn.hook_result` included).
+/// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
+/// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
+/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
+/// `hook_pos_embed` learned ones.
+constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
+    // The fields, not the helper functions, so that this stays usable in constant expressions.
+    const bool norms = c.norm != norm_kind::none, mlp = c.mlp != mlp_kind::none;
+    const bool rotary = c.positions == positional_kind::rotary;
+    switch (kind) {
+        case site_kind::pos_embed: return !rotary;
+        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return rotary;
+        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
+        case site_kind::ln_final_normalized: return norms;
+        case site_kind::ln2_scale: case site_kind::ln2_normalized: return norms && mlp;
+        case site_kind::resid_mid: case site_kind::mlp_pre: case site_kind::mlp_post: case site_kind::mlp_out:
+            return mlp;
+        case site_kind::mlp_pre_linear: return c.mlp == mlp_kind::gated_silu;
+        default: return true;
+    }
+}
+
+namespace detail {
+/// Why a model with config `c` lacks sites of `kind` (for error messages); empty when it has them.
+inline std::string missing_kind_reason(const model_config& c, site_kind kind) {
+    if (has_site_kind(c, kind)) return {};
+    constexpr const char* no_norms = "the model has no normalisation layers";
+    constexpr const char* attention_only = "the model's blocks are attention-only";
+    switch (kind) {
+        case site_kind::pos_embed: return "the model uses rotary positions, not learned ones";
+        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return "the model uses learned positions, not rotary";
+        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
+        case site_kind::ln_final_normalized: return no_norms;
+        case site_kind::ln2_scale: case site_kind::ln2_normalized: return c.attn_only() ? attention_only : no_norms;
+        case site_kind::mlp_pre_linear: return c.attn_only() ? attention_only : "the model's MLP is not gated";
+        default: return attention_only;  // resid_mid and the remaining mlp sites
+    }
+}
+}  // namespace detail
+
+/// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
+/// fires them (`attn.hook_result` included).
 inline std::vector<site> all_sites(const model_config& c) {
     std::vector<site> sites;
-    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 4);
-    sites.push_back(site{site_kind::embed, -1});
+    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 5);
+    for (site_kind k : {site_kind::embed, site_kind::pos_embed})
+        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
     for (index_t layer = 0; layer < c.n_layers; ++layer)
-        for (std::size_t k = 0; k < site_kind_count; ++k)
-            if (is_block_site(static_cast<site_kind>(k))) sites.push_back(site{static_cast<site_kind>(k), layer});
+        for (std::size_t k = 0; k < site_kind_count; ++k) {
+            const auto kind = static_cast<site_kind>(k);
+            if (is_block_site(kind) && has_site_kind(c, kind)) sites.push_back(site{kind, layer});
+        }
     for (site_kind k : {site_kind::ln_final_scale, site_kind::ln_final_normalized, site_kind::unembed_out})
-        sites.push_back(site{k, -1});
+        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
     return sites;
 }
 
@@ -2209,14 +2297,17 @@ inline std::vector<std::string> all_site_names(const model_config& c) {
 }
 
 /// The site a hook name denotes in a model with this config; throws unknown_hook_error (with the closest valid
-/// names) when the name is malformed or its layer is not below n_layers.
+/// names) when the name is malformed, its layer is not below n_layers, or the model has no such site (e.g.
+/// `blocks.0.ln1.hook_scale` without norms, see has_site_kind).
 inline site site_from_name(std::string_view name, const model_config& c) {
     const std::optional<site> parsed = parse_site(name);
-    if (parsed && (parsed->layer < c.n_layers)) return *parsed;
+    if (parsed && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind)) return *parsed;
     std::string problem = "unknown hook name " + detail::quote_name(name);
-    if (parsed)
+    if (parsed && parsed->layer >= c.n_layers)
         problem += " (layer " + std::to_string(parsed->layer) + " is out of range: the model has " +
                    std::to_string(c.n_layers) + " blocks)";
+    else if (parsed)
+        problem += " (" + detail::missing_kind_reason(c, parsed->kind) + ")";
     throw detail::make_unknown_hook_error(problem, name, all_site_names(c));
 }
 
@@ -4000,6 +4091,15 @@ void for_each_selected_row(tensor_view<float, R> view, const site& s, const hook
     }
 }
 
+/// Writes zeros into the selected part of `view`.
+template <std::size_t R>
+void zero_selected(tensor_view<float, R> view, const site& s, const hook_context& ctx, const selection& where) {
+    const index_t width = view.extent(R - 1), stride = view.stride(R - 1);
+    for_each_selected_row(view, s, ctx, where, [&](const extents<R>&, float* row) {
+        for (index_t i = 0; i < width; ++i) row[i * stride] = 0.0f;
+    });
+}
+
 /// Overwrites the selected rows of `view` with the matching rows of `source`, whose position axis holds absolute
 /// positions (0, 1, ... or source.positions; a single row broadcast to every position when `broadcast_positions`)
 /// and whose batch axis is either the view's or 1 (broadcast). Throws shape_error naming the site when `source` cannot
@@ -4119,6 +4219,15 @@ public:
     void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
         for (const patch_target& t : targets_)
             if (t.target == s) detail::overwrite_from(view, s, ctx, t.selected, source_->at(s), false, "patch_hooks");
+    }
+
+    /// Observes the gradient at every kind it can patch (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Zeroes the gradient of what it overwrote: a patched value comes from another run, so nothing flows back.
+    template <std::size_t R>
+    void on_gradient(const site& s, tensor_view<float, R> gradient, const hook_context& ctx) {
+        for (const patch_target& t : targets_)
+            if (t.target == s) detail::zero_selected(gradient, s, ctx, t.selected);
     }
 
 private:
@@ -4280,6 +4389,15 @@ public:
         }
     }
 
+    /// Observes the gradient at every kind it can ablate (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Zeroes the gradient of what it replaced: an ablated value is a constant, so nothing flows back through it.
+    template <std::size_t R>
+    void on_gradient(const site& s, tensor_view<float, R> gradient, const hook_context& ctx) {
+        for (const ablation_target& t : targets_)
+            if (t.target == s) detail::zero_selected(gradient, s, ctx, t.selected);
+    }
+
 private:
     std::vector<ablation_target> targets_;
 };
@@ -4390,10 +4508,21 @@ public:
 
     /// The union of what the parts want.
     static constexpr bool wants(site_kind kind) noexcept { return (std::remove_cvref_t<Policies>::wants(kind) || ...); }
-    /// Hands the activation to each part that wants its kind, in order.
-    template <std::size_t R>
-    void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+    /// Hands the activation to each part that wants its kind, in order (float passes, or double gradient passes
+    /// whose parts all accept double views).
+    template <std::size_t R, class T>
+    void on_activation(const site& s, tensor_view<T, R> view, const hook_context& ctx) {
         std::apply([&](auto&... part) { (fire_part(part, s, view, ctx), ...); }, parts_);
+    }
+    /// The union of the gradients the parts observe (see grad/observers.hpp).
+    static constexpr bool wants_gradient(site_kind kind) noexcept {
+        return (detail::wants_gradient_of<std::remove_cvref_t<Policies>>(kind) || ...);
+    }
+    /// Hands a gradient to each part that observes its kind, in reverse order: the backward pass meets the last
+    /// intervention first, so `compose(ablate, cache)` caches the gradient before the ablation cuts it.
+    template <std::size_t R, class T>
+    void on_gradient(const site& s, tensor_view<T, R> gradient, const hook_context& ctx) {
+        reverse_gradient(s, gradient, ctx, std::make_index_sequence<sizeof...(Policies)>{});
     }
     /// Part I (a reference to the caller's policy when it was passed as an lvalue).
     template <std::size_t I>
@@ -4402,9 +4531,21 @@ public:
     }
 
 private:
-    template <class Part, std::size_t R>
-    static void fire_part(Part& part, const site& s, tensor_view<float, R> view, const hook_context& ctx) {
+    template <class Part, std::size_t R, class T>
+    static void fire_part(Part& part, const site& s, tensor_view<T, R> view, const hook_context& ctx) {
         if (Part::wants(s.kind)) part.on_activation(s, view, ctx);
+    }
+
+    template <std::size_t R, class T, std::size_t... I>
+    void reverse_gradient(const site& s, tensor_view<T, R> gradient, const hook_context& ctx,
+                          std::index_sequence<I...>) {
+        (observe_part(std::get<sizeof...(I) - 1 - I>(parts_), s, gradient, ctx), ...);
+    }
+    template <class Part, std::size_t R, class T>
+    static void observe_part(Part& part, const site& s, tensor_view<T, R> gradient, const hook_context& ctx) {
+        using part_type = std::remove_cvref_t<Part>;
+        if constexpr (requires { part_type::wants_gradient(s.kind); })
+            if (part_type::wants_gradient(s.kind)) part.on_gradient(s, gradient, ctx);
     }
 
     std::tuple<Policies...> parts_;
@@ -4904,7 +5045,9 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Weights of one LLaMA block; every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF.
+/// Weights of one block; every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF.
+/// Views a config does not use (norm gains without norms, MLP weights of attention-only blocks, w_gate of a plain
+/// MLP) are empty (extents 0).
 struct layer_weights {
     tensor_view<const float, 1> attn_norm;  ///< (d_model) RMSNorm gain before attention.
     tensor_view<const float, 2> w_q;        ///< (n_heads * d_head, d_model)
@@ -4912,16 +5055,17 @@ struct layer_weights {
     tensor_view<const float, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
     tensor_view<const float, 2> w_o;        ///< (d_model, n_heads * d_head)
     tensor_view<const float, 1> mlp_norm;   ///< (d_model) RMSNorm gain before the MLP.
-    tensor_view<const float, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output.
-    tensor_view<const float, 2> w_up;       ///< (d_mlp, d_model) "w3"; multiplied with the gate.
+    tensor_view<const float, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<const float, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
     tensor_view<const float, 2> w_down;     ///< (d_model, d_mlp) "w2".
 };
 
 /// All weights of a model: views into storage owned elsewhere (a memory-mapped file or converted buffers).
 struct model_weights {
     tensor_view<const float, 2> token_embedding;  ///< (d_vocab, d_model)
+    tensor_view<const float, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
     std::vector<layer_weights> layers;            ///< One entry per block.
-    tensor_view<const float, 1> final_norm;       ///< (d_model)
+    tensor_view<const float, 1> final_norm;       ///< (d_model), empty without norms.
     tensor_view<const float, 2> unembed;          ///< (d_vocab, d_model); aliases token_embedding when tied.
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
@@ -4933,30 +5077,286 @@ struct loaded_model {
     model_weights weights;  ///< Views into the file's mapping or into converted buffers.
 };
 
-/// Throws shape_error unless every weight view has the extents `config` implies.
+/// Throws shape_error unless every weight view has the extents `config` implies (empty where the config has no
+/// such weight).
 inline void validate_weights(const model_config& config, const model_weights& w) {
     const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
+    const index_t norm_width = config.has_norm() ? d : 0;
+    const index_t mlp_width = config.attn_only() ? 0 : config.d_mlp;
+    const index_t mlp_in = config.attn_only() ? 0 : d;
+    const bool gated = config.mlp == mlp_kind::gated_silu;
     require_shape(w.token_embedding, {config.d_vocab, d}, "token_embedding");
-    require_shape(w.final_norm, {d}, "final_norm");
+    if (config.rotary())
+        require_shape(w.pos_embedding, {0, 0}, "pos_embedding (rotary positions have none)");
+    else
+        require_shape(w.pos_embedding, {config.n_ctx, d}, "pos_embedding");
+    require_shape(w.final_norm, {norm_width}, "final_norm");
     require_shape(w.unembed, {config.d_vocab, d}, "unembed");
     if (static_cast<index_t>(w.layers.size()) != config.n_layers)
         throw shape_error("model has " + std::to_string(w.layers.size()) + " layers of weights, config says " +
                           std::to_string(config.n_layers));
     for (const layer_weights& l : w.layers) {
-        require_shape(l.attn_norm, {d}, "attn_norm");
+        require_shape(l.attn_norm, {norm_width}, "attn_norm");
         require_shape(l.w_q, {q, d}, "w_q");
         require_shape(l.w_k, {kv, d}, "w_k");
         require_shape(l.w_v, {kv, d}, "w_v");
         require_shape(l.w_o, {d, q}, "w_o");
-        require_shape(l.mlp_norm, {d}, "mlp_norm");
-        require_shape(l.w_gate, {config.d_mlp, d}, "w_gate");
-        require_shape(l.w_up, {config.d_mlp, d}, "w_up");
-        require_shape(l.w_down, {d, config.d_mlp}, "w_down");
+        require_shape(l.mlp_norm, {config.attn_only() ? 0 : norm_width}, "mlp_norm");
+        require_shape(l.w_gate, {gated ? mlp_width : 0, gated ? mlp_in : 0}, "w_gate");
+        require_shape(l.w_up, {mlp_width, mlp_in}, "w_up");
+        require_shape(l.w_down, {mlp_in, mlp_width}, "w_down");
     }
 }
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/weights.hpp ----
+// ---- begin mechlens/model/parameters.hpp ----
+/// @file
+/// Owned, mutable model parameters in one flat buffer: what training updates, what gradients fill, and what a
+/// transformer can run on directly (weights() hands out views that share ownership of the buffer).
+
+#include <algorithm>
+#include <concepts>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One named parameter tensor inside a model_parameters buffer (rank 1 or 2; a rank-1 tensor has extent[1] == 0).
+struct parameter_entry {
+    std::string name;      ///< "token_embedding", "blocks.0.w_q", "final_norm", ... (model_weights field names).
+    index_t offset = 0;    ///< First element in the flat buffer.
+    std::size_t rank = 0;  ///< 1 or 2.
+    extents<2> shape{};    ///< Extents; shape[1] unused for rank 1.
+    /// Number of elements.
+    [[nodiscard]] index_t size() const noexcept { return rank == 1 ? shape[0] : shape[0] * shape[1]; }
+};
+
+/// The parameters a config implies, in a fixed order, with their offsets in one flat buffer. Weights the config
+/// does not use (see layer_weights) are left out; a tied unembedding is not stored twice.
+inline std::vector<parameter_entry> parameter_layout(const model_config& c) {
+    c.validate("parameter_layout");
+    const index_t d = c.d_model, q = c.n_heads * c.d_head(), kv = c.n_kv_heads * c.d_head();
+    std::vector<parameter_entry> out;
+    index_t offset = 0;
+    auto add = [&](std::string name, std::size_t rank, index_t rows, index_t cols) {
+        parameter_entry e{std::move(name), offset, rank, {rows, rank == 1 ? 0 : cols}};
+        offset += e.size();
+        out.push_back(std::move(e));
+    };
+    add("token_embedding", 2, c.d_vocab, d);
+    if (!c.rotary()) add("pos_embedding", 2, c.n_ctx, d);
+    for (index_t l = 0; l < c.n_layers; ++l) {
+        const std::string p = "blocks." + std::to_string(l) + ".";
+        if (c.has_norm()) add(p + "attn_norm", 1, d, 0);
+        add(p + "w_q", 2, q, d);
+        add(p + "w_k", 2, kv, d);
+        add(p + "w_v", 2, kv, d);
+        add(p + "w_o", 2, d, q);
+        if (!c.attn_only()) {
+            if (c.has_norm()) add(p + "mlp_norm", 1, d, 0);
+            if (c.mlp == mlp_kind::gated_silu) add(p + "w_gate", 2, c.d_mlp, d);
+            add(p + "w_up", 2, c.d_mlp, d);
+            add(p + "w_down", 2, d, c.d_mlp);
+        }
+    }
+    if (c.has_norm()) add("final_norm", 1, d, 0);
+    if (!c.tied_unembed) add("unembed", 2, c.d_vocab, d);
+    return out;
+}
+
+/// Owned, mutable parameters of one model in a single flat buffer of T, with views laid out like model_weights.
+/// Copies are deep. A transformer built from weights() (float only) runs on this buffer and sees later in-place
+/// updates. Gradients use the same type, so every parameter has its gradient at the same offset.
+template <class T>
+class basic_model_parameters {
+public:
+    /// The scalar type.
+    using value_type = T;
+    /// Mutable views of one block's parameters; unused ones are empty.
+    struct layer {
+        tensor_view<T, 1> attn_norm;  ///< (d_model)
+        tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
+        tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
+        tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
+        tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
+        tensor_view<T, 1> mlp_norm;   ///< (d_model)
+        tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model)
+        tensor_view<T, 2> w_up;       ///< (d_mlp, d_model)
+        tensor_view<T, 2> w_down;     ///< (d_model, d_mlp)
+    };
+
+    /// No model: an empty buffer.
+    basic_model_parameters() = default;
+    /// Zero-filled parameters for `config` (norm gains too: call fill_norm_gains(1) for a fresh model).
+    explicit basic_model_parameters(const model_config& config)
+        : config_(config),
+          layout_(parameter_layout(config)),
+          buffer_(std::make_shared<std::vector<T>>(static_cast<std::size_t>(total(layout_)), T{0})) {
+        bind();
+    }
+    /// A copy of `weights` (converted to T), which must have the shapes `config` implies (throws shape_error
+    /// otherwise).
+    basic_model_parameters(const model_config& config, const model_weights& weights) : basic_model_parameters(config) {
+        validate_weights(config, weights);
+        auto copy_in = [](auto destination, auto source) {
+            if (source.size() == 0) return;
+            if (!source.is_contiguous()) throw shape_error("model_parameters: weights must be contiguous");
+            std::transform(source.data(), source.data() + source.size(), destination.data(),
+                           [](float x) { return static_cast<T>(x); });
+        };
+        copy_in(token_embedding, weights.token_embedding);
+        copy_in(pos_embedding, weights.pos_embedding);
+        for (std::size_t l = 0; l < layers.size(); ++l) {
+            const layer_weights& w = weights.layers[l];
+            copy_in(layers[l].attn_norm, w.attn_norm);
+            copy_in(layers[l].w_q, w.w_q);
+            copy_in(layers[l].w_k, w.w_k);
+            copy_in(layers[l].w_v, w.w_v);
+            copy_in(layers[l].w_o, w.w_o);
+            copy_in(layers[l].mlp_norm, w.mlp_norm);
+            copy_in(layers[l].w_gate, w.w_gate);
+            copy_in(layers[l].w_up, w.w_up);
+            copy_in(layers[l].w_down, w.w_down);
+        }
+        copy_in(final_norm, weights.final_norm);
+        if (!config.tied_unembed) copy_in(unembed, weights.unembed);
+    }
+    /// Deep copy.
+    basic_model_parameters(const basic_model_parameters& other)
+        : config_(other.config_),
+          layout_(other.layout_),
+          buffer_(other.buffer_ ? std::make_shared<std::vector<T>>(*other.buffer_) : nullptr) {
+        bind();
+    }
+    /// Deep copy.
+    basic_model_parameters& operator=(const basic_model_parameters& other) {
+        if (this != &other) *this = basic_model_parameters(other);
+        return *this;
+    }
+    basic_model_parameters(basic_model_parameters&&) noexcept = default;  ///< Takes the buffer; views stay valid.
+    basic_model_parameters& operator=(basic_model_parameters&&) noexcept =
+        default;  ///< Takes the buffer; views stay valid.
+    ~basic_model_parameters() = default;
+
+    /// Hyper-parameters.
+    [[nodiscard]] const model_config& config() const noexcept { return config_; }
+    /// Every stored tensor, in buffer order.
+    [[nodiscard]] const std::vector<parameter_entry>& layout() const noexcept { return layout_; }
+    /// All parameters as one flat span (what optimizers step over).
+    [[nodiscard]] std::span<T> flat() noexcept { return buffer_ ? std::span<T>(*buffer_) : std::span<T>(); }
+    /// All parameters as one flat span.
+    [[nodiscard]] std::span<const T> flat() const noexcept {
+        return buffer_ ? std::span<const T>(*buffer_) : std::span<const T>();
+    }
+    /// Number of scalars.
+    [[nodiscard]] index_t size() const noexcept { return buffer_ ? static_cast<index_t>(buffer_->size()) : 0; }
+    /// The stored tensor named `name` as a flat span; throws std::invalid_argument for an unknown name.
+    [[nodiscard]] std::span<T> find(const std::string& name) {
+        for (const parameter_entry& e : layout_)
+            if (e.name == name)
+                return flat().subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.size()));
+        throw std::invalid_argument("model_parameters: no parameter named '" + name + "'");
+    }
+    /// Sets every scalar to `value`.
+    void fill(T value) noexcept { std::fill(flat().begin(), flat().end(), value); }
+    /// Sets every norm gain to `value` (1 for a fresh model).
+    void fill_norm_gains(T value) noexcept {
+        auto set = [value](tensor_view<T, 1> g) { std::fill(g.data(), g.data() + g.size(), value); };
+        for (layer& l : layers) {
+            if (l.attn_norm.size() > 0) set(l.attn_norm);
+            if (l.mlp_norm.size() > 0) set(l.mlp_norm);
+        }
+        if (final_norm.size() > 0) set(final_norm);
+    }
+
+    /// Read-only views for a transformer (loaded_model{config(), weights()}); they keep the buffer alive.
+    [[nodiscard]] model_weights weights() const requires std::same_as<T, float> {
+        model_weights w;
+        w.token_embedding = token_embedding;
+        w.pos_embedding = pos_embedding;
+        for (const layer& l : layers)
+            w.layers.push_back(
+                layer_weights{l.attn_norm, l.w_q, l.w_k, l.w_v, l.w_o, l.mlp_norm, l.w_gate, l.w_up, l.w_down});
+        w.final_norm = final_norm;
+        w.unembed = unembed;
+        w.storage = buffer_;
+        return w;
+    }
+
+    tensor_view<T, 2> token_embedding;  ///< (d_vocab, d_model)
+    tensor_view<T, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
+    std::vector<layer> layers;          ///< One entry per block.
+    tensor_view<T, 1> final_norm;       ///< (d_model), empty without norms.
+    tensor_view<T, 2> unembed;          ///< (d_vocab, d_model); the same memory as token_embedding when tied.
+
+private:
+    static index_t total(const std::vector<parameter_entry>& layout) noexcept {
+        index_t n = 0;
+        for (const parameter_entry& e : layout) n += e.size();
+        return n;
+    }
+    void bind() {
+        layers.assign(static_cast<std::size_t>(config_.n_layers), layer{});
+        if (!buffer_) return;
+        T* base = buffer_->data();
+        for (const parameter_entry& e : layout_) {
+            const tensor_view<T, 2> m(base + e.offset, e.shape);
+            const tensor_view<T, 1> v(base + e.offset, {e.shape[0]});
+            const std::string& n = e.name;
+            if (n == "token_embedding")
+                token_embedding = m;
+            else if (n == "pos_embedding")
+                pos_embedding = m;
+            else if (n == "final_norm")
+                final_norm = v;
+            else if (n == "unembed")
+                unembed = m;
+            else {
+                const std::size_t dot = n.find('.', 7);  // "blocks.L.field"
+                layer& l = layers[static_cast<std::size_t>(std::stoll(n.substr(7, dot - 7)))];
+                const std::string field = n.substr(dot + 1);
+                if (field == "attn_norm")
+                    l.attn_norm = v;
+                else if (field == "w_q")
+                    l.w_q = m;
+                else if (field == "w_k")
+                    l.w_k = m;
+                else if (field == "w_v")
+                    l.w_v = m;
+                else if (field == "w_o")
+                    l.w_o = m;
+                else if (field == "mlp_norm")
+                    l.mlp_norm = v;
+                else if (field == "w_gate")
+                    l.w_gate = m;
+                else if (field == "w_up")
+                    l.w_up = m;
+                else if (field == "w_down")
+                    l.w_down = m;
+            }
+        }
+        if (config_.tied_unembed) unembed = token_embedding;
+    }
+
+    model_config config_;
+    std::vector<parameter_entry> layout_;
+    std::shared_ptr<std::vector<T>> buffer_;
+};
+
+/// Float parameters: what training updates and what transformer runs on.
+using model_parameters = basic_model_parameters<float>;
+/// Double parameters: for finite-difference checks of the backward pass.
+using model_parameters_f64 = basic_model_parameters<double>;
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/parameters.hpp ----
 // ---- begin mechlens/model/transformer.hpp ----
 /// @file
 /// A ready-to-run transformer: config, weight views and precomputed rotary tables.
@@ -4974,14 +5374,14 @@ public:
         : config_(std::move(loaded.config)), weights_(std::move(loaded.weights)) {
         config_.validate();
         validate_weights(config_, weights_);
-        rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
+        if (config_.rotary()) rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
     }
 
     /// Hyper-parameters.
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
     /// Weight views.
     [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
-    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each.
+    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each; empty with learned positions.
     [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
 
 private:
@@ -5102,8 +5502,10 @@ public:
         scores.reserve(batch * c.n_heads * positions * keys);
         mixed.reserve(rows * c.n_heads * c.d_head());
         block_out.reserve(rows * c.d_model);
-        gate.reserve(rows * c.d_mlp);
-        up.reserve(rows * c.d_mlp);
+        // Attention-only models may leave d_mlp at anything; only a gated MLP needs the second hidden buffer.
+        const index_t d_mlp = c.attn_only() ? 0 : c.d_mlp;
+        gate.reserve(rows * d_mlp);
+        up.reserve(c.mlp == mlp_kind::gated_silu ? rows * d_mlp : 0);
     }
 
     detail::scratch_buffer residual;    ///< (batch * pos, d_model) the residual stream.
@@ -5114,9 +5516,9 @@ public:
     detail::scratch_buffer new_values;  ///< (batch * pos, n_kv_heads * d_head) before entering the cache.
     detail::scratch_buffer scores;      ///< (batch, n_heads, pos, keys) scores, then the pattern in place.
     detail::scratch_buffer mixed;       ///< (batch * pos, n_heads * d_head) attention output per head ("z").
-    detail::scratch_buffer block_out;   ///< (batch * pos, d_model) attention or MLP output.
-    detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) gate pre-activation, then the MLP hidden state.
-    detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection.
+    detail::scratch_buffer block_out;   ///< (batch * pos, d_model) position rows, then attention or MLP output.
+    detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) MLP pre-activation (gate or W_in), then hidden state.
+    detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection of a gated MLP.
     detail::scratch_buffer head_result; ///< (batch * pos, n_heads, d_model) per-head outputs (only when hooked).
     kv_cache own_cache;                 ///< Cache used by forward calls that are not given one.
 };
@@ -5125,7 +5527,9 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/workspace.hpp ----
 // ---- begin mechlens/model/forward.hpp ----
 /// @file
-/// The forward pass of a LLaMA-family transformer, with a hook site at every named activation.
+/// The forward pass of a decoder-only transformer, with a hook site at every named activation: LLaMA (RMSNorm,
+/// rotary, gated SiLU MLP) and the variants model_config allows (no norms, learned positions, a plain GELU MLP,
+/// attention-only blocks). The variant branches are run-time tests of cheap config fields outside the inner loops.
 
 #include <cmath>
 #include <cstdint>
@@ -5187,6 +5591,44 @@ void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const
         (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
         for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
     }
+}
+
+/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
+/// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                                      const model_config& c, tensor_view<const float, 2> x,
+                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
+                                      detail::scratch_buffer& scale_buffer) {
+    if (!c.has_norm()) return x;
+    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
+    return out;
+}
+
+/// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
+/// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
+/// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
+template <class Policy>
+void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+           const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
+    const model_config& c = model.config();
+    const model_weights& w = model.weights();
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const std::int32_t token = tokens(r / s.positions, r % s.positions);
+        const float* embedding = &w.token_embedding(token, 0);
+        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
+    }
+    fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
+    if (c.rotary()) return;
+    // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
+    // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
+    const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
+        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
+    }
+    fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
+    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
 }
 
 /// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
@@ -5292,7 +5734,30 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
     }
 }
 
-/// One transformer block: attention then gated MLP, each added to the residual stream.
+/// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
+/// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
+template <class Policy>
+void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const layer_weights& w,
+             const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+    const index_t rows = s.rows();
+    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
+    if (c.mlp == mlp_kind::gated_silu) {
+        const auto up = ws.up.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
+        kernels::linear(in, w.w_gate, gate);
+        kernels::linear(in, w.w_up, up);
+        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+        fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
+        for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
+    } else {
+        kernels::linear(in, w.w_up, gate);
+        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+        for (index_t r = 0; r < rows; ++r) kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+    }
+    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
+    kernels::linear(gate, w.w_down, out);
+}
+
+/// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
@@ -5307,18 +5772,20 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
 
     fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-    rms_normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(policy, layer, ctx, s, x, w.attn_norm, c.norm_eps,
-                                                                   normed, ws.norm_scale);
-    kernels::linear(normed, w.w_q, queries);
-    kernels::linear(normed, w.w_k, new_keys);
-    kernels::linear(normed, w.w_v, new_values);
+    const auto attn_in = normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+    kernels::linear(attn_in, w.w_q, queries);
+    kernels::linear(attn_in, w.w_k, new_keys);
+    kernels::linear(attn_in, w.w_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
-    apply_rope(model, s, queries, c.n_heads);
-    apply_rope(model, s, new_keys, c.n_kv_heads);
-    fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-    fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    if (c.rotary()) {
+        apply_rope(model, s, queries, c.n_heads);
+        apply_rope(model, s, new_keys, c.n_kv_heads);
+        fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+        fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    }
 
     const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
     const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
@@ -5334,19 +5801,15 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     project_heads(policy, layer, ctx, model, s, ws, block_out);
     fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
     for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
+    if (c.attn_only()) {  // TransformerLens: resid_post = resid_pre + attn_out, with no hook_resid_mid in between
+        fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+        return;
+    }
     fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
 
-    rms_normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(policy, layer, ctx, s, x, w.mlp_norm, c.norm_eps,
-                                                                   normed, ws.norm_scale);
-    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
-    const auto up = ws.up.matrix(rows, c.d_mlp);      // (batch * pos, d_mlp)
-    kernels::linear(normed, w.w_gate, gate);
-    kernels::linear(normed, w.w_up, up);
-    fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
-    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    kernels::linear(gate, w.w_down, block_out);
+    const auto mlp_in = normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.mlp_norm, normed, ws.norm_scale);
+    run_mlp(policy, layer, ctx, c, w, s, mlp_in, ws, block_out);
     fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
     for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
     fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
@@ -5398,12 +5861,7 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     policy_type& hooks = policy;
 
     const auto x = ws.residual.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const std::int32_t token = tokens(r / s.positions, r % s.positions);
-        const float* embedding = &model.weights().token_embedding(token, 0);
-        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
-    }
-    detail::fire<site_kind::embed>(hooks, -1, ctx, [&] { return detail::as_sequence(x, s); });
+    detail::embed(hooks, ctx, model, tokens, s, x, ws);
     for (index_t layer = 0; layer < c.n_layers; ++layer) detail::run_block(hooks, layer, ctx, model, s, cache, ws);
 
     // Only the rows whose logits are asked for go through the final norm and the unembedding.
@@ -5417,10 +5875,10 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     }
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
     const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
-    detail::rms_normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        hooks, -1, final_ctx, out_shape, final_rows, model.weights().final_norm, c.norm_eps, normed, ws.norm_scale);
+    const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        hooks, -1, final_ctx, out_shape, c, final_rows, model.weights().final_norm, normed, ws.norm_scale);
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
-    kernels::linear(normed, model.weights().unembed, logit_rows);
+    kernels::linear(unembed_in, model.weights().unembed, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }
@@ -5610,8 +6068,6 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Thread count control for the OpenMP-parallel parts (attention heads, Eigen's GEMM).
 
-#include <Eigen/Core>
-
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -5619,12 +6075,15 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Sets the threads used by later forward passes (no effect when built without OpenMP).
+/// Sets the threads the calling thread's later passes may use (no effect when built without OpenMP). It sets
+/// OpenMP's per-thread count, which Eigen's GEMM also follows; it leaves Eigen's own global override
+/// (Eigen::setNbThreads) alone, so the gradient pass can keep small products serial.
 inline void set_num_threads(int threads) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
+#else
+    (void)threads;
 #endif
-    Eigen::setNbThreads(threads);
 }
 
 /// Threads later forward passes may use (1 without OpenMP).
@@ -5649,13 +6108,19 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// A model with weights drawn uniformly from [-scale, scale] (norm gains 1), reproducible from `seed`.
-/// The weights live in one owned buffer kept alive by `weights.storage`.
+/// A model with weights drawn uniformly from [-scale, scale] (norm gains 1), reproducible from `seed`, for every
+/// variant of model_config: weights the config does not use stay empty views (see layer_weights). The weights live
+/// in one owned buffer kept alive by `weights.storage`.
 inline loaded_model random_model(const model_config& config, std::uint64_t seed, float scale = 0.05f) {
     config.validate("random_model");
     const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
-    const index_t per_layer = 2 * d + q * d + 2 * kv * d + d * q + 3 * config.d_mlp * d;
-    const index_t total = config.d_vocab * d * (config.tied_unembed ? 1 : 2) + d + config.n_layers * per_layer;
+    const bool norms = config.has_norm(), mlp = !config.attn_only(), gated = config.mlp == mlp_kind::gated_silu;
+    const index_t norm_width = norms ? d : 0;
+    const index_t mlp_matrices = !mlp ? 0 : gated ? 3 : 2;
+    const index_t per_layer = norm_width * (mlp ? 2 : 1) + q * d + 2 * kv * d + d * q + mlp_matrices * config.d_mlp * d;
+    const index_t positions = config.rotary() ? 0 : config.n_ctx * d;
+    const index_t total =
+        config.d_vocab * d * (config.tied_unembed ? 1 : 2) + norm_width + config.n_layers * per_layer + positions;
     auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{total});
     random_generator rng(seed);
     float* cursor = buffer->data();
@@ -5669,26 +6134,32 @@ inline loaded_model random_model(const model_config& config, std::uint64_t seed,
     auto matrix = [&](index_t rows, index_t cols) {
         return tensor_view<const float, 2>(take(rows * cols, false), {rows, cols});
     };
+    // Gains draw nothing from the generator, so leaving them out keeps every other weight as it was.
     auto gain = [&](index_t n) { return tensor_view<const float, 1>(take(n, true), {n}); };
 
+    // The draw order is fixed: the LLaMA layout first, exactly as before the variants existed (tests pin those
+    // weights), and the position table last, so adding it changes nothing else.
     loaded_model model{config, {}};
     model_weights& w = model.weights;
     w.token_embedding = matrix(config.d_vocab, d);
     for (index_t l = 0; l < config.n_layers; ++l) {
         layer_weights layer;
-        layer.attn_norm = gain(d);
+        if (norms) layer.attn_norm = gain(d);
         layer.w_q = matrix(q, d);
         layer.w_k = matrix(kv, d);
         layer.w_v = matrix(kv, d);
         layer.w_o = matrix(d, q);
-        layer.mlp_norm = gain(d);
-        layer.w_gate = matrix(config.d_mlp, d);
-        layer.w_up = matrix(config.d_mlp, d);
-        layer.w_down = matrix(d, config.d_mlp);
+        if (mlp) {
+            if (norms) layer.mlp_norm = gain(d);
+            if (gated) layer.w_gate = matrix(config.d_mlp, d);
+            layer.w_up = matrix(config.d_mlp, d);
+            layer.w_down = matrix(d, config.d_mlp);
+        }
         w.layers.push_back(layer);
     }
-    w.final_norm = gain(d);
+    if (norms) w.final_norm = gain(d);
     w.unembed = config.tied_unembed ? w.token_embedding : matrix(config.d_vocab, d);
+    if (!config.rotary()) w.pos_embedding = matrix(config.n_ctx, d);
     w.storage = buffer;
     return model;
 }
@@ -6580,4 +7051,2368 @@ inline loaded_model load_model(const std::filesystem::path& path) {
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/load.hpp ----
 // ---- end mechlens/io.hpp ----
+// ---- begin mechlens/grad.hpp ----
+/// @file
+/// Gradients: the backward pass through every block, metrics, and gradient observers at hook sites.
+
+// ---- begin mechlens/grad/metric.hpp ----
+/// @file
+/// Scalar metrics of the logits that the backward pass differentiates: mean next-token cross-entropy, one logit, a
+/// logit difference, or any function the user supplies together with its gradient.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// What a basic_metric computes.
+enum class metric_kind : std::uint8_t {
+    cross_entropy,  ///< Mean cross-entropy (natural log) of the target tokens over the counted positions.
+    logit,          ///< logits[b, pos, token], averaged over the batch.
+    logit_diff,     ///< logits[b, pos, token] - logits[b, pos, other], averaged over the batch.
+    custom,         ///< A user function that returns the value and writes d(metric)/d(logits).
+};
+
+/// A scalar function of the logits (batch, pos, d_vocab) and its gradient; T is the scalar type of the pass.
+template <class T>
+struct basic_metric {
+    /// Value and gradient of a custom metric: reads the logits, writes d(metric)/d(logits) (same shape, zero-filled
+    /// on entry) and returns the value.
+    using custom_function = std::function<T(tensor_view<const T, 3> logits, tensor_view<T, 3> d_logits)>;
+
+    metric_kind kind = metric_kind::cross_entropy;  ///< Which metric.
+    std::int32_t token = 0;                         ///< The logit's token (logit, logit_diff).
+    std::int32_t other = 0;                         ///< The subtracted token (logit_diff).
+    index_t position = -1;                          ///< Position of the logit; negative counts from the end.
+    /// Cross-entropy targets (batch, pos): the token each position should predict, or -1 to leave it out. Empty means
+    /// next-token prediction of the input itself (position t predicts token t+1; the last position is left out).
+    tensor<std::int32_t, 2> targets;
+    custom_function function;  ///< The custom metric.
+
+    /// Mean next-token cross-entropy of the input sequence.
+    static basic_metric cross_entropy() { return basic_metric{}; }
+    /// Mean cross-entropy against explicit targets (batch, pos), -1 = not counted.
+    static basic_metric cross_entropy(tensor<std::int32_t, 2> targets) {
+        basic_metric m;
+        m.targets = std::move(targets);
+        return m;
+    }
+    /// logits[:, position, token], averaged over the batch (position -1 = the last).
+    static basic_metric logit(std::int32_t token, index_t position = -1) {
+        basic_metric m;
+        m.kind = metric_kind::logit;
+        m.token = token;
+        m.position = position;
+        return m;
+    }
+    /// logits[:, position, token] - logits[:, position, other], averaged over the batch.
+    static basic_metric logit_diff(std::int32_t token, std::int32_t other, index_t position = -1) {
+        basic_metric m = logit(token, position);
+        m.kind = metric_kind::logit_diff;
+        m.other = other;
+        return m;
+    }
+    /// Any function of the logits, given with its gradient.
+    static basic_metric custom(custom_function fn) {
+        basic_metric m;
+        m.kind = metric_kind::custom;
+        m.function = std::move(fn);
+        return m;
+    }
+
+    /// Returns the metric of `logits` (batch, pos, d_vocab) and writes its gradient into `d_logits` (same shape).
+    /// Throws std::invalid_argument for a token or position outside the logits, or targets of the wrong shape.
+    T evaluate(tensor_view<const T, 3> logits, tensor_view<T, 3> d_logits,
+               tensor_view<const std::int32_t, 2> tokens) const {
+        const index_t batch = logits.extent(0), positions = logits.extent(1), vocab = logits.extent(2);
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t p = 0; p < positions; ++p)
+                for (index_t v = 0; v < vocab; ++v) d_logits(b, p, v) = T{0};
+        auto check_token = [&](std::int32_t id) {
+            if (id < 0 || id >= vocab)
+                throw std::invalid_argument("metric: token " + std::to_string(id) + " is outside [0, " +
+                                            std::to_string(vocab) + ")");
+        };
+        switch (kind) {
+            case metric_kind::cross_entropy:
+                return cross_entropy_of(logits, d_logits, tokens);
+            case metric_kind::logit:
+            case metric_kind::logit_diff: {
+                check_token(token);
+                if (kind == metric_kind::logit_diff) check_token(other);
+                const index_t p = position < 0 ? positions + position : position;
+                if (p < 0 || p >= positions)
+                    throw std::invalid_argument("metric: position " + std::to_string(position) + " is outside a " +
+                                                std::to_string(positions) + "-token sequence");
+                const T weight = T{1} / static_cast<T>(batch);
+                double total = 0.0;
+                for (index_t b = 0; b < batch; ++b) {
+                    double value = static_cast<double>(logits(b, p, token));
+                    d_logits(b, p, token) += weight;
+                    if (kind == metric_kind::logit_diff) {
+                        value -= static_cast<double>(logits(b, p, other));
+                        d_logits(b, p, other) -= weight;
+                    }
+                    total += value;
+                }
+                return static_cast<T>(total / static_cast<double>(batch));
+            }
+            case metric_kind::custom:
+                if (!function) throw std::invalid_argument("metric: the custom function is empty");
+                return function(logits, d_logits);
+        }
+        return T{0};
+    }
+
+private:
+    T cross_entropy_of(tensor_view<const T, 3> logits, tensor_view<T, 3> d_logits,
+                       tensor_view<const std::int32_t, 2> tokens) const {
+        const index_t batch = logits.extent(0), positions = logits.extent(1), vocab = logits.extent(2);
+        const bool explicit_targets = targets.size() > 0;
+        if (explicit_targets && (targets.extent(0) != batch || targets.extent(1) != positions))
+            throw std::invalid_argument("metric: cross-entropy targets are (" + std::to_string(targets.extent(0)) +
+                                        ", " + std::to_string(targets.extent(1)) + "), the logits (" +
+                                        std::to_string(batch) + ", " + std::to_string(positions) + ", ...)");
+        auto target_of = [&](index_t b, index_t p) -> std::int32_t {
+            if (explicit_targets) return targets(b, p);
+            return p + 1 < positions ? tokens(b, p + 1) : -1;
+        };
+        index_t counted = 0;
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t p = 0; p < positions; ++p) {
+                const std::int32_t t = target_of(b, p);
+                if (t < -1 || t >= vocab)
+                    throw std::invalid_argument("metric: target " + std::to_string(t) + " is outside [-1, " +
+                                                std::to_string(vocab) + ")");
+                counted += t >= 0 ? 1 : 0;
+            }
+        if (counted == 0) throw std::invalid_argument("metric: cross-entropy has no position to count");
+        const double weight = 1.0 / static_cast<double>(counted);
+        double total = 0.0;
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t p = 0; p < positions; ++p) {
+                const std::int32_t t = target_of(b, p);
+                if (t < 0) continue;
+                if constexpr (std::is_same_v<T, float>) {
+                    // The SIMD softmax of the row, straight into the gradient: vocabularies of 32k make this loop
+                    // as costly as a small model's forward pass if done with scalar double exponentials.
+                    if (logits.stride(2) == 1 && d_logits.stride(2) == 1) {
+                        float* d_row = &d_logits(b, p, 0);
+                        std::copy(&logits(b, p, 0), &logits(b, p, 0) + vocab, d_row);
+                        kernels::softmax(d_row, vocab);
+                        const double target_probability = static_cast<double>(d_row[t]);
+                        if (target_probability > 1e-30) {  // else fall through to the log-sum-exp below
+                            total += -std::log(target_probability);
+                            const auto w = static_cast<float>(weight);
+                            for (index_t v = 0; v < vocab; ++v) d_row[v] *= w;
+                            d_row[t] -= w;
+                            continue;
+                        }
+                    }
+                }
+                double largest = -std::numeric_limits<double>::infinity();
+                for (index_t v = 0; v < vocab; ++v) largest = std::max(largest, static_cast<double>(logits(b, p, v)));
+                double sum = 0.0;
+                for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits(b, p, v)) - largest);
+                const double log_sum = largest + std::log(sum);
+                total += log_sum - static_cast<double>(logits(b, p, t));
+                for (index_t v = 0; v < vocab; ++v)
+                    d_logits(b, p, v) =
+                        static_cast<T>(std::exp(static_cast<double>(logits(b, p, v)) - log_sum) * weight);
+                d_logits(b, p, t) -= static_cast<T>(weight);
+            }
+        return static_cast<T>(total * weight);
+    }
+};
+
+/// A float metric (what the library's float passes use).
+using metric = basic_metric<float>;
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/grad/metric.hpp ----
+// ---- begin mechlens/grad/observers.hpp ----
+/// @file
+/// Gradient observers, the backward counterpart of hook policies: a policy that also declares `wants_gradient` is
+/// handed d(metric)/d(activation) at each wanted site during the backward pass, as a mutable view (what it writes
+/// is what flows further back, like a PyTorch tensor hook that returns a new gradient).
+
+#include <concepts>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A policy that observes gradients: `P::wants_gradient(kind)` at compile time, then `on_gradient(site, view, ctx)`
+/// with the gradient at that site, shaped like the activation.
+template <class P>
+concept gradient_observer = requires(P& policy, const site& s, const hook_context& ctx, tensor_view<float, 3> v3,
+                                     tensor_view<float, 4> v4) {
+    { P::wants_gradient(site_kind::embed) } -> std::convertible_to<bool>;
+    policy.on_gradient(s, v3, ctx);
+    policy.on_gradient(s, v4, ctx);
+};
+
+namespace detail {
+/// Copies a view of doubles into a same-shaped view of floats, rounding each element once.
+template <class T, std::size_t Rank>
+void round_into(const tensor_view<const T, Rank>& source, const tensor_view<float, Rank>& destination) {
+    if constexpr (Rank == 1) {
+        for (index_t i = 0; i < source.extent(0); ++i) destination(i) = static_cast<float>(source(i));
+    } else {
+        for (index_t i = 0; i < source.extent(0); ++i) round_into(source[i], destination[i]);
+    }
+}
+/// Hands the gradient at a site to the policy when it wants it; `make_view` is only evaluated then.
+template <site_kind Kind, class Policy, class MakeView>
+inline void observe_gradient([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer,
+                             [[maybe_unused]] const hook_context& ctx, [[maybe_unused]] MakeView&& make_view) {
+    if constexpr (wants_gradient_of<Policy>(Kind)) policy.on_gradient(site{Kind, layer}, make_view(), ctx);
+}
+}  // namespace detail
+
+/// Caches gradients (not activations) into an activation_cache, filtered like caching_hooks: what
+/// `mechlens grad` writes. Gradients of double passes are stored rounded to float.
+template <kind_set Kinds = kind_set::all_but_result()>
+class gradient_cache {
+public:
+    /// Caches the gradient at every site of the kinds in `Kinds`.
+    gradient_cache() = default;
+    /// Caches the gradients `filter` selects among the kinds in `Kinds`.
+    explicit gradient_cache(cache_filter filter) : filter_(std::move(filter)) {}
+
+    /// No forward-pass site: this policy only reads gradients.
+    static constexpr bool wants(site_kind) noexcept { return false; }
+    /// Never called.
+    template <std::size_t Rank, class T>
+    void on_activation(const site&, tensor_view<T, Rank>, const hook_context&) noexcept {}
+    /// The kinds whose gradients are cached.
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Copies the gradient (reads only).
+    template <std::size_t Rank, class T>
+    void on_gradient(const site& s, tensor_view<T, Rank> gradient, const hook_context& ctx) {
+        if (!filter_.selects(s)) return;
+        if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(gradient), ctx.start_position, filter_);
+        } else {
+            std::vector<float> rounded(static_cast<std::size_t>(gradient.size()));
+            tensor_view<float, Rank> dense(rounded.data(), gradient.shape());
+            detail::round_into(tensor_view<const T, Rank>(gradient), dense);
+            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(dense), ctx.start_position, filter_);
+        }
+    }
+
+    /// The gradients cached so far, by site.
+    [[nodiscard]] const activation_cache& cache() const noexcept { return cache_; }
+    /// Moves the cache out.
+    [[nodiscard]] activation_cache take() noexcept {
+        activation_cache out = std::move(cache_);
+        cache_.clear();
+        return out;
+    }
+
+private:
+    cache_filter filter_;
+    activation_cache cache_;
+};
+static_assert(hook_policy<gradient_cache<>>);
+static_assert(gradient_observer<gradient_cache<>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/grad/observers.hpp ----
+// ---- begin mechlens/grad/backward.hpp ----
+/// @file
+/// Exact gradients: a taped forward pass over model_parameters and the backward pass through every block
+/// (embedding and learned positions, RMSNorm, rotary attention with grouped keys/values and the causal mask, gated
+/// and plain MLPs, unembedding), for float or double. It fires the same hook sites as the inference forward pass
+/// (except attn.hook_result), hands gradients to policies that observe them, and fills parameter gradients unless
+/// asked for activations only.
+///
+/// Hook semantics in the backward pass: whatever a forward hook wrote is what the rest of the pass (and so the
+/// backward pass) computes with, and the hook itself is treated as the identity (d out / d in = 1), which is exact
+/// for additive steering. A policy that replaces values (patching, ablation) cuts the gradient of what it replaced
+/// by zeroing it in its own on_gradient; the shipped patch and ablate policies do that.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <Eigen/Core>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// A dense row-major matrix of T as an Eigen map.
+template <class T>
+using row_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+/// A read-only dense row-major matrix of T as an Eigen map.
+template <class T>
+using const_row_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+/// A read-only row-major matrix with a row stride (one head's columns inside a wider matrix).
+template <class T>
+using const_strided_map =
+    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+/// A row-major matrix with a row stride.
+template <class T>
+using strided_map =
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+
+/// A growable buffer of T handing out dense matrix views.
+template <class T>
+struct grad_buffer {
+    std::vector<T> values;  ///< Storage; grows, never shrinks.
+    /// Grows to `count` elements.
+    void reserve(index_t count) {
+        if (static_cast<index_t>(values.size()) < count) values.resize(static_cast<std::size_t>(count));
+    }
+    /// Start of the storage.
+    [[nodiscard]] T* data() noexcept { return values.data(); }
+    /// Start of the storage.
+    [[nodiscard]] const T* data() const noexcept { return values.data(); }
+};
+
+/// The activations one block keeps for its backward pass; each is (batch * pos, width) row-major unless noted.
+template <class T>
+struct block_tape {
+    grad_buffer<T> scale1, normalized1, input1;  ///< ln1: (rows), (rows, d_model) before and after the gain.
+    grad_buffer<T> q, k, v;                      ///< (rows, heads * d_head): q and k after rotary embedding.
+    grad_buffer<T> pattern;                      ///< (batch, head, pos, pos)
+    grad_buffer<T> z;                            ///< (rows, n_heads * d_head)
+    grad_buffer<T> scale2, normalized2, input2;  ///< ln2, like ln1.
+    grad_buffer<T> pre, pre_linear, post;        ///< (rows, d_mlp) MLP activations.
+};
+
+/// dst = a * b, or dst += a * b, through Eigen's GEMM, serially. Eigen's GEMM packs its operands, so every element
+/// is summed in the same order whatever the addresses (a lazy product would not be: its vectorised dot products peel
+/// by alignment). It stays on the calling thread because Eigen's parallel GEMM synchronises its threads many times
+/// per product: with a core shared with other work, one descheduled thread stalls the other, measured here as a
+/// 17x slowdown of a training step. Callers parallelise across independent passes instead.
+template <class Dst, class Lhs, class Rhs>
+void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
+#if defined(_OPENMP)
+    // Eigen sizes its team by omp_get_max_threads(), a per-thread setting: lower it for this product only.
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    if (accumulate)
+        dst.noalias() += a * b;
+    else
+        dst.noalias() = a * b;
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+}
+
+/// sqrt(mean(x^2) + eps), accumulated in double.
+template <class T>
+T rms_of(const T* x, index_t n, float eps) {
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return static_cast<T>(std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps)));
+}
+
+/// GELU, tanh approximation, and its derivative.
+template <class T>
+T gelu_tanh_of(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    return static_cast<T>(0.5) * x * (T{1} + std::tanh(c * (x + a * x * x * x)));
+}
+/// d gelu_tanh / dx.
+template <class T>
+T gelu_tanh_derivative(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    const T t = std::tanh(c * (x + a * x * x * x));
+    return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
+}
+/// SiLU.
+template <class T>
+T silu_of(T x) {
+    return x / (T{1} + std::exp(-x));
+}
+
+}  // namespace detail
+
+/// The forward activations a backward pass needs, plus scratch; keep one and reuse it across steps.
+template <class T>
+class backprop_tape {
+public:
+    /// Logits of the last forward pass, (batch, pos, d_vocab).
+    [[nodiscard]] tensor_view<const T, 3> logits() const noexcept {
+        return tensor_view<const T, 3>(logits_.data(), {batch_, positions_, vocab_});
+    }
+    /// Attention pattern of `layer` from the last forward pass, (batch, head, query_pos, key_pos).
+    [[nodiscard]] tensor_view<const T, 4> pattern(index_t layer) const noexcept {
+        return tensor_view<const T, 4>(blocks_[static_cast<std::size_t>(layer)].pattern.data(),
+                                       {batch_, heads_, positions_, positions_});
+    }
+
+private:
+    template <class U, class Policy>
+    friend U forward_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>,
+                              const basic_metric<U>&, basic_model_parameters<U>*, Policy&&, backprop_tape<U>&);
+    template <class U, class Policy>
+    friend void taped_forward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
+                              Policy&);
+    template <class U, class Policy>
+    friend void taped_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
+                               basic_model_parameters<U>*, Policy&);
+
+    void reserve(const model_config& c, index_t batch, index_t positions) {
+        batch_ = batch;
+        positions_ = positions;
+        vocab_ = c.d_vocab;
+        heads_ = c.n_heads;
+        const index_t rows = batch * positions, d = c.d_model, q = c.n_heads * c.d_head();
+        const index_t kv = c.n_kv_heads * c.d_head(), mlp = c.attn_only() ? 0 : c.d_mlp;
+        blocks_.resize(static_cast<std::size_t>(c.n_layers));
+        stream_.resize(static_cast<std::size_t>(2 * c.n_layers + 1));
+        for (auto& s : stream_) s.reserve(rows * d);
+        for (auto& b : blocks_) {
+            if (c.has_norm()) {
+                b.scale1.reserve(rows);
+                b.normalized1.reserve(rows * d);
+                b.input1.reserve(rows * d);
+            }
+            b.q.reserve(rows * q);
+            b.k.reserve(rows * kv);
+            b.v.reserve(rows * kv);
+            b.pattern.reserve(batch * c.n_heads * positions * positions);
+            b.z.reserve(rows * q);
+            if (mlp > 0) {
+                if (c.has_norm()) {
+                    b.scale2.reserve(rows);
+                    b.normalized2.reserve(rows * d);
+                    b.input2.reserve(rows * d);
+                }
+                b.pre.reserve(rows * mlp);
+                b.pre_linear.reserve(rows * mlp);
+                b.post.reserve(rows * mlp);
+            }
+        }
+        embed_.reserve(rows * d);
+        pos_embed_.reserve(rows * d);
+        scale_final_.reserve(rows);
+        normalized_final_.reserve(rows * d);
+        input_final_.reserve(rows * d);
+        logits_.reserve(rows * c.d_vocab);
+        d_logits_.reserve(rows * c.d_vocab);
+        d_stream_.reserve(rows * d);
+        d_branch_.reserve(rows * d);
+        d_input_.reserve(rows * d);
+        d_q_.reserve(rows * q);
+        d_k_.reserve(rows * q);  // per query head before the groups are summed
+        d_v_.reserve(rows * q);
+        d_k_grouped_.reserve(rows * kv);
+        d_v_grouped_.reserve(rows * kv);
+        d_z_.reserve(rows * q);
+        d_pattern_.reserve(batch * c.n_heads * positions * positions);
+        d_scores_.reserve(batch * c.n_heads * positions * positions);
+        d_scale_.reserve(rows);
+        d_mlp_a_.reserve(rows * mlp);
+        d_mlp_b_.reserve(rows * mlp);
+        d_mlp_post_.reserve(rows * mlp);
+        rope_cos_.reserve(positions * c.d_head() / 2);
+        rope_sin_.reserve(positions * c.d_head() / 2);
+    }
+
+    index_t batch_ = 0, positions_ = 0, vocab_ = 0, heads_ = 0;
+    std::vector<detail::block_tape<T>> blocks_;
+    std::vector<detail::grad_buffer<T>>
+        stream_;  // resid_pre of block L at 2L, resid_mid at 2L + 1, final at 2 n_layers
+    detail::grad_buffer<T> embed_, pos_embed_, scale_final_, normalized_final_, input_final_, logits_;
+    detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_, d_q_, d_k_, d_v_, d_k_grouped_, d_v_grouped_;
+    detail::grad_buffer<T> d_z_, d_pattern_, d_scores_, d_scale_, d_mlp_a_, d_mlp_b_, d_mlp_post_;
+    detail::grad_buffer<T> rope_cos_, rope_sin_;
+};
+
+namespace detail {
+
+/// Throws unless the tokens fit the model.
+inline void check_backprop_tokens(const model_config& c, tensor_view<const std::int32_t, 2> tokens) {
+    if (tokens.extent(0) <= 0 || tokens.extent(1) <= 0)
+        throw shape_error("forward_backward: tokens must be (batch, pos) with both positive, got " +
+                          format_extents(tokens.shape()));
+    if (tokens.extent(1) > c.n_ctx)
+        throw shape_error("forward_backward: " + std::to_string(tokens.extent(1)) + " positions exceed n_ctx " +
+                          std::to_string(c.n_ctx));
+    for (index_t b = 0; b < tokens.extent(0); ++b)
+        for (index_t p = 0; p < tokens.extent(1); ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range("forward_backward: token id " + std::to_string(tokens(b, p)) + " at (" +
+                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+}
+
+/// Rotates each head of `m` (rows, heads * d_head) by its position; `sign` -1 applies the inverse rotation (the
+/// backward pass of a rotation is the rotation by the opposite angle).
+template <class T>
+void rotate_heads(const model_config& c, index_t positions, T* m, index_t rows, index_t heads, const T* cos,
+                  const T* sin, T sign) {
+    const index_t d_head = c.d_head(), half = d_head / 2;
+    for (index_t r = 0; r < rows; ++r) {
+        const index_t p = r % positions;
+        for (index_t h = 0; h < heads; ++h) {
+            T* x = m + (r * heads + h) * d_head;
+            for (index_t i = 0; i < half; ++i) {
+                const T cs = cos[p * half + i], sn = sign * sin[p * half + i];
+                const index_t a = c.rope == rope_layout::adjacent_pairs ? 2 * i : i;
+                const index_t b = c.rope == rope_layout::adjacent_pairs ? 2 * i + 1 : i + half;
+                const T x0 = x[a], x1 = x[b];
+                x[a] = x0 * cs - x1 * sn;
+                x[b] = x0 * sn + x1 * cs;
+            }
+        }
+    }
+}
+
+/// Views a (rows, width) buffer as (batch, pos, width).
+template <class T>
+tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
+    return tensor_view<T, 3>(data, {batch, positions, width});
+}
+/// Views a (rows, heads * d_head) buffer as (batch, pos, heads, d_head).
+template <class T>
+tensor_view<T, 4> heads_view(T* data, index_t batch, index_t positions, index_t heads, index_t d_head) {
+    return tensor_view<T, 4>(data, {batch, positions, heads, d_head});
+}
+
+/// RMSNorm forward with hooks: scale, normalized (x / scale), then input = normalized * gain.
+template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
+void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
+                tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
+    const index_t rows = batch * positions;
+    for (index_t r = 0; r < rows; ++r) scale[r] = rms_of(x + r * d, d, eps);
+    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
+    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i) input[r * d + i] = normalized[r * d + i] * gain(i);
+}
+
+/// RMSNorm backward: from d(input) (rows, d) adds d(x) into `dx` and, when `d_gain` is non-null, d(gain) into it.
+/// Observers see d(normalized) and d(scale).
+template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
+void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
+                   tensor_view<const T, 1> gain, const T* scale, const T* normalized, index_t d, T* d_input, T* d_scale,
+                   T* dx, T* d_gain) {
+    const index_t rows = batch * positions;
+    if (d_gain != nullptr)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d; ++i) d_gain[i] += d_input[r * d + i] * normalized[r * d + i];
+    for (index_t r = 0; r < rows; ++r)  // d(normalized), in place
+        for (index_t i = 0; i < d; ++i) d_input[r * d + i] *= gain(i);
+    observe_gradient<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(d_input, batch, positions, d); });
+    for (index_t r = 0; r < rows; ++r) {  // normalized = x / scale: d(scale) = -sum(d_n * x) / scale^2
+        double dot = 0.0;
+        for (index_t i = 0; i < d; ++i)
+            dot += static_cast<double>(d_input[r * d + i]) * static_cast<double>(x[r * d + i]);
+        d_scale[r] = static_cast<T>(-dot / (static_cast<double>(scale[r]) * static_cast<double>(scale[r])));
+    }
+    observe_gradient<ScaleSite>(hooks, layer, ctx,
+                                [&] { return sequence_view(d_scale, batch, positions, index_t{1}); });
+    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(x^2) + eps): d(scale)/dx_i = x_i / (d * scale)
+        const T s = scale[r], through_scale = d_scale[r] / (static_cast<T>(d) * s);
+        for (index_t i = 0; i < d; ++i) dx[r * d + i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
+    }
+}
+
+}  // namespace detail
+
+/// The taped forward pass (used by forward_backward; call it directly to inspect the tape): fills `tape` with every
+/// activation the backward pass needs and the logits, firing the hook sites `hooks` wants (not attn.hook_result).
+template <class T, class Policy>
+void taped_forward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
+                   backprop_tape<T>& tape, Policy& hooks) {
+    using namespace detail;
+    const model_config& c = params.config();
+    check_backprop_tokens(c, tokens);
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
+    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    tape.reserve(c, batch, n);
+    const hook_context ctx{0};
+
+    if (c.rotary()) {  // angles in double, as make_rope_tables computes them
+        const index_t half = d_head / 2;
+        for (index_t i = 0; i < half; ++i) {
+            const double frequency = std::pow(static_cast<double>(c.rope_theta),
+                                              -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
+            for (index_t p = 0; p < n; ++p) {
+                tape.rope_cos_.values[static_cast<std::size_t>(p * half + i)] =
+                    static_cast<T>(std::cos(static_cast<double>(p) * frequency));
+                tape.rope_sin_.values[static_cast<std::size_t>(p * half + i)] =
+                    static_cast<T>(std::sin(static_cast<double>(p) * frequency));
+            }
+        }
+    }
+
+    T* embed = tape.embed_.data();  // (rows, d_model)
+    for (index_t r = 0; r < rows; ++r) {
+        const T* row = &params.token_embedding(tokens(r / n, r % n), 0);
+        std::copy(row, row + d, embed + r * d);
+    }
+    fire<site_kind::embed>(hooks, -1, ctx, [&] { return sequence_view(embed, batch, n, d); });
+    T* x = tape.stream_[0].data();  // (rows, d_model) resid_pre of block 0
+    std::copy(embed, embed + rows * d, x);
+    if (!c.rotary()) {
+        T* pos = tape.pos_embed_.data();  // (rows, d_model)
+        for (index_t r = 0; r < rows; ++r) {
+            const T* row = &params.pos_embedding(r % n, 0);
+            std::copy(row, row + d, pos + r * d);
+        }
+        fire<site_kind::pos_embed>(hooks, -1, ctx, [&] { return sequence_view(pos, batch, n, d); });
+        for (index_t i = 0; i < rows * d; ++i) x[i] += pos[i];
+    }
+
+    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    for (index_t layer = 0; layer < c.n_layers; ++layer) {
+        auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
+        const auto& w = params.layers[static_cast<std::size_t>(layer)];
+        T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();       // (rows, d_model)
+        T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();   // (rows, d_model)
+        T* resid_post = tape.stream_[static_cast<std::size_t>(2 * layer + 2)].data();  // (rows, d_model)
+        fire<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(resid_pre, batch, n, d); });
+
+        const T* input1 = resid_pre;  // (rows, d_model) what the q/k/v projections read
+        if (c.has_norm()) {
+            taped_norm<site_kind::ln1_scale, site_kind::ln1_normalized>(
+                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), c.norm_eps, d,
+                b.scale1.data(), b.normalized1.data(), b.input1.data());
+            input1 = b.input1.data();
+        }
+        const_row_map<T> in1(input1, rows, d);
+        multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
+                 const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
+        multiply(row_map<T>(b.k.data(), rows, kv_heads * d_head), in1,
+                 const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
+        multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
+                 const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
+        fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
+        fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
+        fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
+        if (c.rotary()) {
+            rotate_heads(c, n, b.q.data(), rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
+            rotate_heads(c, n, b.k.data(), rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
+            fire<site_kind::attn_rot_q>(hooks, layer, ctx,
+                                        [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
+            fire<site_kind::attn_rot_k>(hooks, layer, ctx,
+                                        [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
+        }
+
+        // Scores into the pattern buffer, then the softmax in place. (batch, head, query_pos, key_pos)
+        const tensor_view<T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
+        for (index_t bh = 0; bh < batch * heads; ++bh) {
+            const index_t s = bh / heads, h = bh % heads;
+            const const_strided_map<T> q(b.q.data() + s * n * heads * d_head + h * d_head, n, d_head,
+                                         Eigen::OuterStride<>(heads * d_head));
+            const const_strided_map<T> k(b.k.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
+                                         Eigen::OuterStride<>(kv_heads * d_head));
+            row_map<T> scores(&pattern(s, h, 0, 0), n, n);
+            multiply(scores, q, k.transpose(), false);
+            scores *= inverse_sqrt_d;
+            for (index_t i = 0; i < n; ++i)
+                for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
+        }
+        fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
+        for (index_t s = 0; s < batch; ++s)
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t i = 0; i < n; ++i) {
+                    T* row = &pattern(s, h, i, 0);
+                    T largest = -std::numeric_limits<T>::infinity();
+                    for (index_t j = 0; j <= i; ++j) largest = std::max(largest, row[j]);
+                    T sum = 0;
+                    for (index_t j = 0; j <= i; ++j) sum += (row[j] = std::exp(row[j] - largest));
+                    for (index_t j = 0; j <= i; ++j) row[j] /= sum;
+                    for (index_t j = i + 1; j < n; ++j) row[j] = T{0};
+                }
+        fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
+        for (index_t bh = 0; bh < batch * heads; ++bh) {
+            const index_t s = bh / heads, h = bh % heads;
+            const const_strided_map<T> v(b.v.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
+                                         Eigen::OuterStride<>(kv_heads * d_head));
+            strided_map<T> z(b.z.data() + s * n * heads * d_head + h * d_head, n, d_head,
+                             Eigen::OuterStride<>(heads * d_head));
+            multiply(z, const_row_map<T>(&pattern(s, h, 0, 0), n, n), v, false);
+        }
+        fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
+        T* branch = tape.d_branch_.data();  // (rows, d_model) attention output (scratch)
+        multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
+                 const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
+        fire<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
+        for (index_t i = 0; i < rows * d; ++i) resid_mid[i] = resid_pre[i] + branch[i];
+        if (!c.attn_only())  // attention-only blocks have no resid_mid site (as in TransformerLens)
+            fire<site_kind::resid_mid>(hooks, layer, ctx, [&] { return sequence_view(resid_mid, batch, n, d); });
+
+        if (c.attn_only()) {
+            std::copy(resid_mid, resid_mid + rows * d, resid_post);
+        } else {
+            const index_t m = c.d_mlp;
+            const T* input2 = resid_mid;  // (rows, d_model)
+            if (c.has_norm()) {
+                taped_norm<site_kind::ln2_scale, site_kind::ln2_normalized>(
+                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), c.norm_eps, d,
+                    b.scale2.data(), b.normalized2.data(), b.input2.data());
+                input2 = b.input2.data();
+            }
+            const_row_map<T> in2(input2, rows, d);
+            T* pre = b.pre.data();    // (rows, d_mlp)
+            T* post = b.post.data();  // (rows, d_mlp)
+            if (c.mlp == mlp_kind::gated_silu) {
+                T* linear = b.pre_linear.data();  // (rows, d_mlp)
+                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_gate.data(), m, d).transpose(), false);
+                multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
+                fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
+                for (index_t i = 0; i < rows * m; ++i) post[i] = silu_of(pre[i]) * linear[i];
+            } else {
+                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
+                for (index_t i = 0; i < rows * m; ++i) post[i] = gelu_tanh_of(pre[i]);
+            }
+            fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
+            multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
+                     const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
+            fire<site_kind::mlp_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
+            for (index_t i = 0; i < rows * d; ++i) resid_post[i] = resid_mid[i] + branch[i];
+        }
+        fire<site_kind::resid_post>(hooks, layer, ctx, [&] { return sequence_view(resid_post, batch, n, d); });
+    }
+
+    const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
+    const T* final_input = final_stream;
+    if (c.has_norm()) {
+        taped_norm<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm), c.norm_eps, d,
+            tape.scale_final_.data(), tape.normalized_final_.data(), tape.input_final_.data());
+        final_input = tape.input_final_.data();
+    }
+    multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
+             const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
+    fire<site_kind::unembed_out>(hooks, -1, ctx,
+                                 [&] { return sequence_view(tape.logits_.data(), batch, n, c.d_vocab); });
+}
+
+/// The backward pass over a tape filled by taped_forward, from d(metric)/d(logits) already in the tape. Fills
+/// `grads` (zeroed first) unless it is null (activations only), and hands gradients to observing policies.
+template <class T, class Policy>
+void taped_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
+                    backprop_tape<T>& tape, basic_model_parameters<T>* grads, Policy& hooks) {
+    using namespace detail;
+    const model_config& c = params.config();
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
+    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
+    const hook_context ctx{0};
+    if (grads != nullptr) {
+        if (grads->size() != params.size() || grads->config().n_layers != c.n_layers)
+            throw shape_error("forward_backward: the gradient parameters were made for another model");
+        grads->fill(T{0});
+    }
+    auto weight_grads = [&](index_t layer) -> typename basic_model_parameters<T>::layer* {
+        return grads != nullptr ? &grads->layers[static_cast<std::size_t>(layer)] : nullptr;
+    };
+
+    T* d_logits = tape.d_logits_.data();  // (rows, d_vocab)
+    observe_gradient<site_kind::unembed_out>(hooks, -1, ctx,
+                                             [&] { return sequence_view(d_logits, batch, n, c.d_vocab); });
+    const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();
+    const T* final_input = c.has_norm() ? tape.input_final_.data() : final_stream;
+    T* d_stream = tape.d_stream_.data();  // (rows, d_model) gradient of the residual stream
+    T* d_input = tape.d_input_.data();    // (rows, d_model) gradient of a norm's output
+    const_row_map<T> dl(d_logits, rows, c.d_vocab);
+    if (grads != nullptr)
+        multiply(row_map<T>(grads->unembed.data(), c.d_vocab, d), dl.transpose(),
+                 const_row_map<T>(final_input, rows, d), true);
+    multiply(row_map<T>(c.has_norm() ? d_input : d_stream, rows, d), dl,
+             const_row_map<T>(params.unembed.data(), c.d_vocab, d), false);
+    if (c.has_norm()) {
+        std::fill(d_stream, d_stream + rows * d, T{0});
+        norm_backward<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm),
+            tape.scale_final_.data(), tape.normalized_final_.data(), d, d_input, tape.d_scale_.data(), d_stream,
+            grads != nullptr ? grads->final_norm.data() : nullptr);
+    }
+
+    T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
+    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    for (index_t layer = c.n_layers - 1; layer >= 0; --layer) {
+        auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
+        const auto& w = params.layers[static_cast<std::size_t>(layer)];
+        auto* gw = weight_grads(layer);
+        const T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();
+        const T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();
+        observe_gradient<site_kind::resid_post>(hooks, layer, ctx,
+                                                [&] { return sequence_view(d_stream, batch, n, d); });
+
+        if (!c.attn_only()) {
+            const index_t m = c.d_mlp;
+            std::copy(d_stream, d_stream + rows * d, d_branch);
+            observe_gradient<site_kind::mlp_out>(hooks, layer, ctx,
+                                                 [&] { return sequence_view(d_branch, batch, n, d); });
+            const T* input2 = c.has_norm() ? b.input2.data() : resid_mid;
+            T* d_post = tape.d_mlp_post_.data();  // (rows, d_mlp)
+            const_row_map<T> db(d_branch, rows, d);
+            if (gw != nullptr)
+                multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
+                         true);
+            multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
+            observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
+                                                  [&] { return sequence_view(d_post, batch, n, m); });
+            T* d_pre = tape.d_mlp_a_.data();  // (rows, d_mlp)
+            const T* pre = b.pre.data();
+            const_row_map<T> in2(input2, rows, d);
+            row_map<T> d_in2(c.has_norm() ? d_input : d_branch, rows, d);
+            if (c.mlp == mlp_kind::gated_silu) {
+                T* d_linear = tape.d_mlp_b_.data();  // (rows, d_mlp)
+                const T* linear = b.pre_linear.data();
+                for (index_t i = 0; i < rows * m; ++i) {
+                    const T sigmoid = T{1} / (T{1} + std::exp(-pre[i]));
+                    d_linear[i] = d_post[i] * pre[i] * sigmoid;
+                    d_pre[i] = d_post[i] * linear[i] * sigmoid * (T{1} + pre[i] * (T{1} - sigmoid));
+                }
+                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
+                                                     [&] { return sequence_view(d_pre, batch, n, m); });
+                observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
+                                                            [&] { return sequence_view(d_linear, batch, n, m); });
+                if (gw != nullptr) {
+                    multiply(row_map<T>(gw->w_gate.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
+                             true);
+                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_linear, rows, m).transpose(), in2,
+                             true);
+                }
+                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
+                multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
+            } else {
+                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * gelu_tanh_derivative(pre[i]);
+                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
+                                                     [&] { return sequence_view(d_pre, batch, n, m); });
+                if (gw != nullptr)
+                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
+                             true);
+                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
+            }
+            if (c.has_norm()) {
+                norm_backward<site_kind::ln2_scale, site_kind::ln2_normalized>(
+                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), b.scale2.data(),
+                    b.normalized2.data(), d, d_input, tape.d_scale_.data(), d_stream,
+                    gw != nullptr ? gw->mlp_norm.data() : nullptr);
+            } else {
+                for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
+            }
+        }
+        if (!c.attn_only())
+            observe_gradient<site_kind::resid_mid>(hooks, layer, ctx,
+                                                   [&] { return sequence_view(d_stream, batch, n, d); });
+
+        // Attention.
+        std::copy(d_stream, d_stream + rows * d, d_branch);
+        observe_gradient<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
+        T* d_z = tape.d_z_.data();  // (rows, n_heads * d_head)
+        const_row_map<T> db(d_branch, rows, d);
+        if (gw != nullptr)
+            multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
+                     const_row_map<T>(b.z.data(), rows, q_width), true);
+        multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
+        observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
+                                            [&] { return heads_view(d_z, batch, n, heads, d_head); });
+
+        const tensor_view<const T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
+        const tensor_view<T, 4> d_pattern(tape.d_pattern_.data(), {batch, heads, n, n});
+        const tensor_view<T, 4> d_scores(tape.d_scores_.data(), {batch, heads, n, n});
+        T* d_q = tape.d_q_.data();  // (rows, n_heads * d_head)
+        T* d_k = tape.d_k_.data();  // (rows, n_heads * d_head): per query head, summed into groups below
+        T* d_v = tape.d_v_.data();  // (rows, n_heads * d_head)
+        for (index_t bh = 0; bh < batch * heads; ++bh) {
+            const index_t s = bh / heads, h = bh % heads;
+            const const_strided_map<T> v(b.v.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
+                                         Eigen::OuterStride<>(kv_width));
+            const const_strided_map<T> dz(d_z + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+            const const_row_map<T> p(&pattern(s, h, 0, 0), n, n);
+            row_map<T> dp(&d_pattern(s, h, 0, 0), n, n);
+            multiply(dp, dz, v.transpose(),
+                     false);  // masked entries too, as TransformerLens's z = pattern @ v has them
+            multiply(strided_map<T>(d_v + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width)),
+                     p.transpose(), dz, false);
+        }
+        observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
+        for (index_t s = 0; s < batch; ++s)
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t i = 0; i < n; ++i) {
+                    const T* p = &pattern(s, h, i, 0);
+                    const T* dp = &d_pattern(s, h, i, 0);
+                    T* ds = &d_scores(s, h, i, 0);
+                    T dot = 0;
+                    for (index_t j = 0; j <= i; ++j) dot += p[j] * dp[j];
+                    for (index_t j = 0; j <= i; ++j) ds[j] = p[j] * (dp[j] - dot);
+                    for (index_t j = i + 1; j < n; ++j) ds[j] = T{0};
+                }
+        observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
+        for (index_t bh = 0; bh < batch * heads; ++bh) {
+            const index_t s = bh / heads, h = bh % heads;
+            const const_strided_map<T> q(b.q.data() + s * n * q_width + h * d_head, n, d_head,
+                                         Eigen::OuterStride<>(q_width));
+            const const_strided_map<T> k(b.k.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
+                                         Eigen::OuterStride<>(kv_width));
+            const const_row_map<T> ds(&d_scores(s, h, 0, 0), n, n);
+            strided_map<T> dq_h(d_q + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+            strided_map<T> dk_h(d_k + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+            multiply(dq_h, ds, k, false);
+            multiply(dk_h, ds.transpose(), q, false);
+            dq_h *= inverse_sqrt_d;
+            dk_h *= inverse_sqrt_d;
+        }
+        T* d_k_grouped = tape.d_k_grouped_.data();  // (rows, n_kv_heads * d_head)
+        T* d_v_grouped = tape.d_v_grouped_.data();  // (rows, n_kv_heads * d_head)
+        std::fill(d_k_grouped, d_k_grouped + rows * kv_width, T{0});
+        std::fill(d_v_grouped, d_v_grouped + rows * kv_width, T{0});
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t i = 0; i < d_head; ++i) {
+                    d_k_grouped[r * kv_width + (h / group) * d_head + i] += d_k[r * q_width + h * d_head + i];
+                    d_v_grouped[r * kv_width + (h / group) * d_head + i] += d_v[r * q_width + h * d_head + i];
+                }
+        if (c.rotary()) {
+            observe_gradient<site_kind::attn_rot_q>(hooks, layer, ctx,
+                                                    [&] { return heads_view(d_q, batch, n, heads, d_head); });
+            observe_gradient<site_kind::attn_rot_k>(
+                hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
+            rotate_heads(c, n, d_q, rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
+            rotate_heads(c, n, d_k_grouped, rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
+        }
+        observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
+                                            [&] { return heads_view(d_q, batch, n, heads, d_head); });
+        observe_gradient<site_kind::attn_k>(hooks, layer, ctx,
+                                            [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
+        observe_gradient<site_kind::attn_v>(hooks, layer, ctx,
+                                            [&] { return heads_view(d_v_grouped, batch, n, kv_heads, d_head); });
+        const T* input1 = c.has_norm() ? b.input1.data() : resid_pre;
+        const_row_map<T> in1(input1, rows, d);
+        const_row_map<T> dq(d_q, rows, q_width), dk(d_k_grouped, rows, kv_width), dv(d_v_grouped, rows, kv_width);
+        if (gw != nullptr) {
+            multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
+            multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
+            multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
+        }
+        row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
+        multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);
+        multiply(d_in1, dk, const_row_map<T>(w.w_k.data(), kv_width, d), true);
+        multiply(d_in1, dv, const_row_map<T>(w.w_v.data(), kv_width, d), true);
+        if (c.has_norm()) {
+            norm_backward<site_kind::ln1_scale, site_kind::ln1_normalized>(
+                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), b.scale1.data(),
+                b.normalized1.data(), d, d_input, tape.d_scale_.data(), d_stream,
+                gw != nullptr ? gw->attn_norm.data() : nullptr);
+        } else {
+            for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
+        }
+        observe_gradient<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
+    }
+
+    // Embeddings: the residual stream's gradient at block 0 reaches both the token and the position embedding.
+    if (!c.rotary()) {
+        std::copy(d_stream, d_stream + rows * d, d_branch);
+        observe_gradient<site_kind::pos_embed>(hooks, -1, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
+        if (grads != nullptr)
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d; ++i) grads->pos_embedding(r % n, i) += d_branch[r * d + i];
+    }
+    observe_gradient<site_kind::embed>(hooks, -1, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
+    if (grads != nullptr)
+        for (index_t r = 0; r < rows; ++r) {
+            T* row = &grads->token_embedding(tokens(r / n, r % n), 0);
+            for (index_t i = 0; i < d; ++i) row[i] += d_stream[r * d + i];
+        }
+}
+
+/// Forward and backward pass of `metric` over `tokens` (batch, pos): returns the metric's value, fills `grads`
+/// (zeroed first; pass null for activation gradients only, which skips every weight-gradient product), fires
+/// the forward hook sites `hooks` wants and hands gradients to it when it observes them (see gradient_observer).
+/// `tape` holds the activations and can be reused across calls to avoid allocation.
+template <class T, class Policy>
+T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
+                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks,
+                   backprop_tape<T>& tape) {
+    auto& policy = hooks;
+    taped_forward(params, tokens, tape, policy);
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = params.config().d_vocab;
+    const T value = objective.evaluate(tensor_view<const T, 3>(tape.logits_.data(), {batch, n, vocab}),
+                                       tensor_view<T, 3>(tape.d_logits_.data(), {batch, n, vocab}), tokens);
+    taped_backward(params, tokens, tape, grads, policy);
+    return value;
+}
+
+/// forward_backward with a temporary tape.
+template <class T, class Policy = no_hooks>
+T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
+                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks = Policy{}) {
+    backprop_tape<T> tape;
+    return forward_backward(params, tokens, objective, grads, std::forward<Policy>(hooks), tape);
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/grad/backward.hpp ----
+// ---- end mechlens/grad.hpp ----
+// ---- begin mechlens/train.hpp ----
+/// @file
+/// Training on the CPU: optimizer, learning-rate schedule, synthetic task data and checkpoints.
+
+// ---- begin mechlens/train/optimizer.hpp ----
+/// @file
+/// AdamW with decoupled weight decay (as torch.optim.AdamW) over one flat parameter buffer, weight-decay ranges
+/// chosen from a parameter_layout, and global gradient-norm clipping (as torch.nn.utils.clip_grad_norm_).
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Hyper-parameters of AdamW; the defaults are torch.optim.AdamW's.
+struct adamw_options {
+    float lr = 1e-3f;            ///< Learning rate (change it between steps to follow a schedule).
+    float beta1 = 0.9f;          ///< Decay of the first-moment (mean) estimate.
+    float beta2 = 0.999f;        ///< Decay of the second-moment (uncentred variance) estimate.
+    float eps = 1e-8f;           ///< Added to the bias-corrected root of the second moment.
+    float weight_decay = 1e-2f;  ///< Decoupled decay: p -= lr * weight_decay * p before the Adam step.
+};
+
+/// A half-open range [offset, offset + size) of a flat parameter buffer.
+struct parameter_range {
+    index_t offset = 0;  ///< First element.
+    index_t size = 0;    ///< Number of elements.
+    friend bool operator==(const parameter_range&, const parameter_range&) = default;  ///< Same offset and size.
+};
+
+/// Predicate for decay_ranges: decay matrices (rank 2, embeddings included) but not norm gains (rank 1), as
+/// nanoGPT and minGPT do.
+inline bool decay_matrices(const parameter_entry& entry) noexcept { return entry.rank == 2; }
+
+/// Predicate for decay_ranges: decay the block matrices only, neither norm gains nor the token/position
+/// embeddings nor an untied unembedding.
+inline bool decay_block_matrices(const parameter_entry& entry) noexcept {
+    return entry.rank == 2 && entry.name.rfind("blocks.", 0) == 0;
+}
+
+/// The ranges of the entries of `layout` for which `decays(entry)` is true, adjacent ones merged, in buffer order;
+/// what adamw takes to decay only part of the buffer.
+template <class Predicate>
+std::vector<parameter_range> decay_ranges(const std::vector<parameter_entry>& layout, Predicate decays) {
+    std::vector<parameter_range> out;
+    for (const parameter_entry& e : layout) {
+        if (!decays(e)) continue;
+        if (!out.empty() && out.back().offset + out.back().size == e.offset)
+            out.back().size += e.size();
+        else
+            out.push_back({e.offset, e.size()});
+    }
+    return out;
+}
+
+/// The state of an adamw optimizer: what a checkpoint saves to resume training exactly.
+struct adamw_state {
+    std::int64_t step = 0;  ///< Number of steps taken (the bias corrections use step, counted from 1).
+    std::vector<float> m;   ///< (size) First-moment estimate, torch's exp_avg.
+    std::vector<float> v;   ///< (size) Second-moment estimate, torch's exp_avg_sq.
+};
+
+/// AdamW over a flat buffer of `size` floats, matching torch.optim.AdamW (amsgrad off, maximize off): per step t
+/// (from 1), on elements that decay p -= lr * wd * p; then m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+/// p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). Scalars are computed in double and rounded to
+/// float; per-element arithmetic is float32 in torch's order of operations (with its fused multiply-adds), so the
+/// results equal torch 1.13's CPU AdamW bit for bit in practice and to within an ulp or two anywhere.
+class adamw {
+public:
+    /// An optimizer for `size` parameters, every one of them decayed; throws std::invalid_argument for bad options.
+    explicit adamw(index_t size, const adamw_options& options = {})
+        : adamw(size, options, std::vector<parameter_range>{{0, size}}) {}
+
+    /// An optimizer for `size` parameters that decays only the elements inside `decayed` (see decay_ranges);
+    /// throws std::invalid_argument for bad options, ranges outside [0, size) or overlapping ranges.
+    adamw(index_t size, const adamw_options& options, std::vector<parameter_range> decayed)
+        : options_(options), decayed_(std::move(decayed)) {
+        if (size < 0) throw std::invalid_argument("adamw: negative size " + std::to_string(size));
+        validate(options_);
+        for (const parameter_range& r : decayed_)
+            if (r.offset < 0 || r.size < 0 || r.offset > size || r.size > size - r.offset)
+                throw std::invalid_argument("adamw: decay range [" + std::to_string(r.offset) + ", +" +
+                                            std::to_string(r.size) + ") lies outside the " + std::to_string(size) +
+                                            " parameters");
+        // An element in two ranges would decay twice per step.
+        std::sort(decayed_.begin(), decayed_.end(),
+                  [](const parameter_range& a, const parameter_range& b) { return a.offset < b.offset; });
+        for (std::size_t i = 1; i < decayed_.size(); ++i)
+            if (decayed_[i].offset < decayed_[i - 1].offset + decayed_[i - 1].size)
+                throw std::invalid_argument("adamw: overlapping decay ranges at offset " +
+                                            std::to_string(decayed_[i].offset));
+        state_.m.assign(static_cast<std::size_t>(size), 0.0f);
+        state_.v.assign(static_cast<std::size_t>(size), 0.0f);
+    }
+
+    /// One update of `params` from `grads`; both must have size() elements (std::invalid_argument otherwise).
+    void step(std::span<float> params, std::span<const float> grads) {
+        if (params.size() != state_.m.size() || grads.size() != params.size())
+            throw std::invalid_argument("adamw::step: " + std::to_string(params.size()) + " parameters and " +
+                                        std::to_string(grads.size()) + " gradients for an optimizer of size " +
+                                        std::to_string(state_.m.size()));
+        validate(options_);
+        ++state_.step;
+        // Scalars are formed in double (Python floats in torch), then rounded to float like torch's kernels do.
+        const double lr = options_.lr, t = static_cast<double>(state_.step);
+        const auto keep = static_cast<float>(1.0 - lr * static_cast<double>(options_.weight_decay));
+        const float beta1 = options_.beta1, beta2 = options_.beta2, eps = options_.eps;
+        const auto one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(beta1));
+        const auto one_minus_beta2 = static_cast<float>(1.0 - static_cast<double>(beta2));
+        const auto neg_step_size = static_cast<float>(-lr / (1.0 - std::pow(static_cast<double>(beta1), t)));
+        const auto correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(beta2), t)));
+        // Decay first, on the old parameters, as torch does (decoupled: the decay never enters m or v).
+        if (options_.weight_decay != 0.0f)
+            for (const parameter_range& r : decayed_)
+                for (index_t i = r.offset; i < r.offset + r.size; ++i) params[static_cast<std::size_t>(i)] *= keep;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const float g = grads[i];
+            // The fused multiply-adds are where torch's CPU kernels (add_ with alpha, addcmul_) fuse.
+            const float m = std::fma(g, one_minus_beta1, state_.m[i] * beta1);
+            const float v = std::fma(one_minus_beta2 * g, g, state_.v[i] * beta2);
+            state_.m[i] = m;
+            state_.v[i] = v;
+            const float denom = std::sqrt(v) / correction2_sqrt + eps;
+            params[i] += (neg_step_size * m) / denom;
+        }
+    }
+
+    /// Number of parameters.
+    [[nodiscard]] index_t size() const noexcept { return static_cast<index_t>(state_.m.size()); }
+    /// Steps taken so far.
+    [[nodiscard]] std::int64_t steps() const noexcept { return state_.step; }
+    /// Hyper-parameters (mutable: set lr from a schedule before each step).
+    [[nodiscard]] adamw_options& options() noexcept { return options_; }
+    /// Hyper-parameters.
+    [[nodiscard]] const adamw_options& options() const noexcept { return options_; }
+    /// The ranges that receive weight decay.
+    [[nodiscard]] const std::vector<parameter_range>& decayed() const noexcept { return decayed_; }
+    /// First-moment estimates, one per parameter.
+    [[nodiscard]] std::span<float> m() noexcept { return state_.m; }
+    /// First-moment estimates, one per parameter.
+    [[nodiscard]] std::span<const float> m() const noexcept { return state_.m; }
+    /// Second-moment estimates, one per parameter.
+    [[nodiscard]] std::span<float> v() noexcept { return state_.v; }
+    /// Second-moment estimates, one per parameter.
+    [[nodiscard]] std::span<const float> v() const noexcept { return state_.v; }
+    /// Step counter and moments, e.g. to save in a checkpoint.
+    [[nodiscard]] const adamw_state& state() const noexcept { return state_; }
+    /// Restores a saved state; throws std::invalid_argument unless m and v have size() elements and step >= 0.
+    void set_state(adamw_state state) {
+        if (state.m.size() != state_.m.size() || state.v.size() != state_.v.size() || state.step < 0)
+            throw std::invalid_argument("adamw::set_state: state of " + std::to_string(state.m.size()) + "/" +
+                                        std::to_string(state.v.size()) + " moments at step " +
+                                        std::to_string(state.step) + " for an optimizer of size " +
+                                        std::to_string(state_.m.size()));
+        state_ = std::move(state);
+    }
+    /// Forgets the moments and the step counter.
+    void reset() noexcept {
+        state_.step = 0;
+        std::fill(state_.m.begin(), state_.m.end(), 0.0f);
+        std::fill(state_.v.begin(), state_.v.end(), 0.0f);
+    }
+
+private:
+    static void validate(const adamw_options& o) {
+        auto fail = [](const std::string& what) { throw std::invalid_argument("adamw: " + what); };
+        if (!(o.lr >= 0.0f) || !std::isfinite(o.lr)) fail("lr must be finite and >= 0, got " + std::to_string(o.lr));
+        if (!(o.beta1 >= 0.0f && o.beta1 < 1.0f)) fail("beta1 must be in [0, 1), got " + std::to_string(o.beta1));
+        if (!(o.beta2 >= 0.0f && o.beta2 < 1.0f)) fail("beta2 must be in [0, 1), got " + std::to_string(o.beta2));
+        if (!(o.eps >= 0.0f) || !std::isfinite(o.eps)) fail("eps must be finite and >= 0");
+        if (!(o.weight_decay >= 0.0f) || !std::isfinite(o.weight_decay)) fail("weight_decay must be finite and >= 0");
+    }
+
+    adamw_options options_;
+    std::vector<parameter_range> decayed_;
+    adamw_state state_;
+};
+
+/// The global L2 norm of `values`, accumulated in double.
+inline double global_norm(std::span<const float> values) noexcept {
+    double sum = 0.0;
+    for (const float x : values) sum += static_cast<double>(x) * static_cast<double>(x);
+    return std::sqrt(sum);
+}
+
+/// Scales `grads` in place so their global L2 norm is at most `max_norm`, like torch.nn.utils.clip_grad_norm_:
+/// scale = max_norm / (norm + 1e-6), applied only when below 1. Returns the norm before clipping, accumulated in
+/// double. A non-finite norm (an inf or NaN gradient) is returned with the gradients left as they are: check it.
+/// Throws std::invalid_argument unless max_norm > 0.
+inline double clip_grad_norm(std::span<float> grads, float max_norm) {
+    if (!(max_norm > 0.0f))
+        throw std::invalid_argument("clip_grad_norm: max_norm must be > 0, got " + std::to_string(max_norm));
+    const double norm = global_norm(grads);
+    if (!std::isfinite(norm)) return norm;
+    const double scale = static_cast<double>(max_norm) / (norm + 1e-6);
+    if (scale < 1.0) {
+        const auto s = static_cast<float>(scale);
+        for (float& g : grads) g *= s;
+    }
+    return norm;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/train/optimizer.hpp ----
+// ---- begin mechlens/train/schedule.hpp ----
+/// @file
+/// Learning-rate schedules: linear warmup followed by cosine decay.
+
+#include <cmath>
+#include <numbers>
+#include <stdexcept>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Parameters of warmup_cosine.
+struct warmup_cosine_options {
+    float peak = 1e-3f;       ///< Learning rate reached at the end of the warmup.
+    index_t warmup_steps = 0; ///< W: steps of linear warmup (0 for none).
+    index_t total_steps = 0;  ///< T: the step at which the cosine reaches `min` (T >= W).
+    float min = 0.0f;         ///< Learning rate at step T and after.
+    float start = 0.0f;       ///< Learning rate at step 0 when W > 0.
+};
+
+/// Linear warmup then cosine decay, the schedule of Hugging Face's get_cosine_schedule_with_warmup generalised
+/// with a start and a floor. With steps s counted from 0:
+///   s <  W:      lr = start + (peak - start) * s / W
+///   W <= s < T:  lr = min + (peak - min) * (1 + cos(pi * (s - W) / (T - W))) / 2
+///   s >= T:      lr = min
+/// evaluated in double and rounded to float once. Pass steps() of the optimizer before its step (0 for the first).
+class warmup_cosine {
+public:
+    /// Validates the options: W >= 0, T >= W, and finite rates with peak >= 0, min >= 0, start >= 0.
+    explicit warmup_cosine(const warmup_cosine_options& options) : o_(options) {
+        auto fail = [](const std::string& what) { throw std::invalid_argument("warmup_cosine: " + what); };
+        if (o_.warmup_steps < 0) fail("warmup_steps must be >= 0, got " + std::to_string(o_.warmup_steps));
+        if (o_.total_steps < o_.warmup_steps)
+            fail("total_steps " + std::to_string(o_.total_steps) + " is below warmup_steps " +
+                 std::to_string(o_.warmup_steps));
+        auto rate = [&](float x, const char* name) {
+            if (!(x >= 0.0f) || !std::isfinite(x)) fail(std::string(name) + " must be finite and >= 0");
+        };
+        rate(o_.peak, "peak");
+        rate(o_.min, "min");
+        rate(o_.start, "start");
+    }
+
+    /// The learning rate at step `step` (negative steps give the value at 0).
+    [[nodiscard]] float operator()(index_t step) const noexcept {
+        const index_t s = step < 0 ? 0 : step;
+        const double peak = o_.peak, low = o_.min, start = o_.start;
+        if (s < o_.warmup_steps)
+            return static_cast<float>(start + (peak - start) * static_cast<double>(s) /
+                                                  static_cast<double>(o_.warmup_steps));
+        if (s >= o_.total_steps) return o_.min;
+        const double progress =
+            static_cast<double>(s - o_.warmup_steps) / static_cast<double>(o_.total_steps - o_.warmup_steps);
+        return static_cast<float>(low + (peak - low) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress)));
+    }
+
+    /// The options.
+    [[nodiscard]] const warmup_cosine_options& options() const noexcept { return o_; }
+
+private:
+    warmup_cosine_options o_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/train/schedule.hpp ----
+// ---- begin mechlens/train/data.hpp ----
+/// @file
+/// Synthetic training data, reproducible from a seed: repeated random token sequences (where induction heads form)
+/// and modular addition (where grokking happens), with the next-token targets and loss masks the loss expects.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The target of positions that predict nothing (the last position of a sequence).
+inline constexpr std::int32_t ignore_target = -1;
+
+/// Token ids with their next-token targets, as the language-model loss reads them: the logits at (b, t) are
+/// scored against targets(b, t) = tokens(b, t + 1), weighted by loss_mask(b, t); the loss is
+/// sum(loss_mask * cross_entropy) / sum(loss_mask). The last position has target ignore_target and weight 0.
+struct token_batch {
+    tensor<std::int32_t, 2> tokens;   ///< (batch, pos) input token ids.
+    tensor<std::int32_t, 2> targets;  ///< (batch, pos) tokens shifted left by one; ignore_target at the end.
+    tensor<float, 2> loss_mask;       ///< (batch, pos) 1 where the prediction counts in the loss, else 0.
+
+    /// Number of sequences.
+    [[nodiscard]] index_t batch() const noexcept { return tokens.extent(0); }
+    /// Sequence length.
+    [[nodiscard]] index_t positions() const noexcept { return tokens.extent(1); }
+};
+
+/// Targets and a loss mask for `tokens` (batch, pos): every position but the last predicts the next token.
+inline token_batch next_token_batch(tensor<std::int32_t, 2> tokens) {
+    const index_t batch = tokens.extent(0), pos = tokens.extent(1);
+    token_batch out{std::move(tokens), tensor<std::int32_t, 2>({batch, pos}), tensor<float, 2>({batch, pos})};
+    for (index_t b = 0; b < batch; ++b)
+        for (index_t t = 0; t < pos; ++t) {
+            const bool has_next = t + 1 < pos;
+            out.targets(b, t) = has_next ? out.tokens(b, t + 1) : ignore_target;
+            out.loss_mask(b, t) = has_next ? 1.0f : 0.0f;
+        }
+    return out;
+}
+
+namespace detail {
+/// A uniform integer in [0, n) without modulo bias (rejection of the incomplete top block); n >= 1.
+inline std::uint64_t uniform_below(random_generator& rng, std::uint64_t n) noexcept {
+    const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % n;
+    std::uint64_t x = rng.next();
+    while (x >= limit) x = rng.next();
+    return x % n;
+}
+}  // namespace detail
+
+/// What repeated_random_tokens generates.
+struct induction_options {
+    index_t batch = 1;                ///< Number of sequences.
+    index_t half_length = 0;          ///< n: length of the random half, repeated once.
+    std::int32_t vocab = 0;           ///< Tokens are drawn from [first_token, vocab).
+    std::int32_t first_token = 0;     ///< Lowest token drawn (e.g. to keep BOS and other special ids out).
+    std::optional<std::int32_t> bos{};  ///< When set, every sequence starts with this token.
+};
+
+/// Repeated random tokens: `[bos] t_1 .. t_n t_1 .. t_n` per row, plus where the repeat is.
+struct induction_batch {
+    token_batch data;               ///< tokens (batch, prefix + 2n); every position but the last counts in the loss.
+    index_t prefix = 0;             ///< 1 with a BOS token, else 0.
+    index_t half_length = 0;        ///< n.
+    tensor<float, 1> repeated;      ///< (pos) 1 at the positions of the second copy, [prefix + n, prefix + 2n).
+    /// (pos) 1 where the next token is predictable by induction: t in [prefix + n, prefix + 2n - 1), i.e. inside
+    /// the second copy with a next token (the first token of the copy follows t_n, which says nothing about it).
+    tensor<float, 1> induction_mask;
+};
+
+/// Generates a batch of repeated random token sequences, identical for identical options and seed; tokens are
+/// i.i.d. uniform in [first_token, vocab). Throws std::invalid_argument for batch or half_length < 1, an empty or
+/// negative token range, or a negative BOS id.
+inline induction_batch repeated_random_tokens(const induction_options& options, std::uint64_t seed) {
+    const auto fail = [](const std::string& what) { throw std::invalid_argument("repeated_random_tokens: " + what); };
+    if (options.batch < 1) fail("batch must be >= 1, got " + std::to_string(options.batch));
+    if (options.half_length < 1) fail("half_length must be >= 1, got " + std::to_string(options.half_length));
+    if (options.first_token < 0 || options.first_token >= options.vocab)
+        fail("token range [" + std::to_string(options.first_token) + ", " + std::to_string(options.vocab) +
+             ") is empty or negative");
+    if (options.bos && *options.bos < 0) fail("bos must be >= 0, got " + std::to_string(*options.bos));
+    if (options.half_length > (std::numeric_limits<index_t>::max() / 2 - 1) / options.batch)
+        fail("batch * half_length is too large");
+
+    const index_t n = options.half_length, prefix = options.bos ? 1 : 0, pos = prefix + 2 * n;
+    tensor<std::int32_t, 2> tokens({options.batch, pos});
+    random_generator rng(seed);
+    const auto range = static_cast<std::uint64_t>(options.vocab - options.first_token);
+    for (index_t b = 0; b < options.batch; ++b) {
+        if (options.bos) tokens(b, 0) = *options.bos;
+        for (index_t i = 0; i < n; ++i) {
+            const auto token = options.first_token + static_cast<std::int32_t>(detail::uniform_below(rng, range));
+            tokens(b, prefix + i) = token;
+            tokens(b, prefix + n + i) = token;
+        }
+    }
+    induction_batch out{next_token_batch(std::move(tokens)), prefix, n, tensor<float, 1>({pos}),
+                        tensor<float, 1>({pos})};
+    for (index_t t = prefix + n; t < pos; ++t) {
+        out.repeated(t) = 1.0f;
+        if (t + 1 < pos) out.induction_mask(t) = 1.0f;
+    }
+    return out;
+}
+
+/// Modular addition data: rows `a, b, =, c` with c = (a + b) mod p, numbers as tokens 0..p-1 and '=' as token p
+/// (so d_vocab = p + 1). Only the prediction at the '=' position (t = 2, target c) counts in the loss: a and b are
+/// uniform and unpredictable, and c is the answer.
+struct modular_addition_split {
+    token_batch train;  ///< Rows chosen for training, in ascending (a, b) order.
+    token_batch test;   ///< The remaining rows, in ascending (a, b) order.
+};
+
+namespace detail {
+/// A token_batch of the rows `a * p + b` listed in `rows`, with the loss on the answer only.
+inline token_batch modular_addition_rows(std::int32_t p, const std::vector<std::int64_t>& rows) {
+    tensor<std::int32_t, 2> tokens({static_cast<index_t>(rows.size()), 4});
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+        const auto a = static_cast<std::int32_t>(rows[r] / p), b = static_cast<std::int32_t>(rows[r] % p);
+        const auto i = static_cast<index_t>(r);
+        tokens(i, 0) = a;
+        tokens(i, 1) = b;
+        tokens(i, 2) = p;
+        tokens(i, 3) = (a + b) % p;
+    }
+    token_batch out = next_token_batch(std::move(tokens));
+    for (index_t i = 0; i < out.batch(); ++i)
+        for (index_t t = 0; t < 4; ++t) out.loss_mask(i, t) = t == 2 ? 1.0f : 0.0f;
+    return out;
+}
+/// Throws std::invalid_argument unless 2 <= p <= 2^15 (p^2 rows must stay a reasonable table).
+inline void check_modulus(std::int32_t p, const char* who) {
+    if (p < 2 || p > (1 << 15))
+        throw std::invalid_argument(std::string(who) + ": p must be in [2, 32768], got " + std::to_string(p));
+}
+}  // namespace detail
+
+/// Every one of the p^2 rows of a + b mod p, row a * p + b.
+inline token_batch modular_addition_table(std::int32_t p) {
+    detail::check_modulus(p, "modular_addition_table");
+    std::vector<std::int64_t> rows(static_cast<std::size_t>(p) * static_cast<std::size_t>(p));
+    std::iota(rows.begin(), rows.end(), std::int64_t{0});
+    return detail::modular_addition_rows(p, rows);
+}
+
+/// The p^2 rows of a + b mod p split at random (Fisher-Yates with `seed`): round(train_fraction * p^2) rows for
+/// training, the rest for testing, each in ascending order. Throws std::invalid_argument unless 0 <= fraction <= 1.
+inline modular_addition_split modular_addition(std::int32_t p, double train_fraction, std::uint64_t seed) {
+    detail::check_modulus(p, "modular_addition");
+    if (!(train_fraction >= 0.0 && train_fraction <= 1.0))
+        throw std::invalid_argument("modular_addition: train_fraction must be in [0, 1], got " +
+                                    std::to_string(train_fraction));
+    std::vector<std::int64_t> rows(static_cast<std::size_t>(p) * static_cast<std::size_t>(p));
+    std::iota(rows.begin(), rows.end(), std::int64_t{0});
+    random_generator rng(seed);
+    for (std::size_t i = rows.size() - 1; i > 0; --i)
+        std::swap(rows[i], rows[static_cast<std::size_t>(detail::uniform_below(rng, i + 1))]);
+    const auto n_train = static_cast<std::size_t>(std::llround(train_fraction * static_cast<double>(rows.size())));
+    std::vector<std::int64_t> train(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(n_train));
+    std::vector<std::int64_t> test(rows.begin() + static_cast<std::ptrdiff_t>(n_train), rows.end());
+    std::sort(train.begin(), train.end());
+    std::sort(test.begin(), test.end());
+    return {detail::modular_addition_rows(p, train), detail::modular_addition_rows(p, test)};
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/train/data.hpp ----
+// ---- begin mechlens/train/checkpoint.hpp ----
+/// @file
+/// Training checkpoints as `.safetensors`: one F32 tensor per parameter_layout entry (named like it), every
+/// model_config field in `__metadata__`, caller metadata beside it, and optionally the AdamW state to resume
+/// training bit for bit.
+
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// What load_checkpoint returns.
+struct checkpoint {
+    model_parameters parameters;                   ///< The model, config included.
+    std::map<std::string, std::string> metadata;   ///< The caller's metadata (the "mechlens." keys removed).
+    std::optional<adamw_state> optimizer;          ///< The AdamW state, when the file holds one.
+};
+
+namespace detail {
+
+/// Prefix of the metadata keys the checkpoint format reserves.
+inline constexpr std::string_view checkpoint_prefix = "mechlens.";
+/// Name of the tensor of first moments, shape (size).
+inline constexpr const char* checkpoint_m = "optimizer.adamw.m";
+inline constexpr const char* checkpoint_v = "optimizer.adamw.v";           ///< (size) second moments
+inline constexpr const char* checkpoint_step = "mechlens.optimizer.step";  ///< decimal step counter
+
+/// "(64, 512)" for error messages.
+inline std::string shape_text(const std::vector<index_t>& shape) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    return out + ")";
+}
+
+/// Shortest text that reads back as the same float.
+inline std::string float_text(float x) {
+    char buffer[64];
+    const auto result = std::to_chars(buffer, buffer + sizeof buffer, x);
+    return std::string(buffer, result.ptr);
+}
+
+/// The text of every enum value, in declaration order.
+inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
+inline constexpr std::string_view norm_names[] = {"rms", "none"};      ///< norm_kind
+inline constexpr std::string_view position_names[] = {"rotary", "learned"};  ///< positional_kind
+inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
+
+/// Every model_config field as "mechlens.config.<field>" metadata.
+inline std::map<std::string, std::string> config_metadata(const model_config& c) {
+    const std::string p = "mechlens.config.";
+    return {
+        {p + "d_model", std::to_string(c.d_model)},
+        {p + "n_layers", std::to_string(c.n_layers)},
+        {p + "n_heads", std::to_string(c.n_heads)},
+        {p + "n_kv_heads", std::to_string(c.n_kv_heads)},
+        {p + "d_mlp", std::to_string(c.d_mlp)},
+        {p + "d_vocab", std::to_string(c.d_vocab)},
+        {p + "n_ctx", std::to_string(c.n_ctx)},
+        {p + "rope_theta", float_text(c.rope_theta)},
+        {p + "norm_eps", float_text(c.norm_eps)},
+        {p + "tied_unembed", c.tied_unembed ? "true" : "false"},
+        {p + "rope", std::string(rope_names[static_cast<std::size_t>(c.rope)])},
+        {p + "norm", std::string(norm_names[static_cast<std::size_t>(c.norm)])},
+        {p + "positions", std::string(position_names[static_cast<std::size_t>(c.positions)])},
+        {p + "mlp", std::string(mlp_names[static_cast<std::size_t>(c.mlp)])},
+    };
+}
+
+/// Reads model_config back from checkpoint metadata; format_error naming `where` for a missing or bad field.
+class config_reader {
+public:
+    /// A reader over `metadata`; errors name `where`.
+    config_reader(const std::map<std::string, std::string>& metadata, std::string where)
+        : metadata_(metadata), where_(std::move(where)) {}
+
+    /// The text of field `name`.
+    [[nodiscard]] const std::string& text(const std::string& name) const {
+        const auto it = metadata_.find("mechlens.config." + name);
+        if (it == metadata_.end()) format_fail(where_, "checkpoint metadata lacks mechlens.config." + name);
+        return it->second;
+    }
+    /// Field `name` as a whole decimal number.
+    [[nodiscard]] index_t integer(const std::string& name) const {
+        const std::string& s = text(name);
+        index_t value = 0;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (error != std::errc() || end != s.data() + s.size() || s.empty())
+            bad(name, s, "an integer");
+        return value;
+    }
+    /// Field `name` as a float.
+    [[nodiscard]] float real(const std::string& name) const {
+        const std::string& s = text(name);
+        float value = 0.0f;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (error != std::errc() || end != s.data() + s.size() || s.empty()) bad(name, s, "a number");
+        return value;
+    }
+    /// Field `name` as the enum whose value texts are `names`.
+    template <class Enum, std::size_t N>
+    [[nodiscard]] Enum choice(const std::string& name, const std::string_view (&names)[N]) const {
+        const std::string& s = text(name);
+        for (std::size_t i = 0; i < N; ++i)
+            if (s == names[i]) return static_cast<Enum>(i);
+        std::string expected;
+        for (std::size_t i = 0; i < N; ++i) expected += (i ? ", " : "") + std::string(names[i]);
+        bad(name, s, "one of " + expected);
+    }
+    /// Field `name` as "true" or "false".
+    [[nodiscard]] bool boolean(const std::string& name) const {
+        const std::string& s = text(name);
+        if (s == "true") return true;
+        if (s == "false") return false;
+        bad(name, s, "true or false");
+    }
+
+private:
+    [[noreturn]] void bad(const std::string& name, const std::string& value, const std::string& expected) const {
+        format_fail(where_, "checkpoint metadata mechlens.config." + name + " = '" + value.substr(0, 100) +
+                                "' is not " + expected);
+    }
+    const std::map<std::string, std::string>& metadata_;
+    std::string where_;
+};
+
+}  // namespace detail
+
+/// Writes `parameters` to a `.safetensors` file: F32 tensors named by parameter_layout (rank 1 or 2, in layout
+/// order), every config field as "mechlens.config.<field>" metadata, and `metadata` beside them; with `optimizer`,
+/// also its moments ("optimizer.adamw.m"/"optimizer.adamw.v", shape (size)) and "mechlens.optimizer.step".
+/// Throws std::invalid_argument for an empty parameter set, caller keys starting "mechlens." or an optimizer of
+/// another size; format_error naming the file when writing fails.
+inline void save_checkpoint(const std::filesystem::path& path, const model_parameters& parameters,
+                            const std::map<std::string, std::string>& metadata = {},
+                            const adamw* optimizer = nullptr) {
+    if (parameters.size() == 0) throw std::invalid_argument("save_checkpoint: empty model_parameters");
+    std::map<std::string, std::string> all = detail::config_metadata(parameters.config());
+    for (const auto& [key, value] : metadata) {
+        if (key.rfind(detail::checkpoint_prefix, 0) == 0)
+            throw std::invalid_argument("save_checkpoint: metadata key '" + key + "' uses the reserved prefix mechlens.");
+        all[key] = value;
+    }
+    all["mechlens.format"] = "checkpoint";
+    std::vector<safetensors_tensor_ref> tensors;
+    const float* base = parameters.flat().data();
+    for (const parameter_entry& e : parameters.layout()) {
+        std::vector<index_t> shape{e.shape[0]};
+        if (e.rank == 2) shape.push_back(e.shape[1]);
+        tensors.push_back({e.name, std::move(shape), base + e.offset});
+    }
+    if (optimizer) {
+        if (optimizer->size() != parameters.size())
+            throw std::invalid_argument("save_checkpoint: optimizer of size " + std::to_string(optimizer->size()) +
+                                        " for " + std::to_string(parameters.size()) + " parameters");
+        tensors.push_back({detail::checkpoint_m, {optimizer->size()}, optimizer->m().data()});
+        tensors.push_back({detail::checkpoint_v, {optimizer->size()}, optimizer->v().data()});
+        all[detail::checkpoint_step] = std::to_string(optimizer->steps());
+    }
+    write_safetensors(path, tensors, all);
+}
+
+/// Writes `parameters` and the state of `optimizer`; see the overload without it.
+inline void save_checkpoint(const std::filesystem::path& path, const model_parameters& parameters,
+                            const adamw& optimizer, const std::map<std::string, std::string>& metadata = {}) {
+    save_checkpoint(path, parameters, metadata, &optimizer);
+}
+
+/// Reads a checkpoint written by save_checkpoint. Throws format_error naming the file when it is not a valid
+/// safetensors file (truncated, malformed), when a config field is missing or invalid, or when a tensor is missing,
+/// unexpected, or of another shape than the config implies.
+inline checkpoint load_checkpoint(const std::filesystem::path& path) {
+    const std::string where = path.string();
+    safetensors_file file = read_safetensors(path);  // checks the container: bounds, dtype F32, exact tiling
+    const detail::config_reader r(file.metadata, where);
+    if (const auto it = file.metadata.find("mechlens.format"); it == file.metadata.end() || it->second != "checkpoint")
+        detail::format_fail(where, "not a mechlens checkpoint (metadata mechlens.format is not 'checkpoint')");
+    model_config c;
+    c.d_model = r.integer("d_model");
+    c.n_layers = r.integer("n_layers");
+    c.n_heads = r.integer("n_heads");
+    c.n_kv_heads = r.integer("n_kv_heads");
+    c.d_mlp = r.integer("d_mlp");
+    c.d_vocab = r.integer("d_vocab");
+    c.n_ctx = r.integer("n_ctx");
+    c.rope_theta = r.real("rope_theta");
+    c.norm_eps = r.real("norm_eps");
+    c.tied_unembed = r.boolean("tied_unembed");
+    c.rope = r.choice<rope_layout>("rope", detail::rope_names);
+    c.norm = r.choice<norm_kind>("norm", detail::norm_names);
+    c.positions = r.choice<positional_kind>("positions", detail::position_names);
+    c.mlp = r.choice<mlp_kind>("mlp", detail::mlp_names);
+    c.validate(where);
+
+    checkpoint out{model_parameters(c), {}, std::nullopt};
+    std::map<std::string, safetensors_tensor*> by_name;
+    for (safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
+    float* base = out.parameters.flat().data();
+    for (const parameter_entry& e : out.parameters.layout()) {
+        const auto it = by_name.find(e.name);
+        if (it == by_name.end()) detail::format_fail(where, "checkpoint lacks tensor '" + e.name + "'");
+        std::vector<index_t> expected{e.shape[0]};
+        if (e.rank == 2) expected.push_back(e.shape[1]);
+        const safetensors_tensor& t = *it->second;
+        if (t.shape != expected)
+            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(t.shape) +
+                                           ", the config implies " + detail::shape_text(expected));
+        std::memcpy(base + e.offset, t.values.data(), t.values.size() * sizeof(float));
+        by_name.erase(it);
+    }
+
+    const auto m = by_name.find(detail::checkpoint_m), v = by_name.find(detail::checkpoint_v);
+    const auto step = file.metadata.find(detail::checkpoint_step);
+    const bool has_m = m != by_name.end(), has_v = v != by_name.end(), has_step = step != file.metadata.end();
+    if (has_m || has_v || has_step) {
+        if (!(has_m && has_v && has_step))
+            detail::format_fail(where, "incomplete optimizer state (needs optimizer.adamw.m, optimizer.adamw.v and "
+                                       "mechlens.optimizer.step)");
+        const std::vector<index_t> expected{out.parameters.size()};
+        for (const auto& it : {m, v})
+            if (it->second->shape != expected)
+                detail::format_fail(where, "tensor '" + it->first + "' has shape " +
+                                               detail::shape_text(it->second->shape) + ", expected " +
+                                               detail::shape_text(expected));
+        adamw_state state;
+        const std::string& s = step->second;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), state.step);
+        if (s.empty() || error != std::errc() || end != s.data() + s.size() || state.step < 0)
+            detail::format_fail(where, "metadata mechlens.optimizer.step = '" + s.substr(0, 100) +
+                                           "' is not a non-negative integer");
+        state.m = std::move(m->second->values);
+        state.v = std::move(v->second->values);
+        out.optimizer = std::move(state);
+        by_name.erase(detail::checkpoint_m);
+        by_name.erase(detail::checkpoint_v);
+    }
+    if (!by_name.empty())
+        detail::format_fail(where, "unexpected tensor '" + by_name.begin()->first.substr(0, 200) +
+                                       "' (not in the parameter layout of this config)");
+    for (auto& [key, value] : file.metadata)
+        if (key.rfind(detail::checkpoint_prefix, 0) != 0) out.metadata[key] = std::move(value);
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/train/checkpoint.hpp ----
+// ---- begin mechlens/train/trainer.hpp ----
+/// @file
+/// The training loop: batches in, AdamW steps with gradient clipping and a warmup + cosine schedule, one report
+/// per step. Deterministic for deterministic batches (same seed, same thread count, same numbers).
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Hyper-parameters of train().
+struct train_options {
+    index_t steps = 1000;        ///< Optimizer steps.
+    float peak_lr = 1e-3f;       ///< Learning rate after warmup.
+    index_t warmup_steps = 100;  ///< Linear warmup from 0.
+    float min_lr = 1e-4f;        ///< Learning rate at the last step (cosine decay from peak_lr).
+    float weight_decay = 0.01f;  ///< AdamW's decoupled weight decay, applied to the block matrices only.
+    float beta1 = 0.9f;          ///< AdamW's first-moment decay.
+    float beta2 = 0.999f;        ///< AdamW's second-moment decay.
+    float clip_norm = 1.0f;      ///< Global gradient-norm clip (0 turns clipping off).
+};
+
+/// What one training step reports.
+struct train_step {
+    index_t step = 0;         ///< 0-based index of the step just taken.
+    float loss = 0.0f;        ///< Mean cross-entropy of the batch, before the update.
+    float learning_rate = 0;  ///< Learning rate used by this step.
+    double grad_norm = 0.0;   ///< Global L2 norm of the gradient before clipping.
+    double seconds = 0.0;     ///< Wall time of the step (forward, backward and update).
+};
+
+/// Fills `params` for training from scratch, reproducibly from `seed`: every matrix uniform with standard deviation
+/// `std` (GPT-2's 0.02 by default), every norm gain 1.
+inline void init_parameters(model_parameters& params, std::uint64_t seed, float std = 0.02f) {
+    random_generator rng(seed);
+    const double half_width = std::sqrt(3.0) * static_cast<double>(std);  // uniform(-a, a) has std a / sqrt(3)
+    for (float& v : params.flat()) v = static_cast<float>((2.0 * rng.uniform() - 1.0) * half_width);
+    params.fill_norm_gains(1.0f);
+}
+
+/// The cross-entropy targets of a batch: its targets, with -1 wherever loss_mask is 0 (what metric expects).
+inline tensor<std::int32_t, 2> loss_targets(const token_batch& batch) {
+    tensor<std::int32_t, 2> targets = batch.targets;
+    for (index_t b = 0; b < batch.batch(); ++b)
+        for (index_t t = 0; t < batch.positions(); ++t)
+            if (!(batch.loss_mask(b, t) > 0.0f)) targets(b, t) = ignore_target;
+    return targets;
+}
+
+/// Trains `params` in place: for each step s, `next_batch(s)` returns a token_batch, the mean cross-entropy of its
+/// counted targets is differentiated, the gradient clipped, and AdamW steps at warmup_cosine(s); `on_step(report)`
+/// sees each step. Returns the optimizer (its state() is what a checkpoint saves to resume). Throws
+/// std::invalid_argument for non-positive steps.
+template <class NextBatch, class OnStep>
+adamw train(model_parameters& params, NextBatch&& next_batch, const train_options& options, OnStep&& on_step) {
+    if (options.steps <= 0)
+        throw std::invalid_argument("train: steps must be positive, got " + std::to_string(options.steps));
+    adamw_options optimizer_options;
+    optimizer_options.lr = options.peak_lr;
+    optimizer_options.weight_decay = options.weight_decay;
+    optimizer_options.beta1 = options.beta1;
+    optimizer_options.beta2 = options.beta2;
+    adamw optimizer(params.size(), optimizer_options, decay_ranges(params.layout(), decay_block_matrices));
+    const warmup_cosine schedule({options.peak_lr, options.warmup_steps, options.steps, options.min_lr, 0.0f});
+    model_parameters grads(params.config());
+    backprop_tape<float> tape;
+    for (index_t step = 0; step < options.steps; ++step) {
+        const auto started = std::chrono::steady_clock::now();
+        const token_batch batch = next_batch(step);
+        const metric loss_metric = metric::cross_entropy(loss_targets(batch));
+        const float loss = forward_backward(params, tensor_view<const std::int32_t, 2>(batch.tokens.view()),
+                                            loss_metric, &grads, no_hooks{}, tape);
+        const double norm =
+            options.clip_norm > 0.0f ? clip_grad_norm(grads.flat(), options.clip_norm) : global_norm(grads.flat());
+        const float lr = schedule(step);
+        optimizer.options().lr = lr;
+        optimizer.step(params.flat(), grads.flat());
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        on_step(train_step{step, loss, lr, norm, seconds});
+    }
+    return optimizer;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/train/trainer.hpp ----
+// ---- end mechlens/train.hpp ----
+// ---- begin mechlens/attribution.hpp ----
+/// @file
+/// Analysis of a model's internals: head detectors, and (issue 5) attribution methods.
+
+// ---- begin mechlens/attribution/head_detectors.hpp ----
+/// @file
+/// Head detectors: how much of each head's attention goes where a previous-token, duplicate-token or induction head
+/// would put it, with TransformerLens's "mul" measure (transformer_lens/head_detector.py).
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The kinds of head a detection pattern describes.
+enum class head_kind : std::uint8_t {
+    previous_token,   ///< Query t attends to key t - 1.
+    duplicate_token,  ///< Query t attends to earlier keys j < t holding the same token.
+    induction,        ///< Query t attends to key j <= t whose predecessor j - 1 holds the same token as t.
+};
+
+/// What head detection leaves out of both sums of the score (TransformerLens's detect_head keywords).
+struct head_detector_options {
+    bool exclude_bos = false;            ///< Zero the attention to key 0 before scoring.
+    bool exclude_current_token = false;  ///< Zero the attention of each query to its own position.
+};
+
+/// TransformerLens's detection pattern for `tokens` of one sequence: (pos, pos), 1 where a head of `kind` attends
+/// (query row, key column), else 0; lower triangular. Duplicate: tokens[j] == tokens[t] for j < t. Induction: the
+/// duplicate pattern shifted one key to the right, i.e. 1 <= j <= t and tokens[j - 1] == tokens[t].
+inline tensor<float, 2> detection_pattern(head_kind kind, std::span<const std::int32_t> tokens) {
+    const auto n = static_cast<index_t>(tokens.size());
+    tensor<float, 2> out({n, n});
+    const auto token = [&](index_t i) { return tokens[static_cast<std::size_t>(i)]; };
+    for (index_t t = 0; t < n; ++t)
+        for (index_t j = 0; j <= t; ++j) {
+            bool hit = false;
+            switch (kind) {
+                case head_kind::previous_token: hit = j == t - 1; break;
+                case head_kind::duplicate_token: hit = j < t && token(j) == token(t); break;
+                case head_kind::induction: hit = j >= 1 && token(j - 1) == token(t); break;
+            }
+            out(t, j) = hit ? 1.0f : 0.0f;
+        }
+    return out;
+}
+
+/// The score of each head for one detector: for every sequence b, sum(pattern * detection) / sum(pattern) over the
+/// (query, key) entries, after the exclusions, accumulated in double; then the mean over the batch, as
+/// TransformerLens's detect_head does for a list of sequences. `pattern` is (batch, head, query, key) with
+/// key extent = pos; `tokens` is (batch, pos); `query_positions` gives the absolute position of each query row
+/// (empty: 0, 1, ..., pos - 1, the square pattern TransformerLens requires). A sequence whose pattern sums to 0
+/// after the exclusions scores 0 (TransformerLens would give NaN). Returns (head). Throws shape_error on
+/// mismatched shapes or query positions outside [0, pos), std::invalid_argument for an empty batch.
+inline tensor<float, 1> detect_head(tensor_view<const float, 4> pattern, tensor_view<const std::int32_t, 2> tokens,
+                                    head_kind kind, const head_detector_options& options = {},
+                                    std::span<const index_t> query_positions = {}) {
+    const index_t batch = pattern.extent(0), heads = pattern.extent(1), queries = pattern.extent(2);
+    const index_t pos = tokens.extent(1);
+    if (batch < 1) throw std::invalid_argument("detect_head: empty batch");
+    if (tokens.extent(0) != batch || pattern.extent(3) != pos)
+        throw shape_error("detect_head: pattern " + detail::format_extents(pattern.shape()) +
+                          " does not match tokens " + detail::format_extents(tokens.shape()) +
+                          " (expected (batch, head, query, pos) and (batch, pos))");
+    if (query_positions.empty() ? queries != pos : static_cast<index_t>(query_positions.size()) != queries)
+        throw shape_error("detect_head: " + std::to_string(queries) + " query rows for " +
+                          (query_positions.empty() ? std::to_string(pos) + " positions"
+                                                   : std::to_string(query_positions.size()) + " query positions"));
+    for (const index_t q : query_positions)
+        if (q < 0 || q >= pos)
+            throw shape_error("detect_head: query position " + std::to_string(q) + " outside [0, " +
+                              std::to_string(pos) + ")");
+
+    std::vector<double> sums(static_cast<std::size_t>(heads), 0.0);
+    std::vector<std::int32_t> row(static_cast<std::size_t>(pos));
+    for (index_t b = 0; b < batch; ++b) {
+        for (index_t t = 0; t < pos; ++t) row[static_cast<std::size_t>(t)] = tokens(b, t);
+        const tensor<float, 2> detect = detection_pattern(kind, row);
+        for (index_t h = 0; h < heads; ++h) {
+            double hit = 0.0, total = 0.0;
+            for (index_t i = 0; i < queries; ++i) {
+                const index_t q = query_positions.empty() ? i : query_positions[static_cast<std::size_t>(i)];
+                for (index_t j = 0; j < pos; ++j) {
+                    if ((options.exclude_bos && j == 0) || (options.exclude_current_token && j == q)) continue;
+                    const double a = pattern(b, h, i, j);
+                    total += a;
+                    hit += a * static_cast<double>(detect(q, j));
+                }
+            }
+            sums[static_cast<std::size_t>(h)] += total != 0.0 ? hit / total : 0.0;
+        }
+    }
+    tensor<float, 1> out({heads});
+    for (index_t h = 0; h < heads; ++h)
+        out(h) = static_cast<float>(sums[static_cast<std::size_t>(h)] / static_cast<double>(batch));
+    return out;
+}
+
+/// Scores of every head of a model for the three detectors: (n_layers, n_heads) each, row = layer. Layers whose
+/// pattern was not cached hold -1, as in TransformerLens.
+struct head_detector_scores {
+    tensor<float, 2> previous_token;   ///< (n_layers, n_heads)
+    tensor<float, 2> duplicate_token;  ///< (n_layers, n_heads)
+    tensor<float, 2> induction;        ///< (n_layers, n_heads)
+
+    /// The table of one detector.
+    [[nodiscard]] const tensor<float, 2>& operator[](head_kind kind) const noexcept {
+        return kind == head_kind::previous_token ? previous_token
+               : kind == head_kind::duplicate_token ? duplicate_token
+                                                    : induction;
+    }
+};
+
+/// One detector over every cached `blocks.L.attn.hook_pattern` of `cache` (batch, head, query, key), for the run
+/// on `tokens` (batch, pos): a (max cached layer + 1, n_heads) table, -1 for layers not cached. Cached rows kept
+/// for some positions only (cached_activation::positions) are scored at those positions. Throws
+/// std::invalid_argument when no pattern is cached, shape_error when shapes disagree.
+inline tensor<float, 2> detect_heads(const activation_cache& cache, tensor_view<const std::int32_t, 2> tokens,
+                                     head_kind kind, const head_detector_options& options = {}) {
+    const std::vector<index_t> layers = cache.layers(site_kind::attn_pattern);
+    if (layers.empty()) throw std::invalid_argument("detect_heads: the cache holds no attn.hook_pattern");
+    index_t heads = -1;
+    tensor<float, 2> out;
+    for (const index_t layer : layers) {
+        const cached_activation& a = cache.at(site{site_kind::attn_pattern, layer});
+        const tensor_view<const float, 4> pattern = a.view<4>();
+        if (heads < 0) {
+            heads = pattern.extent(1);
+            out = tensor<float, 2>({layers.back() + 1, heads});
+            out.fill(-1.0f);
+        } else if (pattern.extent(1) != heads) {
+            throw shape_error("detect_heads: layer " + std::to_string(layer) + " has " +
+                              std::to_string(pattern.extent(1)) + " heads, an earlier layer " + std::to_string(heads));
+        }
+        const tensor<float, 1> scores = detect_head(pattern, tokens, kind, options, a.positions);
+        for (index_t h = 0; h < heads; ++h) out(layer, h) = scores(h);
+    }
+    return out;
+}
+
+/// All three detectors over the cached patterns; see the single-detector overload.
+inline head_detector_scores detect_heads(const activation_cache& cache, tensor_view<const std::int32_t, 2> tokens,
+                                         const head_detector_options& options = {}) {
+    return {detect_heads(cache, tokens, head_kind::previous_token, options),
+            detect_heads(cache, tokens, head_kind::duplicate_token, options),
+            detect_heads(cache, tokens, head_kind::induction, options)};
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/attribution/head_detectors.hpp ----
+// ---- end mechlens/attribution.hpp ----
+// ---- begin mechlens/report.hpp ----
+/// @file
+/// Reports people look at: self-contained HTML with inline SVG (no network needed to view).
+// ---- begin mechlens/report/html.hpp ----
+/// @file
+/// A small writer of self-contained HTML reports: headings, text, tables, inline-SVG line charts and heatmaps (for
+/// attention patterns). Everything is inline (no scripts, fonts or stylesheets from elsewhere), so a report opens
+/// offline and can be mailed as one file. Every piece of text is escaped.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// `text` with the five characters that matter in HTML text and attribute values (& < > " ') replaced by entities.
+inline std::string html_escape(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (const char c : text) {
+        switch (c) {
+            case '&':
+                out += "&amp;";
+                break;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            case '\'':
+                out += "&#39;";
+                break;
+            default:
+                out += c;
+        }
+    }
+    return out;
+}
+
+/// `value` with `precision` digits after the point ("nan", "inf" and "-inf" for non-finite values); never depends
+/// on the locale's decimal separator.
+inline std::string format_fixed(double value, int precision = 3) {
+    if (std::isnan(value)) return "nan";
+    if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+    char buffer[64];
+    std::snprintf(buffer, sizeof buffer, "%.*f", std::clamp(precision, 0, 17), value);
+    std::string s = buffer;
+    std::replace(s.begin(), s.end(), ',', '.');  // a C locale with a decimal comma
+    return s;
+}
+
+/// One curve of a line chart.
+struct line_series {
+    std::string name{};             ///< Legend text.
+    std::vector<double> x{};        ///< Abscissae (same length as y); non-finite points break the line.
+    std::vector<double> y{};        ///< Ordinates.
+    std::string color = "#1f77b4";  ///< Any CSS colour.
+    bool dashed = false;            ///< Draw dashed (e.g. a reference level).
+};
+
+/// A labelled vertical line across a chart (e.g. the step of a phase change).
+struct chart_marker {
+    double x = 0.0;       ///< Where, in data units.
+    std::string label{};  ///< Text next to the line.
+};
+
+/// Layout of a line chart.
+struct line_chart_options {
+    std::string title{};                  ///< Caption above the plot.
+    std::string x_label{};                ///< Caption of the horizontal axis.
+    std::string y_label{};                ///< Caption of the vertical axis.
+    int width = 720;                      ///< Pixels.
+    int height = 320;                     ///< Pixels.
+    std::vector<chart_marker> markers{};  ///< Vertical lines.
+};
+
+/// Layout of a heatmap.
+struct heatmap_options {
+    std::string title{};      ///< Caption above the map.
+    std::string row_label{};  ///< What rows are (e.g. "query").
+    std::string col_label{};  ///< What columns are (e.g. "key").
+    double min = 0.0;         ///< Value drawn white.
+    double max = 1.0;         ///< Value drawn darkest; values outside [min, max] are clamped.
+    int cell = 16;            ///< Pixels per cell.
+    int precision = 2;        ///< Digits of the value shown when hovering a cell.
+};
+
+namespace detail {
+
+/// Smallest and largest finite value over every series, with a margin so lines do not touch the frame.
+inline std::pair<double, double> finite_range(const std::vector<line_series>& series, bool x_axis) {
+    double lo = INFINITY, hi = -INFINITY;
+    for (const line_series& s : series)
+        for (const double v : x_axis ? s.x : s.y)
+            if (std::isfinite(v)) {
+                lo = std::min(lo, v);
+                hi = std::max(hi, v);
+            }
+    if (!(lo <= hi)) return {0.0, 1.0};
+    if (lo == hi) return {lo - 0.5, hi + 0.5};
+    return {lo, hi};
+}
+
+/// Around four round tick values covering [lo, hi].
+inline std::vector<double> ticks(double lo, double hi) {
+    const double raw = (hi - lo) / 4.0;
+    const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
+    double step = magnitude;
+    for (const double m : {1.0, 2.0, 5.0, 10.0})
+        if (magnitude * m >= raw) {
+            step = magnitude * m;
+            break;
+        }
+    std::vector<double> out;
+    for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9 && out.size() < 20; t += step)
+        out.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
+    return out;
+}
+
+/// Digits after the point that tell ticks `step` apart.
+inline int tick_precision(const std::vector<double>& t) {
+    if (t.size() < 2) return 2;
+    const double step = t[1] - t[0];
+    return step >= 1.0 ? 0 : std::min(6, static_cast<int>(std::ceil(-std::log10(step))));
+}
+
+/// The colour of `fraction` in [0, 1] on a white-to-dark-blue ramp.
+inline std::string ramp_color(double fraction) {
+    const double f = std::clamp(fraction, 0.0, 1.0);
+    const auto channel = [&](double from, double to) { return static_cast<int>(std::lround(from + (to - from) * f)); };
+    char buffer[16];
+    std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(255, 8), channel(255, 48), channel(255, 107));
+    return buffer;
+}
+
+}  // namespace detail
+
+/// An inline `<svg>` line chart of `series` with axes, ticks, a legend and `options.markers`.
+inline std::string svg_line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
+    for (const line_series& s : series)
+        if (s.x.size() != s.y.size())
+            throw shape_error("svg_line_chart: series '" + s.name + "' has " + std::to_string(s.x.size()) +
+                              " x values and " + std::to_string(s.y.size()) + " y values");
+    std::size_t longest_name = 0;  // the legend sits right of the plot, where it never hides a curve
+    for (const line_series& s : series) longest_name = std::max(longest_name, s.name.size());
+    const double legend_w =
+        longest_name == 0 ? 0 : 40 + 7.0 * static_cast<double>(std::min<std::size_t>(longest_name, 32));
+    const double left = 64, right = 16 + legend_w, top = options.title.empty() ? 16 : 36, bottom = 48;
+    const double w = std::max(options.width, 160), h = std::max(options.height, 120);
+    const double plot_w = w - left - right, plot_h = h - top - bottom;
+    const auto [x_lo, x_hi] = detail::finite_range(series, true);
+    auto [y_lo, y_hi] = detail::finite_range(series, false);
+    const double pad = (y_hi - y_lo) * 0.05;
+    y_lo -= pad;
+    y_hi += pad;
+    const auto px = [&](double x) { return left + (x - x_lo) / (x_hi - x_lo) * plot_w; };
+    const auto py = [&](double y) { return top + (y_hi - y) / (y_hi - y_lo) * plot_h; };
+    const auto num = [](double v) { return format_fixed(v, 1); };
+
+    std::string svg = "<svg class=\"chart\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
+                      num(w) + " " + num(h) + "\" font-size=\"12\">\n";
+    if (!options.title.empty())
+        svg += "<text x=\"" + num(w / 2) + "\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">" +
+               html_escape(options.title) + "</text>\n";
+    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(plot_w) + "\" height=\"" +
+           num(plot_h) + "\" fill=\"none\" stroke=\"#888\"/>\n";
+    const std::vector<double> xt = detail::ticks(x_lo, x_hi), yt = detail::ticks(y_lo, y_hi);
+    const int xp = detail::tick_precision(xt), yp = detail::tick_precision(yt);
+    for (const double t : xt)
+        svg += "<line x1=\"" + num(px(t)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(t)) + "\" y2=\"" +
+               num(top + plot_h) + "\" stroke=\"#eee\"/><text x=\"" + num(px(t)) + "\" y=\"" + num(top + plot_h + 16) +
+               "\" text-anchor=\"middle\">" + format_fixed(t, xp) + "</text>\n";
+    for (const double t : yt)
+        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(t)) + "\" x2=\"" + num(left + plot_w) + "\" y2=\"" +
+               num(py(t)) + "\" stroke=\"#eee\"/><text x=\"" + num(left - 6) + "\" y=\"" + num(py(t) + 4) +
+               "\" text-anchor=\"end\">" + format_fixed(t, yp) + "</text>\n";
+    if (!options.x_label.empty())
+        svg += "<text x=\"" + num(left + plot_w / 2) + "\" y=\"" + num(h - 8) + "\" text-anchor=\"middle\">" +
+               html_escape(options.x_label) + "</text>\n";
+    if (!options.y_label.empty())
+        svg += "<text transform=\"translate(14 " + num(top + plot_h / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
+               html_escape(options.y_label) + "</text>\n";
+    for (const line_series& s : series) {
+        std::string path;  // one "M x y L x y ..." path; a non-finite point starts a new piece
+        bool pen_down = false;
+        for (std::size_t i = 0; i < s.x.size(); ++i) {
+            if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) {
+                pen_down = false;
+                continue;
+            }
+            path += (pen_down ? " L" : " M") + num(px(s.x[i])) + " " + num(py(s.y[i]));
+            pen_down = true;
+        }
+        if (path.empty()) continue;
+        svg += "<path d=\"" + path.substr(1) + "\" fill=\"none\" stroke=\"" + html_escape(s.color) +
+               "\" stroke-width=\"1.5\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "><title>" +
+               html_escape(s.name) + "</title></path>\n";
+    }
+    for (const chart_marker& m : options.markers) {
+        if (!std::isfinite(m.x) || m.x < x_lo || m.x > x_hi) continue;
+        svg += "<line x1=\"" + num(px(m.x)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(m.x)) + "\" y2=\"" +
+               num(top + plot_h) + "\" stroke=\"#d62728\" stroke-dasharray=\"2 3\"/><text x=\"" + num(px(m.x) + 4) +
+               "\" y=\"" + num(top + 14) + "\" fill=\"#d62728\">" + html_escape(m.label) + "</text>\n";
+    }
+    double legend_y = top + 14;
+    for (const line_series& s : series) {
+        const double x = left + plot_w + 12;
+        svg += "<line x1=\"" + num(x) + "\" y1=\"" + num(legend_y - 4) + "\" x2=\"" + num(x + 20) + "\" y2=\"" +
+               num(legend_y - 4) + "\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" +
+               (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/><text x=\"" + num(x + 26) + "\" y=\"" +
+               num(legend_y) + "\">" + html_escape(s.name) + "</text>\n";
+        legend_y += 16;
+    }
+    return svg + "</svg>\n";
+}
+
+/// An inline `<svg>` heatmap of `values` (rows, cols), e.g. one head's attention pattern (query, key), with
+/// `row_labels` / `col_labels` (empty, or one per row / column; e.g. the tokens) and each value shown on hover.
+/// Throws shape_error when a label list has another length.
+inline std::string svg_heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
+                               const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
+    const index_t rows = values.extent(0), cols = values.extent(1);
+    if (!row_labels.empty() && static_cast<index_t>(row_labels.size()) != rows)
+        throw shape_error("svg_heatmap: " + std::to_string(row_labels.size()) + " row labels for " +
+                          std::to_string(rows) + " rows");
+    if (!col_labels.empty() && static_cast<index_t>(col_labels.size()) != cols)
+        throw shape_error("svg_heatmap: " + std::to_string(col_labels.size()) + " column labels for " +
+                          std::to_string(cols) + " columns");
+    std::size_t longest = 0;  // room for the labels, at about 7 pixels per character
+    for (const auto* labels : {&row_labels, &col_labels})
+        for (const std::string& l : *labels) longest = std::max(longest, l.size());
+    const double cell = std::max(options.cell, 4);
+    const double label_room = 12 + 7.0 * static_cast<double>(std::min<std::size_t>(longest, 16));
+    const double left = label_room + (options.row_label.empty() ? 0 : 18);
+    const double top = (options.title.empty() ? 4 : 24) + label_room + (options.col_label.empty() ? 0 : 18);
+    const double w = left + cell * static_cast<double>(cols) + 8, h = top + cell * static_cast<double>(rows) + 8;
+    const auto num = [](double v) { return format_fixed(v, 1); };
+    const double span = options.max > options.min ? options.max - options.min : 1.0;
+
+    std::string svg = "<svg class=\"heatmap\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
+                      num(w) + " " + num(h) + "\" font-size=\"11\">\n";
+    if (!options.title.empty())
+        svg += "<text x=\"4\" y=\"16\" font-weight=\"bold\">" + html_escape(options.title) + "</text>\n";
+    if (!options.col_label.empty())
+        svg += "<text x=\"" + num(left + cell * static_cast<double>(cols) / 2) + "\" y=\"" +
+               num(options.title.empty() ? 16 : 36) + "\" text-anchor=\"middle\">" + html_escape(options.col_label) +
+               "</text>\n";
+    if (!options.row_label.empty())
+        svg += "<text transform=\"translate(12 " + num(top + cell * static_cast<double>(rows) / 2) +
+               ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(options.row_label) + "</text>\n";
+    for (std::size_t c = 0; c < col_labels.size(); ++c) {  // column labels read upwards, ending at the map
+        const double x = left + cell * (static_cast<double>(c) + 0.5) + 4;
+        svg += "<text transform=\"translate(" + num(x) + " " + num(top - 4) + ") rotate(-90)\">" +
+               html_escape(col_labels[c]) + "</text>\n";
+    }
+    for (std::size_t r = 0; r < row_labels.size(); ++r)
+        svg += "<text x=\"" + num(left - 4) + "\" y=\"" + num(top + cell * (static_cast<double>(r) + 0.5) + 4) +
+               "\" text-anchor=\"end\">" + html_escape(row_labels[r]) + "</text>\n";
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < cols; ++c) {
+            const double v = static_cast<double>(values(r, c));
+            const std::string fill = std::isfinite(v) ? detail::ramp_color((v - options.min) / span) : "#f4c2c2";
+            svg += "<rect x=\"" + num(left + cell * static_cast<double>(c)) + "\" y=\"" +
+                   num(top + cell * static_cast<double>(r)) + "\" width=\"" + num(cell) + "\" height=\"" + num(cell) +
+                   "\" fill=\"" + fill + "\"><title>" +
+                   html_escape((row_labels.empty() ? std::to_string(r) : row_labels[static_cast<std::size_t>(r)]) +
+                               " -> " +
+                               (col_labels.empty() ? std::to_string(c) : col_labels[static_cast<std::size_t>(c)]) +
+                               ": " + format_fixed(v, options.precision)) +
+                   "</title></rect>\n";
+        }
+    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(cell * static_cast<double>(cols)) +
+           "\" height=\"" + num(cell * static_cast<double>(rows)) + "\" fill=\"none\" stroke=\"#888\"/>\n";
+    return svg + "</svg>\n";
+}
+
+/// An HTML `<table>` with a header row; every cell is escaped. Rows may be shorter than the header.
+inline std::string html_table(const std::vector<std::string>& header,
+                              const std::vector<std::vector<std::string>>& rows) {
+    std::string out = "<table>\n<thead><tr>";
+    for (const std::string& h : header) out += "<th>" + html_escape(h) + "</th>";
+    out += "</tr></thead>\n<tbody>\n";
+    for (const auto& row : rows) {
+        out += "<tr>";
+        for (const std::string& cell : row) out += "<td>" + html_escape(cell) + "</td>";
+        out += "</tr>\n";
+    }
+    return out + "</tbody>\n</table>\n";
+}
+
+/// A report assembled piece by piece and written as one self-contained HTML file.
+class html_report {
+public:
+    /// An empty report whose page title and first heading are `title`.
+    explicit html_report(std::string title) : title_(std::move(title)) {}
+
+    /// Appends a heading; `level` is clamped to 1..6.
+    html_report& heading(std::string_view text, int level = 2) {
+        const std::string tag = "h" + std::to_string(std::clamp(level, 1, 6));
+        body_ += "<" + tag + ">" + html_escape(text) + "</" + tag + ">\n";
+        return *this;
+    }
+    /// Appends a paragraph of text.
+    html_report& paragraph(std::string_view text) {
+        body_ += "<p>" + html_escape(text) + "</p>\n";
+        return *this;
+    }
+    /// Appends preformatted text (console output), kept verbatim apart from escaping.
+    html_report& preformatted(std::string_view text) {
+        body_ += "<pre>" + html_escape(text) + "</pre>\n";
+        return *this;
+    }
+    /// Appends a table; see html_table.
+    html_report& table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+        body_ += html_table(header, rows);
+        return *this;
+    }
+    /// Appends a line chart; see svg_line_chart.
+    html_report& line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
+        body_ += "<figure>" + svg_line_chart(series, options) + "</figure>\n";
+        return *this;
+    }
+    /// Appends a heatmap; see svg_heatmap.
+    html_report& heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
+                         const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
+        body_ += "<figure>" + svg_heatmap(values, row_labels, col_labels, options) + "</figure>\n";
+        return *this;
+    }
+    /// Starts a row of figures side by side (close it with end_row).
+    html_report& begin_row() {
+        body_ += "<div class=\"row\">\n";
+        return *this;
+    }
+    /// Ends a row started by begin_row.
+    html_report& end_row() {
+        body_ += "</div>\n";
+        return *this;
+    }
+    /// Appends trusted markup as it is (not escaped): the caller answers for it being self-contained.
+    html_report& raw(std::string_view markup) {
+        body_ += markup;
+        return *this;
+    }
+
+    /// The whole document.
+    [[nodiscard]] std::string str() const {
+        return "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" + html_escape(title_) +
+               "</title>\n<style>\n"
+               "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\n"
+               "table{border-collapse:collapse;margin:1em 0}\n"
+               "th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}\n"
+               "th{background:#f3f3f3}\n"
+               "pre{background:#f7f7f7;padding:0.5em;overflow-x:auto}\n"
+               "figure{margin:0.5em}\n"
+               ".row{display:flex;flex-wrap:wrap;align-items:flex-start}\n"
+               "</style>\n</head>\n<body>\n<h1>" +
+               html_escape(title_) + "</h1>\n" + body_ + "</body>\n</html>\n";
+    }
+    /// Writes the document to `path`; throws format_error naming the path when it cannot be written.
+    void save(const std::filesystem::path& path) const {
+        std::ofstream file(path, std::ios::binary | std::ios::trunc);
+        const std::string text = str();
+        if (file) file.write(text.data(), static_cast<std::streamsize>(text.size()));
+        if (file) file.close();
+        if (!file) throw format_error(path.string() + ": cannot write the HTML report");
+    }
+
+private:
+    std::string title_;
+    std::string body_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/report/html.hpp ----
+// ---- end mechlens/report.hpp ----
 // ---- end mechlens/mechlens.hpp ----

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "arguments.hpp"
+#include "train_command.hpp"
 
 namespace fs = std::filesystem;
 using mechlens_cli::arguments;
@@ -29,6 +30,13 @@ constexpr const char* usage_text =
     "  cache    --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --names PATTERNS\n"
     "           --out FILE.safetensors [--npy DIR]\n"
     "           PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern'\n"
+    "  grad     --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --metric METRIC --names PATTERNS\n"
+    "           --out FILE.safetensors\n"
+    "           METRIC: loss (mean next-token cross-entropy), logit:ID@POS, logitdiff:ID1-ID2@POS (POS -1 = last)\n"
+    "  train    --task induction|modadd [--d-model 64] [--layers 2] [--heads 4] [--kv-heads H] [--d-mlp 0]\n"
+    "           [--norm rms|none] [--positions rotary|learned] [--steps 1000] [--batch 32] [--lr 1e-3] [--min-lr LR]\n"
+    "           [--warmup W] [--weight-decay WD] [--clip 1] [--seed 1] [--log-every K] [--out FILE.safetensors]\n"
+    "           induction: [--vocab 64] [--half 16]; modadd: [--p 53] [--train-fraction 0.3]; --d-mlp 0 = attention-only\n"
     "A llama2.c model without --tokenizer uses the one tok*.bin or tokenizer.bin beside it; a GGUF model uses its own\n"
     "vocabulary.\n";
 
@@ -167,6 +175,18 @@ int run_logits(arguments& args) {
     return 0;
 }
 
+/// Prints each cached site with its shape, one per line: "blocks.0.hook_resid_post (1, 5, 64)".
+void print_sites(const mechlens::activation_cache& cache) {
+    for (const mechlens::site& s : cache.sites()) {
+        std::string shape;
+        for (const mechlens::index_t e : cache.at(s).shape) {
+            if (!shape.empty()) shape += ", ";
+            shape += std::to_string(e);
+        }
+        std::printf("%s (%s)\n", mechlens::to_string(s).c_str(), shape.c_str());
+    }
+}
+
 /// Runs one forward pass with a caching policy that lets `Kinds` through and keeps exactly `sites`.
 template <mechlens::kind_set Kinds>
 mechlens::activation_cache cache_sites(const mechlens::transformer& model, const std::vector<std::int32_t>& tokens,
@@ -201,18 +221,62 @@ int run_cache(arguments& args) {
                                                           : cache_sites<mechlens::kind_set::all_but_result()>(model, tokens, sites);
     cache.save_safetensors(out);
     if (npy_directory) cache.save_npy(*npy_directory);
-    for (const mechlens::site& s : cache.sites()) {
-        const mechlens::cached_activation& a = cache.at(s);
-        std::string shape;
-        for (const mechlens::index_t e : a.shape) {
-            if (!shape.empty()) shape += ", ";
-            shape += std::to_string(e);
-        }
-        std::printf("%s (%s)\n", mechlens::to_string(s).c_str(), shape.c_str());
-    }
+    print_sites(cache);
     std::fprintf(stderr, "wrote %s: %zu activation%s of %zu tokens%s%s\n", out.string().c_str(), cache.size(),
                  cache.size() == 1 ? "" : "s", tokens.size(), npy_directory ? ", and .npy files in " : "",
                  npy_directory ? npy_directory->c_str() : "");
+    return 0;
+}
+
+/// Parses `loss`, `logit:ID@POS` or `logitdiff:ID1-ID2@POS` (POS may be negative, counting from the end).
+mechlens::metric parse_metric(const std::string& text) {
+    if (text == "loss") return mechlens::metric::cross_entropy();
+    const auto colon = text.find(':'), at = text.rfind('@');
+    if (colon == std::string::npos || at == std::string::npos || at < colon)
+        throw usage_error("--metric expects loss, logit:ID@POS or logitdiff:ID1-ID2@POS, got '" + text + "'");
+    const std::string kind = text.substr(0, colon), ids = text.substr(colon + 1, at - colon - 1);
+    const auto position = mechlens_cli::parse_number<mechlens::index_t>(text.substr(at + 1), "--metric position");
+    if (kind == "logit") return mechlens::metric::logit(mechlens_cli::parse_number<std::int32_t>(ids, "--metric token"), position);
+    if (kind == "logitdiff") {
+        const auto dash = ids.find('-');
+        if (dash == std::string::npos)
+            throw usage_error("--metric logitdiff expects ID1-ID2@POS, got '" + text + "'");
+        return mechlens::metric::logit_diff(mechlens_cli::parse_number<std::int32_t>(ids.substr(0, dash), "--metric token"),
+                                            mechlens_cli::parse_number<std::int32_t>(ids.substr(dash + 1), "--metric token"),
+                                            position);
+    }
+    throw usage_error("--metric: unknown metric '" + kind + "' (loss, logit, logitdiff)");
+}
+
+int run_grad(arguments& args) {
+    const fs::path model_path = args.require("model");
+    const auto tokenizer_path = args.get("tokenizer");
+    const auto prompt = args.get("prompt");
+    const auto token_text = args.get("tokens");
+    const mechlens::metric metric = parse_metric(args.require("metric"));
+    const std::string patterns = args.require("names");
+    const fs::path out = args.require("out");
+    args.reject_unknown();
+    if (prompt.has_value() == token_text.has_value()) throw usage_error("give exactly one of --prompt and --tokens");
+
+    const mechlens::loaded_model loaded = mechlens::load_model(model_path);
+    const std::vector<mechlens::site> sites = mechlens::match_sites(patterns, loaded.config);
+    for (const mechlens::site& s : sites)
+        if (s.kind == mechlens::site_kind::attn_result)
+            throw usage_error(mechlens::to_string(s) + ": the gradient pass has no attn.hook_result (use attn.hook_z)");
+    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                    : mechlens_cli::parse_token_list(*token_text);
+    const mechlens::model_parameters params(loaded.config, loaded.weights);
+    mechlens::gradient_cache<> gradients(mechlens::cache_filter().sites(sites));
+    const auto positions = static_cast<mechlens::index_t>(tokens.size());
+    const float value = mechlens::forward_backward(
+        params, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}), metric,
+        static_cast<mechlens::model_parameters*>(nullptr), gradients);
+    const mechlens::activation_cache& cache = gradients.cache();
+    cache.save_safetensors(out);
+    print_sites(cache);
+    std::fprintf(stderr, "metric %.9g; wrote %s: gradients at %zu site%s of %zu tokens\n", static_cast<double>(value),
+                 out.string().c_str(), cache.size(), cache.size() == 1 ? "" : "s", tokens.size());
     return 0;
 }
 
@@ -220,7 +284,7 @@ int run_cache(arguments& args) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fputs("mechlens: missing command (info, generate, logits, cache); see mechlens --help\n", stderr);
+        std::fputs("mechlens: missing command (info, generate, logits, cache, grad, train); see mechlens --help\n", stderr);
         return 2;
     }
     if (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
@@ -234,7 +298,9 @@ int main(int argc, char** argv) {
         if (command == "generate") return run_generate(args);
         if (command == "logits") return run_logits(args);
         if (command == "cache") return run_cache(args);
-        throw usage_error("unknown command '" + command + "' (try: info, generate, logits, cache)");
+        if (command == "grad") return run_grad(args);
+        if (command == "train") return mechlens_cli::run_train(args);
+        throw usage_error("unknown command '" + command + "' (try: info, generate, logits, cache, grad, train)");
     } catch (const std::exception& error) {
         std::fprintf(stderr, "mechlens %s: %s\n", command.c_str(), error.what());
         return 2;

@@ -1,0 +1,4 @@
+#pragma once
+/// @file
+/// Reports people look at: self-contained HTML with inline SVG (no network needed to view).
+#include "mechlens/report/html.hpp"
