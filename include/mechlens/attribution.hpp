@@ -1,5 +1,6 @@
 #pragma once
 /// @file
-/// Analysis of a model's internals: head detectors, and (issue 5) attribution methods.
+/// Analysis of a model's internals: head detectors, the logit lens and direct logit attribution.
 
 #include "mechlens/attribution/head_detectors.hpp"
+#include "mechlens/attribution/logit_lens.hpp"

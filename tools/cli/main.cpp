@@ -9,9 +9,11 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "arguments.hpp"
+#include "attribution_commands.hpp"
 #include "train_command.hpp"
 
 namespace fs = std::filesystem;
@@ -36,7 +38,12 @@ constexpr const char* usage_text =
     "  train    --task induction|modadd [--d-model 64] [--layers 2] [--heads 4] [--kv-heads H] [--d-mlp 0]\n"
     "           [--norm rms|none] [--positions rotary|learned] [--steps 1000] [--batch 32] [--lr 1e-3] [--min-lr LR]\n"
     "           [--warmup W] [--weight-decay WD] [--clip 1] [--seed 1] [--log-every K] [--out FILE.safetensors]\n"
-    "           induction: [--vocab 64] [--half 16]; modadd: [--p 53] [--train-fraction 0.3]; --d-mlp 0 = attention-only\n"
+    "           induction: [--vocab 64] [--half 16]; modadd: [--p 53] [--train-fraction 0.3]; --d-mlp 0 = "
+    "attention-only\n"
+    "  lens     --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) [--position -1] [--top 5] [--out "
+    "F.npy]\n"
+    "  dla      --model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) --token ID [--minus ID] [--position "
+    "-1]\n"
     "A llama2.c model without --tokenizer uses the one tok*.bin or tokenizer.bin beside it; a GGUF model uses its own\n"
     "vocabulary.\n";
 
@@ -52,7 +59,8 @@ mechlens::bpe_tokenizer resolve_tokenizer(const fs::path& model_path, const std:
     const fs::path directory = model_path.has_parent_path() ? model_path.parent_path() : fs::path(".");
     for (const auto& entry : fs::directory_iterator(directory)) {
         const std::string name = entry.path().filename().string();
-        const bool tokenizer_name = name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && entry.path().extension() == ".bin");
+        const bool tokenizer_name =
+            name == "tokenizer.bin" || (name.rfind("tok", 0) == 0 && entry.path().extension() == ".bin");
         if (entry.is_regular_file() && tokenizer_name && entry.path() != model_path) candidates.push_back(entry.path());
     }
     if (candidates.size() != 1)
@@ -82,7 +90,8 @@ int run_info(arguments& args) {
     return 0;
 }
 
-/// Adds `--steer NAME:VECTOR.npy:ALPHA` targets: alpha * the vector (sized like the site's last axis) at every position.
+/// Adds `--steer NAME:VECTOR.npy:ALPHA` targets: alpha * the vector (sized like the site's last axis) at every
+/// position.
 void add_steering(mechlens::steer_hooks<>& steer, const std::vector<std::string>& specs,
                   const mechlens::model_config& config) {
     for (const std::string& spec : specs) {
@@ -105,7 +114,8 @@ void add_ablations(mechlens::ablate_hooks<>& ablate, const std::vector<std::stri
         mechlens::selection where;
         if (colon != std::string::npos) {
             const std::string option = spec.substr(colon + 1);
-            if (option.rfind("head=", 0) != 0) throw usage_error("--ablate expects NAME or NAME:head=H, got '" + spec + "'");
+            if (option.rfind("head=", 0) != 0)
+                throw usage_error("--ablate expects NAME or NAME:head=H, got '" + spec + "'");
             where.heads = {mechlens_cli::parse_number<mechlens::index_t>(option.substr(5), "the head of --ablate")};
         }
         ablate.zero(target, where);
@@ -118,7 +128,8 @@ int run_generate(arguments& args) {
     const std::string prompt = args.require("prompt");
     mechlens::generation_options options;
     options.max_new_tokens = mechlens_cli::parse_number<mechlens::index_t>(args.get("n").value_or("64"), "-n");
-    if (auto t = args.get("temperature")) options.sampling.temperature = mechlens_cli::parse_number<float>(*t, "--temperature");
+    if (auto t = args.get("temperature"))
+        options.sampling.temperature = mechlens_cli::parse_number<float>(*t, "--temperature");
     if (auto p = args.get("top-p")) options.sampling.top_p = mechlens_cli::parse_number<float>(*p, "--top-p");
     if (auto s = args.get("seed")) options.sampling.seed = mechlens_cli::parse_number<std::uint64_t>(*s, "--seed");
     const std::vector<std::string> steer_specs = args.all("steer");
@@ -164,8 +175,9 @@ int run_logits(arguments& args) {
     if (prompt.has_value() == token_text.has_value()) throw usage_error("give exactly one of --prompt and --tokens");
 
     const mechlens::transformer model(mechlens::load_model(model_path));
-    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
-                                                    : mechlens_cli::parse_token_list(*token_text);
+    const std::vector<std::int32_t> tokens = prompt
+                                                 ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                 : mechlens_cli::parse_token_list(*token_text);
     const auto positions = static_cast<mechlens::index_t>(tokens.size());
     const mechlens::tensor<float, 3> logits =
         mechlens::forward_logits(model, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}));
@@ -173,6 +185,24 @@ int run_logits(arguments& args) {
     mechlens::write_npy(out, table);
     std::fprintf(stderr, "wrote %s: logits (%td, %td)\n", out.string().c_str(), positions, model.config().d_vocab);
     return 0;
+}
+
+/// The tokens of --prompt (encoded) or --tokens, and the tokenizer when one is found (for showing tokens).
+std::pair<std::vector<std::int32_t>, std::optional<mechlens::bpe_tokenizer>> prompt_tokens(arguments& args,
+                                                                                           const fs::path& model_path) {
+    const auto tokenizer_path = args.get("tokenizer");
+    const auto prompt = args.get("prompt");
+    const auto token_text = args.get("tokens");
+    if (prompt.has_value() == token_text.has_value()) throw usage_error("give exactly one of --prompt and --tokens");
+    std::optional<mechlens::bpe_tokenizer> tokenizer;
+    try {
+        tokenizer = resolve_tokenizer(model_path, tokenizer_path);
+    } catch (const usage_error&) {
+        if (prompt || tokenizer_path) throw;  // needed to encode the prompt, or asked for explicitly
+    }
+    std::vector<std::int32_t> tokens =
+        prompt ? tokenizer->encode(*prompt, true) : mechlens_cli::parse_token_list(*token_text);
+    return {std::move(tokens), std::move(tokenizer)};
 }
 
 /// Prints each cached site with its shape, one per line: "blocks.0.hook_resid_post (1, 5, 64)".
@@ -211,14 +241,15 @@ int run_cache(arguments& args) {
 
     const mechlens::transformer model(mechlens::load_model(model_path));
     const std::vector<mechlens::site> sites = mechlens::match_sites(patterns, model.config());
-    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
-                                                    : mechlens_cli::parse_token_list(*token_text);
+    const std::vector<std::int32_t> tokens = prompt
+                                                 ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                 : mechlens_cli::parse_token_list(*token_text);
     // attn.hook_result costs an extra projection per head: compile it in only when it was asked for.
-    const bool wants_result = std::any_of(sites.begin(), sites.end(), [](const mechlens::site& s) {
-        return s.kind == mechlens::site_kind::attn_result;
-    });
-    const mechlens::activation_cache cache = wants_result ? cache_sites<mechlens::kind_set::all()>(model, tokens, sites)
-                                                          : cache_sites<mechlens::kind_set::all_but_result()>(model, tokens, sites);
+    const bool wants_result = std::any_of(
+        sites.begin(), sites.end(), [](const mechlens::site& s) { return s.kind == mechlens::site_kind::attn_result; });
+    const mechlens::activation_cache cache =
+        wants_result ? cache_sites<mechlens::kind_set::all()>(model, tokens, sites)
+                     : cache_sites<mechlens::kind_set::all_but_result()>(model, tokens, sites);
     cache.save_safetensors(out);
     if (npy_directory) cache.save_npy(*npy_directory);
     print_sites(cache);
@@ -236,14 +267,14 @@ mechlens::metric parse_metric(const std::string& text) {
         throw usage_error("--metric expects loss, logit:ID@POS or logitdiff:ID1-ID2@POS, got '" + text + "'");
     const std::string kind = text.substr(0, colon), ids = text.substr(colon + 1, at - colon - 1);
     const auto position = mechlens_cli::parse_number<mechlens::index_t>(text.substr(at + 1), "--metric position");
-    if (kind == "logit") return mechlens::metric::logit(mechlens_cli::parse_number<std::int32_t>(ids, "--metric token"), position);
+    if (kind == "logit")
+        return mechlens::metric::logit(mechlens_cli::parse_number<std::int32_t>(ids, "--metric token"), position);
     if (kind == "logitdiff") {
         const auto dash = ids.find('-');
-        if (dash == std::string::npos)
-            throw usage_error("--metric logitdiff expects ID1-ID2@POS, got '" + text + "'");
-        return mechlens::metric::logit_diff(mechlens_cli::parse_number<std::int32_t>(ids.substr(0, dash), "--metric token"),
-                                            mechlens_cli::parse_number<std::int32_t>(ids.substr(dash + 1), "--metric token"),
-                                            position);
+        if (dash == std::string::npos) throw usage_error("--metric logitdiff expects ID1-ID2@POS, got '" + text + "'");
+        return mechlens::metric::logit_diff(
+            mechlens_cli::parse_number<std::int32_t>(ids.substr(0, dash), "--metric token"),
+            mechlens_cli::parse_number<std::int32_t>(ids.substr(dash + 1), "--metric token"), position);
     }
     throw usage_error("--metric: unknown metric '" + kind + "' (loss, logit, logitdiff)");
 }
@@ -264,14 +295,15 @@ int run_grad(arguments& args) {
     for (const mechlens::site& s : sites)
         if (s.kind == mechlens::site_kind::attn_result)
             throw usage_error(mechlens::to_string(s) + ": the gradient pass has no attn.hook_result (use attn.hook_z)");
-    const std::vector<std::int32_t> tokens = prompt ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
-                                                    : mechlens_cli::parse_token_list(*token_text);
+    const std::vector<std::int32_t> tokens = prompt
+                                                 ? resolve_tokenizer(model_path, tokenizer_path).encode(*prompt, true)
+                                                 : mechlens_cli::parse_token_list(*token_text);
     const mechlens::model_parameters params(loaded.config, loaded.weights);
     mechlens::gradient_cache<> gradients(mechlens::cache_filter().sites(sites));
     const auto positions = static_cast<mechlens::index_t>(tokens.size());
-    const float value = mechlens::forward_backward(
-        params, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}), metric,
-        static_cast<mechlens::model_parameters*>(nullptr), gradients);
+    const float value =
+        mechlens::forward_backward(params, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, positions}),
+                                   metric, static_cast<mechlens::model_parameters*>(nullptr), gradients);
     const mechlens::activation_cache& cache = gradients.cache();
     cache.save_safetensors(out);
     print_sites(cache);
@@ -284,7 +316,9 @@ int run_grad(arguments& args) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fputs("mechlens: missing command (info, generate, logits, cache, grad, train); see mechlens --help\n", stderr);
+        std::fputs(
+            "mechlens: missing command (info, generate, logits, cache, grad, train, lens, dla); see mechlens --help\n",
+            stderr);
         return 2;
     }
     if (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
@@ -300,7 +334,10 @@ int main(int argc, char** argv) {
         if (command == "cache") return run_cache(args);
         if (command == "grad") return run_grad(args);
         if (command == "train") return mechlens_cli::run_train(args);
-        throw usage_error("unknown command '" + command + "' (try: info, generate, logits, cache, grad, train)");
+        if (command == "lens") return mechlens_cli::run_lens(args, prompt_tokens);
+        if (command == "dla") return mechlens_cli::run_dla(args, prompt_tokens);
+        throw usage_error("unknown command '" + command +
+                          "' (try: info, generate, logits, cache, grad, train, lens, dla)");
     } catch (const std::exception& error) {
         std::fprintf(stderr, "mechlens %s: %s\n", command.c_str(), error.what());
         return 2;
