@@ -10,10 +10,11 @@
 #include <string>
 #include <vector>
 
+// mechlens first: it includes Eigen with GCC 12's AVX-512 false positive silenced (detail/third_party.hpp).
+#include <mechlens/mechlens.hpp>
+
 #include <Eigen/Core>
 #include <benchmark/benchmark.h>
-
-#include <mechlens/mechlens.hpp>
 
 namespace {
 

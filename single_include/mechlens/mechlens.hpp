@@ -363,7 +363,30 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Zero-copy interop between tensor views and Eigen::Map.
 
+// ---- begin mechlens/detail/third_party.hpp ----
+/// @file
+/// The third-party headers the kernels build on (Eigen's core, xsimd), included in one place.
+///
+/// GCC 12 warns "'__Y' may be used uninitialized" (or "is used uninitialized") inside its own AVX-512 intrinsic headers (GCC bug 105593, fixed
+/// in GCC 13): `_mm512_undefined_ps()` and its kin initialise a register from itself on purpose. The warning is
+/// raised after Eigen's and xsimd's AVX-512 packet functions are inlined, so it names a line of avx512fintrin.h that
+/// is not treated as a system header at that point, and `-Werror` turns every AVX-512 build into a failure. GCC
+/// consults diagnostic pragmas at each location of the inlining chain, and every such chain passes through Eigen or
+/// xsimd: silencing -Wmaybe-uninitialized and -Wuninitialized for these two headers alone, on GCC 12 and older only, removes the false
+/// positive while the warning stays live for every line of mechlens and of the code that includes it.
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <Eigen/Core>
+#include <xsimd/xsimd.hpp>
+#pragma GCC diagnostic pop
+#else
+#include <Eigen/Core>
+#include <xsimd/xsimd.hpp>
+#endif
+// ---- end mechlens/detail/third_party.hpp ----
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -416,7 +439,6 @@ MECHLENS_END_NAMESPACE
 #include <cstddef>
 #include <limits>
 
-#include <xsimd/xsimd.hpp>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -2963,6 +2985,8 @@ struct safetensors_file {
 
 namespace detail {
 
+struct json_member;
+
 /// A parsed JSON value; numbers keep their text so integers of any size are checked when converted.
 struct json_value {
     /// The JSON type of the value.
@@ -2971,7 +2995,15 @@ struct json_value {
     bool boolean = false;                                     ///< For type::boolean.
     std::string text;                                         ///< A string's content, or a number's digits.
     std::vector<json_value> items;                            ///< For type::array.
-    std::vector<std::pair<std::string, json_value>> members;  ///< For type::object, in file order, keys unique.
+    std::vector<json_member> members;                         ///< For type::object, in file order, keys unique.
+};
+
+/// One key and value of a JSON object. A named struct rather than std::pair: a pair of the still incomplete
+/// json_value inside json_value's own vector is rejected by clang with libstdc++ (vector of an incomplete class
+/// type is allowed since C++17; pair of one is not).
+struct json_member {
+    std::string key;   ///< The member's name.
+    json_value value;  ///< The member's value.
 };
 
 /// A strict RFC 8259 JSON parser over untrusted text: every read is bounds-checked, nesting is limited, strings
@@ -3034,12 +3066,12 @@ private:
             skip_space();
             if (peek() != '"') fail("expected a string key");
             std::string key = string();
-            for (const auto& member : v.members)
-                if (member.first == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
+            for (const json_member& member : v.members)
+                if (member.key == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
             skip_space();
             if (peek() != ':') fail("expected ':'");
             ++pos_;
-            v.members.emplace_back(std::move(key), value(depth + 1));
+            v.members.push_back(json_member{std::move(key), value(depth + 1)});
             skip_space();
             if (peek() == ',') {
                 ++pos_;
@@ -7351,7 +7383,6 @@ MECHLENS_END_NAMESPACE
 #include <type_traits>
 #include <vector>
 
-#include <Eigen/Core>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -11334,8 +11365,11 @@ inline std::string svg_line_chart(const std::vector<line_series>& series, const 
     const double left = 64, right = 16 + legend_w, top = options.title.empty() ? 16 : 36, bottom = 48;
     const double w = std::max(options.width, 160), h = std::max(options.height, 120);
     const double plot_w = w - left - right, plot_h = h - top - bottom;
-    const auto [x_lo, x_hi] = detail::finite_range(series, true);
-    auto [y_lo, y_hi] = detail::finite_range(series, false);
+    // Plain variables, not structured bindings: C++20 lets lambdas capture bindings, but clang 14 does not yet.
+    const std::pair<double, double> x_range = detail::finite_range(series, true);
+    const std::pair<double, double> y_range = detail::finite_range(series, false);
+    const double x_lo = x_range.first, x_hi = x_range.second;
+    double y_lo = y_range.first, y_hi = y_range.second;
     const double pad = (y_hi - y_lo) * 0.05;
     y_lo -= pad;
     y_hi += pad;

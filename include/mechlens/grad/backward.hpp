@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <Eigen/Core>
+#include "mechlens/detail/third_party.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>

@@ -46,6 +46,8 @@ struct safetensors_file {
 
 namespace detail {
 
+struct json_member;
+
 /// A parsed JSON value; numbers keep their text so integers of any size are checked when converted.
 struct json_value {
     /// The JSON type of the value.
@@ -54,7 +56,15 @@ struct json_value {
     bool boolean = false;                                     ///< For type::boolean.
     std::string text;                                         ///< A string's content, or a number's digits.
     std::vector<json_value> items;                            ///< For type::array.
-    std::vector<std::pair<std::string, json_value>> members;  ///< For type::object, in file order, keys unique.
+    std::vector<json_member> members;                         ///< For type::object, in file order, keys unique.
+};
+
+/// One key and value of a JSON object. A named struct rather than std::pair: a pair of the still incomplete
+/// json_value inside json_value's own vector is rejected by clang with libstdc++ (vector of an incomplete class
+/// type is allowed since C++17; pair of one is not).
+struct json_member {
+    std::string key;   ///< The member's name.
+    json_value value;  ///< The member's value.
 };
 
 /// A strict RFC 8259 JSON parser over untrusted text: every read is bounds-checked, nesting is limited, strings
@@ -117,12 +127,12 @@ private:
             skip_space();
             if (peek() != '"') fail("expected a string key");
             std::string key = string();
-            for (const auto& member : v.members)
-                if (member.first == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
+            for (const json_member& member : v.members)
+                if (member.key == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
             skip_space();
             if (peek() != ':') fail("expected ':'");
             ++pos_;
-            v.members.emplace_back(std::move(key), value(depth + 1));
+            v.members.push_back(json_member{std::move(key), value(depth + 1)});
             skip_space();
             if (peek() == ',') {
                 ++pos_;

@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <limits>
 
-#include <xsimd/xsimd.hpp>
+#include "mechlens/detail/third_party.hpp"
 
 #include "mechlens/detail/namespace.hpp"
 

@@ -188,8 +188,11 @@ inline std::string svg_line_chart(const std::vector<line_series>& series, const 
     const double left = 64, right = 16 + legend_w, top = options.title.empty() ? 16 : 36, bottom = 48;
     const double w = std::max(options.width, 160), h = std::max(options.height, 120);
     const double plot_w = w - left - right, plot_h = h - top - bottom;
-    const auto [x_lo, x_hi] = detail::finite_range(series, true);
-    auto [y_lo, y_hi] = detail::finite_range(series, false);
+    // Plain variables, not structured bindings: C++20 lets lambdas capture bindings, but clang 14 does not yet.
+    const std::pair<double, double> x_range = detail::finite_range(series, true);
+    const std::pair<double, double> y_range = detail::finite_range(series, false);
+    const double x_lo = x_range.first, x_hi = x_range.second;
+    double y_lo = y_range.first, y_hi = y_range.second;
     const double pad = (y_hi - y_lo) * 0.05;
     y_lo -= pad;
     y_hi += pad;

@@ -2,7 +2,7 @@
 /// @file
 /// Zero-copy interop between tensor views and Eigen::Map.
 
-#include <Eigen/Core>
+#include "mechlens/detail/third_party.hpp"
 
 #include "mechlens/tensor/view.hpp"
 
