@@ -9,8 +9,11 @@ SHELL := /bin/bash
 MAKEFLAGS += --no-print-directory
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-APT_PACKAGES := cmake g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev python3
-APT_OPTIONAL := ccache
+APT_PACKAGES := cmake g++ libeigen3-dev libxsimd-dev catch2 libbenchmark-dev python3 python3-numpy
+# The sanitizer suite and the fuzzers are built by clang 14 (with its OpenMP and sanitizer runtimes).
+APT_CLANG := clang libclang-rt-14-dev libomp-14-dev
+APT_AARCH64 := g++-aarch64-linux-gnu qemu-user
+FUZZ_SECONDS ?= 60
 # Arguments for the demo program and for each benchmark executable, e.g. make bench BENCH_ARGS=--benchmark_filter=rms
 DEMO_ARGS ?=
 BENCH_ARGS ?=
@@ -18,44 +21,30 @@ FORMAT_DIRS := include tests tools examples bench
 
 # ccache when installed. Recursively expanded: make expands a recipe only after its prerequisites (`deps`) ran.
 launcher = $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache,-UCMAKE_CXX_COMPILER_LAUNCHER)
+# Paths below the checkout are hashed relative to it, and debug info's build directory is not hashed: a fresh clone
+# (CI's) reuses the objects another checkout compiled.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
 
-.PHONY: help deps configure build test demo test-sanitize bench single-header format format-check clean
+.PHONY: help deps configure build test demo test-sanitize test-isa test-aarch64 test-tsan fuzz bench single-header format format-check clean
 
 help:
 	@echo "make demo           build and run examples/04_grow_induction: grow, see and break an induction circuit"
 	@echo "make test           build everything in build/ (Release, -Werror) and run ctest"
-	@echo "make test-sanitize  ASan+UBSan build in build-sanitize/ and run ctest (consumer tests excluded)"
+	@echo "make test-sanitize  clang 14 ASan+UBSan build in build-sanitize/ and run ctest (consumer tests excluded)"
+	@echo "make test-isa       build for -march=x86-64-v3 and x86-64-v4 (-Werror); run the unit tests where the CPU can"
+	@echo "make test-aarch64   cross-build the unit tests for ARM64 and run them under qemu-aarch64"
+	@echo "make test-tsan      ThreadSanitizer run of concurrent forwards, caches and gradient passes"
+	@echo "make fuzz           libFuzzer harnesses of every parser, FUZZ_SECONDS=$(FUZZ_SECONDS) each"
 	@echo "make bench          build the benchmarks in build-bench/ and run them (BENCH_ARGS=...)"
 	@echo "make single-header  regenerate single_include/mechlens/mechlens.hpp"
 	@echo "make format         clang-format every C++ source in place (format-check: report only)"
-	@echo "make clean          remove build/, build-sanitize/ and build-bench/"
+	@echo "make clean          remove every build-*/ tree and build/"
 	@echo "JOBS=$(JOBS) sets build and ctest parallelism."
 
-# Installs what is missing: as root directly, else through passwordless sudo, else prints the command and fails.
-# ccache is optional: installed when possible, never required.
+# Installs what is missing (tools/install_deps.sh: as root, else passwordless sudo, else prints the command).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	optional=""; for p in $(APT_OPTIONAL); do dpkg -s "$$p" >/dev/null 2>&1 || optional="$$optional $$p"; done; \
-	if [ -z "$$missing$$optional" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then sudo=""; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	elif [ -n "$$missing" ]; then \
-	  echo "mechlens needs Debian packages that are not installed:$$missing"; \
-	  echo "Install them with:"; echo "  sudo apt-get install -y$$missing"; exit 1; \
-	else exit 0; fi; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	if [ -n "$$missing" ]; then \
-	  echo "Installing$$missing$$optional ..."; \
-	  $$sudo apt-get update -qq; \
-	  $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  for p in $$missing; do dpkg -s "$$p" >/dev/null 2>&1 || { echo "apt-get did not install $$p"; exit 1; }; done; \
-	fi; \
-	if [ -n "$$optional" ]; then \
-	  { $$sudo apt-get install -y -qq --no-install-recommends $$optional >/dev/null 2>&1 || \
-	    { $$sudo apt-get update -qq >/dev/null 2>&1 && \
-	      $$sudo apt-get install -y -qq --no-install-recommends $$optional >/dev/null 2>&1; }; } || \
-	  echo "note: could not install$$optional (optional); building without it"; \
-	fi
+	@tools/install_deps.sh $(APT_PACKAGES)
 
 configure: deps
 	cmake --preset release $(launcher)
@@ -72,11 +61,39 @@ demo: configure
 	cmake --build --preset release --target example_04_grow_induction -j $(JOBS)
 	cd build && ./examples/example_04_grow_induction $(DEMO_ARGS)
 
-# ASan + UBSan (leak checking on); the sanitize test preset sets ASAN_OPTIONS/UBSAN_OPTIONS and skips `consumers`.
+# ASan + UBSan (leak checking on), built by clang; the sanitize test preset sets ASAN_OPTIONS/UBSAN_OPTIONS and
+# skips `consumers`.
 test-sanitize: deps
+	@tools/install_deps.sh $(APT_CLANG)
 	cmake --preset sanitize $(launcher)
 	cmake --build --preset sanitize -j $(JOBS)
 	ctest --preset sanitize -j $(JOBS)
+
+# Both x86-64 levels are compiled with -Werror whatever this CPU is; the unit tests run for each level it supports.
+test-isa: deps
+	@for level in x86-64-v3 x86-64-v4; do \
+	  cmake --preset $$level $(launcher) >/dev/null; \
+	  echo "== $$level: build"; cmake --build --preset $$level -j $(JOBS); \
+	  if tools/cpu_supports.sh $$level; then echo "== $$level: run"; ctest --preset $$level -j $(JOBS) -L modular; \
+	  else echo "== $$level: this CPU lacks $$level: compiled only"; fi; \
+	done
+
+test-aarch64: deps
+	@tools/install_deps.sh $(APT_AARCH64)
+	cmake --preset aarch64 $(launcher)
+	cmake --build --preset aarch64 -j $(JOBS)
+	ctest --preset aarch64 -j $(JOBS)
+
+test-tsan: deps
+	cmake --preset tsan $(launcher)
+	cmake --build --preset tsan -j $(JOBS)
+	ctest --preset tsan
+
+fuzz: deps
+	@tools/install_deps.sh $(APT_CLANG)
+	cmake --preset fuzz $(launcher)
+	cmake --build --preset fuzz -j $(JOBS)
+	tests/fuzz/run_fuzzers.sh build-fuzz $(FUZZ_SECONDS)
 
 bench: deps
 	cmake --preset bench $(launcher)
@@ -95,4 +112,4 @@ format-check:
 	find $(FORMAT_DIRS) \( -name '*.hpp' -o -name '*.cpp' \) -print0 | xargs -0 -r clang-format --dry-run --Werror
 
 clean:
-	rm -rf build build-sanitize build-bench
+	rm -rf build build-sanitize build-bench build-x86-64-v3 build-x86-64-v4 build-aarch64 build-tsan build-fuzz
