@@ -33,7 +33,7 @@ struct residual_norms {
         if constexpr (Rank == 3) {  // resid_post is (batch, pos, d_model)
             double sum = 0.0;
             for (index_t i = 0; i < x.extent(2); ++i) {
-                const double value = x(0, x.extent(1) - 1, i);
+                const double value = static_cast<double>(x(0, x.extent(1) - 1, i));
                 sum += value * value;
             }
             norm_by_layer.resize(static_cast<std::size_t>(s.layer + 1));

@@ -20,6 +20,7 @@
 // (first / repeated half) to 4.15 / 4.97, against chance 4.14. The README walks through the whole output.
 // Same seed, same numbers (for the same --threads; the default, 1, is also the fastest for matrices this small).
 
+#include <limits>
 #include <mechlens/mechlens.hpp>
 #include <mechlens/report.hpp>
 
@@ -125,7 +126,7 @@ half_losses split_loss(mechlens::tensor_view<const float, 3> logits, const mechl
         for (index_t t = 0; t + 1 < pos; ++t) {
             const bool is_first = t<first_end, is_repeated = data.induction_mask(t)> 0.0f;
             if (!is_first && !is_repeated) continue;
-            double top = -INFINITY;
+            double top = -std::numeric_limits<double>::infinity();
             for (index_t v = 0; v < vocab; ++v) top = std::max(top, static_cast<double>(logits(b, t, v)));
             double sum = 0.0;
             for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits(b, t, v)) - top);
@@ -206,9 +207,9 @@ void write_report(const fs::path& path, const demo_options& opt, const mechlens:
             const bool in_prev = l == 0 && std::find(prev_heads.begin(), prev_heads.end(), h) != prev_heads.end();
             const bool in_ind =
                 l == 1 && std::find(induction_heads.begin(), induction_heads.end(), h) != induction_heads.end();
-            rows.push_back({head_name(l, h), mechlens::format_fixed(scores.previous_token(l, h), 2),
-                            mechlens::format_fixed(scores.duplicate_token(l, h), 2),
-                            mechlens::format_fixed(scores.induction(l, h), 2),
+            rows.push_back({head_name(l, h), mechlens::format_fixed(static_cast<double>(scores.previous_token(l, h)), 2),
+                            mechlens::format_fixed(static_cast<double>(scores.duplicate_token(l, h)), 2),
+                            mechlens::format_fixed(static_cast<double>(scores.induction(l, h)), 2),
                             in_prev  ? "previous-token"
                             : in_ind ? "induction"
                                      : ""});

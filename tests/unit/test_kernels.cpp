@@ -396,9 +396,9 @@ TEST_CASE("kernels: rope rotations", "[kernels]") {
 
         // Each pair keeps its length.
         for (index_t i = 0; i < half; ++i) {
-            const double before =
-                std::hypot(original[static_cast<std::size_t>(2 * i)], original[static_cast<std::size_t>(2 * i + 1)]);
-            const double after = std::hypot(head[2 * i], head[2 * i + 1]);
+            const double before = static_cast<double>(
+                std::hypot(original[static_cast<std::size_t>(2 * i)], original[static_cast<std::size_t>(2 * i + 1)]));
+            const double after = static_cast<double>(std::hypot(head[2 * i], head[2 * i + 1]));
             REQUIRE(after == Approx(before).epsilon(1e-6).margin(1e-6));
         }
 

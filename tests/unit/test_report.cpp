@@ -1,3 +1,4 @@
+#include <limits>
 #include <mechlens/mechlens.hpp>
 
 #include "test_support.hpp"
@@ -59,7 +60,7 @@ TEST_CASE("format_fixed prints fixed-point numbers and names non-finite values",
     CHECK(mechlens::format_fixed(-0.5, 1) == "-0.5");
     CHECK(mechlens::format_fixed(2.0, 0) == "2");
     CHECK(mechlens::format_fixed(std::nan(""), 2) == "nan");
-    CHECK(mechlens::format_fixed(-INFINITY, 2) == "-inf");
+    CHECK(mechlens::format_fixed(-std::numeric_limits<double>::infinity(), 2) == "-inf");
 }
 
 TEST_CASE("html_table escapes its cells and has one row per entry", "[report]") {
@@ -98,7 +99,7 @@ TEST_CASE("svg_line_chart draws every series with its legend, markers and numeri
 }
 
 TEST_CASE("svg_line_chart breaks lines at non-finite points and survives empty and flat data", "[report]") {
-    mechlens::line_series gappy{"gappy", {0, 1, 2, 3, 4}, {1, 2, NAN, 2, 1}, "#000", false};
+    mechlens::line_series gappy{"gappy", {0, 1, 2, 3, 4}, {1, 2, std::numeric_limits<double>::quiet_NaN(), 2, 1}, "#000", false};
     const std::string svg = mechlens::svg_line_chart({gappy});
     const std::size_t path = svg.find("<path d=\"");
     REQUIRE(path != std::string::npos);
@@ -326,7 +327,7 @@ TEST_CASE("svg_patching_heatmap centres a diverging scale on 0 with a symmetric 
 
 TEST_CASE("svg_bar_chart sorts bars by magnitude around a zero axis", "[report]") {
     const std::vector<std::string> labels = {"a", "<script>alert('x')</script>", "c", "d", "e"};
-    const std::vector<double> values = {0.5, -3.0, 1.0, NAN, -1.0};
+    const std::vector<double> values = {0.5, -3.0, 1.0, std::numeric_limits<double>::quiet_NaN(), -1.0};
     const std::string svg = mechlens::svg_bar_chart(labels, values, {.title = "DLA & co"});
     CHECK(tag_balance_error(svg).empty());
     CHECK(count_of(svg, "<rect") == 5);

@@ -60,7 +60,7 @@ void require_close(const std::vector<float>& got, const std::vector<float>& want
     REQUIRE(got.size() == want.size());
     for (std::size_t i = 0; i < got.size(); ++i) {
         INFO(what << "[" << i << "] = " << got[i] << ", reference " << want[i]);
-        CHECK(close_rel(got[i], want[i], rel));
+        CHECK(close_rel(static_cast<double>(got[i]), static_cast<double>(want[i]), rel));
     }
 }
 

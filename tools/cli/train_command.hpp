@@ -2,6 +2,7 @@
 // `mechlens train`: grows a small model on a synthetic task (repeated random tokens for induction, or modular
 // addition) with a config given on the command line, prints the loss curve and saves a checkpoint.
 
+#include <limits>
 #include <mechlens/mechlens.hpp>
 #include <mechlens/train/trainer.hpp>
 
@@ -22,11 +23,11 @@ double mean_loss(mechlens::tensor_view<const float, 3> logits, const mechlens::t
     for (mechlens::index_t b = 0; b < logits.extent(0); ++b)
         for (mechlens::index_t t = 0; t < logits.extent(1); ++t) {
             if (!counted(t) || targets(b, t) < 0) continue;
-            double largest = -INFINITY, sum = 0.0;
+            double largest = -std::numeric_limits<double>::infinity(), sum = 0.0;
             for (mechlens::index_t v = 0; v < logits.extent(2); ++v)
-                largest = std::max(largest, double{logits(b, t, v)});
-            for (mechlens::index_t v = 0; v < logits.extent(2); ++v) sum += std::exp(double{logits(b, t, v)} - largest);
-            total += largest + std::log(sum) - double{logits(b, t, targets(b, t))};
+                largest = std::max(largest, static_cast<double>(logits(b, t, v)));
+            for (mechlens::index_t v = 0; v < logits.extent(2); ++v) sum += std::exp(static_cast<double>(logits(b, t, v)) - largest);
+            total += largest + std::log(sum) - static_cast<double>(logits(b, t, targets(b, t)));
             ++n;
         }
     return n > 0 ? total / static_cast<double>(n) : 0.0;

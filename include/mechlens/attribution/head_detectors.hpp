@@ -89,7 +89,7 @@ inline tensor<float, 1> detect_head(tensor_view<const float, 4> pattern, tensor_
                 const index_t q = query_positions.empty() ? i : query_positions[static_cast<std::size_t>(i)];
                 for (index_t j = 0; j < pos; ++j) {
                     if ((options.exclude_bos && j == 0) || (options.exclude_current_token && j == q)) continue;
-                    const double a = pattern(b, h, i, j);
+                    const double a = static_cast<double>(pattern(b, h, i, j));
                     total += a;
                     hit += a * static_cast<double>(detect(q, j));
                 }

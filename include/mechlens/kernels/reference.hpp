@@ -59,7 +59,12 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
 inline void softmax(float* x, index_t n) {
     if (n <= 0) return;
     double max = static_cast<double>(x[0]);
-    for (index_t i = 1; i < n; ++i) max = std::fmax(max, static_cast<double>(x[i]));
+    // fmax written out: GCC 12's vectoriser crashes (internal compiler error in vect_transform_reduction) on an
+    // fmax reduction loop when targeting AArch64. Same result: a NaN is skipped unless everything before was NaN.
+    for (index_t i = 1; i < n; ++i) {
+        const double v = static_cast<double>(x[i]);
+        if (std::isnan(max) || v > max) max = v;
+    }
     double sum = 0.0;
     for (index_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max);
     for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - max) / sum);

@@ -4,6 +4,7 @@
 /// attention patterns, on a sequential or a diverging colour scale). Everything is inline (no scripts, fonts or
 /// stylesheets from elsewhere), so a report opens offline and can be mailed as one file. Every piece of text is
 /// escaped.
+#include <limits>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -110,7 +111,7 @@ namespace detail {
 
 /// Smallest and largest finite value over every series, with a margin so lines do not touch the frame.
 inline std::pair<double, double> finite_range(const std::vector<line_series>& series, bool x_axis) {
-    double lo = INFINITY, hi = -INFINITY;
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
     for (const line_series& s : series)
         for (const double v : x_axis ? s.x : s.y)
             if (std::isfinite(v)) {

@@ -108,7 +108,7 @@ public:
         validate(options_);
         ++state_.step;
         // Scalars are formed in double (Python floats in torch), then rounded to float like torch's kernels do.
-        const double lr = options_.lr, t = static_cast<double>(state_.step);
+        const double lr = static_cast<double>(options_.lr), t = static_cast<double>(state_.step);
         const auto keep = static_cast<float>(1.0 - lr * static_cast<double>(options_.weight_decay));
         const float beta1 = options_.beta1, beta2 = options_.beta2, eps = options_.eps;
         const auto one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(beta1));

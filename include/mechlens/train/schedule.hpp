@@ -46,7 +46,8 @@ public:
     /// The learning rate at step `step` (negative steps give the value at 0).
     [[nodiscard]] float operator()(index_t step) const noexcept {
         const index_t s = step < 0 ? 0 : step;
-        const double peak = o_.peak, low = o_.min, start = o_.start;
+        const double peak = static_cast<double>(o_.peak), low = static_cast<double>(o_.min),
+                     start = static_cast<double>(o_.start);
         if (s < o_.warmup_steps)
             return static_cast<float>(start + (peak - start) * static_cast<double>(s) /
                                                   static_cast<double>(o_.warmup_steps));
