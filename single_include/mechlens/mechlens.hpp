@@ -438,6 +438,7 @@ MECHLENS_END_NAMESPACE
 #include <array>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
 
 
@@ -468,6 +469,16 @@ inline void store_partial(float* p, const float_batch& v, index_t count) noexcep
     alignas(batch_alignment) std::array<float, float_batch::size> buffer;
     v.store_aligned(buffer.data());
     std::copy_n(buffer.data(), count, p);
+}
+
+/// a / b, correctly rounded in every lane. xsimd 8.1 divides float batches on AArch64 with its 32-bit ARM code (a
+/// reciprocal estimate refined by two Newton steps), which can differ from the true quotient in the last bits; the
+/// kernels must round like scalar division so that hooked and plain passes, and every architecture, agree.
+inline float_batch divide(const float_batch& a, const float_batch& b) noexcept {
+#if XSIMD_WITH_NEON64
+    if constexpr (std::is_same_v<float_batch::arch_type, xsimd::neon64>) return vdivq_f32(a, b);
+#endif
+    return a / b;
 }
 
 /// Largest lane of `v`.
@@ -582,10 +593,10 @@ inline float rmsnorm(float* out, const float* x, const float* weight, index_t n,
     const float_batch scale(s);
     if (weight)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& g) { return v / scale * g; }, x, weight);
+            out, n, [=](const float_batch& v, const float_batch& g) { return detail::divide(v, scale) * g; }, x, weight);
     else
         detail::transform(
-            out, n, [=](const float_batch& v) { return v / scale; }, x);
+            out, n, [=](const float_batch& v) { return detail::divide(v, scale); }, x);
     return s;
 }
 
@@ -610,18 +621,18 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
         detail::transform(
             out, n,
             [=](const float_batch& v, const float_batch& g, const float_batch& b) {
-                return xsimd::fma((v - m) / scale, g, b);
+                return xsimd::fma(detail::divide(v - m, scale), g, b);
             },
             x, weight, bias);
     else if (weight)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& g) { return (v - m) / scale * g; }, x, weight);
+            out, n, [=](const float_batch& v, const float_batch& g) { return detail::divide(v - m, scale) * g; }, x, weight);
     else if (bias)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& b) { return (v - m) / scale + b; }, x, bias);
+            out, n, [=](const float_batch& v, const float_batch& b) { return detail::divide(v - m, scale) + b; }, x, bias);
     else
         detail::transform(
-            out, n, [=](const float_batch& v) { return (v - m) / scale; }, x);
+            out, n, [=](const float_batch& v) { return detail::divide(v - m, scale); }, x);
     return s;
 }
 
@@ -671,7 +682,7 @@ inline void softmax(float* x, index_t n) {
     const float_batch sum(xsimd::hadd(acc0 + acc1));
     // Dividing (not multiplying by 1/sum) keeps each probability within one rounding of exp/sum.
     detail::transform(
-        x, n, [=](const float_batch& v) { return v / sum; }, x);
+        x, n, [=](const float_batch& v) { return detail::divide(v, sum); }, x);
 }
 
 /// Softmax over row[0..valid), zeros in row[valid..n) (a causal attention row of which only the first `valid`
@@ -704,7 +715,7 @@ namespace kernels {
 namespace detail {
 
 /// x * sigmoid(x), lane-wise.
-inline float_batch silu(const float_batch& x) { return x / (float_batch(1.0f) + xsimd::exp(-x)); }
+inline float_batch silu(const float_batch& x) { return detail::divide(x, float_batch(1.0f) + xsimd::exp(-x)); }
 
 /// 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as x * sigmoid(2u), lane-wise.
 inline float_batch gelu_tanh(const float_batch& x) {
@@ -712,7 +723,7 @@ inline float_batch gelu_tanh(const float_batch& x) {
     const float_batch linear(static_cast<float>(k));
     const float_batch cubic(static_cast<float>(k * 0.044715));
     const float_batch two_u = x * xsimd::fma(cubic, x * x, linear);
-    return x / (float_batch(1.0f) + xsimd::exp(-two_u));
+    return detail::divide(x, float_batch(1.0f) + xsimd::exp(-two_u));
 }
 
 /// 0.5 x (1 + erf(x / sqrt 2)), evaluated as 0.5 x erfc(-x / sqrt 2) so the negative tail keeps its relative
@@ -868,7 +879,9 @@ inline void rope_adjacent(float* head, const float* cos, const float* sin, index
 inline void rope_split_halves(float* head, const float* cos, const float* sin, index_t d_head) {
     const index_t half = d_head / 2;
     auto rotate = [](float_batch& a, float_batch& b, const float_batch& c, const float_batch& s) {
-        const float_batch a_rot = xsimd::fnma(b, s, a * c);
+        // fma of the negated partner, not xsimd::fnma: xsimd 8.1 has no NEON fnma and falls back to an unfused
+        // multiply and subtract there; negation is exact, so this is the fused a*c - b*s on every architecture.
+        const float_batch a_rot = xsimd::fma(-b, s, a * c);
         b = xsimd::fma(a, s, b * c);
         a = a_rot;
     };
@@ -1175,7 +1188,12 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
 inline void softmax(float* x, index_t n) {
     if (n <= 0) return;
     double max = static_cast<double>(x[0]);
-    for (index_t i = 1; i < n; ++i) max = std::fmax(max, static_cast<double>(x[i]));
+    // fmax written out: GCC 12's vectoriser crashes (internal compiler error in vect_transform_reduction) on an
+    // fmax reduction loop when targeting AArch64. Same result: a NaN is skipped unless everything before was NaN.
+    for (index_t i = 1; i < n; ++i) {
+        const double v = static_cast<double>(x[i]);
+        if (std::isnan(max) || v > max) max = v;
+    }
     double sum = 0.0;
     for (index_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - max);
     for (index_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(static_cast<double>(x[i]) - max) / sum);
@@ -1387,6 +1405,7 @@ MECHLENS_END_NAMESPACE
 #include <ios>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 
@@ -1409,7 +1428,7 @@ inline std::string read_whole_file(const std::filesystem::path& path, const char
 }
 
 /// The little-endian 32-bit word at `offset`; the caller has checked that four bytes remain.
-inline std::uint32_t load_le_u32(const std::string& bytes, std::size_t offset) noexcept {
+inline std::uint32_t load_le_u32(std::string_view bytes, std::size_t offset) noexcept {
     std::uint32_t value = 0;
     for (std::size_t i = 0; i < 4; ++i) {
         value |= static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
@@ -1440,10 +1459,12 @@ inline float as_float32(std::uint32_t bits) noexcept {
 /// `<0xXX>` are marked as byte pieces; the rest are normal. Throws format_error, naming the file, when the file
 /// is missing, empty, truncated inside an entry, has a negative length or a piece longer than the header's
 /// max_token_length (which llama2.c relies on to size its buffers), or has fewer than three entries.
-inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
-    const std::string bytes = detail::tok::read_whole_file(path, "llama2.c tokenizer");
+inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path);
+
+/// Parses the bytes of a llama2.c tokenizer file (errors name `name`); read_llama2c_vocabulary without the file.
+inline vocabulary parse_llama2c_vocabulary(std::string_view bytes, const std::string& name) {
     const auto fail = [&](const std::string& problem) {
-        return format_error("mechlens: llama2.c tokenizer '" + path.string() + "': " + problem);
+        return format_error("mechlens: llama2.c tokenizer '" + name + "': " + problem);
     };
     if (bytes.empty()) throw fail("empty file");
     if (bytes.size() < 4) throw fail("file of " + std::to_string(bytes.size()) + " bytes is too short for the header");
@@ -1473,7 +1494,7 @@ inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
             throw fail(where + " is truncated: piece length " + std::to_string(length) + " but only " +
                        std::to_string(bytes.size() - offset) + " bytes left");
         }
-        vocab.pieces.emplace_back(bytes, offset, piece_length);
+        vocab.pieces.emplace_back(bytes.substr(offset, piece_length));
         vocab.scores.push_back(score);
         offset += piece_length;
     }
@@ -1493,6 +1514,10 @@ inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
     vocab.bos_id = 1;
     vocab.eos_id = 2;
     return vocab;
+}
+
+inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
+    return parse_llama2c_vocabulary(detail::tok::read_whole_file(path, "llama2.c tokenizer"), path.string());
 }
 
 MECHLENS_END_NAMESPACE
@@ -2892,10 +2917,12 @@ void write_npy(const std::filesystem::path& path, const tensor<T, Rank>& t) {
 
 /// Reads a .npy file of dtype '<f4', '<f8', '<i4' or '<i8' (converted to float); throws format_error naming the file
 /// for any other dtype, fortran_order True, bad magic, an unsupported version, a malformed header or truncated data.
-inline npy_array read_npy(const std::filesystem::path& path) {
-    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    detail::byte_reader r(file->data(), file->size(), path.string());
-    if (file->size() < 6 || std::memcmp(file->data(), "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
+inline npy_array read_npy(const std::filesystem::path& path);
+
+/// Parses the `size` bytes of a .npy file at `data` (errors name `where`); read_npy without the file.
+inline npy_array parse_npy(const std::byte* data, std::size_t size, const std::string& where) {
+    detail::byte_reader r(data, size, where);
+    if (size < 6 || std::memcmp(data, "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
     r.take(6, "magic");
     const auto major = r.read<std::uint8_t>("version");
     const auto minor = r.read<std::uint8_t>("version");
@@ -2923,19 +2950,24 @@ inline npy_array read_npy(const std::filesystem::path& path) {
 
     std::uint64_t count = 1;
     for (index_t e : out.shape)
-        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), "array");
-    const std::uint64_t bytes = detail::checked_mul(count, item, path.string(), "array data");
-    const std::byte* data = r.take(bytes, "array data");  // fits in the file, hence in size_t
+        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), where, "array");
+    const std::uint64_t bytes = detail::checked_mul(count, item, where, "array data");
+    const std::byte* elements = r.take(bytes, "array data");  // fits in the input, hence in size_t
     const auto n = static_cast<std::size_t>(count);
     if (descr == "<f4")
-        detail::npy_convert<float>(data, n, out.data);
+        detail::npy_convert<float>(elements, n, out.data);
     else if (descr == "<f8")
-        detail::npy_convert<double>(data, n, out.data);
+        detail::npy_convert<double>(elements, n, out.data);
     else if (descr == "<i4")
-        detail::npy_convert<std::int32_t>(data, n, out.data);
+        detail::npy_convert<std::int32_t>(elements, n, out.data);
     else
-        detail::npy_convert<std::int64_t>(data, n, out.data);
+        detail::npy_convert<std::int64_t>(elements, n, out.data);
     return out;
+}
+
+inline npy_array read_npy(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    return parse_npy(file->data(), file->size(), path.string());
 }
 
 MECHLENS_END_NAMESPACE
@@ -3066,8 +3098,6 @@ private:
             skip_space();
             if (peek() != '"') fail("expected a string key");
             std::string key = string();
-            for (const json_member& member : v.members)
-                if (member.key == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
             skip_space();
             if (peek() != ':') fail("expected ':'");
             ++pos_;
@@ -3079,10 +3109,23 @@ private:
             }
             if (peek() == '}') {
                 ++pos_;
+                check_unique_keys(v);
                 return;
             }
             fail("expected ',' or '}'");
         }
+    }
+
+    // Duplicates are looked for once the object is complete, by sorting pointers to the keys: O(n log n), where
+    // comparing every new key with all earlier ones made a header of many short keys quadratic.
+    void check_unique_keys(const json_value& v) const {
+        std::vector<const std::string*> keys;
+        keys.reserve(v.members.size());
+        for (const json_member& member : v.members) keys.push_back(&member.key);
+        std::sort(keys.begin(), keys.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+        const auto twin = std::adjacent_find(keys.begin(), keys.end(),
+                                             [](const std::string* a, const std::string* b) { return *a == *b; });
+        if (twin != keys.end()) fail("duplicate key \"" + (*twin)->substr(0, 100) + "\" in the object ending");
     }
 
     void array(json_value& v, int depth) {
@@ -3343,15 +3386,17 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
 /// Reads a `.safetensors` file whose tensors are all F32. Throws format_error naming the file for anything else:
 /// truncation, a header that is not strict JSON or not the safetensors schema, another dtype, offsets that do not
 /// match the shape or do not tile the data exactly (no holes, no overlaps, nothing after the last tensor).
-inline safetensors_file read_safetensors(const std::filesystem::path& path) {
-    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    detail::byte_reader r(file->data(), file->size(), path.string());
+inline safetensors_file read_safetensors(const std::filesystem::path& path);
+
+/// Parses the `size` bytes of a `.safetensors` file at `bytes` (errors name `where`); read_safetensors without the file.
+inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where) {
+    detail::byte_reader r(bytes, size, where);
     const auto header_length = r.read<std::uint64_t>("header length");
     if (header_length > detail::safetensors_max_header)
         r.fail("header length " + std::to_string(header_length) + " exceeds the 100 MiB limit");
     const std::string header = r.read_string(header_length, "header");
     if (header.empty() || header[0] != '{') r.fail("the header does not start with '{'");
-    const detail::json_value root = detail::json_parser(header, path.string()).parse_document();
+    const detail::json_value root = detail::json_parser(header, where).parse_document();
     if (root.kind != detail::json_value::type::object) r.fail("the header is not a JSON object");
     const std::uint64_t data_size = r.remaining();
     const std::byte* data = r.take(data_size, "tensor data");
@@ -3390,23 +3435,21 @@ inline safetensors_file read_safetensors(const std::filesystem::path& path) {
         t.name = name;
         std::uint64_t count = 1;
         for (const detail::json_value& e : shape->items) {
-            const std::uint64_t extent = detail::json_uint(e, path.string(), what + " shape extent");
+            const std::uint64_t extent = detail::json_uint(e, where, what + " shape extent");
             if (extent > static_cast<std::uint64_t>(PTRDIFF_MAX)) r.fail(what + " shape extent is too large");
-            count = detail::checked_mul(count, extent, path.string(), what);
+            count = detail::checked_mul(count, extent, where, what);
             t.shape.push_back(static_cast<index_t>(extent));
         }
         if (offsets->kind != detail::json_value::type::array || offsets->items.size() != 2)
             r.fail(what + ": data_offsets is not a [begin, end] pair");
-        const std::uint64_t begin = detail::json_uint(offsets->items[0], path.string(), what + " data_offsets");
-        const std::uint64_t end = detail::json_uint(offsets->items[1], path.string(), what + " data_offsets");
+        const std::uint64_t begin = detail::json_uint(offsets->items[0], where, what + " data_offsets");
+        const std::uint64_t end = detail::json_uint(offsets->items[1], where, what + " data_offsets");
         if (begin > end || end > data_size)
             r.fail(what + " data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ") lie outside the " + std::to_string(data_size) + " data bytes");
-        if (end - begin != detail::checked_mul(count, sizeof(float), path.string(), what))
+        if (end - begin != detail::checked_mul(count, sizeof(float), where, what))
             r.fail(what + " holds " + std::to_string(end - begin) + " bytes, but its shape needs " +
                    std::to_string(count * sizeof(float)));
-        t.values.resize(static_cast<std::size_t>(count));
-        if (count > 0) std::memcpy(t.values.data(), data + begin, static_cast<std::size_t>(end - begin));
         spans.push_back({begin, end, out.tensors.size()});
         out.tensors.push_back(std::move(t));
     }
@@ -3425,7 +3468,19 @@ inline safetensors_file read_safetensors(const std::filesystem::path& path) {
     if (expected != data_size)
         r.fail("the tensors cover " + std::to_string(expected) + " of the " + std::to_string(data_size) +
                " data bytes");
+    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most the file's size
+    // (copying first let many tensors naming the same bytes allocate that many copies).
+    for (const span& s : spans) {
+        std::vector<float>& values = out.tensors[s.tensor].values;
+        values.resize(static_cast<std::size_t>((s.end - s.begin) / sizeof(float)));
+        if (!values.empty()) std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+    }
     return out;
+}
+
+inline safetensors_file read_safetensors(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    return parse_safetensors(file->data(), file->size(), path.string());
 }
 
 MECHLENS_END_NAMESPACE
@@ -6621,6 +6676,7 @@ MECHLENS_END_NAMESPACE
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -6692,11 +6748,20 @@ public:
 
 private:
     float* allocate(index_t count) {
+        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
+        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
+        const std::shared_ptr<const mapped_file>& file = storage_->file;
+        converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
+        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
+            throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
+                               std::to_string(converted_bytes_) + " bytes for a file of " +
+                               std::to_string(file->size()) + " bytes");
         storage_->converted.emplace_back(extents<1>{count});
         return storage_->converted.back().data();
     }
 
     std::unique_ptr<loader_storage> storage_;
+    std::uint64_t converted_bytes_ = 0;
 };
 
 }  // namespace detail
@@ -6827,6 +6892,12 @@ inline loaded_model load_gguf(const gguf_file& g) {
     if (g.find("llama.rope.dimension_count") && g.get_int("llama.rope.dimension_count") != config.d_head())
         g.fail("llama.rope.dimension_count = " + std::to_string(g.get_int("llama.rope.dimension_count")) +
                " differs from d_head " + std::to_string(config.d_head()) + " (partial rotary is not supported)");
+
+    // Each block has nine tensors: check the count before sizing anything by block_count (up to 2^24).
+    if (static_cast<std::uint64_t>(config.n_layers) > g.tensors().size() / 9)
+        g.fail("llama.block_count = " + std::to_string(config.n_layers) + " needs " +
+               std::to_string(9 * static_cast<std::uint64_t>(config.n_layers)) + " block tensors, but the file has " +
+               std::to_string(g.tensors().size()) + " tensors");
 
     const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
     detail::weight_builder builder(g.file());
@@ -8215,7 +8286,7 @@ public:
         validate(options_);
         ++state_.step;
         // Scalars are formed in double (Python floats in torch), then rounded to float like torch's kernels do.
-        const double lr = options_.lr, t = static_cast<double>(state_.step);
+        const double lr = static_cast<double>(options_.lr), t = static_cast<double>(state_.step);
         const auto keep = static_cast<float>(1.0 - lr * static_cast<double>(options_.weight_decay));
         const float beta1 = options_.beta1, beta2 = options_.beta2, eps = options_.eps;
         const auto one_minus_beta1 = static_cast<float>(1.0 - static_cast<double>(beta1));
@@ -8362,7 +8433,8 @@ public:
     /// The learning rate at step `step` (negative steps give the value at 0).
     [[nodiscard]] float operator()(index_t step) const noexcept {
         const index_t s = step < 0 ? 0 : step;
-        const double peak = o_.peak, low = o_.min, start = o_.start;
+        const double peak = static_cast<double>(o_.peak), low = static_cast<double>(o_.min),
+                     start = static_cast<double>(o_.start);
         if (s < o_.warmup_steps)
             return static_cast<float>(start + (peak - start) * static_cast<double>(s) /
                                                   static_cast<double>(o_.warmup_steps));
@@ -8568,6 +8640,7 @@ MECHLENS_END_NAMESPACE
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -8694,6 +8767,31 @@ private:
     std::string where_;
 };
 
+/// Throws format_error when the parameter layout of `c` could not come from `file`: more blocks than its tensors
+/// allow (four or more each), or a parameter count that overflows index_t. Both are checked before
+/// parameter_layout, whose sums are unchecked, and before anything is sized by the config.
+inline void check_checkpoint_size(const model_config& c, const safetensors_file& file, const std::string& where) {
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    // Every block has at least four tensors (w_q, w_k, w_v, w_o).
+    if (u(c.n_layers) > file.tensors.size() / 4)
+        format_fail(where, "checkpoint config has " + std::to_string(c.n_layers) + " layers, but the file holds only " +
+                               std::to_string(file.tensors.size()) + " tensors");
+    const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
+    const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
+    // The float count of parameter_layout, in checked arithmetic.
+    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
+                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
+    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
+    if (!c.attn_only())
+        layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
+    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
+    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
+    needed = add(needed, norm);
+    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
+    if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
+        format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
+}
+
 }  // namespace detail
 
 /// Writes `parameters` to a `.safetensors` file: F32 tensors named by parameter_layout (rank 1 or 2, in layout
@@ -8739,9 +8837,11 @@ inline void save_checkpoint(const std::filesystem::path& path, const model_param
 /// Reads a checkpoint written by save_checkpoint. Throws format_error naming the file when it is not a valid
 /// safetensors file (truncated, malformed), when a config field is missing or invalid, or when a tensor is missing,
 /// unexpected, or of another shape than the config implies.
-inline checkpoint load_checkpoint(const std::filesystem::path& path) {
-    const std::string where = path.string();
-    safetensors_file file = read_safetensors(path);  // checks the container: bounds, dtype F32, exact tiling
+inline checkpoint load_checkpoint(const std::filesystem::path& path);
+
+/// Checks the contents of a parsed checkpoint file and builds the checkpoint (errors name `where`); the part of
+/// load_checkpoint after read_safetensors.
+inline checkpoint checkpoint_from_safetensors(safetensors_file file, const std::string& where) {
     const detail::config_reader r(file.metadata, where);
     if (const auto it = file.metadata.find("mechlens.format"); it == file.metadata.end() || it->second != "checkpoint")
         detail::format_fail(where, "not a mechlens checkpoint (metadata mechlens.format is not 'checkpoint')");
@@ -8761,21 +8861,27 @@ inline checkpoint load_checkpoint(const std::filesystem::path& path) {
     c.positions = r.choice<positional_kind>("positions", detail::position_names);
     c.mlp = r.choice<mlp_kind>("mlp", detail::mlp_names);
     c.validate(where);
+    detail::check_checkpoint_size(c, file, where);
 
-    checkpoint out{model_parameters(c), {}, std::nullopt};
     std::map<std::string, safetensors_tensor*> by_name;
     for (safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
-    float* base = out.parameters.flat().data();
-    for (const parameter_entry& e : out.parameters.layout()) {
+    // Every parameter tensor must be in the file with its shape before model_parameters allocates: a hostile
+    // config then cannot ask for more memory than the file's own tensors occupy.
+    for (const parameter_entry& e : parameter_layout(c)) {
         const auto it = by_name.find(e.name);
         if (it == by_name.end()) detail::format_fail(where, "checkpoint lacks tensor '" + e.name + "'");
         std::vector<index_t> expected{e.shape[0]};
         if (e.rank == 2) expected.push_back(e.shape[1]);
-        const safetensors_tensor& t = *it->second;
-        if (t.shape != expected)
-            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(t.shape) +
+        if (it->second->shape != expected)
+            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(it->second->shape) +
                                            ", the config implies " + detail::shape_text(expected));
-        std::memcpy(base + e.offset, t.values.data(), t.values.size() * sizeof(float));
+    }
+
+    checkpoint out{model_parameters(c), {}, std::nullopt};
+    float* base = out.parameters.flat().data();
+    for (const parameter_entry& e : out.parameters.layout()) {
+        const auto it = by_name.find(e.name);
+        std::memcpy(base + e.offset, it->second->values.data(), it->second->values.size() * sizeof(float));
         by_name.erase(it);
     }
 
@@ -8810,6 +8916,11 @@ inline checkpoint load_checkpoint(const std::filesystem::path& path) {
     for (auto& [key, value] : file.metadata)
         if (key.rfind(detail::checkpoint_prefix, 0) != 0) out.metadata[key] = std::move(value);
     return out;
+}
+
+inline checkpoint load_checkpoint(const std::filesystem::path& path) {
+    // read_safetensors checks the container: bounds, dtype F32, exact tiling.
+    return checkpoint_from_safetensors(read_safetensors(path), path.string());
 }
 
 MECHLENS_END_NAMESPACE
@@ -9153,7 +9264,7 @@ inline tensor<float, 1> detect_head(tensor_view<const float, 4> pattern, tensor_
                 const index_t q = query_positions.empty() ? i : query_positions[static_cast<std::size_t>(i)];
                 for (index_t j = 0; j < pos; ++j) {
                     if ((options.exclude_bos && j == 0) || (options.exclude_current_token && j == q)) continue;
-                    const double a = pattern(b, h, i, j);
+                    const double a = static_cast<double>(pattern(b, h, i, j));
                     total += a;
                     hit += a * static_cast<double>(detect(q, j));
                 }
@@ -11184,6 +11295,7 @@ MECHLENS_END_NAMESPACE
 /// attention patterns, on a sequential or a diverging colour scale). Everything is inline (no scripts, fonts or
 /// stylesheets from elsewhere), so a report opens offline and can be mailed as one file. Every piece of text is
 /// escaped.
+#include <limits>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -11287,7 +11399,7 @@ namespace detail {
 
 /// Smallest and largest finite value over every series, with a margin so lines do not touch the frame.
 inline std::pair<double, double> finite_range(const std::vector<line_series>& series, bool x_axis) {
-    double lo = INFINITY, hi = -INFINITY;
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
     for (const line_series& s : series)
         for (const double v : x_axis ? s.x : s.y)
             if (std::isfinite(v)) {

@@ -17,7 +17,7 @@ namespace kernels {
 namespace detail {
 
 /// x * sigmoid(x), lane-wise.
-inline float_batch silu(const float_batch& x) { return x / (float_batch(1.0f) + xsimd::exp(-x)); }
+inline float_batch silu(const float_batch& x) { return detail::divide(x, float_batch(1.0f) + xsimd::exp(-x)); }
 
 /// 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as x * sigmoid(2u), lane-wise.
 inline float_batch gelu_tanh(const float_batch& x) {
@@ -25,7 +25,7 @@ inline float_batch gelu_tanh(const float_batch& x) {
     const float_batch linear(static_cast<float>(k));
     const float_batch cubic(static_cast<float>(k * 0.044715));
     const float_batch two_u = x * xsimd::fma(cubic, x * x, linear);
-    return x / (float_batch(1.0f) + xsimd::exp(-two_u));
+    return detail::divide(x, float_batch(1.0f) + xsimd::exp(-two_u));
 }
 
 /// 0.5 x (1 + erf(x / sqrt 2)), evaluated as 0.5 x erfc(-x / sqrt 2) so the negative tail keeps its relative

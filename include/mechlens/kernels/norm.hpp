@@ -24,10 +24,10 @@ inline float rmsnorm(float* out, const float* x, const float* weight, index_t n,
     const float_batch scale(s);
     if (weight)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& g) { return v / scale * g; }, x, weight);
+            out, n, [=](const float_batch& v, const float_batch& g) { return detail::divide(v, scale) * g; }, x, weight);
     else
         detail::transform(
-            out, n, [=](const float_batch& v) { return v / scale; }, x);
+            out, n, [=](const float_batch& v) { return detail::divide(v, scale); }, x);
     return s;
 }
 
@@ -52,18 +52,18 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
         detail::transform(
             out, n,
             [=](const float_batch& v, const float_batch& g, const float_batch& b) {
-                return xsimd::fma((v - m) / scale, g, b);
+                return xsimd::fma(detail::divide(v - m, scale), g, b);
             },
             x, weight, bias);
     else if (weight)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& g) { return (v - m) / scale * g; }, x, weight);
+            out, n, [=](const float_batch& v, const float_batch& g) { return detail::divide(v - m, scale) * g; }, x, weight);
     else if (bias)
         detail::transform(
-            out, n, [=](const float_batch& v, const float_batch& b) { return (v - m) / scale + b; }, x, bias);
+            out, n, [=](const float_batch& v, const float_batch& b) { return detail::divide(v - m, scale) + b; }, x, bias);
     else
         detail::transform(
-            out, n, [=](const float_batch& v) { return (v - m) / scale; }, x);
+            out, n, [=](const float_batch& v) { return detail::divide(v - m, scale); }, x);
     return s;
 }
 

@@ -119,7 +119,9 @@ inline void rope_adjacent(float* head, const float* cos, const float* sin, index
 inline void rope_split_halves(float* head, const float* cos, const float* sin, index_t d_head) {
     const index_t half = d_head / 2;
     auto rotate = [](float_batch& a, float_batch& b, const float_batch& c, const float_batch& s) {
-        const float_batch a_rot = xsimd::fnma(b, s, a * c);
+        // fma of the negated partner, not xsimd::fnma: xsimd 8.1 has no NEON fnma and falls back to an unfused
+        // multiply and subtract there; negation is exact, so this is the fused a*c - b*s on every architecture.
+        const float_batch a_rot = xsimd::fma(-b, s, a * c);
         b = xsimd::fma(a, s, b * c);
         a = a_rot;
     };

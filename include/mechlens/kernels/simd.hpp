@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <limits>
+#include <type_traits>
 
 #include "mechlens/detail/third_party.hpp"
 
@@ -39,6 +40,16 @@ inline void store_partial(float* p, const float_batch& v, index_t count) noexcep
     alignas(batch_alignment) std::array<float, float_batch::size> buffer;
     v.store_aligned(buffer.data());
     std::copy_n(buffer.data(), count, p);
+}
+
+/// a / b, correctly rounded in every lane. xsimd 8.1 divides float batches on AArch64 with its 32-bit ARM code (a
+/// reciprocal estimate refined by two Newton steps), which can differ from the true quotient in the last bits; the
+/// kernels must round like scalar division so that hooked and plain passes, and every architecture, agree.
+inline float_batch divide(const float_batch& a, const float_batch& b) noexcept {
+#if XSIMD_WITH_NEON64
+    if constexpr (std::is_same_v<float_batch::arch_type, xsimd::neon64>) return vdivq_f32(a, b);
+#endif
+    return a / b;
 }
 
 /// Largest lane of `v`.

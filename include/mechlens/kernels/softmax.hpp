@@ -43,7 +43,7 @@ inline void softmax(float* x, index_t n) {
     const float_batch sum(xsimd::hadd(acc0 + acc1));
     // Dividing (not multiplying by 1/sum) keeps each probability within one rounding of exp/sum.
     detail::transform(
-        x, n, [=](const float_batch& v) { return v / sum; }, x);
+        x, n, [=](const float_batch& v) { return detail::divide(v, sum); }, x);
 }
 
 /// Softmax over row[0..valid), zeros in row[valid..n) (a causal attention row of which only the first `valid`
