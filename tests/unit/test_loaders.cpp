@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -842,4 +843,140 @@ TEST_CASE("loaders: every committed NumPy-written fixture reads back", "[loaders
         ++files;
     }
     REQUIRE(files > 0);
+}
+
+// ---- Regressions found while fuzzing the parsers (tests/fuzz, docs/FUZZING.md) ----------------------------------
+
+TEST_CASE("loaders: GGUF tensors that reuse the same bytes cannot multiply the converted memory", "[loaders][fuzz]") {
+    // Every F16 tensor info points at data offset 0: a small file whose conversion used to allocate once per
+    // tensor. Valid files never overlap, so the loader now refuses conversions beyond twice the file size.
+    gguf_writer w = tiny_llama(1);
+    for (gguf_writer::tensor& t : w.tensors) t.offset = 0;
+    const std::string bytes = w.bytes();
+    REQUIRE_NOTHROW(mechlens::gguf_file(write_scratch("alias_f16.gguf", bytes)));  // the container itself is fine
+    require_rejected("alias_f16.gguf", bytes, "tensors overlap", load_gguf_file);
+    // The same model without aliasing still loads (F16 converts to twice its bytes: exactly the budget's ratio).
+    REQUIRE_NOTHROW(load_gguf_file(write_scratch("alias_none.gguf", tiny_llama(1).bytes())));
+}
+
+namespace {
+
+// A checkpoint-shaped safetensors file with a tiny config (changed by `overrides`) but almost no parameters.
+std::string hostile_checkpoint(const std::map<std::string, std::string>& overrides) {
+    std::map<std::string, std::string> meta{
+        {"d_model", "4"},   {"n_layers", "1"},      {"n_heads", "2"},          {"n_kv_heads", "1"},
+        {"d_mlp", "4"},     {"d_vocab", "4"},       {"n_ctx", "4"},            {"rope_theta", "10000"},
+        {"norm_eps", "1e-05"}, {"tied_unembed", "true"}, {"rope", "adjacent_pairs"}, {"norm", "rms"},
+        {"positions", "rotary"}, {"mlp", "gated_silu"}};
+    for (const auto& [k, v] : overrides) meta[k] = v;
+    std::map<std::string, std::string> metadata{{"mechlens.format", "checkpoint"}};
+    for (const auto& [k, v] : meta) metadata["mechlens.config." + k] = v;
+    const std::vector<float> values(16, 0.5f);
+    const fs::path p = mechlens_test::scratch_dir() / "loaders_hostile_checkpoint.safetensors";
+    // Four one-float tensors beside the embedding, so the file has as many tensors as one layer needs.
+    mechlens::write_safetensors(p,
+                                {{"token_embedding", {4, 4}, values.data()},
+                                 {"a", {1}, values.data()},
+                                 {"b", {1}, values.data()},
+                                 {"c", {1}, values.data()},
+                                 {"d", {1}, values.data()}},
+                                metadata);
+    return read_file_bytes(p);
+}
+
+void load_checkpoint_file(const fs::path& p) { (void)mechlens::load_checkpoint(p); }
+
+}  // namespace
+
+TEST_CASE("loaders: checkpoint configs larger than the file are rejected before allocating", "[loaders][fuzz]") {
+    // d_vocab * d_model = 2^48 floats: model_parameters used to be allocated (std::bad_alloc, or an ASan abort)
+    // before any tensor was compared with the config.
+    require_rejected("ckpt_huge_dims.safetensors", hostile_checkpoint({{"d_model", "16777216"}, {"d_vocab", "16777216"}}),
+                     "the config implies (16777216, 16777216)", load_checkpoint_file);
+    // 2^24 layers of tiny tensors: parameter_layout alone built 2^27 entries (gigabytes, seconds).
+    require_rejected("ckpt_many_layers.safetensors", hostile_checkpoint({{"n_layers", "16777216"}}), "layers",
+                     load_checkpoint_file);
+    // The tiny config itself: its first missing tensor is named, still before model_parameters exists.
+    require_rejected("ckpt_missing.safetensors", hostile_checkpoint({}), "lacks tensor 'blocks.0.attn_norm'",
+                     load_checkpoint_file);
+}
+
+TEST_CASE("loaders: safetensors headers with many keys parse in n log n, duplicates still found", "[loaders][fuzz]") {
+    // 200000 distinct metadata keys: the old duplicate check compared each key with every earlier one (2e10
+    // string comparisons, minutes); sorting makes it a fraction of a second.
+    constexpr int n = 200000;
+    std::string header = "{\"__metadata__\":{";
+    for (int i = 0; i < n; ++i) header += (i ? ",\"" : "\"") + std::to_string(i) + "\":\"\"";
+    const auto file = [](std::string text) {
+        text += std::string((8 - text.size() % 8) % 8, ' ');
+        std::string out;
+        append_raw<std::uint64_t>(out, text.size());
+        return out + text;
+    };
+    const mechlens::safetensors_file many = mechlens::read_safetensors(write_scratch("many_keys.safetensors",
+                                                                                     file(header + "}}")));
+    REQUIRE(many.metadata.size() == static_cast<std::size_t>(n));
+    require_rejected("many_keys_dup.safetensors", file(header + ",\"77\":\"x\"}}"), "duplicate key \"77\"",
+                     [](const fs::path& p) { (void)mechlens::read_safetensors(p); });
+}
+
+TEST_CASE("loaders: safetensors tensors naming the same bytes are rejected before any copy", "[loaders][fuzz]") {
+    // 64 tensors of 1 MiB all at data_offsets [0, 1 MiB]: each used to be copied (64 MiB for a 1 MiB file)
+    // before the tiling check found the overlap.
+    constexpr int tensors = 64;
+    constexpr std::size_t floats = std::size_t{1} << 18;
+    std::string header = "{";
+    for (int i = 0; i < tensors; ++i)
+        header += (i ? ",\"t" : "\"t") + std::to_string(i) + "\":{\"dtype\":\"F32\",\"shape\":[" +
+                  std::to_string(floats) + "],\"data_offsets\":[0," + std::to_string(floats * 4) + "]}";
+    header += "}";
+    std::string bytes;
+    append_raw<std::uint64_t>(bytes, header.size());
+    bytes += header + std::string(floats * 4, '\0');
+    require_rejected("alias.safetensors", bytes, "overlapping tensors",
+                     [](const fs::path& p) { (void)mechlens::read_safetensors(p); });
+}
+
+TEST_CASE("loaders: in-memory parse_npy and parse_safetensors agree with the file readers", "[loaders][fuzz]") {
+    const std::vector<float> values{1.5f, -2.0f, 0.25f, 8.0f, 0.0f, -0.5f};
+    const fs::path npy_path = mechlens_test::scratch_dir() / "loaders_parse.npy";
+    mechlens::write_npy(npy_path, values.data(), {2, 3});
+    const std::string npy_bytes = read_file_bytes(npy_path);
+    const mechlens::npy_array a =
+        mechlens::parse_npy(reinterpret_cast<const std::byte*>(npy_bytes.data()), npy_bytes.size(), "memory.npy");
+    REQUIRE(a.shape == mechlens::read_npy(npy_path).shape);
+    REQUIRE(a.data == values);
+    const std::string npy_error = error_of([&] {
+        (void)mechlens::parse_npy(reinterpret_cast<const std::byte*>(npy_bytes.data()), 9, "memory.npy");
+    });
+    REQUIRE(npy_error.find("memory.npy") != std::string::npos);
+
+    const fs::path st_path = mechlens_test::scratch_dir() / "loaders_parse.safetensors";
+    mechlens::write_safetensors(st_path, {{"w", {3, 2}, values.data()}}, {{"k", "v"}});
+    const std::string st_bytes = read_file_bytes(st_path);
+    const mechlens::safetensors_file f = mechlens::parse_safetensors(
+        reinterpret_cast<const std::byte*>(st_bytes.data()), st_bytes.size(), "memory.safetensors");
+    REQUIRE(f.tensors.size() == 1);
+    REQUIRE(f.tensors[0].values == values);
+    REQUIRE(f.metadata.at("k") == "v");
+    const std::string st_error = error_of([&] {
+        (void)mechlens::parse_safetensors(reinterpret_cast<const std::byte*>(st_bytes.data()), st_bytes.size() - 1,
+                                          "memory.safetensors");
+    });
+    REQUIRE(st_error.find("memory.safetensors") != std::string::npos);
+}
+
+TEST_CASE("loaders: a GGUF block_count beyond the tensors it has is rejected before sizing the layers", "[loaders][fuzz]") {
+    // Found by fuzz_gguf: block_count 2949121 made load_gguf resize its layer vector (about 1 GB) before it
+    // looked up the first block tensor.
+    gguf_writer w = tiny_llama(0);
+    w.erase_kv("llama.block_count");
+    w.kv_u32("llama.block_count", 2949121);
+    require_rejected("many_blocks.gguf", w.bytes(), "llama.block_count = 2949121 needs", load_gguf_file);
+    // Exactly enough tensors passes this check, and the missing block tensor is then named.
+    gguf_writer three = tiny_llama(0);
+    three.erase_kv("llama.block_count");
+    three.kv_u32("llama.block_count", 3);
+    for (int i = 0; i < 9; ++i) three.tensors.push_back({"pad." + std::to_string(i), {1}, 0, std::string(4, '\0'), {}});
+    require_rejected("three_blocks.gguf", three.bytes(), "missing tensor 'blk.2.attn_norm.weight'", load_gguf_file);
 }

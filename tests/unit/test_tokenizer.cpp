@@ -579,3 +579,26 @@ TEST_CASE("tokenizer: the GGUF vocabulary of stories260K tokenizes like tok512.b
         CHECK(from_gguf.decode(encoded) == text);
     }
 }
+
+TEST_CASE("tokenizer: parse_llama2c_vocabulary reads bytes like the file reader", "[tokenizer][fuzz]") {
+    std::string bytes;
+    put_i32(bytes, 3);
+    put_entry(bytes, 0.0F, "<unk>");  // longer than max_token_length 3: rejected, naming the caller's name
+    put_entry(bytes, 0.0F, "<s>");
+    put_entry(bytes, 0.0F, "</s>");
+    try {
+        (void)mechlens::parse_llama2c_vocabulary(bytes, "in-memory tokenizer");
+        FAIL("expected format_error");
+    } catch (const mechlens::format_error& e) {
+        CHECK(std::string(e.what()).find("in-memory tokenizer") != std::string::npos);
+        CHECK(std::string(e.what()).find("above max_token_length") != std::string::npos);
+    }
+    bytes.replace(0, 4, std::string("\x06\0\0\0", 4));
+    put_entry(bytes, -2.0F, "<0x41>");
+    const mechlens::vocabulary from_bytes = mechlens::parse_llama2c_vocabulary(bytes, "in-memory tokenizer");
+    const mechlens::vocabulary from_file = mechlens::read_llama2c_vocabulary(write_scratch("tok_parse.bin", bytes));
+    CHECK(from_bytes.pieces == from_file.pieces);
+    CHECK(from_bytes.scores == from_file.scores);
+    CHECK(from_bytes.kinds == from_file.kinds);
+    CHECK(from_bytes.kinds[3] == mechlens::token_kind::byte);
+}

@@ -125,6 +125,12 @@ inline loaded_model load_gguf(const gguf_file& g) {
         g.fail("llama.rope.dimension_count = " + std::to_string(g.get_int("llama.rope.dimension_count")) +
                " differs from d_head " + std::to_string(config.d_head()) + " (partial rotary is not supported)");
 
+    // Each block has nine tensors: check the count before sizing anything by block_count (up to 2^24).
+    if (static_cast<std::uint64_t>(config.n_layers) > g.tensors().size() / 9)
+        g.fail("llama.block_count = " + std::to_string(config.n_layers) + " needs " +
+               std::to_string(9 * static_cast<std::uint64_t>(config.n_layers)) + " block tensors, but the file has " +
+               std::to_string(g.tensors().size()) + " tensors");
+
     const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
     detail::weight_builder builder(g.file());
     detail::gguf_weight_reader read(g, builder);

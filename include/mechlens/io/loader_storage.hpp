@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/model/weights.hpp"
+#include "mechlens/tensor/errors.hpp"
 #include "mechlens/tensor/tensor.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
@@ -81,11 +83,20 @@ public:
 
 private:
     float* allocate(index_t count) {
+        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
+        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
+        const std::shared_ptr<const mapped_file>& file = storage_->file;
+        converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
+        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
+            throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
+                               std::to_string(converted_bytes_) + " bytes for a file of " +
+                               std::to_string(file->size()) + " bytes");
         storage_->converted.emplace_back(extents<1>{count});
         return storage_->converted.back().data();
     }
 
     std::unique_ptr<loader_storage> storage_;
+    std::uint64_t converted_bytes_ = 0;
 };
 
 }  // namespace detail

@@ -249,10 +249,12 @@ void write_npy(const std::filesystem::path& path, const tensor<T, Rank>& t) {
 
 /// Reads a .npy file of dtype '<f4', '<f8', '<i4' or '<i8' (converted to float); throws format_error naming the file
 /// for any other dtype, fortran_order True, bad magic, an unsupported version, a malformed header or truncated data.
-inline npy_array read_npy(const std::filesystem::path& path) {
-    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    detail::byte_reader r(file->data(), file->size(), path.string());
-    if (file->size() < 6 || std::memcmp(file->data(), "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
+inline npy_array read_npy(const std::filesystem::path& path);
+
+/// Parses the `size` bytes of a .npy file at `data` (errors name `where`); read_npy without the file.
+inline npy_array parse_npy(const std::byte* data, std::size_t size, const std::string& where) {
+    detail::byte_reader r(data, size, where);
+    if (size < 6 || std::memcmp(data, "\x93NUMPY", 6) != 0) r.fail("not a .npy file (bad magic)");
     r.take(6, "magic");
     const auto major = r.read<std::uint8_t>("version");
     const auto minor = r.read<std::uint8_t>("version");
@@ -280,19 +282,24 @@ inline npy_array read_npy(const std::filesystem::path& path) {
 
     std::uint64_t count = 1;
     for (index_t e : out.shape)
-        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), path.string(), "array");
-    const std::uint64_t bytes = detail::checked_mul(count, item, path.string(), "array data");
-    const std::byte* data = r.take(bytes, "array data");  // fits in the file, hence in size_t
+        count = detail::checked_mul(count, static_cast<std::uint64_t>(e), where, "array");
+    const std::uint64_t bytes = detail::checked_mul(count, item, where, "array data");
+    const std::byte* elements = r.take(bytes, "array data");  // fits in the input, hence in size_t
     const auto n = static_cast<std::size_t>(count);
     if (descr == "<f4")
-        detail::npy_convert<float>(data, n, out.data);
+        detail::npy_convert<float>(elements, n, out.data);
     else if (descr == "<f8")
-        detail::npy_convert<double>(data, n, out.data);
+        detail::npy_convert<double>(elements, n, out.data);
     else if (descr == "<i4")
-        detail::npy_convert<std::int32_t>(data, n, out.data);
+        detail::npy_convert<std::int32_t>(elements, n, out.data);
     else
-        detail::npy_convert<std::int64_t>(data, n, out.data);
+        detail::npy_convert<std::int64_t>(elements, n, out.data);
     return out;
+}
+
+inline npy_array read_npy(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    return parse_npy(file->data(), file->size(), path.string());
 }
 
 MECHLENS_END_NAMESPACE

@@ -127,8 +127,6 @@ private:
             skip_space();
             if (peek() != '"') fail("expected a string key");
             std::string key = string();
-            for (const json_member& member : v.members)
-                if (member.key == key) fail("duplicate key \"" + key.substr(0, 100) + "\"");
             skip_space();
             if (peek() != ':') fail("expected ':'");
             ++pos_;
@@ -140,10 +138,23 @@ private:
             }
             if (peek() == '}') {
                 ++pos_;
+                check_unique_keys(v);
                 return;
             }
             fail("expected ',' or '}'");
         }
+    }
+
+    // Duplicates are looked for once the object is complete, by sorting pointers to the keys: O(n log n), where
+    // comparing every new key with all earlier ones made a header of many short keys quadratic.
+    void check_unique_keys(const json_value& v) const {
+        std::vector<const std::string*> keys;
+        keys.reserve(v.members.size());
+        for (const json_member& member : v.members) keys.push_back(&member.key);
+        std::sort(keys.begin(), keys.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+        const auto twin = std::adjacent_find(keys.begin(), keys.end(),
+                                             [](const std::string* a, const std::string* b) { return *a == *b; });
+        if (twin != keys.end()) fail("duplicate key \"" + (*twin)->substr(0, 100) + "\" in the object ending");
     }
 
     void array(json_value& v, int depth) {
@@ -404,15 +415,17 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
 /// Reads a `.safetensors` file whose tensors are all F32. Throws format_error naming the file for anything else:
 /// truncation, a header that is not strict JSON or not the safetensors schema, another dtype, offsets that do not
 /// match the shape or do not tile the data exactly (no holes, no overlaps, nothing after the last tensor).
-inline safetensors_file read_safetensors(const std::filesystem::path& path) {
-    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    detail::byte_reader r(file->data(), file->size(), path.string());
+inline safetensors_file read_safetensors(const std::filesystem::path& path);
+
+/// Parses the `size` bytes of a `.safetensors` file at `bytes` (errors name `where`); read_safetensors without the file.
+inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where) {
+    detail::byte_reader r(bytes, size, where);
     const auto header_length = r.read<std::uint64_t>("header length");
     if (header_length > detail::safetensors_max_header)
         r.fail("header length " + std::to_string(header_length) + " exceeds the 100 MiB limit");
     const std::string header = r.read_string(header_length, "header");
     if (header.empty() || header[0] != '{') r.fail("the header does not start with '{'");
-    const detail::json_value root = detail::json_parser(header, path.string()).parse_document();
+    const detail::json_value root = detail::json_parser(header, where).parse_document();
     if (root.kind != detail::json_value::type::object) r.fail("the header is not a JSON object");
     const std::uint64_t data_size = r.remaining();
     const std::byte* data = r.take(data_size, "tensor data");
@@ -451,23 +464,21 @@ inline safetensors_file read_safetensors(const std::filesystem::path& path) {
         t.name = name;
         std::uint64_t count = 1;
         for (const detail::json_value& e : shape->items) {
-            const std::uint64_t extent = detail::json_uint(e, path.string(), what + " shape extent");
+            const std::uint64_t extent = detail::json_uint(e, where, what + " shape extent");
             if (extent > static_cast<std::uint64_t>(PTRDIFF_MAX)) r.fail(what + " shape extent is too large");
-            count = detail::checked_mul(count, extent, path.string(), what);
+            count = detail::checked_mul(count, extent, where, what);
             t.shape.push_back(static_cast<index_t>(extent));
         }
         if (offsets->kind != detail::json_value::type::array || offsets->items.size() != 2)
             r.fail(what + ": data_offsets is not a [begin, end] pair");
-        const std::uint64_t begin = detail::json_uint(offsets->items[0], path.string(), what + " data_offsets");
-        const std::uint64_t end = detail::json_uint(offsets->items[1], path.string(), what + " data_offsets");
+        const std::uint64_t begin = detail::json_uint(offsets->items[0], where, what + " data_offsets");
+        const std::uint64_t end = detail::json_uint(offsets->items[1], where, what + " data_offsets");
         if (begin > end || end > data_size)
             r.fail(what + " data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ") lie outside the " + std::to_string(data_size) + " data bytes");
-        if (end - begin != detail::checked_mul(count, sizeof(float), path.string(), what))
+        if (end - begin != detail::checked_mul(count, sizeof(float), where, what))
             r.fail(what + " holds " + std::to_string(end - begin) + " bytes, but its shape needs " +
                    std::to_string(count * sizeof(float)));
-        t.values.resize(static_cast<std::size_t>(count));
-        if (count > 0) std::memcpy(t.values.data(), data + begin, static_cast<std::size_t>(end - begin));
         spans.push_back({begin, end, out.tensors.size()});
         out.tensors.push_back(std::move(t));
     }
@@ -486,7 +497,19 @@ inline safetensors_file read_safetensors(const std::filesystem::path& path) {
     if (expected != data_size)
         r.fail("the tensors cover " + std::to_string(expected) + " of the " + std::to_string(data_size) +
                " data bytes");
+    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most the file's size
+    // (copying first let many tensors naming the same bytes allocate that many copies).
+    for (const span& s : spans) {
+        std::vector<float>& values = out.tensors[s.tensor].values;
+        values.resize(static_cast<std::size_t>((s.end - s.begin) / sizeof(float)));
+        if (!values.empty()) std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+    }
     return out;
+}
+
+inline safetensors_file read_safetensors(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    return parse_safetensors(file->data(), file->size(), path.string());
 }
 
 MECHLENS_END_NAMESPACE

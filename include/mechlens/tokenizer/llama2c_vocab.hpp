@@ -13,6 +13,7 @@
 #include <ios>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mechlens/detail/namespace.hpp"
@@ -39,7 +40,7 @@ inline std::string read_whole_file(const std::filesystem::path& path, const char
 }
 
 /// The little-endian 32-bit word at `offset`; the caller has checked that four bytes remain.
-inline std::uint32_t load_le_u32(const std::string& bytes, std::size_t offset) noexcept {
+inline std::uint32_t load_le_u32(std::string_view bytes, std::size_t offset) noexcept {
     std::uint32_t value = 0;
     for (std::size_t i = 0; i < 4; ++i) {
         value |= static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
@@ -70,10 +71,12 @@ inline float as_float32(std::uint32_t bits) noexcept {
 /// `<0xXX>` are marked as byte pieces; the rest are normal. Throws format_error, naming the file, when the file
 /// is missing, empty, truncated inside an entry, has a negative length or a piece longer than the header's
 /// max_token_length (which llama2.c relies on to size its buffers), or has fewer than three entries.
-inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
-    const std::string bytes = detail::tok::read_whole_file(path, "llama2.c tokenizer");
+inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path);
+
+/// Parses the bytes of a llama2.c tokenizer file (errors name `name`); read_llama2c_vocabulary without the file.
+inline vocabulary parse_llama2c_vocabulary(std::string_view bytes, const std::string& name) {
     const auto fail = [&](const std::string& problem) {
-        return format_error("mechlens: llama2.c tokenizer '" + path.string() + "': " + problem);
+        return format_error("mechlens: llama2.c tokenizer '" + name + "': " + problem);
     };
     if (bytes.empty()) throw fail("empty file");
     if (bytes.size() < 4) throw fail("file of " + std::to_string(bytes.size()) + " bytes is too short for the header");
@@ -103,7 +106,7 @@ inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
             throw fail(where + " is truncated: piece length " + std::to_string(length) + " but only " +
                        std::to_string(bytes.size() - offset) + " bytes left");
         }
-        vocab.pieces.emplace_back(bytes, offset, piece_length);
+        vocab.pieces.emplace_back(bytes.substr(offset, piece_length));
         vocab.scores.push_back(score);
         offset += piece_length;
     }
@@ -123,6 +126,10 @@ inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
     vocab.bos_id = 1;
     vocab.eos_id = 2;
     return vocab;
+}
+
+inline vocabulary read_llama2c_vocabulary(const std::filesystem::path& path) {
+    return parse_llama2c_vocabulary(detail::tok::read_whole_file(path, "llama2.c tokenizer"), path.string());
 }
 
 MECHLENS_END_NAMESPACE

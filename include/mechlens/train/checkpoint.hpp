@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
@@ -139,6 +140,31 @@ private:
     std::string where_;
 };
 
+/// Throws format_error when the parameter layout of `c` could not come from `file`: more blocks than its tensors
+/// allow (four or more each), or a parameter count that overflows index_t. Both are checked before
+/// parameter_layout, whose sums are unchecked, and before anything is sized by the config.
+inline void check_checkpoint_size(const model_config& c, const safetensors_file& file, const std::string& where) {
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    // Every block has at least four tensors (w_q, w_k, w_v, w_o).
+    if (u(c.n_layers) > file.tensors.size() / 4)
+        format_fail(where, "checkpoint config has " + std::to_string(c.n_layers) + " layers, but the file holds only " +
+                               std::to_string(file.tensors.size()) + " tensors");
+    const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
+    const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
+    // The float count of parameter_layout, in checked arithmetic.
+    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
+                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
+    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
+    if (!c.attn_only())
+        layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
+    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
+    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
+    needed = add(needed, norm);
+    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
+    if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
+        format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
+}
+
 }  // namespace detail
 
 /// Writes `parameters` to a `.safetensors` file: F32 tensors named by parameter_layout (rank 1 or 2, in layout
@@ -184,9 +210,11 @@ inline void save_checkpoint(const std::filesystem::path& path, const model_param
 /// Reads a checkpoint written by save_checkpoint. Throws format_error naming the file when it is not a valid
 /// safetensors file (truncated, malformed), when a config field is missing or invalid, or when a tensor is missing,
 /// unexpected, or of another shape than the config implies.
-inline checkpoint load_checkpoint(const std::filesystem::path& path) {
-    const std::string where = path.string();
-    safetensors_file file = read_safetensors(path);  // checks the container: bounds, dtype F32, exact tiling
+inline checkpoint load_checkpoint(const std::filesystem::path& path);
+
+/// Checks the contents of a parsed checkpoint file and builds the checkpoint (errors name `where`); the part of
+/// load_checkpoint after read_safetensors.
+inline checkpoint checkpoint_from_safetensors(safetensors_file file, const std::string& where) {
     const detail::config_reader r(file.metadata, where);
     if (const auto it = file.metadata.find("mechlens.format"); it == file.metadata.end() || it->second != "checkpoint")
         detail::format_fail(where, "not a mechlens checkpoint (metadata mechlens.format is not 'checkpoint')");
@@ -206,21 +234,27 @@ inline checkpoint load_checkpoint(const std::filesystem::path& path) {
     c.positions = r.choice<positional_kind>("positions", detail::position_names);
     c.mlp = r.choice<mlp_kind>("mlp", detail::mlp_names);
     c.validate(where);
+    detail::check_checkpoint_size(c, file, where);
 
-    checkpoint out{model_parameters(c), {}, std::nullopt};
     std::map<std::string, safetensors_tensor*> by_name;
     for (safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
-    float* base = out.parameters.flat().data();
-    for (const parameter_entry& e : out.parameters.layout()) {
+    // Every parameter tensor must be in the file with its shape before model_parameters allocates: a hostile
+    // config then cannot ask for more memory than the file's own tensors occupy.
+    for (const parameter_entry& e : parameter_layout(c)) {
         const auto it = by_name.find(e.name);
         if (it == by_name.end()) detail::format_fail(where, "checkpoint lacks tensor '" + e.name + "'");
         std::vector<index_t> expected{e.shape[0]};
         if (e.rank == 2) expected.push_back(e.shape[1]);
-        const safetensors_tensor& t = *it->second;
-        if (t.shape != expected)
-            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(t.shape) +
+        if (it->second->shape != expected)
+            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(it->second->shape) +
                                            ", the config implies " + detail::shape_text(expected));
-        std::memcpy(base + e.offset, t.values.data(), t.values.size() * sizeof(float));
+    }
+
+    checkpoint out{model_parameters(c), {}, std::nullopt};
+    float* base = out.parameters.flat().data();
+    for (const parameter_entry& e : out.parameters.layout()) {
+        const auto it = by_name.find(e.name);
+        std::memcpy(base + e.offset, it->second->values.data(), it->second->values.size() * sizeof(float));
         by_name.erase(it);
     }
 
@@ -255,6 +289,11 @@ inline checkpoint load_checkpoint(const std::filesystem::path& path) {
     for (auto& [key, value] : file.metadata)
         if (key.rfind(detail::checkpoint_prefix, 0) != 0) out.metadata[key] = std::move(value);
     return out;
+}
+
+inline checkpoint load_checkpoint(const std::filesystem::path& path) {
+    // read_safetensors checks the container: bounds, dtype F32, exact tiling.
+    return checkpoint_from_safetensors(read_safetensors(path), path.string());
 }
 
 MECHLENS_END_NAMESPACE

@@ -1,0 +1,58 @@
+// libFuzzer harness for the GGUF parser (gguf_file) and the GGUF model and vocabulary loaders: parse, walk every
+// metadata value and tensor info, read the bytes of every range-checked tensor, then load the model (touching
+// every weight) and the vocabulary (and tokenize with it). format_error is the documented rejection; the
+// tokenizer may also refuse a vocabulary or a text with std::invalid_argument. Anything else is a bug.
+#include "fuzz_support.hpp"
+
+#include <memory>
+#include <stdexcept>
+
+namespace {
+
+std::size_t walk(const mechlens::gguf_value& v) {
+    std::size_t n = 1;
+    if (const auto* s = v.as_string()) n += s->size();
+    if (const auto* a = v.as_array())
+        for (const mechlens::gguf_value& e : *a) n += walk(e);
+    return n;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    static mechlens_fuzz::memory_file file;
+    const std::string& path = file.write(data, size);
+    std::unique_ptr<const mechlens::gguf_file> g;
+    try {
+        g = std::make_unique<const mechlens::gguf_file>(std::filesystem::path(path));
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+        return 0;
+    }
+    std::size_t seen = 0;
+    for (const auto& [key, value] : g->metadata()) seen += key.size() + walk(value);
+    for (const mechlens::gguf_tensor_info& t : g->tensors()) {
+        if (g->find_tensor(t.name) != &t) std::abort();
+        if (mechlens::detail::ggml_block_layout(t.type).first == 0) continue;
+        const std::byte* bytes = g->tensor_data(t);
+        for (std::uint64_t i = 0; i < t.n_bytes; ++i) seen += std::to_integer<std::size_t>(bytes[i]);
+    }
+    mechlens_fuzz::keep(seen);
+    try {
+        const mechlens::loaded_model m = mechlens::load_gguf(*g);
+        mechlens_fuzz::keep(mechlens_fuzz::touch_model(m));
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+    }
+    try {
+        mechlens::vocabulary v = mechlens::load_gguf_vocabulary(*g);
+        const mechlens::bpe_tokenizer tok(std::move(v));
+        const std::vector<std::int32_t> ids = tok.encode("Once upon a time \xE2\x96\x81\xC3\xA9!", false, false);
+        mechlens_fuzz::keep(tok.decode(ids));
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+    } catch (const std::invalid_argument& e) {
+        mechlens_fuzz::rejected(e);
+    }
+    return 0;
+}

@@ -1,0 +1,41 @@
+// libFuzzer harness for the safetensors reader (JSON header + F32 tensors) and the training-checkpoint reader
+// built on it: parse from memory, check what came back, then interpret it as a checkpoint. format_error is the
+// documented rejection; anything else escaping is a bug.
+#include "fuzz_support.hpp"
+
+// train/optimizer.hpp (included by checkpoint.hpp) trips clang's -Wdouble-promotion; that is not parser code.
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdouble-promotion"
+#include <mechlens/train/checkpoint.hpp>
+#pragma clang diagnostic pop
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    mechlens::safetensors_file f;
+    try {
+        f = mechlens::parse_safetensors(reinterpret_cast<const std::byte*>(data), size, "fuzz.safetensors");
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+        return 0;
+    }
+    double sum = 0.0;
+    for (const mechlens::safetensors_tensor& t : f.tensors) {
+        std::size_t count = 1;
+        for (const mechlens::index_t e : t.shape) {
+            if (e < 0) std::abort();
+            count *= static_cast<std::size_t>(e);
+        }
+        if (count != t.values.size()) std::abort();
+        for (const float x : t.values) sum += static_cast<double>(x);
+    }
+    mechlens_fuzz::keep(sum);
+    try {
+        const mechlens::checkpoint c = mechlens::checkpoint_from_safetensors(std::move(f), "fuzz.safetensors");
+        mechlens_fuzz::keep(c.parameters.size());
+        if (c.optimizer && (c.optimizer->m.size() != static_cast<std::size_t>(c.parameters.size()) ||
+                            c.optimizer->v.size() != static_cast<std::size_t>(c.parameters.size())))
+            std::abort();
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+    }
+    return 0;
+}

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Builds the seed corpora of the libFuzzer harnesses in BUILD_DIR/fuzz/seeds/<harness>/ (python3 stdlib only).
+
+Two kinds of seeds:
+  * cut from the real model files under $MECHLENS_MODELS (default <repo>/../shared/models) when they exist:
+    headers and short prefixes, never more than 64 KiB each, and only into the build tree (nothing is copied
+    into the repository);
+  * tiny synthetic files written here from the format descriptions, always, so fuzzing works without the models.
+Small repository fixtures (tests/reference/fixtures) are used as well when they fit the size limit.
+
+Usage: make_seeds.py BUILD_DIR
+"""
+import json
+import os
+import pathlib
+import shutil
+import struct
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MAX_SEED = 64 * 1024
+
+
+def models_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("MECHLENS_MODELS", str(REPO.parent / "shared" / "models")))
+
+
+class Corpus:
+    def __init__(self, root: pathlib.Path, name: str):
+        self.dir = root / name
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.count = 0
+
+    def add(self, label: str, data: bytes) -> None:
+        data = data[:MAX_SEED]
+        (self.dir / f"{self.count:03d}_{label}").write_bytes(data)
+        self.count += 1
+
+    def add_prefixes(self, label: str, path: pathlib.Path, header: int) -> None:
+        """The first `header` bytes and a few longer prefixes of a real file, if it exists."""
+        if not path.is_file():
+            return
+        with open(path, "rb") as f:
+            head = f.read(MAX_SEED)
+        for n in sorted({header, 256, 4096, MAX_SEED}):
+            if n <= len(head):
+                self.add(f"{label}_prefix{n}", head[:n])
+
+
+def f32s(values) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def ramp(n: int, k: int = 0) -> list:
+    return [((i * 7 + k * 3) % 17 - 8) * 0.125 for i in range(n)]
+
+
+# ---- llama2.c legacy checkpoints -------------------------------------------------------------------------------
+
+def llama2c_model(dim=4, hidden=4, layers=1, heads=2, kv_heads=1, vocab=4, seq=2, shared=True) -> bytes:
+    head = dim // heads
+    kv = kv_heads * head
+    out = struct.pack("<7i", dim, hidden, layers, heads, kv_heads, vocab if shared else -vocab, seq)
+    sizes = [vocab * dim, layers * dim, layers * dim * dim, layers * kv * dim, layers * kv * dim, layers * dim * dim,
+             layers * dim, layers * hidden * dim, layers * dim * hidden, layers * hidden * dim, dim,
+             seq * head // 2, seq * head // 2]
+    if not shared:
+        sizes.append(vocab * dim)
+    for k, n in enumerate(sizes):
+        out += f32s(ramp(n, k))
+    return out
+
+
+# ---- GGUF --------------------------------------------------------------------------------------------------------
+
+def gguf_str(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def gguf_kv(key: str, type_: int, payload: bytes) -> bytes:
+    return gguf_str(key) + struct.pack("<I", type_) + payload
+
+
+def gguf_model(ttype: int = 0, with_vocab: bool = True) -> bytes:
+    """A tiny llama GGUF: d_model 4, 2 heads, 1 kv head, d_mlp 4, 1 layer, vocab 4; ttype 0 = F32, 1 = F16."""
+    d, hidden, vocab = 4, 4, 4
+    kvs = [gguf_kv("general.architecture", 8, gguf_str("llama")),
+           gguf_kv("general.alignment", 4, struct.pack("<I", 32)),
+           gguf_kv("llama.embedding_length", 4, struct.pack("<I", d)),
+           gguf_kv("llama.block_count", 4, struct.pack("<I", 1)),
+           gguf_kv("llama.feed_forward_length", 4, struct.pack("<I", hidden)),
+           gguf_kv("llama.attention.head_count", 4, struct.pack("<I", 2)),
+           gguf_kv("llama.attention.head_count_kv", 4, struct.pack("<I", 1)),
+           gguf_kv("llama.context_length", 4, struct.pack("<I", 8)),
+           gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+           gguf_kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+    if with_vocab:
+        tokens = ["<unk>", "<s>", "</s>", "\u2581a"]
+        kvs.append(gguf_kv("tokenizer.ggml.tokens", 9,
+                           struct.pack("<IQ", 8, len(tokens)) + b"".join(gguf_str(t) for t in tokens)))
+        kvs.append(gguf_kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 4) + f32s([0, 0, 0, -1])))
+        kvs.append(gguf_kv("tokenizer.ggml.token_type", 9, struct.pack("<IQ4i", 5, 4, 2, 3, 3, 1)))
+        kvs.append(gguf_kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 1)))
+        kvs.append(gguf_kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 2)))
+    tensors = [("token_embd.weight", [d, vocab]), ("blk.0.attn_norm.weight", [d]), ("blk.0.attn_q.weight", [d, d]),
+               ("blk.0.attn_k.weight", [d, 2]), ("blk.0.attn_v.weight", [d, 2]), ("blk.0.attn_output.weight", [d, d]),
+               ("blk.0.ffn_norm.weight", [d]), ("blk.0.ffn_gate.weight", [d, hidden]),
+               ("blk.0.ffn_up.weight", [d, hidden]), ("blk.0.ffn_down.weight", [hidden, d]),
+               ("output_norm.weight", [d])]
+    infos, blob = b"", b""
+    for k, (name, dims) in enumerate(tensors):
+        n = 1
+        for x in dims:
+            n *= x
+        values = ramp(n, k)
+        data = f32s(values) if ttype == 0 else struct.pack(f"<{n}e", *values)
+        infos += gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        infos += struct.pack("<IQ", ttype, len(blob))
+        blob += data + b"\0" * ((-len(data)) % 32)
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + infos
+    out += b"\0" * ((-len(out)) % 32)
+    return out + blob
+
+
+# ---- safetensors -------------------------------------------------------------------------------------------------
+
+def safetensors(tensors, metadata=None) -> bytes:
+    """tensors: list of (name, shape, floats)."""
+    header, blob = {}, b""
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, shape, values in tensors:
+        data = f32s(values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(blob), len(blob) + len(data)]}
+        blob += data
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % 8)
+    return struct.pack("<Q", len(text)) + text + blob
+
+
+def checkpoint(with_optimizer: bool) -> bytes:
+    """A mechlens training checkpoint: d_model 4, 2 heads, 1 kv head, d_mlp 4, 1 layer, vocab 4, tied, rotary."""
+    config = {"d_model": "4", "n_layers": "1", "n_heads": "2", "n_kv_heads": "1", "d_mlp": "4", "d_vocab": "4",
+              "n_ctx": "4", "rope_theta": "10000", "norm_eps": "1e-05", "tied_unembed": "true",
+              "rope": "adjacent_pairs", "norm": "rms", "positions": "rotary", "mlp": "gated_silu"}
+    metadata = {"mechlens.config." + k: v for k, v in config.items()}
+    metadata["mechlens.format"] = "checkpoint"
+    metadata["run"] = "seed"
+    layout = [("token_embedding", [4, 4]), ("blocks.0.attn_norm", [4]), ("blocks.0.w_q", [4, 4]),
+              ("blocks.0.w_k", [2, 4]), ("blocks.0.w_v", [2, 4]), ("blocks.0.w_o", [4, 4]),
+              ("blocks.0.mlp_norm", [4]), ("blocks.0.w_gate", [4, 4]), ("blocks.0.w_up", [4, 4]),
+              ("blocks.0.w_down", [4, 4]), ("final_norm", [4])]
+    tensors, total = [], 0
+    for k, (name, shape) in enumerate(layout):
+        n = shape[0] * (shape[1] if len(shape) == 2 else 1)
+        total += n
+        tensors.append((name, shape, ramp(n, k)))
+    if with_optimizer:
+        metadata["mechlens.optimizer.step"] = "3"
+        tensors.append(("optimizer.adamw.m", [total], ramp(total, 1)))
+        tensors.append(("optimizer.adamw.v", [total], [abs(x) for x in ramp(total, 2)]))
+    return safetensors(tensors, metadata)
+
+
+# ---- .npy --------------------------------------------------------------------------------------------------------
+
+def npy(descr: str, shape, raw: bytes, major: int = 1) -> bytes:
+    dims = ", ".join(str(x) for x in shape) + ("," if len(shape) == 1 else "")
+    d = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (descr, dims)
+    pre = 10 if major == 1 else 12
+    length = len(d) + 1
+    length += (-(pre + length)) % 64
+    head = b"\x93NUMPY" + bytes([major, 0])
+    head += struct.pack("<H" if major == 1 else "<I", length)
+    return head + d.encode() + b" " * (length - len(d) - 1) + b"\n" + raw
+
+
+# ---- llama2.c tokenizer ------------------------------------------------------------------------------------------
+
+def tokenizer(pieces) -> bytes:
+    longest = max(len(p) for p in pieces)
+    out = struct.pack("<i", longest)
+    for k, p in enumerate(pieces):
+        out += struct.pack("<fi", -float(k), len(p)) + p
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    root = pathlib.Path(sys.argv[1]).resolve() / "fuzz" / "seeds"
+    models = models_dir()
+    fixtures = REPO / "tests" / "reference" / "fixtures"
+
+    c = Corpus(root, "fuzz_llama2c")
+    c.add("tiny_shared", llama2c_model())
+    c.add("tiny_unshared", llama2c_model(shared=False))
+    c.add("tiny_2layers", llama2c_model(dim=8, hidden=6, layers=2, heads=4, kv_heads=2, vocab=5, seq=3))
+    c.add("versioned_magic", struct.pack("<Ii", 0x616B3432, 1) + b"\0" * 248)
+    for name in ("stories260K/stories260K.bin", "aidreams260K/aidreams260K.bin"):
+        c.add_prefixes(pathlib.Path(name).stem, models / name, 28)
+    llama2c_count = c.count
+
+    c = Corpus(root, "fuzz_gguf")
+    c.add("tiny_f32", gguf_model(0))
+    c.add("tiny_f16", gguf_model(1))
+    c.add("tiny_no_vocab", gguf_model(0, with_vocab=False))
+    c.add("empty_v2", b"GGUF" + struct.pack("<IQQ", 2, 0, 0))
+    c.add_prefixes("stories260K_gguf", models / "stories260K" / "stories260K.gguf", 24)
+    gguf_count = c.count
+
+    c = Corpus(root, "fuzz_safetensors")
+    c.add("two_tensors", safetensors([("a", [2, 3], ramp(6)), ("b", [], [1.5])], {"note": "x\u00e9"}))
+    c.add("empty_tensor", safetensors([("z", [0, 4], [])]))
+    c.add("no_tensors", safetensors([]))
+    c.add("checkpoint", checkpoint(False))
+    c.add("checkpoint_adamw", checkpoint(True))
+    for f in sorted((fixtures / "variants").glob("*.safetensors")) if fixtures.is_dir() else []:
+        if f.stat().st_size <= MAX_SEED:
+            c.add("fixture_" + f.stem, f.read_bytes())
+    hf = models / "hf" / "tiny-random-gpt2" / "model.safetensors"
+    if hf.is_file():
+        with open(hf, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n <= MAX_SEED - 8:
+                c.add("tiny_random_gpt2_header", struct.pack("<Q", n) + fh.read(n))
+    safetensors_count = c.count
+
+    c = Corpus(root, "fuzz_npy")
+    c.add("f4_2x3", npy("<f4", [2, 3], f32s(ramp(6))))
+    c.add("f8_vec", npy("<f8", [3], struct.pack("<3d", 1.0, -2.5, 1e300)))
+    c.add("i4_scalar", npy("<i4", [], struct.pack("<i", -7)))
+    c.add("i8_empty", npy("<i8", [0, 5], b""))
+    c.add("f4_v2", npy("<f4", [1, 1, 2], f32s([0.5, 2.0]), major=2))
+    small = sorted(f for f in fixtures.rglob("*.npy") if f.stat().st_size <= 2048) if fixtures.is_dir() else []
+    for f in small[:8]:
+        c.add("fixture_" + f.stem, f.read_bytes())
+    npy_count = c.count
+
+    c = Corpus(root, "fuzz_llama2c_tokenizer")
+    c.add("tiny", tokenizer([b"<unk>", b"<s>", b"</s>", b"<0x41>", b" ", b"a", b" a", b"\xc3\xa9"]))
+    c.add("bytes", tokenizer([b"<unk>", b"<s>", b"</s>"] + [b"<0x%02X>" % i for i in range(256)] + [b"  ", b"ab"]))
+    for name in ("stories260K/tok512.bin", "aidreams260K/tok512.bin"):
+        p = models / name
+        if p.is_file():
+            c.add(name.split("/")[0] + "_tok512", p.read_bytes())
+    tokenizer_count = c.count
+
+    print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
+          f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}"
+          + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
