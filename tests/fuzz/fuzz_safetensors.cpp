@@ -3,11 +3,7 @@
 // documented rejection; anything else escaping is a bug.
 #include "fuzz_support.hpp"
 
-// train/optimizer.hpp (included by checkpoint.hpp) trips clang's -Wdouble-promotion; that is not parser code.
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wdouble-promotion"
 #include <mechlens/train/checkpoint.hpp>
-#pragma clang diagnostic pop
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     mechlens::safetensors_file f;
