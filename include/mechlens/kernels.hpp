@@ -7,6 +7,7 @@
 #include "mechlens/kernels/norm.hpp"
 #include "mechlens/kernels/softmax.hpp"
 #include "mechlens/kernels/activation.hpp"
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/kernels/rope.hpp"
 #include "mechlens/kernels/matmul.hpp"
 #include "mechlens/kernels/reference.hpp"

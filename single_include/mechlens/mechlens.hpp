@@ -762,6 +762,212 @@ inline void gelu_erf(float* out, const float* x, index_t n) {
 }  // namespace kernels
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/kernels/activation.hpp ----
+// ---- begin mechlens/kernels/generic.hpp ----
+/// @file
+/// Scalar kernels for any floating type (float or double): the maths of the gradient pass, whose forward runs in
+/// the precision being differentiated, and of double-precision reads such as the logit lens. The SIMD kernels in
+/// the sibling headers are the float fast path of the inference pass; these are their exact-formula counterparts
+/// plus the derivatives the backward pass needs.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+// ---- begin mechlens/model/config.hpp ----
+/// @file
+/// Hyper-parameters of a decoder-only transformer, kept apart from weights and run state.
+
+#include <cstdint>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// How rotary embedding pairs the dimensions of a head.
+enum class rope_layout {
+    adjacent_pairs,  ///< (0,1), (2,3), ...: llama2.c, GGUF/llama.cpp "normal" rope.
+    split_halves,    ///< (i, i + d_head/2): Hugging Face LLaMA, GPT-NeoX.
+};
+
+/// The normalisation before attention, before the MLP and before the unembedding.
+enum class norm_kind : std::uint8_t {
+    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
+    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+};
+
+/// How positions enter the model.
+enum class positional_kind : std::uint8_t {
+    rotary,   ///< Rotary embedding of queries and keys (LLaMA); fires attn.hook_rot_q/rot_k.
+    learned,  ///< A learned (n_ctx, d_model) table added to the token embedding (GPT-2); fires hook_pos_embed.
+};
+
+/// The MLP of each block.
+enum class mlp_kind : std::uint8_t {
+    gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
+    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
+    none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
+};
+
+/// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
+struct model_config {
+    index_t d_model = 0;     ///< Residual stream width ("dim").
+    index_t n_layers = 0;    ///< Number of transformer blocks.
+    index_t n_heads = 0;     ///< Query heads per block.
+    index_t n_kv_heads = 0;  ///< Key/value heads per block (grouped-query attention when < n_heads).
+    index_t d_mlp = 0;       ///< MLP hidden width ("hidden_dim").
+    index_t d_vocab = 0;     ///< Vocabulary size.
+    index_t n_ctx = 0;       ///< Maximum context length.
+    float rope_theta = 10000.0f;                     ///< Rotary base frequency.
+    float norm_eps = 1e-5f;                          ///< Epsilon inside RMSNorm.
+    bool tied_unembed = true;                        ///< Unembedding shares the token embedding matrix.
+    rope_layout rope = rope_layout::adjacent_pairs;  ///< Rotary pairing convention.
+    norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
+    positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
+    mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
+
+    /// True for attention-only blocks (no MLP).
+    [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
+    /// True when the blocks and the unembedding are preceded by a normalisation layer.
+    [[nodiscard]] constexpr bool has_norm() const noexcept { return norm != norm_kind::none; }
+    /// True for rotary positions.
+    [[nodiscard]] constexpr bool rotary() const noexcept { return positions == positional_kind::rotary; }
+
+    /// Width of one head.
+    [[nodiscard]] constexpr index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
+    /// Query heads that share one key/value head.
+    [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
+
+    /// Throws format_error (prefixed with `where`) unless the hyper-parameters are consistent.
+    void validate(const std::string& where = "model_config") const {
+        auto fail = [&](const std::string& what) { throw format_error(where + ": " + what); };
+        constexpr index_t limit = index_t{1} << 24;  // generous bound that keeps every product below 2^63
+        auto in_range = [&](index_t v, const char* name) {
+            if (v <= 0 || v > limit)
+                fail(std::string(name) + " = " + std::to_string(v) + " is outside [1, " + std::to_string(limit) + "]");
+        };
+        in_range(d_model, "d_model");
+        in_range(n_layers, "n_layers");
+        in_range(n_heads, "n_heads");
+        in_range(n_kv_heads, "n_kv_heads");
+        if (!attn_only()) in_range(d_mlp, "d_mlp");
+        in_range(d_vocab, "d_vocab");
+        in_range(n_ctx, "n_ctx");
+        if (d_model % n_heads != 0)
+            fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
+        if (n_heads % n_kv_heads != 0)
+            fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
+                 std::to_string(n_kv_heads));
+        if (rotary() && d_head() % 2 != 0)
+            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
+        if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
+    }
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/config.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels::generic {
+
+/// sqrt(mean(x^2) + eps) over x[0..n), accumulated in double whatever T is.
+template <class T>
+double rms_scale(const T* x, index_t n, float eps) {
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+}
+
+/// SiLU: x * sigmoid(x).
+template <class T>
+T silu(T x) {
+    return x / (T{1} + std::exp(-x));
+}
+
+/// d silu(x) * b / d x for a gated product silu(x) * b, and d / d b: (d_x, d_b) = dy * (b * silu'(x), silu(x)).
+template <class T>
+void silu_mul_backward(T x, T b, T dy, T& d_x, T& d_b) {
+    const T sigmoid = T{1} / (T{1} + std::exp(-x));
+    d_b = dy * x * sigmoid;
+    d_x = dy * b * sigmoid * (T{1} + x * (T{1} - sigmoid));
+}
+
+/// GELU, tanh approximation (GPT-2's gelu_new).
+template <class T>
+T gelu_tanh(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    return static_cast<T>(0.5) * x * (T{1} + std::tanh(c * (x + a * x * x * x)));
+}
+
+/// d gelu_tanh / dx.
+template <class T>
+T gelu_tanh_derivative(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    const T t = std::tanh(c * (x + a * x * x * x));
+    return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
+}
+
+/// Softmax over row[0..visible) in place (max-subtracted), zeros in row[visible..n): one causal attention row.
+template <class T>
+void causal_softmax(T* row, index_t visible, index_t n) {
+    T largest = -std::numeric_limits<T>::infinity();
+    for (index_t j = 0; j < visible; ++j) largest = std::max(largest, row[j]);
+    T sum = 0;
+    for (index_t j = 0; j < visible; ++j) sum += (row[j] = std::exp(row[j] - largest));
+    for (index_t j = 0; j < visible; ++j) row[j] /= sum;
+    for (index_t j = visible; j < n; ++j) row[j] = T{0};
+}
+
+/// The softmax's backward for one causal row: d_scores = p * (d_p - sum(p * d_p)) over [0..visible), 0 after.
+template <class T>
+void causal_softmax_backward(const T* p, const T* d_p, T* d_scores, index_t visible, index_t n) {
+    T dot = 0;
+    for (index_t j = 0; j < visible; ++j) dot += p[j] * d_p[j];
+    for (index_t j = 0; j < visible; ++j) d_scores[j] = p[j] * (d_p[j] - dot);
+    for (index_t j = visible; j < n; ++j) d_scores[j] = T{0};
+}
+
+/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head),
+/// angles in double (as kernels::make_rope_tables computes them), rounded to T once.
+template <class T>
+void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin) {
+    const index_t half = d_head / 2;
+    for (index_t i = 0; i < half; ++i) {
+        const double frequency =
+            std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
+        for (index_t p = 0; p < positions; ++p) {
+            cos[p * half + i] = static_cast<T>(std::cos(static_cast<double>(p) * frequency));
+            sin[p * half + i] = static_cast<T>(std::sin(static_cast<double>(p) * frequency));
+        }
+    }
+}
+
+/// Rotates each head of `m` (rows, heads * d_head) by its position (row % positions) with per-position tables
+/// cos/sin (positions, d_head / 2), in `layout`'s pairing; `sign` -1 applies the inverse rotation, which is the
+/// backward pass of a rotation.
+template <class T>
+void rotate_heads(rope_layout layout, index_t d_head, index_t positions, T* m, index_t rows, index_t heads,
+                  const T* cos, const T* sin, T sign) {
+    const index_t half = d_head / 2;
+    for (index_t r = 0; r < rows; ++r) {
+        const index_t p = r % positions;
+        for (index_t h = 0; h < heads; ++h) {
+            T* x = m + (r * heads + h) * d_head;
+            for (index_t i = 0; i < half; ++i) {
+                const T cs = cos[p * half + i], sn = sign * sin[p * half + i];
+                const index_t a = layout == rope_layout::adjacent_pairs ? 2 * i : i;
+                const index_t b = layout == rope_layout::adjacent_pairs ? 2 * i + 1 : i + half;
+                const T x0 = x[a], x1 = x[b];
+                x[a] = x0 * cs - x1 * sn;
+                x[b] = x0 * sn + x1 * cs;
+            }
+        }
+    }
+}
+
+}  // namespace kernels::generic
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/generic.hpp ----
 // ---- begin mechlens/kernels/rope.hpp ----
 /// @file
 /// Rotary position embedding: cos/sin tables and the two pair layouts (adjacent as in llama2.c and GGUF, split
@@ -2020,99 +2226,6 @@ MECHLENS_END_NAMESPACE
 #include <utility>
 #include <vector>
 
-// ---- begin mechlens/model/config.hpp ----
-/// @file
-/// Hyper-parameters of a decoder-only transformer, kept apart from weights and run state.
-
-#include <cstdint>
-#include <string>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// How rotary embedding pairs the dimensions of a head.
-enum class rope_layout {
-    adjacent_pairs,  ///< (0,1), (2,3), ...: llama2.c, GGUF/llama.cpp "normal" rope.
-    split_halves,    ///< (i, i + d_head/2): Hugging Face LLaMA, GPT-NeoX.
-};
-
-/// The normalisation before attention, before the MLP and before the unembedding.
-enum class norm_kind : std::uint8_t {
-    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
-    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
-};
-
-/// How positions enter the model.
-enum class positional_kind : std::uint8_t {
-    rotary,   ///< Rotary embedding of queries and keys (LLaMA); fires attn.hook_rot_q/rot_k.
-    learned,  ///< A learned (n_ctx, d_model) table added to the token embedding (GPT-2); fires hook_pos_embed.
-};
-
-/// The MLP of each block.
-enum class mlp_kind : std::uint8_t {
-    gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
-    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
-    none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
-};
-
-/// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
-struct model_config {
-    index_t d_model = 0;     ///< Residual stream width ("dim").
-    index_t n_layers = 0;    ///< Number of transformer blocks.
-    index_t n_heads = 0;     ///< Query heads per block.
-    index_t n_kv_heads = 0;  ///< Key/value heads per block (grouped-query attention when < n_heads).
-    index_t d_mlp = 0;       ///< MLP hidden width ("hidden_dim").
-    index_t d_vocab = 0;     ///< Vocabulary size.
-    index_t n_ctx = 0;       ///< Maximum context length.
-    float rope_theta = 10000.0f;                     ///< Rotary base frequency.
-    float norm_eps = 1e-5f;                          ///< Epsilon inside RMSNorm.
-    bool tied_unembed = true;                        ///< Unembedding shares the token embedding matrix.
-    rope_layout rope = rope_layout::adjacent_pairs;  ///< Rotary pairing convention.
-    norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
-    positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
-    mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
-
-    /// True for attention-only blocks (no MLP).
-    [[nodiscard]] bool attn_only() const noexcept { return mlp == mlp_kind::none; }
-    /// True when the blocks and the unembedding are preceded by a normalisation layer.
-    [[nodiscard]] bool has_norm() const noexcept { return norm != norm_kind::none; }
-    /// True for rotary positions.
-    [[nodiscard]] bool rotary() const noexcept { return positions == positional_kind::rotary; }
-
-    /// Width of one head.
-    [[nodiscard]] index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
-    /// Query heads that share one key/value head.
-    [[nodiscard]] index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
-
-    /// Throws format_error (prefixed with `where`) unless the hyper-parameters are consistent.
-    void validate(const std::string& where = "model_config") const {
-        auto fail = [&](const std::string& what) { throw format_error(where + ": " + what); };
-        constexpr index_t limit = index_t{1} << 24;  // generous bound that keeps every product below 2^63
-        auto in_range = [&](index_t v, const char* name) {
-            if (v <= 0 || v > limit)
-                fail(std::string(name) + " = " + std::to_string(v) + " is outside [1, " + std::to_string(limit) + "]");
-        };
-        in_range(d_model, "d_model");
-        in_range(n_layers, "n_layers");
-        in_range(n_heads, "n_heads");
-        in_range(n_kv_heads, "n_kv_heads");
-        if (!attn_only()) in_range(d_mlp, "d_mlp");
-        in_range(d_vocab, "d_vocab");
-        in_range(n_ctx, "n_ctx");
-        if (d_model % n_heads != 0)
-            fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
-        if (n_heads % n_kv_heads != 0)
-            fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
-                 std::to_string(n_kv_heads));
-        if (rotary() && d_head() % 2 != 0)
-            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
-        if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
-        if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
-    }
-};
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/model/config.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -5127,25 +5240,188 @@ MECHLENS_END_NAMESPACE
 /// Model weights as non-owning views, plus the storage that keeps them alive.
 
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
+
+// ---- begin mechlens/model/parameter_table.hpp ----
+/// @file
+/// The parameter table: every weight tensor a model can have, once, with its shape as a function of the config and
+/// where each file format stores it. Layouts, weight validation, loaders, checkpoints, gradient buffers and optimizer
+/// state are all derived from it; a new weight is a new row (plus its member in basic_layer_weights or the model
+/// struct and one line in the visitor beside it, see weights.hpp).
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
 
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Weights of one block; every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF.
-/// Views a config does not use (norm gains without norms, MLP weights of attention-only blocks, w_gate of a plain
-/// MLP) are empty (extents 0).
-struct layer_weights {
-    tensor_view<const float, 1> attn_norm;  ///< (d_model) RMSNorm gain before attention.
-    tensor_view<const float, 2> w_q;        ///< (n_heads * d_head, d_model)
-    tensor_view<const float, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<const float, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<const float, 2> w_o;        ///< (d_model, n_heads * d_head)
-    tensor_view<const float, 1> mlp_norm;   ///< (d_model) RMSNorm gain before the MLP.
-    tensor_view<const float, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
-    tensor_view<const float, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
-    tensor_view<const float, 2> w_down;     ///< (d_model, d_mlp) "w2".
+/// Every weight tensor a model can have; the order is the parameter table's (and the flat buffer's) order.
+enum class parameter_id : std::uint8_t {
+    token_embedding,  ///< (d_vocab, d_model)
+    pos_embedding,    ///< (n_ctx, d_model), learned positions only
+    attn_norm,        ///< (d_model) gain of the norm before attention, with norms only
+    w_q,              ///< (n_heads * d_head, d_model)
+    w_k,              ///< (n_kv_heads * d_head, d_model)
+    w_v,              ///< (n_kv_heads * d_head, d_model)
+    w_o,              ///< (d_model, n_heads * d_head)
+    mlp_norm,         ///< (d_model) gain of the norm before the MLP, with norms and an MLP
+    w_gate,           ///< (d_mlp, d_model), gated MLP only
+    w_up,             ///< (d_mlp, d_model), any MLP (W_in of a plain one)
+    w_down,           ///< (d_model, d_mlp), any MLP
+    final_norm,       ///< (d_model) gain of the final norm, with norms only
+    unembed,          ///< (d_vocab, d_model); the token embedding's memory when tied
 };
+
+/// Number of rows in the parameter table.
+inline constexpr std::size_t parameter_count = static_cast<std::size_t>(parameter_id::unembed) + 1;
+
+/// One row of the parameter table.
+struct parameter_traits {
+    parameter_id id;               ///< Which weight.
+    std::string_view name;         ///< Field name; layouts and checkpoints prefix block rows with `blocks.L.`.
+    bool per_block;                ///< One per block (true) or one per model.
+    std::size_t rank;              ///< 1 (a gain) or 2 (a matrix, (out_features, in_features)).
+    bool norm_gain;                ///< A norm's gain: 1 in a fresh model, no weight decay.
+    std::string_view gguf_name;    ///< GGUF (llama.cpp) tensor name; block rows are prefixed with `blk.L.`.
+    int llama2c_section;           ///< Index of its array in a llama2.c `.bin` (layers stacked), -1 if absent.
+    extents<2> (*shape)(const model_config&);  ///< Extents the config implies ({0, 0} when it has no such weight).
+};
+
+namespace detail {
+/// Norm gain width: d_model with norms, else 0.
+constexpr index_t norm_width(const model_config& c) noexcept { return c.has_norm() ? c.d_model : 0; }
+/// MLP hidden width: d_mlp with an MLP, else 0.
+constexpr index_t mlp_width(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_mlp; }
+/// d_model when the block has an MLP, else 0.
+constexpr index_t mlp_side(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_model; }
+}  // namespace detail
+
+/// The parameter table, one row per parameter_id, in enum order.
+inline constexpr std::array<parameter_traits, parameter_count> parameter_table{{
+    {parameter_id::token_embedding, "token_embedding", false, 2, false, "token_embd.weight", 0,
+     [](const model_config& c) { return extents<2>{c.d_vocab, c.d_model}; }},
+    {parameter_id::pos_embedding, "pos_embedding", false, 2, false, "position_embd.weight", -1,
+     [](const model_config& c) { return c.rotary() ? extents<2>{0, 0} : extents<2>{c.n_ctx, c.d_model}; }},
+    {parameter_id::attn_norm, "attn_norm", true, 1, true, "attn_norm.weight", 1,
+     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::w_q, "w_q", true, 2, false, "attn_q.weight", 2,
+     [](const model_config& c) { return extents<2>{c.n_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::w_k, "w_k", true, 2, false, "attn_k.weight", 3,
+     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::w_v, "w_v", true, 2, false, "attn_v.weight", 4,
+     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::w_o, "w_o", true, 2, false, "attn_output.weight", 5,
+     [](const model_config& c) { return extents<2>{c.d_model, c.n_heads * c.d_head()}; }},
+    {parameter_id::mlp_norm, "mlp_norm", true, 1, true, "ffn_norm.weight", 6,
+     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_width(c), 0}; }},
+    {parameter_id::w_gate, "w_gate", true, 2, false, "ffn_gate.weight", 7,
+     [](const model_config& c) {
+         return c.mlp == mlp_kind::gated_silu ? extents<2>{c.d_mlp, c.d_model} : extents<2>{0, 0};
+     }},
+    {parameter_id::w_up, "w_up", true, 2, false, "ffn_up.weight", 9,
+     [](const model_config& c) { return extents<2>{detail::mlp_width(c), detail::mlp_side(c)}; }},
+    {parameter_id::w_down, "w_down", true, 2, false, "ffn_down.weight", 8,
+     [](const model_config& c) { return extents<2>{detail::mlp_side(c), detail::mlp_width(c)}; }},
+    {parameter_id::final_norm, "final_norm", false, 1, true, "output_norm.weight", 10,
+     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::unembed, "unembed", false, 2, false, "output.weight", 13,
+     [](const model_config& c) { return extents<2>{c.d_vocab, c.d_model}; }},
+}};
+
+/// The table's row for `id`.
+constexpr const parameter_traits& traits_of(parameter_id id) noexcept {
+    return parameter_table[static_cast<std::size_t>(id)];
+}
+
+/// Number of elements of a row's tensor under `c` (0 when the config has no such weight).
+constexpr index_t parameter_size(const parameter_traits& row, const model_config& c) noexcept {
+    const extents<2> e = row.shape(c);
+    return row.rank == 1 ? e[0] : e[0] * e[1];
+}
+
+/// True when a model with config `c` stores its own copy of the row's tensor (a tied unembedding is the token
+/// embedding's memory, not stored twice).
+constexpr bool parameter_stored(const parameter_traits& row, const model_config& c) noexcept {
+    if (row.id == parameter_id::unembed && c.tied_unembed) return false;
+    return parameter_size(row, c) > 0;
+}
+
+namespace detail {
+/// True when the table lists every parameter_id once, in enum order (checked at compile time below).
+constexpr bool parameter_table_is_in_order() noexcept {
+    for (std::size_t i = 0; i < parameter_count; ++i)
+        if (static_cast<std::size_t>(parameter_table[i].id) != i) return false;
+    return true;
+}
+static_assert(parameter_table_is_in_order(), "parameter_table must list every parameter_id once, in enum order");
+}  // namespace detail
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/parameter_table.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Weights of one block as views of T (const float for a loaded model, float or double for owned parameters and
+/// their gradients); every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF. Views a config
+/// does not use (see the parameter table) are empty (extents 0).
+template <class T>
+struct basic_layer_weights {
+    tensor_view<T, 1> attn_norm;  ///< (d_model) norm gain before attention.
+    tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
+    tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
+    tensor_view<T, 1> mlp_norm;   ///< (d_model) norm gain before the MLP.
+    tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<T, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
+    tensor_view<T, 2> w_down;     ///< (d_model, d_mlp) "w2".
+};
+
+/// Weights of one block of a loaded model.
+using layer_weights = basic_layer_weights<const float>;
+
+/// Calls f(parameter_id, view) for every per-block view of `layer` (a basic_layer_weights), in table order: the one
+/// place that pairs the table's block rows with the struct's members.
+template <class Layer, class F>
+void for_each_block_view(Layer& layer, F&& f) {
+    f(parameter_id::attn_norm, layer.attn_norm);
+    f(parameter_id::w_q, layer.w_q);
+    f(parameter_id::w_k, layer.w_k);
+    f(parameter_id::w_v, layer.w_v);
+    f(parameter_id::w_o, layer.w_o);
+    f(parameter_id::mlp_norm, layer.mlp_norm);
+    f(parameter_id::w_gate, layer.w_gate);
+    f(parameter_id::w_up, layer.w_up);
+    f(parameter_id::w_down, layer.w_down);
+}
+
+/// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
+/// table order: the one place that pairs the table's global rows with the members.
+template <class Model, class F>
+void for_each_global_view(Model& model, F&& f) {
+    f(parameter_id::token_embedding, model.token_embedding);
+    f(parameter_id::pos_embedding, model.pos_embedding);
+    f(parameter_id::final_norm, model.final_norm);
+    f(parameter_id::unembed, model.unembed);
+}
+
+/// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
+/// blocks in table order, the blocks in order, then the globals after them.
+template <class Model, class F>
+void for_each_view(Model& model, F&& f) {
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (!traits_of(id).per_block && id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+    });
+    for (std::size_t l = 0; l < model.layers.size(); ++l)
+        for_each_block_view(model.layers[l], [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (!traits_of(id).per_block && id > parameter_id::w_down) f(id, index_t{-1}, view);
+    });
+}
 
 /// All weights of a model: views into storage owned elsewhere (a memory-mapped file or converted buffers).
 struct model_weights {
@@ -5164,35 +5440,20 @@ struct loaded_model {
     model_weights weights;  ///< Views into the file's mapping or into converted buffers.
 };
 
-/// Throws shape_error unless every weight view has the extents `config` implies (empty where the config has no
-/// such weight).
+/// Throws shape_error unless every weight view has the extents `config` implies (the parameter table; empty where
+/// the config has no such weight).
 inline void validate_weights(const model_config& config, const model_weights& w) {
-    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
-    const index_t norm_width = config.has_norm() ? d : 0;
-    const index_t mlp_width = config.attn_only() ? 0 : config.d_mlp;
-    const index_t mlp_in = config.attn_only() ? 0 : d;
-    const bool gated = config.mlp == mlp_kind::gated_silu;
-    require_shape(w.token_embedding, {config.d_vocab, d}, "token_embedding");
-    if (config.rotary())
-        require_shape(w.pos_embedding, {0, 0}, "pos_embedding (rotary positions have none)");
-    else
-        require_shape(w.pos_embedding, {config.n_ctx, d}, "pos_embedding");
-    require_shape(w.final_norm, {norm_width}, "final_norm");
-    require_shape(w.unembed, {config.d_vocab, d}, "unembed");
     if (static_cast<index_t>(w.layers.size()) != config.n_layers)
         throw shape_error("model has " + std::to_string(w.layers.size()) + " layers of weights, config says " +
                           std::to_string(config.n_layers));
-    for (const layer_weights& l : w.layers) {
-        require_shape(l.attn_norm, {norm_width}, "attn_norm");
-        require_shape(l.w_q, {q, d}, "w_q");
-        require_shape(l.w_k, {kv, d}, "w_k");
-        require_shape(l.w_v, {kv, d}, "w_v");
-        require_shape(l.w_o, {d, q}, "w_o");
-        require_shape(l.mlp_norm, {config.attn_only() ? 0 : norm_width}, "mlp_norm");
-        require_shape(l.w_gate, {gated ? mlp_width : 0, gated ? mlp_in : 0}, "w_gate");
-        require_shape(l.w_up, {mlp_width, mlp_in}, "w_up");
-        require_shape(l.w_down, {mlp_in, mlp_width}, "w_down");
-    }
+    for_each_view(w, [&](parameter_id id, index_t, const auto& view) {
+        const parameter_traits& row = traits_of(id);
+        const extents<2> e = row.shape(config);
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            require_shape(view, {e[0]}, row.name.data());
+        else
+            require_shape(view, e, row.name.data());
+    });
 }
 
 MECHLENS_END_NAMESPACE
@@ -5209,6 +5470,7 @@ MECHLENS_END_NAMESPACE
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -5217,45 +5479,71 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// One named parameter tensor inside a model_parameters buffer (rank 1 or 2; a rank-1 tensor has extent[1] == 0).
 struct parameter_entry {
-    std::string name;      ///< "token_embedding", "blocks.0.w_q", "final_norm", ... (model_weights field names).
+    std::string name;      ///< "token_embedding", "blocks.0.w_q", "final_norm", ... (table name, block-prefixed).
     index_t offset = 0;    ///< First element in the flat buffer.
     std::size_t rank = 0;  ///< 1 or 2.
     extents<2> shape{};    ///< Extents; shape[1] unused for rank 1.
+    parameter_id id = parameter_id::token_embedding;  ///< Its row of the parameter table.
+    index_t layer = -1;                                ///< Its block, -1 for model-wide parameters.
     /// Number of elements.
     [[nodiscard]] index_t size() const noexcept { return rank == 1 ? shape[0] : shape[0] * shape[1]; }
 };
 
-/// The parameters a config implies, in a fixed order, with their offsets in one flat buffer. Weights the config
-/// does not use (see layer_weights) are left out; a tied unembedding is not stored twice.
+/// The parameters a config implies, derived from the parameter table: the model-wide rows before the blocks, every
+/// block's rows, then the model-wide rows after them, with their offsets in one flat buffer. Weights the config does
+/// not use are left out; a tied unembedding is not stored twice.
 inline std::vector<parameter_entry> parameter_layout(const model_config& c) {
     c.validate("parameter_layout");
-    const index_t d = c.d_model, q = c.n_heads * c.d_head(), kv = c.n_kv_heads * c.d_head();
     std::vector<parameter_entry> out;
     index_t offset = 0;
-    auto add = [&](std::string name, std::size_t rank, index_t rows, index_t cols) {
-        parameter_entry e{std::move(name), offset, rank, {rows, rank == 1 ? 0 : cols}};
+    auto add = [&](const parameter_traits& row, index_t layer) {
+        if (!parameter_stored(row, c)) return;
+        std::string name = layer < 0 ? std::string(row.name)
+                                     : "blocks." + std::to_string(layer) + "." + std::string(row.name);
+        parameter_entry e{std::move(name), offset, row.rank, row.shape(c), row.id, layer};
         offset += e.size();
         out.push_back(std::move(e));
     };
-    add("token_embedding", 2, c.d_vocab, d);
-    if (!c.rotary()) add("pos_embedding", 2, c.n_ctx, d);
-    for (index_t l = 0; l < c.n_layers; ++l) {
-        const std::string p = "blocks." + std::to_string(l) + ".";
-        if (c.has_norm()) add(p + "attn_norm", 1, d, 0);
-        add(p + "w_q", 2, q, d);
-        add(p + "w_k", 2, kv, d);
-        add(p + "w_v", 2, kv, d);
-        add(p + "w_o", 2, d, q);
-        if (!c.attn_only()) {
-            if (c.has_norm()) add(p + "mlp_norm", 1, d, 0);
-            if (c.mlp == mlp_kind::gated_silu) add(p + "w_gate", 2, c.d_mlp, d);
-            add(p + "w_up", 2, c.d_mlp, d);
-            add(p + "w_down", 2, d, c.d_mlp);
-        }
-    }
-    if (c.has_norm()) add("final_norm", 1, d, 0);
-    if (!c.tied_unembed) add("unembed", 2, c.d_vocab, d);
+    for (const parameter_traits& row : parameter_table)
+        if (!row.per_block && row.id < parameter_id::attn_norm) add(row, -1);
+    for (index_t l = 0; l < c.n_layers; ++l)
+        for (const parameter_traits& row : parameter_table)
+            if (row.per_block) add(row, l);
+    for (const parameter_traits& row : parameter_table)
+        if (!row.per_block && row.id > parameter_id::w_down) add(row, -1);
     return out;
+}
+
+/// The view of parameter `id` in block `layer` (-1 for model-wide ones) of `model` (model_weights or
+/// basic_model_parameters), as a rank-2 view (a gain of width n is (n, 1)); empty when the model has none.
+template <class Model>
+auto view_of(Model& model, parameter_id id, index_t layer) {
+    using element = std::remove_pointer_t<decltype(model.token_embedding.data())>;
+    tensor_view<element, 2> found;
+    auto pick = [&](parameter_id candidate, index_t candidate_layer, const auto& view) {
+        if (candidate != id || candidate_layer != layer) return;
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            found = tensor_view<element, 2>(view.data(), {view.extent(0), view.extent(0) > 0 ? 1 : 0});
+        else
+            found = view;
+    };
+    for_each_view(model, pick);
+    return found;
+}
+
+/// Points every view of `model` (model_weights or basic_model_parameters, its layers already sized) at its entry of
+/// `layout` in the flat buffer starting at `base`; views without an entry are left as they are.
+template <class Model, class Element>
+void bind_layout(Model& model, const std::vector<parameter_entry>& layout, Element* base) {
+    for (const parameter_entry& e : layout)
+        for_each_view(model, [&](parameter_id id, index_t block, auto& view) {
+            if (id != e.id || block != e.layer) return;
+            using view_type = std::remove_cvref_t<decltype(view)>;
+            if constexpr (view_type::rank == 1)
+                view = view_type(base + e.offset, {e.shape[0]});
+            else
+                view = view_type(base + e.offset, e.shape);
+        });
 }
 
 /// Owned, mutable parameters of one model in a single flat buffer of T, with views laid out like model_weights.
@@ -5267,17 +5555,7 @@ public:
     /// The scalar type.
     using value_type = T;
     /// Mutable views of one block's parameters; unused ones are empty.
-    struct layer {
-        tensor_view<T, 1> attn_norm;  ///< (d_model)
-        tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
-        tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-        tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-        tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
-        tensor_view<T, 1> mlp_norm;   ///< (d_model)
-        tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model)
-        tensor_view<T, 2> w_up;       ///< (d_mlp, d_model)
-        tensor_view<T, 2> w_down;     ///< (d_model, d_mlp)
-    };
+    using layer = basic_layer_weights<T>;
 
     /// No model: an empty buffer.
     basic_model_parameters() = default;
@@ -5292,28 +5570,14 @@ public:
     /// otherwise).
     basic_model_parameters(const model_config& config, const model_weights& weights) : basic_model_parameters(config) {
         validate_weights(config, weights);
-        auto copy_in = [](auto destination, auto source) {
+        for_each_view(*this, [&](parameter_id id, index_t block, auto destination) {
+            if (id == parameter_id::unembed && config.tied_unembed) return;
+            const auto source = view_of(weights, id, block);
             if (source.size() == 0) return;
             if (!source.is_contiguous()) throw shape_error("model_parameters: weights must be contiguous");
             std::transform(source.data(), source.data() + source.size(), destination.data(),
                            [](float x) { return static_cast<T>(x); });
-        };
-        copy_in(token_embedding, weights.token_embedding);
-        copy_in(pos_embedding, weights.pos_embedding);
-        for (std::size_t l = 0; l < layers.size(); ++l) {
-            const layer_weights& w = weights.layers[l];
-            copy_in(layers[l].attn_norm, w.attn_norm);
-            copy_in(layers[l].w_q, w.w_q);
-            copy_in(layers[l].w_k, w.w_k);
-            copy_in(layers[l].w_v, w.w_v);
-            copy_in(layers[l].w_o, w.w_o);
-            copy_in(layers[l].mlp_norm, w.mlp_norm);
-            copy_in(layers[l].w_gate, w.w_gate);
-            copy_in(layers[l].w_up, w.w_up);
-            copy_in(layers[l].w_down, w.w_down);
-        }
-        copy_in(final_norm, weights.final_norm);
-        if (!config.tied_unembed) copy_in(unembed, weights.unembed);
+        });
     }
     /// Deep copy.
     basic_model_parameters(const basic_model_parameters& other)
@@ -5355,24 +5619,25 @@ public:
     void fill(T value) noexcept { std::fill(flat().begin(), flat().end(), value); }
     /// Sets every norm gain to `value` (1 for a fresh model).
     void fill_norm_gains(T value) noexcept {
-        auto set = [value](tensor_view<T, 1> g) { std::fill(g.data(), g.data() + g.size(), value); };
-        for (layer& l : layers) {
-            if (l.attn_norm.size() > 0) set(l.attn_norm);
-            if (l.mlp_norm.size() > 0) set(l.mlp_norm);
-        }
-        if (final_norm.size() > 0) set(final_norm);
+        for (const parameter_entry& e : layout_)
+            if (traits_of(e.id).norm_gain) {
+                const std::span<T> gain = flat().subspan(static_cast<std::size_t>(e.offset),
+                                                         static_cast<std::size_t>(e.size()));
+                std::fill(gain.begin(), gain.end(), value);
+            }
     }
 
     /// Read-only views for a transformer (loaded_model{config(), weights()}); they keep the buffer alive.
     [[nodiscard]] model_weights weights() const requires std::same_as<T, float> {
         model_weights w;
-        w.token_embedding = token_embedding;
-        w.pos_embedding = pos_embedding;
-        for (const layer& l : layers)
-            w.layers.push_back(
-                layer_weights{l.attn_norm, l.w_q, l.w_k, l.w_v, l.w_o, l.mlp_norm, l.w_gate, l.w_up, l.w_down});
-        w.final_norm = final_norm;
-        w.unembed = unembed;
+        w.layers.resize(layers.size());
+        for_each_view(w, [&](parameter_id id, index_t block, auto& view) {
+            const tensor_view<const float, 2> source = view_of(*this, id, block);
+            if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+                view = tensor_view<const float, 1>(source.data(), {source.extent(0)});
+            else
+                view = source;
+        });
         w.storage = buffer_;
         return w;
     }
@@ -5392,43 +5657,7 @@ private:
     void bind() {
         layers.assign(static_cast<std::size_t>(config_.n_layers), layer{});
         if (!buffer_) return;
-        T* base = buffer_->data();
-        for (const parameter_entry& e : layout_) {
-            const tensor_view<T, 2> m(base + e.offset, e.shape);
-            const tensor_view<T, 1> v(base + e.offset, {e.shape[0]});
-            const std::string& n = e.name;
-            if (n == "token_embedding")
-                token_embedding = m;
-            else if (n == "pos_embedding")
-                pos_embedding = m;
-            else if (n == "final_norm")
-                final_norm = v;
-            else if (n == "unembed")
-                unembed = m;
-            else {
-                const std::size_t dot = n.find('.', 7);  // "blocks.L.field"
-                layer& l = layers[static_cast<std::size_t>(std::stoll(n.substr(7, dot - 7)))];
-                const std::string field = n.substr(dot + 1);
-                if (field == "attn_norm")
-                    l.attn_norm = v;
-                else if (field == "w_q")
-                    l.w_q = m;
-                else if (field == "w_k")
-                    l.w_k = m;
-                else if (field == "w_v")
-                    l.w_v = m;
-                else if (field == "w_o")
-                    l.w_o = m;
-                else if (field == "mlp_norm")
-                    l.mlp_norm = v;
-                else if (field == "w_gate")
-                    l.w_gate = m;
-                else if (field == "w_up")
-                    l.w_up = m;
-                else if (field == "w_down")
-                    l.w_down = m;
-            }
-        }
+        bind_layout(*this, layout_, buffer_->data());
         if (config_.tied_unembed) unembed = token_embedding;
     }
 
@@ -5621,6 +5850,7 @@ MECHLENS_END_NAMESPACE
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -5844,6 +6074,23 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
     kernels::linear(gate, w.w_down, out);
 }
 
+/// Writes the new rows' keys and values (batch * pos, n_kv_heads * d_head) into `cache` at their absolute positions.
+inline void store_keys_values(const model_config& c, const forward_shape& s, index_t layer,
+                              tensor_view<const float, 2> new_keys, tensor_view<const float, 2> new_values,
+                              kv_cache& cache) {
+    const index_t d_head = c.d_head();
+    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const index_t b = r / s.positions, position = s.start + r % s.positions;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                keys(b, h, position, i) = new_keys(r, h * d_head + i);
+                values(b, h, position, i) = new_values(r, h * d_head + i);
+            }
+    }
+}
+
 /// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
@@ -5874,16 +6121,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     }
 
-    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
-    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
-    for (index_t r = 0; r < rows; ++r) {
-        const index_t b = r / s.positions, position = s.start + r % s.positions;
-        for (index_t h = 0; h < c.n_kv_heads; ++h)
-            for (index_t i = 0; i < d_head; ++i) {
-                keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                values(b, h, position, i) = new_values(r, h * d_head + i);
-            }
-    }
+    store_keys_values(c, s, layer, new_keys, new_values, cache);
     attend(policy, layer, ctx, model, s, cache, ws);
     project_heads(policy, layer, ctx, model, s, ws, block_out);
     fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
@@ -5933,6 +6171,134 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
 
 }  // namespace detail
 
+/// The rows one piece of a forward pass covers: `batch` sequences of `positions` consecutive tokens from absolute
+/// position `start`, which attend to the keys at [0, start + positions) in the cache. The residual stream of those
+/// rows lives in the workspace, (batch * pos, d_model) in row-major order, between the calls below.
+struct forward_span {
+    index_t batch = 0;      ///< Sequences.
+    index_t positions = 0;  ///< Consecutive positions per sequence.
+    index_t start = 0;      ///< Absolute position of the first row.
+    /// batch * positions.
+    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
+    /// Keys the last row attends to: start + positions.
+    [[nodiscard]] index_t keys() const noexcept { return start + positions; }
+};
+
+namespace detail {
+/// The internal shape of a span.
+inline forward_shape shape_of(const forward_span& span) noexcept {
+    return {span.batch, span.positions, span.start, span.keys()};
+}
+/// Throws unless the span is non-empty and fits the model's context and the cache.
+inline void check_span(const model_config& c, const forward_span& span, const kv_cache* cache, const char* who) {
+    if (span.batch <= 0 || span.positions <= 0 || span.start < 0 || span.keys() > c.n_ctx)
+        throw shape_error(std::string(who) + ": span of batch " + std::to_string(span.batch) + ", " +
+                          std::to_string(span.positions) + " positions from " + std::to_string(span.start) +
+                          " does not fit n_ctx " + std::to_string(c.n_ctx));
+    if (cache != nullptr && (cache->layers() != c.n_layers || cache->batch() < span.batch ||
+                             cache->capacity() < span.keys()))
+        throw shape_error(std::string(who) + ": the kv_cache (batch " + std::to_string(cache->batch()) +
+                          ", capacity " + std::to_string(cache->capacity()) + ") cannot hold the span (batch " +
+                          std::to_string(span.batch) + ", " + std::to_string(span.keys()) + " keys)");
+}
+}  // namespace detail
+
+/// Partial forward, step 1: the residual rows of `span` in `ws`, (batch * pos, d_model). Write them to resume a pass
+/// from a given residual stream (a cached `hook_resid_pre`, a patched state); read them after run_blocks.
+[[nodiscard]] inline tensor_view<float, 2> span_residual(const transformer& model, const forward_span& span,
+                                                         workspace& ws) {
+    detail::check_span(model.config(), span, nullptr, "span_residual");
+    ws.reserve(model.config(), span.batch, span.positions, span.keys());
+    return ws.residual.matrix(span.rows(), model.config().d_model);
+}
+
+/// Partial forward: embeds `tokens` (batch, pos), the tokens at the span's positions, into the span's residual rows,
+/// firing hook_embed (and hook_pos_embed with learned positions).
+template <class Policy = no_hooks>
+void embed_span(const transformer& model, const forward_span& span, tensor_view<const std::int32_t, 2> tokens,
+                workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    const auto x = span_residual(model, span, ws);  // (batch * pos, d_model)
+    if (tokens.extent(0) != span.batch || tokens.extent(1) != span.positions)
+        throw shape_error("embed_span: tokens " + detail::format_extents(tokens.shape()) + " do not match the span (" +
+                          std::to_string(span.batch) + ", " + std::to_string(span.positions) + ")");
+    for (index_t b = 0; b < span.batch; ++b)
+        for (index_t p = 0; p < span.positions; ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range("embed_span: token id " + std::to_string(tokens(b, p)) + " is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+    detail::embed(policy, hook_context{span.start}, model, tokens, detail::shape_of(span), x, ws);
+}
+
+/// Partial forward: runs blocks [first, last) over the span's residual rows, reading earlier positions' keys and
+/// values from `cache` and writing the span's own. Hooks see absolute positions from span.start.
+template <class Policy = no_hooks>
+void run_blocks(const transformer& model, const forward_span& span, index_t first, index_t last, kv_cache& cache,
+                workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (first < 0 || last > c.n_layers || first > last)
+        throw std::out_of_range("run_blocks: blocks [" + std::to_string(first) + ", " + std::to_string(last) +
+                                ") are outside [0, " + std::to_string(c.n_layers) + ")");
+    detail::check_span(c, span, &cache, "run_blocks");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    for (index_t layer = first; layer < last; ++layer)
+        detail::run_block(policy, layer, hook_context{span.start}, model, detail::shape_of(span), cache, ws);
+}
+
+/// Partial forward: only the key/value half of block `layer` for the span's rows: its input norm, keys, values and
+/// their rotation, written to `cache` (firing the sites on that path, up to attn.hook_rot_k). Later rows can then
+/// attend to these positions without the rest of the block running for them.
+template <class Policy = no_hooks>
+void write_keys_values(const transformer& model, const forward_span& span, index_t layer, kv_cache& cache,
+                       workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (layer < 0 || layer >= c.n_layers)
+        throw std::out_of_range("write_keys_values: block " + std::to_string(layer) + " is outside [0, " +
+                                std::to_string(c.n_layers) + ")");
+    detail::check_span(c, span, &cache, "write_keys_values");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    const detail::forward_shape s = detail::shape_of(span);
+    const hook_context ctx{span.start};
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const index_t rows = s.rows(), kv_width = c.n_kv_heads * c.d_head();
+    const auto x = ws.residual.matrix(rows, c.d_model);               // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(rows, c.d_model);            // (batch * pos, d_model)
+    const auto new_keys = ws.new_keys.matrix(rows, kv_width);         // (batch * pos, n_kv_heads * d_head)
+    const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
+    detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
+    const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+    kernels::linear(attn_in, w.w_k, new_keys);
+    kernels::linear(attn_in, w.w_v, new_values);
+    detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
+    detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
+    if (c.rotary()) {
+        detail::apply_rope(model, s, new_keys, c.n_kv_heads);
+        detail::fire<site_kind::attn_rot_k>(policy, layer, ctx,
+                                            [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
+    }
+    detail::store_keys_values(c, s, layer, new_keys, new_values, cache);
+}
+
+/// Partial forward, the end: the final norm of `rows` (span.rows(), d_model), laid out as the span (batch, pos),
+/// firing the ln_final sites at the span's positions. Returns the unembedding's input (rows, d_model): `rows` itself
+/// without norms, else a view into `ws` valid until the next call that uses the workspace. `rows` must not alias the
+/// workspace's norm output (use span_residual's rows or your own buffer).
+template <class Policy = no_hooks>
+tensor_view<const float, 2> final_norm_span(const transformer& model, const forward_span& span,
+                                            tensor_view<const float, 2> rows, workspace& ws,
+                                            Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (rows.extent(0) != span.rows() || rows.extent(1) != c.d_model)
+        throw shape_error("final_norm_span: rows " + detail::format_extents(rows.shape()) + " do not match the span (" +
+                          std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
+    return detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows, model.weights().final_norm, normed,
+        ws.norm_scale);
+}
+
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
 /// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
 /// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
@@ -5961,9 +6327,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
             for (index_t i = 0; i < c.d_model; ++i) final_rows(b, i) = x(b * s.positions + s.positions - 1, i);
     }
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
-    const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
-    const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        hooks, -1, final_ctx, out_shape, c, final_rows, model.weights().final_norm, normed, ws.norm_scale);
+    const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
+    const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
     kernels::linear(unembed_in, model.weights().unembed, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
@@ -6191,6 +6556,7 @@ MECHLENS_END_NAMESPACE
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -6200,54 +6566,28 @@ MECHLENS_BEGIN_NAMESPACE
 /// in one owned buffer kept alive by `weights.storage`.
 inline loaded_model random_model(const model_config& config, std::uint64_t seed, float scale = 0.05f) {
     config.validate("random_model");
-    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
-    const bool norms = config.has_norm(), mlp = !config.attn_only(), gated = config.mlp == mlp_kind::gated_silu;
-    const index_t norm_width = norms ? d : 0;
-    const index_t mlp_matrices = !mlp ? 0 : gated ? 3 : 2;
-    const index_t per_layer = norm_width * (mlp ? 2 : 1) + q * d + 2 * kv * d + d * q + mlp_matrices * config.d_mlp * d;
-    const index_t positions = config.rotary() ? 0 : config.n_ctx * d;
-    const index_t total =
-        config.d_vocab * d * (config.tied_unembed ? 1 : 2) + norm_width + config.n_layers * per_layer + positions;
+    const std::vector<parameter_entry> layout = parameter_layout(config);
+    index_t total = 0;
+    for (const parameter_entry& e : layout) total += e.size();
     auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{total});
     random_generator rng(seed);
-    float* cursor = buffer->data();
-    auto take = [&](index_t count, bool gain) {
-        float* begin = cursor;
-        for (index_t i = 0; i < count; ++i)
-            cursor[i] = gain ? 1.0f : static_cast<float>((2.0 * rng.uniform() - 1.0) * static_cast<double>(scale));
-        cursor += count;
-        return begin;
+    // Gains are 1 and draw nothing from the generator. The draw order is fixed: the parameter layout with the
+    // position table moved last (tests pin the weights drawn before learned positions existed).
+    auto draw = [&](const parameter_entry& e) {
+        float* values = buffer->data() + e.offset;
+        const bool gain = traits_of(e.id).norm_gain;
+        for (index_t i = 0; i < e.size(); ++i)
+            values[i] = gain ? 1.0f : static_cast<float>((2.0 * rng.uniform() - 1.0) * static_cast<double>(scale));
     };
-    auto matrix = [&](index_t rows, index_t cols) {
-        return tensor_view<const float, 2>(take(rows * cols, false), {rows, cols});
-    };
-    // Gains draw nothing from the generator, so leaving them out keeps every other weight as it was.
-    auto gain = [&](index_t n) { return tensor_view<const float, 1>(take(n, true), {n}); };
-
-    // The draw order is fixed: the LLaMA layout first, exactly as before the variants existed (tests pin those
-    // weights), and the position table last, so adding it changes nothing else.
+    for (const parameter_entry& e : layout)
+        if (e.id != parameter_id::pos_embedding) draw(e);
+    for (const parameter_entry& e : layout)
+        if (e.id == parameter_id::pos_embedding) draw(e);
     loaded_model model{config, {}};
-    model_weights& w = model.weights;
-    w.token_embedding = matrix(config.d_vocab, d);
-    for (index_t l = 0; l < config.n_layers; ++l) {
-        layer_weights layer;
-        if (norms) layer.attn_norm = gain(d);
-        layer.w_q = matrix(q, d);
-        layer.w_k = matrix(kv, d);
-        layer.w_v = matrix(kv, d);
-        layer.w_o = matrix(d, q);
-        if (mlp) {
-            if (norms) layer.mlp_norm = gain(d);
-            if (gated) layer.w_gate = matrix(config.d_mlp, d);
-            layer.w_up = matrix(config.d_mlp, d);
-            layer.w_down = matrix(d, config.d_mlp);
-        }
-        w.layers.push_back(layer);
-    }
-    if (norms) w.final_norm = gain(d);
-    w.unembed = config.tied_unembed ? w.token_embedding : matrix(config.d_vocab, d);
-    if (!config.rotary()) w.pos_embedding = matrix(config.n_ctx, d);
-    w.storage = buffer;
+    model.weights.layers.resize(static_cast<std::size_t>(config.n_layers));
+    bind_layout(model.weights, layout, static_cast<const float*>(buffer->data()));
+    if (config.tied_unembed) model.weights.unembed = model.weights.token_embedding;
+    model.weights.storage = buffer;
     return model;
 }
 
@@ -6666,6 +7006,7 @@ MECHLENS_END_NAMESPACE
 #include <limits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 // ---- begin mechlens/io/loader_storage.hpp ----
 /// @file
@@ -6899,29 +7240,25 @@ inline loaded_model load_gguf(const gguf_file& g) {
                std::to_string(9 * static_cast<std::uint64_t>(config.n_layers)) + " block tensors, but the file has " +
                std::to_string(g.tensors().size()) + " tensors");
 
-    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
     detail::weight_builder builder(g.file());
     detail::gguf_weight_reader read(g, builder);
     loaded_model out;
     out.config = config;
     model_weights& w = out.weights;
-    w.token_embedding = read.matrix("token_embd.weight", config.d_vocab, d);
     w.layers.resize(static_cast<std::size_t>(config.n_layers));
-    for (index_t l = 0; l < config.n_layers; ++l) {
-        const std::string p = "blk." + std::to_string(l) + ".";
-        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
-        lw.attn_norm = read.vector(p + "attn_norm.weight", d);
-        lw.w_q = read.matrix(p + "attn_q.weight", q, d);
-        lw.w_k = read.matrix(p + "attn_k.weight", kv, d);
-        lw.w_v = read.matrix(p + "attn_v.weight", kv, d);
-        lw.w_o = read.matrix(p + "attn_output.weight", d, q);
-        lw.mlp_norm = read.vector(p + "ffn_norm.weight", d);
-        lw.w_gate = read.matrix(p + "ffn_gate.weight", config.d_mlp, d);
-        lw.w_up = read.matrix(p + "ffn_up.weight", config.d_mlp, d);
-        lw.w_down = read.matrix(p + "ffn_down.weight", d, config.d_mlp);
-    }
-    w.final_norm = read.vector("output_norm.weight", d);
-    w.unembed = config.tied_unembed ? w.token_embedding : read.matrix("output.weight", config.d_vocab, d);
+    // Every weight the config implies, named and shaped by the parameter table.
+    for_each_view(w, [&](parameter_id id, index_t layer, auto& view) {
+        const parameter_traits& row = traits_of(id);
+        if (!parameter_stored(row, config)) return;
+        const std::string name =
+            (layer < 0 ? std::string() : "blk." + std::to_string(layer) + ".") + std::string(row.gguf_name);
+        const extents<2> e = row.shape(config);
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            view = read.vector(name, e[0]);
+        else
+            view = read.matrix(name, e[0], e[1]);
+    });
+    if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     try {
         validate_weights(out.config, out.weights);
@@ -6995,11 +7332,13 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Loader for Karpathy's llama2.c legacy checkpoint format (`.bin`), viewing the weights inside the mapping.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -7088,27 +7427,25 @@ inline loaded_model load_llama2c_mapped(std::shared_ptr<const mapped_file> file)
         if (used) base[i] = builder.f32(bytes, static_cast<index_t>(sections[i].floats));
     }
 
-    const index_t D = config.d_model, H = config.d_mlp, Q = config.n_heads * config.d_head(),
-                  KV = config.n_kv_heads * config.d_head();
     loaded_model out;
     out.config = config;
     model_weights& w = out.weights;
-    w.token_embedding = tensor_view<const float, 2>(base[0], {config.d_vocab, D});
     w.layers.resize(static_cast<std::size_t>(config.n_layers));
-    for (index_t l = 0; l < config.n_layers; ++l) {
-        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
-        lw.attn_norm = tensor_view<const float, 1>(base[1] + l * D, {D});
-        lw.w_q = tensor_view<const float, 2>(base[2] + l * Q * D, {Q, D});
-        lw.w_k = tensor_view<const float, 2>(base[3] + l * KV * D, {KV, D});
-        lw.w_v = tensor_view<const float, 2>(base[4] + l * KV * D, {KV, D});
-        lw.w_o = tensor_view<const float, 2>(base[5] + l * D * Q, {D, Q});
-        lw.mlp_norm = tensor_view<const float, 1>(base[6] + l * D, {D});
-        lw.w_gate = tensor_view<const float, 2>(base[7] + l * H * D, {H, D});
-        lw.w_down = tensor_view<const float, 2>(base[8] + l * D * H, {D, H});
-        lw.w_up = tensor_view<const float, 2>(base[9] + l * H * D, {H, D});
-    }
-    w.final_norm = tensor_view<const float, 1>(base[10], {D});
-    w.unembed = config.tied_unembed ? w.token_embedding : tensor_view<const float, 2>(base[13], {config.d_vocab, D});
+    // Each array holds one parameter-table row for every layer, stacked.
+    for_each_view(w, [&](parameter_id id, index_t layer, auto& view) {
+        const parameter_traits& row = traits_of(id);
+        if (!parameter_stored(row, config) || row.llama2c_section < 0) return;
+        const index_t per_layer = parameter_size(row, config);
+        const float* start =
+            base[static_cast<std::size_t>(row.llama2c_section)] + std::max<index_t>(layer, 0) * per_layer;
+        const extents<2> e = row.shape(config);
+        using view_type = std::remove_cvref_t<decltype(view)>;
+        if constexpr (view_type::rank == 1)
+            view = view_type(start, {e[0]});
+        else
+            view = view_type(start, e);
+    });
+    if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     try {
         validate_weights(out.config, out.weights);
@@ -7525,33 +7862,6 @@ void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
 #endif
 }
 
-/// sqrt(mean(x^2) + eps), accumulated in double.
-template <class T>
-T rms_of(const T* x, index_t n, float eps) {
-    double squares = 0.0;
-    for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return static_cast<T>(std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps)));
-}
-
-/// GELU, tanh approximation, and its derivative.
-template <class T>
-T gelu_tanh_of(T x) {
-    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
-    return static_cast<T>(0.5) * x * (T{1} + std::tanh(c * (x + a * x * x * x)));
-}
-/// d gelu_tanh / dx.
-template <class T>
-T gelu_tanh_derivative(T x) {
-    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
-    const T t = std::tanh(c * (x + a * x * x * x));
-    return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
-}
-/// SiLU.
-template <class T>
-T silu_of(T x) {
-    return x / (T{1} + std::exp(-x));
-}
-
 }  // namespace detail
 
 /// The forward activations a backward pass needs, plus scratch; keep one and reuse it across steps.
@@ -7665,28 +7975,6 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
                                         std::to_string(c.d_vocab) + ")");
 }
 
-/// Rotates each head of `m` (rows, heads * d_head) by its position; `sign` -1 applies the inverse rotation (the
-/// backward pass of a rotation is the rotation by the opposite angle).
-template <class T>
-void rotate_heads(const model_config& c, index_t positions, T* m, index_t rows, index_t heads, const T* cos,
-                  const T* sin, T sign) {
-    const index_t d_head = c.d_head(), half = d_head / 2;
-    for (index_t r = 0; r < rows; ++r) {
-        const index_t p = r % positions;
-        for (index_t h = 0; h < heads; ++h) {
-            T* x = m + (r * heads + h) * d_head;
-            for (index_t i = 0; i < half; ++i) {
-                const T cs = cos[p * half + i], sn = sign * sin[p * half + i];
-                const index_t a = c.rope == rope_layout::adjacent_pairs ? 2 * i : i;
-                const index_t b = c.rope == rope_layout::adjacent_pairs ? 2 * i + 1 : i + half;
-                const T x0 = x[a], x1 = x[b];
-                x[a] = x0 * cs - x1 * sn;
-                x[b] = x0 * sn + x1 * cs;
-            }
-        }
-    }
-}
-
 /// Views a (rows, width) buffer as (batch, pos, width).
 template <class T>
 tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
@@ -7703,7 +7991,7 @@ template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
 void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
                 tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
     const index_t rows = batch * positions;
-    for (index_t r = 0; r < rows; ++r) scale[r] = rms_of(x + r * d, d, eps);
+    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
     fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
     for (index_t r = 0; r < rows; ++r)
         for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
@@ -7754,19 +8042,8 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
-    if (c.rotary()) {  // angles in double, as make_rope_tables computes them
-        const index_t half = d_head / 2;
-        for (index_t i = 0; i < half; ++i) {
-            const double frequency = std::pow(static_cast<double>(c.rope_theta),
-                                              -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
-            for (index_t p = 0; p < n; ++p) {
-                tape.rope_cos_.values[static_cast<std::size_t>(p * half + i)] =
-                    static_cast<T>(std::cos(static_cast<double>(p) * frequency));
-                tape.rope_sin_.values[static_cast<std::size_t>(p * half + i)] =
-                    static_cast<T>(std::sin(static_cast<double>(p) * frequency));
-            }
-        }
-    }
+    if (c.rotary())
+        kernels::generic::rope_tables(c.rope_theta, d_head, n, tape.rope_cos_.data(), tape.rope_sin_.data());
 
     T* embed = tape.embed_.data();  // (rows, d_model)
     for (index_t r = 0; r < rows; ++r) {
@@ -7813,8 +8090,10 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
         fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
         if (c.rotary()) {
-            rotate_heads(c, n, b.q.data(), rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
-            rotate_heads(c, n, b.k.data(), rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
+            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
+            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
+            kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
+            kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
             fire<site_kind::attn_rot_q>(hooks, layer, ctx,
                                         [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
             fire<site_kind::attn_rot_k>(hooks, layer, ctx,
@@ -7838,15 +8117,7 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
         for (index_t s = 0; s < batch; ++s)
             for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) {
-                    T* row = &pattern(s, h, i, 0);
-                    T largest = -std::numeric_limits<T>::infinity();
-                    for (index_t j = 0; j <= i; ++j) largest = std::max(largest, row[j]);
-                    T sum = 0;
-                    for (index_t j = 0; j <= i; ++j) sum += (row[j] = std::exp(row[j] - largest));
-                    for (index_t j = 0; j <= i; ++j) row[j] /= sum;
-                    for (index_t j = i + 1; j < n; ++j) row[j] = T{0};
-                }
+                for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
         fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
         for (index_t bh = 0; bh < batch * heads; ++bh) {
             const index_t s = bh / heads, h = bh % heads;
@@ -7885,11 +8156,11 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
                 multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
                 fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
                 fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = silu_of(pre[i]) * linear[i];
+                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
             } else {
                 multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
                 fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = gelu_tanh_of(pre[i]);
+                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
             }
             fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
             multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
@@ -7987,11 +8258,8 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
             if (c.mlp == mlp_kind::gated_silu) {
                 T* d_linear = tape.d_mlp_b_.data();  // (rows, d_mlp)
                 const T* linear = b.pre_linear.data();
-                for (index_t i = 0; i < rows * m; ++i) {
-                    const T sigmoid = T{1} / (T{1} + std::exp(-pre[i]));
-                    d_linear[i] = d_post[i] * pre[i] * sigmoid;
-                    d_pre[i] = d_post[i] * linear[i] * sigmoid * (T{1} + pre[i] * (T{1} - sigmoid));
-                }
+                for (index_t i = 0; i < rows * m; ++i)
+                    kernels::generic::silu_mul_backward(pre[i], linear[i], d_post[i], d_pre[i], d_linear[i]);
                 observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                                      [&] { return sequence_view(d_pre, batch, n, m); });
                 observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
@@ -8005,7 +8273,7 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                 multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
                 multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
             } else {
-                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * gelu_tanh_derivative(pre[i]);
+                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
                 observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                                      [&] { return sequence_view(d_pre, batch, n, m); });
                 if (gw != nullptr)
@@ -8059,15 +8327,9 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
         observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
         for (index_t s = 0; s < batch; ++s)
             for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) {
-                    const T* p = &pattern(s, h, i, 0);
-                    const T* dp = &d_pattern(s, h, i, 0);
-                    T* ds = &d_scores(s, h, i, 0);
-                    T dot = 0;
-                    for (index_t j = 0; j <= i; ++j) dot += p[j] * dp[j];
-                    for (index_t j = 0; j <= i; ++j) ds[j] = p[j] * (dp[j] - dot);
-                    for (index_t j = i + 1; j < n; ++j) ds[j] = T{0};
-                }
+                for (index_t i = 0; i < n; ++i)
+                    kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
+                                                              &d_scores(s, h, i, 0), i + 1, n);
         observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
         for (index_t bh = 0; bh < batch * heads; ++bh) {
             const index_t s = bh / heads, h = bh % heads;
@@ -8098,8 +8360,10 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                                                     [&] { return heads_view(d_q, batch, n, heads, d_head); });
             observe_gradient<site_kind::attn_rot_k>(
                 hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-            rotate_heads(c, n, d_q, rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
-            rotate_heads(c, n, d_k_grouped, rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
+            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
+            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
+            kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
+            kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
         }
         observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
                                             [&] { return heads_view(d_q, batch, n, heads, d_head); });
@@ -9374,10 +9638,7 @@ inline std::string component_name(index_t layer, index_t head) {
 
 /// The final norm's divisor for a residual row: its RMS with RMSNorm, 1 without a norm.
 inline double final_norm_divisor(const model_config& c, const float* row) {
-    if (!c.has_norm()) return 1.0;
-    double squares = 0.0;
-    for (index_t i = 0; i < c.d_model; ++i) squares += static_cast<double>(row[i]) * static_cast<double>(row[i]);
-    return std::sqrt(squares / static_cast<double>(c.d_model) + static_cast<double>(c.norm_eps));
+    return c.has_norm() ? kernels::generic::rms_scale(row, c.d_model, c.norm_eps) : 1.0;
 }
 
 }  // namespace detail
@@ -9930,42 +10191,6 @@ private:
         return layer;
     }
 
-    /// The first half of block `layer` for the rows of `s` (in ws_.residual): its input norm and rotated keys and
-    /// values, written to the stacked cache at positions [s.start, s.keys), firing the sites on that path.
-    template <class Policy>
-    void store_keys_values(Policy& policy, index_t layer, const hook_context& ctx, const detail::forward_shape& s) {
-        const model_config& c = model_->config();
-        const layer_weights& w = model_->weights().layers[static_cast<std::size_t>(layer)];
-        const index_t rows = s.rows(), d_head = c.d_head();
-        const auto x = ws_.residual.matrix(rows, c.d_model);                         // (batch * pos, d_model)
-        const auto normed = ws_.normed.matrix(rows, c.d_model);                      // (batch * pos, d_model)
-        const auto new_keys = ws_.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, kv * d_head)
-        const auto new_values = ws_.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, kv * d_head)
-        detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
-        const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(
-            policy, layer, ctx, s, c, x, w.attn_norm, normed, ws_.norm_scale);  // (batch * pos, d_model)
-        kernels::linear(attn_in, w.w_k, new_keys);
-        kernels::linear(attn_in, w.w_v, new_values);
-        detail::fire<site_kind::attn_k>(policy, layer, ctx,
-                                        [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
-        detail::fire<site_kind::attn_v>(policy, layer, ctx,
-                                        [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
-        if (c.rotary()) {
-            detail::apply_rope(*model_, s, new_keys, c.n_kv_heads);
-            detail::fire<site_kind::attn_rot_k>(policy, layer, ctx,
-                                                [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
-        }
-        const auto keys = stacked_kv_.keys(layer), values = stacked_kv_.values(layer);  // (batch, kv, T, d_head)
-        for (index_t r = 0; r < rows; ++r) {
-            const index_t b = r / s.positions, position = s.start + r % s.positions;
-            for (index_t h = 0; h < c.n_kv_heads; ++h)
-                for (index_t i = 0; i < d_head; ++i) {
-                    keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                    values(b, h, position, i) = new_values(r, h * d_head + i);
-                }
-        }
-    }
-
     /// Runs the stacked cells (one selection each) from block `from` (-1: embedding) at positions [start, answer]
     /// and returns each cell's mean metric.
     template <site_kind Kind>
@@ -9974,9 +10199,8 @@ private:
         const model_config& c = model_->config();
         const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
         const index_t window = answer_ + 1 - start, d = c.d_model;
-        const detail::forward_shape s{batch, window, start, answer_ + 1};
-        const hook_context ctx{start};
-        ws_.reserve(c, batch, window, s.keys);
+        const forward_span span{batch, window, start};
+        ws_.reserve(c, batch, window, span.keys());
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {
@@ -9992,12 +10216,12 @@ private:
         }
         detail::stacked_cell_patch<Kind> policy{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
                                                 prompts_};
-        const auto x = ws_.residual.matrix(s.rows(), d);  // (batch * window, d_model)
+        const auto x = span_residual(*model_, span, ws_);  // (batch * window, d_model)
         if (from < 0) {
             tensor<std::int32_t, 2> tokens({batch, window});
             for (index_t b = 0; b < batch; ++b)
                 for (index_t p = 0; p < window; ++p) tokens(b, p) = corrupt_tokens_(b % prompts_, start + p);
-            detail::embed(policy, ctx, *model_, tokens.view(), s, x, ws_);
+            embed_span(*model_, span, tokens.view(), ws_, policy);
         } else {
             const bool after_last = from >= c.n_layers;
             const auto resid = corrupt_cache_.at(after_last ? site{site_kind::resid_post, c.n_layers - 1}
@@ -10007,43 +10231,35 @@ private:
                 for (index_t p = 0; p < window; ++p)
                     for (index_t i = 0; i < d; ++i) x(b * window + p, i) = resid(b % prompts_, start + p, i);
         }
-        for (index_t layer = std::max<index_t>(from, 0); layer + 1 < c.n_layers; ++layer)
-            detail::run_block(policy, layer, ctx, *model_, s, stacked_kv_, ws_);
+        if (from < c.n_layers)
+            run_blocks(*model_, span, std::max<index_t>(from, 0), c.n_layers - 1, stacked_kv_, ws_, policy);
 
         // In the last block only the answer row's output matters; the rows before it only lend it keys and values.
-        const auto final_rows = ws_.block_out.matrix(batch, d);  // (batch, d_model) the answer rows
+        answer_rows_.reserve(batch * d);
+        const auto final_rows = answer_rows_.matrix(batch, d);  // (batch, d_model) the answer rows
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t i = 0; i < d; ++i) final_rows(b, i) = x(b * window + window - 1, i);
+        const forward_span answer_span{batch, 1, answer_};
         if (from < c.n_layers) {
-            answer_rows_.reserve(batch * d);
-            const auto answers = answer_rows_.matrix(batch, d);  // (batch, d_model)
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) answers(b, i) = x(b * window + window - 1, i);
             if (window > 1) {
                 // Close up the rows before the answer (moving rows towards the front, in order, overwrites nothing
                 // still to be read) and give the last block their keys and values.
                 for (index_t b = 0; b < batch; ++b)
                     for (index_t p = 0; p + 1 < window; ++p)
                         for (index_t i = 0; i < d; ++i) x(b * (window - 1) + p, i) = x(b * window + p, i);
-                const detail::forward_shape prefix{batch, window - 1, start, answer_};
-                store_keys_values(policy, c.n_layers - 1, ctx, prefix);
+                write_keys_values(*model_, forward_span{batch, window - 1, start}, c.n_layers - 1, stacked_kv_, ws_,
+                                  policy);
             }
-            const auto answer_x = ws_.residual.matrix(batch, d);  // (batch, d_model)
+            const auto answer_x = span_residual(*model_, answer_span, ws_);  // (batch, d_model)
             for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) answer_x(b, i) = answers(b, i);
-            const detail::forward_shape last{batch, 1, answer_, answer_ + 1};
-            detail::run_block(policy, c.n_layers - 1, hook_context{answer_}, *model_, last, stacked_kv_, ws_);
+                for (index_t i = 0; i < d; ++i) answer_x(b, i) = final_rows(b, i);
+            run_blocks(*model_, answer_span, c.n_layers - 1, c.n_layers, stacked_kv_, ws_, policy);
             for (index_t b = 0; b < batch; ++b)
                 for (index_t i = 0; i < d; ++i) final_rows(b, i) = answer_x(b, i);
-        } else {
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) final_rows(b, i) = x(b * window + window - 1, i);
         }
 
         // The final norm and unembedding of the answer row only.
-        const detail::forward_shape out_shape{batch, 1, answer_, answer_ + 1};
-        const hook_context final_ctx{answer_};
-        const auto normed = ws_.normed.matrix(batch, d);  // (batch, d_model)
-        const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            policy, -1, final_ctx, out_shape, c, final_rows, model_->weights().final_norm, normed, ws_.norm_scale);
+        const auto unembed_in = final_norm_span(*model_, answer_span, final_rows, ws_, policy);  // (batch, d_model)
         logits_.reserve(batch * c.d_vocab);
         const auto logit_rows = logits_.matrix(batch, c.d_vocab);  // (batch, d_vocab)
         const auto unembed = model_->weights().unembed;            // (d_vocab, d_model)

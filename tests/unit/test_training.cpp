@@ -708,3 +708,118 @@ TEST_CASE("head scores on stories260K's cached patterns match the numpy referenc
                                            mechlens::head_kind::induction),
                     std::invalid_argument);
 }
+
+namespace {
+
+/// Three configs that between them leave out every optional row of the parameter table somewhere.
+std::vector<mechlens::model_config> table_configs() {
+    mechlens::model_config llama;
+    llama.d_model = 16;
+    llama.n_layers = 2;
+    llama.n_heads = 4;
+    llama.n_kv_heads = 2;
+    llama.d_mlp = 24;
+    llama.d_vocab = 13;
+    llama.n_ctx = 8;
+    llama.tied_unembed = false;
+    mechlens::model_config gpt = llama;  // no norms, learned positions, plain GELU MLP, tied
+    gpt.norm = mechlens::norm_kind::none;
+    gpt.positions = mechlens::positional_kind::learned;
+    gpt.mlp = mechlens::mlp_kind::plain_gelu;
+    gpt.tied_unembed = true;
+    mechlens::model_config attention_only = llama;
+    attention_only.mlp = mechlens::mlp_kind::none;
+    return {llama, gpt, attention_only};
+}
+
+}  // namespace
+
+TEST_CASE("parameter table: every row reaches the layout, the views, validation and the gradients", "[parameters]") {
+    using mechlens::parameter_id;
+    for (const mechlens::model_config& c : table_configs()) {
+        INFO("norm " << static_cast<int>(c.norm) << ", mlp " << static_cast<int>(c.mlp) << ", tied "
+                     << c.tied_unembed);
+        const auto layout = mechlens::parameter_layout(c);
+        // The layout holds exactly the stored rows, once per block for block rows, with the table's shapes.
+        std::size_t expected_entries = 0;
+        for (const mechlens::parameter_traits& row : mechlens::parameter_table)
+            if (mechlens::parameter_stored(row, c))
+                expected_entries += row.per_block ? static_cast<std::size_t>(c.n_layers) : 1;
+        REQUIRE(layout.size() == expected_entries);
+        index_t offset = 0;
+        for (const mechlens::parameter_entry& e : layout) {
+            const mechlens::parameter_traits& row = mechlens::traits_of(e.id);
+            CHECK(e.offset == offset);
+            offset += e.size();
+            CHECK(e.rank == row.rank);
+            CHECK(e.shape == row.shape(c));
+            CHECK(e.name == (row.per_block ? "blocks." + std::to_string(e.layer) + "." : std::string()) +
+                                std::string(row.name));
+        }
+
+        // Every view of the weights points at its own entry of the flat buffer (a tied unembedding at the token
+        // embedding's); every view without an entry is empty.
+        mechlens::model_parameters params(c);
+        for (std::size_t i = 0; i < params.flat().size(); ++i) params.flat()[i] = static_cast<float>(i);
+        const mechlens::model_weights w = params.weights();
+        std::size_t views = 0;
+        mechlens::for_each_view(w, [&](parameter_id id, index_t layer, const auto& view) {
+            ++views;
+            const parameter_id home = id == parameter_id::unembed && c.tied_unembed ? parameter_id::token_embedding : id;
+            const auto entry = std::find_if(layout.begin(), layout.end(), [&](const mechlens::parameter_entry& e) {
+                return e.id == home && e.layer == layer;
+            });
+            if (entry == layout.end()) {
+                CHECK(view.size() == 0);
+                return;
+            }
+            REQUIRE(view.size() == entry->size());
+            CHECK(view.data() == params.flat().data() + entry->offset);
+        });
+        CHECK(views == 4 + 9 * static_cast<std::size_t>(c.n_layers));
+        CHECK_NOTHROW(mechlens::validate_weights(c, w));
+
+        // Validation names the row whose view has the wrong shape.
+        for (const mechlens::parameter_entry& e : layout) {
+            mechlens::model_weights broken = w;
+            mechlens::for_each_view(broken, [&](parameter_id id, index_t layer, auto& view) {
+                if (id != e.id || layer != e.layer) return;
+                using view_type = std::remove_cvref_t<decltype(view)>;
+                if constexpr (view_type::rank == 1)
+                    view = view_type(view.data(), {view.extent(0) - 1});
+                else
+                    view = view_type(view.data(), {view.extent(0) - 1, view.extent(1)});
+            });
+            CHECK_THROWS_WITH(mechlens::validate_weights(c, broken),
+                              Catch::Contains(std::string(mechlens::traits_of(e.id).name)));
+        }
+
+        // The gradient pass reaches every stored parameter: each entry's gradient is somewhere non-zero.
+        const mechlens::loaded_model random = mechlens::random_model(c, 3, 0.5f);
+        const mechlens::model_parameters model(c, random.weights);
+        mechlens::model_parameters grads(c);
+        const std::vector<std::int32_t> ids{1, 5, 7, 2, 11, 3, 9, 4};
+        const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {1, 8});
+        (void)mechlens::forward_backward(model, tokens, mechlens::metric::cross_entropy(), &grads);
+        for (const mechlens::parameter_entry& e : grads.layout()) {
+            INFO(e.name);
+            const auto g = grads.flat().subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.size()));
+            CHECK(std::any_of(g.begin(), g.end(), [](float x) { return x != 0.0f; }));
+        }
+    }
+}
+
+TEST_CASE("parameter table: GGUF names are unique and llama2.c sections are the file's order", "[parameters]") {
+    std::set<std::string_view> gguf_names;
+    std::set<int> sections;
+    for (const mechlens::parameter_traits& row : mechlens::parameter_table) {
+        CHECK(gguf_names.insert(row.gguf_name).second);
+        if (row.llama2c_section >= 0) CHECK(sections.insert(row.llama2c_section).second);
+    }
+    // token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1 (gate), w2 (down), w3 (up), rms_final, -, -, wcls.
+    using mechlens::parameter_id;
+    CHECK(mechlens::traits_of(parameter_id::w_gate).llama2c_section == 7);
+    CHECK(mechlens::traits_of(parameter_id::w_down).llama2c_section == 8);
+    CHECK(mechlens::traits_of(parameter_id::w_up).llama2c_section == 9);
+    CHECK(mechlens::traits_of(parameter_id::unembed).llama2c_section == 13);
+}

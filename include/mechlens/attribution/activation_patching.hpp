@@ -389,42 +389,6 @@ private:
         return layer;
     }
 
-    /// The first half of block `layer` for the rows of `s` (in ws_.residual): its input norm and rotated keys and
-    /// values, written to the stacked cache at positions [s.start, s.keys), firing the sites on that path.
-    template <class Policy>
-    void store_keys_values(Policy& policy, index_t layer, const hook_context& ctx, const detail::forward_shape& s) {
-        const model_config& c = model_->config();
-        const layer_weights& w = model_->weights().layers[static_cast<std::size_t>(layer)];
-        const index_t rows = s.rows(), d_head = c.d_head();
-        const auto x = ws_.residual.matrix(rows, c.d_model);                         // (batch * pos, d_model)
-        const auto normed = ws_.normed.matrix(rows, c.d_model);                      // (batch * pos, d_model)
-        const auto new_keys = ws_.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, kv * d_head)
-        const auto new_values = ws_.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, kv * d_head)
-        detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
-        const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(
-            policy, layer, ctx, s, c, x, w.attn_norm, normed, ws_.norm_scale);  // (batch * pos, d_model)
-        kernels::linear(attn_in, w.w_k, new_keys);
-        kernels::linear(attn_in, w.w_v, new_values);
-        detail::fire<site_kind::attn_k>(policy, layer, ctx,
-                                        [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
-        detail::fire<site_kind::attn_v>(policy, layer, ctx,
-                                        [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
-        if (c.rotary()) {
-            detail::apply_rope(*model_, s, new_keys, c.n_kv_heads);
-            detail::fire<site_kind::attn_rot_k>(policy, layer, ctx,
-                                                [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
-        }
-        const auto keys = stacked_kv_.keys(layer), values = stacked_kv_.values(layer);  // (batch, kv, T, d_head)
-        for (index_t r = 0; r < rows; ++r) {
-            const index_t b = r / s.positions, position = s.start + r % s.positions;
-            for (index_t h = 0; h < c.n_kv_heads; ++h)
-                for (index_t i = 0; i < d_head; ++i) {
-                    keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                    values(b, h, position, i) = new_values(r, h * d_head + i);
-                }
-        }
-    }
-
     /// Runs the stacked cells (one selection each) from block `from` (-1: embedding) at positions [start, answer]
     /// and returns each cell's mean metric.
     template <site_kind Kind>
@@ -433,9 +397,8 @@ private:
         const model_config& c = model_->config();
         const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
         const index_t window = answer_ + 1 - start, d = c.d_model;
-        const detail::forward_shape s{batch, window, start, answer_ + 1};
-        const hook_context ctx{start};
-        ws_.reserve(c, batch, window, s.keys);
+        const forward_span span{batch, window, start};
+        ws_.reserve(c, batch, window, span.keys());
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {
@@ -451,12 +414,12 @@ private:
         }
         detail::stacked_cell_patch<Kind> policy{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
                                                 prompts_};
-        const auto x = ws_.residual.matrix(s.rows(), d);  // (batch * window, d_model)
+        const auto x = span_residual(*model_, span, ws_);  // (batch * window, d_model)
         if (from < 0) {
             tensor<std::int32_t, 2> tokens({batch, window});
             for (index_t b = 0; b < batch; ++b)
                 for (index_t p = 0; p < window; ++p) tokens(b, p) = corrupt_tokens_(b % prompts_, start + p);
-            detail::embed(policy, ctx, *model_, tokens.view(), s, x, ws_);
+            embed_span(*model_, span, tokens.view(), ws_, policy);
         } else {
             const bool after_last = from >= c.n_layers;
             const auto resid = corrupt_cache_.at(after_last ? site{site_kind::resid_post, c.n_layers - 1}
@@ -466,43 +429,35 @@ private:
                 for (index_t p = 0; p < window; ++p)
                     for (index_t i = 0; i < d; ++i) x(b * window + p, i) = resid(b % prompts_, start + p, i);
         }
-        for (index_t layer = std::max<index_t>(from, 0); layer + 1 < c.n_layers; ++layer)
-            detail::run_block(policy, layer, ctx, *model_, s, stacked_kv_, ws_);
+        if (from < c.n_layers)
+            run_blocks(*model_, span, std::max<index_t>(from, 0), c.n_layers - 1, stacked_kv_, ws_, policy);
 
         // In the last block only the answer row's output matters; the rows before it only lend it keys and values.
-        const auto final_rows = ws_.block_out.matrix(batch, d);  // (batch, d_model) the answer rows
+        answer_rows_.reserve(batch * d);
+        const auto final_rows = answer_rows_.matrix(batch, d);  // (batch, d_model) the answer rows
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t i = 0; i < d; ++i) final_rows(b, i) = x(b * window + window - 1, i);
+        const forward_span answer_span{batch, 1, answer_};
         if (from < c.n_layers) {
-            answer_rows_.reserve(batch * d);
-            const auto answers = answer_rows_.matrix(batch, d);  // (batch, d_model)
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) answers(b, i) = x(b * window + window - 1, i);
             if (window > 1) {
                 // Close up the rows before the answer (moving rows towards the front, in order, overwrites nothing
                 // still to be read) and give the last block their keys and values.
                 for (index_t b = 0; b < batch; ++b)
                     for (index_t p = 0; p + 1 < window; ++p)
                         for (index_t i = 0; i < d; ++i) x(b * (window - 1) + p, i) = x(b * window + p, i);
-                const detail::forward_shape prefix{batch, window - 1, start, answer_};
-                store_keys_values(policy, c.n_layers - 1, ctx, prefix);
+                write_keys_values(*model_, forward_span{batch, window - 1, start}, c.n_layers - 1, stacked_kv_, ws_,
+                                  policy);
             }
-            const auto answer_x = ws_.residual.matrix(batch, d);  // (batch, d_model)
+            const auto answer_x = span_residual(*model_, answer_span, ws_);  // (batch, d_model)
             for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) answer_x(b, i) = answers(b, i);
-            const detail::forward_shape last{batch, 1, answer_, answer_ + 1};
-            detail::run_block(policy, c.n_layers - 1, hook_context{answer_}, *model_, last, stacked_kv_, ws_);
+                for (index_t i = 0; i < d; ++i) answer_x(b, i) = final_rows(b, i);
+            run_blocks(*model_, answer_span, c.n_layers - 1, c.n_layers, stacked_kv_, ws_, policy);
             for (index_t b = 0; b < batch; ++b)
                 for (index_t i = 0; i < d; ++i) final_rows(b, i) = answer_x(b, i);
-        } else {
-            for (index_t b = 0; b < batch; ++b)
-                for (index_t i = 0; i < d; ++i) final_rows(b, i) = x(b * window + window - 1, i);
         }
 
         // The final norm and unembedding of the answer row only.
-        const detail::forward_shape out_shape{batch, 1, answer_, answer_ + 1};
-        const hook_context final_ctx{answer_};
-        const auto normed = ws_.normed.matrix(batch, d);  // (batch, d_model)
-        const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            policy, -1, final_ctx, out_shape, c, final_rows, model_->weights().final_norm, normed, ws_.norm_scale);
+        const auto unembed_in = final_norm_span(*model_, answer_span, final_rows, ws_, policy);  // (batch, d_model)
         logits_.reserve(batch * c.d_vocab);
         const auto logit_rows = logits_.matrix(batch, c.d_vocab);  // (batch, d_vocab)
         const auto unembed = model_->weights().unembed;            // (d_vocab, d_model)

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/hooks/activation_cache.hpp"
 #include "mechlens/model/transformer.hpp"
 #include "mechlens/tensor/tensor.hpp"
@@ -45,10 +46,7 @@ inline std::string component_name(index_t layer, index_t head) {
 
 /// The final norm's divisor for a residual row: its RMS with RMSNorm, 1 without a norm.
 inline double final_norm_divisor(const model_config& c, const float* row) {
-    if (!c.has_norm()) return 1.0;
-    double squares = 0.0;
-    for (index_t i = 0; i < c.d_model; ++i) squares += static_cast<double>(row[i]) * static_cast<double>(row[i]);
-    return std::sqrt(squares / static_cast<double>(c.d_model) + static_cast<double>(c.norm_eps));
+    return c.has_norm() ? kernels::generic::rms_scale(row, c.d_model, c.norm_eps) : 1.0;
 }
 
 }  // namespace detail

@@ -29,6 +29,7 @@
 #include "mechlens/grad/metric.hpp"
 #include "mechlens/grad/observers.hpp"
 #include "mechlens/hooks/policy.hpp"
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/model/parameters.hpp"
 #include "mechlens/tensor/tensor.hpp"
 
@@ -95,33 +96,6 @@ void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
 #if defined(_OPENMP)
     omp_set_num_threads(threads);
 #endif
-}
-
-/// sqrt(mean(x^2) + eps), accumulated in double.
-template <class T>
-T rms_of(const T* x, index_t n, float eps) {
-    double squares = 0.0;
-    for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return static_cast<T>(std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps)));
-}
-
-/// GELU, tanh approximation, and its derivative.
-template <class T>
-T gelu_tanh_of(T x) {
-    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
-    return static_cast<T>(0.5) * x * (T{1} + std::tanh(c * (x + a * x * x * x)));
-}
-/// d gelu_tanh / dx.
-template <class T>
-T gelu_tanh_derivative(T x) {
-    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
-    const T t = std::tanh(c * (x + a * x * x * x));
-    return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
-}
-/// SiLU.
-template <class T>
-T silu_of(T x) {
-    return x / (T{1} + std::exp(-x));
 }
 
 }  // namespace detail
@@ -237,28 +211,6 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
                                         std::to_string(c.d_vocab) + ")");
 }
 
-/// Rotates each head of `m` (rows, heads * d_head) by its position; `sign` -1 applies the inverse rotation (the
-/// backward pass of a rotation is the rotation by the opposite angle).
-template <class T>
-void rotate_heads(const model_config& c, index_t positions, T* m, index_t rows, index_t heads, const T* cos,
-                  const T* sin, T sign) {
-    const index_t d_head = c.d_head(), half = d_head / 2;
-    for (index_t r = 0; r < rows; ++r) {
-        const index_t p = r % positions;
-        for (index_t h = 0; h < heads; ++h) {
-            T* x = m + (r * heads + h) * d_head;
-            for (index_t i = 0; i < half; ++i) {
-                const T cs = cos[p * half + i], sn = sign * sin[p * half + i];
-                const index_t a = c.rope == rope_layout::adjacent_pairs ? 2 * i : i;
-                const index_t b = c.rope == rope_layout::adjacent_pairs ? 2 * i + 1 : i + half;
-                const T x0 = x[a], x1 = x[b];
-                x[a] = x0 * cs - x1 * sn;
-                x[b] = x0 * sn + x1 * cs;
-            }
-        }
-    }
-}
-
 /// Views a (rows, width) buffer as (batch, pos, width).
 template <class T>
 tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
@@ -275,7 +227,7 @@ template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
 void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
                 tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
     const index_t rows = batch * positions;
-    for (index_t r = 0; r < rows; ++r) scale[r] = rms_of(x + r * d, d, eps);
+    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
     fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
     for (index_t r = 0; r < rows; ++r)
         for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
@@ -326,19 +278,8 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
-    if (c.rotary()) {  // angles in double, as make_rope_tables computes them
-        const index_t half = d_head / 2;
-        for (index_t i = 0; i < half; ++i) {
-            const double frequency = std::pow(static_cast<double>(c.rope_theta),
-                                              -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
-            for (index_t p = 0; p < n; ++p) {
-                tape.rope_cos_.values[static_cast<std::size_t>(p * half + i)] =
-                    static_cast<T>(std::cos(static_cast<double>(p) * frequency));
-                tape.rope_sin_.values[static_cast<std::size_t>(p * half + i)] =
-                    static_cast<T>(std::sin(static_cast<double>(p) * frequency));
-            }
-        }
-    }
+    if (c.rotary())
+        kernels::generic::rope_tables(c.rope_theta, d_head, n, tape.rope_cos_.data(), tape.rope_sin_.data());
 
     T* embed = tape.embed_.data();  // (rows, d_model)
     for (index_t r = 0; r < rows; ++r) {
@@ -385,8 +326,10 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
         fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
         if (c.rotary()) {
-            rotate_heads(c, n, b.q.data(), rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
-            rotate_heads(c, n, b.k.data(), rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{1});
+            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
+            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
+            kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
+            kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
             fire<site_kind::attn_rot_q>(hooks, layer, ctx,
                                         [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
             fire<site_kind::attn_rot_k>(hooks, layer, ctx,
@@ -410,15 +353,7 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
         for (index_t s = 0; s < batch; ++s)
             for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) {
-                    T* row = &pattern(s, h, i, 0);
-                    T largest = -std::numeric_limits<T>::infinity();
-                    for (index_t j = 0; j <= i; ++j) largest = std::max(largest, row[j]);
-                    T sum = 0;
-                    for (index_t j = 0; j <= i; ++j) sum += (row[j] = std::exp(row[j] - largest));
-                    for (index_t j = 0; j <= i; ++j) row[j] /= sum;
-                    for (index_t j = i + 1; j < n; ++j) row[j] = T{0};
-                }
+                for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
         fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
         for (index_t bh = 0; bh < batch * heads; ++bh) {
             const index_t s = bh / heads, h = bh % heads;
@@ -457,11 +392,11 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
                 multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
                 fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
                 fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = silu_of(pre[i]) * linear[i];
+                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
             } else {
                 multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
                 fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = gelu_tanh_of(pre[i]);
+                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
             }
             fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
             multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
@@ -559,11 +494,8 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
             if (c.mlp == mlp_kind::gated_silu) {
                 T* d_linear = tape.d_mlp_b_.data();  // (rows, d_mlp)
                 const T* linear = b.pre_linear.data();
-                for (index_t i = 0; i < rows * m; ++i) {
-                    const T sigmoid = T{1} / (T{1} + std::exp(-pre[i]));
-                    d_linear[i] = d_post[i] * pre[i] * sigmoid;
-                    d_pre[i] = d_post[i] * linear[i] * sigmoid * (T{1} + pre[i] * (T{1} - sigmoid));
-                }
+                for (index_t i = 0; i < rows * m; ++i)
+                    kernels::generic::silu_mul_backward(pre[i], linear[i], d_post[i], d_pre[i], d_linear[i]);
                 observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                                      [&] { return sequence_view(d_pre, batch, n, m); });
                 observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
@@ -577,7 +509,7 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                 multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
                 multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
             } else {
-                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * gelu_tanh_derivative(pre[i]);
+                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
                 observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                                      [&] { return sequence_view(d_pre, batch, n, m); });
                 if (gw != nullptr)
@@ -631,15 +563,9 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
         observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
         for (index_t s = 0; s < batch; ++s)
             for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) {
-                    const T* p = &pattern(s, h, i, 0);
-                    const T* dp = &d_pattern(s, h, i, 0);
-                    T* ds = &d_scores(s, h, i, 0);
-                    T dot = 0;
-                    for (index_t j = 0; j <= i; ++j) dot += p[j] * dp[j];
-                    for (index_t j = 0; j <= i; ++j) ds[j] = p[j] * (dp[j] - dot);
-                    for (index_t j = i + 1; j < n; ++j) ds[j] = T{0};
-                }
+                for (index_t i = 0; i < n; ++i)
+                    kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
+                                                              &d_scores(s, h, i, 0), i + 1, n);
         observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
         for (index_t bh = 0; bh < batch * heads; ++bh) {
             const index_t s = bh / heads, h = bh % heads;
@@ -670,8 +596,10 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                                                     [&] { return heads_view(d_q, batch, n, heads, d_head); });
             observe_gradient<site_kind::attn_rot_k>(
                 hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-            rotate_heads(c, n, d_q, rows, heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
-            rotate_heads(c, n, d_k_grouped, rows, kv_heads, tape.rope_cos_.data(), tape.rope_sin_.data(), T{-1});
+            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
+            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
+            kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
+            kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
         }
         observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
                                             [&] { return heads_view(d_q, batch, n, heads, d_head); });

@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/loader_storage.hpp"
@@ -131,29 +132,25 @@ inline loaded_model load_gguf(const gguf_file& g) {
                std::to_string(9 * static_cast<std::uint64_t>(config.n_layers)) + " block tensors, but the file has " +
                std::to_string(g.tensors().size()) + " tensors");
 
-    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
     detail::weight_builder builder(g.file());
     detail::gguf_weight_reader read(g, builder);
     loaded_model out;
     out.config = config;
     model_weights& w = out.weights;
-    w.token_embedding = read.matrix("token_embd.weight", config.d_vocab, d);
     w.layers.resize(static_cast<std::size_t>(config.n_layers));
-    for (index_t l = 0; l < config.n_layers; ++l) {
-        const std::string p = "blk." + std::to_string(l) + ".";
-        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
-        lw.attn_norm = read.vector(p + "attn_norm.weight", d);
-        lw.w_q = read.matrix(p + "attn_q.weight", q, d);
-        lw.w_k = read.matrix(p + "attn_k.weight", kv, d);
-        lw.w_v = read.matrix(p + "attn_v.weight", kv, d);
-        lw.w_o = read.matrix(p + "attn_output.weight", d, q);
-        lw.mlp_norm = read.vector(p + "ffn_norm.weight", d);
-        lw.w_gate = read.matrix(p + "ffn_gate.weight", config.d_mlp, d);
-        lw.w_up = read.matrix(p + "ffn_up.weight", config.d_mlp, d);
-        lw.w_down = read.matrix(p + "ffn_down.weight", d, config.d_mlp);
-    }
-    w.final_norm = read.vector("output_norm.weight", d);
-    w.unembed = config.tied_unembed ? w.token_embedding : read.matrix("output.weight", config.d_vocab, d);
+    // Every weight the config implies, named and shaped by the parameter table.
+    for_each_view(w, [&](parameter_id id, index_t layer, auto& view) {
+        const parameter_traits& row = traits_of(id);
+        if (!parameter_stored(row, config)) return;
+        const std::string name =
+            (layer < 0 ? std::string() : "blk." + std::to_string(layer) + ".") + std::string(row.gguf_name);
+        const extents<2> e = row.shape(config);
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            view = read.vector(name, e[0]);
+        else
+            view = read.matrix(name, e[0], e[1]);
+    });
+    if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     try {
         validate_weights(out.config, out.weights);

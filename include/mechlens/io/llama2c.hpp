@@ -2,11 +2,13 @@
 /// @file
 /// Loader for Karpathy's llama2.c legacy checkpoint format (`.bin`), viewing the weights inside the mapping.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/loader_storage.hpp"
@@ -100,27 +102,25 @@ inline loaded_model load_llama2c_mapped(std::shared_ptr<const mapped_file> file)
         if (used) base[i] = builder.f32(bytes, static_cast<index_t>(sections[i].floats));
     }
 
-    const index_t D = config.d_model, H = config.d_mlp, Q = config.n_heads * config.d_head(),
-                  KV = config.n_kv_heads * config.d_head();
     loaded_model out;
     out.config = config;
     model_weights& w = out.weights;
-    w.token_embedding = tensor_view<const float, 2>(base[0], {config.d_vocab, D});
     w.layers.resize(static_cast<std::size_t>(config.n_layers));
-    for (index_t l = 0; l < config.n_layers; ++l) {
-        layer_weights& lw = w.layers[static_cast<std::size_t>(l)];
-        lw.attn_norm = tensor_view<const float, 1>(base[1] + l * D, {D});
-        lw.w_q = tensor_view<const float, 2>(base[2] + l * Q * D, {Q, D});
-        lw.w_k = tensor_view<const float, 2>(base[3] + l * KV * D, {KV, D});
-        lw.w_v = tensor_view<const float, 2>(base[4] + l * KV * D, {KV, D});
-        lw.w_o = tensor_view<const float, 2>(base[5] + l * D * Q, {D, Q});
-        lw.mlp_norm = tensor_view<const float, 1>(base[6] + l * D, {D});
-        lw.w_gate = tensor_view<const float, 2>(base[7] + l * H * D, {H, D});
-        lw.w_down = tensor_view<const float, 2>(base[8] + l * D * H, {D, H});
-        lw.w_up = tensor_view<const float, 2>(base[9] + l * H * D, {H, D});
-    }
-    w.final_norm = tensor_view<const float, 1>(base[10], {D});
-    w.unembed = config.tied_unembed ? w.token_embedding : tensor_view<const float, 2>(base[13], {config.d_vocab, D});
+    // Each array holds one parameter-table row for every layer, stacked.
+    for_each_view(w, [&](parameter_id id, index_t layer, auto& view) {
+        const parameter_traits& row = traits_of(id);
+        if (!parameter_stored(row, config) || row.llama2c_section < 0) return;
+        const index_t per_layer = parameter_size(row, config);
+        const float* start =
+            base[static_cast<std::size_t>(row.llama2c_section)] + std::max<index_t>(layer, 0) * per_layer;
+        const extents<2> e = row.shape(config);
+        using view_type = std::remove_cvref_t<decltype(view)>;
+        if constexpr (view_type::rank == 1)
+            view = view_type(start, {e[0]});
+        else
+            view = view_type(start, e);
+    });
+    if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     try {
         validate_weights(out.config, out.weights);

@@ -53,16 +53,16 @@ struct model_config {
     mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
 
     /// True for attention-only blocks (no MLP).
-    [[nodiscard]] bool attn_only() const noexcept { return mlp == mlp_kind::none; }
+    [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
     /// True when the blocks and the unembedding are preceded by a normalisation layer.
-    [[nodiscard]] bool has_norm() const noexcept { return norm != norm_kind::none; }
+    [[nodiscard]] constexpr bool has_norm() const noexcept { return norm != norm_kind::none; }
     /// True for rotary positions.
-    [[nodiscard]] bool rotary() const noexcept { return positions == positional_kind::rotary; }
+    [[nodiscard]] constexpr bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
     /// Width of one head.
-    [[nodiscard]] index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
+    [[nodiscard]] constexpr index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
     /// Query heads that share one key/value head.
-    [[nodiscard]] index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
+    [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
     /// Throws format_error (prefixed with `where`) unless the hyper-parameters are consistent.
     void validate(const std::string& where = "model_config") const {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -240,6 +241,23 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
     kernels::linear(gate, w.w_down, out);
 }
 
+/// Writes the new rows' keys and values (batch * pos, n_kv_heads * d_head) into `cache` at their absolute positions.
+inline void store_keys_values(const model_config& c, const forward_shape& s, index_t layer,
+                              tensor_view<const float, 2> new_keys, tensor_view<const float, 2> new_values,
+                              kv_cache& cache) {
+    const index_t d_head = c.d_head();
+    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const index_t b = r / s.positions, position = s.start + r % s.positions;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                keys(b, h, position, i) = new_keys(r, h * d_head + i);
+                values(b, h, position, i) = new_values(r, h * d_head + i);
+            }
+    }
+}
+
 /// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
@@ -270,16 +288,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     }
 
-    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
-    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
-    for (index_t r = 0; r < rows; ++r) {
-        const index_t b = r / s.positions, position = s.start + r % s.positions;
-        for (index_t h = 0; h < c.n_kv_heads; ++h)
-            for (index_t i = 0; i < d_head; ++i) {
-                keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                values(b, h, position, i) = new_values(r, h * d_head + i);
-            }
-    }
+    store_keys_values(c, s, layer, new_keys, new_values, cache);
     attend(policy, layer, ctx, model, s, cache, ws);
     project_heads(policy, layer, ctx, model, s, ws, block_out);
     fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
@@ -329,6 +338,134 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
 
 }  // namespace detail
 
+/// The rows one piece of a forward pass covers: `batch` sequences of `positions` consecutive tokens from absolute
+/// position `start`, which attend to the keys at [0, start + positions) in the cache. The residual stream of those
+/// rows lives in the workspace, (batch * pos, d_model) in row-major order, between the calls below.
+struct forward_span {
+    index_t batch = 0;      ///< Sequences.
+    index_t positions = 0;  ///< Consecutive positions per sequence.
+    index_t start = 0;      ///< Absolute position of the first row.
+    /// batch * positions.
+    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
+    /// Keys the last row attends to: start + positions.
+    [[nodiscard]] index_t keys() const noexcept { return start + positions; }
+};
+
+namespace detail {
+/// The internal shape of a span.
+inline forward_shape shape_of(const forward_span& span) noexcept {
+    return {span.batch, span.positions, span.start, span.keys()};
+}
+/// Throws unless the span is non-empty and fits the model's context and the cache.
+inline void check_span(const model_config& c, const forward_span& span, const kv_cache* cache, const char* who) {
+    if (span.batch <= 0 || span.positions <= 0 || span.start < 0 || span.keys() > c.n_ctx)
+        throw shape_error(std::string(who) + ": span of batch " + std::to_string(span.batch) + ", " +
+                          std::to_string(span.positions) + " positions from " + std::to_string(span.start) +
+                          " does not fit n_ctx " + std::to_string(c.n_ctx));
+    if (cache != nullptr && (cache->layers() != c.n_layers || cache->batch() < span.batch ||
+                             cache->capacity() < span.keys()))
+        throw shape_error(std::string(who) + ": the kv_cache (batch " + std::to_string(cache->batch()) +
+                          ", capacity " + std::to_string(cache->capacity()) + ") cannot hold the span (batch " +
+                          std::to_string(span.batch) + ", " + std::to_string(span.keys()) + " keys)");
+}
+}  // namespace detail
+
+/// Partial forward, step 1: the residual rows of `span` in `ws`, (batch * pos, d_model). Write them to resume a pass
+/// from a given residual stream (a cached `hook_resid_pre`, a patched state); read them after run_blocks.
+[[nodiscard]] inline tensor_view<float, 2> span_residual(const transformer& model, const forward_span& span,
+                                                         workspace& ws) {
+    detail::check_span(model.config(), span, nullptr, "span_residual");
+    ws.reserve(model.config(), span.batch, span.positions, span.keys());
+    return ws.residual.matrix(span.rows(), model.config().d_model);
+}
+
+/// Partial forward: embeds `tokens` (batch, pos), the tokens at the span's positions, into the span's residual rows,
+/// firing hook_embed (and hook_pos_embed with learned positions).
+template <class Policy = no_hooks>
+void embed_span(const transformer& model, const forward_span& span, tensor_view<const std::int32_t, 2> tokens,
+                workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    const auto x = span_residual(model, span, ws);  // (batch * pos, d_model)
+    if (tokens.extent(0) != span.batch || tokens.extent(1) != span.positions)
+        throw shape_error("embed_span: tokens " + detail::format_extents(tokens.shape()) + " do not match the span (" +
+                          std::to_string(span.batch) + ", " + std::to_string(span.positions) + ")");
+    for (index_t b = 0; b < span.batch; ++b)
+        for (index_t p = 0; p < span.positions; ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range("embed_span: token id " + std::to_string(tokens(b, p)) + " is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+    detail::embed(policy, hook_context{span.start}, model, tokens, detail::shape_of(span), x, ws);
+}
+
+/// Partial forward: runs blocks [first, last) over the span's residual rows, reading earlier positions' keys and
+/// values from `cache` and writing the span's own. Hooks see absolute positions from span.start.
+template <class Policy = no_hooks>
+void run_blocks(const transformer& model, const forward_span& span, index_t first, index_t last, kv_cache& cache,
+                workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (first < 0 || last > c.n_layers || first > last)
+        throw std::out_of_range("run_blocks: blocks [" + std::to_string(first) + ", " + std::to_string(last) +
+                                ") are outside [0, " + std::to_string(c.n_layers) + ")");
+    detail::check_span(c, span, &cache, "run_blocks");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    for (index_t layer = first; layer < last; ++layer)
+        detail::run_block(policy, layer, hook_context{span.start}, model, detail::shape_of(span), cache, ws);
+}
+
+/// Partial forward: only the key/value half of block `layer` for the span's rows: its input norm, keys, values and
+/// their rotation, written to `cache` (firing the sites on that path, up to attn.hook_rot_k). Later rows can then
+/// attend to these positions without the rest of the block running for them.
+template <class Policy = no_hooks>
+void write_keys_values(const transformer& model, const forward_span& span, index_t layer, kv_cache& cache,
+                       workspace& ws, Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (layer < 0 || layer >= c.n_layers)
+        throw std::out_of_range("write_keys_values: block " + std::to_string(layer) + " is outside [0, " +
+                                std::to_string(c.n_layers) + ")");
+    detail::check_span(c, span, &cache, "write_keys_values");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    const detail::forward_shape s = detail::shape_of(span);
+    const hook_context ctx{span.start};
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const index_t rows = s.rows(), kv_width = c.n_kv_heads * c.d_head();
+    const auto x = ws.residual.matrix(rows, c.d_model);               // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(rows, c.d_model);            // (batch * pos, d_model)
+    const auto new_keys = ws.new_keys.matrix(rows, kv_width);         // (batch * pos, n_kv_heads * d_head)
+    const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
+    detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
+    const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+    kernels::linear(attn_in, w.w_k, new_keys);
+    kernels::linear(attn_in, w.w_v, new_values);
+    detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
+    detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
+    if (c.rotary()) {
+        detail::apply_rope(model, s, new_keys, c.n_kv_heads);
+        detail::fire<site_kind::attn_rot_k>(policy, layer, ctx,
+                                            [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
+    }
+    detail::store_keys_values(c, s, layer, new_keys, new_values, cache);
+}
+
+/// Partial forward, the end: the final norm of `rows` (span.rows(), d_model), laid out as the span (batch, pos),
+/// firing the ln_final sites at the span's positions. Returns the unembedding's input (rows, d_model): `rows` itself
+/// without norms, else a view into `ws` valid until the next call that uses the workspace. `rows` must not alias the
+/// workspace's norm output (use span_residual's rows or your own buffer).
+template <class Policy = no_hooks>
+tensor_view<const float, 2> final_norm_span(const transformer& model, const forward_span& span,
+                                            tensor_view<const float, 2> rows, workspace& ws,
+                                            Policy&& policy = Policy{}) {
+    const model_config& c = model.config();
+    if (rows.extent(0) != span.rows() || rows.extent(1) != c.d_model)
+        throw shape_error("final_norm_span: rows " + detail::format_extents(rows.shape()) + " do not match the span (" +
+                          std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
+    ws.reserve(c, span.batch, span.positions, span.keys());
+    const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
+    return detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
+        policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows, model.weights().final_norm, normed,
+        ws.norm_scale);
+}
+
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
 /// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
 /// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
@@ -357,9 +494,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
             for (index_t i = 0; i < c.d_model; ++i) final_rows(b, i) = x(b * s.positions + s.positions - 1, i);
     }
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
-    const auto normed = ws.normed.matrix(out_shape.rows(), c.d_model);  // (batch * out_pos, d_model)
-    const auto unembed_in = detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        hooks, -1, final_ctx, out_shape, c, final_rows, model.weights().final_norm, normed, ws.norm_scale);
+    const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
+    const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
     kernels::linear(unembed_in, model.weights().unembed, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });

@@ -10,10 +10,12 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "mechlens/model/config.hpp"
+#include "mechlens/model/parameter_table.hpp"
 #include "mechlens/model/weights.hpp"
 #include "mechlens/tensor/errors.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -22,45 +24,71 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// One named parameter tensor inside a model_parameters buffer (rank 1 or 2; a rank-1 tensor has extent[1] == 0).
 struct parameter_entry {
-    std::string name;      ///< "token_embedding", "blocks.0.w_q", "final_norm", ... (model_weights field names).
+    std::string name;      ///< "token_embedding", "blocks.0.w_q", "final_norm", ... (table name, block-prefixed).
     index_t offset = 0;    ///< First element in the flat buffer.
     std::size_t rank = 0;  ///< 1 or 2.
     extents<2> shape{};    ///< Extents; shape[1] unused for rank 1.
+    parameter_id id = parameter_id::token_embedding;  ///< Its row of the parameter table.
+    index_t layer = -1;                                ///< Its block, -1 for model-wide parameters.
     /// Number of elements.
     [[nodiscard]] index_t size() const noexcept { return rank == 1 ? shape[0] : shape[0] * shape[1]; }
 };
 
-/// The parameters a config implies, in a fixed order, with their offsets in one flat buffer. Weights the config
-/// does not use (see layer_weights) are left out; a tied unembedding is not stored twice.
+/// The parameters a config implies, derived from the parameter table: the model-wide rows before the blocks, every
+/// block's rows, then the model-wide rows after them, with their offsets in one flat buffer. Weights the config does
+/// not use are left out; a tied unembedding is not stored twice.
 inline std::vector<parameter_entry> parameter_layout(const model_config& c) {
     c.validate("parameter_layout");
-    const index_t d = c.d_model, q = c.n_heads * c.d_head(), kv = c.n_kv_heads * c.d_head();
     std::vector<parameter_entry> out;
     index_t offset = 0;
-    auto add = [&](std::string name, std::size_t rank, index_t rows, index_t cols) {
-        parameter_entry e{std::move(name), offset, rank, {rows, rank == 1 ? 0 : cols}};
+    auto add = [&](const parameter_traits& row, index_t layer) {
+        if (!parameter_stored(row, c)) return;
+        std::string name = layer < 0 ? std::string(row.name)
+                                     : "blocks." + std::to_string(layer) + "." + std::string(row.name);
+        parameter_entry e{std::move(name), offset, row.rank, row.shape(c), row.id, layer};
         offset += e.size();
         out.push_back(std::move(e));
     };
-    add("token_embedding", 2, c.d_vocab, d);
-    if (!c.rotary()) add("pos_embedding", 2, c.n_ctx, d);
-    for (index_t l = 0; l < c.n_layers; ++l) {
-        const std::string p = "blocks." + std::to_string(l) + ".";
-        if (c.has_norm()) add(p + "attn_norm", 1, d, 0);
-        add(p + "w_q", 2, q, d);
-        add(p + "w_k", 2, kv, d);
-        add(p + "w_v", 2, kv, d);
-        add(p + "w_o", 2, d, q);
-        if (!c.attn_only()) {
-            if (c.has_norm()) add(p + "mlp_norm", 1, d, 0);
-            if (c.mlp == mlp_kind::gated_silu) add(p + "w_gate", 2, c.d_mlp, d);
-            add(p + "w_up", 2, c.d_mlp, d);
-            add(p + "w_down", 2, d, c.d_mlp);
-        }
-    }
-    if (c.has_norm()) add("final_norm", 1, d, 0);
-    if (!c.tied_unembed) add("unembed", 2, c.d_vocab, d);
+    for (const parameter_traits& row : parameter_table)
+        if (!row.per_block && row.id < parameter_id::attn_norm) add(row, -1);
+    for (index_t l = 0; l < c.n_layers; ++l)
+        for (const parameter_traits& row : parameter_table)
+            if (row.per_block) add(row, l);
+    for (const parameter_traits& row : parameter_table)
+        if (!row.per_block && row.id > parameter_id::w_down) add(row, -1);
     return out;
+}
+
+/// The view of parameter `id` in block `layer` (-1 for model-wide ones) of `model` (model_weights or
+/// basic_model_parameters), as a rank-2 view (a gain of width n is (n, 1)); empty when the model has none.
+template <class Model>
+auto view_of(Model& model, parameter_id id, index_t layer) {
+    using element = std::remove_pointer_t<decltype(model.token_embedding.data())>;
+    tensor_view<element, 2> found;
+    auto pick = [&](parameter_id candidate, index_t candidate_layer, const auto& view) {
+        if (candidate != id || candidate_layer != layer) return;
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            found = tensor_view<element, 2>(view.data(), {view.extent(0), view.extent(0) > 0 ? 1 : 0});
+        else
+            found = view;
+    };
+    for_each_view(model, pick);
+    return found;
+}
+
+/// Points every view of `model` (model_weights or basic_model_parameters, its layers already sized) at its entry of
+/// `layout` in the flat buffer starting at `base`; views without an entry are left as they are.
+template <class Model, class Element>
+void bind_layout(Model& model, const std::vector<parameter_entry>& layout, Element* base) {
+    for (const parameter_entry& e : layout)
+        for_each_view(model, [&](parameter_id id, index_t block, auto& view) {
+            if (id != e.id || block != e.layer) return;
+            using view_type = std::remove_cvref_t<decltype(view)>;
+            if constexpr (view_type::rank == 1)
+                view = view_type(base + e.offset, {e.shape[0]});
+            else
+                view = view_type(base + e.offset, e.shape);
+        });
 }
 
 /// Owned, mutable parameters of one model in a single flat buffer of T, with views laid out like model_weights.
@@ -72,17 +100,7 @@ public:
     /// The scalar type.
     using value_type = T;
     /// Mutable views of one block's parameters; unused ones are empty.
-    struct layer {
-        tensor_view<T, 1> attn_norm;  ///< (d_model)
-        tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
-        tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-        tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-        tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
-        tensor_view<T, 1> mlp_norm;   ///< (d_model)
-        tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model)
-        tensor_view<T, 2> w_up;       ///< (d_mlp, d_model)
-        tensor_view<T, 2> w_down;     ///< (d_model, d_mlp)
-    };
+    using layer = basic_layer_weights<T>;
 
     /// No model: an empty buffer.
     basic_model_parameters() = default;
@@ -97,28 +115,14 @@ public:
     /// otherwise).
     basic_model_parameters(const model_config& config, const model_weights& weights) : basic_model_parameters(config) {
         validate_weights(config, weights);
-        auto copy_in = [](auto destination, auto source) {
+        for_each_view(*this, [&](parameter_id id, index_t block, auto destination) {
+            if (id == parameter_id::unembed && config.tied_unembed) return;
+            const auto source = view_of(weights, id, block);
             if (source.size() == 0) return;
             if (!source.is_contiguous()) throw shape_error("model_parameters: weights must be contiguous");
             std::transform(source.data(), source.data() + source.size(), destination.data(),
                            [](float x) { return static_cast<T>(x); });
-        };
-        copy_in(token_embedding, weights.token_embedding);
-        copy_in(pos_embedding, weights.pos_embedding);
-        for (std::size_t l = 0; l < layers.size(); ++l) {
-            const layer_weights& w = weights.layers[l];
-            copy_in(layers[l].attn_norm, w.attn_norm);
-            copy_in(layers[l].w_q, w.w_q);
-            copy_in(layers[l].w_k, w.w_k);
-            copy_in(layers[l].w_v, w.w_v);
-            copy_in(layers[l].w_o, w.w_o);
-            copy_in(layers[l].mlp_norm, w.mlp_norm);
-            copy_in(layers[l].w_gate, w.w_gate);
-            copy_in(layers[l].w_up, w.w_up);
-            copy_in(layers[l].w_down, w.w_down);
-        }
-        copy_in(final_norm, weights.final_norm);
-        if (!config.tied_unembed) copy_in(unembed, weights.unembed);
+        });
     }
     /// Deep copy.
     basic_model_parameters(const basic_model_parameters& other)
@@ -160,24 +164,25 @@ public:
     void fill(T value) noexcept { std::fill(flat().begin(), flat().end(), value); }
     /// Sets every norm gain to `value` (1 for a fresh model).
     void fill_norm_gains(T value) noexcept {
-        auto set = [value](tensor_view<T, 1> g) { std::fill(g.data(), g.data() + g.size(), value); };
-        for (layer& l : layers) {
-            if (l.attn_norm.size() > 0) set(l.attn_norm);
-            if (l.mlp_norm.size() > 0) set(l.mlp_norm);
-        }
-        if (final_norm.size() > 0) set(final_norm);
+        for (const parameter_entry& e : layout_)
+            if (traits_of(e.id).norm_gain) {
+                const std::span<T> gain = flat().subspan(static_cast<std::size_t>(e.offset),
+                                                         static_cast<std::size_t>(e.size()));
+                std::fill(gain.begin(), gain.end(), value);
+            }
     }
 
     /// Read-only views for a transformer (loaded_model{config(), weights()}); they keep the buffer alive.
     [[nodiscard]] model_weights weights() const requires std::same_as<T, float> {
         model_weights w;
-        w.token_embedding = token_embedding;
-        w.pos_embedding = pos_embedding;
-        for (const layer& l : layers)
-            w.layers.push_back(
-                layer_weights{l.attn_norm, l.w_q, l.w_k, l.w_v, l.w_o, l.mlp_norm, l.w_gate, l.w_up, l.w_down});
-        w.final_norm = final_norm;
-        w.unembed = unembed;
+        w.layers.resize(layers.size());
+        for_each_view(w, [&](parameter_id id, index_t block, auto& view) {
+            const tensor_view<const float, 2> source = view_of(*this, id, block);
+            if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+                view = tensor_view<const float, 1>(source.data(), {source.extent(0)});
+            else
+                view = source;
+        });
         w.storage = buffer_;
         return w;
     }
@@ -197,43 +202,7 @@ private:
     void bind() {
         layers.assign(static_cast<std::size_t>(config_.n_layers), layer{});
         if (!buffer_) return;
-        T* base = buffer_->data();
-        for (const parameter_entry& e : layout_) {
-            const tensor_view<T, 2> m(base + e.offset, e.shape);
-            const tensor_view<T, 1> v(base + e.offset, {e.shape[0]});
-            const std::string& n = e.name;
-            if (n == "token_embedding")
-                token_embedding = m;
-            else if (n == "pos_embedding")
-                pos_embedding = m;
-            else if (n == "final_norm")
-                final_norm = v;
-            else if (n == "unembed")
-                unembed = m;
-            else {
-                const std::size_t dot = n.find('.', 7);  // "blocks.L.field"
-                layer& l = layers[static_cast<std::size_t>(std::stoll(n.substr(7, dot - 7)))];
-                const std::string field = n.substr(dot + 1);
-                if (field == "attn_norm")
-                    l.attn_norm = v;
-                else if (field == "w_q")
-                    l.w_q = m;
-                else if (field == "w_k")
-                    l.w_k = m;
-                else if (field == "w_v")
-                    l.w_v = m;
-                else if (field == "w_o")
-                    l.w_o = m;
-                else if (field == "mlp_norm")
-                    l.mlp_norm = v;
-                else if (field == "w_gate")
-                    l.w_gate = m;
-                else if (field == "w_up")
-                    l.w_up = m;
-                else if (field == "w_down")
-                    l.w_down = m;
-            }
-        }
+        bind_layout(*this, layout_, buffer_->data());
         if (config_.tied_unembed) unembed = token_embedding;
     }
 

@@ -3,27 +3,73 @@
 /// Model weights as non-owning views, plus the storage that keeps them alive.
 
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mechlens/model/config.hpp"
+#include "mechlens/model/parameter_table.hpp"
 #include "mechlens/tensor/view.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Weights of one block; every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF.
-/// Views a config does not use (norm gains without norms, MLP weights of attention-only blocks, w_gate of a plain
-/// MLP) are empty (extents 0).
-struct layer_weights {
-    tensor_view<const float, 1> attn_norm;  ///< (d_model) RMSNorm gain before attention.
-    tensor_view<const float, 2> w_q;        ///< (n_heads * d_head, d_model)
-    tensor_view<const float, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<const float, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<const float, 2> w_o;        ///< (d_model, n_heads * d_head)
-    tensor_view<const float, 1> mlp_norm;   ///< (d_model) RMSNorm gain before the MLP.
-    tensor_view<const float, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
-    tensor_view<const float, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
-    tensor_view<const float, 2> w_down;     ///< (d_model, d_mlp) "w2".
+/// Weights of one block as views of T (const float for a loaded model, float or double for owned parameters and
+/// their gradients); every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF. Views a config
+/// does not use (see the parameter table) are empty (extents 0).
+template <class T>
+struct basic_layer_weights {
+    tensor_view<T, 1> attn_norm;  ///< (d_model) norm gain before attention.
+    tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
+    tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
+    tensor_view<T, 1> mlp_norm;   ///< (d_model) norm gain before the MLP.
+    tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<T, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
+    tensor_view<T, 2> w_down;     ///< (d_model, d_mlp) "w2".
 };
+
+/// Weights of one block of a loaded model.
+using layer_weights = basic_layer_weights<const float>;
+
+/// Calls f(parameter_id, view) for every per-block view of `layer` (a basic_layer_weights), in table order: the one
+/// place that pairs the table's block rows with the struct's members.
+template <class Layer, class F>
+void for_each_block_view(Layer& layer, F&& f) {
+    f(parameter_id::attn_norm, layer.attn_norm);
+    f(parameter_id::w_q, layer.w_q);
+    f(parameter_id::w_k, layer.w_k);
+    f(parameter_id::w_v, layer.w_v);
+    f(parameter_id::w_o, layer.w_o);
+    f(parameter_id::mlp_norm, layer.mlp_norm);
+    f(parameter_id::w_gate, layer.w_gate);
+    f(parameter_id::w_up, layer.w_up);
+    f(parameter_id::w_down, layer.w_down);
+}
+
+/// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
+/// table order: the one place that pairs the table's global rows with the members.
+template <class Model, class F>
+void for_each_global_view(Model& model, F&& f) {
+    f(parameter_id::token_embedding, model.token_embedding);
+    f(parameter_id::pos_embedding, model.pos_embedding);
+    f(parameter_id::final_norm, model.final_norm);
+    f(parameter_id::unembed, model.unembed);
+}
+
+/// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
+/// blocks in table order, the blocks in order, then the globals after them.
+template <class Model, class F>
+void for_each_view(Model& model, F&& f) {
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (!traits_of(id).per_block && id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+    });
+    for (std::size_t l = 0; l < model.layers.size(); ++l)
+        for_each_block_view(model.layers[l], [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (!traits_of(id).per_block && id > parameter_id::w_down) f(id, index_t{-1}, view);
+    });
+}
 
 /// All weights of a model: views into storage owned elsewhere (a memory-mapped file or converted buffers).
 struct model_weights {
@@ -42,35 +88,20 @@ struct loaded_model {
     model_weights weights;  ///< Views into the file's mapping or into converted buffers.
 };
 
-/// Throws shape_error unless every weight view has the extents `config` implies (empty where the config has no
-/// such weight).
+/// Throws shape_error unless every weight view has the extents `config` implies (the parameter table; empty where
+/// the config has no such weight).
 inline void validate_weights(const model_config& config, const model_weights& w) {
-    const index_t d = config.d_model, q = config.n_heads * config.d_head(), kv = config.n_kv_heads * config.d_head();
-    const index_t norm_width = config.has_norm() ? d : 0;
-    const index_t mlp_width = config.attn_only() ? 0 : config.d_mlp;
-    const index_t mlp_in = config.attn_only() ? 0 : d;
-    const bool gated = config.mlp == mlp_kind::gated_silu;
-    require_shape(w.token_embedding, {config.d_vocab, d}, "token_embedding");
-    if (config.rotary())
-        require_shape(w.pos_embedding, {0, 0}, "pos_embedding (rotary positions have none)");
-    else
-        require_shape(w.pos_embedding, {config.n_ctx, d}, "pos_embedding");
-    require_shape(w.final_norm, {norm_width}, "final_norm");
-    require_shape(w.unembed, {config.d_vocab, d}, "unembed");
     if (static_cast<index_t>(w.layers.size()) != config.n_layers)
         throw shape_error("model has " + std::to_string(w.layers.size()) + " layers of weights, config says " +
                           std::to_string(config.n_layers));
-    for (const layer_weights& l : w.layers) {
-        require_shape(l.attn_norm, {norm_width}, "attn_norm");
-        require_shape(l.w_q, {q, d}, "w_q");
-        require_shape(l.w_k, {kv, d}, "w_k");
-        require_shape(l.w_v, {kv, d}, "w_v");
-        require_shape(l.w_o, {d, q}, "w_o");
-        require_shape(l.mlp_norm, {config.attn_only() ? 0 : norm_width}, "mlp_norm");
-        require_shape(l.w_gate, {gated ? mlp_width : 0, gated ? mlp_in : 0}, "w_gate");
-        require_shape(l.w_up, {mlp_width, mlp_in}, "w_up");
-        require_shape(l.w_down, {mlp_in, mlp_width}, "w_down");
-    }
+    for_each_view(w, [&](parameter_id id, index_t, const auto& view) {
+        const parameter_traits& row = traits_of(id);
+        const extents<2> e = row.shape(config);
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            require_shape(view, {e[0]}, row.name.data());
+        else
+            require_shape(view, e, row.name.data());
+    });
 }
 
 MECHLENS_END_NAMESPACE

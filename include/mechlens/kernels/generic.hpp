@@ -1,0 +1,114 @@
+#pragma once
+/// @file
+/// Scalar kernels for any floating type (float or double): the maths of the gradient pass, whose forward runs in
+/// the precision being differentiated, and of double-precision reads such as the logit lens. The SIMD kernels in
+/// the sibling headers are the float fast path of the inference pass; these are their exact-formula counterparts
+/// plus the derivatives the backward pass needs.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "mechlens/detail/namespace.hpp"
+#include "mechlens/model/config.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels::generic {
+
+/// sqrt(mean(x^2) + eps) over x[0..n), accumulated in double whatever T is.
+template <class T>
+double rms_scale(const T* x, index_t n, float eps) {
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+}
+
+/// SiLU: x * sigmoid(x).
+template <class T>
+T silu(T x) {
+    return x / (T{1} + std::exp(-x));
+}
+
+/// d silu(x) * b / d x for a gated product silu(x) * b, and d / d b: (d_x, d_b) = dy * (b * silu'(x), silu(x)).
+template <class T>
+void silu_mul_backward(T x, T b, T dy, T& d_x, T& d_b) {
+    const T sigmoid = T{1} / (T{1} + std::exp(-x));
+    d_b = dy * x * sigmoid;
+    d_x = dy * b * sigmoid * (T{1} + x * (T{1} - sigmoid));
+}
+
+/// GELU, tanh approximation (GPT-2's gelu_new).
+template <class T>
+T gelu_tanh(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    return static_cast<T>(0.5) * x * (T{1} + std::tanh(c * (x + a * x * x * x)));
+}
+
+/// d gelu_tanh / dx.
+template <class T>
+T gelu_tanh_derivative(T x) {
+    const T c = static_cast<T>(0.7978845608028654), a = static_cast<T>(0.044715);
+    const T t = std::tanh(c * (x + a * x * x * x));
+    return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
+}
+
+/// Softmax over row[0..visible) in place (max-subtracted), zeros in row[visible..n): one causal attention row.
+template <class T>
+void causal_softmax(T* row, index_t visible, index_t n) {
+    T largest = -std::numeric_limits<T>::infinity();
+    for (index_t j = 0; j < visible; ++j) largest = std::max(largest, row[j]);
+    T sum = 0;
+    for (index_t j = 0; j < visible; ++j) sum += (row[j] = std::exp(row[j] - largest));
+    for (index_t j = 0; j < visible; ++j) row[j] /= sum;
+    for (index_t j = visible; j < n; ++j) row[j] = T{0};
+}
+
+/// The softmax's backward for one causal row: d_scores = p * (d_p - sum(p * d_p)) over [0..visible), 0 after.
+template <class T>
+void causal_softmax_backward(const T* p, const T* d_p, T* d_scores, index_t visible, index_t n) {
+    T dot = 0;
+    for (index_t j = 0; j < visible; ++j) dot += p[j] * d_p[j];
+    for (index_t j = 0; j < visible; ++j) d_scores[j] = p[j] * (d_p[j] - dot);
+    for (index_t j = visible; j < n; ++j) d_scores[j] = T{0};
+}
+
+/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head),
+/// angles in double (as kernels::make_rope_tables computes them), rounded to T once.
+template <class T>
+void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin) {
+    const index_t half = d_head / 2;
+    for (index_t i = 0; i < half; ++i) {
+        const double frequency =
+            std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / static_cast<double>(d_head));
+        for (index_t p = 0; p < positions; ++p) {
+            cos[p * half + i] = static_cast<T>(std::cos(static_cast<double>(p) * frequency));
+            sin[p * half + i] = static_cast<T>(std::sin(static_cast<double>(p) * frequency));
+        }
+    }
+}
+
+/// Rotates each head of `m` (rows, heads * d_head) by its position (row % positions) with per-position tables
+/// cos/sin (positions, d_head / 2), in `layout`'s pairing; `sign` -1 applies the inverse rotation, which is the
+/// backward pass of a rotation.
+template <class T>
+void rotate_heads(rope_layout layout, index_t d_head, index_t positions, T* m, index_t rows, index_t heads,
+                  const T* cos, const T* sin, T sign) {
+    const index_t half = d_head / 2;
+    for (index_t r = 0; r < rows; ++r) {
+        const index_t p = r % positions;
+        for (index_t h = 0; h < heads; ++h) {
+            T* x = m + (r * heads + h) * d_head;
+            for (index_t i = 0; i < half; ++i) {
+                const T cs = cos[p * half + i], sn = sign * sin[p * half + i];
+                const index_t a = layout == rope_layout::adjacent_pairs ? 2 * i : i;
+                const index_t b = layout == rope_layout::adjacent_pairs ? 2 * i + 1 : i + half;
+                const T x0 = x[a], x1 = x[b];
+                x[a] = x0 * cs - x1 * sn;
+                x[b] = x0 * sn + x1 * cs;
+            }
+        }
+    }
+}
+
+}  // namespace kernels::generic
+MECHLENS_END_NAMESPACE
