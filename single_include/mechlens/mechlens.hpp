@@ -5854,9 +5854,307 @@ MECHLENS_END_NAMESPACE
 #include <string>
 #include <type_traits>
 
+// ---- begin mechlens/model/block.hpp ----
+/// @file
+/// The transformer block, described once as data: a fixed sequence of typed steps (normalise, attend, add to the
+/// residual stream, normalise, MLP, add), each naming its hook sites and its parameters at compile time. The inference
+/// pass (model/forward.hpp), the partial pass used by patching, and the taped forward + backward pass
+/// (grad/backward.hpp) are loops over this one description; what each step computes lives with its op in
+/// model/ops/. A config turns steps off at run time (no norms, attention-only blocks) without changing the sequence.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
 
 MECHLENS_BEGIN_NAMESPACE
 
+/// What one step of a block does.
+enum class block_op : std::uint8_t {
+    norm,          ///< The sublayer input: the residual stream normalised (or the stream itself without norms).
+    attention,     ///< Causal grouped-query attention from the sublayer input to the branch output.
+    mlp,           ///< The MLP (gated SiLU or GELU) from the sublayer input to the branch output.
+    residual_add,  ///< Fires the branch site, adds the branch to the residual stream, fires the stream site.
+};
+
+/// One step of a block with everything about it that is known at compile time. A structural type, so a step can
+/// be a template argument and its sites reach the static hook policies as constants.
+struct block_step {
+    block_op op = block_op::norm;           ///< What the step does.
+    site_kind first_site = site_kind::embed;   ///< norm: its scale site; residual_add: the branch site.
+    site_kind second_site = site_kind::embed;  ///< norm: its normalized site; residual_add: the stream site after.
+    site_kind attn_only_site = site_kind::embed;  ///< residual_add in an attention-only block: the stream site then.
+    parameter_id weight = parameter_id::attn_norm;  ///< norm: the gain's parameter-table row.
+    int half = 0;  ///< 0: the attention half of the block; 1: the MLP half, skipped in attention-only blocks.
+};
+
+/// The decoder block of every model mechlens runs (LLaMA, GPT-2 style and their variants): pre-norm attention and
+/// MLP sublayers, each added to the residual stream. `blocks.L.hook_resid_pre` fires before the first step.
+inline constexpr std::array<block_step, 6> decoder_block{{
+    {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0},
+    {block_op::attention, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 0},
+    {block_op::residual_add, site_kind::attn_out, site_kind::resid_mid, site_kind::resid_post, parameter_id::attn_norm,
+     0},
+    {block_op::norm, site_kind::ln2_scale, site_kind::ln2_normalized, site_kind::embed, parameter_id::mlp_norm, 1},
+    {block_op::mlp, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 1},
+    {block_op::residual_add, site_kind::mlp_out, site_kind::resid_post, site_kind::resid_post, parameter_id::attn_norm,
+     1},
+}};
+
+/// The norm before the unembedding, as a step (its weight is model-wide).
+inline constexpr block_step final_norm_step{block_op::norm, site_kind::ln_final_scale,
+                                            site_kind::ln_final_normalized, site_kind::embed,
+                                            parameter_id::final_norm, 0};
+
+/// True when the step runs in a block of a model with config `c`.
+constexpr bool step_runs(const block_step& step, const model_config& c) noexcept {
+    return !(step.half == 1 && c.attn_only());
+}
+
+/// Calls f.template operator()<Step>() for every step of `Block` in order (Block is a constexpr array of steps):
+/// the interpreters' loop, unrolled so each step's sites stay compile-time constants.
+template <const auto& Block, class F>
+constexpr void for_each_step(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (f.template operator()<Block[I]>(), ...);
+    }(std::make_index_sequence<Block.size()>{});
+}
+
+/// for_each_step in reverse order: the backward pass's loop.
+template <const auto& Block, class F>
+constexpr void for_each_step_reversed(F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (f.template operator()<Block[Block.size() - 1 - I]>(), ...);
+    }(std::make_index_sequence<Block.size()>{});
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/block.hpp ----
+// ---- begin mechlens/model/ops/attention.hpp ----
+/// @file
+/// The attention op: q/k/v projections, rotary embedding of queries and keys, causal grouped-query attention over the
+/// kv cache, and the output projection (through per-head results when `attn.hook_result` is wanted), from a
+/// sublayer input to the branch output. Its inference forward (SIMD kernels, float), its taped forward and its
+/// backward (any floating type), with the sites attn.hook_q ... attn.hook_result.
+
+#include <cmath>
+#include <limits>
+
+// ---- begin mechlens/grad/observers.hpp ----
+/// @file
+/// Gradient observers, the backward counterpart of hook policies: a policy that also declares `wants_gradient` is
+/// handed d(metric)/d(activation) at each wanted site during the backward pass, as a mutable view (what it writes
+/// is what flows further back, like a PyTorch tensor hook that returns a new gradient).
+
+#include <concepts>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A policy that observes gradients: `P::wants_gradient(kind)` at compile time, then `on_gradient(site, view, ctx)`
+/// with the gradient at that site, shaped like the activation.
+template <class P>
+concept gradient_observer = requires(P& policy, const site& s, const hook_context& ctx, tensor_view<float, 3> v3,
+                                     tensor_view<float, 4> v4) {
+    { P::wants_gradient(site_kind::embed) } -> std::convertible_to<bool>;
+    policy.on_gradient(s, v3, ctx);
+    policy.on_gradient(s, v4, ctx);
+};
+
+namespace detail {
+/// Copies a view of doubles into a same-shaped view of floats, rounding each element once.
+template <class T, std::size_t Rank>
+void round_into(const tensor_view<const T, Rank>& source, const tensor_view<float, Rank>& destination) {
+    if constexpr (Rank == 1) {
+        for (index_t i = 0; i < source.extent(0); ++i) destination(i) = static_cast<float>(source(i));
+    } else {
+        for (index_t i = 0; i < source.extent(0); ++i) round_into(source[i], destination[i]);
+    }
+}
+/// Hands the gradient at a site to the policy when it wants it; `make_view` is only evaluated then.
+template <site_kind Kind, class Policy, class MakeView>
+inline void observe_gradient([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer,
+                             [[maybe_unused]] const hook_context& ctx, [[maybe_unused]] MakeView&& make_view) {
+    if constexpr (wants_gradient_of<Policy>(Kind)) policy.on_gradient(site{Kind, layer}, make_view(), ctx);
+}
+}  // namespace detail
+
+/// Caches gradients (not activations) into an activation_cache, filtered like caching_hooks: what
+/// `mechlens grad` writes. Gradients of double passes are stored rounded to float.
+template <kind_set Kinds = kind_set::all_but_result()>
+class gradient_cache {
+public:
+    /// Caches the gradient at every site of the kinds in `Kinds`.
+    gradient_cache() = default;
+    /// Caches the gradients `filter` selects among the kinds in `Kinds`.
+    explicit gradient_cache(cache_filter filter) : filter_(std::move(filter)) {}
+
+    /// No forward-pass site: this policy only reads gradients.
+    static constexpr bool wants(site_kind) noexcept { return false; }
+    /// Never called.
+    template <std::size_t Rank, class T>
+    void on_activation(const site&, tensor_view<T, Rank>, const hook_context&) noexcept {}
+    /// The kinds whose gradients are cached.
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Copies the gradient (reads only).
+    template <std::size_t Rank, class T>
+    void on_gradient(const site& s, tensor_view<T, Rank> gradient, const hook_context& ctx) {
+        if (!filter_.selects(s)) return;
+        if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(gradient), ctx.start_position, filter_);
+        } else {
+            std::vector<float> rounded(static_cast<std::size_t>(gradient.size()));
+            tensor_view<float, Rank> dense(rounded.data(), gradient.shape());
+            detail::round_into(tensor_view<const T, Rank>(gradient), dense);
+            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(dense), ctx.start_position, filter_);
+        }
+    }
+
+    /// The gradients cached so far, by site.
+    [[nodiscard]] const activation_cache& cache() const noexcept { return cache_; }
+    /// Moves the cache out.
+    [[nodiscard]] activation_cache take() noexcept {
+        activation_cache out = std::move(cache_);
+        cache_.clear();
+        return out;
+    }
+
+private:
+    cache_filter filter_;
+    activation_cache cache_;
+};
+static_assert(hook_policy<gradient_cache<>>);
+static_assert(gradient_observer<gradient_cache<>>);
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/grad/observers.hpp ----
+// ---- begin mechlens/model/ops/common.hpp ----
+/// @file
+/// What the ops of a block share: the shape of a forward call, views of its row-major buffers, the tape plumbing
+/// of the gradient pass, and the parallel-loop switch.
+
+// ---- begin mechlens/grad/tape.hpp ----
+/// @file
+/// What the taped forward pass keeps for the backward pass, and the Eigen plumbing both use: growable buffers, row-major
+/// maps and a serial, order-stable GEMM. The ops in model/ops/ read and write these; grad/backward.hpp owns them.
+
+#include <cstddef>
+#include <vector>
+
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// A dense row-major matrix of T as an Eigen map.
+template <class T>
+using row_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+/// A read-only dense row-major matrix of T as an Eigen map.
+template <class T>
+using const_row_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+/// A read-only row-major matrix with a row stride (one head's columns inside a wider matrix).
+template <class T>
+using const_strided_map =
+    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+/// A row-major matrix with a row stride.
+template <class T>
+using strided_map =
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+
+/// A growable buffer of T handing out dense matrix views.
+template <class T>
+struct grad_buffer {
+    std::vector<T> values;  ///< Storage; grows, never shrinks.
+    /// Grows to `count` elements.
+    void reserve(index_t count) {
+        if (static_cast<index_t>(values.size()) < count) values.resize(static_cast<std::size_t>(count));
+    }
+    /// Start of the storage.
+    [[nodiscard]] T* data() noexcept { return values.data(); }
+    /// Start of the storage.
+    [[nodiscard]] const T* data() const noexcept { return values.data(); }
+};
+
+/// What one norm keeps: (rows) scales and (rows, d_model) rows before and after the gain.
+template <class T>
+struct norm_tape {
+    grad_buffer<T> scale, normalized, input;  ///< scale (rows); normalized and input (rows, d_model).
+};
+
+/// The activations one block keeps for its backward pass; each is (batch * pos, width) row-major unless noted.
+template <class T>
+struct block_tape {
+    norm_tape<T> norms[2];                 ///< ln1 (attention half) and ln2 (MLP half).
+    grad_buffer<T> q, k, v;                ///< (rows, heads * d_head): q and k after rotary embedding.
+    grad_buffer<T> pattern;                ///< (batch, head, pos, pos)
+    grad_buffer<T> z;                      ///< (rows, n_heads * d_head)
+    grad_buffer<T> pre, pre_linear, post;  ///< (rows, d_mlp) MLP activations.
+};
+
+/// Scratch gradients of the backward pass, shared by every block.
+template <class T>
+struct backward_scratch {
+    grad_buffer<T> d_q, d_k, d_v;              ///< (rows, n_heads * d_head): per query head.
+    grad_buffer<T> d_k_grouped, d_v_grouped;   ///< (rows, n_kv_heads * d_head): summed over each group.
+    grad_buffer<T> d_z;                        ///< (rows, n_heads * d_head)
+    grad_buffer<T> d_pattern, d_scores;        ///< (batch, head, pos, pos)
+    grad_buffer<T> d_scale;                    ///< (rows)
+    grad_buffer<T> d_mlp_a, d_mlp_b, d_mlp_post;  ///< (rows, d_mlp)
+};
+
+/// dst = a * b, or dst += a * b, through Eigen's GEMM, serially. Eigen's GEMM packs its operands, so every element
+/// is summed in the same order whatever the addresses (a lazy product would not be: its vectorised dot products peel
+/// by alignment). It stays on the calling thread because Eigen's parallel GEMM synchronises its threads many times
+/// per product: with a core shared with other work, one descheduled thread stalls the other, measured here as a
+/// 17x slowdown of a training step. Callers parallelise across independent passes instead.
+template <class Dst, class Lhs, class Rhs>
+void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
+#if defined(_OPENMP)
+    // Eigen sizes its team by omp_get_max_threads(), a per-thread setting: lower it for this product only.
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    if (accumulate)
+        dst.noalias() += a * b;
+    else
+        dst.noalias() = a * b;
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+}
+
+/// Views a (rows, width) buffer as (batch, pos, width).
+template <class T>
+tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
+    return tensor_view<T, 3>(data, {batch, positions, width});
+}
+/// Views a (rows, heads * d_head) buffer as (batch, pos, heads, d_head).
+template <class T>
+tensor_view<T, 4> heads_view(T* data, index_t batch, index_t positions, index_t heads, index_t d_head) {
+    return tensor_view<T, 4>(data, {batch, positions, heads, d_head});
+}
+
+/// The rows a taped pass covers: `batch` sequences of `positions` tokens from position 0.
+struct taped_shape {
+    index_t batch;      ///< Sequences.
+    index_t positions;  ///< Tokens per sequence.
+    /// batch * positions.
+    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
+};
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/grad/tape.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
 namespace detail {
 
 #if defined(_OPENMP)
@@ -5886,67 +6184,12 @@ inline tensor_view<float, 4> as_heads(tensor_view<float, 2> m, const forward_sha
     return tensor_view<float, 4>(m.data(), {s.batch, s.positions, heads, m.extent(1) / heads});
 }
 
-/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
-/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
-template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
-void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
-                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
-    const index_t width = x.extent(1);
-    if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
-        tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
-        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
-        fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
-        for (index_t r = 0; r < s.rows(); ++r) {
-            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
-            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
-        }
-        fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
-        for (index_t r = 0; r < s.rows(); ++r)
-            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
-    } else {
-        (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
-        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
-    }
-}
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/ops/common.hpp ----
 
-/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
-/// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
-template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
-tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                                      const model_config& c, tensor_view<const float, 2> x,
-                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
-                                      detail::scratch_buffer& scale_buffer) {
-    if (!c.has_norm()) return x;
-    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
-    return out;
-}
-
-/// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
-/// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
-/// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
-template <class Policy>
-void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
-           const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
-    const model_config& c = model.config();
-    const model_weights& w = model.weights();
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const std::int32_t token = tokens(r / s.positions, r % s.positions);
-        const float* embedding = &w.token_embedding(token, 0);
-        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
-    }
-    fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
-    if (c.rotary()) return;
-    // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
-    // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
-    const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
-        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
-    }
-    fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
-    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
-}
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
 
 /// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
 inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
@@ -5963,6 +6206,23 @@ inline void apply_rope(const transformer& model, const forward_shape& s, tensor_
             else
                 kernels::rope_split_halves(head, cos, sin, d_head);
         }
+    }
+}
+
+/// Writes the new rows' keys and values (batch * pos, n_kv_heads * d_head) into `cache` at their absolute positions.
+inline void store_keys_values(const model_config& c, const forward_shape& s, index_t layer,
+                              tensor_view<const float, 2> new_keys, tensor_view<const float, 2> new_values,
+                              kv_cache& cache) {
+    const index_t d_head = c.d_head();
+    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
+    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const index_t b = r / s.positions, position = s.start + r % s.positions;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                keys(b, h, position, i) = new_keys(r, h * d_head + i);
+                values(b, h, position, i) = new_values(r, h * d_head + i);
+            }
     }
 }
 
@@ -6051,6 +6311,208 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
     }
 }
 
+/// Attention step, inference: from the sublayer input `in` (batch * pos, d_model) to `out` (batch * pos, d_model),
+/// appending the rows' keys and values to `cache`.
+template <class Policy>
+void attention_step(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
+                    const forward_shape& s, tensor_view<const float, 2> in, kv_cache& cache, workspace& ws,
+                    tensor_view<float, 2> out) {
+    const model_config& c = model.config();
+    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const index_t rows = s.rows(), d_head = c.d_head();
+    const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
+    const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
+    const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
+    kernels::linear(in, w.w_q, queries);
+    kernels::linear(in, w.w_k, new_keys);
+    kernels::linear(in, w.w_v, new_values);
+    fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+    fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
+    if (c.rotary()) {
+        apply_rope(model, s, queries, c.n_heads);
+        apply_rope(model, s, new_keys, c.n_kv_heads);
+        fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
+        fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
+    }
+    store_keys_values(c, s, layer, new_keys, new_values, cache);
+    attend(policy, layer, ctx, model, s, cache, ws);
+    project_heads(policy, layer, ctx, model, s, ws, out);
+}
+
+/// Attention step, taped forward: from the sublayer input `input1` (rows, d_model) to `branch` (rows, d_model),
+/// keeping q, k (rotated), v, the pattern and z in the block's tape. `rope_cos`/`rope_sin` are (pos, d_head / 2).
+template <class T, class Layer, class Policy>
+void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                          const Layer& w, const taped_shape& shape, const T* input1, const T* rope_cos,
+                          const T* rope_sin, block_tape<T>& b, T* branch) {
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
+    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    const_row_map<T> in1(input1, rows, d);
+    multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
+             const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
+    multiply(row_map<T>(b.k.data(), rows, kv_heads * d_head), in1,
+             const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
+    multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
+             const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
+    fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
+    fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
+    fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
+    if (c.rotary()) {
+        const T* cos = rope_cos;  // (pos, d_head / 2)
+        const T* sin = rope_sin;  // (pos, d_head / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
+        kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
+        fire<site_kind::attn_rot_q>(hooks, layer, ctx,
+                                    [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
+        fire<site_kind::attn_rot_k>(hooks, layer, ctx,
+                                    [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
+    }
+
+    // Scores into the pattern buffer, then the softmax in place. (batch, head, query_pos, key_pos)
+    const tensor_view<T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
+    for (index_t bh = 0; bh < batch * heads; ++bh) {
+        const index_t s = bh / heads, h = bh % heads;
+        const const_strided_map<T> q(b.q.data() + s * n * heads * d_head + h * d_head, n, d_head,
+                                     Eigen::OuterStride<>(heads * d_head));
+        const const_strided_map<T> k(b.k.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
+                                     Eigen::OuterStride<>(kv_heads * d_head));
+        row_map<T> scores(&pattern(s, h, 0, 0), n, n);
+        multiply(scores, q, k.transpose(), false);
+        scores *= inverse_sqrt_d;
+        for (index_t i = 0; i < n; ++i)
+            for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
+    }
+    fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
+    for (index_t s = 0; s < batch; ++s)
+        for (index_t h = 0; h < heads; ++h)
+            for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
+    fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
+    for (index_t bh = 0; bh < batch * heads; ++bh) {
+        const index_t s = bh / heads, h = bh % heads;
+        const const_strided_map<T> v(b.v.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
+                                     Eigen::OuterStride<>(kv_heads * d_head));
+        strided_map<T> z(b.z.data() + s * n * heads * d_head + h * d_head, n, d_head,
+                         Eigen::OuterStride<>(heads * d_head));
+        multiply(z, const_row_map<T>(&pattern(s, h, 0, 0), n, n), v, false);
+    }
+    fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
+    multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
+             const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
+}
+
+/// Attention step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient,
+/// written to `d_input` with norms and to `d_branch` itself without; adds weight gradients into `gw` when non-null.
+template <class T, class Layer, class Policy>
+void attention_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                             const Layer& w, basic_layer_weights<T>* gw, const taped_shape& shape, const T* input1,
+                             const T* rope_cos, const T* rope_sin, const block_tape<T>& b,
+                             backward_scratch<T>& scratch, T* d_branch, T* d_input) {
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
+    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
+    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    T* d_z = scratch.d_z.data();  // (rows, n_heads * d_head)
+    const_row_map<T> db(d_branch, rows, d);
+    if (gw != nullptr)
+        multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
+                 const_row_map<T>(b.z.data(), rows, q_width), true);
+    multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
+    observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
+                                        [&] { return heads_view(d_z, batch, n, heads, d_head); });
+
+    const tensor_view<const T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
+    const tensor_view<T, 4> d_pattern(scratch.d_pattern.data(), {batch, heads, n, n});
+    const tensor_view<T, 4> d_scores(scratch.d_scores.data(), {batch, heads, n, n});
+    T* d_q = scratch.d_q.data();  // (rows, n_heads * d_head)
+    T* d_k = scratch.d_k.data();  // (rows, n_heads * d_head): per query head, summed into groups below
+    T* d_v = scratch.d_v.data();  // (rows, n_heads * d_head)
+    for (index_t bh = 0; bh < batch * heads; ++bh) {
+        const index_t s = bh / heads, h = bh % heads;
+        const const_strided_map<T> v(b.v.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
+                                     Eigen::OuterStride<>(kv_width));
+        const const_strided_map<T> dz(d_z + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+        const const_row_map<T> p(&pattern(s, h, 0, 0), n, n);
+        row_map<T> dp(&d_pattern(s, h, 0, 0), n, n);
+        multiply(dp, dz, v.transpose(),
+                 false);  // masked entries too, as TransformerLens's z = pattern @ v has them
+        multiply(strided_map<T>(d_v + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width)),
+                 p.transpose(), dz, false);
+    }
+    observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
+    for (index_t s = 0; s < batch; ++s)
+        for (index_t h = 0; h < heads; ++h)
+            for (index_t i = 0; i < n; ++i)
+                kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
+                                                          &d_scores(s, h, i, 0), i + 1, n);
+    observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
+    for (index_t bh = 0; bh < batch * heads; ++bh) {
+        const index_t s = bh / heads, h = bh % heads;
+        const const_strided_map<T> q(b.q.data() + s * n * q_width + h * d_head, n, d_head,
+                                     Eigen::OuterStride<>(q_width));
+        const const_strided_map<T> k(b.k.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
+                                     Eigen::OuterStride<>(kv_width));
+        const const_row_map<T> ds(&d_scores(s, h, 0, 0), n, n);
+        strided_map<T> dq_h(d_q + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+        strided_map<T> dk_h(d_k + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
+        multiply(dq_h, ds, k, false);
+        multiply(dk_h, ds.transpose(), q, false);
+        dq_h *= inverse_sqrt_d;
+        dk_h *= inverse_sqrt_d;
+    }
+    T* d_k_grouped = scratch.d_k_grouped.data();  // (rows, n_kv_heads * d_head)
+    T* d_v_grouped = scratch.d_v_grouped.data();  // (rows, n_kv_heads * d_head)
+    std::fill(d_k_grouped, d_k_grouped + rows * kv_width, T{0});
+    std::fill(d_v_grouped, d_v_grouped + rows * kv_width, T{0});
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t h = 0; h < heads; ++h)
+            for (index_t i = 0; i < d_head; ++i) {
+                d_k_grouped[r * kv_width + (h / group) * d_head + i] += d_k[r * q_width + h * d_head + i];
+                d_v_grouped[r * kv_width + (h / group) * d_head + i] += d_v[r * q_width + h * d_head + i];
+            }
+    if (c.rotary()) {
+        observe_gradient<site_kind::attn_rot_q>(hooks, layer, ctx,
+                                                [&] { return heads_view(d_q, batch, n, heads, d_head); });
+        observe_gradient<site_kind::attn_rot_k>(
+            hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
+        const T* cos = rope_cos;  // (pos, d_head / 2)
+        const T* sin = rope_sin;  // (pos, d_head / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
+        kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
+    }
+    observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
+                                        [&] { return heads_view(d_q, batch, n, heads, d_head); });
+    observe_gradient<site_kind::attn_k>(hooks, layer, ctx,
+                                        [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
+    observe_gradient<site_kind::attn_v>(hooks, layer, ctx,
+                                        [&] { return heads_view(d_v_grouped, batch, n, kv_heads, d_head); });
+    const_row_map<T> in1(input1, rows, d);
+    const_row_map<T> dq(d_q, rows, q_width), dk(d_k_grouped, rows, kv_width), dv(d_v_grouped, rows, kv_width);
+    if (gw != nullptr) {
+        multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
+        multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
+        multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
+    }
+    row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
+    multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);
+    multiply(d_in1, dk, const_row_map<T>(w.w_k.data(), kv_width, d), true);
+    multiply(d_in1, dv, const_row_map<T>(w.w_v.data(), kv_width, d), true);
+}
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/ops/attention.hpp ----
+// ---- begin mechlens/model/ops/mlp.hpp ----
+/// @file
+/// The MLP op: gated SiLU (LLaMA) or GELU (GPT-2's gelu_new), from a sublayer input to the branch output, firing
+/// mlp.hook_pre, hook_pre_linear (gated only) and hook_post. Its inference forward (SIMD kernels, float), its taped
+/// forward and its backward (any floating type).
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
 /// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
@@ -6074,70 +6536,348 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
     kernels::linear(gate, w.w_down, out);
 }
 
-/// Writes the new rows' keys and values (batch * pos, n_kv_heads * d_head) into `cache` at their absolute positions.
-inline void store_keys_values(const model_config& c, const forward_shape& s, index_t layer,
-                              tensor_view<const float, 2> new_keys, tensor_view<const float, 2> new_values,
-                              kv_cache& cache) {
-    const index_t d_head = c.d_head();
-    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
-    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const index_t b = r / s.positions, position = s.start + r % s.positions;
-        for (index_t h = 0; h < c.n_kv_heads; ++h)
-            for (index_t i = 0; i < d_head; ++i) {
-                keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                values(b, h, position, i) = new_values(r, h * d_head + i);
-            }
+/// MLP step, taped forward: from the sublayer input `input2` (rows, d_model) to `branch` (rows, d_model), keeping
+/// the pre-activations and the hidden state in the block's tape.
+template <class T, class Layer, class Policy>
+void taped_mlp_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c, const Layer& w,
+                    const taped_shape& shape, const T* input2, block_tape<T>& b, T* branch) {
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model, m = c.d_mlp;
+    const_row_map<T> in2(input2, rows, d);
+    T* pre = b.pre.data();    // (rows, d_mlp)
+    T* post = b.post.data();  // (rows, d_mlp)
+    if (c.mlp == mlp_kind::gated_silu) {
+        T* linear = b.pre_linear.data();  // (rows, d_mlp)
+        multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_gate.data(), m, d).transpose(), false);
+        multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+        fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
+        fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
+        for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
+    } else {
+        multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+        fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
+        for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
+    }
+    fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
+    multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
+             const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
+}
+
+/// MLP step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient, written
+/// to `d_input` with norms and to `d_branch` itself without; adds weight gradients into `gw` when non-null.
+template <class T, class Layer, class Policy>
+void mlp_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c, const Layer& w,
+                       basic_layer_weights<T>* gw, const taped_shape& shape, const T* input2, const block_tape<T>& b,
+                       backward_scratch<T>& scratch, T* d_branch, T* d_input) {
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model, m = c.d_mlp;
+    T* d_post = scratch.d_mlp_post.data();  // (rows, d_mlp)
+    const_row_map<T> db(d_branch, rows, d);
+    if (gw != nullptr)
+        multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
+                 true);
+    multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
+    observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
+                                          [&] { return sequence_view(d_post, batch, n, m); });
+    T* d_pre = scratch.d_mlp_a.data();  // (rows, d_mlp)
+    const T* pre = b.pre.data();
+    const_row_map<T> in2(input2, rows, d);
+    row_map<T> d_in2(c.has_norm() ? d_input : d_branch, rows, d);
+    if (c.mlp == mlp_kind::gated_silu) {
+        T* d_linear = scratch.d_mlp_b.data();  // (rows, d_mlp)
+        const T* linear = b.pre_linear.data();
+        for (index_t i = 0; i < rows * m; ++i)
+            kernels::generic::silu_mul_backward(pre[i], linear[i], d_post[i], d_pre[i], d_linear[i]);
+        observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
+                                             [&] { return sequence_view(d_pre, batch, n, m); });
+        observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
+                                                    [&] { return sequence_view(d_linear, batch, n, m); });
+        if (gw != nullptr) {
+            multiply(row_map<T>(gw->w_gate.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
+                     true);
+            multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_linear, rows, m).transpose(), in2,
+                     true);
+        }
+        multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
+        multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
+    } else {
+        for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
+        observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
+                                             [&] { return sequence_view(d_pre, batch, n, m); });
+        if (gw != nullptr)
+            multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
+                     true);
+        multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
     }
 }
 
-/// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/ops/mlp.hpp ----
+// ---- begin mechlens/model/ops/norm.hpp ----
+/// @file
+/// The norm op: RMSNorm with a gain (or nothing, for models without norms) from the residual stream to a sublayer's
+/// input, firing `*.hook_scale` and `*.hook_normalized`. Its inference forward (SIMD kernels, float), its taped
+/// forward and its backward (any floating type), and the step-level entry points the interpreters call.
+
+#include <cstdint>
+#include <type_traits>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// The gain (a rank-1 view) of block parameter row `id` in `layer` (a basic_layer_weights): the view type of the
+/// layer's own, so a gradient layer yields a mutable view.
+template <class Layer>
+auto gain_view(Layer& layer, parameter_id id) {
+    std::remove_cvref_t<decltype(layer.attn_norm)> found;
+    for_each_block_view(layer, [&](parameter_id candidate, auto& view) {
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            if (candidate == id) found = view;
+    });
+    return found;
+}
+
+/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
+/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
+                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
+    const index_t width = x.extent(1);
+    if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
+        tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
+        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
+        fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
+        for (index_t r = 0; r < s.rows(); ++r) {
+            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
+            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
+        }
+        fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
+        for (index_t r = 0; r < s.rows(); ++r)
+            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
+    } else {
+        (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
+        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
+    }
+}
+
+/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
+/// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
+template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
+tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                                      const model_config& c, tensor_view<const float, 2> x,
+                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
+                                      detail::scratch_buffer& scale_buffer) {
+    if (!c.has_norm()) return x;
+    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
+    return out;
+}
+
+/// RMSNorm forward with hooks: scale, normalized (x / scale), then input = normalized * gain.
+template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
+void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
+                tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
+    const index_t rows = batch * positions;
+    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
+    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
+    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i) input[r * d + i] = normalized[r * d + i] * gain(i);
+}
+
+/// RMSNorm backward: from d(input) (rows, d) adds d(x) into `dx` and, when `d_gain` is non-null, d(gain) into it.
+/// Observers see d(normalized) and d(scale).
+template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
+void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
+                   tensor_view<const T, 1> gain, const T* scale, const T* normalized, index_t d, T* d_input, T* d_scale,
+                   T* dx, T* d_gain) {
+    const index_t rows = batch * positions;
+    if (d_gain != nullptr)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d; ++i) d_gain[i] += d_input[r * d + i] * normalized[r * d + i];
+    for (index_t r = 0; r < rows; ++r)  // d(normalized), in place
+        for (index_t i = 0; i < d; ++i) d_input[r * d + i] *= gain(i);
+    observe_gradient<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(d_input, batch, positions, d); });
+    for (index_t r = 0; r < rows; ++r) {  // normalized = x / scale: d(scale) = -sum(d_n * x) / scale^2
+        double dot = 0.0;
+        for (index_t i = 0; i < d; ++i)
+            dot += static_cast<double>(d_input[r * d + i]) * static_cast<double>(x[r * d + i]);
+        d_scale[r] = static_cast<T>(-dot / (static_cast<double>(scale[r]) * static_cast<double>(scale[r])));
+    }
+    observe_gradient<ScaleSite>(hooks, layer, ctx,
+                                [&] { return sequence_view(d_scale, batch, positions, index_t{1}); });
+    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(x^2) + eps): d(scale)/dx_i = x_i / (d * scale)
+        const T s = scale[r], through_scale = d_scale[r] / (static_cast<T>(d) * s);
+        for (index_t i = 0; i < d; ++i) dx[r * d + i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
+    }
+}
+
+
+/// Norm step, inference: the sublayer input for the rows in `x` (a view into `out` or `x` itself), see normalize.
+template <block_step Step, class Policy>
+tensor_view<const float, 2> norm_step(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                                      const model_config& c, tensor_view<const float, 2> x,
+                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
+                                      detail::scratch_buffer& scale_buffer) {
+    static_assert(Step.op == block_op::norm);
+    return normalize<Step.first_site, Step.second_site>(policy, layer, ctx, s, c, x, gain, out, scale_buffer);
+}
+
+/// Norm step, taped forward: returns the sublayer input, `x` itself without norms, else the tape's gained rows.
+template <block_step Step, class T, class Policy>
+const T* taped_norm_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                         const taped_shape& s, const T* x, tensor_view<const T, 1> gain, norm_tape<T>& tape) {
+    static_assert(Step.op == block_op::norm);
+    if (!c.has_norm()) return x;
+    taped_norm<Step.first_site, Step.second_site>(hooks, layer, ctx, s.batch, s.positions, x, gain, c.norm_eps,
+                                                  c.d_model, tape.scale.data(), tape.normalized.data(),
+                                                  tape.input.data());
+    return tape.input.data();
+}
+
+/// Norm step, backward: adds the gradient of the step's input `x` into `d_stream`, from the sublayer input's
+/// gradient, which is in `d_input` with norms and in `d_branch` without (then the step is the identity). Adds the
+/// gain's gradient into `d_gain` when it is non-null.
+template <block_step Step, class T, class Policy>
+void norm_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                        const taped_shape& s, const T* x, tensor_view<const T, 1> gain, const norm_tape<T>& tape,
+                        T* d_input, T* d_branch, T* d_scale, T* d_stream, T* d_gain) {
+    static_assert(Step.op == block_op::norm);
+    if (c.has_norm()) {
+        norm_backward<Step.first_site, Step.second_site>(hooks, layer, ctx, s.batch, s.positions, x, gain,
+                                                         tape.scale.data(), tape.normalized.data(), c.d_model,
+                                                         d_input, d_scale, d_stream, d_gain);
+    } else {
+        for (index_t i = 0; i < s.rows() * c.d_model; ++i) d_stream[i] += d_branch[i];
+    }
+}
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/ops/norm.hpp ----
+// ---- begin mechlens/model/ops/residual.hpp ----
+/// @file
+/// The residual-add op: fires the branch's site (hook_attn_out, hook_mlp_out), adds the branch to the residual
+/// stream and fires the stream's site after it (hook_resid_mid, hook_resid_post; an attention-only block goes straight
+/// to hook_resid_post, as TransformerLens has no hook_resid_mid there). Inference, taped forward and backward.
+
+#include <algorithm>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// True when the step's stream site is the attention-only one (the attention half's add in an attention-only block).
+constexpr bool adds_to_block_output(const block_step& step, const model_config& c) noexcept {
+    return step.half == 0 && c.attn_only();
+}
+
+/// Residual-add step, inference: x += branch, both (batch * pos, d_model), firing the branch and stream sites.
+template <block_step Step, class Policy>
+void residual_add_step(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                       const model_config& c, tensor_view<float, 2> x, tensor_view<float, 2> branch) {
+    static_assert(Step.op == block_op::residual_add);
+    fire<Step.first_site>(policy, layer, ctx, [&] { return as_sequence(branch, s); });
+    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &branch(r, 0), c.d_model);
+    if (adds_to_block_output(Step, c))
+        fire<Step.attn_only_site>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+    else
+        fire<Step.second_site>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+}
+
+/// Residual-add step, taped forward: `out` = `in` + `branch` (rows, d_model each), firing the branch and stream
+/// sites; in an attention-only block the sum is also the block's output, copied to `block_out` (the tape keeps
+/// every stream state apart).
+template <block_step Step, class T, class Policy>
+void taped_residual_add_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                             const taped_shape& shape, const T* in, T* branch, T* out, T* block_out) {
+    static_assert(Step.op == block_op::residual_add);
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
+    fire<Step.first_site>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
+    for (index_t i = 0; i < rows * d; ++i) out[i] = in[i] + branch[i];
+    if (adds_to_block_output(Step, c)) {
+        std::copy(out, out + rows * d, block_out);
+        fire<Step.attn_only_site>(hooks, layer, ctx, [&] { return sequence_view(block_out, batch, n, d); });
+    } else {
+        fire<Step.second_site>(hooks, layer, ctx, [&] { return sequence_view(out, batch, n, d); });
+    }
+}
+
+/// Residual-add step, backward: observers see the stream's gradient `d_stream`, which is also the branch's
+/// (copied to `d_branch`); the stream keeps its own (the add's other input).
+template <block_step Step, class T, class Policy>
+void residual_add_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
+                                const taped_shape& shape, T* d_stream, T* d_branch) {
+    static_assert(Step.op == block_op::residual_add);
+    const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
+    if (adds_to_block_output(Step, c))
+        observe_gradient<Step.attn_only_site>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
+    else
+        observe_gradient<Step.second_site>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
+    std::copy(d_stream, d_stream + rows * d, d_branch);
+    observe_gradient<Step.first_site>(hooks, layer, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
+}
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/ops/residual.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
+/// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
+/// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
+template <class Policy>
+void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+           const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
+    const model_config& c = model.config();
+    const model_weights& w = model.weights();
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const std::int32_t token = tokens(r / s.positions, r % s.positions);
+        const float* embedding = &w.token_embedding(token, 0);
+        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
+    }
+    fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
+    if (c.rotary()) return;
+    // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
+    // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
+    const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) {
+        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
+        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
+    }
+    fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
+    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
+}
+
+/// One transformer block: the interpreter of decoder_block (model/block.hpp) for inference. The residual stream is
+/// ws.residual; each norm step yields the sublayer input, each sublayer writes ws.block_out, each add folds it in.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
     const model_config& c = model.config();
     const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
-    const index_t rows = s.rows(), d = c.d_model, d_head = c.d_head();
-    const auto x = ws.residual.matrix(rows, d);                                 // (batch * pos, d_model)
-    const auto normed = ws.normed.matrix(rows, d);                              // (batch * pos, d_model)
-    const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
-    const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
-    const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
-
+    const auto x = ws.residual.matrix(s.rows(), c.d_model);       // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(s.rows(), c.d_model);    // (batch * pos, d_model)
+    const auto branch = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    tensor_view<const float, 2> sublayer_in = x;                   // (batch * pos, d_model)
     fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-    const auto attn_in = normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
-    kernels::linear(attn_in, w.w_q, queries);
-    kernels::linear(attn_in, w.w_k, new_keys);
-    kernels::linear(attn_in, w.w_v, new_values);
-    fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-    fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
-    fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
-    if (c.rotary()) {
-        apply_rope(model, s, queries, c.n_heads);
-        apply_rope(model, s, new_keys, c.n_kv_heads);
-        fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-        fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
-    }
-
-    store_keys_values(c, s, layer, new_keys, new_values, cache);
-    attend(policy, layer, ctx, model, s, cache, ws);
-    project_heads(policy, layer, ctx, model, s, ws, block_out);
-    fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
-    if (c.attn_only()) {  // TransformerLens: resid_post = resid_pre + attn_out, with no hook_resid_mid in between
-        fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-        return;
-    }
-    fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-
-    const auto mlp_in = normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.mlp_norm, normed, ws.norm_scale);
-    run_mlp(policy, layer, ctx, c, w, s, mlp_in, ws, block_out);
-    fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
-    fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+    for_each_step<decoder_block>([&]<block_step Step>() {
+        if (!step_runs(Step, c)) return;
+        if constexpr (Step.op == block_op::norm)
+            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight), normed,
+                                          ws.norm_scale);
+        else if constexpr (Step.op == block_op::attention)
+            attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
+        else if constexpr (Step.op == block_op::mlp)
+            run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
+        else
+            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch);
+    });
 }
 
 /// Throws unless tokens, cache and logits fit the model and each other.
@@ -6266,7 +7006,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     const auto new_keys = ws.new_keys.matrix(rows, kv_width);         // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
-    const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+    const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
     kernels::linear(attn_in, w.w_k, new_keys);
     kernels::linear(attn_in, w.w_v, new_values);
@@ -6294,9 +7034,8 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
                           std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
-    return detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows, model.weights().final_norm, normed,
-        ws.norm_scale);
+    return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
+                                              model.weights().final_norm, normed, ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
@@ -7678,97 +8417,6 @@ using metric = basic_metric<float>;
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/grad/metric.hpp ----
-// ---- begin mechlens/grad/observers.hpp ----
-/// @file
-/// Gradient observers, the backward counterpart of hook policies: a policy that also declares `wants_gradient` is
-/// handed d(metric)/d(activation) at each wanted site during the backward pass, as a mutable view (what it writes
-/// is what flows further back, like a PyTorch tensor hook that returns a new gradient).
-
-#include <concepts>
-#include <cstddef>
-#include <utility>
-#include <vector>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// A policy that observes gradients: `P::wants_gradient(kind)` at compile time, then `on_gradient(site, view, ctx)`
-/// with the gradient at that site, shaped like the activation.
-template <class P>
-concept gradient_observer = requires(P& policy, const site& s, const hook_context& ctx, tensor_view<float, 3> v3,
-                                     tensor_view<float, 4> v4) {
-    { P::wants_gradient(site_kind::embed) } -> std::convertible_to<bool>;
-    policy.on_gradient(s, v3, ctx);
-    policy.on_gradient(s, v4, ctx);
-};
-
-namespace detail {
-/// Copies a view of doubles into a same-shaped view of floats, rounding each element once.
-template <class T, std::size_t Rank>
-void round_into(const tensor_view<const T, Rank>& source, const tensor_view<float, Rank>& destination) {
-    if constexpr (Rank == 1) {
-        for (index_t i = 0; i < source.extent(0); ++i) destination(i) = static_cast<float>(source(i));
-    } else {
-        for (index_t i = 0; i < source.extent(0); ++i) round_into(source[i], destination[i]);
-    }
-}
-/// Hands the gradient at a site to the policy when it wants it; `make_view` is only evaluated then.
-template <site_kind Kind, class Policy, class MakeView>
-inline void observe_gradient([[maybe_unused]] Policy& policy, [[maybe_unused]] index_t layer,
-                             [[maybe_unused]] const hook_context& ctx, [[maybe_unused]] MakeView&& make_view) {
-    if constexpr (wants_gradient_of<Policy>(Kind)) policy.on_gradient(site{Kind, layer}, make_view(), ctx);
-}
-}  // namespace detail
-
-/// Caches gradients (not activations) into an activation_cache, filtered like caching_hooks: what
-/// `mechlens grad` writes. Gradients of double passes are stored rounded to float.
-template <kind_set Kinds = kind_set::all_but_result()>
-class gradient_cache {
-public:
-    /// Caches the gradient at every site of the kinds in `Kinds`.
-    gradient_cache() = default;
-    /// Caches the gradients `filter` selects among the kinds in `Kinds`.
-    explicit gradient_cache(cache_filter filter) : filter_(std::move(filter)) {}
-
-    /// No forward-pass site: this policy only reads gradients.
-    static constexpr bool wants(site_kind) noexcept { return false; }
-    /// Never called.
-    template <std::size_t Rank, class T>
-    void on_activation(const site&, tensor_view<T, Rank>, const hook_context&) noexcept {}
-    /// The kinds whose gradients are cached.
-    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
-    /// Copies the gradient (reads only).
-    template <std::size_t Rank, class T>
-    void on_gradient(const site& s, tensor_view<T, Rank> gradient, const hook_context& ctx) {
-        if (!filter_.selects(s)) return;
-        if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
-            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(gradient), ctx.start_position, filter_);
-        } else {
-            std::vector<float> rounded(static_cast<std::size_t>(gradient.size()));
-            tensor_view<float, Rank> dense(rounded.data(), gradient.shape());
-            detail::round_into(tensor_view<const T, Rank>(gradient), dense);
-            detail::cache_rows(cache_, s, tensor_view<const float, Rank>(dense), ctx.start_position, filter_);
-        }
-    }
-
-    /// The gradients cached so far, by site.
-    [[nodiscard]] const activation_cache& cache() const noexcept { return cache_; }
-    /// Moves the cache out.
-    [[nodiscard]] activation_cache take() noexcept {
-        activation_cache out = std::move(cache_);
-        cache_.clear();
-        return out;
-    }
-
-private:
-    cache_filter filter_;
-    activation_cache cache_;
-};
-static_assert(hook_policy<gradient_cache<>>);
-static_assert(gradient_observer<gradient_cache<>>);
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/grad/observers.hpp ----
 // ---- begin mechlens/grad/backward.hpp ----
 /// @file
 /// Exact gradients: a taped forward pass over model_parameters and the backward pass through every block
@@ -7801,65 +8449,33 @@ MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// A dense row-major matrix of T as an Eigen map.
+/// The hyper-parameters of a model the gradient pass runs on: owned parameters or a transformer.
 template <class T>
-using row_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-/// A read-only dense row-major matrix of T as an Eigen map.
+const model_config& config_of(const basic_model_parameters<T>& params) noexcept {
+    return params.config();
+}
+/// The hyper-parameters of a transformer.
+inline const model_config& config_of(const transformer& model) noexcept { return model.config(); }
+/// The weights the gradient pass reads: owned parameters are their own views.
 template <class T>
-using const_row_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-/// A read-only row-major matrix with a row stride (one head's columns inside a wider matrix).
-template <class T>
-using const_strided_map =
-    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
-/// A row-major matrix with a row stride.
-template <class T>
-using strided_map =
-    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+const basic_model_parameters<T>& weights_of(const basic_model_parameters<T>& params) noexcept {
+    return params;
+}
+/// A transformer's weights: the gradient pass reads them in place, with no copy.
+inline const model_weights& weights_of(const transformer& model) noexcept { return model.weights(); }
 
-/// A growable buffer of T handing out dense matrix views.
-template <class T>
-struct grad_buffer {
-    std::vector<T> values;  ///< Storage; grows, never shrinks.
-    /// Grows to `count` elements.
-    void reserve(index_t count) {
-        if (static_cast<index_t>(values.size()) < count) values.resize(static_cast<std::size_t>(count));
-    }
-    /// Start of the storage.
-    [[nodiscard]] T* data() noexcept { return values.data(); }
-    /// Start of the storage.
-    [[nodiscard]] const T* data() const noexcept { return values.data(); }
-};
+/// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
+/// (float).
+template <class Model, class T>
+inline constexpr bool gradient_model_of =
+    std::is_same_v<Model, basic_model_parameters<T>> || (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
 
-/// The activations one block keeps for its backward pass; each is (batch * pos, width) row-major unless noted.
-template <class T>
-struct block_tape {
-    grad_buffer<T> scale1, normalized1, input1;  ///< ln1: (rows), (rows, d_model) before and after the gain.
-    grad_buffer<T> q, k, v;                      ///< (rows, heads * d_head): q and k after rotary embedding.
-    grad_buffer<T> pattern;                      ///< (batch, head, pos, pos)
-    grad_buffer<T> z;                            ///< (rows, n_heads * d_head)
-    grad_buffer<T> scale2, normalized2, input2;  ///< ln2, like ln1.
-    grad_buffer<T> pre, pre_linear, post;        ///< (rows, d_mlp) MLP activations.
-};
-
-/// dst = a * b, or dst += a * b, through Eigen's GEMM, serially. Eigen's GEMM packs its operands, so every element
-/// is summed in the same order whatever the addresses (a lazy product would not be: its vectorised dot products peel
-/// by alignment). It stays on the calling thread because Eigen's parallel GEMM synchronises its threads many times
-/// per product: with a core shared with other work, one descheduled thread stalls the other, measured here as a
-/// 17x slowdown of a training step. Callers parallelise across independent passes instead.
-template <class Dst, class Lhs, class Rhs>
-void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
-#if defined(_OPENMP)
-    // Eigen sizes its team by omp_get_max_threads(), a per-thread setting: lower it for this product only.
-    const int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-#endif
-    if (accumulate)
-        dst.noalias() += a * b;
-    else
-        dst.noalias() = a * b;
-#if defined(_OPENMP)
-    omp_set_num_threads(threads);
-#endif
+/// True when two configs imply the same parameter shapes (so one's gradients fit the other's parameters).
+inline bool same_parameter_shapes(const model_config& a, const model_config& b) noexcept {
+    if (a.n_layers != b.n_layers || a.tied_unembed != b.tied_unembed) return false;
+    for (const parameter_traits& row : parameter_table)
+        if (row.shape(a) != row.shape(b)) return false;
+    return true;
 }
 
 }  // namespace detail
@@ -7879,14 +8495,13 @@ public:
     }
 
 private:
-    template <class U, class Policy>
-    friend U forward_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>,
-                              const basic_metric<U>&, basic_model_parameters<U>*, Policy&&, backprop_tape<U>&);
-    template <class U, class Policy>
-    friend void taped_forward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
-                              Policy&);
-    template <class U, class Policy>
-    friend void taped_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
+    template <class Model, class U, class Policy>
+    friend U forward_backward(const Model&, tensor_view<const std::int32_t, 2>, const basic_metric<U>&,
+                              basic_model_parameters<U>*, Policy&&, backprop_tape<U>&);
+    template <class Model, class U, class Policy>
+    friend void taped_forward(const Model&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&, Policy&);
+    template <class Model, class U, class Policy>
+    friend void taped_backward(const Model&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
                                basic_model_parameters<U>*, Policy&);
 
     void reserve(const model_config& c, index_t batch, index_t positions) {
@@ -7900,22 +8515,18 @@ private:
         stream_.resize(static_cast<std::size_t>(2 * c.n_layers + 1));
         for (auto& s : stream_) s.reserve(rows * d);
         for (auto& b : blocks_) {
-            if (c.has_norm()) {
-                b.scale1.reserve(rows);
-                b.normalized1.reserve(rows * d);
-                b.input1.reserve(rows * d);
-            }
+            for (int half = 0; half < 2; ++half)
+                if (c.has_norm() && (half == 0 || mlp > 0)) {
+                    b.norms[half].scale.reserve(rows);
+                    b.norms[half].normalized.reserve(rows * d);
+                    b.norms[half].input.reserve(rows * d);
+                }
             b.q.reserve(rows * q);
             b.k.reserve(rows * kv);
             b.v.reserve(rows * kv);
             b.pattern.reserve(batch * c.n_heads * positions * positions);
             b.z.reserve(rows * q);
             if (mlp > 0) {
-                if (c.has_norm()) {
-                    b.scale2.reserve(rows);
-                    b.normalized2.reserve(rows * d);
-                    b.input2.reserve(rows * d);
-                }
                 b.pre.reserve(rows * mlp);
                 b.pre_linear.reserve(rows * mlp);
                 b.post.reserve(rows * mlp);
@@ -7923,26 +8534,26 @@ private:
         }
         embed_.reserve(rows * d);
         pos_embed_.reserve(rows * d);
-        scale_final_.reserve(rows);
-        normalized_final_.reserve(rows * d);
-        input_final_.reserve(rows * d);
+        final_norm_.scale.reserve(rows);
+        final_norm_.normalized.reserve(rows * d);
+        final_norm_.input.reserve(rows * d);
         logits_.reserve(rows * c.d_vocab);
         d_logits_.reserve(rows * c.d_vocab);
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
-        d_q_.reserve(rows * q);
-        d_k_.reserve(rows * q);  // per query head before the groups are summed
-        d_v_.reserve(rows * q);
-        d_k_grouped_.reserve(rows * kv);
-        d_v_grouped_.reserve(rows * kv);
-        d_z_.reserve(rows * q);
-        d_pattern_.reserve(batch * c.n_heads * positions * positions);
-        d_scores_.reserve(batch * c.n_heads * positions * positions);
-        d_scale_.reserve(rows);
-        d_mlp_a_.reserve(rows * mlp);
-        d_mlp_b_.reserve(rows * mlp);
-        d_mlp_post_.reserve(rows * mlp);
+        scratch_.d_q.reserve(rows * q);
+        scratch_.d_k.reserve(rows * q);  // per query head before the groups are summed
+        scratch_.d_v.reserve(rows * q);
+        scratch_.d_k_grouped.reserve(rows * kv);
+        scratch_.d_v_grouped.reserve(rows * kv);
+        scratch_.d_z.reserve(rows * q);
+        scratch_.d_pattern.reserve(batch * c.n_heads * positions * positions);
+        scratch_.d_scores.reserve(batch * c.n_heads * positions * positions);
+        scratch_.d_scale.reserve(rows);
+        scratch_.d_mlp_a.reserve(rows * mlp);
+        scratch_.d_mlp_b.reserve(rows * mlp);
+        scratch_.d_mlp_post.reserve(rows * mlp);
         rope_cos_.reserve(positions * c.d_head() / 2);
         rope_sin_.reserve(positions * c.d_head() / 2);
     }
@@ -7951,9 +8562,10 @@ private:
     std::vector<detail::block_tape<T>> blocks_;
     std::vector<detail::grad_buffer<T>>
         stream_;  // resid_pre of block L at 2L, resid_mid at 2L + 1, final at 2 n_layers
-    detail::grad_buffer<T> embed_, pos_embed_, scale_final_, normalized_final_, input_final_, logits_;
-    detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_, d_q_, d_k_, d_v_, d_k_grouped_, d_v_grouped_;
-    detail::grad_buffer<T> d_z_, d_pattern_, d_scores_, d_scale_, d_mlp_a_, d_mlp_b_, d_mlp_post_;
+    detail::grad_buffer<T> embed_, pos_embed_, logits_;
+    detail::norm_tape<T> final_norm_;
+    detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_;
+    detail::backward_scratch<T> scratch_;
     detail::grad_buffer<T> rope_cos_, rope_sin_;
 };
 
@@ -7975,70 +8587,20 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
                                         std::to_string(c.d_vocab) + ")");
 }
 
-/// Views a (rows, width) buffer as (batch, pos, width).
-template <class T>
-tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
-    return tensor_view<T, 3>(data, {batch, positions, width});
-}
-/// Views a (rows, heads * d_head) buffer as (batch, pos, heads, d_head).
-template <class T>
-tensor_view<T, 4> heads_view(T* data, index_t batch, index_t positions, index_t heads, index_t d_head) {
-    return tensor_view<T, 4>(data, {batch, positions, heads, d_head});
-}
-
-/// RMSNorm forward with hooks: scale, normalized (x / scale), then input = normalized * gain.
-template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
-    const index_t rows = batch * positions;
-    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
-    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
-    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) input[r * d + i] = normalized[r * d + i] * gain(i);
-}
-
-/// RMSNorm backward: from d(input) (rows, d) adds d(x) into `dx` and, when `d_gain` is non-null, d(gain) into it.
-/// Observers see d(normalized) and d(scale).
-template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                   tensor_view<const T, 1> gain, const T* scale, const T* normalized, index_t d, T* d_input, T* d_scale,
-                   T* dx, T* d_gain) {
-    const index_t rows = batch * positions;
-    if (d_gain != nullptr)
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t i = 0; i < d; ++i) d_gain[i] += d_input[r * d + i] * normalized[r * d + i];
-    for (index_t r = 0; r < rows; ++r)  // d(normalized), in place
-        for (index_t i = 0; i < d; ++i) d_input[r * d + i] *= gain(i);
-    observe_gradient<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(d_input, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r) {  // normalized = x / scale: d(scale) = -sum(d_n * x) / scale^2
-        double dot = 0.0;
-        for (index_t i = 0; i < d; ++i)
-            dot += static_cast<double>(d_input[r * d + i]) * static_cast<double>(x[r * d + i]);
-        d_scale[r] = static_cast<T>(-dot / (static_cast<double>(scale[r]) * static_cast<double>(scale[r])));
-    }
-    observe_gradient<ScaleSite>(hooks, layer, ctx,
-                                [&] { return sequence_view(d_scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(x^2) + eps): d(scale)/dx_i = x_i / (d * scale)
-        const T s = scale[r], through_scale = d_scale[r] / (static_cast<T>(d) * s);
-        for (index_t i = 0; i < d; ++i) dx[r * d + i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
-    }
-}
-
 }  // namespace detail
 
 /// The taped forward pass (used by forward_backward; call it directly to inspect the tape): fills `tape` with every
 /// activation the backward pass needs and the logits, firing the hook sites `hooks` wants (not attn.hook_result).
-template <class T, class Policy>
-void taped_forward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   backprop_tape<T>& tape, Policy& hooks) {
+template <class Model, class T, class Policy>
+void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens, backprop_tape<T>& tape,
+                   Policy& hooks) {
     using namespace detail;
-    const model_config& c = params.config();
+    static_assert(gradient_model_of<Model, T>, "taped_forward: the model's weights are not of the tape's type");
+    const model_config& c = config_of(model);
+    const auto& params = weights_of(model);
     check_backprop_tokens(c, tokens);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    const index_t d_head = c.d_head();
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
@@ -8063,122 +8625,36 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         for (index_t i = 0; i < rows * d; ++i) x[i] += pos[i];
     }
 
-    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    // The blocks: the interpreter of decoder_block (model/block.hpp) for the taped pass. The tape keeps every
+    // stream state apart: block L reads stream 2L, its attention half writes 2L + 1, its MLP half 2L + 2.
+    const taped_shape shape{batch, n};
+    T* branch = tape.d_branch_.data();  // (rows, d_model) a sublayer's output (scratch)
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
-        T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();       // (rows, d_model)
-        T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();   // (rows, d_model)
-        T* resid_post = tape.stream_[static_cast<std::size_t>(2 * layer + 2)].data();  // (rows, d_model)
-        fire<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(resid_pre, batch, n, d); });
-
-        const T* input1 = resid_pre;  // (rows, d_model) what the q/k/v projections read
-        if (c.has_norm()) {
-            taped_norm<site_kind::ln1_scale, site_kind::ln1_normalized>(
-                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), c.norm_eps, d,
-                b.scale1.data(), b.normalized1.data(), b.input1.data());
-            input1 = b.input1.data();
-        }
-        const_row_map<T> in1(input1, rows, d);
-        multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
-                 const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
-        multiply(row_map<T>(b.k.data(), rows, kv_heads * d_head), in1,
-                 const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
-        multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
-                 const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
-        fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
-        fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
-        fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
-        if (c.rotary()) {
-            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
-            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
-            kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
-            kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
-            fire<site_kind::attn_rot_q>(hooks, layer, ctx,
-                                        [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
-            fire<site_kind::attn_rot_k>(hooks, layer, ctx,
-                                        [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
-        }
-
-        // Scores into the pattern buffer, then the softmax in place. (batch, head, query_pos, key_pos)
-        const tensor_view<T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> q(b.q.data() + s * n * heads * d_head + h * d_head, n, d_head,
-                                         Eigen::OuterStride<>(heads * d_head));
-            const const_strided_map<T> k(b.k.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_heads * d_head));
-            row_map<T> scores(&pattern(s, h, 0, 0), n, n);
-            multiply(scores, q, k.transpose(), false);
-            scores *= inverse_sqrt_d;
-            for (index_t i = 0; i < n; ++i)
-                for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
-        }
-        fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
-        for (index_t s = 0; s < batch; ++s)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
-        fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> v(b.v.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_heads * d_head));
-            strided_map<T> z(b.z.data() + s * n * heads * d_head + h * d_head, n, d_head,
-                             Eigen::OuterStride<>(heads * d_head));
-            multiply(z, const_row_map<T>(&pattern(s, h, 0, 0), n, n), v, false);
-        }
-        fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
-        T* branch = tape.d_branch_.data();  // (rows, d_model) attention output (scratch)
-        multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
-                 const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
-        fire<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
-        for (index_t i = 0; i < rows * d; ++i) resid_mid[i] = resid_pre[i] + branch[i];
-        if (!c.attn_only())  // attention-only blocks have no resid_mid site (as in TransformerLens)
-            fire<site_kind::resid_mid>(hooks, layer, ctx, [&] { return sequence_view(resid_mid, batch, n, d); });
-
-        if (c.attn_only()) {
-            std::copy(resid_mid, resid_mid + rows * d, resid_post);
-        } else {
-            const index_t m = c.d_mlp;
-            const T* input2 = resid_mid;  // (rows, d_model)
-            if (c.has_norm()) {
-                taped_norm<site_kind::ln2_scale, site_kind::ln2_normalized>(
-                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), c.norm_eps, d,
-                    b.scale2.data(), b.normalized2.data(), b.input2.data());
-                input2 = b.input2.data();
-            }
-            const_row_map<T> in2(input2, rows, d);
-            T* pre = b.pre.data();    // (rows, d_mlp)
-            T* post = b.post.data();  // (rows, d_mlp)
-            if (c.mlp == mlp_kind::gated_silu) {
-                T* linear = b.pre_linear.data();  // (rows, d_mlp)
-                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_gate.data(), m, d).transpose(), false);
-                multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
-                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
-            } else {
-                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
-                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
-            }
-            fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
-            multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
-                     const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
-            fire<site_kind::mlp_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
-            for (index_t i = 0; i < rows * d; ++i) resid_post[i] = resid_mid[i] + branch[i];
-        }
-        fire<site_kind::resid_post>(hooks, layer, ctx, [&] { return sequence_view(resid_post, batch, n, d); });
+        auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        fire<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(stream(0), batch, n, d); });
+        const T* sublayer_in = nullptr;  // (rows, d_model)
+        for_each_step<decoder_block>([&]<block_step Step>() {
+            if (!step_runs(Step, c)) return;
+            if constexpr (Step.op == block_op::norm)
+                sublayer_in = taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                                                    tensor_view<const T, 1>(gain_view(w, Step.weight)),
+                                                    b.norms[Step.half]);
+            else if constexpr (Step.op == block_op::attention)
+                taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
+                                     tape.rope_sin_.data(), b, branch);
+            else if constexpr (Step.op == block_op::mlp)
+                taped_mlp_step(hooks, layer, ctx, c, w, shape, sublayer_in, b, branch);
+            else
+                taped_residual_add_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half), branch,
+                                              stream(Step.half + 1), stream(2));
+        });
     }
 
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
-    const T* final_input = final_stream;
-    if (c.has_norm()) {
-        taped_norm<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm), c.norm_eps, d,
-            tape.scale_final_.data(), tape.normalized_final_.data(), tape.input_final_.data());
-        final_input = tape.input_final_.data();
-    }
+    const T* final_input = taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
+                                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
     multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
              const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
     fire<site_kind::unembed_out>(hooks, -1, ctx,
@@ -8187,17 +8663,17 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
 
 /// The backward pass over a tape filled by taped_forward, from d(metric)/d(logits) already in the tape. Fills
 /// `grads` (zeroed first) unless it is null (activations only), and hands gradients to observing policies.
-template <class T, class Policy>
-void taped_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                    backprop_tape<T>& tape, basic_model_parameters<T>* grads, Policy& hooks) {
+template <class Model, class T, class Policy>
+void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, backprop_tape<T>& tape,
+                    basic_model_parameters<T>* grads, Policy& hooks) {
     using namespace detail;
-    const model_config& c = params.config();
+    static_assert(gradient_model_of<Model, T>, "taped_backward: the model's weights are not of the tape's type");
+    const model_config& c = config_of(model);
+    const auto& params = weights_of(model);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
-    const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
     const hook_context ctx{0};
     if (grads != nullptr) {
-        if (grads->size() != params.size() || grads->config().n_layers != c.n_layers)
+        if (!same_parameter_shapes(grads->config(), c))
             throw shape_error("forward_backward: the gradient parameters were made for another model");
         grads->fill(T{0});
     }
@@ -8209,7 +8685,7 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
     observe_gradient<site_kind::unembed_out>(hooks, -1, ctx,
                                              [&] { return sequence_view(d_logits, batch, n, c.d_vocab); });
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();
-    const T* final_input = c.has_norm() ? tape.input_final_.data() : final_stream;
+    const T* final_input = c.has_norm() ? tape.final_norm_.input.data() : final_stream;  // (rows, d_model)
     T* d_stream = tape.d_stream_.data();  // (rows, d_model) gradient of the residual stream
     T* d_input = tape.d_input_.data();    // (rows, d_model) gradient of a norm's output
     const_row_map<T> dl(d_logits, rows, c.d_vocab);
@@ -8218,179 +8694,39 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                  const_row_map<T>(final_input, rows, d), true);
     multiply(row_map<T>(c.has_norm() ? d_input : d_stream, rows, d), dl,
              const_row_map<T>(params.unembed.data(), c.d_vocab, d), false);
+    T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
+    const taped_shape shape{batch, n};
     if (c.has_norm()) {
         std::fill(d_stream, d_stream + rows * d, T{0});
-        norm_backward<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm),
-            tape.scale_final_.data(), tape.normalized_final_.data(), d, d_input, tape.d_scale_.data(), d_stream,
-            grads != nullptr ? grads->final_norm.data() : nullptr);
+        norm_step_backward<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,
+                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_, d_input,
+                                            d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                            grads != nullptr ? grads->final_norm.data() : nullptr);
     }
 
-    T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
-    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
     for (index_t layer = c.n_layers - 1; layer >= 0; --layer) {
-        auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
+        const auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
         auto* gw = weight_grads(layer);
-        const T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();
-        const T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();
-        observe_gradient<site_kind::resid_post>(hooks, layer, ctx,
-                                                [&] { return sequence_view(d_stream, batch, n, d); });
-
-        if (!c.attn_only()) {
-            const index_t m = c.d_mlp;
-            std::copy(d_stream, d_stream + rows * d, d_branch);
-            observe_gradient<site_kind::mlp_out>(hooks, layer, ctx,
-                                                 [&] { return sequence_view(d_branch, batch, n, d); });
-            const T* input2 = c.has_norm() ? b.input2.data() : resid_mid;
-            T* d_post = tape.d_mlp_post_.data();  // (rows, d_mlp)
-            const_row_map<T> db(d_branch, rows, d);
-            if (gw != nullptr)
-                multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
-                         true);
-            multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
-            observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
-                                                  [&] { return sequence_view(d_post, batch, n, m); });
-            T* d_pre = tape.d_mlp_a_.data();  // (rows, d_mlp)
-            const T* pre = b.pre.data();
-            const_row_map<T> in2(input2, rows, d);
-            row_map<T> d_in2(c.has_norm() ? d_input : d_branch, rows, d);
-            if (c.mlp == mlp_kind::gated_silu) {
-                T* d_linear = tape.d_mlp_b_.data();  // (rows, d_mlp)
-                const T* linear = b.pre_linear.data();
-                for (index_t i = 0; i < rows * m; ++i)
-                    kernels::generic::silu_mul_backward(pre[i], linear[i], d_post[i], d_pre[i], d_linear[i]);
-                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
-                                                     [&] { return sequence_view(d_pre, batch, n, m); });
-                observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
-                                                            [&] { return sequence_view(d_linear, batch, n, m); });
-                if (gw != nullptr) {
-                    multiply(row_map<T>(gw->w_gate.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
-                             true);
-                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_linear, rows, m).transpose(), in2,
-                             true);
-                }
-                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
-                multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
-            } else {
-                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
-                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
-                                                     [&] { return sequence_view(d_pre, batch, n, m); });
-                if (gw != nullptr)
-                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
-                             true);
-                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
-            }
-            if (c.has_norm()) {
-                norm_backward<site_kind::ln2_scale, site_kind::ln2_normalized>(
-                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), b.scale2.data(),
-                    b.normalized2.data(), d, d_input, tape.d_scale_.data(), d_stream,
-                    gw != nullptr ? gw->mlp_norm.data() : nullptr);
-            } else {
-                for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
-            }
-        }
-        if (!c.attn_only())
-            observe_gradient<site_kind::resid_mid>(hooks, layer, ctx,
-                                                   [&] { return sequence_view(d_stream, batch, n, d); });
-
-        // Attention.
-        std::copy(d_stream, d_stream + rows * d, d_branch);
-        observe_gradient<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
-        T* d_z = tape.d_z_.data();  // (rows, n_heads * d_head)
-        const_row_map<T> db(d_branch, rows, d);
-        if (gw != nullptr)
-            multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
-                     const_row_map<T>(b.z.data(), rows, q_width), true);
-        multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
-        observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_z, batch, n, heads, d_head); });
-
-        const tensor_view<const T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
-        const tensor_view<T, 4> d_pattern(tape.d_pattern_.data(), {batch, heads, n, n});
-        const tensor_view<T, 4> d_scores(tape.d_scores_.data(), {batch, heads, n, n});
-        T* d_q = tape.d_q_.data();  // (rows, n_heads * d_head)
-        T* d_k = tape.d_k_.data();  // (rows, n_heads * d_head): per query head, summed into groups below
-        T* d_v = tape.d_v_.data();  // (rows, n_heads * d_head)
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> v(b.v.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_width));
-            const const_strided_map<T> dz(d_z + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            const const_row_map<T> p(&pattern(s, h, 0, 0), n, n);
-            row_map<T> dp(&d_pattern(s, h, 0, 0), n, n);
-            multiply(dp, dz, v.transpose(),
-                     false);  // masked entries too, as TransformerLens's z = pattern @ v has them
-            multiply(strided_map<T>(d_v + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width)),
-                     p.transpose(), dz, false);
-        }
-        observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
-        for (index_t s = 0; s < batch; ++s)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i)
-                    kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
-                                                              &d_scores(s, h, i, 0), i + 1, n);
-        observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> q(b.q.data() + s * n * q_width + h * d_head, n, d_head,
-                                         Eigen::OuterStride<>(q_width));
-            const const_strided_map<T> k(b.k.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_width));
-            const const_row_map<T> ds(&d_scores(s, h, 0, 0), n, n);
-            strided_map<T> dq_h(d_q + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            strided_map<T> dk_h(d_k + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            multiply(dq_h, ds, k, false);
-            multiply(dk_h, ds.transpose(), q, false);
-            dq_h *= inverse_sqrt_d;
-            dk_h *= inverse_sqrt_d;
-        }
-        T* d_k_grouped = tape.d_k_grouped_.data();  // (rows, n_kv_heads * d_head)
-        T* d_v_grouped = tape.d_v_grouped_.data();  // (rows, n_kv_heads * d_head)
-        std::fill(d_k_grouped, d_k_grouped + rows * kv_width, T{0});
-        std::fill(d_v_grouped, d_v_grouped + rows * kv_width, T{0});
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < d_head; ++i) {
-                    d_k_grouped[r * kv_width + (h / group) * d_head + i] += d_k[r * q_width + h * d_head + i];
-                    d_v_grouped[r * kv_width + (h / group) * d_head + i] += d_v[r * q_width + h * d_head + i];
-                }
-        if (c.rotary()) {
-            observe_gradient<site_kind::attn_rot_q>(hooks, layer, ctx,
-                                                    [&] { return heads_view(d_q, batch, n, heads, d_head); });
-            observe_gradient<site_kind::attn_rot_k>(
-                hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
-            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
-            kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
-            kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
-        }
-        observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_q, batch, n, heads, d_head); });
-        observe_gradient<site_kind::attn_k>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-        observe_gradient<site_kind::attn_v>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_v_grouped, batch, n, kv_heads, d_head); });
-        const T* input1 = c.has_norm() ? b.input1.data() : resid_pre;
-        const_row_map<T> in1(input1, rows, d);
-        const_row_map<T> dq(d_q, rows, q_width), dk(d_k_grouped, rows, kv_width), dv(d_v_grouped, rows, kv_width);
-        if (gw != nullptr) {
-            multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
-            multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
-            multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
-        }
-        row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
-        multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);
-        multiply(d_in1, dk, const_row_map<T>(w.w_k.data(), kv_width, d), true);
-        multiply(d_in1, dv, const_row_map<T>(w.w_v.data(), kv_width, d), true);
-        if (c.has_norm()) {
-            norm_backward<site_kind::ln1_scale, site_kind::ln1_normalized>(
-                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), b.scale1.data(),
-                b.normalized1.data(), d, d_input, tape.d_scale_.data(), d_stream,
-                gw != nullptr ? gw->attn_norm.data() : nullptr);
-        } else {
-            for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
-        }
+        auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        for_each_step_reversed<decoder_block>([&]<block_step Step>() {
+            if (!step_runs(Step, c)) return;
+            const T* half_in = stream(Step.half);  // (rows, d_model) the stream this half of the block reads
+            const T* sublayer_in = c.has_norm() ? b.norms[Step.half].input.data() : half_in;  // (rows, d_model)
+            if constexpr (Step.op == block_op::norm)
+                norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
+                                         tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
+                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr);
+            else if constexpr (Step.op == block_op::attention)
+                attention_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, tape.rope_cos_.data(),
+                                        tape.rope_sin_.data(), b, tape.scratch_, d_branch, d_input);
+            else if constexpr (Step.op == block_op::mlp)
+                mlp_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, b, tape.scratch_, d_branch, d_input);
+            else
+                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch);
+        });
         observe_gradient<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
     }
 
@@ -8414,25 +8750,26 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
 /// (zeroed first; pass null for activation gradients only, which skips every weight-gradient product), fires
 /// the forward hook sites `hooks` wants and hands gradients to it when it observes them (see gradient_observer).
 /// `tape` holds the activations and can be reused across calls to avoid allocation.
-template <class T, class Policy>
-T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks,
-                   backprop_tape<T>& tape) {
+template <class Model, class T, class Policy>
+T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, const basic_metric<T>& objective,
+                   basic_model_parameters<T>* grads, Policy&& hooks, backprop_tape<T>& tape) {
+    static_assert(detail::gradient_model_of<Model, T>,
+                  "forward_backward: the model's weights are not of the metric's scalar type");
     auto& policy = hooks;
-    taped_forward(params, tokens, tape, policy);
-    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = params.config().d_vocab;
+    taped_forward(model, tokens, tape, policy);
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).d_vocab;
     const T value = objective.evaluate(tensor_view<const T, 3>(tape.logits_.data(), {batch, n, vocab}),
                                        tensor_view<T, 3>(tape.d_logits_.data(), {batch, n, vocab}), tokens);
-    taped_backward(params, tokens, tape, grads, policy);
+    taped_backward(model, tokens, tape, grads, policy);
     return value;
 }
 
 /// forward_backward with a temporary tape.
-template <class T, class Policy = no_hooks>
-T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks = Policy{}) {
+template <class Model, class T, class Policy = no_hooks>
+T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, const basic_metric<T>& objective,
+                   basic_model_parameters<T>* grads, Policy&& hooks = Policy{}) {
     backprop_tape<T> tape;
-    return forward_backward(params, tokens, objective, grads, std::forward<Policy>(hooks), tape);
+    return forward_backward(model, tokens, objective, grads, std::forward<Policy>(hooks), tape);
 }
 
 MECHLENS_END_NAMESPACE
@@ -10376,9 +10713,8 @@ public:
 
         answer_metric at_answer = metric_;
         at_answer.position = answer;  // the window ends at the answer
-        const model_parameters params(config_, model.weights());
-        gradient_cache<> gradients;
-        (void)forward_backward(params, corrupt_window, at_answer.as_grad_metric(),
+        gradient_cache<> gradients;  // the gradient pass reads the model's own weights, no copy
+        (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
                                static_cast<model_parameters*>(nullptr), gradients);
         gradient_cache_ = gradients.take();
     }

@@ -426,3 +426,27 @@ TEST_CASE("train: growing is deterministic per seed and the loss falls", "[grad]
     CHECK(last < 2.4f);
     WARN("training loss " << first << " -> " << last);
 }
+
+TEST_CASE("grad: the gradient pass runs on a transformer's own weights, bitwise as on a copy", "[grad]") {
+    MECHLENS_REQUIRE_FILE_OR_SKIP(stories_bin);
+    const mechlens::transformer model(mechlens::load_model(stories_bin));
+    const mechlens::model_parameters copy(model.config(), model.weights());
+    const std::vector<std::int32_t> ids{1, 403, 407, 261, 378, 5, 90};
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {1, 7});
+    mechlens::model_parameters grads_in_place(model.config()), grads_of_copy(model.config());
+    mechlens::gradient_cache<> in_place, of_copy;
+    const float a = mechlens::forward_backward(model, tokens, mechlens::metric::cross_entropy(), &grads_in_place,
+                                               in_place);
+    const float b = mechlens::forward_backward(copy, tokens, mechlens::metric::cross_entropy(), &grads_of_copy,
+                                               of_copy);
+    CHECK(a == b);
+    CHECK(std::equal(grads_in_place.flat().begin(), grads_in_place.flat().end(), grads_of_copy.flat().begin()));
+    REQUIRE(in_place.cache().sites() == of_copy.cache().sites());
+    for (const site& s : in_place.cache().sites()) CHECK(in_place.cache().at(s).values == of_copy.cache().at(s).values);
+    // Gradients for another model's shapes are refused.
+    mechlens::model_config other = model.config();
+    other.d_mlp += 2;
+    mechlens::model_parameters wrong(other);
+    CHECK_THROWS_AS(mechlens::forward_backward(model, tokens, mechlens::metric::cross_entropy(), &wrong),
+                    mechlens::shape_error);
+}

@@ -83,9 +83,8 @@ public:
 
         answer_metric at_answer = metric_;
         at_answer.position = answer;  // the window ends at the answer
-        const model_parameters params(config_, model.weights());
-        gradient_cache<> gradients;
-        (void)forward_backward(params, corrupt_window, at_answer.as_grad_metric(),
+        gradient_cache<> gradients;  // the gradient pass reads the model's own weights, no copy
+        (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
                                static_cast<model_parameters*>(nullptr), gradients);
         gradient_cache_ = gradients.take();
     }

@@ -30,72 +30,46 @@
 #include "mechlens/grad/observers.hpp"
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/kernels/generic.hpp"
+#include "mechlens/model/block.hpp"
+#include "mechlens/model/ops/attention.hpp"
+#include "mechlens/model/ops/mlp.hpp"
+#include "mechlens/model/ops/norm.hpp"
+#include "mechlens/model/ops/residual.hpp"
 #include "mechlens/model/parameters.hpp"
+#include "mechlens/model/transformer.hpp"
 #include "mechlens/tensor/tensor.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// A dense row-major matrix of T as an Eigen map.
+/// The hyper-parameters of a model the gradient pass runs on: owned parameters or a transformer.
 template <class T>
-using row_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-/// A read-only dense row-major matrix of T as an Eigen map.
+const model_config& config_of(const basic_model_parameters<T>& params) noexcept {
+    return params.config();
+}
+/// The hyper-parameters of a transformer.
+inline const model_config& config_of(const transformer& model) noexcept { return model.config(); }
+/// The weights the gradient pass reads: owned parameters are their own views.
 template <class T>
-using const_row_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
-/// A read-only row-major matrix with a row stride (one head's columns inside a wider matrix).
-template <class T>
-using const_strided_map =
-    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
-/// A row-major matrix with a row stride.
-template <class T>
-using strided_map =
-    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
+const basic_model_parameters<T>& weights_of(const basic_model_parameters<T>& params) noexcept {
+    return params;
+}
+/// A transformer's weights: the gradient pass reads them in place, with no copy.
+inline const model_weights& weights_of(const transformer& model) noexcept { return model.weights(); }
 
-/// A growable buffer of T handing out dense matrix views.
-template <class T>
-struct grad_buffer {
-    std::vector<T> values;  ///< Storage; grows, never shrinks.
-    /// Grows to `count` elements.
-    void reserve(index_t count) {
-        if (static_cast<index_t>(values.size()) < count) values.resize(static_cast<std::size_t>(count));
-    }
-    /// Start of the storage.
-    [[nodiscard]] T* data() noexcept { return values.data(); }
-    /// Start of the storage.
-    [[nodiscard]] const T* data() const noexcept { return values.data(); }
-};
+/// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
+/// (float).
+template <class Model, class T>
+inline constexpr bool gradient_model_of =
+    std::is_same_v<Model, basic_model_parameters<T>> || (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
 
-/// The activations one block keeps for its backward pass; each is (batch * pos, width) row-major unless noted.
-template <class T>
-struct block_tape {
-    grad_buffer<T> scale1, normalized1, input1;  ///< ln1: (rows), (rows, d_model) before and after the gain.
-    grad_buffer<T> q, k, v;                      ///< (rows, heads * d_head): q and k after rotary embedding.
-    grad_buffer<T> pattern;                      ///< (batch, head, pos, pos)
-    grad_buffer<T> z;                            ///< (rows, n_heads * d_head)
-    grad_buffer<T> scale2, normalized2, input2;  ///< ln2, like ln1.
-    grad_buffer<T> pre, pre_linear, post;        ///< (rows, d_mlp) MLP activations.
-};
-
-/// dst = a * b, or dst += a * b, through Eigen's GEMM, serially. Eigen's GEMM packs its operands, so every element
-/// is summed in the same order whatever the addresses (a lazy product would not be: its vectorised dot products peel
-/// by alignment). It stays on the calling thread because Eigen's parallel GEMM synchronises its threads many times
-/// per product: with a core shared with other work, one descheduled thread stalls the other, measured here as a
-/// 17x slowdown of a training step. Callers parallelise across independent passes instead.
-template <class Dst, class Lhs, class Rhs>
-void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
-#if defined(_OPENMP)
-    // Eigen sizes its team by omp_get_max_threads(), a per-thread setting: lower it for this product only.
-    const int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-#endif
-    if (accumulate)
-        dst.noalias() += a * b;
-    else
-        dst.noalias() = a * b;
-#if defined(_OPENMP)
-    omp_set_num_threads(threads);
-#endif
+/// True when two configs imply the same parameter shapes (so one's gradients fit the other's parameters).
+inline bool same_parameter_shapes(const model_config& a, const model_config& b) noexcept {
+    if (a.n_layers != b.n_layers || a.tied_unembed != b.tied_unembed) return false;
+    for (const parameter_traits& row : parameter_table)
+        if (row.shape(a) != row.shape(b)) return false;
+    return true;
 }
 
 }  // namespace detail
@@ -115,14 +89,13 @@ public:
     }
 
 private:
-    template <class U, class Policy>
-    friend U forward_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>,
-                              const basic_metric<U>&, basic_model_parameters<U>*, Policy&&, backprop_tape<U>&);
-    template <class U, class Policy>
-    friend void taped_forward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
-                              Policy&);
-    template <class U, class Policy>
-    friend void taped_backward(const basic_model_parameters<U>&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
+    template <class Model, class U, class Policy>
+    friend U forward_backward(const Model&, tensor_view<const std::int32_t, 2>, const basic_metric<U>&,
+                              basic_model_parameters<U>*, Policy&&, backprop_tape<U>&);
+    template <class Model, class U, class Policy>
+    friend void taped_forward(const Model&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&, Policy&);
+    template <class Model, class U, class Policy>
+    friend void taped_backward(const Model&, tensor_view<const std::int32_t, 2>, backprop_tape<U>&,
                                basic_model_parameters<U>*, Policy&);
 
     void reserve(const model_config& c, index_t batch, index_t positions) {
@@ -136,22 +109,18 @@ private:
         stream_.resize(static_cast<std::size_t>(2 * c.n_layers + 1));
         for (auto& s : stream_) s.reserve(rows * d);
         for (auto& b : blocks_) {
-            if (c.has_norm()) {
-                b.scale1.reserve(rows);
-                b.normalized1.reserve(rows * d);
-                b.input1.reserve(rows * d);
-            }
+            for (int half = 0; half < 2; ++half)
+                if (c.has_norm() && (half == 0 || mlp > 0)) {
+                    b.norms[half].scale.reserve(rows);
+                    b.norms[half].normalized.reserve(rows * d);
+                    b.norms[half].input.reserve(rows * d);
+                }
             b.q.reserve(rows * q);
             b.k.reserve(rows * kv);
             b.v.reserve(rows * kv);
             b.pattern.reserve(batch * c.n_heads * positions * positions);
             b.z.reserve(rows * q);
             if (mlp > 0) {
-                if (c.has_norm()) {
-                    b.scale2.reserve(rows);
-                    b.normalized2.reserve(rows * d);
-                    b.input2.reserve(rows * d);
-                }
                 b.pre.reserve(rows * mlp);
                 b.pre_linear.reserve(rows * mlp);
                 b.post.reserve(rows * mlp);
@@ -159,26 +128,26 @@ private:
         }
         embed_.reserve(rows * d);
         pos_embed_.reserve(rows * d);
-        scale_final_.reserve(rows);
-        normalized_final_.reserve(rows * d);
-        input_final_.reserve(rows * d);
+        final_norm_.scale.reserve(rows);
+        final_norm_.normalized.reserve(rows * d);
+        final_norm_.input.reserve(rows * d);
         logits_.reserve(rows * c.d_vocab);
         d_logits_.reserve(rows * c.d_vocab);
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
-        d_q_.reserve(rows * q);
-        d_k_.reserve(rows * q);  // per query head before the groups are summed
-        d_v_.reserve(rows * q);
-        d_k_grouped_.reserve(rows * kv);
-        d_v_grouped_.reserve(rows * kv);
-        d_z_.reserve(rows * q);
-        d_pattern_.reserve(batch * c.n_heads * positions * positions);
-        d_scores_.reserve(batch * c.n_heads * positions * positions);
-        d_scale_.reserve(rows);
-        d_mlp_a_.reserve(rows * mlp);
-        d_mlp_b_.reserve(rows * mlp);
-        d_mlp_post_.reserve(rows * mlp);
+        scratch_.d_q.reserve(rows * q);
+        scratch_.d_k.reserve(rows * q);  // per query head before the groups are summed
+        scratch_.d_v.reserve(rows * q);
+        scratch_.d_k_grouped.reserve(rows * kv);
+        scratch_.d_v_grouped.reserve(rows * kv);
+        scratch_.d_z.reserve(rows * q);
+        scratch_.d_pattern.reserve(batch * c.n_heads * positions * positions);
+        scratch_.d_scores.reserve(batch * c.n_heads * positions * positions);
+        scratch_.d_scale.reserve(rows);
+        scratch_.d_mlp_a.reserve(rows * mlp);
+        scratch_.d_mlp_b.reserve(rows * mlp);
+        scratch_.d_mlp_post.reserve(rows * mlp);
         rope_cos_.reserve(positions * c.d_head() / 2);
         rope_sin_.reserve(positions * c.d_head() / 2);
     }
@@ -187,9 +156,10 @@ private:
     std::vector<detail::block_tape<T>> blocks_;
     std::vector<detail::grad_buffer<T>>
         stream_;  // resid_pre of block L at 2L, resid_mid at 2L + 1, final at 2 n_layers
-    detail::grad_buffer<T> embed_, pos_embed_, scale_final_, normalized_final_, input_final_, logits_;
-    detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_, d_q_, d_k_, d_v_, d_k_grouped_, d_v_grouped_;
-    detail::grad_buffer<T> d_z_, d_pattern_, d_scores_, d_scale_, d_mlp_a_, d_mlp_b_, d_mlp_post_;
+    detail::grad_buffer<T> embed_, pos_embed_, logits_;
+    detail::norm_tape<T> final_norm_;
+    detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_;
+    detail::backward_scratch<T> scratch_;
     detail::grad_buffer<T> rope_cos_, rope_sin_;
 };
 
@@ -211,70 +181,20 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
                                         std::to_string(c.d_vocab) + ")");
 }
 
-/// Views a (rows, width) buffer as (batch, pos, width).
-template <class T>
-tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
-    return tensor_view<T, 3>(data, {batch, positions, width});
-}
-/// Views a (rows, heads * d_head) buffer as (batch, pos, heads, d_head).
-template <class T>
-tensor_view<T, 4> heads_view(T* data, index_t batch, index_t positions, index_t heads, index_t d_head) {
-    return tensor_view<T, 4>(data, {batch, positions, heads, d_head});
-}
-
-/// RMSNorm forward with hooks: scale, normalized (x / scale), then input = normalized * gain.
-template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
-    const index_t rows = batch * positions;
-    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
-    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
-    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) input[r * d + i] = normalized[r * d + i] * gain(i);
-}
-
-/// RMSNorm backward: from d(input) (rows, d) adds d(x) into `dx` and, when `d_gain` is non-null, d(gain) into it.
-/// Observers see d(normalized) and d(scale).
-template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                   tensor_view<const T, 1> gain, const T* scale, const T* normalized, index_t d, T* d_input, T* d_scale,
-                   T* dx, T* d_gain) {
-    const index_t rows = batch * positions;
-    if (d_gain != nullptr)
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t i = 0; i < d; ++i) d_gain[i] += d_input[r * d + i] * normalized[r * d + i];
-    for (index_t r = 0; r < rows; ++r)  // d(normalized), in place
-        for (index_t i = 0; i < d; ++i) d_input[r * d + i] *= gain(i);
-    observe_gradient<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(d_input, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r) {  // normalized = x / scale: d(scale) = -sum(d_n * x) / scale^2
-        double dot = 0.0;
-        for (index_t i = 0; i < d; ++i)
-            dot += static_cast<double>(d_input[r * d + i]) * static_cast<double>(x[r * d + i]);
-        d_scale[r] = static_cast<T>(-dot / (static_cast<double>(scale[r]) * static_cast<double>(scale[r])));
-    }
-    observe_gradient<ScaleSite>(hooks, layer, ctx,
-                                [&] { return sequence_view(d_scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(x^2) + eps): d(scale)/dx_i = x_i / (d * scale)
-        const T s = scale[r], through_scale = d_scale[r] / (static_cast<T>(d) * s);
-        for (index_t i = 0; i < d; ++i) dx[r * d + i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
-    }
-}
-
 }  // namespace detail
 
 /// The taped forward pass (used by forward_backward; call it directly to inspect the tape): fills `tape` with every
 /// activation the backward pass needs and the logits, firing the hook sites `hooks` wants (not attn.hook_result).
-template <class T, class Policy>
-void taped_forward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   backprop_tape<T>& tape, Policy& hooks) {
+template <class Model, class T, class Policy>
+void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens, backprop_tape<T>& tape,
+                   Policy& hooks) {
     using namespace detail;
-    const model_config& c = params.config();
+    static_assert(gradient_model_of<Model, T>, "taped_forward: the model's weights are not of the tape's type");
+    const model_config& c = config_of(model);
+    const auto& params = weights_of(model);
     check_backprop_tokens(c, tokens);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
+    const index_t d_head = c.d_head();
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
@@ -299,122 +219,36 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
         for (index_t i = 0; i < rows * d; ++i) x[i] += pos[i];
     }
 
-    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    // The blocks: the interpreter of decoder_block (model/block.hpp) for the taped pass. The tape keeps every
+    // stream state apart: block L reads stream 2L, its attention half writes 2L + 1, its MLP half 2L + 2.
+    const taped_shape shape{batch, n};
+    T* branch = tape.d_branch_.data();  // (rows, d_model) a sublayer's output (scratch)
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
-        T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();       // (rows, d_model)
-        T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();   // (rows, d_model)
-        T* resid_post = tape.stream_[static_cast<std::size_t>(2 * layer + 2)].data();  // (rows, d_model)
-        fire<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(resid_pre, batch, n, d); });
-
-        const T* input1 = resid_pre;  // (rows, d_model) what the q/k/v projections read
-        if (c.has_norm()) {
-            taped_norm<site_kind::ln1_scale, site_kind::ln1_normalized>(
-                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), c.norm_eps, d,
-                b.scale1.data(), b.normalized1.data(), b.input1.data());
-            input1 = b.input1.data();
-        }
-        const_row_map<T> in1(input1, rows, d);
-        multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
-                 const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
-        multiply(row_map<T>(b.k.data(), rows, kv_heads * d_head), in1,
-                 const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
-        multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
-                 const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
-        fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
-        fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
-        fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
-        if (c.rotary()) {
-            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
-            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
-            kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
-            kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
-            fire<site_kind::attn_rot_q>(hooks, layer, ctx,
-                                        [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
-            fire<site_kind::attn_rot_k>(hooks, layer, ctx,
-                                        [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
-        }
-
-        // Scores into the pattern buffer, then the softmax in place. (batch, head, query_pos, key_pos)
-        const tensor_view<T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> q(b.q.data() + s * n * heads * d_head + h * d_head, n, d_head,
-                                         Eigen::OuterStride<>(heads * d_head));
-            const const_strided_map<T> k(b.k.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_heads * d_head));
-            row_map<T> scores(&pattern(s, h, 0, 0), n, n);
-            multiply(scores, q, k.transpose(), false);
-            scores *= inverse_sqrt_d;
-            for (index_t i = 0; i < n; ++i)
-                for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
-        }
-        fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
-        for (index_t s = 0; s < batch; ++s)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
-        fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> v(b.v.data() + s * n * kv_heads * d_head + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_heads * d_head));
-            strided_map<T> z(b.z.data() + s * n * heads * d_head + h * d_head, n, d_head,
-                             Eigen::OuterStride<>(heads * d_head));
-            multiply(z, const_row_map<T>(&pattern(s, h, 0, 0), n, n), v, false);
-        }
-        fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
-        T* branch = tape.d_branch_.data();  // (rows, d_model) attention output (scratch)
-        multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
-                 const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
-        fire<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
-        for (index_t i = 0; i < rows * d; ++i) resid_mid[i] = resid_pre[i] + branch[i];
-        if (!c.attn_only())  // attention-only blocks have no resid_mid site (as in TransformerLens)
-            fire<site_kind::resid_mid>(hooks, layer, ctx, [&] { return sequence_view(resid_mid, batch, n, d); });
-
-        if (c.attn_only()) {
-            std::copy(resid_mid, resid_mid + rows * d, resid_post);
-        } else {
-            const index_t m = c.d_mlp;
-            const T* input2 = resid_mid;  // (rows, d_model)
-            if (c.has_norm()) {
-                taped_norm<site_kind::ln2_scale, site_kind::ln2_normalized>(
-                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), c.norm_eps, d,
-                    b.scale2.data(), b.normalized2.data(), b.input2.data());
-                input2 = b.input2.data();
-            }
-            const_row_map<T> in2(input2, rows, d);
-            T* pre = b.pre.data();    // (rows, d_mlp)
-            T* post = b.post.data();  // (rows, d_mlp)
-            if (c.mlp == mlp_kind::gated_silu) {
-                T* linear = b.pre_linear.data();  // (rows, d_mlp)
-                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_gate.data(), m, d).transpose(), false);
-                multiply(row_map<T>(linear, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
-                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                fire<site_kind::mlp_pre_linear>(hooks, layer, ctx, [&] { return sequence_view(linear, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
-            } else {
-                multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
-                fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-                for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
-            }
-            fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
-            multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
-                     const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
-            fire<site_kind::mlp_out>(hooks, layer, ctx, [&] { return sequence_view(branch, batch, n, d); });
-            for (index_t i = 0; i < rows * d; ++i) resid_post[i] = resid_mid[i] + branch[i];
-        }
-        fire<site_kind::resid_post>(hooks, layer, ctx, [&] { return sequence_view(resid_post, batch, n, d); });
+        auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        fire<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(stream(0), batch, n, d); });
+        const T* sublayer_in = nullptr;  // (rows, d_model)
+        for_each_step<decoder_block>([&]<block_step Step>() {
+            if (!step_runs(Step, c)) return;
+            if constexpr (Step.op == block_op::norm)
+                sublayer_in = taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                                                    tensor_view<const T, 1>(gain_view(w, Step.weight)),
+                                                    b.norms[Step.half]);
+            else if constexpr (Step.op == block_op::attention)
+                taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
+                                     tape.rope_sin_.data(), b, branch);
+            else if constexpr (Step.op == block_op::mlp)
+                taped_mlp_step(hooks, layer, ctx, c, w, shape, sublayer_in, b, branch);
+            else
+                taped_residual_add_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half), branch,
+                                              stream(Step.half + 1), stream(2));
+        });
     }
 
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
-    const T* final_input = final_stream;
-    if (c.has_norm()) {
-        taped_norm<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm), c.norm_eps, d,
-            tape.scale_final_.data(), tape.normalized_final_.data(), tape.input_final_.data());
-        final_input = tape.input_final_.data();
-    }
+    const T* final_input = taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
+                                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
     multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
              const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
     fire<site_kind::unembed_out>(hooks, -1, ctx,
@@ -423,17 +257,17 @@ void taped_forward(const basic_model_parameters<T>& params, tensor_view<const st
 
 /// The backward pass over a tape filled by taped_forward, from d(metric)/d(logits) already in the tape. Fills
 /// `grads` (zeroed first) unless it is null (activations only), and hands gradients to observing policies.
-template <class T, class Policy>
-void taped_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                    backprop_tape<T>& tape, basic_model_parameters<T>* grads, Policy& hooks) {
+template <class Model, class T, class Policy>
+void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, backprop_tape<T>& tape,
+                    basic_model_parameters<T>* grads, Policy& hooks) {
     using namespace detail;
-    const model_config& c = params.config();
+    static_assert(gradient_model_of<Model, T>, "taped_backward: the model's weights are not of the tape's type");
+    const model_config& c = config_of(model);
+    const auto& params = weights_of(model);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
-    const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
     const hook_context ctx{0};
     if (grads != nullptr) {
-        if (grads->size() != params.size() || grads->config().n_layers != c.n_layers)
+        if (!same_parameter_shapes(grads->config(), c))
             throw shape_error("forward_backward: the gradient parameters were made for another model");
         grads->fill(T{0});
     }
@@ -445,7 +279,7 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
     observe_gradient<site_kind::unembed_out>(hooks, -1, ctx,
                                              [&] { return sequence_view(d_logits, batch, n, c.d_vocab); });
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();
-    const T* final_input = c.has_norm() ? tape.input_final_.data() : final_stream;
+    const T* final_input = c.has_norm() ? tape.final_norm_.input.data() : final_stream;  // (rows, d_model)
     T* d_stream = tape.d_stream_.data();  // (rows, d_model) gradient of the residual stream
     T* d_input = tape.d_input_.data();    // (rows, d_model) gradient of a norm's output
     const_row_map<T> dl(d_logits, rows, c.d_vocab);
@@ -454,179 +288,39 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
                  const_row_map<T>(final_input, rows, d), true);
     multiply(row_map<T>(c.has_norm() ? d_input : d_stream, rows, d), dl,
              const_row_map<T>(params.unembed.data(), c.d_vocab, d), false);
+    T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
+    const taped_shape shape{batch, n};
     if (c.has_norm()) {
         std::fill(d_stream, d_stream + rows * d, T{0});
-        norm_backward<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-            hooks, -1, ctx, batch, n, final_stream, tensor_view<const T, 1>(params.final_norm),
-            tape.scale_final_.data(), tape.normalized_final_.data(), d, d_input, tape.d_scale_.data(), d_stream,
-            grads != nullptr ? grads->final_norm.data() : nullptr);
+        norm_step_backward<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,
+                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_, d_input,
+                                            d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                            grads != nullptr ? grads->final_norm.data() : nullptr);
     }
 
-    T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
-    const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
     for (index_t layer = c.n_layers - 1; layer >= 0; --layer) {
-        auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
+        const auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
         auto* gw = weight_grads(layer);
-        const T* resid_pre = tape.stream_[static_cast<std::size_t>(2 * layer)].data();
-        const T* resid_mid = tape.stream_[static_cast<std::size_t>(2 * layer + 1)].data();
-        observe_gradient<site_kind::resid_post>(hooks, layer, ctx,
-                                                [&] { return sequence_view(d_stream, batch, n, d); });
-
-        if (!c.attn_only()) {
-            const index_t m = c.d_mlp;
-            std::copy(d_stream, d_stream + rows * d, d_branch);
-            observe_gradient<site_kind::mlp_out>(hooks, layer, ctx,
-                                                 [&] { return sequence_view(d_branch, batch, n, d); });
-            const T* input2 = c.has_norm() ? b.input2.data() : resid_mid;
-            T* d_post = tape.d_mlp_post_.data();  // (rows, d_mlp)
-            const_row_map<T> db(d_branch, rows, d);
-            if (gw != nullptr)
-                multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
-                         true);
-            multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
-            observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
-                                                  [&] { return sequence_view(d_post, batch, n, m); });
-            T* d_pre = tape.d_mlp_a_.data();  // (rows, d_mlp)
-            const T* pre = b.pre.data();
-            const_row_map<T> in2(input2, rows, d);
-            row_map<T> d_in2(c.has_norm() ? d_input : d_branch, rows, d);
-            if (c.mlp == mlp_kind::gated_silu) {
-                T* d_linear = tape.d_mlp_b_.data();  // (rows, d_mlp)
-                const T* linear = b.pre_linear.data();
-                for (index_t i = 0; i < rows * m; ++i)
-                    kernels::generic::silu_mul_backward(pre[i], linear[i], d_post[i], d_pre[i], d_linear[i]);
-                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
-                                                     [&] { return sequence_view(d_pre, batch, n, m); });
-                observe_gradient<site_kind::mlp_pre_linear>(hooks, layer, ctx,
-                                                            [&] { return sequence_view(d_linear, batch, n, m); });
-                if (gw != nullptr) {
-                    multiply(row_map<T>(gw->w_gate.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
-                             true);
-                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_linear, rows, m).transpose(), in2,
-                             true);
-                }
-                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
-                multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
-            } else {
-                for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
-                observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
-                                                     [&] { return sequence_view(d_pre, batch, n, m); });
-                if (gw != nullptr)
-                    multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
-                             true);
-                multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
-            }
-            if (c.has_norm()) {
-                norm_backward<site_kind::ln2_scale, site_kind::ln2_normalized>(
-                    hooks, layer, ctx, batch, n, resid_mid, tensor_view<const T, 1>(w.mlp_norm), b.scale2.data(),
-                    b.normalized2.data(), d, d_input, tape.d_scale_.data(), d_stream,
-                    gw != nullptr ? gw->mlp_norm.data() : nullptr);
-            } else {
-                for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
-            }
-        }
-        if (!c.attn_only())
-            observe_gradient<site_kind::resid_mid>(hooks, layer, ctx,
-                                                   [&] { return sequence_view(d_stream, batch, n, d); });
-
-        // Attention.
-        std::copy(d_stream, d_stream + rows * d, d_branch);
-        observe_gradient<site_kind::attn_out>(hooks, layer, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
-        T* d_z = tape.d_z_.data();  // (rows, n_heads * d_head)
-        const_row_map<T> db(d_branch, rows, d);
-        if (gw != nullptr)
-            multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
-                     const_row_map<T>(b.z.data(), rows, q_width), true);
-        multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
-        observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_z, batch, n, heads, d_head); });
-
-        const tensor_view<const T, 4> pattern(b.pattern.data(), {batch, heads, n, n});
-        const tensor_view<T, 4> d_pattern(tape.d_pattern_.data(), {batch, heads, n, n});
-        const tensor_view<T, 4> d_scores(tape.d_scores_.data(), {batch, heads, n, n});
-        T* d_q = tape.d_q_.data();  // (rows, n_heads * d_head)
-        T* d_k = tape.d_k_.data();  // (rows, n_heads * d_head): per query head, summed into groups below
-        T* d_v = tape.d_v_.data();  // (rows, n_heads * d_head)
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> v(b.v.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_width));
-            const const_strided_map<T> dz(d_z + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            const const_row_map<T> p(&pattern(s, h, 0, 0), n, n);
-            row_map<T> dp(&d_pattern(s, h, 0, 0), n, n);
-            multiply(dp, dz, v.transpose(),
-                     false);  // masked entries too, as TransformerLens's z = pattern @ v has them
-            multiply(strided_map<T>(d_v + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width)),
-                     p.transpose(), dz, false);
-        }
-        observe_gradient<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return d_pattern; });
-        for (index_t s = 0; s < batch; ++s)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < n; ++i)
-                    kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
-                                                              &d_scores(s, h, i, 0), i + 1, n);
-        observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
-        for (index_t bh = 0; bh < batch * heads; ++bh) {
-            const index_t s = bh / heads, h = bh % heads;
-            const const_strided_map<T> q(b.q.data() + s * n * q_width + h * d_head, n, d_head,
-                                         Eigen::OuterStride<>(q_width));
-            const const_strided_map<T> k(b.k.data() + s * n * kv_width + (h / group) * d_head, n, d_head,
-                                         Eigen::OuterStride<>(kv_width));
-            const const_row_map<T> ds(&d_scores(s, h, 0, 0), n, n);
-            strided_map<T> dq_h(d_q + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            strided_map<T> dk_h(d_k + s * n * q_width + h * d_head, n, d_head, Eigen::OuterStride<>(q_width));
-            multiply(dq_h, ds, k, false);
-            multiply(dk_h, ds.transpose(), q, false);
-            dq_h *= inverse_sqrt_d;
-            dk_h *= inverse_sqrt_d;
-        }
-        T* d_k_grouped = tape.d_k_grouped_.data();  // (rows, n_kv_heads * d_head)
-        T* d_v_grouped = tape.d_v_grouped_.data();  // (rows, n_kv_heads * d_head)
-        std::fill(d_k_grouped, d_k_grouped + rows * kv_width, T{0});
-        std::fill(d_v_grouped, d_v_grouped + rows * kv_width, T{0});
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t i = 0; i < d_head; ++i) {
-                    d_k_grouped[r * kv_width + (h / group) * d_head + i] += d_k[r * q_width + h * d_head + i];
-                    d_v_grouped[r * kv_width + (h / group) * d_head + i] += d_v[r * q_width + h * d_head + i];
-                }
-        if (c.rotary()) {
-            observe_gradient<site_kind::attn_rot_q>(hooks, layer, ctx,
-                                                    [&] { return heads_view(d_q, batch, n, heads, d_head); });
-            observe_gradient<site_kind::attn_rot_k>(
-                hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-            const T* cos = tape.rope_cos_.data();  // (pos, d_head / 2)
-            const T* sin = tape.rope_sin_.data();  // (pos, d_head / 2)
-            kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
-            kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
-        }
-        observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_q, batch, n, heads, d_head); });
-        observe_gradient<site_kind::attn_k>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-        observe_gradient<site_kind::attn_v>(hooks, layer, ctx,
-                                            [&] { return heads_view(d_v_grouped, batch, n, kv_heads, d_head); });
-        const T* input1 = c.has_norm() ? b.input1.data() : resid_pre;
-        const_row_map<T> in1(input1, rows, d);
-        const_row_map<T> dq(d_q, rows, q_width), dk(d_k_grouped, rows, kv_width), dv(d_v_grouped, rows, kv_width);
-        if (gw != nullptr) {
-            multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
-            multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
-            multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
-        }
-        row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
-        multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);
-        multiply(d_in1, dk, const_row_map<T>(w.w_k.data(), kv_width, d), true);
-        multiply(d_in1, dv, const_row_map<T>(w.w_v.data(), kv_width, d), true);
-        if (c.has_norm()) {
-            norm_backward<site_kind::ln1_scale, site_kind::ln1_normalized>(
-                hooks, layer, ctx, batch, n, resid_pre, tensor_view<const T, 1>(w.attn_norm), b.scale1.data(),
-                b.normalized1.data(), d, d_input, tape.d_scale_.data(), d_stream,
-                gw != nullptr ? gw->attn_norm.data() : nullptr);
-        } else {
-            for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_branch[i];
-        }
+        auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        for_each_step_reversed<decoder_block>([&]<block_step Step>() {
+            if (!step_runs(Step, c)) return;
+            const T* half_in = stream(Step.half);  // (rows, d_model) the stream this half of the block reads
+            const T* sublayer_in = c.has_norm() ? b.norms[Step.half].input.data() : half_in;  // (rows, d_model)
+            if constexpr (Step.op == block_op::norm)
+                norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
+                                         tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
+                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr);
+            else if constexpr (Step.op == block_op::attention)
+                attention_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, tape.rope_cos_.data(),
+                                        tape.rope_sin_.data(), b, tape.scratch_, d_branch, d_input);
+            else if constexpr (Step.op == block_op::mlp)
+                mlp_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, b, tape.scratch_, d_branch, d_input);
+            else
+                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch);
+        });
         observe_gradient<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
     }
 
@@ -650,25 +344,26 @@ void taped_backward(const basic_model_parameters<T>& params, tensor_view<const s
 /// (zeroed first; pass null for activation gradients only, which skips every weight-gradient product), fires
 /// the forward hook sites `hooks` wants and hands gradients to it when it observes them (see gradient_observer).
 /// `tape` holds the activations and can be reused across calls to avoid allocation.
-template <class T, class Policy>
-T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks,
-                   backprop_tape<T>& tape) {
+template <class Model, class T, class Policy>
+T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, const basic_metric<T>& objective,
+                   basic_model_parameters<T>* grads, Policy&& hooks, backprop_tape<T>& tape) {
+    static_assert(detail::gradient_model_of<Model, T>,
+                  "forward_backward: the model's weights are not of the metric's scalar type");
     auto& policy = hooks;
-    taped_forward(params, tokens, tape, policy);
-    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = params.config().d_vocab;
+    taped_forward(model, tokens, tape, policy);
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).d_vocab;
     const T value = objective.evaluate(tensor_view<const T, 3>(tape.logits_.data(), {batch, n, vocab}),
                                        tensor_view<T, 3>(tape.d_logits_.data(), {batch, n, vocab}), tokens);
-    taped_backward(params, tokens, tape, grads, policy);
+    taped_backward(model, tokens, tape, grads, policy);
     return value;
 }
 
 /// forward_backward with a temporary tape.
-template <class T, class Policy = no_hooks>
-T forward_backward(const basic_model_parameters<T>& params, tensor_view<const std::int32_t, 2> tokens,
-                   const basic_metric<T>& objective, basic_model_parameters<T>* grads, Policy&& hooks = Policy{}) {
+template <class Model, class T, class Policy = no_hooks>
+T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens, const basic_metric<T>& objective,
+                   basic_model_parameters<T>* grads, Policy&& hooks = Policy{}) {
     backprop_tape<T> tape;
-    return forward_backward(params, tokens, objective, grads, std::forward<Policy>(hooks), tape);
+    return forward_backward(model, tokens, objective, grads, std::forward<Policy>(hooks), tape);
 }
 
 MECHLENS_END_NAMESPACE

@@ -13,81 +13,20 @@
 
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/kernels/matmul.hpp"
-#include "mechlens/kernels/norm.hpp"
-#include "mechlens/kernels/activation.hpp"
-#include "mechlens/kernels/rope.hpp"
-#include "mechlens/kernels/softmax.hpp"
 #include "mechlens/kernels/vector_ops.hpp"
+#include "mechlens/model/block.hpp"
 #include "mechlens/model/kv_cache.hpp"
+#include "mechlens/model/ops/attention.hpp"
+#include "mechlens/model/ops/common.hpp"
+#include "mechlens/model/ops/mlp.hpp"
+#include "mechlens/model/ops/norm.hpp"
+#include "mechlens/model/ops/residual.hpp"
 #include "mechlens/model/transformer.hpp"
 #include "mechlens/model/workspace.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
-
-#if defined(_OPENMP)
-/// Splits the next loop over OpenMP threads when the local `worth_parallel` is true: small loops stay serial, since a
-/// parallel region costs microseconds and, on a busy machine, can wait on a descheduled thread far longer.
-#define MECHLENS_PARALLEL_FOR _Pragma("omp parallel for schedule(static) if(worth_parallel)")
-#else
-#define MECHLENS_PARALLEL_FOR
-#endif
-
-/// Shapes of one forward call, derived once and shared by the block functions.
-struct forward_shape {
-    index_t batch;      ///< Sequences.
-    index_t positions;  ///< New positions per sequence in this call.
-    index_t start;      ///< Absolute position of the first new token.
-    index_t keys;       ///< Positions attended to: start + positions.
-    [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
-};
-
-/// Views a (batch * pos, width) matrix as (batch, pos, width).
-inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {
-    return tensor_view<float, 3>(m.data(), {s.batch, s.positions, m.extent(1)});
-}
-
-/// Views a (batch * pos, heads * d_head) matrix as (batch, pos, heads, d_head).
-inline tensor_view<float, 4> as_heads(tensor_view<float, 2> m, const forward_shape& s, index_t heads) {
-    return tensor_view<float, 4>(m.data(), {s.batch, s.positions, heads, m.extent(1) / heads});
-}
-
-/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
-/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
-template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
-void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
-                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
-    const index_t width = x.extent(1);
-    if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
-        tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
-        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
-        fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
-        for (index_t r = 0; r < s.rows(); ++r) {
-            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
-            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
-        }
-        fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
-        for (index_t r = 0; r < s.rows(); ++r)
-            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
-    } else {
-        (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
-        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
-    }
-}
-
-/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
-/// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
-template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
-tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                                      const model_config& c, tensor_view<const float, 2> x,
-                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
-                                      detail::scratch_buffer& scale_buffer) {
-    if (!c.has_norm()) return x;
-    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
-    return out;
-}
 
 /// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
 /// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
@@ -115,196 +54,30 @@ void embed(Policy& policy, const hook_context& ctx, const transformer& model, te
     for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
 }
 
-/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
-inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
-    const model_config& c = model.config();
-    const index_t d_head = c.d_head();
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const index_t position = s.start + r % s.positions;
-        const float* cos = &model.rope().cos(position, 0);
-        const float* sin = &model.rope().sin(position, 0);
-        for (index_t h = 0; h < heads; ++h) {
-            float* head = &m(r, h * d_head);
-            if (c.rope == rope_layout::adjacent_pairs)
-                kernels::rope_adjacent(head, cos, sin, d_head);
-            else
-                kernels::rope_split_halves(head, cos, sin, d_head);
-        }
-    }
-}
-
-/// Causal multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries and the cache.
-template <class Policy>
-void attend(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model, const forward_shape& s,
-            kv_cache& cache, workspace& ws) {
-    const model_config& c = model.config();
-    const index_t heads = c.n_heads, d_head = c.d_head(), group = c.group_size();
-    const auto queries = ws.queries.matrix(s.rows(), heads * d_head);  // (batch * pos, n_heads * d_head)
-    const auto mixed = ws.mixed.matrix(s.rows(), heads * d_head);      // (batch * pos, n_heads * d_head)
-    const auto scores = ws.scores.block({s.batch, heads, s.positions, s.keys});  // (batch, head, query_pos, key_pos)
-    const auto keys = cache.keys(layer);                                        // (batch, kv_head, position, d_head)
-    const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
-    const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
-    const index_t pairs = s.batch * heads;
-    // About 100 microseconds of attention work or more is worth a parallel region.
-    [[maybe_unused]] const bool worth_parallel = pairs > 1 && pairs * s.positions * s.keys * d_head >= (index_t{1} << 20);
-
-    MECHLENS_PARALLEL_FOR
-    for (index_t pair = 0; pair < pairs; ++pair) {
-        const index_t b = pair / heads, h = pair % heads;
-        const tensor_view<const float, 2> q(&queries(b * s.positions, h * d_head), {s.positions, d_head},
-                                            {heads * d_head, 1});                      // (pos, d_head)
-        const tensor_view<const float, 2> k(&keys(b, h / group, 0, 0), {s.keys, d_head});  // (keys, d_head)
-        const tensor_view<float, 2> score = scores[b][h];                                  // (pos, keys)
-        kernels::linear(q, k, score);
-        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, s.start + p + 1);
-    }
-    if constexpr (Policy::wants(site_kind::attn_scores)) {
-        for (index_t b = 0; b < s.batch; ++b)
-            for (index_t h = 0; h < heads; ++h)
-                for (index_t p = 0; p < s.positions; ++p)
-                    for (index_t key = s.start + p + 1; key < s.keys; ++key)
-                        scores(b, h, p, key) = -std::numeric_limits<float>::infinity();
-        fire<site_kind::attn_scores>(policy, layer, ctx, [&] { return scores; });
-    }
-    MECHLENS_PARALLEL_FOR
-    for (index_t pair = 0; pair < pairs; ++pair) {
-        const index_t b = pair / heads, h = pair % heads;
-        for (index_t p = 0; p < s.positions; ++p)
-            kernels::masked_softmax(&scores(b, h, p, 0), s.start + p + 1, s.keys);
-    }
-    fire<site_kind::attn_pattern>(policy, layer, ctx, [&] { return scores; });
-    MECHLENS_PARALLEL_FOR
-    for (index_t pair = 0; pair < pairs; ++pair) {
-        const index_t b = pair / heads, h = pair % heads;
-        // z[p] = sum over visible keys t, in order, of pattern[p][t] * v[t]: each row's sum is the same whether the
-        // row was computed in a prefill or in a decode step.
-        for (index_t p = 0; p < s.positions; ++p) {
-            float* z = &mixed(b * s.positions + p, h * d_head);
-            const float* pattern = &scores(b, h, p, 0);
-            for (index_t i = 0; i < d_head; ++i) z[i] = 0.0f;
-            for (index_t t = 0; t < s.start + p + 1; ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
-        }
-    }
-    fire<site_kind::attn_z>(policy, layer, ctx, [&] { return as_heads(mixed, s, heads); });
-}
-
-/// The attention output projection; with `attn.hook_result` wanted, goes through per-head results and sums them.
-template <class Policy>
-void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
-                   const forward_shape& s, workspace& ws, tensor_view<float, 2> out) {
-    const model_config& c = model.config();
-    const auto mixed = ws.mixed.matrix(s.rows(), c.n_heads * c.d_head());  // (batch * pos, n_heads * d_head)
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
-    if constexpr (Policy::wants(site_kind::attn_result)) {
-        const index_t heads = c.n_heads, d_head = c.d_head(), d = c.d_model;
-        ws.head_result.reserve(s.rows() * heads * d);
-        auto result = ws.head_result.block({s.batch, s.positions, heads, d});  // (batch, pos, head, d_model)
-        for (index_t h = 0; h < heads; ++h) {
-            const tensor_view<const float, 2> z_h(&mixed(0, h * d_head), {s.rows(), d_head},
-                                                  {heads * d_head, 1});          // (batch * pos, d_head)
-            const auto w_h = w.w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
-            kernels::linear(z_h, w_h, tensor_view<float, 2>(&result(0, 0, h, 0), {s.rows(), d}, {heads * d, 1}));
-        }
-        fire<site_kind::attn_result>(policy, layer, ctx, [&] { return result; });
-        for (index_t r = 0; r < s.rows(); ++r) {
-            float* row = &out(r, 0);
-            for (index_t i = 0; i < d; ++i) row[i] = 0.0f;
-            for (index_t h = 0; h < heads; ++h) kernels::add(row, row, &result(r / s.positions, r % s.positions, h, 0), d);
-        }
-    } else {
-        (void)policy, (void)ctx;
-        kernels::linear(mixed, w.w_o, out);
-    }
-}
-
-/// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
-/// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
-template <class Policy>
-void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const layer_weights& w,
-             const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
-    const index_t rows = s.rows();
-    const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
-    if (c.mlp == mlp_kind::gated_silu) {
-        const auto up = ws.up.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
-        kernels::linear(in, w.w_gate, gate);
-        kernels::linear(in, w.w_up, up);
-        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-        fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
-        for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
-    } else {
-        kernels::linear(in, w.w_up, gate);
-        fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-        for (index_t r = 0; r < rows; ++r) kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
-    }
-    fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    kernels::linear(gate, w.w_down, out);
-}
-
-/// Writes the new rows' keys and values (batch * pos, n_kv_heads * d_head) into `cache` at their absolute positions.
-inline void store_keys_values(const model_config& c, const forward_shape& s, index_t layer,
-                              tensor_view<const float, 2> new_keys, tensor_view<const float, 2> new_values,
-                              kv_cache& cache) {
-    const index_t d_head = c.d_head();
-    const auto keys = cache.keys(layer);      // (batch, kv_head, position, d_head)
-    const auto values = cache.values(layer);  // (batch, kv_head, position, d_head)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const index_t b = r / s.positions, position = s.start + r % s.positions;
-        for (index_t h = 0; h < c.n_kv_heads; ++h)
-            for (index_t i = 0; i < d_head; ++i) {
-                keys(b, h, position, i) = new_keys(r, h * d_head + i);
-                values(b, h, position, i) = new_values(r, h * d_head + i);
-            }
-    }
-}
-
-/// One transformer block: attention then (unless attention-only) the MLP, each added to the residual stream.
+/// One transformer block: the interpreter of decoder_block (model/block.hpp) for inference. The residual stream is
+/// ws.residual; each norm step yields the sublayer input, each sublayer writes ws.block_out, each add folds it in.
 template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
     const model_config& c = model.config();
     const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
-    const index_t rows = s.rows(), d = c.d_model, d_head = c.d_head();
-    const auto x = ws.residual.matrix(rows, d);                                 // (batch * pos, d_model)
-    const auto normed = ws.normed.matrix(rows, d);                              // (batch * pos, d_model)
-    const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
-    const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
-    const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    const auto block_out = ws.block_out.matrix(rows, d);                        // (batch * pos, d_model)
-
+    const auto x = ws.residual.matrix(s.rows(), c.d_model);       // (batch * pos, d_model)
+    const auto normed = ws.normed.matrix(s.rows(), c.d_model);    // (batch * pos, d_model)
+    const auto branch = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
+    tensor_view<const float, 2> sublayer_in = x;                   // (batch * pos, d_model)
     fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-    const auto attn_in = normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
-    kernels::linear(attn_in, w.w_q, queries);
-    kernels::linear(attn_in, w.w_k, new_keys);
-    kernels::linear(attn_in, w.w_v, new_values);
-    fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-    fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
-    fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
-    if (c.rotary()) {
-        apply_rope(model, s, queries, c.n_heads);
-        apply_rope(model, s, new_keys, c.n_kv_heads);
-        fire<site_kind::attn_rot_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
-        fire<site_kind::attn_rot_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
-    }
-
-    store_keys_values(c, s, layer, new_keys, new_values, cache);
-    attend(policy, layer, ctx, model, s, cache, ws);
-    project_heads(policy, layer, ctx, model, s, ws, block_out);
-    fire<site_kind::attn_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
-    if (c.attn_only()) {  // TransformerLens: resid_post = resid_pre + attn_out, with no hook_resid_mid in between
-        fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-        return;
-    }
-    fire<site_kind::resid_mid>(policy, layer, ctx, [&] { return as_sequence(x, s); });
-
-    const auto mlp_in = normalize<site_kind::ln2_scale, site_kind::ln2_normalized>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.mlp_norm, normed, ws.norm_scale);
-    run_mlp(policy, layer, ctx, c, w, s, mlp_in, ws, block_out);
-    fire<site_kind::mlp_out>(policy, layer, ctx, [&] { return as_sequence(block_out, s); });
-    for (index_t r = 0; r < rows; ++r) kernels::add(&x(r, 0), &x(r, 0), &block_out(r, 0), d);
-    fire<site_kind::resid_post>(policy, layer, ctx, [&] { return as_sequence(x, s); });
+    for_each_step<decoder_block>([&]<block_step Step>() {
+        if (!step_runs(Step, c)) return;
+        if constexpr (Step.op == block_op::norm)
+            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight), normed,
+                                          ws.norm_scale);
+        else if constexpr (Step.op == block_op::attention)
+            attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
+        else if constexpr (Step.op == block_op::mlp)
+            run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
+        else
+            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch);
+    });
 }
 
 /// Throws unless tokens, cache and logits fit the model and each other.
@@ -433,7 +206,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     const auto new_keys = ws.new_keys.matrix(rows, kv_width);         // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
-    const auto attn_in = detail::normalize<site_kind::ln1_scale, site_kind::ln1_normalized>(  // (batch * pos, d_model)
+    const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
     kernels::linear(attn_in, w.w_k, new_keys);
     kernels::linear(attn_in, w.w_v, new_values);
@@ -461,9 +234,8 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
                           std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
-    return detail::normalize<site_kind::ln_final_scale, site_kind::ln_final_normalized>(
-        policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows, model.weights().final_norm, normed,
-        ws.norm_scale);
+    return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
+                                              model.weights().final_norm, normed, ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
