@@ -907,6 +907,39 @@ T gelu_tanh_derivative(T x) {
     return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
 }
 
+/// The denominator of a softmax, max-subtracted and in double: exp(x - largest) summed.
+struct exp_sum {
+    double largest = 0.0;  ///< The largest input.
+    double sum = 0.0;      ///< Sum of exp(x - largest).
+    /// log(sum(exp(x))).
+    [[nodiscard]] double log_sum() const { return largest + std::log(sum); }
+    /// The softmax probability of an input `x`: exp(x - largest) / sum.
+    [[nodiscard]] double probability(double x) const { return std::exp(x - largest) / sum; }
+};
+
+/// exp_sum over x[0], x[stride], ..., x[(n - 1) * stride] (n > 0), in double whatever T is.
+template <class T>
+exp_sum softmax_denominator(const T* x, index_t n, index_t stride = 1) {
+    exp_sum out{-std::numeric_limits<double>::infinity(), 0.0};
+    for (index_t v = 0; v < n; ++v) out.largest = std::max(out.largest, static_cast<double>(x[v * stride]));
+    for (index_t v = 0; v < n; ++v) out.sum += std::exp(static_cast<double>(x[v * stride]) - out.largest);
+    return out;
+}
+
+/// exp(x - log_sum): a softmax probability from log(sum(exp)), as cross-entropy's gradient needs it.
+inline double softmax_from_log_sum(double x, double log_sum) { return std::exp(x - log_sum); }
+
+/// Unnormalised sampling weights exp((x - max) / temperature) of n float logits into `weights`; returns their sum.
+inline double tempered_exp_weights(const float* logits, index_t n, float temperature, double* weights) {
+    const double max_logit = static_cast<double>(*std::max_element(logits, logits + n));
+    double total = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        weights[i] = std::exp((static_cast<double>(logits[i]) - max_logit) / static_cast<double>(temperature));
+        total += weights[i];
+    }
+    return total;
+}
+
 /// Softmax over row[0..visible) in place (max-subtracted), zeros in row[visible..n): one causal attention row.
 template <class T>
 void causal_softmax(T* row, index_t visible, index_t n) {
@@ -7159,13 +7192,7 @@ public:
         // Probabilities in double: the sampled id must not depend on float summation order.
         const auto count = static_cast<std::size_t>(n);
         probabilities_.resize(count);
-        const double max_logit = static_cast<double>(*std::max_element(logits, logits + n));
-        double total = 0.0;
-        for (std::size_t i = 0; i < count; ++i) {
-            probabilities_[i] =
-                std::exp((static_cast<double>(logits[i]) - max_logit) / static_cast<double>(options_.temperature));
-            total += probabilities_[i];
-        }
+        double total = kernels::generic::tempered_exp_weights(logits, n, options_.temperature, probabilities_.data());
         order_.resize(count);
         std::iota(order_.begin(), order_.end(), 0);
         if (options_.top_p < 1.0f) {
@@ -8397,15 +8424,14 @@ private:
                         }
                     }
                 }
-                double largest = -std::numeric_limits<double>::infinity();
-                for (index_t v = 0; v < vocab; ++v) largest = std::max(largest, static_cast<double>(logits(b, p, v)));
-                double sum = 0.0;
-                for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits(b, p, v)) - largest);
-                const double log_sum = largest + std::log(sum);
+                const double log_sum =
+                    kernels::generic::softmax_denominator(&logits(b, p, 0), vocab, logits.stride(2)).log_sum();
                 total += log_sum - static_cast<double>(logits(b, p, t));
                 for (index_t v = 0; v < vocab; ++v)
                     d_logits(b, p, v) =
-                        static_cast<T>(std::exp(static_cast<double>(logits(b, p, v)) - log_sum) * weight);
+                        static_cast<T>(kernels::generic::softmax_from_log_sum(static_cast<double>(logits(b, p, v)),
+                                                                              log_sum) *
+                                       weight);
                 d_logits(b, p, t) -= static_cast<T>(weight);
             }
         return static_cast<T>(total * weight);
@@ -8820,7 +8846,7 @@ inline bool decay_matrices(const parameter_entry& entry) noexcept { return entry
 /// Predicate for decay_ranges: decay the block matrices only, neither norm gains nor the token/position
 /// embeddings nor an untied unembedding.
 inline bool decay_block_matrices(const parameter_entry& entry) noexcept {
-    return entry.rank == 2 && entry.name.rfind("blocks.", 0) == 0;
+    return entry.rank == 2 && traits_of(entry.id).per_block;
 }
 
 /// The ranges of the entries of `layout` for which `decays(entry)` is true, adjacent ones merged, in buffer order;
@@ -9722,7 +9748,7 @@ struct answer_metric {
             case answer_kind::log_prob: {
                 const double lse = log_sum_exp(logits, d_vocab);
                 for (index_t v = 0; v < d_vocab; ++v)
-                    d_logits[v] -= static_cast<float>(scale * std::exp(static_cast<double>(logits[v]) - lse));
+                    d_logits[v] -= static_cast<float>(scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
                 d_logits[correct[i]] += static_cast<float>(scale);
                 return;
             }
@@ -9770,11 +9796,7 @@ private:
         return static_cast<std::size_t>(row % prompts());
     }
     static double log_sum_exp(const float* logits, index_t d_vocab) {
-        double largest = -std::numeric_limits<double>::infinity();
-        for (index_t v = 0; v < d_vocab; ++v) largest = std::max(largest, static_cast<double>(logits[v]));
-        double sum = 0.0;
-        for (index_t v = 0; v < d_vocab; ++v) sum += std::exp(static_cast<double>(logits[v]) - largest);
-        return largest + std::log(sum);
+        return kernels::generic::softmax_denominator(logits, d_vocab).log_sum();
     }
 };
 
@@ -10037,13 +10059,11 @@ inline token_standing standing_of(tensor_view<const float, 1> logits, std::int32
     if (token < 0 || token >= n)
         throw std::invalid_argument("standing_of: token " + std::to_string(token) + " is outside [0, " +
                                     std::to_string(n) + ")");
-    double largest = -std::numeric_limits<double>::infinity(), sum = 0.0;
-    for (index_t v = 0; v < n; ++v) largest = std::max(largest, static_cast<double>(logits(v)));
-    for (index_t v = 0; v < n; ++v) sum += std::exp(static_cast<double>(logits(v)) - largest);
+    const kernels::generic::exp_sum denominator = kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
     index_t rank = 0;
     for (index_t v = 0; v < n; ++v)
         rank += logits(v) > logits(token) || (logits(v) == logits(token) && v < token) ? 1 : 0;
-    return {token, static_cast<float>(std::exp(static_cast<double>(logits(token)) - largest) / sum), rank};
+    return {token, static_cast<float>(denominator.probability(static_cast<double>(logits(token)))), rank};
 }
 
 /// The `k` most likely tokens of `logits` (d_vocab), most likely first.
@@ -11625,7 +11645,9 @@ inline std::vector<std::int32_t> ig_repeat_rows(tensor_view<const std::int32_t, 
 }
 
 /// A forward pass only (no backward) of `tokens` with `probe` attached; returns the metric of each batch row.
-inline std::vector<double> ig_probe_forward(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+std::vector<double> ig_probe_forward(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                             const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape) {
     taped_forward(params, tokens, tape, probe);
     if (!probe.fired) throw std::logic_error("attribution: the forward pass never reached " + to_string(probe.target));
@@ -11650,11 +11672,13 @@ inline tensor<double, 2> ig_sum_per_position(const std::vector<double>& values, 
 }
 
 /// Runs one forward and backward pass at x, returning the probe with the activation and gradient copied.
-inline ig_probe ig_activation_and_gradient(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                            const answer_metric& answer, const site& where, const std::string& who,
                                            std::vector<double>& input_values) {
-    ig_check_site(params.config(), where, who);
-    ig_check_inputs(params.config(), tokens, answer, who);
+    ig_check_site(detail::config_of(params), where, who);
+    ig_check_inputs(detail::config_of(params), tokens, answer, who);
     ig_probe probe;
     probe.target = where;
     probe.copy_activation = probe.copy_gradient = true;
@@ -11675,13 +11699,15 @@ inline ig_probe ig_activation_and_gradient(const model_parameters& params, tenso
 /// at each alpha. Each prompt's attributions approximate F(x) - F(baseline) of its own metric (completeness).
 /// Throws std::invalid_argument for a site the model lacks or the gradient pass does not fire, zero steps, or a
 /// metric that does not fit the prompts; shape_error for a baseline of the wrong shape.
-inline integrated_gradients_result integrated_gradients(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+integrated_gradients_result integrated_gradients(const Model& params,
                                                         tensor_view<const std::int32_t, 2> tokens,
                                                         const answer_metric& answer, const site& where,
                                                         const ig_baseline& baseline = ig_baseline::zeros(),
                                                         const integrated_gradients_options& options = {}) {
     const std::string who = "integrated_gradients at " + to_string(where);
-    const model_config& c = params.config();
+    const model_config& c = detail::config_of(params);
     detail::ig_check_site(c, where, who);
     detail::ig_check_inputs(c, tokens, answer, who);
     if (options.batch_steps < 0)
@@ -11791,7 +11817,9 @@ inline integrated_gradients_result integrated_gradients(const model_parameters& 
 /// Integrated gradients at the token embeddings (`hook_embed`), the classic case: the baseline is typically zeros
 /// or a pad/BOS token's embedding (ig_baseline::repeated_token). Positions are attributed through the tokens only;
 /// learned position embeddings stay as they are.
-inline integrated_gradients_result embedding_integrated_gradients(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+integrated_gradients_result embedding_integrated_gradients(const Model& params,
                                                                   tensor_view<const std::int32_t, 2> tokens,
                                                                   const answer_metric& answer,
                                                                   const ig_baseline& baseline = ig_baseline::zeros(),
@@ -11800,7 +11828,9 @@ inline integrated_gradients_result embedding_integrated_gradients(const model_pa
 }
 
 /// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass.
-inline gradient_attribution_result saliency(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+gradient_attribution_result saliency(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                             const answer_metric& answer, const site& where) {
     gradient_attribution_result out;
     out.where = where;
@@ -11818,7 +11848,9 @@ inline gradient_attribution_result saliency(const model_parameters& params, tens
 
 /// Gradient x input: x * d metric / d site at the prompts' own activation x (integrated gradients with a zero
 /// baseline and a single step at alpha = 1), one backward pass.
-inline gradient_attribution_result gradient_times_input(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+gradient_attribution_result gradient_times_input(const Model& params,
                                                         tensor_view<const std::int32_t, 2> tokens,
                                                         const answer_metric& answer, const site& where) {
     gradient_attribution_result out;

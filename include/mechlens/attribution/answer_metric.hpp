@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/grad/metric.hpp"
 #include "mechlens/tensor/tensor.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -101,7 +102,7 @@ struct answer_metric {
             case answer_kind::log_prob: {
                 const double lse = log_sum_exp(logits, d_vocab);
                 for (index_t v = 0; v < d_vocab; ++v)
-                    d_logits[v] -= static_cast<float>(scale * std::exp(static_cast<double>(logits[v]) - lse));
+                    d_logits[v] -= static_cast<float>(scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
                 d_logits[correct[i]] += static_cast<float>(scale);
                 return;
             }
@@ -149,11 +150,7 @@ private:
         return static_cast<std::size_t>(row % prompts());
     }
     static double log_sum_exp(const float* logits, index_t d_vocab) {
-        double largest = -std::numeric_limits<double>::infinity();
-        for (index_t v = 0; v < d_vocab; ++v) largest = std::max(largest, static_cast<double>(logits[v]));
-        double sum = 0.0;
-        for (index_t v = 0; v < d_vocab; ++v) sum += std::exp(static_cast<double>(logits[v]) - largest);
-        return largest + std::log(sum);
+        return kernels::generic::softmax_denominator(logits, d_vocab).log_sum();
     }
 };
 

@@ -347,7 +347,9 @@ inline std::vector<std::int32_t> ig_repeat_rows(tensor_view<const std::int32_t, 
 }
 
 /// A forward pass only (no backward) of `tokens` with `probe` attached; returns the metric of each batch row.
-inline std::vector<double> ig_probe_forward(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+std::vector<double> ig_probe_forward(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                             const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape) {
     taped_forward(params, tokens, tape, probe);
     if (!probe.fired) throw std::logic_error("attribution: the forward pass never reached " + to_string(probe.target));
@@ -372,11 +374,13 @@ inline tensor<double, 2> ig_sum_per_position(const std::vector<double>& values, 
 }
 
 /// Runs one forward and backward pass at x, returning the probe with the activation and gradient copied.
-inline ig_probe ig_activation_and_gradient(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                            const answer_metric& answer, const site& where, const std::string& who,
                                            std::vector<double>& input_values) {
-    ig_check_site(params.config(), where, who);
-    ig_check_inputs(params.config(), tokens, answer, who);
+    ig_check_site(detail::config_of(params), where, who);
+    ig_check_inputs(detail::config_of(params), tokens, answer, who);
     ig_probe probe;
     probe.target = where;
     probe.copy_activation = probe.copy_gradient = true;
@@ -397,13 +401,15 @@ inline ig_probe ig_activation_and_gradient(const model_parameters& params, tenso
 /// at each alpha. Each prompt's attributions approximate F(x) - F(baseline) of its own metric (completeness).
 /// Throws std::invalid_argument for a site the model lacks or the gradient pass does not fire, zero steps, or a
 /// metric that does not fit the prompts; shape_error for a baseline of the wrong shape.
-inline integrated_gradients_result integrated_gradients(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+integrated_gradients_result integrated_gradients(const Model& params,
                                                         tensor_view<const std::int32_t, 2> tokens,
                                                         const answer_metric& answer, const site& where,
                                                         const ig_baseline& baseline = ig_baseline::zeros(),
                                                         const integrated_gradients_options& options = {}) {
     const std::string who = "integrated_gradients at " + to_string(where);
-    const model_config& c = params.config();
+    const model_config& c = detail::config_of(params);
     detail::ig_check_site(c, where, who);
     detail::ig_check_inputs(c, tokens, answer, who);
     if (options.batch_steps < 0)
@@ -513,7 +519,9 @@ inline integrated_gradients_result integrated_gradients(const model_parameters& 
 /// Integrated gradients at the token embeddings (`hook_embed`), the classic case: the baseline is typically zeros
 /// or a pad/BOS token's embedding (ig_baseline::repeated_token). Positions are attributed through the tokens only;
 /// learned position embeddings stay as they are.
-inline integrated_gradients_result embedding_integrated_gradients(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+integrated_gradients_result embedding_integrated_gradients(const Model& params,
                                                                   tensor_view<const std::int32_t, 2> tokens,
                                                                   const answer_metric& answer,
                                                                   const ig_baseline& baseline = ig_baseline::zeros(),
@@ -522,7 +530,9 @@ inline integrated_gradients_result embedding_integrated_gradients(const model_pa
 }
 
 /// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass.
-inline gradient_attribution_result saliency(const model_parameters& params, tensor_view<const std::int32_t, 2> tokens,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+gradient_attribution_result saliency(const Model& params, tensor_view<const std::int32_t, 2> tokens,
                                             const answer_metric& answer, const site& where) {
     gradient_attribution_result out;
     out.where = where;
@@ -540,7 +550,9 @@ inline gradient_attribution_result saliency(const model_parameters& params, tens
 
 /// Gradient x input: x * d metric / d site at the prompts' own activation x (integrated gradients with a zero
 /// baseline and a single step at alpha = 1), one backward pass.
-inline gradient_attribution_result gradient_times_input(const model_parameters& params,
+template <class Model>
+    requires detail::gradient_model_of<Model, float>
+gradient_attribution_result gradient_times_input(const Model& params,
                                                         tensor_view<const std::int32_t, 2> tokens,
                                                         const answer_metric& answer, const site& where) {
     gradient_attribution_result out;

@@ -108,13 +108,11 @@ inline token_standing standing_of(tensor_view<const float, 1> logits, std::int32
     if (token < 0 || token >= n)
         throw std::invalid_argument("standing_of: token " + std::to_string(token) + " is outside [0, " +
                                     std::to_string(n) + ")");
-    double largest = -std::numeric_limits<double>::infinity(), sum = 0.0;
-    for (index_t v = 0; v < n; ++v) largest = std::max(largest, static_cast<double>(logits(v)));
-    for (index_t v = 0; v < n; ++v) sum += std::exp(static_cast<double>(logits(v)) - largest);
+    const kernels::generic::exp_sum denominator = kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
     index_t rank = 0;
     for (index_t v = 0; v < n; ++v)
         rank += logits(v) > logits(token) || (logits(v) == logits(token) && v < token) ? 1 : 0;
-    return {token, static_cast<float>(std::exp(static_cast<double>(logits(token)) - largest) / sum), rank};
+    return {token, static_cast<float>(denominator.probability(static_cast<double>(logits(token)))), rank};
 }
 
 /// The `k` most likely tokens of `logits` (d_vocab), most likely first.

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/kernels/softmax.hpp"
 #include "mechlens/tensor/tensor.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -164,15 +165,14 @@ private:
                         }
                     }
                 }
-                double largest = -std::numeric_limits<double>::infinity();
-                for (index_t v = 0; v < vocab; ++v) largest = std::max(largest, static_cast<double>(logits(b, p, v)));
-                double sum = 0.0;
-                for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits(b, p, v)) - largest);
-                const double log_sum = largest + std::log(sum);
+                const double log_sum =
+                    kernels::generic::softmax_denominator(&logits(b, p, 0), vocab, logits.stride(2)).log_sum();
                 total += log_sum - static_cast<double>(logits(b, p, t));
                 for (index_t v = 0; v < vocab; ++v)
                     d_logits(b, p, v) =
-                        static_cast<T>(std::exp(static_cast<double>(logits(b, p, v)) - log_sum) * weight);
+                        static_cast<T>(kernels::generic::softmax_from_log_sum(static_cast<double>(logits(b, p, v)),
+                                                                              log_sum) *
+                                       weight);
                 d_logits(b, p, t) -= static_cast<T>(weight);
             }
         return static_cast<T>(total * weight);

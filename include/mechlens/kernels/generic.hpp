@@ -52,6 +52,39 @@ T gelu_tanh_derivative(T x) {
     return static_cast<T>(0.5) * (T{1} + t) + static_cast<T>(0.5) * x * (T{1} - t * t) * c * (T{1} + 3 * a * x * x);
 }
 
+/// The denominator of a softmax, max-subtracted and in double: exp(x - largest) summed.
+struct exp_sum {
+    double largest = 0.0;  ///< The largest input.
+    double sum = 0.0;      ///< Sum of exp(x - largest).
+    /// log(sum(exp(x))).
+    [[nodiscard]] double log_sum() const { return largest + std::log(sum); }
+    /// The softmax probability of an input `x`: exp(x - largest) / sum.
+    [[nodiscard]] double probability(double x) const { return std::exp(x - largest) / sum; }
+};
+
+/// exp_sum over x[0], x[stride], ..., x[(n - 1) * stride] (n > 0), in double whatever T is.
+template <class T>
+exp_sum softmax_denominator(const T* x, index_t n, index_t stride = 1) {
+    exp_sum out{-std::numeric_limits<double>::infinity(), 0.0};
+    for (index_t v = 0; v < n; ++v) out.largest = std::max(out.largest, static_cast<double>(x[v * stride]));
+    for (index_t v = 0; v < n; ++v) out.sum += std::exp(static_cast<double>(x[v * stride]) - out.largest);
+    return out;
+}
+
+/// exp(x - log_sum): a softmax probability from log(sum(exp)), as cross-entropy's gradient needs it.
+inline double softmax_from_log_sum(double x, double log_sum) { return std::exp(x - log_sum); }
+
+/// Unnormalised sampling weights exp((x - max) / temperature) of n float logits into `weights`; returns their sum.
+inline double tempered_exp_weights(const float* logits, index_t n, float temperature, double* weights) {
+    const double max_logit = static_cast<double>(*std::max_element(logits, logits + n));
+    double total = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        weights[i] = std::exp((static_cast<double>(logits[i]) - max_logit) / static_cast<double>(temperature));
+        total += weights[i];
+    }
+    return total;
+}
+
 /// Softmax over row[0..visible) in place (max-subtracted), zeros in row[visible..n): one causal attention row.
 template <class T>
 void causal_softmax(T* row, index_t visible, index_t n) {

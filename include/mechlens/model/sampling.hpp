@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/detail/namespace.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
@@ -64,13 +65,7 @@ public:
         // Probabilities in double: the sampled id must not depend on float summation order.
         const auto count = static_cast<std::size_t>(n);
         probabilities_.resize(count);
-        const double max_logit = static_cast<double>(*std::max_element(logits, logits + n));
-        double total = 0.0;
-        for (std::size_t i = 0; i < count; ++i) {
-            probabilities_[i] =
-                std::exp((static_cast<double>(logits[i]) - max_logit) / static_cast<double>(options_.temperature));
-            total += probabilities_[i];
-        }
+        double total = kernels::generic::tempered_exp_weights(logits, n, options_.temperature, probabilities_.data());
         order_.resize(count);
         std::iota(order_.begin(), order_.end(), 0);
         if (options_.top_p < 1.0f) {

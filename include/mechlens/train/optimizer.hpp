@@ -41,7 +41,7 @@ inline bool decay_matrices(const parameter_entry& entry) noexcept { return entry
 /// Predicate for decay_ranges: decay the block matrices only, neither norm gains nor the token/position
 /// embeddings nor an untied unembedding.
 inline bool decay_block_matrices(const parameter_entry& entry) noexcept {
-    return entry.rank == 2 && entry.name.rfind("blocks.", 0) == 0;
+    return entry.rank == 2 && traits_of(entry.id).per_block;
 }
 
 /// The ranges of the entries of `layout` for which `decays(entry)` is true, adjacent ones merged, in buffer order;
