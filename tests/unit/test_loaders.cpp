@@ -1055,7 +1055,17 @@ TEST_CASE("loaders: load_model rejects truncated checkpoints and safetensors tha
     const fs::path good = mechlens_test::scratch_dir() / "loaders_ckpt_good.safetensors";
     save_checkpoint(good, params);
     const std::string bytes = read_file_bytes(good);
-    REQUIRE(detail::looks_like_safetensors(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
+    REQUIRE(sniff_model_format(good) == model_format::checkpoint);
+    // The other formats: GGUF magic, and a llama2.c header (dim 64, hidden_dim 172, then 123 = '{' layers).
+    const auto sniff = [](const std::string& b) {
+        return sniff_model_format(reinterpret_cast<const std::byte*>(b.data()), b.size());
+    };
+    CHECK(sniff("GGUF") == model_format::gguf);
+    std::string llama2c;
+    for (const std::int32_t field : {64, 172, 123, 8, 4, 512, 512}) append_raw(llama2c, field);
+    CHECK(sniff(llama2c) == model_format::llama2c);
+    CHECK(sniff(bytes.substr(0, 9)) == model_format::checkpoint);
+    CHECK(sniff(bytes.substr(0, 8)) == model_format::llama2c);
 
     // Cut anywhere: in the length (read as a llama2.c header, rejected), the JSON header or the tensor data.
     for (const std::size_t keep : {std::size_t{0}, std::size_t{5}, std::size_t{9}, std::size_t{100},
