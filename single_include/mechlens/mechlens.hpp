@@ -6310,8 +6310,8 @@ inline std::string float_text(float x) {
 
 /// The text of every enum value, in declaration order.
 inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
-inline constexpr std::string_view norm_names[] = {"rms", "none"};            ///< norm_kind
-inline constexpr std::string_view position_names[] = {"rotary", "learned"};  ///< positional_kind
+inline constexpr std::string_view norm_names[] = {"rms", "none"};                      ///< norm_kind
+inline constexpr std::string_view position_names[] = {"rotary", "learned"};            ///< positional_kind
 inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
 
 /// Every model_config field as "mechlens.config.<field>" metadata.
@@ -6406,8 +6406,7 @@ inline void check_checkpoint_size(const model_config& c, const safetensors_file&
     const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
                         kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
     std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
-    if (!c.attn_only())
-        layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
+    if (!c.attn_only()) layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
     std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
     if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
     needed = add(needed, norm);
@@ -6418,7 +6417,7 @@ inline void check_checkpoint_size(const model_config& c, const safetensors_file&
 
 /// What check_checkpoint found in a file that holds a valid checkpoint.
 struct checkpoint_summary {
-    model_config config;                        ///< From the "mechlens.config.*" metadata, validated.
+    model_config config;                         ///< From the "mechlens.config.*" metadata, validated.
     std::optional<std::int64_t> optimizer_step;  ///< With optimizer state (tensors checkpoint_m, checkpoint_v).
 };
 
@@ -6429,8 +6428,9 @@ struct checkpoint_summary {
 inline checkpoint_summary check_checkpoint(const safetensors_file& file, const std::string& where) {
     const auto marker = file.metadata.find(checkpoint_format_key);
     if (marker == file.metadata.end())
-        format_fail(where, "not a mechlens checkpoint: the safetensors metadata lacks mechlens.format = 'checkpoint' "
-                           "(written by save_checkpoint and `mechlens train`)");
+        format_fail(where,
+                    "not a mechlens checkpoint: the safetensors metadata lacks mechlens.format = 'checkpoint' "
+                    "(written by save_checkpoint and `mechlens train`)");
     if (marker->second != checkpoint_format_value)
         format_fail(where, "not a mechlens checkpoint: metadata mechlens.format is '" + marker->second.substr(0, 100) +
                                "', expected 'checkpoint'");
@@ -6476,8 +6476,9 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     const bool has_m = m != by_name.end(), has_v = v != by_name.end(), has_step = step != file.metadata.end();
     if (has_m || has_v || has_step) {
         if (!(has_m && has_v && has_step))
-            format_fail(where, "incomplete optimizer state (needs optimizer.adamw.m, optimizer.adamw.v and "
-                               "mechlens.optimizer.step)");
+            format_fail(where,
+                        "incomplete optimizer state (needs optimizer.adamw.m, optimizer.adamw.v and "
+                        "mechlens.optimizer.step)");
         const std::vector<index_t> expected{parameters};
         for (const auto& it : {m, v})
             if (it->second->shape != expected)
@@ -6487,8 +6488,8 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
         const std::string& s = step->second;
         const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
         if (s.empty() || error != std::errc() || end != s.data() + s.size() || value < 0)
-            format_fail(where, "metadata mechlens.optimizer.step = '" + s.substr(0, 100) +
-                                   "' is not a non-negative integer");
+            format_fail(where,
+                        "metadata mechlens.optimizer.step = '" + s.substr(0, 100) + "' is not a non-negative integer");
         out.optimizer_step = value;
         by_name.erase(checkpoint_m);
         by_name.erase(checkpoint_v);
@@ -7459,11 +7460,13 @@ inline model_format sniff_model_format(const std::filesystem::path& path) {
 inline loaded_model load_model(const std::filesystem::path& path) {
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
     switch (sniff_model_format(file->data(), file->size())) {
-        case model_format::gguf: return load_gguf(gguf_file(std::move(file)));
+        case model_format::gguf:
+            return load_gguf(gguf_file(std::move(file)));
         case model_format::checkpoint:
             return checkpoint_model_from_safetensors(parse_safetensors(file->data(), file->size(), path.string()),
                                                      path.string());
-        case model_format::llama2c: break;
+        case model_format::llama2c:
+            break;
     }
     return detail::load_llama2c_mapped(std::move(file));
 }

@@ -56,11 +56,13 @@ inline model_format sniff_model_format(const std::filesystem::path& path) {
 inline loaded_model load_model(const std::filesystem::path& path) {
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
     switch (sniff_model_format(file->data(), file->size())) {
-        case model_format::gguf: return load_gguf(gguf_file(std::move(file)));
+        case model_format::gguf:
+            return load_gguf(gguf_file(std::move(file)));
         case model_format::checkpoint:
             return checkpoint_model_from_safetensors(parse_safetensors(file->data(), file->size(), path.string()),
                                                      path.string());
-        case model_format::llama2c: break;
+        case model_format::llama2c:
+            break;
     }
     return detail::load_llama2c_mapped(std::move(file));
 }
