@@ -1,8 +1,10 @@
 #pragma once
 /// @file
-/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy arrays.
+/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
+/// GGUF vocabularies, .npy arrays, safetensors files.
 
 #include "mechlens/io/byte_reader.hpp"
+#include "mechlens/io/checkpoint_format.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
 #include "mechlens/io/llama2c.hpp"

@@ -7362,8 +7362,284 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/model.hpp ----
 // ---- begin mechlens/io.hpp ----
 /// @file
-/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, GGUF vocabularies, .npy arrays.
+/// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
+/// GGUF vocabularies, .npy arrays, safetensors files.
 
+// ---- begin mechlens/io/checkpoint_format.hpp ----
+/// @file
+/// The training-checkpoint file format (what save_checkpoint writes: a `.safetensors` file with one F32 tensor per
+/// parameter_layout entry and every model_config field in `__metadata__`), and a reader of the model in it that
+/// needs none of the training stack: load_model opens checkpoints through load_checkpoint_model, and
+/// train/checkpoint.hpp adds the optimizer state on top of the same checks.
+
+#include <charconv>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Prefix of the metadata keys the checkpoint format reserves.
+inline constexpr std::string_view checkpoint_prefix = "mechlens.";
+/// Metadata key marking a checkpoint, and its value.
+inline constexpr const char* checkpoint_format_key = "mechlens.format";
+inline constexpr const char* checkpoint_format_value = "checkpoint";  ///< The value of checkpoint_format_key.
+/// Name of the tensor of first moments, shape (size).
+inline constexpr const char* checkpoint_m = "optimizer.adamw.m";
+inline constexpr const char* checkpoint_v = "optimizer.adamw.v";           ///< (size) second moments
+inline constexpr const char* checkpoint_step = "mechlens.optimizer.step";  ///< decimal step counter
+
+/// "(64, 512)" for error messages.
+inline std::string shape_text(const std::vector<index_t>& shape) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    return out + ")";
+}
+
+/// Shortest text that reads back as the same float.
+inline std::string float_text(float x) {
+    char buffer[64];
+    const auto result = std::to_chars(buffer, buffer + sizeof buffer, x);
+    return std::string(buffer, result.ptr);
+}
+
+/// The text of every enum value, in declaration order.
+inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
+inline constexpr std::string_view norm_names[] = {"rms", "none"};                      ///< norm_kind
+inline constexpr std::string_view position_names[] = {"rotary", "learned"};            ///< positional_kind
+inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
+
+/// Every model_config field as "mechlens.config.<field>" metadata.
+inline std::map<std::string, std::string> config_metadata(const model_config& c) {
+    const std::string p = "mechlens.config.";
+    return {
+        {p + "d_model", std::to_string(c.d_model)},
+        {p + "n_layers", std::to_string(c.n_layers)},
+        {p + "n_heads", std::to_string(c.n_heads)},
+        {p + "n_kv_heads", std::to_string(c.n_kv_heads)},
+        {p + "d_mlp", std::to_string(c.d_mlp)},
+        {p + "d_vocab", std::to_string(c.d_vocab)},
+        {p + "n_ctx", std::to_string(c.n_ctx)},
+        {p + "rope_theta", float_text(c.rope_theta)},
+        {p + "norm_eps", float_text(c.norm_eps)},
+        {p + "tied_unembed", c.tied_unembed ? "true" : "false"},
+        {p + "rope", std::string(rope_names[static_cast<std::size_t>(c.rope)])},
+        {p + "norm", std::string(norm_names[static_cast<std::size_t>(c.norm)])},
+        {p + "positions", std::string(position_names[static_cast<std::size_t>(c.positions)])},
+        {p + "mlp", std::string(mlp_names[static_cast<std::size_t>(c.mlp)])},
+    };
+}
+
+/// Reads model_config back from checkpoint metadata; format_error naming `where` for a missing or bad field.
+class config_reader {
+public:
+    /// A reader over `metadata`; errors name `where`.
+    config_reader(const std::map<std::string, std::string>& metadata, std::string where)
+        : metadata_(metadata), where_(std::move(where)) {}
+
+    /// The text of field `name`.
+    [[nodiscard]] const std::string& text(const std::string& name) const {
+        const auto it = metadata_.find("mechlens.config." + name);
+        if (it == metadata_.end()) format_fail(where_, "checkpoint metadata lacks mechlens.config." + name);
+        return it->second;
+    }
+    /// Field `name` as a whole decimal number.
+    [[nodiscard]] index_t integer(const std::string& name) const {
+        const std::string& s = text(name);
+        index_t value = 0;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (error != std::errc() || end != s.data() + s.size() || s.empty()) bad(name, s, "an integer");
+        return value;
+    }
+    /// Field `name` as a float.
+    [[nodiscard]] float real(const std::string& name) const {
+        const std::string& s = text(name);
+        float value = 0.0f;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (error != std::errc() || end != s.data() + s.size() || s.empty()) bad(name, s, "a number");
+        return value;
+    }
+    /// Field `name` as the enum whose value texts are `names`.
+    template <class Enum, std::size_t N>
+    [[nodiscard]] Enum choice(const std::string& name, const std::string_view (&names)[N]) const {
+        const std::string& s = text(name);
+        for (std::size_t i = 0; i < N; ++i)
+            if (s == names[i]) return static_cast<Enum>(i);
+        std::string expected;
+        for (std::size_t i = 0; i < N; ++i) expected += (i ? ", " : "") + std::string(names[i]);
+        bad(name, s, "one of " + expected);
+    }
+    /// Field `name` as "true" or "false".
+    [[nodiscard]] bool boolean(const std::string& name) const {
+        const std::string& s = text(name);
+        if (s == "true") return true;
+        if (s == "false") return false;
+        bad(name, s, "true or false");
+    }
+
+private:
+    [[noreturn]] void bad(const std::string& name, const std::string& value, const std::string& expected) const {
+        format_fail(where_, "checkpoint metadata mechlens.config." + name + " = '" + value.substr(0, 100) +
+                                "' is not " + expected);
+    }
+    const std::map<std::string, std::string>& metadata_;
+    std::string where_;
+};
+
+/// Throws format_error when the parameter layout of `c` could not come from `file`: more blocks than its tensors
+/// allow (four or more each), or a parameter count that overflows index_t. Both are checked before
+/// parameter_layout, whose sums are unchecked, and before anything is sized by the config.
+inline void check_checkpoint_size(const model_config& c, const safetensors_file& file, const std::string& where) {
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    // Every block has at least four tensors (w_q, w_k, w_v, w_o).
+    if (u(c.n_layers) > file.tensors.size() / 4)
+        format_fail(where, "checkpoint config has " + std::to_string(c.n_layers) + " layers, but the file holds only " +
+                               std::to_string(file.tensors.size()) + " tensors");
+    const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
+    const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
+    // The float count of parameter_layout, in checked arithmetic.
+    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
+                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
+    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
+    if (!c.attn_only()) layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
+    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
+    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
+    needed = add(needed, norm);
+    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
+    if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
+        format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
+}
+
+/// What check_checkpoint found in a file that holds a valid checkpoint.
+struct checkpoint_summary {
+    model_config config;                         ///< From the "mechlens.config.*" metadata, validated.
+    std::optional<std::int64_t> optimizer_step;  ///< With optimizer state (tensors checkpoint_m, checkpoint_v).
+};
+
+/// Checks a parsed safetensors file against the checkpoint format, before anything is sized by its config: the
+/// mechlens.format marker, every config field, every parameter tensor with the shape the config implies, a complete
+/// optimizer state (both moments, shaped (size), and a step) or none of it, and no other tensor. Throws
+/// format_error naming `where` at the first problem.
+inline checkpoint_summary check_checkpoint(const safetensors_file& file, const std::string& where) {
+    const auto marker = file.metadata.find(checkpoint_format_key);
+    if (marker == file.metadata.end())
+        format_fail(where,
+                    "not a mechlens checkpoint: the safetensors metadata lacks mechlens.format = 'checkpoint' "
+                    "(written by save_checkpoint and `mechlens train`)");
+    if (marker->second != checkpoint_format_value)
+        format_fail(where, "not a mechlens checkpoint: metadata mechlens.format is '" + marker->second.substr(0, 100) +
+                               "', expected 'checkpoint'");
+    const config_reader r(file.metadata, where);
+    model_config c;
+    c.d_model = r.integer("d_model");
+    c.n_layers = r.integer("n_layers");
+    c.n_heads = r.integer("n_heads");
+    c.n_kv_heads = r.integer("n_kv_heads");
+    c.d_mlp = r.integer("d_mlp");
+    c.d_vocab = r.integer("d_vocab");
+    c.n_ctx = r.integer("n_ctx");
+    c.rope_theta = r.real("rope_theta");
+    c.norm_eps = r.real("norm_eps");
+    c.tied_unembed = r.boolean("tied_unembed");
+    c.rope = r.choice<rope_layout>("rope", rope_names);
+    c.norm = r.choice<norm_kind>("norm", norm_names);
+    c.positions = r.choice<positional_kind>("positions", position_names);
+    c.mlp = r.choice<mlp_kind>("mlp", mlp_names);
+    c.validate(where);
+    check_checkpoint_size(c, file, where);
+
+    std::map<std::string_view, const safetensors_tensor*> by_name;
+    for (const safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
+    // Every parameter tensor must be in the file with its shape before model_parameters allocates: a hostile
+    // config then cannot ask for more memory than the file's own tensors occupy.
+    index_t parameters = 0;
+    for (const parameter_entry& e : parameter_layout(c)) {
+        const auto it = by_name.find(e.name);
+        if (it == by_name.end()) format_fail(where, "checkpoint lacks tensor '" + e.name + "'");
+        std::vector<index_t> expected{e.shape[0]};
+        if (e.rank == 2) expected.push_back(e.shape[1]);
+        if (it->second->shape != expected)
+            format_fail(where, "tensor '" + e.name + "' has shape " + shape_text(it->second->shape) +
+                                   ", the config implies " + shape_text(expected));
+        parameters += e.size();
+        by_name.erase(it);
+    }
+
+    checkpoint_summary out{c, std::nullopt};
+    const auto m = by_name.find(checkpoint_m), v = by_name.find(checkpoint_v);
+    const auto step = file.metadata.find(checkpoint_step);
+    const bool has_m = m != by_name.end(), has_v = v != by_name.end(), has_step = step != file.metadata.end();
+    if (has_m || has_v || has_step) {
+        if (!(has_m && has_v && has_step))
+            format_fail(where,
+                        "incomplete optimizer state (needs optimizer.adamw.m, optimizer.adamw.v and "
+                        "mechlens.optimizer.step)");
+        const std::vector<index_t> expected{parameters};
+        for (const auto& it : {m, v})
+            if (it->second->shape != expected)
+                format_fail(where, "tensor '" + std::string(it->first) + "' has shape " +
+                                       shape_text(it->second->shape) + ", expected " + shape_text(expected));
+        std::int64_t value = 0;
+        const std::string& s = step->second;
+        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
+        if (s.empty() || error != std::errc() || end != s.data() + s.size() || value < 0)
+            format_fail(where,
+                        "metadata mechlens.optimizer.step = '" + s.substr(0, 100) + "' is not a non-negative integer");
+        out.optimizer_step = value;
+        by_name.erase(checkpoint_m);
+        by_name.erase(checkpoint_v);
+    }
+    if (!by_name.empty())
+        format_fail(where, "unexpected tensor '" + std::string(by_name.begin()->first.substr(0, 200)) +
+                               "' (not in the parameter layout of this config)");
+    return out;
+}
+
+/// The parameter tensors of a file that passed check_checkpoint with config `c`, copied into one buffer.
+inline model_parameters checkpoint_parameters(const safetensors_file& file, const model_config& c) {
+    std::map<std::string_view, const safetensors_tensor*> by_name;
+    for (const safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
+    model_parameters out(c);
+    float* base = out.flat().data();
+    for (const parameter_entry& e : out.layout()) {
+        const std::vector<float>& values = by_name.at(e.name)->values;
+        std::memcpy(base + e.offset, values.data(), values.size() * sizeof(float));
+    }
+    return out;
+}
+
+}  // namespace detail
+
+/// The model in a parsed mechlens checkpoint (see load_checkpoint_model); errors name `where`.
+inline loaded_model checkpoint_model_from_safetensors(const safetensors_file& file, const std::string& where) {
+    const detail::checkpoint_summary summary = detail::check_checkpoint(file, where);
+    const model_parameters parameters = detail::checkpoint_parameters(file, summary.config);
+    // The views share ownership of the parameter buffer (model_weights::storage) and outlive `parameters`.
+    return loaded_model{summary.config, parameters.weights()};
+}
+
+/// Loads the model in a training checkpoint written by save_checkpoint (`mechlens train --out`): its config and a
+/// copy of its parameters, which the returned weights view and keep alive. The file is checked as load_checkpoint
+/// checks it; optimizer state and caller metadata are ignored. Throws format_error naming the file when it is not
+/// valid safetensors, or is safetensors but not a mechlens checkpoint (no "mechlens.format" metadata), or when a
+/// config field or tensor is missing, malformed, unexpected or of another shape than the config implies.
+inline loaded_model load_checkpoint_model(const std::filesystem::path& path) {
+    return checkpoint_model_from_safetensors(read_safetensors(path), path.string());
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/checkpoint_format.hpp ----
 // ---- begin mechlens/io/gguf.hpp ----
 /// @file
 /// A validating parser for GGUF v2/v3 headers: typed metadata, tensor infos and where each tensor's bytes lie.
@@ -8239,18 +8515,62 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// One entry point for model files: sniffs the format and dispatches to the right loader.
 
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <utility>
 
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// Loads a model file: GGUF when it starts with the magic "GGUF", else a llama2.c legacy checkpoint.
+/// The model file formats load_model reads.
+enum class model_format : std::uint8_t {
+    llama2c,     ///< Karpathy's llama2.c legacy `.bin` (anything that is neither of the others).
+    gguf,        ///< GGUF v3: starts with the magic "GGUF"; carries its own vocabulary.
+    checkpoint,  ///< A training checkpoint (save_checkpoint, `mechlens train`): `.safetensors`, no vocabulary.
+};
+
+/// The format of a model file whose first `size` bytes (at least 9 suffice) are at `bytes`, as load_model decides
+/// it: "GGUF" magic; else an 8-byte little-endian length no larger than the safetensors reader accepts followed by
+/// '{' (no llama2.c file starts so: its second int32, hidden_dim, is positive, which puts the first 8 bytes above
+/// 2^32 read as one length); else llama2.c.
+inline model_format sniff_model_format(const std::byte* bytes, std::size_t size) noexcept {
+    if (size >= 4 && std::memcmp(bytes, "GGUF", 4) == 0) return model_format::gguf;
+    if (size >= 9 && bytes[8] == std::byte{'{'}) {
+        std::uint64_t length = 0;
+        for (std::size_t i = 0; i < 8; ++i) length |= static_cast<std::uint64_t>(bytes[i]) << (8 * i);
+        if (length <= detail::safetensors_max_header) return model_format::checkpoint;
+    }
+    return model_format::llama2c;
+}
+
+/// The format of the model file at `path`, from its first bytes (see the overload above). Throws format_error
+/// naming the file when it cannot be opened.
+inline model_format sniff_model_format(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) detail::format_fail(path.string(), "cannot open for reading");
+    char head[9] = {};
+    in.read(head, sizeof head);
+    return sniff_model_format(reinterpret_cast<const std::byte*>(head), static_cast<std::size_t>(in.gcount()));
+}
+
+/// Loads a model file in any model_format, sniffed from its first bytes (sniff_model_format): GGUF and llama2.c
+/// weights view the file's mapping; a training checkpoint is read by checkpoint_model_from_safetensors (see
+/// load_checkpoint_model), its weights a copy they keep alive. Throws format_error naming the file.
 inline loaded_model load_model(const std::filesystem::path& path) {
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    if (file->size() >= 4 && std::memcmp(file->data(), "GGUF", 4) == 0) return load_gguf(gguf_file(std::move(file)));
+    switch (sniff_model_format(file->data(), file->size())) {
+        case model_format::gguf:
+            return load_gguf(gguf_file(std::move(file)));
+        case model_format::checkpoint:
+            return checkpoint_model_from_safetensors(parse_safetensors(file->data(), file->size(), path.string()),
+                                                     path.string());
+        case model_format::llama2c:
+            break;
+    }
     return detail::load_llama2c_mapped(std::move(file));
 }
 
@@ -9261,19 +9581,14 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Training checkpoints as `.safetensors`: one F32 tensor per parameter_layout entry (named like it), every
 /// model_config field in `__metadata__`, caller metadata beside it, and optionally the AdamW state to resume
-/// training bit for bit.
+/// training bit for bit. The format itself, and a reader of the model alone (what load_model uses), are in
+/// io/checkpoint_format.hpp; this header adds the optimizer state.
 
-#include <charconv>
-#include <cstdint>
-#include <cstring>
 #include <filesystem>
-#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -9286,140 +9601,6 @@ struct checkpoint {
     std::map<std::string, std::string> metadata;   ///< The caller's metadata (the "mechlens." keys removed).
     std::optional<adamw_state> optimizer;          ///< The AdamW state, when the file holds one.
 };
-
-namespace detail {
-
-/// Prefix of the metadata keys the checkpoint format reserves.
-inline constexpr std::string_view checkpoint_prefix = "mechlens.";
-/// Name of the tensor of first moments, shape (size).
-inline constexpr const char* checkpoint_m = "optimizer.adamw.m";
-inline constexpr const char* checkpoint_v = "optimizer.adamw.v";           ///< (size) second moments
-inline constexpr const char* checkpoint_step = "mechlens.optimizer.step";  ///< decimal step counter
-
-/// "(64, 512)" for error messages.
-inline std::string shape_text(const std::vector<index_t>& shape) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-    return out + ")";
-}
-
-/// Shortest text that reads back as the same float.
-inline std::string float_text(float x) {
-    char buffer[64];
-    const auto result = std::to_chars(buffer, buffer + sizeof buffer, x);
-    return std::string(buffer, result.ptr);
-}
-
-/// The text of every enum value, in declaration order.
-inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
-inline constexpr std::string_view norm_names[] = {"rms", "none"};      ///< norm_kind
-inline constexpr std::string_view position_names[] = {"rotary", "learned"};  ///< positional_kind
-inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
-
-/// Every model_config field as "mechlens.config.<field>" metadata.
-inline std::map<std::string, std::string> config_metadata(const model_config& c) {
-    const std::string p = "mechlens.config.";
-    return {
-        {p + "d_model", std::to_string(c.d_model)},
-        {p + "n_layers", std::to_string(c.n_layers)},
-        {p + "n_heads", std::to_string(c.n_heads)},
-        {p + "n_kv_heads", std::to_string(c.n_kv_heads)},
-        {p + "d_mlp", std::to_string(c.d_mlp)},
-        {p + "d_vocab", std::to_string(c.d_vocab)},
-        {p + "n_ctx", std::to_string(c.n_ctx)},
-        {p + "rope_theta", float_text(c.rope_theta)},
-        {p + "norm_eps", float_text(c.norm_eps)},
-        {p + "tied_unembed", c.tied_unembed ? "true" : "false"},
-        {p + "rope", std::string(rope_names[static_cast<std::size_t>(c.rope)])},
-        {p + "norm", std::string(norm_names[static_cast<std::size_t>(c.norm)])},
-        {p + "positions", std::string(position_names[static_cast<std::size_t>(c.positions)])},
-        {p + "mlp", std::string(mlp_names[static_cast<std::size_t>(c.mlp)])},
-    };
-}
-
-/// Reads model_config back from checkpoint metadata; format_error naming `where` for a missing or bad field.
-class config_reader {
-public:
-    /// A reader over `metadata`; errors name `where`.
-    config_reader(const std::map<std::string, std::string>& metadata, std::string where)
-        : metadata_(metadata), where_(std::move(where)) {}
-
-    /// The text of field `name`.
-    [[nodiscard]] const std::string& text(const std::string& name) const {
-        const auto it = metadata_.find("mechlens.config." + name);
-        if (it == metadata_.end()) format_fail(where_, "checkpoint metadata lacks mechlens.config." + name);
-        return it->second;
-    }
-    /// Field `name` as a whole decimal number.
-    [[nodiscard]] index_t integer(const std::string& name) const {
-        const std::string& s = text(name);
-        index_t value = 0;
-        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
-        if (error != std::errc() || end != s.data() + s.size() || s.empty())
-            bad(name, s, "an integer");
-        return value;
-    }
-    /// Field `name` as a float.
-    [[nodiscard]] float real(const std::string& name) const {
-        const std::string& s = text(name);
-        float value = 0.0f;
-        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
-        if (error != std::errc() || end != s.data() + s.size() || s.empty()) bad(name, s, "a number");
-        return value;
-    }
-    /// Field `name` as the enum whose value texts are `names`.
-    template <class Enum, std::size_t N>
-    [[nodiscard]] Enum choice(const std::string& name, const std::string_view (&names)[N]) const {
-        const std::string& s = text(name);
-        for (std::size_t i = 0; i < N; ++i)
-            if (s == names[i]) return static_cast<Enum>(i);
-        std::string expected;
-        for (std::size_t i = 0; i < N; ++i) expected += (i ? ", " : "") + std::string(names[i]);
-        bad(name, s, "one of " + expected);
-    }
-    /// Field `name` as "true" or "false".
-    [[nodiscard]] bool boolean(const std::string& name) const {
-        const std::string& s = text(name);
-        if (s == "true") return true;
-        if (s == "false") return false;
-        bad(name, s, "true or false");
-    }
-
-private:
-    [[noreturn]] void bad(const std::string& name, const std::string& value, const std::string& expected) const {
-        format_fail(where_, "checkpoint metadata mechlens.config." + name + " = '" + value.substr(0, 100) +
-                                "' is not " + expected);
-    }
-    const std::map<std::string, std::string>& metadata_;
-    std::string where_;
-};
-
-/// Throws format_error when the parameter layout of `c` could not come from `file`: more blocks than its tensors
-/// allow (four or more each), or a parameter count that overflows index_t. Both are checked before
-/// parameter_layout, whose sums are unchecked, and before anything is sized by the config.
-inline void check_checkpoint_size(const model_config& c, const safetensors_file& file, const std::string& where) {
-    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
-    // Every block has at least four tensors (w_q, w_k, w_v, w_o).
-    if (u(c.n_layers) > file.tensors.size() / 4)
-        format_fail(where, "checkpoint config has " + std::to_string(c.n_layers) + " layers, but the file holds only " +
-                               std::to_string(file.tensors.size()) + " tensors");
-    const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
-    const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
-    // The float count of parameter_layout, in checked arithmetic.
-    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
-                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
-    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
-    if (!c.attn_only())
-        layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
-    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
-    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
-    needed = add(needed, norm);
-    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
-    if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
-        format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
-}
-
-}  // namespace detail
 
 /// Writes `parameters` to a `.safetensors` file: F32 tensors named by parameter_layout (rank 1 or 2, in layout
 /// order), every config field as "mechlens.config.<field>" metadata, and `metadata` beside them; with `optimizer`,
@@ -9436,7 +9617,7 @@ inline void save_checkpoint(const std::filesystem::path& path, const model_param
             throw std::invalid_argument("save_checkpoint: metadata key '" + key + "' uses the reserved prefix mechlens.");
         all[key] = value;
     }
-    all["mechlens.format"] = "checkpoint";
+    all[detail::checkpoint_format_key] = detail::checkpoint_format_value;
     std::vector<safetensors_tensor_ref> tensors;
     const float* base = parameters.flat().data();
     for (const parameter_entry& e : parameters.layout()) {
@@ -9469,77 +9650,18 @@ inline checkpoint load_checkpoint(const std::filesystem::path& path);
 /// Checks the contents of a parsed checkpoint file and builds the checkpoint (errors name `where`); the part of
 /// load_checkpoint after read_safetensors.
 inline checkpoint checkpoint_from_safetensors(safetensors_file file, const std::string& where) {
-    const detail::config_reader r(file.metadata, where);
-    if (const auto it = file.metadata.find("mechlens.format"); it == file.metadata.end() || it->second != "checkpoint")
-        detail::format_fail(where, "not a mechlens checkpoint (metadata mechlens.format is not 'checkpoint')");
-    model_config c;
-    c.d_model = r.integer("d_model");
-    c.n_layers = r.integer("n_layers");
-    c.n_heads = r.integer("n_heads");
-    c.n_kv_heads = r.integer("n_kv_heads");
-    c.d_mlp = r.integer("d_mlp");
-    c.d_vocab = r.integer("d_vocab");
-    c.n_ctx = r.integer("n_ctx");
-    c.rope_theta = r.real("rope_theta");
-    c.norm_eps = r.real("norm_eps");
-    c.tied_unembed = r.boolean("tied_unembed");
-    c.rope = r.choice<rope_layout>("rope", detail::rope_names);
-    c.norm = r.choice<norm_kind>("norm", detail::norm_names);
-    c.positions = r.choice<positional_kind>("positions", detail::position_names);
-    c.mlp = r.choice<mlp_kind>("mlp", detail::mlp_names);
-    c.validate(where);
-    detail::check_checkpoint_size(c, file, where);
-
-    std::map<std::string, safetensors_tensor*> by_name;
-    for (safetensors_tensor& t : file.tensors) by_name[t.name] = &t;
-    // Every parameter tensor must be in the file with its shape before model_parameters allocates: a hostile
-    // config then cannot ask for more memory than the file's own tensors occupy.
-    for (const parameter_entry& e : parameter_layout(c)) {
-        const auto it = by_name.find(e.name);
-        if (it == by_name.end()) detail::format_fail(where, "checkpoint lacks tensor '" + e.name + "'");
-        std::vector<index_t> expected{e.shape[0]};
-        if (e.rank == 2) expected.push_back(e.shape[1]);
-        if (it->second->shape != expected)
-            detail::format_fail(where, "tensor '" + e.name + "' has shape " + detail::shape_text(it->second->shape) +
-                                           ", the config implies " + detail::shape_text(expected));
-    }
-
-    checkpoint out{model_parameters(c), {}, std::nullopt};
-    float* base = out.parameters.flat().data();
-    for (const parameter_entry& e : out.parameters.layout()) {
-        const auto it = by_name.find(e.name);
-        std::memcpy(base + e.offset, it->second->values.data(), it->second->values.size() * sizeof(float));
-        by_name.erase(it);
-    }
-
-    const auto m = by_name.find(detail::checkpoint_m), v = by_name.find(detail::checkpoint_v);
-    const auto step = file.metadata.find(detail::checkpoint_step);
-    const bool has_m = m != by_name.end(), has_v = v != by_name.end(), has_step = step != file.metadata.end();
-    if (has_m || has_v || has_step) {
-        if (!(has_m && has_v && has_step))
-            detail::format_fail(where, "incomplete optimizer state (needs optimizer.adamw.m, optimizer.adamw.v and "
-                                       "mechlens.optimizer.step)");
-        const std::vector<index_t> expected{out.parameters.size()};
-        for (const auto& it : {m, v})
-            if (it->second->shape != expected)
-                detail::format_fail(where, "tensor '" + it->first + "' has shape " +
-                                               detail::shape_text(it->second->shape) + ", expected " +
-                                               detail::shape_text(expected));
+    // Every check (config, parameter tensors, optimizer state, no other tensor) runs before anything is allocated.
+    const detail::checkpoint_summary summary = detail::check_checkpoint(file, where);
+    checkpoint out{detail::checkpoint_parameters(file, summary.config), {}, std::nullopt};
+    if (summary.optimizer_step) {
         adamw_state state;
-        const std::string& s = step->second;
-        const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), state.step);
-        if (s.empty() || error != std::errc() || end != s.data() + s.size() || state.step < 0)
-            detail::format_fail(where, "metadata mechlens.optimizer.step = '" + s.substr(0, 100) +
-                                           "' is not a non-negative integer");
-        state.m = std::move(m->second->values);
-        state.v = std::move(v->second->values);
+        state.step = *summary.optimizer_step;
+        for (safetensors_tensor& t : file.tensors) {
+            if (t.name == detail::checkpoint_m) state.m = std::move(t.values);
+            if (t.name == detail::checkpoint_v) state.v = std::move(t.values);
+        }
         out.optimizer = std::move(state);
-        by_name.erase(detail::checkpoint_m);
-        by_name.erase(detail::checkpoint_v);
     }
-    if (!by_name.empty())
-        detail::format_fail(where, "unexpected tensor '" + by_name.begin()->first.substr(0, 200) +
-                                       "' (not in the parameter layout of this config)");
     for (auto& [key, value] : file.metadata)
         if (key.rfind(detail::checkpoint_prefix, 0) != 0) out.metadata[key] = std::move(value);
     return out;

@@ -1,6 +1,6 @@
-// libFuzzer harness for the safetensors reader (JSON header + F32 tensors) and the training-checkpoint reader
-// built on it: parse from memory, check what came back, then interpret it as a checkpoint. format_error is the
-// documented rejection; anything else escaping is a bug.
+// libFuzzer harness for the safetensors reader (JSON header + F32 tensors) and the training-checkpoint readers
+// built on it: parse from memory, check what came back, then interpret it as a model (what load_model does with a
+// checkpoint) and as a checkpoint. format_error is the documented rejection; anything else escaping is a bug.
 #include "fuzz_support.hpp"
 
 #include <mechlens/train/checkpoint.hpp>
@@ -24,6 +24,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         for (const float x : t.values) sum += static_cast<double>(x);
     }
     mechlens_fuzz::keep(sum);
+    try {
+        const mechlens::loaded_model m = mechlens::checkpoint_model_from_safetensors(f, "fuzz.safetensors");
+        mechlens_fuzz::keep(mechlens_fuzz::touch_model(m));
+    } catch (const mechlens::format_error& e) {
+        mechlens_fuzz::rejected(e);
+    }
     try {
         const mechlens::checkpoint c = mechlens::checkpoint_from_safetensors(std::move(f), "fuzz.safetensors");
         mechlens_fuzz::keep(c.parameters.size());

@@ -980,3 +980,124 @@ TEST_CASE("loaders: a GGUF block_count beyond the tensors it has is rejected bef
     for (int i = 0; i < 9; ++i) three.tensors.push_back({"pad." + std::to_string(i), {1}, 0, std::string(4, '\0'), {}});
     require_rejected("three_blocks.gguf", three.bytes(), "missing tensor 'blk.2.attn_norm.weight'", load_gguf_file);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// load_model on training checkpoints (save_checkpoint, `mechlens train --out`)
+
+namespace {
+
+// Logits (1, pos, vocab) of `model` on a fixed token sequence within its vocabulary and context.
+mechlens::tensor<float, 3> fixed_logits(const mechlens::transformer& model) {
+    const mechlens::model_config& c = model.config();
+    std::vector<std::int32_t> tokens;
+    for (index_t p = 0; p < std::min<index_t>(c.n_ctx, 7); ++p)
+        tokens.push_back(static_cast<std::int32_t>((3 * p + 1) % c.d_vocab));
+    return mechlens::forward_logits(
+        model, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, static_cast<index_t>(tokens.size())}));
+}
+
+void load_model_file(const fs::path& p) { (void)mechlens::load_model(p); }
+
+}  // namespace
+
+TEST_CASE("loaders: load_model opens training checkpoints, logits bitwise equal to the saved model", "[loaders]") {
+    using namespace mechlens;
+    model_config llama{16, 2, 4, 2, 24, 37, 32};  // RMSNorm, rotary, gated MLP, GQA
+    llama.tied_unembed = false;
+    llama.rope = rope_layout::split_halves;
+    model_config grown{16, 2, 2, 2, 0, 16, 13};  // what `mechlens train --norm none --positions learned` grows
+    grown.norm = norm_kind::none;
+    grown.positions = positional_kind::learned;
+    grown.mlp = mlp_kind::none;
+    grown.tied_unembed = false;
+    model_config gpt{8, 1, 2, 1, 32, 11, 9};  // plain GELU MLP, tied unembedding
+    gpt.positions = positional_kind::learned;
+    gpt.mlp = mlp_kind::plain_gelu;
+    std::uint64_t seed = 40;
+    for (const model_config& config : {llama, grown, gpt}) {
+        const model_parameters params(config, random_model(config, ++seed, 0.5f).weights);
+        const fs::path path = mechlens_test::scratch_dir() / ("loaders_ckpt_" + std::to_string(seed) + ".safetensors");
+        // One file with the optimizer state too: load_model ignores it.
+        if (seed % 2 == 0) {
+            adamw optimizer(params.size());
+            save_checkpoint(path, params, optimizer, {{"task", "test"}});
+        } else {
+            save_checkpoint(path, params);
+        }
+        INFO(path);
+        const loaded_model loaded = load_model(path);
+        CHECK(loaded.config.d_model == config.d_model);
+        CHECK(loaded.config.n_layers == config.n_layers);
+        CHECK(loaded.config.d_vocab == config.d_vocab);
+        CHECK(loaded.config.n_ctx == config.n_ctx);
+        CHECK(loaded.config.norm == config.norm);
+        CHECK(loaded.config.positions == config.positions);
+        CHECK(loaded.config.mlp == config.mlp);
+        CHECK(loaded.config.tied_unembed == config.tied_unembed);
+        CHECK(loaded.config.rope == config.rope);
+        REQUIRE(loaded.weights.storage != nullptr);
+        // The views keep their buffer alive on their own: only `reloaded` holds it from here on.
+        const transformer reloaded(load_model(path));
+        const tensor<float, 3> want = fixed_logits(transformer(loaded_model{config, params.weights()}));
+        const tensor<float, 3> got = fixed_logits(reloaded);
+        REQUIRE(got.size() == want.size());
+        CHECK(std::memcmp(got.data(), want.data(), static_cast<std::size_t>(got.size()) * sizeof(float)) == 0);
+        // The same checkpoint through load_checkpoint_model.
+        const tensor<float, 3> direct = fixed_logits(transformer(load_checkpoint_model(path)));
+        CHECK(std::memcmp(direct.data(), want.data(), static_cast<std::size_t>(got.size()) * sizeof(float)) == 0);
+    }
+}
+
+TEST_CASE("loaders: load_model rejects truncated checkpoints and safetensors that are not checkpoints", "[loaders]") {
+    using namespace mechlens;
+    model_config config{8, 1, 2, 2, 16, 10, 8};
+    const model_parameters params(config, random_model(config, 5).weights);
+    const fs::path good = mechlens_test::scratch_dir() / "loaders_ckpt_good.safetensors";
+    save_checkpoint(good, params);
+    const std::string bytes = read_file_bytes(good);
+    REQUIRE(sniff_model_format(good) == model_format::checkpoint);
+    // The other formats: GGUF magic, and a llama2.c header (dim 64, hidden_dim 172, then 123 = '{' layers).
+    const auto sniff = [](const std::string& b) {
+        return sniff_model_format(reinterpret_cast<const std::byte*>(b.data()), b.size());
+    };
+    CHECK(sniff("GGUF") == model_format::gguf);
+    std::string llama2c;
+    for (const std::int32_t field : {64, 172, 123, 8, 4, 512, 512}) append_raw(llama2c, field);
+    CHECK(sniff(llama2c) == model_format::llama2c);
+    CHECK(sniff(bytes.substr(0, 9)) == model_format::checkpoint);
+    CHECK(sniff(bytes.substr(0, 8)) == model_format::llama2c);
+
+    // Cut anywhere: in the length (read as a llama2.c header, rejected), the JSON header or the tensor data.
+    for (const std::size_t keep : {std::size_t{0}, std::size_t{5}, std::size_t{9}, std::size_t{100},
+                                   bytes.size() / 2, bytes.size() - 1}) {
+        INFO("kept " << keep << " of " << bytes.size() << " bytes");
+        require_rejected("ckpt_truncated.safetensors", bytes.substr(0, keep), "", load_model_file);
+    }
+    // Cut inside the tensor data: the safetensors reader says so, not the llama2.c loader.
+    require_rejected("ckpt_truncated.safetensors", bytes.substr(0, bytes.size() - 1), "data bytes", load_model_file);
+
+    // Valid safetensors without the checkpoint metadata, e.g. an activation cache written by `mechlens cache`.
+    const std::vector<float> values(12, 0.25f);
+    const fs::path cache = mechlens_test::scratch_dir() / "loaders_not_a_checkpoint.safetensors";
+    write_safetensors(cache, {{"blocks.0.hook_resid_post", {1, 3, 4}, values.data()}}, {{"format", "mechlens"}});
+    const std::string message = error_of([&] { (void)load_model(cache); });
+    INFO(message);
+    CHECK(message.find(cache.string()) != std::string::npos);
+    CHECK(message.find("not a mechlens checkpoint") != std::string::npos);
+    CHECK(message.find("lacks mechlens.format") != std::string::npos);
+    // A checkpoint marker with another value is named too.
+    write_safetensors(cache, {{"x", {3}, values.data()}}, {{"mechlens.format", "cache"}});
+    CHECK(error_of([&] { (void)load_model(cache); }).find("mechlens.format is 'cache'") != std::string::npos);
+    // A checkpoint whose tensors do not match its config: the same checks as load_checkpoint.
+    std::map<std::string, std::string> metadata = read_safetensors(good).metadata;
+    metadata["mechlens.config.d_vocab"] = "11";
+    std::vector<safetensors_tensor_ref> tensors;
+    for (const parameter_entry& e : params.layout())
+        tensors.push_back({e.name,
+                           e.rank == 2 ? std::vector<index_t>{e.shape[0], e.shape[1]} : std::vector<index_t>{e.shape[0]},
+                           params.flat().data() + e.offset});
+    const fs::path mismatched = mechlens_test::scratch_dir() / "loaders_ckpt_mismatched.safetensors";
+    write_safetensors(mismatched, tensors, metadata);
+    CHECK(error_of([&] { (void)load_model(mismatched); }).find("tensor 'token_embedding' has shape (10, 8)") !=
+          std::string::npos);
+}

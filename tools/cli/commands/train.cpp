@@ -1,18 +1,20 @@
-#pragma once
 // `mechlens train`: grows a small model on a synthetic task (repeated random tokens for induction, or modular
-// addition) with a config given on the command line, prints the loss curve and saves a checkpoint.
+// addition) with a config given on the command line, prints the loss curve and saves a checkpoint, which every
+// other command opens with --model (load_model reads checkpoints).
 
-#include <limits>
 #include <mechlens/mechlens.hpp>
-#include <mechlens/train/trainer.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <stdexcept>
 #include <string>
 
-#include "arguments.hpp"
+#include "../command.hpp"
 
 namespace mechlens_cli {
+namespace {
 
 /// Mean cross-entropy of the logits (batch, pos, vocab) against `targets`, over the positions where `counted(t)`.
 template <class Counted>
@@ -26,7 +28,8 @@ double mean_loss(mechlens::tensor_view<const float, 3> logits, const mechlens::t
             double largest = -std::numeric_limits<double>::infinity(), sum = 0.0;
             for (mechlens::index_t v = 0; v < logits.extent(2); ++v)
                 largest = std::max(largest, static_cast<double>(logits(b, t, v)));
-            for (mechlens::index_t v = 0; v < logits.extent(2); ++v) sum += std::exp(static_cast<double>(logits(b, t, v)) - largest);
+            for (mechlens::index_t v = 0; v < logits.extent(2); ++v)
+                sum += std::exp(static_cast<double>(logits(b, t, v)) - largest);
             total += largest + std::log(sum) - static_cast<double>(logits(b, t, targets(b, t)));
             ++n;
         }
@@ -34,8 +37,8 @@ double mean_loss(mechlens::tensor_view<const float, 3> logits, const mechlens::t
 }
 
 /// Fraction of rows whose argmax at position `t` is the target there.
-inline double accuracy_at(mechlens::tensor_view<const float, 3> logits,
-                          const mechlens::tensor<std::int32_t, 2>& targets, mechlens::index_t t) {
+double accuracy_at(mechlens::tensor_view<const float, 3> logits, const mechlens::tensor<std::int32_t, 2>& targets,
+                   mechlens::index_t t) {
     mechlens::index_t right = 0;
     for (mechlens::index_t b = 0; b < logits.extent(0); ++b) {
         mechlens::index_t best = 0;
@@ -46,7 +49,7 @@ inline double accuracy_at(mechlens::tensor_view<const float, 3> logits,
     return static_cast<double>(right) / static_cast<double>(logits.extent(0));
 }
 
-inline int run_train(arguments& args) {
+int run(arguments& args) {
     const std::string task = args.require("task");
     if (task != "induction" && task != "modadd")
         throw usage_error("--task must be induction or modadd, got '" + task + "'");
@@ -172,5 +175,16 @@ inline int run_train(arguments& args) {
     }
     return 0;
 }
+
+}  // namespace
+
+const command train_command{
+    "train",
+    "--task induction|modadd [--d-model 64] [--layers 2] [--heads 4] [--kv-heads H] [--d-mlp 0]\n"
+    "[--norm rms|none] [--positions rotary|learned] [--steps 1000] [--batch 32] [--lr 1e-3] [--min-lr LR]\n"
+    "[--warmup W] [--weight-decay WD] [--clip 1] [--seed 1] [--log-every K] [--out FILE.safetensors]\n"
+    "induction: [--vocab 64] [--half 16]; modadd: [--p 53] [--train-fraction 0.3]; --d-mlp 0 = attention-only\n"
+    "the checkpoint FILE.safetensors is a --model for every command (it has no tokenizer: give --tokens)",
+    run};
 
 }  // namespace mechlens_cli

@@ -1,0 +1,30 @@
+#pragma once
+// The table of mechlens commands. Each file under commands/ defines one `command`; main.cpp lists them once and
+// derives from that list the usage text, the command names in error messages, and the dispatch.
+
+#include <string_view>
+
+#include "arguments.hpp"
+
+namespace mechlens_cli {
+
+/// One command of the CLI: `mechlens NAME [options]`.
+struct command {
+    std::string_view name;        ///< What follows `mechlens`.
+    std::string_view usage;       ///< Its options for --help: lines separated by '\n', the first after the name.
+    int (*run)(arguments& args);  ///< Runs it on the options after the name; returns the exit code.
+};
+
+// One per file in commands/, in the order --help lists them (main.cpp's table).
+extern const command info_command;       ///< commands/info.cpp
+extern const command generate_command;   ///< commands/generate.cpp
+extern const command logits_command;     ///< commands/logits.cpp
+extern const command cache_command;      ///< commands/cache.cpp
+extern const command grad_command;       ///< commands/grad.cpp
+extern const command train_command;      ///< commands/train.cpp
+extern const command lens_command;       ///< commands/lens.cpp
+extern const command dla_command;        ///< commands/dla.cpp
+extern const command patch_command;      ///< commands/patch.cpp
+extern const command attribute_command;  ///< commands/attribute.cpp
+
+}  // namespace mechlens_cli

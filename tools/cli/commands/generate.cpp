@@ -1,0 +1,107 @@
+// `mechlens generate`: sampling or greedy continuation, optionally with steering vectors and ablations.
+
+#include <mechlens/mechlens.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../command.hpp"
+#include "../common.hpp"
+
+namespace mechlens_cli {
+namespace {
+
+/// Adds `--steer NAME:VECTOR.npy:ALPHA` targets: alpha * the vector (sized like the site's last axis) at every
+/// position.
+void add_steering(mechlens::steer_hooks<>& steer, const std::vector<std::string>& specs,
+                  const mechlens::model_config& config) {
+    for (const std::string& spec : specs) {
+        const std::size_t first = spec.find(':'), last = spec.rfind(':');
+        if (first == std::string::npos || first == last)
+            throw usage_error("--steer expects NAME:VECTOR.npy:ALPHA, got '" + spec + "'");
+        const mechlens::site target = mechlens::site_from_name(spec.substr(0, first), config);
+        const mechlens::npy_array vector = mechlens::read_npy(spec.substr(first + 1, last - first - 1));
+        const float alpha = parse_number<float>(spec.substr(last + 1), "the alpha of --steer");
+        steer.add(target, vector.data, alpha);
+    }
+}
+
+/// Adds `--ablate NAME[:head=H]` targets: zero ablation of a whole site, or of one head of a site with a head axis.
+void add_ablations(mechlens::ablate_hooks<>& ablate, const std::vector<std::string>& specs,
+                   const mechlens::model_config& config) {
+    for (const std::string& spec : specs) {
+        const std::size_t colon = spec.find(':');
+        const mechlens::site target = mechlens::site_from_name(spec.substr(0, colon), config);
+        mechlens::selection where;
+        if (colon != std::string::npos) {
+            const std::string option = spec.substr(colon + 1);
+            if (option.rfind("head=", 0) != 0)
+                throw usage_error("--ablate expects NAME or NAME:head=H, got '" + spec + "'");
+            where.heads = {parse_number<mechlens::index_t>(option.substr(5), "the head of --ablate")};
+        }
+        ablate.zero(target, where);
+    }
+}
+
+int run(arguments& args) {
+    const prompt_options input = read_prompt_options(args);
+    mechlens::generation_options options;
+    options.max_new_tokens = parse_number<mechlens::index_t>(args.get("n").value_or("64"), "-n");
+    if (auto t = args.get("temperature")) options.sampling.temperature = parse_number<float>(*t, "--temperature");
+    if (auto p = args.get("top-p")) options.sampling.top_p = parse_number<float>(*p, "--top-p");
+    if (auto s = args.get("seed")) options.sampling.seed = parse_number<std::uint64_t>(*s, "--seed");
+    const std::vector<std::string> steer_specs = args.all("steer");
+    const std::vector<std::string> ablate_specs = args.all("ablate");
+    args.reject_unknown();
+    if (options.max_new_tokens < 0) throw usage_error("-n must be >= 0");
+
+    const prompt_run run = open_prompt(input, tokenizer_use::display);
+    mechlens::steer_hooks<> steer;
+    mechlens::ablate_hooks<> ablate;
+    add_steering(steer, steer_specs, run.model.config());
+    add_ablations(ablate, ablate_specs, run.model.config());
+    const std::optional<mechlens::bpe_tokenizer>& tokenizer = run.tokenizer;
+    if (tokenizer) {
+        options.bos_id = tokenizer->bos_id();
+        options.eos_id = tokenizer->eos_id();
+        std::fputs(input.prompt ? input.prompt->c_str() : tokenizer->decode(run.tokens).c_str(), stdout);
+    } else {
+        // No tokenizer (a grown model): no token is special, and the sequence is printed as ids.
+        options.stop_at_bos = options.stop_at_eos = false;
+        for (std::size_t i = 0; i < run.tokens.size(); ++i) std::printf(i ? " %d" : "%d", run.tokens[i]);
+    }
+    std::int32_t previous = run.tokens.back();
+    const auto on_token = [&](std::int32_t token) {
+        if (tokenizer)
+            std::fputs(tokenizer->decode_piece(previous, token).c_str(), stdout);
+        else
+            std::printf(" %d", token);
+        std::fflush(stdout);
+        previous = token;
+    };
+    const auto started = std::chrono::steady_clock::now();
+    // Without interventions, the plain (no_hooks) forward pass; with them, steering first, then ablation.
+    const auto generated =
+        steer_specs.empty() && ablate_specs.empty()
+            ? mechlens::generate(run.model, run.tokens, options, on_token)
+            : mechlens::generate(run.model, run.tokens, options, on_token, mechlens::compose(steer, ablate));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::printf("\n");
+    std::fprintf(stderr, "%zu tokens in %.3f s (%.1f tok/s)\n", generated.size(), seconds,
+                 seconds > 0 ? static_cast<double>(generated.size()) / seconds : 0.0);
+    return 0;
+}
+
+}  // namespace
+
+const command generate_command{
+    "generate",
+    "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) [-n N] [--temperature T] [--top-p P] [--seed S]\n"
+    "[--steer NAME:VECTOR.npy:ALPHA]... [--ablate NAME[:head=H]]...\n"
+    "without a tokenizer (--tokens on a checkpoint), prints the prompt and new tokens as ids and never stops early",
+    run};
+
+}  // namespace mechlens_cli

@@ -1,0 +1,43 @@
+// `mechlens info`: a model's config and parameter count.
+
+#include <mechlens/mechlens.hpp>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "../command.hpp"
+
+namespace mechlens_cli {
+namespace {
+
+int run(arguments& args) {
+    const std::filesystem::path model_path = args.require("model");
+    args.reject_unknown();
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::model_config& c = model.config();
+    std::printf("model       %s\n", model_path.string().c_str());
+    std::printf("d_model     %td\nn_layers    %td\nn_heads     %td\nn_kv_heads  %td\nd_head      %td\n", c.d_model,
+                c.n_layers, c.n_heads, c.n_kv_heads, c.d_head());
+    std::printf("d_mlp       %td\nd_vocab     %td\nn_ctx       %td\n", c.d_mlp, c.d_vocab, c.n_ctx);
+    std::printf("rope_theta  %g\nnorm_eps    %g\nrope        %s\nunembed     %s\n", static_cast<double>(c.rope_theta),
+                static_cast<double>(c.norm_eps),
+                c.rope == mechlens::rope_layout::adjacent_pairs ? "adjacent pairs" : "split halves",
+                c.tied_unembed ? "tied to the embedding" : "separate matrix");
+    // Only what differs from LLaMA (RMSNorm, rotary, gated SiLU MLP): grown models and other variants.
+    if (c.norm != mechlens::norm_kind::rms) std::printf("norm        none\n");
+    if (!c.rotary()) std::printf("positions   learned\n");
+    if (c.attn_only())
+        std::printf("mlp         none (attention-only)\n");
+    else if (c.mlp == mechlens::mlp_kind::plain_gelu)
+        std::printf("mlp         plain GELU\n");
+    mechlens::index_t parameters = 0;
+    for (const mechlens::parameter_entry& e : mechlens::parameter_layout(c)) parameters += e.size();
+    std::printf("parameters  %td\n", parameters);
+    return 0;
+}
+
+}  // namespace
+
+const command info_command{"info", "--model PATH", run};
+
+}  // namespace mechlens_cli

@@ -1,0 +1,51 @@
+// `mechlens patch`: activation patching sweeps of the corrupt prompts with the clean ones' activations.
+
+#include <mechlens/mechlens.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "../command.hpp"
+#include "prompt_pairs.hpp"
+
+namespace mechlens_cli {
+namespace {
+
+int run(arguments& args) {
+    const std::filesystem::path model_path = args.require("model");
+    const auto names = grid_names(args.get("grid"));
+    const auto out = args.get("out");
+    const mechlens::transformer model(mechlens::load_model(model_path));
+    prompt_pairs pairs = read_prompt_pairs(args, model_path, model);
+    args.reject_unknown();
+    std::vector<mechlens::patching_grid> grids;
+    for (const auto& n : names) grids.push_back(grid_named(n));
+    mechlens::activation_patcher patcher(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric);
+    std::vector<mechlens::patching_table> tables;
+    for (const auto& grid : grids) {
+        tables.push_back(patcher.sweep(grid));
+        print_table(tables.back(), pairs.labels);
+    }
+    std::fprintf(stderr, "%td prompt pair%s of %td tokens; 1 = the clean run's metric, 0 = the corrupt run's\n",
+                 pairs.clean.extent(0), pairs.clean.extent(0) == 1 ? "" : "s", pairs.clean.extent(1));
+    if (out)
+        write_tables(*out, "mechlens patch", names, tables, pairs.labels,
+                     "Activation patching: clean activations written into the corrupt run, one cell at a time; "
+                     "(patched - corrupt) / (clean - corrupt) of the answer metric, mean over pairs.");
+    return 0;
+}
+
+}  // namespace
+
+const command patch_command{
+    "patch",
+    "--model PATH (--clean TEXT --corrupt TEXT)... | (--clean-tokens IDS --corrupt-tokens IDS)...\n"
+    "[--metric logitdiff:A-B|logit:A|logprob:A] [--grid resid_pre,attn_out,mlp_out,z] [--out PREFIX]\n"
+    "grids: resid_pre resid_mid resid_post attn_out mlp_out (layer x position), z q k v pattern\n"
+    "(layer x head), z_pos (layer x head x position); default metric: each pair's clean top token minus\n"
+    "its corrupt top token. --out writes PREFIX.<grid>.npy and PREFIX.html",
+    run};
+
+}  // namespace mechlens_cli
