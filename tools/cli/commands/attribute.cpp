@@ -64,7 +64,6 @@ int run(arguments& args) {
     const auto where = mechlens::parse_site(site_name);
     if (!where)
         throw usage_error("--site '" + site_name + "' is not a hook name (e.g. hook_embed, blocks.2.hook_resid_pre)");
-    const mechlens::model_parameters params(model.config(), model.weights());
     const auto prompts = pairs.clean.extent(0), positions = pairs.clean.extent(1);
     mechlens::tensor<double, 2> per_position;
     std::string summary;
@@ -82,7 +81,7 @@ int run(arguments& args) {
         options.rule = rule;
         options.steps = steps;
         const auto result =
-            mechlens::integrated_gradients(params, pairs.clean.view(), pairs.metric, *where, baseline, options);
+            mechlens::integrated_gradients(model, pairs.clean.view(), pairs.metric, *where, baseline, options);
         per_position = result.per_position;
         char line[256];
         std::snprintf(line, sizeof line,
@@ -94,8 +93,8 @@ int run(arguments& args) {
         summary = line;
     } else if (method == "saliency" || method == "gradxinput") {
         const auto result = method == "saliency"
-                                ? mechlens::saliency(params, pairs.clean.view(), pairs.metric, *where)
-                                : mechlens::gradient_times_input(params, pairs.clean.view(), pairs.metric, *where);
+                                ? mechlens::saliency(model, pairs.clean.view(), pairs.metric, *where)
+                                : mechlens::gradient_times_input(model, pairs.clean.view(), pairs.metric, *where);
         per_position = result.per_position;
     } else {
         throw usage_error("--method must be patching, ig, saliency or gradxinput, got '" + method + "'");

@@ -43,9 +43,8 @@ int run(arguments& args) {
     for (const mechlens::site& s : sites)
         if (s.kind == mechlens::site_kind::attn_result)
             throw usage_error(mechlens::to_string(s) + ": the gradient pass has no attn.hook_result (use attn.hook_z)");
-    const mechlens::model_parameters params(run.model.config(), run.model.weights());
     mechlens::gradient_cache<> gradients(mechlens::cache_filter().sites(sites));
-    const float value = mechlens::forward_backward(params, as_batch(run.tokens), metric,
+    const float value = mechlens::forward_backward(run.model, as_batch(run.tokens), metric,
                                                    static_cast<mechlens::model_parameters*>(nullptr), gradients);
     const mechlens::activation_cache& cache = gradients.cache();
     cache.save_safetensors(out);
