@@ -3,6 +3,7 @@
 /// Hooks: named sites, the policy concept, names and globs, the activation cache, the shipped policies and the
 /// entry point for other engines (fire_site).
 
+#include "mechlens/hooks/site_traits.hpp"
 #include "mechlens/hooks/site.hpp"
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/hooks/names.hpp"

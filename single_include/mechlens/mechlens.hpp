@@ -2071,21 +2071,35 @@ MECHLENS_END_NAMESPACE
 /// Hooks: named sites, the policy concept, names and globs, the activation cache, the shipped policies and the
 /// entry point for other engines (fire_site).
 
-// ---- begin mechlens/hooks/site.hpp ----
+// ---- begin mechlens/hooks/site_traits.hpp ----
 /// @file
-/// Hook sites: every named activation of the forward pass, as a typed (kind, layer) value. Which kinds a model has
-/// depends on its config (see has_site_kind in names.hpp): LLaMA has no hook_pos_embed, GPT-2-style learned
-/// positions no rot_q/rot_k, attention-only blocks no ln2/mlp sites and no hook_resid_mid.
+/// The site-traits table: one constexpr row per site_kind holding everything mechlens knows about a hook site (its
+/// name suffix, where it fires, its rank and axes, its extents as functions of the config, which configs have it and
+/// whether it costs extra work). Names, caches, patching, ablation, fire_site and the patching sweeps all read this
+/// table; nothing else lists facts about site kinds.
+///
+/// Extension sites (planned, not implemented): an SAE spliced at `blocks.2.hook_resid_post` would fire
+/// `blocks.2.hook_resid_post.hook_sae_acts_post`. Such a site is not a site_kind (those stay a closed enum, so hook
+/// policies answer `wants(kind)` at compile time); it is a row of a run-time registry that reuses `site_traits` as is:
+/// `kind` = the parent kind, `suffix` = "hook_resid_post.hook_sae_acts_post" (owned by the registry), the parent's
+/// scope and `needs`, rank 3, axes {1, -1, -1}, `computed` = opt_in. Its width (d_sae) is no function of the
+/// config, so the registry entry stores it next to the row and `width` gets a `site_extent::fixed` that defers to it.
+/// `site` would gain an extension index (-1 for table rows); names.hpp would look suffixes up in the table, then in
+/// the registry; caches, patching and ablation need only rank and axes, which the row already gives. Only run-time
+/// policies (dynamic_hooks) would see extension sites; compiled policies keep their zero-cost `wants(kind)`.
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// The kind of a hook site; names and shapes follow TransformerLens (batch axis kept).
+/// The kind of a hook site; names and shapes follow TransformerLens (batch axis kept). site_traits_table has the
+/// facts of each.
 enum class site_kind : std::uint8_t {
     embed,                ///< `hook_embed` (batch, pos, d_model): token embedding rows
     pos_embed,            ///< `hook_pos_embed` (batch, pos, d_model): learned position rows (learned positions only)
@@ -2118,25 +2132,287 @@ enum class site_kind : std::uint8_t {
 /// Number of site kinds.
 inline constexpr std::size_t site_kind_count = static_cast<std::size_t>(site_kind::unembed_out) + 1;
 
-/// True for sites that exist once per block (named `blocks.L.…`); false for global ones.
-constexpr bool is_block_site(site_kind kind) noexcept {
-    return kind != site_kind::embed && kind != site_kind::pos_embed && kind != site_kind::ln_final_scale &&
-           kind != site_kind::ln_final_normalized && kind != site_kind::unembed_out;
+/// Where a site fires: once before the blocks, once per block (named `blocks.L.…`), or once after them.
+enum class site_scope : std::uint8_t {
+    before_blocks,  ///< Global, fired before block 0 (the embeddings).
+    block,          ///< Once per block.
+    after_blocks,   ///< Global, fired after the last block (final norm, unembedding).
+};
+
+/// An extent of a site's activation as a function of the model config (and, for key axes, of the call).
+enum class site_extent : std::uint8_t {
+    one,         ///< 1: norm scales' last axis, and the head count of sites without a head axis.
+    d_model,     ///< The residual stream width.
+    d_head,      ///< d_model / n_heads.
+    d_mlp,       ///< The MLP hidden width.
+    d_vocab,     ///< The vocabulary size.
+    n_heads,     ///< Query heads.
+    n_kv_heads,  ///< Key/value heads.
+    keys,        ///< Key positions seen by this call (start + new positions): attention scores and patterns.
+};
+
+/// A feature of a model config that a site kind may need; a set of them is a bit mask (combine with `|`).
+enum class model_feature : std::uint8_t {
+    none = 0,               ///< Needs nothing: every model has the site.
+    learned_positions = 1,  ///< A learned position table (GPT-2 style).
+    rotary_positions = 2,   ///< Rotary queries and keys (LLaMA style).
+    mlp = 4,                ///< An MLP in every block (not attention-only).
+    gated_mlp = 8,          ///< A gated MLP (silu(gate) * up).
+    norms = 16,             ///< Normalisation layers.
+};
+
+/// The union of two feature sets.
+constexpr model_feature operator|(model_feature a, model_feature b) noexcept {
+    return static_cast<model_feature>(static_cast<std::uint8_t>(static_cast<unsigned>(a) | static_cast<unsigned>(b)));
 }
 
-/// The part of a hook name after `blocks.L.` (or the whole name for global sites).
-constexpr std::string_view site_suffix(site_kind kind) noexcept {
-    constexpr std::array<std::string_view, site_kind_count> names{
-        "hook_embed",          "hook_pos_embed",
-        "hook_resid_pre",      "ln1.hook_scale",      "ln1.hook_normalized",
-        "attn.hook_q",         "attn.hook_k",         "attn.hook_v",        "attn.hook_rot_q",
-        "attn.hook_rot_k",     "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
-        "attn.hook_result",
-        "hook_attn_out",       "hook_resid_mid",      "ln2.hook_scale",     "ln2.hook_normalized",
-        "mlp.hook_pre",        "mlp.hook_pre_linear", "mlp.hook_post",      "hook_mlp_out",
-        "hook_resid_post",     "ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_out"};
-    return names[static_cast<std::size_t>(kind)];
+/// True when `have` contains every feature of `need`.
+constexpr bool has_features(model_feature have, model_feature need) noexcept {
+    return (static_cast<unsigned>(need) & ~static_cast<unsigned>(have)) == 0;
 }
+
+/// When the forward pass computes a site.
+enum class site_computation : std::uint8_t {
+    always,     ///< A view of a buffer the pass computes anyway.
+    on_demand,  ///< Extra work done only when a policy wants the site (unfused norm steps, the -inf masking of
+                ///< scores); in the default kind sets.
+    opt_in,     ///< Computed only when wanted and left out of the default kind sets (kind_set::all_but_result), since
+                ///< it costs a whole extra tensor: attn.hook_result (which the gradient pass does not compute either).
+};
+
+/// Where a site's position, head and key axes are; -1 when it has none.
+struct site_axes {
+    int position = 1;  ///< Axis of (query) positions.
+    int head = -1;     ///< Axis of heads.
+    int key = -1;      ///< Axis of key positions (always the last one when present).
+};
+
+/// Everything about one kind of hook site: one row of site_traits_table.
+struct site_traits {
+    site_kind kind;             ///< The row's kind (rows are in enum order).
+    std::string_view suffix;    ///< The name after `blocks.L.`, or the whole name of a global site.
+    site_scope scope;           ///< Before, in or after the blocks.
+    std::size_t rank;           ///< Number of axes, batch included: 3, or 4 for sites with a head axis.
+    site_axes axes;             ///< Position, head and key axes.
+    site_extent heads;          ///< Extent of the head axis (`one` without one).
+    site_extent width;          ///< Extent of the last axis.
+    model_feature needs;        ///< What a config must have for its forward pass to fire the site.
+    site_computation computed;  ///< Whether producing it costs extra work.
+    float masked_fill = 0.0f;   ///< Value at masked (future) key positions of sites with a key axis.
+};
+
+namespace detail {
+/// The shape of a residual-stream-like site: (batch, pos, width).
+inline constexpr site_axes sequence_axes{1, -1, -1};
+/// The shape of a per-head site: (batch, pos, head, width).
+inline constexpr site_axes per_head_axes{1, 2, -1};
+/// The shape of an attention score or pattern: (batch, head, query_pos, key_pos).
+inline constexpr site_axes attention_axes{2, 1, 3};
+}  // namespace detail
+
+/// The site-traits table: row k describes site_kind k (checked below).
+inline constexpr std::array<site_traits, site_kind_count> site_traits_table = [] {
+    using enum site_kind;
+    using enum site_extent;
+    using enum model_feature;
+    using enum site_computation;
+    constexpr site_scope before = site_scope::before_blocks, block = site_scope::block;
+    constexpr site_scope after = site_scope::after_blocks;
+    constexpr site_axes seq = detail::sequence_axes, head = detail::per_head_axes, attn = detail::attention_axes;
+    constexpr model_feature learned = learned_positions, rotary = rotary_positions;
+    constexpr float minus_inf = -std::numeric_limits<float>::infinity();  // masked_fill, after `computed`
+    // clang-format off
+    return std::array<site_traits, site_kind_count>{{
+//   kind                 suffix                      scope   rank axes  heads       width    needs          computed
+    {embed,               "hook_embed",               before, 3, seq,  one,        d_model, none,          always},
+    {pos_embed,           "hook_pos_embed",           before, 3, seq,  one,        d_model, learned,       always},
+    {resid_pre,           "hook_resid_pre",           block,  3, seq,  one,        d_model, none,          always},
+    {ln1_scale,           "ln1.hook_scale",           block,  3, seq,  one,        one,     norms,         on_demand},
+    {ln1_normalized,      "ln1.hook_normalized",      block,  3, seq,  one,        d_model, norms,         on_demand},
+    {attn_q,              "attn.hook_q",              block,  4, head, n_heads,    d_head,  none,          always},
+    {attn_k,              "attn.hook_k",              block,  4, head, n_kv_heads, d_head,  none,          always},
+    {attn_v,              "attn.hook_v",              block,  4, head, n_kv_heads, d_head,  none,          always},
+    {attn_rot_q,          "attn.hook_rot_q",          block,  4, head, n_heads,    d_head,  rotary,        always},
+    {attn_rot_k,          "attn.hook_rot_k",          block,  4, head, n_kv_heads, d_head,  rotary,        always},
+    {attn_scores,         "attn.hook_attn_scores",    block,  4, attn, n_heads,    keys,    none,          on_demand,
+     minus_inf},
+    {attn_pattern,        "attn.hook_pattern",        block,  4, attn, n_heads,    keys,    none,          always},
+    {attn_z,              "attn.hook_z",              block,  4, head, n_heads,    d_head,  none,          always},
+    {attn_result,         "attn.hook_result",         block,  4, head, n_heads,    d_model, none,          opt_in},
+    {attn_out,            "hook_attn_out",            block,  3, seq,  one,        d_model, none,          always},
+    {resid_mid,           "hook_resid_mid",           block,  3, seq,  one,        d_model, mlp,           always},
+    {ln2_scale,           "ln2.hook_scale",           block,  3, seq,  one,        one,     norms|mlp,     on_demand},
+    {ln2_normalized,      "ln2.hook_normalized",      block,  3, seq,  one,        d_model, norms|mlp,     on_demand},
+    {mlp_pre,             "mlp.hook_pre",             block,  3, seq,  one,        d_mlp,   mlp,           always},
+    {mlp_pre_linear,      "mlp.hook_pre_linear",      block,  3, seq,  one,        d_mlp,   mlp|gated_mlp, always},
+    {mlp_post,            "mlp.hook_post",            block,  3, seq,  one,        d_mlp,   mlp,           always},
+    {mlp_out,             "hook_mlp_out",             block,  3, seq,  one,        d_model, mlp,           always},
+    {resid_post,          "hook_resid_post",          block,  3, seq,  one,        d_model, none,          always},
+    {ln_final_scale,      "ln_final.hook_scale",      after,  3, seq,  one,        one,     norms,         on_demand},
+    {ln_final_normalized, "ln_final.hook_normalized", after,  3, seq,  one,        d_model, norms,         on_demand},
+    {unembed_out,         "unembed.hook_out",         after,  3, seq,  one,        d_vocab, none,          always},
+    }};
+    // clang-format on
+}();
+
+namespace detail {
+/// True when row k of the table describes site_kind k, for every k: one row per kind, in enum order.
+constexpr bool one_row_per_kind_in_order() noexcept {
+    for (std::size_t k = 0; k < site_kind_count; ++k)
+        if (static_cast<std::size_t>(site_traits_table[k].kind) != k) return false;
+    return true;
+}
+/// True when every row's columns agree with each other (see the static_assert messages below).
+constexpr bool rows_are_consistent() noexcept {
+    for (const site_traits& row : site_traits_table) {
+        const auto rank = static_cast<int>(row.rank);
+        const bool has_head = row.axes.head >= 0, has_key = row.axes.key >= 0;
+        if (row.suffix.empty() || row.suffix.find("hook_") == std::string_view::npos) return false;
+        if (row.rank != 3 && row.rank != 4) return false;
+        if (has_head != (row.rank == 4) || has_head != (row.heads != site_extent::one)) return false;
+        if (row.axes.position < 1 || row.axes.position >= rank - 1 || row.axes.head >= rank - 1) return false;
+        if (has_key != (row.width == site_extent::keys) || (has_key && row.axes.key != rank - 1)) return false;
+        if (!has_key && row.masked_fill != 0.0f) return false;
+        for (const site_traits& other : site_traits_table)
+            if (&other != &row && other.suffix == row.suffix) return false;
+    }
+    return true;
+}
+}  // namespace detail
+
+static_assert(detail::one_row_per_kind_in_order(),
+              "mechlens: site_traits_table needs exactly one row per site_kind, in the enum's order");
+static_assert(detail::rows_are_consistent(),
+              "mechlens: a site_traits_table row contradicts itself (rank 4 iff a head axis; the key axis, if any, is "
+              "last and has width `keys`; suffixes are unique and contain hook_)");
+
+/// The row of site_traits_table for `kind`.
+constexpr const site_traits& site_traits_of(site_kind kind) noexcept {
+    return site_traits_table[static_cast<std::size_t>(kind)];
+}
+
+/// True for sites that exist once per block (named `blocks.L.…`); false for global ones.
+constexpr bool is_block_site(site_kind kind) noexcept { return site_traits_of(kind).scope == site_scope::block; }
+
+/// The part of a hook name after `blocks.L.` (or the whole name for global sites).
+constexpr std::string_view site_suffix(site_kind kind) noexcept { return site_traits_of(kind).suffix; }
+
+/// The rank of a site's activation: 4 for per-head sites and attention patterns, 3 for everything else.
+constexpr std::size_t site_rank(site_kind kind) noexcept { return site_traits_of(kind).rank; }
+
+/// The axis that runs over sequence positions: the query axis (2) of `hook_attn_scores`/`hook_pattern`, else 1.
+constexpr std::size_t position_axis(site_kind kind) noexcept {
+    return static_cast<std::size_t>(site_traits_of(kind).axes.position);
+}
+
+/// The features of a model config, as site kinds need them (from the fields, so usable in constant expressions).
+constexpr model_feature features_of(const model_config& c) noexcept {
+    model_feature have =
+        c.positions == positional_kind::rotary ? model_feature::rotary_positions : model_feature::learned_positions;
+    if (c.norm != norm_kind::none) have = have | model_feature::norms;
+    if (c.mlp != mlp_kind::none) have = have | model_feature::mlp;
+    if (c.mlp == mlp_kind::gated_silu) have = have | model_feature::gated_mlp;
+    return have;
+}
+
+/// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
+/// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
+/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
+/// `hook_pos_embed` learned ones.
+constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
+    return has_features(features_of(c), site_traits_of(kind).needs);
+}
+
+/// The value of an extent in a model with config `c`; `keys` is the key count of the call (for site_extent::keys).
+constexpr index_t extent_in(const model_config& c, site_extent extent, index_t keys = 0) noexcept {
+    switch (extent) {
+        case site_extent::one:
+            return 1;
+        case site_extent::d_model:
+            return c.d_model;
+        case site_extent::d_head:
+            return c.n_heads > 0 ? c.d_model / c.n_heads : 0;
+        case site_extent::d_mlp:
+            return c.d_mlp;
+        case site_extent::d_vocab:
+            return c.d_vocab;
+        case site_extent::n_heads:
+            return c.n_heads;
+        case site_extent::n_kv_heads:
+            return c.n_kv_heads;
+        case site_extent::keys:
+            return keys;
+    }
+    return 0;
+}
+
+/// The extent of a site's last axis in a model with config `c` (`keys`: the call's key count, for scores/patterns).
+constexpr index_t site_width(const model_config& c, site_kind kind, index_t keys = 0) noexcept {
+    return extent_in(c, site_traits_of(kind).width, keys);
+}
+
+namespace detail {
+
+/// What a config lacking a feature lacks, for error messages; checked in this order, so the first missing feature
+/// a kind needs explains its absence (an attention-only model lacks ln2 sites for its blocks, not its norms).
+struct feature_reason {
+    model_feature feature;     ///< One feature.
+    std::string_view missing;  ///< Why a model without it lacks the sites that need it.
+};
+/// The reasons, in the order they are checked.
+inline constexpr std::array<feature_reason, 5> feature_reasons{{
+    {model_feature::learned_positions, "the model uses rotary positions, not learned ones"},
+    {model_feature::rotary_positions, "the model uses learned positions, not rotary"},
+    {model_feature::mlp, "the model's blocks are attention-only"},
+    {model_feature::gated_mlp, "the model's MLP is not gated"},
+    {model_feature::norms, "the model has no normalisation layers"},
+}};
+
+/// True when every feature a row needs has a reason above, so no missing site goes unexplained.
+constexpr bool every_need_has_a_reason() noexcept {
+    unsigned explained = 0;
+    for (const feature_reason& r : feature_reasons) explained |= static_cast<unsigned>(r.feature);
+    for (const site_traits& row : site_traits_table)
+        if ((static_cast<unsigned>(row.needs) & ~explained) != 0) return false;
+    return true;
+}
+static_assert(every_need_has_a_reason(), "mechlens: a model_feature that rows need has no entry in feature_reasons");
+
+/// Why a model with config `c` lacks sites of `kind` (for error messages); empty when it has them.
+inline std::string missing_kind_reason(const model_config& c, site_kind kind) {
+    const model_feature have = features_of(c), need = site_traits_of(kind).needs;
+    for (const feature_reason& r : feature_reasons)
+        if (has_features(need, r.feature) && !has_features(have, r.feature)) return std::string(r.missing);
+    return {};
+}
+
+/// The axes of a site kind.
+constexpr site_axes axes_of(site_kind kind) noexcept { return site_traits_of(kind).axes; }
+
+/// The heads on a site's head axis: n_kv_heads for k, v and rot_k, n_heads for the other per-head sites. Sites
+/// without a head axis answer n_heads too, as they always have (patching tables of such per-head grids are sized by
+/// it before the grid is rejected).
+constexpr index_t head_count(const model_config& c, site_kind kind) noexcept {
+    const site_traits& row = site_traits_of(kind);
+    return row.axes.head < 0 ? c.n_heads : extent_in(c, row.heads);
+}
+
+}  // namespace detail
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/site_traits.hpp ----
+// ---- begin mechlens/hooks/site.hpp ----
+/// @file
+/// Hook sites: every named activation of the forward pass, as a typed (kind, layer) value. What each kind is (name,
+/// rank, axes, which configs have it) is one row of the site-traits table (site_traits.hpp): LLaMA has no
+/// hook_pos_embed, GPT-2-style learned positions no rot_q/rot_k, attention-only blocks no ln2/mlp sites and no
+/// hook_resid_mid.
+
+#include <string>
+#include <string_view>
+
+
+MECHLENS_BEGIN_NAMESPACE
 
 /// One hook site: a kind plus the block it belongs to (-1 for global sites).
 struct site {
@@ -2165,7 +2441,9 @@ MECHLENS_END_NAMESPACE
 #include <concepts>
 #include <cstdint>
 #include <initializer_list>
+#include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -2184,16 +2462,20 @@ struct kind_set {
         for (site_kind k : kinds) set.bits |= std::uint64_t{1} << static_cast<unsigned>(k);
         return set;
     }
-    /// Every kind except `attn.hook_result`, whose (batch, pos, head, d_model) tensor costs extra work to produce.
+    /// Every kind that is not opt-in (site_computation::opt_in): all but `attn.hook_result`, whose (batch, pos, head,
+    /// d_model) tensor costs extra work to produce.
     static constexpr kind_set all_but_result() noexcept {
-        kind_set set{(std::uint64_t{1} << site_kind_count) - 1};
-        set.bits &= ~(std::uint64_t{1} << static_cast<unsigned>(site_kind::attn_result));
+        kind_set set;
+        for (const site_traits& row : site_traits_table)
+            if (row.computed != site_computation::opt_in) set = set | of({row.kind});
         return set;
     }
     /// Every kind, `attn.hook_result` included.
     static constexpr kind_set all() noexcept { return kind_set{(std::uint64_t{1} << site_kind_count) - 1}; }
     /// Set union.
     friend constexpr kind_set operator|(kind_set a, kind_set b) noexcept { return kind_set{a.bits | b.bits}; }
+    /// Set difference: the kinds of `a` that are not in `b`.
+    friend constexpr kind_set operator-(kind_set a, kind_set b) noexcept { return kind_set{a.bits & ~b.bits}; }
     friend constexpr bool operator==(kind_set, kind_set) = default;  ///< Same kinds.
 };
 
@@ -2240,6 +2522,47 @@ constexpr bool wants_gradient_of(site_kind kind) noexcept {
 /// True when the policy wants any of the given kinds (evaluated at compile time).
 template <class Policy, site_kind... Kinds>
 inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
+
+/// Calls fn(std::integral_constant<site_kind, Kind>{}), converting its result to Result.
+template <site_kind Kind, class Result, class Fn>
+Result call_with_kind(Fn& fn) {
+    return fn(std::integral_constant<site_kind, Kind>{});
+}
+/// The entry of visit_kind's jump table for `Kind`: null when Kind is not in Kinds (so fn is never instantiated
+/// for it).
+template <kind_set Kinds, site_kind Kind, class Result, class Fn>
+constexpr Result (*visit_entry() noexcept)(Fn&) {
+    if constexpr (Kinds.contains(Kind))
+        return &call_with_kind<Kind, Result, Fn>;
+    else
+        return nullptr;
+}
+/// The first kind of a non-empty set.
+constexpr site_kind first_kind(kind_set kinds) noexcept {
+    for (const site_traits& row : site_traits_table)
+        if (kinds.contains(row.kind)) return row.kind;
+    return site_kind::embed;
+}
+/// visit_kind's body: a jump table with one entry per site kind.
+template <kind_set Kinds, class Fn, std::size_t... K>
+decltype(auto) visit_kind_of(site_kind kind, Fn& fn, std::index_sequence<K...>) {
+    using result = decltype(fn(std::integral_constant<site_kind, first_kind(Kinds)>{}));
+    using entry = result (*)(Fn&);
+    static constexpr entry table[] = {visit_entry<Kinds, static_cast<site_kind>(K), result, Fn>()...};
+    const auto index = static_cast<std::size_t>(kind);
+    if (index >= sizeof...(K) || table[index] == nullptr)
+        throw std::logic_error("mechlens: visit_kind called with a kind outside its kind_set");
+    return table[index](fn);
+}
+/// Calls fn(std::integral_constant<site_kind, K>{}) for the run-time kind `kind`, which must be in Kinds, so code
+/// that needs a compile-time kind (a policy wanting exactly one kind) is instantiated once per kind of Kinds and
+/// never for the others. Every call's result is converted to the type fn returns for the first kind of Kinds. Throws
+/// std::logic_error for a kind outside Kinds.
+template <kind_set Kinds, class Fn>
+decltype(auto) visit_kind(site_kind kind, Fn&& fn) {
+    static_assert(Kinds.bits != 0, "mechlens: visit_kind needs a non-empty kind_set");
+    return visit_kind_of<Kinds>(kind, fn, std::make_index_sequence<site_kind_count>{});
+}
 }  // namespace detail
 
 MECHLENS_END_NAMESPACE
@@ -2278,13 +2601,11 @@ private:
 
 namespace detail {
 
-/// Orders sites as the forward pass fires them: `hook_embed`, `hook_pos_embed`, block 0 (in site_kind order),
-/// block 1, ..., then the final norm and the unembedding.
+/// Orders sites as the forward pass fires them: the sites before the blocks (`hook_embed`, `hook_pos_embed`),
+/// block 0 (in site_kind order), block 1, ..., then those after the blocks (the final norm and the unembedding).
 inline bool forward_order_less(const site& a, const site& b) noexcept {
-    auto phase = [](const site& s) {
-        return s.kind == site_kind::embed || s.kind == site_kind::pos_embed ? 0 : is_block_site(s.kind) ? 1 : 2;
-    };
-    if (phase(a) != phase(b)) return phase(a) < phase(b);
+    const site_scope scope_a = site_traits_of(a.kind).scope, scope_b = site_traits_of(b.kind).scope;
+    if (scope_a != scope_b) return scope_a < scope_b;
     if (a.layer != b.layer) return a.layer < b.layer;
     return a.kind < b.kind;
 }
@@ -2396,8 +2717,8 @@ inline std::string quote_name(std::string_view name) {
 /// The site kind whose name suffix (the part after `blocks.L.`, or the whole global name) is `suffix`, e.g.
 /// "attn.hook_pattern" or "hook_embed"; nullopt when there is none.
 constexpr std::optional<site_kind> site_kind_from_suffix(std::string_view suffix) noexcept {
-    for (std::size_t k = 0; k < site_kind_count; ++k)
-        if (site_suffix(static_cast<site_kind>(k)) == suffix) return static_cast<site_kind>(k);
+    for (const site_traits& row : site_traits_table)
+        if (row.suffix == suffix) return row.kind;
     return std::nullopt;
 }
 
@@ -2426,59 +2747,18 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     return site{*kind, layer};
 }
 
-/// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
-/// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
-/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
-/// `hook_pos_embed` learned ones.
-constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
-    // The fields, not the helper functions, so that this stays usable in constant expressions.
-    const bool norms = c.norm != norm_kind::none, mlp = c.mlp != mlp_kind::none;
-    const bool rotary = c.positions == positional_kind::rotary;
-    switch (kind) {
-        case site_kind::pos_embed: return !rotary;
-        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return rotary;
-        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
-        case site_kind::ln_final_normalized: return norms;
-        case site_kind::ln2_scale: case site_kind::ln2_normalized: return norms && mlp;
-        case site_kind::resid_mid: case site_kind::mlp_pre: case site_kind::mlp_post: case site_kind::mlp_out:
-            return mlp;
-        case site_kind::mlp_pre_linear: return c.mlp == mlp_kind::gated_silu;
-        default: return true;
-    }
-}
-
-namespace detail {
-/// Why a model with config `c` lacks sites of `kind` (for error messages); empty when it has them.
-inline std::string missing_kind_reason(const model_config& c, site_kind kind) {
-    if (has_site_kind(c, kind)) return {};
-    constexpr const char* no_norms = "the model has no normalisation layers";
-    constexpr const char* attention_only = "the model's blocks are attention-only";
-    switch (kind) {
-        case site_kind::pos_embed: return "the model uses rotary positions, not learned ones";
-        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return "the model uses learned positions, not rotary";
-        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
-        case site_kind::ln_final_normalized: return no_norms;
-        case site_kind::ln2_scale: case site_kind::ln2_normalized: return c.attn_only() ? attention_only : no_norms;
-        case site_kind::mlp_pre_linear: return c.attn_only() ? attention_only : "the model's MLP is not gated";
-        default: return attention_only;  // resid_mid and the remaining mlp sites
-    }
-}
-}  // namespace detail
-
 /// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
 /// fires them (`attn.hook_result` included).
 inline std::vector<site> all_sites(const model_config& c) {
     std::vector<site> sites;
-    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 5);
-    for (site_kind k : {site_kind::embed, site_kind::pos_embed})
-        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
-    for (index_t layer = 0; layer < c.n_layers; ++layer)
-        for (std::size_t k = 0; k < site_kind_count; ++k) {
-            const auto kind = static_cast<site_kind>(k);
-            if (is_block_site(kind) && has_site_kind(c, kind)) sites.push_back(site{kind, layer});
-        }
-    for (site_kind k : {site_kind::ln_final_scale, site_kind::ln_final_normalized, site_kind::unembed_out})
-        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
+    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0) + 1) * site_kind_count);
+    auto add = [&](site_scope scope, index_t layer) {
+        for (const site_traits& row : site_traits_table)
+            if (row.scope == scope && has_site_kind(c, row.kind)) sites.push_back(site{row.kind, layer});
+    };
+    add(site_scope::before_blocks, -1);
+    for (index_t layer = 0; layer < c.n_layers; ++layer) add(site_scope::block, layer);
+    add(site_scope::after_blocks, -1);
     return sites;
 }
 
@@ -3634,21 +3914,6 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// The rank of a site's activation: 4 for per-head sites and attention patterns, 3 for everything else.
-constexpr std::size_t site_rank(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q: case site_kind::attn_k: case site_kind::attn_v: case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k: case site_kind::attn_scores: case site_kind::attn_pattern: case site_kind::attn_z:
-        case site_kind::attn_result: return 4;
-        default: return 3;
-    }
-}
-
-/// The axis that runs over sequence positions: the query axis (2) of `hook_attn_scores`/`hook_pattern`, else 1.
-constexpr std::size_t position_axis(site_kind kind) noexcept {
-    return kind == site_kind::attn_scores || kind == site_kind::attn_pattern ? 2 : 1;
-}
-
 /// One stored activation: TransformerLens shape (batch axis kept) and row-major float values.
 struct cached_activation {
     std::vector<index_t> shape;  ///< Extents, outermost first.
@@ -4071,7 +4336,7 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     index_t outer = 1, inner = 1;
     for (std::size_t a = 0; a < axis; ++a) outer *= v.extent(a);
     for (std::size_t a = axis + 1; a < R; ++a) inner *= v.extent(a);
-    const bool keyed = s.kind == site_kind::attn_scores || s.kind == site_kind::attn_pattern;
+    const bool keyed = site_traits_of(s.kind).axes.key >= 0;
 
     bool append = old != nullptr && start > 0 && old->shape.size() == R && old->shape[axis] > 0 &&
                   old->position(old->shape[axis] - 1) < start + kept.front();
@@ -4082,7 +4347,7 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     const index_t old_rows = append ? old->shape[axis] : 0;
     const index_t old_inner = append ? static_cast<index_t>(old->values.size()) / std::max<index_t>(1, outer * old_rows) : 0;
     const index_t total_rows = old_rows + static_cast<index_t>(kept.size());
-    const float pad = s.kind == site_kind::attn_scores ? -std::numeric_limits<float>::infinity() : 0.0f;
+    const float pad = site_traits_of(s.kind).masked_fill;
 
     cached_activation next;
     if (old != nullptr && !append) {  // a new run over a stored site: reuse its buffers instead of reallocating
@@ -4226,32 +4491,6 @@ struct selection {
 };
 
 namespace detail {
-
-/// Where a site's position, head and key axes are; -1 when it has none.
-struct site_axes {
-    int position = 1;  ///< Axis of (query) positions.
-    int head = -1;     ///< Axis of heads.
-    int key = -1;      ///< Axis of key positions (always the last one when present).
-};
-
-/// The axes of a site kind, following the TransformerLens shapes listed in site.hpp.
-constexpr site_axes axes_of(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q:
-        case site_kind::attn_k:
-        case site_kind::attn_v:
-        case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k:
-        case site_kind::attn_z:
-        case site_kind::attn_result:
-            return {1, 2, -1};  // (batch, pos, head, ...)
-        case site_kind::attn_scores:
-        case site_kind::attn_pattern:
-            return {2, 1, 3};  // (batch, head, query_pos, key_pos)
-        default:
-            return {1, -1, -1};  // (batch, pos, ...)
-    }
-}
 
 /// Throws std::invalid_argument unless a site and selection make sense for a policy wanting `Kinds`.
 template <kind_set Kinds>
@@ -5123,8 +5362,9 @@ MECHLENS_END_NAMESPACE
 ///   engine maps names such as llama.cpp's `l_out-3` to sites while it runs); costs one bit test when unwanted.
 ///
 /// Buffers are described by their TransformerLens shape (batch axis kept): rank 3 for residual-stream-like sites,
-/// rank 4 for per-head sites (see site.hpp). A raw pointer plus a shape means a dense row-major buffer; pass a
-/// `tensor_view` with strides for anything else (e.g. a per-head attention row inside a (heads, n_ctx) buffer).
+/// rank 4 for per-head sites (site_rank, from site_traits.hpp). A raw pointer plus a shape means a dense row-major
+/// buffer; pass a `tensor_view` with strides for anything else (e.g. a per-head attention row inside a (heads,
+/// n_ctx) buffer).
 /// `start_position` is the absolute position of the buffer's first `pos` row, as in `hook_context`. Like every other
 /// site, these calls compile out under `MECHLENS_STRIP_HOOK_SITES`.
 
@@ -5140,24 +5380,6 @@ MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// The rank of a site's TransformerLens activation: 4 for per-head sites, 3 for everything else.
-constexpr std::size_t engine_site_rank(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q:
-        case site_kind::attn_k:
-        case site_kind::attn_v:
-        case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k:
-        case site_kind::attn_scores:
-        case site_kind::attn_pattern:
-        case site_kind::attn_z:
-        case site_kind::attn_result:
-            return 4;
-        default:
-            return 3;
-    }
-}
-
 /// Throws unless `s` names a real site (block sites need a layer >= 0, global ones -1) of rank `Rank`, with data.
 template <std::size_t Rank>
 void check_engine_site(const site& s, const tensor_view<float, Rank>& view) {
@@ -5166,9 +5388,9 @@ void check_engine_site(const site& s, const tensor_view<float, Rank>& view) {
                                     (is_block_site(s.kind) ? " is a block site and needs a layer >= 0, got "
                                                            : " is a global site and needs layer -1, got ") +
                                     std::to_string(s.layer));
-    if (engine_site_rank(s.kind) != Rank)
+    if (site_rank(s.kind) != Rank)
         throw shape_error("mechlens::fire_site: " + to_string(s) + " has rank " +
-                          std::to_string(engine_site_rank(s.kind)) + " in TransformerLens, got a rank-" +
+                          std::to_string(site_rank(s.kind)) + " in TransformerLens, got a rank-" +
                           std::to_string(Rank) + " buffer " + format_extents(view.shape()));
     if (view.data() == nullptr && view.size() != 0)
         throw std::invalid_argument("mechlens::fire_site: null data for " + to_string(s) + " of shape " +
@@ -5224,7 +5446,7 @@ void fire_site(Policy&& policy, const site& s, float* data, const index_t (&shap
 template <site_kind Kind, class Policy, std::size_t Rank>
 void fire_site(Policy&& policy, index_t layer, tensor_view<float, Rank> view, index_t start_position = 0) {
     detail::require_engine_policy<Policy>();
-    static_assert(Rank == detail::engine_site_rank(Kind),
+    static_assert(Rank == site_rank(Kind),
                   "mechlens::fire_site: wrong rank for this site kind (per-head sites are rank 4: batch, pos, head, "
                   "d_head or batch, head, query_pos, key_pos; the others rank 3: batch, pos, width)");
     if constexpr (std::remove_cvref_t<Policy>::wants(Kind)) {
@@ -10374,50 +10596,17 @@ struct patching_options {
 
 namespace detail {
 
+/// The kinds a sweep can patch: those the clean cache holds (caching_hooks<>'s default set), but the logits.
+inline constexpr kind_set sweepable_kinds = kind_set::all_but_result() - kind_set::of({site_kind::unembed_out});
+
 /// Calls fn(std::integral_constant<site_kind, K>{}) for the run-time kind `kind`, so a policy can want exactly one
 /// kind at compile time (and the forward pass keeps its unhooked fast paths everywhere else).
 template <class Fn>
 decltype(auto) with_site_kind(site_kind kind, Fn&& fn) {
-    switch (kind) {
-#define MECHLENS_KIND_CASE(K) \
-    case site_kind::K: return fn(std::integral_constant<site_kind, site_kind::K>{});
-        MECHLENS_KIND_CASE(embed)
-        MECHLENS_KIND_CASE(pos_embed)
-        MECHLENS_KIND_CASE(resid_pre)
-        MECHLENS_KIND_CASE(ln1_scale)
-        MECHLENS_KIND_CASE(ln1_normalized)
-        MECHLENS_KIND_CASE(attn_q)
-        MECHLENS_KIND_CASE(attn_k)
-        MECHLENS_KIND_CASE(attn_v)
-        MECHLENS_KIND_CASE(attn_rot_q)
-        MECHLENS_KIND_CASE(attn_rot_k)
-        MECHLENS_KIND_CASE(attn_scores)
-        MECHLENS_KIND_CASE(attn_pattern)
-        MECHLENS_KIND_CASE(attn_z)
-        MECHLENS_KIND_CASE(attn_out)
-        MECHLENS_KIND_CASE(resid_mid)
-        MECHLENS_KIND_CASE(ln2_scale)
-        MECHLENS_KIND_CASE(ln2_normalized)
-        MECHLENS_KIND_CASE(mlp_pre)
-        MECHLENS_KIND_CASE(mlp_pre_linear)
-        MECHLENS_KIND_CASE(mlp_post)
-        MECHLENS_KIND_CASE(mlp_out)
-        MECHLENS_KIND_CASE(resid_post)
-        MECHLENS_KIND_CASE(ln_final_scale)
-        MECHLENS_KIND_CASE(ln_final_normalized)
-#undef MECHLENS_KIND_CASE
-        case site_kind::attn_result:
-        case site_kind::unembed_out:
-            break;
-    }
-    throw std::invalid_argument("activation patching: " + std::string(site_suffix(kind)) +
-                                " cannot be swept (patch attn.hook_z per head instead of hook_result)");
-}
-
-/// The heads on a site's head axis: n_kv_heads for k, v and rot_k; n_heads otherwise.
-inline index_t head_count(const model_config& c, site_kind kind) {
-    return kind == site_kind::attn_k || kind == site_kind::attn_v || kind == site_kind::attn_rot_k ? c.n_kv_heads
-                                                                                                    : c.n_heads;
+    if (!sweepable_kinds.contains(kind))
+        throw std::invalid_argument("activation patching: " + std::string(site_suffix(kind)) +
+                                    " cannot be swept (patch attn.hook_z per head instead of hook_result)");
+    return visit_kind<sweepable_kinds>(kind, std::forward<Fn>(fn));
 }
 
 /// Patches, in a batch of stacked cells, batch row b with its cell's selection of the clean activation of prompt
@@ -10875,7 +11064,7 @@ public:
         if (!has_site_kind(config_, grid.kind))
             throw std::invalid_argument("attribution patching: this model has no " +
                                         std::string(site_suffix(grid.kind)) + " site");
-        const detail::site_axes axes = detail::axes_of(grid.kind);
+        const site_axes axes = detail::axes_of(grid.kind);
         if (grid.per_head && axes.head < 0)
             throw std::invalid_argument("attribution patching: " + std::string(site_suffix(grid.kind)) +
                                         " has no head axis to split");

@@ -92,6 +92,34 @@ static_assert(mechlens::has_site_kind(attn_only_config, site_kind::pos_embed) &&
                   !mechlens::has_site_kind(attn_only_config, site_kind::ln_final_scale),
               "TransformerLens attn-only blocks have no resid_mid; normalization_type None has no ln sites");
 
+// --- the site-traits table: one row per kind, and everything else reads it -----------------------------------------
+constexpr bool table_rows_match_their_kinds() {
+    for (std::size_t k = 0; k < site_kind_count; ++k) {
+        const auto kind = static_cast<site_kind>(k);
+        const mechlens::site_traits& row = mechlens::site_traits_of(kind);
+        if (row.kind != kind || row.suffix != mechlens::site_suffix(kind) || row.rank != mechlens::site_rank(kind))
+            return false;
+        if (mechlens::site_kind_from_suffix(row.suffix) != kind) return false;
+    }
+    return mechlens::site_traits_table.size() == site_kind_count;
+}
+static_assert(table_rows_match_their_kinds());
+static_assert(mechlens::position_axis(site_kind::attn_pattern) == 2 && mechlens::position_axis(site_kind::attn_z) == 1);
+static_assert(mechlens::site_traits_of(site_kind::attn_scores).masked_fill < 0.0f &&
+              mechlens::site_traits_of(site_kind::attn_pattern).masked_fill == 0.0f);
+constexpr mechlens::model_config gqa_config{
+    .d_model = 64, .n_layers = 2, .n_heads = 8, .n_kv_heads = 2, .d_mlp = 172, .d_vocab = 512, .n_ctx = 32};
+static_assert(mechlens::site_width(gqa_config, site_kind::attn_k) == 8 &&
+              mechlens::site_width(gqa_config, site_kind::mlp_post) == 172 &&
+              mechlens::site_width(gqa_config, site_kind::ln1_scale) == 1 &&
+              mechlens::site_width(gqa_config, site_kind::unembed_out) == 512 &&
+              mechlens::site_width(gqa_config, site_kind::attn_result) == 64 &&
+              mechlens::site_width(gqa_config, site_kind::attn_pattern, 7) == 7);
+static_assert(mechlens::detail::head_count(gqa_config, site_kind::attn_rot_k) == 2 &&
+              mechlens::detail::head_count(gqa_config, site_kind::attn_pattern) == 8);
+static_assert(kind_set::all_but_result() == kind_set::all() - kind_set::of({site_kind::attn_result}),
+              "attn.hook_result is the one opt-in row");
+
 // --- kind_set: a structural type, usable as a template argument ----------------------------------------------------
 template <kind_set Wanted>
 struct only {

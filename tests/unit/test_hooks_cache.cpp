@@ -605,3 +605,57 @@ TEST_CASE("hooks cache: malformed safetensors files are rejected with the file n
     CHECK_THROWS_AS(mechlens::write_safetensors(unwritten, {{"a", {1}, nullptr}}), std::invalid_argument);
     CHECK_THROWS_AS(mechlens::write_safetensors(unwritten, {{"__metadata__", {1}, &one}}), std::invalid_argument);
 }
+
+TEST_CASE("site traits: every fired activation has the shape, axes and masking its table row gives",
+          "[hooks][cache][site_traits]") {
+    std::vector<mechlens::model_config> variants;
+    for (auto norm : {mechlens::norm_kind::rms, mechlens::norm_kind::none})
+        for (auto positions : {mechlens::positional_kind::rotary, mechlens::positional_kind::learned})
+            for (auto mlp :
+                 {mechlens::mlp_kind::gated_silu, mechlens::mlp_kind::plain_gelu, mechlens::mlp_kind::none}) {
+                mechlens::model_config c{.d_model = 16, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2, .d_mlp = 24,
+                                         .d_vocab = 37, .n_ctx = 12};
+                c.norm = norm, c.positions = positions, c.mlp = mlp;
+                variants.push_back(c);
+            }
+    const std::vector<std::int32_t> tokens{3, 1, 4, 1, 5, 9};
+    const auto n = static_cast<index_t>(tokens.size());
+    for (const mechlens::model_config& c : variants) {
+        INFO("norm " << int(c.norm) << " positions " << int(c.positions) << " mlp " << int(c.mlp));
+        const mechlens::transformer model(mechlens::random_model(c, 11, 0.3f));
+        mechlens::caching_hooks<mechlens::kind_set::all()> everything;
+        (void)mechlens::forward_logits(model, as_batch(tokens), everything);
+        // has_site_kind (the `needs` column) is exactly what the forward pass fires.
+        REQUIRE(everything.cache().sites() == mechlens::all_sites(c));
+        for (const site& s : everything.cache().sites()) {
+            INFO(mechlens::to_string(s));
+            const mechlens::site_traits& row = mechlens::site_traits_of(s.kind);
+            const mechlens::cached_activation& a = everything.cache().at(s);
+            REQUIRE(a.shape.size() == row.rank);
+            CHECK(a.shape[0] == 1);
+            CHECK(a.shape[static_cast<std::size_t>(row.axes.position)] == n);
+            if (row.axes.head >= 0)
+                CHECK(a.shape[static_cast<std::size_t>(row.axes.head)] == mechlens::detail::head_count(c, s.kind));
+            CHECK(a.shape.back() == mechlens::site_width(c, s.kind, n));
+            if (row.axes.key < 0) continue;
+            // Future keys hold the row's masked_fill, bit for bit (-inf for scores, 0 for patterns).
+            const auto v = a.view<4>();
+            for (index_t h = 0; h < a.shape[1]; ++h)
+                for (index_t q = 0; q < n; ++q)
+                    for (index_t k = q + 1; k < n; ++k)
+                        CHECK(std::memcmp(&v(0, h, q, k), &row.masked_fill, sizeof(float)) == 0);
+        }
+    }
+}
+
+TEST_CASE("site traits: visit_kind calls with the compile-time kind and refuses kinds outside its set",
+          "[hooks][site_traits]") {
+    constexpr mechlens::kind_set kinds = mechlens::kind_set::of({site_kind::resid_pre, site_kind::attn_z});
+    auto kind_of = [](auto k) { return decltype(k)::value; };
+    CHECK(mechlens::detail::visit_kind<kinds>(site_kind::attn_z, kind_of) == site_kind::attn_z);
+    CHECK(mechlens::detail::visit_kind<kinds>(site_kind::resid_pre, kind_of) == site_kind::resid_pre);
+    CHECK_THROWS_AS(mechlens::detail::visit_kind<kinds>(site_kind::mlp_out, kind_of), std::logic_error);
+    int calls = 0;
+    mechlens::detail::visit_kind<mechlens::kind_set::all()>(site_kind::unembed_out, [&](auto) { ++calls; });
+    CHECK(calls == 1);
+}

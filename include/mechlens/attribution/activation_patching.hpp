@@ -93,50 +93,17 @@ struct patching_options {
 
 namespace detail {
 
+/// The kinds a sweep can patch: those the clean cache holds (caching_hooks<>'s default set), but the logits.
+inline constexpr kind_set sweepable_kinds = kind_set::all_but_result() - kind_set::of({site_kind::unembed_out});
+
 /// Calls fn(std::integral_constant<site_kind, K>{}) for the run-time kind `kind`, so a policy can want exactly one
 /// kind at compile time (and the forward pass keeps its unhooked fast paths everywhere else).
 template <class Fn>
 decltype(auto) with_site_kind(site_kind kind, Fn&& fn) {
-    switch (kind) {
-#define MECHLENS_KIND_CASE(K) \
-    case site_kind::K: return fn(std::integral_constant<site_kind, site_kind::K>{});
-        MECHLENS_KIND_CASE(embed)
-        MECHLENS_KIND_CASE(pos_embed)
-        MECHLENS_KIND_CASE(resid_pre)
-        MECHLENS_KIND_CASE(ln1_scale)
-        MECHLENS_KIND_CASE(ln1_normalized)
-        MECHLENS_KIND_CASE(attn_q)
-        MECHLENS_KIND_CASE(attn_k)
-        MECHLENS_KIND_CASE(attn_v)
-        MECHLENS_KIND_CASE(attn_rot_q)
-        MECHLENS_KIND_CASE(attn_rot_k)
-        MECHLENS_KIND_CASE(attn_scores)
-        MECHLENS_KIND_CASE(attn_pattern)
-        MECHLENS_KIND_CASE(attn_z)
-        MECHLENS_KIND_CASE(attn_out)
-        MECHLENS_KIND_CASE(resid_mid)
-        MECHLENS_KIND_CASE(ln2_scale)
-        MECHLENS_KIND_CASE(ln2_normalized)
-        MECHLENS_KIND_CASE(mlp_pre)
-        MECHLENS_KIND_CASE(mlp_pre_linear)
-        MECHLENS_KIND_CASE(mlp_post)
-        MECHLENS_KIND_CASE(mlp_out)
-        MECHLENS_KIND_CASE(resid_post)
-        MECHLENS_KIND_CASE(ln_final_scale)
-        MECHLENS_KIND_CASE(ln_final_normalized)
-#undef MECHLENS_KIND_CASE
-        case site_kind::attn_result:
-        case site_kind::unembed_out:
-            break;
-    }
-    throw std::invalid_argument("activation patching: " + std::string(site_suffix(kind)) +
-                                " cannot be swept (patch attn.hook_z per head instead of hook_result)");
-}
-
-/// The heads on a site's head axis: n_kv_heads for k, v and rot_k; n_heads otherwise.
-inline index_t head_count(const model_config& c, site_kind kind) {
-    return kind == site_kind::attn_k || kind == site_kind::attn_v || kind == site_kind::attn_rot_k ? c.n_kv_heads
-                                                                                                    : c.n_heads;
+    if (!sweepable_kinds.contains(kind))
+        throw std::invalid_argument("activation patching: " + std::string(site_suffix(kind)) +
+                                    " cannot be swept (patch attn.hook_z per head instead of hook_result)");
+    return visit_kind<sweepable_kinds>(kind, std::forward<Fn>(fn));
 }
 
 /// Patches, in a batch of stacked cells, batch row b with its cell's selection of the clean activation of prompt

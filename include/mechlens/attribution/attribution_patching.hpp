@@ -103,7 +103,7 @@ public:
         if (!has_site_kind(config_, grid.kind))
             throw std::invalid_argument("attribution patching: this model has no " +
                                         std::string(site_suffix(grid.kind)) + " site");
-        const detail::site_axes axes = detail::axes_of(grid.kind);
+        const site_axes axes = detail::axes_of(grid.kind);
         if (grid.per_head && axes.head < 0)
             throw std::invalid_argument("attribution patching: " + std::string(site_suffix(grid.kind)) +
                                         " has no head axis to split");

@@ -21,21 +21,6 @@
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// The rank of a site's activation: 4 for per-head sites and attention patterns, 3 for everything else.
-constexpr std::size_t site_rank(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q: case site_kind::attn_k: case site_kind::attn_v: case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k: case site_kind::attn_scores: case site_kind::attn_pattern: case site_kind::attn_z:
-        case site_kind::attn_result: return 4;
-        default: return 3;
-    }
-}
-
-/// The axis that runs over sequence positions: the query axis (2) of `hook_attn_scores`/`hook_pattern`, else 1.
-constexpr std::size_t position_axis(site_kind kind) noexcept {
-    return kind == site_kind::attn_scores || kind == site_kind::attn_pattern ? 2 : 1;
-}
-
 /// One stored activation: TransformerLens shape (batch axis kept) and row-major float values.
 struct cached_activation {
     std::vector<index_t> shape;  ///< Extents, outermost first.

@@ -170,7 +170,7 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     index_t outer = 1, inner = 1;
     for (std::size_t a = 0; a < axis; ++a) outer *= v.extent(a);
     for (std::size_t a = axis + 1; a < R; ++a) inner *= v.extent(a);
-    const bool keyed = s.kind == site_kind::attn_scores || s.kind == site_kind::attn_pattern;
+    const bool keyed = site_traits_of(s.kind).axes.key >= 0;
 
     bool append = old != nullptr && start > 0 && old->shape.size() == R && old->shape[axis] > 0 &&
                   old->position(old->shape[axis] - 1) < start + kept.front();
@@ -181,7 +181,7 @@ void cache_rows(activation_cache& cache, const site& s, const tensor_view<const 
     const index_t old_rows = append ? old->shape[axis] : 0;
     const index_t old_inner = append ? static_cast<index_t>(old->values.size()) / std::max<index_t>(1, outer * old_rows) : 0;
     const index_t total_rows = old_rows + static_cast<index_t>(kept.size());
-    const float pad = s.kind == site_kind::attn_scores ? -std::numeric_limits<float>::infinity() : 0.0f;
+    const float pad = site_traits_of(s.kind).masked_fill;
 
     cached_activation next;
     if (old != nullptr && !append) {  // a new run over a stored site: reuse its buffers instead of reallocating

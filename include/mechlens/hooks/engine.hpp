@@ -14,8 +14,9 @@
 ///   engine maps names such as llama.cpp's `l_out-3` to sites while it runs); costs one bit test when unwanted.
 ///
 /// Buffers are described by their TransformerLens shape (batch axis kept): rank 3 for residual-stream-like sites,
-/// rank 4 for per-head sites (see site.hpp). A raw pointer plus a shape means a dense row-major buffer; pass a
-/// `tensor_view` with strides for anything else (e.g. a per-head attention row inside a (heads, n_ctx) buffer).
+/// rank 4 for per-head sites (site_rank, from site_traits.hpp). A raw pointer plus a shape means a dense row-major
+/// buffer; pass a `tensor_view` with strides for anything else (e.g. a per-head attention row inside a (heads,
+/// n_ctx) buffer).
 /// `start_position` is the absolute position of the buffer's first `pos` row, as in `hook_context`. Like every other
 /// site, these calls compile out under `MECHLENS_STRIP_HOOK_SITES`.
 
@@ -35,24 +36,6 @@ MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// The rank of a site's TransformerLens activation: 4 for per-head sites, 3 for everything else.
-constexpr std::size_t engine_site_rank(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q:
-        case site_kind::attn_k:
-        case site_kind::attn_v:
-        case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k:
-        case site_kind::attn_scores:
-        case site_kind::attn_pattern:
-        case site_kind::attn_z:
-        case site_kind::attn_result:
-            return 4;
-        default:
-            return 3;
-    }
-}
-
 /// Throws unless `s` names a real site (block sites need a layer >= 0, global ones -1) of rank `Rank`, with data.
 template <std::size_t Rank>
 void check_engine_site(const site& s, const tensor_view<float, Rank>& view) {
@@ -61,9 +44,9 @@ void check_engine_site(const site& s, const tensor_view<float, Rank>& view) {
                                     (is_block_site(s.kind) ? " is a block site and needs a layer >= 0, got "
                                                            : " is a global site and needs layer -1, got ") +
                                     std::to_string(s.layer));
-    if (engine_site_rank(s.kind) != Rank)
+    if (site_rank(s.kind) != Rank)
         throw shape_error("mechlens::fire_site: " + to_string(s) + " has rank " +
-                          std::to_string(engine_site_rank(s.kind)) + " in TransformerLens, got a rank-" +
+                          std::to_string(site_rank(s.kind)) + " in TransformerLens, got a rank-" +
                           std::to_string(Rank) + " buffer " + format_extents(view.shape()));
     if (view.data() == nullptr && view.size() != 0)
         throw std::invalid_argument("mechlens::fire_site: null data for " + to_string(s) + " of shape " +
@@ -119,7 +102,7 @@ void fire_site(Policy&& policy, const site& s, float* data, const index_t (&shap
 template <site_kind Kind, class Policy, std::size_t Rank>
 void fire_site(Policy&& policy, index_t layer, tensor_view<float, Rank> view, index_t start_position = 0) {
     detail::require_engine_policy<Policy>();
-    static_assert(Rank == detail::engine_site_rank(Kind),
+    static_assert(Rank == site_rank(Kind),
                   "mechlens::fire_site: wrong rank for this site kind (per-head sites are rank 4: batch, pos, head, "
                   "d_head or batch, head, query_pos, key_pos; the others rank 3: batch, pos, width)");
     if constexpr (std::remove_cvref_t<Policy>::wants(Kind)) {

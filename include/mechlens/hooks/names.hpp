@@ -34,13 +34,11 @@ private:
 
 namespace detail {
 
-/// Orders sites as the forward pass fires them: `hook_embed`, `hook_pos_embed`, block 0 (in site_kind order),
-/// block 1, ..., then the final norm and the unembedding.
+/// Orders sites as the forward pass fires them: the sites before the blocks (`hook_embed`, `hook_pos_embed`),
+/// block 0 (in site_kind order), block 1, ..., then those after the blocks (the final norm and the unembedding).
 inline bool forward_order_less(const site& a, const site& b) noexcept {
-    auto phase = [](const site& s) {
-        return s.kind == site_kind::embed || s.kind == site_kind::pos_embed ? 0 : is_block_site(s.kind) ? 1 : 2;
-    };
-    if (phase(a) != phase(b)) return phase(a) < phase(b);
+    const site_scope scope_a = site_traits_of(a.kind).scope, scope_b = site_traits_of(b.kind).scope;
+    if (scope_a != scope_b) return scope_a < scope_b;
     if (a.layer != b.layer) return a.layer < b.layer;
     return a.kind < b.kind;
 }
@@ -152,8 +150,8 @@ inline std::string quote_name(std::string_view name) {
 /// The site kind whose name suffix (the part after `blocks.L.`, or the whole global name) is `suffix`, e.g.
 /// "attn.hook_pattern" or "hook_embed"; nullopt when there is none.
 constexpr std::optional<site_kind> site_kind_from_suffix(std::string_view suffix) noexcept {
-    for (std::size_t k = 0; k < site_kind_count; ++k)
-        if (site_suffix(static_cast<site_kind>(k)) == suffix) return static_cast<site_kind>(k);
+    for (const site_traits& row : site_traits_table)
+        if (row.suffix == suffix) return row.kind;
     return std::nullopt;
 }
 
@@ -182,59 +180,18 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     return site{*kind, layer};
 }
 
-/// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
-/// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
-/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
-/// `hook_pos_embed` learned ones.
-constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
-    // The fields, not the helper functions, so that this stays usable in constant expressions.
-    const bool norms = c.norm != norm_kind::none, mlp = c.mlp != mlp_kind::none;
-    const bool rotary = c.positions == positional_kind::rotary;
-    switch (kind) {
-        case site_kind::pos_embed: return !rotary;
-        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return rotary;
-        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
-        case site_kind::ln_final_normalized: return norms;
-        case site_kind::ln2_scale: case site_kind::ln2_normalized: return norms && mlp;
-        case site_kind::resid_mid: case site_kind::mlp_pre: case site_kind::mlp_post: case site_kind::mlp_out:
-            return mlp;
-        case site_kind::mlp_pre_linear: return c.mlp == mlp_kind::gated_silu;
-        default: return true;
-    }
-}
-
-namespace detail {
-/// Why a model with config `c` lacks sites of `kind` (for error messages); empty when it has them.
-inline std::string missing_kind_reason(const model_config& c, site_kind kind) {
-    if (has_site_kind(c, kind)) return {};
-    constexpr const char* no_norms = "the model has no normalisation layers";
-    constexpr const char* attention_only = "the model's blocks are attention-only";
-    switch (kind) {
-        case site_kind::pos_embed: return "the model uses rotary positions, not learned ones";
-        case site_kind::attn_rot_q: case site_kind::attn_rot_k: return "the model uses learned positions, not rotary";
-        case site_kind::ln1_scale: case site_kind::ln1_normalized: case site_kind::ln_final_scale:
-        case site_kind::ln_final_normalized: return no_norms;
-        case site_kind::ln2_scale: case site_kind::ln2_normalized: return c.attn_only() ? attention_only : no_norms;
-        case site_kind::mlp_pre_linear: return c.attn_only() ? attention_only : "the model's MLP is not gated";
-        default: return attention_only;  // resid_mid and the remaining mlp sites
-    }
-}
-}  // namespace detail
-
 /// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
 /// fires them (`attn.hook_result` included).
 inline std::vector<site> all_sites(const model_config& c) {
     std::vector<site> sites;
-    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0)) * site_kind_count + 5);
-    for (site_kind k : {site_kind::embed, site_kind::pos_embed})
-        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
-    for (index_t layer = 0; layer < c.n_layers; ++layer)
-        for (std::size_t k = 0; k < site_kind_count; ++k) {
-            const auto kind = static_cast<site_kind>(k);
-            if (is_block_site(kind) && has_site_kind(c, kind)) sites.push_back(site{kind, layer});
-        }
-    for (site_kind k : {site_kind::ln_final_scale, site_kind::ln_final_normalized, site_kind::unembed_out})
-        if (has_site_kind(c, k)) sites.push_back(site{k, -1});
+    sites.reserve(static_cast<std::size_t>(std::max<index_t>(c.n_layers, 0) + 1) * site_kind_count);
+    auto add = [&](site_scope scope, index_t layer) {
+        for (const site_traits& row : site_traits_table)
+            if (row.scope == scope && has_site_kind(c, row.kind)) sites.push_back(site{row.kind, layer});
+    };
+    add(site_scope::before_blocks, -1);
+    for (index_t layer = 0; layer < c.n_layers; ++layer) add(site_scope::block, layer);
+    add(site_scope::after_blocks, -1);
     return sites;
 }
 

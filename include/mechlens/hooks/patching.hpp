@@ -64,32 +64,6 @@ struct selection {
 
 namespace detail {
 
-/// Where a site's position, head and key axes are; -1 when it has none.
-struct site_axes {
-    int position = 1;  ///< Axis of (query) positions.
-    int head = -1;     ///< Axis of heads.
-    int key = -1;      ///< Axis of key positions (always the last one when present).
-};
-
-/// The axes of a site kind, following the TransformerLens shapes listed in site.hpp.
-constexpr site_axes axes_of(site_kind kind) noexcept {
-    switch (kind) {
-        case site_kind::attn_q:
-        case site_kind::attn_k:
-        case site_kind::attn_v:
-        case site_kind::attn_rot_q:
-        case site_kind::attn_rot_k:
-        case site_kind::attn_z:
-        case site_kind::attn_result:
-            return {1, 2, -1};  // (batch, pos, head, ...)
-        case site_kind::attn_scores:
-        case site_kind::attn_pattern:
-            return {2, 1, 3};  // (batch, head, query_pos, key_pos)
-        default:
-            return {1, -1, -1};  // (batch, pos, ...)
-    }
-}
-
 /// Throws std::invalid_argument unless a site and selection make sense for a policy wanting `Kinds`.
 template <kind_set Kinds>
 void check_target(const site& s, const selection& where, const char* who) {

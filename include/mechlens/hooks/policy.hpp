@@ -5,7 +5,9 @@
 #include <concepts>
 #include <cstdint>
 #include <initializer_list>
+#include <stdexcept>
 #include <type_traits>
+#include <utility>
 
 #include "mechlens/hooks/site.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -26,16 +28,20 @@ struct kind_set {
         for (site_kind k : kinds) set.bits |= std::uint64_t{1} << static_cast<unsigned>(k);
         return set;
     }
-    /// Every kind except `attn.hook_result`, whose (batch, pos, head, d_model) tensor costs extra work to produce.
+    /// Every kind that is not opt-in (site_computation::opt_in): all but `attn.hook_result`, whose (batch, pos, head,
+    /// d_model) tensor costs extra work to produce.
     static constexpr kind_set all_but_result() noexcept {
-        kind_set set{(std::uint64_t{1} << site_kind_count) - 1};
-        set.bits &= ~(std::uint64_t{1} << static_cast<unsigned>(site_kind::attn_result));
+        kind_set set;
+        for (const site_traits& row : site_traits_table)
+            if (row.computed != site_computation::opt_in) set = set | of({row.kind});
         return set;
     }
     /// Every kind, `attn.hook_result` included.
     static constexpr kind_set all() noexcept { return kind_set{(std::uint64_t{1} << site_kind_count) - 1}; }
     /// Set union.
     friend constexpr kind_set operator|(kind_set a, kind_set b) noexcept { return kind_set{a.bits | b.bits}; }
+    /// Set difference: the kinds of `a` that are not in `b`.
+    friend constexpr kind_set operator-(kind_set a, kind_set b) noexcept { return kind_set{a.bits & ~b.bits}; }
     friend constexpr bool operator==(kind_set, kind_set) = default;  ///< Same kinds.
 };
 
@@ -82,6 +88,47 @@ constexpr bool wants_gradient_of(site_kind kind) noexcept {
 /// True when the policy wants any of the given kinds (evaluated at compile time).
 template <class Policy, site_kind... Kinds>
 inline constexpr bool wants_any = (Policy::wants(Kinds) || ...);
+
+/// Calls fn(std::integral_constant<site_kind, Kind>{}), converting its result to Result.
+template <site_kind Kind, class Result, class Fn>
+Result call_with_kind(Fn& fn) {
+    return fn(std::integral_constant<site_kind, Kind>{});
+}
+/// The entry of visit_kind's jump table for `Kind`: null when Kind is not in Kinds (so fn is never instantiated
+/// for it).
+template <kind_set Kinds, site_kind Kind, class Result, class Fn>
+constexpr Result (*visit_entry() noexcept)(Fn&) {
+    if constexpr (Kinds.contains(Kind))
+        return &call_with_kind<Kind, Result, Fn>;
+    else
+        return nullptr;
+}
+/// The first kind of a non-empty set.
+constexpr site_kind first_kind(kind_set kinds) noexcept {
+    for (const site_traits& row : site_traits_table)
+        if (kinds.contains(row.kind)) return row.kind;
+    return site_kind::embed;
+}
+/// visit_kind's body: a jump table with one entry per site kind.
+template <kind_set Kinds, class Fn, std::size_t... K>
+decltype(auto) visit_kind_of(site_kind kind, Fn& fn, std::index_sequence<K...>) {
+    using result = decltype(fn(std::integral_constant<site_kind, first_kind(Kinds)>{}));
+    using entry = result (*)(Fn&);
+    static constexpr entry table[] = {visit_entry<Kinds, static_cast<site_kind>(K), result, Fn>()...};
+    const auto index = static_cast<std::size_t>(kind);
+    if (index >= sizeof...(K) || table[index] == nullptr)
+        throw std::logic_error("mechlens: visit_kind called with a kind outside its kind_set");
+    return table[index](fn);
+}
+/// Calls fn(std::integral_constant<site_kind, K>{}) for the run-time kind `kind`, which must be in Kinds, so code
+/// that needs a compile-time kind (a policy wanting exactly one kind) is instantiated once per kind of Kinds and
+/// never for the others. Every call's result is converted to the type fn returns for the first kind of Kinds. Throws
+/// std::logic_error for a kind outside Kinds.
+template <kind_set Kinds, class Fn>
+decltype(auto) visit_kind(site_kind kind, Fn&& fn) {
+    static_assert(Kinds.bits != 0, "mechlens: visit_kind needs a non-empty kind_set");
+    return visit_kind_of<Kinds>(kind, fn, std::make_index_sequence<site_kind_count>{});
+}
 }  // namespace detail
 
 MECHLENS_END_NAMESPACE
