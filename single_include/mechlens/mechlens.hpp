@@ -8484,15 +8484,17 @@ inline loaded_model load_gguf(const gguf_file& g) {
     config.rope_theta = detail::gguf_float(g, "llama.rope.freq_base", 10000.0);
     config.norm_eps = detail::gguf_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5);
     config.rope = rope_layout::adjacent_pairs;
-    const gguf_tensor_info& embedding = g.tensor("token_embd.weight");
-    if (embedding.dims.size() != 2) g.fail("tensor 'token_embd.weight' must have 2 dims");
+    // The vocabulary size and whether the unembedding is tied come from the tensors the parameter table names.
+    const std::string embedding_name(traits_of(parameter_id::token_embedding).gguf_name);
+    const gguf_tensor_info& embedding = g.tensor(embedding_name);
+    if (embedding.dims.size() != 2) g.fail("tensor '" + embedding_name + "' must have 2 dims");
     if (embedding.dims[1] > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()))
-        g.fail("token_embd.weight has too many rows");
+        g.fail(embedding_name + " has too many rows");
     config.d_vocab = static_cast<index_t>(embedding.dims[1]);
     if (g.find("llama.vocab_size") && g.get_int("llama.vocab_size") != config.d_vocab)
         g.fail("llama.vocab_size = " + std::to_string(g.get_int("llama.vocab_size")) + " disagrees with the " +
-               std::to_string(config.d_vocab) + " rows of token_embd.weight");
-    config.tied_unembed = g.find_tensor("output.weight") == nullptr;
+               std::to_string(config.d_vocab) + " rows of " + embedding_name);
+    config.tied_unembed = g.find_tensor(std::string(traits_of(parameter_id::unembed).gguf_name)) == nullptr;
     config.validate(where);
     if (g.find("llama.rope.dimension_count") && g.get_int("llama.rope.dimension_count") != config.d_head())
         g.fail("llama.rope.dimension_count = " + std::to_string(g.get_int("llama.rope.dimension_count")) +
@@ -10854,8 +10856,11 @@ private:
     /// The block a cell's run starts at: its own layer, -1 (from the embedding) for embed sites, n_layers (only
     /// the final norm) for ln_final sites.
     index_t resume_layer(site_kind kind, index_t layer) const {
-        if (kind == site_kind::embed || kind == site_kind::pos_embed) return -1;
-        if (!is_block_site(kind)) return model_->config().n_layers;
+        switch (site_traits_of(kind).scope) {
+            case site_scope::before_blocks: return -1;
+            case site_scope::after_blocks: return model_->config().n_layers;
+            case site_scope::block: break;
+        }
         return layer;
     }
 

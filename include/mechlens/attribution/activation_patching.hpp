@@ -351,8 +351,11 @@ private:
     /// The block a cell's run starts at: its own layer, -1 (from the embedding) for embed sites, n_layers (only
     /// the final norm) for ln_final sites.
     index_t resume_layer(site_kind kind, index_t layer) const {
-        if (kind == site_kind::embed || kind == site_kind::pos_embed) return -1;
-        if (!is_block_site(kind)) return model_->config().n_layers;
+        switch (site_traits_of(kind).scope) {
+            case site_scope::before_blocks: return -1;
+            case site_scope::after_blocks: return model_->config().n_layers;
+            case site_scope::block: break;
+        }
         return layer;
     }
 
