@@ -239,3 +239,65 @@ TEST_CASE("attribution patching tracks true patching on stories260K", "[patching
     const auto approximate = estimate.estimate(patching_grid::by_layer_head_position(site_kind::attn_z));
     CHECK(mechlens::pearson_correlation(exact.values, approximate.values) > 0.5);
 }
+
+TEST_CASE("partial forward: resuming at any block from a cached residual gives the full pass's logits bit for bit",
+          "[patching][partial]") {
+    MECHLENS_REQUIRE_FILE_OR_SKIP(stories_bin);
+    const mechlens::transformer model(mechlens::load_model(stories_bin));
+    const mechlens::model_config& c = model.config();
+    const std::vector<std::int32_t> ids{1, 403, 407, 261, 378, 5, 90, 17, 300, 2, 44, 45};
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {2, 6});
+    mechlens::caching_hooks<mechlens::kind_set::of({site_kind::resid_pre, site_kind::resid_post})> hooks;
+    const mechlens::tensor<float, 3> expected = mechlens::forward_logits(model, tokens, hooks);
+    const mechlens::activation_cache cache = hooks.take();
+
+    const mechlens::forward_span span{2, 6, 0};
+    for (index_t first = 0; first <= c.n_layers; ++first) {
+        INFO("resuming at block " << first);
+        mechlens::workspace ws;
+        mechlens::kv_cache keys_values;
+        keys_values.reset(c, 2, 6);
+        const auto resid = (first < c.n_layers ? cache.at(site{site_kind::resid_pre, first})
+                                               : cache.at(site{site_kind::resid_post, c.n_layers - 1}))
+                               .view<3>();  // (batch, pos, d_model)
+        const auto x = mechlens::span_residual(model, span, ws);  // (batch * pos, d_model)
+        for (index_t b = 0; b < 2; ++b)
+            for (index_t p = 0; p < 6; ++p)
+                for (index_t i = 0; i < c.d_model; ++i) x(b * 6 + p, i) = resid(b, p, i);
+        mechlens::run_blocks(model, span, first, c.n_layers, keys_values, ws);
+        mechlens::tensor<float, 2> rows({12, c.d_model});
+        for (index_t r = 0; r < 12; ++r)
+            for (index_t i = 0; i < c.d_model; ++i) rows(r, i) = x(r, i);
+        const auto unembed_in = mechlens::final_norm_span(model, span, rows.view(), ws);  // (batch * pos, d_model)
+        mechlens::tensor<float, 2> logits({12, c.d_vocab});
+        mechlens::kernels::linear(unembed_in, model.weights().unembed, logits.view());
+        bool identical = true;
+        for (index_t r = 0; r < 12; ++r)
+            for (index_t v = 0; v < c.d_vocab; ++v) identical = identical && logits(r, v) == expected(r / 6, r % 6, v);
+        CHECK(identical);
+    }
+
+    // From the tokens: embed_span then every block is the full pass too.
+    mechlens::workspace ws;
+    mechlens::kv_cache keys_values;
+    keys_values.reset(c, 2, 6);
+    mechlens::embed_span(model, span, tokens, ws);
+    mechlens::run_blocks(model, span, 0, c.n_layers, keys_values, ws);
+    const auto x = mechlens::span_residual(model, span, ws);
+    const auto last = cache.at(site{site_kind::resid_post, c.n_layers - 1}).view<3>();
+    bool identical = true;
+    for (index_t r = 0; r < 12; ++r)
+        for (index_t i = 0; i < c.d_model; ++i) identical = identical && x(r, i) == last(r / 6, r % 6, i);
+    CHECK(identical);
+
+    // Bad spans and block ranges are refused.
+    CHECK_THROWS_AS(mechlens::run_blocks(model, span, 2, 1, keys_values, ws), std::out_of_range);
+    CHECK_THROWS_AS(mechlens::run_blocks(model, span, 0, c.n_layers + 1, keys_values, ws), std::out_of_range);
+    CHECK_THROWS_AS(mechlens::span_residual(model, mechlens::forward_span{1, c.n_ctx, 1}, ws), mechlens::shape_error);
+    CHECK_THROWS_AS(mechlens::run_blocks(model, mechlens::forward_span{3, 6, 0}, 0, 1, keys_values, ws),
+                    mechlens::shape_error);
+    const std::vector<std::int32_t> bad{1, 2, 999};
+    CHECK_THROWS_AS(mechlens::embed_span(model, mechlens::forward_span{1, 3, 0},
+                                         mechlens::tensor_view<const std::int32_t, 2>(bad.data(), {1, 3}), ws),
+                    std::out_of_range);
+}
