@@ -1389,16 +1389,12 @@ namespace kernels::reference {
 
 /// sqrt(mean(x^2) + eps) over x[0..n).
 inline float rms_scale(const float* x, index_t n, float eps) {
-    double sum = 0.0;
-    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return static_cast<float>(std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps)));
+    return static_cast<float>(generic::rms_scale(x, n, eps));
 }
 
 /// out = x / rms_scale(x) * weight (weight may be null: no gain); returns the scale. `out` may equal `x`.
 inline float rmsnorm(float* out, const float* x, const float* weight, index_t n, float eps) {
-    double sum = 0.0;
-    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    const double scale = std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps));
+    const double scale = generic::rms_scale(x, n, eps);
     for (index_t i = 0; i < n; ++i) {
         const double g = weight ? static_cast<double>(weight[i]) : 1.0;
         out[i] = static_cast<float>(static_cast<double>(x[i]) / scale * g);
@@ -1451,20 +1447,15 @@ inline void masked_softmax(float* row, index_t valid, index_t n) {
     for (index_t i = valid; i < n; ++i) row[i] = 0.0f;
 }
 
-namespace detail {
-/// x * sigmoid(x) in double.
-inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
-}  // namespace detail
-
 /// out = x * sigmoid(x). `out` may equal `x`.
 inline void silu(float* out, const float* x, index_t n) {
-    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(detail::silu(static_cast<double>(x[i])));
+    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(generic::silu(static_cast<double>(x[i])));
 }
 
 /// out = silu(gate) * up (the SwiGLU gate). `out` may equal `gate` or `up`.
 inline void silu_mul(float* out, const float* gate, const float* up, index_t n) {
     for (index_t i = 0; i < n; ++i)
-        out[i] = static_cast<float>(detail::silu(static_cast<double>(gate[i])) * static_cast<double>(up[i]));
+        out[i] = static_cast<float>(generic::silu(static_cast<double>(gate[i])) * static_cast<double>(up[i]));
 }
 
 /// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). `out` may equal `x`.
@@ -5676,7 +5667,8 @@ void for_each_view(Model& model, F&& f) {
         if (!traits_of(id).per_block && id < parameter_id::attn_norm) f(id, index_t{-1}, view);
     });
     for (std::size_t l = 0; l < model.layers.size(); ++l)
-        for_each_block_view(model.layers[l], [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
+        for_each_block_view(model.layers[l],
+                            [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
     for_each_global_view(model, [&](parameter_id id, auto& view) {
         if (!traits_of(id).per_block && id > parameter_id::w_down) f(id, index_t{-1}, view);
     });
@@ -5747,6 +5739,13 @@ struct parameter_entry {
     /// Number of elements.
     [[nodiscard]] index_t size() const noexcept { return rank == 1 ? shape[0] : shape[0] * shape[1]; }
 };
+
+/// Floats in a flat buffer laid out by `layout`.
+inline index_t layout_size(const std::vector<parameter_entry>& layout) noexcept {
+    index_t n = 0;
+    for (const parameter_entry& e : layout) n += e.size();
+    return n;
+}
 
 /// The parameters a config implies, derived from the parameter table: the model-wide rows before the blocks, every
 /// block's rows, then the model-wide rows after them, with their offsets in one flat buffer. Weights the config does
@@ -5822,7 +5821,7 @@ public:
     explicit basic_model_parameters(const model_config& config)
         : config_(config),
           layout_(parameter_layout(config)),
-          buffer_(std::make_shared<std::vector<T>>(static_cast<std::size_t>(total(layout_)), T{0})) {
+          buffer_(std::make_shared<std::vector<T>>(static_cast<std::size_t>(layout_size(layout_)), T{0})) {
         bind();
     }
     /// A copy of `weights` (converted to T), which must have the shapes `config` implies (throws shape_error
@@ -5908,11 +5907,6 @@ public:
     tensor_view<T, 2> unembed;          ///< (d_vocab, d_model); the same memory as token_embedding when tied.
 
 private:
-    static index_t total(const std::vector<parameter_entry>& layout) noexcept {
-        index_t n = 0;
-        for (const parameter_entry& e : layout) n += e.size();
-        return n;
-    }
     void bind() {
         layers.assign(static_cast<std::size_t>(config_.n_layers), layer{});
         if (!buffer_) return;
@@ -5936,6 +5930,9 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// A ready-to-run transformer: config, weight views and precomputed rotary tables.
 
+#include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 
@@ -5964,6 +5961,19 @@ private:
     model_weights weights_;
     kernels::rope_tables rope_;
 };
+
+namespace detail {
+/// Throws std::out_of_range (prefixed with `who`) naming the first token id of `tokens` (batch, pos) outside
+/// [0, d_vocab): every pass that embeds tokens checks them here before reading the embedding table.
+inline void check_token_ids(const model_config& c, tensor_view<const std::int32_t, 2> tokens, const char* who) {
+    for (index_t b = 0; b < tokens.extent(0); ++b)
+        for (index_t p = 0; p < tokens.extent(1); ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range(std::string(who) + ": token id " + std::to_string(tokens(b, p)) + " at (" +
+                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+}
+}  // namespace detail
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/transformer.hpp ----
@@ -6298,8 +6308,9 @@ MECHLENS_END_NAMESPACE
 
 // ---- begin mechlens/grad/tape.hpp ----
 /// @file
-/// What the taped forward pass keeps for the backward pass, and the Eigen plumbing both use: growable buffers, row-major
-/// maps and a serial, order-stable GEMM. The ops in model/ops/ read and write these; grad/backward.hpp owns them.
+/// What the taped forward pass keeps for the backward pass, and the Eigen plumbing both use: growable buffers,
+/// row-major maps and a serial, order-stable GEMM. The ops in model/ops/ read and write these; grad/backward.hpp owns
+/// them.
 
 #include <cstddef>
 #include <vector>
@@ -6361,11 +6372,11 @@ struct block_tape {
 /// Scratch gradients of the backward pass, shared by every block.
 template <class T>
 struct backward_scratch {
-    grad_buffer<T> d_q, d_k, d_v;              ///< (rows, n_heads * d_head): per query head.
-    grad_buffer<T> d_k_grouped, d_v_grouped;   ///< (rows, n_kv_heads * d_head): summed over each group.
-    grad_buffer<T> d_z;                        ///< (rows, n_heads * d_head)
-    grad_buffer<T> d_pattern, d_scores;        ///< (batch, head, pos, pos)
-    grad_buffer<T> d_scale;                    ///< (rows)
+    grad_buffer<T> d_q, d_k, d_v;                 ///< (rows, n_heads * d_head): per query head.
+    grad_buffer<T> d_k_grouped, d_v_grouped;      ///< (rows, n_kv_heads * d_head): summed over each group.
+    grad_buffer<T> d_z;                           ///< (rows, n_heads * d_head)
+    grad_buffer<T> d_pattern, d_scores;           ///< (batch, head, pos, pos)
+    grad_buffer<T> d_scale;                       ///< (rows)
     grad_buffer<T> d_mlp_a, d_mlp_b, d_mlp_post;  ///< (rows, d_mlp)
 };
 
@@ -7159,12 +7170,7 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
                           std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
                           std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
     if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
-    for (index_t b = 0; b < s.batch; ++b)
-        for (index_t p = 0; p < s.positions; ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("forward: token id " + std::to_string(tokens(b, p)) + " at (" +
-                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    check_token_ids(c, tokens, "forward");
     return s;
 }
 
@@ -7216,16 +7222,11 @@ inline void check_span(const model_config& c, const forward_span& span, const kv
 template <class Policy = no_hooks>
 void embed_span(const transformer& model, const forward_span& span, tensor_view<const std::int32_t, 2> tokens,
                 workspace& ws, Policy&& policy = Policy{}) {
-    const model_config& c = model.config();
     const auto x = span_residual(model, span, ws);  // (batch * pos, d_model)
     if (tokens.extent(0) != span.batch || tokens.extent(1) != span.positions)
         throw shape_error("embed_span: tokens " + detail::format_extents(tokens.shape()) + " do not match the span (" +
                           std::to_string(span.batch) + ", " + std::to_string(span.positions) + ")");
-    for (index_t b = 0; b < span.batch; ++b)
-        for (index_t p = 0; p < span.positions; ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("embed_span: token id " + std::to_string(tokens(b, p)) + " is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    detail::check_token_ids(model.config(), tokens, "embed_span");
     detail::embed(policy, hook_context{span.start}, model, tokens, detail::shape_of(span), x, ws);
 }
 
@@ -7559,9 +7560,7 @@ MECHLENS_BEGIN_NAMESPACE
 inline loaded_model random_model(const model_config& config, std::uint64_t seed, float scale = 0.05f) {
     config.validate("random_model");
     const std::vector<parameter_entry> layout = parameter_layout(config);
-    index_t total = 0;
-    for (const parameter_entry& e : layout) total += e.size();
-    auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{total});
+    auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{layout_size(layout)});
     random_generator rng(seed);
     // Gains are 1 and draw nothing from the generator. The draw order is fixed: the parameter layout with the
     // position table moved last (tests pin the weights drawn before learned positions existed).
@@ -9041,8 +9040,8 @@ inline const model_weights& weights_of(const transformer& model) noexcept { retu
 /// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
 /// (float).
 template <class Model, class T>
-inline constexpr bool gradient_model_of =
-    std::is_same_v<Model, basic_model_parameters<T>> || (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
+inline constexpr bool gradient_model_of = std::is_same_v<Model, basic_model_parameters<T>> ||
+                                          (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
 
 /// True when two configs imply the same parameter shapes (so one's gradients fit the other's parameters).
 inline bool same_parameter_shapes(const model_config& a, const model_config& b) noexcept {
@@ -9153,12 +9152,7 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
     if (tokens.extent(1) > c.n_ctx)
         throw shape_error("forward_backward: " + std::to_string(tokens.extent(1)) + " positions exceed n_ctx " +
                           std::to_string(c.n_ctx));
-    for (index_t b = 0; b < tokens.extent(0); ++b)
-        for (index_t p = 0; p < tokens.extent(1); ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("forward_backward: token id " + std::to_string(tokens(b, p)) + " at (" +
-                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    check_token_ids(c, tokens, "forward_backward");
 }
 
 }  // namespace detail
@@ -9212,9 +9206,9 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
         for_each_step<decoder_block>([&]<block_step Step>() {
             if (!step_runs(Step, c)) return;
             if constexpr (Step.op == block_op::norm)
-                sublayer_in = taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
-                                                    tensor_view<const T, 1>(gain_view(w, Step.weight)),
-                                                    b.norms[Step.half]);
+                sublayer_in =
+                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
                 taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
                                      tape.rope_sin_.data(), b, branch);
@@ -9227,8 +9221,9 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     }
 
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
-    const T* final_input = taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
-                                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
+    const T* final_input =
+        taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
+                                         tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
     multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
              const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
     fire<site_kind::unembed_out>(hooks, -1, ctx,
@@ -10098,7 +10093,8 @@ struct answer_metric {
             case answer_kind::log_prob: {
                 const double lse = log_sum_exp(logits, d_vocab);
                 for (index_t v = 0; v < d_vocab; ++v)
-                    d_logits[v] -= static_cast<float>(scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
+                    d_logits[v] -= static_cast<float>(
+                        scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
                 d_logits[correct[i]] += static_cast<float>(scale);
                 return;
             }
@@ -10409,7 +10405,8 @@ inline token_standing standing_of(tensor_view<const float, 1> logits, std::int32
     if (token < 0 || token >= n)
         throw std::invalid_argument("standing_of: token " + std::to_string(token) + " is outside [0, " +
                                     std::to_string(n) + ")");
-    const kernels::generic::exp_sum denominator = kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
+    const kernels::generic::exp_sum denominator =
+        kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
     index_t rank = 0;
     for (index_t v = 0; v < n; ++v)
         rank += logits(v) > logits(token) || (logits(v) == logits(token) && v < token) ? 1 : 0;

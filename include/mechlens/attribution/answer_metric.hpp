@@ -102,7 +102,8 @@ struct answer_metric {
             case answer_kind::log_prob: {
                 const double lse = log_sum_exp(logits, d_vocab);
                 for (index_t v = 0; v < d_vocab; ++v)
-                    d_logits[v] -= static_cast<float>(scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
+                    d_logits[v] -= static_cast<float>(
+                        scale * kernels::generic::softmax_from_log_sum(static_cast<double>(logits[v]), lse));
                 d_logits[correct[i]] += static_cast<float>(scale);
                 return;
             }

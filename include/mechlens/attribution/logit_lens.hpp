@@ -108,7 +108,8 @@ inline token_standing standing_of(tensor_view<const float, 1> logits, std::int32
     if (token < 0 || token >= n)
         throw std::invalid_argument("standing_of: token " + std::to_string(token) + " is outside [0, " +
                                     std::to_string(n) + ")");
-    const kernels::generic::exp_sum denominator = kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
+    const kernels::generic::exp_sum denominator =
+        kernels::generic::softmax_denominator(&logits(0), n, logits.stride(0));
     index_t rank = 0;
     for (index_t v = 0; v < n; ++v)
         rank += logits(v) > logits(token) || (logits(v) == logits(token) && v < token) ? 1 : 0;

@@ -61,8 +61,8 @@ inline const model_weights& weights_of(const transformer& model) noexcept { retu
 /// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
 /// (float).
 template <class Model, class T>
-inline constexpr bool gradient_model_of =
-    std::is_same_v<Model, basic_model_parameters<T>> || (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
+inline constexpr bool gradient_model_of = std::is_same_v<Model, basic_model_parameters<T>> ||
+                                          (std::is_same_v<Model, transformer> && std::is_same_v<T, float>);
 
 /// True when two configs imply the same parameter shapes (so one's gradients fit the other's parameters).
 inline bool same_parameter_shapes(const model_config& a, const model_config& b) noexcept {
@@ -173,12 +173,7 @@ inline void check_backprop_tokens(const model_config& c, tensor_view<const std::
     if (tokens.extent(1) > c.n_ctx)
         throw shape_error("forward_backward: " + std::to_string(tokens.extent(1)) + " positions exceed n_ctx " +
                           std::to_string(c.n_ctx));
-    for (index_t b = 0; b < tokens.extent(0); ++b)
-        for (index_t p = 0; p < tokens.extent(1); ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("forward_backward: token id " + std::to_string(tokens(b, p)) + " at (" +
-                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    check_token_ids(c, tokens, "forward_backward");
 }
 
 }  // namespace detail
@@ -232,9 +227,9 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
         for_each_step<decoder_block>([&]<block_step Step>() {
             if (!step_runs(Step, c)) return;
             if constexpr (Step.op == block_op::norm)
-                sublayer_in = taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
-                                                    tensor_view<const T, 1>(gain_view(w, Step.weight)),
-                                                    b.norms[Step.half]);
+                sublayer_in =
+                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
                 taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
                                      tape.rope_sin_.data(), b, branch);
@@ -247,8 +242,9 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     }
 
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
-    const T* final_input = taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
-                                                            tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
+    const T* final_input =
+        taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
+                                         tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
     multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
              const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
     fire<site_kind::unembed_out>(hooks, -1, ctx,

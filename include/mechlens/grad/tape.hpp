@@ -1,7 +1,8 @@
 #pragma once
 /// @file
-/// What the taped forward pass keeps for the backward pass, and the Eigen plumbing both use: growable buffers, row-major
-/// maps and a serial, order-stable GEMM. The ops in model/ops/ read and write these; grad/backward.hpp owns them.
+/// What the taped forward pass keeps for the backward pass, and the Eigen plumbing both use: growable buffers,
+/// row-major maps and a serial, order-stable GEMM. The ops in model/ops/ read and write these; grad/backward.hpp owns
+/// them.
 
 #include <cstddef>
 #include <vector>
@@ -65,11 +66,11 @@ struct block_tape {
 /// Scratch gradients of the backward pass, shared by every block.
 template <class T>
 struct backward_scratch {
-    grad_buffer<T> d_q, d_k, d_v;              ///< (rows, n_heads * d_head): per query head.
-    grad_buffer<T> d_k_grouped, d_v_grouped;   ///< (rows, n_kv_heads * d_head): summed over each group.
-    grad_buffer<T> d_z;                        ///< (rows, n_heads * d_head)
-    grad_buffer<T> d_pattern, d_scores;        ///< (batch, head, pos, pos)
-    grad_buffer<T> d_scale;                    ///< (rows)
+    grad_buffer<T> d_q, d_k, d_v;                 ///< (rows, n_heads * d_head): per query head.
+    grad_buffer<T> d_k_grouped, d_v_grouped;      ///< (rows, n_kv_heads * d_head): summed over each group.
+    grad_buffer<T> d_z;                           ///< (rows, n_heads * d_head)
+    grad_buffer<T> d_pattern, d_scores;           ///< (batch, head, pos, pos)
+    grad_buffer<T> d_scale;                       ///< (rows)
     grad_buffer<T> d_mlp_a, d_mlp_b, d_mlp_post;  ///< (rows, d_mlp)
 };
 

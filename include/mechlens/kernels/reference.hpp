@@ -9,6 +9,7 @@
 #include <string>
 
 #include "mechlens/detail/namespace.hpp"
+#include "mechlens/kernels/generic.hpp"
 #include "mechlens/kernels/matmul.hpp"
 #include "mechlens/tensor/view.hpp"
 
@@ -17,16 +18,12 @@ namespace kernels::reference {
 
 /// sqrt(mean(x^2) + eps) over x[0..n).
 inline float rms_scale(const float* x, index_t n, float eps) {
-    double sum = 0.0;
-    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return static_cast<float>(std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps)));
+    return static_cast<float>(generic::rms_scale(x, n, eps));
 }
 
 /// out = x / rms_scale(x) * weight (weight may be null: no gain); returns the scale. `out` may equal `x`.
 inline float rmsnorm(float* out, const float* x, const float* weight, index_t n, float eps) {
-    double sum = 0.0;
-    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    const double scale = std::sqrt(sum / static_cast<double>(n) + static_cast<double>(eps));
+    const double scale = generic::rms_scale(x, n, eps);
     for (index_t i = 0; i < n; ++i) {
         const double g = weight ? static_cast<double>(weight[i]) : 1.0;
         out[i] = static_cast<float>(static_cast<double>(x[i]) / scale * g);
@@ -79,20 +76,15 @@ inline void masked_softmax(float* row, index_t valid, index_t n) {
     for (index_t i = valid; i < n; ++i) row[i] = 0.0f;
 }
 
-namespace detail {
-/// x * sigmoid(x) in double.
-inline double silu(double x) { return x / (1.0 + std::exp(-x)); }
-}  // namespace detail
-
 /// out = x * sigmoid(x). `out` may equal `x`.
 inline void silu(float* out, const float* x, index_t n) {
-    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(detail::silu(static_cast<double>(x[i])));
+    for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(generic::silu(static_cast<double>(x[i])));
 }
 
 /// out = silu(gate) * up (the SwiGLU gate). `out` may equal `gate` or `up`.
 inline void silu_mul(float* out, const float* gate, const float* up, index_t n) {
     for (index_t i = 0; i < n; ++i)
-        out[i] = static_cast<float>(detail::silu(static_cast<double>(gate[i])) * static_cast<double>(up[i]));
+        out[i] = static_cast<float>(generic::silu(static_cast<double>(gate[i])) * static_cast<double>(up[i]));
 }
 
 /// out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). `out` may equal `x`.

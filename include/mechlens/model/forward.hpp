@@ -100,12 +100,7 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
                           std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
                           std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
     if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
-    for (index_t b = 0; b < s.batch; ++b)
-        for (index_t p = 0; p < s.positions; ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("forward: token id " + std::to_string(tokens(b, p)) + " at (" +
-                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    check_token_ids(c, tokens, "forward");
     return s;
 }
 
@@ -157,16 +152,11 @@ inline void check_span(const model_config& c, const forward_span& span, const kv
 template <class Policy = no_hooks>
 void embed_span(const transformer& model, const forward_span& span, tensor_view<const std::int32_t, 2> tokens,
                 workspace& ws, Policy&& policy = Policy{}) {
-    const model_config& c = model.config();
     const auto x = span_residual(model, span, ws);  // (batch * pos, d_model)
     if (tokens.extent(0) != span.batch || tokens.extent(1) != span.positions)
         throw shape_error("embed_span: tokens " + detail::format_extents(tokens.shape()) + " do not match the span (" +
                           std::to_string(span.batch) + ", " + std::to_string(span.positions) + ")");
-    for (index_t b = 0; b < span.batch; ++b)
-        for (index_t p = 0; p < span.positions; ++p)
-            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
-                throw std::out_of_range("embed_span: token id " + std::to_string(tokens(b, p)) + " is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+    detail::check_token_ids(model.config(), tokens, "embed_span");
     detail::embed(policy, hook_context{span.start}, model, tokens, detail::shape_of(span), x, ws);
 }
 

@@ -34,6 +34,13 @@ struct parameter_entry {
     [[nodiscard]] index_t size() const noexcept { return rank == 1 ? shape[0] : shape[0] * shape[1]; }
 };
 
+/// Floats in a flat buffer laid out by `layout`.
+inline index_t layout_size(const std::vector<parameter_entry>& layout) noexcept {
+    index_t n = 0;
+    for (const parameter_entry& e : layout) n += e.size();
+    return n;
+}
+
 /// The parameters a config implies, derived from the parameter table: the model-wide rows before the blocks, every
 /// block's rows, then the model-wide rows after them, with their offsets in one flat buffer. Weights the config does
 /// not use are left out; a tied unembedding is not stored twice.
@@ -108,7 +115,7 @@ public:
     explicit basic_model_parameters(const model_config& config)
         : config_(config),
           layout_(parameter_layout(config)),
-          buffer_(std::make_shared<std::vector<T>>(static_cast<std::size_t>(total(layout_)), T{0})) {
+          buffer_(std::make_shared<std::vector<T>>(static_cast<std::size_t>(layout_size(layout_)), T{0})) {
         bind();
     }
     /// A copy of `weights` (converted to T), which must have the shapes `config` implies (throws shape_error
@@ -194,11 +201,6 @@ public:
     tensor_view<T, 2> unembed;          ///< (d_vocab, d_model); the same memory as token_embedding when tied.
 
 private:
-    static index_t total(const std::vector<parameter_entry>& layout) noexcept {
-        index_t n = 0;
-        for (const parameter_entry& e : layout) n += e.size();
-        return n;
-    }
     void bind() {
         layers.assign(static_cast<std::size_t>(config_.n_layers), layer{});
         if (!buffer_) return;

@@ -20,9 +20,7 @@ MECHLENS_BEGIN_NAMESPACE
 inline loaded_model random_model(const model_config& config, std::uint64_t seed, float scale = 0.05f) {
     config.validate("random_model");
     const std::vector<parameter_entry> layout = parameter_layout(config);
-    index_t total = 0;
-    for (const parameter_entry& e : layout) total += e.size();
-    auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{total});
+    auto buffer = std::make_shared<tensor<float, 1>>(extents<1>{layout_size(layout)});
     random_generator rng(seed);
     // Gains are 1 and draw nothing from the generator. The draw order is fixed: the parameter layout with the
     // position table moved last (tests pin the weights drawn before learned positions existed).

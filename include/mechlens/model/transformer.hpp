@@ -2,6 +2,9 @@
 /// @file
 /// A ready-to-run transformer: config, weight views and precomputed rotary tables.
 
+#include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "mechlens/kernels/rope.hpp"
@@ -33,5 +36,18 @@ private:
     model_weights weights_;
     kernels::rope_tables rope_;
 };
+
+namespace detail {
+/// Throws std::out_of_range (prefixed with `who`) naming the first token id of `tokens` (batch, pos) outside
+/// [0, d_vocab): every pass that embeds tokens checks them here before reading the embedding table.
+inline void check_token_ids(const model_config& c, tensor_view<const std::int32_t, 2> tokens, const char* who) {
+    for (index_t b = 0; b < tokens.extent(0); ++b)
+        for (index_t p = 0; p < tokens.extent(1); ++p)
+            if (tokens(b, p) < 0 || tokens(b, p) >= c.d_vocab)
+                throw std::out_of_range(std::string(who) + ": token id " + std::to_string(tokens(b, p)) + " at (" +
+                                        std::to_string(b) + ", " + std::to_string(p) + ") is outside [0, " +
+                                        std::to_string(c.d_vocab) + ")");
+}
+}  // namespace detail
 
 MECHLENS_END_NAMESPACE

@@ -30,9 +30,7 @@ int run(arguments& args) {
         std::printf("mlp         none (attention-only)\n");
     else if (c.mlp == mechlens::mlp_kind::plain_gelu)
         std::printf("mlp         plain GELU\n");
-    mechlens::index_t parameters = 0;
-    for (const mechlens::parameter_entry& e : mechlens::parameter_layout(c)) parameters += e.size();
-    std::printf("parameters  %td\n", parameters);
+    std::printf("parameters  %td\n", mechlens::layout_size(mechlens::parameter_layout(c)));
     return 0;
 }
 
