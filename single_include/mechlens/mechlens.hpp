@@ -5664,13 +5664,13 @@ void for_each_global_view(Model& model, F&& f) {
 template <class Model, class F>
 void for_each_view(Model& model, F&& f) {
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (!traits_of(id).per_block && id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+        if (id < parameter_id::attn_norm) f(id, index_t{-1}, view);
     });
     for (std::size_t l = 0; l < model.layers.size(); ++l)
         for_each_block_view(model.layers[l],
                             [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (!traits_of(id).per_block && id > parameter_id::w_down) f(id, index_t{-1}, view);
+        if (id > parameter_id::w_down) f(id, index_t{-1}, view);
     });
 }
 
@@ -10874,7 +10874,6 @@ private:
         const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
         const index_t window = answer_ + 1 - start, d = c.d_model;
         const forward_span span{batch, window, start};
-        ws_.reserve(c, batch, window, span.keys());
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {

@@ -368,7 +368,6 @@ private:
         const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
         const index_t window = answer_ + 1 - start, d = c.d_model;
         const forward_span span{batch, window, start};
-        ws_.reserve(c, batch, window, span.keys());
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {

@@ -62,13 +62,13 @@ void for_each_global_view(Model& model, F&& f) {
 template <class Model, class F>
 void for_each_view(Model& model, F&& f) {
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (!traits_of(id).per_block && id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+        if (id < parameter_id::attn_norm) f(id, index_t{-1}, view);
     });
     for (std::size_t l = 0; l < model.layers.size(); ++l)
         for_each_block_view(model.layers[l],
                             [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (!traits_of(id).per_block && id > parameter_id::w_down) f(id, index_t{-1}, view);
+        if (id > parameter_id::w_down) f(id, index_t{-1}, view);
     });
 }
 
