@@ -11,3 +11,4 @@
 #include "mechlens/hooks/caching.hpp"
 #include "mechlens/hooks/interventions.hpp"
 #include "mechlens/hooks/engine.hpp"
+#include "mechlens/hooks/splice.hpp"

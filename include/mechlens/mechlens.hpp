@@ -11,4 +11,5 @@
 #include "mechlens/grad.hpp"
 #include "mechlens/train.hpp"
 #include "mechlens/attribution.hpp"
+#include "mechlens/sae.hpp"
 #include "mechlens/report.hpp"

@@ -2073,15 +2073,10 @@ MECHLENS_END_NAMESPACE
 /// whether it costs extra work). Names, caches, patching, ablation, fire_site and the patching sweeps all read this
 /// table; nothing else lists facts about site kinds.
 ///
-/// Extension sites (planned, not implemented): an SAE spliced at `blocks.2.hook_resid_post` would fire
-/// `blocks.2.hook_resid_post.hook_sae_acts_post`. Such a site is not a site_kind (those stay a closed enum, so hook
-/// policies answer `wants(kind)` at compile time); it is a row of a run-time registry that reuses `site_traits` as is:
-/// `kind` = the parent kind, `suffix` = "hook_resid_post.hook_sae_acts_post" (owned by the registry), the parent's
-/// scope and `needs`, rank 3, axes {1, -1, -1}, `computed` = opt_in. Its width (d_sae) is no function of the
-/// config, so the registry entry stores it next to the row and `width` gets a `site_extent::fixed` that defers to it.
-/// `site` would gain an extension index (-1 for table rows); names.hpp would look suffixes up in the table, then in
-/// the registry; caches, patching and ablation need only rank and axes, which the row already gives. Only run-time
-/// policies (dynamic_hooks) would see extension sites; compiled policies keep their zero-cost `wants(kind)`.
+/// Extension sites (an SAE's latents, `blocks.2.hook_resid_post.hook_sae_acts_post`) are not rows here: a site_kind
+/// stays a closed enum, so hook policies answer `wants(kind)` at compile time. An extension site is a `site` whose
+/// `extension` indexes a run-time suffix table (site.hpp); it has its host's kind, scope, rank and axes, and the width
+/// its splice declares (hooks/splice.hpp). Only run-time policies (dynamic_hooks) see them.
 
 #include <array>
 #include <cstddef>
@@ -2403,23 +2398,84 @@ MECHLENS_END_NAMESPACE
 /// hook_pos_embed, GPT-2-style learned positions no rot_q/rot_k, attention-only blocks no ln2/mlp sites and no
 /// hook_resid_mid.
 
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// One hook site: a kind plus the block it belongs to (-1 for global sites).
+namespace detail {
+/// The process-wide list of extension-site suffixes (`hook_sae_acts_post`, ...): a site stores the index of its
+/// suffix, so sites stay small values that name themselves. Suffixes are only ever added; the deque keeps every
+/// stored string at its address, so views into it stay valid. Thread-safe.
+class extension_suffix_table {
+public:
+    /// The index of `suffix`, added when new.
+    std::int32_t intern(std::string_view suffix) {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        for (std::size_t i = 0; i < suffixes_.size(); ++i)
+            if (suffixes_[i] == suffix) return static_cast<std::int32_t>(i);
+        if (suffixes_.size() >= max_suffixes)
+            throw std::length_error("mechlens: more than 65536 distinct extension-site suffixes");
+        suffixes_.emplace_back(suffix);
+        return static_cast<std::int32_t>(suffixes_.size() - 1);
+    }
+    /// The index of `suffix`, or -1 when it was never interned.
+    std::int32_t find(std::string_view suffix) const {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        for (std::size_t i = 0; i < suffixes_.size(); ++i)
+            if (suffixes_[i] == suffix) return static_cast<std::int32_t>(i);
+        return -1;
+    }
+    /// The suffix with index `id` (which intern returned).
+    std::string_view at(std::int32_t id) const {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        return suffixes_.at(static_cast<std::size_t>(id));
+    }
+
+private:
+    static constexpr std::size_t max_suffixes = 65536;
+    mutable std::mutex mutex_;
+    std::deque<std::string> suffixes_;
+};
+/// The one table of extension suffixes.
+inline extension_suffix_table& extension_suffixes() {
+    static extension_suffix_table table;
+    return table;
+}
+}  // namespace detail
+
+/// One hook site: a kind plus the block it belongs to (-1 for global sites), and for an extension site (an
+/// activation inside a module spliced at that site, such as an SAE's latents) the index of its name suffix.
 struct site {
-    site_kind kind = site_kind::embed;  ///< Which activation.
+    site_kind kind = site_kind::embed;  ///< Which activation (for an extension site: the host site's kind).
     index_t layer = -1;                 ///< Block index, or -1 for global sites.
-    friend constexpr bool operator==(const site&, const site&) = default;  ///< Same kind and layer.
+    std::int32_t extension = -1;        ///< -1 for the model's own sites; else the extension suffix's index.
+    friend constexpr bool operator==(const site&, const site&) = default;  ///< Same kind, layer and extension.
 };
 
-/// The TransformerLens name of a site, e.g. `blocks.3.attn.hook_pattern`.
+/// The extension site named `host` + "." + `suffix` (e.g. `blocks.2.hook_resid_post.hook_sae_acts_post`).
+inline site extension_site(const site& host, std::string_view suffix) {
+    return site{host.kind, host.layer, detail::extension_suffixes().intern(suffix)};
+}
+
+/// The host site an extension site is named below (the site itself for the model's own sites).
+constexpr site host_of(const site& s) noexcept { return site{s.kind, s.layer, -1}; }
+
+/// The TransformerLens name of a site, e.g. `blocks.3.attn.hook_pattern`; extension sites append their suffix as
+/// SAELens does (`blocks.3.hook_resid_post.hook_sae_acts_post`).
 inline std::string to_string(const site& s) {
-    if (!is_block_site(s.kind)) return std::string(site_suffix(s.kind));
-    return "blocks." + std::to_string(s.layer) + "." + std::string(site_suffix(s.kind));
+    std::string name = is_block_site(s.kind) ? "blocks." + std::to_string(s.layer) + "." : std::string();
+    name += site_suffix(s.kind);
+    if (s.extension >= 0) {
+        name += '.';
+        name += detail::extension_suffixes().at(s.extension);
+    }
+    return name;
 }
 
 /// Where in the sequence a forward call is: lets hooks see absolute positions during KV-cache decoding.
@@ -2598,11 +2654,13 @@ namespace detail {
 
 /// Orders sites as the forward pass fires them: the sites before the blocks (`hook_embed`, `hook_pos_embed`),
 /// block 0 (in site_kind order), block 1, ..., then those after the blocks (the final norm and the unembedding).
+/// Extension sites follow their host.
 inline bool forward_order_less(const site& a, const site& b) noexcept {
     const site_scope scope_a = site_traits_of(a.kind).scope, scope_b = site_traits_of(b.kind).scope;
     if (scope_a != scope_b) return scope_a < scope_b;
     if (a.layer != b.layer) return a.layer < b.layer;
-    return a.kind < b.kind;
+    if (a.kind != b.kind) return a.kind < b.kind;
+    return a.extension < b.extension;  // a host before the sites spliced below it
 }
 
 /// Levenshtein distance (insertions, deletions and substitutions cost 1).
@@ -2717,10 +2775,9 @@ constexpr std::optional<site_kind> site_kind_from_suffix(std::string_view suffix
     return std::nullopt;
 }
 
-/// Parses a TransformerLens hook name, e.g. "blocks.3.attn.hook_pattern" or "ln_final.hook_scale"; nullopt when the
-/// name is malformed. Only the canonical spelling parses (no leading zeros, no spaces), so every name round-trips
-/// through to_string. Whether the layer exists in a given model is site_from_name's business.
-constexpr std::optional<site> parse_site(std::string_view name) noexcept {
+namespace detail {
+/// Parses the name of one of the model's own sites (no extension suffix); nullopt when malformed.
+constexpr std::optional<site> parse_model_site(std::string_view name) noexcept {
     constexpr std::string_view prefix = "blocks.";
     if (name.substr(0, prefix.size()) != prefix) {
         const auto kind = site_kind_from_suffix(name);
@@ -2740,6 +2797,52 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     const auto kind = site_kind_from_suffix(name.substr(i + 1));
     if (!kind || !is_block_site(*kind)) return std::nullopt;
     return site{*kind, layer};
+}
+
+/// True when `suffix` can name an extension site: `hook_` then lower-case letters, digits and underscores, at most
+/// 64 characters in all.
+constexpr bool valid_extension_suffix(std::string_view suffix) noexcept {
+    constexpr std::string_view head = "hook_";
+    if (suffix.size() <= head.size() || suffix.size() > 64 || suffix.substr(0, head.size()) != head) return false;
+    for (const char ch : suffix)
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_')) return false;
+    return true;
+}
+
+/// Splits `host.suffix` into the host site and the extension suffix; nullopt unless the host parses and the suffix
+/// is valid.
+inline std::optional<std::pair<site, std::string_view>> split_extension_name(std::string_view name) noexcept {
+    const std::size_t dot = name.rfind('.');
+    if (dot == std::string_view::npos) return std::nullopt;
+    const std::string_view suffix = name.substr(dot + 1);
+    if (!valid_extension_suffix(suffix)) return std::nullopt;
+    const std::optional<site> host = parse_model_site(name.substr(0, dot));
+    if (!host) return std::nullopt;
+    return std::pair{*host, suffix};
+}
+
+/// parse_site that also accepts extension suffixes never seen in this process (interning them): for files that
+/// name extension sites, such as a cache saved by another run.
+inline std::optional<site> parse_site_interning(std::string_view name) {
+    if (const std::optional<site> own = parse_model_site(name)) return own;
+    const auto split = split_extension_name(name);
+    if (!split) return std::nullopt;
+    return extension_site(split->first, split->second);
+}
+}  // namespace detail
+
+/// Parses a TransformerLens hook name, e.g. "blocks.3.attn.hook_pattern" or "ln_final.hook_scale", or an extension
+/// site's name below one (`blocks.3.hook_resid_post.hook_sae_acts_post`, for a suffix something has spliced in this
+/// process); nullopt when the name is malformed. Only the canonical spelling parses (no leading zeros, no spaces),
+/// so every name round-trips through to_string. Whether the layer exists in a given model is site_from_name's
+/// business. A constant expression for the model's own names.
+constexpr std::optional<site> parse_site(std::string_view name) {
+    if (const std::optional<site> own = detail::parse_model_site(name)) return own;
+    const auto split = detail::split_extension_name(name);
+    if (!split) return std::nullopt;
+    const std::int32_t id = detail::extension_suffixes().find(split->second);
+    if (id < 0) return std::nullopt;
+    return site{split->first.kind, split->first.layer, id};
 }
 
 /// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
@@ -2769,9 +2872,12 @@ inline std::vector<std::string> all_site_names(const model_config& c) {
 /// `blocks.0.ln1.hook_scale` without norms, see has_site_kind).
 inline site site_from_name(std::string_view name, const model_config& c) {
     const std::optional<site> parsed = parse_site(name);
-    if (parsed && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind)) return *parsed;
+    if (parsed && parsed->extension < 0 && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind))
+        return *parsed;
     std::string problem = "unknown hook name " + detail::quote_name(name);
-    if (parsed && parsed->layer >= c.n_layers)
+    if (parsed && parsed->extension >= 0)
+        problem += " (an extension site: it exists only in hooks with a splice attached at its host)";
+    else if (parsed && parsed->layer >= c.n_layers)
         problem += " (layer " + std::to_string(parsed->layer) + " is out of range: the model has " +
                    std::to_string(c.n_layers) + " blocks)";
     else if (parsed)
@@ -2779,11 +2885,10 @@ inline site site_from_name(std::string_view name, const model_config& c) {
     throw detail::make_unknown_hook_error(problem, name, all_site_names(c));
 }
 
-/// The sites whose names match any of the comma-separated glob patterns (`*` any run of characters, `?` one; spaces
-/// around commas ignored), each once, in forward order. Throws unknown_hook_error for an empty pattern or a pattern
-/// that matches nothing, suggesting the closest valid names.
-inline std::vector<site> match_sites(std::string_view patterns, const model_config& c) {
-    const std::vector<site> sites = all_sites(c);
+namespace detail {
+/// The sites of `sites` whose names match any of the comma-separated glob patterns, each once, in the order given;
+/// throws unknown_hook_error for an empty pattern or one that matches nothing.
+inline std::vector<site> match_in(std::string_view patterns, const std::vector<site>& sites) {
     std::vector<std::string> names;
     names.reserve(sites.size());
     for (const site& s : sites) names.push_back(to_string(s));
@@ -2808,6 +2913,14 @@ inline std::vector<site> match_sites(std::string_view patterns, const model_conf
     for (std::size_t i = 0; i < sites.size(); ++i)
         if (selected[i]) out.push_back(sites[i]);
     return out;
+}
+}  // namespace detail
+
+/// The sites whose names match any of the comma-separated glob patterns (`*` any run of characters, `?` one; spaces
+/// around commas ignored), each once, in forward order. Throws unknown_hook_error for an empty pattern or a pattern
+/// that matches nothing, suggesting the closest valid names.
+inline std::vector<site> match_sites(std::string_view patterns, const model_config& c) {
+    return detail::match_in(patterns, all_sites(c));
 }
 
 MECHLENS_END_NAMESPACE
@@ -4112,7 +4225,7 @@ public:
         safetensors_file file = read_safetensors(path);
         activation_cache out;
         for (safetensors_tensor& t : file.tensors) {
-            const std::optional<site> s = parse_site(t.name);
+            const std::optional<site> s = detail::parse_site_interning(t.name);
             if (!s) detail::format_fail(path.string(), "tensor '" + t.name.substr(0, 200) + "' is not a hook name");
             const std::size_t axis = position_axis(s->kind);
             if (t.shape.size() != site_rank(s->kind))
@@ -5031,8 +5144,10 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/hooks/compose.hpp ----
 // ---- begin mechlens/hooks/dynamic.hpp ----
 /// @file
-/// Dynamic hooks: a run-time registry of callbacks by hook name, with handles and scope guards.
+/// Dynamic hooks: a run-time registry of callbacks by hook name, with handles and scope guards, and of splices
+/// (hooks/splice.hpp) whose activations become extension sites.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -5044,6 +5159,99 @@ MECHLENS_END_NAMESPACE
 #include <utility>
 #include <vector>
 
+// ---- begin mechlens/hooks/splice.hpp ----
+/// @file
+/// Splices: modules inserted into the forward pass at a hook site (an SAE at `blocks.2.hook_resid_post`, a
+/// transcoder at an MLP), as an op on the graph rather than a hook that only watches. A splice maps the host
+/// activation's rows to replacement rows of the same width, and exposes its own activations as extension sites named
+/// below the host, as SAELens names them (`blocks.2.hook_resid_post.hook_sae_acts_post`). Extension sites have their
+/// own width; run-time hooks (dynamic_hooks) cache, patch, ablate and steer them like any other site, and the backward
+/// pass runs the splice's backward, so gradients flow through it. Attach splices with basic_dynamic_hooks::splice.
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One activation inside a splice: the suffix of its extension site and the width of its last axis. The site is
+/// (batch, pos, width), like its host.
+struct splice_site {
+    std::string suffix;  ///< E.g. "hook_sae_acts_post": `hook_` then [a-z0-9_], at most 64 characters.
+    index_t width = 0;   ///< Extent of the last axis (d_sae for an SAE's latents).
+};
+
+/// What a splice calls at each of its activations: the hooks registered at that extension site.
+class splice_hooks {
+public:
+    splice_hooks() = default;
+    splice_hooks(const splice_hooks&) = delete;             ///< Not copied: it fires into one registry.
+    splice_hooks& operator=(const splice_hooks&) = delete;  ///< Not copied: it fires into one registry.
+    virtual ~splice_hooks() = default;
+    /// True when anything is registered at activation `index` (so a splice may skip work only hooks could change).
+    [[nodiscard]] virtual bool active(std::size_t index) const noexcept = 0;
+    /// Hands activation `index`, (rows, width) with rows = batch * pos and dense rows, to its hooks; in the forward
+    /// pass whatever they write is what the splice goes on with, in the backward pass it is the gradient that flows on.
+    virtual void fire(std::size_t index, tensor_view<float, 2> rows) = 0;
+};
+
+/// The buffers one attachment of a splice keeps from its forward pass for its backward pass (and reuses as scratch).
+struct splice_tape {
+    std::vector<std::vector<float>> buffers;  ///< Whatever the splice stores, by its own numbering.
+
+    /// Buffer `index` as a dense (rows, cols) matrix, grown when needed (its contents are kept when large enough).
+    tensor_view<float, 2> matrix(std::size_t index, index_t rows, index_t cols) {
+        if (buffers.size() <= index) buffers.resize(index + 1);
+        std::vector<float>& buffer = buffers[index];
+        const auto size = static_cast<std::size_t>(rows * cols);
+        if (buffer.size() < size) buffer.resize(size);
+        return tensor_view<float, 2>(buffer.data(), {rows, cols});
+    }
+    /// Buffer `index` as stored by the forward pass, (rows, cols); throws std::logic_error when it is smaller.
+    [[nodiscard]] tensor_view<const float, 2> stored(std::size_t index, index_t rows, index_t cols) const {
+        if (index >= buffers.size() || buffers[index].size() < static_cast<std::size_t>(rows * cols))
+            throw std::logic_error("splice_tape: the backward pass needs a forward pass of the same shape first");
+        return tensor_view<const float, 2>(buffers[index].data(), {rows, cols});
+    }
+};
+
+/// A module spliced in at a host site. Implementations are immutable once attached (forward and backward are const,
+/// all per-call state lives in the tape), so one splice may be shared by several attachments and threads.
+class splice {
+public:
+    splice() = default;
+    splice(const splice&) = default;             ///< Copyable when the implementation is.
+    splice& operator=(const splice&) = default;  ///< Copyable when the implementation is.
+    virtual ~splice() = default;
+
+    /// The width of the host activation's last axis that this splice reads and writes (d_in).
+    [[nodiscard]] virtual index_t width() const noexcept = 0;
+    /// Its activations, in the order its forward pass fires them.
+    [[nodiscard]] virtual std::vector<splice_site> sites() const = 0;
+    /// Forward: reads `input` (rows, width), writes `output` (rows, width), firing each activation through `hooks`
+    /// and keeping in `tape` what backward needs.
+    virtual void forward(tensor_view<const float, 2> input, tensor_view<float, 2> output, splice_hooks& hooks,
+                         splice_tape& tape) const = 0;
+    /// Backward, after forward with the same tape: turns d(output) (rows, width) into d(input) (rows, width),
+    /// handing each activation's gradient to `hooks` (last activation first). May overwrite `d_output` and use more
+    /// tape buffers as scratch.
+    virtual void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
+                          splice_hooks& hooks) const = 0;
+};
+
+/// True when a splice may be attached at sites of this kind: rank-3 (batch, pos, width) activations the forward pass
+/// always computes and whose producer's backward does not read them back (so the replacement is exact for
+/// gradients): embeddings, residual stream states, attention and MLP outputs, MLP pre- and post-activations, logits.
+/// Not the norm scales and normalized values (the norm's backward reads them) nor per-head sites.
+constexpr bool can_host_splice(site_kind kind) noexcept {
+    const site_traits& row = site_traits_of(kind);
+    return row.rank == 3 && row.computed == site_computation::always && row.width != site_extent::one;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/hooks/splice.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -5108,61 +5316,118 @@ hook_callback as_callback(Policy& policy) {
     };
 }
 
+/// Wraps the gradient side of a compile-time policy (held by reference) as a run-time gradient callback: patch and
+/// ablate policies registered with add_gradient cut the gradient of what they replaced, as in a static pass.
+template <class Policy>
+hook_callback as_gradient_callback(Policy& policy) {
+    static_assert(requires { Policy::wants_gradient(site_kind::embed); },
+                  "mechlens::as_gradient_callback: the policy does not observe gradients (no wants_gradient)");
+    return [&policy](const site& s, activation_view view, const hook_context& ctx) {
+        if (!Policy::wants_gradient(s.kind)) return;
+        if (view.rank == 3)
+            policy.on_gradient(s, view.as<3>(), ctx);
+        else
+            policy.on_gradient(s, view.as<4>(), ctx);
+    };
+}
+
 namespace detail {
 
-/// The shared state of a dynamic_hooks: callbacks per site slot, plus one "anything here?" byte per slot.
+/// The shared state of a dynamic_hooks: callbacks per site slot (activation or gradient callbacks), splices attached
+/// at host sites with the callbacks of their extension sites, and one "anything here?" byte per slot.
 class dynamic_registry {
 public:
     /// An empty registry for a model with these hyper-parameters.
     explicit dynamic_registry(const model_config& config)
         : config_(config),
           lists_(static_cast<std::size_t>(config.n_layers + 1) * site_kind_count),
+          splice_at_(lists_.size(), nullptr),
           active_(lists_.size(), 0) {}
 
     /// The model's hyper-parameters (used to validate names).
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
 
-    /// Registers `fn` at every site in `sites`; returns the registration number.
-    std::uint64_t add(const std::vector<site>& sites, hook_callback fn) {
+    /// Registers `fn` at every site in `sites` (model sites or extension sites of attached splices), for activations
+    /// or, when `gradient`, for gradients; returns the registration number.
+    std::uint64_t add(const std::vector<site>& sites, hook_callback fn, bool gradient) {
+        for (const site& s : sites)
+            if (s.extension >= 0 ? find_extension(s) == nullptr : slot(s) >= lists_.size())
+                throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not in this model" +
+                                            (s.extension >= 0 ? " (no splice there declares it)" : ""));
         auto shared = std::make_shared<hook_callback>(std::move(fn));
         const std::uint64_t id = next_id_++;
         for (const site& s : sites) {
-            const std::size_t i = slot(s);
-            if (i >= lists_.size())
-                throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not in this model");
-        }
-        for (const site& s : sites) {
-            const std::size_t i = slot(s);
-            lists_[i].push_back({id, shared, false});
-            active_[i] = 1;
+            list_of(s).push_back({id, shared, gradient, false});
+            if (s.extension < 0) active_[slot(s)] = 1;
         }
         ++live_;
         return id;
     }
-    /// Unregisters one registration at every site; false when it was not registered. Safe inside a callback.
+    /// Attaches `module` at `host`: its sites become extension sites below the host; returns the registration.
+    std::uint64_t attach(const site& host, std::shared_ptr<const splice> module) {
+        const std::size_t i = slot(host);
+        if (host.extension >= 0 || i >= lists_.size())
+            throw std::invalid_argument("dynamic_hooks::splice: " + to_string(host) + " is not a site of this model");
+        if (!can_host_splice(host.kind))
+            throw std::invalid_argument("dynamic_hooks::splice: " + to_string(host) +
+                                        " cannot host a splice (only rank-3 sites the forward pass always computes, "
+                                        "outside the norms; see can_host_splice)");
+        if (splice_at_[i] != nullptr)
+            throw std::invalid_argument("dynamic_hooks::splice: a splice is already attached at " + to_string(host));
+        const index_t expected = site_width(config_, host.kind);
+        if (module->width() != expected)
+            throw shape_error("dynamic_hooks::splice: the splice reads width " + std::to_string(module->width()) +
+                              " but " + to_string(host) + " has width " + std::to_string(expected));
+        auto a = std::make_unique<attachment>();
+        a->id = next_id_++;
+        a->host = host;
+        for (const splice_site& inner : module->sites()) {
+            if (!valid_extension_suffix(inner.suffix) || inner.width <= 0)
+                throw std::invalid_argument("dynamic_hooks::splice: the splice declares an invalid site '" +
+                                            inner.suffix.substr(0, 80) + "' of width " + std::to_string(inner.width));
+            const site ext = extension_site(host, inner.suffix);
+            for (const extension_slot& other : a->sites)
+                if (other.where == ext)
+                    throw std::invalid_argument("dynamic_hooks::splice: the splice declares " + inner.suffix +
+                                                " twice");
+            a->sites.push_back({ext, inner.width, {}});
+        }
+        a->module = std::move(module);
+        splice_at_[i] = a.get();
+        active_[i] = 1;
+        attachments_.push_back(std::move(a));
+        ++live_;
+        return attachments_.back()->id;
+    }
+    /// Unregisters one registration (callbacks or a splice) everywhere; false when it was not registered. Safe
+    /// inside a callback or a splice.
     bool remove(std::uint64_t id) noexcept {
         bool found = false;
-        for (std::size_t i = 0; i < lists_.size(); ++i)
-            for (entry& e : lists_[i])
-                if (e.id == id && !e.dead) {
-                    e.dead = true;
-                    found = true;
-                }
+        auto kill = [&](std::vector<entry>& list) {
+            for (entry& e : list)
+                if (e.id == id && !e.dead) e.dead = found = true;
+        };
+        for (auto& list : lists_) kill(list);
+        for (auto& a : attachments_) {
+            for (extension_slot& ext : a->sites) kill(ext.list);
+            if (a->id == id && !a->dead) a->dead = found = true;
+        }
         if (found) --live_;
         if (firing_ == 0) sweep();
         return found;
     }
-    /// Unregisters everything. Safe inside a callback.
+    /// Unregisters everything, splices included. Safe inside a callback.
     void clear() noexcept {
         for (auto& list : lists_)
             for (entry& e : list) e.dead = true;
+        for (auto& a : attachments_) a->dead = true;
         live_ = 0;
         if (firing_ == 0) sweep();
     }
-    /// Number of live registrations.
+    /// Number of live registrations (callbacks and splices).
     [[nodiscard]] std::size_t size() const noexcept { return live_; }
 
-    /// The slot of a site, or an index past the table for sites outside the model.
+    /// The slot of a model site, or an index past the table for sites outside the model.
     [[nodiscard]] std::size_t slot(const site& s) const noexcept {
         const index_t row = is_block_site(s.kind) ? (s.layer >= 0 ? s.layer + 1 : config_.n_layers + 1) : 0;
         return static_cast<std::size_t>(row) * site_kind_count + static_cast<std::size_t>(s.kind);
@@ -5170,42 +5435,182 @@ public:
     /// True when something is registered at slot `i` (false for slots outside the table).
     [[nodiscard]] bool active(std::size_t i) const noexcept { return i < active_.size() && active_[i] != 0; }
 
-    /// Calls the callbacks of slot `i` in registration order; ones added meanwhile wait for the next call.
+    /// The model's sites (as all_sites) followed, each after its host, by the extension sites of live splices.
+    [[nodiscard]] std::vector<site> sites() const {
+        std::vector<site> out = all_sites(config_);
+        for (const auto& a : attachments_)
+            if (!a->dead)
+                for (const extension_slot& ext : a->sites) out.push_back(ext.where);
+        std::stable_sort(out.begin(), out.end(), forward_order_less);
+        return out;
+    }
+    /// The width of an extension site's last axis, or 0 when no live splice declares it.
+    [[nodiscard]] index_t extension_width(const site& s) const noexcept {
+        const extension_slot* ext = find_extension(s);
+        return ext != nullptr ? ext->width : 0;
+    }
+
+    /// The forward pass reached slot `i` (site `s`, activation `view`): its activation callbacks in registration
+    /// order (ones added meanwhile wait for the next call), then the splice attached there, if any.
     void fire(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
-        struct depth_guard {
-            dynamic_registry& r;
-            explicit depth_guard(dynamic_registry& registry) : r(registry) { ++r.firing_; }
-            ~depth_guard() {
-                if (--r.firing_ == 0) r.sweep();
-            }
-            depth_guard(const depth_guard&) = delete;
-            depth_guard& operator=(const depth_guard&) = delete;
-        } guard(*this);
-        const std::size_t count = lists_[i].size();
-        for (std::size_t k = 0; k < count; ++k) {
-            if (lists_[i][k].dead) continue;
-            hook_callback* fn = lists_[i][k].fn.get();  // stays alive: dead entries are only swept after firing
-            (*fn)(s, view, ctx);
-        }
+        const depth_guard guard(*this);
+        call(lists_[i], s, view, ctx, false);
+        if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice(*a, view, ctx);
+    }
+    /// The backward pass reached slot `i` with the gradient `view` of what the rest of the pass used: the splice's
+    /// backward first (the gradient of its output becomes its input's), then the gradient callbacks.
+    void fire_gradient(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
+        const depth_guard guard(*this);
+        if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice_backward(*a, view, ctx);
+        call(lists_[i], s, view, ctx, true);
     }
 
 private:
     struct entry {
         std::uint64_t id;
         std::shared_ptr<hook_callback> fn;  // shared by every site of one registration: one callback state
+        bool gradient;                      // a gradient callback (fired by the backward pass only)
         bool dead;
     };
-    void sweep() noexcept {
-        for (std::size_t i = 0; i < lists_.size(); ++i) {
-            auto& list = lists_[i];
-            std::erase_if(list, [](const entry& e) { return e.dead; });
-            active_[i] = list.empty() ? 0 : 1;
+    struct extension_slot {
+        site where;               // the extension site
+        index_t width;            // its last axis
+        std::vector<entry> list;  // its callbacks
+    };
+    struct attachment {
+        std::uint64_t id = 0;
+        site host;
+        std::shared_ptr<const splice> module;
+        std::vector<extension_slot> sites;  // in the splice's order
+        splice_tape tape;
+        std::vector<float> input, output;  // (rows, width): the host rows in, the replacement out (and gradients)
+        index_t batch = 0, positions = 0;  // of the last forward pass
+        bool dead = false;
+    };
+    /// Fires the extension sites of one attachment for one pass direction.
+    class attachment_hooks final : public splice_hooks {
+    public:
+        attachment_hooks(dynamic_registry& registry, attachment& a, const hook_context& ctx, bool gradient) noexcept
+            : registry_(registry), a_(a), ctx_(ctx), gradient_(gradient) {}
+        [[nodiscard]] bool active(std::size_t index) const noexcept override {
+            if (index >= a_.sites.size()) return false;
+            for (const entry& e : a_.sites[index].list)
+                if (!e.dead && e.gradient == gradient_) return true;
+            return false;
         }
+        void fire(std::size_t index, tensor_view<float, 2> rows) override {
+            if (index >= a_.sites.size())
+                throw std::out_of_range("splice_hooks::fire: activation " + std::to_string(index) + " of " +
+                                        std::to_string(a_.sites.size()));
+            extension_slot& ext = a_.sites[index];
+            if (rows.extent(0) != a_.batch * a_.positions || rows.extent(1) != ext.width ||
+                (rows.extent(1) > 1 && rows.stride(1) != 1))
+                throw shape_error("splice_hooks::fire: " + to_string(ext.where) + " must be dense (" +
+                                  std::to_string(a_.batch * a_.positions) + ", " + std::to_string(ext.width) +
+                                  "), got " + format_extents(rows.shape()));
+            if (ext.list.empty()) return;
+            const tensor_view<float, 3> view(rows.data(), {a_.batch, a_.positions, ext.width},  // (batch, pos, width)
+                                             {a_.positions * rows.stride(0), rows.stride(0), 1});
+            registry_.call(ext.list, ext.where, activation_view(view), ctx_, gradient_);
+        }
+
+    private:
+        dynamic_registry& registry_;
+        attachment& a_;
+        const hook_context& ctx_;
+        bool gradient_;
+    };
+    struct depth_guard {
+        dynamic_registry& r;
+        explicit depth_guard(dynamic_registry& registry) noexcept : r(registry) { ++r.firing_; }
+        ~depth_guard() {
+            if (--r.firing_ == 0) r.sweep();
+        }
+        depth_guard(const depth_guard&) = delete;
+        depth_guard& operator=(const depth_guard&) = delete;
+    };
+
+    void call(std::vector<entry>& list, const site& s, activation_view view, const hook_context& ctx, bool gradient) {
+        const std::size_t count = list.size();
+        for (std::size_t k = 0; k < count; ++k) {
+            if (list[k].dead || list[k].gradient != gradient) continue;
+            hook_callback* fn = list[k].fn.get();  // stays alive: dead entries are only swept after firing
+            (*fn)(s, view, ctx);
+        }
+    }
+    /// The host rows as a (batch, pos, width) view; throws shape_error unless the host fired rank 3 of that width.
+    static tensor_view<float, 3> host_rows(const attachment& a, activation_view view) {
+        if (view.rank != 3 || view.shape[2] != a.module->width())
+            throw shape_error("dynamic_hooks: the splice at " + to_string(a.host) + " needs (batch, pos, " +
+                              std::to_string(a.module->width()) + ") activations");
+        return view.as<3>();
+    }
+    void run_splice(attachment& a, activation_view view, const hook_context& ctx) {
+        const tensor_view<float, 3> host = host_rows(a, view);  // (batch, pos, width)
+        a.batch = host.extent(0);
+        a.positions = host.extent(1);
+        const index_t rows = a.batch * a.positions, width = host.extent(2);
+        a.input.resize(static_cast<std::size_t>(rows * width));
+        a.output.resize(a.input.size());
+        const tensor_view<float, 2> input(a.input.data(), {rows, width}), output(a.output.data(), {rows, width});
+        copy_rows(host, input, true);
+        attachment_hooks hooks(*this, a, ctx, false);
+        a.module->forward(input, output, hooks, a.tape);
+        copy_rows(host, output, false);
+    }
+    void run_splice_backward(attachment& a, activation_view view, const hook_context& ctx) {
+        const tensor_view<float, 3> gradient = host_rows(a, view);  // (batch, pos, width)
+        if (gradient.extent(0) != a.batch || gradient.extent(1) != a.positions)
+            throw std::logic_error("dynamic_hooks: the backward pass at " + to_string(a.host) +
+                                   " does not follow a forward pass of the same shape");
+        const index_t rows = a.batch * a.positions, width = gradient.extent(2);
+        const tensor_view<float, 2> d_output(a.output.data(), {rows, width}), d_input(a.input.data(), {rows, width});
+        copy_rows(gradient, d_output, true);
+        attachment_hooks hooks(*this, a, ctx, true);
+        a.module->backward(a.tape, d_output, d_input, hooks);
+        copy_rows(gradient, d_input, false);
+    }
+    /// Copies between a (batch, pos, width) view and dense (batch * pos, width) rows, in the direction asked.
+    static void copy_rows(const tensor_view<float, 3>& view, const tensor_view<float, 2>& rows, bool to_rows) {
+        for (index_t b = 0; b < view.extent(0); ++b)
+            for (index_t p = 0; p < view.extent(1); ++p)
+                for (index_t i = 0; i < view.extent(2); ++i) {
+                    float& dense = rows(b * view.extent(1) + p, i);
+                    if (to_rows)
+                        dense = view(b, p, i);
+                    else
+                        view(b, p, i) = dense;
+                }
+    }
+    [[nodiscard]] const extension_slot* find_extension(const site& s) const noexcept {
+        for (const auto& a : attachments_)
+            if (!a->dead && host_of(s) == a->host)
+                for (const extension_slot& ext : a->sites)
+                    if (ext.where == s) return &ext;
+        return nullptr;
+    }
+    [[nodiscard]] extension_slot* find_extension(const site& s) noexcept {
+        return const_cast<extension_slot*>(std::as_const(*this).find_extension(s));
+    }
+    std::vector<entry>& list_of(const site& s) {
+        return s.extension < 0 ? lists_[slot(s)] : find_extension(s)->list;  // add() checked that it exists
+    }
+    void sweep() noexcept {
+        for (auto& list : lists_) std::erase_if(list, [](const entry& e) { return e.dead; });
+        for (auto& a : attachments_)
+            for (extension_slot& ext : a->sites) std::erase_if(ext.list, [](const entry& e) { return e.dead; });
+        std::erase_if(attachments_, [](const std::unique_ptr<attachment>& a) { return a->dead; });
+        std::fill(splice_at_.begin(), splice_at_.end(), nullptr);
+        for (auto& a : attachments_) splice_at_[slot(a->host)] = a.get();
+        for (std::size_t i = 0; i < lists_.size(); ++i)
+            active_[i] = lists_[i].empty() && splice_at_[i] == nullptr ? 0 : 1;
     }
 
     model_config config_;
     std::vector<std::vector<entry>> lists_;  // (n_layers + 1) * site_kind_count slots; row 0 holds global sites
-    std::vector<unsigned char> active_;      // one byte per slot: the only thing read when nothing is registered
+    std::vector<std::unique_ptr<attachment>> attachments_;  // stable addresses while a splice runs
+    std::vector<attachment*> splice_at_;  // per slot: the live splice attached there, or null
+    std::vector<unsigned char> active_;   // one byte per slot: the only thing read when nothing is registered
     std::uint64_t next_id_ = 1;
     std::size_t live_ = 0;
     int firing_ = 0;
@@ -5276,26 +5681,46 @@ public:
     ~basic_dynamic_hooks() = default;
 
     /// Registers `fn` at every site matching `names` (comma-separated names or globs such as
-    /// `blocks.*.hook_resid_post`); throws unknown_hook_error, with suggestions, when a pattern matches nothing.
-    hook_handle add(std::string_view names, hook_callback fn) {
-        std::vector<site> sites = match_sites(names, registry_->config());
-        std::erase_if(sites, [](const site& s) { return !Kinds.contains(s.kind); });
-        if (sites.empty())
-            throw std::invalid_argument("dynamic_hooks: '" + std::string(names) +
-                                        "' matches only site kinds outside this policy's kind_set");
-        return add_sites(sites, std::move(fn));
-    }
-    /// Registers `fn` at one site; throws std::invalid_argument when the site is not in the model or its kind is
-    /// not in Kinds.
+    /// `blocks.*.hook_resid_post`; extension sites of attached splices included); throws unknown_hook_error, with
+    /// suggestions, when a pattern matches nothing.
+    hook_handle add(std::string_view names, hook_callback fn) { return add_sites(matching(names), std::move(fn), false); }
+    /// Registers `fn` at one site; throws std::invalid_argument when the site is not in the model (or, for an
+    /// extension site, no attached splice declares it) or its kind is not in Kinds.
     hook_handle add(const site& s, hook_callback fn) {
-        const model_config& c = registry_->config();
-        if (is_block_site(s.kind) ? (s.layer < 0 || s.layer >= c.n_layers) : s.layer != -1)
-            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not a site of this model (" +
-                                        std::to_string(c.n_layers) + " layers)");
-        if (!Kinds.contains(s.kind))
-            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is outside this policy's kind_set");
-        return add_sites({s}, std::move(fn));
+        check_site(s);
+        return add_sites({s}, std::move(fn), false);
     }
+    /// Registers `fn` as a gradient callback at every site matching `names`: the backward pass (forward_backward
+    /// with these hooks) hands it d(metric)/d(activation), mutable (what it writes flows further back).
+    hook_handle add_gradient(std::string_view names, hook_callback fn) {
+        return add_sites(matching(names), std::move(fn), true);
+    }
+    /// Registers `fn` as a gradient callback at one site.
+    hook_handle add_gradient(const site& s, hook_callback fn) {
+        check_site(s);
+        return add_sites({s}, std::move(fn), true);
+    }
+    /// Attaches `module` at the site named `host` (one site, which can_host_splice and whose width is the splice's):
+    /// from now on the forward pass replaces that activation with the splice's output, its activations are extension
+    /// sites named `host` + "." + suffix, and the backward pass runs its backward. One splice per site. Host
+    /// callbacks see the activation before the splice; remove(handle) detaches it.
+    hook_handle splice(std::string_view host, std::shared_ptr<const mechlens::splice> module) {
+        if (!module) throw std::invalid_argument("dynamic_hooks::splice: the splice is null");
+        const site where = site_from_name(host, registry_->config());
+        if (!Kinds.contains(where.kind))
+            throw std::invalid_argument("dynamic_hooks::splice: " + to_string(where) +
+                                        " is outside this policy's kind_set");
+        return hook_handle{registry_->attach(where, std::move(module))};
+    }
+    /// Like splice(), returning a guard that detaches it when it goes out of scope.
+    [[nodiscard]] scoped_hooks scoped_splice(std::string_view host, std::shared_ptr<const mechlens::splice> module) {
+        return scoped_hooks(registry_, splice(host, std::move(module)));
+    }
+    /// Every site hooks can be registered at: the model's (all_sites) and, after each host, its splice's extension
+    /// sites, in forward order.
+    [[nodiscard]] std::vector<site> sites() const { return registry_->sites(); }
+    /// The last axis of an extension site (its declared width), or 0 when no attached splice declares it.
+    [[nodiscard]] index_t extension_width(const site& s) const noexcept { return registry_->extension_width(s); }
     /// Like add(), returning a guard that removes the callback when it goes out of scope.
     [[nodiscard]] scoped_hooks scoped(std::string_view names, hook_callback fn) {
         return scoped_hooks(registry_, add(names, std::move(fn)));
@@ -5304,18 +5729,19 @@ public:
     [[nodiscard]] scoped_hooks scoped(const site& s, hook_callback fn) {
         return scoped_hooks(registry_, add(s, std::move(fn)));
     }
-    /// Unregisters `handle` everywhere; false when it was not registered. Safe inside a callback.
+    /// Unregisters `handle` (callbacks or a splice) everywhere; false when it was not registered. Safe inside a
+    /// callback.
     bool remove(hook_handle handle) noexcept { return registry_->remove(handle.id); }
-    /// Unregisters everything. Safe inside a callback.
+    /// Unregisters everything, splices included. Safe inside a callback.
     void clear() noexcept { registry_->clear(); }
-    /// Number of live registrations.
+    /// Number of live registrations (callbacks and splices).
     [[nodiscard]] std::size_t size() const noexcept { return registry_->size(); }
     /// True when nothing is registered.
     [[nodiscard]] bool empty() const noexcept { return registry_->size() == 0; }
 
     /// Every kind in Kinds: what fires is only known at run time.
     static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
-    /// Calls the callbacks registered at `s`, if any.
+    /// Calls the callbacks registered at `s`, if any, then runs the splice attached there.
     template <std::size_t R>
     void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
         detail::dynamic_registry& registry = *registry_;
@@ -5323,11 +5749,37 @@ public:
         if (!registry.active(i)) return;
         registry.fire(i, s, activation_view(view), ctx);
     }
+    /// Every kind in Kinds: gradient callbacks and splices are only known at run time.
+    static constexpr bool wants_gradient(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Runs the backward of the splice attached at `s`, then the gradient callbacks registered there, if any.
+    template <std::size_t R>
+    void on_gradient(const site& s, tensor_view<float, R> gradient, const hook_context& ctx) {
+        detail::dynamic_registry& registry = *registry_;
+        const std::size_t i = registry.slot(s);
+        if (!registry.active(i)) return;
+        registry.fire_gradient(i, s, activation_view(gradient), ctx);
+    }
 
 private:
-    hook_handle add_sites(const std::vector<site>& sites, hook_callback fn) {
+    std::vector<site> matching(std::string_view names) const {
+        std::vector<site> sites = detail::match_in(names, registry_->sites());
+        std::erase_if(sites, [](const site& s) { return !Kinds.contains(s.kind); });
+        if (sites.empty())
+            throw std::invalid_argument("dynamic_hooks: '" + std::string(names) +
+                                        "' matches only site kinds outside this policy's kind_set");
+        return sites;
+    }
+    void check_site(const site& s) const {
+        const model_config& c = registry_->config();
+        if (is_block_site(s.kind) ? (s.layer < 0 || s.layer >= c.n_layers) : s.layer != -1)
+            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is not a site of this model (" +
+                                        std::to_string(c.n_layers) + " layers)");
+        if (!Kinds.contains(s.kind))
+            throw std::invalid_argument("dynamic_hooks: " + to_string(s) + " is outside this policy's kind_set");
+    }
+    hook_handle add_sites(const std::vector<site>& sites, hook_callback fn, bool gradient) {
         if (!fn) throw std::invalid_argument("dynamic_hooks: the callback is empty");
-        return hook_handle{registry_->add(sites, std::move(fn))};
+        return hook_handle{registry_->add(sites, std::move(fn), gradient)};
     }
 
     std::shared_ptr<detail::dynamic_registry> registry_;  // never null: copies share it, nothing moves it out
@@ -12186,6 +12638,192 @@ gradient_attribution_result gradient_times_input(const Model& params,
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/attribution/integrated_gradients.hpp ----
 // ---- end mechlens/attribution.hpp ----
+// ---- begin mechlens/sae.hpp ----
+/// @file
+/// Sparse autoencoders spliced into the forward and backward passes (their latents are extension sites).
+// ---- begin mechlens/sae/sparse_autoencoder.hpp ----
+/// @file
+/// A standard (ReLU) sparse autoencoder as a splice, with SAELens's definitions and site names:
+///   sae_in   = x - b_dec (with apply_b_dec_to_input, else x)        `hook_sae_input`      (batch, pos, d_in)
+///   acts_pre = sae_in W_enc + b_enc                                  `hook_sae_acts_pre`   (batch, pos, d_sae)
+///   acts     = relu(acts_pre)                                        `hook_sae_acts_post`  (batch, pos, d_sae)
+///   recons   = acts W_dec + b_dec                                    `hook_sae_recons`     (batch, pos, d_in)
+///   error    = x - recons of the same x without hooks (error term)   `hook_sae_error`      (batch, pos, d_in)
+///   output   = recons + error (error term) or recons (replacement)   `hook_sae_output`     (batch, pos, d_in)
+/// With the error term the model's output is unchanged while nothing intervenes on the SAE's sites, and interventions
+/// on its latents reach the rest of the model through the reconstruction. As in SAELens, the error term is detached:
+/// the backward pass sends the output's gradient to the input through the SAE only (the latents get exact
+/// gradients; the error node's gradient is shown to hooks at `hook_sae_error` and goes no further).
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A sparse autoencoder's parameters in SAELens's layout (row-major).
+struct sae_weights {
+    index_t d_in = 0;           ///< Width of the activation it reads.
+    index_t d_sae = 0;          ///< Number of latents.
+    std::vector<float> w_enc;   ///< (d_in, d_sae)
+    std::vector<float> w_dec;   ///< (d_sae, d_in)
+    std::vector<float> b_enc;   ///< (d_sae)
+    std::vector<float> b_dec;   ///< (d_in)
+};
+
+/// How a sparse autoencoder is spliced in.
+struct sae_options {
+    bool error_term = true;            ///< Add the clean reconstruction error back (SAELens's use_error_term).
+    bool apply_b_dec_to_input = true;  ///< Subtract b_dec from the input before encoding.
+};
+
+/// A standard ReLU sparse autoencoder spliced in at a hook site (see the file comment for its sites).
+class sae_splice final : public splice {
+public:
+    /// Positions of the SAE's activations in sites() (error is absent without the error term).
+    enum activation : std::size_t { input = 0, acts_pre = 1, acts_post = 2, recons = 3, error = 4 };
+
+    /// Takes the weights; throws shape_error when their sizes disagree with d_in and d_sae.
+    explicit sae_splice(sae_weights weights, sae_options options = {})
+        : w_(std::move(weights)), options_(options) {
+        const index_t d_in = w_.d_in, d_sae = w_.d_sae;
+        auto require = [](const std::vector<float>& v, index_t size, const char* name) {
+            if (static_cast<index_t>(v.size()) != size)
+                throw shape_error(std::string("sae_splice: ") + name + " has " + std::to_string(v.size()) +
+                                  " values, expected " + std::to_string(size));
+        };
+        if (d_in <= 0 || d_sae <= 0)
+            throw shape_error("sae_splice: d_in and d_sae must be positive, got " + std::to_string(d_in) + " and " +
+                              std::to_string(d_sae));
+        require(w_.w_enc, d_in * d_sae, "W_enc (d_in, d_sae)");
+        require(w_.w_dec, d_sae * d_in, "W_dec (d_sae, d_in)");
+        require(w_.b_enc, d_sae, "b_enc (d_sae)");
+        require(w_.b_dec, d_in, "b_dec (d_in)");
+        // The forward products want each weight as (out, in): W_enc^T and W_dec^T; the backward ones use them as is.
+        encoder_.resize(w_.w_enc.size());
+        decoder_.resize(w_.w_dec.size());
+        for (index_t i = 0; i < d_in; ++i)
+            for (index_t j = 0; j < d_sae; ++j) {
+                encoder_[static_cast<std::size_t>(j * d_in + i)] = w_.w_enc[static_cast<std::size_t>(i * d_sae + j)];
+                decoder_[static_cast<std::size_t>(i * d_sae + j)] = w_.w_dec[static_cast<std::size_t>(j * d_in + i)];
+            }
+    }
+
+    /// The weights.
+    [[nodiscard]] const sae_weights& weights() const noexcept { return w_; }
+    /// The options.
+    [[nodiscard]] const sae_options& options() const noexcept { return options_; }
+    /// The position of `hook_sae_output` in sites().
+    [[nodiscard]] std::size_t output_index() const noexcept { return options_.error_term ? 5 : 4; }
+
+    /// d_in.
+    [[nodiscard]] index_t width() const noexcept override { return w_.d_in; }
+    /// SAELens's sites, in firing order.
+    [[nodiscard]] std::vector<splice_site> sites() const override {
+        std::vector<splice_site> out{{"hook_sae_input", w_.d_in},
+                                     {"hook_sae_acts_pre", w_.d_sae},
+                                     {"hook_sae_acts_post", w_.d_sae},
+                                     {"hook_sae_recons", w_.d_in}};
+        if (options_.error_term) out.push_back({"hook_sae_error", w_.d_in});
+        out.push_back({"hook_sae_output", w_.d_in});
+        return out;
+    }
+
+    /// Encodes, decodes and (with the error term) adds the clean error, firing every site.
+    void forward(tensor_view<const float, 2> x, tensor_view<float, 2> output, splice_hooks& hooks,
+                 splice_tape& tape) const override {
+        const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
+        const auto sae_in = tape.matrix(0, rows, d_in);      // (rows, d_in)
+        const auto pre = tape.matrix(1, rows, d_sae);        // (rows, d_sae)
+        const auto acts = tape.matrix(2, rows, d_sae);       // (rows, d_sae)
+        const auto reconstruction = tape.matrix(3, rows, d_in);  // (rows, d_in)
+        encode_decode(x, sae_in, pre, acts, reconstruction, &hooks);
+        if (options_.error_term) {
+            const auto err = tape.matrix(4, rows, d_in);  // (rows, d_in)
+            bool hooked = false;
+            for (std::size_t k = input; k <= recons; ++k) hooked = hooked || hooks.active(k);
+            if (hooked) {  // the error of the same input without hooks
+                const auto clean = tape.matrix(8, rows, d_in);  // (rows, d_in)
+                encode_decode(x, tape.matrix(5, rows, d_in), tape.matrix(6, rows, d_sae), tape.matrix(7, rows, d_sae),
+                              clean, nullptr);
+                subtract(x, clean, err);
+            } else {
+                subtract(x, reconstruction, err);
+            }
+            hooks.fire(error, err);
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = reconstruction(r, i) + err(r, i);
+        } else {
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = reconstruction(r, i);
+        }
+        hooks.fire(output_index(), output);
+    }
+
+    /// d(output) -> d(input) through the decoder, the ReLU and the encoder (the error term is detached).
+    void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
+                  splice_hooks& hooks) const override {
+        const index_t rows = d_output.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
+        hooks.fire(output_index(), d_output);
+        if (options_.error_term && hooks.active(error)) {  // shown, then dropped: the error is detached
+            const auto d_error = tape.matrix(9, rows, d_in);  // (rows, d_in)
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
+            hooks.fire(error, d_error);
+        }
+        hooks.fire(recons, d_output);  // d(recons) = d(output)
+        const auto d_acts = tape.matrix(10, rows, d_sae);  // (rows, d_sae)
+        kernels::linear(d_output, weight(w_.w_dec, d_sae, d_in), d_acts);
+        hooks.fire(acts_post, d_acts);
+        const auto pre = tape.stored(1, rows, d_sae);  // (rows, d_sae) as the ReLU saw it
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < d_sae; ++j)
+                if (!(pre(r, j) > 0.0f)) d_acts(r, j) = 0.0f;
+        hooks.fire(acts_pre, d_acts);
+        kernels::linear(d_acts, weight(w_.w_enc, d_in, d_sae), d_input);  // d(sae_in) = d(x)
+        hooks.fire(input, d_input);
+    }
+
+private:
+    static tensor_view<const float, 2> weight(const std::vector<float>& w, index_t rows, index_t cols) {
+        return tensor_view<const float, 2>(w.data(), {rows, cols});
+    }
+    static void subtract(tensor_view<const float, 2> a, tensor_view<const float, 2> b, tensor_view<float, 2> out) {
+        for (index_t r = 0; r < out.extent(0); ++r)
+            for (index_t i = 0; i < out.extent(1); ++i) out(r, i) = a(r, i) - b(r, i);
+    }
+    /// sae_in, acts_pre, acts and recons of `x`, firing their sites when `hooks` is not null.
+    void encode_decode(tensor_view<const float, 2> x, tensor_view<float, 2> sae_in, tensor_view<float, 2> pre,
+                       tensor_view<float, 2> acts, tensor_view<float, 2> reconstruction, splice_hooks* hooks) const {
+        const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i)
+                sae_in(r, i) = options_.apply_b_dec_to_input ? x(r, i) - w_.b_dec[static_cast<std::size_t>(i)]
+                                                             : x(r, i);
+        if (hooks != nullptr) hooks->fire(input, sae_in);
+        kernels::linear(sae_in, weight(encoder_, d_sae, d_in), tensor_view<const float, 1>(w_.b_enc.data(), {d_sae}),
+                        pre);
+        if (hooks != nullptr) hooks->fire(acts_pre, pre);
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < d_sae; ++j) acts(r, j) = std::max(pre(r, j), 0.0f);
+        if (hooks != nullptr) hooks->fire(acts_post, acts);
+        kernels::linear(acts, weight(decoder_, d_in, d_sae), tensor_view<const float, 1>(w_.b_dec.data(), {d_in}),
+                        reconstruction);
+        if (hooks != nullptr) hooks->fire(recons, reconstruction);
+    }
+
+    sae_weights w_;
+    sae_options options_;
+    std::vector<float> encoder_;  // (d_sae, d_in) = W_enc^T
+    std::vector<float> decoder_;  // (d_in, d_sae) = W_dec^T
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/sparse_autoencoder.hpp ----
+// ---- end mechlens/sae.hpp ----
 // ---- begin mechlens/report.hpp ----
 /// @file
 /// Reports people look at: self-contained HTML with inline SVG (no network needed to view).

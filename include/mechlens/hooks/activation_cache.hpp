@@ -224,7 +224,7 @@ public:
         safetensors_file file = read_safetensors(path);
         activation_cache out;
         for (safetensors_tensor& t : file.tensors) {
-            const std::optional<site> s = parse_site(t.name);
+            const std::optional<site> s = detail::parse_site_interning(t.name);
             if (!s) detail::format_fail(path.string(), "tensor '" + t.name.substr(0, 200) + "' is not a hook name");
             const std::size_t axis = position_axis(s->kind);
             if (t.shape.size() != site_rank(s->kind))

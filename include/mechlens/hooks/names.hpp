@@ -36,11 +36,13 @@ namespace detail {
 
 /// Orders sites as the forward pass fires them: the sites before the blocks (`hook_embed`, `hook_pos_embed`),
 /// block 0 (in site_kind order), block 1, ..., then those after the blocks (the final norm and the unembedding).
+/// Extension sites follow their host.
 inline bool forward_order_less(const site& a, const site& b) noexcept {
     const site_scope scope_a = site_traits_of(a.kind).scope, scope_b = site_traits_of(b.kind).scope;
     if (scope_a != scope_b) return scope_a < scope_b;
     if (a.layer != b.layer) return a.layer < b.layer;
-    return a.kind < b.kind;
+    if (a.kind != b.kind) return a.kind < b.kind;
+    return a.extension < b.extension;  // a host before the sites spliced below it
 }
 
 /// Levenshtein distance (insertions, deletions and substitutions cost 1).
@@ -155,10 +157,9 @@ constexpr std::optional<site_kind> site_kind_from_suffix(std::string_view suffix
     return std::nullopt;
 }
 
-/// Parses a TransformerLens hook name, e.g. "blocks.3.attn.hook_pattern" or "ln_final.hook_scale"; nullopt when the
-/// name is malformed. Only the canonical spelling parses (no leading zeros, no spaces), so every name round-trips
-/// through to_string. Whether the layer exists in a given model is site_from_name's business.
-constexpr std::optional<site> parse_site(std::string_view name) noexcept {
+namespace detail {
+/// Parses the name of one of the model's own sites (no extension suffix); nullopt when malformed.
+constexpr std::optional<site> parse_model_site(std::string_view name) noexcept {
     constexpr std::string_view prefix = "blocks.";
     if (name.substr(0, prefix.size()) != prefix) {
         const auto kind = site_kind_from_suffix(name);
@@ -178,6 +179,52 @@ constexpr std::optional<site> parse_site(std::string_view name) noexcept {
     const auto kind = site_kind_from_suffix(name.substr(i + 1));
     if (!kind || !is_block_site(*kind)) return std::nullopt;
     return site{*kind, layer};
+}
+
+/// True when `suffix` can name an extension site: `hook_` then lower-case letters, digits and underscores, at most
+/// 64 characters in all.
+constexpr bool valid_extension_suffix(std::string_view suffix) noexcept {
+    constexpr std::string_view head = "hook_";
+    if (suffix.size() <= head.size() || suffix.size() > 64 || suffix.substr(0, head.size()) != head) return false;
+    for (const char ch : suffix)
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_')) return false;
+    return true;
+}
+
+/// Splits `host.suffix` into the host site and the extension suffix; nullopt unless the host parses and the suffix
+/// is valid.
+inline std::optional<std::pair<site, std::string_view>> split_extension_name(std::string_view name) noexcept {
+    const std::size_t dot = name.rfind('.');
+    if (dot == std::string_view::npos) return std::nullopt;
+    const std::string_view suffix = name.substr(dot + 1);
+    if (!valid_extension_suffix(suffix)) return std::nullopt;
+    const std::optional<site> host = parse_model_site(name.substr(0, dot));
+    if (!host) return std::nullopt;
+    return std::pair{*host, suffix};
+}
+
+/// parse_site that also accepts extension suffixes never seen in this process (interning them): for files that
+/// name extension sites, such as a cache saved by another run.
+inline std::optional<site> parse_site_interning(std::string_view name) {
+    if (const std::optional<site> own = parse_model_site(name)) return own;
+    const auto split = split_extension_name(name);
+    if (!split) return std::nullopt;
+    return extension_site(split->first, split->second);
+}
+}  // namespace detail
+
+/// Parses a TransformerLens hook name, e.g. "blocks.3.attn.hook_pattern" or "ln_final.hook_scale", or an extension
+/// site's name below one (`blocks.3.hook_resid_post.hook_sae_acts_post`, for a suffix something has spliced in this
+/// process); nullopt when the name is malformed. Only the canonical spelling parses (no leading zeros, no spaces),
+/// so every name round-trips through to_string. Whether the layer exists in a given model is site_from_name's
+/// business. A constant expression for the model's own names.
+constexpr std::optional<site> parse_site(std::string_view name) {
+    if (const std::optional<site> own = detail::parse_model_site(name)) return own;
+    const auto split = detail::split_extension_name(name);
+    if (!split) return std::nullopt;
+    const std::int32_t id = detail::extension_suffixes().find(split->second);
+    if (id < 0) return std::nullopt;
+    return site{split->first.kind, split->first.layer, id};
 }
 
 /// Every site of a model with this config (only kinds it has, see has_site_kind), in the order the forward pass
@@ -207,9 +254,12 @@ inline std::vector<std::string> all_site_names(const model_config& c) {
 /// `blocks.0.ln1.hook_scale` without norms, see has_site_kind).
 inline site site_from_name(std::string_view name, const model_config& c) {
     const std::optional<site> parsed = parse_site(name);
-    if (parsed && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind)) return *parsed;
+    if (parsed && parsed->extension < 0 && parsed->layer < c.n_layers && has_site_kind(c, parsed->kind))
+        return *parsed;
     std::string problem = "unknown hook name " + detail::quote_name(name);
-    if (parsed && parsed->layer >= c.n_layers)
+    if (parsed && parsed->extension >= 0)
+        problem += " (an extension site: it exists only in hooks with a splice attached at its host)";
+    else if (parsed && parsed->layer >= c.n_layers)
         problem += " (layer " + std::to_string(parsed->layer) + " is out of range: the model has " +
                    std::to_string(c.n_layers) + " blocks)";
     else if (parsed)
@@ -217,11 +267,10 @@ inline site site_from_name(std::string_view name, const model_config& c) {
     throw detail::make_unknown_hook_error(problem, name, all_site_names(c));
 }
 
-/// The sites whose names match any of the comma-separated glob patterns (`*` any run of characters, `?` one; spaces
-/// around commas ignored), each once, in forward order. Throws unknown_hook_error for an empty pattern or a pattern
-/// that matches nothing, suggesting the closest valid names.
-inline std::vector<site> match_sites(std::string_view patterns, const model_config& c) {
-    const std::vector<site> sites = all_sites(c);
+namespace detail {
+/// The sites of `sites` whose names match any of the comma-separated glob patterns, each once, in the order given;
+/// throws unknown_hook_error for an empty pattern or one that matches nothing.
+inline std::vector<site> match_in(std::string_view patterns, const std::vector<site>& sites) {
     std::vector<std::string> names;
     names.reserve(sites.size());
     for (const site& s : sites) names.push_back(to_string(s));
@@ -246,6 +295,14 @@ inline std::vector<site> match_sites(std::string_view patterns, const model_conf
     for (std::size_t i = 0; i < sites.size(); ++i)
         if (selected[i]) out.push_back(sites[i]);
     return out;
+}
+}  // namespace detail
+
+/// The sites whose names match any of the comma-separated glob patterns (`*` any run of characters, `?` one; spaces
+/// around commas ignored), each once, in forward order. Throws unknown_hook_error for an empty pattern or a pattern
+/// that matches nothing, suggesting the closest valid names.
+inline std::vector<site> match_sites(std::string_view patterns, const model_config& c) {
+    return detail::match_in(patterns, all_sites(c));
 }
 
 MECHLENS_END_NAMESPACE

@@ -5,15 +5,10 @@
 /// whether it costs extra work). Names, caches, patching, ablation, fire_site and the patching sweeps all read this
 /// table; nothing else lists facts about site kinds.
 ///
-/// Extension sites (planned, not implemented): an SAE spliced at `blocks.2.hook_resid_post` would fire
-/// `blocks.2.hook_resid_post.hook_sae_acts_post`. Such a site is not a site_kind (those stay a closed enum, so hook
-/// policies answer `wants(kind)` at compile time); it is a row of a run-time registry that reuses `site_traits` as is:
-/// `kind` = the parent kind, `suffix` = "hook_resid_post.hook_sae_acts_post" (owned by the registry), the parent's
-/// scope and `needs`, rank 3, axes {1, -1, -1}, `computed` = opt_in. Its width (d_sae) is no function of the
-/// config, so the registry entry stores it next to the row and `width` gets a `site_extent::fixed` that defers to it.
-/// `site` would gain an extension index (-1 for table rows); names.hpp would look suffixes up in the table, then in
-/// the registry; caches, patching and ablation need only rank and axes, which the row already gives. Only run-time
-/// policies (dynamic_hooks) would see extension sites; compiled policies keep their zero-cost `wants(kind)`.
+/// Extension sites (an SAE's latents, `blocks.2.hook_resid_post.hook_sae_acts_post`) are not rows here: a site_kind
+/// stays a closed enum, so hook policies answer `wants(kind)` at compile time. An extension site is a `site` whose
+/// `extension` indexes a run-time suffix table (site.hpp); it has its host's kind, scope, rank and axes, and the width
+/// its splice declares (hooks/splice.hpp). Only run-time policies (dynamic_hooks) see them.
 
 #include <array>
 #include <cstddef>
