@@ -600,10 +600,14 @@ inline float rmsnorm(float* out, const float* x, const float* weight, index_t n,
     return s;
 }
 
-/// out = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance (weight and bias may each be null);
-/// returns sqrt(var + eps). `out` may equal `x`. Two passes (mean, then centred squares) keep the variance accurate
-/// when the mean is large compared with the spread.
-inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+/// The mean of a row and its LayerNorm scale sqrt(var + eps).
+struct layernorm_stats {
+    float mean;   ///< Mean of the row.
+    float scale;  ///< sqrt(biased variance + eps).
+};
+
+/// The mean and LayerNorm scale of x[0, n): two passes (mean, then centred squares), as layernorm computes them.
+inline layernorm_stats layernorm_moments(const float* x, index_t n, float eps) {
     const float sum = detail::reduce_sum(
         n, 0.0f, [](const float_batch& acc, const float_batch& v) { return acc + v; }, x);
     const float mean = sum / static_cast<float>(n);
@@ -615,8 +619,15 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
             return xsimd::fma(d, d, acc);
         },
         x);
-    const float s = std::sqrt(squares / static_cast<float>(n) + eps);
-    const float_batch scale(s);
+    return {mean, std::sqrt(squares / static_cast<float>(n) + eps)};
+}
+
+/// out = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance (weight and bias may each be null);
+/// returns sqrt(var + eps). `out` may equal `x`. Two passes (mean, then centred squares) keep the variance accurate
+/// when the mean is large compared with the spread.
+inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+    const layernorm_stats stats = layernorm_moments(x, n, eps);
+    const float_batch m(stats.mean), scale(stats.scale);
     if (weight && bias)
         detail::transform(
             out, n,
@@ -633,7 +644,15 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
     else
         detail::transform(
             out, n, [=](const float_batch& v) { return detail::divide(v - m, scale); }, x);
-    return s;
+    return stats.scale;
+}
+
+/// out = x * weight + bias elementwise, fused as layernorm fuses it, so a hooked LayerNorm that applies its gain and
+/// bias after the hook rounds exactly like the unhooked one. `out` may equal `x`.
+inline void gain_and_bias(float* out, const float* x, const float* weight, const float* bias, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v, const float_batch& g, const float_batch& b) { return xsimd::fma(v, g, b); },
+        x, weight, bias);
 }
 
 }  // namespace kernels
@@ -759,6 +778,12 @@ inline void gelu_erf(float* out, const float* x, index_t n) {
         out, n, [](const float_batch& v) { return detail::gelu_erf(v); }, x);
 }
 
+/// out = max(x, 0). `out` may equal `x`.
+inline void relu(float* out, const float* x, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v) { return xsimd::max(v, float_batch(0.0f)); }, x);
+}
+
 }  // namespace kernels
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/kernels/activation.hpp ----
@@ -791,8 +816,9 @@ enum class rope_layout {
 
 /// The normalisation before attention, before the MLP and before the unembedding.
 enum class norm_kind : std::uint8_t {
-    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
-    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+    rms,    ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
+    none,   ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+    layer,  ///< LayerNorm with a gain and a bias (GPT-2, TransformerLens "LN"): centred, then as RMSNorm, plus bias.
 };
 
 /// How positions enter the model.
@@ -804,8 +830,16 @@ enum class positional_kind : std::uint8_t {
 /// The MLP of each block.
 enum class mlp_kind : std::uint8_t {
     gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
-    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
+    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new); fires mlp.hook_pre, hook_post.
     none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
+    plain_relu,  ///< relu(x W_up^T), then W_down (TransformerLens act_fn "relu").
+    plain_gelu_erf,  ///< gelu(x W_up^T) with the exact erf form, then W_down (TransformerLens act_fn "gelu").
+};
+
+/// Which keys a query attends to (TransformerLens's attention_dir).
+enum class attention_dir : std::uint8_t {
+    causal,         ///< Query p sees keys 0..p (decoders).
+    bidirectional,  ///< Every query sees every key of the call (encoders, classifiers such as BERT).
 };
 
 /// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
@@ -824,11 +858,20 @@ struct model_config {
     norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
     positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
     mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
+    bool linear_biases = false;  ///< Biases on Q, K, V, O, the MLP's in and out and the unembedding (GPT-2).
+    attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
+    index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
     /// True when the blocks and the unembedding are preceded by a normalisation layer.
     [[nodiscard]] constexpr bool has_norm() const noexcept { return norm != norm_kind::none; }
+    /// True for a plain (ungated) MLP of any activation.
+    [[nodiscard]] constexpr bool plain_mlp() const noexcept { return !attn_only() && mlp != mlp_kind::gated_silu; }
+    /// The number of logits per position: d_vocab_out when set, else d_vocab.
+    [[nodiscard]] constexpr index_t vocab_out() const noexcept { return d_vocab_out > 0 ? d_vocab_out : d_vocab; }
+    /// True for causal attention.
+    [[nodiscard]] constexpr bool causal() const noexcept { return attention == attention_dir::causal; }
     /// True for rotary positions.
     [[nodiscard]] constexpr bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
@@ -851,6 +894,10 @@ struct model_config {
         in_range(n_kv_heads, "n_kv_heads");
         if (!attn_only()) in_range(d_mlp, "d_mlp");
         in_range(d_vocab, "d_vocab");
+        if (d_vocab_out != 0) in_range(d_vocab_out, "d_vocab_out");
+        if (tied_unembed && vocab_out() != d_vocab)
+            fail("a tied unembedding needs d_vocab_out (" + std::to_string(vocab_out()) + ") = d_vocab (" +
+                 std::to_string(d_vocab) + ")");
         in_range(n_ctx, "n_ctx");
         if (d_model % n_heads != 0)
             fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
@@ -860,6 +907,8 @@ struct model_config {
         if (rotary() && d_head() % 2 != 0)
             fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
+        if (linear_biases && mlp == mlp_kind::gated_silu)
+            fail("linear biases with a gated MLP are not supported (no model family mechlens reads has them)");
         if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
     }
 };
@@ -876,6 +925,51 @@ double rms_scale(const T* x, index_t n, float eps) {
     double squares = 0.0;
     for (index_t i = 0; i < n; ++i) squares += static_cast<double>(x[i]) * static_cast<double>(x[i]);
     return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+}
+
+/// The mean of x[0, n), in double.
+template <class T>
+double mean(const T* x, index_t n) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
+    return sum / static_cast<double>(n);
+}
+
+/// LayerNorm's scale sqrt(mean((x - mean)^2) + eps) of x[0, n) around `centre`, in double.
+template <class T>
+double centred_rms_scale(const T* x, index_t n, double centre, float eps) {
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        const double c = static_cast<double>(x[i]) - centre;
+        squares += c * c;
+    }
+    return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+}
+
+/// ReLU.
+template <class T>
+T relu(T x) {
+    return x > T{0} ? x : T{0};
+}
+/// ReLU's derivative (0 at 0, as PyTorch).
+template <class T>
+T relu_derivative(T x) {
+    return x > T{0} ? T{1} : T{0};
+}
+
+/// GELU, exact form: x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))) (TransformerLens "gelu", PyTorch's default).
+template <class T>
+T gelu_erf(T x) {
+    const double v = static_cast<double>(x);
+    return static_cast<T>(0.5 * v * (1.0 + std::erf(v * 0.70710678118654752440)));
+}
+/// d gelu_erf / dx = Phi(x) + x * phi(x).
+template <class T>
+T gelu_erf_derivative(T x) {
+    const double v = static_cast<double>(x);
+    const double cdf = 0.5 * (1.0 + std::erf(v * 0.70710678118654752440));
+    const double pdf = 0.39894228040143267794 * std::exp(-0.5 * v * v);
+    return static_cast<T>(cdf + v * pdf);
 }
 
 /// SiLU: x * sigmoid(x).
@@ -2116,7 +2210,7 @@ enum class site_kind : std::uint8_t {
     resid_post,           ///< `blocks.L.hook_resid_post` (batch, pos, d_model)
     ln_final_scale,       ///< `ln_final.hook_scale` (batch, pos, 1)
     ln_final_normalized,  ///< `ln_final.hook_normalized` (batch, pos, d_model), before the gain
-    unembed_out,          ///< `unembed.hook_out` (batch, pos, d_vocab): the logits
+    unembed_out,          ///< `unembed.hook_out` (batch, pos, d_vocab_out): the logits
 };
 
 /// Number of site kinds.
@@ -2135,7 +2229,7 @@ enum class site_extent : std::uint8_t {
     d_model,     ///< The residual stream width.
     d_head,      ///< d_model / n_heads.
     d_mlp,       ///< The MLP hidden width.
-    d_vocab,     ///< The vocabulary size.
+    d_vocab,     ///< The number of logits: d_vocab_out (the vocabulary size unless the model is a classifier).
     n_heads,     ///< Query heads.
     n_kv_heads,  ///< Key/value heads.
     keys,        ///< Key positions seen by this call (start + new positions): attention scores and patterns.
@@ -2325,7 +2419,7 @@ constexpr index_t extent_in(const model_config& c, site_extent extent, index_t k
         case site_extent::d_mlp:
             return c.d_mlp;
         case site_extent::d_vocab:
-            return c.d_vocab;
+            return c.vocab_out();
         case site_extent::n_heads:
             return c.n_heads;
         case site_extent::n_kv_heads:
@@ -5953,6 +6047,7 @@ MECHLENS_END_NAMESPACE
 /// state are all derived from it; a new weight is a new row (plus its member in basic_layer_weights or the model
 /// struct and one line in the visitor beside it, see weights.hpp).
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -5966,28 +6061,38 @@ enum class parameter_id : std::uint8_t {
     token_embedding,  ///< (d_vocab, d_model)
     pos_embedding,    ///< (n_ctx, d_model), learned positions only
     attn_norm,        ///< (d_model) gain of the norm before attention, with norms only
+    attn_norm_bias,   ///< (d_model) bias of that norm, LayerNorm only
     w_q,              ///< (n_heads * d_head, d_model)
+    b_q,              ///< (n_heads * d_head), with linear biases
     w_k,              ///< (n_kv_heads * d_head, d_model)
+    b_k,              ///< (n_kv_heads * d_head), with linear biases
     w_v,              ///< (n_kv_heads * d_head, d_model)
+    b_v,              ///< (n_kv_heads * d_head), with linear biases
     w_o,              ///< (d_model, n_heads * d_head)
+    b_o,              ///< (d_model), with linear biases
     mlp_norm,         ///< (d_model) gain of the norm before the MLP, with norms and an MLP
+    mlp_norm_bias,    ///< (d_model) bias of that norm, LayerNorm and an MLP
     w_gate,           ///< (d_mlp, d_model), gated MLP only
     w_up,             ///< (d_mlp, d_model), any MLP (W_in of a plain one)
+    b_up,             ///< (d_mlp), an MLP with linear biases (b_in)
     w_down,           ///< (d_model, d_mlp), any MLP
+    b_down,           ///< (d_model), an MLP with linear biases (b_out)
     final_norm,       ///< (d_model) gain of the final norm, with norms only
-    unembed,          ///< (d_vocab, d_model); the token embedding's memory when tied
+    final_norm_bias,  ///< (d_model) bias of the final norm, LayerNorm only
+    unembed,          ///< (d_vocab_out, d_model); the token embedding's memory when tied
+    unembed_bias,     ///< (d_vocab_out), with linear biases
 };
 
 /// Number of rows in the parameter table.
-inline constexpr std::size_t parameter_count = static_cast<std::size_t>(parameter_id::unembed) + 1;
+inline constexpr std::size_t parameter_count = static_cast<std::size_t>(parameter_id::unembed_bias) + 1;
 
 /// One row of the parameter table.
 struct parameter_traits {
     parameter_id id;               ///< Which weight.
     std::string_view name;         ///< Field name; layouts and checkpoints prefix block rows with `blocks.L.`.
     bool per_block;                ///< One per block (true) or one per model.
-    std::size_t rank;              ///< 1 (a gain) or 2 (a matrix, (out_features, in_features)).
-    bool norm_gain;                ///< A norm's gain: 1 in a fresh model, no weight decay.
+    std::size_t rank;              ///< 1 (a gain or a bias) or 2 (a matrix, (out_features, in_features)).
+    bool norm_gain;                ///< A norm's gain: 1 in a fresh model (biases start at 0). Rank 1: no decay.
     std::string_view gguf_name;    ///< GGUF (llama.cpp) tensor name; block rows are prefixed with `blk.L.`.
     int llama2c_section;           ///< Index of its array in a llama2.c `.bin` (layers stacked), -1 if absent.
     extents<2> (*shape)(const model_config&);  ///< Extents the config implies ({0, 0} when it has no such weight).
@@ -6000,6 +6105,12 @@ constexpr index_t norm_width(const model_config& c) noexcept { return c.has_norm
 constexpr index_t mlp_width(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_mlp; }
 /// d_model when the block has an MLP, else 0.
 constexpr index_t mlp_side(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_model; }
+/// A norm bias's width: d_model with LayerNorm, else 0.
+constexpr index_t norm_bias_width(const model_config& c) noexcept {
+    return c.norm == norm_kind::layer ? c.d_model : 0;
+}
+/// `width` with linear biases, else 0.
+constexpr index_t bias_width(const model_config& c, index_t width) noexcept { return c.linear_biases ? width : 0; }
 }  // namespace detail
 
 /// The parameter table, one row per parameter_id, in enum order.
@@ -6010,28 +6121,48 @@ inline constexpr std::array<parameter_traits, parameter_count> parameter_table{{
      [](const model_config& c) { return c.rotary() ? extents<2>{0, 0} : extents<2>{c.n_ctx, c.d_model}; }},
     {parameter_id::attn_norm, "attn_norm", true, 1, true, "attn_norm.weight", 1,
      [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::attn_norm_bias, "attn_norm_bias", true, 1, false, "attn_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
     {parameter_id::w_q, "w_q", true, 2, false, "attn_q.weight", 2,
      [](const model_config& c) { return extents<2>{c.n_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_q, "b_q", true, 1, false, "attn_q.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_heads * c.d_head()), 0}; }},
     {parameter_id::w_k, "w_k", true, 2, false, "attn_k.weight", 3,
      [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_k, "b_k", true, 1, false, "attn_k.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
     {parameter_id::w_v, "w_v", true, 2, false, "attn_v.weight", 4,
      [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_v, "b_v", true, 1, false, "attn_v.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
     {parameter_id::w_o, "w_o", true, 2, false, "attn_output.weight", 5,
      [](const model_config& c) { return extents<2>{c.d_model, c.n_heads * c.d_head()}; }},
+    {parameter_id::b_o, "b_o", true, 1, false, "attn_output.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.d_model), 0}; }},
     {parameter_id::mlp_norm, "mlp_norm", true, 1, true, "ffn_norm.weight", 6,
      [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_width(c), 0}; }},
+    {parameter_id::mlp_norm_bias, "mlp_norm_bias", true, 1, false, "ffn_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_bias_width(c), 0}; }},
     {parameter_id::w_gate, "w_gate", true, 2, false, "ffn_gate.weight", 7,
      [](const model_config& c) {
          return c.mlp == mlp_kind::gated_silu ? extents<2>{c.d_mlp, c.d_model} : extents<2>{0, 0};
      }},
     {parameter_id::w_up, "w_up", true, 2, false, "ffn_up.weight", 9,
      [](const model_config& c) { return extents<2>{detail::mlp_width(c), detail::mlp_side(c)}; }},
+    {parameter_id::b_up, "b_up", true, 1, false, "ffn_up.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_width(c)), 0}; }},
     {parameter_id::w_down, "w_down", true, 2, false, "ffn_down.weight", 8,
      [](const model_config& c) { return extents<2>{detail::mlp_side(c), detail::mlp_width(c)}; }},
+    {parameter_id::b_down, "b_down", true, 1, false, "ffn_down.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_side(c)), 0}; }},
     {parameter_id::final_norm, "final_norm", false, 1, true, "output_norm.weight", 10,
      [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::final_norm_bias, "final_norm_bias", false, 1, false, "output_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
     {parameter_id::unembed, "unembed", false, 2, false, "output.weight", 13,
-     [](const model_config& c) { return extents<2>{c.d_vocab, c.d_model}; }},
+     [](const model_config& c) { return extents<2>{c.vocab_out(), c.d_model}; }},
+    {parameter_id::unembed_bias, "unembed_bias", false, 1, false, "output.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.vocab_out()), 0}; }},
 }};
 
 /// The table's row for `id`.
@@ -6060,6 +6191,35 @@ constexpr bool parameter_table_is_in_order() noexcept {
     return true;
 }
 static_assert(parameter_table_is_in_order(), "parameter_table must list every parameter_id once, in enum order");
+/// True when the per-block rows are contiguous in the table, so global rows fall before or after the blocks.
+constexpr bool block_rows_are_contiguous() noexcept {
+    std::size_t first = parameter_count, last = 0;
+    for (std::size_t i = 0; i < parameter_count; ++i)
+        if (parameter_table[i].per_block) {
+            first = std::min(first, i);
+            last = i;
+        }
+    for (std::size_t i = first; i <= last; ++i)
+        if (!parameter_table[i].per_block) return false;
+    return true;
+}
+static_assert(block_rows_are_contiguous(), "parameter_table: the per-block rows must be contiguous");
+}  // namespace detail
+
+/// True for a model-wide row stored before the blocks (the embeddings); false for per-block rows and those after.
+constexpr bool stored_before_blocks(parameter_id id) noexcept {
+    for (const parameter_traits& row : parameter_table) {
+        if (row.per_block) return false;
+        if (row.id == id) return true;
+    }
+    return false;
+}
+/// True for a model-wide row stored after the blocks (the final norm and the unembedding).
+constexpr bool stored_after_blocks(parameter_id id) noexcept {
+    return !traits_of(id).per_block && !stored_before_blocks(id);
+}
+
+namespace detail {
 }  // namespace detail
 
 MECHLENS_END_NAMESPACE
@@ -6072,15 +6232,23 @@ MECHLENS_BEGIN_NAMESPACE
 /// does not use (see the parameter table) are empty (extents 0).
 template <class T>
 struct basic_layer_weights {
-    tensor_view<T, 1> attn_norm;  ///< (d_model) norm gain before attention.
-    tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
-    tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
-    tensor_view<T, 1> mlp_norm;   ///< (d_model) norm gain before the MLP.
-    tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
-    tensor_view<T, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
-    tensor_view<T, 2> w_down;     ///< (d_model, d_mlp) "w2".
+    tensor_view<T, 1> attn_norm;       ///< (d_model) norm gain before attention.
+    tensor_view<T, 1> attn_norm_bias;  ///< (d_model) norm bias before attention (LayerNorm).
+    tensor_view<T, 2> w_q;             ///< (n_heads * d_head, d_model)
+    tensor_view<T, 1> b_q;             ///< (n_heads * d_head)
+    tensor_view<T, 2> w_k;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_k;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_v;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_v;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_o;             ///< (d_model, n_heads * d_head)
+    tensor_view<T, 1> b_o;             ///< (d_model)
+    tensor_view<T, 1> mlp_norm;        ///< (d_model) norm gain before the MLP.
+    tensor_view<T, 1> mlp_norm_bias;   ///< (d_model) norm bias before the MLP (LayerNorm).
+    tensor_view<T, 2> w_gate;          ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<T, 2> w_up;            ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
+    tensor_view<T, 1> b_up;            ///< (d_mlp) b_in of a plain MLP.
+    tensor_view<T, 2> w_down;          ///< (d_model, d_mlp) "w2".
+    tensor_view<T, 1> b_down;          ///< (d_model) b_out.
 };
 
 /// Weights of one block of a loaded model.
@@ -6091,14 +6259,22 @@ using layer_weights = basic_layer_weights<const float>;
 template <class Layer, class F>
 void for_each_block_view(Layer& layer, F&& f) {
     f(parameter_id::attn_norm, layer.attn_norm);
+    f(parameter_id::attn_norm_bias, layer.attn_norm_bias);
     f(parameter_id::w_q, layer.w_q);
+    f(parameter_id::b_q, layer.b_q);
     f(parameter_id::w_k, layer.w_k);
+    f(parameter_id::b_k, layer.b_k);
     f(parameter_id::w_v, layer.w_v);
+    f(parameter_id::b_v, layer.b_v);
     f(parameter_id::w_o, layer.w_o);
+    f(parameter_id::b_o, layer.b_o);
     f(parameter_id::mlp_norm, layer.mlp_norm);
+    f(parameter_id::mlp_norm_bias, layer.mlp_norm_bias);
     f(parameter_id::w_gate, layer.w_gate);
     f(parameter_id::w_up, layer.w_up);
+    f(parameter_id::b_up, layer.b_up);
     f(parameter_id::w_down, layer.w_down);
+    f(parameter_id::b_down, layer.b_down);
 }
 
 /// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
@@ -6108,7 +6284,9 @@ void for_each_global_view(Model& model, F&& f) {
     f(parameter_id::token_embedding, model.token_embedding);
     f(parameter_id::pos_embedding, model.pos_embedding);
     f(parameter_id::final_norm, model.final_norm);
+    f(parameter_id::final_norm_bias, model.final_norm_bias);
     f(parameter_id::unembed, model.unembed);
+    f(parameter_id::unembed_bias, model.unembed_bias);
 }
 
 /// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
@@ -6116,13 +6294,13 @@ void for_each_global_view(Model& model, F&& f) {
 template <class Model, class F>
 void for_each_view(Model& model, F&& f) {
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+        if (stored_before_blocks(id)) f(id, index_t{-1}, view);
     });
     for (std::size_t l = 0; l < model.layers.size(); ++l)
         for_each_block_view(model.layers[l],
                             [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (id > parameter_id::w_down) f(id, index_t{-1}, view);
+        if (stored_after_blocks(id)) f(id, index_t{-1}, view);
     });
 }
 
@@ -6132,7 +6310,9 @@ struct model_weights {
     tensor_view<const float, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
     std::vector<layer_weights> layers;            ///< One entry per block.
     tensor_view<const float, 1> final_norm;       ///< (d_model), empty without norms.
-    tensor_view<const float, 2> unembed;          ///< (d_vocab, d_model); aliases token_embedding when tied.
+    tensor_view<const float, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
+    tensor_view<const float, 2> unembed;          ///< (d_vocab_out, d_model); aliases token_embedding when tied.
+    tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
 };
@@ -6215,12 +6395,12 @@ inline std::vector<parameter_entry> parameter_layout(const model_config& c) {
         out.push_back(std::move(e));
     };
     for (const parameter_traits& row : parameter_table)
-        if (!row.per_block && row.id < parameter_id::attn_norm) add(row, -1);
+        if (stored_before_blocks(row.id)) add(row, -1);
     for (index_t l = 0; l < c.n_layers; ++l)
         for (const parameter_traits& row : parameter_table)
             if (row.per_block) add(row, l);
     for (const parameter_traits& row : parameter_table)
-        if (!row.per_block && row.id > parameter_id::w_down) add(row, -1);
+        if (stored_after_blocks(row.id)) add(row, -1);
     return out;
 }
 
@@ -6356,7 +6536,9 @@ public:
     tensor_view<T, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
     std::vector<layer> layers;          ///< One entry per block.
     tensor_view<T, 1> final_norm;       ///< (d_model), empty without norms.
-    tensor_view<T, 2> unembed;          ///< (d_vocab, d_model); the same memory as token_embedding when tied.
+    tensor_view<T, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
+    tensor_view<T, 2> unembed;          ///< (d_vocab_out, d_model); the same memory as token_embedding when tied.
+    tensor_view<T, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
 
 private:
     void bind() {
@@ -6608,16 +6790,19 @@ struct block_step {
     site_kind attn_only_site = site_kind::embed;  ///< residual_add in an attention-only block: the stream site then.
     parameter_id weight = parameter_id::attn_norm;  ///< norm: the gain's parameter-table row.
     int half = 0;  ///< 0: the attention half of the block; 1: the MLP half, skipped in attention-only blocks.
+    parameter_id bias = parameter_id::attn_norm_bias;  ///< norm: the bias's row (LayerNorm).
 };
 
 /// The decoder block of every model mechlens runs (LLaMA, GPT-2 style and their variants): pre-norm attention and
 /// MLP sublayers, each added to the residual stream. `blocks.L.hook_resid_pre` fires before the first step.
 inline constexpr std::array<block_step, 6> decoder_block{{
-    {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0},
+    {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0,
+     parameter_id::attn_norm_bias},
     {block_op::attention, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 0},
     {block_op::residual_add, site_kind::attn_out, site_kind::resid_mid, site_kind::resid_post, parameter_id::attn_norm,
      0},
-    {block_op::norm, site_kind::ln2_scale, site_kind::ln2_normalized, site_kind::embed, parameter_id::mlp_norm, 1},
+    {block_op::norm, site_kind::ln2_scale, site_kind::ln2_normalized, site_kind::embed, parameter_id::mlp_norm, 1,
+     parameter_id::mlp_norm_bias},
     {block_op::mlp, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 1},
     {block_op::residual_add, site_kind::mlp_out, site_kind::resid_post, site_kind::resid_post, parameter_id::attn_norm,
      1},
@@ -6626,7 +6811,7 @@ inline constexpr std::array<block_step, 6> decoder_block{{
 /// The norm before the unembedding, as a step (its weight is model-wide).
 inline constexpr block_step final_norm_step{block_op::norm, site_kind::ln_final_scale,
                                             site_kind::ln_final_normalized, site_kind::embed,
-                                            parameter_id::final_norm, 0};
+                                            parameter_id::final_norm, 0, parameter_id::final_norm_bias};
 
 /// True when the step runs in a block of a model with config `c`.
 constexpr bool step_runs(const block_step& step, const model_config& c) noexcept {
@@ -6654,8 +6839,8 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/block.hpp ----
 // ---- begin mechlens/model/ops/attention.hpp ----
 /// @file
-/// The attention op: q/k/v projections, rotary embedding of queries and keys, causal grouped-query attention over the
-/// kv cache, and the output projection (through per-head results when `attn.hook_result` is wanted), from a
+/// The attention op: q/k/v projections (with biases when the config has them), rotary embedding of queries and keys,
+/// causal or bidirectional grouped-query attention over the kv cache, and the output projection (through per-head results when `attn.hook_result` is wanted), from a
 /// sublayer input to the branch output. Its inference forward (SIMD kernels, float), its taped forward and its
 /// backward (any floating type), with the sites attn.hook_q ... attn.hook_result.
 
@@ -6853,6 +7038,19 @@ void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
 #endif
 }
 
+/// Adds `bias` (width) to every row of the (rows, width) matrix `m`.
+template <class T>
+void add_bias_rows(T* m, const T* bias, index_t rows, index_t width) {
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < width; ++i) m[r * width + i] += bias[i];
+}
+/// Adds the column sums of the (rows, width) matrix `m` into `out` (width): a bias's gradient.
+template <class T>
+void add_column_sums(T* out, const T* m, index_t rows, index_t width) {
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < width; ++i) out[i] += m[r * width + i];
+}
+
 /// Views a (rows, width) buffer as (batch, pos, width).
 template <class T>
 tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {
@@ -6895,6 +7093,15 @@ struct forward_shape {
     index_t keys;       ///< Positions attended to: start + positions.
     [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
 };
+
+/// y = x w^T (+ bias when the view is not empty): a linear layer whose bias the config may leave out.
+inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<const float, 1> bias,
+                    tensor_view<float, 2> y) {
+    if (bias.size() > 0)
+        kernels::linear(x, w, bias, y);
+    else
+        kernels::linear(x, w, y);
+}
 
 /// Views a (batch * pos, width) matrix as (batch, pos, width).
 inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {
@@ -6948,7 +7155,8 @@ inline void store_keys_values(const model_config& c, const forward_shape& s, ind
     }
 }
 
-/// Causal multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries and the cache.
+/// Causal (or bidirectional) multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries
+/// and the cache.
 template <class Policy>
 void attend(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model, const forward_shape& s,
             kv_cache& cache, workspace& ws) {
@@ -6961,6 +7169,8 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
     const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
     const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
     const index_t pairs = s.batch * heads;
+    // Keys query row p sees: those up to its own position (causal), or every key of the call (bidirectional).
+    const auto visible = [&](index_t p) { return c.causal() ? s.start + p + 1 : s.keys; };
     // About 100 microseconds of attention work or more is worth a parallel region.
     [[maybe_unused]] const bool worth_parallel = pairs > 1 && pairs * s.positions * s.keys * d_head >= (index_t{1} << 20);
 
@@ -6972,13 +7182,13 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
         const tensor_view<const float, 2> k(&keys(b, h / group, 0, 0), {s.keys, d_head});  // (keys, d_head)
         const tensor_view<float, 2> score = scores[b][h];                                  // (pos, keys)
         kernels::linear(q, k, score);
-        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, s.start + p + 1);
+        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, visible(p));
     }
     if constexpr (Policy::wants(site_kind::attn_scores)) {
         for (index_t b = 0; b < s.batch; ++b)
             for (index_t h = 0; h < heads; ++h)
                 for (index_t p = 0; p < s.positions; ++p)
-                    for (index_t key = s.start + p + 1; key < s.keys; ++key)
+                    for (index_t key = visible(p); key < s.keys; ++key)
                         scores(b, h, p, key) = -std::numeric_limits<float>::infinity();
         fire<site_kind::attn_scores>(policy, layer, ctx, [&] { return scores; });
     }
@@ -6986,7 +7196,7 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
     for (index_t pair = 0; pair < pairs; ++pair) {
         const index_t b = pair / heads, h = pair % heads;
         for (index_t p = 0; p < s.positions; ++p)
-            kernels::masked_softmax(&scores(b, h, p, 0), s.start + p + 1, s.keys);
+            kernels::masked_softmax(&scores(b, h, p, 0), visible(p), s.keys);
     }
     fire<site_kind::attn_pattern>(policy, layer, ctx, [&] { return scores; });
     MECHLENS_PARALLEL_FOR
@@ -6998,7 +7208,7 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
             float* z = &mixed(b * s.positions + p, h * d_head);
             const float* pattern = &scores(b, h, p, 0);
             for (index_t i = 0; i < d_head; ++i) z[i] = 0.0f;
-            for (index_t t = 0; t < s.start + p + 1; ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
+            for (index_t t = 0; t < visible(p); ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
         }
     }
     fire<site_kind::attn_z>(policy, layer, ctx, [&] { return as_heads(mixed, s, heads); });
@@ -7026,10 +7236,11 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
             float* row = &out(r, 0);
             for (index_t i = 0; i < d; ++i) row[i] = 0.0f;
             for (index_t h = 0; h < heads; ++h) kernels::add(row, row, &result(r / s.positions, r % s.positions, h, 0), d);
+            if (w.b_o.size() > 0) kernels::add(row, row, w.b_o.data(), d);  // b_O after the heads, as TransformerLens
         }
     } else {
         (void)policy, (void)ctx;
-        kernels::linear(mixed, w.w_o, out);
+        project(mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -7045,9 +7256,9 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    kernels::linear(in, w.w_q, queries);
-    kernels::linear(in, w.w_k, new_keys);
-    kernels::linear(in, w.w_v, new_values);
+    project(in, w.w_q, w.b_q, queries);
+    project(in, w.w_k, w.b_k, new_keys);
+    project(in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
@@ -7071,6 +7282,7 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
     const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
     const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    const auto visible = [&](index_t i) { return c.causal() ? i + 1 : n; };  // keys query i sees
     const_row_map<T> in1(input1, rows, d);
     multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
              const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
@@ -7078,6 +7290,11 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
              const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
     multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
              const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
+    if (c.linear_biases) {
+        add_bias_rows(b.q.data(), w.b_q.data(), rows, heads * d_head);
+        add_bias_rows(b.k.data(), w.b_k.data(), rows, kv_heads * d_head);
+        add_bias_rows(b.v.data(), w.b_v.data(), rows, kv_heads * d_head);
+    }
     fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
     fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
     fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
@@ -7104,12 +7321,12 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
         multiply(scores, q, k.transpose(), false);
         scores *= inverse_sqrt_d;
         for (index_t i = 0; i < n; ++i)
-            for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
+            for (index_t j = visible(i); j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
     }
     fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
     for (index_t s = 0; s < batch; ++s)
         for (index_t h = 0; h < heads; ++h)
-            for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
+            for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), visible(i), n);
     fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
     for (index_t bh = 0; bh < batch * heads; ++bh) {
         const index_t s = bh / heads, h = bh % heads;
@@ -7122,6 +7339,7 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
     multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
              const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
+    if (c.linear_biases) add_bias_rows(branch, w.b_o.data(), rows, d);
 }
 
 /// Attention step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient,
@@ -7135,11 +7353,14 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
     const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
     const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
     const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    const auto visible = [&](index_t i) { return c.causal() ? i + 1 : n; };  // keys query i sees
     T* d_z = scratch.d_z.data();  // (rows, n_heads * d_head)
     const_row_map<T> db(d_branch, rows, d);
-    if (gw != nullptr)
+    if (gw != nullptr) {
         multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
                  const_row_map<T>(b.z.data(), rows, q_width), true);
+        if (c.linear_biases) add_column_sums(gw->b_o.data(), d_branch, rows, d);
+    }
     multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
     observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
                                         [&] { return heads_view(d_z, batch, n, heads, d_head); });
@@ -7167,7 +7388,7 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
         for (index_t h = 0; h < heads; ++h)
             for (index_t i = 0; i < n; ++i)
                 kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
-                                                          &d_scores(s, h, i, 0), i + 1, n);
+                                                          &d_scores(s, h, i, 0), visible(i), n);
     observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
     for (index_t bh = 0; bh < batch * heads; ++bh) {
         const index_t s = bh / heads, h = bh % heads;
@@ -7215,6 +7436,11 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
         multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
         multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
         multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
+        if (c.linear_biases) {
+            add_column_sums(gw->b_q.data(), d_q, rows, q_width);
+            add_column_sums(gw->b_k.data(), d_k_grouped, rows, kv_width);
+            add_column_sums(gw->b_v.data(), d_v_grouped, rows, kv_width);
+        }
     }
     row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
     multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);
@@ -7227,13 +7453,29 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/ops/attention.hpp ----
 // ---- begin mechlens/model/ops/mlp.hpp ----
 /// @file
-/// The MLP op: gated SiLU (LLaMA) or GELU (GPT-2's gelu_new), from a sublayer input to the branch output, firing
+/// The MLP op: gated SiLU (LLaMA) or a plain MLP with biases or not (gelu_new, exact GELU, ReLU), from a sublayer
+/// input to the branch output, firing
 /// mlp.hook_pre, hook_pre_linear (gated only) and hook_post. Its inference forward (SIMD kernels, float), its taped
 /// forward and its backward (any floating type).
 
 
 MECHLENS_BEGIN_NAMESPACE
 namespace detail {
+
+/// The activation of a plain MLP: gelu_tanh (gelu_new), exact gelu or relu.
+template <class T>
+T plain_activation(mlp_kind kind, T x) {
+    if (kind == mlp_kind::plain_gelu) return kernels::generic::gelu_tanh(x);
+    if (kind == mlp_kind::plain_gelu_erf) return kernels::generic::gelu_erf(x);
+    return kernels::generic::relu(x);
+}
+/// The derivative of plain_activation.
+template <class T>
+T plain_activation_derivative(mlp_kind kind, T x) {
+    if (kind == mlp_kind::plain_gelu) return kernels::generic::gelu_tanh_derivative(x);
+    if (kind == mlp_kind::plain_gelu_erf) return kernels::generic::gelu_erf_derivative(x);
+    return kernels::generic::relu_derivative(x);
+}
 
 /// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
@@ -7250,12 +7492,19 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
         fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
         for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
     } else {
-        kernels::linear(in, w.w_up, gate);
+        project(in, w.w_up, w.b_up, gate);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-        for (index_t r = 0; r < rows; ++r) kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+        for (index_t r = 0; r < rows; ++r) {
+            if (c.mlp == mlp_kind::plain_gelu)
+                kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+            else if (c.mlp == mlp_kind::plain_gelu_erf)
+                kernels::gelu_erf(&gate(r, 0), &gate(r, 0), c.d_mlp);
+            else
+                kernels::relu(&gate(r, 0), &gate(r, 0), c.d_mlp);
+        }
     }
     fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    kernels::linear(gate, w.w_down, out);
+    project(gate, w.w_down, w.b_down, out);
 }
 
 /// MLP step, taped forward: from the sublayer input `input2` (rows, d_model) to `branch` (rows, d_model), keeping
@@ -7276,12 +7525,14 @@ void taped_mlp_step(Policy& hooks, index_t layer, const hook_context& ctx, const
         for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
     } else {
         multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+        if (c.linear_biases) add_bias_rows(pre, w.b_up.data(), rows, m);
         fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-        for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
+        for (index_t i = 0; i < rows * m; ++i) post[i] = plain_activation(c.mlp, pre[i]);
     }
     fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
     multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
              const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
+    if (c.linear_biases) add_bias_rows(branch, w.b_down.data(), rows, d);
 }
 
 /// MLP step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient, written
@@ -7293,9 +7544,11 @@ void mlp_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, co
     const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model, m = c.d_mlp;
     T* d_post = scratch.d_mlp_post.data();  // (rows, d_mlp)
     const_row_map<T> db(d_branch, rows, d);
-    if (gw != nullptr)
+    if (gw != nullptr) {
         multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
                  true);
+        if (c.linear_biases) add_column_sums(gw->b_down.data(), d_branch, rows, d);
+    }
     multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
     observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
                                           [&] { return sequence_view(d_post, batch, n, m); });
@@ -7321,12 +7574,14 @@ void mlp_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, co
         multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
         multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
     } else {
-        for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
+        for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * plain_activation_derivative(c.mlp, pre[i]);
         observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                              [&] { return sequence_view(d_pre, batch, n, m); });
-        if (gw != nullptr)
+        if (gw != nullptr) {
             multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
                      true);
+            if (c.linear_biases) add_column_sums(gw->b_up.data(), d_pre, rows, m);
+        }
         multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
     }
 }
@@ -7336,9 +7591,10 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/model/ops/mlp.hpp ----
 // ---- begin mechlens/model/ops/norm.hpp ----
 /// @file
-/// The norm op: RMSNorm with a gain (or nothing, for models without norms) from the residual stream to a sublayer's
-/// input, firing `*.hook_scale` and `*.hook_normalized`. Its inference forward (SIMD kernels, float), its taped
-/// forward and its backward (any floating type), and the step-level entry points the interpreters call.
+/// The norm op: RMSNorm with a gain, LayerNorm with a gain and a bias, or nothing (models without norms), from the
+/// residual stream to a sublayer's input, firing `*.hook_scale` and `*.hook_normalized`. Its inference forward (SIMD
+/// kernels, float), its taped forward and its backward (any floating type), and the step-level entry points the
+/// interpreters call.
 
 #include <cstdint>
 #include <type_traits>
@@ -7359,80 +7615,131 @@ auto gain_view(Layer& layer, parameter_id id) {
     return found;
 }
 
-/// RMSNorm of every row of `x` into `out`; when hooked, fires the scale and the un-gained normalized rows, and
-/// applies whatever the hooks wrote (normalized = x / scale, then times the gain), as TransformerLens orders it.
+/// RMSNorm or LayerNorm of every row of `x` into `out`; when hooked, fires the scale and the normalized rows before
+/// the gain ((x - mean) / scale for LayerNorm, x / scale for RMSNorm), and applies whatever the hooks wrote, then the
+/// gain (and the bias), in TransformerLens's order. Hooked and unhooked runs round alike.
 template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
-void rms_normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                   tensor_view<const float, 2> x, tensor_view<const float, 1> gain, float eps,
-                   tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
+void normalize_rows(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
+                    const model_config& c, tensor_view<const float, 2> x, tensor_view<const float, 1> gain,
+                    tensor_view<const float, 1> bias, tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
     const index_t width = x.extent(1);
+    const bool layer_norm = c.norm == norm_kind::layer;
     if constexpr (wants_any<Policy, ScaleSite, NormalizedSite>) {
         tensor_view<float, 2> scale = scale_buffer.matrix(s.rows(), 1);  // (batch * pos, 1)
-        for (index_t r = 0; r < s.rows(); ++r) scale(r, 0) = kernels::rms_scale(&x(r, 0), width, eps);
+        for (index_t r = 0; r < s.rows(); ++r) {
+            if (layer_norm) {
+                const kernels::layernorm_stats stats = kernels::layernorm_moments(&x(r, 0), width, c.norm_eps);
+                scale(r, 0) = stats.scale;
+                for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) - stats.mean;  // centred, as the kernel
+            } else {
+                scale(r, 0) = kernels::rms_scale(&x(r, 0), width, c.norm_eps);
+                for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i);
+            }
+        }
         fire<ScaleSite>(policy, layer, ctx, [&] { return as_sequence(scale, s); });
         for (index_t r = 0; r < s.rows(); ++r) {
-            const float divisor = scale(r, 0);  // divide, as kernels::rmsnorm does, so hooked runs round alike
-            for (index_t i = 0; i < width; ++i) out(r, i) = x(r, i) / divisor;
+            const float divisor = scale(r, 0);  // divide, as the kernels do, so hooked runs round alike
+            for (index_t i = 0; i < width; ++i) out(r, i) = out(r, i) / divisor;
         }
         fire<NormalizedSite>(policy, layer, ctx, [&] { return as_sequence(out, s); });
-        for (index_t r = 0; r < s.rows(); ++r)
-            for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
+        for (index_t r = 0; r < s.rows(); ++r) {
+            if (layer_norm)
+                kernels::gain_and_bias(&out(r, 0), &out(r, 0), gain.data(), bias.data(), width);
+            else
+                for (index_t i = 0; i < width; ++i) out(r, i) *= gain(i);
+        }
     } else {
         (void)policy, (void)layer, (void)ctx, (void)scale_buffer;
-        for (index_t r = 0; r < s.rows(); ++r) kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, eps);
+        for (index_t r = 0; r < s.rows(); ++r) {
+            if (layer_norm)
+                kernels::layernorm(&out(r, 0), &x(r, 0), gain.data(), bias.data(), width, c.norm_eps);
+            else
+                kernels::rmsnorm(&out(r, 0), &x(r, 0), gain.data(), width, c.norm_eps);
+        }
     }
 }
 
-/// The input of a sublayer: the RMSNorm of `x` written to `out` (firing the norm's sites), or `x` itself when the
+/// The input of a sublayer: the norm of `x` written to `out` (firing the norm's sites), or `x` itself when the
 /// model has no norms, like TransformerLens's nn.Identity (no ln sites then).
 template <site_kind ScaleSite, site_kind NormalizedSite, class Policy>
 tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
                                       const model_config& c, tensor_view<const float, 2> x,
-                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
-                                      detail::scratch_buffer& scale_buffer) {
+                                      tensor_view<const float, 1> gain, tensor_view<const float, 1> bias,
+                                      tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
     if (!c.has_norm()) return x;
-    rms_normalize<ScaleSite, NormalizedSite>(policy, layer, ctx, s, x, gain, c.norm_eps, out, scale_buffer);
+    normalize_rows<ScaleSite, NormalizedSite>(policy, layer, ctx, s, c, x, gain, bias, out, scale_buffer);
     return out;
 }
 
-/// RMSNorm forward with hooks: scale, normalized (x / scale), then input = normalized * gain.
-template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                tensor_view<const T, 1> gain, float eps, index_t d, T* scale, T* normalized, T* input) {
-    const index_t rows = batch * positions;
-    for (index_t r = 0; r < rows; ++r) scale[r] = static_cast<T>(kernels::generic::rms_scale(x + r * d, d, eps));
-    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = x[r * d + i] / scale[r];
-    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) input[r * d + i] = normalized[r * d + i] * gain(i);
+/// The centre a norm subtracts from row `row` of x: its mean for LayerNorm, 0 for RMSNorm.
+template <class T>
+double norm_centre(const model_config& c, const T* row) {
+    return c.norm == norm_kind::layer ? kernels::generic::mean(row, c.d_model) : 0.0;
 }
 
-/// RMSNorm backward: from d(input) (rows, d) adds d(x) into `dx` and, when `d_gain` is non-null, d(gain) into it.
+/// Norm forward with hooks: scale, normalized ((x - centre) / scale), then input = normalized * gain (+ bias).
+template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
+void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c, index_t batch,
+                index_t positions, const T* x, tensor_view<const T, 1> gain, tensor_view<const T, 1> bias, T* scale,
+                T* normalized, T* input) {
+    const index_t rows = batch * positions, d = c.d_model;
+    const bool layer_norm = c.norm == norm_kind::layer;
+    for (index_t r = 0; r < rows; ++r) {
+        const double centre = norm_centre(c, x + r * d);
+        scale[r] = static_cast<T>(layer_norm ? kernels::generic::centred_rms_scale(x + r * d, d, centre, c.norm_eps)
+                                             : kernels::generic::rms_scale(x + r * d, d, c.norm_eps));
+        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = static_cast<T>(static_cast<double>(x[r * d + i]) - centre);
+    }
+    fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i) normalized[r * d + i] /= scale[r];
+    fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < d; ++i)
+            input[r * d + i] = normalized[r * d + i] * gain(i) + (layer_norm ? bias(i) : T{0});
+}
+
+/// Norm backward: from d(input) (rows, d) adds d(x) into `dx` and, when non-null, d(gain) and d(bias) into those.
 /// Observers see d(normalized) and d(scale).
 template <site_kind ScaleSite, site_kind NormalizedSite, class T, class Policy>
-void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_t batch, index_t positions, const T* x,
-                   tensor_view<const T, 1> gain, const T* scale, const T* normalized, index_t d, T* d_input, T* d_scale,
-                   T* dx, T* d_gain) {
-    const index_t rows = batch * positions;
+void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c, index_t batch,
+                   index_t positions, const T* x, tensor_view<const T, 1> gain, const T* scale, const T* normalized,
+                   T* d_input, T* d_scale, T* dx, T* d_gain, T* d_bias) {
+    const index_t rows = batch * positions, d = c.d_model;
     if (d_gain != nullptr)
         for (index_t r = 0; r < rows; ++r)
             for (index_t i = 0; i < d; ++i) d_gain[i] += d_input[r * d + i] * normalized[r * d + i];
+    if (d_bias != nullptr)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d; ++i) d_bias[i] += d_input[r * d + i];
     for (index_t r = 0; r < rows; ++r)  // d(normalized), in place
         for (index_t i = 0; i < d; ++i) d_input[r * d + i] *= gain(i);
     observe_gradient<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(d_input, batch, positions, d); });
-    for (index_t r = 0; r < rows; ++r) {  // normalized = x / scale: d(scale) = -sum(d_n * x) / scale^2
+    for (index_t r = 0; r < rows; ++r) {  // normalized = xc / scale: d(scale) = -sum(d_n * xc) / scale^2
+        const double centre = norm_centre(c, x + r * d);
         double dot = 0.0;
         for (index_t i = 0; i < d; ++i)
-            dot += static_cast<double>(d_input[r * d + i]) * static_cast<double>(x[r * d + i]);
+            dot += static_cast<double>(d_input[r * d + i]) * (static_cast<double>(x[r * d + i]) - centre);
         d_scale[r] = static_cast<T>(-dot / (static_cast<double>(scale[r]) * static_cast<double>(scale[r])));
     }
     observe_gradient<ScaleSite>(hooks, layer, ctx,
                                 [&] { return sequence_view(d_scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(x^2) + eps): d(scale)/dx_i = x_i / (d * scale)
+    for (index_t r = 0; r < rows; ++r) {  // scale = sqrt(mean(xc^2) + eps): d(scale)/dxc_i = xc_i / (d * scale)
+        const double centre = norm_centre(c, x + r * d);
         const T s = scale[r], through_scale = d_scale[r] / (static_cast<T>(d) * s);
-        for (index_t i = 0; i < d; ++i) dx[r * d + i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
+        T* d_row = dx + r * d;
+        if (c.norm == norm_kind::layer) {  // xc = x - mean(x): d(x) = d(xc) - mean(d(xc))
+            double sum = 0.0;
+            for (index_t i = 0; i < d; ++i)
+                sum += static_cast<double>(d_input[r * d + i] / s +
+                                           through_scale * static_cast<T>(static_cast<double>(x[r * d + i]) - centre));
+            const T mean_gradient = static_cast<T>(sum / static_cast<double>(d));
+            for (index_t i = 0; i < d; ++i)
+                d_row[i] += d_input[r * d + i] / s +
+                            through_scale * static_cast<T>(static_cast<double>(x[r * d + i]) - centre) - mean_gradient;
+        } else {
+            for (index_t i = 0; i < d; ++i) d_row[i] += d_input[r * d + i] / s + through_scale * x[r * d + i];
+        }
     }
 }
 
@@ -7441,36 +7748,36 @@ void norm_backward(Policy& hooks, index_t layer, const hook_context& ctx, index_
 template <block_step Step, class Policy>
 tensor_view<const float, 2> norm_step(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
                                       const model_config& c, tensor_view<const float, 2> x,
-                                      tensor_view<const float, 1> gain, tensor_view<float, 2> out,
-                                      detail::scratch_buffer& scale_buffer) {
+                                      tensor_view<const float, 1> gain, tensor_view<const float, 1> bias,
+                                      tensor_view<float, 2> out, detail::scratch_buffer& scale_buffer) {
     static_assert(Step.op == block_op::norm);
-    return normalize<Step.first_site, Step.second_site>(policy, layer, ctx, s, c, x, gain, out, scale_buffer);
+    return normalize<Step.first_site, Step.second_site>(policy, layer, ctx, s, c, x, gain, bias, out, scale_buffer);
 }
 
 /// Norm step, taped forward: returns the sublayer input, `x` itself without norms, else the tape's gained rows.
 template <block_step Step, class T, class Policy>
 const T* taped_norm_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
-                         const taped_shape& s, const T* x, tensor_view<const T, 1> gain, norm_tape<T>& tape) {
+                         const taped_shape& s, const T* x, tensor_view<const T, 1> gain, tensor_view<const T, 1> bias,
+                         norm_tape<T>& tape) {
     static_assert(Step.op == block_op::norm);
     if (!c.has_norm()) return x;
-    taped_norm<Step.first_site, Step.second_site>(hooks, layer, ctx, s.batch, s.positions, x, gain, c.norm_eps,
-                                                  c.d_model, tape.scale.data(), tape.normalized.data(),
-                                                  tape.input.data());
+    taped_norm<Step.first_site, Step.second_site>(hooks, layer, ctx, c, s.batch, s.positions, x, gain, bias,
+                                                  tape.scale.data(), tape.normalized.data(), tape.input.data());
     return tape.input.data();
 }
 
 /// Norm step, backward: adds the gradient of the step's input `x` into `d_stream`, from the sublayer input's
 /// gradient, which is in `d_input` with norms and in `d_branch` without (then the step is the identity). Adds the
-/// gain's gradient into `d_gain` when it is non-null.
+/// gain's and the bias's gradients into `d_gain` and `d_bias` when they are non-null.
 template <block_step Step, class T, class Policy>
 void norm_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
                         const taped_shape& s, const T* x, tensor_view<const T, 1> gain, const norm_tape<T>& tape,
-                        T* d_input, T* d_branch, T* d_scale, T* d_stream, T* d_gain) {
+                        T* d_input, T* d_branch, T* d_scale, T* d_stream, T* d_gain, T* d_bias) {
     static_assert(Step.op == block_op::norm);
     if (c.has_norm()) {
-        norm_backward<Step.first_site, Step.second_site>(hooks, layer, ctx, s.batch, s.positions, x, gain,
-                                                         tape.scale.data(), tape.normalized.data(), c.d_model,
-                                                         d_input, d_scale, d_stream, d_gain);
+        norm_backward<Step.first_site, Step.second_site>(hooks, layer, ctx, c, s.batch, s.positions, x, gain,
+                                                         tape.scale.data(), tape.normalized.data(), d_input, d_scale,
+                                                         d_stream, d_gain, d_bias);
     } else {
         for (index_t i = 0; i < s.rows() * c.d_model; ++i) d_stream[i] += d_branch[i];
     }
@@ -7591,8 +7898,8 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     for_each_step<decoder_block>([&]<block_step Step>() {
         if (!step_runs(Step, c)) return;
         if constexpr (Step.op == block_op::norm)
-            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight), normed,
-                                          ws.norm_scale);
+            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight),
+                                          gain_view(w, Step.bias), normed, ws.norm_scale);
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
@@ -7617,10 +7924,10 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
         throw shape_error("forward: " + std::to_string(s.keys) + " positions exceed the kv_cache capacity " +
                           std::to_string(cache.capacity()) + " (n_ctx = " + std::to_string(c.n_ctx) + ")");
     if (logits.extent(0) != s.batch || (logits.extent(1) != s.positions && logits.extent(1) != 1) ||
-        logits.extent(2) != c.d_vocab)
-        throw shape_error("forward: logits must be (batch, pos, d_vocab) or (batch, 1, d_vocab) = (" +
+        logits.extent(2) != c.vocab_out())
+        throw shape_error("forward: logits must be (batch, pos, d_vocab_out) or (batch, 1, d_vocab_out) = (" +
                           std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
-                          std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
+                          std::to_string(c.vocab_out()) + "), got " + detail::format_extents(logits.shape()));
     if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
     check_token_ids(c, tokens, "forward");
     return s;
@@ -7719,7 +8026,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+        policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
     kernels::linear(attn_in, w.w_k, new_keys);
     kernels::linear(attn_in, w.w_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
@@ -7747,12 +8054,13 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
     return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
-                                              model.weights().final_norm, normed, ws.norm_scale);
+                                              model.weights().final_norm, model.weights().final_norm_bias, normed,
+                                              ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
-/// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
-/// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
+/// values to it, and writes logits (batch, pos, d_vocab_out) — or only the last position's when `logits` is
+/// (batch, 1, d_vocab_out). `policy` sees every site it wants; positions in hooks start at cache.length().
 template <class Policy = no_hooks>
 void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, kv_cache& cache,
              tensor_view<float, 3> logits, workspace& ws, Policy&& policy = Policy{}) {
@@ -7780,8 +8088,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
-    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
-    kernels::linear(unembed_in, model.weights().unembed, logit_rows);
+    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
+    detail::project(unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }
@@ -7794,11 +8102,11 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     forward(model, tokens, ws.own_cache, logits, ws, std::forward<Policy>(policy));
 }
 
-/// Convenience: allocates and returns the logits (batch, pos, d_vocab) of a full forward pass.
+/// Convenience: allocates and returns the logits (batch, pos, d_vocab_out) of a full forward pass.
 template <class Policy = no_hooks>
 tensor<float, 3> forward_logits(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
                                 Policy&& policy = Policy{}) {
-    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().d_vocab});
+    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().vocab_out()});
     workspace ws;
     forward(model, tokens, logits.view(), ws, std::forward<Policy>(policy));
     return logits;
@@ -7937,6 +8245,10 @@ std::vector<std::int32_t> generate(const transformer& model, std::span<const std
     const model_config& c = model.config();
     const auto prompt_length = static_cast<index_t>(prompt.size());
     if (prompt_length == 0) throw std::invalid_argument("generate: the prompt must hold at least one token");
+    if (c.vocab_out() != c.d_vocab || !c.causal())
+        throw std::invalid_argument("generate: the model is not a causal language model (its logits are over " +
+                                    std::to_string(c.vocab_out()) + " classes" +
+                                    (c.causal() ? std::string(")") : std::string(", and its attention is bidirectional)")));
     if (prompt_length > c.n_ctx)
         throw std::invalid_argument("generate: the prompt has " + std::to_string(prompt_length) +
                                     " tokens, more than n_ctx = " + std::to_string(c.n_ctx));
@@ -7944,13 +8256,13 @@ std::vector<std::int32_t> generate(const transformer& model, std::span<const std
     kv_cache cache(c, 1, std::max<index_t>(1, std::min(c.n_ctx, prompt_length + budget)));
     workspace ws;
     sampler pick(options.sampling);
-    tensor<float, 3> logits({1, 1, c.d_vocab});  // (batch, 1, d_vocab): only the last position is needed
+    tensor<float, 3> logits({1, 1, c.vocab_out()});  // (batch, 1, d_vocab_out): only the last position is needed
     std::vector<std::int32_t> generated;
     std::vector<std::int32_t> step(prompt.begin(), prompt.end());
     for (index_t i = 0; i < budget; ++i) {
         const tensor_view<const std::int32_t, 2> tokens(step.data(), {1, static_cast<index_t>(step.size())});
         forward(model, tokens, cache, logits.view(), ws, policy);
-        const std::int32_t next = pick.sample(logits.data(), c.d_vocab);
+        const std::int32_t next = pick.sample(logits.data(), c.vocab_out());
         if ((options.stop_at_eos && next == options.eos_id) || (options.stop_at_bos && next == options.bos_id)) break;
         generated.push_back(next);
         on_token(next);
@@ -8093,9 +8405,11 @@ inline std::string float_text(float x) {
 
 /// The text of every enum value, in declaration order.
 inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
-inline constexpr std::string_view norm_names[] = {"rms", "none"};                      ///< norm_kind
-inline constexpr std::string_view position_names[] = {"rotary", "learned"};            ///< positional_kind
-inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
+inline constexpr std::string_view norm_names[] = {"rms", "none", "layer"};            ///< norm_kind
+inline constexpr std::string_view position_names[] = {"rotary", "learned"};          ///< positional_kind
+inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none", "plain_relu",
+                                                 "plain_gelu_erf"};                   ///< mlp_kind
+inline constexpr std::string_view attention_names[] = {"causal", "bidirectional"};   ///< attention_dir
 
 /// Every model_config field as "mechlens.config.<field>" metadata.
 inline std::map<std::string, std::string> config_metadata(const model_config& c) {
@@ -8115,6 +8429,9 @@ inline std::map<std::string, std::string> config_metadata(const model_config& c)
         {p + "norm", std::string(norm_names[static_cast<std::size_t>(c.norm)])},
         {p + "positions", std::string(position_names[static_cast<std::size_t>(c.positions)])},
         {p + "mlp", std::string(mlp_names[static_cast<std::size_t>(c.mlp)])},
+        {p + "linear_biases", c.linear_biases ? "true" : "false"},
+        {p + "attention", std::string(attention_names[static_cast<std::size_t>(c.attention)])},
+        {p + "d_vocab_out", std::to_string(c.d_vocab_out)},
     };
 }
 
@@ -8125,6 +8442,8 @@ public:
     config_reader(const std::map<std::string, std::string>& metadata, std::string where)
         : metadata_(metadata), where_(std::move(where)) {}
 
+    /// True when field `name` is present (fields added after the first format are optional).
+    [[nodiscard]] bool has(const std::string& name) const { return metadata_.count("mechlens.config." + name) != 0; }
     /// The text of field `name`.
     [[nodiscard]] const std::string& text(const std::string& name) const {
         const auto it = metadata_.find("mechlens.config." + name);
@@ -8186,14 +8505,13 @@ inline void check_checkpoint_size(const model_config& c, const safetensors_file&
     const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
     const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
     // The float count of parameter_layout, in checked arithmetic.
-    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
-                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
-    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
-    if (!c.attn_only()) layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
-    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
-    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
-    needed = add(needed, norm);
-    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
+    // validate() bounds every extent by 2^24, so one row's size fits; the sum over blocks is what may not.
+    std::uint64_t needed = 0;
+    for (const parameter_traits& row : parameter_table) {
+        if (!parameter_stored(row, c)) continue;
+        const std::uint64_t size = u(parameter_size(row, c));
+        needed = add(needed, row.per_block ? mul(u(c.n_layers), size) : size);
+    }
     if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
         format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
 }
@@ -8233,6 +8551,9 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     c.norm = r.choice<norm_kind>("norm", norm_names);
     c.positions = r.choice<positional_kind>("positions", position_names);
     c.mlp = r.choice<mlp_kind>("mlp", mlp_names);
+    if (r.has("linear_biases")) c.linear_biases = r.boolean("linear_biases");
+    if (r.has("attention")) c.attention = r.choice<attention_dir>("attention", attention_names);
+    if (r.has("d_vocab_out")) c.d_vocab_out = r.integer("d_vocab_out");
     c.validate(where);
     check_checkpoint_size(c, file, where);
 
@@ -9532,7 +9853,7 @@ private:
     void reserve(const model_config& c, index_t batch, index_t positions) {
         batch_ = batch;
         positions_ = positions;
-        vocab_ = c.d_vocab;
+        vocab_ = c.vocab_out();
         heads_ = c.n_heads;
         const index_t rows = batch * positions, d = c.d_model, q = c.n_heads * c.d_head();
         const index_t kv = c.n_kv_heads * c.d_head(), mlp = c.attn_only() ? 0 : c.d_mlp;
@@ -9562,8 +9883,8 @@ private:
         final_norm_.scale.reserve(rows);
         final_norm_.normalized.reserve(rows * d);
         final_norm_.input.reserve(rows * d);
-        logits_.reserve(rows * c.d_vocab);
-        d_logits_.reserve(rows * c.d_vocab);
+        logits_.reserve(rows * c.vocab_out());
+        d_logits_.reserve(rows * c.vocab_out());
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
@@ -9660,7 +9981,8 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
             if constexpr (Step.op == block_op::norm)
                 sublayer_in =
                     taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
-                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half]);
+                                          tensor_view<const T, 1>(gain_view(w, Step.weight)),
+                                          tensor_view<const T, 1>(gain_view(w, Step.bias)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
                 taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
                                      tape.rope_sin_.data(), b, branch);
@@ -9675,11 +9997,13 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
     const T* final_input =
         taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
-                                         tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
-    multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
-             const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
-    fire<site_kind::unembed_out>(hooks, -1, ctx,
-                                 [&] { return sequence_view(tape.logits_.data(), batch, n, c.d_vocab); });
+                                         tensor_view<const T, 1>(params.final_norm),
+                                         tensor_view<const T, 1>(params.final_norm_bias), tape.final_norm_);
+    const index_t vocab = c.vocab_out();
+    multiply(row_map<T>(tape.logits_.data(), rows, vocab), const_row_map<T>(final_input, rows, d),
+             const_row_map<T>(params.unembed.data(), vocab, d).transpose(), false);
+    if (c.linear_biases) add_bias_rows(tape.logits_.data(), params.unembed_bias.data(), rows, vocab);
+    fire<site_kind::unembed_out>(hooks, -1, ctx, [&] { return sequence_view(tape.logits_.data(), batch, n, vocab); });
 }
 
 /// The backward pass over a tape filled by taped_forward, from d(metric)/d(logits) already in the tape. Fills
@@ -9704,17 +10028,20 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
 
     T* d_logits = tape.d_logits_.data();  // (rows, d_vocab)
     observe_gradient<site_kind::unembed_out>(hooks, -1, ctx,
-                                             [&] { return sequence_view(d_logits, batch, n, c.d_vocab); });
+                                             [&] { return sequence_view(d_logits, batch, n, c.vocab_out()); });
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();
     const T* final_input = c.has_norm() ? tape.final_norm_.input.data() : final_stream;  // (rows, d_model)
     T* d_stream = tape.d_stream_.data();  // (rows, d_model) gradient of the residual stream
     T* d_input = tape.d_input_.data();    // (rows, d_model) gradient of a norm's output
-    const_row_map<T> dl(d_logits, rows, c.d_vocab);
-    if (grads != nullptr)
-        multiply(row_map<T>(grads->unembed.data(), c.d_vocab, d), dl.transpose(),
-                 const_row_map<T>(final_input, rows, d), true);
+    const index_t vocab = c.vocab_out();
+    const_row_map<T> dl(d_logits, rows, vocab);
+    if (grads != nullptr) {
+        multiply(row_map<T>(grads->unembed.data(), vocab, d), dl.transpose(), const_row_map<T>(final_input, rows, d),
+                 true);
+        if (c.linear_biases) add_column_sums(grads->unembed_bias.data(), d_logits, rows, vocab);
+    }
     multiply(row_map<T>(c.has_norm() ? d_input : d_stream, rows, d), dl,
-             const_row_map<T>(params.unembed.data(), c.d_vocab, d), false);
+             const_row_map<T>(params.unembed.data(), vocab, d), false);
     T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
     const taped_shape shape{batch, n};
     if (c.has_norm()) {
@@ -9722,7 +10049,10 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
         norm_step_backward<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,
                                             tensor_view<const T, 1>(params.final_norm), tape.final_norm_, d_input,
                                             d_branch, tape.scratch_.d_scale.data(), d_stream,
-                                            grads != nullptr ? grads->final_norm.data() : nullptr);
+                                            grads != nullptr ? grads->final_norm.data() : nullptr,
+                                            grads != nullptr && c.norm == norm_kind::layer
+                                                ? grads->final_norm_bias.data()
+                                                : nullptr);
     }
 
     // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
@@ -9739,7 +10069,10 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
                 norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
                                          d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
-                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr);
+                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr,
+                                         gw != nullptr && c.norm == norm_kind::layer
+                                             ? gain_view(*gw, Step.bias).data()
+                                             : nullptr);
             else if constexpr (Step.op == block_op::attention)
                 attention_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, tape.rope_cos_.data(),
                                         tape.rope_sin_.data(), b, tape.scratch_, d_branch, d_input);
@@ -9778,7 +10111,7 @@ T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens
                   "forward_backward: the model's weights are not of the metric's scalar type");
     auto& policy = hooks;
     taped_forward(model, tokens, tape, policy);
-    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).d_vocab;
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).vocab_out();
     const T value = objective.evaluate(tensor_view<const T, 3>(tape.logits_.data(), {batch, n, vocab}),
                                        tensor_view<T, 3>(tape.d_logits_.data(), {batch, n, vocab}), tokens);
     taped_backward(model, tokens, tape, grads, policy);
@@ -10793,8 +11126,14 @@ inline std::string component_name(index_t layer, index_t head) {
     return name;
 }
 
-/// The final norm's divisor for a residual row: its RMS with RMSNorm, 1 without a norm.
+/// The final norm's centre for a residual row: its mean with LayerNorm, else 0.
+inline double final_norm_centre(const model_config& c, const float* row) {
+    return c.norm == norm_kind::layer ? kernels::generic::mean(row, c.d_model) : 0.0;
+}
+/// The final norm's divisor for a residual row: its RMS with RMSNorm, its centred RMS with LayerNorm, 1 without.
 inline double final_norm_divisor(const model_config& c, const float* row) {
+    if (c.norm == norm_kind::layer)
+        return kernels::generic::centred_rms_scale(row, c.d_model, final_norm_centre(c, row), c.norm_eps);
     return c.has_norm() ? kernels::generic::rms_scale(row, c.d_model, c.norm_eps) : 1.0;
 }
 
@@ -10808,19 +11147,21 @@ inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<c
     if (resid.extent(2) != c.d_model)
         throw shape_error("unembed_residual: the residual has width " + std::to_string(resid.extent(2)) +
                           ", the model d_model " + std::to_string(c.d_model));
-    tensor<float, 3> logits({resid.extent(0), resid.extent(1), c.d_vocab});
+    tensor<float, 3> logits({resid.extent(0), resid.extent(1), c.vocab_out()});
     std::vector<double> normed(static_cast<std::size_t>(c.d_model));
     std::vector<float> row(static_cast<std::size_t>(c.d_model));
     for (index_t b = 0; b < resid.extent(0); ++b)
         for (index_t p = 0; p < resid.extent(1); ++p) {
             for (index_t i = 0; i < c.d_model; ++i) row[static_cast<std::size_t>(i)] = resid(b, p, i);
             const double divisor = detail::final_norm_divisor(c, row.data());
+            const double centre = detail::final_norm_centre(c, row.data());
             for (index_t i = 0; i < c.d_model; ++i)
                 normed[static_cast<std::size_t>(i)] =
-                    static_cast<double>(row[static_cast<std::size_t>(i)]) / divisor *
-                    (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0);
-            for (index_t v = 0; v < c.d_vocab; ++v) {
-                double dot = 0.0;
+                    (static_cast<double>(row[static_cast<std::size_t>(i)]) - centre) / divisor *
+                        (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0) +
+                    (c.norm == norm_kind::layer ? static_cast<double>(model.weights().final_norm_bias(i)) : 0.0);
+            for (index_t v = 0; v < c.vocab_out(); ++v) {
+                double dot = c.linear_biases ? static_cast<double>(model.weights().unembed_bias(v)) : 0.0;
                 for (index_t i = 0; i < c.d_model; ++i)
                     dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(model.weights().unembed(v, i));
                 logits(b, p, v) = static_cast<float>(dot);
@@ -10835,7 +11176,7 @@ inline tensor<float, 4> logit_lens(const transformer& model, const activation_ca
     const model_config& c = model.config();
     const cached_activation& first = detail::required(cache, site{site_kind::resid_post, 0}, "logit_lens");
     const auto shape = first.view<3>().shape();
-    tensor<float, 4> out({c.n_layers, shape[0], shape[1], c.d_vocab});
+    tensor<float, 4> out({c.n_layers, shape[0], shape[1], c.vocab_out()});
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         const auto resid = detail::required(cache, site{site_kind::resid_post, layer}, "logit_lens").view<3>();
         const tensor<float, 3> logits = unembed_residual(model, resid);
@@ -10897,9 +11238,9 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
     const model_config& c = model.config();
     const char* who = "direct_logit_attribution";
     for (const std::int32_t t : {token, other.value_or(token)})
-        if (t < 0 || t >= c.d_vocab)
+        if (t < 0 || t >= c.vocab_out())
             throw std::invalid_argument(std::string(who) + ": token " + std::to_string(t) + " is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+                                        std::to_string(c.vocab_out()) + ")");
     const auto embed = detail::required(cache, site{site_kind::embed, -1}, who).view<3>();  // (batch, pos, d_model)
     if (batch < 0 || batch >= embed.extent(0) || position < 0 || position >= embed.extent(1))
         throw std::invalid_argument(std::string(who) + ": (" + std::to_string(batch) + ", " + std::to_string(position) +
@@ -10917,6 +11258,23 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
         const double gain = c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0;
         direction[static_cast<std::size_t>(i)] = u * gain / scale;
     }
+    // LayerNorm centres each component before scaling it: reading (x - mean(x)) along `direction` is reading x along
+    // the centred direction.
+    double bias_term = 0.0;  // what no component carries: the final norm's bias and the unembedding's, read out
+    if (c.norm == norm_kind::layer) {
+        double mean = 0.0;
+        for (double v : direction) mean += v;
+        mean /= static_cast<double>(c.d_model);
+        for (double& v : direction) v -= mean;
+        for (index_t i = 0; i < c.d_model; ++i) {
+            double u = static_cast<double>(model.weights().unembed(token, i));
+            if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
+            bias_term += u * static_cast<double>(model.weights().final_norm_bias(i));
+        }
+    }
+    if (c.linear_biases)
+        bias_term += static_cast<double>(model.weights().unembed_bias(token)) -
+                     (other ? static_cast<double>(model.weights().unembed_bias(*other)) : 0.0);
     auto read = [&](const float* vector, index_t stride) {
         double dot = 0.0;
         for (index_t i = 0; i < c.d_model; ++i)
@@ -10950,11 +11308,16 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             }
             add(detail::component_name(layer, h), value);
         }
+        if (c.linear_biases) {  // b_O is added after the heads: a component of its own
+            const auto& b_o = model.weights().layers[static_cast<std::size_t>(layer)].b_o;
+            add("L" + std::to_string(layer) + ".b_O", read(b_o.data(), b_o.stride(0)));
+        }
         if (!c.attn_only()) {
             const auto mlp = detail::required(cache, site{site_kind::mlp_out, layer}, who).view<3>();
             add(detail::component_name(layer, -1), read(&mlp(batch, position, 0), mlp.stride(2)));
         }
     }
+    if (c.norm == norm_kind::layer || c.linear_biases) add("biases", bias_term);
     return out;
 }
 
@@ -11125,7 +11488,7 @@ public:
                               " and corrupt tokens " + detail::format_extents(corrupt.shape()) + " differ in shape");
         prompts_ = clean.extent(0);
         length_ = clean.extent(1);
-        metric_.check(c.d_vocab);
+        metric_.check(c.vocab_out());
         if (metric_.prompts() != prompts_)
             throw std::invalid_argument("activation_patcher: the metric has answers for " +
                                         std::to_string(metric_.prompts()) + " prompts, the batch has " +
@@ -11139,7 +11502,7 @@ public:
                 if (clean(b, p) != corrupt(b, p)) first_difference_ = std::min(first_difference_, p);
 
         // Positions after the answer cannot change it: every run stops there and reads the last row's logits.
-        tensor<float, 3> logits({prompts_, 1, c.d_vocab});
+        tensor<float, 3> logits({prompts_, 1, c.vocab_out()});
         caching_hooks<> clean_hooks;
         forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
@@ -11241,7 +11604,7 @@ public:
     [[nodiscard]] patching_table sweep_naive(const patching_grid& grid) {
         const std::vector<patching_cell> all = cells(grid);
         std::vector<double> raw(all.size());
-        tensor<float, 3> logits({prompts_, 1, model_->config().d_vocab});
+        tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
         detail::with_site_kind(grid.kind, [&](auto kind_constant) {
             constexpr site_kind Kind = decltype(kind_constant)::value;
             for (std::size_t i = 0; i < all.size(); ++i) {
@@ -11261,7 +11624,7 @@ public:
     [[nodiscard]] double patched_metric(const std::vector<patch_target>& targets) {
         patch_hooks<> hooks(clean_cache_);
         for (const patch_target& t : targets) hooks.patch(t.target, t.selected);
-        tensor<float, 3> logits({prompts_, 1, model_->config().d_vocab});
+        tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
         forward(*model_, answer_window(), logits.view(), ws_, hooks);
         return metric_.mean(logits.view(), length_);
     }
@@ -11385,11 +11748,12 @@ private:
 
         // The final norm and unembedding of the answer row only.
         const auto unembed_in = final_norm_span(*model_, answer_span, final_rows, ws_, policy);  // (batch, d_model)
-        logits_.reserve(batch * c.d_vocab);
-        const auto logit_rows = logits_.matrix(batch, c.d_vocab);  // (batch, d_vocab)
-        const auto unembed = model_->weights().unembed;            // (d_vocab, d_model)
+        logits_.reserve(batch * c.vocab_out());
+        const auto logit_rows = logits_.matrix(batch, c.vocab_out());  // (batch, d_vocab_out)
+        const auto unembed = model_->weights().unembed;                // (d_vocab_out, d_model)
+        const auto unembed_bias = model_->weights().unembed_bias;      // (d_vocab_out) or empty
         if (metric_.kind == answer_kind::log_prob) {
-            kernels::linear(unembed_in, unembed, logit_rows);
+            detail::project(unembed_in, unembed, unembed_bias, logit_rows);
         } else {
             // Only the answer tokens' logits: the same numbers the full product gives (each output element is
             // reduced in one fixed order), without streaming the whole unembedding once per batch.
@@ -11398,14 +11762,15 @@ private:
                 for (const std::int32_t token :
                      {metric_.correct[prompt], metric_.kind == answer_kind::logit_diff ? metric_.wrong[prompt]
                                                                                        : metric_.correct[prompt]})
-                    kernels::linear(unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
+                    detail::project(unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
+                                    unembed_bias.size() > 0 ? unembed_bias.slice(0, token, token + 1) : unembed_bias,
                                     logit_rows.slice(0, b, b + 1).slice(1, token, token + 1));
             }
         }
 
         std::vector<double> means(static_cast<std::size_t>(stacked), 0.0);
         for (index_t b = 0; b < batch; ++b)
-            means[static_cast<std::size_t>(b / prompts_)] += metric_.value(b % prompts_, &logit_rows(b, 0), c.d_vocab);
+            means[static_cast<std::size_t>(b / prompts_)] += metric_.value(b % prompts_, &logit_rows(b, 0), c.vocab_out());
         for (double& m : means) m /= static_cast<double>(prompts_);
         return means;
     }
@@ -11481,7 +11846,7 @@ public:
                               " and corrupt tokens " + detail::format_extents(corrupt.shape()) + " differ in shape");
         prompts_ = clean.extent(0);
         length_ = clean.extent(1);
-        metric_.check(config_.d_vocab);
+        metric_.check(config_.vocab_out());
         if (metric_.prompts() != prompts_)
             throw std::invalid_argument("attribution_patcher: the metric has answers for " +
                                         std::to_string(metric_.prompts()) + " prompts, the batch has " +
@@ -11489,7 +11854,7 @@ public:
         const index_t answer = metric_.resolve_position(length_);
         const auto clean_window = clean.slice(1, 0, answer + 1), corrupt_window = corrupt.slice(1, 0, answer + 1);
 
-        tensor<float, 3> logits({prompts_, 1, config_.d_vocab});
+        tensor<float, 3> logits({prompts_, 1, config_.vocab_out()});
         workspace ws;
         caching_hooks<> clean_hooks, corrupt_hooks;
         forward(model, clean_window, logits.view(), ws, clean_hooks);
@@ -11821,7 +12186,7 @@ public:
         if (clean.extent(0) <= 0 || clean.extent(1) <= 0)
             throw shape_error("path_patch: tokens must be (prompts, pos) with both positive, got " +
                               detail::format_extents(clean.shape()));
-        metric_.check(c.d_vocab);
+        metric_.check(c.vocab_out());
         if (metric_.prompts() != clean.extent(0))
             throw std::invalid_argument("path_patch: the metric has answers for " + std::to_string(metric_.prompts()) +
                                         " prompts, the tokens hold " + std::to_string(clean.extent(0)));
@@ -11829,7 +12194,7 @@ public:
         positions_ = positions;
         // Only the answer position's logits are needed; when it is the last one, the unembedding skips the rest.
         const bool last_only = metric_.resolve_position(positions) == positions - 1;
-        logits_ = tensor<float, 3>({clean.extent(0), last_only ? 1 : positions, c.d_vocab});
+        logits_ = tensor<float, 3>({clean.extent(0), last_only ? 1 : positions, c.vocab_out()});
         check_positions(options_.sender_positions, "sender position");
         clean_tokens_ = copy_tokens(clean);
         corrupt_tokens_ = copy_tokens(corrupt);
@@ -12323,7 +12688,7 @@ inline void ig_check_site(const model_config& c, const site& where, const std::s
 inline void ig_check_inputs(const model_config& c, tensor_view<const std::int32_t, 2> tokens,
                             const answer_metric& answer, const std::string& who) {
     if (tokens.extent(0) < 1 || tokens.extent(1) < 1) throw std::invalid_argument(who + ": no prompt tokens");
-    answer.check(c.d_vocab);
+    answer.check(c.vocab_out());
     (void)answer.resolve_position(tokens.extent(1));
     if (tokens.extent(0) % answer.prompts() != 0)
         throw std::invalid_argument(who + ": " + std::to_string(tokens.extent(0)) + " prompts but the metric has " +

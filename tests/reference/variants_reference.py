@@ -23,11 +23,16 @@ Conventions (the same as llama_reference.py where they overlap):
   Plain MLP: hook_pre = x W_up^T, hook_post = gelu_tanh(pre) (GPT-2's gelu_new), then W_down. No biases.
 - Attention-only blocks (TransformerLens attn_only): resid_post = resid_pre + attn_out; no hook_resid_mid.
 - Logits = final_input @ W_U^T, W_U = the token embedding when tied, else the `unembed` tensor.
+- The GPT-2 family (configs that set them): LayerNorm "layer" (centred = x - mean, scale = sqrt(mean(centred^2) +
+  1e-5), normalized = centred / scale before the gain, output = normalized * gain + bias); linear biases on Q, K, V,
+  O, the MLP's in and out and the unembedding; MLP activations relu and exact (erf) GELU; bidirectional attention
+  (no mask); d_vocab_out logits from an untied (d_vocab_out, d_model) unembedding.
 - Every tensor is float32 (mechlens's safetensors reader takes F32 only), so `tokens` (1, 10) holds small integers
   as floats; the ids are also listed in the metadata under "tokens".
 """
 
 import argparse
+import math
 import json
 import os
 import struct
@@ -40,44 +45,77 @@ N_TOKENS = 10
 NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
 
-# name, norm, positions, mlp, tied unembedding
+# name, norm, positions, mlp, tied unembedding, then the GPT-2 family's options (only written when set):
+# linear biases, attention direction, d_vocab_out
 CONFIGS = [
     ("attn_only_none_learned", "none", "learned", "none", False),
     ("attn_only_rms_rotary", "rms", "rotary", "none", True),
     ("gelu_rms_learned", "rms", "learned", "plain_gelu", False),
     ("gated_none_rotary", "none", "rotary", "gated_silu", True),
     ("gated_rms_rotary", "rms", "rotary", "gated_silu", True),
+    ("gpt2_layer_learned", "layer", "learned", "plain_gelu", False, True, "causal", 0),
+    ("relu_layer_bidirectional_classifier", "layer", "learned", "plain_relu", False, True, "bidirectional", 5),
+    ("gelu_erf_none_biases", "none", "learned", "plain_gelu_erf", False, True, "causal", 0),
+    ("attn_only_layer_biases_classifier", "layer", "learned", "none", False, True, "causal", 2),
 ]
 
 
-def make_config(name, norm, positions, mlp, tied):
-    return dict(name=name, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, d_mlp=D_MLP,
-                d_vocab=D_VOCAB, n_ctx=N_CTX, rope_theta=ROPE_THETA, norm_eps=NORM_EPS, tied_unembed=tied,
-                rope="adjacent_pairs", norm=norm, positions=positions, mlp=mlp)
+def make_config(name, norm, positions, mlp, tied, biases=False, attention="causal", d_vocab_out=0):
+    c = dict(name=name, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, d_mlp=D_MLP,
+             d_vocab=D_VOCAB, n_ctx=N_CTX, rope_theta=ROPE_THETA, norm_eps=NORM_EPS, tied_unembed=tied,
+             rope="adjacent_pairs", norm=norm, positions=positions, mlp=mlp)
+    if biases:
+        c["linear_biases"] = True
+    if attention != "causal":
+        c["attention"] = attention
+    if d_vocab_out:
+        c["d_vocab_out"] = d_vocab_out
+    return c
+
+
+def vocab_out(c):
+    return c.get("d_vocab_out", c["d_vocab"])
 
 
 def parameter_layout(c):
     """(name, shape) in the order of mechlens::parameter_layout: only the tensors the config uses."""
     d, d_head = c["d_model"], c["d_model"] // c["n_heads"]
     q, kv = c["n_heads"] * d_head, c["n_kv_heads"] * d_head
+    norms, layer_norm, biases = c["norm"] != "none", c["norm"] == "layer", c.get("linear_biases", False)
     out = [("token_embedding", (c["d_vocab"], d))]
     if c["positions"] == "learned":
         out.append(("pos_embedding", (c["n_ctx"], d)))
     for layer in range(c["n_layers"]):
         p = f"blocks.{layer}."
-        if c["norm"] == "rms":
+        if norms:
             out.append((p + "attn_norm", (d,)))
-        out += [(p + "w_q", (q, d)), (p + "w_k", (kv, d)), (p + "w_v", (kv, d)), (p + "w_o", (d, q))]
+        if layer_norm:
+            out.append((p + "attn_norm_bias", (d,)))
+        for name, shape in (("q", (q, d)), ("k", (kv, d)), ("v", (kv, d)), ("o", (d, q))):
+            out.append((p + "w_" + name, shape))
+            if biases:
+                out.append((p + "b_" + name, (shape[0],)))
         if c["mlp"] != "none":
-            if c["norm"] == "rms":
+            if norms:
                 out.append((p + "mlp_norm", (d,)))
+            if layer_norm:
+                out.append((p + "mlp_norm_bias", (d,)))
             if c["mlp"] == "gated_silu":
                 out.append((p + "w_gate", (c["d_mlp"], d)))
-            out += [(p + "w_up", (c["d_mlp"], d)), (p + "w_down", (d, c["d_mlp"]))]
-    if c["norm"] == "rms":
+            out.append((p + "w_up", (c["d_mlp"], d)))
+            if biases:
+                out.append((p + "b_up", (c["d_mlp"],)))
+            out.append((p + "w_down", (d, c["d_mlp"])))
+            if biases:
+                out.append((p + "b_down", (d,)))
+    if norms:
         out.append(("final_norm", (d,)))
+    if layer_norm:
+        out.append(("final_norm_bias", (d,)))
     if not c["tied_unembed"]:
-        out.append(("unembed", (c["d_vocab"], d)))
+        out.append(("unembed", (vocab_out(c), d)))
+    if biases:
+        out.append(("unembed_bias", (vocab_out(c),)))
     return out
 
 
@@ -88,6 +126,8 @@ def draw_weights(c, rng):
         field = name.rsplit(".", 1)[-1]
         if field in ("attn_norm", "mlp_norm", "final_norm"):
             value = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif len(shape) == 1:  # a norm's or a linear layer's bias
+            value = 0.2 * rng.standard_normal(shape)
         elif field in ("token_embedding", "unembed"):
             value = rng.standard_normal(shape)
         elif field == "pos_embedding":
@@ -106,6 +146,14 @@ def rms_norm(x, gain, eps):
     scale = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
     normalized = x / scale
     return normalized * gain, scale, normalized
+
+
+def layer_norm(x, gain, bias, eps):
+    """TransformerLens's LN: centre, divide by sqrt(mean(centred^2) + eps), then gain and bias."""
+    centred = x - np.mean(x, axis=-1, keepdims=True)
+    scale = np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    normalized = centred / scale
+    return normalized * gain + bias, scale, normalized
 
 
 def rotary_adjacent(x, theta):
@@ -129,6 +177,15 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_erf(x):
+    erf = np.vectorize(math.erf)
+    return (0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))).astype(x.dtype)
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
 def forward(c, w, tokens, dtype=np.float64):
     """Runs one sequence of token ids; returns (logits (pos, vocab), {hook name: activation without batch axis})."""
     W = {k: v.astype(dtype) for k, v in w.items()}
@@ -139,10 +196,18 @@ def forward(c, w, tokens, dtype=np.float64):
     pos = len(tokens)
     acts = {}
 
+    def linear(x, weight_name, bias_name, weight=None):
+        """x W^T, plus the bias when the config has linear biases."""
+        out = x @ (W[weight_name] if weight is None else weight).T
+        return out + W[bias_name] if c.get("linear_biases", False) else out
+
     def norm(x, gain_name, hook):
         if c["norm"] == "none":
             return x
-        out, scale, normalized = rms_norm(x, W[gain_name], eps)
+        if c["norm"] == "layer":
+            out, scale, normalized = layer_norm(x, W[gain_name], W[gain_name + "_bias"], eps)
+        else:
+            out, scale, normalized = rms_norm(x, W[gain_name], eps)
         acts[hook + ".hook_scale"] = scale
         acts[hook + ".hook_normalized"] = normalized
         return out
@@ -156,15 +221,17 @@ def forward(c, w, tokens, dtype=np.float64):
         p = f"blocks.{layer}."
         acts[p + "hook_resid_pre"] = x
         xn = norm(x, p + "attn_norm", p + "ln1")
-        q = (xn @ W[p + "w_q"].T).reshape(pos, n_heads, d_head)
-        k = (xn @ W[p + "w_k"].T).reshape(pos, n_kv, d_head)
-        v = (xn @ W[p + "w_v"].T).reshape(pos, n_kv, d_head)
+        q = (linear(xn, p + "w_q", p + "b_q")).reshape(pos, n_heads, d_head)
+        k = (linear(xn, p + "w_k", p + "b_k")).reshape(pos, n_kv, d_head)
+        v = (linear(xn, p + "w_v", p + "b_v")).reshape(pos, n_kv, d_head)
         if c["positions"] == "rotary":
             q, k = rotary_adjacent(q, c["rope_theta"]), rotary_adjacent(k, c["rope_theta"])
             acts[p + "attn.hook_rot_q"] = q
         pattern = np.empty((n_heads, pos, pos), dtype=dtype)
         z = np.empty((pos, n_heads, d_head), dtype=dtype)
         future = np.triu(np.ones((pos, pos), dtype=bool), 1)
+        if c.get("attention", "causal") == "bidirectional":
+            future[:] = False
         for h in range(n_heads):
             scores = q[:, h, :] @ k[:, h // group, :].T / np.sqrt(dtype(d_head))
             scores = np.where(future, -np.inf, scores)
@@ -173,7 +240,7 @@ def forward(c, w, tokens, dtype=np.float64):
             z[:, h, :] = pattern[h] @ v[:, h // group, :]
         acts[p + "attn.hook_pattern"] = pattern
         acts[p + "attn.hook_z"] = z
-        attn_out = z.reshape(pos, n_heads * d_head) @ W[p + "w_o"].T
+        attn_out = linear(z.reshape(pos, n_heads * d_head), p + "w_o", p + "b_o")
         acts[p + "hook_attn_out"] = attn_out
         x = x + attn_out
         if c["mlp"] != "none":
@@ -184,17 +251,17 @@ def forward(c, w, tokens, dtype=np.float64):
                 acts[p + "mlp.hook_pre_linear"] = pre_linear
                 post = silu(pre) * pre_linear
             else:
-                pre = xn @ W[p + "w_up"].T
-                post = gelu_tanh(pre)
+                pre = linear(xn, p + "w_up", p + "b_up")
+                post = {"plain_gelu": gelu_tanh, "plain_gelu_erf": gelu_erf, "plain_relu": relu}[c["mlp"]](pre)
             acts[p + "mlp.hook_pre"] = pre
             acts[p + "mlp.hook_post"] = post
-            mlp_out = post @ W[p + "w_down"].T
+            mlp_out = linear(post, p + "w_down", p + "b_down")
             acts[p + "hook_mlp_out"] = mlp_out
             x = x + mlp_out
         acts[p + "hook_resid_post"] = x
     xn = norm(x, "final_norm", "ln_final")
     unembed = W["token_embedding"] if c["tied_unembed"] else W["unembed"]
-    return xn @ unembed.T, acts
+    return linear(xn, None, "unembed_bias", unembed), acts
 
 
 # Stored activations: enough to locate a mismatch, small enough to keep the files small. "L" is every block.
@@ -250,16 +317,22 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    for index, (name, norm, positions, mlp, tied) in enumerate(CONFIGS):
-        c = make_config(name, norm, positions, mlp, tied)
+    for index, entry in enumerate(CONFIGS):
+        name = entry[0]
+        c = make_config(*entry)
         rng = np.random.RandomState(1000 + index)  # the legacy generator: its streams never change across numpy
         weights = draw_weights(c, rng)
         tokens = rng.randint(0, c["d_vocab"], size=N_TOKENS)
         logits, acts = forward(c, weights, tokens)
 
-        # Self-checks: causality (a prefix gives the prefix's logits) and float32 agreement with float64.
+        # Self-checks: causality (a prefix gives the prefix's logits, only for causal attention) and float32
+        # agreement with float64.
         prefix_logits, _ = forward(c, weights, tokens[:4])
-        check(np.max(np.abs(prefix_logits - logits[:4])) < 1e-12, f"{name}: a prefix changes earlier logits")
+        prefix_gap = np.max(np.abs(prefix_logits - logits[:4]))
+        if c.get("attention", "causal") == "causal":
+            check(prefix_gap < 1e-12, f"{name}: a prefix changes earlier logits")
+        else:
+            check(prefix_gap > 1e-3, f"{name}: bidirectional attention ignores later tokens")
         logits32, _ = forward(c, weights, tokens, np.float32)
         drift = float(np.max(np.abs(logits32 - logits)))
         check(drift < 1e-4, f"{name}: float32 and float64 logits differ by {drift}")

@@ -178,6 +178,9 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         mechlens::mlp_kind mlp;
         mechlens::rope_layout rope;
         bool tied;
+        bool biases = false;
+        mechlens::attention_dir attention = mechlens::attention_dir::causal;
+        index_t d_vocab_out = 0;
     };
     const variant variants[] = {
         {"llama (rms, rotary, gated, GQA, tied)", mechlens::norm_kind::rms, mechlens::positional_kind::rotary,
@@ -188,6 +191,16 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
          mechlens::mlp_kind::plain_gelu, mechlens::rope_layout::adjacent_pairs, false},
         {"gated, no norm, split-halves rotary", mechlens::norm_kind::none, mechlens::positional_kind::rotary,
          mechlens::mlp_kind::gated_silu, mechlens::rope_layout::split_halves, true},
+        {"GPT-2 (LayerNorm, biases, gelu_new, learned, untied)", mechlens::norm_kind::layer,
+         mechlens::positional_kind::learned, mechlens::mlp_kind::plain_gelu, mechlens::rope_layout::adjacent_pairs,
+         false, true},
+        {"classifier (LayerNorm, biases, ReLU, bidirectional, 9 classes)", mechlens::norm_kind::layer,
+         mechlens::positional_kind::learned, mechlens::mlp_kind::plain_relu, mechlens::rope_layout::adjacent_pairs,
+         false, true, mechlens::attention_dir::bidirectional, 9},
+        {"exact GELU, biases, no norm", mechlens::norm_kind::none, mechlens::positional_kind::learned,
+         mechlens::mlp_kind::plain_gelu_erf, mechlens::rope_layout::adjacent_pairs, false, true},
+        {"attention-only, LayerNorm, biases, rotary", mechlens::norm_kind::layer, mechlens::positional_kind::rotary,
+         mechlens::mlp_kind::none, mechlens::rope_layout::adjacent_pairs, false, true},
     };
     const std::vector<std::int32_t> ids{1, 5, 9, 2, 11, 5, 3, 12, 7, 1, 4, 6};
     const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {2, 6});
@@ -200,6 +213,9 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         c.mlp = v.mlp;
         c.rope = v.rope;
         c.tied_unembed = v.tied;
+        c.linear_biases = v.biases;
+        c.attention = v.attention;
+        c.d_vocab_out = v.d_vocab_out;
         const mechlens::model_parameters_f64 params = tiny_model(c, ++seed);
         const mechlens::basic_metric<double> metrics[] = {
             mechlens::basic_metric<double>::cross_entropy(),
@@ -218,6 +234,8 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         };
         for (const auto& metric : metrics) {
             INFO(v.name << ", metric kind " << static_cast<int>(metric.kind));
+            // Next-token cross-entropy needs logits over the input vocabulary; a classifier head has fewer.
+            if (metric.kind == mechlens::metric_kind::cross_entropy && c.vocab_out() != c.d_vocab) continue;
             mechlens::model_parameters_f64 grads(c);
             mechlens::gradient_cache<> observed;
             (void)mechlens::forward_backward(params, tokens, metric, &grads, observed);
@@ -266,7 +284,7 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
             worst_site_error = std::max(worst_site_error, worst_site);
         }
     }
-    WARN("finite differences, 4 variants x 3 metrics: worst parameter error "
+    WARN("finite differences, 8 variants x 3 metrics: worst parameter error "
          << worst_parameter_error << ", worst site error " << worst_site_error << " (relative to max(1, |gradient|))");
 }
 

@@ -368,14 +368,26 @@ mechlens::model_config variant_config(const mechlens::safetensors_file& file) {
     c.tied_unembed = meta("tied_unembed") == "true";
     REQUIRE(meta("rope") == "adjacent_pairs");
     const std::string norm = meta("norm"), positions = meta("positions"), mlp = meta("mlp");
-    REQUIRE((norm == "rms" || norm == "none"));
+    REQUIRE((norm == "rms" || norm == "none" || norm == "layer"));
     REQUIRE((positions == "rotary" || positions == "learned"));
-    REQUIRE((mlp == "gated_silu" || mlp == "plain_gelu" || mlp == "none"));
-    c.norm = norm == "rms" ? mechlens::norm_kind::rms : mechlens::norm_kind::none;
+    REQUIRE((mlp == "gated_silu" || mlp == "plain_gelu" || mlp == "none" || mlp == "plain_relu" ||
+             mlp == "plain_gelu_erf"));
+    c.norm = norm == "rms" ? mechlens::norm_kind::rms : norm == "layer" ? mechlens::norm_kind::layer
+                                                                        : mechlens::norm_kind::none;
     c.positions = positions == "rotary" ? mechlens::positional_kind::rotary : mechlens::positional_kind::learned;
-    c.mlp = mlp == "gated_silu"   ? mechlens::mlp_kind::gated_silu
-            : mlp == "plain_gelu" ? mechlens::mlp_kind::plain_gelu
-                                  : mechlens::mlp_kind::none;
+    c.mlp = mlp == "gated_silu"       ? mechlens::mlp_kind::gated_silu
+            : mlp == "plain_gelu"     ? mechlens::mlp_kind::plain_gelu
+            : mlp == "plain_relu"     ? mechlens::mlp_kind::plain_relu
+            : mlp == "plain_gelu_erf" ? mechlens::mlp_kind::plain_gelu_erf
+                                      : mechlens::mlp_kind::none;
+    // The GPT-2 family's options are written only when set.
+    auto optional = [&](const std::string& key) -> std::string {
+        const auto it = file.metadata.find(key);
+        return it == file.metadata.end() ? std::string() : it->second;
+    };
+    c.linear_biases = optional("linear_biases") == "true";
+    if (optional("attention") == "bidirectional") c.attention = mechlens::attention_dir::bidirectional;
+    if (!optional("d_vocab_out").empty()) c.d_vocab_out = std::stoll(optional("d_vocab_out"));
     return c;
 }
 
@@ -412,7 +424,7 @@ std::vector<variant_fixture> variant_fixtures() {
     std::sort(paths.begin(), paths.end());
     std::vector<variant_fixture> out;
     for (const fs::path& p : paths) out.push_back(load_variant(p));
-    REQUIRE(out.size() >= 5);
+    REQUIRE(out.size() >= 9);
     return out;
 }
 
@@ -446,10 +458,30 @@ TEST_CASE("variants: logits and activations equal the float64 reference within 1
         mechlens::caching_hooks<> run;
         const auto logits = mechlens::forward_logits(model, as_batch(f.tokens), run);
         const mechlens::safetensors_tensor& expected = f.tensors.at("logits");
-        REQUIRE(expected.shape == std::vector<index_t>{1, 10, 37});
+        REQUIRE(expected.shape == std::vector<index_t>{1, 10, f.config.vocab_out()});
         const double logit_error = max_abs_difference(values_of(logits), expected.values);
         CAPTURE(logit_error);
         CHECK(logit_error <= 1e-4);
+        // The hooked run (every site, the norms unfused) rounds exactly like the plain one.
+        const auto plain = mechlens::forward_logits(model, as_batch(f.tokens));
+        CHECK(std::equal(plain.data(), plain.data() + plain.size(), logits.data()));
+        // Direct logit attribution (with LayerNorm's centring and every bias as components) sums to the logit
+        // difference at the last position.
+        const std::int32_t answer = 1, other = 0;
+        const mechlens::logit_attribution dla =
+            mechlens::direct_logit_attribution(model, run.cache(), 0, 9, answer, other);
+        const double difference = static_cast<double>(logits(0, 9, answer)) - static_cast<double>(logits(0, 9, other));
+        CAPTURE(dla.total, difference);
+        CHECK(std::abs(dla.total - difference) <= 1e-4 * std::max(1.0, std::abs(difference)));
+        // The logit lens at the last block is the model's own output (its final norm, bias and unembedding bias).
+        const auto lens = mechlens::logit_lens(model, run.cache());  // (layers, 1, pos, vocab)
+        double lens_error = 0.0;
+        for (index_t p = 0; p < 10; ++p)
+            for (index_t v = 0; v < f.config.vocab_out(); ++v)
+                lens_error = std::max(lens_error, std::abs(static_cast<double>(lens(f.config.n_layers - 1, 0, p, v)) -
+                                                           static_cast<double>(logits(0, p, v))));
+        CAPTURE(lens_error);
+        CHECK(lens_error <= 1e-4);
         double worst = 0.0;
         index_t compared = 0, residual_layers = 0, pos_embeds = 0;
         for (const auto& [name, t] : f.tensors) {
@@ -473,6 +505,7 @@ TEST_CASE("variants: logits and activations equal the float64 reference within 1
 TEST_CASE("variants: KV-cache decoding token by token equals the full forward bit for bit", "[variants][kv]") {
     for (const variant_fixture& f : variant_fixtures()) {
         INFO("fixture " << f.name);
+        if (!f.config.causal()) continue;  // a bidirectional model's rows see later tokens: nothing to decode
         const mechlens::transformer model = variant_model(f);
         const auto n = static_cast<index_t>(f.tokens.size());
         mechlens::caching_hooks<> full_run, decoded_run;
@@ -480,10 +513,10 @@ TEST_CASE("variants: KV-cache decoding token by token equals the full forward bi
         mechlens::kv_cache cache(f.config, 1, n);
         mechlens::workspace ws;
         for (index_t p = 0; p < n; ++p) {
-            mechlens::tensor<float, 3> step({1, 1, f.config.d_vocab});
+            mechlens::tensor<float, 3> step({1, 1, f.config.vocab_out()});
             mechlens::forward(model, mechlens::tensor_view<const std::int32_t, 2>(f.tokens.data() + p, {1, 1}), cache,
                               step.view(), ws, decoded_run);
-            for (index_t v = 0; v < f.config.d_vocab; ++v) REQUIRE(step(0, 0, v) == full(0, p, v));
+            for (index_t v = 0; v < f.config.vocab_out(); ++v) REQUIRE(step(0, 0, v) == full(0, p, v));
         }
         // Every site too, hook_pos_embed included: decode steps add the rows of their absolute positions.
         REQUIRE(decoded_run.cache().sites() == full_run.cache().sites());

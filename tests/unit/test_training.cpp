@@ -729,7 +729,15 @@ std::vector<mechlens::model_config> table_configs() {
     gpt.tied_unembed = true;
     mechlens::model_config attention_only = llama;
     attention_only.mlp = mechlens::mlp_kind::none;
-    return {llama, gpt, attention_only};
+    mechlens::model_config gpt2 = gpt;  // LayerNorm and biases everywhere, untied
+    gpt2.norm = mechlens::norm_kind::layer;
+    gpt2.linear_biases = true;
+    gpt2.tied_unembed = false;
+    mechlens::model_config classifier = gpt2;  // ReLU, bidirectional, 5 classes
+    classifier.mlp = mechlens::mlp_kind::plain_relu;
+    classifier.attention = mechlens::attention_dir::bidirectional;
+    classifier.d_vocab_out = 5;
+    return {llama, gpt, attention_only, gpt2, classifier};
 }
 
 }  // namespace
@@ -776,7 +784,10 @@ TEST_CASE("parameter table: every row reaches the layout, the views, validation 
             REQUIRE(view.size() == entry->size());
             CHECK(view.data() == params.flat().data() + entry->offset);
         });
-        CHECK(views == 4 + 9 * static_cast<std::size_t>(c.n_layers));
+        std::size_t rows_per_block = 0, global_rows = 0;
+        for (const mechlens::parameter_traits& row : mechlens::parameter_table)
+            (row.per_block ? rows_per_block : global_rows) += 1;
+        CHECK(views == global_rows + rows_per_block * static_cast<std::size_t>(c.n_layers));
         CHECK_NOTHROW(mechlens::validate_weights(c, w));
 
         // Validation names the row whose view has the wrong shape.
@@ -800,7 +811,20 @@ TEST_CASE("parameter table: every row reaches the layout, the views, validation 
         mechlens::model_parameters grads(c);
         const std::vector<std::int32_t> ids{1, 5, 7, 2, 11, 3, 9, 4};
         const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {1, 8});
-        (void)mechlens::forward_backward(model, tokens, mechlens::metric::cross_entropy(), &grads);
+        // A classifier head has no next-token logits: the sum of all logits reaches every parameter just as well.
+        const auto objective = c.vocab_out() == c.d_vocab
+                                   ? mechlens::metric::cross_entropy()
+                                   : mechlens::metric::custom([](mechlens::tensor_view<const float, 3> logits,
+                                                                 mechlens::tensor_view<float, 3> d_logits) {
+                                         float sum = 0.0f;
+                                         for (index_t p = 0; p < logits.extent(1); ++p)
+                                             for (index_t v = 0; v < logits.extent(2); ++v) {
+                                                 sum += logits(0, p, v) * logits(0, p, v);
+                                                 d_logits(0, p, v) = 2.0f * logits(0, p, v);
+                                             }
+                                         return sum;
+                                     });
+        (void)mechlens::forward_backward(model, tokens, objective, &grads);
         for (const mechlens::parameter_entry& e : grads.layout()) {
             INFO(e.name);
             const auto g = grads.flat().subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.size()));

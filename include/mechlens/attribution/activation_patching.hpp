@@ -167,7 +167,7 @@ public:
                               " and corrupt tokens " + detail::format_extents(corrupt.shape()) + " differ in shape");
         prompts_ = clean.extent(0);
         length_ = clean.extent(1);
-        metric_.check(c.d_vocab);
+        metric_.check(c.vocab_out());
         if (metric_.prompts() != prompts_)
             throw std::invalid_argument("activation_patcher: the metric has answers for " +
                                         std::to_string(metric_.prompts()) + " prompts, the batch has " +
@@ -181,7 +181,7 @@ public:
                 if (clean(b, p) != corrupt(b, p)) first_difference_ = std::min(first_difference_, p);
 
         // Positions after the answer cannot change it: every run stops there and reads the last row's logits.
-        tensor<float, 3> logits({prompts_, 1, c.d_vocab});
+        tensor<float, 3> logits({prompts_, 1, c.vocab_out()});
         caching_hooks<> clean_hooks;
         forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
@@ -283,7 +283,7 @@ public:
     [[nodiscard]] patching_table sweep_naive(const patching_grid& grid) {
         const std::vector<patching_cell> all = cells(grid);
         std::vector<double> raw(all.size());
-        tensor<float, 3> logits({prompts_, 1, model_->config().d_vocab});
+        tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
         detail::with_site_kind(grid.kind, [&](auto kind_constant) {
             constexpr site_kind Kind = decltype(kind_constant)::value;
             for (std::size_t i = 0; i < all.size(); ++i) {
@@ -303,7 +303,7 @@ public:
     [[nodiscard]] double patched_metric(const std::vector<patch_target>& targets) {
         patch_hooks<> hooks(clean_cache_);
         for (const patch_target& t : targets) hooks.patch(t.target, t.selected);
-        tensor<float, 3> logits({prompts_, 1, model_->config().d_vocab});
+        tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
         forward(*model_, answer_window(), logits.view(), ws_, hooks);
         return metric_.mean(logits.view(), length_);
     }
@@ -427,11 +427,12 @@ private:
 
         // The final norm and unembedding of the answer row only.
         const auto unembed_in = final_norm_span(*model_, answer_span, final_rows, ws_, policy);  // (batch, d_model)
-        logits_.reserve(batch * c.d_vocab);
-        const auto logit_rows = logits_.matrix(batch, c.d_vocab);  // (batch, d_vocab)
-        const auto unembed = model_->weights().unembed;            // (d_vocab, d_model)
+        logits_.reserve(batch * c.vocab_out());
+        const auto logit_rows = logits_.matrix(batch, c.vocab_out());  // (batch, d_vocab_out)
+        const auto unembed = model_->weights().unembed;                // (d_vocab_out, d_model)
+        const auto unembed_bias = model_->weights().unembed_bias;      // (d_vocab_out) or empty
         if (metric_.kind == answer_kind::log_prob) {
-            kernels::linear(unembed_in, unembed, logit_rows);
+            detail::project(unembed_in, unembed, unembed_bias, logit_rows);
         } else {
             // Only the answer tokens' logits: the same numbers the full product gives (each output element is
             // reduced in one fixed order), without streaming the whole unembedding once per batch.
@@ -440,14 +441,15 @@ private:
                 for (const std::int32_t token :
                      {metric_.correct[prompt], metric_.kind == answer_kind::logit_diff ? metric_.wrong[prompt]
                                                                                        : metric_.correct[prompt]})
-                    kernels::linear(unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
+                    detail::project(unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
+                                    unembed_bias.size() > 0 ? unembed_bias.slice(0, token, token + 1) : unembed_bias,
                                     logit_rows.slice(0, b, b + 1).slice(1, token, token + 1));
             }
         }
 
         std::vector<double> means(static_cast<std::size_t>(stacked), 0.0);
         for (index_t b = 0; b < batch; ++b)
-            means[static_cast<std::size_t>(b / prompts_)] += metric_.value(b % prompts_, &logit_rows(b, 0), c.d_vocab);
+            means[static_cast<std::size_t>(b / prompts_)] += metric_.value(b % prompts_, &logit_rows(b, 0), c.vocab_out());
         for (double& m : means) m /= static_cast<double>(prompts_);
         return means;
     }

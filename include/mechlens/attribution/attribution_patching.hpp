@@ -63,7 +63,7 @@ public:
                               " and corrupt tokens " + detail::format_extents(corrupt.shape()) + " differ in shape");
         prompts_ = clean.extent(0);
         length_ = clean.extent(1);
-        metric_.check(config_.d_vocab);
+        metric_.check(config_.vocab_out());
         if (metric_.prompts() != prompts_)
             throw std::invalid_argument("attribution_patcher: the metric has answers for " +
                                         std::to_string(metric_.prompts()) + " prompts, the batch has " +
@@ -71,7 +71,7 @@ public:
         const index_t answer = metric_.resolve_position(length_);
         const auto clean_window = clean.slice(1, 0, answer + 1), corrupt_window = corrupt.slice(1, 0, answer + 1);
 
-        tensor<float, 3> logits({prompts_, 1, config_.d_vocab});
+        tensor<float, 3> logits({prompts_, 1, config_.vocab_out()});
         workspace ws;
         caching_hooks<> clean_hooks, corrupt_hooks;
         forward(model, clean_window, logits.view(), ws, clean_hooks);

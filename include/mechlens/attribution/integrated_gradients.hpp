@@ -257,7 +257,7 @@ inline void ig_check_site(const model_config& c, const site& where, const std::s
 inline void ig_check_inputs(const model_config& c, tensor_view<const std::int32_t, 2> tokens,
                             const answer_metric& answer, const std::string& who) {
     if (tokens.extent(0) < 1 || tokens.extent(1) < 1) throw std::invalid_argument(who + ": no prompt tokens");
-    answer.check(c.d_vocab);
+    answer.check(c.vocab_out());
     (void)answer.resolve_position(tokens.extent(1));
     if (tokens.extent(0) % answer.prompts() != 0)
         throw std::invalid_argument(who + ": " + std::to_string(tokens.extent(0)) + " prompts but the metric has " +

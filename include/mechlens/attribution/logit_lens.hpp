@@ -44,8 +44,14 @@ inline std::string component_name(index_t layer, index_t head) {
     return name;
 }
 
-/// The final norm's divisor for a residual row: its RMS with RMSNorm, 1 without a norm.
+/// The final norm's centre for a residual row: its mean with LayerNorm, else 0.
+inline double final_norm_centre(const model_config& c, const float* row) {
+    return c.norm == norm_kind::layer ? kernels::generic::mean(row, c.d_model) : 0.0;
+}
+/// The final norm's divisor for a residual row: its RMS with RMSNorm, its centred RMS with LayerNorm, 1 without.
 inline double final_norm_divisor(const model_config& c, const float* row) {
+    if (c.norm == norm_kind::layer)
+        return kernels::generic::centred_rms_scale(row, c.d_model, final_norm_centre(c, row), c.norm_eps);
     return c.has_norm() ? kernels::generic::rms_scale(row, c.d_model, c.norm_eps) : 1.0;
 }
 
@@ -59,19 +65,21 @@ inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<c
     if (resid.extent(2) != c.d_model)
         throw shape_error("unembed_residual: the residual has width " + std::to_string(resid.extent(2)) +
                           ", the model d_model " + std::to_string(c.d_model));
-    tensor<float, 3> logits({resid.extent(0), resid.extent(1), c.d_vocab});
+    tensor<float, 3> logits({resid.extent(0), resid.extent(1), c.vocab_out()});
     std::vector<double> normed(static_cast<std::size_t>(c.d_model));
     std::vector<float> row(static_cast<std::size_t>(c.d_model));
     for (index_t b = 0; b < resid.extent(0); ++b)
         for (index_t p = 0; p < resid.extent(1); ++p) {
             for (index_t i = 0; i < c.d_model; ++i) row[static_cast<std::size_t>(i)] = resid(b, p, i);
             const double divisor = detail::final_norm_divisor(c, row.data());
+            const double centre = detail::final_norm_centre(c, row.data());
             for (index_t i = 0; i < c.d_model; ++i)
                 normed[static_cast<std::size_t>(i)] =
-                    static_cast<double>(row[static_cast<std::size_t>(i)]) / divisor *
-                    (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0);
-            for (index_t v = 0; v < c.d_vocab; ++v) {
-                double dot = 0.0;
+                    (static_cast<double>(row[static_cast<std::size_t>(i)]) - centre) / divisor *
+                        (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0) +
+                    (c.norm == norm_kind::layer ? static_cast<double>(model.weights().final_norm_bias(i)) : 0.0);
+            for (index_t v = 0; v < c.vocab_out(); ++v) {
+                double dot = c.linear_biases ? static_cast<double>(model.weights().unembed_bias(v)) : 0.0;
                 for (index_t i = 0; i < c.d_model; ++i)
                     dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(model.weights().unembed(v, i));
                 logits(b, p, v) = static_cast<float>(dot);
@@ -86,7 +94,7 @@ inline tensor<float, 4> logit_lens(const transformer& model, const activation_ca
     const model_config& c = model.config();
     const cached_activation& first = detail::required(cache, site{site_kind::resid_post, 0}, "logit_lens");
     const auto shape = first.view<3>().shape();
-    tensor<float, 4> out({c.n_layers, shape[0], shape[1], c.d_vocab});
+    tensor<float, 4> out({c.n_layers, shape[0], shape[1], c.vocab_out()});
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         const auto resid = detail::required(cache, site{site_kind::resid_post, layer}, "logit_lens").view<3>();
         const tensor<float, 3> logits = unembed_residual(model, resid);
@@ -148,9 +156,9 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
     const model_config& c = model.config();
     const char* who = "direct_logit_attribution";
     for (const std::int32_t t : {token, other.value_or(token)})
-        if (t < 0 || t >= c.d_vocab)
+        if (t < 0 || t >= c.vocab_out())
             throw std::invalid_argument(std::string(who) + ": token " + std::to_string(t) + " is outside [0, " +
-                                        std::to_string(c.d_vocab) + ")");
+                                        std::to_string(c.vocab_out()) + ")");
     const auto embed = detail::required(cache, site{site_kind::embed, -1}, who).view<3>();  // (batch, pos, d_model)
     if (batch < 0 || batch >= embed.extent(0) || position < 0 || position >= embed.extent(1))
         throw std::invalid_argument(std::string(who) + ": (" + std::to_string(batch) + ", " + std::to_string(position) +
@@ -168,6 +176,23 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
         const double gain = c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0;
         direction[static_cast<std::size_t>(i)] = u * gain / scale;
     }
+    // LayerNorm centres each component before scaling it: reading (x - mean(x)) along `direction` is reading x along
+    // the centred direction.
+    double bias_term = 0.0;  // what no component carries: the final norm's bias and the unembedding's, read out
+    if (c.norm == norm_kind::layer) {
+        double mean = 0.0;
+        for (double v : direction) mean += v;
+        mean /= static_cast<double>(c.d_model);
+        for (double& v : direction) v -= mean;
+        for (index_t i = 0; i < c.d_model; ++i) {
+            double u = static_cast<double>(model.weights().unembed(token, i));
+            if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
+            bias_term += u * static_cast<double>(model.weights().final_norm_bias(i));
+        }
+    }
+    if (c.linear_biases)
+        bias_term += static_cast<double>(model.weights().unembed_bias(token)) -
+                     (other ? static_cast<double>(model.weights().unembed_bias(*other)) : 0.0);
     auto read = [&](const float* vector, index_t stride) {
         double dot = 0.0;
         for (index_t i = 0; i < c.d_model; ++i)
@@ -201,11 +226,16 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             }
             add(detail::component_name(layer, h), value);
         }
+        if (c.linear_biases) {  // b_O is added after the heads: a component of its own
+            const auto& b_o = model.weights().layers[static_cast<std::size_t>(layer)].b_o;
+            add("L" + std::to_string(layer) + ".b_O", read(b_o.data(), b_o.stride(0)));
+        }
         if (!c.attn_only()) {
             const auto mlp = detail::required(cache, site{site_kind::mlp_out, layer}, who).view<3>();
             add(detail::component_name(layer, -1), read(&mlp(batch, position, 0), mlp.stride(2)));
         }
     }
+    if (c.norm == norm_kind::layer || c.linear_biases) add("biases", bias_term);
     return out;
 }
 

@@ -247,7 +247,7 @@ public:
         if (clean.extent(0) <= 0 || clean.extent(1) <= 0)
             throw shape_error("path_patch: tokens must be (prompts, pos) with both positive, got " +
                               detail::format_extents(clean.shape()));
-        metric_.check(c.d_vocab);
+        metric_.check(c.vocab_out());
         if (metric_.prompts() != clean.extent(0))
             throw std::invalid_argument("path_patch: the metric has answers for " + std::to_string(metric_.prompts()) +
                                         " prompts, the tokens hold " + std::to_string(clean.extent(0)));
@@ -255,7 +255,7 @@ public:
         positions_ = positions;
         // Only the answer position's logits are needed; when it is the last one, the unembedding skips the rest.
         const bool last_only = metric_.resolve_position(positions) == positions - 1;
-        logits_ = tensor<float, 3>({clean.extent(0), last_only ? 1 : positions, c.d_vocab});
+        logits_ = tensor<float, 3>({clean.extent(0), last_only ? 1 : positions, c.vocab_out()});
         check_positions(options_.sender_positions, "sender position");
         clean_tokens_ = copy_tokens(clean);
         corrupt_tokens_ = copy_tokens(corrupt);

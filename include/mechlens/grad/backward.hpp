@@ -101,7 +101,7 @@ private:
     void reserve(const model_config& c, index_t batch, index_t positions) {
         batch_ = batch;
         positions_ = positions;
-        vocab_ = c.d_vocab;
+        vocab_ = c.vocab_out();
         heads_ = c.n_heads;
         const index_t rows = batch * positions, d = c.d_model, q = c.n_heads * c.d_head();
         const index_t kv = c.n_kv_heads * c.d_head(), mlp = c.attn_only() ? 0 : c.d_mlp;
@@ -131,8 +131,8 @@ private:
         final_norm_.scale.reserve(rows);
         final_norm_.normalized.reserve(rows * d);
         final_norm_.input.reserve(rows * d);
-        logits_.reserve(rows * c.d_vocab);
-        d_logits_.reserve(rows * c.d_vocab);
+        logits_.reserve(rows * c.vocab_out());
+        d_logits_.reserve(rows * c.vocab_out());
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
@@ -229,7 +229,8 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
             if constexpr (Step.op == block_op::norm)
                 sublayer_in =
                     taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
-                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half]);
+                                          tensor_view<const T, 1>(gain_view(w, Step.weight)),
+                                          tensor_view<const T, 1>(gain_view(w, Step.bias)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
                 taped_attention_step(hooks, layer, ctx, c, w, shape, sublayer_in, tape.rope_cos_.data(),
                                      tape.rope_sin_.data(), b, branch);
@@ -244,11 +245,13 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();  // (rows, d_model)
     const T* final_input =
         taped_norm_step<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,  // (rows, d_model)
-                                         tensor_view<const T, 1>(params.final_norm), tape.final_norm_);
-    multiply(row_map<T>(tape.logits_.data(), rows, c.d_vocab), const_row_map<T>(final_input, rows, d),
-             const_row_map<T>(params.unembed.data(), c.d_vocab, d).transpose(), false);
-    fire<site_kind::unembed_out>(hooks, -1, ctx,
-                                 [&] { return sequence_view(tape.logits_.data(), batch, n, c.d_vocab); });
+                                         tensor_view<const T, 1>(params.final_norm),
+                                         tensor_view<const T, 1>(params.final_norm_bias), tape.final_norm_);
+    const index_t vocab = c.vocab_out();
+    multiply(row_map<T>(tape.logits_.data(), rows, vocab), const_row_map<T>(final_input, rows, d),
+             const_row_map<T>(params.unembed.data(), vocab, d).transpose(), false);
+    if (c.linear_biases) add_bias_rows(tape.logits_.data(), params.unembed_bias.data(), rows, vocab);
+    fire<site_kind::unembed_out>(hooks, -1, ctx, [&] { return sequence_view(tape.logits_.data(), batch, n, vocab); });
 }
 
 /// The backward pass over a tape filled by taped_forward, from d(metric)/d(logits) already in the tape. Fills
@@ -273,17 +276,20 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
 
     T* d_logits = tape.d_logits_.data();  // (rows, d_vocab)
     observe_gradient<site_kind::unembed_out>(hooks, -1, ctx,
-                                             [&] { return sequence_view(d_logits, batch, n, c.d_vocab); });
+                                             [&] { return sequence_view(d_logits, batch, n, c.vocab_out()); });
     const T* final_stream = tape.stream_[static_cast<std::size_t>(2 * c.n_layers)].data();
     const T* final_input = c.has_norm() ? tape.final_norm_.input.data() : final_stream;  // (rows, d_model)
     T* d_stream = tape.d_stream_.data();  // (rows, d_model) gradient of the residual stream
     T* d_input = tape.d_input_.data();    // (rows, d_model) gradient of a norm's output
-    const_row_map<T> dl(d_logits, rows, c.d_vocab);
-    if (grads != nullptr)
-        multiply(row_map<T>(grads->unembed.data(), c.d_vocab, d), dl.transpose(),
-                 const_row_map<T>(final_input, rows, d), true);
+    const index_t vocab = c.vocab_out();
+    const_row_map<T> dl(d_logits, rows, vocab);
+    if (grads != nullptr) {
+        multiply(row_map<T>(grads->unembed.data(), vocab, d), dl.transpose(), const_row_map<T>(final_input, rows, d),
+                 true);
+        if (c.linear_biases) add_column_sums(grads->unembed_bias.data(), d_logits, rows, vocab);
+    }
     multiply(row_map<T>(c.has_norm() ? d_input : d_stream, rows, d), dl,
-             const_row_map<T>(params.unembed.data(), c.d_vocab, d), false);
+             const_row_map<T>(params.unembed.data(), vocab, d), false);
     T* d_branch = tape.d_branch_.data();  // (rows, d_model) gradient of one branch's output
     const taped_shape shape{batch, n};
     if (c.has_norm()) {
@@ -291,7 +297,10 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
         norm_step_backward<final_norm_step>(hooks, -1, ctx, c, shape, final_stream,
                                             tensor_view<const T, 1>(params.final_norm), tape.final_norm_, d_input,
                                             d_branch, tape.scratch_.d_scale.data(), d_stream,
-                                            grads != nullptr ? grads->final_norm.data() : nullptr);
+                                            grads != nullptr ? grads->final_norm.data() : nullptr,
+                                            grads != nullptr && c.norm == norm_kind::layer
+                                                ? grads->final_norm_bias.data()
+                                                : nullptr);
     }
 
     // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
@@ -308,7 +317,10 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
                 norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
                                          d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
-                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr);
+                                         gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr,
+                                         gw != nullptr && c.norm == norm_kind::layer
+                                             ? gain_view(*gw, Step.bias).data()
+                                             : nullptr);
             else if constexpr (Step.op == block_op::attention)
                 attention_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, tape.rope_cos_.data(),
                                         tape.rope_sin_.data(), b, tape.scratch_, d_branch, d_input);
@@ -347,7 +359,7 @@ T forward_backward(const Model& model, tensor_view<const std::int32_t, 2> tokens
                   "forward_backward: the model's weights are not of the metric's scalar type");
     auto& policy = hooks;
     taped_forward(model, tokens, tape, policy);
-    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).d_vocab;
+    const index_t batch = tokens.extent(0), n = tokens.extent(1), vocab = detail::config_of(model).vocab_out();
     const T value = objective.evaluate(tensor_view<const T, 3>(tape.logits_.data(), {batch, n, vocab}),
                                        tensor_view<T, 3>(tape.d_logits_.data(), {batch, n, vocab}), tokens);
     taped_backward(model, tokens, tape, grads, policy);

@@ -95,6 +95,19 @@ void multiply(Dst&& dst, const Lhs& a, const Rhs& b, bool accumulate) {
 #endif
 }
 
+/// Adds `bias` (width) to every row of the (rows, width) matrix `m`.
+template <class T>
+void add_bias_rows(T* m, const T* bias, index_t rows, index_t width) {
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < width; ++i) m[r * width + i] += bias[i];
+}
+/// Adds the column sums of the (rows, width) matrix `m` into `out` (width): a bias's gradient.
+template <class T>
+void add_column_sums(T* out, const T* m, index_t rows, index_t width) {
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t i = 0; i < width; ++i) out[i] += m[r * width + i];
+}
+
 /// Views a (rows, width) buffer as (batch, pos, width).
 template <class T>
 tensor_view<T, 3> sequence_view(T* data, index_t batch, index_t positions, index_t width) {

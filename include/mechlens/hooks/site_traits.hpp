@@ -50,7 +50,7 @@ enum class site_kind : std::uint8_t {
     resid_post,           ///< `blocks.L.hook_resid_post` (batch, pos, d_model)
     ln_final_scale,       ///< `ln_final.hook_scale` (batch, pos, 1)
     ln_final_normalized,  ///< `ln_final.hook_normalized` (batch, pos, d_model), before the gain
-    unembed_out,          ///< `unembed.hook_out` (batch, pos, d_vocab): the logits
+    unembed_out,          ///< `unembed.hook_out` (batch, pos, d_vocab_out): the logits
 };
 
 /// Number of site kinds.
@@ -69,7 +69,7 @@ enum class site_extent : std::uint8_t {
     d_model,     ///< The residual stream width.
     d_head,      ///< d_model / n_heads.
     d_mlp,       ///< The MLP hidden width.
-    d_vocab,     ///< The vocabulary size.
+    d_vocab,     ///< The number of logits: d_vocab_out (the vocabulary size unless the model is a classifier).
     n_heads,     ///< Query heads.
     n_kv_heads,  ///< Key/value heads.
     keys,        ///< Key positions seen by this call (start + new positions): attention scores and patterns.
@@ -259,7 +259,7 @@ constexpr index_t extent_in(const model_config& c, site_extent extent, index_t k
         case site_extent::d_mlp:
             return c.d_mlp;
         case site_extent::d_vocab:
-            return c.d_vocab;
+            return c.vocab_out();
         case site_extent::n_heads:
             return c.n_heads;
         case site_extent::n_kv_heads:

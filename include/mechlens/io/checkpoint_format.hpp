@@ -54,9 +54,11 @@ inline std::string float_text(float x) {
 
 /// The text of every enum value, in declaration order.
 inline constexpr std::string_view rope_names[] = {"adjacent_pairs", "split_halves"};
-inline constexpr std::string_view norm_names[] = {"rms", "none"};                      ///< norm_kind
-inline constexpr std::string_view position_names[] = {"rotary", "learned"};            ///< positional_kind
-inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none"};  ///< mlp_kind
+inline constexpr std::string_view norm_names[] = {"rms", "none", "layer"};            ///< norm_kind
+inline constexpr std::string_view position_names[] = {"rotary", "learned"};          ///< positional_kind
+inline constexpr std::string_view mlp_names[] = {"gated_silu", "plain_gelu", "none", "plain_relu",
+                                                 "plain_gelu_erf"};                   ///< mlp_kind
+inline constexpr std::string_view attention_names[] = {"causal", "bidirectional"};   ///< attention_dir
 
 /// Every model_config field as "mechlens.config.<field>" metadata.
 inline std::map<std::string, std::string> config_metadata(const model_config& c) {
@@ -76,6 +78,9 @@ inline std::map<std::string, std::string> config_metadata(const model_config& c)
         {p + "norm", std::string(norm_names[static_cast<std::size_t>(c.norm)])},
         {p + "positions", std::string(position_names[static_cast<std::size_t>(c.positions)])},
         {p + "mlp", std::string(mlp_names[static_cast<std::size_t>(c.mlp)])},
+        {p + "linear_biases", c.linear_biases ? "true" : "false"},
+        {p + "attention", std::string(attention_names[static_cast<std::size_t>(c.attention)])},
+        {p + "d_vocab_out", std::to_string(c.d_vocab_out)},
     };
 }
 
@@ -86,6 +91,8 @@ public:
     config_reader(const std::map<std::string, std::string>& metadata, std::string where)
         : metadata_(metadata), where_(std::move(where)) {}
 
+    /// True when field `name` is present (fields added after the first format are optional).
+    [[nodiscard]] bool has(const std::string& name) const { return metadata_.count("mechlens.config." + name) != 0; }
     /// The text of field `name`.
     [[nodiscard]] const std::string& text(const std::string& name) const {
         const auto it = metadata_.find("mechlens.config." + name);
@@ -147,14 +154,13 @@ inline void check_checkpoint_size(const model_config& c, const safetensors_file&
     const auto mul = [&](std::uint64_t a, std::uint64_t b) { return checked_mul(a, b, where, "checkpoint config"); };
     const auto add = [&](std::uint64_t a, std::uint64_t b) { return checked_add(a, b, where, "checkpoint config"); };
     // The float count of parameter_layout, in checked arithmetic.
-    const std::uint64_t d = u(c.d_model), q = mul(u(c.n_heads), u(c.d_head())),
-                        kv = mul(u(c.n_kv_heads), u(c.d_head())), norm = c.has_norm() ? d : 0;
-    std::uint64_t layer = add(add(mul(q, d), mul(mul(2, kv), d)), add(mul(d, q), norm));
-    if (!c.attn_only()) layer = add(layer, add(norm, mul(mul(c.mlp == mlp_kind::gated_silu ? 3 : 2, u(c.d_mlp)), d)));
-    std::uint64_t needed = add(mul(u(c.d_vocab), d), mul(u(c.n_layers), layer));
-    if (!c.rotary()) needed = add(needed, mul(u(c.n_ctx), d));
-    needed = add(needed, norm);
-    if (!c.tied_unembed) needed = add(needed, mul(u(c.d_vocab), d));
+    // validate() bounds every extent by 2^24, so one row's size fits; the sum over blocks is what may not.
+    std::uint64_t needed = 0;
+    for (const parameter_traits& row : parameter_table) {
+        if (!parameter_stored(row, c)) continue;
+        const std::uint64_t size = u(parameter_size(row, c));
+        needed = add(needed, row.per_block ? mul(u(c.n_layers), size) : size);
+    }
     if (needed > static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()))
         format_fail(where, "checkpoint config implies " + std::to_string(needed) + " parameters, too many to index");
 }
@@ -194,6 +200,9 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     c.norm = r.choice<norm_kind>("norm", norm_names);
     c.positions = r.choice<positional_kind>("positions", position_names);
     c.mlp = r.choice<mlp_kind>("mlp", mlp_names);
+    if (r.has("linear_biases")) c.linear_biases = r.boolean("linear_biases");
+    if (r.has("attention")) c.attention = r.choice<attention_dir>("attention", attention_names);
+    if (r.has("d_vocab_out")) c.d_vocab_out = r.integer("d_vocab_out");
     c.validate(where);
     check_checkpoint_size(c, file, where);
 

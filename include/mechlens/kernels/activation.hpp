@@ -61,5 +61,11 @@ inline void gelu_erf(float* out, const float* x, index_t n) {
         out, n, [](const float_batch& v) { return detail::gelu_erf(v); }, x);
 }
 
+/// out = max(x, 0). `out` may equal `x`.
+inline void relu(float* out, const float* x, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v) { return xsimd::max(v, float_batch(0.0f)); }, x);
+}
+
 }  // namespace kernels
 MECHLENS_END_NAMESPACE

@@ -23,6 +23,51 @@ double rms_scale(const T* x, index_t n, float eps) {
     return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
 }
 
+/// The mean of x[0, n), in double.
+template <class T>
+double mean(const T* x, index_t n) {
+    double sum = 0.0;
+    for (index_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
+    return sum / static_cast<double>(n);
+}
+
+/// LayerNorm's scale sqrt(mean((x - mean)^2) + eps) of x[0, n) around `centre`, in double.
+template <class T>
+double centred_rms_scale(const T* x, index_t n, double centre, float eps) {
+    double squares = 0.0;
+    for (index_t i = 0; i < n; ++i) {
+        const double c = static_cast<double>(x[i]) - centre;
+        squares += c * c;
+    }
+    return std::sqrt(squares / static_cast<double>(n) + static_cast<double>(eps));
+}
+
+/// ReLU.
+template <class T>
+T relu(T x) {
+    return x > T{0} ? x : T{0};
+}
+/// ReLU's derivative (0 at 0, as PyTorch).
+template <class T>
+T relu_derivative(T x) {
+    return x > T{0} ? T{1} : T{0};
+}
+
+/// GELU, exact form: x * Phi(x) = x / 2 * (1 + erf(x / sqrt(2))) (TransformerLens "gelu", PyTorch's default).
+template <class T>
+T gelu_erf(T x) {
+    const double v = static_cast<double>(x);
+    return static_cast<T>(0.5 * v * (1.0 + std::erf(v * 0.70710678118654752440)));
+}
+/// d gelu_erf / dx = Phi(x) + x * phi(x).
+template <class T>
+T gelu_erf_derivative(T x) {
+    const double v = static_cast<double>(x);
+    const double cdf = 0.5 * (1.0 + std::erf(v * 0.70710678118654752440));
+    const double pdf = 0.39894228040143267794 * std::exp(-0.5 * v * v);
+    return static_cast<T>(cdf + v * pdf);
+}
+
 /// SiLU: x * sigmoid(x).
 template <class T>
 T silu(T x) {

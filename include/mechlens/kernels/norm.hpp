@@ -31,10 +31,14 @@ inline float rmsnorm(float* out, const float* x, const float* weight, index_t n,
     return s;
 }
 
-/// out = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance (weight and bias may each be null);
-/// returns sqrt(var + eps). `out` may equal `x`. Two passes (mean, then centred squares) keep the variance accurate
-/// when the mean is large compared with the spread.
-inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+/// The mean of a row and its LayerNorm scale sqrt(var + eps).
+struct layernorm_stats {
+    float mean;   ///< Mean of the row.
+    float scale;  ///< sqrt(biased variance + eps).
+};
+
+/// The mean and LayerNorm scale of x[0, n): two passes (mean, then centred squares), as layernorm computes them.
+inline layernorm_stats layernorm_moments(const float* x, index_t n, float eps) {
     const float sum = detail::reduce_sum(
         n, 0.0f, [](const float_batch& acc, const float_batch& v) { return acc + v; }, x);
     const float mean = sum / static_cast<float>(n);
@@ -46,8 +50,15 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
             return xsimd::fma(d, d, acc);
         },
         x);
-    const float s = std::sqrt(squares / static_cast<float>(n) + eps);
-    const float_batch scale(s);
+    return {mean, std::sqrt(squares / static_cast<float>(n) + eps)};
+}
+
+/// out = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance (weight and bias may each be null);
+/// returns sqrt(var + eps). `out` may equal `x`. Two passes (mean, then centred squares) keep the variance accurate
+/// when the mean is large compared with the spread.
+inline float layernorm(float* out, const float* x, const float* weight, const float* bias, index_t n, float eps) {
+    const layernorm_stats stats = layernorm_moments(x, n, eps);
+    const float_batch m(stats.mean), scale(stats.scale);
     if (weight && bias)
         detail::transform(
             out, n,
@@ -64,7 +75,15 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
     else
         detail::transform(
             out, n, [=](const float_batch& v) { return detail::divide(v - m, scale); }, x);
-    return s;
+    return stats.scale;
+}
+
+/// out = x * weight + bias elementwise, fused as layernorm fuses it, so a hooked LayerNorm that applies its gain and
+/// bias after the hook rounds exactly like the unhooked one. `out` may equal `x`.
+inline void gain_and_bias(float* out, const float* x, const float* weight, const float* bias, index_t n) {
+    detail::transform(
+        out, n, [](const float_batch& v, const float_batch& g, const float_batch& b) { return xsimd::fma(v, g, b); },
+        x, weight, bias);
 }
 
 }  // namespace kernels

@@ -34,16 +34,19 @@ struct block_step {
     site_kind attn_only_site = site_kind::embed;  ///< residual_add in an attention-only block: the stream site then.
     parameter_id weight = parameter_id::attn_norm;  ///< norm: the gain's parameter-table row.
     int half = 0;  ///< 0: the attention half of the block; 1: the MLP half, skipped in attention-only blocks.
+    parameter_id bias = parameter_id::attn_norm_bias;  ///< norm: the bias's row (LayerNorm).
 };
 
 /// The decoder block of every model mechlens runs (LLaMA, GPT-2 style and their variants): pre-norm attention and
 /// MLP sublayers, each added to the residual stream. `blocks.L.hook_resid_pre` fires before the first step.
 inline constexpr std::array<block_step, 6> decoder_block{{
-    {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0},
+    {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0,
+     parameter_id::attn_norm_bias},
     {block_op::attention, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 0},
     {block_op::residual_add, site_kind::attn_out, site_kind::resid_mid, site_kind::resid_post, parameter_id::attn_norm,
      0},
-    {block_op::norm, site_kind::ln2_scale, site_kind::ln2_normalized, site_kind::embed, parameter_id::mlp_norm, 1},
+    {block_op::norm, site_kind::ln2_scale, site_kind::ln2_normalized, site_kind::embed, parameter_id::mlp_norm, 1,
+     parameter_id::mlp_norm_bias},
     {block_op::mlp, site_kind::embed, site_kind::embed, site_kind::embed, parameter_id::attn_norm, 1},
     {block_op::residual_add, site_kind::mlp_out, site_kind::resid_post, site_kind::resid_post, parameter_id::attn_norm,
      1},
@@ -52,7 +55,7 @@ inline constexpr std::array<block_step, 6> decoder_block{{
 /// The norm before the unembedding, as a step (its weight is model-wide).
 inline constexpr block_step final_norm_step{block_op::norm, site_kind::ln_final_scale,
                                             site_kind::ln_final_normalized, site_kind::embed,
-                                            parameter_id::final_norm, 0};
+                                            parameter_id::final_norm, 0, parameter_id::final_norm_bias};
 
 /// True when the step runs in a block of a model with config `c`.
 constexpr bool step_runs(const block_step& step, const model_config& c) noexcept {

@@ -18,8 +18,9 @@ enum class rope_layout {
 
 /// The normalisation before attention, before the MLP and before the unembedding.
 enum class norm_kind : std::uint8_t {
-    rms,   ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
-    none,  ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+    rms,    ///< RMSNorm with a gain (LLaMA); fires the ln*.hook_scale and ln*.hook_normalized sites.
+    none,   ///< No normalisation (TransformerLens's normalization_type None): the ln* sites do not exist.
+    layer,  ///< LayerNorm with a gain and a bias (GPT-2, TransformerLens "LN"): centred, then as RMSNorm, plus bias.
 };
 
 /// How positions enter the model.
@@ -31,8 +32,16 @@ enum class positional_kind : std::uint8_t {
 /// The MLP of each block.
 enum class mlp_kind : std::uint8_t {
     gated_silu,  ///< silu(x W_gate^T) * (x W_up^T), then W_down (LLaMA); fires mlp.hook_pre, hook_pre_linear, hook_post.
-    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new, no biases); fires mlp.hook_pre, hook_post.
+    plain_gelu,  ///< gelu_tanh(x W_up^T), then W_down (GPT-2's gelu_new); fires mlp.hook_pre, hook_post.
     none,        ///< Attention-only blocks (TransformerLens's attn_only): no MLP and no ln2/mlp sites.
+    plain_relu,  ///< relu(x W_up^T), then W_down (TransformerLens act_fn "relu").
+    plain_gelu_erf,  ///< gelu(x W_up^T) with the exact erf form, then W_down (TransformerLens act_fn "gelu").
+};
+
+/// Which keys a query attends to (TransformerLens's attention_dir).
+enum class attention_dir : std::uint8_t {
+    causal,         ///< Query p sees keys 0..p (decoders).
+    bidirectional,  ///< Every query sees every key of the call (encoders, classifiers such as BERT).
 };
 
 /// Hyper-parameters of a LLaMA-family decoder; names follow TransformerLens where it has one.
@@ -51,11 +60,20 @@ struct model_config {
     norm_kind norm = norm_kind::rms;                 ///< Normalisation layers.
     positional_kind positions = positional_kind::rotary;  ///< Rotary or learned positions.
     mlp_kind mlp = mlp_kind::gated_silu;             ///< MLP type, or none for attention-only blocks.
+    bool linear_biases = false;  ///< Biases on Q, K, V, O, the MLP's in and out and the unembedding (GPT-2).
+    attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
+    index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
     /// True when the blocks and the unembedding are preceded by a normalisation layer.
     [[nodiscard]] constexpr bool has_norm() const noexcept { return norm != norm_kind::none; }
+    /// True for a plain (ungated) MLP of any activation.
+    [[nodiscard]] constexpr bool plain_mlp() const noexcept { return !attn_only() && mlp != mlp_kind::gated_silu; }
+    /// The number of logits per position: d_vocab_out when set, else d_vocab.
+    [[nodiscard]] constexpr index_t vocab_out() const noexcept { return d_vocab_out > 0 ? d_vocab_out : d_vocab; }
+    /// True for causal attention.
+    [[nodiscard]] constexpr bool causal() const noexcept { return attention == attention_dir::causal; }
     /// True for rotary positions.
     [[nodiscard]] constexpr bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
@@ -78,6 +96,10 @@ struct model_config {
         in_range(n_kv_heads, "n_kv_heads");
         if (!attn_only()) in_range(d_mlp, "d_mlp");
         in_range(d_vocab, "d_vocab");
+        if (d_vocab_out != 0) in_range(d_vocab_out, "d_vocab_out");
+        if (tied_unembed && vocab_out() != d_vocab)
+            fail("a tied unembedding needs d_vocab_out (" + std::to_string(vocab_out()) + ") = d_vocab (" +
+                 std::to_string(d_vocab) + ")");
         in_range(n_ctx, "n_ctx");
         if (d_model % n_heads != 0)
             fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
@@ -87,6 +109,8 @@ struct model_config {
         if (rotary() && d_head() % 2 != 0)
             fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
+        if (linear_biases && mlp == mlp_kind::gated_silu)
+            fail("linear biases with a gated MLP are not supported (no model family mechlens reads has them)");
         if (!(norm_eps > 0.0f)) fail("norm_eps must be positive");
     }
 };

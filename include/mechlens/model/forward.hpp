@@ -69,8 +69,8 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
     for_each_step<decoder_block>([&]<block_step Step>() {
         if (!step_runs(Step, c)) return;
         if constexpr (Step.op == block_op::norm)
-            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight), normed,
-                                          ws.norm_scale);
+            sublayer_in = norm_step<Step>(policy, layer, ctx, s, c, x, gain_view(w, Step.weight),
+                                          gain_view(w, Step.bias), normed, ws.norm_scale);
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
@@ -95,10 +95,10 @@ inline forward_shape check_forward_arguments(const transformer& model, tensor_vi
         throw shape_error("forward: " + std::to_string(s.keys) + " positions exceed the kv_cache capacity " +
                           std::to_string(cache.capacity()) + " (n_ctx = " + std::to_string(c.n_ctx) + ")");
     if (logits.extent(0) != s.batch || (logits.extent(1) != s.positions && logits.extent(1) != 1) ||
-        logits.extent(2) != c.d_vocab)
-        throw shape_error("forward: logits must be (batch, pos, d_vocab) or (batch, 1, d_vocab) = (" +
+        logits.extent(2) != c.vocab_out())
+        throw shape_error("forward: logits must be (batch, pos, d_vocab_out) or (batch, 1, d_vocab_out) = (" +
                           std::to_string(s.batch) + ", " + std::to_string(s.positions) + " or 1, " +
-                          std::to_string(c.d_vocab) + "), got " + detail::format_extents(logits.shape()));
+                          std::to_string(c.vocab_out()) + "), got " + detail::format_extents(logits.shape()));
     if (!logits.is_contiguous()) throw shape_error("forward: logits must be a contiguous view");
     check_token_ids(c, tokens, "forward");
     return s;
@@ -197,7 +197,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     const auto new_values = ws.new_values.matrix(rows, kv_width);     // (batch * pos, n_kv_heads * d_head)
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
-        policy, layer, ctx, s, c, x, w.attn_norm, normed, ws.norm_scale);
+        policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
     kernels::linear(attn_in, w.w_k, new_keys);
     kernels::linear(attn_in, w.w_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
@@ -225,12 +225,13 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
     return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
-                                              model.weights().final_norm, normed, ws.norm_scale);
+                                              model.weights().final_norm, model.weights().final_norm_bias, normed,
+                                              ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
-/// values to it, and writes logits (batch, pos, d_vocab) — or only the last position's when `logits` is
-/// (batch, 1, d_vocab). `policy` sees every site it wants; positions in hooks start at cache.length().
+/// values to it, and writes logits (batch, pos, d_vocab_out) — or only the last position's when `logits` is
+/// (batch, 1, d_vocab_out). `policy` sees every site it wants; positions in hooks start at cache.length().
 template <class Policy = no_hooks>
 void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, kv_cache& cache,
              tensor_view<float, 3> logits, workspace& ws, Policy&& policy = Policy{}) {
@@ -258,8 +259,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const hook_context final_ctx{last_only ? s.keys - 1 : s.start};
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
-    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.d_vocab});  // (batch * out_pos, d_vocab)
-    kernels::linear(unembed_in, model.weights().unembed, logit_rows);
+    const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
+    detail::project(unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }
@@ -272,11 +273,11 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     forward(model, tokens, ws.own_cache, logits, ws, std::forward<Policy>(policy));
 }
 
-/// Convenience: allocates and returns the logits (batch, pos, d_vocab) of a full forward pass.
+/// Convenience: allocates and returns the logits (batch, pos, d_vocab_out) of a full forward pass.
 template <class Policy = no_hooks>
 tensor<float, 3> forward_logits(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
                                 Policy&& policy = Policy{}) {
-    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().d_vocab});
+    tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().vocab_out()});
     workspace ws;
     forward(model, tokens, logits.view(), ws, std::forward<Policy>(policy));
     return logits;

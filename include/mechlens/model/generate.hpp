@@ -31,6 +31,10 @@ std::vector<std::int32_t> generate(const transformer& model, std::span<const std
     const model_config& c = model.config();
     const auto prompt_length = static_cast<index_t>(prompt.size());
     if (prompt_length == 0) throw std::invalid_argument("generate: the prompt must hold at least one token");
+    if (c.vocab_out() != c.d_vocab || !c.causal())
+        throw std::invalid_argument("generate: the model is not a causal language model (its logits are over " +
+                                    std::to_string(c.vocab_out()) + " classes" +
+                                    (c.causal() ? std::string(")") : std::string(", and its attention is bidirectional)")));
     if (prompt_length > c.n_ctx)
         throw std::invalid_argument("generate: the prompt has " + std::to_string(prompt_length) +
                                     " tokens, more than n_ctx = " + std::to_string(c.n_ctx));
@@ -38,13 +42,13 @@ std::vector<std::int32_t> generate(const transformer& model, std::span<const std
     kv_cache cache(c, 1, std::max<index_t>(1, std::min(c.n_ctx, prompt_length + budget)));
     workspace ws;
     sampler pick(options.sampling);
-    tensor<float, 3> logits({1, 1, c.d_vocab});  // (batch, 1, d_vocab): only the last position is needed
+    tensor<float, 3> logits({1, 1, c.vocab_out()});  // (batch, 1, d_vocab_out): only the last position is needed
     std::vector<std::int32_t> generated;
     std::vector<std::int32_t> step(prompt.begin(), prompt.end());
     for (index_t i = 0; i < budget; ++i) {
         const tensor_view<const std::int32_t, 2> tokens(step.data(), {1, static_cast<index_t>(step.size())});
         forward(model, tokens, cache, logits.view(), ws, policy);
-        const std::int32_t next = pick.sample(logits.data(), c.d_vocab);
+        const std::int32_t next = pick.sample(logits.data(), c.vocab_out());
         if ((options.stop_at_eos && next == options.eos_id) || (options.stop_at_bos && next == options.bos_id)) break;
         generated.push_back(next);
         on_token(next);

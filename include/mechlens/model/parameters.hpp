@@ -57,12 +57,12 @@ inline std::vector<parameter_entry> parameter_layout(const model_config& c) {
         out.push_back(std::move(e));
     };
     for (const parameter_traits& row : parameter_table)
-        if (!row.per_block && row.id < parameter_id::attn_norm) add(row, -1);
+        if (stored_before_blocks(row.id)) add(row, -1);
     for (index_t l = 0; l < c.n_layers; ++l)
         for (const parameter_traits& row : parameter_table)
             if (row.per_block) add(row, l);
     for (const parameter_traits& row : parameter_table)
-        if (!row.per_block && row.id > parameter_id::w_down) add(row, -1);
+        if (stored_after_blocks(row.id)) add(row, -1);
     return out;
 }
 
@@ -198,7 +198,9 @@ public:
     tensor_view<T, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
     std::vector<layer> layers;          ///< One entry per block.
     tensor_view<T, 1> final_norm;       ///< (d_model), empty without norms.
-    tensor_view<T, 2> unembed;          ///< (d_vocab, d_model); the same memory as token_embedding when tied.
+    tensor_view<T, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
+    tensor_view<T, 2> unembed;          ///< (d_vocab_out, d_model); the same memory as token_embedding when tied.
+    tensor_view<T, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
 
 private:
     void bind() {

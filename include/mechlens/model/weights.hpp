@@ -18,15 +18,23 @@ MECHLENS_BEGIN_NAMESPACE
 /// does not use (see the parameter table) are empty (extents 0).
 template <class T>
 struct basic_layer_weights {
-    tensor_view<T, 1> attn_norm;  ///< (d_model) norm gain before attention.
-    tensor_view<T, 2> w_q;        ///< (n_heads * d_head, d_model)
-    tensor_view<T, 2> w_k;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 2> w_v;        ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 2> w_o;        ///< (d_model, n_heads * d_head)
-    tensor_view<T, 1> mlp_norm;   ///< (d_model) norm gain before the MLP.
-    tensor_view<T, 2> w_gate;     ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
-    tensor_view<T, 2> w_up;       ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
-    tensor_view<T, 2> w_down;     ///< (d_model, d_mlp) "w2".
+    tensor_view<T, 1> attn_norm;       ///< (d_model) norm gain before attention.
+    tensor_view<T, 1> attn_norm_bias;  ///< (d_model) norm bias before attention (LayerNorm).
+    tensor_view<T, 2> w_q;             ///< (n_heads * d_head, d_model)
+    tensor_view<T, 1> b_q;             ///< (n_heads * d_head)
+    tensor_view<T, 2> w_k;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_k;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_v;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_v;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_o;             ///< (d_model, n_heads * d_head)
+    tensor_view<T, 1> b_o;             ///< (d_model)
+    tensor_view<T, 1> mlp_norm;        ///< (d_model) norm gain before the MLP.
+    tensor_view<T, 1> mlp_norm_bias;   ///< (d_model) norm bias before the MLP (LayerNorm).
+    tensor_view<T, 2> w_gate;          ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<T, 2> w_up;            ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
+    tensor_view<T, 1> b_up;            ///< (d_mlp) b_in of a plain MLP.
+    tensor_view<T, 2> w_down;          ///< (d_model, d_mlp) "w2".
+    tensor_view<T, 1> b_down;          ///< (d_model) b_out.
 };
 
 /// Weights of one block of a loaded model.
@@ -37,14 +45,22 @@ using layer_weights = basic_layer_weights<const float>;
 template <class Layer, class F>
 void for_each_block_view(Layer& layer, F&& f) {
     f(parameter_id::attn_norm, layer.attn_norm);
+    f(parameter_id::attn_norm_bias, layer.attn_norm_bias);
     f(parameter_id::w_q, layer.w_q);
+    f(parameter_id::b_q, layer.b_q);
     f(parameter_id::w_k, layer.w_k);
+    f(parameter_id::b_k, layer.b_k);
     f(parameter_id::w_v, layer.w_v);
+    f(parameter_id::b_v, layer.b_v);
     f(parameter_id::w_o, layer.w_o);
+    f(parameter_id::b_o, layer.b_o);
     f(parameter_id::mlp_norm, layer.mlp_norm);
+    f(parameter_id::mlp_norm_bias, layer.mlp_norm_bias);
     f(parameter_id::w_gate, layer.w_gate);
     f(parameter_id::w_up, layer.w_up);
+    f(parameter_id::b_up, layer.b_up);
     f(parameter_id::w_down, layer.w_down);
+    f(parameter_id::b_down, layer.b_down);
 }
 
 /// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
@@ -54,7 +70,9 @@ void for_each_global_view(Model& model, F&& f) {
     f(parameter_id::token_embedding, model.token_embedding);
     f(parameter_id::pos_embedding, model.pos_embedding);
     f(parameter_id::final_norm, model.final_norm);
+    f(parameter_id::final_norm_bias, model.final_norm_bias);
     f(parameter_id::unembed, model.unembed);
+    f(parameter_id::unembed_bias, model.unembed_bias);
 }
 
 /// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
@@ -62,13 +80,13 @@ void for_each_global_view(Model& model, F&& f) {
 template <class Model, class F>
 void for_each_view(Model& model, F&& f) {
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (id < parameter_id::attn_norm) f(id, index_t{-1}, view);
+        if (stored_before_blocks(id)) f(id, index_t{-1}, view);
     });
     for (std::size_t l = 0; l < model.layers.size(); ++l)
         for_each_block_view(model.layers[l],
                             [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
     for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (id > parameter_id::w_down) f(id, index_t{-1}, view);
+        if (stored_after_blocks(id)) f(id, index_t{-1}, view);
     });
 }
 
@@ -78,7 +96,9 @@ struct model_weights {
     tensor_view<const float, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
     std::vector<layer_weights> layers;            ///< One entry per block.
     tensor_view<const float, 1> final_norm;       ///< (d_model), empty without norms.
-    tensor_view<const float, 2> unembed;          ///< (d_vocab, d_model); aliases token_embedding when tied.
+    tensor_view<const float, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
+    tensor_view<const float, 2> unembed;          ///< (d_vocab_out, d_model); aliases token_embedding when tied.
+    tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
 };

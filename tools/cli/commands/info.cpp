@@ -24,12 +24,20 @@ int run(arguments& args) {
                 c.rope == mechlens::rope_layout::adjacent_pairs ? "adjacent pairs" : "split halves",
                 c.tied_unembed ? "tied to the embedding" : "separate matrix");
     // Only what differs from LLaMA (RMSNorm, rotary, gated SiLU MLP): grown models and other variants.
-    if (c.norm != mechlens::norm_kind::rms) std::printf("norm        none\n");
+    if (c.norm == mechlens::norm_kind::none) std::printf("norm        none\n");
+    if (c.norm == mechlens::norm_kind::layer) std::printf("norm        LayerNorm (gain and bias)\n");
     if (!c.rotary()) std::printf("positions   learned\n");
     if (c.attn_only())
         std::printf("mlp         none (attention-only)\n");
     else if (c.mlp == mechlens::mlp_kind::plain_gelu)
         std::printf("mlp         plain GELU\n");
+    else if (c.mlp == mechlens::mlp_kind::plain_gelu_erf)
+        std::printf("mlp         plain GELU (exact erf)\n");
+    else if (c.mlp == mechlens::mlp_kind::plain_relu)
+        std::printf("mlp         plain ReLU\n");
+    if (c.linear_biases) std::printf("biases      on every linear layer\n");
+    if (!c.causal()) std::printf("attention   bidirectional\n");
+    if (c.vocab_out() != c.d_vocab) std::printf("d_vocab_out %td\n", c.vocab_out());
     std::printf("parameters  %td\n", mechlens::layout_size(mechlens::parameter_layout(c)));
     return 0;
 }

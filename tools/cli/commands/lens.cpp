@@ -26,7 +26,7 @@ int run(arguments& args) {
     const mechlens::tensor<float, 4> lens = mechlens::logit_lens(run.model, hooks.cache());  // (layers, 1, pos, vocab)
     const mechlens::index_t p = resolve_position(position_text, static_cast<mechlens::index_t>(run.tokens.size()));
     for (mechlens::index_t layer = 0; layer < c.n_layers; ++layer) {
-        const mechlens::tensor_view<const float, 1> row(&lens(layer, 0, p, 0), {c.d_vocab});
+        const mechlens::tensor_view<const float, 1> row(&lens(layer, 0, p, 0), {c.vocab_out()});
         std::printf("blocks.%td.hook_resid_post:", layer);
         for (const mechlens::token_standing& t : mechlens::top_tokens(row, top_k))
             std::printf("  %s %.3f", show_token(run.tokenizer, t.token).c_str(), static_cast<double>(t.probability));
@@ -35,7 +35,7 @@ int run(arguments& args) {
     if (out) {
         mechlens::write_npy(*out, mechlens::tensor_view<const float, 4>(lens.view()));
         std::fprintf(stderr, "wrote %s: logit lens (%td, 1, %zu, %td)\n", out->c_str(), c.n_layers, run.tokens.size(),
-                     c.d_vocab);
+                     c.vocab_out());
     }
     return 0;
 }

@@ -17,7 +17,7 @@ int run(arguments& args) {
     args.reject_unknown();
     const prompt_run run = open_prompt(input, tokenizer_use::prompt_only);
     const auto positions = static_cast<mechlens::index_t>(run.tokens.size());
-    const mechlens::index_t vocab = run.model.config().d_vocab;
+    const mechlens::index_t vocab = run.model.config().vocab_out();
     const mechlens::tensor<float, 3> logits = mechlens::forward_logits(run.model, as_batch(run.tokens));
     mechlens::write_npy(out, mechlens::tensor_view<const float, 2>(logits.data(), {positions, vocab}));
     std::fprintf(stderr, "wrote %s: logits (%td, %td)\n", out.string().c_str(), positions, vocab);

@@ -85,13 +85,13 @@ prompt_pairs read_prompt_pairs(arguments& args, const std::filesystem::path& mod
     } else {
         // Each pair's own answers: what the model predicts after the clean prompt against after the corrupt one.
         auto top = [&](const mechlens::tensor<std::int32_t, 2>& tokens) {
-            mechlens::tensor<float, 3> logits({pairs, 1, model.config().d_vocab});
+            mechlens::tensor<float, 3> logits({pairs, 1, model.config().vocab_out()});
             mechlens::workspace ws;
             mechlens::forward(model, tokens.view(), logits.view(), ws);
             std::vector<std::int32_t> best;
             for (mechlens::index_t b = 0; b < pairs; ++b) {
                 std::int32_t arg = 0;
-                for (mechlens::index_t v = 1; v < model.config().d_vocab; ++v)
+                for (mechlens::index_t v = 1; v < model.config().vocab_out(); ++v)
                     if (logits(b, 0, v) > logits(b, 0, arg)) arg = static_cast<std::int32_t>(v);
                 best.push_back(arg);
             }

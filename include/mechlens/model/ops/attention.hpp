@@ -1,7 +1,7 @@
 #pragma once
 /// @file
-/// The attention op: q/k/v projections, rotary embedding of queries and keys, causal grouped-query attention over the
-/// kv cache, and the output projection (through per-head results when `attn.hook_result` is wanted), from a
+/// The attention op: q/k/v projections (with biases when the config has them), rotary embedding of queries and keys,
+/// causal or bidirectional grouped-query attention over the kv cache, and the output projection (through per-head results when `attn.hook_result` is wanted), from a
 /// sublayer input to the branch output. Its inference forward (SIMD kernels, float), its taped forward and its
 /// backward (any floating type), with the sites attn.hook_q ... attn.hook_result.
 
@@ -58,7 +58,8 @@ inline void store_keys_values(const model_config& c, const forward_shape& s, ind
     }
 }
 
-/// Causal multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries and the cache.
+/// Causal (or bidirectional) multi-head attention with grouped keys/values: fills ws.mixed ("z") from the queries
+/// and the cache.
 template <class Policy>
 void attend(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model, const forward_shape& s,
             kv_cache& cache, workspace& ws) {
@@ -71,6 +72,8 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
     const auto values = cache.values(layer);                                    // (batch, kv_head, position, d_head)
     const float inverse_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d_head));
     const index_t pairs = s.batch * heads;
+    // Keys query row p sees: those up to its own position (causal), or every key of the call (bidirectional).
+    const auto visible = [&](index_t p) { return c.causal() ? s.start + p + 1 : s.keys; };
     // About 100 microseconds of attention work or more is worth a parallel region.
     [[maybe_unused]] const bool worth_parallel = pairs > 1 && pairs * s.positions * s.keys * d_head >= (index_t{1} << 20);
 
@@ -82,13 +85,13 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
         const tensor_view<const float, 2> k(&keys(b, h / group, 0, 0), {s.keys, d_head});  // (keys, d_head)
         const tensor_view<float, 2> score = scores[b][h];                                  // (pos, keys)
         kernels::linear(q, k, score);
-        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, s.start + p + 1);
+        for (index_t p = 0; p < s.positions; ++p) kernels::scale(&score(p, 0), inverse_sqrt_d, visible(p));
     }
     if constexpr (Policy::wants(site_kind::attn_scores)) {
         for (index_t b = 0; b < s.batch; ++b)
             for (index_t h = 0; h < heads; ++h)
                 for (index_t p = 0; p < s.positions; ++p)
-                    for (index_t key = s.start + p + 1; key < s.keys; ++key)
+                    for (index_t key = visible(p); key < s.keys; ++key)
                         scores(b, h, p, key) = -std::numeric_limits<float>::infinity();
         fire<site_kind::attn_scores>(policy, layer, ctx, [&] { return scores; });
     }
@@ -96,7 +99,7 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
     for (index_t pair = 0; pair < pairs; ++pair) {
         const index_t b = pair / heads, h = pair % heads;
         for (index_t p = 0; p < s.positions; ++p)
-            kernels::masked_softmax(&scores(b, h, p, 0), s.start + p + 1, s.keys);
+            kernels::masked_softmax(&scores(b, h, p, 0), visible(p), s.keys);
     }
     fire<site_kind::attn_pattern>(policy, layer, ctx, [&] { return scores; });
     MECHLENS_PARALLEL_FOR
@@ -108,7 +111,7 @@ void attend(Policy& policy, index_t layer, const hook_context& ctx, const transf
             float* z = &mixed(b * s.positions + p, h * d_head);
             const float* pattern = &scores(b, h, p, 0);
             for (index_t i = 0; i < d_head; ++i) z[i] = 0.0f;
-            for (index_t t = 0; t < s.start + p + 1; ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
+            for (index_t t = 0; t < visible(p); ++t) kernels::axpy(z, pattern[t], &values(b, h / group, t, 0), d_head);
         }
     }
     fire<site_kind::attn_z>(policy, layer, ctx, [&] { return as_heads(mixed, s, heads); });
@@ -136,10 +139,11 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
             float* row = &out(r, 0);
             for (index_t i = 0; i < d; ++i) row[i] = 0.0f;
             for (index_t h = 0; h < heads; ++h) kernels::add(row, row, &result(r / s.positions, r % s.positions, h, 0), d);
+            if (w.b_o.size() > 0) kernels::add(row, row, w.b_o.data(), d);  // b_O after the heads, as TransformerLens
         }
     } else {
         (void)policy, (void)ctx;
-        kernels::linear(mixed, w.w_o, out);
+        project(mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -155,9 +159,9 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    kernels::linear(in, w.w_q, queries);
-    kernels::linear(in, w.w_k, new_keys);
-    kernels::linear(in, w.w_v, new_values);
+    project(in, w.w_q, w.b_q, queries);
+    project(in, w.w_k, w.b_k, new_keys);
+    project(in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
@@ -181,6 +185,7 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
     const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
     const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    const auto visible = [&](index_t i) { return c.causal() ? i + 1 : n; };  // keys query i sees
     const_row_map<T> in1(input1, rows, d);
     multiply(row_map<T>(b.q.data(), rows, heads * d_head), in1,
              const_row_map<T>(w.w_q.data(), heads * d_head, d).transpose(), false);
@@ -188,6 +193,11 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
              const_row_map<T>(w.w_k.data(), kv_heads * d_head, d).transpose(), false);
     multiply(row_map<T>(b.v.data(), rows, kv_heads * d_head), in1,
              const_row_map<T>(w.w_v.data(), kv_heads * d_head, d).transpose(), false);
+    if (c.linear_biases) {
+        add_bias_rows(b.q.data(), w.b_q.data(), rows, heads * d_head);
+        add_bias_rows(b.k.data(), w.b_k.data(), rows, kv_heads * d_head);
+        add_bias_rows(b.v.data(), w.b_v.data(), rows, kv_heads * d_head);
+    }
     fire<site_kind::attn_q>(hooks, layer, ctx, [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
     fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
     fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
@@ -214,12 +224,12 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
         multiply(scores, q, k.transpose(), false);
         scores *= inverse_sqrt_d;
         for (index_t i = 0; i < n; ++i)
-            for (index_t j = i + 1; j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
+            for (index_t j = visible(i); j < n; ++j) scores(i, j) = -std::numeric_limits<T>::infinity();
     }
     fire<site_kind::attn_scores>(hooks, layer, ctx, [&] { return pattern; });
     for (index_t s = 0; s < batch; ++s)
         for (index_t h = 0; h < heads; ++h)
-            for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), i + 1, n);
+            for (index_t i = 0; i < n; ++i) kernels::generic::causal_softmax(&pattern(s, h, i, 0), visible(i), n);
     fire<site_kind::attn_pattern>(hooks, layer, ctx, [&] { return pattern; });
     for (index_t bh = 0; bh < batch * heads; ++bh) {
         const index_t s = bh / heads, h = bh % heads;
@@ -232,6 +242,7 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     fire<site_kind::attn_z>(hooks, layer, ctx, [&] { return heads_view(b.z.data(), batch, n, heads, d_head); });
     multiply(row_map<T>(branch, rows, d), const_row_map<T>(b.z.data(), rows, heads * d_head),
              const_row_map<T>(w.w_o.data(), d, heads * d_head).transpose(), false);
+    if (c.linear_biases) add_bias_rows(branch, w.b_o.data(), rows, d);
 }
 
 /// Attention step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient,
@@ -245,11 +256,14 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
     const index_t heads = c.n_heads, kv_heads = c.n_kv_heads, d_head = c.d_head(), group = c.group_size();
     const index_t q_width = heads * d_head, kv_width = kv_heads * d_head;
     const T inverse_sqrt_d = T{1} / std::sqrt(static_cast<T>(d_head));
+    const auto visible = [&](index_t i) { return c.causal() ? i + 1 : n; };  // keys query i sees
     T* d_z = scratch.d_z.data();  // (rows, n_heads * d_head)
     const_row_map<T> db(d_branch, rows, d);
-    if (gw != nullptr)
+    if (gw != nullptr) {
         multiply(row_map<T>(gw->w_o.data(), d, q_width), db.transpose(),
                  const_row_map<T>(b.z.data(), rows, q_width), true);
+        if (c.linear_biases) add_column_sums(gw->b_o.data(), d_branch, rows, d);
+    }
     multiply(row_map<T>(d_z, rows, q_width), db, const_row_map<T>(w.w_o.data(), d, q_width), false);
     observe_gradient<site_kind::attn_z>(hooks, layer, ctx,
                                         [&] { return heads_view(d_z, batch, n, heads, d_head); });
@@ -277,7 +291,7 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
         for (index_t h = 0; h < heads; ++h)
             for (index_t i = 0; i < n; ++i)
                 kernels::generic::causal_softmax_backward(&pattern(s, h, i, 0), &d_pattern(s, h, i, 0),
-                                                          &d_scores(s, h, i, 0), i + 1, n);
+                                                          &d_scores(s, h, i, 0), visible(i), n);
     observe_gradient<site_kind::attn_scores>(hooks, layer, ctx, [&] { return d_scores; });
     for (index_t bh = 0; bh < batch * heads; ++bh) {
         const index_t s = bh / heads, h = bh % heads;
@@ -325,6 +339,11 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
         multiply(row_map<T>(gw->w_q.data(), q_width, d), dq.transpose(), in1, true);
         multiply(row_map<T>(gw->w_k.data(), kv_width, d), dk.transpose(), in1, true);
         multiply(row_map<T>(gw->w_v.data(), kv_width, d), dv.transpose(), in1, true);
+        if (c.linear_biases) {
+            add_column_sums(gw->b_q.data(), d_q, rows, q_width);
+            add_column_sums(gw->b_k.data(), d_k_grouped, rows, kv_width);
+            add_column_sums(gw->b_v.data(), d_v_grouped, rows, kv_width);
+        }
     }
     row_map<T> d_in1(c.has_norm() ? d_input : d_branch, rows, d);
     multiply(d_in1, dq, const_row_map<T>(w.w_q.data(), q_width, d), false);

@@ -5,6 +5,7 @@
 
 #include "mechlens/grad/tape.hpp"
 #include "mechlens/hooks/site.hpp"
+#include "mechlens/kernels/matmul.hpp"
 #include "mechlens/tensor/view.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
@@ -26,6 +27,15 @@ struct forward_shape {
     index_t keys;       ///< Positions attended to: start + positions.
     [[nodiscard]] index_t rows() const noexcept { return batch * positions; }
 };
+
+/// y = x w^T (+ bias when the view is not empty): a linear layer whose bias the config may leave out.
+inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<const float, 1> bias,
+                    tensor_view<float, 2> y) {
+    if (bias.size() > 0)
+        kernels::linear(x, w, bias, y);
+    else
+        kernels::linear(x, w, y);
+}
 
 /// Views a (batch * pos, width) matrix as (batch, pos, width).
 inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {

@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// The MLP op: gated SiLU (LLaMA) or GELU (GPT-2's gelu_new), from a sublayer input to the branch output, firing
+/// The MLP op: gated SiLU (LLaMA) or a plain MLP with biases or not (gelu_new, exact GELU, ReLU), from a sublayer
+/// input to the branch output, firing
 /// mlp.hook_pre, hook_pre_linear (gated only) and hook_post. Its inference forward (SIMD kernels, float), its taped
 /// forward and its backward (any floating type).
 
@@ -17,6 +18,21 @@
 MECHLENS_BEGIN_NAMESPACE
 namespace detail {
 
+/// The activation of a plain MLP: gelu_tanh (gelu_new), exact gelu or relu.
+template <class T>
+T plain_activation(mlp_kind kind, T x) {
+    if (kind == mlp_kind::plain_gelu) return kernels::generic::gelu_tanh(x);
+    if (kind == mlp_kind::plain_gelu_erf) return kernels::generic::gelu_erf(x);
+    return kernels::generic::relu(x);
+}
+/// The derivative of plain_activation.
+template <class T>
+T plain_activation_derivative(mlp_kind kind, T x) {
+    if (kind == mlp_kind::plain_gelu) return kernels::generic::gelu_tanh_derivative(x);
+    if (kind == mlp_kind::plain_gelu_erf) return kernels::generic::gelu_erf_derivative(x);
+    return kernels::generic::relu_derivative(x);
+}
+
 /// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
@@ -32,12 +48,19 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
         fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
         for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
     } else {
-        kernels::linear(in, w.w_up, gate);
+        project(in, w.w_up, w.b_up, gate);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-        for (index_t r = 0; r < rows; ++r) kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+        for (index_t r = 0; r < rows; ++r) {
+            if (c.mlp == mlp_kind::plain_gelu)
+                kernels::gelu_tanh(&gate(r, 0), &gate(r, 0), c.d_mlp);
+            else if (c.mlp == mlp_kind::plain_gelu_erf)
+                kernels::gelu_erf(&gate(r, 0), &gate(r, 0), c.d_mlp);
+            else
+                kernels::relu(&gate(r, 0), &gate(r, 0), c.d_mlp);
+        }
     }
     fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    kernels::linear(gate, w.w_down, out);
+    project(gate, w.w_down, w.b_down, out);
 }
 
 /// MLP step, taped forward: from the sublayer input `input2` (rows, d_model) to `branch` (rows, d_model), keeping
@@ -58,12 +81,14 @@ void taped_mlp_step(Policy& hooks, index_t layer, const hook_context& ctx, const
         for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::silu(pre[i]) * linear[i];
     } else {
         multiply(row_map<T>(pre, rows, m), in2, const_row_map<T>(w.w_up.data(), m, d).transpose(), false);
+        if (c.linear_biases) add_bias_rows(pre, w.b_up.data(), rows, m);
         fire<site_kind::mlp_pre>(hooks, layer, ctx, [&] { return sequence_view(pre, batch, n, m); });
-        for (index_t i = 0; i < rows * m; ++i) post[i] = kernels::generic::gelu_tanh(pre[i]);
+        for (index_t i = 0; i < rows * m; ++i) post[i] = plain_activation(c.mlp, pre[i]);
     }
     fire<site_kind::mlp_post>(hooks, layer, ctx, [&] { return sequence_view(post, batch, n, m); });
     multiply(row_map<T>(branch, rows, d), const_row_map<T>(post, rows, m),
              const_row_map<T>(w.w_down.data(), d, m).transpose(), false);
+    if (c.linear_biases) add_bias_rows(branch, w.b_down.data(), rows, d);
 }
 
 /// MLP step, backward: from the branch gradient `d_branch` (rows, d_model) to the sublayer input's gradient, written
@@ -75,9 +100,11 @@ void mlp_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, co
     const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model, m = c.d_mlp;
     T* d_post = scratch.d_mlp_post.data();  // (rows, d_mlp)
     const_row_map<T> db(d_branch, rows, d);
-    if (gw != nullptr)
+    if (gw != nullptr) {
         multiply(row_map<T>(gw->w_down.data(), d, m), db.transpose(), const_row_map<T>(b.post.data(), rows, m),
                  true);
+        if (c.linear_biases) add_column_sums(gw->b_down.data(), d_branch, rows, d);
+    }
     multiply(row_map<T>(d_post, rows, m), db, const_row_map<T>(w.w_down.data(), d, m), false);
     observe_gradient<site_kind::mlp_post>(hooks, layer, ctx,
                                           [&] { return sequence_view(d_post, batch, n, m); });
@@ -103,12 +130,14 @@ void mlp_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, co
         multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_gate.data(), m, d), false);
         multiply(d_in2, const_row_map<T>(d_linear, rows, m), const_row_map<T>(w.w_up.data(), m, d), true);
     } else {
-        for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * kernels::generic::gelu_tanh_derivative(pre[i]);
+        for (index_t i = 0; i < rows * m; ++i) d_pre[i] = d_post[i] * plain_activation_derivative(c.mlp, pre[i]);
         observe_gradient<site_kind::mlp_pre>(hooks, layer, ctx,
                                              [&] { return sequence_view(d_pre, batch, n, m); });
-        if (gw != nullptr)
+        if (gw != nullptr) {
             multiply(row_map<T>(gw->w_up.data(), m, d), const_row_map<T>(d_pre, rows, m).transpose(), in2,
                      true);
+            if (c.linear_biases) add_column_sums(gw->b_up.data(), d_pre, rows, m);
+        }
         multiply(d_in2, const_row_map<T>(d_pre, rows, m), const_row_map<T>(w.w_up.data(), m, d), false);
     }
 }
