@@ -4,6 +4,7 @@
 
 #include "mechlens/model/config.hpp"
 #include "mechlens/model/weights.hpp"
+#include "mechlens/model/weight_processing.hpp"
 #include "mechlens/model/parameters.hpp"
 #include "mechlens/model/transformer.hpp"
 #include "mechlens/model/kv_cache.hpp"
