@@ -9354,16 +9354,19 @@ public:
         read_directory();
     }
 
+    zip_reader(const zip_reader&) = delete;             ///< find() indexes the entries by address.
+    zip_reader& operator=(const zip_reader&) = delete;  ///< find() indexes the entries by address.
+
     /// The entries in central directory order.
     [[nodiscard]] const std::vector<zip_entry>& entries() const noexcept { return entries_; }
     /// The error prefix (usually the file path).
     [[nodiscard]] const std::string& where() const noexcept { return where_; }
 
-    /// The entry named `name`, or null.
+    /// The entry named `name`, or null (a binary search: archives may hold many entries).
     [[nodiscard]] const zip_entry* find(std::string_view name) const noexcept {
-        for (const zip_entry& e : entries_)
-            if (e.name == name) return &e;
-        return nullptr;
+        const auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                                         [](const zip_entry* e, std::string_view n) { return e->name < n; });
+        return it != by_name_.end() && (*it)->name == name ? *it : nullptr;
     }
 
     /// The bytes of a stored entry after checking its CRC-32; format_error for a compressed or encrypted entry or a
@@ -9470,13 +9473,14 @@ private:
         for (std::uint64_t i = 0; i < count; ++i) entries_.push_back(read_central_entry(c, cd_offset));
         if (c.remaining() != 0) fail("the central directory has bytes after its last entry");
 
-        std::vector<const std::string*> names;
-        names.reserve(entries_.size());
-        for (const zip_entry& e : entries_) names.push_back(&e.name);
-        std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
-        const auto twin = std::adjacent_find(names.begin(), names.end(),
-                                             [](const std::string* a, const std::string* b) { return *a == *b; });
-        if (twin != names.end()) fail("the archive holds two entries named '" + detail::printable(**twin) + "'");
+        by_name_.reserve(entries_.size());
+        for (const zip_entry& e : entries_) by_name_.push_back(&e);
+        std::sort(by_name_.begin(), by_name_.end(),
+                  [](const zip_entry* a, const zip_entry* b) { return a->name < b->name; });
+        const auto twin = std::adjacent_find(by_name_.begin(), by_name_.end(),
+                                             [](const zip_entry* a, const zip_entry* b) { return a->name == b->name; });
+        if (twin != by_name_.end())
+            fail("the archive holds two entries named '" + detail::printable((*twin)->name) + "'");
     }
 
     zip_entry read_central_entry(detail::byte_reader& c, std::uint64_t data_limit) const {
@@ -9546,6 +9550,7 @@ private:
     std::span<const std::byte> bytes_;
     std::string where_;
     std::vector<zip_entry> entries_;
+    std::vector<const zip_entry*> by_name_;  // sorted by name, for find()
 };
 
 MECHLENS_END_NAMESPACE
