@@ -195,7 +195,7 @@ TEST_CASE("torch_pt: hostile files are rejected with a one-line format_error nam
                       Catch::Matchers::Contains("missing.pt"));
 }
 
-TEST_CASE("torch_pt: every truncation of an archive throws format_error; single-byte corruptions load or throw "
+TEST_CASE("torch_pt: every truncation of an archive throws format_error, and single-byte corruptions load or throw "
           "format_error, nothing else", "[torch_pt][fuzz]") {
     for (const char* name : {"views.pt", "nested.pt", "dtypes.pt"}) {
         const std::string bytes = read_bytes(torch_fixtures() / "synthetic" / name);
