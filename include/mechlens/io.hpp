@@ -1,7 +1,8 @@
 #pragma once
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
-/// GGUF vocabularies, .npy arrays, safetensors files.
+/// GGUF vocabularies, .npy arrays, safetensors files,
+/// PyTorch state dicts (`torch.save` zip archives).
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/checkpoint_format.hpp"
@@ -13,3 +14,6 @@
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/io/npy.hpp"
 #include "mechlens/io/safetensors.hpp"
+#include "mechlens/io/torch_pickle.hpp"
+#include "mechlens/io/torch_state_dict.hpp"
+#include "mechlens/io/zip.hpp"

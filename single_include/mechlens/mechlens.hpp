@@ -8543,7 +8543,8 @@ MECHLENS_END_NAMESPACE
 // ---- begin mechlens/io.hpp ----
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
-/// GGUF vocabularies, .npy arrays, safetensors files.
+/// GGUF vocabularies, .npy arrays, safetensors files,
+/// PyTorch state dicts (`torch.save` zip archives).
 
 // ---- begin mechlens/io/checkpoint_format.hpp ----
 /// @file
@@ -9767,6 +9768,1065 @@ inline loaded_model load_model(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/load.hpp ----
+// ---- begin mechlens/io/torch_pickle.hpp ----
+/// @file
+/// A restricted unpickler for the `data.pkl` that `torch.save(state_dict)` writes: it understands the pickle opcodes
+/// of protocols 2 to 4 that such a file uses and accepts only the globals a state dict needs
+/// (`collections.OrderedDict`, torch's tensor and parameter rebuild functions, the typed storage classes). Any other
+/// global is rejected by name before anything is built, so no pickle can make the reader run code (PyTorch's
+/// `weights_only` idea). Nothing is recursive; stack, memo, marks and objects are bounded.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// ---- begin mechlens/io/zip.hpp ----
+/// @file
+/// A read-only, bounds-checked reader of ZIP archives held in memory (usually a mapped file): the end of central
+/// directory record (and its ZIP64 form), the central directory and the local headers. Only stored entries
+/// (method 0, no compression, as `torch.save` writes them) can be read; each read checks the entry's CRC-32.
+/// Facts from PKWARE's APPNOTE.TXT: all integers are little-endian; sizes and offsets that do not fit 32 bits are
+/// 0xFFFFFFFF in the record and found in the ZIP64 extra field (id 0x0001) or the ZIP64 end record.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One entry of a ZIP archive, as its central directory and local header describe it.
+struct zip_entry {
+    std::string name;                ///< Path inside the archive ('/'-separated).
+    std::uint16_t method = 0;        ///< Compression method (0 = stored; only those can be read).
+    std::uint16_t flags = 0;         ///< General purpose flags (bit 0: encrypted).
+    std::uint32_t crc32 = 0;         ///< CRC-32 of the uncompressed bytes.
+    std::uint64_t compressed_size = 0;    ///< Bytes stored in the archive.
+    std::uint64_t uncompressed_size = 0;  ///< Bytes after decompression.
+    std::uint64_t data_offset = 0;   ///< Offset of the entry's first data byte in the archive (past the local header).
+};
+
+namespace detail {
+
+/// The CRC-32 table of the reflected polynomial 0xEDB88320 (ZIP, gzip, PNG).
+inline constexpr std::array<std::uint32_t, 256> crc32_table = [] {
+    std::array<std::uint32_t, 256> table{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+        std::uint32_t c = i;
+        for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        table[i] = c;
+    }
+    return table;
+}();
+
+/// CRC-32 (as ZIP stores it) of `bytes`.
+inline std::uint32_t crc32(std::span<const std::byte> bytes) noexcept {
+    std::uint32_t c = 0xFFFFFFFFu;
+    for (const std::byte b : bytes) c = crc32_table[(c ^ static_cast<std::uint32_t>(b)) & 0xFFu] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/// `text` cut to `limit` bytes with control characters shown as '?', so a hostile name keeps an error on one line.
+inline std::string printable(std::string_view text, std::size_t limit = 200) {
+    std::string out(text.substr(0, limit));
+    for (char& c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    if (text.size() > limit) out += "...";
+    return out;
+}
+
+inline constexpr std::uint32_t zip_local_signature = 0x04034b50u;    ///< "PK\3\4"
+inline constexpr std::uint32_t zip_central_signature = 0x02014b50u;  ///< "PK\1\2"
+inline constexpr std::uint32_t zip_end_signature = 0x06054b50u;      ///< "PK\5\6"
+inline constexpr std::uint32_t zip64_end_signature = 0x06064b50u;    ///< "PK\6\6"
+inline constexpr std::uint32_t zip64_locator_signature = 0x07064b50u;  ///< "PK\6\7"
+
+}  // namespace detail
+
+/// A ZIP archive over bytes it does not own (they must outlive it). Construction reads and checks the whole
+/// directory: every offset and size lies inside the bytes, local headers agree with the central directory, names
+/// are unique. Any violation throws format_error "`where`: ...".
+class zip_reader {
+public:
+    /// Reads the directory of the archive in `bytes`; `where` (usually the file path) prefixes every error.
+    zip_reader(std::span<const std::byte> bytes, std::string where) : bytes_(bytes), where_(std::move(where)) {
+        read_directory();
+    }
+
+    zip_reader(const zip_reader&) = delete;             ///< find() indexes the entries by address.
+    zip_reader& operator=(const zip_reader&) = delete;  ///< find() indexes the entries by address.
+
+    /// The entries in central directory order.
+    [[nodiscard]] const std::vector<zip_entry>& entries() const noexcept { return entries_; }
+    /// The error prefix (usually the file path).
+    [[nodiscard]] const std::string& where() const noexcept { return where_; }
+
+    /// The entry named `name`, or null (a binary search: archives may hold many entries).
+    [[nodiscard]] const zip_entry* find(std::string_view name) const noexcept {
+        const auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                                         [](const zip_entry* e, std::string_view n) { return e->name < n; });
+        return it != by_name_.end() && (*it)->name == name ? *it : nullptr;
+    }
+
+    /// The bytes of a stored entry after checking its CRC-32; format_error for a compressed or encrypted entry or a
+    /// CRC mismatch.
+    [[nodiscard]] std::span<const std::byte> read(const zip_entry& e) const {
+        const std::string what = "entry '" + detail::printable(e.name) + "'";
+        if (e.flags & 1u) detail::format_fail(where_, what + " is encrypted; encrypted entries are not supported");
+        if (e.method != 0)
+            detail::format_fail(where_, what + " is compressed (method " + std::to_string(e.method) +
+                                            "); only stored (method 0) entries are supported");
+        const std::span<const std::byte> data =
+            bytes_.subspan(static_cast<std::size_t>(e.data_offset), static_cast<std::size_t>(e.compressed_size));
+        const std::uint32_t crc = detail::crc32(data);
+        if (crc != e.crc32)
+            detail::format_fail(where_, what + " fails its CRC-32 check (stored " + hex(e.crc32) + ", computed " +
+                                            hex(crc) + ")");
+        return data;
+    }
+
+private:
+    static std::string hex(std::uint32_t v) {
+        static constexpr char digits[] = "0123456789abcdef";
+        std::string s = "0x";
+        for (int shift = 28; shift >= 0; shift -= 4) s += digits[(v >> shift) & 0xFu];
+        return s;
+    }
+
+    [[noreturn]] void fail(const std::string& problem) const { detail::format_fail(where_, problem); }
+
+    detail::byte_reader reader_at(std::uint64_t offset, std::string_view what) const {
+        detail::byte_reader r(bytes_.data(), bytes_.size(), where_);
+        r.seek(offset, what);
+        return r;
+    }
+
+    // The end record is the last 22 bytes plus a comment of up to 65535 bytes; scan backwards for a signature whose
+    // comment length reaches exactly the end of the bytes (a signature inside the comment does not).
+    std::uint64_t find_end_record() const {
+        const std::size_t n = bytes_.size();
+        if (n < 22) fail("not a ZIP archive (too short for an end of central directory record)");
+        const auto u16 = [&](std::size_t at) {
+            return static_cast<std::uint16_t>(static_cast<unsigned>(bytes_[at]) |
+                                              (static_cast<unsigned>(bytes_[at + 1]) << 8));
+        };
+        const auto u32 = [&](std::size_t at) {
+            return static_cast<std::uint32_t>(u16(at)) | (static_cast<std::uint32_t>(u16(at + 2)) << 16);
+        };
+        const std::size_t lowest = n - 22 > 65535 ? n - 22 - 65535 : 0;
+        for (std::size_t pos = n - 22 + 1; pos-- > lowest;)
+            if (u32(pos) == detail::zip_end_signature && pos + 22 + u16(pos + 20) == n) return pos;
+        fail("not a ZIP archive (no end of central directory record)");
+    }
+
+    void read_directory() {
+        const std::uint64_t end = find_end_record();
+        detail::byte_reader r = reader_at(end + 4, "end of central directory");
+        const auto disk = r.read<std::uint16_t>("disk number");
+        const auto cd_disk = r.read<std::uint16_t>("central directory disk");
+        const auto disk_entries = r.read<std::uint16_t>("entries on this disk");
+        std::uint64_t count = r.read<std::uint16_t>("entry count");
+        std::uint64_t cd_size = r.read<std::uint32_t>("central directory size");
+        std::uint64_t cd_offset = r.read<std::uint32_t>("central directory offset");
+        if (disk != 0 || cd_disk != 0 || disk_entries != count) fail("multi-disk ZIP archives are not supported");
+
+        // A ZIP64 locator, when present, sits just before the end record and points to the ZIP64 end record.
+        std::uint64_t directory_end = end;
+        if (end >= 20) {
+            detail::byte_reader l = reader_at(end - 20, "ZIP64 end of central directory locator");
+            if (l.read<std::uint32_t>("signature") == detail::zip64_locator_signature) {
+                const auto locator_disk = l.read<std::uint32_t>("ZIP64 end record disk");
+                const auto record = l.read<std::uint64_t>("ZIP64 end record offset");
+                const auto disks = l.read<std::uint32_t>("disk count");
+                if (locator_disk != 0 || disks > 1) fail("multi-disk ZIP archives are not supported");
+                if (record > end - 20) fail("the ZIP64 end record offset lies past its locator");
+                detail::byte_reader z = reader_at(record, "ZIP64 end of central directory record");
+                if (z.read<std::uint32_t>("signature") != detail::zip64_end_signature)
+                    fail("no ZIP64 end of central directory record where its locator points");
+                const auto record_size = z.read<std::uint64_t>("ZIP64 end record size");
+                if (record_size < 44 || record_size > end - 20 - record - 12)
+                    fail("the ZIP64 end record claims " + std::to_string(record_size) + " bytes, which do not fit");
+                z.read<std::uint16_t>("version made by");
+                z.read<std::uint16_t>("version needed");
+                const auto disk64 = z.read<std::uint32_t>("disk number");
+                const auto cd_disk64 = z.read<std::uint32_t>("central directory disk");
+                const auto disk_entries64 = z.read<std::uint64_t>("entries on this disk");
+                count = z.read<std::uint64_t>("entry count");
+                cd_size = z.read<std::uint64_t>("central directory size");
+                cd_offset = z.read<std::uint64_t>("central directory offset");
+                if (disk64 != 0 || cd_disk64 != 0 || disk_entries64 != count)
+                    fail("multi-disk ZIP archives are not supported");
+                directory_end = record;
+            }
+        }
+        if (cd_offset > directory_end || cd_size > directory_end - cd_offset)
+            fail("the central directory (offset " + std::to_string(cd_offset) + ", " + std::to_string(cd_size) +
+                 " bytes) does not end before the end record at " + std::to_string(directory_end));
+        if (count > cd_size / 46)  // a central directory header has at least 46 bytes
+            fail("the end record claims " + std::to_string(count) + " entries, more than " +
+                 std::to_string(cd_size) + " directory bytes can hold");
+
+        entries_.reserve(static_cast<std::size_t>(count));
+        detail::byte_reader c(bytes_.data(), static_cast<std::size_t>(cd_offset + cd_size), where_);
+        c.seek(cd_offset, "central directory");
+        for (std::uint64_t i = 0; i < count; ++i) entries_.push_back(read_central_entry(c, cd_offset));
+        if (c.remaining() != 0) fail("the central directory has bytes after its last entry");
+
+        by_name_.reserve(entries_.size());
+        for (const zip_entry& e : entries_) by_name_.push_back(&e);
+        std::sort(by_name_.begin(), by_name_.end(),
+                  [](const zip_entry* a, const zip_entry* b) { return a->name < b->name; });
+        const auto twin = std::adjacent_find(by_name_.begin(), by_name_.end(),
+                                             [](const zip_entry* a, const zip_entry* b) { return a->name == b->name; });
+        if (twin != by_name_.end())
+            fail("the archive holds two entries named '" + detail::printable((*twin)->name) + "'");
+    }
+
+    zip_entry read_central_entry(detail::byte_reader& c, std::uint64_t data_limit) const {
+        if (c.read<std::uint32_t>("central directory signature") != detail::zip_central_signature)
+            fail("bad central directory entry signature at offset " + std::to_string(c.position() - 4));
+        zip_entry e;
+        c.read<std::uint16_t>("version made by");
+        c.read<std::uint16_t>("version needed");
+        e.flags = c.read<std::uint16_t>("flags");
+        e.method = c.read<std::uint16_t>("method");
+        c.read<std::uint32_t>("modification time");
+        e.crc32 = c.read<std::uint32_t>("crc-32");
+        std::uint64_t compressed = c.read<std::uint32_t>("compressed size");
+        std::uint64_t uncompressed = c.read<std::uint32_t>("uncompressed size");
+        const auto name_length = c.read<std::uint16_t>("name length");
+        const auto extra_length = c.read<std::uint16_t>("extra field length");
+        const auto comment_length = c.read<std::uint16_t>("comment length");
+        std::uint64_t disk = c.read<std::uint16_t>("disk number");
+        c.read<std::uint16_t>("internal attributes");
+        c.read<std::uint32_t>("external attributes");
+        std::uint64_t local = c.read<std::uint32_t>("local header offset");
+        e.name = c.read_string(name_length, "entry name");
+        const std::string what = "entry '" + detail::printable(e.name) + "'";
+
+        // ZIP64 extended information: 8-byte values for exactly the fields saturated above, in this order.
+        detail::byte_reader x(c.take(extra_length, "extra field"), extra_length, where_);
+        while (x.remaining() >= 4) {
+            const auto id = x.read<std::uint16_t>("extra field id");
+            const auto size = x.read<std::uint16_t>("extra field size");
+            detail::byte_reader f(x.take(size, "extra field"), size, where_ + ": " + what);
+            if (id != 0x0001) continue;
+            if (uncompressed == 0xFFFFFFFFu) uncompressed = f.read<std::uint64_t>("ZIP64 uncompressed size");
+            if (compressed == 0xFFFFFFFFu) compressed = f.read<std::uint64_t>("ZIP64 compressed size");
+            if (local == 0xFFFFFFFFu) local = f.read<std::uint64_t>("ZIP64 local header offset");
+            if (disk == 0xFFFFu) disk = f.read<std::uint32_t>("ZIP64 disk number");
+        }
+        c.take(comment_length, "entry comment");
+        if (disk != 0) fail(what + " lies on another disk; multi-disk archives are not supported");
+        e.compressed_size = compressed;
+        e.uncompressed_size = uncompressed;
+        if (e.method == 0 && compressed != uncompressed)
+            fail(what + " is stored but its compressed and uncompressed sizes differ");
+
+        // The local header repeats the name; its extra field (torch pads with it to align the data) may differ.
+        if (local > data_limit) fail(what + ": local header offset " + std::to_string(local) + " is past the data");
+        detail::byte_reader h(bytes_.data(), static_cast<std::size_t>(data_limit), where_);
+        h.seek(local, what + " local header");
+        if (h.read<std::uint32_t>("local header signature") != detail::zip_local_signature)
+            fail(what + ": bad local header signature at offset " + std::to_string(local));
+        h.read<std::uint16_t>("version needed");
+        h.read<std::uint16_t>("flags");
+        if (h.read<std::uint16_t>("method") != e.method) fail(what + ": local header and directory disagree on method");
+        h.take(16, "local header times, crc-32 and sizes");  // with flag bit 3 these are zero; the directory rules
+        const auto local_name_length = h.read<std::uint16_t>("local name length");
+        const auto local_extra_length = h.read<std::uint16_t>("local extra field length");
+        if (h.read_string(local_name_length, "local name") != e.name)
+            fail(what + ": the local header names another entry");
+        h.take(local_extra_length, "local extra field");
+        e.data_offset = h.position();
+        if (e.compressed_size > h.remaining())
+            fail(what + " claims " + std::to_string(e.compressed_size) + " bytes at offset " +
+                 std::to_string(e.data_offset) + ", past the start of the central directory at " +
+                 std::to_string(data_limit));
+        return e;
+    }
+
+    std::span<const std::byte> bytes_;
+    std::string where_;
+    std::vector<zip_entry> entries_;
+    std::vector<const zip_entry*> by_name_;  // sorted by name, for find()
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/zip.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Element type of a PyTorch storage, named after its legacy storage class (`torch.FloatStorage` is f32).
+enum class torch_dtype : std::uint8_t {
+    f32,      ///< torch.float32 (FloatStorage).
+    f64,      ///< torch.float64 (DoubleStorage).
+    f16,      ///< torch.float16 (HalfStorage).
+    bf16,     ///< torch.bfloat16 (BFloat16Storage).
+    i64,      ///< torch.int64 (LongStorage).
+    i32,      ///< torch.int32 (IntStorage).
+    i16,      ///< torch.int16 (ShortStorage).
+    i8,       ///< torch.int8 (CharStorage).
+    u8,       ///< torch.uint8 (ByteStorage).
+    boolean,  ///< torch.bool (BoolStorage).
+};
+
+/// The name of a dtype as PyTorch prints it without the `torch.` prefix ("float32", "bool", ...).
+constexpr std::string_view torch_dtype_name(torch_dtype t) noexcept {
+    switch (t) {
+        case torch_dtype::f32: return "float32";
+        case torch_dtype::f64: return "float64";
+        case torch_dtype::f16: return "float16";
+        case torch_dtype::bf16: return "bfloat16";
+        case torch_dtype::i64: return "int64";
+        case torch_dtype::i32: return "int32";
+        case torch_dtype::i16: return "int16";
+        case torch_dtype::i8: return "int8";
+        case torch_dtype::u8: return "uint8";
+        case torch_dtype::boolean: return "bool";
+    }
+    return "?";
+}
+
+/// Bytes per element of a dtype.
+constexpr std::size_t torch_dtype_size(torch_dtype t) noexcept {
+    switch (t) {
+        case torch_dtype::f64:
+        case torch_dtype::i64: return 8;
+        case torch_dtype::f32:
+        case torch_dtype::i32: return 4;
+        case torch_dtype::f16:
+        case torch_dtype::bf16:
+        case torch_dtype::i16: return 2;
+        case torch_dtype::i8:
+        case torch_dtype::u8:
+        case torch_dtype::boolean: return 1;
+    }
+    return 1;
+}
+
+/// True for the floating-point dtypes (the ones that hold weights).
+constexpr bool torch_dtype_is_floating(torch_dtype t) noexcept {
+    return t == torch_dtype::f32 || t == torch_dtype::f64 || t == torch_dtype::f16 || t == torch_dtype::bf16;
+}
+
+namespace detail {
+
+/// What a pickle value is; `object` kinds live in the unpickler's arena.
+enum class pickle_kind : std::uint8_t { none, boolean, integer, floating, string, tuple, list, dict, global, storage,
+                                        tensor, mark };
+
+struct pickle_object;
+
+/// One value on the unpickler's stack or in its memo: scalars inline, everything else a pointer into the arena
+/// (so BINGET shares instead of copying, as Python does, and cycles cannot leak).
+struct pickle_value {
+    pickle_kind kind = pickle_kind::none;  ///< What this is.
+    bool boolean = false;                  ///< For pickle_kind::boolean.
+    std::int64_t integer = 0;              ///< For pickle_kind::integer.
+    double floating = 0.0;                 ///< For pickle_kind::floating.
+    pickle_object* object = nullptr;       ///< For every other kind (string, containers, global, storage, tensor).
+};
+
+/// A string, container, allowed global, storage reference or tensor built by the unpickler.
+struct pickle_object {
+    std::string text;                    ///< A string's content, a global's "module.name", a storage's key.
+    std::vector<pickle_value> items;     ///< A tuple's or list's items; a dict's values.
+    std::vector<std::string> keys;       ///< A dict's keys (always strings), in insertion order.
+    std::unordered_map<std::string, std::size_t> index;  ///< A dict's key -> position, so re-setting keeps order.
+    torch_dtype dtype = torch_dtype::f32;  ///< A storage's element type.
+    std::uint64_t numel = 0;             ///< A storage's element count (from the persistent id).
+    pickle_object* storage = nullptr;    ///< A tensor's storage.
+    std::uint64_t offset = 0;            ///< A tensor's storage offset, in elements.
+    std::vector<std::int64_t> sizes;     ///< A tensor's extents.
+    std::vector<std::int64_t> strides;   ///< A tensor's strides, in elements.
+    bool visited = false;                ///< Set by walkers that must not see a dict twice.
+};
+
+/// Limits that keep a hostile pickle from exhausting memory (real state dicts stay far below them).
+inline constexpr std::size_t pickle_max_stack = std::size_t{1} << 20;
+inline constexpr std::size_t pickle_max_marks = std::size_t{1} << 16;
+inline constexpr std::size_t pickle_max_memo = std::size_t{1} << 22;
+inline constexpr std::size_t pickle_max_objects = std::size_t{1} << 22;
+inline constexpr std::size_t pickle_max_rank = 32;
+
+/// The storage classes a state dict may name, and their dtypes.
+inline bool torch_storage_dtype(std::string_view global, torch_dtype& out) noexcept {
+    struct entry {
+        std::string_view name;
+        torch_dtype dtype;
+    };
+    static constexpr entry table[] = {
+        {"torch.FloatStorage", torch_dtype::f32},  {"torch.DoubleStorage", torch_dtype::f64},
+        {"torch.HalfStorage", torch_dtype::f16},   {"torch.BFloat16Storage", torch_dtype::bf16},
+        {"torch.LongStorage", torch_dtype::i64},   {"torch.IntStorage", torch_dtype::i32},
+        {"torch.ShortStorage", torch_dtype::i16},  {"torch.CharStorage", torch_dtype::i8},
+        {"torch.ByteStorage", torch_dtype::u8},    {"torch.BoolStorage", torch_dtype::boolean},
+    };
+    for (const entry& e : table)
+        if (e.name == global) {
+            out = e.dtype;
+            return true;
+        }
+    return false;
+}
+
+/// The callable globals a state dict may name (the storage classes are the others allowed).
+inline bool torch_callable_allowed(std::string_view global) noexcept {
+    return global == "collections.OrderedDict" || global == "torch._utils._rebuild_tensor_v2" ||
+           global == "torch._utils._rebuild_tensor" || global == "torch._utils._rebuild_parameter" ||
+           global == "torch._utils._rebuild_parameter_with_state";
+}
+
+/// Runs a pickle program over `bytes`, building only what a state dict holds; errors name `where`. The result
+/// points into the unpickler, which must outlive it.
+class torch_unpickler {
+public:
+    /// An unpickler over `bytes` (the content of data.pkl); `where` prefixes every error.
+    torch_unpickler(std::span<const std::byte> bytes, std::string where)
+        : r_(bytes.data(), bytes.size(), where), where_(std::move(where)) {}
+
+    torch_unpickler(const torch_unpickler&) = delete;             ///< The result points into the arena.
+    torch_unpickler& operator=(const torch_unpickler&) = delete;  ///< The result points into the arena.
+
+    /// Executes the program up to STOP and returns the value it produced.
+    pickle_value run() {
+        while (true) {
+            const auto op = r_.read<std::uint8_t>("pickle opcode");
+            if (op == '.') {  // STOP
+                if (marks_.size() != 0) fail("STOP inside an open MARK");
+                return pop("STOP");
+            }
+            step(op);
+        }
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const {
+        format_fail(where_, "data.pkl: " + problem + " (at byte " + std::to_string(r_.position()) + ")");
+    }
+
+    pickle_object* make() {
+        if (arena_.size() >= pickle_max_objects) fail("more than " + std::to_string(pickle_max_objects) + " objects");
+        return &arena_.emplace_back();
+    }
+    pickle_value make_value(pickle_kind kind) {
+        pickle_value v;
+        v.kind = kind;
+        v.object = make();
+        return v;
+    }
+
+    void push(const pickle_value& v) {
+        if (stack_.size() >= pickle_max_stack) fail("stack deeper than " + std::to_string(pickle_max_stack));
+        stack_.push_back(v);
+    }
+    std::size_t floor() const noexcept { return marks_.empty() ? 0 : marks_.back(); }
+    pickle_value pop(std::string_view op) {
+        if (stack_.size() <= floor()) fail(std::string(op) + " on an empty stack");
+        pickle_value v = stack_.back();
+        stack_.pop_back();
+        return v;
+    }
+    pickle_value& top(std::string_view op) {
+        if (stack_.size() <= floor()) fail(std::string(op) + " on an empty stack");
+        return stack_.back();
+    }
+    /// Removes and returns everything above the last MARK, and the mark.
+    std::vector<pickle_value> pop_mark(std::string_view op) {
+        if (marks_.empty()) fail(std::string(op) + " without a MARK");
+        const std::size_t at = marks_.back();
+        marks_.pop_back();
+        std::vector<pickle_value> items(stack_.begin() + static_cast<std::ptrdiff_t>(at), stack_.end());
+        stack_.resize(at);
+        return items;
+    }
+
+    void push_int(std::int64_t v) {
+        pickle_value p;
+        p.kind = pickle_kind::integer;
+        p.integer = v;
+        push(p);
+    }
+    void push_string(std::uint64_t length) {
+        pickle_value v = make_value(pickle_kind::string);
+        v.object->text = r_.read_string(length, "string");
+        push(v);
+    }
+    void push_tuple(std::vector<pickle_value> items) {
+        pickle_value v = make_value(pickle_kind::tuple);
+        v.object->items = std::move(items);
+        push(v);
+    }
+    void memo_put(std::uint64_t key) {
+        const pickle_value& v = top("memo put");
+        if (memo_.size() >= pickle_max_memo && memo_.find(key) == memo_.end())
+            fail("memo larger than " + std::to_string(pickle_max_memo) + " entries");
+        memo_[key] = v;
+    }
+    void memo_get(std::uint64_t key) {
+        const auto it = memo_.find(key);
+        if (it == memo_.end()) fail("memo key " + std::to_string(key) + " was never stored");
+        push(it->second);
+    }
+
+    std::string read_line(std::string_view what) {
+        std::string out;
+        while (true) {
+            const auto c = static_cast<char>(r_.read<std::uint8_t>(what));
+            if (c == '\n') return out;
+            if (out.size() >= 256) fail(std::string(what) + " longer than 256 characters");
+            out += c;
+        }
+    }
+
+    void global(const std::string& module, const std::string& name) {
+        const std::string full = module + "." + name;
+        torch_dtype dtype{};
+        if (!torch_callable_allowed(full) && !torch_storage_dtype(full, dtype))
+            fail("refusing the global '" + printable(full) +
+                 "': a state dict needs only OrderedDict, torch's tensor rebuild functions and storage types");
+        pickle_value v = make_value(pickle_kind::global);
+        v.object->text = full;
+        push(v);
+    }
+
+    void set_item(pickle_object& dict, const pickle_value& key, const pickle_value& value) {
+        if (key.kind != pickle_kind::string) fail("a dict key is not a string");
+        const auto [it, inserted] = dict.index.try_emplace(key.object->text, dict.keys.size());
+        if (inserted) {
+            dict.keys.push_back(key.object->text);
+            dict.items.push_back(value);
+        } else {
+            dict.items[it->second] = value;
+        }
+    }
+    pickle_object& expect_kind(pickle_value& v, pickle_kind kind, std::string_view what) {
+        if (v.kind != kind || v.object == nullptr) fail(std::string(what));
+        return *v.object;
+    }
+
+    std::int64_t int_arg(const pickle_value& v, std::string_view what) {
+        if (v.kind != pickle_kind::integer) fail(std::string(what) + " is not an integer");
+        return v.integer;
+    }
+    std::vector<std::int64_t> ints(const pickle_value& v, std::string_view what) {
+        if (v.kind != pickle_kind::tuple && v.kind != pickle_kind::list) fail(std::string(what) + " is not a tuple");
+        if (v.object->items.size() > pickle_max_rank)
+            fail(std::string(what) + " has more than " + std::to_string(pickle_max_rank) + " dimensions");
+        std::vector<std::int64_t> out;
+        for (const pickle_value& item : v.object->items) {
+            const std::int64_t x = int_arg(item, what);
+            if (x < 0) fail(std::string(what) + " holds a negative value");
+            out.push_back(x);
+        }
+        return out;
+    }
+
+    pickle_value rebuild_tensor(const std::vector<pickle_value>& args, const std::string& function) {
+        if (args[0].kind != pickle_kind::storage) fail(function + ": the first argument is not a storage");
+        pickle_value v = make_value(pickle_kind::tensor);
+        v.object->storage = args[0].object;
+        const std::int64_t offset = int_arg(args[1], function + " storage offset");
+        if (offset < 0) fail(function + ": negative storage offset");
+        v.object->offset = static_cast<std::uint64_t>(offset);
+        v.object->sizes = ints(args[2], function + " size");
+        v.object->strides = ints(args[3], function + " stride");
+        if (v.object->sizes.size() != v.object->strides.size())
+            fail(function + ": size and stride have different lengths");
+        return v;
+    }
+
+    void reduce() {
+        pickle_value args = pop("REDUCE");
+        pickle_value callable = pop("REDUCE");
+        if (callable.kind != pickle_kind::global) fail("REDUCE of something that is not an allowed global");
+        if (args.kind != pickle_kind::tuple) fail("REDUCE arguments are not a tuple");
+        const std::string& f = callable.object->text;
+        const std::vector<pickle_value>& a = args.object->items;
+        if (f == "collections.OrderedDict") {
+            if (!a.empty()) fail("OrderedDict called with arguments");
+            push(make_value(pickle_kind::dict));
+        } else if (f == "torch._utils._rebuild_tensor_v2") {
+            if (a.size() != 6 && a.size() != 7) fail(f + " called with " + std::to_string(a.size()) + " arguments");
+            push(rebuild_tensor(a, f));
+        } else if (f == "torch._utils._rebuild_tensor") {
+            if (a.size() != 4) fail(f + " called with " + std::to_string(a.size()) + " arguments");
+            push(rebuild_tensor(a, f));
+        } else if (f == "torch._utils._rebuild_parameter" || f == "torch._utils._rebuild_parameter_with_state") {
+            if (a.size() < 3 || a.size() > 4 || a[0].kind != pickle_kind::tensor)
+                fail(f + " is not called with a tensor and its flags");
+            push(a[0]);
+        } else {
+            fail("'" + printable(f) + "' is a storage type, not something to call");
+        }
+    }
+
+    void persistent_load() {
+        pickle_value pid = pop("BINPERSID");
+        if (pid.kind != pickle_kind::tuple || pid.object->items.size() != 5)
+            fail("a persistent id is not a ('storage', type, key, location, size) tuple");
+        const std::vector<pickle_value>& p = pid.object->items;
+        if (p[0].kind != pickle_kind::string || p[0].object->text != "storage")
+            fail("a persistent id is not a storage");
+        if (p[1].kind != pickle_kind::global) fail("a storage type is not a global");
+        torch_dtype dtype{};
+        if (!torch_storage_dtype(p[1].object->text, dtype))
+            fail("'" + printable(p[1].object->text) + "' is not a storage type");
+        if (p[2].kind != pickle_kind::string) fail("a storage key is not a string");
+        const std::string& key = p[2].object->text;
+        if (key.empty() || key.size() > 64 || key.find_first_of("/\\") != std::string::npos || key == "." ||
+            key == "..")
+            fail("storage key '" + printable(key, 64) + "' is not a plain file name");
+        if (p[3].kind != pickle_kind::string) fail("a storage location is not a string");
+        const std::int64_t numel = int_arg(p[4], "storage size");
+        if (numel < 0) fail("negative storage size");
+        const auto found = storages_.find(key);
+        if (found != storages_.end()) {
+            // The same key names the same storage: its type and size must agree.
+            if (found->second->dtype != dtype || found->second->numel != static_cast<std::uint64_t>(numel))
+                fail("storage '" + printable(key) + "' is named twice with different types or sizes");
+            pickle_value v;
+            v.kind = pickle_kind::storage;
+            v.object = found->second;
+            push(v);
+            return;
+        }
+        pickle_value v = make_value(pickle_kind::storage);
+        v.object->text = key;
+        v.object->dtype = dtype;
+        v.object->numel = static_cast<std::uint64_t>(numel);
+        storages_.emplace(key, v.object);
+        push(v);
+    }
+
+    void build() {
+        pickle_value state = pop("BUILD");
+        pickle_value& target = top("BUILD");
+        // OrderedDict state (e.g. the `_metadata` attribute of a state dict) is accepted and ignored; tensors and
+        // parameters take only an empty state.
+        if (target.kind == pickle_kind::dict) {
+            if (state.kind != pickle_kind::dict && state.kind != pickle_kind::tuple && state.kind != pickle_kind::none)
+                fail("BUILD of a dict with a state that is not a dict");
+        } else if (target.kind == pickle_kind::tensor) {
+            const bool empty = state.kind == pickle_kind::none ||
+                               ((state.kind == pickle_kind::dict || state.kind == pickle_kind::tuple) &&
+                                state.object->items.empty());
+            if (!empty) fail("BUILD of a tensor with attributes");
+        } else {
+            fail("BUILD of something that is neither a dict nor a tensor");
+        }
+    }
+
+    void step(std::uint8_t op) {
+        switch (op) {
+            case 0x80: {  // PROTO
+                const auto version = r_.read<std::uint8_t>("protocol");
+                if (version < 2 || version > 5) fail("pickle protocol " + std::to_string(version) + " (2 to 5 read)");
+                return;
+            }
+            case 0x95: r_.read<std::uint64_t>("frame length"); return;  // FRAME: framing does not change meaning
+            case '(':                                                   // MARK
+                if (marks_.size() >= pickle_max_marks) fail("more than " + std::to_string(pickle_max_marks) + " MARKs");
+                marks_.push_back(stack_.size());
+                return;
+            case '}': push(make_value(pickle_kind::dict)); return;   // EMPTY_DICT
+            case ']': push(make_value(pickle_kind::list)); return;   // EMPTY_LIST
+            case ')': push_tuple({}); return;                        // EMPTY_TUPLE
+            case 'N': push(pickle_value{}); return;                  // NONE
+            case 0x88:                                               // NEWTRUE
+            case 0x89: {                                             // NEWFALSE
+                pickle_value v;
+                v.kind = pickle_kind::boolean;
+                v.boolean = op == 0x88;
+                push(v);
+                return;
+            }
+            case 'J': push_int(r_.read<std::int32_t>("BININT")); return;
+            case 'K': push_int(r_.read<std::uint8_t>("BININT1")); return;
+            case 'M': push_int(r_.read<std::uint16_t>("BININT2")); return;
+            case 0x8a: {  // LONG1: little-endian two's complement of n bytes
+                const auto n = r_.read<std::uint8_t>("LONG1 length");
+                if (n > 8) fail("LONG1 integer wider than 64 bits");
+                const std::byte* p = r_.take(n, "LONG1");
+                std::uint64_t u = 0;
+                for (std::size_t i = 0; i < n; ++i) u |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+                if (n > 0 && n < 8 && (static_cast<unsigned>(p[n - 1]) & 0x80u)) u |= ~std::uint64_t{0} << (8 * n);
+                push_int(static_cast<std::int64_t>(u));
+                return;
+            }
+            case 'G': {  // BINFLOAT: big-endian IEEE double
+                const std::byte* p = r_.take(8, "BINFLOAT");
+                std::uint64_t u = 0;
+                for (std::size_t i = 0; i < 8; ++i) u = (u << 8) | static_cast<std::uint64_t>(p[i]);
+                pickle_value v;
+                v.kind = pickle_kind::floating;
+                std::memcpy(&v.floating, &u, sizeof u);
+                push(v);
+                return;
+            }
+            case 'X': push_string(r_.read<std::uint32_t>("BINUNICODE length")); return;
+            case 0x8c: push_string(r_.read<std::uint8_t>("SHORT_BINUNICODE length")); return;
+            case 0x8d: push_string(r_.read<std::uint64_t>("BINUNICODE8 length")); return;
+            case 't': push_tuple(pop_mark("TUPLE")); return;
+            case 0x85: {  // TUPLE1
+                pickle_value a = pop("TUPLE1");
+                push_tuple({a});
+                return;
+            }
+            case 0x86: {  // TUPLE2
+                pickle_value b = pop("TUPLE2"), a = pop("TUPLE2");
+                push_tuple({a, b});
+                return;
+            }
+            case 0x87: {  // TUPLE3
+                pickle_value c = pop("TUPLE3"), b = pop("TUPLE3"), a = pop("TUPLE3");
+                push_tuple({a, b, c});
+                return;
+            }
+            case 's': {  // SETITEM
+                pickle_value value = pop("SETITEM"), key = pop("SETITEM");
+                set_item(expect_kind(top("SETITEM"), pickle_kind::dict, "SETITEM on something that is not a dict"),
+                         key, value);
+                return;
+            }
+            case 'u': {  // SETITEMS
+                std::vector<pickle_value> items = pop_mark("SETITEMS");
+                if (items.size() % 2 != 0) fail("SETITEMS with an odd number of items");
+                pickle_object& dict =
+                    expect_kind(top("SETITEMS"), pickle_kind::dict, "SETITEMS on something that is not a dict");
+                for (std::size_t i = 0; i < items.size(); i += 2) set_item(dict, items[i], items[i + 1]);
+                return;
+            }
+            case 'a': {  // APPEND
+                pickle_value value = pop("APPEND");
+                expect_kind(top("APPEND"), pickle_kind::list, "APPEND to something that is not a list")
+                    .items.push_back(value);
+                return;
+            }
+            case 'e': {  // APPENDS
+                std::vector<pickle_value> items = pop_mark("APPENDS");
+                pickle_object& list =
+                    expect_kind(top("APPENDS"), pickle_kind::list, "APPENDS to something that is not a list");
+                list.items.insert(list.items.end(), items.begin(), items.end());
+                return;
+            }
+            case 'q': memo_put(r_.read<std::uint8_t>("BINPUT index")); return;
+            case 'r': memo_put(r_.read<std::uint32_t>("LONG_BINPUT index")); return;
+            case 0x94: memo_put(memo_.size()); return;  // MEMOIZE
+            case 'h': memo_get(r_.read<std::uint8_t>("BINGET index")); return;
+            case 'j': memo_get(r_.read<std::uint32_t>("LONG_BINGET index")); return;
+            case '0': pop("POP"); return;
+            case '1': pop_mark("POP_MARK"); return;
+            case '2': push(top("DUP")); return;
+            case 'c': {  // GLOBAL
+                const std::string module = read_line("GLOBAL module");
+                const std::string name = read_line("GLOBAL name");
+                global(module, name);
+                return;
+            }
+            case 0x93: {  // STACK_GLOBAL
+                pickle_value name = pop("STACK_GLOBAL"), module = pop("STACK_GLOBAL");
+                if (name.kind != pickle_kind::string || module.kind != pickle_kind::string)
+                    fail("STACK_GLOBAL of something that is not a string");
+                global(module.object->text, name.object->text);
+                return;
+            }
+            case 'R': reduce(); return;
+            case 'b': build(); return;
+            case 'Q': persistent_load(); return;
+            default: break;
+        }
+        static constexpr char digits[] = "0123456789abcdef";
+        std::string hex = "0x";
+        hex += digits[op >> 4];
+        hex += digits[op & 0xFu];
+        fail("opcode " + hex + " is not one a state dict uses; refusing it");
+    }
+
+    byte_reader r_;
+    std::string where_;
+    std::deque<pickle_object> arena_;  // a deque: pointers to its elements stay valid as it grows
+    std::vector<pickle_value> stack_;
+    std::vector<std::size_t> marks_;
+    std::unordered_map<std::uint64_t, pickle_value> memo_;
+    std::unordered_map<std::string, pickle_object*> storages_;
+};
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/torch_pickle.hpp ----
+// ---- begin mechlens/io/torch_state_dict.hpp ----
+/// @file
+/// Reads the state dict that `torch.save(model.state_dict(), f)` wrote (PyTorch's zip format, torch >= 1.6)
+/// without Python: a ZIP archive `<archive>/data.pkl` (the pickled OrderedDict, read by the restricted unpickler
+/// of torch_pickle.hpp), `<archive>/data/<key>` (one stored entry per storage, raw little-endian elements) and,
+/// from torch 2.1 on, `<archive>/byteorder` ("little" or "big"). The folder name `<archive>` varies.
+/// Each tensor is rebuilt from its storage, storage offset, sizes and strides (views and shared storages work) and
+/// converted to float.
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One tensor of a PyTorch state dict, converted to float.
+struct torch_tensor {
+    std::string name;            ///< The state-dict key (nested dicts joined with '.').
+    std::vector<index_t> shape;  ///< Extents, outermost first; empty for a 0-d tensor.
+    torch_dtype dtype = torch_dtype::f32;  ///< The dtype in the file (integers and bools are converted too).
+    std::vector<float> values;   ///< product(shape) values in row-major order (int64 beyond 2^24 rounds).
+};
+
+/// The tensors of a state dict, in the dict's order.
+struct torch_state_dict {
+    std::vector<torch_tensor> tensors;  ///< In insertion order of the (Ordered)dict, nested dicts depth-first.
+
+    /// The tensor named `name`, or null.
+    [[nodiscard]] const torch_tensor* find(std::string_view name) const noexcept {
+        for (const torch_tensor& t : tensors)
+            if (t.name == name) return &t;
+        return nullptr;
+    }
+};
+
+namespace detail {
+
+/// Nesting of dicts a state dict may have (a plain one has 1; the walk is iterative, this bounds names).
+inline constexpr std::size_t torch_max_dict_depth = 64;
+
+/// Converts element `index` of a storage (little- or big-endian bytes) to float.
+inline float torch_element(const std::byte* data, std::uint64_t index, torch_dtype dtype, bool big_endian) noexcept {
+    const std::size_t size = torch_dtype_size(dtype);
+    std::array<std::byte, 8> b{};
+    std::memcpy(b.data(), data + index * size, size);
+    if (big_endian) std::reverse(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(size));
+    const auto as = [&b]<class T>(T) {
+        T v{};
+        std::memcpy(&v, b.data(), sizeof v);
+        return v;
+    };
+    switch (dtype) {
+        case torch_dtype::f32: return as(float{});
+        case torch_dtype::f64: return static_cast<float>(as(double{}));
+        case torch_dtype::f16: return half_to_float(as(std::uint16_t{}));
+        case torch_dtype::bf16: return std::bit_cast<float>(static_cast<std::uint32_t>(as(std::uint16_t{})) << 16);
+        case torch_dtype::i64: return static_cast<float>(as(std::int64_t{}));
+        case torch_dtype::i32: return static_cast<float>(as(std::int32_t{}));
+        case torch_dtype::i16: return static_cast<float>(as(std::int16_t{}));
+        case torch_dtype::i8: return static_cast<float>(as(std::int8_t{}));
+        case torch_dtype::u8: return static_cast<float>(as(std::uint8_t{}));
+        case torch_dtype::boolean: return as(std::uint8_t{}) != 0 ? 1.0f : 0.0f;
+    }
+    return 0.0f;
+}
+
+/// Builds the tensors of a torch.save archive; see parse_torch_state_dict.
+class torch_archive_reader {
+public:
+    /// A reader over the archive bytes; `where` prefixes every error.
+    torch_archive_reader(std::span<const std::byte> bytes, std::string where)
+        : bytes_(bytes), where_(std::move(where)) {}
+
+    /// Reads everything.
+    torch_state_dict read() {
+        if (!bytes_.empty() && bytes_[0] == std::byte{0x80})
+            fail("a legacy (pre-1.6, not zip) torch.save file; re-save it with a current torch");
+        if (bytes_.size() < 4 || std::memcmp(bytes_.data(), "PK\x03\x04", 4) != 0)
+            fail("not a PyTorch file (torch.save writes a ZIP archive starting with \"PK\")");
+        zip_ = std::make_unique<zip_reader>(bytes_, where_);
+        find_prefix();
+        if (const zip_entry* e = zip_->find(prefix_ + "byteorder")) {
+            const std::span<const std::byte> b = zip_->read(*e);
+            const std::string_view order(reinterpret_cast<const char*>(b.data()), b.size());
+            if (order == "big")
+                big_endian_ = true;
+            else if (order != "little")
+                fail("byteorder holds '" + printable(order, 16) + "', neither 'little' nor 'big'");
+        }
+        const zip_entry* pickle = zip_->find(prefix_ + "data.pkl");
+        torch_unpickler unpickler(zip_->read(*pickle), where_);
+        const pickle_value root = unpickler.run();
+        if (root.kind != pickle_kind::dict)
+            fail("data.pkl does not hold a dict; a state dict is a (nested) dict of tensors");
+        // A tensor may repeat storage elements (stride 0), but all tensors together may not hold more elements
+        // than the archive has bytes plus 2^20, so a few hostile bytes cannot claim gigabytes.
+        budget_ = static_cast<std::uint64_t>(bytes_.size()) + (std::uint64_t{1} << 20);
+        torch_state_dict out;
+        walk(*root.object, out);
+        return out;
+    }
+
+private:
+    [[noreturn]] void fail(const std::string& problem) const { format_fail(where_, problem); }
+
+    // The archive's top folder: the one holding data.pkl (torch names it after the file; it varies).
+    void find_prefix() {
+        const zip_entry* found = nullptr;
+        for (const zip_entry& e : zip_->entries()) {
+            const std::size_t slash = e.name.find('/');
+            if (slash == std::string::npos || e.name.compare(slash + 1, std::string::npos, "data.pkl") != 0)
+                continue;
+            if (found) fail("two data.pkl entries ('" + printable(found->name) + "' and '" + printable(e.name) + "')");
+            found = &e;
+        }
+        if (!found) {
+            const bool script = std::any_of(zip_->entries().begin(), zip_->entries().end(), [](const zip_entry& e) {
+                return e.name.find("/constants.pkl") != std::string::npos;
+            });
+            fail(script ? "a TorchScript archive (torch.jit.save), not a torch.save state dict"
+                        : "no <archive>/data.pkl entry: not a torch.save archive");
+        }
+        prefix_ = found->name.substr(0, found->name.size() - std::string_view("data.pkl").size());
+    }
+
+    // Depth-first over nested dicts, iteratively; a dict reached twice is rejected (a walk could otherwise
+    // multiply through shared dicts).
+    void walk(pickle_object& root, torch_state_dict& out) {
+        struct frame {
+            pickle_object* dict;
+            std::size_t next;
+            std::string prefix;
+        };
+        std::vector<frame> stack;
+        root.visited = true;
+        stack.push_back({&root, 0, ""});
+        while (!stack.empty()) {
+            frame& f = stack.back();
+            if (f.next == f.dict->keys.size()) {
+                stack.pop_back();
+                continue;
+            }
+            const std::size_t i = f.next++;
+            const pickle_value& v = f.dict->items[i];
+            std::string name = f.prefix + f.dict->keys[i];
+            if (v.kind == pickle_kind::tensor) {
+                out.tensors.push_back(materialise(*v.object, std::move(name)));
+            } else if (v.kind == pickle_kind::dict) {
+                if (v.object->visited) fail("dict '" + printable(name) + "' appears twice in the state dict");
+                if (stack.size() >= torch_max_dict_depth)
+                    fail("dicts nested deeper than " + std::to_string(torch_max_dict_depth));
+                v.object->visited = true;
+                stack.push_back({v.object, 0, name + "."});  // invalidates f, which is not used again
+            }
+            // Other values (numbers, strings, None, lists) are not tensors; a state dict reader skips them.
+        }
+    }
+
+    std::span<const std::byte> storage_bytes(const pickle_object& storage) {
+        const auto cached = storages_.find(&storage);
+        if (cached != storages_.end()) return cached->second;
+        const std::string entry_name = prefix_ + "data/" + storage.text;
+        const zip_entry* e = zip_->find(entry_name);
+        if (!e) fail("storage '" + printable(storage.text) + "' is missing (no entry '" + printable(entry_name) + "')");
+        const std::uint64_t need = checked_mul(storage.numel, torch_dtype_size(storage.dtype), where_, "storage");
+        const std::span<const std::byte> data = zip_->read(*e);  // rejects compressed entries and CRC errors
+        if (data.size() != need)
+            fail("storage '" + printable(storage.text) + "' holds " + std::to_string(data.size()) + " bytes, but " +
+                 std::to_string(storage.numel) + " " + std::string(torch_dtype_name(storage.dtype)) +
+                 " elements need " + std::to_string(need));
+        storages_.emplace(&storage, data);
+        return data;
+    }
+
+    torch_tensor materialise(const pickle_object& t, std::string name) {
+        const pickle_object& storage = *t.storage;
+        const std::string what = "tensor '" + printable(name) + "'";
+        std::uint64_t count = 1, last = t.offset;
+        for (std::size_t a = 0; a < t.sizes.size(); ++a) {
+            const auto size = static_cast<std::uint64_t>(t.sizes[a]);
+            count = checked_mul(count, size, where_, what);
+            if (size > 0)
+                last = checked_add(last, checked_mul(size - 1, static_cast<std::uint64_t>(t.strides[a]), where_, what),
+                                   where_, what);
+        }
+        if (count > budget_)
+            fail(what + " claims " + std::to_string(count) + " elements, more than the archive can justify");
+        budget_ -= count;
+        if (count > 0 ? last >= storage.numel : t.offset > storage.numel)
+            fail(what + " reaches element " + std::to_string(last) + " of storage '" + printable(storage.text) +
+                 "', which has " + std::to_string(storage.numel));
+        const std::byte* data = storage_bytes(storage).data();
+
+        torch_tensor out;
+        out.name = std::move(name);
+        out.dtype = storage.dtype;
+        for (const std::int64_t s : t.sizes) out.shape.push_back(static_cast<index_t>(s));
+        out.values.resize(static_cast<std::size_t>(count));
+        // Row-major odometer over the indices; `at` is the storage element of the current index.
+        const std::size_t rank = t.sizes.size();
+        std::vector<std::uint64_t> index(rank, 0);
+        std::uint64_t at = t.offset;
+        for (float& value : out.values) {
+            value = torch_element(data, at, storage.dtype, big_endian_);
+            for (std::size_t a = rank; a-- > 0;) {
+                const auto stride = static_cast<std::uint64_t>(t.strides[a]);
+                if (++index[a] < static_cast<std::uint64_t>(t.sizes[a])) {
+                    at += stride;
+                    break;
+                }
+                at -= stride * (index[a] - 1);
+                index[a] = 0;
+            }
+        }
+        return out;
+    }
+
+    std::span<const std::byte> bytes_;
+    std::string where_;
+    std::unique_ptr<zip_reader> zip_;
+    std::string prefix_;
+    bool big_endian_ = false;
+    std::uint64_t budget_ = 0;
+    std::unordered_map<const pickle_object*, std::span<const std::byte>> storages_;
+};
+
+}  // namespace detail
+
+/// Parses a torch.save archive held in memory (errors name `where`): read_torch_state_dict without the file.
+inline torch_state_dict parse_torch_state_dict(std::span<const std::byte> bytes, const std::string& where) {
+    return detail::torch_archive_reader(bytes, where).read();
+}
+
+/// Reads the state dict `torch.save(model.state_dict(), path)` wrote. Accepts F32, F64, F16, BF16 and integer or
+/// bool tensors (all converted to float; check `dtype` to skip buffers), views with any strides and storages shared
+/// between tensors, nested dicts (names joined with '.'; non-tensor values skipped). Throws format_error naming the
+/// file, with a one-line reason, for anything else: a pickle naming any global but OrderedDict, torch's rebuild
+/// functions and storage types (e.g. `os.system`), compressed or truncated archives, CRC mismatches, storages of
+/// the wrong size, views reaching outside their storage, legacy non-zip files and TorchScript archives.
+inline torch_state_dict read_torch_state_dict(const std::filesystem::path& path) {
+    const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
+    return parse_torch_state_dict(std::span<const std::byte>(file->data(), file->size()), path.string());
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/torch_state_dict.hpp ----
 // ---- end mechlens/io.hpp ----
 // ---- begin mechlens/grad.hpp ----
 /// @file

@@ -9,6 +9,7 @@
 #include <mechlens/io/load.hpp>
 #include <mechlens/io/npy.hpp>
 #include <mechlens/io/safetensors.hpp>
+#include <mechlens/io/torch_state_dict.hpp>
 #include <mechlens/model/weights.hpp>
 #include <mechlens/tokenizer/bpe.hpp>
 #include <mechlens/tokenizer/llama2c_vocab.hpp>

@@ -10,12 +10,14 @@ Small repository fixtures (tests/reference/fixtures) are used as well when they 
 
 Usage: make_seeds.py BUILD_DIR
 """
+import io
 import json
 import os
 import pathlib
 import shutil
 import struct
 import sys
+import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MAX_SEED = 64 * 1024
@@ -188,6 +190,31 @@ def tokenizer(pieces) -> bytes:
     return out
 
 
+# ---- torch.save archives ---------------------------------------------------------------------------------------
+
+def torch_pt(tensors, storages) -> bytes:
+    """A stored ZIP holding archive/data.pkl (a protocol-2 OrderedDict of _rebuild_tensor_v2 calls) and the storages;
+    tensors: (name, storage type, key, numel, offset, size, stride)."""
+    def text(s):
+        b = s.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    def ints(xs):
+        return b"(" + b"".join(b"K" + bytes([x]) for x in xs) + b"t"
+
+    pkl = b"\x80\x02ccollections\nOrderedDict\n)R("
+    for name, stype, key, numel, offset, size, stride in tensors:
+        pkl += text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n((" + text("storage") + b"ctorch\n" + stype.encode()
+        pkl += b"\n" + text(key) + text("cpu") + b"K" + bytes([numel]) + b"tQK" + bytes([offset]) + ints(size)
+        pkl += ints(stride) + b"\x89}tR"
+    pkl += b"u."
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in [("archive/data.pkl", pkl)] + [("archive/data/" + k, v) for k, v in storages]:
+            z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return buf.getvalue()
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -250,8 +277,27 @@ def main() -> int:
             c.add(name.split("/")[0] + "_tok512", p.read_bytes())
     tokenizer_count = c.count
 
+    c = Corpus(root, "fuzz_torch_pt")
+    c.add("handmade", torch_pt([("w", "FloatStorage", "0", 4, 0, [2, 2], [2, 1])], [("0", f32s([1, 2, 3, 4]))]))
+    c.add("view_f16", torch_pt([("a", "HalfStorage", "0", 6, 1, [2, 2], [1, 2]), ("b", "HalfStorage", "0", 6, 0, [3], [2])],
+                               [("0", struct.pack("<6e", 1, 2, 3, 4, 5, 6))]))
+    for f in sorted((fixtures / "torch_pt" / "synthetic").glob("*.pt")) if fixtures.is_dir() else []:
+        with zipfile.ZipFile(f) as z:  # the bare pickles: the harness also wraps each input into an archive
+            pickles = [n for n in z.namelist() if n.endswith("/data.pkl")]
+            if pickles:
+                c.add("pickle_" + f.stem, z.read(pickles[0]))
+    synthetic = fixtures / "torch_pt" / "synthetic"
+    for f in sorted(synthetic.glob("*.pt")) if synthetic.is_dir() else []:
+        if f.stat().st_size <= MAX_SEED:
+            c.add("fixture_" + f.stem, f.read_bytes())
+    for name in ("arena/cumsum/cumsum_model.pt", "arena/palindrome/palindrome_classifier.pt"):
+        p = models / name
+        if p.is_file() and p.stat().st_size <= MAX_SEED:
+            c.add(p.stem, p.read_bytes())
+    torch_count = c.count
+
     print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
-          f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}"
+          f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}"
           + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
     return 0
 
