@@ -54,39 +54,13 @@ public:
 
     json_value() = default;  ///< A null value outside any document.
     /// A copy; it keeps the document name but starts a path of its own.
-    json_value(const json_value& other)
-        : kind_(other.kind_),
-          boolean_(other.boolean_),
-          text_(other.text_),
-          items_(other.items_),
-          members_(other.members_),
-          document_(other.root().document_) {
-        adopt_children();
-    }
+    inline json_value(const json_value& other);
     /// Takes over `other`'s contents.
-    json_value(json_value&& other) noexcept
-        : kind_(other.kind_),
-          boolean_(other.boolean_),
-          text_(std::move(other.text_)),
-          items_(std::move(other.items_)),
-          members_(std::move(other.members_)),
-          document_(std::move(other.document_)) {
-        adopt_children();
-    }
+    inline json_value(json_value&& other) noexcept;
     /// Copy-and-swap assignment.
-    json_value& operator=(json_value other) noexcept {
-        kind_ = other.kind_;
-        boolean_ = other.boolean_;
-        text_ = std::move(other.text_);
-        items_ = std::move(other.items_);
-        members_ = std::move(other.members_);
-        document_ = std::move(other.document_);
-        parent_ = nullptr;
-        index_ = 0;
-        adopt_children();
-        return *this;
-    }
-    ~json_value() = default;  ///< Frees the subtree.
+    inline json_value& operator=(json_value other) noexcept;
+    /// Frees the subtree.
+    inline ~json_value();
 
     /// The value's type.
     type kind() const noexcept { return kind_; }
@@ -148,7 +122,7 @@ public:
         return members_;
     }
     /// Number of elements or members (0 for scalars).
-    std::size_t size() const noexcept { return kind_ == type::array ? items_.size() : members_.size(); }
+    inline std::size_t size() const noexcept;
 
     /// The member called `key`, or null when absent or when the value is not an object.
     inline const json_value* find(std::string_view key) const noexcept;
@@ -229,6 +203,46 @@ struct json_member {
     std::string key;   ///< The member's name.
     json_value value;  ///< The member's value.
 };
+
+// Defined here, where json_member is complete (clang instantiates the vector members eagerly in the class).
+inline json_value::json_value(const json_value& other)
+    : kind_(other.kind_),
+      boolean_(other.boolean_),
+      text_(other.text_),
+      items_(other.items_),
+      members_(other.members_),
+      document_(other.root().document_) {
+    adopt_children();
+}
+
+inline json_value::json_value(json_value&& other) noexcept
+    : kind_(other.kind_),
+      boolean_(other.boolean_),
+      text_(std::move(other.text_)),
+      items_(std::move(other.items_)),
+      members_(std::move(other.members_)),
+      document_(std::move(other.document_)) {
+    adopt_children();
+}
+
+inline json_value& json_value::operator=(json_value other) noexcept {
+    kind_ = other.kind_;
+    boolean_ = other.boolean_;
+    text_ = std::move(other.text_);
+    items_ = std::move(other.items_);
+    members_ = std::move(other.members_);
+    document_ = std::move(other.document_);
+    parent_ = nullptr;
+    index_ = 0;
+    adopt_children();
+    return *this;
+}
+
+inline json_value::~json_value() = default;
+
+inline std::size_t json_value::size() const noexcept {
+    return kind_ == type::array ? items_.size() : members_.size();
+}
 
 inline const json_value* json_value::find(std::string_view key) const noexcept {
     if (kind_ != type::object) return nullptr;

@@ -105,7 +105,8 @@ public:
         merges_.reserve(vocab_.merges.size());
         std::string joined;
         for (std::size_t r = 0; r < vocab_.merges.size(); ++r) {
-            const auto& [a, b] = vocab_.merges[r];
+            const std::string& a = vocab_.merges[r].first;
+            const std::string& b = vocab_.merges[r].second;
             const auto fail_merge = [&](const std::string& problem) {
                 throw format_error(vocab_.merges_source + ": merge " + std::to_string(r) + " (" + quote(a) + " " +
                                    quote(b) + ") " + problem);
