@@ -198,11 +198,17 @@ inline gpt2_vocabulary load_gguf_gpt2_vocabulary(const gguf_file& g) {
     const auto& tokens = g.get_array("tokenizer.ggml.tokens", gguf_type::string);
     if (tokens.empty()) g.fail("tokenizer.ggml.tokens is empty");
     v.tokens.reserve(tokens.size());
-    for (const gguf_value& t : tokens) v.tokens.push_back(*t.as_string());
+    // get_array checked the element type; the null checks only keep -Wnull-dereference (and a later change) honest.
+    for (const gguf_value& t : tokens) {
+        const std::string* text = t.as_string();
+        if (text == nullptr) g.fail("tokenizer.ggml.tokens holds a value that is not a string");
+        v.tokens.push_back(*text);
+    }
     const auto& merges = g.get_array("tokenizer.ggml.merges", gguf_type::string);
     v.merges.reserve(merges.size());
     for (std::size_t i = 0; i < merges.size(); ++i) {
-        auto merge = detail::gpt2::split_merge(*merges[i].as_string());
+        const std::string* text = merges[i].as_string();
+        auto merge = text ? detail::gpt2::split_merge(*text) : std::nullopt;
         if (!merge)
             g.fail("tokenizer.ggml.merges[" + std::to_string(i) + "] is not two tokens separated by one space");
         v.merges.push_back(std::move(*merge));
