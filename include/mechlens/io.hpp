@@ -1,13 +1,14 @@
 #pragma once
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
-/// GGUF vocabularies, .npy arrays, safetensors files,
+/// GGUF vocabularies, .npy arrays, safetensors files, JSON documents,
 /// PyTorch state dicts (`torch.save` zip archives).
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/checkpoint_format.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/json.hpp"
 #include "mechlens/io/llama2c.hpp"
 #include "mechlens/io/load.hpp"
 #include "mechlens/io/loader_storage.hpp"

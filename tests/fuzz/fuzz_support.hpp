@@ -5,6 +5,7 @@
 // Only the headers the parsers need: the umbrella header would also pull in code no harness reaches.
 #include <mechlens/io/gguf.hpp>
 #include <mechlens/io/gguf_model.hpp>
+#include <mechlens/io/json.hpp>
 #include <mechlens/io/llama2c.hpp>
 #include <mechlens/io/load.hpp>
 #include <mechlens/io/npy.hpp>
@@ -12,6 +13,7 @@
 #include <mechlens/io/torch_state_dict.hpp>
 #include <mechlens/model/weights.hpp>
 #include <mechlens/tokenizer/bpe.hpp>
+#include <mechlens/tokenizer/gpt2_files.hpp>
 #include <mechlens/tokenizer/llama2c_vocab.hpp>
 
 #include <sys/mman.h>

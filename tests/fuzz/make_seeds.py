@@ -27,6 +27,10 @@ def models_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("MECHLENS_MODELS", str(REPO.parent / "shared" / "models")))
 
 
+def tokenizers_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("MECHLENS_TOKENIZERS", str(REPO.parent / "shared" / "tokenizers")))
+
+
 class Corpus:
     def __init__(self, root: pathlib.Path, name: str):
         self.dir = root / name
@@ -215,6 +219,39 @@ def torch_pt(tensors, storages) -> bytes:
     return buf.getvalue()
 
 
+# ---- JSON and GPT-2 vocabularies -----------------------------------------------------------------------------------
+
+def gpt2_byte_symbols() -> list:
+    """GPT-2's spelling of each byte: printable Latin-1 stands for itself, the other 68 bytes for U+0100 onwards."""
+    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+def gpt2_tiny_files():
+    """A tiny valid vocab.json, merges.txt and tokenizer.json (the 256 bytes, three merges, <|endoftext|>)."""
+    symbols = gpt2_byte_symbols()
+    merges = [("t", "h"), ("th", "e"), (symbols[32], "the")]
+    tokens = symbols + [a + b for a, b in merges] + ["<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    vocab_json = json.dumps(vocab, ensure_ascii=False).encode()
+    merges_txt = ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode()
+    tokenizer_json = json.dumps({
+        "version": "1.0",
+        "added_tokens": [{"id": len(tokens) - 1, "content": "<|endoftext|>", "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    }, ensure_ascii=False).encode()
+    return vocab_json, merges_txt, tokenizer_json
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -296,8 +333,32 @@ def main() -> int:
             c.add(p.stem, p.read_bytes())
     torch_count = c.count
 
+
+    vocab_json, merges_txt, tokenizer_json = gpt2_tiny_files()
+    c = Corpus(root, "fuzz_json")
+    c.add("scalars", b'[0, -1.5e-3, 1E+400, true, false, null, "s\\u00e9\\ud83e\\udd99\\n"]')
+    c.add("nested", json.dumps({"a": {"b": [[{"c": []}]]}, "n": 18446744073709551615}).encode())
+    c.add("config", json.dumps({"n_layers": 2, "d_model": 64, "eps": 1e-5, "act_fn": "gelu_new"}).encode())
+    c.add("tiny_tokenizer_json", tokenizer_json)
+    c.add("tiny_vocab_json", vocab_json)
+    hf_tokenizer = tokenizers_dir() / "gpt2-hf" / "tokenizer.json"
+    if hf_tokenizer.is_file():
+        c.add("gpt2_tokenizer_json_prefix", hf_tokenizer.read_bytes()[:MAX_SEED])
+    json_count = c.count
+
+    c = Corpus(root, "fuzz_gpt2_vocab")
+    c.add("vocab_merges", b"\x00" + vocab_json + b"\x00" + merges_txt)
+    c.add("tokenizer_json", b"\x01" + tokenizer_json)
+    c.add("tokenizer_json_pairs", b"\x01" + tokenizer_json.replace(b'"t h"', b'["t", "h"]'))
+    c.add("text_ascii", b"\x02The theme of these three: 'tis the end.<|endoftext|>  \n\n\t")
+    c.add("text_unicode", b"\x02" + "日本語 café 🦙 ½ \u3000x\r\n".encode())
+    c.add("text_invalid_utf8", b"\x02a\xff\xfe\xc3 b\xed\xa0\x80")
+    gpt2_count = c.count
+
+
     print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
-          f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}"
+          f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}, json {json_count}, "
+          f"gpt2_vocab {gpt2_count}"
           + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
     return 0
 

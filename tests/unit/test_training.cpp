@@ -22,32 +22,17 @@ namespace {
 
 namespace fs = std::filesystem;
 using mechlens::index_t;
-using json = mechlens::detail::json_value;
+using json = mechlens::json_value;
 
-json load_json(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    REQUIRE(in.good());
-    std::stringstream text;
-    text << in.rdbuf();
-    return mechlens::detail::json_parser(text.str(), path.string()).parse_document();
-}
+json load_json(const fs::path& path) { return mechlens::read_json_file(path); }
 
-const json& member(const json& object, const std::string& key) {
-    for (const auto& [k, v] : object.members)
-        if (k == key) return v;
-    FAIL("JSON member '" << key << "' missing");
-    return object;
-}
+const json& member(const json& object, const std::string& key) { return object.at(key); }
 
-double number(const json& v) {
-    REQUIRE(v.kind == json::type::number);
-    return std::strtod(v.text.c_str(), nullptr);
-}
+double number(const json& v) { return v.as_double(); }
 
 std::vector<float> floats(const json& v) {
-    REQUIRE(v.kind == json::type::array);
     std::vector<float> out;
-    for (const json& x : v.items) out.push_back(static_cast<float>(number(x)));
+    for (const json& x : v.items()) out.push_back(static_cast<float>(number(x)));
     return out;
 }
 
@@ -156,9 +141,9 @@ const option_case option_cases[] = {
 TEST_CASE("adamw matches torch.optim.AdamW step by step", "[train]") {
     const json root = load_json(train_fixture("adamw.json"));
     const json& cases = member(root, "cases");
-    REQUIRE(cases.items.size() >= 4);
-    for (const json& c : cases.items) {
-        const std::string name = member(c, "name").text;
+    REQUIRE(cases.items().size() >= 4);
+    for (const json& c : cases.items()) {
+        const std::string name = member(c, "name").as_string();
         SECTION(name) {
             mechlens::adamw_options o;
             o.lr = static_cast<float>(number(member(c, "lr")));
@@ -173,14 +158,14 @@ TEST_CASE("adamw matches torch.optim.AdamW step by step", "[train]") {
             const json& lr_per_step = member(c, "lr_per_step");
             const json& grads = member(c, "grads");
             const json& after = member(c, "params_after");
-            REQUIRE(grads.items.size() == after.items.size());
-            for (std::size_t s = 0; s < grads.items.size(); ++s) {
-                if (lr_per_step.kind == json::type::array)
-                    opt.options().lr = static_cast<float>(number(lr_per_step.items[s]));
-                const std::vector<float> g = floats(grads.items[s]);
+            REQUIRE(grads.items().size() == after.items().size());
+            for (std::size_t s = 0; s < grads.items().size(); ++s) {
+                if (lr_per_step.is_array())
+                    opt.options().lr = static_cast<float>(number(lr_per_step.items()[s]));
+                const std::vector<float> g = floats(grads.items()[s]);
                 opt.step(params, g);
                 CHECK(opt.steps() == static_cast<std::int64_t>(s + 1));
-                require_close(params, floats(after.items[s]), 1e-6, name + " step " + std::to_string(s + 1));
+                require_close(params, floats(after.items()[s]), 1e-6, name + " step " + std::to_string(s + 1));
             }
             require_close({opt.m().begin(), opt.m().end()}, floats(member(c, "m")), 1e-6, name + " m");
             require_close({opt.v().begin(), opt.v().end()}, floats(member(c, "v")), 1e-6, name + " v");
@@ -259,8 +244,8 @@ TEST_CASE("decay_ranges selects layout entries by name and merges neighbours", "
 
 TEST_CASE("clip_grad_norm matches torch.nn.utils.clip_grad_norm_", "[train]") {
     const json root = load_json(train_fixture("clip.json"));
-    for (const json& c : member(root, "cases").items) {
-        const std::string name = member(c, "name").text;
+    for (const json& c : member(root, "cases").items()) {
+        const std::string name = member(c, "name").as_string();
         std::vector<float> g = floats(member(c, "grads"));
         const double norm = mechlens::clip_grad_norm(g, static_cast<float>(number(member(c, "max_norm"))));
         INFO(name);
@@ -626,7 +611,7 @@ TEST_CASE("batched head scores match the numpy reference", "[detectors]") {
     const json& rows = member(c, "tokens");
     for (index_t b = 0; b < e[0]; ++b)
         for (index_t t = 0; t < e[3]; ++t)
-            tokens(b, t) = static_cast<std::int32_t>(number(rows.items[static_cast<std::size_t>(b)].items[static_cast<std::size_t>(t)]));
+            tokens(b, t) = static_cast<std::int32_t>(number(rows.items()[static_cast<std::size_t>(b)].items()[static_cast<std::size_t>(t)]));
     for (const option_case& o : option_cases)
         for (int d = 0; d < 3; ++d) {
             const std::vector<float> want = floats(member(member(member(c, "scores"), o.name), detector_names[d]));
@@ -652,7 +637,7 @@ TEST_CASE("head scores on stories260K's cached patterns match the numpy referenc
 
         mechlens::activation_cache cache;
         const json& layers = member(ref, "layers");
-        for (std::size_t layer = 0; layer < layers.items.size(); ++layer) {
+        for (std::size_t layer = 0; layer < layers.items().size(); ++layer) {
             const auto path = dir / ("blocks." + std::to_string(layer) + ".attn.hook_pattern.npy");
             mechlens::npy_array a = mechlens::read_npy(path);
             cache.put({mechlens::site_kind::attn_pattern, static_cast<index_t>(layer)},
@@ -662,10 +647,10 @@ TEST_CASE("head scores on stories260K's cached patterns match the numpy referenc
             const mechlens::head_detector_scores all = mechlens::detect_heads(cache, tokens.view(), o.options);
             for (int d = 0; d < 3; ++d) {
                 const mechlens::tensor<float, 2>& table = all[detector_kinds[d]];
-                REQUIRE(table.extent(0) == static_cast<index_t>(layers.items.size()));
-                for (std::size_t layer = 0; layer < layers.items.size(); ++layer) {
+                REQUIRE(table.extent(0) == static_cast<index_t>(layers.items().size()));
+                for (std::size_t layer = 0; layer < layers.items().size(); ++layer) {
                     const std::vector<float> want =
-                        floats(member(member(layers.items[layer], o.name), detector_names[d]));
+                        floats(member(member(layers.items()[layer], o.name), detector_names[d]));
                     REQUIRE(table.extent(1) == static_cast<index_t>(want.size()));
                     for (index_t h = 0; h < table.extent(1); ++h) {
                         INFO(prompt << " " << o.name << " " << detector_names[d] << " L" << layer << "H" << h);

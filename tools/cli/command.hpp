@@ -26,5 +26,6 @@ extern const command lens_command;       ///< commands/lens.cpp
 extern const command dla_command;        ///< commands/dla.cpp
 extern const command patch_command;      ///< commands/patch.cpp
 extern const command attribute_command;  ///< commands/attribute.cpp
+extern const command tokenize_command;   ///< commands/tokenize.cpp
 
 }  // namespace mechlens_cli

@@ -19,7 +19,7 @@ constexpr const command* command_table[] = {
     &mechlens_cli::info_command,      &mechlens_cli::generate_command, &mechlens_cli::logits_command,
     &mechlens_cli::cache_command,     &mechlens_cli::grad_command,     &mechlens_cli::train_command,
     &mechlens_cli::lens_command,      &mechlens_cli::dla_command,      &mechlens_cli::patch_command,
-    &mechlens_cli::attribute_command,
+    &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command,
 };
 
 /// What --help prints after the commands: how models and tokenizers are found.
