@@ -10,6 +10,7 @@
 #include "mechlens/io/gguf_model.hpp"
 #include "mechlens/io/json.hpp"
 #include "mechlens/io/llama2c.hpp"
+#include "mechlens/io/transformerlens.hpp"
 #include "mechlens/io/load.hpp"
 #include "mechlens/io/loader_storage.hpp"
 #include "mechlens/io/mapped_file.hpp"

@@ -16,34 +16,25 @@
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
-using mechlens::detail::json_value;
+using mechlens::json_value;
 using namespace std::string_literals;
 
 namespace {
 
 fs::path torch_fixtures() { return mechlens_test::fixtures_dir() / "torch_pt"; }
 
-json_value read_json(const fs::path& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return mechlens::detail::json_parser(text.str(), path.string()).parse_document();
-}
+json_value read_json(const fs::path& path) { return mechlens::read_json_file(path); }
 
-const json_value& member(const json_value& object, const std::string& key) {
-    for (const mechlens::detail::json_member& m : object.members)
-        if (m.key == key) return m.value;
-    FAIL("no member " << key);
-    return object;
-}
+const json_value& member(const json_value& object, const std::string& key) { return object.at(key); }
 
 /// A fixture number: a JSON number, or "inf", "-inf", "nan".
 double number(const json_value& v) {
-    if (v.kind == json_value::type::string) {
-        if (v.text == "nan") return std::numeric_limits<double>::quiet_NaN();
-        return v.text == "inf" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
+    if (v.is_string()) {
+        if (v.as_string() == "nan") return std::numeric_limits<double>::quiet_NaN();
+        return v.as_string() == "inf" ? std::numeric_limits<double>::infinity()
+                                      : -std::numeric_limits<double>::infinity();
     }
-    return std::stod(v.text);
+    return std::stod(v.number_text());
 }
 
 /// Equal as float32 values, NaN equal to NaN, +0 and -0 told apart.
@@ -65,9 +56,9 @@ std::span<const std::byte> as_bytes(const std::string& s) {
 
 void check_shape(const mechlens::torch_tensor& t, const json_value& expected) {
     const json_value& shape = member(expected, "shape");
-    REQUIRE(t.shape.size() == shape.items.size());
-    for (std::size_t i = 0; i < t.shape.size(); ++i) CHECK(t.shape[i] == std::stoll(shape.items[i].text));
-    CHECK(std::string(mechlens::torch_dtype_name(t.dtype)) == member(expected, "dtype").text);
+    REQUIRE(t.shape.size() == shape.items().size());
+    for (std::size_t i = 0; i < t.shape.size(); ++i) CHECK(t.shape[i] == std::stoll(shape.items()[i].number_text()));
+    CHECK(std::string(mechlens::torch_dtype_name(t.dtype)) == member(expected, "dtype").as_string());
 }
 
 /// Parses `bytes`; true when it loads, false on format_error; anything else escapes and fails the test.
@@ -91,21 +82,21 @@ bool parses(const std::string& bytes) {
 TEST_CASE("torch_pt: the four ARENA models load; every tensor matches PyTorch's name, shape, dtype and values",
           "[torch_pt]") {
     const json_value arena = read_json(torch_fixtures() / "arena.json");
-    REQUIRE(arena.members.size() == 4);
-    for (const mechlens::detail::json_member& model : arena.members) {
-        const fs::path path = mechlens_test::model_file(member(model.value, "file").text);
+    REQUIRE(arena.members().size() == 4);
+    for (const mechlens::json_member& model : arena.members()) {
+        const fs::path path = mechlens_test::model_file(member(model.value, "file").as_string());
         MECHLENS_REQUIRE_FILE_OR_SKIP(path);
         INFO(path);
         const mechlens::torch_state_dict sd = mechlens::read_torch_state_dict(path);
         const json_value& tensors = member(model.value, "tensors");
-        REQUIRE(sd.tensors.size() == tensors.items.size());
+        REQUIRE(sd.tensors.size() == tensors.items().size());
         for (std::size_t i = 0; i < sd.tensors.size(); ++i) {
             const mechlens::torch_tensor& t = sd.tensors[i];
-            const json_value& e = tensors.items[i];
+            const json_value& e = tensors.items()[i];
             INFO(t.name);
-            REQUIRE(t.name == member(e, "name").text);
+            REQUIRE(t.name == member(e, "name").as_string());
             check_shape(t, e);
-            REQUIRE(t.values.size() == std::stoull(member(e, "numel").text));
+            REQUIRE(t.values.size() == std::stoull(member(e, "numel").number_text()));
             double sum = 0.0, sum_sq = 0.0;
             for (const float v : t.values) {
                 sum += static_cast<double>(v);
@@ -120,9 +111,9 @@ TEST_CASE("torch_pt: the four ARENA models load; every tensor matches PyTorch's 
             }
             const json_value& first = member(e, "first");
             const json_value& last = member(e, "last");
-            for (std::size_t k = 0; k < first.items.size(); ++k) CHECK(same_float(t.values[k], number(first.items[k])));
-            for (std::size_t k = 0; k < last.items.size(); ++k)
-                CHECK(same_float(t.values[t.values.size() - last.items.size() + k], number(last.items[k])));
+            for (std::size_t k = 0; k < first.items().size(); ++k) CHECK(same_float(t.values[k], number(first.items()[k])));
+            for (std::size_t k = 0; k < last.items().size(); ++k)
+                CHECK(same_float(t.values[t.values.size() - last.items().size() + k], number(last.items()[k])));
         }
         // What the models are: TransformerLens layouts, mask buffers as bool, IGNORE as a float scalar.
         const mechlens::torch_tensor* mask = sd.find("blocks.0.attn.mask");
@@ -137,21 +128,21 @@ TEST_CASE("torch_pt: synthetic torch.save files hold exactly what PyTorch holds 
           "nested dicts with _metadata, parameters, big-endian)", "[torch_pt]") {
     const json_value fixture = read_json(torch_fixtures() / "synthetic.json");
     const json_value& good = member(fixture, "good");
-    REQUIRE(good.members.size() >= 7);
-    for (const mechlens::detail::json_member& file : good.members) {
+    REQUIRE(good.members().size() >= 7);
+    for (const mechlens::json_member& file : good.members()) {
         const fs::path path = torch_fixtures() / "synthetic" / file.key;
         INFO(path);
         const mechlens::torch_state_dict sd = mechlens::read_torch_state_dict(path);
-        REQUIRE(sd.tensors.size() == file.value.items.size());
+        REQUIRE(sd.tensors.size() == file.value.items().size());
         for (std::size_t i = 0; i < sd.tensors.size(); ++i) {
             const mechlens::torch_tensor& t = sd.tensors[i];
-            const json_value& e = file.value.items[i];
+            const json_value& e = file.value.items()[i];
             INFO(t.name);
-            REQUIRE(t.name == member(e, "name").text);
+            REQUIRE(t.name == member(e, "name").as_string());
             check_shape(t, e);
             const json_value& values = member(e, "values");
-            REQUIRE(t.values.size() == values.items.size());
-            for (std::size_t k = 0; k < t.values.size(); ++k) CHECK(same_float(t.values[k], number(values.items[k])));
+            REQUIRE(t.values.size() == values.items().size());
+            for (std::size_t k = 0; k < t.values.size(); ++k) CHECK(same_float(t.values[k], number(values.items()[k])));
         }
         // In-memory parsing gives the same result as the file reader.
         const mechlens::torch_state_dict again =
@@ -171,8 +162,8 @@ TEST_CASE("torch_pt: hostile files are rejected with a one-line format_error nam
           "[torch_pt]") {
     const json_value fixture = read_json(torch_fixtures() / "synthetic.json");
     const json_value& bad = member(fixture, "bad");
-    REQUIRE(bad.members.size() >= 10);
-    for (const mechlens::detail::json_member& file : bad.members) {
+    REQUIRE(bad.members().size() >= 10);
+    for (const mechlens::json_member& file : bad.members()) {
         const fs::path path = torch_fixtures() / "synthetic" / file.key;
         INFO(path);
         try {
@@ -182,7 +173,7 @@ TEST_CASE("torch_pt: hostile files are rejected with a one-line format_error nam
             const std::string message = e.what();
             INFO(message);
             CHECK(message.find(path.string()) == 0);
-            CHECK(message.find(file.value.text) != std::string::npos);
+            CHECK(message.find(file.value.as_string()) != std::string::npos);
             CHECK(message.find('\n') == std::string::npos);
         }
     }

@@ -67,7 +67,7 @@ enum class site_scope : std::uint8_t {
 enum class site_extent : std::uint8_t {
     one,         ///< 1: norm scales' last axis, and the head count of sites without a head axis.
     d_model,     ///< The residual stream width.
-    d_head,      ///< d_model / n_heads.
+    d_head,      ///< The width of one head (d_model / n_heads unless the config says otherwise).
     d_mlp,       ///< The MLP hidden width.
     d_vocab,     ///< The number of logits: d_vocab_out (the vocabulary size unless the model is a classifier).
     n_heads,     ///< Query heads.
@@ -255,7 +255,7 @@ constexpr index_t extent_in(const model_config& c, site_extent extent, index_t k
         case site_extent::d_model:
             return c.d_model;
         case site_extent::d_head:
-            return c.n_heads > 0 ? c.d_model / c.n_heads : 0;
+            return c.d_head();
         case site_extent::d_mlp:
             return c.d_mlp;
         case site_extent::d_vocab:

@@ -81,6 +81,7 @@ inline std::map<std::string, std::string> config_metadata(const model_config& c)
         {p + "linear_biases", c.linear_biases ? "true" : "false"},
         {p + "attention", std::string(attention_names[static_cast<std::size_t>(c.attention)])},
         {p + "d_vocab_out", std::to_string(c.d_vocab_out)},
+        {p + "d_head_size", std::to_string(c.d_head_size)},
     };
 }
 
@@ -203,6 +204,7 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     if (r.has("linear_biases")) c.linear_biases = r.boolean("linear_biases");
     if (r.has("attention")) c.attention = r.choice<attention_dir>("attention", attention_names);
     if (r.has("d_vocab_out")) c.d_vocab_out = r.integer("d_vocab_out");
+    if (r.has("d_head_size")) c.d_head_size = r.integer("d_head_size");
     c.validate(where);
     check_checkpoint_size(c, file, where);
 

@@ -16,6 +16,7 @@
 #include "mechlens/io/llama2c.hpp"
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/io/safetensors.hpp"
+#include "mechlens/io/transformerlens.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -52,8 +53,18 @@ inline model_format sniff_model_format(const std::filesystem::path& path) {
 
 /// Loads a model file in any model_format, sniffed from its first bytes (sniff_model_format): GGUF and llama2.c
 /// weights view the file's mapping; a training checkpoint is read by checkpoint_model_from_safetensors (see
-/// load_checkpoint_model), its weights a copy they keep alive. Throws format_error naming the file.
+/// load_checkpoint_model), its weights a copy they keep alive. A directory is a TransformerLens model (config.json
+/// with HookedTransformerConfig fields and one state dict, see load_transformerlens). Throws format_error naming
+/// the file.
 inline loaded_model load_model(const std::filesystem::path& path) {
+    if (std::filesystem::is_directory(path)) {
+        if (!std::filesystem::is_regular_file(path / "config.json"))
+            detail::format_fail(path.string(), "a model directory needs a config.json");
+        if (!is_transformerlens_directory(path))
+            detail::format_fail((path / "config.json").string(),
+                                "not a TransformerLens config (no n_layers, d_model and d_head fields)");
+        return load_transformerlens(path);
+    }
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
     switch (sniff_model_format(file->data(), file->size())) {
         case model_format::gguf:

@@ -63,6 +63,7 @@ struct model_config {
     bool linear_biases = false;  ///< Biases on Q, K, V, O, the MLP's in and out and the unembedding (GPT-2).
     attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
     index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
+    index_t d_head_size = 0;  ///< Width of one head when it is not d_model / n_heads (TransformerLens's d_head); 0: that.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
@@ -78,7 +79,9 @@ struct model_config {
     [[nodiscard]] constexpr bool rotary() const noexcept { return positions == positional_kind::rotary; }
 
     /// Width of one head.
-    [[nodiscard]] constexpr index_t d_head() const noexcept { return n_heads > 0 ? d_model / n_heads : 0; }
+    [[nodiscard]] constexpr index_t d_head() const noexcept {
+        return d_head_size > 0 ? d_head_size : n_heads > 0 ? d_model / n_heads : 0;
+    }
     /// Query heads that share one key/value head.
     [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
@@ -101,8 +104,11 @@ struct model_config {
             fail("a tied unembedding needs d_vocab_out (" + std::to_string(vocab_out()) + ") = d_vocab (" +
                  std::to_string(d_vocab) + ")");
         in_range(n_ctx, "n_ctx");
-        if (d_model % n_heads != 0)
-            fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads));
+        if (d_head_size != 0)
+            in_range(d_head_size, "d_head");
+        else if (d_model % n_heads != 0)
+            fail("d_model " + std::to_string(d_model) + " is not a multiple of n_heads " + std::to_string(n_heads) +
+                 " (set d_head_size for heads of another width)");
         if (n_heads % n_kv_heads != 0)
             fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
                  std::to_string(n_kv_heads));
