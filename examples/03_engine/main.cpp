@@ -142,9 +142,11 @@ int main() {
             kind_worst = std::max(kind_worst, d);
             ++compared;
             if (mine && shape.empty())
-                for (std::size_t a = 0; a < mine->shape.size(); ++a)
-                    shape +=
-                        (a ? "," : "(") + std::to_string(mine->shape[a]) + (a + 1 == mine->shape.size() ? ")" : "");
+                for (std::size_t a = 0; a < mine->shape.size(); ++a) {  // appended piece by piece: GCC 12's
+                    shape += a ? "," : "(";                              // -Wrestrict misfires on "x" + string&&
+                    shape += std::to_string(mine->shape[a]);
+                    if (a + 1 == mine->shape.size()) shape += ")";
+                }
         }
         std::printf("   %-22s %-18s %.3g\n", std::string(mechlens::site_suffix(kind)).c_str(), shape.c_str(),
                     kind_worst);

@@ -2803,7 +2803,12 @@ public:
     const gpt2_vocabulary& vocab() const noexcept { return vocab_; }
 
 private:
-    static std::string quote(std::string_view s) { return "'" + std::string(s.substr(0, 80)) + "'"; }
+    static std::string quote(std::string_view s) {
+        std::string out(1, '\'');  // built by appending: GCC 12's -Wrestrict misfires on "x" + std::string&&
+        out += s.substr(0, 80);
+        out += '\'';
+        return out;
+    }
 
     void check_id(std::int32_t token) const {
         if (token < 0 || static_cast<std::size_t>(token) >= vocab_.tokens.size())
@@ -9509,6 +9514,7 @@ MECHLENS_END_NAMESPACE
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -9582,6 +9588,13 @@ tensor_view<const float, 2> normalize(Policy& policy, index_t layer, const hook_
     return out;
 }
 
+/// A per-thread scratch vector of row centres for taped_norm (reused across calls: no allocation per step).
+template <class T>
+std::vector<T>& norm_centres() {
+    thread_local std::vector<T> centres;
+    return centres;
+}
+
 /// The centre a norm subtracts from row `row` of x: its mean for LayerNorm, 0 for RMSNorm.
 template <class T>
 double norm_centre(const model_config& c, const T* row) {
@@ -9595,15 +9608,19 @@ void taped_norm(Policy& hooks, index_t layer, const hook_context& ctx, const mod
                 T* normalized, T* input) {
     const index_t rows = batch * positions, d = c.d_model;
     const bool layer_norm = c.norm == norm_kind::layer;
+    std::vector<T>& centres = detail::norm_centres<T>();  // per row: the mean (LayerNorm) or 0 (RMSNorm)
+    centres.resize(static_cast<std::size_t>(rows));
     for (index_t r = 0; r < rows; ++r) {
         const double centre = norm_centre(c, x + r * d);
+        centres[static_cast<std::size_t>(r)] = static_cast<T>(centre);
         scale[r] = static_cast<T>(layer_norm ? kernels::generic::centred_rms_scale(x + r * d, d, centre, c.norm_eps)
                                              : kernels::generic::rms_scale(x + r * d, d, c.norm_eps));
-        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = static_cast<T>(static_cast<double>(x[r * d + i]) - centre);
     }
     fire<ScaleSite>(hooks, layer, ctx, [&] { return sequence_view(scale, batch, positions, index_t{1}); });
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t i = 0; i < d; ++i) normalized[r * d + i] /= scale[r];
+    for (index_t r = 0; r < rows; ++r) {  // (x - centre) / scale in one pass; x - 0 is x exactly for RMSNorm
+        const T centre = centres[static_cast<std::size_t>(r)], s = scale[r];
+        for (index_t i = 0; i < d; ++i) normalized[r * d + i] = (x[r * d + i] - centre) / s;
+    }
     fire<NormalizedSite>(hooks, layer, ctx, [&] { return sequence_view(normalized, batch, positions, d); });
     for (index_t r = 0; r < rows; ++r)
         for (index_t i = 0; i < d; ++i)

@@ -82,7 +82,7 @@ struct reference_sae {
     [[nodiscard]] std::vector<double> pre(const double* x) const {
         std::vector<double> out(static_cast<std::size_t>(w->d_sae));
         for (index_t j = 0; j < w->d_sae; ++j) {
-            double sum = w->b_enc[static_cast<std::size_t>(j)];
+            double sum = wide(w->b_enc[static_cast<std::size_t>(j)]);
             for (index_t i = 0; i < w->d_in; ++i)
                 sum += (x[i] - (apply_b_dec ? wide(w->b_dec[static_cast<std::size_t>(i)]) : 0.0)) *
                        wide(w->w_enc[static_cast<std::size_t>(i * w->d_sae + j)]);
@@ -94,7 +94,7 @@ struct reference_sae {
     [[nodiscard]] std::vector<double> decode(const std::vector<double>& acts) const {
         std::vector<double> out(static_cast<std::size_t>(w->d_in));
         for (index_t i = 0; i < w->d_in; ++i) {
-            double sum = w->b_dec[static_cast<std::size_t>(i)];
+            double sum = wide(w->b_dec[static_cast<std::size_t>(i)]);
             for (index_t j = 0; j < w->d_sae; ++j)
                 sum += acts[static_cast<std::size_t>(j)] * wide(w->w_dec[static_cast<std::size_t>(j * w->d_in + i)]);
             out[static_cast<std::size_t>(i)] = sum;
@@ -263,7 +263,7 @@ TEST_CASE("extension sites: the spliced SAE computes SAELens's activations", "[h
         for (index_t r = 0; r < rows; ++r) {
             std::vector<double> row(static_cast<std::size_t>(c.d_model));
             for (index_t i = 0; i < c.d_model; ++i)
-                row[static_cast<std::size_t>(i)] = x[static_cast<std::size_t>(r * c.d_model + i)];
+                row[static_cast<std::size_t>(i)] = wide(x[static_cast<std::size_t>(r * c.d_model + i)]);
             const std::vector<double> pre = ref.pre(row.data());
             std::vector<double> acts = pre;
             for (double& a : acts) a = std::max(a, 0.0);

@@ -202,7 +202,12 @@ public:
     const gpt2_vocabulary& vocab() const noexcept { return vocab_; }
 
 private:
-    static std::string quote(std::string_view s) { return "'" + std::string(s.substr(0, 80)) + "'"; }
+    static std::string quote(std::string_view s) {
+        std::string out(1, '\'');  // built by appending: GCC 12's -Wrestrict misfires on "x" + std::string&&
+        out += s.substr(0, 80);
+        out += '\'';
+        return out;
+    }
 
     void check_id(std::int32_t token) const {
         if (token < 0 || static_cast<std::size_t>(token) >= vocab_.tokens.size())
