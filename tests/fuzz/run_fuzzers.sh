@@ -19,7 +19,7 @@ build=$(cd "$1" && pwd) || exit 2
 seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
 jobs=${FUZZ_JOBS:-2}
-harnesses=${FUZZ_HARNESSES:-"fuzz_llama2c fuzz_gguf fuzz_safetensors fuzz_npy fuzz_llama2c_tokenizer fuzz_torch_pt"}
+harnesses=${FUZZ_HARNESSES:-"fuzz_llama2c fuzz_gguf fuzz_safetensors fuzz_npy fuzz_llama2c_tokenizer fuzz_torch_pt fuzz_json fuzz_gpt2_vocab"}
 work="$build/fuzz"
 
 for h in $harnesses; do
