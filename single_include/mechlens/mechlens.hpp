@@ -862,6 +862,8 @@ struct model_config {
     attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
     index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
     index_t d_head_size = 0;  ///< Width of one head when it is not d_model / n_heads (TransformerLens's d_head); 0: that.
+    bool parallel_attn_mlp = false;  ///< Attention and MLP both read hook_resid_pre (GPT-NeoX use_parallel_residual).
+    index_t rotary_dim_size = 0;  ///< Leading dims of each head that rotate (GPT-NeoX rotary_pct * d_head); 0: all.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
@@ -880,6 +882,8 @@ struct model_config {
     [[nodiscard]] constexpr index_t d_head() const noexcept {
         return d_head_size > 0 ? d_head_size : n_heads > 0 ? d_model / n_heads : 0;
     }
+    /// Leading dimensions of each query/key head that rotary embedding rotates (the rest pass through).
+    [[nodiscard]] constexpr index_t rotary_dim() const noexcept { return rotary_dim_size > 0 ? rotary_dim_size : d_head(); }
     /// Query heads that share one key/value head.
     [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
@@ -910,8 +914,13 @@ struct model_config {
         if (n_heads % n_kv_heads != 0)
             fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
                  std::to_string(n_kv_heads));
-        if (rotary() && d_head() % 2 != 0)
-            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (rotary_dim_size < 0 || rotary_dim_size > d_head())
+            fail("rotary_dim " + std::to_string(rotary_dim_size) + " is outside [0, d_head = " +
+                 std::to_string(d_head()) + "]");
+        if (rotary() && rotary_dim() % 2 != 0)
+            fail("the rotary width " + std::to_string(rotary_dim()) + " must be even");
+        if (parallel_attn_mlp && attn_only())
+            fail("parallel attention and MLP need an MLP (the blocks are attention-only)");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
         if (linear_biases && mlp == mlp_kind::gated_silu)
             fail("linear biases with a gated MLP are not supported (no model family mechlens reads has them)");
@@ -1060,7 +1069,8 @@ void causal_softmax_backward(const T* p, const T* d_p, T* d_scores, index_t visi
     for (index_t j = visible; j < n; ++j) d_scores[j] = T{0};
 }
 
-/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head),
+/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head)
+/// (pass the rotary width as d_head when only part of each head rotates),
 /// angles in double (as kernels::make_rope_tables computes them), rounded to T once.
 template <class T>
 void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin) {
@@ -1075,13 +1085,14 @@ void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin)
     }
 }
 
-/// Rotates each head of `m` (rows, heads * d_head) by its position (row % positions) with per-position tables
-/// cos/sin (positions, d_head / 2), in `layout`'s pairing; `sign` -1 applies the inverse rotation, which is the
-/// backward pass of a rotation.
+/// Rotates the first `rotary_dim` dimensions of each head of `m` (rows, heads * d_head) by its position
+/// (row % positions) with per-position tables cos/sin (positions, rotary_dim / 2), in `layout`'s pairing (split halves
+/// pair i with i + rotary_dim / 2); the other dimensions pass through. `sign` -1 applies the inverse rotation, which
+/// is the backward pass of a rotation.
 template <class T>
-void rotate_heads(rope_layout layout, index_t d_head, index_t positions, T* m, index_t rows, index_t heads,
-                  const T* cos, const T* sin, T sign) {
-    const index_t half = d_head / 2;
+void rotate_heads(rope_layout layout, index_t d_head, index_t rotary_dim, index_t positions, T* m, index_t rows,
+                  index_t heads, const T* cos, const T* sin, T sign) {
+    const index_t half = rotary_dim / 2;
     for (index_t r = 0; r < rows; ++r) {
         const index_t p = r % positions;
         for (index_t h = 0; h < heads; ++h) {
@@ -4476,7 +4487,7 @@ enum class site_kind : std::uint8_t {
     attn_z,               ///< `blocks.L.attn.hook_z` (batch, pos, n_heads, d_head)
     attn_result,          ///< `blocks.L.attn.hook_result` (batch, pos, n_heads, d_model), computed only when wanted
     attn_out,             ///< `blocks.L.hook_attn_out` (batch, pos, d_model)
-    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model), not in attention-only blocks
+    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model), not in attention-only or parallel blocks
     ln2_scale,            ///< `blocks.L.ln2.hook_scale` (batch, pos, 1)
     ln2_normalized,       ///< `blocks.L.ln2.hook_normalized` (batch, pos, d_model), before the gain
     mlp_pre,              ///< `blocks.L.mlp.hook_pre` (batch, pos, d_mlp): gate (gated) or W_in (plain) pre-activation
@@ -4519,6 +4530,7 @@ enum class model_feature : std::uint8_t {
     mlp = 4,                ///< An MLP in every block (not attention-only).
     gated_mlp = 8,          ///< A gated MLP (silu(gate) * up).
     norms = 16,             ///< Normalisation layers.
+    sequential_blocks = 32,  ///< The MLP reads the stream after attention (not GPT-NeoX's parallel blocks).
 };
 
 /// The union of two feature sets.
@@ -4579,7 +4591,7 @@ inline constexpr std::array<site_traits, site_kind_count> site_traits_table = []
     constexpr site_scope before = site_scope::before_blocks, block = site_scope::block;
     constexpr site_scope after = site_scope::after_blocks;
     constexpr site_axes seq = detail::sequence_axes, head = detail::per_head_axes, attn = detail::attention_axes;
-    constexpr model_feature learned = learned_positions, rotary = rotary_positions;
+    constexpr model_feature learned = learned_positions, rotary = rotary_positions, serial = sequential_blocks;
     constexpr float minus_inf = -std::numeric_limits<float>::infinity();  // masked_fill, after `computed`
     // clang-format off
     return std::array<site_traits, site_kind_count>{{
@@ -4600,7 +4612,7 @@ inline constexpr std::array<site_traits, site_kind_count> site_traits_table = []
     {attn_z,              "attn.hook_z",              block,  4, head, n_heads,    d_head,  none,          always},
     {attn_result,         "attn.hook_result",         block,  4, head, n_heads,    d_model, none,          opt_in},
     {attn_out,            "hook_attn_out",            block,  3, seq,  one,        d_model, none,          always},
-    {resid_mid,           "hook_resid_mid",           block,  3, seq,  one,        d_model, mlp,           always},
+    {resid_mid,           "hook_resid_mid",           block,  3, seq,  one,        d_model, mlp|serial,    always},
     {ln2_scale,           "ln2.hook_scale",           block,  3, seq,  one,        one,     norms|mlp,     on_demand},
     {ln2_normalized,      "ln2.hook_normalized",      block,  3, seq,  one,        d_model, norms|mlp,     on_demand},
     {mlp_pre,             "mlp.hook_pre",             block,  3, seq,  one,        d_mlp,   mlp,           always},
@@ -4672,12 +4684,14 @@ constexpr model_feature features_of(const model_config& c) noexcept {
     if (c.norm != norm_kind::none) have = have | model_feature::norms;
     if (c.mlp != mlp_kind::none) have = have | model_feature::mlp;
     if (c.mlp == mlp_kind::gated_silu) have = have | model_feature::gated_mlp;
+    if (!c.parallel_attn_mlp) have = have | model_feature::sequential_blocks;
     return have;
 }
 
 /// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
 /// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
-/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
+/// attention to `hook_resid_post`), and `hook_resid_mid` sequential blocks (parallel ones never form it);
+/// `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
 /// `hook_pos_embed` learned ones.
 constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
     return has_features(features_of(c), site_traits_of(kind).needs);
@@ -4720,12 +4734,13 @@ struct feature_reason {
     std::string_view missing;  ///< Why a model without it lacks the sites that need it.
 };
 /// The reasons, in the order they are checked.
-inline constexpr std::array<feature_reason, 5> feature_reasons{{
+inline constexpr std::array<feature_reason, 6> feature_reasons{{
     {model_feature::learned_positions, "the model uses rotary positions, not learned ones"},
     {model_feature::rotary_positions, "the model uses learned positions, not rotary"},
     {model_feature::mlp, "the model's blocks are attention-only"},
     {model_feature::gated_mlp, "the model's MLP is not gated"},
     {model_feature::norms, "the model has no normalisation layers"},
+    {model_feature::sequential_blocks, "the model's attention and MLP both read hook_resid_pre (parallel blocks)"},
 }};
 
 /// True when every feature a row needs has a reason above, so no missing site goes unexplained.
@@ -8418,7 +8433,9 @@ void fold_layer_norms(basic_model_parameters<T>& p, bool center_weights = true) 
     };
     for (auto& layer : p.layers) {
         fold(layer.attn_norm, layer.attn_norm_bias, {layer.w_q, layer.w_k, layer.w_v}, {layer.b_q, layer.b_k, layer.b_v});
-        if (!c.attn_only()) fold(layer.mlp_norm, layer.mlp_norm_bias, {layer.w_gate, layer.w_up}, {layer.b_up, layer.b_up});
+        // A gated MLP has no biases (model_config::validate), so W_gate's bias slot is an empty view.
+        if (!c.attn_only())
+            fold(layer.mlp_norm, layer.mlp_norm_bias, {layer.w_gate, layer.w_up}, {tensor_view<T, 1>{}, layer.b_up});
     }
     fold(p.final_norm, p.final_norm_bias, {p.unembed}, {p.unembed_bias});
 }
@@ -8496,14 +8513,14 @@ public:
         : config_(std::move(loaded.config)), weights_(std::move(loaded.weights)) {
         config_.validate();
         validate_weights(config_, weights_);
-        if (config_.rotary()) rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
+        if (config_.rotary()) rope_ = kernels::make_rope_tables(config_.n_ctx, config_.rotary_dim(), config_.rope_theta);
     }
 
     /// Hyper-parameters.
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
     /// Weight views.
     [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
-    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each; empty with learned positions.
+    /// Rotary cos/sin tables, (n_ctx, rotary_dim / 2) each; empty with learned positions.
     [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
 
 private:
@@ -8637,6 +8654,7 @@ public:
         scores.reserve(batch * c.n_heads * positions * keys);
         mixed.reserve(rows * c.n_heads * c.d_head());
         block_out.reserve(rows * c.d_model);
+        parallel_sum.reserve(c.parallel_attn_mlp ? rows * c.d_model : 0);
         // Attention-only models may leave d_mlp at anything; only a gated MLP needs the second hidden buffer.
         const index_t d_mlp = c.attn_only() ? 0 : c.d_mlp;
         gate.reserve(rows * d_mlp);
@@ -8652,6 +8670,7 @@ public:
     detail::scratch_buffer scores;      ///< (batch, n_heads, pos, keys) scores, then the pattern in place.
     detail::scratch_buffer mixed;       ///< (batch * pos, n_heads * d_head) attention output per head ("z").
     detail::scratch_buffer block_out;   ///< (batch * pos, d_model) position rows, then attention or MLP output.
+    detail::scratch_buffer parallel_sum;  ///< (batch * pos, d_model) resid_pre + attn_out in a parallel block.
     detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) MLP pre-activation (gate or W_in), then hidden state.
     detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection of a gated MLP.
     detail::scratch_buffer head_result; ///< (batch * pos, n_heads, d_model) per-head outputs (only when hooked).
@@ -8709,8 +8728,9 @@ struct block_step {
     parameter_id bias = parameter_id::attn_norm_bias;  ///< norm: the bias's row (LayerNorm).
 };
 
-/// The decoder block of every model mechlens runs (LLaMA, GPT-2 style and their variants): pre-norm attention and
-/// MLP sublayers, each added to the residual stream. `blocks.L.hook_resid_pre` fires before the first step.
+/// The decoder block of every model mechlens runs (LLaMA, GPT-2 style, GPT-NeoX and their variants): pre-norm
+/// attention and MLP sublayers, each added to the residual stream (in a parallel block both read the block's input,
+/// see stream_read_by). `blocks.L.hook_resid_pre` fires before the first step.
 inline constexpr std::array<block_step, 6> decoder_block{{
     {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0,
      parameter_id::attn_norm_bias},
@@ -8732,6 +8752,13 @@ inline constexpr block_step final_norm_step{block_op::norm, site_kind::ln_final_
 /// True when the step runs in a block of a model with config `c`.
 constexpr bool step_runs(const block_step& step, const model_config& c) noexcept {
     return !(step.half == 1 && c.attn_only());
+}
+
+/// The stream a step of half `step.half` reads, as an offset from the block's input: the block input (0) for the
+/// attention half; for the MLP half, the stream after attention (1), or the block input again in a parallel block
+/// (GPT-NeoX), where attention and MLP both read hook_resid_pre and the block adds both branches to it.
+constexpr int stream_read_by(const block_step& step, const model_config& c) noexcept {
+    return c.parallel_attn_mlp ? 0 : step.half;
 }
 
 /// Calls f.template operator()<Step>() for every step of `Block` in order (Block is a constexpr array of steps):
@@ -9036,10 +9063,11 @@ MECHLENS_END_NAMESPACE
 MECHLENS_BEGIN_NAMESPACE
 namespace detail {
 
-/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
+/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position (its first
+/// rotary_dim dimensions; the rest pass through).
 inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
     const model_config& c = model.config();
-    const index_t d_head = c.d_head();
+    const index_t d_head = c.d_head(), rotary_dim = c.rotary_dim();
     for (index_t r = 0; r < s.rows(); ++r) {
         const index_t position = s.start + r % s.positions;
         const float* cos = &model.rope().cos(position, 0);
@@ -9047,9 +9075,9 @@ inline void apply_rope(const transformer& model, const forward_shape& s, tensor_
         for (index_t h = 0; h < heads; ++h) {
             float* head = &m(r, h * d_head);
             if (c.rope == rope_layout::adjacent_pairs)
-                kernels::rope_adjacent(head, cos, sin, d_head);
+                kernels::rope_adjacent(head, cos, sin, rotary_dim);
             else
-                kernels::rope_split_halves(head, cos, sin, d_head);
+                kernels::rope_split_halves(head, cos, sin, rotary_dim);
         }
     }
 }
@@ -9190,7 +9218,7 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
 }
 
 /// Attention step, taped forward: from the sublayer input `input1` (rows, d_model) to `branch` (rows, d_model),
-/// keeping q, k (rotated), v, the pattern and z in the block's tape. `rope_cos`/`rope_sin` are (pos, d_head / 2).
+/// keeping q, k (rotated), v, the pattern and z in the block's tape. `rope_cos`/`rope_sin` are (pos, rotary_dim / 2).
 template <class T, class Layer, class Policy>
 void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
                           const Layer& w, const taped_shape& shape, const T* input1, const T* rope_cos,
@@ -9215,10 +9243,10 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
     fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
     if (c.rotary()) {
-        const T* cos = rope_cos;  // (pos, d_head / 2)
-        const T* sin = rope_sin;  // (pos, d_head / 2)
-        kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
-        kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
+        const T* cos = rope_cos;  // (pos, rotary_dim / 2)
+        const T* sin = rope_sin;  // (pos, rotary_dim / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, b.q.data(), rows, heads, cos, sin, T{1});
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, b.k.data(), rows, kv_heads, cos, sin, T{1});
         fire<site_kind::attn_rot_q>(hooks, layer, ctx,
                                     [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
         fire<site_kind::attn_rot_k>(hooks, layer, ctx,
@@ -9335,10 +9363,10 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
                                                 [&] { return heads_view(d_q, batch, n, heads, d_head); });
         observe_gradient<site_kind::attn_rot_k>(
             hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-        const T* cos = rope_cos;  // (pos, d_head / 2)
-        const T* sin = rope_sin;  // (pos, d_head / 2)
-        kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
-        kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
+        const T* cos = rope_cos;  // (pos, rotary_dim / 2)
+        const T* sin = rope_sin;  // (pos, rotary_dim / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, d_q, rows, heads, cos, sin, T{-1});
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
     }
     observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
                                         [&] { return heads_view(d_q, batch, n, heads, d_head); });
@@ -9718,7 +9746,10 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// The residual-add op: fires the branch's site (hook_attn_out, hook_mlp_out), adds the branch to the residual
 /// stream and fires the stream's site after it (hook_resid_mid, hook_resid_post; an attention-only block goes straight
-/// to hook_resid_post, as TransformerLens has no hook_resid_mid there). Inference, taped forward and backward.
+/// to hook_resid_post, as TransformerLens has no hook_resid_mid there). In a parallel block (GPT-NeoX) the attention
+/// half's sum goes aside, for the MLP half still reads the block's input, and the MLP half adds its branch to that
+/// sum: resid_post = (resid_pre + attn_out) + mlp_out, TransformerLens's order, with no hook_resid_mid. Inference,
+/// taped forward and backward.
 
 #include <algorithm>
 
@@ -9731,13 +9762,26 @@ constexpr bool adds_to_block_output(const block_step& step, const model_config& 
     return step.half == 0 && c.attn_only();
 }
 
-/// Residual-add step, inference: x += branch, both (batch * pos, d_model), firing the branch and stream sites.
+/// True when the step is the attention half's add of a parallel block: its sum is set aside, not the stream.
+constexpr bool sets_sum_aside(const block_step& step, const model_config& c) noexcept {
+    return step.half == 0 && c.parallel_attn_mlp;
+}
+
+/// Residual-add step, inference: x += branch, both (batch * pos, d_model), firing the branch and stream sites. In a
+/// parallel block the attention half writes x + branch to `parallel_sum` (x is left for the MLP half to read) and
+/// the MLP half writes parallel_sum + branch to x.
 template <block_step Step, class Policy>
 void residual_add_step(Policy& policy, index_t layer, const hook_context& ctx, const forward_shape& s,
-                       const model_config& c, tensor_view<float, 2> x, tensor_view<float, 2> branch) {
+                       const model_config& c, tensor_view<float, 2> x, tensor_view<float, 2> branch,
+                       tensor_view<float, 2> parallel_sum) {
     static_assert(Step.op == block_op::residual_add);
     fire<Step.first_site>(policy, layer, ctx, [&] { return as_sequence(branch, s); });
-    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &branch(r, 0), c.d_model);
+    if (sets_sum_aside(Step, c)) {
+        for (index_t r = 0; r < s.rows(); ++r) kernels::add(&parallel_sum(r, 0), &x(r, 0), &branch(r, 0), c.d_model);
+        return;
+    }
+    const auto before = c.parallel_attn_mlp ? parallel_sum : x;  // (batch * pos, d_model)
+    for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &before(r, 0), &branch(r, 0), c.d_model);
     if (adds_to_block_output(Step, c))
         fire<Step.attn_only_site>(policy, layer, ctx, [&] { return as_sequence(x, s); });
     else
@@ -9746,7 +9790,7 @@ void residual_add_step(Policy& policy, index_t layer, const hook_context& ctx, c
 
 /// Residual-add step, taped forward: `out` = `in` + `branch` (rows, d_model each), firing the branch and stream
 /// sites; in an attention-only block the sum is also the block's output, copied to `block_out` (the tape keeps
-/// every stream state apart).
+/// every stream state apart). The attention half of a parallel block fires no stream site: its sum is no stream.
 template <block_step Step, class T, class Policy>
 void taped_residual_add_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
                              const taped_shape& shape, const T* in, T* branch, T* out, T* block_out) {
@@ -9757,24 +9801,28 @@ void taped_residual_add_step(Policy& hooks, index_t layer, const hook_context& c
     if (adds_to_block_output(Step, c)) {
         std::copy(out, out + rows * d, block_out);
         fire<Step.attn_only_site>(hooks, layer, ctx, [&] { return sequence_view(block_out, batch, n, d); });
-    } else {
+    } else if (!sets_sum_aside(Step, c)) {
         fire<Step.second_site>(hooks, layer, ctx, [&] { return sequence_view(out, batch, n, d); });
     }
 }
 
 /// Residual-add step, backward: observers see the stream's gradient `d_stream`, which is also the branch's
-/// (copied to `d_branch`); the stream keeps its own (the add's other input).
+/// (copied to `d_branch`); the stream keeps its own (the add's other input). For the attention half of a parallel
+/// block, `d_mlp_input_path` (rows, d_model) is what the MLP half's norm sent back to the block's input, added to
+/// the stream's gradient after the branch took its copy (null otherwise).
 template <block_step Step, class T, class Policy>
 void residual_add_step_backward(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
-                                const taped_shape& shape, T* d_stream, T* d_branch) {
+                                const taped_shape& shape, T* d_stream, T* d_branch, const T* d_mlp_input_path) {
     static_assert(Step.op == block_op::residual_add);
     const index_t batch = shape.batch, n = shape.positions, rows = shape.rows(), d = c.d_model;
     if (adds_to_block_output(Step, c))
         observe_gradient<Step.attn_only_site>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
-    else
+    else if (!sets_sum_aside(Step, c))
         observe_gradient<Step.second_site>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
     std::copy(d_stream, d_stream + rows * d, d_branch);
     observe_gradient<Step.first_site>(hooks, layer, ctx, [&] { return sequence_view(d_branch, batch, n, d); });
+    if (sets_sum_aside(Step, c))
+        for (index_t i = 0; i < rows * d; ++i) d_stream[i] += d_mlp_input_path[i];
 }
 
 }  // namespace detail
@@ -9833,7 +9881,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::mlp)
             run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
         else
-            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch);
+            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
 }
 
@@ -10362,6 +10410,8 @@ inline std::map<std::string, std::string> config_metadata(const model_config& c)
         {p + "attention", std::string(attention_names[static_cast<std::size_t>(c.attention)])},
         {p + "d_vocab_out", std::to_string(c.d_vocab_out)},
         {p + "d_head_size", std::to_string(c.d_head_size)},
+        {p + "parallel_attn_mlp", c.parallel_attn_mlp ? "true" : "false"},
+        {p + "rotary_dim_size", std::to_string(c.rotary_dim_size)},
     };
 }
 
@@ -10485,6 +10535,8 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     if (r.has("attention")) c.attention = r.choice<attention_dir>("attention", attention_names);
     if (r.has("d_vocab_out")) c.d_vocab_out = r.integer("d_vocab_out");
     if (r.has("d_head_size")) c.d_head_size = r.integer("d_head_size");
+    if (r.has("parallel_attn_mlp")) c.parallel_attn_mlp = r.boolean("parallel_attn_mlp");
+    if (r.has("rotary_dim_size")) c.rotary_dim_size = r.integer("rotary_dim_size");
     c.validate(where);
     check_checkpoint_size(c, file, where);
 
@@ -12204,7 +12256,7 @@ struct transformerlens_config {
 
 /// The model_config of a HookedTransformerConfig (the object `cfg.to_dict()` writes to config.json). Throws
 /// format_error naming `where` for a field that is missing or has the wrong type, and for options mechlens does not
-/// implement (parallel attention and MLP, partial rotary, local attention, other positional embeddings).
+/// implement (local attention, other positional embeddings, other attention scales).
 inline transformerlens_config read_transformerlens_config(const json_value& cfg, const std::string& where) {
     auto fail = [&](const std::string& what) { detail::format_fail(where, what); };
     if (!cfg.is_object()) fail("config.json is not a JSON object");
@@ -12264,10 +12316,13 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         c.positions = positional_kind::learned;
     } else if (positions == "rotary") {
         c.positions = positional_kind::rotary;
-        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null() &&
-                                                                       dim->as_int64() != d_head)
-            fail("rotary_dim " + std::to_string(dim->as_int64()) + " < d_head " + std::to_string(d_head) +
-                 ": partial rotary is not supported yet");
+        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null()) {
+            const std::int64_t rotary = dim->as_int64();
+            if (rotary <= 0 || rotary > d_head)
+                fail("rotary_dim " + std::to_string(rotary) + " is outside [1, d_head = " + std::to_string(d_head) +
+                     "]");
+            if (rotary != d_head) c.rotary_dim_size = static_cast<index_t>(rotary);
+        }
         c.rope = detail::tl_flag(cfg, "rotary_adjacent_pairs") ? rope_layout::adjacent_pairs : rope_layout::split_halves;
         if (const json_value* base = detail::tl_field(cfg, "rotary_base"); base != nullptr && !base->is_null())
             c.rope_theta = static_cast<float>(base->as_double());
@@ -12279,7 +12334,7 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         c.attention = attention_dir::bidirectional;
     else if (direction != "causal")
         fail("attention_dir '" + direction.substr(0, 40) + "' is not causal or bidirectional");
-    if (detail::tl_flag(cfg, "parallel_attn_mlp")) fail("parallel_attn_mlp is not supported yet");
+    c.parallel_attn_mlp = detail::tl_flag(cfg, "parallel_attn_mlp");
     if (detail::tl_flag(cfg, "use_local_attn")) fail("use_local_attn is not supported");
     if (const json_value* scale = detail::tl_field(cfg, "use_attn_scale"); scale != nullptr && !scale->as_bool())
         fail("use_attn_scale false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
@@ -12823,6 +12878,7 @@ private:
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
+        d_mlp_input_path_.reserve(c.parallel_attn_mlp ? rows * d : 0);
         scratch_.d_q.reserve(rows * q);
         scratch_.d_k.reserve(rows * q);  // per query head before the groups are summed
         scratch_.d_v.reserve(rows * q);
@@ -12835,8 +12891,8 @@ private:
         scratch_.d_mlp_a.reserve(rows * mlp);
         scratch_.d_mlp_b.reserve(rows * mlp);
         scratch_.d_mlp_post.reserve(rows * mlp);
-        rope_cos_.reserve(positions * c.d_head() / 2);
-        rope_sin_.reserve(positions * c.d_head() / 2);
+        rope_cos_.reserve(positions * c.rotary_dim() / 2);
+        rope_sin_.reserve(positions * c.rotary_dim() / 2);
     }
 
     index_t batch_ = 0, positions_ = 0, vocab_ = 0, heads_ = 0;
@@ -12846,6 +12902,7 @@ private:
     detail::grad_buffer<T> embed_, pos_embed_, logits_;
     detail::norm_tape<T> final_norm_;
     detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_;
+    detail::grad_buffer<T> d_mlp_input_path_;  // parallel blocks: the MLP half's gradient to the block's input
     detail::backward_scratch<T> scratch_;
     detail::grad_buffer<T> rope_cos_, rope_sin_;
 };
@@ -12876,12 +12933,11 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     const auto& params = weights_of(model);
     check_backprop_tokens(c, tokens);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t d_head = c.d_head();
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
     if (c.rotary())
-        kernels::generic::rope_tables(c.rope_theta, d_head, n, tape.rope_cos_.data(), tape.rope_sin_.data());
+        kernels::generic::rope_tables(c.rope_theta, c.rotary_dim(), n, tape.rope_cos_.data(), tape.rope_sin_.data());
 
     T* embed = tape.embed_.data();  // (rows, d_model)
     for (index_t r = 0; r < rows; ++r) {
@@ -12915,7 +12971,7 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
             if (!step_runs(Step, c)) return;
             if constexpr (Step.op == block_op::norm)
                 sublayer_in =
-                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(stream_read_by(Step, c)),
                                           tensor_view<const T, 1>(gain_view(w, Step.weight)),
                                           tensor_view<const T, 1>(gain_view(w, Step.bias)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
@@ -12991,19 +13047,24 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
     }
 
     // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
+    // In a parallel block the MLP half's norm sends its input gradient to d_mlp_input_path (the block's input), and
+    // the attention half's add folds it into the stream's gradient after the attention branch took its copy.
+    T* d_mlp_input_path = c.parallel_attn_mlp ? tape.d_mlp_input_path_.data() : nullptr;  // (rows, d_model)
     for (index_t layer = c.n_layers - 1; layer >= 0; --layer) {
         const auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
         auto* gw = weight_grads(layer);
         auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        if (d_mlp_input_path != nullptr) std::fill(d_mlp_input_path, d_mlp_input_path + rows * d, T{0});
         for_each_step_reversed<decoder_block>([&]<block_step Step>() {
             if (!step_runs(Step, c)) return;
-            const T* half_in = stream(Step.half);  // (rows, d_model) the stream this half of the block reads
+            const T* half_in = stream(stream_read_by(Step, c));  // (rows, d_model) the stream this half reads
+            T* d_half_in = Step.half == 1 && d_mlp_input_path != nullptr ? d_mlp_input_path : d_stream;
             const T* sublayer_in = c.has_norm() ? b.norms[Step.half].input.data() : half_in;  // (rows, d_model)
             if constexpr (Step.op == block_op::norm)
                 norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
-                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_half_in,
                                          gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr,
                                          gw != nullptr && c.norm == norm_kind::layer
                                              ? gain_view(*gw, Step.bias).data()
@@ -13014,7 +13075,8 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
             else if constexpr (Step.op == block_op::mlp)
                 mlp_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, b, tape.scratch_, d_branch, d_input);
             else
-                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch);
+                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch,
+                                                 static_cast<const T*>(d_mlp_input_path));
         });
         observe_gradient<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
     }
@@ -15253,8 +15315,9 @@ private:
             if (s.layer < 0 || s.layer >= c.n_layers)
                 throw std::invalid_argument("path_patch: receiver " + name + " is outside the model's " +
                                             std::to_string(c.n_layers) + " layers");
-            if (s.kind == site_kind::resid_mid && c.attn_only())
-                throw std::invalid_argument("path_patch: " + name + " does not exist in attention-only blocks");
+            if (!has_site_kind(c, s.kind))
+                throw std::invalid_argument("path_patch: " + name + " does not exist in this model: " +
+                                            detail::missing_kind_reason(c, s.kind));
             detail::check_target<path_receiver_kinds>(s, r.selected, "path_patch");
             const index_t heads = s.kind == site_kind::attn_q ? c.n_heads : c.n_kv_heads;
             const index_set& chosen = r.selected.heads;

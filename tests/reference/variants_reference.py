@@ -27,6 +27,9 @@ Conventions (the same as llama_reference.py where they overlap):
   1e-5), normalized = centred / scale before the gain, output = normalized * gain + bias); linear biases on Q, K, V,
   O, the MLP's in and out and the unembedding; MLP activations relu and exact (erf) GELU; bidirectional attention
   (no mask); d_vocab_out logits from an untied (d_vocab_out, d_model) unembedding.
+- GPT-NeoX (configs that set them): parallel attention and MLP (both read hook_resid_pre through their own norms;
+  resid_post = (resid_pre + attn_out) + mlp_out; no hook_resid_mid) and partial rotary: only the first rotary_dim
+  dims of each head rotate, pairing (i, i + rotary_dim/2), angle = pos * theta^(-2i/rotary_dim).
 - Every tensor is float32 (mechlens's safetensors reader takes F32 only), so `tokens` (1, 10) holds small integers
   as floats; the ids are also listed in the metadata under "tokens".
 """
@@ -46,7 +49,8 @@ NORM_EPS = 1e-5
 ROPE_THETA = 10000.0
 
 # name, norm, positions, mlp, tied unembedding, then the GPT-2 family's options (only written when set):
-# linear biases, attention direction, d_vocab_out
+# linear biases, attention direction, d_vocab_out, then GPT-NeoX's: parallel attention + MLP, rotary width (0: all
+# of d_head) with split-halves pairing
 CONFIGS = [
     ("attn_only_none_learned", "none", "learned", "none", False),
     ("attn_only_rms_rotary", "rms", "rotary", "none", True),
@@ -57,10 +61,12 @@ CONFIGS = [
     ("relu_layer_bidirectional_classifier", "layer", "learned", "plain_relu", False, True, "bidirectional", 5),
     ("gelu_erf_none_biases", "none", "learned", "plain_gelu_erf", False, True, "causal", 0),
     ("attn_only_layer_biases_classifier", "layer", "learned", "none", False, True, "causal", 2),
+    ("neox_parallel_partial_rotary", "layer", "rotary", "plain_gelu_erf", False, True, "causal", 0, True, 2),
 ]
 
 
-def make_config(name, norm, positions, mlp, tied, biases=False, attention="causal", d_vocab_out=0):
+def make_config(name, norm, positions, mlp, tied, biases=False, attention="causal", d_vocab_out=0, parallel=False,
+                rotary_dim=0):
     c = dict(name=name, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=N_KV_HEADS, d_mlp=D_MLP,
              d_vocab=D_VOCAB, n_ctx=N_CTX, rope_theta=ROPE_THETA, norm_eps=NORM_EPS, tied_unembed=tied,
              rope="adjacent_pairs", norm=norm, positions=positions, mlp=mlp)
@@ -70,6 +76,11 @@ def make_config(name, norm, positions, mlp, tied, biases=False, attention="causa
         c["attention"] = attention
     if d_vocab_out:
         c["d_vocab_out"] = d_vocab_out
+    if parallel:
+        c["parallel_attn_mlp"] = True
+    if rotary_dim:
+        c["rotary_dim_size"] = rotary_dim
+        c["rope"] = "split_halves"
     return c
 
 
@@ -169,6 +180,21 @@ def rotary_adjacent(x, theta):
     return out
 
 
+def rotary_split_halves(x, theta, rotary_dim):
+    """x: (pos, heads, d_head); rotates pairs (i, i + rotary_dim/2) of the first rotary_dim dims of every head by
+    pos * theta^(-2i/rotary_dim) (GPT-NeoX); the other dims pass through."""
+    pos = x.shape[0]
+    half = rotary_dim // 2
+    i = np.arange(half, dtype=np.float64)
+    angle = np.arange(pos, dtype=np.float64)[:, None] * theta ** (-2.0 * i / rotary_dim)[None, :]  # (pos, half)
+    cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+    a, b = x[..., :half], x[..., half:rotary_dim]
+    out = x.copy()
+    out[..., :half] = a * cos - b * sin
+    out[..., half:rotary_dim] = a * sin + b * cos
+    return out
+
+
 def silu(x):
     return x / (1.0 + np.exp(-x))
 
@@ -224,7 +250,12 @@ def forward(c, w, tokens, dtype=np.float64):
         q = (linear(xn, p + "w_q", p + "b_q")).reshape(pos, n_heads, d_head)
         k = (linear(xn, p + "w_k", p + "b_k")).reshape(pos, n_kv, d_head)
         v = (linear(xn, p + "w_v", p + "b_v")).reshape(pos, n_kv, d_head)
-        if c["positions"] == "rotary":
+        if c["positions"] == "rotary" and c["rope"] == "split_halves":
+            rotary_dim = c.get("rotary_dim_size", d_head)
+            q = rotary_split_halves(q, c["rope_theta"], rotary_dim)
+            k = rotary_split_halves(k, c["rope_theta"], rotary_dim)
+            acts[p + "attn.hook_rot_q"] = q
+        elif c["positions"] == "rotary":
             q, k = rotary_adjacent(q, c["rope_theta"]), rotary_adjacent(k, c["rope_theta"])
             acts[p + "attn.hook_rot_q"] = q
         pattern = np.empty((n_heads, pos, pos), dtype=dtype)
@@ -242,10 +273,13 @@ def forward(c, w, tokens, dtype=np.float64):
         acts[p + "attn.hook_z"] = z
         attn_out = linear(z.reshape(pos, n_heads * d_head), p + "w_o", p + "b_o")
         acts[p + "hook_attn_out"] = attn_out
+        parallel = c.get("parallel_attn_mlp", False)
+        resid_pre = x
         x = x + attn_out
         if c["mlp"] != "none":
-            acts[p + "hook_resid_mid"] = x
-            xn = norm(x, p + "mlp_norm", p + "ln2")
+            if not parallel:
+                acts[p + "hook_resid_mid"] = x
+            xn = norm(resid_pre if parallel else x, p + "mlp_norm", p + "ln2")
             if c["mlp"] == "gated_silu":
                 pre, pre_linear = xn @ W[p + "w_gate"].T, xn @ W[p + "w_up"].T
                 acts[p + "mlp.hook_pre_linear"] = pre_linear

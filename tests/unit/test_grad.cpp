@@ -182,6 +182,8 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         mechlens::attention_dir attention = mechlens::attention_dir::causal;
         index_t d_vocab_out = 0;
         index_t d_head = 0;
+        bool parallel = false;
+        index_t rotary_dim = 0;
     };
     const variant variants[] = {
         {"llama (rms, rotary, gated, GQA, tied)", mechlens::norm_kind::rms, mechlens::positional_kind::rotary,
@@ -205,6 +207,12 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         {"heads of width 6 over a 16-wide stream (TransformerLens's d_head)", mechlens::norm_kind::layer,
          mechlens::positional_kind::learned, mechlens::mlp_kind::plain_relu, mechlens::rope_layout::adjacent_pairs,
          false, true, mechlens::attention_dir::causal, 0, 6},
+        {"GPT-NeoX (parallel attention + MLP, split-halves rotary on 2 of 4 dims, LayerNorm, biases, exact GELU)",
+         mechlens::norm_kind::layer, mechlens::positional_kind::rotary, mechlens::mlp_kind::plain_gelu_erf,
+         mechlens::rope_layout::split_halves, false, true, mechlens::attention_dir::causal, 0, 0, true, 2},
+        {"parallel blocks without norms (the MLP half's input gradient reaches resid_pre directly)",
+         mechlens::norm_kind::none, mechlens::positional_kind::learned, mechlens::mlp_kind::plain_relu,
+         mechlens::rope_layout::adjacent_pairs, false, true, mechlens::attention_dir::causal, 0, 0, true},
     };
     const std::vector<std::int32_t> ids{1, 5, 9, 2, 11, 5, 3, 12, 7, 1, 4, 6};
     const mechlens::tensor_view<const std::int32_t, 2> tokens(ids.data(), {2, 6});
@@ -221,6 +229,8 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
         c.attention = v.attention;
         c.d_vocab_out = v.d_vocab_out;
         c.d_head_size = v.d_head;
+        c.parallel_attn_mlp = v.parallel;
+        c.rotary_dim_size = v.rotary_dim;
         const mechlens::model_parameters_f64 params = tiny_model(c, ++seed);
         const mechlens::basic_metric<double> metrics[] = {
             mechlens::basic_metric<double>::cross_entropy(),
@@ -289,7 +299,7 @@ TEST_CASE("grad: double precision agrees with central finite differences on ever
             worst_site_error = std::max(worst_site_error, worst_site);
         }
     }
-    WARN("finite differences, 9 variants x 3 metrics: worst parameter error "
+    WARN("finite differences, 11 variants x 3 metrics: worst parameter error "
          << worst_parameter_error << ", worst site error " << worst_site_error << " (relative to max(1, |gradient|))");
 }
 

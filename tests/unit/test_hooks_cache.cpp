@@ -618,6 +618,14 @@ TEST_CASE("site traits: every fired activation has the shape, axes and masking i
                 c.norm = norm, c.positions = positions, c.mlp = mlp;
                 variants.push_back(c);
             }
+    mechlens::model_config neox = variants.front();  // parallel blocks, split-halves rotary on 2 of 4 dims
+    neox.norm = mechlens::norm_kind::layer;
+    neox.linear_biases = true;
+    neox.mlp = mechlens::mlp_kind::plain_gelu_erf;
+    neox.parallel_attn_mlp = true;
+    neox.rope = mechlens::rope_layout::split_halves;
+    neox.rotary_dim_size = 2;
+    variants.push_back(neox);
     const std::vector<std::int32_t> tokens{3, 1, 4, 1, 5, 9};
     const auto n = static_cast<index_t>(tokens.size());
     for (const mechlens::model_config& c : variants) {

@@ -366,7 +366,9 @@ mechlens::model_config variant_config(const mechlens::safetensors_file& file) {
     c.rope_theta = std::stof(meta("rope_theta"));
     c.norm_eps = std::stof(meta("norm_eps"));
     c.tied_unembed = meta("tied_unembed") == "true";
-    REQUIRE(meta("rope") == "adjacent_pairs");
+    const std::string rope = meta("rope");
+    REQUIRE((rope == "adjacent_pairs" || rope == "split_halves"));
+    c.rope = rope == "split_halves" ? mechlens::rope_layout::split_halves : mechlens::rope_layout::adjacent_pairs;
     const std::string norm = meta("norm"), positions = meta("positions"), mlp = meta("mlp");
     REQUIRE((norm == "rms" || norm == "none" || norm == "layer"));
     REQUIRE((positions == "rotary" || positions == "learned"));
@@ -388,6 +390,9 @@ mechlens::model_config variant_config(const mechlens::safetensors_file& file) {
     c.linear_biases = optional("linear_biases") == "true";
     if (optional("attention") == "bidirectional") c.attention = mechlens::attention_dir::bidirectional;
     if (!optional("d_vocab_out").empty()) c.d_vocab_out = std::stoll(optional("d_vocab_out"));
+    // GPT-NeoX's likewise.
+    c.parallel_attn_mlp = optional("parallel_attn_mlp") == "true";
+    if (!optional("rotary_dim_size").empty()) c.rotary_dim_size = std::stoll(optional("rotary_dim_size"));
     return c;
 }
 
@@ -424,7 +429,7 @@ std::vector<variant_fixture> variant_fixtures() {
     std::sort(paths.begin(), paths.end());
     std::vector<variant_fixture> out;
     for (const fs::path& p : paths) out.push_back(load_variant(p));
-    REQUIRE(out.size() >= 9);
+    REQUIRE(out.size() >= 10);
     return out;
 }
 
@@ -446,6 +451,13 @@ std::vector<mechlens::model_config> every_variant() {
                 c.tied_unembed = out.size() % 2 == 0;
                 out.push_back(c);
             }
+    mechlens::model_config neox = out.front();  // GPT-NeoX's parallel blocks and partial split-halves rotary
+    neox.mlp = mechlens::mlp_kind::plain_gelu_erf;
+    neox.parallel_attn_mlp = true;
+    neox.rope = mechlens::rope_layout::split_halves;
+    neox.rotary_dim_size = 2;
+    neox.tied_unembed = false;
+    out.insert(out.end() - 1, neox);  // the last entry stays the attention-only, norm-free, learned one
     return out;
 }
 
@@ -552,6 +564,118 @@ TEST_CASE("variants: a forward pass fires exactly the sites match_sites lists", 
     CHECK_THROWS_AS(mechlens::match_sites("*ln1*", c), mechlens::unknown_hook_error);
     CHECK_THROWS_WITH(mechlens::site_from_name("hook_pos_embed", mechlens::model_config{}),
                       Catch::Matchers::Contains("rotary"));
+}
+
+TEST_CASE("family: GPT-2 and GPT-NeoX gradients and activation patching equal PyTorch autograd",
+          "[variants][grad][patching][reference]") {
+    // tests/reference/family_grad_reference.py: d metric / d weight and d metric / d site for two metrics, and the
+    // logits after patching one activation from a corrupt run, in float64 PyTorch on the variants' weights.
+    double worst_weight = 0.0, worst_site = 0.0, worst_patch = 0.0;
+    index_t compared_sites = 0;
+    for (const std::string name : {"gpt2_layer_learned", "neox_parallel_partial_rotary"}) {
+        INFO("fixture " << name);
+        const variant_fixture f = load_variant(mechlens_test::fixtures_dir() / "variants" / (name + ".safetensors"));
+        const mechlens::safetensors_file expected_file =
+            mechlens::read_safetensors(mechlens_test::fixtures_dir() / "family_grad" / (name + ".safetensors"));
+        std::map<std::string, const mechlens::safetensors_tensor*> expected;
+        for (const mechlens::safetensors_tensor& t : expected_file.tensors) expected.emplace(t.name, &t);
+        const auto n = static_cast<index_t>(f.tokens.size());
+        const mechlens::tensor_view<const std::int32_t, 2> tokens(f.tokens.data(), {1, n});
+        // max |got - want| / max |want| (the fixture is float64 PyTorch rounded to float32).
+        auto relative = [](const float* got, const std::vector<float>& want) {
+            double diff = 0.0, scale = 0.0;
+            for (std::size_t i = 0; i < want.size(); ++i) {
+                diff = std::max(diff, std::abs(static_cast<double>(got[i]) - static_cast<double>(want[i])));
+                scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+            }
+            return scale > 0.0 ? diff / scale : diff;
+        };
+        auto largest = [](const float* values, std::size_t count) {
+            double m = 0.0;
+            for (std::size_t i = 0; i < count; ++i) m = std::max(m, std::abs(static_cast<double>(values[i])));
+            return m;
+        };
+        const std::string last_diff_tokens = expected_file.metadata.at("diff_tokens");
+        REQUIRE(last_diff_tokens == "3,7");
+        const std::pair<const char*, mechlens::metric> metrics[] = {
+            {"ce", mechlens::metric::cross_entropy()}, {"diff", mechlens::metric::logit_diff(3, 7, -1)}};
+        for (const auto& [metric_name, objective] : metrics) {
+            INFO("metric " << metric_name);
+            mechlens::model_parameters grads(f.config);
+            mechlens::gradient_cache<> observed;
+            const float value = mechlens::forward_backward(f.params, tokens, objective, &grads, observed);
+            const double want_value = std::stod(expected_file.metadata.at(metric_name));
+            CHECK(std::abs(static_cast<double>(value) - want_value) <= 1e-5 * std::max(1.0, std::abs(want_value)));
+            const std::string prefix = std::string(metric_name) + ".grad.";
+            // Some weight gradients are zero in exact arithmetic (b_K without rotary: a key bias shifts every score
+            // of a query alike), where PyTorch's float64 leaves ~1e-17 and float32 ~1e-7 of the metric's largest
+            // weight gradient: those are checked against that scale instead.
+            double metric_scale = 0.0;
+            for (const auto& [key, tensor] : expected)
+                if (key.rfind(prefix, 0) == 0 && key.find("hook_") == std::string::npos)
+                    metric_scale = std::max(metric_scale, largest(tensor->values.data(), tensor->values.size()));
+            index_t weights_seen = 0, sites_seen = 0;
+            for (const auto& [key, tensor] : expected) {
+                if (key.rfind(prefix, 0) != 0) continue;
+                const std::string target = key.substr(prefix.size());
+                INFO("gradient " << target);
+                if (target.find("hook_") == std::string::npos) {  // a weight
+                    const auto got = grads.find(target);
+                    REQUIRE(static_cast<std::size_t>(got.size()) == tensor->values.size());
+                    if (largest(tensor->values.data(), tensor->values.size()) <= 1e-12 * metric_scale) {
+                        CHECK(largest(got.data(), tensor->values.size()) <= 1e-6 * metric_scale);
+                        ++weights_seen;
+                        continue;
+                    }
+                    const double error = relative(got.data(), tensor->values);
+                    CHECK(error <= 2e-5);
+                    worst_weight = std::max(worst_weight, error);
+                    ++weights_seen;
+                } else {
+                    const mechlens::cached_activation& got = observed.cache()[target];
+                    REQUIRE(got.shape == tensor->shape);
+                    const double error = relative(got.values.data(), tensor->values);
+                    CHECK(error <= 2e-5);
+                    worst_site = std::max(worst_site, error);
+                    ++sites_seen;
+                }
+            }
+            CHECK(weights_seen == static_cast<index_t>(f.params.layout().size()));
+            CHECK(sites_seen >= 14 * f.config.n_layers);
+            compared_sites += sites_seen;
+        }
+
+        // Activation patching from the corrupt tokens into the clean run.
+        const mechlens::safetensors_tensor& corrupt_values = *expected.at("corrupt_tokens");
+        std::vector<std::int32_t> corrupt;
+        for (float v : corrupt_values.values) corrupt.push_back(static_cast<std::int32_t>(v));
+        const mechlens::transformer model = variant_model(f);
+        mechlens::caching_hooks<> corrupt_run;
+        (void)mechlens::forward_logits(model, as_batch(corrupt), corrupt_run);
+        struct patch_case {
+            const char* name;
+            mechlens::site target;
+            mechlens::selection where;
+        };
+        const patch_case cases[] = {
+            {"z_L0H1", {mechlens::site_kind::attn_z, 0}, {.heads = {1}}},
+            {"resid_pre_L1_p6", {mechlens::site_kind::resid_pre, 1}, {.positions = {6}}},
+            {"mlp_out_L0", {mechlens::site_kind::mlp_out, 0}, {}},
+        };
+        for (const patch_case& pc : cases) {
+            INFO("patch " << pc.name);
+            mechlens::patch_hooks<> patch(corrupt_run.cache());
+            patch.patch(pc.target, pc.where);
+            const auto logits = mechlens::forward_logits(model, as_batch(f.tokens), patch);
+            const mechlens::safetensors_tensor& want = *expected.at(std::string("patched.") + pc.name);
+            REQUIRE(want.shape == std::vector<index_t>{1, n, f.config.vocab_out()});
+            const double error = max_abs_difference(values_of(logits), want.values);
+            CHECK(error <= 1e-4);
+            worst_patch = std::max(worst_patch, error);
+        }
+    }
+    WARN("GPT-2 / GPT-NeoX against PyTorch autograd: worst relative error " << worst_weight << " (weights), "
+         << worst_site << " (" << compared_sites << " site gradients); patched logits within " << worst_patch);
 }
 
 TEST_CASE("variants: patching hook_pos_embed changes the logits as editing W_pos does", "[variants][hooks]") {

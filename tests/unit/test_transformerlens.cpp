@@ -247,3 +247,23 @@ TEST_CASE("transformerlens: bad model directories are one-line errors", "[transf
     fs::remove(dir / "config.json");
     CHECK_THROWS_AS(mechlens::load_model(dir), mechlens::format_error);
 }
+
+TEST_CASE("transformerlens: GPT-NeoX's options (parallel blocks, partial rotary) are read from the config",
+          "[transformerlens]") {
+    const std::string base = R"({"n_layers": 2, "d_model": 16, "n_ctx": 12, "n_heads": 4, "d_head": 4, "d_vocab": 37,
+        "d_mlp": 32, "act_fn": "gelu", "normalization_type": "LN", "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": false, "rotary_base": 10000, "parallel_attn_mlp": true, "rotary_dim": ROTARY})";
+    auto config_with = [&](const std::string& rotary) {
+        std::string text = base;
+        text.replace(text.find("ROTARY"), 6, rotary);
+        return mechlens::read_transformerlens_config(mechlens::parse_json(text, "config.json"), "config.json").config;
+    };
+    const mechlens::model_config c = config_with("2");
+    CHECK(c.parallel_attn_mlp);
+    CHECK(c.rotary_dim() == 2);
+    CHECK(c.rope == mechlens::rope_layout::split_halves);
+    CHECK_FALSE(mechlens::has_site_kind(c, mechlens::site_kind::resid_mid));
+    CHECK(config_with("4").rotary_dim_size == 0);  // the whole head: no partial width to remember
+    CHECK_THROWS_WITH(config_with("6"), Catch::Matchers::Contains("rotary_dim 6 is outside [1, d_head = 4]"));
+    CHECK_THROWS_WITH(config_with("3"), Catch::Matchers::Contains("must be even"));
+}

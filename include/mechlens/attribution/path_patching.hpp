@@ -379,8 +379,9 @@ private:
             if (s.layer < 0 || s.layer >= c.n_layers)
                 throw std::invalid_argument("path_patch: receiver " + name + " is outside the model's " +
                                             std::to_string(c.n_layers) + " layers");
-            if (s.kind == site_kind::resid_mid && c.attn_only())
-                throw std::invalid_argument("path_patch: " + name + " does not exist in attention-only blocks");
+            if (!has_site_kind(c, s.kind))
+                throw std::invalid_argument("path_patch: " + name + " does not exist in this model: " +
+                                            detail::missing_kind_reason(c, s.kind));
             detail::check_target<path_receiver_kinds>(s, r.selected, "path_patch");
             const index_t heads = s.kind == site_kind::attn_q ? c.n_heads : c.n_kv_heads;
             const index_set& chosen = r.selected.heads;

@@ -136,6 +136,7 @@ private:
         d_stream_.reserve(rows * d);
         d_branch_.reserve(rows * d);
         d_input_.reserve(rows * d);
+        d_mlp_input_path_.reserve(c.parallel_attn_mlp ? rows * d : 0);
         scratch_.d_q.reserve(rows * q);
         scratch_.d_k.reserve(rows * q);  // per query head before the groups are summed
         scratch_.d_v.reserve(rows * q);
@@ -148,8 +149,8 @@ private:
         scratch_.d_mlp_a.reserve(rows * mlp);
         scratch_.d_mlp_b.reserve(rows * mlp);
         scratch_.d_mlp_post.reserve(rows * mlp);
-        rope_cos_.reserve(positions * c.d_head() / 2);
-        rope_sin_.reserve(positions * c.d_head() / 2);
+        rope_cos_.reserve(positions * c.rotary_dim() / 2);
+        rope_sin_.reserve(positions * c.rotary_dim() / 2);
     }
 
     index_t batch_ = 0, positions_ = 0, vocab_ = 0, heads_ = 0;
@@ -159,6 +160,7 @@ private:
     detail::grad_buffer<T> embed_, pos_embed_, logits_;
     detail::norm_tape<T> final_norm_;
     detail::grad_buffer<T> d_logits_, d_stream_, d_branch_, d_input_;
+    detail::grad_buffer<T> d_mlp_input_path_;  // parallel blocks: the MLP half's gradient to the block's input
     detail::backward_scratch<T> scratch_;
     detail::grad_buffer<T> rope_cos_, rope_sin_;
 };
@@ -189,12 +191,11 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
     const auto& params = weights_of(model);
     check_backprop_tokens(c, tokens);
     const index_t batch = tokens.extent(0), n = tokens.extent(1), rows = batch * n, d = c.d_model;
-    const index_t d_head = c.d_head();
     tape.reserve(c, batch, n);
     const hook_context ctx{0};
 
     if (c.rotary())
-        kernels::generic::rope_tables(c.rope_theta, d_head, n, tape.rope_cos_.data(), tape.rope_sin_.data());
+        kernels::generic::rope_tables(c.rope_theta, c.rotary_dim(), n, tape.rope_cos_.data(), tape.rope_sin_.data());
 
     T* embed = tape.embed_.data();  // (rows, d_model)
     for (index_t r = 0; r < rows; ++r) {
@@ -228,7 +229,7 @@ void taped_forward(const Model& model, tensor_view<const std::int32_t, 2> tokens
             if (!step_runs(Step, c)) return;
             if constexpr (Step.op == block_op::norm)
                 sublayer_in =
-                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(Step.half),
+                    taped_norm_step<Step>(hooks, layer, ctx, c, shape, stream(stream_read_by(Step, c)),
                                           tensor_view<const T, 1>(gain_view(w, Step.weight)),
                                           tensor_view<const T, 1>(gain_view(w, Step.bias)), b.norms[Step.half]);
             else if constexpr (Step.op == block_op::attention)
@@ -304,19 +305,24 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
     }
 
     // The blocks, last first: decoder_block's steps in reverse, each turning its output's gradient into its input's.
+    // In a parallel block the MLP half's norm sends its input gradient to d_mlp_input_path (the block's input), and
+    // the attention half's add folds it into the stream's gradient after the attention branch took its copy.
+    T* d_mlp_input_path = c.parallel_attn_mlp ? tape.d_mlp_input_path_.data() : nullptr;  // (rows, d_model)
     for (index_t layer = c.n_layers - 1; layer >= 0; --layer) {
         const auto& b = tape.blocks_[static_cast<std::size_t>(layer)];
         const auto& w = params.layers[static_cast<std::size_t>(layer)];
         auto* gw = weight_grads(layer);
         auto stream = [&](index_t offset) { return tape.stream_[static_cast<std::size_t>(2 * layer + offset)].data(); };
+        if (d_mlp_input_path != nullptr) std::fill(d_mlp_input_path, d_mlp_input_path + rows * d, T{0});
         for_each_step_reversed<decoder_block>([&]<block_step Step>() {
             if (!step_runs(Step, c)) return;
-            const T* half_in = stream(Step.half);  // (rows, d_model) the stream this half of the block reads
+            const T* half_in = stream(stream_read_by(Step, c));  // (rows, d_model) the stream this half reads
+            T* d_half_in = Step.half == 1 && d_mlp_input_path != nullptr ? d_mlp_input_path : d_stream;
             const T* sublayer_in = c.has_norm() ? b.norms[Step.half].input.data() : half_in;  // (rows, d_model)
             if constexpr (Step.op == block_op::norm)
                 norm_step_backward<Step>(hooks, layer, ctx, c, shape, half_in,
                                          tensor_view<const T, 1>(gain_view(w, Step.weight)), b.norms[Step.half],
-                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_stream,
+                                         d_input, d_branch, tape.scratch_.d_scale.data(), d_half_in,
                                          gw != nullptr ? gain_view(*gw, Step.weight).data() : nullptr,
                                          gw != nullptr && c.norm == norm_kind::layer
                                              ? gain_view(*gw, Step.bias).data()
@@ -327,7 +333,8 @@ void taped_backward(const Model& model, tensor_view<const std::int32_t, 2> token
             else if constexpr (Step.op == block_op::mlp)
                 mlp_step_backward(hooks, layer, ctx, c, w, gw, shape, sublayer_in, b, tape.scratch_, d_branch, d_input);
             else
-                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch);
+                residual_add_step_backward<Step>(hooks, layer, ctx, c, shape, d_stream, d_branch,
+                                                 static_cast<const T*>(d_mlp_input_path));
         });
         observe_gradient<site_kind::resid_pre>(hooks, layer, ctx, [&] { return sequence_view(d_stream, batch, n, d); });
     }

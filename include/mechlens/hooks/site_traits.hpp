@@ -40,7 +40,7 @@ enum class site_kind : std::uint8_t {
     attn_z,               ///< `blocks.L.attn.hook_z` (batch, pos, n_heads, d_head)
     attn_result,          ///< `blocks.L.attn.hook_result` (batch, pos, n_heads, d_model), computed only when wanted
     attn_out,             ///< `blocks.L.hook_attn_out` (batch, pos, d_model)
-    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model), not in attention-only blocks
+    resid_mid,            ///< `blocks.L.hook_resid_mid` (batch, pos, d_model), not in attention-only or parallel blocks
     ln2_scale,            ///< `blocks.L.ln2.hook_scale` (batch, pos, 1)
     ln2_normalized,       ///< `blocks.L.ln2.hook_normalized` (batch, pos, d_model), before the gain
     mlp_pre,              ///< `blocks.L.mlp.hook_pre` (batch, pos, d_mlp): gate (gated) or W_in (plain) pre-activation
@@ -83,6 +83,7 @@ enum class model_feature : std::uint8_t {
     mlp = 4,                ///< An MLP in every block (not attention-only).
     gated_mlp = 8,          ///< A gated MLP (silu(gate) * up).
     norms = 16,             ///< Normalisation layers.
+    sequential_blocks = 32,  ///< The MLP reads the stream after attention (not GPT-NeoX's parallel blocks).
 };
 
 /// The union of two feature sets.
@@ -143,7 +144,7 @@ inline constexpr std::array<site_traits, site_kind_count> site_traits_table = []
     constexpr site_scope before = site_scope::before_blocks, block = site_scope::block;
     constexpr site_scope after = site_scope::after_blocks;
     constexpr site_axes seq = detail::sequence_axes, head = detail::per_head_axes, attn = detail::attention_axes;
-    constexpr model_feature learned = learned_positions, rotary = rotary_positions;
+    constexpr model_feature learned = learned_positions, rotary = rotary_positions, serial = sequential_blocks;
     constexpr float minus_inf = -std::numeric_limits<float>::infinity();  // masked_fill, after `computed`
     // clang-format off
     return std::array<site_traits, site_kind_count>{{
@@ -164,7 +165,7 @@ inline constexpr std::array<site_traits, site_kind_count> site_traits_table = []
     {attn_z,              "attn.hook_z",              block,  4, head, n_heads,    d_head,  none,          always},
     {attn_result,         "attn.hook_result",         block,  4, head, n_heads,    d_model, none,          opt_in},
     {attn_out,            "hook_attn_out",            block,  3, seq,  one,        d_model, none,          always},
-    {resid_mid,           "hook_resid_mid",           block,  3, seq,  one,        d_model, mlp,           always},
+    {resid_mid,           "hook_resid_mid",           block,  3, seq,  one,        d_model, mlp|serial,    always},
     {ln2_scale,           "ln2.hook_scale",           block,  3, seq,  one,        one,     norms|mlp,     on_demand},
     {ln2_normalized,      "ln2.hook_normalized",      block,  3, seq,  one,        d_model, norms|mlp,     on_demand},
     {mlp_pre,             "mlp.hook_pre",             block,  3, seq,  one,        d_mlp,   mlp,           always},
@@ -236,12 +237,14 @@ constexpr model_feature features_of(const model_config& c) noexcept {
     if (c.norm != norm_kind::none) have = have | model_feature::norms;
     if (c.mlp != mlp_kind::none) have = have | model_feature::mlp;
     if (c.mlp == mlp_kind::gated_silu) have = have | model_feature::gated_mlp;
+    if (!c.parallel_attn_mlp) have = have | model_feature::sequential_blocks;
     return have;
 }
 
 /// True when a model with this config has sites of this kind, i.e. when its forward pass fires them: ln* sites need
 /// norms; ln2, mlp sites and `hook_resid_mid` need an MLP (TransformerLens's attention-only blocks go straight from
-/// attention to `hook_resid_post`); `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
+/// attention to `hook_resid_post`), and `hook_resid_mid` sequential blocks (parallel ones never form it);
+/// `mlp.hook_pre_linear` needs a gated MLP; rot_q/rot_k need rotary positions and
 /// `hook_pos_embed` learned ones.
 constexpr bool has_site_kind(const model_config& c, site_kind kind) noexcept {
     return has_features(features_of(c), site_traits_of(kind).needs);
@@ -284,12 +287,13 @@ struct feature_reason {
     std::string_view missing;  ///< Why a model without it lacks the sites that need it.
 };
 /// The reasons, in the order they are checked.
-inline constexpr std::array<feature_reason, 5> feature_reasons{{
+inline constexpr std::array<feature_reason, 6> feature_reasons{{
     {model_feature::learned_positions, "the model uses rotary positions, not learned ones"},
     {model_feature::rotary_positions, "the model uses learned positions, not rotary"},
     {model_feature::mlp, "the model's blocks are attention-only"},
     {model_feature::gated_mlp, "the model's MLP is not gated"},
     {model_feature::norms, "the model has no normalisation layers"},
+    {model_feature::sequential_blocks, "the model's attention and MLP both read hook_resid_pre (parallel blocks)"},
 }};
 
 /// True when every feature a row needs has a reason above, so no missing site goes unexplained.

@@ -82,6 +82,8 @@ inline std::map<std::string, std::string> config_metadata(const model_config& c)
         {p + "attention", std::string(attention_names[static_cast<std::size_t>(c.attention)])},
         {p + "d_vocab_out", std::to_string(c.d_vocab_out)},
         {p + "d_head_size", std::to_string(c.d_head_size)},
+        {p + "parallel_attn_mlp", c.parallel_attn_mlp ? "true" : "false"},
+        {p + "rotary_dim_size", std::to_string(c.rotary_dim_size)},
     };
 }
 
@@ -205,6 +207,8 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
     if (r.has("attention")) c.attention = r.choice<attention_dir>("attention", attention_names);
     if (r.has("d_vocab_out")) c.d_vocab_out = r.integer("d_vocab_out");
     if (r.has("d_head_size")) c.d_head_size = r.integer("d_head_size");
+    if (r.has("parallel_attn_mlp")) c.parallel_attn_mlp = r.boolean("parallel_attn_mlp");
+    if (r.has("rotary_dim_size")) c.rotary_dim_size = r.integer("rotary_dim_size");
     c.validate(where);
     check_checkpoint_size(c, file, where);
 

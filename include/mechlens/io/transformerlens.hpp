@@ -105,7 +105,7 @@ struct transformerlens_config {
 
 /// The model_config of a HookedTransformerConfig (the object `cfg.to_dict()` writes to config.json). Throws
 /// format_error naming `where` for a field that is missing or has the wrong type, and for options mechlens does not
-/// implement (parallel attention and MLP, partial rotary, local attention, other positional embeddings).
+/// implement (local attention, other positional embeddings, other attention scales).
 inline transformerlens_config read_transformerlens_config(const json_value& cfg, const std::string& where) {
     auto fail = [&](const std::string& what) { detail::format_fail(where, what); };
     if (!cfg.is_object()) fail("config.json is not a JSON object");
@@ -165,10 +165,13 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         c.positions = positional_kind::learned;
     } else if (positions == "rotary") {
         c.positions = positional_kind::rotary;
-        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null() &&
-                                                                       dim->as_int64() != d_head)
-            fail("rotary_dim " + std::to_string(dim->as_int64()) + " < d_head " + std::to_string(d_head) +
-                 ": partial rotary is not supported yet");
+        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null()) {
+            const std::int64_t rotary = dim->as_int64();
+            if (rotary <= 0 || rotary > d_head)
+                fail("rotary_dim " + std::to_string(rotary) + " is outside [1, d_head = " + std::to_string(d_head) +
+                     "]");
+            if (rotary != d_head) c.rotary_dim_size = static_cast<index_t>(rotary);
+        }
         c.rope = detail::tl_flag(cfg, "rotary_adjacent_pairs") ? rope_layout::adjacent_pairs : rope_layout::split_halves;
         if (const json_value* base = detail::tl_field(cfg, "rotary_base"); base != nullptr && !base->is_null())
             c.rope_theta = static_cast<float>(base->as_double());
@@ -180,7 +183,7 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         c.attention = attention_dir::bidirectional;
     else if (direction != "causal")
         fail("attention_dir '" + direction.substr(0, 40) + "' is not causal or bidirectional");
-    if (detail::tl_flag(cfg, "parallel_attn_mlp")) fail("parallel_attn_mlp is not supported yet");
+    c.parallel_attn_mlp = detail::tl_flag(cfg, "parallel_attn_mlp");
     if (detail::tl_flag(cfg, "use_local_attn")) fail("use_local_attn is not supported");
     if (const json_value* scale = detail::tl_field(cfg, "use_attn_scale"); scale != nullptr && !scale->as_bool())
         fail("use_attn_scale false is not supported (mechlens scales scores by 1 / sqrt(d_head))");

@@ -150,7 +150,8 @@ void causal_softmax_backward(const T* p, const T* d_p, T* d_scores, index_t visi
     for (index_t j = visible; j < n; ++j) d_scores[j] = T{0};
 }
 
-/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head),
+/// Rotary tables for positions [0, positions): cos and sin (positions, d_head / 2) of position * theta^(-2i/d_head)
+/// (pass the rotary width as d_head when only part of each head rotates),
 /// angles in double (as kernels::make_rope_tables computes them), rounded to T once.
 template <class T>
 void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin) {
@@ -165,13 +166,14 @@ void rope_tables(float theta, index_t d_head, index_t positions, T* cos, T* sin)
     }
 }
 
-/// Rotates each head of `m` (rows, heads * d_head) by its position (row % positions) with per-position tables
-/// cos/sin (positions, d_head / 2), in `layout`'s pairing; `sign` -1 applies the inverse rotation, which is the
-/// backward pass of a rotation.
+/// Rotates the first `rotary_dim` dimensions of each head of `m` (rows, heads * d_head) by its position
+/// (row % positions) with per-position tables cos/sin (positions, rotary_dim / 2), in `layout`'s pairing (split halves
+/// pair i with i + rotary_dim / 2); the other dimensions pass through. `sign` -1 applies the inverse rotation, which
+/// is the backward pass of a rotation.
 template <class T>
-void rotate_heads(rope_layout layout, index_t d_head, index_t positions, T* m, index_t rows, index_t heads,
-                  const T* cos, const T* sin, T sign) {
-    const index_t half = d_head / 2;
+void rotate_heads(rope_layout layout, index_t d_head, index_t rotary_dim, index_t positions, T* m, index_t rows,
+                  index_t heads, const T* cos, const T* sin, T sign) {
+    const index_t half = rotary_dim / 2;
     for (index_t r = 0; r < rows; ++r) {
         const index_t p = r % positions;
         for (index_t h = 0; h < heads; ++h) {

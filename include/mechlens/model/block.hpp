@@ -37,8 +37,9 @@ struct block_step {
     parameter_id bias = parameter_id::attn_norm_bias;  ///< norm: the bias's row (LayerNorm).
 };
 
-/// The decoder block of every model mechlens runs (LLaMA, GPT-2 style and their variants): pre-norm attention and
-/// MLP sublayers, each added to the residual stream. `blocks.L.hook_resid_pre` fires before the first step.
+/// The decoder block of every model mechlens runs (LLaMA, GPT-2 style, GPT-NeoX and their variants): pre-norm
+/// attention and MLP sublayers, each added to the residual stream (in a parallel block both read the block's input,
+/// see stream_read_by). `blocks.L.hook_resid_pre` fires before the first step.
 inline constexpr std::array<block_step, 6> decoder_block{{
     {block_op::norm, site_kind::ln1_scale, site_kind::ln1_normalized, site_kind::embed, parameter_id::attn_norm, 0,
      parameter_id::attn_norm_bias},
@@ -60,6 +61,13 @@ inline constexpr block_step final_norm_step{block_op::norm, site_kind::ln_final_
 /// True when the step runs in a block of a model with config `c`.
 constexpr bool step_runs(const block_step& step, const model_config& c) noexcept {
     return !(step.half == 1 && c.attn_only());
+}
+
+/// The stream a step of half `step.half` reads, as an offset from the block's input: the block input (0) for the
+/// attention half; for the MLP half, the stream after attention (1), or the block input again in a parallel block
+/// (GPT-NeoX), where attention and MLP both read hook_resid_pre and the block adds both branches to it.
+constexpr int stream_read_by(const block_step& step, const model_config& c) noexcept {
+    return c.parallel_attn_mlp ? 0 : step.half;
 }
 
 /// Calls f.template operator()<Step>() for every step of `Block` in order (Block is a constexpr array of steps):

@@ -64,6 +64,8 @@ struct model_config {
     attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
     index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
     index_t d_head_size = 0;  ///< Width of one head when it is not d_model / n_heads (TransformerLens's d_head); 0: that.
+    bool parallel_attn_mlp = false;  ///< Attention and MLP both read hook_resid_pre (GPT-NeoX use_parallel_residual).
+    index_t rotary_dim_size = 0;  ///< Leading dims of each head that rotate (GPT-NeoX rotary_pct * d_head); 0: all.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
@@ -82,6 +84,8 @@ struct model_config {
     [[nodiscard]] constexpr index_t d_head() const noexcept {
         return d_head_size > 0 ? d_head_size : n_heads > 0 ? d_model / n_heads : 0;
     }
+    /// Leading dimensions of each query/key head that rotary embedding rotates (the rest pass through).
+    [[nodiscard]] constexpr index_t rotary_dim() const noexcept { return rotary_dim_size > 0 ? rotary_dim_size : d_head(); }
     /// Query heads that share one key/value head.
     [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
@@ -112,8 +116,13 @@ struct model_config {
         if (n_heads % n_kv_heads != 0)
             fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " +
                  std::to_string(n_kv_heads));
-        if (rotary() && d_head() % 2 != 0)
-            fail("d_head " + std::to_string(d_head()) + " must be even for rotary embedding");
+        if (rotary_dim_size < 0 || rotary_dim_size > d_head())
+            fail("rotary_dim " + std::to_string(rotary_dim_size) + " is outside [0, d_head = " +
+                 std::to_string(d_head()) + "]");
+        if (rotary() && rotary_dim() % 2 != 0)
+            fail("the rotary width " + std::to_string(rotary_dim()) + " must be even");
+        if (parallel_attn_mlp && attn_only())
+            fail("parallel attention and MLP need an MLP (the blocks are attention-only)");
         if (!(rope_theta > 0.0f)) fail("rope_theta must be positive");
         if (linear_biases && mlp == mlp_kind::gated_silu)
             fail("linear biases with a gated MLP are not supported (no model family mechlens reads has them)");

@@ -76,7 +76,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::mlp)
             run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
         else
-            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch);
+            residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
 }
 

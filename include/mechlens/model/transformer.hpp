@@ -21,14 +21,14 @@ public:
         : config_(std::move(loaded.config)), weights_(std::move(loaded.weights)) {
         config_.validate();
         validate_weights(config_, weights_);
-        if (config_.rotary()) rope_ = kernels::make_rope_tables(config_.n_ctx, config_.d_head(), config_.rope_theta);
+        if (config_.rotary()) rope_ = kernels::make_rope_tables(config_.n_ctx, config_.rotary_dim(), config_.rope_theta);
     }
 
     /// Hyper-parameters.
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
     /// Weight views.
     [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
-    /// Rotary cos/sin tables, (n_ctx, d_head / 2) each; empty with learned positions.
+    /// Rotary cos/sin tables, (n_ctx, rotary_dim / 2) each; empty with learned positions.
     [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
 
 private:

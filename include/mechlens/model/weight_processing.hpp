@@ -133,7 +133,9 @@ void fold_layer_norms(basic_model_parameters<T>& p, bool center_weights = true) 
     };
     for (auto& layer : p.layers) {
         fold(layer.attn_norm, layer.attn_norm_bias, {layer.w_q, layer.w_k, layer.w_v}, {layer.b_q, layer.b_k, layer.b_v});
-        if (!c.attn_only()) fold(layer.mlp_norm, layer.mlp_norm_bias, {layer.w_gate, layer.w_up}, {layer.b_up, layer.b_up});
+        // A gated MLP has no biases (model_config::validate), so W_gate's bias slot is an empty view.
+        if (!c.attn_only())
+            fold(layer.mlp_norm, layer.mlp_norm_bias, {layer.w_gate, layer.w_up}, {tensor_view<T, 1>{}, layer.b_up});
     }
     fold(p.final_norm, p.final_norm_bias, {p.unembed}, {p.unembed_bias});
 }

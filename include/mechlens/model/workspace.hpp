@@ -50,6 +50,7 @@ public:
         scores.reserve(batch * c.n_heads * positions * keys);
         mixed.reserve(rows * c.n_heads * c.d_head());
         block_out.reserve(rows * c.d_model);
+        parallel_sum.reserve(c.parallel_attn_mlp ? rows * c.d_model : 0);
         // Attention-only models may leave d_mlp at anything; only a gated MLP needs the second hidden buffer.
         const index_t d_mlp = c.attn_only() ? 0 : c.d_mlp;
         gate.reserve(rows * d_mlp);
@@ -65,6 +66,7 @@ public:
     detail::scratch_buffer scores;      ///< (batch, n_heads, pos, keys) scores, then the pattern in place.
     detail::scratch_buffer mixed;       ///< (batch * pos, n_heads * d_head) attention output per head ("z").
     detail::scratch_buffer block_out;   ///< (batch * pos, d_model) position rows, then attention or MLP output.
+    detail::scratch_buffer parallel_sum;  ///< (batch * pos, d_model) resid_pre + attn_out in a parallel block.
     detail::scratch_buffer gate;        ///< (batch * pos, d_mlp) MLP pre-activation (gate or W_in), then hidden state.
     detail::scratch_buffer up;          ///< (batch * pos, d_mlp) up projection of a gated MLP.
     detail::scratch_buffer head_result; ///< (batch * pos, n_heads, d_model) per-head outputs (only when hooked).

@@ -23,10 +23,11 @@
 MECHLENS_BEGIN_NAMESPACE
 namespace detail {
 
-/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position.
+/// Rotates every head of every row of a (batch * pos, heads * d_head) matrix by its absolute position (its first
+/// rotary_dim dimensions; the rest pass through).
 inline void apply_rope(const transformer& model, const forward_shape& s, tensor_view<float, 2> m, index_t heads) {
     const model_config& c = model.config();
-    const index_t d_head = c.d_head();
+    const index_t d_head = c.d_head(), rotary_dim = c.rotary_dim();
     for (index_t r = 0; r < s.rows(); ++r) {
         const index_t position = s.start + r % s.positions;
         const float* cos = &model.rope().cos(position, 0);
@@ -34,9 +35,9 @@ inline void apply_rope(const transformer& model, const forward_shape& s, tensor_
         for (index_t h = 0; h < heads; ++h) {
             float* head = &m(r, h * d_head);
             if (c.rope == rope_layout::adjacent_pairs)
-                kernels::rope_adjacent(head, cos, sin, d_head);
+                kernels::rope_adjacent(head, cos, sin, rotary_dim);
             else
-                kernels::rope_split_halves(head, cos, sin, d_head);
+                kernels::rope_split_halves(head, cos, sin, rotary_dim);
         }
     }
 }
@@ -177,7 +178,7 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
 }
 
 /// Attention step, taped forward: from the sublayer input `input1` (rows, d_model) to `branch` (rows, d_model),
-/// keeping q, k (rotated), v, the pattern and z in the block's tape. `rope_cos`/`rope_sin` are (pos, d_head / 2).
+/// keeping q, k (rotated), v, the pattern and z in the block's tape. `rope_cos`/`rope_sin` are (pos, rotary_dim / 2).
 template <class T, class Layer, class Policy>
 void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx, const model_config& c,
                           const Layer& w, const taped_shape& shape, const T* input1, const T* rope_cos,
@@ -202,10 +203,10 @@ void taped_attention_step(Policy& hooks, index_t layer, const hook_context& ctx,
     fire<site_kind::attn_k>(hooks, layer, ctx, [&] { return heads_view(b.k.data(), batch, n, kv_heads, d_head); });
     fire<site_kind::attn_v>(hooks, layer, ctx, [&] { return heads_view(b.v.data(), batch, n, kv_heads, d_head); });
     if (c.rotary()) {
-        const T* cos = rope_cos;  // (pos, d_head / 2)
-        const T* sin = rope_sin;  // (pos, d_head / 2)
-        kernels::generic::rotate_heads(c.rope, d_head, n, b.q.data(), rows, heads, cos, sin, T{1});
-        kernels::generic::rotate_heads(c.rope, d_head, n, b.k.data(), rows, kv_heads, cos, sin, T{1});
+        const T* cos = rope_cos;  // (pos, rotary_dim / 2)
+        const T* sin = rope_sin;  // (pos, rotary_dim / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, b.q.data(), rows, heads, cos, sin, T{1});
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, b.k.data(), rows, kv_heads, cos, sin, T{1});
         fire<site_kind::attn_rot_q>(hooks, layer, ctx,
                                     [&] { return heads_view(b.q.data(), batch, n, heads, d_head); });
         fire<site_kind::attn_rot_k>(hooks, layer, ctx,
@@ -322,10 +323,10 @@ void attention_step_backward(Policy& hooks, index_t layer, const hook_context& c
                                                 [&] { return heads_view(d_q, batch, n, heads, d_head); });
         observe_gradient<site_kind::attn_rot_k>(
             hooks, layer, ctx, [&] { return heads_view(d_k_grouped, batch, n, kv_heads, d_head); });
-        const T* cos = rope_cos;  // (pos, d_head / 2)
-        const T* sin = rope_sin;  // (pos, d_head / 2)
-        kernels::generic::rotate_heads(c.rope, d_head, n, d_q, rows, heads, cos, sin, T{-1});
-        kernels::generic::rotate_heads(c.rope, d_head, n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
+        const T* cos = rope_cos;  // (pos, rotary_dim / 2)
+        const T* sin = rope_sin;  // (pos, rotary_dim / 2)
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, d_q, rows, heads, cos, sin, T{-1});
+        kernels::generic::rotate_heads(c.rope, d_head, c.rotary_dim(), n, d_k_grouped, rows, kv_heads, cos, sin, T{-1});
     }
     observe_gradient<site_kind::attn_q>(hooks, layer, ctx,
                                         [&] { return heads_view(d_q, batch, n, heads, d_head); });
