@@ -64,6 +64,8 @@ struct model_config {
     attention_dir attention = attention_dir::causal;  ///< Causal or bidirectional attention.
     index_t d_vocab_out = 0;  ///< Width of the logits when it differs from d_vocab (classifier heads); 0: d_vocab.
     index_t d_head_size = 0;  ///< Width of one head when it is not d_model / n_heads (TransformerLens's d_head); 0: that.
+    bool parallel_attn_mlp = false;  ///< Attention and MLP both read resid_pre (GPT-NeoX use_parallel_residual).
+    index_t rotary_dim_size = 0;  ///< Rotated dims per head (split-halves within the first rotary_dim); 0: d_head.
 
     /// True for attention-only blocks (no MLP).
     [[nodiscard]] constexpr bool attn_only() const noexcept { return mlp == mlp_kind::none; }
@@ -82,6 +84,8 @@ struct model_config {
     [[nodiscard]] constexpr index_t d_head() const noexcept {
         return d_head_size > 0 ? d_head_size : n_heads > 0 ? d_model / n_heads : 0;
     }
+    /// Dimensions of each head that rotary embedding rotates (GPT-NeoX's rotary_pct * d_head); d_head by default.
+    [[nodiscard]] constexpr index_t rotary_dim() const noexcept { return rotary_dim_size > 0 ? rotary_dim_size : d_head(); }
     /// Query heads that share one key/value head.
     [[nodiscard]] constexpr index_t group_size() const noexcept { return n_kv_heads > 0 ? n_heads / n_kv_heads : 0; }
 
