@@ -13,6 +13,10 @@ the exact layout Hugging Face saves (config.json + model.safetensors, or shards 
    the first quarter of each head, split halves inside it), use_parallel_residual true, query_key_value
    interleaved per head, saved as two shards with an index.
 
+`neox_sequential_reference.safetensors` runs the same NeoX weights as a sequential block with full rotary (the
+config the test sets after loading), which checks the NeoX tensor layout independently of the forward pass's
+parallel-residual and partial-rotary support.
+
 Each `<name>_reference.safetensors` holds `tokens`, `logits` (1, pos, vocab) and blocks.L.hook_resid_post
 (1, pos, d_model), blocks.L.attn.hook_pattern (1, head, q, k) and blocks.L.ln1.hook_normalized (1, pos, d_model)
 under TransformerLens's names with mechlens's conventions (hook_normalized is before the gain and bias). Run with
@@ -379,6 +383,17 @@ def main():
     n = write_reference(out, tokens, logits, acts, {"model": "fixtures/huggingface/neox_sharded",
                                                     "generator": generator, "torch": torch.__version__})
     print(f"neox: {n} tensors, {os.path.getsize(out)} bytes, float32 drift {drift:.2g}")
+
+    # The same NeoX weights read as a sequential block with full rotary (use_parallel_residual false, rotary_pct 1):
+    # checks the loader's tensor layout (query_key_value interleaving, biases) with the forward pass mechlens had
+    # before parallel attention + MLP and partial rotary.
+    sequential = dict(NEOX_CONFIG, use_parallel_residual=False, rotary_pct=1.0)
+    logits, acts = neox_forward(sequential, W, tokens)
+    out = os.path.join(args.out, "neox_sequential_reference.safetensors")
+    n = write_reference(out, tokens, logits, acts, {"model": "fixtures/huggingface/neox_sharded read with "
+                                                    "use_parallel_residual false and rotary_pct 1.0",
+                                                    "generator": generator, "torch": torch.__version__})
+    print(f"neox (sequential, full rotary): {n} tensors, {os.path.getsize(out)} bytes")
 
 
 if __name__ == "__main__":
