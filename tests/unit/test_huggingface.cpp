@@ -117,8 +117,8 @@ void require_rejected(const fs::path& dir, const std::string& file, const std::s
 /// A safetensors file of one tensor `name` with `dtype`, `shape` and raw `data`.
 std::string safetensors_bytes(const std::string& name, const std::string& dtype, const std::string& shape,
                               const std::string& data) {
-    std::string header = "{\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape +
-                         ",\"data_offsets\":[0," + std::to_string(data.size()) + "]}}";
+    std::string header = "{\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape + ",\"data_offsets\":[0," +
+                         std::to_string(data.size()) + "]}}";
     header.append((8 - header.size() % 8) % 8, ' ');
     std::string out(8, '\0');
     for (std::size_t i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xffu);
@@ -170,8 +170,7 @@ TEST_CASE("huggingface: a sharded GPT-NeoX loads with partial rotary and paralle
     sequential.config.parallel_attn_mlp = false;
     sequential.config.rotary_dim_size = 0;
     const double worst = compare_with_reference(sequential, "neox_sequential_reference.safetensors");
-    WARN("neox read as sequential with full rotary: logits and 6 sites against PyTorch, worst |difference| "
-         << worst);
+    WARN("neox read as sequential with full rotary: logits and 6 sites against PyTorch, worst |difference| " << worst);
 }
 
 // The forward pass honours parallel_attn_mlp and rotary_dim once the lead's work on main is merged; until then
@@ -244,12 +243,15 @@ TEST_CASE("huggingface: malformed folders are one-line errors naming the file", 
     }
     SECTION("a missing tensor and an unexpected one") {
         const fs::path dir = scratch_copy("llama_bf16", "missing");
-        const auto file = mechlens::read_safetensors(dir / "model.safetensors", mechlens::safetensors_dtypes::float_any);
+        const auto file =
+            mechlens::read_safetensors(dir / "model.safetensors", mechlens::safetensors_dtypes::float_any);
         std::vector<mechlens::safetensors_tensor_ref> kept;
         const float* up = nullptr;
         for (const auto& t : file.tensors) {
-            if (t.name != "model.layers.1.mlp.up_proj.weight") kept.push_back({t.name, t.shape, t.values.data()});
-            else up = t.values.data();
+            if (t.name != "model.layers.1.mlp.up_proj.weight")
+                kept.push_back({t.name, t.shape, t.values.data()});
+            else
+                up = t.values.data();
         }
         REQUIRE(up != nullptr);
         mechlens::write_safetensors(dir / "model.safetensors", kept);
@@ -262,8 +264,8 @@ TEST_CASE("huggingface: malformed folders are one-line errors naming the file", 
     }
     SECTION("a bad dtype") {
         const fs::path dir = scratch_copy("llama_bf16", "dtype");
-        write_text(dir / "model.safetensors", safetensors_bytes("model.embed_tokens.weight", "F64", "[1]",
-                                                                std::string(8, '\0')));
+        write_text(dir / "model.safetensors",
+                   safetensors_bytes("model.embed_tokens.weight", "F64", "[1]", std::string(8, '\0')));
         require_rejected(dir, "model.safetensors", "has dtype F64");
     }
     SECTION("no weights at all") {

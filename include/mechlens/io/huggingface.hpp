@@ -114,7 +114,7 @@ inline constexpr hf_name hf_names[] = {
 /// A Hugging Face config read into mechlens's terms.
 struct hf_config {
     hf_architecture architecture = hf_architecture::llama;  ///< The model class.
-    model_config config;                                     ///< The model's hyper-parameters.
+    model_config config;                                    ///< The model's hyper-parameters.
     /// True when the output embedding is tied to the input one (lm_head absent, or stored and equal).
     bool tied = false;
 };
@@ -123,9 +123,9 @@ namespace detail {
 
 /// The block prefix of `architecture` for block `layer`.
 inline std::string hf_block_prefix(hf_architecture architecture, index_t layer) {
-    std::string prefix = architecture == hf_architecture::gpt2       ? "h."
-                         : architecture == hf_architecture::llama    ? "model.layers."
-                                                                     : "gpt_neox.layers.";
+    std::string prefix = architecture == hf_architecture::gpt2    ? "h."
+                         : architecture == hf_architecture::llama ? "model.layers."
+                                                                  : "gpt_neox.layers.";
     prefix += std::to_string(layer);
     prefix += '.';
     return prefix;
@@ -222,13 +222,12 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
             c.d_vocab = detail::hf_integer(cfg, "vocab_size");
             c.n_ctx = detail::hf_integer_or(cfg, "n_positions", detail::hf_integer_or(cfg, "n_ctx", 1024));
             // n_inner null means 4 * n_embd; the guard keeps the product from overflowing (validate bounds d_model).
-            c.d_mlp = detail::hf_integer_or(cfg, "n_inner", c.d_model > 0 && c.d_model <= (index_t{1} << 24)
-                                                                ? 4 * c.d_model
-                                                                : 0);
+            c.d_mlp = detail::hf_integer_or(cfg, "n_inner",
+                                            c.d_model > 0 && c.d_model <= (index_t{1} << 24) ? 4 * c.d_model : 0);
             c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "activation_function", "gelu_new"),
                                           "activation_function", where);
-            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon",
-                                          where);
+            c.norm_eps =
+                detail::hf_float(detail::hf_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
             c.norm = norm_kind::layer;
             c.positions = positional_kind::learned;
             c.linear_biases = true;
@@ -260,7 +259,7 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
             c.mlp = mlp_kind::gated_silu;
             out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
             if (const std::string act = detail::hf_text_or(cfg, "hidden_act", "silu"); act != "silu")
-                fail("hidden_act '" + act.substr(0, 40) + "' is not supported (silu)");
+                fail(std::string("hidden_act '") + act.substr(0, 40) + "' is not supported (silu)");
             detail::hf_require_null(cfg, "rope_scaling", where);
             if (detail::hf_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
             if (detail::hf_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
@@ -290,8 +289,8 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
                 const index_t d_head = c.d_model / c.n_heads;
                 const auto rotary = static_cast<index_t>(static_cast<double>(d_head) * pct);  // int() as HF does
                 if (rotary < 2 || rotary % 2 != 0)
-                    fail("rotary_pct " + std::to_string(pct) + " gives " + std::to_string(rotary) +
-                         " rotary dims per head; an even number >= 2 is needed");
+                    fail(std::string("rotary_pct ") + std::to_string(pct) + std::string(" gives ") +
+                         std::to_string(rotary) + " rotary dims per head; an even number >= 2 is needed");
                 if (rotary < d_head) c.rotary_dim_size = rotary;
             }
             detail::hf_require_null(cfg, "rope_scaling", where);
@@ -308,7 +307,8 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
 /// The `weight_map` of a `model.safetensors.index.json` (`index`): tensor name -> shard file name. Throws
 /// format_error naming `where` unless it is an object whose `weight_map` maps names to plain file names (no
 /// directories: a shard lies beside the index).
-inline std::map<std::string, std::string, std::less<>> read_hf_index(const json_value& index, const std::string& where) {
+inline std::map<std::string, std::string, std::less<>> read_hf_index(const json_value& index,
+                                                                     const std::string& where) {
     if (!index.is_object()) detail::format_fail(where, "the index is not a JSON object");
     const json_value& map = index.at("weight_map");
     if (!map.is_object()) detail::format_fail(where, "weight_map is not an object");
@@ -317,7 +317,7 @@ inline std::map<std::string, std::string, std::less<>> read_hf_index(const json_
         const std::string& file = m.value.as_string();
         if (file.empty() || file == "." || file == ".." || file.find_first_of("/\\") != std::string::npos ||
             file.find('\0') != std::string::npos)
-            detail::format_fail(where, "weight_map names '" + file.substr(0, 100) + "' for tensor '" +
+            detail::format_fail(where, std::string("weight_map names '") + file.substr(0, 100) + "' for tensor '" +
                                            m.key.substr(0, 100) + "', which is not a plain file name");
         out.emplace(m.key, file);
     }
@@ -325,14 +325,17 @@ inline std::map<std::string, std::string, std::less<>> read_hf_index(const json_
     return out;
 }
 
-namespace detail {
-
-/// A tensor found in a shard: its shape, values and the file it came from.
+/// A tensor found in a shard: its shape, values and the file it came from (all owned elsewhere).
 struct hf_tensor_ref {
     const std::vector<index_t>* shape = nullptr;  ///< Extents.
     const std::vector<float>* values = nullptr;   ///< Row-major floats.
     const std::string* file = nullptr;            ///< The shard's path, for messages.
 };
+
+/// The tensors of a model folder by name.
+using hf_tensor_map = std::map<std::string, hf_tensor_ref, std::less<>>;
+
+namespace detail {
 
 /// "(a, b, ...)" for messages.
 inline std::string hf_shape_text(const std::vector<index_t>& s) {
@@ -401,24 +404,22 @@ inline void hf_copy(const model_config& c, const hf_name& row, const std::string
 
 /// True for the buffers Hugging Face checkpoints may hold besides the weights (masks, rotary tables).
 inline bool hf_ignored_tensor(std::string_view name) {
-    for (std::string_view suffix : {".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias",
-                                    ".rotary_emb.inv_freq"})
+    for (std::string_view suffix :
+         {".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"})
         if (name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix) return true;
     return false;
 }
 
 }  // namespace detail
 
-/// Builds a model from a Hugging Face config and its tensors by name (`tensors`: name -> shape, values and the file
-/// that holds it). Every tensor the config implies must be present with its Hugging Face shape; a tied lm_head may
-/// be absent or equal to the embedding; buffers (attention masks, rotary tables) are skipped; any other tensor is
-/// an error. Throws format_error naming the file concerned.
-inline loaded_model hf_model(const hf_config& hf, const std::map<std::string, detail::hf_tensor_ref, std::less<>>& tensors,
-                             const std::string& where) {
+/// Builds a model from a Hugging Face config and its tensors by name. Every tensor the config implies must be present
+/// with its Hugging Face shape; a tied lm_head may be absent or equal to the embedding; buffers (attention masks,
+/// rotary tables) are skipped; any other tensor is an error. Throws format_error naming the file concerned.
+inline loaded_model hf_model(const hf_config& hf, const hf_tensor_map& tensors, const std::string& where) {
     const model_config& c = hf.config;
     std::set<std::string, std::less<>> used;
     // GPT-2's names may carry a `transformer.` prefix (GPT2LMHeadModel) or not (GPT2Model).
-    auto find = [&](const std::string& name) -> const std::pair<const std::string, detail::hf_tensor_ref>* {
+    auto find = [&](const std::string& name) -> const hf_tensor_map::value_type* {
         if (const auto it = tensors.find(name); it != tensors.end()) return &*it;
         if (hf.architecture == hf_architecture::gpt2) {
             std::string prefixed = "transformer.";
@@ -458,8 +459,8 @@ inline loaded_model hf_model(const hf_config& hf, const std::map<std::string, de
     }
     for (const auto& [name, ref] : tensors) {
         if (used.count(name) != 0 || detail::hf_ignored_tensor(name)) continue;
-        detail::format_fail(*ref.file, "unexpected tensor '" + name.substr(0, 200) + "' (not a parameter of this "
-                                                                                     "config)");
+        detail::format_fail(
+            *ref.file, std::string("unexpected tensor '") + name.substr(0, 200) + "' (not a parameter of this config)");
     }
     loaded_model out{c, params->weights()};
     return out;
@@ -484,8 +485,8 @@ inline loaded_model load_huggingface(const std::filesystem::path& directory) {
     const std::filesystem::path index_path = directory / "model.safetensors.index.json";
     const std::filesystem::path single = directory / "model.safetensors";
 
-    std::vector<std::string> paths;                   // the files read, in order
-    std::vector<safetensors_file> files;              // their tensors
+    std::vector<std::string> paths;                         // the files read, in order
+    std::vector<safetensors_file> files;                    // their tensors
     std::map<std::string, std::string, std::less<>> index;  // tensor -> shard path (sharded models only)
     if (std::filesystem::is_regular_file(index_path)) {
         const std::string where = index_path.string();
@@ -497,33 +498,35 @@ inline loaded_model load_huggingface(const std::filesystem::path& directory) {
         }
         for (const std::string& shard : shards)
             if (!std::filesystem::is_regular_file(shard))
-                detail::format_fail(where, "lists shard '" + std::filesystem::path(shard).filename().string() +
+                detail::format_fail(where, std::string("lists shard '") +
+                                               std::filesystem::path(shard).filename().string() +
                                                "', which does not exist");
         paths.assign(shards.begin(), shards.end());
     } else if (std::filesystem::is_regular_file(single)) {
         paths.push_back(single.string());
     } else {
-        detail::format_fail(directory.string(), "a Hugging Face model folder needs model.safetensors or "
-                                                "model.safetensors.index.json beside config.json");
+        detail::format_fail(directory.string(),
+                            "a Hugging Face model folder needs model.safetensors or "
+                            "model.safetensors.index.json beside config.json");
     }
     files.reserve(paths.size());
     for (const std::string& path : paths) files.push_back(read_safetensors(path, safetensors_dtypes::float_any));
 
-    std::map<std::string, detail::hf_tensor_ref, std::less<>> tensors;
+    hf_tensor_map tensors;
     for (std::size_t f = 0; f < files.size(); ++f)
         for (const safetensors_tensor& t : files[f].tensors) {
             if (!index.empty()) {
                 const auto listed = index.find(t.name);
                 if (listed == index.end() || listed->second != paths[f])
-                    detail::format_fail(paths[f], "holds tensor '" + t.name.substr(0, 200) +
+                    detail::format_fail(paths[f], std::string("holds tensor '") + t.name.substr(0, 200) +
                                                       "', which model.safetensors.index.json does not assign to it");
             }
-            if (!tensors.emplace(t.name, detail::hf_tensor_ref{&t.shape, &t.values, &paths[f]}).second)
-                detail::format_fail(paths[f], "tensor '" + t.name.substr(0, 200) + "' appears twice");
+            if (!tensors.emplace(t.name, hf_tensor_ref{&t.shape, &t.values, &paths[f]}).second)
+                detail::format_fail(paths[f], std::string("tensor '") + t.name.substr(0, 200) + "' appears twice");
         }
     for (const auto& [tensor, shard] : index)
         if (tensors.count(tensor) == 0)
-            detail::format_fail(shard, "lacks tensor '" + tensor.substr(0, 200) +
+            detail::format_fail(shard, std::string("lacks tensor '") + tensor.substr(0, 200) +
                                            "', which model.safetensors.index.json assigns to it");
     return hf_model(hf, tensors, paths.size() == 1 ? paths.front() : index_path.string());
 }
