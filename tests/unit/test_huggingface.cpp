@@ -322,6 +322,21 @@ TEST_CASE("huggingface: malformed folders are one-line errors naming the file", 
         edit(dir / "config.json", "\"activation_function\": \"swish\"", "\"activation_function\": \"gelu_new\"");
         edit(dir / "config.json", "\"reorder_and_upcast_attn\": false", "\"reorder_and_upcast_attn\": true");
         CHECK_NOTHROW(mechlens::load_model(dir));  // only a precision choice
+        // A stored lm_head of a tied model must equal wte.
+        const auto file = mechlens::read_safetensors(dir / "model.safetensors");
+        std::vector<mechlens::safetensors_tensor_ref> tensors;
+        std::vector<float> head;
+        for (const auto& t : file.tensors) {
+            tensors.push_back({t.name, t.shape, t.values.data()});
+            if (t.name == "transformer.wte.weight") head = t.values;
+        }
+        REQUIRE(head.size() == 32000);
+        tensors.push_back({"lm_head.weight", {1000, 32}, head.data()});
+        mechlens::write_safetensors(dir / "model.safetensors", tensors);
+        CHECK_NOTHROW(mechlens::load_model(dir));
+        head[123] += 0.5f;
+        mechlens::write_safetensors(dir / "model.safetensors", tensors);
+        require_rejected(dir, "model.safetensors", "'lm_head.weight' differs from the input embedding");
         edit(dir / "config.json", "\"n_embd\": 32", "\"n_embd\": 40");
         require_rejected(dir, "model.safetensors", "the config implies");
     }
