@@ -2,12 +2,13 @@
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
 /// GGUF vocabularies, .npy arrays, safetensors files, JSON documents,
-/// PyTorch state dicts (`torch.save` zip archives).
+/// PyTorch state dicts (`torch.save` zip archives), TransformerLens and Hugging Face model folders.
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/checkpoint_format.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/huggingface.hpp"
 #include "mechlens/io/json.hpp"
 #include "mechlens/io/llama2c.hpp"
 #include "mechlens/io/transformerlens.hpp"

@@ -5630,11 +5630,12 @@ MECHLENS_END_NAMESPACE
 // ---- begin mechlens/io/safetensors.hpp ----
 /// @file
 /// `.safetensors` files of float32 tensors: a writer that Hugging Face's readers (and numpy with a few lines) load
-/// unchanged, and a strict, bounds-checked reader. The layout: an 8-byte little-endian header length N, N bytes of
+/// unchanged, and a strict, bounds-checked reader (F32, and on request F16 and BF16 converted to float). The layout: an 8-byte little-endian header length N, N bytes of
 /// JSON (`{"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__": {...}}`,
 /// padded with spaces), then the tensor bytes, offsets relative to the end of the header.
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -5647,6 +5648,431 @@ MECHLENS_END_NAMESPACE
 #include <utility>
 #include <vector>
 
+// ---- begin mechlens/io/loader_storage.hpp ----
+/// @file
+/// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+// ---- begin mechlens/model/weights.hpp ----
+/// @file
+/// Model weights as non-owning views, plus the storage that keeps them alive.
+
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// ---- begin mechlens/model/parameter_table.hpp ----
+/// @file
+/// The parameter table: every weight tensor a model can have, once, with its shape as a function of the config and
+/// where each file format stores it. Layouts, weight validation, loaders, checkpoints, gradient buffers and optimizer
+/// state are all derived from it; a new weight is a new row (plus its member in basic_layer_weights or the model
+/// struct and one line in the visitor beside it, see weights.hpp).
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Every weight tensor a model can have; the order is the parameter table's (and the flat buffer's) order.
+enum class parameter_id : std::uint8_t {
+    token_embedding,  ///< (d_vocab, d_model)
+    pos_embedding,    ///< (n_ctx, d_model), learned positions only
+    attn_norm,        ///< (d_model) gain of the norm before attention, with norms only
+    attn_norm_bias,   ///< (d_model) bias of that norm, LayerNorm only
+    w_q,              ///< (n_heads * d_head, d_model)
+    b_q,              ///< (n_heads * d_head), with linear biases
+    w_k,              ///< (n_kv_heads * d_head, d_model)
+    b_k,              ///< (n_kv_heads * d_head), with linear biases
+    w_v,              ///< (n_kv_heads * d_head, d_model)
+    b_v,              ///< (n_kv_heads * d_head), with linear biases
+    w_o,              ///< (d_model, n_heads * d_head)
+    b_o,              ///< (d_model), with linear biases
+    mlp_norm,         ///< (d_model) gain of the norm before the MLP, with norms and an MLP
+    mlp_norm_bias,    ///< (d_model) bias of that norm, LayerNorm and an MLP
+    w_gate,           ///< (d_mlp, d_model), gated MLP only
+    w_up,             ///< (d_mlp, d_model), any MLP (W_in of a plain one)
+    b_up,             ///< (d_mlp), an MLP with linear biases (b_in)
+    w_down,           ///< (d_model, d_mlp), any MLP
+    b_down,           ///< (d_model), an MLP with linear biases (b_out)
+    final_norm,       ///< (d_model) gain of the final norm, with norms only
+    final_norm_bias,  ///< (d_model) bias of the final norm, LayerNorm only
+    unembed,          ///< (d_vocab_out, d_model); the token embedding's memory when tied
+    unembed_bias,     ///< (d_vocab_out), with linear biases
+};
+
+/// Number of rows in the parameter table.
+inline constexpr std::size_t parameter_count = static_cast<std::size_t>(parameter_id::unembed_bias) + 1;
+
+/// One row of the parameter table.
+struct parameter_traits {
+    parameter_id id;               ///< Which weight.
+    std::string_view name;         ///< Field name; layouts and checkpoints prefix block rows with `blocks.L.`.
+    bool per_block;                ///< One per block (true) or one per model.
+    std::size_t rank;              ///< 1 (a gain or a bias) or 2 (a matrix, (out_features, in_features)).
+    bool norm_gain;                ///< A norm's gain: 1 in a fresh model (biases start at 0). Rank 1: no decay.
+    std::string_view gguf_name;    ///< GGUF (llama.cpp) tensor name; block rows are prefixed with `blk.L.`.
+    int llama2c_section;           ///< Index of its array in a llama2.c `.bin` (layers stacked), -1 if absent.
+    extents<2> (*shape)(const model_config&);  ///< Extents the config implies ({0, 0} when it has no such weight).
+};
+
+namespace detail {
+/// Norm gain width: d_model with norms, else 0.
+constexpr index_t norm_width(const model_config& c) noexcept { return c.has_norm() ? c.d_model : 0; }
+/// MLP hidden width: d_mlp with an MLP, else 0.
+constexpr index_t mlp_width(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_mlp; }
+/// d_model when the block has an MLP, else 0.
+constexpr index_t mlp_side(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_model; }
+/// A norm bias's width: d_model with LayerNorm, else 0.
+constexpr index_t norm_bias_width(const model_config& c) noexcept {
+    return c.norm == norm_kind::layer ? c.d_model : 0;
+}
+/// `width` with linear biases, else 0.
+constexpr index_t bias_width(const model_config& c, index_t width) noexcept { return c.linear_biases ? width : 0; }
+}  // namespace detail
+
+/// The parameter table, one row per parameter_id, in enum order.
+inline constexpr std::array<parameter_traits, parameter_count> parameter_table{{
+    {parameter_id::token_embedding, "token_embedding", false, 2, false, "token_embd.weight", 0,
+     [](const model_config& c) { return extents<2>{c.d_vocab, c.d_model}; }},
+    {parameter_id::pos_embedding, "pos_embedding", false, 2, false, "position_embd.weight", -1,
+     [](const model_config& c) { return c.rotary() ? extents<2>{0, 0} : extents<2>{c.n_ctx, c.d_model}; }},
+    {parameter_id::attn_norm, "attn_norm", true, 1, true, "attn_norm.weight", 1,
+     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::attn_norm_bias, "attn_norm_bias", true, 1, false, "attn_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
+    {parameter_id::w_q, "w_q", true, 2, false, "attn_q.weight", 2,
+     [](const model_config& c) { return extents<2>{c.n_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_q, "b_q", true, 1, false, "attn_q.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_heads * c.d_head()), 0}; }},
+    {parameter_id::w_k, "w_k", true, 2, false, "attn_k.weight", 3,
+     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_k, "b_k", true, 1, false, "attn_k.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
+    {parameter_id::w_v, "w_v", true, 2, false, "attn_v.weight", 4,
+     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
+    {parameter_id::b_v, "b_v", true, 1, false, "attn_v.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
+    {parameter_id::w_o, "w_o", true, 2, false, "attn_output.weight", 5,
+     [](const model_config& c) { return extents<2>{c.d_model, c.n_heads * c.d_head()}; }},
+    {parameter_id::b_o, "b_o", true, 1, false, "attn_output.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.d_model), 0}; }},
+    {parameter_id::mlp_norm, "mlp_norm", true, 1, true, "ffn_norm.weight", 6,
+     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_width(c), 0}; }},
+    {parameter_id::mlp_norm_bias, "mlp_norm_bias", true, 1, false, "ffn_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_bias_width(c), 0}; }},
+    {parameter_id::w_gate, "w_gate", true, 2, false, "ffn_gate.weight", 7,
+     [](const model_config& c) {
+         return c.mlp == mlp_kind::gated_silu ? extents<2>{c.d_mlp, c.d_model} : extents<2>{0, 0};
+     }},
+    {parameter_id::w_up, "w_up", true, 2, false, "ffn_up.weight", 9,
+     [](const model_config& c) { return extents<2>{detail::mlp_width(c), detail::mlp_side(c)}; }},
+    {parameter_id::b_up, "b_up", true, 1, false, "ffn_up.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_width(c)), 0}; }},
+    {parameter_id::w_down, "w_down", true, 2, false, "ffn_down.weight", 8,
+     [](const model_config& c) { return extents<2>{detail::mlp_side(c), detail::mlp_width(c)}; }},
+    {parameter_id::b_down, "b_down", true, 1, false, "ffn_down.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_side(c)), 0}; }},
+    {parameter_id::final_norm, "final_norm", false, 1, true, "output_norm.weight", 10,
+     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
+    {parameter_id::final_norm_bias, "final_norm_bias", false, 1, false, "output_norm.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
+    {parameter_id::unembed, "unembed", false, 2, false, "output.weight", 13,
+     [](const model_config& c) { return extents<2>{c.vocab_out(), c.d_model}; }},
+    {parameter_id::unembed_bias, "unembed_bias", false, 1, false, "output.bias", -1,
+     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.vocab_out()), 0}; }},
+}};
+
+/// The table's row for `id`.
+constexpr const parameter_traits& traits_of(parameter_id id) noexcept {
+    return parameter_table[static_cast<std::size_t>(id)];
+}
+
+/// Number of elements of a row's tensor under `c` (0 when the config has no such weight).
+constexpr index_t parameter_size(const parameter_traits& row, const model_config& c) noexcept {
+    const extents<2> e = row.shape(c);
+    return row.rank == 1 ? e[0] : e[0] * e[1];
+}
+
+/// True when a model with config `c` stores its own copy of the row's tensor (a tied unembedding is the token
+/// embedding's memory, not stored twice).
+constexpr bool parameter_stored(const parameter_traits& row, const model_config& c) noexcept {
+    if (row.id == parameter_id::unembed && c.tied_unembed) return false;
+    return parameter_size(row, c) > 0;
+}
+
+namespace detail {
+/// True when the table lists every parameter_id once, in enum order (checked at compile time below).
+constexpr bool parameter_table_is_in_order() noexcept {
+    for (std::size_t i = 0; i < parameter_count; ++i)
+        if (static_cast<std::size_t>(parameter_table[i].id) != i) return false;
+    return true;
+}
+static_assert(parameter_table_is_in_order(), "parameter_table must list every parameter_id once, in enum order");
+/// True when the per-block rows are contiguous in the table, so global rows fall before or after the blocks.
+constexpr bool block_rows_are_contiguous() noexcept {
+    std::size_t first = parameter_count, last = 0;
+    for (std::size_t i = 0; i < parameter_count; ++i)
+        if (parameter_table[i].per_block) {
+            first = std::min(first, i);
+            last = i;
+        }
+    for (std::size_t i = first; i <= last; ++i)
+        if (!parameter_table[i].per_block) return false;
+    return true;
+}
+static_assert(block_rows_are_contiguous(), "parameter_table: the per-block rows must be contiguous");
+}  // namespace detail
+
+/// True for a model-wide row stored before the blocks (the embeddings); false for per-block rows and those after.
+constexpr bool stored_before_blocks(parameter_id id) noexcept {
+    for (const parameter_traits& row : parameter_table) {
+        if (row.per_block) return false;
+        if (row.id == id) return true;
+    }
+    return false;
+}
+/// True for a model-wide row stored after the blocks (the final norm and the unembedding).
+constexpr bool stored_after_blocks(parameter_id id) noexcept {
+    return !traits_of(id).per_block && !stored_before_blocks(id);
+}
+
+namespace detail {
+}  // namespace detail
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/parameter_table.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Weights of one block as views of T (const float for a loaded model, float or double for owned parameters and
+/// their gradients); every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF. Views a config
+/// does not use (see the parameter table) are empty (extents 0).
+template <class T>
+struct basic_layer_weights {
+    tensor_view<T, 1> attn_norm;       ///< (d_model) norm gain before attention.
+    tensor_view<T, 1> attn_norm_bias;  ///< (d_model) norm bias before attention (LayerNorm).
+    tensor_view<T, 2> w_q;             ///< (n_heads * d_head, d_model)
+    tensor_view<T, 1> b_q;             ///< (n_heads * d_head)
+    tensor_view<T, 2> w_k;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_k;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_v;             ///< (n_kv_heads * d_head, d_model)
+    tensor_view<T, 1> b_v;             ///< (n_kv_heads * d_head)
+    tensor_view<T, 2> w_o;             ///< (d_model, n_heads * d_head)
+    tensor_view<T, 1> b_o;             ///< (d_model)
+    tensor_view<T, 1> mlp_norm;        ///< (d_model) norm gain before the MLP.
+    tensor_view<T, 1> mlp_norm_bias;   ///< (d_model) norm bias before the MLP (LayerNorm).
+    tensor_view<T, 2> w_gate;          ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
+    tensor_view<T, 2> w_up;            ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
+    tensor_view<T, 1> b_up;            ///< (d_mlp) b_in of a plain MLP.
+    tensor_view<T, 2> w_down;          ///< (d_model, d_mlp) "w2".
+    tensor_view<T, 1> b_down;          ///< (d_model) b_out.
+};
+
+/// Weights of one block of a loaded model.
+using layer_weights = basic_layer_weights<const float>;
+
+/// Calls f(parameter_id, view) for every per-block view of `layer` (a basic_layer_weights), in table order: the one
+/// place that pairs the table's block rows with the struct's members.
+template <class Layer, class F>
+void for_each_block_view(Layer& layer, F&& f) {
+    f(parameter_id::attn_norm, layer.attn_norm);
+    f(parameter_id::attn_norm_bias, layer.attn_norm_bias);
+    f(parameter_id::w_q, layer.w_q);
+    f(parameter_id::b_q, layer.b_q);
+    f(parameter_id::w_k, layer.w_k);
+    f(parameter_id::b_k, layer.b_k);
+    f(parameter_id::w_v, layer.w_v);
+    f(parameter_id::b_v, layer.b_v);
+    f(parameter_id::w_o, layer.w_o);
+    f(parameter_id::b_o, layer.b_o);
+    f(parameter_id::mlp_norm, layer.mlp_norm);
+    f(parameter_id::mlp_norm_bias, layer.mlp_norm_bias);
+    f(parameter_id::w_gate, layer.w_gate);
+    f(parameter_id::w_up, layer.w_up);
+    f(parameter_id::b_up, layer.b_up);
+    f(parameter_id::w_down, layer.w_down);
+    f(parameter_id::b_down, layer.b_down);
+}
+
+/// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
+/// table order: the one place that pairs the table's global rows with the members.
+template <class Model, class F>
+void for_each_global_view(Model& model, F&& f) {
+    f(parameter_id::token_embedding, model.token_embedding);
+    f(parameter_id::pos_embedding, model.pos_embedding);
+    f(parameter_id::final_norm, model.final_norm);
+    f(parameter_id::final_norm_bias, model.final_norm_bias);
+    f(parameter_id::unembed, model.unembed);
+    f(parameter_id::unembed_bias, model.unembed_bias);
+}
+
+/// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
+/// blocks in table order, the blocks in order, then the globals after them.
+template <class Model, class F>
+void for_each_view(Model& model, F&& f) {
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (stored_before_blocks(id)) f(id, index_t{-1}, view);
+    });
+    for (std::size_t l = 0; l < model.layers.size(); ++l)
+        for_each_block_view(model.layers[l],
+                            [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
+    for_each_global_view(model, [&](parameter_id id, auto& view) {
+        if (stored_after_blocks(id)) f(id, index_t{-1}, view);
+    });
+}
+
+/// All weights of a model: views into storage owned elsewhere (a memory-mapped file or converted buffers).
+struct model_weights {
+    tensor_view<const float, 2> token_embedding;  ///< (d_vocab, d_model)
+    tensor_view<const float, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
+    std::vector<layer_weights> layers;            ///< One entry per block.
+    tensor_view<const float, 1> final_norm;       ///< (d_model), empty without norms.
+    tensor_view<const float, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
+    tensor_view<const float, 2> unembed;          ///< (d_vocab_out, d_model); aliases token_embedding when tied.
+    tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
+    /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
+    std::shared_ptr<const void> storage;
+};
+
+/// What a loader returns: hyper-parameters plus weight views (which keep their storage alive).
+struct loaded_model {
+    model_config config;    ///< Hyper-parameters read from the file.
+    model_weights weights;  ///< Views into the file's mapping or into converted buffers.
+};
+
+/// Throws shape_error unless every weight view has the extents `config` implies (the parameter table; empty where
+/// the config has no such weight).
+inline void validate_weights(const model_config& config, const model_weights& w) {
+    if (static_cast<index_t>(w.layers.size()) != config.n_layers)
+        throw shape_error("model has " + std::to_string(w.layers.size()) + " layers of weights, config says " +
+                          std::to_string(config.n_layers));
+    for_each_view(w, [&](parameter_id id, index_t, const auto& view) {
+        const parameter_traits& row = traits_of(id);
+        const extents<2> e = row.shape(config);
+        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
+            require_shape(view, {e[0]}, row.name.data());
+        else
+            require_shape(view, e, row.name.data());
+    });
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/weights.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The object behind `model_weights::storage` for weights made by the mechlens loaders.
+struct loader_storage {
+    std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
+    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
+};
+
+namespace detail {
+
+/// Deleter that marks a `model_weights::storage` as a loader_storage (found again with std::get_deleter).
+struct loader_storage_deleter {
+    /// Deletes the storage.
+    void operator()(const loader_storage* p) const noexcept { delete p; }
+};
+
+/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
+inline float half_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t exponent = (h >> 10) & 0x1fu;
+    const std::uint32_t mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24, exact in float.
+        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
+}
+
+/// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
+/// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
+class weight_builder {
+public:
+    /// A builder whose views may point into `file`.
+    explicit weight_builder(std::shared_ptr<const mapped_file> file) : storage_(std::make_unique<loader_storage>()) {
+        storage_->file = std::move(file);
+    }
+
+    /// `count` little-endian floats at `bytes` (inside the mapping): viewed in place, or copied when misaligned.
+    const float* f32(const std::byte* bytes, index_t count) {
+        if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(float) == 0)
+            return reinterpret_cast<const float*>(bytes);  // the mapping holds these floats; never copy them
+        float* out = allocate(count);
+        std::memcpy(out, bytes, static_cast<std::size_t>(count) * sizeof(float));
+        return out;
+    }
+
+    /// `count` little-endian binary16 values at `bytes`, converted into an owned float buffer.
+    const float* f16(const std::byte* bytes, index_t count) {
+        float* out = allocate(count);
+        for (index_t i = 0; i < count; ++i) {
+            std::uint16_t h = 0;
+            std::memcpy(&h, bytes + 2 * i, sizeof h);
+            out[i] = half_to_float(h);
+        }
+        return out;
+    }
+
+    /// The storage to put in model_weights::storage; the builder is empty afterwards.
+    std::shared_ptr<const void> finish() {
+        const loader_storage* raw = storage_.release();
+        return std::shared_ptr<const void>(raw, loader_storage_deleter{});
+    }
+
+private:
+    float* allocate(index_t count) {
+        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
+        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
+        const std::shared_ptr<const mapped_file>& file = storage_->file;
+        converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
+        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
+            throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
+                               std::to_string(converted_bytes_) + " bytes for a file of " +
+                               std::to_string(file->size()) + " bytes");
+        storage_->converted.emplace_back(extents<1>{count});
+        return storage_->converted.back().data();
+    }
+
+    std::unique_ptr<loader_storage> storage_;
+    std::uint64_t converted_bytes_ = 0;
+};
+
+}  // namespace detail
+
+/// The loader_storage behind `weights`, or null when they were not made by a mechlens loader.
+inline const loader_storage* loader_storage_of(const model_weights& weights) noexcept {
+    if (std::get_deleter<detail::loader_storage_deleter>(weights.storage) == nullptr) return nullptr;
+    return static_cast<const loader_storage*>(weights.storage.get());
+}
+
+/// True when every byte of `view`'s elements lies inside the file mapping of `weights` (zero-copy check).
+template <class T, std::size_t Rank>
+bool views_mapping(const model_weights& weights, const tensor_view<T, Rank>& view) noexcept {
+    const loader_storage* s = loader_storage_of(weights);
+    if (s == nullptr || s->file == nullptr || !view.is_contiguous()) return false;
+    return s->file->contains(view.data(), static_cast<std::size_t>(view.size()) * sizeof(T));
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/loader_storage.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -5657,7 +6083,13 @@ struct safetensors_tensor_ref {
     const float* data = nullptr; ///< product(shape) floats in row-major order.
 };
 
-/// One float32 tensor read from a file.
+/// The tensor dtypes a safetensors reader accepts.
+enum class safetensors_dtypes : std::uint8_t {
+    f32_only,   ///< F32 only (mechlens's own files: checkpoints, activation caches).
+    float_any,  ///< F32, F16 and BF16 (Hugging Face and TransformerLens files); halves are converted to float.
+};
+
+/// One float32 tensor read from a file (converted to float when the file stored F16 or BF16).
 struct safetensors_tensor {
     std::string name;            ///< Tensor name.
     std::vector<index_t> shape;  ///< Extents, outermost first.
@@ -5751,13 +6183,16 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
     if (!out) detail::format_fail(path.string(), "write failed");
 }
 
-/// Reads a `.safetensors` file whose tensors are all F32. Throws format_error naming the file for anything else:
-/// truncation, a header that is not strict JSON or not the safetensors schema, another dtype, offsets that do not
-/// match the shape or do not tile the data exactly (no holes, no overlaps, nothing after the last tensor).
-inline safetensors_file read_safetensors(const std::filesystem::path& path);
+/// Reads a `.safetensors` file whose tensors are all F32 (or, with safetensors_dtypes::float_any, F32, F16 or BF16,
+/// converted to float). Throws format_error naming the file for anything else: truncation, a header that is not
+/// strict JSON or not the safetensors schema, another dtype, offsets that do not match the shape or do not tile the
+/// data exactly (no holes, no overlaps, nothing after the last tensor).
+inline safetensors_file read_safetensors(const std::filesystem::path& path,
+                                         safetensors_dtypes accepted = safetensors_dtypes::f32_only);
 
 /// Parses the `size` bytes of a `.safetensors` file at `bytes` (errors name `where`); read_safetensors without the file.
-inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where) {
+inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where,
+                                          safetensors_dtypes accepted = safetensors_dtypes::f32_only) {
     detail::byte_reader r(bytes, size, where);
     const auto header_length = r.read<std::uint64_t>("header length");
     if (header_length > detail::safetensors_max_header)
@@ -5773,6 +6208,8 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
     struct span {
         std::uint64_t begin, end;
         std::size_t tensor;
+        std::uint64_t element_bytes;  // 4 (F32) or 2 (F16 / BF16)
+        bool brain;                   // BF16 rather than F16
     };
     std::vector<span> spans;
     for (const auto& [name, entry] : root.members()) {
@@ -5795,8 +6232,13 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
         }
         if (!dtype || !shape || !offsets) r.fail(what + " lacks dtype, shape or data_offsets");
         if (!dtype->is_string()) r.fail(what + ": dtype is not a string");
-        if (dtype->as_string() != "F32")
-            r.fail(what + " has dtype " + dtype->as_string().substr(0, 20) + "; only F32 is supported");
+        const std::string& type = dtype->as_string();
+        const bool half = accepted == safetensors_dtypes::float_any && (type == "F16" || type == "BF16");
+        if (type != "F32" && !half)
+            r.fail(what + " has dtype " + type.substr(0, 20) +
+                   (accepted == safetensors_dtypes::float_any ? "; only F32, F16 and BF16 are supported"
+                                                              : "; only F32 is supported"));
+        const std::uint64_t element_bytes = half ? 2 : sizeof(float);
         if (!shape->is_array()) r.fail(what + ": shape is not an array");
         if (shape->items().size() > 32) r.fail(what + " has more than 32 dimensions");
         safetensors_tensor t;
@@ -5815,10 +6257,10 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
         if (begin > end || end > data_size)
             r.fail(what + " data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ") lie outside the " + std::to_string(data_size) + " data bytes");
-        if (end - begin != detail::checked_mul(count, sizeof(float), where, what))
+        if (end - begin != detail::checked_mul(count, element_bytes, where, what))
             r.fail(what + " holds " + std::to_string(end - begin) + " bytes, but its shape needs " +
-                   std::to_string(count * sizeof(float)));
-        spans.push_back({begin, end, out.tensors.size()});
+                   std::to_string(count * element_bytes));
+        spans.push_back({begin, end, out.tensors.size(), element_bytes, type == "BF16"});
         out.tensors.push_back(std::move(t));
     }
     // Like the reference implementation: the tensors must tile the data area exactly.
@@ -5836,19 +6278,29 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
     if (expected != data_size)
         r.fail("the tensors cover " + std::to_string(expected) + " of the " + std::to_string(data_size) +
                " data bytes");
-    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most the file's size
-    // (copying first let many tensors naming the same bytes allocate that many copies).
+    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most twice the file's
+    // size (copying first let many tensors naming the same bytes allocate that many copies).
     for (const span& s : spans) {
         std::vector<float>& values = out.tensors[s.tensor].values;
-        values.resize(static_cast<std::size_t>((s.end - s.begin) / sizeof(float)));
-        if (!values.empty()) std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+        values.resize(static_cast<std::size_t>((s.end - s.begin) / s.element_bytes));
+        if (values.empty()) continue;
+        if (s.element_bytes == sizeof(float)) {
+            std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+            continue;
+        }
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            std::uint16_t h = 0;
+            std::memcpy(&h, data + s.begin + 2 * i, sizeof h);
+            // BF16 is the top half of a float32; F16 is IEEE binary16.
+            values[i] = s.brain ? std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16) : detail::half_to_float(h);
+        }
     }
     return out;
 }
 
-inline safetensors_file read_safetensors(const std::filesystem::path& path) {
+inline safetensors_file read_safetensors(const std::filesystem::path& path, safetensors_dtypes accepted) {
     const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    return parse_safetensors(file->data(), file->size(), path.string());
+    return parse_safetensors(file->data(), file->size(), path.string(), accepted);
 }
 
 MECHLENS_END_NAMESPACE
@@ -7771,316 +8223,6 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// The LLaMA-family transformer: config, weights, forward pass, KV cache, sampling, generation.
 
-// ---- begin mechlens/model/weights.hpp ----
-/// @file
-/// Model weights as non-owning views, plus the storage that keeps them alive.
-
-#include <memory>
-#include <string>
-#include <type_traits>
-#include <vector>
-
-// ---- begin mechlens/model/parameter_table.hpp ----
-/// @file
-/// The parameter table: every weight tensor a model can have, once, with its shape as a function of the config and
-/// where each file format stores it. Layouts, weight validation, loaders, checkpoints, gradient buffers and optimizer
-/// state are all derived from it; a new weight is a new row (plus its member in basic_layer_weights or the model
-/// struct and one line in the visitor beside it, see weights.hpp).
-
-#include <algorithm>
-#include <array>
-#include <cstddef>
-#include <cstdint>
-#include <string_view>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// Every weight tensor a model can have; the order is the parameter table's (and the flat buffer's) order.
-enum class parameter_id : std::uint8_t {
-    token_embedding,  ///< (d_vocab, d_model)
-    pos_embedding,    ///< (n_ctx, d_model), learned positions only
-    attn_norm,        ///< (d_model) gain of the norm before attention, with norms only
-    attn_norm_bias,   ///< (d_model) bias of that norm, LayerNorm only
-    w_q,              ///< (n_heads * d_head, d_model)
-    b_q,              ///< (n_heads * d_head), with linear biases
-    w_k,              ///< (n_kv_heads * d_head, d_model)
-    b_k,              ///< (n_kv_heads * d_head), with linear biases
-    w_v,              ///< (n_kv_heads * d_head, d_model)
-    b_v,              ///< (n_kv_heads * d_head), with linear biases
-    w_o,              ///< (d_model, n_heads * d_head)
-    b_o,              ///< (d_model), with linear biases
-    mlp_norm,         ///< (d_model) gain of the norm before the MLP, with norms and an MLP
-    mlp_norm_bias,    ///< (d_model) bias of that norm, LayerNorm and an MLP
-    w_gate,           ///< (d_mlp, d_model), gated MLP only
-    w_up,             ///< (d_mlp, d_model), any MLP (W_in of a plain one)
-    b_up,             ///< (d_mlp), an MLP with linear biases (b_in)
-    w_down,           ///< (d_model, d_mlp), any MLP
-    b_down,           ///< (d_model), an MLP with linear biases (b_out)
-    final_norm,       ///< (d_model) gain of the final norm, with norms only
-    final_norm_bias,  ///< (d_model) bias of the final norm, LayerNorm only
-    unembed,          ///< (d_vocab_out, d_model); the token embedding's memory when tied
-    unembed_bias,     ///< (d_vocab_out), with linear biases
-};
-
-/// Number of rows in the parameter table.
-inline constexpr std::size_t parameter_count = static_cast<std::size_t>(parameter_id::unembed_bias) + 1;
-
-/// One row of the parameter table.
-struct parameter_traits {
-    parameter_id id;               ///< Which weight.
-    std::string_view name;         ///< Field name; layouts and checkpoints prefix block rows with `blocks.L.`.
-    bool per_block;                ///< One per block (true) or one per model.
-    std::size_t rank;              ///< 1 (a gain or a bias) or 2 (a matrix, (out_features, in_features)).
-    bool norm_gain;                ///< A norm's gain: 1 in a fresh model (biases start at 0). Rank 1: no decay.
-    std::string_view gguf_name;    ///< GGUF (llama.cpp) tensor name; block rows are prefixed with `blk.L.`.
-    int llama2c_section;           ///< Index of its array in a llama2.c `.bin` (layers stacked), -1 if absent.
-    extents<2> (*shape)(const model_config&);  ///< Extents the config implies ({0, 0} when it has no such weight).
-};
-
-namespace detail {
-/// Norm gain width: d_model with norms, else 0.
-constexpr index_t norm_width(const model_config& c) noexcept { return c.has_norm() ? c.d_model : 0; }
-/// MLP hidden width: d_mlp with an MLP, else 0.
-constexpr index_t mlp_width(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_mlp; }
-/// d_model when the block has an MLP, else 0.
-constexpr index_t mlp_side(const model_config& c) noexcept { return c.attn_only() ? 0 : c.d_model; }
-/// A norm bias's width: d_model with LayerNorm, else 0.
-constexpr index_t norm_bias_width(const model_config& c) noexcept {
-    return c.norm == norm_kind::layer ? c.d_model : 0;
-}
-/// `width` with linear biases, else 0.
-constexpr index_t bias_width(const model_config& c, index_t width) noexcept { return c.linear_biases ? width : 0; }
-}  // namespace detail
-
-/// The parameter table, one row per parameter_id, in enum order.
-inline constexpr std::array<parameter_traits, parameter_count> parameter_table{{
-    {parameter_id::token_embedding, "token_embedding", false, 2, false, "token_embd.weight", 0,
-     [](const model_config& c) { return extents<2>{c.d_vocab, c.d_model}; }},
-    {parameter_id::pos_embedding, "pos_embedding", false, 2, false, "position_embd.weight", -1,
-     [](const model_config& c) { return c.rotary() ? extents<2>{0, 0} : extents<2>{c.n_ctx, c.d_model}; }},
-    {parameter_id::attn_norm, "attn_norm", true, 1, true, "attn_norm.weight", 1,
-     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
-    {parameter_id::attn_norm_bias, "attn_norm_bias", true, 1, false, "attn_norm.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
-    {parameter_id::w_q, "w_q", true, 2, false, "attn_q.weight", 2,
-     [](const model_config& c) { return extents<2>{c.n_heads * c.d_head(), c.d_model}; }},
-    {parameter_id::b_q, "b_q", true, 1, false, "attn_q.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_heads * c.d_head()), 0}; }},
-    {parameter_id::w_k, "w_k", true, 2, false, "attn_k.weight", 3,
-     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
-    {parameter_id::b_k, "b_k", true, 1, false, "attn_k.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
-    {parameter_id::w_v, "w_v", true, 2, false, "attn_v.weight", 4,
-     [](const model_config& c) { return extents<2>{c.n_kv_heads * c.d_head(), c.d_model}; }},
-    {parameter_id::b_v, "b_v", true, 1, false, "attn_v.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.n_kv_heads * c.d_head()), 0}; }},
-    {parameter_id::w_o, "w_o", true, 2, false, "attn_output.weight", 5,
-     [](const model_config& c) { return extents<2>{c.d_model, c.n_heads * c.d_head()}; }},
-    {parameter_id::b_o, "b_o", true, 1, false, "attn_output.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.d_model), 0}; }},
-    {parameter_id::mlp_norm, "mlp_norm", true, 1, true, "ffn_norm.weight", 6,
-     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_width(c), 0}; }},
-    {parameter_id::mlp_norm_bias, "mlp_norm_bias", true, 1, false, "ffn_norm.bias", -1,
-     [](const model_config& c) { return extents<2>{c.attn_only() ? 0 : detail::norm_bias_width(c), 0}; }},
-    {parameter_id::w_gate, "w_gate", true, 2, false, "ffn_gate.weight", 7,
-     [](const model_config& c) {
-         return c.mlp == mlp_kind::gated_silu ? extents<2>{c.d_mlp, c.d_model} : extents<2>{0, 0};
-     }},
-    {parameter_id::w_up, "w_up", true, 2, false, "ffn_up.weight", 9,
-     [](const model_config& c) { return extents<2>{detail::mlp_width(c), detail::mlp_side(c)}; }},
-    {parameter_id::b_up, "b_up", true, 1, false, "ffn_up.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_width(c)), 0}; }},
-    {parameter_id::w_down, "w_down", true, 2, false, "ffn_down.weight", 8,
-     [](const model_config& c) { return extents<2>{detail::mlp_side(c), detail::mlp_width(c)}; }},
-    {parameter_id::b_down, "b_down", true, 1, false, "ffn_down.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, detail::mlp_side(c)), 0}; }},
-    {parameter_id::final_norm, "final_norm", false, 1, true, "output_norm.weight", 10,
-     [](const model_config& c) { return extents<2>{detail::norm_width(c), 0}; }},
-    {parameter_id::final_norm_bias, "final_norm_bias", false, 1, false, "output_norm.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::norm_bias_width(c), 0}; }},
-    {parameter_id::unembed, "unembed", false, 2, false, "output.weight", 13,
-     [](const model_config& c) { return extents<2>{c.vocab_out(), c.d_model}; }},
-    {parameter_id::unembed_bias, "unembed_bias", false, 1, false, "output.bias", -1,
-     [](const model_config& c) { return extents<2>{detail::bias_width(c, c.vocab_out()), 0}; }},
-}};
-
-/// The table's row for `id`.
-constexpr const parameter_traits& traits_of(parameter_id id) noexcept {
-    return parameter_table[static_cast<std::size_t>(id)];
-}
-
-/// Number of elements of a row's tensor under `c` (0 when the config has no such weight).
-constexpr index_t parameter_size(const parameter_traits& row, const model_config& c) noexcept {
-    const extents<2> e = row.shape(c);
-    return row.rank == 1 ? e[0] : e[0] * e[1];
-}
-
-/// True when a model with config `c` stores its own copy of the row's tensor (a tied unembedding is the token
-/// embedding's memory, not stored twice).
-constexpr bool parameter_stored(const parameter_traits& row, const model_config& c) noexcept {
-    if (row.id == parameter_id::unembed && c.tied_unembed) return false;
-    return parameter_size(row, c) > 0;
-}
-
-namespace detail {
-/// True when the table lists every parameter_id once, in enum order (checked at compile time below).
-constexpr bool parameter_table_is_in_order() noexcept {
-    for (std::size_t i = 0; i < parameter_count; ++i)
-        if (static_cast<std::size_t>(parameter_table[i].id) != i) return false;
-    return true;
-}
-static_assert(parameter_table_is_in_order(), "parameter_table must list every parameter_id once, in enum order");
-/// True when the per-block rows are contiguous in the table, so global rows fall before or after the blocks.
-constexpr bool block_rows_are_contiguous() noexcept {
-    std::size_t first = parameter_count, last = 0;
-    for (std::size_t i = 0; i < parameter_count; ++i)
-        if (parameter_table[i].per_block) {
-            first = std::min(first, i);
-            last = i;
-        }
-    for (std::size_t i = first; i <= last; ++i)
-        if (!parameter_table[i].per_block) return false;
-    return true;
-}
-static_assert(block_rows_are_contiguous(), "parameter_table: the per-block rows must be contiguous");
-}  // namespace detail
-
-/// True for a model-wide row stored before the blocks (the embeddings); false for per-block rows and those after.
-constexpr bool stored_before_blocks(parameter_id id) noexcept {
-    for (const parameter_traits& row : parameter_table) {
-        if (row.per_block) return false;
-        if (row.id == id) return true;
-    }
-    return false;
-}
-/// True for a model-wide row stored after the blocks (the final norm and the unembedding).
-constexpr bool stored_after_blocks(parameter_id id) noexcept {
-    return !traits_of(id).per_block && !stored_before_blocks(id);
-}
-
-namespace detail {
-}  // namespace detail
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/model/parameter_table.hpp ----
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// Weights of one block as views of T (const float for a loaded model, float or double for owned parameters and
-/// their gradients); every matrix is (out_features, in_features), row-major, as in llama2.c and GGUF. Views a config
-/// does not use (see the parameter table) are empty (extents 0).
-template <class T>
-struct basic_layer_weights {
-    tensor_view<T, 1> attn_norm;       ///< (d_model) norm gain before attention.
-    tensor_view<T, 1> attn_norm_bias;  ///< (d_model) norm bias before attention (LayerNorm).
-    tensor_view<T, 2> w_q;             ///< (n_heads * d_head, d_model)
-    tensor_view<T, 1> b_q;             ///< (n_heads * d_head)
-    tensor_view<T, 2> w_k;             ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 1> b_k;             ///< (n_kv_heads * d_head)
-    tensor_view<T, 2> w_v;             ///< (n_kv_heads * d_head, d_model)
-    tensor_view<T, 1> b_v;             ///< (n_kv_heads * d_head)
-    tensor_view<T, 2> w_o;             ///< (d_model, n_heads * d_head)
-    tensor_view<T, 1> b_o;             ///< (d_model)
-    tensor_view<T, 1> mlp_norm;        ///< (d_model) norm gain before the MLP.
-    tensor_view<T, 1> mlp_norm_bias;   ///< (d_model) norm bias before the MLP (LayerNorm).
-    tensor_view<T, 2> w_gate;          ///< (d_mlp, d_model) "w1"; SiLU is applied to its output (gated MLP).
-    tensor_view<T, 2> w_up;            ///< (d_mlp, d_model) "w3", multiplied with the gate; W_in of a plain MLP.
-    tensor_view<T, 1> b_up;            ///< (d_mlp) b_in of a plain MLP.
-    tensor_view<T, 2> w_down;          ///< (d_model, d_mlp) "w2".
-    tensor_view<T, 1> b_down;          ///< (d_model) b_out.
-};
-
-/// Weights of one block of a loaded model.
-using layer_weights = basic_layer_weights<const float>;
-
-/// Calls f(parameter_id, view) for every per-block view of `layer` (a basic_layer_weights), in table order: the one
-/// place that pairs the table's block rows with the struct's members.
-template <class Layer, class F>
-void for_each_block_view(Layer& layer, F&& f) {
-    f(parameter_id::attn_norm, layer.attn_norm);
-    f(parameter_id::attn_norm_bias, layer.attn_norm_bias);
-    f(parameter_id::w_q, layer.w_q);
-    f(parameter_id::b_q, layer.b_q);
-    f(parameter_id::w_k, layer.w_k);
-    f(parameter_id::b_k, layer.b_k);
-    f(parameter_id::w_v, layer.w_v);
-    f(parameter_id::b_v, layer.b_v);
-    f(parameter_id::w_o, layer.w_o);
-    f(parameter_id::b_o, layer.b_o);
-    f(parameter_id::mlp_norm, layer.mlp_norm);
-    f(parameter_id::mlp_norm_bias, layer.mlp_norm_bias);
-    f(parameter_id::w_gate, layer.w_gate);
-    f(parameter_id::w_up, layer.w_up);
-    f(parameter_id::b_up, layer.b_up);
-    f(parameter_id::w_down, layer.w_down);
-    f(parameter_id::b_down, layer.b_down);
-}
-
-/// Calls f(parameter_id, view) for every model-wide view of `model` (model_weights or basic_model_parameters), in
-/// table order: the one place that pairs the table's global rows with the members.
-template <class Model, class F>
-void for_each_global_view(Model& model, F&& f) {
-    f(parameter_id::token_embedding, model.token_embedding);
-    f(parameter_id::pos_embedding, model.pos_embedding);
-    f(parameter_id::final_norm, model.final_norm);
-    f(parameter_id::final_norm_bias, model.final_norm_bias);
-    f(parameter_id::unembed, model.unembed);
-    f(parameter_id::unembed_bias, model.unembed_bias);
-}
-
-/// Calls f(parameter_id, layer, view) for every view of `model`, layer -1 for the global ones: globals before the
-/// blocks in table order, the blocks in order, then the globals after them.
-template <class Model, class F>
-void for_each_view(Model& model, F&& f) {
-    for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (stored_before_blocks(id)) f(id, index_t{-1}, view);
-    });
-    for (std::size_t l = 0; l < model.layers.size(); ++l)
-        for_each_block_view(model.layers[l],
-                            [&](parameter_id id, auto& view) { f(id, static_cast<index_t>(l), view); });
-    for_each_global_view(model, [&](parameter_id id, auto& view) {
-        if (stored_after_blocks(id)) f(id, index_t{-1}, view);
-    });
-}
-
-/// All weights of a model: views into storage owned elsewhere (a memory-mapped file or converted buffers).
-struct model_weights {
-    tensor_view<const float, 2> token_embedding;  ///< (d_vocab, d_model)
-    tensor_view<const float, 2> pos_embedding;    ///< (n_ctx, d_model) with learned positions, else empty.
-    std::vector<layer_weights> layers;            ///< One entry per block.
-    tensor_view<const float, 1> final_norm;       ///< (d_model), empty without norms.
-    tensor_view<const float, 1> final_norm_bias;  ///< (d_model), LayerNorm only.
-    tensor_view<const float, 2> unembed;          ///< (d_vocab_out, d_model); aliases token_embedding when tied.
-    tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
-    /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
-    std::shared_ptr<const void> storage;
-};
-
-/// What a loader returns: hyper-parameters plus weight views (which keep their storage alive).
-struct loaded_model {
-    model_config config;    ///< Hyper-parameters read from the file.
-    model_weights weights;  ///< Views into the file's mapping or into converted buffers.
-};
-
-/// Throws shape_error unless every weight view has the extents `config` implies (the parameter table; empty where
-/// the config has no such weight).
-inline void validate_weights(const model_config& config, const model_weights& w) {
-    if (static_cast<index_t>(w.layers.size()) != config.n_layers)
-        throw shape_error("model has " + std::to_string(w.layers.size()) + " layers of weights, config says " +
-                          std::to_string(config.n_layers));
-    for_each_view(w, [&](parameter_id id, index_t, const auto& view) {
-        const parameter_traits& row = traits_of(id);
-        const extents<2> e = row.shape(config);
-        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
-            require_shape(view, {e[0]}, row.name.data());
-        else
-            require_shape(view, e, row.name.data());
-    });
-}
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/model/weights.hpp ----
 // ---- begin mechlens/model/weight_processing.hpp ----
 /// @file
 /// TransformerLens's weight processing, as opt-in functions on owned parameters: folding the norms' gains and biases
@@ -10329,7 +10471,7 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
 /// GGUF vocabularies, .npy arrays, safetensors files, JSON documents,
-/// PyTorch state dicts (`torch.save` zip archives).
+/// PyTorch state dicts (`torch.save` zip archives), TransformerLens and Hugging Face model folders.
 
 // ---- begin mechlens/io/checkpoint_format.hpp ----
 /// @file
@@ -10633,121 +10775,6 @@ MECHLENS_END_NAMESPACE
 #include <string_view>
 #include <type_traits>
 
-// ---- begin mechlens/io/loader_storage.hpp ----
-/// @file
-/// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
-
-#include <bit>
-#include <cstddef>
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <string>
-#include <utility>
-#include <vector>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// The object behind `model_weights::storage` for weights made by the mechlens loaders.
-struct loader_storage {
-    std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
-    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
-};
-
-namespace detail {
-
-/// Deleter that marks a `model_weights::storage` as a loader_storage (found again with std::get_deleter).
-struct loader_storage_deleter {
-    /// Deletes the storage.
-    void operator()(const loader_storage* p) const noexcept { delete p; }
-};
-
-/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
-inline float half_to_float(std::uint16_t h) noexcept {
-    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-    const std::uint32_t exponent = (h >> 10) & 0x1fu;
-    const std::uint32_t mantissa = h & 0x3ffu;
-    if (exponent == 0) {
-        // Zero or subnormal: mantissa * 2^-24, exact in float.
-        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
-        return sign ? -magnitude : magnitude;
-    }
-    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
-}
-
-/// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
-/// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
-class weight_builder {
-public:
-    /// A builder whose views may point into `file`.
-    explicit weight_builder(std::shared_ptr<const mapped_file> file) : storage_(std::make_unique<loader_storage>()) {
-        storage_->file = std::move(file);
-    }
-
-    /// `count` little-endian floats at `bytes` (inside the mapping): viewed in place, or copied when misaligned.
-    const float* f32(const std::byte* bytes, index_t count) {
-        if (reinterpret_cast<std::uintptr_t>(bytes) % alignof(float) == 0)
-            return reinterpret_cast<const float*>(bytes);  // the mapping holds these floats; never copy them
-        float* out = allocate(count);
-        std::memcpy(out, bytes, static_cast<std::size_t>(count) * sizeof(float));
-        return out;
-    }
-
-    /// `count` little-endian binary16 values at `bytes`, converted into an owned float buffer.
-    const float* f16(const std::byte* bytes, index_t count) {
-        float* out = allocate(count);
-        for (index_t i = 0; i < count; ++i) {
-            std::uint16_t h = 0;
-            std::memcpy(&h, bytes + 2 * i, sizeof h);
-            out[i] = half_to_float(h);
-        }
-        return out;
-    }
-
-    /// The storage to put in model_weights::storage; the builder is empty afterwards.
-    std::shared_ptr<const void> finish() {
-        const loader_storage* raw = storage_.release();
-        return std::shared_ptr<const void>(raw, loader_storage_deleter{});
-    }
-
-private:
-    float* allocate(index_t count) {
-        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
-        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
-        const std::shared_ptr<const mapped_file>& file = storage_->file;
-        converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
-        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
-            throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
-                               std::to_string(converted_bytes_) + " bytes for a file of " +
-                               std::to_string(file->size()) + " bytes");
-        storage_->converted.emplace_back(extents<1>{count});
-        return storage_->converted.back().data();
-    }
-
-    std::unique_ptr<loader_storage> storage_;
-    std::uint64_t converted_bytes_ = 0;
-};
-
-}  // namespace detail
-
-/// The loader_storage behind `weights`, or null when they were not made by a mechlens loader.
-inline const loader_storage* loader_storage_of(const model_weights& weights) noexcept {
-    if (std::get_deleter<detail::loader_storage_deleter>(weights.storage) == nullptr) return nullptr;
-    return static_cast<const loader_storage*>(weights.storage.get());
-}
-
-/// True when every byte of `view`'s elements lies inside the file mapping of `weights` (zero-copy check).
-template <class T, std::size_t Rank>
-bool views_mapping(const model_weights& weights, const tensor_view<T, Rank>& view) noexcept {
-    const loader_storage* s = loader_storage_of(weights);
-    if (s == nullptr || s->file == nullptr || !view.is_contiguous()) return false;
-    return s->file->contains(view.data(), static_cast<std::size_t>(view.size()) * sizeof(T));
-}
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/io/loader_storage.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 namespace detail {
@@ -10955,6 +10982,536 @@ inline vocabulary load_gguf_vocabulary(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/gguf_model.hpp ----
+// ---- begin mechlens/io/huggingface.hpp ----
+/// @file
+/// Hugging Face model folders: `config.json` (a PretrainedConfig) and `model.safetensors`, or shards listed by
+/// `model.safetensors.index.json` (`weight_map`: tensor name -> shard file), tensors in F32, F16 or BF16. Three
+/// architectures: GPT2LMHeadModel, LlamaForCausalLM and GPTNeoXForCausalLM. The config becomes a model_config; each
+/// Hugging Face tensor is one row of the name table below, rearranged into the parameter table's
+/// (out_features, in_features) layout (GPT-2's Conv1D stores (in, out); fused q|k|v tensors are split).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The Hugging Face model classes mechlens reads.
+enum class hf_architecture : std::uint8_t {
+    gpt2,      ///< GPT2LMHeadModel (model_type "gpt2").
+    llama,     ///< LlamaForCausalLM (model_type "llama").
+    gpt_neox,  ///< GPTNeoXForCausalLM (model_type "gpt_neox").
+};
+
+/// How a Hugging Face tensor is laid out relative to its parameter-table row.
+enum class hf_layout : std::uint8_t {
+    same,        ///< Identical row-major data: nn.Linear (out, in), embeddings, norms, biases.
+    conv1d,      ///< GPT-2's Conv1D weight (in, out): transposed.
+    conv1d_qkv,  ///< GPT-2's c_attn: weight (d_model, 3 * d_model), bias (3 * d_model), q|k|v along the out axis.
+    neox_qkv,    ///< GPT-NeoX's query_key_value: (3 * d_model, d_model) rows and bias, q, k, v blocks per head.
+};
+
+/// One row of the name table: a Hugging Face tensor name (block rows after the block prefix) for a parameter.
+struct hf_name {
+    hf_architecture architecture;  ///< The model class.
+    parameter_id id;               ///< The parameter-table row.
+    std::string_view name;         ///< Hugging Face's name; empty: not stored (the row stays zero).
+    hf_layout layout;              ///< How to rearrange it.
+    int part;                      ///< Which of q, k, v (0, 1, 2) a fused tensor contributes; 0 otherwise.
+};
+
+/// Hugging Face's names of mechlens's parameters, per architecture. Block rows follow the block prefix
+/// (`h.L.`, `model.layers.L.`, `gpt_neox.layers.L.`); GPT-2's names may also carry a `transformer.` prefix.
+inline constexpr hf_name hf_names[] = {
+    {hf_architecture::gpt2, parameter_id::token_embedding, "wte.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::pos_embedding, "wpe.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::attn_norm, "ln_1.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::attn_norm_bias, "ln_1.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::w_q, "attn.c_attn.weight", hf_layout::conv1d_qkv, 0},
+    {hf_architecture::gpt2, parameter_id::b_q, "attn.c_attn.bias", hf_layout::conv1d_qkv, 0},
+    {hf_architecture::gpt2, parameter_id::w_k, "attn.c_attn.weight", hf_layout::conv1d_qkv, 1},
+    {hf_architecture::gpt2, parameter_id::b_k, "attn.c_attn.bias", hf_layout::conv1d_qkv, 1},
+    {hf_architecture::gpt2, parameter_id::w_v, "attn.c_attn.weight", hf_layout::conv1d_qkv, 2},
+    {hf_architecture::gpt2, parameter_id::b_v, "attn.c_attn.bias", hf_layout::conv1d_qkv, 2},
+    {hf_architecture::gpt2, parameter_id::w_o, "attn.c_proj.weight", hf_layout::conv1d, 0},
+    {hf_architecture::gpt2, parameter_id::b_o, "attn.c_proj.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::mlp_norm, "ln_2.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::mlp_norm_bias, "ln_2.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::w_up, "mlp.c_fc.weight", hf_layout::conv1d, 0},
+    {hf_architecture::gpt2, parameter_id::b_up, "mlp.c_fc.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::w_down, "mlp.c_proj.weight", hf_layout::conv1d, 0},
+    {hf_architecture::gpt2, parameter_id::b_down, "mlp.c_proj.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::final_norm, "ln_f.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::final_norm_bias, "ln_f.bias", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::unembed, "lm_head.weight", hf_layout::same, 0},
+    {hf_architecture::gpt2, parameter_id::unembed_bias, "", hf_layout::same, 0},
+
+    {hf_architecture::llama, parameter_id::token_embedding, "model.embed_tokens.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::attn_norm, "input_layernorm.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_q, "self_attn.q_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_k, "self_attn.k_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_v, "self_attn.v_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_o, "self_attn.o_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::mlp_norm, "post_attention_layernorm.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_gate, "mlp.gate_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_up, "mlp.up_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::w_down, "mlp.down_proj.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::final_norm, "model.norm.weight", hf_layout::same, 0},
+    {hf_architecture::llama, parameter_id::unembed, "lm_head.weight", hf_layout::same, 0},
+
+    {hf_architecture::gpt_neox, parameter_id::token_embedding, "gpt_neox.embed_in.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::attn_norm, "input_layernorm.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::attn_norm_bias, "input_layernorm.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::w_q, "attention.query_key_value.weight", hf_layout::neox_qkv, 0},
+    {hf_architecture::gpt_neox, parameter_id::b_q, "attention.query_key_value.bias", hf_layout::neox_qkv, 0},
+    {hf_architecture::gpt_neox, parameter_id::w_k, "attention.query_key_value.weight", hf_layout::neox_qkv, 1},
+    {hf_architecture::gpt_neox, parameter_id::b_k, "attention.query_key_value.bias", hf_layout::neox_qkv, 1},
+    {hf_architecture::gpt_neox, parameter_id::w_v, "attention.query_key_value.weight", hf_layout::neox_qkv, 2},
+    {hf_architecture::gpt_neox, parameter_id::b_v, "attention.query_key_value.bias", hf_layout::neox_qkv, 2},
+    {hf_architecture::gpt_neox, parameter_id::w_o, "attention.dense.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::b_o, "attention.dense.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::mlp_norm, "post_attention_layernorm.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::mlp_norm_bias, "post_attention_layernorm.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::w_up, "mlp.dense_h_to_4h.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::b_up, "mlp.dense_h_to_4h.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::w_down, "mlp.dense_4h_to_h.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::b_down, "mlp.dense_4h_to_h.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::final_norm, "gpt_neox.final_layer_norm.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::final_norm_bias, "gpt_neox.final_layer_norm.bias", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::unembed, "embed_out.weight", hf_layout::same, 0},
+    {hf_architecture::gpt_neox, parameter_id::unembed_bias, "", hf_layout::same, 0},
+};
+
+/// A Hugging Face config read into mechlens's terms.
+struct hf_config {
+    hf_architecture architecture = hf_architecture::llama;  ///< The model class.
+    model_config config;                                    ///< The model's hyper-parameters.
+    /// True when the output embedding is tied to the input one (lm_head absent, or stored and equal).
+    bool tied = false;
+};
+
+namespace detail {
+
+/// The block prefix of `architecture` for block `layer`.
+inline std::string hf_block_prefix(hf_architecture architecture, index_t layer) {
+    std::string prefix = architecture == hf_architecture::gpt2    ? "h."
+                         : architecture == hf_architecture::llama ? "model.layers."
+                                                                  : "gpt_neox.layers.";
+    prefix += std::to_string(layer);
+    prefix += '.';
+    return prefix;
+}
+
+/// The integer field `key` (format_error naming the file and the key when absent, null or not an integer).
+inline index_t hf_integer(const json_value& cfg, std::string_view key) {
+    return static_cast<index_t>(cfg.at(key).as_int64());
+}
+
+/// The optional integer field `key`, or `fallback` when absent or null.
+inline index_t hf_integer_or(const json_value& cfg, std::string_view key, index_t fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : static_cast<index_t>(v->as_int64());
+}
+
+/// The optional number field `key`, or `fallback` when absent or null.
+inline double hf_number_or(const json_value& cfg, std::string_view key, double fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_double();
+}
+
+/// The optional boolean field `key`, or `fallback` when absent or null.
+inline bool hf_flag_or(const json_value& cfg, std::string_view key, bool fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_bool();
+}
+
+/// The optional string field `key`, or `fallback` when absent or null.
+inline std::string hf_text_or(const json_value& cfg, std::string_view key, std::string fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_string();
+}
+
+/// The plain-MLP kind of a Hugging Face activation name, or fails naming `where`.
+inline mlp_kind hf_activation(const std::string& act, const std::string& key, const std::string& where) {
+    if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return mlp_kind::plain_gelu;
+    if (act == "gelu") return mlp_kind::plain_gelu_erf;
+    if (act == "relu") return mlp_kind::plain_relu;
+    std::string what = key;
+    what += " '";
+    what += act.substr(0, 40);
+    what += "' is not supported (gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu)";
+    format_fail(where, what);
+}
+
+/// Casts a config float field; fails naming `where` when it is not finite in float.
+inline float hf_float(double value, std::string_view key, const std::string& where) {
+    if (!std::isfinite(value) || std::abs(value) > 3.0e38)
+        format_fail(where, std::string(key) + " is not a finite float");
+    return static_cast<float>(value);
+}
+
+/// The model class a config names: the first of `architectures`, else `model_type`.
+inline hf_architecture hf_architecture_of(const json_value& cfg, const std::string& where) {
+    std::string name;
+    if (const json_value* list = cfg.find("architectures"); list != nullptr && !list->is_null()) {
+        if (list->items().empty()) format_fail(where, "architectures is an empty list");
+        name = list->items().front().as_string();
+    }
+    const std::string type = hf_text_or(cfg, "model_type", "");
+    if (name == "GPT2LMHeadModel" || (name.empty() && type == "gpt2")) return hf_architecture::gpt2;
+    if (name == "LlamaForCausalLM" || (name.empty() && type == "llama")) return hf_architecture::llama;
+    if (name == "GPTNeoXForCausalLM" || (name.empty() && type == "gpt_neox")) return hf_architecture::gpt_neox;
+    std::string what = "architecture '";
+    what += (name.empty() ? type : name).substr(0, 60);
+    what += "' is not supported (GPT2LMHeadModel, LlamaForCausalLM, GPTNeoXForCausalLM)";
+    format_fail(where, what);
+}
+
+/// Fails naming `where` unless the optional field `key` is absent or null.
+inline void hf_require_null(const json_value& cfg, std::string_view key, const std::string& where) {
+    if (const json_value* v = cfg.find(key); v != nullptr && !v->is_null())
+        format_fail(where, std::string(key) + " is set; mechlens supports only its absence (null)");
+}
+
+}  // namespace detail
+
+/// The hf_config of a Hugging Face config.json (`cfg`). Throws format_error naming `where` for a missing field or a
+/// field of the wrong type, an architecture other than GPT2LMHeadModel, LlamaForCausalLM and GPTNeoXForCausalLM,
+/// and options mechlens does not implement (rope_scaling, attention biases in LLaMA, GPT-2's inverse-layer-index
+/// attention scaling or unscaled attention, ...).
+inline hf_config read_hf_config(const json_value& cfg, const std::string& where) {
+    auto fail = [&](const std::string& what) { detail::format_fail(where, what); };
+    if (!cfg.is_object()) fail("config.json is not a JSON object");
+    hf_config out;
+    out.architecture = detail::hf_architecture_of(cfg, where);
+    model_config& c = out.config;
+    switch (out.architecture) {
+        case hf_architecture::gpt2: {
+            c.d_model = detail::hf_integer(cfg, "n_embd");
+            c.n_layers = detail::hf_integer(cfg, "n_layer");
+            c.n_heads = detail::hf_integer(cfg, "n_head");
+            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
+            c.n_ctx = detail::hf_integer_or(cfg, "n_positions", detail::hf_integer_or(cfg, "n_ctx", 1024));
+            // n_inner null means 4 * n_embd; the guard keeps the product from overflowing (validate bounds d_model).
+            c.d_mlp = detail::hf_integer_or(cfg, "n_inner",
+                                            c.d_model > 0 && c.d_model <= (index_t{1} << 24) ? 4 * c.d_model : 0);
+            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "activation_function", "gelu_new"),
+                                          "activation_function", where);
+            c.norm_eps =
+                detail::hf_float(detail::hf_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
+            c.norm = norm_kind::layer;
+            c.positions = positional_kind::learned;
+            c.linear_biases = true;
+            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", true);
+            if (detail::hf_flag_or(cfg, "scale_attn_by_inverse_layer_idx", false))
+                fail("scale_attn_by_inverse_layer_idx true is not supported");
+            if (!detail::hf_flag_or(cfg, "scale_attn_weights", true))
+                fail("scale_attn_weights false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
+            (void)detail::hf_flag_or(cfg, "reorder_and_upcast_attn", false);  // precision only: accepted either way
+            detail::hf_require_null(cfg, "add_cross_attention", where);
+            break;
+        }
+        case hf_architecture::llama: {
+            c.d_model = detail::hf_integer(cfg, "hidden_size");
+            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
+            c.n_kv_heads = detail::hf_integer_or(cfg, "num_key_value_heads", c.n_heads);
+            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
+            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "rms_norm_eps", 1e-6), "rms_norm_eps", where);
+            c.rope_theta = detail::hf_float(detail::hf_number_or(cfg, "rope_theta", 10000.0), "rope_theta", where);
+            if (const index_t head = detail::hf_integer_or(cfg, "head_dim", 0);
+                head != 0 && (c.n_heads <= 0 || c.d_model % c.n_heads != 0 || head != c.d_model / c.n_heads))
+                c.d_head_size = head;  // heads need not tile the residual stream (validate range-checks it)
+            c.norm = norm_kind::rms;
+            c.positions = positional_kind::rotary;
+            c.rope = rope_layout::split_halves;  // Hugging Face's q/k rows are already in rotate_half order
+            c.mlp = mlp_kind::gated_silu;
+            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
+            if (const std::string act = detail::hf_text_or(cfg, "hidden_act", "silu"); act != "silu")
+                fail(std::string("hidden_act '") + act.substr(0, 40) + "' is not supported (silu)");
+            detail::hf_require_null(cfg, "rope_scaling", where);
+            if (detail::hf_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
+            if (detail::hf_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
+            break;
+        }
+        case hf_architecture::gpt_neox: {
+            c.d_model = detail::hf_integer(cfg, "hidden_size");
+            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
+            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
+            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "layer_norm_eps", 1e-5), "layer_norm_eps", where);
+            c.rope_theta = detail::hf_float(
+                detail::hf_number_or(cfg, "rotary_emb_base", detail::hf_number_or(cfg, "rope_theta", 10000.0)),
+                "rotary_emb_base", where);
+            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "hidden_act", "gelu"), "hidden_act", where);
+            c.norm = norm_kind::layer;
+            c.positions = positional_kind::rotary;
+            c.rope = rope_layout::split_halves;
+            c.linear_biases = true;
+            c.parallel_attn_mlp = detail::hf_flag_or(cfg, "use_parallel_residual", true);
+            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
+            const double pct = detail::hf_number_or(cfg, "rotary_pct", 0.25);
+            if (!(pct > 0.0 && pct <= 1.0)) fail("rotary_pct must lie in (0, 1]");
+            if (c.n_heads > 0 && c.d_model % c.n_heads == 0) {
+                const index_t d_head = c.d_model / c.n_heads;
+                const auto rotary = static_cast<index_t>(static_cast<double>(d_head) * pct);  // int() as HF does
+                if (rotary < 2 || rotary % 2 != 0)
+                    fail(std::string("rotary_pct ") + std::to_string(pct) + std::string(" gives ") +
+                         std::to_string(rotary) + " rotary dims per head; an even number >= 2 is needed");
+                if (rotary < d_head) c.rotary_dim_size = rotary;
+            }
+            detail::hf_require_null(cfg, "rope_scaling", where);
+            if (!detail::hf_flag_or(cfg, "attention_bias", true)) fail("attention_bias false is not supported");
+            break;
+        }
+    }
+    if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
+    c.tied_unembed = out.tied;
+    c.validate(where);
+    return out;
+}
+
+/// The `weight_map` of a `model.safetensors.index.json` (`index`): tensor name -> shard file name. Throws
+/// format_error naming `where` unless it is an object whose `weight_map` maps names to plain file names (no
+/// directories: a shard lies beside the index).
+inline std::map<std::string, std::string, std::less<>> read_hf_index(const json_value& index,
+                                                                     const std::string& where) {
+    if (!index.is_object()) detail::format_fail(where, "the index is not a JSON object");
+    const json_value& map = index.at("weight_map");
+    if (!map.is_object()) detail::format_fail(where, "weight_map is not an object");
+    std::map<std::string, std::string, std::less<>> out;
+    for (const json_member& m : map.members()) {
+        const std::string& file = m.value.as_string();
+        if (file.empty() || file == "." || file == ".." || file.find_first_of("/\\") != std::string::npos ||
+            file.find('\0') != std::string::npos)
+            detail::format_fail(where, std::string("weight_map names '") + file.substr(0, 100) + "' for tensor '" +
+                                           m.key.substr(0, 100) + "', which is not a plain file name");
+        out.emplace(m.key, file);
+    }
+    if (out.empty()) detail::format_fail(where, "weight_map is empty");
+    return out;
+}
+
+/// A tensor found in a shard: its shape, values and the file it came from (all owned elsewhere).
+struct hf_tensor_ref {
+    const std::vector<index_t>* shape = nullptr;  ///< Extents.
+    const std::vector<float>* values = nullptr;   ///< Row-major floats.
+    const std::string* file = nullptr;            ///< The shard's path, for messages.
+};
+
+/// The tensors of a model folder by name.
+using hf_tensor_map = std::map<std::string, hf_tensor_ref, std::less<>>;
+
+namespace detail {
+
+/// "(a, b, ...)" for messages.
+inline std::string hf_shape_text(const std::vector<index_t>& s) {
+    std::string text = "(";
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (i > 0) text += ", ";
+        text += std::to_string(s[i]);
+    }
+    text += ')';
+    return text;
+}
+
+/// Copies Hugging Face tensor `t` (named `name`) into the parameter view `destination` of row `row`.
+inline void hf_copy(const model_config& c, const hf_name& row, const std::string& name, const hf_tensor_ref& t,
+                    tensor_view<float, 2> destination) {
+    const std::vector<index_t>& shape = *t.shape;
+    const std::vector<float>& v = *t.values;
+    const index_t out = destination.extent(0), in = destination.extent(1);
+    const bool vector = traits_of(row.id).rank == 1;
+    auto expect = [&](std::vector<index_t> wanted) {
+        if (shape != wanted) {
+            std::string what = "tensor '" + name;
+            what += "' has shape ";
+            what += hf_shape_text(shape);
+            what += ", the config implies ";
+            what += hf_shape_text(wanted);
+            format_fail(*t.file, what);
+        }
+    };
+    auto at = [&](index_t i) { return v[static_cast<std::size_t>(i)]; };
+    const auto part = static_cast<index_t>(row.part);
+    switch (row.layout) {
+        case hf_layout::same:
+            expect(vector ? std::vector<index_t>{out} : std::vector<index_t>{out, in});
+            std::copy(v.begin(), v.end(), destination.data());
+            break;
+        case hf_layout::conv1d:  // (in, out) -> (out, in)
+            expect({in, out});
+            for (index_t i = 0; i < in; ++i)
+                for (index_t o = 0; o < out; ++o) destination(o, i) = at(i * out + o);
+            break;
+        case hf_layout::conv1d_qkv: {  // (d_model, 3 * d_model): columns [part * out, (part + 1) * out)
+            if (vector) {
+                expect({3 * out});
+                for (index_t o = 0; o < out; ++o) destination(o, 0) = at(part * out + o);
+            } else {
+                expect({in, 3 * out});
+                for (index_t i = 0; i < in; ++i)
+                    for (index_t o = 0; o < out; ++o) destination(o, i) = at(i * 3 * out + part * out + o);
+            }
+            break;
+        }
+        case hf_layout::neox_qkv: {  // head h's rows: [h * 3 * d_head + part * d_head, ... + d_head)
+            const index_t d_head = c.d_head(), heads = out / d_head;
+            const index_t width = vector ? 1 : in;
+            expect(vector ? std::vector<index_t>{3 * out} : std::vector<index_t>{3 * out, in});
+            for (index_t h = 0; h < heads; ++h)
+                for (index_t k = 0; k < d_head; ++k) {
+                    const index_t source = (h * 3 * d_head + part * d_head + k) * width;
+                    for (index_t i = 0; i < width; ++i) destination(h * d_head + k, i) = at(source + i);
+                }
+            break;
+        }
+    }
+}
+
+/// True for the buffers Hugging Face checkpoints may hold besides the weights (masks, rotary tables).
+inline bool hf_ignored_tensor(std::string_view name) {
+    for (std::string_view suffix :
+         {".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq"})
+        if (name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix) return true;
+    return false;
+}
+
+}  // namespace detail
+
+/// Builds a model from a Hugging Face config and its tensors by name. Every tensor the config implies must be present
+/// with its Hugging Face shape; a tied lm_head may be absent or equal to the embedding; buffers (attention masks,
+/// rotary tables) are skipped; any other tensor is an error. Throws format_error naming the file concerned.
+inline loaded_model hf_model(const hf_config& hf, const hf_tensor_map& tensors, const std::string& where) {
+    const model_config& c = hf.config;
+    std::set<std::string, std::less<>> used;
+    // GPT-2's names may carry a `transformer.` prefix (GPT2LMHeadModel) or not (GPT2Model).
+    auto find = [&](const std::string& name) -> const hf_tensor_map::value_type* {
+        if (const auto it = tensors.find(name); it != tensors.end()) return &*it;
+        if (hf.architecture == hf_architecture::gpt2) {
+            std::string prefixed = "transformer.";
+            prefixed += name;
+            if (const auto it = tensors.find(prefixed); it != tensors.end()) return &*it;
+        }
+        return nullptr;
+    };
+    auto params = std::make_shared<model_parameters>(c);
+    for (const parameter_entry& e : params->layout()) {
+        const hf_name* row = nullptr;
+        for (const hf_name& candidate : hf_names)
+            if (candidate.architecture == hf.architecture && candidate.id == e.id) row = &candidate;
+        if (row == nullptr) detail::format_fail(where, "no Hugging Face name for parameter '" + e.name + "'");
+        if (row->name.empty()) continue;  // not stored by this architecture: stays zero (GPT-2's unembedding bias)
+        std::string name = e.layer >= 0 ? detail::hf_block_prefix(hf.architecture, e.layer) : std::string();
+        name += row->name;
+        const auto* found = find(name);
+        if (found == nullptr) detail::format_fail(where, "the model lacks tensor '" + name + "'");
+        used.insert(found->first);
+        detail::hf_copy(c, *row, found->first, found->second, view_of(*params, e.id, e.layer));
+    }
+    if (hf.tied) {  // a stored lm_head must be the embedding itself
+        for (const hf_name& row : hf_names) {
+            if (row.architecture != hf.architecture || row.id != parameter_id::unembed) continue;
+            const auto* head = find(std::string(row.name));
+            if (head == nullptr) break;
+            used.insert(head->first);
+            const auto embedding = view_of(*params, parameter_id::token_embedding, -1);
+            const std::vector<float>& values = *head->second.values;
+            if (*head->second.shape != std::vector<index_t>{c.d_vocab, c.d_model} ||
+                !std::equal(values.begin(), values.end(), embedding.data()))
+                detail::format_fail(*head->second.file, "tensor '" + head->first +
+                                                            "' differs from the input embedding, but the config ties "
+                                                            "them (tie_word_embeddings)");
+        }
+    }
+    for (const auto& [name, ref] : tensors) {
+        if (used.count(name) != 0 || detail::hf_ignored_tensor(name)) continue;
+        detail::format_fail(
+            *ref.file, std::string("unexpected tensor '") + name.substr(0, 200) + "' (not a parameter of this config)");
+    }
+    loaded_model out{c, params->weights()};
+    return out;
+}
+
+/// True when `directory`'s config.json names a Hugging Face model (`architectures` or `model_type`) rather than a
+/// TransformerLens one.
+inline bool is_huggingface_directory(const std::filesystem::path& directory) {
+    const std::filesystem::path config = directory / "config.json";
+    if (!std::filesystem::is_regular_file(config)) return false;
+    const json_value cfg = read_json_file(config);
+    return cfg.is_object() && (cfg.find("architectures") != nullptr || cfg.find("model_type") != nullptr) &&
+           cfg.find("d_head") == nullptr;
+}
+
+/// Loads a Hugging Face model folder: config.json plus model.safetensors, or the shards that
+/// model.safetensors.index.json lists (each must exist, and each tensor must be in the shard the index names). F16
+/// and BF16 tensors are converted to float. Throws format_error naming the file concerned.
+inline loaded_model load_huggingface(const std::filesystem::path& directory) {
+    const std::filesystem::path config_path = directory / "config.json";
+    const hf_config hf = read_hf_config(read_json_file(config_path), config_path.string());
+    const std::filesystem::path index_path = directory / "model.safetensors.index.json";
+    const std::filesystem::path single = directory / "model.safetensors";
+
+    std::vector<std::string> paths;                         // the files read, in order
+    std::vector<safetensors_file> files;                    // their tensors
+    std::map<std::string, std::string, std::less<>> index;  // tensor -> shard path (sharded models only)
+    if (std::filesystem::is_regular_file(index_path)) {
+        const std::string where = index_path.string();
+        std::set<std::string> shards;
+        for (auto& [tensor, file] : read_hf_index(read_json_file(index_path), where)) {
+            file = (directory / file).string();
+            shards.insert(file);
+            index.emplace(tensor, file);
+        }
+        for (const std::string& shard : shards)
+            if (!std::filesystem::is_regular_file(shard))
+                detail::format_fail(where, std::string("lists shard '") +
+                                               std::filesystem::path(shard).filename().string() +
+                                               "', which does not exist");
+        paths.assign(shards.begin(), shards.end());
+    } else if (std::filesystem::is_regular_file(single)) {
+        paths.push_back(single.string());
+    } else {
+        detail::format_fail(directory.string(),
+                            "a Hugging Face model folder needs model.safetensors or "
+                            "model.safetensors.index.json beside config.json");
+    }
+    files.reserve(paths.size());
+    for (const std::string& path : paths) files.push_back(read_safetensors(path, safetensors_dtypes::float_any));
+
+    hf_tensor_map tensors;
+    for (std::size_t f = 0; f < files.size(); ++f)
+        for (const safetensors_tensor& t : files[f].tensors) {
+            if (!index.empty()) {
+                const auto listed = index.find(t.name);
+                if (listed == index.end() || listed->second != paths[f])
+                    detail::format_fail(paths[f], std::string("holds tensor '") + t.name.substr(0, 200) +
+                                                      "', which model.safetensors.index.json does not assign to it");
+            }
+            if (!tensors.emplace(t.name, hf_tensor_ref{&t.shape, &t.values, &paths[f]}).second)
+                detail::format_fail(paths[f], std::string("tensor '") + t.name.substr(0, 200) + "' appears twice");
+        }
+    for (const auto& [tensor, shard] : index)
+        if (tensors.count(tensor) == 0)
+            detail::format_fail(shard, std::string("lacks tensor '") + tensor.substr(0, 200) +
+                                           "', which model.safetensors.index.json assigns to it");
+    return hf_model(hf, tensors, paths.size() == 1 ? paths.front() : index_path.string());
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/huggingface.hpp ----
 // ---- begin mechlens/io/llama2c.hpp ----
 /// @file
 /// Loader for Karpathy's llama2.c legacy checkpoint format (`.bin`), viewing the weights inside the mapping.
@@ -12485,7 +13042,8 @@ inline loaded_model load_transformerlens(const std::filesystem::path& directory)
                                                 "config.json, found " + std::to_string(candidates.size()));
     const std::filesystem::path& weights = candidates.front();
     if (weights.extension() == ".safetensors")
-        return transformerlens_model(tl, read_safetensors(weights).tensors, weights.string());
+        return transformerlens_model(tl, read_safetensors(weights, safetensors_dtypes::float_any).tensors,
+                                     weights.string());
     return transformerlens_model(tl, read_torch_state_dict(weights).tensors, weights.string());
 }
 
@@ -12539,17 +13097,19 @@ inline model_format sniff_model_format(const std::filesystem::path& path) {
 
 /// Loads a model file in any model_format, sniffed from its first bytes (sniff_model_format): GGUF and llama2.c
 /// weights view the file's mapping; a training checkpoint is read by checkpoint_model_from_safetensors (see
-/// load_checkpoint_model), its weights a copy they keep alive. A directory is a TransformerLens model (config.json
-/// with HookedTransformerConfig fields and one state dict, see load_transformerlens). Throws format_error naming
-/// the file.
+/// load_checkpoint_model), its weights a copy they keep alive. A directory is a model folder told apart by its
+/// config.json: TransformerLens (HookedTransformerConfig fields n_layers, d_model, d_head, and one state dict, see
+/// load_transformerlens) or Hugging Face (`architectures` / `model_type`, and model.safetensors or shards, see
+/// load_huggingface). Throws format_error naming the file.
 inline loaded_model load_model(const std::filesystem::path& path) {
     if (std::filesystem::is_directory(path)) {
         if (!std::filesystem::is_regular_file(path / "config.json"))
             detail::format_fail(path.string(), "a model directory needs a config.json");
-        if (!is_transformerlens_directory(path))
-            detail::format_fail((path / "config.json").string(),
-                                "not a TransformerLens config (no n_layers, d_model and d_head fields)");
-        return load_transformerlens(path);
+        if (is_transformerlens_directory(path)) return load_transformerlens(path);
+        if (is_huggingface_directory(path)) return load_huggingface(path);
+        detail::format_fail((path / "config.json").string(),
+                            "neither a TransformerLens config (n_layers, d_model, d_head) nor a Hugging Face one "
+                            "(architectures, model_type)");
     }
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
     switch (sniff_model_format(file->data(), file->size())) {

@@ -355,10 +355,38 @@ def main() -> int:
     c.add("text_invalid_utf8", b"\x02a\xff\xfe\xc3 b\xed\xa0\x80")
     gpt2_count = c.count
 
+    # fuzz_hf_config: first byte 0 config.json, 1 model.safetensors.index.json, 2 safetensors read with F16/BF16.
+    c = Corpus(root, "fuzz_hf_config")
+    hf_fixtures = fixtures / "huggingface"
+    for folder in ("llama_bf16", "neox_sharded"):
+        cfg = hf_fixtures / folder / "config.json"
+        if cfg.is_file():
+            c.add(f"config_{folder}", b"\x00" + cfg.read_bytes())
+    gpt2_cfg = models / "hf" / "tiny-random-gpt2" / "config.json"
+    if gpt2_cfg.is_file():
+        c.add("config_tiny_random_gpt2", b"\x00" + gpt2_cfg.read_bytes())
+    c.add("config_gpt2_minimal", b"\x00" + json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 2,
+                                                       "vocab_size": 5, "n_positions": 4, "n_inner": None}).encode())
+    c.add("config_neox_minimal", b"\x00" + json.dumps({"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 16,
+                                                       "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                       "intermediate_size": 8, "vocab_size": 5,
+                                                       "max_position_embeddings": 4, "rotary_pct": 0.5}).encode())
+    index = hf_fixtures / "neox_sharded" / "model.safetensors.index.json"
+    if index.is_file():
+        c.add("index_neox", b"\x01" + index.read_bytes())
+    c.add("index_minimal", b"\x01" + json.dumps({"metadata": {"total_size": 8},
+                                                 "weight_map": {"a": "model-00001-of-00001.safetensors"}}).encode())
+    halves = json.dumps({"h": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
+                         "b": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [4, 8]}}).encode()
+    halves += b" " * ((8 - len(halves) % 8) % 8)
+    c.add("safetensors_halves", b"\x02" + struct.pack("<Q", len(halves)) + halves +
+          struct.pack("<2e", 1.5, -0.25) + struct.pack("<2H", 0x3F80, 0xC000))
+    hf_count = c.count
+
 
     print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
           f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}, json {json_count}, "
-          f"gpt2_vocab {gpt2_count}"
+          f"gpt2_vocab {gpt2_count}, hf_config {hf_count}"
           + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
     return 0
 

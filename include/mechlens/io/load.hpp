@@ -13,6 +13,7 @@
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/checkpoint_format.hpp"
 #include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/huggingface.hpp"
 #include "mechlens/io/llama2c.hpp"
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/io/safetensors.hpp"
@@ -53,17 +54,19 @@ inline model_format sniff_model_format(const std::filesystem::path& path) {
 
 /// Loads a model file in any model_format, sniffed from its first bytes (sniff_model_format): GGUF and llama2.c
 /// weights view the file's mapping; a training checkpoint is read by checkpoint_model_from_safetensors (see
-/// load_checkpoint_model), its weights a copy they keep alive. A directory is a TransformerLens model (config.json
-/// with HookedTransformerConfig fields and one state dict, see load_transformerlens). Throws format_error naming
-/// the file.
+/// load_checkpoint_model), its weights a copy they keep alive. A directory is a model folder told apart by its
+/// config.json: TransformerLens (HookedTransformerConfig fields n_layers, d_model, d_head, and one state dict, see
+/// load_transformerlens) or Hugging Face (`architectures` / `model_type`, and model.safetensors or shards, see
+/// load_huggingface). Throws format_error naming the file.
 inline loaded_model load_model(const std::filesystem::path& path) {
     if (std::filesystem::is_directory(path)) {
         if (!std::filesystem::is_regular_file(path / "config.json"))
             detail::format_fail(path.string(), "a model directory needs a config.json");
-        if (!is_transformerlens_directory(path))
-            detail::format_fail((path / "config.json").string(),
-                                "not a TransformerLens config (no n_layers, d_model and d_head fields)");
-        return load_transformerlens(path);
+        if (is_transformerlens_directory(path)) return load_transformerlens(path);
+        if (is_huggingface_directory(path)) return load_huggingface(path);
+        detail::format_fail((path / "config.json").string(),
+                            "neither a TransformerLens config (n_layers, d_model, d_head) nor a Hugging Face one "
+                            "(architectures, model_type)");
     }
     std::shared_ptr<const mapped_file> file = mapped_file::open(path);
     switch (sniff_model_format(file->data(), file->size())) {

@@ -1,11 +1,12 @@
 #pragma once
 /// @file
 /// `.safetensors` files of float32 tensors: a writer that Hugging Face's readers (and numpy with a few lines) load
-/// unchanged, and a strict, bounds-checked reader. The layout: an 8-byte little-endian header length N, N bytes of
+/// unchanged, and a strict, bounds-checked reader (F32, and on request F16 and BF16 converted to float). The layout: an 8-byte little-endian header length N, N bytes of
 /// JSON (`{"name": {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}, ..., "__metadata__": {...}}`,
 /// padded with spaces), then the tensor bytes, offsets relative to the end of the header.
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,7 @@
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/json.hpp"
+#include "mechlens/io/loader_storage.hpp"
 #include "mechlens/io/mapped_file.hpp"
 #include "mechlens/tensor/errors.hpp"
 
@@ -32,7 +34,13 @@ struct safetensors_tensor_ref {
     const float* data = nullptr; ///< product(shape) floats in row-major order.
 };
 
-/// One float32 tensor read from a file.
+/// The tensor dtypes a safetensors reader accepts.
+enum class safetensors_dtypes : std::uint8_t {
+    f32_only,   ///< F32 only (mechlens's own files: checkpoints, activation caches).
+    float_any,  ///< F32, F16 and BF16 (Hugging Face and TransformerLens files); halves are converted to float.
+};
+
+/// One float32 tensor read from a file (converted to float when the file stored F16 or BF16).
 struct safetensors_tensor {
     std::string name;            ///< Tensor name.
     std::vector<index_t> shape;  ///< Extents, outermost first.
@@ -126,13 +134,16 @@ inline void write_safetensors(const std::filesystem::path& path, const std::vect
     if (!out) detail::format_fail(path.string(), "write failed");
 }
 
-/// Reads a `.safetensors` file whose tensors are all F32. Throws format_error naming the file for anything else:
-/// truncation, a header that is not strict JSON or not the safetensors schema, another dtype, offsets that do not
-/// match the shape or do not tile the data exactly (no holes, no overlaps, nothing after the last tensor).
-inline safetensors_file read_safetensors(const std::filesystem::path& path);
+/// Reads a `.safetensors` file whose tensors are all F32 (or, with safetensors_dtypes::float_any, F32, F16 or BF16,
+/// converted to float). Throws format_error naming the file for anything else: truncation, a header that is not
+/// strict JSON or not the safetensors schema, another dtype, offsets that do not match the shape or do not tile the
+/// data exactly (no holes, no overlaps, nothing after the last tensor).
+inline safetensors_file read_safetensors(const std::filesystem::path& path,
+                                         safetensors_dtypes accepted = safetensors_dtypes::f32_only);
 
 /// Parses the `size` bytes of a `.safetensors` file at `bytes` (errors name `where`); read_safetensors without the file.
-inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where) {
+inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t size, const std::string& where,
+                                          safetensors_dtypes accepted = safetensors_dtypes::f32_only) {
     detail::byte_reader r(bytes, size, where);
     const auto header_length = r.read<std::uint64_t>("header length");
     if (header_length > detail::safetensors_max_header)
@@ -148,6 +159,8 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
     struct span {
         std::uint64_t begin, end;
         std::size_t tensor;
+        std::uint64_t element_bytes;  // 4 (F32) or 2 (F16 / BF16)
+        bool brain;                   // BF16 rather than F16
     };
     std::vector<span> spans;
     for (const auto& [name, entry] : root.members()) {
@@ -170,8 +183,13 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
         }
         if (!dtype || !shape || !offsets) r.fail(what + " lacks dtype, shape or data_offsets");
         if (!dtype->is_string()) r.fail(what + ": dtype is not a string");
-        if (dtype->as_string() != "F32")
-            r.fail(what + " has dtype " + dtype->as_string().substr(0, 20) + "; only F32 is supported");
+        const std::string& type = dtype->as_string();
+        const bool half = accepted == safetensors_dtypes::float_any && (type == "F16" || type == "BF16");
+        if (type != "F32" && !half)
+            r.fail(what + " has dtype " + type.substr(0, 20) +
+                   (accepted == safetensors_dtypes::float_any ? "; only F32, F16 and BF16 are supported"
+                                                              : "; only F32 is supported"));
+        const std::uint64_t element_bytes = half ? 2 : sizeof(float);
         if (!shape->is_array()) r.fail(what + ": shape is not an array");
         if (shape->items().size() > 32) r.fail(what + " has more than 32 dimensions");
         safetensors_tensor t;
@@ -190,10 +208,10 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
         if (begin > end || end > data_size)
             r.fail(what + " data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                    ") lie outside the " + std::to_string(data_size) + " data bytes");
-        if (end - begin != detail::checked_mul(count, sizeof(float), where, what))
+        if (end - begin != detail::checked_mul(count, element_bytes, where, what))
             r.fail(what + " holds " + std::to_string(end - begin) + " bytes, but its shape needs " +
-                   std::to_string(count * sizeof(float)));
-        spans.push_back({begin, end, out.tensors.size()});
+                   std::to_string(count * element_bytes));
+        spans.push_back({begin, end, out.tensors.size(), element_bytes, type == "BF16"});
         out.tensors.push_back(std::move(t));
     }
     // Like the reference implementation: the tensors must tile the data area exactly.
@@ -211,19 +229,29 @@ inline safetensors_file parse_safetensors(const std::byte* bytes, std::size_t si
     if (expected != data_size)
         r.fail("the tensors cover " + std::to_string(expected) + " of the " + std::to_string(data_size) +
                " data bytes");
-    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most the file's size
-    // (copying first let many tensors naming the same bytes allocate that many copies).
+    // Copy only now: tensors that tile the data cannot overlap, so the copies add up to at most twice the file's
+    // size (copying first let many tensors naming the same bytes allocate that many copies).
     for (const span& s : spans) {
         std::vector<float>& values = out.tensors[s.tensor].values;
-        values.resize(static_cast<std::size_t>((s.end - s.begin) / sizeof(float)));
-        if (!values.empty()) std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+        values.resize(static_cast<std::size_t>((s.end - s.begin) / s.element_bytes));
+        if (values.empty()) continue;
+        if (s.element_bytes == sizeof(float)) {
+            std::memcpy(values.data(), data + s.begin, static_cast<std::size_t>(s.end - s.begin));
+            continue;
+        }
+        for (std::size_t i = 0; i < values.size(); ++i) {
+            std::uint16_t h = 0;
+            std::memcpy(&h, data + s.begin + 2 * i, sizeof h);
+            // BF16 is the top half of a float32; F16 is IEEE binary16.
+            values[i] = s.brain ? std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16) : detail::half_to_float(h);
+        }
     }
     return out;
 }
 
-inline safetensors_file read_safetensors(const std::filesystem::path& path) {
+inline safetensors_file read_safetensors(const std::filesystem::path& path, safetensors_dtypes accepted) {
     const std::shared_ptr<const mapped_file> file = mapped_file::open(path);
-    return parse_safetensors(file->data(), file->size(), path.string());
+    return parse_safetensors(file->data(), file->size(), path.string(), accepted);
 }
 
 MECHLENS_END_NAMESPACE

@@ -334,7 +334,8 @@ inline loaded_model load_transformerlens(const std::filesystem::path& directory)
                                                 "config.json, found " + std::to_string(candidates.size()));
     const std::filesystem::path& weights = candidates.front();
     if (weights.extension() == ".safetensors")
-        return transformerlens_model(tl, read_safetensors(weights).tensors, weights.string());
+        return transformerlens_model(tl, read_safetensors(weights, safetensors_dtypes::float_any).tensors,
+                                     weights.string());
     return transformerlens_model(tl, read_torch_state_dict(weights).tensors, weights.string());
 }
 
