@@ -111,6 +111,11 @@ std::optional<text_tokenizer> optional_tokenizer(const fs::path& model_path,
     } catch (const usage_error&) {
         if (explicit_path) throw;  // asked for explicitly
         return std::nullopt;
+    } catch (const mechlens::format_error& error) {
+        // Tokenizer files found beside the model but unreadable: with token ids given, show ids and say why.
+        if (explicit_path) throw;
+        std::fprintf(stderr, "mechlens: showing token ids: %s\n", error.what());
+        return std::nullopt;
     }
 }
 

@@ -64,7 +64,7 @@ text_tokenizer resolve_tokenizer(const std::filesystem::path& model_path,
                                  const std::optional<std::string>& explicit_path);
 
 /// resolve_tokenizer when the model has a tokenizer or --tokenizer names one; nullopt (tokens shown as ids) when
-/// the model has none and none was asked for.
+/// the model has none and none was asked for, or when the files beside it do not read (a one-line note on stderr).
 std::optional<text_tokenizer> optional_tokenizer(const std::filesystem::path& model_path,
                                                  const std::optional<std::string>& explicit_path);
 
