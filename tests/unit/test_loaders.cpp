@@ -689,9 +689,9 @@ TEST_CASE("loaders: hostile synthetic GGUF files are rejected with clear message
          "expected an integer"},
         {[](gguf_writer& w) {
              w.erase_kv("general.architecture");
-             w.kv_str("general.architecture", "gpt2");
+             w.kv_str("general.architecture", "mamba");
          },
-         "architecture 'gpt2'"},
+         "architecture 'mamba' is not supported (only 'llama', 'gpt2')"},
         {[](gguf_writer& w) {
              w.find("blk.0.attn_k.weight").dims = {16, 32};
          },

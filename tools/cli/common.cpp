@@ -10,15 +10,78 @@ namespace fs = std::filesystem;
 
 namespace mechlens_cli {
 
-mechlens::bpe_tokenizer resolve_tokenizer(const fs::path& model_path, const std::optional<std::string>& explicit_path) {
-    if (explicit_path) {
-        const fs::path path(*explicit_path);
-        if (path.extension() == ".gguf") return mechlens::bpe_tokenizer(mechlens::load_gguf_vocabulary(path));
-        return mechlens::bpe_tokenizer::from_llama2c(path);
+std::vector<std::int32_t> text_tokenizer::encode_prompt(std::string_view text) const {
+    if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&tokenizer_))
+        return sentencepiece->encode(text, true);
+    const auto& gpt2 = std::get<mechlens::gpt2_tokenizer>(tokenizer_);
+    std::vector<std::int32_t> out;
+    if (const std::int32_t bos = gpt2.end_of_text_id(); bos >= 0) out.push_back(bos);
+    const std::vector<std::int32_t> body = gpt2.encode(text, true);
+    out.insert(out.end(), body.begin(), body.end());
+    return out;
+}
+
+std::string text_tokenizer::decode(std::span<const std::int32_t> tokens) const {
+    return std::visit([&](const auto& t) { return t.decode(tokens); }, tokenizer_);
+}
+
+std::string text_tokenizer::piece(std::int32_t previous, std::int32_t token) const {
+    if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&tokenizer_))
+        return sentencepiece->decode_piece(previous, token);
+    return std::get<mechlens::gpt2_tokenizer>(tokenizer_).token_bytes(token);
+}
+
+std::int32_t text_tokenizer::bos_id() const {
+    if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&tokenizer_)) return sentencepiece->bos_id();
+    return std::get<mechlens::gpt2_tokenizer>(tokenizer_).end_of_text_id();
+}
+
+std::int32_t text_tokenizer::eos_id() const {
+    if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&tokenizer_)) return sentencepiece->eos_id();
+    return std::get<mechlens::gpt2_tokenizer>(tokenizer_).end_of_text_id();
+}
+
+namespace {
+
+/// True when `directory` holds GPT-2 tokenizer files (tokenizer.json, or vocab.json and merges.txt).
+bool has_gpt2_files(const fs::path& directory) {
+    return fs::is_regular_file(directory / "tokenizer.json") ||
+           (fs::is_regular_file(directory / "vocab.json") && fs::is_regular_file(directory / "merges.txt"));
+}
+
+/// The vocabulary a GGUF file embeds, of either family.
+text_tokenizer gguf_tokenizer(const mechlens::gguf_file& g) {
+    if (g.get_string("tokenizer.ggml.model") == "gpt2")
+        return text_tokenizer(mechlens::gpt2_tokenizer(mechlens::load_gguf_gpt2_vocabulary(g)));
+    return text_tokenizer(mechlens::bpe_tokenizer(mechlens::load_gguf_vocabulary(g)));
+}
+
+}  // namespace
+
+text_tokenizer open_tokenizer(const fs::path& path) {
+    if (fs::is_directory(path) || path.extension() == ".json")
+        return text_tokenizer(mechlens::load_gpt2_tokenizer(path));
+    if (path.extension() == ".gguf") return gguf_tokenizer(mechlens::gguf_file(path));
+    return text_tokenizer(mechlens::bpe_tokenizer::from_llama2c(path));
+}
+
+text_tokenizer resolve_tokenizer(const fs::path& model_path, const std::optional<std::string>& explicit_path) {
+    if (explicit_path) return open_tokenizer(fs::path(*explicit_path));
+    if (fs::is_directory(model_path)) {
+        // A folder (TransformerLens, Hugging Face): its own tokenizer files, whichever loader read the weights.
+        if (has_gpt2_files(model_path)) return text_tokenizer(mechlens::load_gpt2_tokenizer(model_path));
+        throw usage_error(concat(model_path.string(),
+                                 " has no tokenizer (no tokenizer.json, nor vocab.json + merges.txt): give token ids "
+                                 "(--tokens) or --tokenizer PATH"));
     }
     switch (mechlens::sniff_model_format(model_path)) {
-        case mechlens::model_format::gguf:
-            return mechlens::bpe_tokenizer(mechlens::load_gguf_vocabulary(model_path));
+        case mechlens::model_format::gguf: {
+            const mechlens::gguf_file g(model_path);
+            if (g.find("tokenizer.ggml.tokens") == nullptr)
+                throw usage_error(concat(model_path.string(),
+                                         " has no embedded vocabulary: give token ids (--tokens) or --tokenizer PATH"));
+            return gguf_tokenizer(g);
+        }
         case mechlens::model_format::checkpoint:
             // A grown model's vocabulary is its task's; a tokenizer file beside it would be someone else's.
             throw usage_error(model_path.string() +
@@ -38,22 +101,71 @@ mechlens::bpe_tokenizer resolve_tokenizer(const fs::path& model_path, const std:
     if (candidates.size() != 1)
         throw usage_error(std::to_string(candidates.size()) + " tokenizer files (tok*.bin, tokenizer.bin) beside " +
                           model_path.string() + "; pass --tokenizer PATH");
-    return mechlens::bpe_tokenizer::from_llama2c(candidates.front());
+    return text_tokenizer(mechlens::bpe_tokenizer::from_llama2c(candidates.front()));
 }
 
-std::optional<mechlens::bpe_tokenizer> optional_tokenizer(const fs::path& model_path,
-                                                          const std::optional<std::string>& explicit_path) {
+std::optional<text_tokenizer> optional_tokenizer(const fs::path& model_path,
+                                                 const std::optional<std::string>& explicit_path) {
     try {
         return resolve_tokenizer(model_path, explicit_path);
     } catch (const usage_error&) {
         if (explicit_path) throw;  // asked for explicitly
         return std::nullopt;
+    } catch (const mechlens::format_error& error) {
+        // Tokenizer files found beside the model but unreadable: with token ids given, show ids and say why.
+        if (explicit_path) throw;
+        std::fprintf(stderr, "mechlens: showing token ids: %s\n", error.what());
+        return std::nullopt;
     }
+}
+
+model_options read_model_options(arguments& args) {
+    model_options out;
+    out.path = args.require("model");
+    weight_processing& w = out.processing;
+    w.fold_ln = args.flag("fold-ln");
+    w.center_writing_weights = args.flag("center-writing-weights");
+    w.center_unembed = args.flag("center-unembed");
+    w.fold_value_biases = args.flag("fold-value-biases");
+    w.all = args.flag("process-weights");
+    return out;
+}
+
+mechlens::transformer open_model(const model_options& options) {
+    mechlens::loaded_model loaded = mechlens::load_model(options.path);
+    const weight_processing& w = options.processing;
+    if (!w.any()) return mechlens::transformer(std::move(loaded));
+    const mechlens::model_config& c = loaded.config;
+    const bool layer_norm = c.norm == mechlens::norm_kind::layer;
+    // Asked for by name, a step the model cannot take is a mistake; --process-weights takes the steps it can.
+    if (w.fold_ln && !c.has_norm()) throw usage_error("--fold-ln: the model has no norms to fold");
+    if (w.fold_ln && layer_norm && !c.linear_biases)
+        throw usage_error("--fold-ln: the model's LayerNorm biases have no linear biases to fold into");
+    if (w.center_writing_weights && !layer_norm)
+        throw usage_error("--center-writing-weights needs LayerNorm before every reader of the residual stream "
+                          "(this model's norm is not LayerNorm)");
+    if (w.fold_value_biases && !c.linear_biases)
+        throw usage_error("--fold-value-biases: the model has no linear biases");
+    const bool fold_ln = w.fold_ln || (w.all && c.has_norm() && (!layer_norm || c.linear_biases));
+    const bool centre_writers = w.center_writing_weights || (w.all && layer_norm);
+    const bool centre_unembed = w.center_unembed || w.all;
+    const bool fold_values = w.fold_value_biases || (w.all && c.linear_biases);
+
+    // Owned float parameters with their own unembedding (processing changes W_U, never the embedding).
+    mechlens::model_parameters params(c, loaded.weights);
+    if (c.tied_unembed) params = mechlens::untie_unembedding(params);
+    if (fold_ln) mechlens::fold_layer_norms(params);
+    if (centre_writers) mechlens::center_writing_weights(params);
+    if (centre_unembed) mechlens::center_unembed(params);
+    if (fold_values) mechlens::fold_value_biases(params);
+    return mechlens::transformer(mechlens::loaded_model{params.config(), params.weights()});
 }
 
 prompt_options read_prompt_options(arguments& args) {
     prompt_options out;
-    out.model = args.require("model");
+    model_options model = read_model_options(args);
+    out.model = std::move(model.path);
+    out.processing = model.processing;
     out.tokenizer = args.get("tokenizer");
     out.prompt = args.get("prompt");
     out.tokens = args.get("tokens");
@@ -63,10 +175,10 @@ prompt_options read_prompt_options(arguments& args) {
 prompt_run open_prompt(const prompt_options& options, tokenizer_use use) {
     if (options.prompt.has_value() == options.tokens.has_value())
         throw usage_error("give exactly one of --prompt and --tokens");
-    prompt_run out{mechlens::transformer(mechlens::load_model(options.model)), {}, std::nullopt};
+    prompt_run out{open_model(model_options{options.model, options.processing}), {}, std::nullopt};
     if (options.prompt) {
         out.tokenizer = resolve_tokenizer(options.model, options.tokenizer);
-        out.tokens = out.tokenizer->encode(*options.prompt, true);
+        out.tokens = out.tokenizer->encode_prompt(*options.prompt);
     } else {
         if (use == tokenizer_use::display) out.tokenizer = optional_tokenizer(options.model, options.tokenizer);
         out.tokens = parse_token_list(*options.tokens);
@@ -74,9 +186,9 @@ prompt_run open_prompt(const prompt_options& options, tokenizer_use use) {
     return out;
 }
 
-std::string show_token(const std::optional<mechlens::bpe_tokenizer>& tokenizer, std::int32_t token) {
+std::string show_token(const std::optional<text_tokenizer>& tokenizer, std::int32_t token) {
     if (!tokenizer) return std::to_string(token);
-    std::string text = tokenizer->decode_piece(0, token);
+    std::string text = tokenizer->piece(0, token);
     std::replace(text.begin(), text.end(), '\n', ' ');
     return std::to_string(token) + " '" + text + "'";
 }

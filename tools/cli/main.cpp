@@ -9,6 +9,7 @@
 
 #include "arguments.hpp"
 #include "command.hpp"
+#include "common.hpp"
 
 using mechlens_cli::command;
 
@@ -26,7 +27,11 @@ constexpr const command* command_table[] = {
 constexpr const char* usage_footer =
     "A llama2.c model without --tokenizer uses the one tok*.bin or tokenizer.bin beside it; a GGUF model uses its own\n"
     "vocabulary. A checkpoint of `mechlens train --out` (.safetensors) is a model too, without a tokenizer:\n"
-    "give token ids (--tokens, --clean-tokens/--corrupt-tokens); tokens are then shown as ids.\n";
+    "give token ids (--tokens, --clean-tokens/--corrupt-tokens); tokens are then shown as ids. A model folder\n"
+    "(TransformerLens) with tokenizer.json or vocab.json + merges.txt uses GPT-2's byte-level BPE.\n"
+    "Every command with --model also takes TransformerLens's weight processing, applied after loading:\n"
+    "  --fold-ln  --center-writing-weights  --center-unembed  --fold-value-biases\n"
+    "  --process-weights (all four where the model allows them, as TransformerLens's from_pretrained)\n";
 
 /// "info, generate, ...": the command names for error messages.
 std::string command_names() {
@@ -85,7 +90,7 @@ int main(int argc, char** argv) {
             std::fputs(usage_footer, stdout);
             return 0;
         }
-        mechlens_cli::arguments args(argc, argv, 2, {});
+        mechlens_cli::arguments args(argc, argv, 2, mechlens_cli::weight_processing_flags);
         if (c == nullptr)
             throw mechlens_cli::usage_error("unknown command '" + name + "' (try: " + command_names() + ")");
         return c->run(args);

@@ -2,6 +2,7 @@
 /// @file
 /// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -72,6 +73,14 @@ public:
             std::memcpy(&h, bytes + 2 * i, sizeof h);
             out[i] = half_to_float(h);
         }
+        return out;
+    }
+
+    /// `count` zeros in an owned buffer (a weight the file does not store).
+    const float* zeros(index_t count) {
+        storage_->converted.emplace_back(extents<1>{count});
+        float* out = storage_->converted.back().data();
+        std::fill(out, out + count, 0.0f);
         return out;
     }
 

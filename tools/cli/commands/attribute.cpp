@@ -28,7 +28,8 @@ mechlens::integration_rule rule_named(const std::string& name) {
 }
 
 int run(arguments& args) {
-    const std::filesystem::path model_path = args.require("model");
+    const model_options model_input = read_model_options(args);
+    const std::filesystem::path& model_path = model_input.path;
     const std::string method = args.get("method").value_or("patching");
     const auto names = grid_names(args.get("grid"));
     const auto out = args.get("out");
@@ -37,7 +38,7 @@ int run(arguments& args) {
     const auto steps = parse_number<mechlens::index_t>(args.get("steps").value_or("32"), "--steps");
     const mechlens::integration_rule rule = rule_named(args.get("rule").value_or("gauss_legendre"));
     const std::string baseline_name = args.get("baseline").value_or("corrupt");
-    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::transformer model = open_model(model_input);
     prompt_pairs pairs = read_prompt_pairs(args, model_path, model);
     args.reject_unknown();
 

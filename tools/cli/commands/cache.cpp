@@ -1,4 +1,5 @@
-// `mechlens cache`: the activations at hook sites named by globs, to .safetensors (and .npy).
+// `mechlens cache`: the activations at hook sites named by globs (default: all), listed, and saved to .safetensors
+// and .npy when asked.
 
 #include <mechlens/mechlens.hpp>
 
@@ -26,24 +27,27 @@ mechlens::activation_cache cache_sites(const mechlens::transformer& model, const
 
 int run(arguments& args) {
     const prompt_options input = read_prompt_options(args);
-    const std::string patterns = args.require("names");
-    const std::filesystem::path out = args.require("out");
+    const auto patterns = args.get("names");
+    const auto out = args.get("out");
     const auto npy_directory = args.get("npy");
     args.reject_unknown();
     const prompt_run run = open_prompt(input, tokenizer_use::prompt_only);
-    const std::vector<mechlens::site> sites = mechlens::match_sites(patterns, run.model.config());
+    // Without --names, every site TransformerLens's run_with_cache fills by default (attn.hook_result is opt-in).
+    std::vector<mechlens::site> sites = mechlens::match_sites(patterns.value_or("*"), run.model.config());
+    if (!patterns)
+        std::erase_if(sites, [](const mechlens::site& s) { return s.kind == mechlens::site_kind::attn_result; });
     // attn.hook_result costs an extra projection per head: compile it in only when it was asked for.
     const bool wants_result = std::any_of(
         sites.begin(), sites.end(), [](const mechlens::site& s) { return s.kind == mechlens::site_kind::attn_result; });
     const mechlens::activation_cache cache =
         wants_result ? cache_sites<mechlens::kind_set::all()>(run.model, run.tokens, sites)
                      : cache_sites<mechlens::kind_set::all_but_result()>(run.model, run.tokens, sites);
-    cache.save_safetensors(out);
+    if (out) cache.save_safetensors(*out);
     if (npy_directory) cache.save_npy(*npy_directory);
     print_sites(cache);
-    std::fprintf(stderr, "wrote %s: %zu activation%s of %zu tokens%s%s\n", out.string().c_str(), cache.size(),
-                 cache.size() == 1 ? "" : "s", run.tokens.size(), npy_directory ? ", and .npy files in " : "",
-                 npy_directory ? npy_directory->c_str() : "");
+    std::fprintf(stderr, "%s%s%s%zu activation%s of %zu tokens%s%s\n", out ? "wrote " : "", out ? out->c_str() : "",
+                 out ? ": " : "cached ", cache.size(), cache.size() == 1 ? "" : "s", run.tokens.size(),
+                 npy_directory ? ", and .npy files in " : "", npy_directory ? npy_directory->c_str() : "");
     return 0;
 }
 
@@ -51,9 +55,11 @@ int run(arguments& args) {
 
 const command cache_command{
     "cache",
-    "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --names PATTERNS\n"
-    "--out FILE.safetensors [--npy DIR]\n"
-    "PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern'",
+    "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) [--names PATTERNS]\n"
+    "[--out FILE.safetensors] [--npy DIR]\n"
+    "PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern';\n"
+    "without --names, every site run_with_cache fills (all but attn.hook_result). Prints each name and its\n"
+    "TransformerLens shape (batch first); writes the activations only when --out or --npy is given",
     run};
 
 }  // namespace mechlens_cli

@@ -63,7 +63,7 @@ int run(arguments& args) {
     mechlens::ablate_hooks<> ablate;
     add_steering(steer, steer_specs, run.model.config());
     add_ablations(ablate, ablate_specs, run.model.config());
-    const std::optional<mechlens::bpe_tokenizer>& tokenizer = run.tokenizer;
+    const std::optional<text_tokenizer>& tokenizer = run.tokenizer;
     if (tokenizer) {
         options.bos_id = tokenizer->bos_id();
         options.eos_id = tokenizer->eos_id();
@@ -76,7 +76,7 @@ int run(arguments& args) {
     std::int32_t previous = run.tokens.back();
     const auto on_token = [&](std::int32_t token) {
         if (tokenizer)
-            std::fputs(tokenizer->decode_piece(previous, token).c_str(), stdout);
+            std::fputs(tokenizer->piece(previous, token).c_str(), stdout);
         else
             std::printf(" %d", token);
         std::fflush(stdout);

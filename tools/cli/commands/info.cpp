@@ -6,14 +6,16 @@
 #include <filesystem>
 
 #include "../command.hpp"
+#include "../common.hpp"
 
 namespace mechlens_cli {
 namespace {
 
 int run(arguments& args) {
-    const std::filesystem::path model_path = args.require("model");
+    const model_options model_input = read_model_options(args);
+    const std::filesystem::path& model_path = model_input.path;
     args.reject_unknown();
-    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::transformer model = open_model(model_input);
     const mechlens::model_config& c = model.config();
     std::printf("model       %s\n", model_path.string().c_str());
     std::printf("d_model     %td\nn_layers    %td\nn_heads     %td\nn_kv_heads  %td\nd_head      %td\n", c.d_model,

@@ -14,10 +14,11 @@ namespace mechlens_cli {
 namespace {
 
 int run(arguments& args) {
-    const std::filesystem::path model_path = args.require("model");
+    const model_options model_input = read_model_options(args);
+    const std::filesystem::path& model_path = model_input.path;
     const auto names = grid_names(args.get("grid"));
     const auto out = args.get("out");
-    const mechlens::transformer model(mechlens::load_model(model_path));
+    const mechlens::transformer model = open_model(model_input);
     prompt_pairs pairs = read_prompt_pairs(args, model_path, model);
     args.reject_unknown();
     std::vector<mechlens::patching_grid> grids;

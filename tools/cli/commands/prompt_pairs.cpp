@@ -42,8 +42,8 @@ prompt_pairs read_prompt_pairs(arguments& args, const std::filesystem::path& mod
                 "give prompts as text (--clean/--corrupt) or as ids (--clean-tokens/--corrupt-tokens), "
                 "not both");
         out.tokenizer = resolve_tokenizer(model_path, tokenizer_path);
-        for (const auto& t : clean_text) clean.push_back(out.tokenizer->encode(t, true));
-        for (const auto& t : corrupt_text) corrupt.push_back(out.tokenizer->encode(t, true));
+        for (const auto& t : clean_text) clean.push_back(out.tokenizer->encode_prompt(t));
+        for (const auto& t : corrupt_text) corrupt.push_back(out.tokenizer->encode_prompt(t));
     } else {
         if (tokenizer_path) out.tokenizer = resolve_tokenizer(model_path, tokenizer_path);
         for (const auto& t : clean_ids) clean.push_back(parse_token_list(t));
@@ -59,7 +59,7 @@ prompt_pairs read_prompt_pairs(arguments& args, const std::filesystem::path& mod
         throw usage_error("clean prompts have " + std::to_string(out.clean.extent(1)) + " tokens, corrupt ones " +
                           std::to_string(out.corrupt.extent(1)) + "; pairs must have the same number of tokens");
     for (const std::int32_t t : clean.front())
-        out.labels.push_back(out.tokenizer ? out.tokenizer->decode_piece(0, t) : std::to_string(t));
+        out.labels.push_back(out.tokenizer ? out.tokenizer->piece(0, t) : std::to_string(t));
 
     const auto pairs = out.clean.extent(0);
     if (metric_text) {

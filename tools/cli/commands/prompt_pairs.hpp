@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../arguments.hpp"
+#include "../common.hpp"
 
 namespace mechlens_cli {
 
@@ -19,7 +20,7 @@ struct prompt_pairs {
     mechlens::tensor<std::int32_t, 2> corrupt;  ///< (pairs, pos)
     mechlens::answer_metric metric;             ///< Per pair.
     std::vector<std::string> labels;            ///< The first clean prompt's tokens, for report columns.
-    std::optional<mechlens::bpe_tokenizer> tokenizer;
+    std::optional<text_tokenizer> tokenizer;  ///< Present for text prompts or --tokenizer.
 };
 
 /// Reads --clean/--corrupt (text, repeatable) or --clean-tokens/--corrupt-tokens (ids, repeatable; the tokenizer
