@@ -2707,10 +2707,9 @@ public:
         for (std::size_t b = 0; b < 256; ++b) {
             const std::string symbol = detail::gpt2::byte_symbol(static_cast<unsigned char>(b));
             const auto it = ids_.find(symbol);
-            if (it == ids_.end())
-                fail_vocab("no token for byte " + std::to_string(b) + " (spelled " + quote(symbol) +
-                           "); a byte-level vocabulary has one for each of the 256 bytes");
-            byte_ids_[b] = it->second;
+            // A vocabulary may lack some bytes (test vocabularies such as tiny-random-gpt2's keep 1000 tokens):
+            // encoding text that needs one is then an error, see encode_ordinary.
+            byte_ids_[b] = it == ids_.end() ? -1 : it->second;
         }
         if (vocab_.merges.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
             throw format_error(vocab_.merges_source + ": too many merges");
@@ -2848,7 +2847,16 @@ private:
         std::vector<std::int32_t> symbols;
         for (const std::string_view piece : detail::gpt2::pretokenize(text)) {
             symbols.clear();
-            for (const char c : piece) symbols.push_back(byte_ids_[static_cast<unsigned char>(c)]);
+            for (const char c : piece) {
+                const std::int32_t id = byte_ids_[static_cast<unsigned char>(c)];
+                if (id < 0) {
+                    std::string message = "gpt2_tokenizer: the vocabulary has no token for byte ";
+                    message += std::to_string(static_cast<unsigned char>(c));
+                    message += ", which the text needs (a complete byte-level vocabulary has all 256)";
+                    throw format_error(message);
+                }
+                symbols.push_back(id);
+            }
             merge(symbols);
             for (const std::int32_t t : symbols)
                 if (t >= 0) out.push_back(t);
@@ -2896,7 +2904,7 @@ private:
     gpt2_vocabulary vocab_;                                                 ///< What the tokenizer was built from.
     detail::tok::piece_map ids_;                                            ///< Spelling to id.
     std::unordered_map<std::uint64_t, detail::gpt2::merge_rule> merges_;    ///< (left, right) to rank and result.
-    std::array<std::int32_t, 256> byte_ids_{};                              ///< Token of each single byte.
+    std::array<std::int32_t, 256> byte_ids_{};  ///< Token of each single byte, -1 when the vocabulary lacks it.
     std::vector<bool> special_;                                             ///< (vocab) special token.
     std::vector<std::int32_t> specials_by_length_;                          ///< Special ids, longest text first.
     std::vector<std::string> bytes_;                                        ///< (vocab) the bytes of each token.
@@ -5652,6 +5660,7 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// What loaded weights keep alive (the file mapping and any converted tensors), and how loaders build views.
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -6028,6 +6037,14 @@ public:
             std::memcpy(&h, bytes + 2 * i, sizeof h);
             out[i] = half_to_float(h);
         }
+        return out;
+    }
+
+    /// `count` zeros in an owned buffer (a weight the file does not store).
+    const float* zeros(index_t count) {
+        storage_->converted.emplace_back(extents<1>{count});
+        float* out = storage_->converted.back().data();
+        std::fill(out, out + count, 0.0f);
         return out;
     }
 
@@ -10765,12 +10782,16 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/checkpoint_format.hpp ----
 // ---- begin mechlens/io/gguf_model.hpp ----
 /// @file
-/// LLaMA models and sentencepiece-style vocabularies from GGUF files.
+/// LLaMA and GPT-2 models (llama.cpp's tensor names) and sentencepiece-style vocabularies from GGUF files.
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
+#include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -10828,6 +10849,22 @@ public:
         return tensor_view<const float, 1>(floats(t), {n});
     }
 
+    /// Rows [first, first + rows) of the (total_rows, cols) matrix `name` (a part of a fused tensor, zero-copy).
+    tensor_view<const float, 2> matrix_rows(const std::string& name, index_t total_rows, index_t cols, index_t first,
+                                            index_t rows) {
+        const tensor_view<const float, 2> whole = matrix(name, total_rows, cols);
+        return tensor_view<const float, 2>(whole.data() + first * cols, {rows, cols});
+    }
+
+    /// Elements [first, first + n) of the vector `name` of length total (a part of a fused bias).
+    tensor_view<const float, 1> vector_part(const std::string& name, index_t total, index_t first, index_t n) {
+        const tensor_view<const float, 1> whole = vector(name, total);
+        return tensor_view<const float, 1>(whole.data() + first, {n});
+    }
+
+    /// n zeros owned by the builder (a weight the format does not store, such as GPT-2's unembedding bias).
+    tensor_view<const float, 1> zeros(index_t n) { return tensor_view<const float, 1>(builder_.zeros(n), {n}); }
+
 private:
     static std::string dims_text(const gguf_tensor_info& t) {
         std::string s = "[";
@@ -10836,32 +10873,71 @@ private:
     }
 
     const float* floats(const gguf_tensor_info& t) {
+        // A fused tensor is read once per part: convert (or realign) it only once.
+        if (const auto seen = converted_.find(t.name); seen != converted_.end()) return seen->second;
         const auto count = static_cast<index_t>(t.n_elements);  // bounded by the file size, checked by gguf_file
-        if (t.type == ggml_type::f32) return builder_.f32(g_.tensor_data(t), count);
-        if (t.type == ggml_type::f16) return builder_.f16(g_.tensor_data(t), count);
-        g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name + " (only F32 and F16 load)");
+        const float* out = nullptr;
+        if (t.type == ggml_type::f32)
+            out = builder_.f32(g_.tensor_data(t), count);
+        else if (t.type == ggml_type::f16)
+            out = builder_.f16(g_.tensor_data(t), count);
+        else
+            g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name + " (only F32 and F16 load)");
+        converted_.emplace(t.name, out);
+        return out;
     }
 
     const gguf_file& g_;
     weight_builder& builder_;
+    std::map<std::string, const float*, std::less<>> converted_;
 };
 
 }  // namespace detail
 
-/// Loads a LLaMA-architecture model from a parsed GGUF file (F32 tensors viewed in place, F16 converted).
-///
-/// Reads llama.* hyper-parameters (head_count_kv defaults to head_count, rope.freq_base to 10000,
-/// layer_norm_rms_epsilon to 1e-5; the vocabulary size comes from token_embd.weight); a missing output.weight means
-/// the unembedding is tied to the embedding. Rotary pairs are adjacent, as in llama.cpp's normal rope.
-inline loaded_model load_gguf(const gguf_file& g) {
-    const std::string where = g.path().string();
-    const std::string& arch = g.get_string("general.architecture");
-    if (arch != "llama") g.fail("architecture '" + arch + "' is not supported (only 'llama')");
+namespace detail {
+
+/// A parameter row that a GGUF architecture stores as one part of a fused tensor: llama.cpp's gpt2 keeps Q, K and V
+/// as the rows of one `attn_qkv.weight` (Q's rows first) and their biases as one `attn_qkv.bias`.
+struct gguf_fused_row {
+    parameter_id id;              ///< The row read from the fused tensor.
+    std::string_view fused_name;  ///< The fused tensor's name (block rows are prefixed with `blk.L.`).
+    int part;                     ///< Its place in the fused tensor: parts are stacked along the output axis.
+};
+
+/// llama.cpp's gpt2 fused tensors.
+inline constexpr std::array<gguf_fused_row, 6> gguf_gpt2_fused{{
+    {parameter_id::w_q, "attn_qkv.weight", 0},
+    {parameter_id::w_k, "attn_qkv.weight", 1},
+    {parameter_id::w_v, "attn_qkv.weight", 2},
+    {parameter_id::b_q, "attn_qkv.bias", 0},
+    {parameter_id::b_k, "attn_qkv.bias", 1},
+    {parameter_id::b_v, "attn_qkv.bias", 2},
+}};
+
+/// What differs between the GGUF architectures load_gguf reads; everything else is the parameter table's.
+struct gguf_architecture {
+    std::string_view name;                  ///< general.architecture, also the prefix of its metadata keys.
+    std::size_t block_tensors;              ///< Tensors per block in a complete file (bounds block_count early).
+    std::span<const gguf_fused_row> fused;  ///< Rows stored as parts of fused tensors.
+    model_config (*config)(const gguf_file&);  ///< The hyper-parameters and variant fields from the metadata.
+};
+
+/// The vocabulary size: the rows of token_embd.weight (the name the parameter table gives).
+inline index_t gguf_vocab_rows(const gguf_file& g) {
+    const std::string embedding_name(traits_of(parameter_id::token_embedding).gguf_name);
+    const gguf_tensor_info& embedding = g.tensor(embedding_name);
+    if (embedding.dims.size() != 2) g.fail("tensor '" + embedding_name + "' must have 2 dims");
+    if (embedding.dims[1] > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()))
+        g.fail(embedding_name + " has too many rows");
+    return static_cast<index_t>(embedding.dims[1]);
+}
+
+/// llama.* metadata: RMSNorm, rotary positions with adjacent pairs, gated SiLU MLP, no biases.
+inline model_config gguf_llama_config(const gguf_file& g) {
     if (g.get_int("llama.expert_count", 0) > 0) g.fail("mixture-of-experts models are not supported");
     if (const gguf_value* scaling = g.find("llama.rope.scaling.type"))
         if (scaling->as_string() == nullptr || *scaling->as_string() != "none")
             g.fail("rope scaling (llama.rope.scaling.type) is not supported");
-
     model_config config;
     config.d_model = g.get_int("llama.embedding_length");
     config.n_layers = g.get_int("llama.block_count");
@@ -10869,30 +10945,78 @@ inline loaded_model load_gguf(const gguf_file& g) {
     config.n_heads = g.get_int("llama.attention.head_count");
     config.n_kv_heads = g.get_int("llama.attention.head_count_kv", config.n_heads);
     config.n_ctx = g.get_int("llama.context_length");
-    config.rope_theta = detail::gguf_float(g, "llama.rope.freq_base", 10000.0);
-    config.norm_eps = detail::gguf_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+    config.rope_theta = gguf_float(g, "llama.rope.freq_base", 10000.0);
+    config.norm_eps = gguf_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5);
     config.rope = rope_layout::adjacent_pairs;
-    // The vocabulary size and whether the unembedding is tied come from the tensors the parameter table names.
-    const std::string embedding_name(traits_of(parameter_id::token_embedding).gguf_name);
-    const gguf_tensor_info& embedding = g.tensor(embedding_name);
-    if (embedding.dims.size() != 2) g.fail("tensor '" + embedding_name + "' must have 2 dims");
-    if (embedding.dims[1] > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()))
-        g.fail(embedding_name + " has too many rows");
-    config.d_vocab = static_cast<index_t>(embedding.dims[1]);
+    config.d_vocab = gguf_vocab_rows(g);
     if (g.find("llama.vocab_size") && g.get_int("llama.vocab_size") != config.d_vocab)
         g.fail("llama.vocab_size = " + std::to_string(g.get_int("llama.vocab_size")) + " disagrees with the " +
-               std::to_string(config.d_vocab) + " rows of " + embedding_name);
+               std::to_string(config.d_vocab) + " rows of token_embd.weight");
+    return config;
+}
+
+/// gpt2.* metadata (llama.cpp's GPT-2): LayerNorm with biases, learned positions, a plain MLP with the tanh GELU,
+/// biases on every linear layer; the unembedding has no bias in the file (zeros).
+inline model_config gguf_gpt2_config(const gguf_file& g) {
+    model_config config;
+    config.d_model = g.get_int("gpt2.embedding_length");
+    config.n_layers = g.get_int("gpt2.block_count");
+    config.d_mlp = g.get_int("gpt2.feed_forward_length");
+    config.n_heads = g.get_int("gpt2.attention.head_count");
+    config.n_kv_heads = g.get_int("gpt2.attention.head_count_kv", config.n_heads);
+    config.n_ctx = g.get_int("gpt2.context_length");
+    config.norm_eps = gguf_float(g, "gpt2.attention.layer_norm_epsilon", 1e-5);
+    config.norm = norm_kind::layer;
+    config.positions = positional_kind::learned;
+    config.mlp = mlp_kind::plain_gelu;
+    config.linear_biases = true;
+    config.d_vocab = gguf_vocab_rows(g);
+    return config;
+}
+
+/// The GGUF architectures load_gguf reads.
+inline constexpr std::array<gguf_architecture, 2> gguf_architectures{{
+    {"llama", 9, {}, gguf_llama_config},
+    {"gpt2", 12, gguf_gpt2_fused, gguf_gpt2_config},
+}};
+
+}  // namespace detail
+
+/// Loads a model from a parsed GGUF file (F32 tensors viewed in place, F16 converted), of general.architecture
+/// "llama" or "gpt2" (llama.cpp's tensor names and metadata keys; anything else is a format_error).
+///
+/// llama: reads llama.* hyper-parameters (head_count_kv defaults to head_count, rope.freq_base to 10000,
+/// layer_norm_rms_epsilon to 1e-5); rotary pairs are adjacent, as in llama.cpp's normal rope.
+/// gpt2: reads gpt2.* hyper-parameters (layer_norm_epsilon defaults to 1e-5); Q, K and V are the row blocks of the
+/// fused blk.L.attn_qkv.weight and .bias (viewed in place, no copy); LayerNorm, learned positions, tanh GELU,
+/// biases everywhere, and a zero unembedding bias unless the file has output.bias.
+/// Both: the vocabulary size comes from token_embd.weight; a missing output.weight means the unembedding is tied to
+/// the embedding.
+inline loaded_model load_gguf(const gguf_file& g) {
+    const std::string where = g.path().string();
+    const std::string& arch = g.get_string("general.architecture");
+    const detail::gguf_architecture* found = nullptr;
+    std::string known;
+    for (const detail::gguf_architecture& a : detail::gguf_architectures) {
+        if (a.name == arch) found = &a;
+        known.append(known.empty() ? "'" : ", '").append(a.name).append("'");
+    }
+    if (found == nullptr) g.fail("architecture '" + arch + "' is not supported (only " + known + ")");
+    const detail::gguf_architecture& architecture = *found;
+
+    model_config config = architecture.config(g);
     config.tied_unembed = g.find_tensor(std::string(traits_of(parameter_id::unembed).gguf_name)) == nullptr;
     config.validate(where);
-    if (g.find("llama.rope.dimension_count") && g.get_int("llama.rope.dimension_count") != config.d_head())
+    if (arch == "llama" && g.find("llama.rope.dimension_count") &&
+        g.get_int("llama.rope.dimension_count") != config.d_head())
         g.fail("llama.rope.dimension_count = " + std::to_string(g.get_int("llama.rope.dimension_count")) +
                " differs from d_head " + std::to_string(config.d_head()) + " (partial rotary is not supported)");
 
-    // Each block has nine tensors: check the count before sizing anything by block_count (up to 2^24).
-    if (static_cast<std::uint64_t>(config.n_layers) > g.tensors().size() / 9)
-        g.fail("llama.block_count = " + std::to_string(config.n_layers) + " needs " +
-               std::to_string(9 * static_cast<std::uint64_t>(config.n_layers)) + " block tensors, but the file has " +
-               std::to_string(g.tensors().size()) + " tensors");
+    // Check the tensor count before sizing anything by block_count (up to 2^24).
+    if (static_cast<std::uint64_t>(config.n_layers) > g.tensors().size() / architecture.block_tensors)
+        g.fail(arch + ".block_count = " + std::to_string(config.n_layers) + " needs " +
+               std::to_string(architecture.block_tensors * static_cast<std::uint64_t>(config.n_layers)) +
+               " block tensors, but the file has " + std::to_string(g.tensors().size()) + " tensors");
 
     detail::weight_builder builder(g.file());
     detail::gguf_weight_reader read(g, builder);
@@ -10900,17 +11024,40 @@ inline loaded_model load_gguf(const gguf_file& g) {
     out.config = config;
     model_weights& w = out.weights;
     w.layers.resize(static_cast<std::size_t>(config.n_layers));
-    // Every weight the config implies, named and shaped by the parameter table.
+    // Every weight the config implies, named and shaped by the parameter table (or a part of a fused tensor).
     for_each_view(w, [&](parameter_id id, index_t layer, auto& view) {
         const parameter_traits& row = traits_of(id);
         if (!parameter_stored(row, config)) return;
-        const std::string name =
-            (layer < 0 ? std::string() : "blk." + std::to_string(layer) + ".") + std::string(row.gguf_name);
+        const std::string prefix = layer < 0 ? std::string() : "blk." + std::to_string(layer) + ".";
         const extents<2> e = row.shape(config);
-        if constexpr (std::remove_cvref_t<decltype(view)>::rank == 1)
-            view = read.vector(name, e[0]);
-        else
+        constexpr bool is_vector = std::remove_cvref_t<decltype(view)>::rank == 1;
+        for (const detail::gguf_fused_row& part : architecture.fused) {
+            if (part.id != id) continue;
+            // The part's first row is the sum of the earlier parts' rows; the fused tensor holds all of them.
+            index_t first = 0, total = 0;
+            for (const detail::gguf_fused_row& other : architecture.fused) {
+                if (other.fused_name != part.fused_name) continue;
+                const index_t rows = traits_of(other.id).shape(config)[0];
+                if (other.part < part.part) first += rows;
+                total += rows;
+            }
+            const std::string name = prefix + std::string(part.fused_name);
+            if constexpr (is_vector)
+                view = read.vector_part(name, total, first, e[0]);
+            else
+                view = read.matrix_rows(name, total, e[1], first, e[0]);
+            return;
+        }
+        const std::string name = prefix + std::string(row.gguf_name);
+        if constexpr (is_vector) {
+            // GPT-2 files have biases everywhere but on the unembedding: an absent one is zero.
+            if (id == parameter_id::unembed_bias && g.find_tensor(name) == nullptr)
+                view = read.zeros(e[0]);
+            else
+                view = read.vector(name, e[0]);
+        } else {
             view = read.matrix(name, e[0], e[1]);
+        }
     });
     if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
@@ -10922,7 +11069,7 @@ inline loaded_model load_gguf(const gguf_file& g) {
     return out;
 }
 
-/// Maps, parses and loads a LLaMA GGUF model file; see load_gguf(const gguf_file&).
+/// Maps, parses and loads a GGUF model file (llama or gpt2); see load_gguf(const gguf_file&).
 inline loaded_model load_gguf(const std::filesystem::path& path) { return load_gguf(gguf_file(path)); }
 
 /// The embedded tokenizer vocabulary: tokenizer.ggml.tokens (U+2581 turned into ' '), .scores (default 0),
