@@ -66,6 +66,7 @@ MECHLENS_END_NAMESPACE
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <type_traits>
 
@@ -81,15 +82,20 @@ using extents = std::array<index_t, Rank>;
 
 namespace detail {
 
+/// Formats a shape as "(2, 3, 4)" for error messages (any rank, from an extent list or a vector of extents).
+inline std::string format_shape(std::span<const index_t> shape) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) out += ", ";
+        out += std::to_string(shape[i]);
+    }
+    return out + ")";
+}
+
 /// Formats an extent list as "(2, 3, 4)" for error messages.
 template <std::size_t Rank>
 std::string format_extents(const extents<Rank>& e) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < Rank; ++i) {
-        if (i) out += ", ";
-        out += std::to_string(e[i]);
-    }
-    return out + ")";
+    return format_shape(e);
 }
 
 /// Row-major strides of a contiguous tensor with the given extents.
@@ -4211,6 +4217,33 @@ inline std::string json_quote(std::string_view text) {
     return out + "\"";
 }
 
+/// The integer field `key` of object `cfg`; format_error naming the path when absent, null or not an integer.
+inline std::int64_t json_integer(const json_value& cfg, std::string_view key) { return cfg.at(key).as_int64(); }
+
+/// The optional integer field `key`, or `fallback` when absent or null.
+inline std::int64_t json_integer_or(const json_value& cfg, std::string_view key, std::int64_t fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_int64();
+}
+
+/// The optional number field `key`, or `fallback` when absent or null.
+inline double json_number_or(const json_value& cfg, std::string_view key, double fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_double();
+}
+
+/// The optional boolean field `key`, or `fallback` when absent or null.
+inline bool json_flag_or(const json_value& cfg, std::string_view key, bool fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_bool();
+}
+
+/// The optional string field `key`, or `fallback` when absent or null.
+inline std::string json_text_or(const json_value& cfg, std::string_view key, std::string fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_string();
+}
+
 }  // namespace detail
 
 MECHLENS_END_NAMESPACE
@@ -6370,15 +6403,6 @@ namespace detail {
 struct forward_order {
     bool operator()(const site& a, const site& b) const noexcept { return forward_order_less(a, b); }
 };
-/// "(1, 5, 64)" for error messages.
-inline std::string format_shape(const std::vector<index_t>& shape) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (i > 0) out += ", ";
-        out += std::to_string(shape[i]);
-    }
-    return out + ")";
-}
 /// Metadata key under which save_safetensors records the non-default positions of a tensor.
 inline std::string positions_key(const std::string& name) { return "mechlens.positions." + name; }
 }  // namespace detail
@@ -10525,13 +10549,6 @@ inline constexpr const char* checkpoint_m = "optimizer.adamw.m";
 inline constexpr const char* checkpoint_v = "optimizer.adamw.v";           ///< (size) second moments
 inline constexpr const char* checkpoint_step = "mechlens.optimizer.step";  ///< decimal step counter
 
-/// "(64, 512)" for error messages.
-inline std::string shape_text(const std::vector<index_t>& shape) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-    return out + ")";
-}
-
 /// Shortest text that reads back as the same float.
 inline std::string float_text(float x) {
     char buffer[64];
@@ -10710,8 +10727,8 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
         std::vector<index_t> expected{e.shape[0]};
         if (e.rank == 2) expected.push_back(e.shape[1]);
         if (it->second->shape != expected)
-            format_fail(where, "tensor '" + e.name + "' has shape " + shape_text(it->second->shape) +
-                                   ", the config implies " + shape_text(expected));
+            format_fail(where, "tensor '" + e.name + "' has shape " + format_shape(it->second->shape) +
+                                   ", the config implies " + format_shape(expected));
         parameters += e.size();
         by_name.erase(it);
     }
@@ -10729,7 +10746,7 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
         for (const auto& it : {m, v})
             if (it->second->shape != expected)
                 format_fail(where, "tensor '" + std::string(it->first) + "' has shape " +
-                                       shape_text(it->second->shape) + ", expected " + shape_text(expected));
+                                       format_shape(it->second->shape) + ", expected " + format_shape(expected));
         std::int64_t value = 0;
         const std::string& s = step->second;
         const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);
@@ -11257,35 +11274,6 @@ inline std::string hf_block_prefix(hf_architecture architecture, index_t layer) 
     return prefix;
 }
 
-/// The integer field `key` (format_error naming the file and the key when absent, null or not an integer).
-inline index_t hf_integer(const json_value& cfg, std::string_view key) {
-    return static_cast<index_t>(cfg.at(key).as_int64());
-}
-
-/// The optional integer field `key`, or `fallback` when absent or null.
-inline index_t hf_integer_or(const json_value& cfg, std::string_view key, index_t fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : static_cast<index_t>(v->as_int64());
-}
-
-/// The optional number field `key`, or `fallback` when absent or null.
-inline double hf_number_or(const json_value& cfg, std::string_view key, double fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_double();
-}
-
-/// The optional boolean field `key`, or `fallback` when absent or null.
-inline bool hf_flag_or(const json_value& cfg, std::string_view key, bool fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_bool();
-}
-
-/// The optional string field `key`, or `fallback` when absent or null.
-inline std::string hf_text_or(const json_value& cfg, std::string_view key, std::string fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_string();
-}
-
 /// The plain-MLP kind of a Hugging Face activation name, or fails naming `where`.
 inline mlp_kind hf_activation(const std::string& act, const std::string& key, const std::string& where) {
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return mlp_kind::plain_gelu;
@@ -11312,7 +11300,7 @@ inline hf_architecture hf_architecture_of(const json_value& cfg, const std::stri
         if (list->items().empty()) format_fail(where, "architectures is an empty list");
         name = list->items().front().as_string();
     }
-    const std::string type = hf_text_or(cfg, "model_type", "");
+    const std::string type = json_text_or(cfg, "model_type", "");
     if (name == "GPT2LMHeadModel" || (name.empty() && type == "gpt2")) return hf_architecture::gpt2;
     if (name == "LlamaForCausalLM" || (name.empty() && type == "llama")) return hf_architecture::llama;
     if (name == "GPTNeoXForCausalLM" || (name.empty() && type == "gpt_neox")) return hf_architecture::gpt_neox;
@@ -11342,74 +11330,74 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
     model_config& c = out.config;
     switch (out.architecture) {
         case hf_architecture::gpt2: {
-            c.d_model = detail::hf_integer(cfg, "n_embd");
-            c.n_layers = detail::hf_integer(cfg, "n_layer");
-            c.n_heads = detail::hf_integer(cfg, "n_head");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer_or(cfg, "n_positions", detail::hf_integer_or(cfg, "n_ctx", 1024));
+            c.d_model = detail::json_integer(cfg, "n_embd");
+            c.n_layers = detail::json_integer(cfg, "n_layer");
+            c.n_heads = detail::json_integer(cfg, "n_head");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer_or(cfg, "n_positions", detail::json_integer_or(cfg, "n_ctx", 1024));
             // n_inner null means 4 * n_embd; the guard keeps the product from overflowing (validate bounds d_model).
-            c.d_mlp = detail::hf_integer_or(cfg, "n_inner",
+            c.d_mlp = detail::json_integer_or(cfg, "n_inner",
                                             c.d_model > 0 && c.d_model <= (index_t{1} << 24) ? 4 * c.d_model : 0);
-            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "activation_function", "gelu_new"),
+            c.mlp = detail::hf_activation(detail::json_text_or(cfg, "activation_function", "gelu_new"),
                                           "activation_function", where);
             c.norm_eps =
-                detail::hf_float(detail::hf_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
+                detail::hf_float(detail::json_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
             c.norm = norm_kind::layer;
             c.positions = positional_kind::learned;
             c.linear_biases = true;
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", true);
-            if (detail::hf_flag_or(cfg, "scale_attn_by_inverse_layer_idx", false))
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", true);
+            if (detail::json_flag_or(cfg, "scale_attn_by_inverse_layer_idx", false))
                 fail("scale_attn_by_inverse_layer_idx true is not supported");
-            if (!detail::hf_flag_or(cfg, "scale_attn_weights", true))
+            if (!detail::json_flag_or(cfg, "scale_attn_weights", true))
                 fail("scale_attn_weights false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
-            (void)detail::hf_flag_or(cfg, "reorder_and_upcast_attn", false);  // precision only: accepted either way
+            (void)detail::json_flag_or(cfg, "reorder_and_upcast_attn", false);  // precision only: accepted either way
             detail::hf_require_null(cfg, "add_cross_attention", where);
             break;
         }
         case hf_architecture::llama: {
-            c.d_model = detail::hf_integer(cfg, "hidden_size");
-            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
-            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
-            c.n_kv_heads = detail::hf_integer_or(cfg, "num_key_value_heads", c.n_heads);
-            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
-            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "rms_norm_eps", 1e-6), "rms_norm_eps", where);
-            c.rope_theta = detail::hf_float(detail::hf_number_or(cfg, "rope_theta", 10000.0), "rope_theta", where);
-            if (const index_t head = detail::hf_integer_or(cfg, "head_dim", 0);
+            c.d_model = detail::json_integer(cfg, "hidden_size");
+            c.n_layers = detail::json_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::json_integer(cfg, "num_attention_heads");
+            c.n_kv_heads = detail::json_integer_or(cfg, "num_key_value_heads", c.n_heads);
+            c.d_mlp = detail::json_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::json_number_or(cfg, "rms_norm_eps", 1e-6), "rms_norm_eps", where);
+            c.rope_theta = detail::hf_float(detail::json_number_or(cfg, "rope_theta", 10000.0), "rope_theta", where);
+            if (const index_t head = detail::json_integer_or(cfg, "head_dim", 0);
                 head != 0 && (c.n_heads <= 0 || c.d_model % c.n_heads != 0 || head != c.d_model / c.n_heads))
                 c.d_head_size = head;  // heads need not tile the residual stream (validate range-checks it)
             c.norm = norm_kind::rms;
             c.positions = positional_kind::rotary;
             c.rope = rope_layout::split_halves;  // Hugging Face's q/k rows are already in rotate_half order
             c.mlp = mlp_kind::gated_silu;
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
-            if (const std::string act = detail::hf_text_or(cfg, "hidden_act", "silu"); act != "silu")
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", false);
+            if (const std::string act = detail::json_text_or(cfg, "hidden_act", "silu"); act != "silu")
                 fail(std::string("hidden_act '") + act.substr(0, 40) + "' is not supported (silu)");
             detail::hf_require_null(cfg, "rope_scaling", where);
-            if (detail::hf_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
-            if (detail::hf_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
+            if (detail::json_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
+            if (detail::json_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
             break;
         }
         case hf_architecture::gpt_neox: {
-            c.d_model = detail::hf_integer(cfg, "hidden_size");
-            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
-            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
-            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
-            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "layer_norm_eps", 1e-5), "layer_norm_eps", where);
+            c.d_model = detail::json_integer(cfg, "hidden_size");
+            c.n_layers = detail::json_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::json_integer(cfg, "num_attention_heads");
+            c.d_mlp = detail::json_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::json_number_or(cfg, "layer_norm_eps", 1e-5), "layer_norm_eps", where);
             c.rope_theta = detail::hf_float(
-                detail::hf_number_or(cfg, "rotary_emb_base", detail::hf_number_or(cfg, "rope_theta", 10000.0)),
+                detail::json_number_or(cfg, "rotary_emb_base", detail::json_number_or(cfg, "rope_theta", 10000.0)),
                 "rotary_emb_base", where);
-            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "hidden_act", "gelu"), "hidden_act", where);
+            c.mlp = detail::hf_activation(detail::json_text_or(cfg, "hidden_act", "gelu"), "hidden_act", where);
             c.norm = norm_kind::layer;
             c.positions = positional_kind::rotary;
             c.rope = rope_layout::split_halves;
             c.linear_biases = true;
-            c.parallel_attn_mlp = detail::hf_flag_or(cfg, "use_parallel_residual", true);
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
-            const double pct = detail::hf_number_or(cfg, "rotary_pct", 0.25);
+            c.parallel_attn_mlp = detail::json_flag_or(cfg, "use_parallel_residual", true);
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", false);
+            const double pct = detail::json_number_or(cfg, "rotary_pct", 0.25);
             if (!(pct > 0.0 && pct <= 1.0)) fail("rotary_pct must lie in (0, 1]");
             if (c.n_heads > 0 && c.d_model % c.n_heads == 0) {
                 const index_t d_head = c.d_model / c.n_heads;
@@ -11420,7 +11408,7 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
                 if (rotary < d_head) c.rotary_dim_size = rotary;
             }
             detail::hf_require_null(cfg, "rope_scaling", where);
-            if (!detail::hf_flag_or(cfg, "attention_bias", true)) fail("attention_bias false is not supported");
+            if (!detail::json_flag_or(cfg, "attention_bias", true)) fail("attention_bias false is not supported");
             break;
         }
     }
@@ -11463,17 +11451,6 @@ using hf_tensor_map = std::map<std::string, hf_tensor_ref, std::less<>>;
 
 namespace detail {
 
-/// "(a, b, ...)" for messages.
-inline std::string hf_shape_text(const std::vector<index_t>& s) {
-    std::string text = "(";
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (i > 0) text += ", ";
-        text += std::to_string(s[i]);
-    }
-    text += ')';
-    return text;
-}
-
 /// Copies Hugging Face tensor `t` (named `name`) into the parameter view `destination` of row `row`.
 inline void hf_copy(const model_config& c, const hf_name& row, const std::string& name, const hf_tensor_ref& t,
                     tensor_view<float, 2> destination) {
@@ -11485,9 +11462,9 @@ inline void hf_copy(const model_config& c, const hf_name& row, const std::string
         if (shape != wanted) {
             std::string what = "tensor '" + name;
             what += "' has shape ";
-            what += hf_shape_text(shape);
+            what += format_shape(shape);
             what += ", the config implies ";
-            what += hf_shape_text(wanted);
+            what += format_shape(wanted);
             format_fail(*t.file, what);
         }
     };
@@ -12923,26 +12900,6 @@ inline constexpr transformerlens_name transformerlens_names[] = {
 
 namespace detail {
 
-/// A HookedTransformerConfig field, or null when absent.
-inline const json_value* tl_field(const json_value& cfg, std::string_view key) { return cfg.find(key); }
-
-/// The integer field `key`; format_error naming the path when absent, null or not an integer.
-inline index_t tl_integer(const json_value& cfg, std::string_view key) {
-    return static_cast<index_t>(cfg.at(key).as_int64());
-}
-
-/// True when the optional boolean field `key` is present and true.
-inline bool tl_flag(const json_value& cfg, std::string_view key) {
-    const json_value* v = tl_field(cfg, key);
-    return v != nullptr && !v->is_null() && v->as_bool();
-}
-
-/// The optional string field `key`, or `fallback` when absent or null.
-inline std::string tl_text(const json_value& cfg, std::string_view key, std::string fallback) {
-    const json_value* v = tl_field(cfg, key);
-    return v == nullptr || v->is_null() ? fallback : v->as_string();
-}
-
 /// What the state dict holds besides the parameters (buffers TransformerLens registers, never weights).
 inline bool tl_ignored_tensor(std::string_view name) {
     for (std::string_view suffix : {".mask", ".IGNORE", ".rotary_sin", ".rotary_cos"})
@@ -12966,23 +12923,23 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
     if (!cfg.is_object()) fail("config.json is not a JSON object");
     transformerlens_config out;
     model_config& c = out.config;
-    c.n_layers = detail::tl_integer(cfg, "n_layers");
-    c.d_model = detail::tl_integer(cfg, "d_model");
-    c.n_ctx = detail::tl_integer(cfg, "n_ctx");
-    c.n_heads = detail::tl_integer(cfg, "n_heads");
-    c.d_vocab = detail::tl_integer(cfg, "d_vocab");
-    const index_t d_head = detail::tl_integer(cfg, "d_head");
+    c.n_layers = detail::json_integer(cfg, "n_layers");
+    c.d_model = detail::json_integer(cfg, "d_model");
+    c.n_ctx = detail::json_integer(cfg, "n_ctx");
+    c.n_heads = detail::json_integer(cfg, "n_heads");
+    c.d_vocab = detail::json_integer(cfg, "d_vocab");
+    const index_t d_head = detail::json_integer(cfg, "d_head");
     if (c.n_heads <= 0 || d_head <= 0) fail("n_heads and d_head must be positive");
     if (d_head * c.n_heads != c.d_model) c.d_head_size = d_head;  // heads need not tile the residual stream
     c.n_kv_heads = c.n_heads;
-    if (const json_value* kv = detail::tl_field(cfg, "n_key_value_heads"); kv != nullptr && !kv->is_null())
+    if (const json_value* kv = cfg.find("n_key_value_heads"); kv != nullptr && !kv->is_null())
         c.n_kv_heads = static_cast<index_t>(kv->as_int64());
-    if (const json_value* out_vocab = detail::tl_field(cfg, "d_vocab_out"); out_vocab != nullptr && !out_vocab->is_null())
+    if (const json_value* out_vocab = cfg.find("d_vocab_out"); out_vocab != nullptr && !out_vocab->is_null())
         if (const std::int64_t v = out_vocab->as_int64(); v > 0 && v != c.d_vocab) c.d_vocab_out = static_cast<index_t>(v);
-    c.norm_eps = static_cast<float>(detail::tl_field(cfg, "eps") != nullptr ? cfg.at("eps").as_double() : 1e-5);
+    c.norm_eps = static_cast<float>(cfg.find("eps") != nullptr ? cfg.at("eps").as_double() : 1e-5);
     c.tied_unembed = false;
 
-    const std::string norm = detail::tl_text(cfg, "normalization_type", "none");
+    const std::string norm = detail::json_text_or(cfg, "normalization_type", "none");
     if (norm == "LN" || norm == "LNPre")
         c.norm = norm_kind::layer;
     else if (norm == "RMS" || norm == "RMSPre")
@@ -12993,12 +12950,12 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         fail("normalization_type '" + norm.substr(0, 40) + "' is not one of LN, LNPre, RMS, RMSPre or null");
     out.norm_weights = norm == "LN" || norm == "RMS";
 
-    const bool gated = detail::tl_flag(cfg, "gated_mlp");
-    if (detail::tl_flag(cfg, "attn_only")) {
+    const bool gated = detail::json_flag_or(cfg, "gated_mlp", false);
+    if (detail::json_flag_or(cfg, "attn_only", false)) {
         c.mlp = mlp_kind::none;
     } else {
-        c.d_mlp = detail::tl_integer(cfg, "d_mlp");
-        const std::string act = detail::tl_text(cfg, "act_fn", "");
+        c.d_mlp = detail::json_integer(cfg, "d_mlp");
+        const std::string act = detail::json_text_or(cfg, "act_fn", "");
         if (gated && act == "silu")
             c.mlp = mlp_kind::gated_silu;
         else if (!gated && act == "relu")
@@ -13015,34 +12972,34 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
     // when the weights are read).
     c.linear_biases = c.mlp != mlp_kind::gated_silu;
 
-    const std::string positions = detail::tl_text(cfg, "positional_embedding_type", "standard");
+    const std::string positions = detail::json_text_or(cfg, "positional_embedding_type", "standard");
     if (positions == "standard") {
         c.positions = positional_kind::learned;
     } else if (positions == "rotary") {
         c.positions = positional_kind::rotary;
-        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null()) {
+        if (const json_value* dim = cfg.find("rotary_dim"); dim != nullptr && !dim->is_null()) {
             const std::int64_t rotary = dim->as_int64();
             if (rotary <= 0 || rotary > d_head)
                 fail("rotary_dim " + std::to_string(rotary) + " is outside [1, d_head = " + std::to_string(d_head) +
                      "]");
             if (rotary != d_head) c.rotary_dim_size = static_cast<index_t>(rotary);
         }
-        c.rope = detail::tl_flag(cfg, "rotary_adjacent_pairs") ? rope_layout::adjacent_pairs : rope_layout::split_halves;
-        if (const json_value* base = detail::tl_field(cfg, "rotary_base"); base != nullptr && !base->is_null())
+        c.rope = detail::json_flag_or(cfg, "rotary_adjacent_pairs", false) ? rope_layout::adjacent_pairs : rope_layout::split_halves;
+        if (const json_value* base = cfg.find("rotary_base"); base != nullptr && !base->is_null())
             c.rope_theta = static_cast<float>(base->as_double());
     } else {
         fail("positional_embedding_type '" + positions.substr(0, 40) + "' is not supported (standard, rotary)");
     }
-    const std::string direction = detail::tl_text(cfg, "attention_dir", "causal");
+    const std::string direction = detail::json_text_or(cfg, "attention_dir", "causal");
     if (direction == "bidirectional")
         c.attention = attention_dir::bidirectional;
     else if (direction != "causal")
         fail("attention_dir '" + direction.substr(0, 40) + "' is not causal or bidirectional");
-    c.parallel_attn_mlp = detail::tl_flag(cfg, "parallel_attn_mlp");
-    if (detail::tl_flag(cfg, "use_local_attn")) fail("use_local_attn is not supported");
-    if (const json_value* scale = detail::tl_field(cfg, "use_attn_scale"); scale != nullptr && !scale->as_bool())
+    c.parallel_attn_mlp = detail::json_flag_or(cfg, "parallel_attn_mlp", false);
+    if (detail::json_flag_or(cfg, "use_local_attn", false)) fail("use_local_attn is not supported");
+    if (const json_value* scale = cfg.find("use_attn_scale"); scale != nullptr && !scale->as_bool())
         fail("use_attn_scale false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
-    if (const json_value* scale = detail::tl_field(cfg, "attn_scale"); scale != nullptr && !scale->is_null() &&
+    if (const json_value* scale = cfg.find("attn_scale"); scale != nullptr && !scale->is_null() &&
                                                                       std::abs(scale->as_double() -
                                                                                std::sqrt(static_cast<double>(d_head))) >
                                                                           1e-6 * std::sqrt(static_cast<double>(d_head)))
@@ -13065,15 +13022,10 @@ inline void tl_copy(const model_config& c, const transformerlens_name& row, cons
     const std::vector<index_t>& shape = *t.shape;
     const std::vector<float>& v = *t.values;
     const index_t out = destination.extent(0), in = destination.extent(1);
-    auto shape_text = [](const std::vector<index_t>& s) {
-        std::string text = "(";
-        for (std::size_t i = 0; i < s.size(); ++i) text += (i ? ", " : "") + std::to_string(s[i]);
-        return text + ")";
-    };
     auto expect = [&](std::vector<index_t> wanted) {
         if (shape != wanted)
-            format_fail(where, "tensor '" + name + "' has shape " + shape_text(shape) + ", the config implies " +
-                                   shape_text(wanted));
+            format_fail(where, "tensor '" + name + "' has shape " + format_shape(shape) + ", the config implies " +
+                                   format_shape(wanted));
     };
     const index_t d_head = c.d_head();
     switch (row.layout) {

@@ -66,15 +66,6 @@ namespace detail {
 struct forward_order {
     bool operator()(const site& a, const site& b) const noexcept { return forward_order_less(a, b); }
 };
-/// "(1, 5, 64)" for error messages.
-inline std::string format_shape(const std::vector<index_t>& shape) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (i > 0) out += ", ";
-        out += std::to_string(shape[i]);
-    }
-    return out + ")";
-}
 /// Metadata key under which save_safetensors records the non-default positions of a tensor.
 inline std::string positions_key(const std::string& name) { return "mechlens.positions." + name; }
 }  // namespace detail

@@ -38,13 +38,6 @@ inline constexpr const char* checkpoint_m = "optimizer.adamw.m";
 inline constexpr const char* checkpoint_v = "optimizer.adamw.v";           ///< (size) second moments
 inline constexpr const char* checkpoint_step = "mechlens.optimizer.step";  ///< decimal step counter
 
-/// "(64, 512)" for error messages.
-inline std::string shape_text(const std::vector<index_t>& shape) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-    return out + ")";
-}
-
 /// Shortest text that reads back as the same float.
 inline std::string float_text(float x) {
     char buffer[64];
@@ -223,8 +216,8 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
         std::vector<index_t> expected{e.shape[0]};
         if (e.rank == 2) expected.push_back(e.shape[1]);
         if (it->second->shape != expected)
-            format_fail(where, "tensor '" + e.name + "' has shape " + shape_text(it->second->shape) +
-                                   ", the config implies " + shape_text(expected));
+            format_fail(where, "tensor '" + e.name + "' has shape " + format_shape(it->second->shape) +
+                                   ", the config implies " + format_shape(expected));
         parameters += e.size();
         by_name.erase(it);
     }
@@ -242,7 +235,7 @@ inline checkpoint_summary check_checkpoint(const safetensors_file& file, const s
         for (const auto& it : {m, v})
             if (it->second->shape != expected)
                 format_fail(where, "tensor '" + std::string(it->first) + "' has shape " +
-                                       shape_text(it->second->shape) + ", expected " + shape_text(expected));
+                                       format_shape(it->second->shape) + ", expected " + format_shape(expected));
         std::int64_t value = 0;
         const std::string& s = step->second;
         const auto [end, error] = std::from_chars(s.data(), s.data() + s.size(), value);

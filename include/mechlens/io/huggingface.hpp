@@ -131,35 +131,6 @@ inline std::string hf_block_prefix(hf_architecture architecture, index_t layer) 
     return prefix;
 }
 
-/// The integer field `key` (format_error naming the file and the key when absent, null or not an integer).
-inline index_t hf_integer(const json_value& cfg, std::string_view key) {
-    return static_cast<index_t>(cfg.at(key).as_int64());
-}
-
-/// The optional integer field `key`, or `fallback` when absent or null.
-inline index_t hf_integer_or(const json_value& cfg, std::string_view key, index_t fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : static_cast<index_t>(v->as_int64());
-}
-
-/// The optional number field `key`, or `fallback` when absent or null.
-inline double hf_number_or(const json_value& cfg, std::string_view key, double fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_double();
-}
-
-/// The optional boolean field `key`, or `fallback` when absent or null.
-inline bool hf_flag_or(const json_value& cfg, std::string_view key, bool fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_bool();
-}
-
-/// The optional string field `key`, or `fallback` when absent or null.
-inline std::string hf_text_or(const json_value& cfg, std::string_view key, std::string fallback) {
-    const json_value* v = cfg.find(key);
-    return v == nullptr || v->is_null() ? fallback : v->as_string();
-}
-
 /// The plain-MLP kind of a Hugging Face activation name, or fails naming `where`.
 inline mlp_kind hf_activation(const std::string& act, const std::string& key, const std::string& where) {
     if (act == "gelu_new" || act == "gelu_pytorch_tanh" || act == "gelu_fast") return mlp_kind::plain_gelu;
@@ -186,7 +157,7 @@ inline hf_architecture hf_architecture_of(const json_value& cfg, const std::stri
         if (list->items().empty()) format_fail(where, "architectures is an empty list");
         name = list->items().front().as_string();
     }
-    const std::string type = hf_text_or(cfg, "model_type", "");
+    const std::string type = json_text_or(cfg, "model_type", "");
     if (name == "GPT2LMHeadModel" || (name.empty() && type == "gpt2")) return hf_architecture::gpt2;
     if (name == "LlamaForCausalLM" || (name.empty() && type == "llama")) return hf_architecture::llama;
     if (name == "GPTNeoXForCausalLM" || (name.empty() && type == "gpt_neox")) return hf_architecture::gpt_neox;
@@ -216,74 +187,74 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
     model_config& c = out.config;
     switch (out.architecture) {
         case hf_architecture::gpt2: {
-            c.d_model = detail::hf_integer(cfg, "n_embd");
-            c.n_layers = detail::hf_integer(cfg, "n_layer");
-            c.n_heads = detail::hf_integer(cfg, "n_head");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer_or(cfg, "n_positions", detail::hf_integer_or(cfg, "n_ctx", 1024));
+            c.d_model = detail::json_integer(cfg, "n_embd");
+            c.n_layers = detail::json_integer(cfg, "n_layer");
+            c.n_heads = detail::json_integer(cfg, "n_head");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer_or(cfg, "n_positions", detail::json_integer_or(cfg, "n_ctx", 1024));
             // n_inner null means 4 * n_embd; the guard keeps the product from overflowing (validate bounds d_model).
-            c.d_mlp = detail::hf_integer_or(cfg, "n_inner",
+            c.d_mlp = detail::json_integer_or(cfg, "n_inner",
                                             c.d_model > 0 && c.d_model <= (index_t{1} << 24) ? 4 * c.d_model : 0);
-            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "activation_function", "gelu_new"),
+            c.mlp = detail::hf_activation(detail::json_text_or(cfg, "activation_function", "gelu_new"),
                                           "activation_function", where);
             c.norm_eps =
-                detail::hf_float(detail::hf_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
+                detail::hf_float(detail::json_number_or(cfg, "layer_norm_epsilon", 1e-5), "layer_norm_epsilon", where);
             c.norm = norm_kind::layer;
             c.positions = positional_kind::learned;
             c.linear_biases = true;
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", true);
-            if (detail::hf_flag_or(cfg, "scale_attn_by_inverse_layer_idx", false))
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", true);
+            if (detail::json_flag_or(cfg, "scale_attn_by_inverse_layer_idx", false))
                 fail("scale_attn_by_inverse_layer_idx true is not supported");
-            if (!detail::hf_flag_or(cfg, "scale_attn_weights", true))
+            if (!detail::json_flag_or(cfg, "scale_attn_weights", true))
                 fail("scale_attn_weights false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
-            (void)detail::hf_flag_or(cfg, "reorder_and_upcast_attn", false);  // precision only: accepted either way
+            (void)detail::json_flag_or(cfg, "reorder_and_upcast_attn", false);  // precision only: accepted either way
             detail::hf_require_null(cfg, "add_cross_attention", where);
             break;
         }
         case hf_architecture::llama: {
-            c.d_model = detail::hf_integer(cfg, "hidden_size");
-            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
-            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
-            c.n_kv_heads = detail::hf_integer_or(cfg, "num_key_value_heads", c.n_heads);
-            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
-            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "rms_norm_eps", 1e-6), "rms_norm_eps", where);
-            c.rope_theta = detail::hf_float(detail::hf_number_or(cfg, "rope_theta", 10000.0), "rope_theta", where);
-            if (const index_t head = detail::hf_integer_or(cfg, "head_dim", 0);
+            c.d_model = detail::json_integer(cfg, "hidden_size");
+            c.n_layers = detail::json_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::json_integer(cfg, "num_attention_heads");
+            c.n_kv_heads = detail::json_integer_or(cfg, "num_key_value_heads", c.n_heads);
+            c.d_mlp = detail::json_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::json_number_or(cfg, "rms_norm_eps", 1e-6), "rms_norm_eps", where);
+            c.rope_theta = detail::hf_float(detail::json_number_or(cfg, "rope_theta", 10000.0), "rope_theta", where);
+            if (const index_t head = detail::json_integer_or(cfg, "head_dim", 0);
                 head != 0 && (c.n_heads <= 0 || c.d_model % c.n_heads != 0 || head != c.d_model / c.n_heads))
                 c.d_head_size = head;  // heads need not tile the residual stream (validate range-checks it)
             c.norm = norm_kind::rms;
             c.positions = positional_kind::rotary;
             c.rope = rope_layout::split_halves;  // Hugging Face's q/k rows are already in rotate_half order
             c.mlp = mlp_kind::gated_silu;
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
-            if (const std::string act = detail::hf_text_or(cfg, "hidden_act", "silu"); act != "silu")
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", false);
+            if (const std::string act = detail::json_text_or(cfg, "hidden_act", "silu"); act != "silu")
                 fail(std::string("hidden_act '") + act.substr(0, 40) + "' is not supported (silu)");
             detail::hf_require_null(cfg, "rope_scaling", where);
-            if (detail::hf_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
-            if (detail::hf_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
+            if (detail::json_flag_or(cfg, "attention_bias", false)) fail("attention_bias true is not supported");
+            if (detail::json_flag_or(cfg, "mlp_bias", false)) fail("mlp_bias true is not supported");
             break;
         }
         case hf_architecture::gpt_neox: {
-            c.d_model = detail::hf_integer(cfg, "hidden_size");
-            c.n_layers = detail::hf_integer(cfg, "num_hidden_layers");
-            c.n_heads = detail::hf_integer(cfg, "num_attention_heads");
-            c.d_mlp = detail::hf_integer(cfg, "intermediate_size");
-            c.d_vocab = detail::hf_integer(cfg, "vocab_size");
-            c.n_ctx = detail::hf_integer(cfg, "max_position_embeddings");
-            c.norm_eps = detail::hf_float(detail::hf_number_or(cfg, "layer_norm_eps", 1e-5), "layer_norm_eps", where);
+            c.d_model = detail::json_integer(cfg, "hidden_size");
+            c.n_layers = detail::json_integer(cfg, "num_hidden_layers");
+            c.n_heads = detail::json_integer(cfg, "num_attention_heads");
+            c.d_mlp = detail::json_integer(cfg, "intermediate_size");
+            c.d_vocab = detail::json_integer(cfg, "vocab_size");
+            c.n_ctx = detail::json_integer(cfg, "max_position_embeddings");
+            c.norm_eps = detail::hf_float(detail::json_number_or(cfg, "layer_norm_eps", 1e-5), "layer_norm_eps", where);
             c.rope_theta = detail::hf_float(
-                detail::hf_number_or(cfg, "rotary_emb_base", detail::hf_number_or(cfg, "rope_theta", 10000.0)),
+                detail::json_number_or(cfg, "rotary_emb_base", detail::json_number_or(cfg, "rope_theta", 10000.0)),
                 "rotary_emb_base", where);
-            c.mlp = detail::hf_activation(detail::hf_text_or(cfg, "hidden_act", "gelu"), "hidden_act", where);
+            c.mlp = detail::hf_activation(detail::json_text_or(cfg, "hidden_act", "gelu"), "hidden_act", where);
             c.norm = norm_kind::layer;
             c.positions = positional_kind::rotary;
             c.rope = rope_layout::split_halves;
             c.linear_biases = true;
-            c.parallel_attn_mlp = detail::hf_flag_or(cfg, "use_parallel_residual", true);
-            out.tied = detail::hf_flag_or(cfg, "tie_word_embeddings", false);
-            const double pct = detail::hf_number_or(cfg, "rotary_pct", 0.25);
+            c.parallel_attn_mlp = detail::json_flag_or(cfg, "use_parallel_residual", true);
+            out.tied = detail::json_flag_or(cfg, "tie_word_embeddings", false);
+            const double pct = detail::json_number_or(cfg, "rotary_pct", 0.25);
             if (!(pct > 0.0 && pct <= 1.0)) fail("rotary_pct must lie in (0, 1]");
             if (c.n_heads > 0 && c.d_model % c.n_heads == 0) {
                 const index_t d_head = c.d_model / c.n_heads;
@@ -294,7 +265,7 @@ inline hf_config read_hf_config(const json_value& cfg, const std::string& where)
                 if (rotary < d_head) c.rotary_dim_size = rotary;
             }
             detail::hf_require_null(cfg, "rope_scaling", where);
-            if (!detail::hf_flag_or(cfg, "attention_bias", true)) fail("attention_bias false is not supported");
+            if (!detail::json_flag_or(cfg, "attention_bias", true)) fail("attention_bias false is not supported");
             break;
         }
     }
@@ -337,17 +308,6 @@ using hf_tensor_map = std::map<std::string, hf_tensor_ref, std::less<>>;
 
 namespace detail {
 
-/// "(a, b, ...)" for messages.
-inline std::string hf_shape_text(const std::vector<index_t>& s) {
-    std::string text = "(";
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (i > 0) text += ", ";
-        text += std::to_string(s[i]);
-    }
-    text += ')';
-    return text;
-}
-
 /// Copies Hugging Face tensor `t` (named `name`) into the parameter view `destination` of row `row`.
 inline void hf_copy(const model_config& c, const hf_name& row, const std::string& name, const hf_tensor_ref& t,
                     tensor_view<float, 2> destination) {
@@ -359,9 +319,9 @@ inline void hf_copy(const model_config& c, const hf_name& row, const std::string
         if (shape != wanted) {
             std::string what = "tensor '" + name;
             what += "' has shape ";
-            what += hf_shape_text(shape);
+            what += format_shape(shape);
             what += ", the config implies ";
-            what += hf_shape_text(wanted);
+            what += format_shape(wanted);
             format_fail(*t.file, what);
         }
     };

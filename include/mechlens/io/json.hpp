@@ -622,6 +622,33 @@ inline std::string json_quote(std::string_view text) {
     return out + "\"";
 }
 
+/// The integer field `key` of object `cfg`; format_error naming the path when absent, null or not an integer.
+inline std::int64_t json_integer(const json_value& cfg, std::string_view key) { return cfg.at(key).as_int64(); }
+
+/// The optional integer field `key`, or `fallback` when absent or null.
+inline std::int64_t json_integer_or(const json_value& cfg, std::string_view key, std::int64_t fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_int64();
+}
+
+/// The optional number field `key`, or `fallback` when absent or null.
+inline double json_number_or(const json_value& cfg, std::string_view key, double fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_double();
+}
+
+/// The optional boolean field `key`, or `fallback` when absent or null.
+inline bool json_flag_or(const json_value& cfg, std::string_view key, bool fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_bool();
+}
+
+/// The optional string field `key`, or `fallback` when absent or null.
+inline std::string json_text_or(const json_value& cfg, std::string_view key, std::string fallback) {
+    const json_value* v = cfg.find(key);
+    return v == nullptr || v->is_null() ? fallback : v->as_string();
+}
+
 }  // namespace detail
 
 MECHLENS_END_NAMESPACE

@@ -68,26 +68,6 @@ inline constexpr transformerlens_name transformerlens_names[] = {
 
 namespace detail {
 
-/// A HookedTransformerConfig field, or null when absent.
-inline const json_value* tl_field(const json_value& cfg, std::string_view key) { return cfg.find(key); }
-
-/// The integer field `key`; format_error naming the path when absent, null or not an integer.
-inline index_t tl_integer(const json_value& cfg, std::string_view key) {
-    return static_cast<index_t>(cfg.at(key).as_int64());
-}
-
-/// True when the optional boolean field `key` is present and true.
-inline bool tl_flag(const json_value& cfg, std::string_view key) {
-    const json_value* v = tl_field(cfg, key);
-    return v != nullptr && !v->is_null() && v->as_bool();
-}
-
-/// The optional string field `key`, or `fallback` when absent or null.
-inline std::string tl_text(const json_value& cfg, std::string_view key, std::string fallback) {
-    const json_value* v = tl_field(cfg, key);
-    return v == nullptr || v->is_null() ? fallback : v->as_string();
-}
-
 /// What the state dict holds besides the parameters (buffers TransformerLens registers, never weights).
 inline bool tl_ignored_tensor(std::string_view name) {
     for (std::string_view suffix : {".mask", ".IGNORE", ".rotary_sin", ".rotary_cos"})
@@ -111,23 +91,23 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
     if (!cfg.is_object()) fail("config.json is not a JSON object");
     transformerlens_config out;
     model_config& c = out.config;
-    c.n_layers = detail::tl_integer(cfg, "n_layers");
-    c.d_model = detail::tl_integer(cfg, "d_model");
-    c.n_ctx = detail::tl_integer(cfg, "n_ctx");
-    c.n_heads = detail::tl_integer(cfg, "n_heads");
-    c.d_vocab = detail::tl_integer(cfg, "d_vocab");
-    const index_t d_head = detail::tl_integer(cfg, "d_head");
+    c.n_layers = detail::json_integer(cfg, "n_layers");
+    c.d_model = detail::json_integer(cfg, "d_model");
+    c.n_ctx = detail::json_integer(cfg, "n_ctx");
+    c.n_heads = detail::json_integer(cfg, "n_heads");
+    c.d_vocab = detail::json_integer(cfg, "d_vocab");
+    const index_t d_head = detail::json_integer(cfg, "d_head");
     if (c.n_heads <= 0 || d_head <= 0) fail("n_heads and d_head must be positive");
     if (d_head * c.n_heads != c.d_model) c.d_head_size = d_head;  // heads need not tile the residual stream
     c.n_kv_heads = c.n_heads;
-    if (const json_value* kv = detail::tl_field(cfg, "n_key_value_heads"); kv != nullptr && !kv->is_null())
+    if (const json_value* kv = cfg.find("n_key_value_heads"); kv != nullptr && !kv->is_null())
         c.n_kv_heads = static_cast<index_t>(kv->as_int64());
-    if (const json_value* out_vocab = detail::tl_field(cfg, "d_vocab_out"); out_vocab != nullptr && !out_vocab->is_null())
+    if (const json_value* out_vocab = cfg.find("d_vocab_out"); out_vocab != nullptr && !out_vocab->is_null())
         if (const std::int64_t v = out_vocab->as_int64(); v > 0 && v != c.d_vocab) c.d_vocab_out = static_cast<index_t>(v);
-    c.norm_eps = static_cast<float>(detail::tl_field(cfg, "eps") != nullptr ? cfg.at("eps").as_double() : 1e-5);
+    c.norm_eps = static_cast<float>(cfg.find("eps") != nullptr ? cfg.at("eps").as_double() : 1e-5);
     c.tied_unembed = false;
 
-    const std::string norm = detail::tl_text(cfg, "normalization_type", "none");
+    const std::string norm = detail::json_text_or(cfg, "normalization_type", "none");
     if (norm == "LN" || norm == "LNPre")
         c.norm = norm_kind::layer;
     else if (norm == "RMS" || norm == "RMSPre")
@@ -138,12 +118,12 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
         fail("normalization_type '" + norm.substr(0, 40) + "' is not one of LN, LNPre, RMS, RMSPre or null");
     out.norm_weights = norm == "LN" || norm == "RMS";
 
-    const bool gated = detail::tl_flag(cfg, "gated_mlp");
-    if (detail::tl_flag(cfg, "attn_only")) {
+    const bool gated = detail::json_flag_or(cfg, "gated_mlp", false);
+    if (detail::json_flag_or(cfg, "attn_only", false)) {
         c.mlp = mlp_kind::none;
     } else {
-        c.d_mlp = detail::tl_integer(cfg, "d_mlp");
-        const std::string act = detail::tl_text(cfg, "act_fn", "");
+        c.d_mlp = detail::json_integer(cfg, "d_mlp");
+        const std::string act = detail::json_text_or(cfg, "act_fn", "");
         if (gated && act == "silu")
             c.mlp = mlp_kind::gated_silu;
         else if (!gated && act == "relu")
@@ -160,34 +140,34 @@ inline transformerlens_config read_transformerlens_config(const json_value& cfg,
     // when the weights are read).
     c.linear_biases = c.mlp != mlp_kind::gated_silu;
 
-    const std::string positions = detail::tl_text(cfg, "positional_embedding_type", "standard");
+    const std::string positions = detail::json_text_or(cfg, "positional_embedding_type", "standard");
     if (positions == "standard") {
         c.positions = positional_kind::learned;
     } else if (positions == "rotary") {
         c.positions = positional_kind::rotary;
-        if (const json_value* dim = detail::tl_field(cfg, "rotary_dim"); dim != nullptr && !dim->is_null()) {
+        if (const json_value* dim = cfg.find("rotary_dim"); dim != nullptr && !dim->is_null()) {
             const std::int64_t rotary = dim->as_int64();
             if (rotary <= 0 || rotary > d_head)
                 fail("rotary_dim " + std::to_string(rotary) + " is outside [1, d_head = " + std::to_string(d_head) +
                      "]");
             if (rotary != d_head) c.rotary_dim_size = static_cast<index_t>(rotary);
         }
-        c.rope = detail::tl_flag(cfg, "rotary_adjacent_pairs") ? rope_layout::adjacent_pairs : rope_layout::split_halves;
-        if (const json_value* base = detail::tl_field(cfg, "rotary_base"); base != nullptr && !base->is_null())
+        c.rope = detail::json_flag_or(cfg, "rotary_adjacent_pairs", false) ? rope_layout::adjacent_pairs : rope_layout::split_halves;
+        if (const json_value* base = cfg.find("rotary_base"); base != nullptr && !base->is_null())
             c.rope_theta = static_cast<float>(base->as_double());
     } else {
         fail("positional_embedding_type '" + positions.substr(0, 40) + "' is not supported (standard, rotary)");
     }
-    const std::string direction = detail::tl_text(cfg, "attention_dir", "causal");
+    const std::string direction = detail::json_text_or(cfg, "attention_dir", "causal");
     if (direction == "bidirectional")
         c.attention = attention_dir::bidirectional;
     else if (direction != "causal")
         fail("attention_dir '" + direction.substr(0, 40) + "' is not causal or bidirectional");
-    c.parallel_attn_mlp = detail::tl_flag(cfg, "parallel_attn_mlp");
-    if (detail::tl_flag(cfg, "use_local_attn")) fail("use_local_attn is not supported");
-    if (const json_value* scale = detail::tl_field(cfg, "use_attn_scale"); scale != nullptr && !scale->as_bool())
+    c.parallel_attn_mlp = detail::json_flag_or(cfg, "parallel_attn_mlp", false);
+    if (detail::json_flag_or(cfg, "use_local_attn", false)) fail("use_local_attn is not supported");
+    if (const json_value* scale = cfg.find("use_attn_scale"); scale != nullptr && !scale->as_bool())
         fail("use_attn_scale false is not supported (mechlens scales scores by 1 / sqrt(d_head))");
-    if (const json_value* scale = detail::tl_field(cfg, "attn_scale"); scale != nullptr && !scale->is_null() &&
+    if (const json_value* scale = cfg.find("attn_scale"); scale != nullptr && !scale->is_null() &&
                                                                       std::abs(scale->as_double() -
                                                                                std::sqrt(static_cast<double>(d_head))) >
                                                                           1e-6 * std::sqrt(static_cast<double>(d_head)))
@@ -210,15 +190,10 @@ inline void tl_copy(const model_config& c, const transformerlens_name& row, cons
     const std::vector<index_t>& shape = *t.shape;
     const std::vector<float>& v = *t.values;
     const index_t out = destination.extent(0), in = destination.extent(1);
-    auto shape_text = [](const std::vector<index_t>& s) {
-        std::string text = "(";
-        for (std::size_t i = 0; i < s.size(); ++i) text += (i ? ", " : "") + std::to_string(s[i]);
-        return text + ")";
-    };
     auto expect = [&](std::vector<index_t> wanted) {
         if (shape != wanted)
-            format_fail(where, "tensor '" + name + "' has shape " + shape_text(shape) + ", the config implies " +
-                                   shape_text(wanted));
+            format_fail(where, "tensor '" + name + "' has shape " + format_shape(shape) + ", the config implies " +
+                                   format_shape(wanted));
     };
     const index_t d_head = c.d_head();
     switch (row.layout) {

@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <type_traits>
 
@@ -23,15 +24,20 @@ using extents = std::array<index_t, Rank>;
 
 namespace detail {
 
+/// Formats a shape as "(2, 3, 4)" for error messages (any rank, from an extent list or a vector of extents).
+inline std::string format_shape(std::span<const index_t> shape) {
+    std::string out = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) out += ", ";
+        out += std::to_string(shape[i]);
+    }
+    return out + ")";
+}
+
 /// Formats an extent list as "(2, 3, 4)" for error messages.
 template <std::size_t Rank>
 std::string format_extents(const extents<Rank>& e) {
-    std::string out = "(";
-    for (std::size_t i = 0; i < Rank; ++i) {
-        if (i) out += ", ";
-        out += std::to_string(e[i]);
-    }
-    return out + ")";
+    return format_shape(e);
 }
 
 /// Row-major strides of a contiguous tensor with the given extents.
