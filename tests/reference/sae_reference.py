@@ -73,7 +73,7 @@ def batchtopk_act(score, k):
     return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(acts.shape)
 
 
-def forward(case, p, x, training):
+def forward(case, p, x):
     """The SAE's forward pass; returns the dict of intermediate values."""
     arch = case["architecture"]
     if case["normalize_activations"] == "constant_norm_rescale":
@@ -164,7 +164,7 @@ def case_file(name, case, seed):
         x32 = x32.astype(np.float32)
         p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in p32.items()}
         x = torch.tensor(x32, dtype=torch.float64)
-        f = forward(case, p, x, True)
+        f = forward(case, p, x)
         if margins_ok(case, p, f):
             break
     terms = losses(case, p, x, f)
@@ -174,7 +174,7 @@ def case_file(name, case, seed):
     probe = g.normal(0, 1.0, (N, D_IN)).astype(np.float32)
     xg = torch.tensor(x32, dtype=torch.float64, requires_grad=True)
     q = {k: v.detach() for k, v in p.items()}
-    (forward(case, q, xg, False)["output"] * torch.tensor(probe, dtype=torch.float64)).sum().backward()
+    (forward(case, q, xg)["output"] * torch.tensor(probe, dtype=torch.float64)).sum().backward()
 
     def num(t):
         return [float("%.12g" % v) for v in np.asarray(t.detach(), dtype=np.float64).flatten()]
