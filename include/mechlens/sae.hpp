@@ -1,4 +1,10 @@
 #pragma once
 /// @file
-/// Sparse autoencoders spliced into the forward and backward passes (their latents are extension sites).
+/// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
+/// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
+/// sites), and SAELens folders.
+#include "mechlens/sae/definition.hpp"
+#include "mechlens/sae/forward.hpp"
+#include "mechlens/sae/loss.hpp"
+#include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"

@@ -383,10 +383,46 @@ def main() -> int:
           struct.pack("<2e", 1.5, -0.25) + struct.pack("<2H", 0x3F80, 0xC000))
     hf_count = c.count
 
+    # fuzz_sae_config: first byte even, a SAELens cfg.json; odd, a cfg.json, a NUL byte, then sae_weights.safetensors.
+    c = Corpus(root, "fuzz_sae_config")
+    sae_cfg = {"architecture": "jumprelu", "d_in": 2, "d_sae": 3, "dtype": "float32", "apply_b_dec_to_input": True,
+               "normalize_activations": "none", "reshape_activations": "none",
+               "metadata": {"sae_lens_version": "6.0.0", "hook_name": "blocks.0.hook_resid_post",
+                            "hook_head_index": None}}
+    c.add("cfg_jumprelu", b"\x00" + json.dumps(sae_cfg).encode())
+    c.add("cfg_topk", b"\x00" + json.dumps(dict(sae_cfg, architecture="topk", k=2,
+                                                  rescale_acts_by_decoder_norm=True)).encode())
+    c.add("cfg_batchtopk", b"\x00" + json.dumps(dict(sae_cfg, architecture="batchtopk", k=1.5)).encode())
+    c.add("cfg_legacy", b"\x00" + json.dumps({"d_in": 2, "d_sae": 3, "activation_fn_str": "topk",
+                                                "activation_fn_kwargs": {"k": 1}, "hook_point": "blocks.0.hook_mlp_out",
+                                                "normalize_activations": True}).encode())
+    shapes = [("W_enc", [2, 3]), ("W_dec", [3, 2]), ("b_enc", [3]), ("b_dec", [2]), ("threshold", [3])]
+    header, offset = {}, 0
+    for name, shape in shapes:
+        size = 4 * (shape[0] * (shape[1] if len(shape) > 1 else 1))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header).encode()
+    head += b" " * ((8 - len(head) % 8) % 8)
+    weights = struct.pack("<Q", len(head)) + head + f32s([0.25 * i for i in range(offset // 4)])
+    c.add("folder_jumprelu", b"\x01" + json.dumps(sae_cfg).encode() + b"\x00" + weights)
+    for name in ("standard", "topk_rescale"):
+        fixture = fixtures / "sae" / f"{name}.json"
+        if fixture.is_file():
+            data = json.loads(fixture.read_text())
+            o = data["options"]
+            cfg = {"architecture": o["architecture"], "d_in": data["d_in"], "d_sae": data["d_sae"],
+                   "apply_b_dec_to_input": o["apply_b_dec_to_input"],
+                   "normalize_activations": o["normalize_activations"]}
+            if "k" in o:
+                cfg["k"] = o["k"]
+            c.add(f"cfg_{name}", b"\x00" + json.dumps(cfg).encode())
+    sae_count = c.count
+
 
     print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
           f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}, json {json_count}, "
-          f"gpt2_vocab {gpt2_count}, hf_config {hf_count}"
+          f"gpt2_vocab {gpt2_count}, hf_config {hf_count}, sae_config {sae_count}"
           + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
     return 0
 

@@ -25,6 +25,13 @@ constexpr index_t d_sae = 40;
 
 double wide(float x) { return static_cast<double>(x); }
 
+/// A standard SAE's options, with or without the error term.
+mechlens::sae_options with_error_term(bool on) {
+    mechlens::sae_options options;
+    options.error_term = on;
+    return options;
+}
+
 mechlens::model_config small_config() {
     mechlens::model_config c;
     c.d_model = 16;
@@ -226,7 +233,7 @@ TEST_CASE("extension sites: SAELens names below the host, listed, parsed, valida
     CHECK_THROWS_AS(hooks.splice("blocks.0.mlp.hook_post", sae), mechlens::shape_error);
     CHECK_THROWS_AS(hooks.splice("blocks.7.hook_resid_post", sae), mechlens::unknown_hook_error);
     CHECK_THROWS_AS(hooks.splice("blocks.0.hook_resid_post", nullptr), std::invalid_argument);
-    CHECK_THROWS_AS(mechlens::sae_splice(mechlens::sae_weights{16, 4, {}, {}, {}, {}}), mechlens::shape_error);
+    CHECK_THROWS_AS(mechlens::sae_splice(mechlens::sae_weights{16, 4, {}, {}, {}, {}, {}}), mechlens::shape_error);
 
     // Detached: the extension sites are gone and the pass is the plain one again, bit for bit.
     CHECK(hooks.remove(handle));
@@ -248,7 +255,7 @@ TEST_CASE("extension sites: the spliced SAE computes SAELens's activations", "[h
         INFO("error term " << error_term);
         mechlens::dynamic_hooks hooks(c);
         (void)hooks.splice("blocks.0.hook_resid_post",
-                           std::make_shared<mechlens::sae_splice>(weights, mechlens::sae_options{error_term, true}));
+                           std::make_shared<mechlens::sae_splice>(weights, with_error_term(error_term)));
         snapshots seen;
         (void)hooks.add("blocks.0.hook_resid_post, blocks.0.hook_resid_post.*", seen.callback());
         const auto logits = mechlens::forward_logits(model, as_batch(prompt), hooks);
@@ -273,12 +280,10 @@ TEST_CASE("extension sites: the spliced SAE computes SAELens's activations", "[h
                     worst = std::max(worst, std::abs(wide(got[static_cast<std::size_t>(r * width + i)]) -
                                                      want[static_cast<std::size_t>(i)]));
             };
-            std::vector<double> sae_in(row), error(row);
-            for (index_t i = 0; i < c.d_model; ++i) {
-                sae_in[static_cast<std::size_t>(i)] -= wide(weights.b_dec[static_cast<std::size_t>(i)]);
+            std::vector<double> error(row);
+            for (index_t i = 0; i < c.d_model; ++i)
                 error[static_cast<std::size_t>(i)] -= recons[static_cast<std::size_t>(i)];
-            }
-            compare(at("hook_sae_input"), sae_in, c.d_model);
+            compare(at("hook_sae_input"), row, c.d_model);  // SAELens: the input before b_dec is subtracted
             compare(at("hook_sae_acts_pre"), pre, d_sae);
             compare(at("hook_sae_acts_post"), acts, d_sae);
             compare(at("hook_sae_recons"), recons, c.d_model);
@@ -325,7 +330,7 @@ TEST_CASE("extension sites: the shipped policies cache, patch, ablate and steer 
 
     // Cache: the latents under their SAELens name, (batch, pos, d_sae), through a file and back.
     mechlens::dynamic_hooks replace(c);
-    (void)replace.splice(host, std::make_shared<mechlens::sae_splice>(weights, mechlens::sae_options{false, true}));
+    (void)replace.splice(host, std::make_shared<mechlens::sae_splice>(weights, with_error_term(false)));
     mechlens::caching_hooks<> cache_a;
     (void)replace.add(acts_name, mechlens::as_callback(cache_a));
     const auto logits_a = mechlens::forward_logits(model, as_batch(prompt_a), replace);
@@ -340,7 +345,7 @@ TEST_CASE("extension sites: the shipped policies cache, patch, ablate and steer 
 
     // Patch: prompt B with every latent of prompt A. Without the error term the block's output is then A's
     // reconstruction at every position, so everything after it, logits included, is A's run, bit for bit.
-    (void)replace.splice(host, std::make_shared<mechlens::sae_splice>(weights, mechlens::sae_options{false, true}));
+    (void)replace.splice(host, std::make_shared<mechlens::sae_splice>(weights, with_error_term(false)));
     mechlens::patch_hooks<> patch(cache_a.cache());
     patch.patch(acts);
     (void)replace.add(acts_name, mechlens::as_callback(patch));
@@ -428,7 +433,7 @@ TEST_CASE("extension sites: gradients through the splice equal finite difference
         // Analytic: the float pass with the splice, gradients read at hook_embed and at the latents.
         mechlens::dynamic_hooks hooks(c);
         (void)hooks.splice(host, std::make_shared<mechlens::sae_splice>(weights,
-                                                                        mechlens::sae_options{error_term, true}));
+                                                                        with_error_term(error_term)));
         snapshots gradient;
         (void)hooks.add_gradient("hook_embed, " + acts_name, gradient.callback());
         const float value = mechlens::forward_backward(model, tokens, mechlens::metric::logit_diff(3, 7),
