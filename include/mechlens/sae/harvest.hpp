@@ -284,6 +284,7 @@ struct harvest_batch {
     std::vector<harvest_site> sites;          ///< What to capture.
     std::vector<index_t> widths;              ///< Floats per row of each site.
     std::vector<std::vector<float>> rows;     ///< (batch * pos, width) per site.
+    tensor<float, 3> logits;                  ///< (batch, pos, d_vocab_out), when a site comes after the blocks.
 };
 
 /// Copies the wanted heads of a (batch, pos, ...) activation into dense (batch * pos, width) rows.
@@ -354,8 +355,9 @@ void harvest_forward(const transformer& model, tensor_view<const std::int32_t, 2
         last_layer = std::max(last_layer, s.where.layer);
     }
     if (after_blocks) {
-        tensor<float, 3> logits({tokens.extent(0), tokens.extent(1), model.config().vocab_out()});
-        forward(model, tokens, logits.view(), ws, hooks);
+        const extents<3> shape{tokens.extent(0), tokens.extent(1), model.config().vocab_out()};
+        if (batch.logits.shape() != shape) batch.logits = tensor<float, 3>(shape);
+        forward(model, tokens, batch.logits.view(), ws, hooks);
         return;
     }
     const forward_span span{tokens.extent(0), tokens.extent(1), 0};
