@@ -2,9 +2,13 @@
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), and SAELens folders.
+/// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
+/// read back in batches).
 #include "mechlens/sae/definition.hpp"
 #include "mechlens/sae/forward.hpp"
+#include "mechlens/sae/harvest.hpp"
+#include "mechlens/sae/harvest_reader.hpp"
+#include "mechlens/sae/harvest_source.hpp"
 #include "mechlens/sae/loss.hpp"
 #include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"

@@ -16662,22 +16662,1959 @@ MECHLENS_END_NAMESPACE
 // ---- end mechlens/attribution.hpp ----
 // ---- begin mechlens/sae.hpp ----
 /// @file
-/// Sparse autoencoders spliced into the forward and backward passes (their latents are extension sites).
-// ---- begin mechlens/sae/sparse_autoencoder.hpp ----
+/// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
+/// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
+/// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
+/// read back in batches).
+// ---- begin mechlens/sae/definition.hpp ----
 /// @file
-/// A standard (ReLU) sparse autoencoder as a splice, with SAELens's definitions and site names:
-///   sae_in   = x - b_dec (with apply_b_dec_to_input, else x)        `hook_sae_input`      (batch, pos, d_in)
-///   acts_pre = sae_in W_enc + b_enc                                  `hook_sae_acts_pre`   (batch, pos, d_sae)
-///   acts     = relu(acts_pre)                                        `hook_sae_acts_post`  (batch, pos, d_sae)
-///   recons   = acts W_dec + b_dec                                    `hook_sae_recons`     (batch, pos, d_in)
-///   error    = x - recons of the same x without hooks (error term)   `hook_sae_error`      (batch, pos, d_in)
-///   output   = recons + error (error term) or recons (replacement)   `hook_sae_output`     (batch, pos, d_in)
-/// With the error term the model's output is unchanged while nothing intervenes on the SAE's sites, and interventions
-/// on its latents reach the rest of the model through the reconstruction. As in SAELens, the error term is detached:
-/// the backward pass sends the output's gradient to the input through the SAE only (the latents get exact
-/// gradients; the error node's gradient is shown to hooks at `hook_sae_error` and goes no further).
+/// What a sparse autoencoder is, as SAELens defines it: its architecture, the options that change its forward pass,
+/// and its parameters. One struct per fact: the splice, the training loss and the SAELens folder reader all take
+/// these.
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// The activation function between encoder and decoder (SAELens's `architecture` field).
+enum class sae_architecture : std::uint8_t {
+    standard,   ///< acts = relu(pre).
+    topk,       ///< Per row, the k largest pre-activations, ReLU'd; the rest zero.
+    jumprelu,   ///< acts = relu(pre) * (pre > threshold), one threshold per latent.
+    batchtopk,  ///< The k * rows largest ReLU'd pre-activations of the whole batch (training form; saved as jumprelu).
+};
+
+/// How the input is rescaled before encoding (SAELens's `normalize_activations`).
+enum class sae_normalization : std::uint8_t {
+    none,                      ///< Nothing.
+    expected_average_only_in,  ///< Nothing inside the SAE: the data pipeline scales inputs by one constant factor.
+    constant_norm_rescale,     ///< Each row scaled to norm sqrt(d_in) on the way in, scaled back on the way out.
+};
+
+/// SAELens's name of an architecture ("standard", "topk", "jumprelu", "batchtopk").
+constexpr std::string_view to_string(sae_architecture a) noexcept {
+    switch (a) {
+        case sae_architecture::standard: return "standard";
+        case sae_architecture::topk: return "topk";
+        case sae_architecture::jumprelu: return "jumprelu";
+        case sae_architecture::batchtopk: return "batchtopk";
+    }
+    return "standard";
+}
+
+/// SAELens's name of a normalization ("none", "expected_average_only_in", "constant_norm_rescale").
+constexpr std::string_view to_string(sae_normalization n) noexcept {
+    switch (n) {
+        case sae_normalization::none: return "none";
+        case sae_normalization::expected_average_only_in: return "expected_average_only_in";
+        case sae_normalization::constant_norm_rescale: return "constant_norm_rescale";
+    }
+    return "none";
+}
+
+/// The architecture named `name`, or nullopt for a name SAELens does not use for these four.
+constexpr std::optional<sae_architecture> parse_sae_architecture(std::string_view name) noexcept {
+    for (sae_architecture a : {sae_architecture::standard, sae_architecture::topk, sae_architecture::jumprelu,
+                               sae_architecture::batchtopk})
+        if (to_string(a) == name) return a;
+    return std::nullopt;
+}
+
+/// The normalization named `name`, or nullopt (SAELens's "layer_norm" is not supported).
+constexpr std::optional<sae_normalization> parse_sae_normalization(std::string_view name) noexcept {
+    for (sae_normalization n : {sae_normalization::none, sae_normalization::expected_average_only_in,
+                                sae_normalization::constant_norm_rescale})
+        if (to_string(n) == name) return n;
+    return std::nullopt;
+}
+
+/// How a sparse autoencoder computes and how it is spliced in. The fields after error_term are SAELens's
+/// inference configuration.
+struct sae_options {
+    bool error_term = true;            ///< Splice only: add the clean reconstruction error back (use_error_term).
+    bool apply_b_dec_to_input = true;  ///< Subtract b_dec from the (normalized) input before encoding.
+    sae_architecture architecture = sae_architecture::standard;  ///< The activation function.
+    double k = 0;  ///< topk: latents kept per row (an integer); batchtopk: mean latents kept per row.
+    sae_normalization normalize_activations = sae_normalization::none;  ///< Input rescaling.
+    /// topk and batchtopk: rank latents by pre * ||W_dec row|| and decode acts / ||W_dec row|| (SAELens's
+    /// rescale_acts_by_decoder_norm); the decoded value of a kept latent is still relu(pre).
+    bool rescale_acts_by_decoder_norm = false;
+};
+
+/// A sparse autoencoder's parameters in SAELens's layout (row-major), in float or double.
+template <class T>
+struct basic_sae_weights {
+    index_t d_in = 0;            ///< Width of the activation it reads.
+    index_t d_sae = 0;           ///< Number of latents.
+    std::vector<T> w_enc;        ///< (d_in, d_sae)
+    std::vector<T> w_dec;        ///< (d_sae, d_in)
+    std::vector<T> b_enc;        ///< (d_sae)
+    std::vector<T> b_dec;        ///< (d_in)
+    std::vector<T> threshold;    ///< (d_sae) for jumprelu, else empty.
+};
+
+/// Float parameters, as spliced into a model and stored in SAELens folders.
+using sae_weights = basic_sae_weights<float>;
+
+/// Throws shape_error (starting with `who`) when the sizes of `w` disagree with its d_in and d_sae or with the
+/// architecture (jumprelu needs a threshold, the others none), or when options.k does not fit it.
+template <class T>
+void validate_sae(const basic_sae_weights<T>& w, const sae_options& options, const std::string& who) {
+    if (w.d_in <= 0 || w.d_sae <= 0) {
+        std::string message = who;
+        message += ": d_in and d_sae must be positive, got ";
+        message += std::to_string(w.d_in);
+        message += " and ";
+        message += std::to_string(w.d_sae);
+        throw shape_error(message);
+    }
+    auto require = [&](const std::vector<T>& v, index_t size, const char* name) {
+        if (static_cast<index_t>(v.size()) == size) return;
+        std::string message = who;
+        message += ": ";
+        message += name;
+        message += " has ";
+        message += std::to_string(v.size());
+        message += " values, expected ";
+        message += std::to_string(size);
+        throw shape_error(message);
+    };
+    require(w.w_enc, w.d_in * w.d_sae, "W_enc (d_in, d_sae)");
+    require(w.w_dec, w.d_sae * w.d_in, "W_dec (d_sae, d_in)");
+    require(w.b_enc, w.d_sae, "b_enc (d_sae)");
+    require(w.b_dec, w.d_in, "b_dec (d_in)");
+    require(w.threshold, options.architecture == sae_architecture::jumprelu ? w.d_sae : 0, "threshold (d_sae)");
+    const bool top = options.architecture == sae_architecture::topk;
+    if (top || options.architecture == sae_architecture::batchtopk) {
+        const bool integral = !top || options.k == static_cast<double>(static_cast<index_t>(options.k));
+        if (!(options.k > 0.0) || !(options.k <= static_cast<double>(w.d_sae)) || !integral) {
+            std::string message = who;
+            message += ": k = ";
+            message += std::to_string(options.k);
+            message += top ? " must be an integer in [1, d_sae]" : " must be in (0, d_sae]";
+            throw shape_error(message);
+        }
+    }
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/definition.hpp ----
+// ---- begin mechlens/sae/forward.hpp ----
+/// @file
+/// The steps of a sparse autoencoder's forward pass, shared by the splice (float, hooks fired between the steps) and
+/// the training loss (float or double). Every step reads and writes dense row-major (rows, width) views:
+///   scale    = sqrt(d_in) / ||x||  (constant_norm_rescale), else 1              (rows)
+///   sae_in   = x * scale - b_dec (apply_b_dec_to_input) or x * scale          (rows, d_in)
+///   pre      = sae_in W_enc + b_enc                                           (rows, d_sae)
+///   score    = pre * ||W_dec row|| (rescale_acts_by_decoder_norm), else pre   (rows, d_sae)
+///   acts     = the architecture's activation of score                         (rows, d_sae)
+///   recons   = (acts / ||W_dec row|| when rescaling) W_dec + b_dec            (rows, d_in)
+///   output   = recons / scale                                                 (rows, d_in)
 
 #include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <numeric>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+namespace detail {
+
+/// Flat index of (row, col) in a dense row-major matrix of `cols` columns.
+constexpr std::size_t sae_at(index_t row, index_t col, index_t cols) noexcept {
+    return static_cast<std::size_t>(row * cols + col);
+}
+
+}  // namespace detail
+
+/// The Euclidean norm of each decoder row, ||W_dec[j, :]|| (d_sae).
+template <class T>
+std::vector<T> sae_decoder_norms(const basic_sae_weights<T>& w) {
+    std::vector<T> norms(static_cast<std::size_t>(w.d_sae));
+    for (index_t j = 0; j < w.d_sae; ++j) {
+        T sum = 0;
+        for (index_t i = 0; i < w.d_in; ++i) sum += w.w_dec[detail::sae_at(j, i, w.d_in)] * w.w_dec[detail::sae_at(j, i, w.d_in)];
+        norms[static_cast<std::size_t>(j)] = std::sqrt(sum);
+    }
+    return norms;
+}
+
+/// Per-row input scale (rows): sqrt(d_in) / ||x_row|| for constant_norm_rescale, else 1.
+template <class T>
+void sae_input_scale(tensor_view<const T, 2> x, const sae_options& options, std::vector<T>& scale) {
+    const index_t rows = x.extent(0), d_in = x.extent(1);
+    scale.assign(static_cast<std::size_t>(rows), T(1));
+    if (options.normalize_activations != sae_normalization::constant_norm_rescale) return;
+    for (index_t r = 0; r < rows; ++r) {
+        T sum = 0;
+        for (index_t i = 0; i < d_in; ++i) sum += x(r, i) * x(r, i);
+        scale[static_cast<std::size_t>(r)] = std::sqrt(static_cast<T>(d_in)) / std::sqrt(sum);
+    }
+}
+
+/// sae_in = x * scale - b_dec (or without b_dec), (rows, d_in).
+template <class T>
+void sae_prepare_input(tensor_view<const T, 2> x, const std::vector<T>& scale, const basic_sae_weights<T>& w,
+                       const sae_options& options, tensor_view<T, 2> sae_in) {
+    for (index_t r = 0; r < x.extent(0); ++r)
+        for (index_t i = 0; i < w.d_in; ++i)
+            sae_in(r, i) = x(r, i) * scale[static_cast<std::size_t>(r)] -
+                           (options.apply_b_dec_to_input ? w.b_dec[static_cast<std::size_t>(i)] : T(0));
+}
+
+/// pre = sae_in W_enc + b_enc, (rows, d_sae).
+template <class T>
+void sae_encode(tensor_view<const T, 2> sae_in, const basic_sae_weights<T>& w, tensor_view<T, 2> pre) {
+    for (index_t r = 0; r < sae_in.extent(0); ++r) {
+        T* out = &pre(r, 0);
+        for (index_t j = 0; j < w.d_sae; ++j) out[j] = w.b_enc[static_cast<std::size_t>(j)];
+        for (index_t i = 0; i < w.d_in; ++i) {
+            const T v = sae_in(r, i);
+            const T* row = w.w_enc.data() + detail::sae_at(i, 0, w.d_sae);
+            for (index_t j = 0; j < w.d_sae; ++j) out[j] += v * row[j];
+        }
+    }
+}
+
+/// The latents kept at each position: 1 where the activation passed its input through (the gradient of acts
+/// with respect to score is 1 there and 0 elsewhere), (rows, d_sae).
+using sae_kept_mask = std::vector<unsigned char>;
+
+/// acts = the architecture's activation of pre (rows, d_sae); `norms` are the decoder norms (used when rescaling);
+/// `kept` receives the mask of latents the gradient flows through.
+template <class T>
+void sae_activate(tensor_view<const T, 2> pre, const basic_sae_weights<T>& w, const sae_options& options,
+                  const std::vector<T>& norms, tensor_view<T, 2> acts, sae_kept_mask& kept) {
+    const index_t rows = pre.extent(0), d_sae = w.d_sae;
+    const bool rescale = options.rescale_acts_by_decoder_norm && (options.architecture == sae_architecture::topk ||
+                                                                  options.architecture == sae_architecture::batchtopk);
+    kept.assign(static_cast<std::size_t>(rows * d_sae), 0);
+    auto score = [&](index_t r, index_t j) {
+        return rescale ? pre(r, j) * norms[static_cast<std::size_t>(j)] : pre(r, j);
+    };
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < d_sae; ++j) acts(r, j) = T(0);
+    switch (options.architecture) {
+        case sae_architecture::standard:
+        case sae_architecture::jumprelu:
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t j = 0; j < d_sae; ++j) {
+                    const T p = pre(r, j);
+                    const bool on = p > T(0) && (options.architecture == sae_architecture::standard ||
+                                                 p > w.threshold[static_cast<std::size_t>(j)]);
+                    if (!on) continue;
+                    acts(r, j) = p;
+                    kept[detail::sae_at(r, j, d_sae)] = 1;
+                }
+            return;
+        case sae_architecture::topk: {
+            // The k largest scores of each row (ties to the lower index), then ReLU.
+            const auto k = static_cast<std::size_t>(options.k);
+            std::vector<index_t> order(static_cast<std::size_t>(d_sae));
+            for (index_t r = 0; r < rows; ++r) {
+                std::iota(order.begin(), order.end(), index_t{0});
+                std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k) - 1, order.end(),
+                                 [&](index_t a, index_t b) {
+                                     const T sa = score(r, a), sb = score(r, b);
+                                     return sa > sb || (sa == sb && a < b);
+                                 });
+                for (std::size_t m = 0; m < k; ++m) {
+                    const index_t j = order[m];
+                    const T s = score(r, j);
+                    if (!(s > T(0))) continue;
+                    acts(r, j) = s;
+                    kept[detail::sae_at(r, j, d_sae)] = 1;
+                }
+            }
+            return;
+        }
+        case sae_architecture::batchtopk: {
+            // The int(k * rows) largest ReLU'd scores of the whole batch.
+            const auto total = static_cast<std::size_t>(options.k * static_cast<double>(rows));
+            const auto count = static_cast<std::size_t>(rows * d_sae);
+            if (total == 0 || count == 0) return;
+            std::vector<std::size_t> order(count);
+            std::iota(order.begin(), order.end(), std::size_t{0});
+            auto relu_score = [&](std::size_t f) {
+                const auto r = static_cast<index_t>(f / static_cast<std::size_t>(d_sae));
+                const auto j = static_cast<index_t>(f % static_cast<std::size_t>(d_sae));
+                return std::max(score(r, j), T(0));
+            };
+            const std::size_t take = std::min(total, count);
+            std::nth_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(take) - 1, order.end(),
+                             [&](std::size_t a, std::size_t b) {
+                                 const T sa = relu_score(a), sb = relu_score(b);
+                                 return sa > sb || (sa == sb && a < b);
+                             });
+            for (std::size_t m = 0; m < take; ++m) {
+                const auto r = static_cast<index_t>(order[m] / static_cast<std::size_t>(d_sae));
+                const auto j = static_cast<index_t>(order[m] % static_cast<std::size_t>(d_sae));
+                const T s = score(r, j);
+                if (!(s > T(0))) continue;
+                acts(r, j) = s;
+                kept[order[m]] = 1;
+            }
+            return;
+        }
+    }
+}
+
+/// True when the decoder divides the latents by the decoder norms (rescale_acts_by_decoder_norm on topk/batchtopk).
+constexpr bool sae_rescales(const sae_options& options) noexcept {
+    return options.rescale_acts_by_decoder_norm &&
+           (options.architecture == sae_architecture::topk || options.architecture == sae_architecture::batchtopk);
+}
+
+/// recons = (acts, divided by the decoder norms when rescaling) W_dec + b_dec, (rows, d_in). Zero latents are
+/// skipped, so sparse activations decode in O(rows * active * d_in).
+template <class T>
+void sae_decode(tensor_view<const T, 2> acts, const basic_sae_weights<T>& w, const sae_options& options,
+                const std::vector<T>& norms, tensor_view<T, 2> recons) {
+    const bool rescale = sae_rescales(options);
+    for (index_t r = 0; r < acts.extent(0); ++r) {
+        T* out = &recons(r, 0);
+        for (index_t i = 0; i < w.d_in; ++i) out[i] = w.b_dec[static_cast<std::size_t>(i)];
+        for (index_t j = 0; j < w.d_sae; ++j) {
+            T a = acts(r, j);
+            if (a == T(0)) continue;
+            if (rescale) a /= norms[static_cast<std::size_t>(j)];
+            const T* row = w.w_dec.data() + detail::sae_at(j, 0, w.d_in);
+            for (index_t i = 0; i < w.d_in; ++i) out[i] += a * row[i];
+        }
+    }
+}
+
+/// output = recons / scale, row by row (rows, d_in).
+template <class T>
+void sae_restore_scale(tensor_view<const T, 2> recons, const std::vector<T>& scale, tensor_view<T, 2> output) {
+    for (index_t r = 0; r < recons.extent(0); ++r)
+        for (index_t i = 0; i < recons.extent(1); ++i) output(r, i) = recons(r, i) / scale[static_cast<std::size_t>(r)];
+}
+
+/// d(latents) = d(recons) W_dec^T, divided by the decoder norms when rescaling, (rows, d_sae).
+template <class T>
+void sae_decode_backward(tensor_view<const T, 2> d_recons, const basic_sae_weights<T>& w, const sae_options& options,
+                         const std::vector<T>& norms, tensor_view<T, 2> d_acts) {
+    const bool rescale = sae_rescales(options);
+    for (index_t r = 0; r < d_recons.extent(0); ++r) {
+        const T* g = &d_recons(r, 0);
+        for (index_t j = 0; j < w.d_sae; ++j) {
+            const T* row = w.w_dec.data() + detail::sae_at(j, 0, w.d_in);
+            T sum = 0;
+            for (index_t i = 0; i < w.d_in; ++i) sum += g[i] * row[i];
+            d_acts(r, j) = rescale ? sum / norms[static_cast<std::size_t>(j)] : sum;
+        }
+    }
+}
+
+/// d(pre) from d(acts): through the kept latents only, times the decoder norm when rescaling (rows, d_sae).
+template <class T>
+void sae_activate_backward(tensor_view<const T, 2> d_acts, const sae_kept_mask& kept, const sae_options& options,
+                           const std::vector<T>& norms, tensor_view<T, 2> d_pre) {
+    const bool rescale = sae_rescales(options);
+    const index_t d_sae = d_acts.extent(1);
+    for (index_t r = 0; r < d_acts.extent(0); ++r)
+        for (index_t j = 0; j < d_sae; ++j)
+            d_pre(r, j) = kept[detail::sae_at(r, j, d_sae)] == 0
+                              ? T(0)
+                              : (rescale ? d_acts(r, j) * norms[static_cast<std::size_t>(j)] : d_acts(r, j));
+}
+
+/// d(sae_in) = d(pre) W_enc^T, (rows, d_in).
+template <class T>
+void sae_encode_backward(tensor_view<const T, 2> d_pre, const basic_sae_weights<T>& w, tensor_view<T, 2> d_sae_in) {
+    for (index_t r = 0; r < d_pre.extent(0); ++r) {
+        const T* g = &d_pre(r, 0);
+        for (index_t i = 0; i < w.d_in; ++i) {
+            const T* row = w.w_enc.data() + detail::sae_at(i, 0, w.d_sae);
+            T sum = 0;
+            for (index_t j = 0; j < w.d_sae; ++j) sum += g[j] * row[j];
+            d_sae_in(r, i) = sum;
+        }
+    }
+}
+
+/// d(x) from d(sae_in) and d(output) through the input scale (constant_norm_rescale's scale depends on x; without
+/// it this is d(sae_in)), (rows, d_in). `recons` is the decoder's output before restore_scale.
+template <class T>
+void sae_scale_backward(tensor_view<const T, 2> x, const std::vector<T>& scale, const sae_options& options,
+                        tensor_view<const T, 2> recons, tensor_view<const T, 2> d_output,
+                        tensor_view<const T, 2> d_sae_in, tensor_view<T, 2> d_x) {
+    const index_t rows = x.extent(0), d_in = x.extent(1);
+    const bool rescaled = options.normalize_activations == sae_normalization::constant_norm_rescale;
+    for (index_t r = 0; r < rows; ++r) {
+        const T s = scale[static_cast<std::size_t>(r)];
+        if (!rescaled) {
+            for (index_t i = 0; i < d_in; ++i) d_x(r, i) = d_sae_in(r, i);
+            continue;
+        }
+        // d(scale) collects output = recons / scale and sae_in = x * scale - b_dec; scale = sqrt(d_in) / ||x||.
+        T d_scale = 0, norm2 = 0;
+        for (index_t i = 0; i < d_in; ++i) {
+            d_scale += -d_output(r, i) * recons(r, i) / (s * s) + d_sae_in(r, i) * x(r, i);
+            norm2 += x(r, i) * x(r, i);
+        }
+        for (index_t i = 0; i < d_in; ++i) d_x(r, i) = d_sae_in(r, i) * s - d_scale * s * x(r, i) / norm2;
+    }
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/forward.hpp ----
+// ---- begin mechlens/sae/harvest.hpp ----
+/// @file
+/// Harvesting activations for SAE training: a model runs over a packed token stream (harvest_source.hpp) in
+/// batches of fixed-length contexts, and the rows of one or more hook sites, one row per token position (float32,
+/// (tokens, width)), are streamed to sharded `.safetensors` files of bounded size. A manifest (`manifest.json`)
+/// lists the shards and records where the token stream stands after the last one, so an interrupted harvest resumes
+/// there and produces the same files as an uninterrupted run, bit for bit. docs/HARVEST.md has the details.
+///
+/// Memory is bounded: one shard's rows per site, plus one batch of activations in the capturing policy.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+// ---- begin mechlens/sae/harvest_source.hpp ----
+/// @file
+/// Token streams for harvesting activations: documents (UTF-8 text files tokenized by a caller's tokenizer, or
+/// stories sampled from the model itself) packed into fixed-length contexts as SAELens packs its token streams
+/// (`concat_and_batch_sequences` with begin_batch_token = sequence_separator_token = BOS, begin_sequence_token =
+/// none): every context starts with BOS, documents inside a context are separated by BOS, and a document that does
+/// not fit continues in the next context (after that context's BOS). The packer's state at a context boundary is a
+/// `harvest_cursor` (document, offset), which is what a harvest's manifest records so it can resume.
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A stream of documents (token sequences without BOS), read in order; skipping must not need the skipped text's
+/// tokens, so a resumed harvest gets back to its place cheaply.
+class document_source {
+public:
+    virtual ~document_source() = default;
+    /// The next document's tokens into `tokens`; false (and `tokens` untouched) when the stream has ended.
+    virtual bool next(std::vector<std::int32_t>& tokens) = 0;
+    /// Skips `documents` documents (fewer when the stream ends first) without tokenizing them.
+    virtual void skip(std::uint64_t documents) = 0;
+    /// One line saying where the documents come from (recorded in the manifest).
+    [[nodiscard]] virtual std::string describe() const = 0;
+};
+
+/// Tokenizes a document's text without BOS (the packer adds BOS where SAELens does).
+using text_encoder = std::function<std::vector<std::int32_t>(std::string_view text)>;
+
+/// The line that separates documents inside a text file (TinyStories's text dumps use it between stories).
+inline constexpr std::string_view document_separator_line = "<|endoftext|>";
+
+/// Documents from UTF-8 text files, in order: each file is one document, or several separated by lines holding
+/// only `<|endoftext|>`. Files are read a line at a time, so memory holds one document, never a whole file.
+class text_documents final : public document_source {
+public:
+    /// Reads `files` in order with `encode`; throws std::invalid_argument naming the first file that is missing
+    /// or unreadable, and when `files` is empty.
+    text_documents(std::vector<std::filesystem::path> files, text_encoder encode)
+        : files_(std::move(files)), encode_(std::move(encode)) {
+        if (files_.empty()) throw std::invalid_argument("text_documents: no text files given");
+        for (const auto& f : files_) {
+            std::ifstream probe(f, std::ios::binary);
+            if (!std::filesystem::is_regular_file(f) || !probe)
+                throw std::invalid_argument("text file " + f.string() + " does not exist or cannot be read");
+        }
+    }
+
+    bool next(std::vector<std::int32_t>& tokens) override {
+        std::string text;
+        if (!read_document(&text)) return false;
+        tokens = encode_(text);
+        return true;
+    }
+    void skip(std::uint64_t documents) override {
+        for (std::uint64_t i = 0; i < documents; ++i)
+            if (!read_document(nullptr)) return;
+    }
+    [[nodiscard]] std::string describe() const override {
+        std::string out = "text:";
+        for (const auto& f : files_) {
+            out += ' ';
+            out += f.filename().string();
+        }
+        return out;
+    }
+
+private:
+    /// The next document's text into `text` (dropped when null); false at the end of the last file.
+    bool read_document(std::string* text) {
+        while (file_index_ < files_.size()) {
+            if (!stream_.is_open()) {
+                stream_.open(files_[file_index_], std::ios::binary);
+                if (!stream_)
+                    throw std::runtime_error("text file " + files_[file_index_].string() + " cannot be read");
+            }
+            std::string line;
+            while (std::getline(stream_, line)) {
+                if (!line.empty() && line.back() == '\r') line.pop_back();
+                if (line == document_separator_line) {
+                    if (text != nullptr && !text->empty()) text->pop_back();  // the newline before the separator
+                    return true;
+                }
+                if (text != nullptr) {
+                    text->append(line);
+                    text->push_back('\n');
+                }
+            }
+            // End of file: what was read is the file's last document (an empty file is one empty document).
+            stream_.close();
+            stream_.clear();
+            ++file_index_;
+            if (text != nullptr && !text->empty() && text->back() == '\n') text->pop_back();
+            return true;
+        }
+        return false;
+    }
+
+    std::vector<std::filesystem::path> files_;
+    text_encoder encode_;
+    std::size_t file_index_ = 0;
+    std::ifstream stream_;
+};
+
+/// How sampled_stories samples.
+struct story_options {
+    std::uint64_t seed = 0;     ///< Story i is sampled with a generator seeded from (seed, i).
+    std::int32_t bos = 1;       ///< The prompt of every story (one token), and a stop token.
+    std::int32_t eos = 2;       ///< Stops a story (-1: none).
+    index_t max_length = 256;   ///< Longest story, in sampled tokens (also bounded by n_ctx - 1).
+};
+
+/// Documents sampled from the model itself at temperature 1 (no top-p), each from a lone BOS until EOS, BOS or
+/// max_length tokens. Story i depends only on (seed, i), so skipping costs nothing and a resumed harvest sees the
+/// same stories. Harvesting from a model's own samples measures the model on its own distribution, not on text.
+class sampled_stories final : public document_source {
+public:
+    /// Samples from `model` (kept by reference: it must outlive the source); throws std::invalid_argument for a BOS
+    /// outside the vocabulary or a non-positive max_length.
+    sampled_stories(const transformer& model, story_options options) : model_(model), options_(options) {
+        if (options.bos < 0 || options.bos >= model.config().d_vocab)
+            throw std::invalid_argument("sampled_stories: BOS " + std::to_string(options.bos) +
+                                        " is outside the vocabulary of " + std::to_string(model.config().d_vocab));
+        if (options.max_length <= 0) throw std::invalid_argument("sampled_stories: max_length must be positive");
+    }
+
+    bool next(std::vector<std::int32_t>& tokens) override {
+        generation_options g;
+        g.max_new_tokens = std::min(options_.max_length, model_.config().n_ctx - 1);
+        g.sampling.temperature = 1.0f;
+        g.sampling.seed = random_generator(options_.seed ^ (story_ * 0x9e3779b97f4a7c15ULL)).next();
+        g.stop_at_eos = options_.eos >= 0;
+        g.eos_id = options_.eos;
+        g.stop_at_bos = true;
+        g.bos_id = options_.bos;
+        const std::int32_t prompt[] = {options_.bos};
+        tokens = generate(model_, std::span<const std::int32_t>(prompt), g, [](std::int32_t) {});
+        ++story_;
+        return true;
+    }
+    void skip(std::uint64_t documents) override { story_ += documents; }
+    [[nodiscard]] std::string describe() const override {
+        return "sampled from the model: temperature 1, seed " + std::to_string(options_.seed) + ", at most " +
+               std::to_string(options_.max_length) + " tokens per story";
+    }
+
+private:
+    const transformer& model_;
+    story_options options_;
+    std::uint64_t story_ = 0;
+};
+
+/// Where a packed token stream stands at a context boundary: the next context starts at token `offset` of
+/// document `document` (0-based, counting every document the source produced, empty ones too).
+struct harvest_cursor {
+    std::uint64_t document = 0;  ///< Index of the document the next context starts in.
+    std::uint64_t offset = 0;    ///< Tokens of that document already used by earlier contexts.
+};
+
+/// Packs a document_source into contexts of `length` tokens, SAELens's way (see the file comment). `bos` < 0 packs
+/// documents back to back without any BOS.
+class context_packer {
+public:
+    /// Packs `source` (kept by reference) into contexts of `length` tokens, starting at `from`.
+    context_packer(document_source& source, index_t length, std::int32_t bos, harvest_cursor from = {})
+        : source_(source), length_(length), bos_(bos) {
+        if (length <= 0) throw std::invalid_argument("context_packer: the context length must be positive");
+        source_.skip(from.document);
+        next_document_ = from.document;
+        resume_offset_ = from.offset;
+    }
+
+    /// Fills `context` with the next `length` tokens; false when the source ended first (the incomplete context is
+    /// dropped, as SAELens drops it).
+    bool next(std::span<std::int32_t> context) {
+        if (static_cast<index_t>(context.size()) != length_)
+            throw std::invalid_argument("context_packer::next: the context must hold the context length");
+        std::size_t filled = 0;
+        const std::size_t length = context.size();
+        while (filled < length) {
+            if (!has_document_) {
+                if (!source_.next(document_)) return false;
+                has_document_ = true;
+                current_ = next_document_++;
+                offset_ = static_cast<std::size_t>(std::min<std::uint64_t>(resume_offset_, document_.size()));
+                resume_offset_ = 0;
+            }
+            if (offset_ >= document_.size()) {
+                has_document_ = false;
+                continue;
+            }
+            const std::int32_t first = document_[offset_];
+            // A context starts with BOS; a document starting inside a context is preceded by BOS; neither is added
+            // when the document's next token is BOS already.
+            if (bos_ >= 0 && first != bos_ && (filled == 0 || offset_ == 0)) context[filled++] = bos_;
+            const std::size_t take = std::min(length - filled, document_.size() - offset_);
+            std::copy_n(document_.begin() + static_cast<std::ptrdiff_t>(offset_), take,
+                        context.begin() + static_cast<std::ptrdiff_t>(filled));
+            filled += take;
+            offset_ += take;
+        }
+        return true;
+    }
+
+    /// The state at the current context boundary: where the next context starts.
+    [[nodiscard]] harvest_cursor cursor() const noexcept {
+        if (has_document_ && offset_ < document_.size()) return {current_, offset_};
+        return {next_document_, resume_offset_};
+    }
+
+private:
+    document_source& source_;
+    index_t length_;
+    std::int32_t bos_;
+    std::vector<std::int32_t> document_;
+    bool has_document_ = false;
+    std::uint64_t current_ = 0;        // index of document_
+    std::uint64_t next_document_ = 0;  // index of the next document the source yields
+    std::size_t offset_ = 0;
+    std::uint64_t resume_offset_ = 0;  // offset into the first document read after a resume
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/harvest_source.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One harvested site: a hook site, and for a per-head site (hook_q, hook_z, ...) either one head (SAELens's
+/// `hook_head_index`: rows of d_head) or every head flattened head-major (rows of n_heads * d_head, as SAELens
+/// flattens (batch, pos, head, d_head) when no head index is given).
+struct harvest_site {
+    site where;         ///< The hook site.
+    index_t head = -1;  ///< The head kept, or -1 for all heads (and for sites without a head axis).
+    friend bool operator==(const harvest_site&, const harvest_site&) = default;  ///< Same site and head.
+};
+
+/// `blocks.1.attn.hook_z` or, with one head, `blocks.1.attn.hook_z:head=3`.
+inline std::string to_string(const harvest_site& s) {
+    std::string out = to_string(s.where);
+    if (s.head >= 0) {
+        out += ":head=";
+        out += std::to_string(s.head);
+    }
+    return out;
+}
+
+/// True for kinds with one row per token position: every site but attention scores and patterns.
+constexpr bool is_harvestable(site_kind kind) noexcept { return detail::axes_of(kind).key < 0; }
+
+/// Parses `NAME` or `NAME:head=H` for a model with config `c`; throws unknown_hook_error (with suggestions) for an
+/// unknown name, std::invalid_argument for a site without one row per position, a head on a site without a head
+/// axis, or a head out of range.
+inline harvest_site parse_harvest_site(std::string_view spec, const model_config& c) {
+    harvest_site out;
+    const std::size_t colon = spec.find(':');
+    out.where = site_from_name(spec.substr(0, colon), c);
+    const std::string name = to_string(out.where);
+    if (!is_harvestable(out.where.kind))
+        throw std::invalid_argument(name + " has no fixed width per token (its last axis is the key positions); "
+                                           "harvest takes sites with one row per position");
+    if (colon == std::string_view::npos) return out;
+    const std::string_view option = spec.substr(colon + 1);
+    index_t head = -1;
+    if (option.rfind("head=", 0) == 0 && option.size() > 5) {
+        head = 0;
+        for (const char ch : option.substr(5)) {
+            if (ch < '0' || ch > '9' || head > 100000) {
+                head = -1;
+                break;
+            }
+            head = head * 10 + (ch - '0');
+        }
+    }
+    if (head < 0)
+        throw std::invalid_argument("expected NAME or NAME:head=H, got '" + std::string(spec) + "'");
+    if (detail::axes_of(out.where.kind).head < 0) throw std::invalid_argument(name + " has no head axis");
+    if (head >= detail::head_count(c, out.where.kind))
+        throw std::invalid_argument(name + ": head " + std::to_string(head) + " is outside [0, " +
+                                    std::to_string(detail::head_count(c, out.where.kind)) + ")");
+    out.head = head;
+    return out;
+}
+
+/// Floats per row of a harvested site: the site's width, times its head count when every head is kept.
+inline index_t harvest_width(const harvest_site& s, const model_config& c) {
+    const index_t width = site_width(c, s.where.kind);
+    return detail::axes_of(s.where.kind).head >= 0 && s.head < 0 ? width * detail::head_count(c, s.where.kind) : width;
+}
+
+/// How harvest() runs.
+struct harvest_options {
+    std::vector<harvest_site> sites;    ///< What to harvest (at least one, no duplicates).
+    index_t context = 128;              ///< Tokens per context (at most n_ctx).
+    std::int64_t tokens_total = 0;      ///< Tokens to harvest, rounded down to whole contexts (at least one).
+    index_t shard_rows = 65536;         ///< Rows per shard, rounded down to whole contexts (at least one context).
+    index_t batch_contexts = 8;         ///< Contexts per forward pass.
+    bool shuffle = false;               ///< Permute the rows inside each shard (same permutation for every site).
+    std::uint64_t seed = 0;             ///< Seed of the shuffle (shard i's permutation depends on (seed, i) only).
+    std::int32_t bos = 1;               ///< BOS of the packed contexts (-1: none).
+    std::string model;                  ///< The model's name or path, recorded in the manifest.
+    std::uint64_t stop_after_shards = 0;  ///< Return after writing this many shards (0: run to the end); an interruption.
+};
+
+/// One harvested site as the manifest records it.
+struct harvest_site_record {
+    std::string hook_name;  ///< TransformerLens name of the site.
+    index_t head = -1;      ///< SAELens's hook_head_index, or -1.
+    index_t width = 0;      ///< Floats per row.
+    std::string directory;  ///< Folder of its shards, relative to the harvest directory.
+};
+
+/// One shard: the same rows at every site.
+struct harvest_shard {
+    index_t rows = 0;                ///< Rows in the shard.
+    std::uint64_t first_context = 0; ///< Index of its first context in the packed stream.
+};
+
+/// The contents of `manifest.json`: the settings, the shards written, and where to resume.
+struct harvest_manifest {
+    std::string model;                         ///< The model's name or path.
+    std::string source;                        ///< Where the tokens came from (document_source::describe).
+    index_t context = 0;                       ///< Tokens per context.
+    std::int64_t tokens_total = 0;             ///< Tokens asked for.
+    index_t shard_rows = 0;                    ///< Rows per full shard (a multiple of context).
+    index_t batch_contexts = 0;                ///< Contexts per forward pass.
+    bool shuffle = false;                      ///< Rows permuted inside each shard.
+    std::uint64_t seed = 0;                    ///< Seed of the permutation.
+    std::int32_t bos = -1;                     ///< BOS of the packed contexts (-1: none).
+    std::vector<harvest_site_record> sites;    ///< The harvested sites.
+    std::vector<harvest_shard> shards;         ///< Shards written, in order.
+    std::uint64_t contexts_done = 0;           ///< Contexts in the shards written.
+    harvest_cursor resume;                     ///< Where the token stream continues after them.
+    bool complete = false;                     ///< True when tokens_total was reached or the source ended.
+
+    /// Rows in all shards.
+    [[nodiscard]] std::int64_t rows() const noexcept {
+        std::int64_t total = 0;
+        for (const harvest_shard& s : shards) total += s.rows;
+        return total;
+    }
+    /// The path of shard `shard` of site `site_index`, relative to the harvest directory.
+    [[nodiscard]] std::filesystem::path shard_path(std::size_t site_index, std::size_t shard) const {
+        std::string number = std::to_string(shard);
+        if (number.size() < 5) number.insert(0, 5 - number.size(), '0');
+        std::string name = "shard_";
+        name += number;
+        name += ".safetensors";
+        return std::filesystem::path(sites.at(site_index).directory) / name;
+    }
+};
+
+/// The manifest's file name inside a harvest directory.
+inline constexpr std::string_view harvest_manifest_name = "manifest.json";
+
+/// Writes `manifest.json` into `directory` atomically (a temporary file renamed over it), so an interruption
+/// leaves the previous manifest or the new one, never half of one. Throws format_error naming the file on failure.
+inline void write_harvest_manifest(const std::filesystem::path& directory, const harvest_manifest& m) {
+    using detail::json_quote;
+    std::string j = "{\n  \"format\": \"mechlens.harvest\",\n  \"version\": 1,\n";
+    j += "  \"model\": " + json_quote(m.model) + ",\n";
+    j += "  \"source\": " + json_quote(m.source) + ",\n";
+    j += "  \"context\": " + std::to_string(m.context) + ",\n";
+    j += "  \"tokens_total\": " + std::to_string(m.tokens_total) + ",\n";
+    j += "  \"shard_rows\": " + std::to_string(m.shard_rows) + ",\n";
+    j += "  \"batch_contexts\": " + std::to_string(m.batch_contexts) + ",\n";
+    j += std::string("  \"shuffle\": ") + (m.shuffle ? "true" : "false") + ",\n";
+    j += "  \"seed\": " + std::to_string(m.seed) + ",\n";
+    j += "  \"bos\": " + std::to_string(m.bos) + ",\n";
+    j += "  \"sites\": [";
+    for (std::size_t i = 0; i < m.sites.size(); ++i) {
+        const harvest_site_record& s = m.sites[i];
+        j += i == 0 ? "\n    " : ",\n    ";
+        j += "{\"hook_name\": " + json_quote(s.hook_name) + ", \"hook_head_index\": " +
+             (s.head < 0 ? std::string("null") : std::to_string(s.head)) + ", \"width\": " + std::to_string(s.width) +
+             ", \"directory\": " + json_quote(s.directory) + "}";
+    }
+    j += "\n  ],\n  \"shards\": [";
+    for (std::size_t i = 0; i < m.shards.size(); ++i) {
+        j += i == 0 ? "\n    " : ",\n    ";
+        j += "{\"rows\": " + std::to_string(m.shards[i].rows) +
+             ", \"first_context\": " + std::to_string(m.shards[i].first_context) + "}";
+    }
+    j += m.shards.empty() ? "],\n" : "\n  ],\n";
+    j += "  \"rows\": " + std::to_string(m.rows()) + ",\n";
+    j += "  \"contexts_done\": " + std::to_string(m.contexts_done) + ",\n";
+    j += "  \"resume\": {\"document\": " + std::to_string(m.resume.document) +
+         ", \"offset\": " + std::to_string(m.resume.offset) + "},\n";
+    j += std::string("  \"complete\": ") + (m.complete ? "true" : "false") + "\n}\n";
+    const std::filesystem::path target = directory / harvest_manifest_name;
+    const std::filesystem::path temporary = directory / "manifest.json.tmp";
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        if (!out) detail::format_fail(temporary.string(), "cannot open for writing");
+        out.write(j.data(), static_cast<std::streamsize>(j.size()));
+        out.close();
+        if (!out) detail::format_fail(temporary.string(), "write failed");
+    }
+    std::error_code error;
+    std::filesystem::rename(temporary, target, error);
+    if (error) detail::format_fail(target.string(), "cannot replace: " + error.message());
+}
+
+/// Reads `manifest.json` from a harvest directory; throws format_error naming the file and the field when it is
+/// missing, not JSON or not a harvest manifest.
+inline harvest_manifest read_harvest_manifest(const std::filesystem::path& directory) {
+    const std::filesystem::path path = directory / harvest_manifest_name;
+    const json_value root = read_json_file(path);
+    if (!root.is_object()) detail::format_fail(path.string(), "the manifest is not a JSON object");
+    if (root.at("format").as_string() != "mechlens.harvest")
+        detail::format_fail(path.string(), "not a mechlens harvest manifest (format is not \"mechlens.harvest\")");
+    if (root.at("version").as_int64() != 1)
+        detail::format_fail(path.string(), "unsupported harvest manifest version " +
+                                               std::to_string(root.at("version").as_int64()));
+    harvest_manifest m;
+    m.model = root.at("model").as_string();
+    m.source = root.at("source").as_string();
+    m.context = static_cast<index_t>(root.at("context").as_int64());
+    m.tokens_total = root.at("tokens_total").as_int64();
+    m.shard_rows = static_cast<index_t>(root.at("shard_rows").as_int64());
+    m.batch_contexts = static_cast<index_t>(root.at("batch_contexts").as_int64());
+    m.shuffle = root.at("shuffle").as_bool();
+    m.seed = root.at("seed").as_uint64();
+    m.bos = static_cast<std::int32_t>(root.at("bos").as_int64());
+    if (m.context <= 0 || m.shard_rows <= 0 || m.shard_rows % m.context != 0)
+        detail::format_fail(path.string(), "context and shard_rows must be positive, shard_rows a multiple of context");
+    for (const json_value& s : root.at("sites").items()) {
+        harvest_site_record r;
+        r.hook_name = s.at("hook_name").as_string();
+        const json_value& head = s.at("hook_head_index");
+        r.head = head.is_null() ? -1 : static_cast<index_t>(head.as_int64());
+        r.width = static_cast<index_t>(s.at("width").as_int64());
+        r.directory = s.at("directory").as_string();
+        if (r.width <= 0 || r.directory.empty() || r.directory.find("..") != std::string::npos ||
+            r.directory.find('/') != std::string::npos || r.directory.find('\\') != std::string::npos)
+            detail::format_fail(path.string(), "site '" + r.hook_name.substr(0, 200) + "' has a bad width or directory");
+        m.sites.push_back(std::move(r));
+    }
+    if (m.sites.empty()) detail::format_fail(path.string(), "the manifest lists no sites");
+    for (const json_value& s : root.at("shards").items()) {
+        harvest_shard shard;
+        shard.rows = static_cast<index_t>(s.at("rows").as_int64());
+        shard.first_context = s.at("first_context").as_uint64();
+        if (shard.rows <= 0 || shard.rows > m.shard_rows)
+            detail::format_fail(path.string(), "a shard has " + std::to_string(shard.rows) + " rows");
+        m.shards.push_back(shard);
+    }
+    m.contexts_done = root.at("contexts_done").as_uint64();
+    m.resume.document = root.at("resume").at("document").as_uint64();
+    m.resume.offset = root.at("resume").at("offset").as_uint64();
+    m.complete = root.at("complete").as_bool();
+    return m;
+}
+
+/// What harvest() reports after each batch.
+struct harvest_progress {
+    std::int64_t tokens_done = 0;    ///< Tokens harvested, earlier runs of a resumed harvest included.
+    std::int64_t tokens_total = 0;   ///< Tokens asked for (whole contexts).
+    double tokens_per_second = 0.0;  ///< Throughput of this run so far.
+    double eta_seconds = 0.0;        ///< Time left at that throughput.
+    std::size_t shards = 0;          ///< Shards written so far.
+};
+
+/// What harvest() did.
+struct harvest_result {
+    harvest_manifest manifest;         ///< The manifest as written last.
+    bool resumed = false;              ///< True when an earlier run's manifest was found and continued.
+    bool source_ended = false;         ///< True when the documents ran out before tokens_total.
+    std::int64_t tokens_this_run = 0;  ///< Tokens run through the model by this call.
+    double seconds = 0.0;              ///< Wall time of this call.
+    index_t peak_buffered_rows = 0;    ///< Most rows held at once: shard buffer plus the batch being copied.
+};
+
+namespace detail {
+
+/// The rows of every harvested site for one batch, filled by harvest_hooks: (batch * pos, width) each.
+struct harvest_batch {
+    std::vector<harvest_site> sites;          ///< What to capture.
+    std::vector<index_t> widths;              ///< Floats per row of each site.
+    std::vector<std::vector<float>> rows;     ///< (batch * pos, width) per site.
+    tensor<float, 3> logits;                  ///< (batch, pos, d_vocab_out), when a site comes after the blocks.
+};
+
+/// Copies the wanted heads of a (batch, pos, ...) activation into dense (batch * pos, width) rows.
+template <std::size_t R>
+void copy_harvest_rows(const tensor_view<float, R>& x, index_t head, std::vector<float>& out) {
+    const index_t batch = x.extent(0), positions = x.extent(1);
+    if constexpr (R == 3) {
+        const index_t width = x.extent(2);
+        out.resize(static_cast<std::size_t>(batch * positions * width));
+        if (x.is_contiguous()) {
+            std::memcpy(out.data(), x.data(), out.size() * sizeof(float));
+            return;
+        }
+        float* o = out.data();
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t p = 0; p < positions; ++p)
+                for (index_t i = 0; i < width; ++i) *o++ = x(b, p, i);
+    } else {
+        const index_t heads = x.extent(2), width = x.extent(3);
+        const index_t first = head < 0 ? 0 : head, last = head < 0 ? heads : head + 1;
+        out.resize(static_cast<std::size_t>(batch * positions * (last - first) * width));
+        if (head < 0 && x.is_contiguous()) {
+            std::memcpy(out.data(), x.data(), out.size() * sizeof(float));
+            return;
+        }
+        float* o = out.data();
+        for (index_t b = 0; b < batch; ++b)
+            for (index_t p = 0; p < positions; ++p)
+                for (index_t h = first; h < last; ++h)
+                    for (index_t i = 0; i < width; ++i) *o++ = x(b, p, h, i);
+    }
+}
+
+/// The capturing policy: hands every harvested site's rows to a harvest_batch. `Kinds` is what the forward pass
+/// fires; sites outside the batch's list are ignored at run time.
+template <kind_set Kinds>
+struct harvest_hooks {
+    harvest_batch* batch = nullptr;  ///< Where rows go.
+
+    /// The compile-time half of the filter.
+    static constexpr bool wants(site_kind kind) noexcept { return Kinds.contains(kind); }
+    /// Copies the rows of each harvested site that `s` is.
+    template <std::size_t R>
+    void on_activation(const site& s, tensor_view<float, R> x, const hook_context&) {
+        for (std::size_t i = 0; i < batch->sites.size(); ++i)
+            if (batch->sites[i].where == s) copy_harvest_rows(x, batch->sites[i].head, batch->rows[i]);
+    }
+};
+
+/// The kinds the forward pass produces at no extra cost (views of buffers it computes anyway).
+inline constexpr kind_set free_kinds = [] {
+    kind_set set;
+    for (const site_traits& row : site_traits_table)
+        if (row.computed == site_computation::always) set = set | kind_set::of({row.kind});
+    return set;
+}();
+
+/// Runs one batch through as much of the model as the sites need: the embeddings and the blocks up to the last
+/// harvested layer, or the whole forward pass (every position's logits) when a site comes after the blocks.
+template <kind_set Kinds>
+void harvest_forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens, harvest_batch& batch,
+                     workspace& ws, kv_cache& cache) {
+    harvest_hooks<Kinds> hooks{&batch};
+    bool after_blocks = false;
+    index_t last_layer = -1;
+    for (const harvest_site& s : batch.sites) {
+        after_blocks = after_blocks || site_traits_of(s.where.kind).scope == site_scope::after_blocks;
+        last_layer = std::max(last_layer, s.where.layer);
+    }
+    if (after_blocks) {
+        const extents<3> shape{tokens.extent(0), tokens.extent(1), model.config().vocab_out()};
+        if (batch.logits.shape() != shape) batch.logits = tensor<float, 3>(shape);
+        forward(model, tokens, batch.logits.view(), ws, hooks);
+        return;
+    }
+    const forward_span span{tokens.extent(0), tokens.extent(1), 0};
+    cache.reset(model.config(), span.batch, span.positions);
+    embed_span(model, span, tokens, ws, hooks);
+    run_blocks(model, span, 0, last_layer + 1, cache, ws, hooks);
+}
+
+/// harvest_forward with the narrowest policy the sites allow: only the free kinds (no unfused norm steps, no
+/// masked scores), else every kind but attn.hook_result, else every kind.
+inline void harvest_batch_forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens,
+                                  harvest_batch& batch, workspace& ws, kv_cache& cache) {
+    kind_set needed;
+    for (const harvest_site& s : batch.sites) needed = needed | kind_set::of({s.where.kind});
+    if (needed.contains(site_kind::attn_result))
+        harvest_forward<kind_set::all()>(model, tokens, batch, ws, cache);
+    else if ((needed - free_kinds).bits == 0)
+        harvest_forward<free_kinds>(model, tokens, batch, ws, cache);
+    else
+        harvest_forward<kind_set::all_but_result()>(model, tokens, batch, ws, cache);
+}
+
+/// The permutation of shard `shard`'s `rows` rows: Fisher-Yates driven by splitmix64 seeded from (seed, shard).
+inline std::vector<index_t> shard_permutation(std::uint64_t seed, std::size_t shard, index_t rows) {
+    std::vector<index_t> order(static_cast<std::size_t>(rows));
+    for (index_t i = 0; i < rows; ++i) order[static_cast<std::size_t>(i)] = i;
+    random_generator rng(seed ^ (0xd1b54a32d192ed03ULL * (static_cast<std::uint64_t>(shard) + 1)));
+    for (std::size_t i = order.size(); i > 1; --i) {
+        const std::size_t j = static_cast<std::size_t>(rng.next() % i);
+        std::swap(order[i - 1], order[j]);
+    }
+    return order;
+}
+
+/// "blocks.1.attn.hook_z" or "blocks.1.attn.hook_z.head3": a site's shard folder.
+inline std::string harvest_directory_name(const harvest_site& s) {
+    std::string out = to_string(s.where);
+    if (s.head >= 0) {
+        out += ".head";
+        out += std::to_string(s.head);
+    }
+    return out;
+}
+
+/// Throws std::invalid_argument naming the first setting in which an existing manifest differs from a new run's.
+inline void check_resumable(const harvest_manifest& old, const harvest_manifest& now,
+                            const std::filesystem::path& directory) {
+    auto differ = [&](const std::string& what, const std::string& a, const std::string& b) {
+        throw std::invalid_argument(directory.string() + " holds a harvest with another " + what + " (" + a +
+                                    ", now " + b + "); resume with the same settings or use a new directory");
+    };
+    if (old.model != now.model) differ("model", old.model, now.model);
+    if (old.source != now.source) differ("source", old.source, now.source);
+    if (old.context != now.context) differ("context length", std::to_string(old.context), std::to_string(now.context));
+    if (old.shard_rows != now.shard_rows)
+        differ("shard size", std::to_string(old.shard_rows), std::to_string(now.shard_rows));
+    if (old.shuffle != now.shuffle || (old.shuffle && old.seed != now.seed))
+        differ("shuffle setting", old.shuffle ? "seed " + std::to_string(old.seed) : "off",
+               now.shuffle ? "seed " + std::to_string(now.seed) : "off");
+    if (old.bos != now.bos) differ("BOS", std::to_string(old.bos), std::to_string(now.bos));
+    std::string a, b;
+    for (const auto& s : old.sites) a += s.hook_name + (s.head >= 0 ? ":head=" + std::to_string(s.head) : "") + " ";
+    for (const auto& s : now.sites) b += s.hook_name + (s.head >= 0 ? ":head=" + std::to_string(s.head) : "") + " ";
+    if (a != b) differ("list of sites", a, b);
+}
+
+}  // namespace detail
+
+/// Harvests `options.sites` of `model` over the documents of `source` into `directory` (created when needed):
+/// contexts of `options.context` tokens packed SAELens's way, `options.batch_contexts` per forward pass, rows
+/// written in shards `<site>/shard_NNNNN.safetensors` (one F32 tensor `activations` (rows, width) each) listed in
+/// `manifest.json`. When the directory already holds a manifest, the harvest resumes after its last shard (the
+/// settings must match; tokens_total may grow). Calls `progress` after every batch. Throws std::invalid_argument
+/// for bad options, format_error for an unwritable directory or a bad manifest.
+inline harvest_result harvest(const transformer& model, document_source& source, const std::filesystem::path& directory,
+                              const harvest_options& options,
+                              const std::function<void(const harvest_progress&)>& progress = {}) {
+    const model_config& c = model.config();
+    const auto start_time = std::chrono::steady_clock::now();
+    if (options.sites.empty()) throw std::invalid_argument("harvest: no sites to harvest");
+    if (options.context <= 0 || options.context > c.n_ctx)
+        throw std::invalid_argument("harvest: the context length " + std::to_string(options.context) +
+                                    " is outside [1, n_ctx = " + std::to_string(c.n_ctx) + "]");
+    if (options.tokens_total < options.context)
+        throw std::invalid_argument("harvest: tokens_total " + std::to_string(options.tokens_total) +
+                                    " is less than one context of " + std::to_string(options.context) + " tokens");
+    if (options.batch_contexts <= 0) throw std::invalid_argument("harvest: batch_contexts must be positive");
+    if (options.shard_rows <= 0) throw std::invalid_argument("harvest: shard_rows must be positive");
+    if (options.bos >= c.d_vocab)
+        throw std::invalid_argument("harvest: BOS " + std::to_string(options.bos) + " is outside the vocabulary");
+    for (std::size_t i = 0; i < options.sites.size(); ++i) {
+        const harvest_site& s = options.sites[i];
+        if (!is_harvestable(s.where.kind) || !has_site_kind(c, s.where.kind) || s.where.layer >= c.n_layers ||
+            s.where.extension >= 0)
+            throw std::invalid_argument("harvest: " + to_string(s) + " cannot be harvested from this model");
+        if (std::find(options.sites.begin(), options.sites.begin() + static_cast<std::ptrdiff_t>(i), s) !=
+            options.sites.begin() + static_cast<std::ptrdiff_t>(i))
+            throw std::invalid_argument("harvest: " + to_string(s) + " is listed twice");
+    }
+    const index_t T = options.context;
+    const index_t contexts_per_shard = std::max<index_t>(1, options.shard_rows / T);
+
+    harvest_manifest m;
+    m.model = options.model;
+    m.source = source.describe();
+    m.context = T;
+    m.tokens_total = options.tokens_total;
+    m.shard_rows = contexts_per_shard * T;
+    m.batch_contexts = options.batch_contexts;
+    m.shuffle = options.shuffle;
+    m.seed = options.shuffle ? options.seed : 0;
+    m.bos = options.bos;
+    for (const harvest_site& s : options.sites)
+        m.sites.push_back({to_string(s.where), s.head, harvest_width(s, c), detail::harvest_directory_name(s)});
+
+    std::error_code error;
+    std::filesystem::create_directories(directory, error);
+    if (error || !std::filesystem::is_directory(directory))
+        detail::format_fail(directory.string(), "cannot create the output directory" +
+                                                    (error ? ": " + error.message() : std::string()));
+    harvest_result result;
+    if (std::filesystem::exists(directory / harvest_manifest_name)) {
+        harvest_manifest old = read_harvest_manifest(directory);
+        detail::check_resumable(old, m, directory);
+        m.shards = std::move(old.shards);
+        m.contexts_done = old.contexts_done;
+        m.resume = old.resume;
+        result.resumed = true;
+    }
+    for (const harvest_site_record& s : m.sites) {
+        std::filesystem::create_directories(directory / s.directory, error);
+        if (error) detail::format_fail((directory / s.directory).string(), "cannot create: " + error.message());
+    }
+    const auto contexts_total = static_cast<std::uint64_t>(options.tokens_total / T);
+    m.complete = m.contexts_done >= contexts_total;
+    write_harvest_manifest(directory, m);  // also proves the directory writable before any work
+    result.manifest = m;
+    if (m.complete) return result;
+
+    context_packer packer(source, T, options.bos, m.resume);
+    detail::harvest_batch batch;
+    batch.sites = options.sites;
+    batch.rows.resize(options.sites.size());
+    for (const harvest_site& s : options.sites) batch.widths.push_back(harvest_width(s, c));
+    std::vector<std::vector<float>> shard(options.sites.size());  // (buffered rows, width) per site
+    for (std::size_t i = 0; i < shard.size(); ++i)
+        shard[i].reserve(static_cast<std::size_t>(m.shard_rows * batch.widths[i]));
+    index_t buffered = 0;  // rows in `shard`
+    std::uint64_t buffered_first_context = m.contexts_done;
+    std::size_t shards_this_run = 0;
+    workspace ws;
+    kv_cache cache;
+    std::vector<std::int32_t> tokens(static_cast<std::size_t>(options.batch_contexts * T));
+    std::vector<harvest_cursor> cursors(static_cast<std::size_t>(options.batch_contexts));
+    std::uint64_t contexts_seen = m.contexts_done;  // through the model, flushed or buffered
+
+    auto flush = [&](harvest_cursor after) {
+        const auto shard_index = m.shards.size();
+        std::vector<index_t> order;
+        if (options.shuffle) order = detail::shard_permutation(options.seed, shard_index, buffered);
+        std::vector<float> permuted;
+        for (std::size_t i = 0; i < shard.size(); ++i) {
+            const index_t width = batch.widths[i];
+            const float* data = shard[i].data();
+            if (options.shuffle) {
+                permuted.resize(shard[i].size());
+                for (index_t r = 0; r < buffered; ++r)
+                    std::memcpy(permuted.data() + r * width, shard[i].data() + order[static_cast<std::size_t>(r)] * width,
+                                static_cast<std::size_t>(width) * sizeof(float));
+                data = permuted.data();
+            }
+            write_safetensors(directory / m.shard_path(i, shard_index), {{"activations", {buffered, width}, data}},
+                              {{"format", "mechlens.harvest"},
+                               {"hook_name", m.sites[i].hook_name},
+                               {"hook_head_index", m.sites[i].head < 0 ? "null" : std::to_string(m.sites[i].head)},
+                               {"shard", std::to_string(shard_index)}});
+            shard[i].clear();
+        }
+        m.shards.push_back({buffered, buffered_first_context});
+        m.contexts_done += static_cast<std::uint64_t>(buffered / T);
+        m.resume = after;
+        buffered_first_context = m.contexts_done;
+        buffered = 0;
+        ++shards_this_run;
+    };
+
+    bool stopped = false;
+    while (contexts_seen < contexts_total && !stopped) {
+        const auto want = static_cast<index_t>(
+            std::min<std::uint64_t>(static_cast<std::uint64_t>(options.batch_contexts), contexts_total - contexts_seen));
+        index_t got = 0;
+        while (got < want &&
+               packer.next(std::span<std::int32_t>(tokens.data() + got * T, static_cast<std::size_t>(T))))
+            cursors[static_cast<std::size_t>(got++)] = packer.cursor();
+        if (got < want) result.source_ended = true;
+        if (got == 0) break;
+        detail::harvest_batch_forward(model, tensor_view<const std::int32_t, 2>(tokens.data(), {got, T}), batch, ws,
+                                      cache);
+        result.peak_buffered_rows = std::max(result.peak_buffered_rows, buffered + got * T);
+        for (index_t j = 0; j < got; ++j) {
+            for (std::size_t i = 0; i < shard.size(); ++i) {
+                const auto first = static_cast<std::ptrdiff_t>(j * T * batch.widths[i]);
+                const auto count = static_cast<std::ptrdiff_t>(T * batch.widths[i]);
+                shard[i].insert(shard[i].end(), batch.rows[i].begin() + first, batch.rows[i].begin() + first + count);
+            }
+            buffered += T;
+            ++contexts_seen;
+            if (buffered == m.shard_rows) {
+                flush(cursors[static_cast<std::size_t>(j)]);
+                if (options.stop_after_shards > 0 && shards_this_run >= options.stop_after_shards) {
+                    stopped = true;
+                    break;
+                }
+                write_harvest_manifest(directory, m);
+            }
+        }
+        result.tokens_this_run += got * T;
+        if (progress) {
+            const double seconds =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+            harvest_progress p;
+            p.tokens_done = static_cast<std::int64_t>(contexts_seen) * T;
+            p.tokens_total = static_cast<std::int64_t>(contexts_total) * T;
+            p.tokens_per_second = seconds > 0.0 ? static_cast<double>(result.tokens_this_run) / seconds : 0.0;
+            p.eta_seconds = p.tokens_per_second > 0.0
+                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
+                                : 0.0;
+            p.shards = m.shards.size();
+            progress(p);
+        }
+        if (result.source_ended) break;
+    }
+    if (!stopped) {
+        if (buffered > 0) flush(packer.cursor());
+        m.complete = true;
+    }
+    write_harvest_manifest(directory, m);
+    result.manifest = m;
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+    return result;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/harvest.hpp ----
+// ---- begin mechlens/sae/harvest_reader.hpp ----
+/// @file
+/// Reading a harvest back (sae/harvest.hpp): batches of rows of one site, in shard order, with one shard in memory at
+/// a time, for SAE training.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Iterates the rows of one harvested site in batches: rows of shard 0, then shard 1, ...; a batch may span two
+/// shards. Holds one shard in memory.
+class harvest_reader {
+public:
+    /// Opens the harvest in `directory` at the site named `hook` (`NAME` or `NAME:head=H`, as harvested); an empty
+    /// name picks the first site. Throws format_error for a bad manifest, std::invalid_argument for a site the
+    /// harvest does not hold (naming the ones it does).
+    explicit harvest_reader(std::filesystem::path directory, std::string_view hook = {})
+        : directory_(std::move(directory)), manifest_(read_harvest_manifest(directory_)) {
+        std::string held;
+        for (std::size_t i = 0; i < manifest_.sites.size(); ++i) {
+            const harvest_site_record& s = manifest_.sites[i];
+            std::string name = s.hook_name;
+            if (s.head >= 0) {
+                name += ":head=";
+                name += std::to_string(s.head);
+            }
+            if (hook.empty() || hook == name) {
+                site_ = i;
+                return;
+            }
+            if (!held.empty()) held += ", ";
+            held += name;
+        }
+        throw std::invalid_argument("harvest_reader: " + directory_.string() + " holds no site '" +
+                                    std::string(hook) + "' (it holds " + held + ")");
+    }
+
+    /// The harvest's manifest.
+    [[nodiscard]] const harvest_manifest& manifest() const noexcept { return manifest_; }
+    /// Floats per row.
+    [[nodiscard]] index_t width() const noexcept { return manifest_.sites[site_].width; }
+    /// Rows in every shard together.
+    [[nodiscard]] std::int64_t rows() const noexcept { return manifest_.rows(); }
+
+    /// Reads up to `max_rows` next rows into `out`, resized to (rows read, width) row-major; returns the rows read,
+    /// 0 at the end. Throws format_error when a shard file is missing or does not match the manifest.
+    index_t next(std::vector<float>& out, index_t max_rows) {
+        if (max_rows <= 0) throw std::invalid_argument("harvest_reader::next: max_rows must be positive");
+        const index_t width = this->width();
+        out.clear();
+        index_t got = 0;
+        while (got < max_rows) {
+            if (row_ >= loaded_rows_) {
+                if (shard_ >= manifest_.shards.size()) break;
+                load(shard_++);
+                continue;
+            }
+            const index_t take = std::min(max_rows - got, loaded_rows_ - row_);
+            const auto first = static_cast<std::ptrdiff_t>(row_ * width);
+            out.insert(out.end(), values_.begin() + first, values_.begin() + first + take * width);
+            row_ += take;
+            got += take;
+        }
+        return got;
+    }
+    /// Starts again from the first row.
+    void rewind() noexcept {
+        shard_ = 0;
+        row_ = loaded_rows_ = 0;
+    }
+
+private:
+    void load(std::size_t shard) {
+        const std::filesystem::path path = directory_ / manifest_.shard_path(site_, shard);
+        safetensors_file file = read_safetensors(path);
+        const index_t rows = manifest_.shards[shard].rows;
+        if (file.tensors.size() != 1 || file.tensors[0].name != "activations" ||
+            file.tensors[0].shape != std::vector<index_t>{rows, width()})
+            detail::format_fail(path.string(), "expected one tensor 'activations' of shape (" + std::to_string(rows) +
+                                                   ", " + std::to_string(width()) + ") as the manifest says");
+        values_ = std::move(file.tensors[0].values);
+        loaded_rows_ = rows;
+        row_ = 0;
+    }
+
+    std::filesystem::path directory_;
+    harvest_manifest manifest_;
+    std::size_t site_ = 0;
+    std::size_t shard_ = 0;     // next shard to load
+    std::vector<float> values_; // the loaded shard, (loaded_rows_, width)
+    index_t loaded_rows_ = 0;
+    index_t row_ = 0;           // next row of the loaded shard
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/harvest_reader.hpp ----
+// ---- begin mechlens/sae/loss.hpp ----
+/// @file
+/// Training losses of sparse autoencoders and their exact gradients, with SAELens's definitions (no optimizer: a
+/// training loop calls sae_loss_and_gradients on each batch). For a batch x (n, d_in), with output the SAE's
+/// reconstruction (sae/forward.hpp) and n_j = ||W_dec row j||:
+///   mse        = mean over rows of sum_i (output - x)^2                                       every architecture
+///   l1         = l1_coefficient * mean over rows of sum_j |acts_j| * n_j                       standard
+///   l0 (step)  = l0_coefficient * mean over rows of sum_j H(pre_j - threshold_j)               jumprelu
+///   l0 (tanh)  = l0_coefficient * mean over rows of sum_j tanh(tanh_scale * acts_j * n_j)      jumprelu
+///   pre_act    = pre_act_coefficient * mean over rows of sum_j relu(threshold_j - pre_j) * dead_j * n_j
+///                                                                                  jumprelu, with dead latents
+///   aux        = aux_coefficient * min(dead / k_aux, 1) * mean over rows of sum_i (aux_output - residual)^2
+///                with k_aux = min(d_in / 2, dead), residual = x - output (detached), aux_output the decoding of
+///                the k_aux largest scores among dead latents (not ReLU'd)     topk, batchtopk, with dead latents
+/// The threshold's gradient uses SAELens's straight-through estimator with a rectangle kernel of width bandwidth:
+/// through acts, d(threshold_j) += -(threshold_j / bandwidth) * rect((pre - threshold_j) / bandwidth) * d(acts);
+/// through the step, -(1 / bandwidth) * rect(...) * d(step). The pre-activations get gradients through the kept
+/// latents only. SAELens trains log(threshold): its gradient is threshold * d(threshold).
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// JumpReLU's sparsity penalty (SAELens's jumprelu_sparsity_loss_mode).
+enum class jumprelu_sparsity : std::uint8_t {
+    step,  ///< The L0 norm, its threshold gradient through the straight-through estimator.
+    tanh,  ///< sum_j tanh(tanh_scale * acts_j * ||W_dec row j||).
+};
+
+/// The training coefficients of SAELens's training configurations (defaults are SAELens's).
+struct sae_training_options {
+    double l1_coefficient = 1.0;          ///< standard: weight of the L1 penalty.
+    double l0_coefficient = 1.0;          ///< jumprelu: weight of the L0 (or tanh) penalty.
+    double jumprelu_bandwidth = 0.05;     ///< jumprelu: width of the straight-through estimator's rectangle.
+    jumprelu_sparsity sparsity = jumprelu_sparsity::step;  ///< jumprelu: which penalty.
+    double jumprelu_tanh_scale = 4.0;     ///< jumprelu tanh penalty: the scale inside tanh.
+    double pre_act_loss_coefficient = 0;  ///< jumprelu: weight of the pre-activation loss on dead latents (0: off).
+    double aux_loss_coefficient = 1.0;    ///< topk, batchtopk: weight of the auxiliary loss on dead latents.
+    /// (d_sae) latents counted as dead (for aux and pre_act); empty means none, as SAELens without a mask.
+    std::vector<unsigned char> dead;
+};
+
+/// Each loss term (zero where the architecture has none) and their sum.
+template <class T>
+struct sae_loss_terms {
+    T mse = 0;      ///< Reconstruction error.
+    T l1 = 0;       ///< standard's L1 penalty.
+    T l0 = 0;       ///< jumprelu's L0 or tanh penalty.
+    T pre_act = 0;  ///< jumprelu's pre-activation loss.
+    T aux = 0;      ///< topk's and batchtopk's auxiliary loss.
+    T total = 0;    ///< The sum of the above.
+};
+
+/// One training step's forward values, losses and gradients.
+template <class T>
+struct sae_training_pass {
+    std::vector<T> sae_in;      ///< (n, d_in) x * scale - b_dec
+    std::vector<T> hidden_pre;  ///< (n, d_sae) pre-activations (before rescaling by decoder norms)
+    std::vector<T> acts;        ///< (n, d_sae) feature activations
+    std::vector<T> output;      ///< (n, d_in) the reconstruction in the input's scale
+    sae_loss_terms<T> loss;     ///< The loss terms.
+    basic_sae_weights<T> grad;  ///< d(total) for each parameter, in the parameters' layout (threshold: jumprelu).
+};
+
+namespace detail {
+
+/// SAELens's rectangle kernel: 1 on (-1/2, 1/2), else 0.
+template <class T>
+constexpr T sae_rectangle(T u) noexcept {
+    return (u > T(-0.5) && u < T(0.5)) ? T(1) : T(0);
+}
+
+}  // namespace detail
+
+/// The training loss of `w` (with `options`' architecture) on the batch `x` (n, d_in) and its exact gradients.
+/// Throws shape_error for weights or a batch that disagree, std::invalid_argument for a bad dead mask or
+/// coefficients.
+template <class T>
+sae_training_pass<T> sae_loss_and_gradients(const basic_sae_weights<T>& w, const sae_options& options,
+                                            const sae_training_options& training, tensor_view<const T, 2> x) {
+    validate_sae(w, options, "sae_loss_and_gradients");
+    const index_t n = x.extent(0), d_in = w.d_in, d_sae = w.d_sae;
+    if (x.extent(1) != d_in || n <= 0) {
+        std::string message = "sae_loss_and_gradients: the batch is (";
+        message += std::to_string(n);
+        message += ", ";
+        message += std::to_string(x.extent(1));
+        message += "), expected (n > 0, d_in = ";
+        message += std::to_string(d_in);
+        message += ")";
+        throw shape_error(message);
+    }
+    if (!training.dead.empty() && static_cast<index_t>(training.dead.size()) != d_sae)
+        throw std::invalid_argument("sae_loss_and_gradients: the dead mask needs d_sae entries");
+    if (options.architecture == sae_architecture::jumprelu && !(training.jumprelu_bandwidth > 0))
+        throw std::invalid_argument("sae_loss_and_gradients: jumprelu_bandwidth must be positive");
+    const auto nd = static_cast<std::size_t>(n * d_in), ns = static_cast<std::size_t>(n * d_sae);
+    const T inv_n = T(1) / static_cast<T>(n);
+    auto view = [](std::vector<T>& v, index_t rows, index_t cols) { return tensor_view<T, 2>(v.data(), {rows, cols}); };
+    auto cview = [](const std::vector<T>& v, index_t rows, index_t cols) {
+        return tensor_view<const T, 2>(v.data(), {rows, cols});
+    };
+
+    sae_training_pass<T> out;
+    basic_sae_weights<T>& g = out.grad;
+    g.d_in = d_in;
+    g.d_sae = d_sae;
+    g.w_enc.assign(w.w_enc.size(), T(0));
+    g.w_dec.assign(w.w_dec.size(), T(0));
+    g.b_enc.assign(w.b_enc.size(), T(0));
+    g.b_dec.assign(w.b_dec.size(), T(0));
+    g.threshold.assign(w.threshold.size(), T(0));
+
+    // Forward.
+    const std::vector<T> norms = sae_decoder_norms(w);  // (d_sae)
+    std::vector<T> scale;                                // (n)
+    sae_input_scale<T>(x, options, scale);
+    out.sae_in.resize(nd);
+    sae_prepare_input<T>(x, scale, w, options, view(out.sae_in, n, d_in));
+    out.hidden_pre.resize(ns);
+    sae_encode<T>(cview(out.sae_in, n, d_in), w, view(out.hidden_pre, n, d_sae));
+    out.acts.resize(ns);
+    sae_kept_mask kept;
+    sae_activate<T>(cview(out.hidden_pre, n, d_sae), w, options, norms, view(out.acts, n, d_sae), kept);
+    std::vector<T> recons(nd);  // (n, d_in) before undoing the scale
+    sae_decode<T>(cview(out.acts, n, d_sae), w, options, norms, view(recons, n, d_in));
+    out.output.resize(nd);
+    sae_restore_scale<T>(cview(recons, n, d_in), scale, view(out.output, n, d_in));
+
+    // d(recons) (n, d_in), d(acts) (n, d_sae), d(pre) (n, d_sae) and d(norms) (d_sae) collect every term.
+    std::vector<T> d_recons(nd, T(0)), d_acts(ns, T(0)), d_pre(ns, T(0)), d_norms(static_cast<std::size_t>(d_sae), T(0));
+    sae_loss_terms<T>& loss = out.loss;
+    for (std::size_t f = 0; f < nd; ++f) {
+        const T diff = out.output[f] - x(static_cast<index_t>(f / static_cast<std::size_t>(d_in)),
+                                         static_cast<index_t>(f % static_cast<std::size_t>(d_in)));
+        loss.mse += diff * diff;
+        d_recons[f] = T(2) * diff * inv_n / scale[f / static_cast<std::size_t>(d_in)];
+    }
+    loss.mse *= inv_n;
+
+    auto dead = [&](index_t j) { return !training.dead.empty() && training.dead[static_cast<std::size_t>(j)] != 0; };
+    const index_t dead_count = static_cast<index_t>(std::count_if(training.dead.begin(), training.dead.end(),
+                                                                  [](unsigned char d) { return d != 0; }));
+    const auto sj = [](index_t j) { return static_cast<std::size_t>(j); };
+    switch (options.architecture) {
+        case sae_architecture::standard: {
+            const auto c = static_cast<T>(training.l1_coefficient);
+            for (index_t r = 0; r < n; ++r)
+                for (index_t j = 0; j < d_sae; ++j) {
+                    const T a = out.acts[detail::sae_at(r, j, d_sae)];
+                    loss.l1 += std::abs(a) * norms[sj(j)];
+                    const T sign = a > T(0) ? T(1) : (a < T(0) ? T(-1) : T(0));
+                    d_acts[detail::sae_at(r, j, d_sae)] += c * inv_n * sign * norms[sj(j)];
+                    d_norms[sj(j)] += c * inv_n * std::abs(a);
+                }
+            loss.l1 *= c * inv_n;
+            break;
+        }
+        case sae_architecture::jumprelu: {
+            const auto c = static_cast<T>(training.l0_coefficient), bw = static_cast<T>(training.jumprelu_bandwidth);
+            for (index_t r = 0; r < n; ++r)
+                for (index_t j = 0; j < d_sae; ++j) {
+                    const std::size_t f = detail::sae_at(r, j, d_sae);
+                    const T p = out.hidden_pre[f], t = w.threshold[sj(j)];
+                    if (training.sparsity == jumprelu_sparsity::step) {
+                        loss.l0 += p > t ? T(1) : T(0);
+                        g.threshold[sj(j)] += -(T(1) / bw) * detail::sae_rectangle((p - t) / bw) * c * inv_n;
+                    } else {
+                        const T ts = static_cast<T>(training.jumprelu_tanh_scale);
+                        const T th = std::tanh(ts * out.acts[f] * norms[sj(j)]);
+                        loss.l0 += th;
+                        const T d = c * inv_n * (T(1) - th * th) * ts;
+                        d_acts[f] += d * norms[sj(j)];
+                        d_norms[sj(j)] += d * out.acts[f];
+                    }
+                    if (training.pre_act_loss_coefficient != 0 && dead(j) && t - p > T(0)) {
+                        const T pc = static_cast<T>(training.pre_act_loss_coefficient) * inv_n;
+                        loss.pre_act += (t - p) * norms[sj(j)];
+                        g.threshold[sj(j)] += pc * norms[sj(j)];
+                        d_pre[f] -= pc * norms[sj(j)];
+                        d_norms[sj(j)] += pc * (t - p);
+                    }
+                }
+            loss.l0 *= c * inv_n;
+            loss.pre_act *= static_cast<T>(training.pre_act_loss_coefficient) * inv_n;
+            break;
+        }
+        case sae_architecture::topk:
+        case sae_architecture::batchtopk: {
+            if (dead_count == 0) break;
+            index_t k_aux = d_in / 2;
+            if (k_aux == 0) break;  // SAELens divides by zero here; no latent can be asked to help with d_in = 1
+            const T aux_scale = std::min(static_cast<T>(dead_count) / static_cast<T>(k_aux), T(1));
+            k_aux = std::min(k_aux, dead_count);
+            const bool rescale = sae_rescales(options);
+            std::vector<T> aux_acts(ns, T(0));  // (n, d_sae) decoded latents: pre of the chosen dead latents
+            std::vector<index_t> candidates;
+            for (index_t j = 0; j < d_sae; ++j)
+                if (dead(j)) candidates.push_back(j);
+            for (index_t r = 0; r < n; ++r) {
+                auto score = [&](index_t j) {
+                    const T p = out.hidden_pre[detail::sae_at(r, j, d_sae)];
+                    return rescale ? p * norms[sj(j)] : p;
+                };
+                std::nth_element(candidates.begin(), candidates.begin() + (k_aux - 1), candidates.end(),
+                                 [&](index_t a, index_t b) {
+                                     const T sa = score(a), sb = score(b);
+                                     return sa > sb || (sa == sb && a < b);
+                                 });
+                for (index_t m = 0; m < k_aux; ++m) {
+                    const index_t j = candidates[static_cast<std::size_t>(m)];
+                    aux_acts[detail::sae_at(r, j, d_sae)] = out.hidden_pre[detail::sae_at(r, j, d_sae)];
+                }
+            }
+            sae_options plain = options;  // aux_acts already hold the decoded values
+            plain.rescale_acts_by_decoder_norm = false;
+            std::vector<T> aux_recons(nd);  // (n, d_in)
+            sae_decode<T>(cview(aux_acts, n, d_sae), w, plain, norms, view(aux_recons, n, d_in));
+            std::vector<T> d_aux(nd);  // (n, d_in) d(aux_recons)
+            const T c = static_cast<T>(training.aux_loss_coefficient) * aux_scale;
+            for (std::size_t f = 0; f < nd; ++f) {
+                const std::size_t r = f / static_cast<std::size_t>(d_in);
+                const T residual = x(static_cast<index_t>(r), static_cast<index_t>(f % static_cast<std::size_t>(d_in))) -
+                                   out.output[f];
+                const T diff = aux_recons[f] / scale[r] - residual;
+                loss.aux += diff * diff;
+                d_aux[f] = c * T(2) * diff * inv_n / scale[r];
+            }
+            loss.aux *= c * inv_n;
+            // Back through the aux decoder: b_dec, W_dec and the chosen pre-activations.
+            for (index_t r = 0; r < n; ++r) {
+                for (index_t i = 0; i < d_in; ++i) g.b_dec[sj(i)] += d_aux[detail::sae_at(r, i, d_in)];
+                for (index_t j = 0; j < d_sae; ++j) {
+                    const std::size_t f = detail::sae_at(r, j, d_sae);
+                    if (aux_acts[f] == T(0)) continue;
+                    T sum = 0;
+                    for (index_t i = 0; i < d_in; ++i) {
+                        const T gi = d_aux[detail::sae_at(r, i, d_in)];
+                        g.w_dec[detail::sae_at(j, i, d_in)] += aux_acts[f] * gi;
+                        sum += gi * w.w_dec[detail::sae_at(j, i, d_in)];
+                    }
+                    d_pre[f] += sum;
+                }
+            }
+            break;
+        }
+    }
+    loss.total = loss.mse + loss.l1 + loss.l0 + loss.pre_act + loss.aux;
+
+    // Back through the main decoder.
+    const bool rescale = sae_rescales(options);
+    for (index_t r = 0; r < n; ++r)
+        for (index_t i = 0; i < d_in; ++i) g.b_dec[sj(i)] += d_recons[detail::sae_at(r, i, d_in)];
+    for (index_t r = 0; r < n; ++r)
+        for (index_t j = 0; j < d_sae; ++j) {
+            const T a = out.acts[detail::sae_at(r, j, d_sae)];
+            if (a == T(0)) continue;
+            const T decoded = rescale ? a / norms[sj(j)] : a;
+            for (index_t i = 0; i < d_in; ++i)
+                g.w_dec[detail::sae_at(j, i, d_in)] += decoded * d_recons[detail::sae_at(r, i, d_in)];
+        }
+    std::vector<T> d_from_decoder(ns);  // (n, d_sae)
+    sae_decode_backward<T>(cview(d_recons, n, d_in), w, options, norms, view(d_from_decoder, n, d_sae));
+    for (std::size_t f = 0; f < ns; ++f) d_acts[f] += d_from_decoder[f];
+    // Through the activation; jumprelu's threshold through the straight-through estimator.
+    std::vector<T> d_through(ns);  // (n, d_sae)
+    sae_activate_backward<T>(cview(d_acts, n, d_sae), kept, options, norms, view(d_through, n, d_sae));
+    for (std::size_t f = 0; f < ns; ++f) d_pre[f] += d_through[f];
+    if (options.architecture == sae_architecture::jumprelu) {
+        const auto bw = static_cast<T>(training.jumprelu_bandwidth);
+        for (index_t r = 0; r < n; ++r)
+            for (index_t j = 0; j < d_sae; ++j) {
+                const std::size_t f = detail::sae_at(r, j, d_sae);
+                const T t = w.threshold[sj(j)];
+                g.threshold[sj(j)] += -(t / bw) * detail::sae_rectangle((out.hidden_pre[f] - t) / bw) * d_acts[f];
+            }
+    }
+    // Through the encoder.
+    for (index_t r = 0; r < n; ++r)
+        for (index_t j = 0; j < d_sae; ++j) g.b_enc[sj(j)] += d_pre[detail::sae_at(r, j, d_sae)];
+    for (index_t r = 0; r < n; ++r)
+        for (index_t i = 0; i < d_in; ++i) {
+            const T v = out.sae_in[detail::sae_at(r, i, d_in)];
+            T* row = g.w_enc.data() + detail::sae_at(i, 0, d_sae);
+            const T* gp = d_pre.data() + detail::sae_at(r, 0, d_sae);
+            for (index_t j = 0; j < d_sae; ++j) row[j] += v * gp[j];
+        }
+    if (options.apply_b_dec_to_input) {
+        std::vector<T> d_sae_in(nd);  // (n, d_in)
+        sae_encode_backward<T>(cview(d_pre, n, d_sae), w, view(d_sae_in, n, d_in));
+        for (index_t r = 0; r < n; ++r)
+            for (index_t i = 0; i < d_in; ++i) g.b_dec[sj(i)] -= d_sae_in[detail::sae_at(r, i, d_in)];
+    }
+    // Through the decoder norms: d||W_dec row j|| / dW_dec[j, i] = W_dec[j, i] / ||W_dec row j||.
+    for (index_t j = 0; j < d_sae; ++j) {
+        if (d_norms[sj(j)] == T(0) || norms[sj(j)] == T(0)) continue;
+        for (index_t i = 0; i < d_in; ++i)
+            g.w_dec[detail::sae_at(j, i, d_in)] += d_norms[sj(j)] * w.w_dec[detail::sae_at(j, i, d_in)] / norms[sj(j)];
+    }
+    return out;
+}
+
+/// BatchTopK's running global threshold after a training step (SAELens's update_topk_threshold): moves `current`
+/// towards the smallest positive activation of the batch by `rate`; unchanged when no activation is positive.
+template <class T>
+double batchtopk_threshold_update(double current, const std::vector<T>& acts, double rate) {
+    double smallest = std::numeric_limits<double>::infinity();
+    for (T a : acts)
+        if (a > T(0)) smallest = std::min(smallest, static_cast<double>(a));
+    if (smallest == std::numeric_limits<double>::infinity()) return current;
+    return (1.0 - rate) * current + rate * smallest;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/loss.hpp ----
+// ---- begin mechlens/sae/saelens_format.hpp ----
+/// @file
+/// SAELens folders: `cfg.json` (the SAE's inference configuration) and `sae_weights.safetensors` (W_enc (d_in,
+/// d_sae), W_dec (d_sae, d_in), b_enc (d_sae), b_dec (d_in), and threshold (d_sae) for jumprelu). We read what
+/// SAELens 6 writes (and the older layout: hook_name at the top level, hook_point, activation_fn_str "topk" with
+/// activation_fn_kwargs.k, a boolean normalize_activations) and write what SAELens 6 loads with
+/// SAE.load_from_disk. batchtopk is a training form: SAELens saves it as jumprelu with one global threshold
+/// (batchtopk_as_jumprelu). Not supported (a one-line format_error): normalize_activations "layer_norm",
+/// reshape_activations "hook_z", a finetuning scaling factor other than ones, other architectures.
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Where an SAE belongs: SAELens's metadata fields that matter for attaching it.
+struct saelens_metadata {
+    std::string hook_name;                       ///< The host site, e.g. "blocks.2.hook_resid_post".
+    std::optional<std::int64_t> hook_head_index; ///< A head of a per-head site, when the SAE reads one head.
+    std::string model_name;                      ///< The model it was trained on (informative).
+    std::string dtype = "float32";               ///< SAELens's dtype field (weights are read as float).
+};
+
+/// An SAE as stored in a SAELens folder: its parameters, how it computes, and where it belongs.
+struct saelens_sae {
+    sae_weights weights;        ///< The parameters (d_in and d_sae from cfg.json).
+    sae_options options;        ///< Architecture and options (error_term is not stored: true on reading).
+    saelens_metadata metadata;  ///< hook_name and friends.
+};
+
+/// The configuration in a parsed `cfg.json` (weights left empty, d_in and d_sae set); throws format_error naming
+/// the document and the field for a missing or mistyped field, an unknown architecture or an unsupported option.
+inline saelens_sae read_saelens_config(const json_value& cfg) {
+    if (!cfg.is_object()) cfg.fail("expected an object");
+    saelens_sae out;
+    auto positive = [](const json_value& v) {
+        const std::int64_t value = v.as_int64();
+        if (value <= 0 || value > (std::int64_t{1} << 31)) v.fail("must be a positive integer below 2^31");
+        return static_cast<index_t>(value);
+    };
+    out.weights.d_in = positive(cfg.at("d_in"));
+    out.weights.d_sae = positive(cfg.at("d_sae"));
+
+    // The architecture, or its pre-6.0 spelling through activation_fn_str / activation_fn.
+    std::string architecture = "standard";
+    const json_value* fn = cfg.find("activation_fn_str");
+    if (fn == nullptr) fn = cfg.find("activation_fn");
+    if (const json_value* a = cfg.find("architecture")) {
+        architecture = a->as_string();
+    } else if (fn != nullptr && fn->is_string() && fn->as_string() == "topk") {
+        architecture = "topk";
+    }
+    const auto parsed = parse_sae_architecture(architecture);
+    if (!parsed) {
+        std::string problem = "unknown architecture \"";
+        problem += architecture.substr(0, 40);
+        problem += "\" (expected standard, topk, jumprelu or batchtopk)";
+        (cfg.find("architecture") ? *cfg.find("architecture") : cfg).fail(problem);
+    }
+    sae_options& o = out.options;
+    o.architecture = *parsed;
+    if (const json_value* v = cfg.find("apply_b_dec_to_input")) o.apply_b_dec_to_input = v->as_bool();
+    if (const json_value* v = cfg.find("normalize_activations"); v != nullptr && !v->is_null()) {
+        if (v->is_bool()) {
+            o.normalize_activations = v->as_bool() ? sae_normalization::expected_average_only_in : sae_normalization::none;
+        } else {
+            const auto n = parse_sae_normalization(v->as_string());
+            if (!n) {
+                std::string problem = "normalize_activations \"";
+                problem += v->as_string().substr(0, 40);
+                problem += "\" is not supported (none, expected_average_only_in or constant_norm_rescale)";
+                v->fail(problem);
+            }
+            o.normalize_activations = *n;
+        }
+    }
+    if (const json_value* v = cfg.find("reshape_activations"); v != nullptr && v->as_string() != "none")
+        v->fail("reshape_activations \"" + v->as_string().substr(0, 40) + "\" is not supported (only none)");
+    if (o.architecture == sae_architecture::topk || o.architecture == sae_architecture::batchtopk) {
+        const json_value* k = cfg.find("k");
+        if (k == nullptr)
+            if (const json_value* kw = cfg.find("activation_fn_kwargs"); kw != nullptr && kw->is_object())
+                k = kw->find("k");
+        if (k == nullptr) cfg.fail("missing key \"k\" for architecture " + architecture);
+        if (o.architecture == sae_architecture::topk) {
+            const std::int64_t value = k->as_int64();
+            if (value <= 0 || value > out.weights.d_sae) k->fail("k must be in [1, d_sae]");
+            o.k = static_cast<double>(value);
+        } else {
+            o.k = k->as_double();
+            if (!(o.k > 0.0) || o.k > static_cast<double>(out.weights.d_sae)) k->fail("k must be in (0, d_sae]");
+        }
+        if (const json_value* v = cfg.find("rescale_acts_by_decoder_norm")) o.rescale_acts_by_decoder_norm = v->as_bool();
+    }
+    // Metadata: SAELens 6 nests it; older files keep hook_name (or hook_point) at the top level.
+    const json_value* meta = cfg.find("metadata");
+    if (meta != nullptr && !meta->is_null() && !meta->is_object()) meta->fail("expected an object");
+    auto field = [&](const char* key) -> const json_value* {
+        if (meta != nullptr && meta->is_object())
+            if (const json_value* v = meta->find(key); v != nullptr && !v->is_null()) return v;
+        if (const json_value* v = cfg.find(key); v != nullptr && !v->is_null()) return v;
+        return nullptr;
+    };
+    const json_value* hook = field("hook_name");
+    if (hook == nullptr) hook = field("hook_point");
+    if (hook != nullptr) out.metadata.hook_name = hook->as_string();
+    const json_value* head = field("hook_head_index");
+    if (head == nullptr) head = field("hook_point_head_index");
+    if (head != nullptr) out.metadata.hook_head_index = head->as_int64();
+    if (const json_value* v = field("model_name")) out.metadata.model_name = v->as_string();
+    if (const json_value* v = cfg.find("dtype")) out.metadata.dtype = v->as_string();
+    return out;
+}
+
+/// Reads a SAELens folder (`dir/cfg.json`, `dir/sae_weights.safetensors`; F32, F16 or BF16 weights). Throws
+/// format_error naming the file for a bad config, a missing, mistyped or extra tensor, or shapes that disagree
+/// with cfg.json.
+inline saelens_sae read_saelens_folder(const std::filesystem::path& dir) {
+    saelens_sae out = read_saelens_config(read_json_file(dir / "cfg.json"));
+    const std::filesystem::path weights_path = dir / "sae_weights.safetensors";
+    const std::string where = weights_path.string();
+    safetensors_file file = read_safetensors(weights_path, safetensors_dtypes::float_any);
+    sae_weights& w = out.weights;
+    const index_t d_in = w.d_in, d_sae = w.d_sae;
+    const bool jump = out.options.architecture == sae_architecture::jumprelu;
+    struct slot {
+        const char* name;
+        std::vector<index_t> shape;
+        std::vector<float>* values;
+        bool needed;
+    };
+    std::vector<slot> slots{{"W_enc", {d_in, d_sae}, &w.w_enc, true},
+                            {"W_dec", {d_sae, d_in}, &w.w_dec, true},
+                            {"b_enc", {d_sae}, &w.b_enc, true},
+                            {"b_dec", {d_in}, &w.b_dec, true},
+                            {"threshold", {d_sae}, &w.threshold, jump}};
+    std::vector<bool> seen(slots.size(), false);
+    auto shape_text = [](const std::vector<index_t>& shape) {
+        std::string text = "(";
+        for (std::size_t i = 0; i < shape.size(); ++i) {
+            if (i > 0) text += ", ";
+            text += std::to_string(shape[i]);
+        }
+        text += shape.size() == 1 ? ",)" : ")";
+        return text;
+    };
+    for (safetensors_tensor& t : file.tensors) {
+        if (t.name == "scaling_factor") {  // older files: harmless when all ones
+            for (float v : t.values)
+                if (v != 1.0f) detail::format_fail(where, "a scaling_factor other than ones is not supported");
+            continue;
+        }
+        std::size_t s = 0;
+        while (s < slots.size() && (t.name != slots[s].name || !slots[s].needed)) ++s;
+        if (s == slots.size())
+            detail::format_fail(where, "unexpected tensor '" + t.name.substr(0, 100) + "' for architecture " +
+                                           std::string(to_string(out.options.architecture)));
+        if (t.shape != slots[s].shape) {
+            std::string problem = "tensor '";
+            problem += slots[s].name;
+            problem += "' has shape ";
+            problem += shape_text(t.shape);
+            problem += ", but cfg.json implies ";
+            problem += shape_text(slots[s].shape);
+            detail::format_fail(where, problem);
+        }
+        *slots[s].values = std::move(t.values);
+        seen[s] = true;
+    }
+    for (std::size_t s = 0; s < slots.size(); ++s)
+        if (slots[s].needed && !seen[s]) detail::format_fail(where, std::string("missing tensor '") + slots[s].name + "'");
+    return out;
+}
+
+/// The text of `cfg.json` for `sae` (SAELens 6's inference layout).
+inline std::string saelens_config_text(const saelens_sae& sae) {
+    const sae_options& o = sae.options;
+    std::string text = "{\"architecture\": ";
+    text += detail::json_quote(to_string(o.architecture));
+    text += ", \"d_in\": ";
+    text += std::to_string(sae.weights.d_in);
+    text += ", \"d_sae\": ";
+    text += std::to_string(sae.weights.d_sae);
+    text += ", \"dtype\": \"float32\", \"device\": \"cpu\", \"apply_b_dec_to_input\": ";
+    text += o.apply_b_dec_to_input ? "true" : "false";
+    text += ", \"normalize_activations\": ";
+    text += detail::json_quote(to_string(o.normalize_activations));
+    text += ", \"reshape_activations\": \"none\"";
+    if (o.architecture == sae_architecture::topk) {
+        text += ", \"k\": ";
+        text += std::to_string(static_cast<std::int64_t>(o.k));
+    } else if (o.architecture == sae_architecture::batchtopk) {
+        char k[40];
+        std::snprintf(k, sizeof k, "%.17g", o.k);
+        text += ", \"k\": ";
+        text += k;
+    }
+    if (o.architecture == sae_architecture::topk || o.architecture == sae_architecture::batchtopk) {
+        text += ", \"rescale_acts_by_decoder_norm\": ";
+        text += o.rescale_acts_by_decoder_norm ? "true" : "false";
+    }
+    text += ", \"metadata\": {\"sae_lens_version\": \"6.0.0\", \"sae_lens_training_version\": \"6.0.0\", "
+            "\"written_by\": \"mechlens\", \"hook_name\": ";
+    text += detail::json_quote(sae.metadata.hook_name);
+    text += ", \"hook_head_index\": ";
+    text += sae.metadata.hook_head_index ? std::to_string(*sae.metadata.hook_head_index) : std::string("null");
+    text += ", \"model_name\": ";
+    text += sae.metadata.model_name.empty() ? std::string("null") : detail::json_quote(sae.metadata.model_name);
+    text += "}}\n";
+    return text;
+}
+
+/// Writes `sae` as a SAELens folder (creating `dir`); throws shape_error for inconsistent weights,
+/// std::invalid_argument for batchtopk (convert it with batchtopk_as_jumprelu first, as SAELens does) and
+/// format_error naming the file on I/O failure.
+inline void write_saelens_folder(const std::filesystem::path& dir, const saelens_sae& sae) {
+    validate_sae(sae.weights, sae.options, "write_saelens_folder");
+    if (sae.options.architecture == sae_architecture::batchtopk)
+        throw std::invalid_argument("write_saelens_folder: SAELens stores batchtopk SAEs as jumprelu; convert with "
+                                    "batchtopk_as_jumprelu");
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) detail::format_fail(dir.string(), "cannot create the directory: " + ec.message());
+    const sae_weights& w = sae.weights;
+    std::vector<safetensors_tensor_ref> tensors{{"W_enc", {w.d_in, w.d_sae}, w.w_enc.data()},
+                                                {"W_dec", {w.d_sae, w.d_in}, w.w_dec.data()},
+                                                {"b_enc", {w.d_sae}, w.b_enc.data()},
+                                                {"b_dec", {w.d_in}, w.b_dec.data()}};
+    if (sae.options.architecture == sae_architecture::jumprelu)
+        tensors.push_back({"threshold", {w.d_sae}, w.threshold.data()});
+    write_safetensors(dir / "sae_weights.safetensors", tensors);
+    const std::filesystem::path cfg = dir / "cfg.json";
+    std::ofstream out(cfg, std::ios::binary | std::ios::trunc);
+    const std::string text = saelens_config_text(sae);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.close();
+    if (!out) detail::format_fail(cfg.string(), "write failed");
+}
+
+/// A batchtopk SAE as SAELens saves it for inference: jumprelu with every threshold equal to the global one.
+inline saelens_sae batchtopk_as_jumprelu(saelens_sae sae, float global_threshold) {
+    sae.options.architecture = sae_architecture::jumprelu;
+    sae.options.k = 0;
+    sae.options.rescale_acts_by_decoder_norm = false;
+    sae.weights.threshold.assign(static_cast<std::size_t>(sae.weights.d_sae), global_threshold);
+    return sae;
+}
+
+/// Folds expected_average_only_in's input scaling factor into the weights, as SAELens does after training
+/// (W_enc * factor, W_dec / factor, b_dec / factor) so the SAE then reads unscaled activations
+/// (normalize_activations becomes none). The factor SAELens estimates is sqrt(d_in) / mean ||x||.
+inline void fold_activation_scaling_factor(saelens_sae& sae, float factor) {
+    for (float& v : sae.weights.w_enc) v *= factor;
+    for (float& v : sae.weights.w_dec) v /= factor;
+    for (float& v : sae.weights.b_dec) v /= factor;
+    sae.options.normalize_activations = sae_normalization::none;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/saelens_format.hpp ----
+// ---- begin mechlens/sae/sparse_autoencoder.hpp ----
+/// @file
+/// A sparse autoencoder of any of SAELens's architectures (standard, topk, jumprelu, batchtopk; sae/definition.hpp)
+/// as a splice, with SAELens's definitions and site names:
+///   x        = the host activation, as hooks leave it                `hook_sae_input`      (batch, pos, d_in)
+///   sae_in   = x * scale - b_dec (see sae/forward.hpp)
+///   acts_pre = sae_in W_enc + b_enc                                  `hook_sae_acts_pre`   (batch, pos, d_sae)
+///   acts     = the architecture's activation of acts_pre             `hook_sae_acts_post`  (batch, pos, d_sae)
+///   recons   = acts W_dec + b_dec (before undoing the scale)         `hook_sae_recons`     (batch, pos, d_in)
+///   error    = x - output of the same x without hooks (error term)   `hook_sae_error`      (batch, pos, d_in)
+///   output   = recons / scale + error, or recons / scale             `hook_sae_output`     (batch, pos, d_in)
+/// As in SAELens, `hook_sae_input` sees the input before normalization and b_dec, and `hook_sae_recons` the
+/// reconstruction before the constant_norm_rescale scale is undone. With the error term the model's output is
+/// unchanged while nothing intervenes on the SAE's sites, and interventions on its latents reach the rest of the
+/// model through the reconstruction. The error term is detached: the backward pass sends the output's gradient to
+/// the input through the SAE only (through the kept latents of topk, jumprelu and batchtopk; the error node's
+/// gradient is shown to hooks at `hook_sae_error` and goes no further). batchtopk keeps the k * rows largest latents
+/// of each call (its training form); SAELens saves a trained one as jumprelu, which is how it is meant to be used.
+
 #include <cstddef>
 #include <string>
 #include <utility>
@@ -16686,52 +18623,17 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// A sparse autoencoder's parameters in SAELens's layout (row-major).
-struct sae_weights {
-    index_t d_in = 0;           ///< Width of the activation it reads.
-    index_t d_sae = 0;          ///< Number of latents.
-    std::vector<float> w_enc;   ///< (d_in, d_sae)
-    std::vector<float> w_dec;   ///< (d_sae, d_in)
-    std::vector<float> b_enc;   ///< (d_sae)
-    std::vector<float> b_dec;   ///< (d_in)
-};
-
-/// How a sparse autoencoder is spliced in.
-struct sae_options {
-    bool error_term = true;            ///< Add the clean reconstruction error back (SAELens's use_error_term).
-    bool apply_b_dec_to_input = true;  ///< Subtract b_dec from the input before encoding.
-};
-
-/// A standard ReLU sparse autoencoder spliced in at a hook site (see the file comment for its sites).
+/// A sparse autoencoder spliced in at a hook site (see the file comment for its sites).
 class sae_splice final : public splice {
 public:
     /// Positions of the SAE's activations in sites() (error is absent without the error term).
     enum activation : std::size_t { input = 0, acts_pre = 1, acts_post = 2, recons = 3, error = 4 };
 
-    /// Takes the weights; throws shape_error when their sizes disagree with d_in and d_sae.
+    /// Takes the weights; throws shape_error when they disagree with d_in, d_sae and the architecture.
     explicit sae_splice(sae_weights weights, sae_options options = {})
         : w_(std::move(weights)), options_(options) {
-        const index_t d_in = w_.d_in, d_sae = w_.d_sae;
-        auto require = [](const std::vector<float>& v, index_t size, const char* name) {
-            if (static_cast<index_t>(v.size()) != size)
-                throw shape_error(std::string("sae_splice: ") + name + " has " + std::to_string(v.size()) +
-                                  " values, expected " + std::to_string(size));
-        };
-        if (d_in <= 0 || d_sae <= 0)
-            throw shape_error("sae_splice: d_in and d_sae must be positive, got " + std::to_string(d_in) + " and " +
-                              std::to_string(d_sae));
-        require(w_.w_enc, d_in * d_sae, "W_enc (d_in, d_sae)");
-        require(w_.w_dec, d_sae * d_in, "W_dec (d_sae, d_in)");
-        require(w_.b_enc, d_sae, "b_enc (d_sae)");
-        require(w_.b_dec, d_in, "b_dec (d_in)");
-        // The forward products want each weight as (out, in): W_enc^T and W_dec^T; the backward ones use them as is.
-        encoder_.resize(w_.w_enc.size());
-        decoder_.resize(w_.w_dec.size());
-        for (index_t i = 0; i < d_in; ++i)
-            for (index_t j = 0; j < d_sae; ++j) {
-                encoder_[static_cast<std::size_t>(j * d_in + i)] = w_.w_enc[static_cast<std::size_t>(i * d_sae + j)];
-                decoder_[static_cast<std::size_t>(i * d_sae + j)] = w_.w_dec[static_cast<std::size_t>(j * d_in + i)];
-            }
+        validate_sae(w_, options_, "sae_splice");
+        norms_ = sae_decoder_norms(w_);
     }
 
     /// The weights.
@@ -16757,90 +18659,114 @@ public:
     /// Encodes, decodes and (with the error term) adds the clean error, firing every site.
     void forward(tensor_view<const float, 2> x, tensor_view<float, 2> output, splice_hooks& hooks,
                  splice_tape& tape) const override {
-        const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
-        const auto sae_in = tape.matrix(0, rows, d_in);      // (rows, d_in)
-        const auto pre = tape.matrix(1, rows, d_sae);        // (rows, d_sae)
-        const auto acts = tape.matrix(2, rows, d_sae);       // (rows, d_sae)
-        const auto reconstruction = tape.matrix(3, rows, d_in);  // (rows, d_in)
-        encode_decode(x, sae_in, pre, acts, reconstruction, &hooks);
+        const index_t rows = x.extent(0), d_in = w_.d_in;
+        const auto hooked_x = tape.matrix(slot_x, rows, d_in);  // (rows, d_in) x as hooks leave it
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) hooked_x(r, i) = x(r, i);
+        hooks.fire(input, hooked_x);
+        const auto out = tape.matrix(slot_out, rows, d_in);  // (rows, d_in) recons / scale
+        run(hooked_x, tape, 0, out, &hooks);
         if (options_.error_term) {
-            const auto err = tape.matrix(4, rows, d_in);  // (rows, d_in)
+            const auto err = tape.matrix(slot_error, rows, d_in);  // (rows, d_in)
             bool hooked = false;
             for (std::size_t k = input; k <= recons; ++k) hooked = hooked || hooks.active(k);
             if (hooked) {  // the error of the same input without hooks
-                const auto clean = tape.matrix(8, rows, d_in);  // (rows, d_in)
-                encode_decode(x, tape.matrix(5, rows, d_in), tape.matrix(6, rows, d_sae), tape.matrix(7, rows, d_sae),
-                              clean, nullptr);
+                const auto clean = tape.matrix(slot_clean_out, rows, d_in);  // (rows, d_in)
+                run(x, tape, clean_offset, clean, nullptr);
                 subtract(x, clean, err);
             } else {
-                subtract(x, reconstruction, err);
+                subtract(x, out, err);
             }
             hooks.fire(error, err);
             for (index_t r = 0; r < rows; ++r)
-                for (index_t i = 0; i < d_in; ++i) output(r, i) = reconstruction(r, i) + err(r, i);
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i) + err(r, i);
         } else {
             for (index_t r = 0; r < rows; ++r)
-                for (index_t i = 0; i < d_in; ++i) output(r, i) = reconstruction(r, i);
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i);
         }
         hooks.fire(output_index(), output);
     }
 
-    /// d(output) -> d(input) through the decoder, the ReLU and the encoder (the error term is detached).
+    /// d(output) -> d(input) through the decoder, the kept latents, the encoder and the input scale (the error
+    /// term is detached).
     void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
                   splice_hooks& hooks) const override {
         const index_t rows = d_output.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
         hooks.fire(output_index(), d_output);
         if (options_.error_term && hooks.active(error)) {  // shown, then dropped: the error is detached
-            const auto d_error = tape.matrix(9, rows, d_in);  // (rows, d_in)
+            const auto d_error = tape.matrix(slot_d_error, rows, d_in);  // (rows, d_in)
             for (index_t r = 0; r < rows; ++r)
                 for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
             hooks.fire(error, d_error);
         }
-        hooks.fire(recons, d_output);  // d(recons) = d(output)
-        const auto d_acts = tape.matrix(10, rows, d_sae);  // (rows, d_sae)
-        kernels::linear(d_output, weight(w_.w_dec, d_sae, d_in), d_acts);
-        hooks.fire(acts_post, d_acts);
-        const auto pre = tape.stored(1, rows, d_sae);  // (rows, d_sae) as the ReLU saw it
+        const std::vector<float> scale = tape.buffers.at(slot_scale);  // (rows), copied: the tape may grow
+        const auto d_recons = tape.matrix(slot_d_recons, rows, d_in);  // (rows, d_in)
         for (index_t r = 0; r < rows; ++r)
-            for (index_t j = 0; j < d_sae; ++j)
-                if (!(pre(r, j) > 0.0f)) d_acts(r, j) = 0.0f;
-        hooks.fire(acts_pre, d_acts);
-        kernels::linear(d_acts, weight(w_.w_enc, d_in, d_sae), d_input);  // d(sae_in) = d(x)
+            for (index_t i = 0; i < d_in; ++i) d_recons(r, i) = d_output(r, i) / scale[static_cast<std::size_t>(r)];
+        hooks.fire(recons, d_recons);
+        const auto d_acts = tape.matrix(slot_d_acts, rows, d_sae);  // (rows, d_sae)
+        sae_decode_backward<float>(d_recons, w_, options_, norms_, d_acts);
+        hooks.fire(acts_post, d_acts);
+        const auto d_pre = tape.matrix(slot_d_pre, rows, d_sae);  // (rows, d_sae)
+        sae_activate_backward<float>(d_acts, kept_mask(tape, rows), options_, norms_, d_pre);
+        hooks.fire(acts_pre, d_pre);
+        const auto d_sae_in = tape.matrix(slot_d_sae_in, rows, d_in);  // (rows, d_in)
+        sae_encode_backward<float>(d_pre, w_, d_sae_in);
+        sae_scale_backward<float>(tape.stored(slot_x, rows, d_in), scale, options_, tape.stored(slot_recons, rows, d_in),
+                                  d_output, d_sae_in, d_input);
         hooks.fire(input, d_input);
     }
 
 private:
-    static tensor_view<const float, 2> weight(const std::vector<float>& w, index_t rows, index_t cols) {
-        return tensor_view<const float, 2>(w.data(), {rows, cols});
-    }
+    // Tape buffers: the forward pass's values (a second set at clean_offset for the clean error), then scratch.
+    enum slot : std::size_t {
+        slot_x = 0, slot_scale = 1, slot_sae_in = 2, slot_pre = 3, slot_acts = 4, slot_recons = 5, slot_kept = 6,
+        slot_out = 7, clean_offset = 8, slot_clean_out = 16, slot_error = 17, slot_d_error = 18, slot_d_recons = 19,
+        slot_d_acts = 20, slot_d_pre = 21, slot_d_sae_in = 22,
+    };
+
     static void subtract(tensor_view<const float, 2> a, tensor_view<const float, 2> b, tensor_view<float, 2> out) {
         for (index_t r = 0; r < out.extent(0); ++r)
             for (index_t i = 0; i < out.extent(1); ++i) out(r, i) = a(r, i) - b(r, i);
     }
-    /// sae_in, acts_pre, acts and recons of `x`, firing their sites when `hooks` is not null.
-    void encode_decode(tensor_view<const float, 2> x, tensor_view<float, 2> sae_in, tensor_view<float, 2> pre,
-                       tensor_view<float, 2> acts, tensor_view<float, 2> reconstruction, splice_hooks* hooks) const {
+    // The kept-latent mask is stored as floats (0 or 1) in the tape.
+    sae_kept_mask kept_mask(splice_tape& tape, index_t rows) const {
+        const auto stored = tape.stored(slot_kept, rows, w_.d_sae);
+        sae_kept_mask kept(static_cast<std::size_t>(rows * w_.d_sae));
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < w_.d_sae; ++j) kept[detail::sae_at(r, j, w_.d_sae)] = stored(r, j) != 0.0f ? 1 : 0;
+        return kept;
+    }
+
+    /// The forward pass of `x` into `out` (recons / scale), keeping its values in the tape from slot `base` on and
+    /// firing the sites after hook_sae_input when `hooks` is not null.
+    void run(tensor_view<const float, 2> x, splice_tape& tape, std::size_t base, tensor_view<float, 2> out,
+             splice_hooks* hooks) const {
         const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t i = 0; i < d_in; ++i)
-                sae_in(r, i) = options_.apply_b_dec_to_input ? x(r, i) - w_.b_dec[static_cast<std::size_t>(i)]
-                                                             : x(r, i);
-        if (hooks != nullptr) hooks->fire(input, sae_in);
-        kernels::linear(sae_in, weight(encoder_, d_sae, d_in), tensor_view<const float, 1>(w_.b_enc.data(), {d_sae}),
-                        pre);
+        if (tape.buffers.size() <= base + slot_kept) tape.buffers.resize(base + slot_kept + 1);
+        std::vector<float>& scale = tape.buffers[base + slot_scale];  // (rows)
+        sae_input_scale<float>(x, options_, scale);
+        const auto sae_in = tape.matrix(base + slot_sae_in, rows, d_in);  // (rows, d_in)
+        sae_prepare_input<float>(x, scale, w_, options_, sae_in);
+        const auto pre = tape.matrix(base + slot_pre, rows, d_sae);  // (rows, d_sae)
+        sae_encode<float>(sae_in, w_, pre);
         if (hooks != nullptr) hooks->fire(acts_pre, pre);
+        const auto acts = tape.matrix(base + slot_acts, rows, d_sae);  // (rows, d_sae)
+        sae_kept_mask kept;
+        sae_activate<float>(pre, w_, options_, norms_, acts, kept);
+        const auto kept_values = tape.matrix(base + slot_kept, rows, d_sae);  // (rows, d_sae) 0 or 1
         for (index_t r = 0; r < rows; ++r)
-            for (index_t j = 0; j < d_sae; ++j) acts(r, j) = std::max(pre(r, j), 0.0f);
+            for (index_t j = 0; j < d_sae; ++j) kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
         if (hooks != nullptr) hooks->fire(acts_post, acts);
-        kernels::linear(acts, weight(decoder_, d_in, d_sae), tensor_view<const float, 1>(w_.b_dec.data(), {d_in}),
-                        reconstruction);
+        const auto reconstruction = tape.matrix(base + slot_recons, rows, d_in);  // (rows, d_in)
+        sae_decode<float>(acts, w_, options_, norms_, reconstruction);
         if (hooks != nullptr) hooks->fire(recons, reconstruction);
+        sae_restore_scale<float>(reconstruction, scale, out);
     }
 
     sae_weights w_;
     sae_options options_;
-    std::vector<float> encoder_;  // (d_sae, d_in) = W_enc^T
-    std::vector<float> decoder_;  // (d_in, d_sae) = W_dec^T
+    std::vector<float> norms_;  // (d_sae) ||W_dec row||
 };
 
 MECHLENS_END_NAMESPACE

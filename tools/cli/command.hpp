@@ -27,5 +27,6 @@ extern const command dla_command;        ///< commands/dla.cpp
 extern const command patch_command;      ///< commands/patch.cpp
 extern const command attribute_command;  ///< commands/attribute.cpp
 extern const command tokenize_command;   ///< commands/tokenize.cpp
+extern const command harvest_command;    ///< commands/harvest.cpp
 
 }  // namespace mechlens_cli

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -20,8 +21,16 @@ constexpr const command* command_table[] = {
     &mechlens_cli::info_command,      &mechlens_cli::generate_command, &mechlens_cli::logits_command,
     &mechlens_cli::cache_command,     &mechlens_cli::grad_command,     &mechlens_cli::train_command,
     &mechlens_cli::lens_command,      &mechlens_cli::dla_command,      &mechlens_cli::patch_command,
-    &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command,
+    &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command, &mechlens_cli::harvest_command,
 };
+
+/// The options that take no value: the weight-processing flags and harvest's --shuffle. A flag given to a command
+/// that does not read it is reported as an unknown option, like any other.
+std::set<std::string> flag_options() {
+    std::set<std::string> flags = mechlens_cli::weight_processing_flags;
+    flags.insert("shuffle");
+    return flags;
+}
 
 /// What --help prints after the commands: how models and tokenizers are found.
 constexpr const char* usage_footer =
@@ -90,7 +99,7 @@ int main(int argc, char** argv) {
             std::fputs(usage_footer, stdout);
             return 0;
         }
-        mechlens_cli::arguments args(argc, argv, 2, mechlens_cli::weight_processing_flags);
+        mechlens_cli::arguments args(argc, argv, 2, flag_options());
         if (c == nullptr)
             throw mechlens_cli::usage_error("unknown command '" + name + "' (try: " + command_names() + ")");
         return c->run(args);
