@@ -1,7 +1,7 @@
 // Sparse autoencoders: every architecture's forward values, training loss terms and gradients (float and double)
 // against tests/reference/sae_reference.py (PyTorch, written from SAELens's definitions); the splice's sites and
 // input gradient against the same fixtures; SAELens folders written, read back and rejected when malformed.
-#include <mechlens/sae.hpp>
+#include <mechlens/mechlens.hpp>
 
 #include <algorithm>
 #include <cmath>
