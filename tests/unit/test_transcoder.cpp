@@ -6,9 +6,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "test_support.hpp"
@@ -420,4 +425,200 @@ TEST_CASE("transcoder: the shipped policies cache, ablate and steer its features
     hooks.clear();
     const auto after = mechlens::forward_logits(model, as_batch(prompt), hooks);
     CHECK(max_gap(plain, after) <= 1e-5);
+}
+
+namespace {
+
+/// Every number of a (nested) JSON array, flattened.
+void flatten(const mechlens::json_value& v, std::vector<double>& out) {
+    if (v.is_array()) {
+        for (const mechlens::json_value& e : v.items()) flatten(e, out);
+    } else {
+        out.push_back(v.as_double());
+    }
+}
+
+/// Collects the forward activations a splice fires, by position in its sites().
+class recording_hooks final : public mechlens::splice_hooks {
+public:
+    std::map<std::size_t, std::vector<float>> fired;
+    [[nodiscard]] bool active(std::size_t) const noexcept override { return true; }
+    void fire(std::size_t index, mechlens::tensor_view<float, 2> rows) override {
+        std::vector<float>& out = fired[index];
+        out.clear();
+        for (index_t r = 0; r < rows.extent(0); ++r)
+            for (index_t i = 0; i < rows.extent(1); ++i) out.push_back(rows(r, i));
+    }
+};
+
+std::vector<std::byte> file_bytes(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> out(text.size());
+    std::memcpy(out.data(), text.data(), text.size());
+    return out;
+}
+
+/// Writes a safetensors file of the given F32 tensors (name, shape, values) with our writer.
+void write_tensors(const std::filesystem::path& path,
+                   const std::vector<std::pair<std::string, std::vector<index_t>>>& shapes) {
+    std::vector<std::vector<float>> storage;
+    std::vector<mechlens::safetensors_tensor_ref> refs;
+    storage.reserve(shapes.size());
+    for (const auto& [name, shape] : shapes) {
+        std::size_t n = 1;
+        for (index_t e : shape) n *= static_cast<std::size_t>(e);
+        storage.emplace_back(n, 0.25f);
+        refs.push_back({name, shape, storage.back().data()});
+    }
+    mechlens::write_safetensors(path, refs);
+}
+
+}  // namespace
+
+TEST_CASE("circuit-tracer files: files written by numpy in its layout compute what circuit-tracer computes",
+          "[sae][transcoder][io]") {
+    const auto dir = mechlens_test::fixtures_dir() / "transcoder";
+    const mechlens::json_value reference = mechlens::read_json_file(dir / "reference.json");
+    for (const char* name : {"layer_0", "layer_1"}) {
+        INFO(name);
+        const mechlens::json_value& expected = reference.at(name);
+        const mechlens::circuit_tracer_transcoder t =
+            mechlens::read_circuit_tracer_transcoder(dir / (std::string(name) + ".safetensors"));
+        CHECK(t.weights.sae.d_in == expected.at("d_model").as_int64());
+        CHECK(t.weights.sae.d_sae == expected.at("d_tc").as_int64());
+        CHECK(mechlens::to_string(t.options.architecture) == expected.at("architecture").as_string());
+        CHECK(t.weights.w_skip.empty() == !expected.at("skip").as_bool());
+        CHECK_FALSE(t.options.apply_b_dec_to_input);
+
+        // The splice's own forward on the reference inputs, replacing (no error term).
+        mechlens::sae_options options = t.options;
+        options.error_term = false;
+        const mechlens::transcoder_splice splice(t.weights, options);
+        std::vector<double> x, pre, acts, out;
+        flatten(expected.at("x"), x);
+        flatten(expected.at("acts_pre"), pre);
+        flatten(expected.at("acts_post"), acts);
+        flatten(expected.at("output"), out);
+        const index_t d = t.weights.sae.d_in, rows = static_cast<index_t>(x.size()) / d;
+        mechlens::splice_tape tape;
+        tape.source.assign(x.begin(), x.end());  // (rows, d_model)
+        std::vector<float> host(x.size(), 0.0f), output(x.size());  // (rows, d_model) each
+        recording_hooks hooks;
+        splice.forward(mechlens::tensor_view<const float, 2>(host.data(), {rows, d}),
+                       mechlens::tensor_view<float, 2>(output.data(), {rows, d}), hooks, tape);
+        auto gap = [](const std::vector<float>& got, const std::vector<double>& want) {
+            REQUIRE(got.size() == want.size());
+            double worst = 0.0;
+            for (std::size_t k = 0; k < got.size(); ++k)
+                worst = std::max(worst, std::abs(wide(got[k]) - want[k]) / std::max(1.0, std::abs(want[k])));
+            return worst;
+        };
+        const double gap_pre = gap(hooks.fired.at(mechlens::transcoder_splice::acts_pre), pre);
+        const double gap_acts = gap(hooks.fired.at(mechlens::transcoder_splice::acts_post), acts);
+        const double gap_out = gap(output, out);
+        WARN(name << ": largest relative gap acts_pre " << gap_pre << ", acts_post " << gap_acts << ", output "
+                  << gap_out);
+        CHECK(gap_pre <= 1e-6);
+        CHECK(gap_acts <= 1e-6);
+        CHECK(gap_out <= 1e-6);
+        const std::vector<float>& fired = hooks.fired.at(mechlens::transcoder_splice::acts_post);
+        CHECK(std::count_if(fired.begin(), fired.end(), [](float a) { return a != 0.0f; }) ==
+              expected.at("active").as_int64());
+    }
+
+    // config.yaml: the two hook names, and what they are in mechlens.
+    const mechlens::circuit_tracer_hooks hooks = mechlens::read_circuit_tracer_config(dir / "config.yaml");
+    CHECK(hooks.feature_input_hook == "ln2.hook_normalized");
+    CHECK(hooks.feature_output_hook == "hook_mlp_out");
+    const mechlens::circuit_tracer_sites sites = mechlens::circuit_tracer_site_kinds(hooks);
+    CHECK(sites.input == site_kind::ln2_normalized);
+    CHECK(sites.output == site_kind::mlp_out);
+    const auto scratch = mechlens_test::scratch_dir();
+    const auto yaml = scratch / "transcoder_config.yaml";
+    std::ofstream(yaml) << "model_kind: transcoder_set\nfeature_input_hook: blocks.{layer}.hook_resid_mid  # llama\n"
+                           "feature_output_hook: \"mlp.hook_out\"\n";
+    const mechlens::circuit_tracer_hooks templated = mechlens::read_circuit_tracer_config(yaml);
+    CHECK(templated.feature_input_hook == "hook_resid_mid");
+    CHECK(mechlens::circuit_tracer_site_kinds(templated).input == site_kind::resid_mid);
+    CHECK(mechlens::circuit_tracer_site_kinds(templated).output == site_kind::mlp_out);
+    CHECK_THROWS_WITH(mechlens::circuit_tracer_site_kinds({"mlp.hook_in", "mlp.hook_out"}),
+                      Catch::Contains("no mechlens site"));
+    std::ofstream(yaml) << "feature_input_hook: ln2.hook_normalized\n";
+    CHECK_THROWS_WITH(mechlens::read_circuit_tracer_config(yaml), Catch::Contains("feature_output_hook"));
+}
+
+TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line errors", "[sae][transcoder][io]") {
+    const auto scratch = mechlens_test::scratch_dir();
+    // Round trip: JumpReLU with a skip, and ReLU without; every value back bit for bit.
+    for (const bool jump : {true, false}) {
+        mechlens::transcoder_weights w = random_transcoder(16, 5, jump);
+        mechlens::sae_options options = mechlens::transcoder_options();
+        if (jump) {
+            options.architecture = mechlens::sae_architecture::jumprelu;
+            w.sae.threshold.assign(static_cast<std::size_t>(d_tc), 0.05f);
+            w.sae.threshold[3] = 0.0f;
+        }
+        const auto path = mechlens::circuit_tracer_layer_file(scratch, jump ? 3 : 4);
+        CHECK(path.filename() == (jump ? "layer_3.safetensors" : "layer_4.safetensors"));
+        mechlens::write_circuit_tracer_transcoder(path, w, options);
+        const mechlens::circuit_tracer_transcoder back = mechlens::read_circuit_tracer_transcoder(path);
+        CHECK(back.options.architecture == options.architecture);
+        CHECK(back.weights.sae.w_enc == w.sae.w_enc);
+        CHECK(back.weights.sae.w_dec == w.sae.w_dec);
+        CHECK(back.weights.sae.b_enc == w.sae.b_enc);
+        CHECK(back.weights.sae.b_dec == w.sae.b_dec);
+        CHECK(back.weights.sae.threshold == w.sae.threshold);
+        CHECK(back.weights.w_skip == w.w_skip);
+        // The file really is circuit-tracer's orientation: W_enc (d_tc, d_model), element (j, i) = ours (i, j).
+        const mechlens::safetensors_file raw = mechlens::read_safetensors(path);
+        REQUIRE(raw.tensors[0].name == "W_enc");
+        CHECK(raw.tensors[0].shape == std::vector<index_t>{d_tc, 16});
+        CHECK(raw.tensors[0].values[static_cast<std::size_t>(2 * 16 + 5)] ==
+              w.sae.w_enc[static_cast<std::size_t>(5 * d_tc + 2)]);
+    }
+    CHECK_THROWS_AS(mechlens::write_circuit_tracer_transcoder(scratch / "topk.safetensors", random_transcoder(16, 5, false),
+                                                              mechlens::transcoder_options(mechlens::sae_architecture::topk, 4)),
+                    std::invalid_argument);
+
+    // Malformed files: each a format_error naming the file and the problem.
+    const auto path = scratch / "bad_transcoder.safetensors";
+    auto rejects = [&](const std::vector<std::pair<std::string, std::vector<index_t>>>& shapes, const char* problem) {
+        write_tensors(path, shapes);
+        INFO(problem);
+        CHECK_THROWS_WITH(mechlens::read_circuit_tracer_transcoder(path),
+                          Catch::Contains(path.string()) && Catch::Contains(problem));
+    };
+    const std::pair<std::string, std::vector<index_t>> b_enc{"b_enc", {10}}, b_dec{"b_dec", {6}};
+    const std::pair<std::string, std::vector<index_t>> w_enc{"W_enc", {10, 6}}, w_dec{"W_dec", {10, 6}};
+    rejects({w_enc, b_enc, b_dec}, "missing tensor 'W_dec'");
+    rejects({w_enc, w_dec, b_dec}, "missing tensor 'b_enc'");
+    rejects({w_enc, {"W_dec", {6, 10}}, b_enc, b_dec}, "tensor 'W_dec' has shape (6, 10), but b_enc and b_dec imply (10, 6)");
+    rejects({{"W_enc", {6, 10}}, w_dec, b_enc, b_dec}, "tensor 'W_enc' has shape (6, 10)");
+    rejects({w_enc, w_dec, b_enc, b_dec, {"W_skip", {6, 10}}}, "tensor 'W_skip' has shape (6, 10)");
+    rejects({w_enc, w_dec, b_enc, b_dec, {"activation_function.threshold", {6}}},
+            "tensor 'activation_function.threshold' has shape (6,)");
+    rejects({w_enc, w_dec, b_enc, b_dec, {"log_threshold", {10}}}, "unexpected tensor 'log_threshold'");
+    rejects({w_enc, w_dec, {"b_enc", {10, 1}}, b_dec}, "b_enc and b_dec must be non-empty vectors");
+    {
+        std::vector<float> w1(60, 0.1f), b1(10, 0.0f), b2(6, 0.0f), negative(10, 0.1f);
+        negative[4] = -0.5f;
+        mechlens::write_safetensors(path, {{"W_enc", {10, 6}, w1.data()}, {"W_dec", {10, 6}, w1.data()},
+                                           {"b_enc", {10}, b1.data()}, {"b_dec", {6}, b2.data()},
+                                           {"activation_function.threshold", {10}, negative.data()}});
+        CHECK_THROWS_WITH(mechlens::read_circuit_tracer_transcoder(path), Catch::Contains("negative"));
+    }
+    // Truncated at every length: always a format_error, never a crash or a transcoder.
+    const std::vector<std::byte> whole = file_bytes(mechlens_test::fixtures_dir() / "transcoder" / "layer_0.safetensors");
+    int rejected = 0;
+    for (std::size_t cut = 0; cut < whole.size(); ++cut) {
+        try {
+            (void)mechlens::parse_circuit_tracer_transcoder(whole.data(), cut, "cut");
+        } catch (const mechlens::format_error&) {
+            ++rejected;
+        }
+    }
+    CHECK(rejected == static_cast<int>(whole.size()));
+    CHECK_NOTHROW(mechlens::parse_circuit_tracer_transcoder(whole.data(), whole.size(), "whole"));
+    CHECK_THROWS_AS(mechlens::read_circuit_tracer_transcoder(scratch / "no_such_layer.safetensors"), mechlens::format_error);
 }
