@@ -6,10 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -452,10 +450,12 @@ public:
 };
 
 std::vector<std::byte> file_bytes(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::vector<std::byte> out(text.size());
-    std::memcpy(out.data(), text.data(), text.size());
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    REQUIRE(in);
+    std::vector<std::byte> out(static_cast<std::size_t>(in.tellg()));
+    in.seekg(0);
+    in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
+    REQUIRE(in);
     return out;
 }
 

@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -196,9 +195,14 @@ inline void write_circuit_tracer_transcoder(const std::filesystem::path& path, c
 /// the rest of the file is not read), with a `blocks.{layer}.` prefix removed. Throws format_error naming the file
 /// when it cannot be read or lacks either key.
 inline circuit_tracer_hooks read_circuit_tracer_config(const std::filesystem::path& path) {
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) detail::format_fail(path.string(), "cannot open");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::streamoff size = in.tellg();
+    if (size < 0 || size > (std::streamoff{1} << 24)) detail::format_fail(path.string(), "cannot read (or over 16 MiB)");
+    std::string text(static_cast<std::size_t>(size), '\0');
+    in.seekg(0);
+    if (size > 0 && !in.read(text.data(), static_cast<std::streamsize>(size)))
+        detail::format_fail(path.string(), "cannot read");
     circuit_tracer_hooks out;
     auto field = [&](const char* key) {
         std::string value = detail::yaml_top_level_scalar(text, key);
