@@ -15,7 +15,6 @@
 /// from its output (with or without the error term) and the transcoder's input gradient joins the MLP input's.
 
 #include <cstddef>
-#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
