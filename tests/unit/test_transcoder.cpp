@@ -222,6 +222,37 @@ TEST_CASE("transcoder: with the error term the logits are the plain model's; the
     CHECK_THROWS_AS(mechlens::transcoder_splice(bad), mechlens::shape_error);
 }
 
+TEST_CASE("transcoder: its source is validated and read after the source's own callbacks", "[sae][transcoder]") {
+    const mechlens::model_config c = small_config();
+    const mechlens::transformer model(mechlens::random_model(c, 7, 0.3f));
+    const mechlens::transcoder_weights w = random_transcoder(c.d_model, 11, false);
+    mechlens::dynamic_hooks hooks(c);
+    // A source must fire before the host, in its block, with the declared width.
+    CHECK_THROWS_WITH(hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
+                                                                w, mechlens::transcoder_options(), site_kind::resid_post)),
+                      Catch::Contains("does not fire before the host"));
+    CHECK_THROWS_WITH(hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
+                                                                w, mechlens::transcoder_options(), site_kind::mlp_pre)),
+                      Catch::Contains("has width 24, not the splice's 16"));
+    CHECK(hooks.empty());
+    // A callback at the source registered after the transcoder still runs first: the transcoder reads what the MLP
+    // reads (here, zeros).
+    (void)hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(w));
+    (void)hooks.add("blocks.0.ln2.hook_normalized", [](const site&, mechlens::activation_view view,
+                                                       const mechlens::hook_context&) {
+        const auto v = view.as<3>();
+        for (index_t p = 0; p < v.extent(1); ++p)
+            for (index_t i = 0; i < v.extent(2); ++i) v(0, p, i) = 0.0f;
+    });
+    snapshots seen;
+    (void)hooks.add("blocks.0.hook_mlp_out.hook_sae_input", seen.callback());
+    const std::vector<std::int32_t> prompt{1, 5, 9};
+    (void)mechlens::forward_logits(model, as_batch(prompt), hooks);
+    const std::vector<float>& x = seen.values.at("blocks.0.hook_mlp_out.hook_sae_input");
+    REQUIRE(x.size() == static_cast<std::size_t>(3 * c.d_model));
+    CHECK(std::all_of(x.begin(), x.end(), [](float v) { return v == 0.0f; }));
+}
+
 TEST_CASE("transcoder: replacing, the logits are those of the MLP output overwritten by the transcoder",
           "[sae][transcoder]") {
     const mechlens::model_config c = small_config();
