@@ -653,3 +653,48 @@ TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line er
     CHECK_NOTHROW(mechlens::parse_circuit_tracer_transcoder(whole.data(), whole.size(), "whole"));
     CHECK_THROWS_AS(mechlens::read_circuit_tracer_transcoder(scratch / "no_such_layer.safetensors"), mechlens::format_error);
 }
+
+TEST_CASE("attribution patching runs with splices: an identity SAE changes nothing, a random one does",
+          "[sae][transcoder][attribution]") {
+    const mechlens::model_config c = small_config();
+    const mechlens::transformer model(mechlens::random_model(c, 7, 0.3f));
+    const std::vector<std::int32_t> clean_ids{1, 5, 9, 2, 11, 3}, corrupt_ids{1, 5, 4, 2, 11, 3};
+    const mechlens::tensor_view<const std::int32_t, 2> clean(clean_ids.data(), {1, 6}), corrupt(corrupt_ids.data(), {1, 6});
+    const auto metric = mechlens::answer_metric::logit_difference({3}, {7});
+    const mechlens::attribution_patcher plain(model, clean, corrupt, metric);
+
+    // relu(x) - relu(-x) = x, in value and in gradient: replacing the residual stream with it changes nothing.
+    mechlens::sae_weights identity;
+    identity.d_in = c.d_model;
+    identity.d_sae = 2 * c.d_model;
+    identity.w_enc.assign(static_cast<std::size_t>(identity.d_in * identity.d_sae), 0.0f);
+    identity.w_dec.assign(identity.w_enc.size(), 0.0f);
+    identity.b_enc.assign(static_cast<std::size_t>(identity.d_sae), 0.0f);
+    identity.b_dec.assign(static_cast<std::size_t>(identity.d_in), 0.0f);
+    for (index_t i = 0; i < c.d_model; ++i) {
+        identity.w_enc[static_cast<std::size_t>(i * identity.d_sae + i)] = 1.0f;
+        identity.w_enc[static_cast<std::size_t>(i * identity.d_sae + c.d_model + i)] = -1.0f;
+        identity.w_dec[static_cast<std::size_t>(i * c.d_model + i)] = 1.0f;
+        identity.w_dec[static_cast<std::size_t>((c.d_model + i) * c.d_model + i)] = -1.0f;
+    }
+    mechlens::sae_options replace;
+    replace.error_term = false;
+    mechlens::dynamic_hooks hooks(c);
+    (void)hooks.splice("blocks.0.hook_resid_post", std::make_shared<mechlens::sae_splice>(identity, replace));
+    const mechlens::attribution_patcher spliced(model, clean, corrupt, metric, &hooks);
+    CHECK(std::abs(spliced.clean_metric() - plain.clean_metric()) <= 1e-5);
+    for (const site_kind kind : {site_kind::resid_pre, site_kind::attn_out, site_kind::mlp_out}) {
+        const auto grid = mechlens::patching_grid::by_layer_position(kind);
+        const auto a = plain.estimate(grid), b = spliced.estimate(grid);
+        CHECK(max_gap(a.raw, b.raw) <= 1e-5);
+    }
+
+    // A transcoder replacing layer 0's MLP: the runs and their gradients go through it.
+    hooks.clear();
+    (void)hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
+                                                    random_transcoder(c.d_model, 11, true), with_error_term(false)));
+    const mechlens::attribution_patcher transcoded(model, clean, corrupt, metric, &hooks);
+    CHECK(std::abs(transcoded.clean_metric() - plain.clean_metric()) > 1e-3);
+    const auto grid = mechlens::patching_grid::by_layer_position(site_kind::resid_pre);
+    CHECK(max_gap(plain.estimate(grid).raw, transcoded.estimate(grid).raw) > 1e-4);
+}
