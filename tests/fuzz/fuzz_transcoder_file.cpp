@@ -49,7 +49,8 @@ void layer_file(std::string_view bytes) {
 
 void config(std::string_view text) {
     const std::filesystem::path path = scratch() / "config.yaml";
-    std::ofstream(path, std::ios::binary | std::ios::trunc).write(text.data(), static_cast<std::streamsize>(text.size()));
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        .write(text.data(), static_cast<std::streamsize>(text.size()));
     const mechlens::circuit_tracer_hooks hooks = mechlens::read_circuit_tracer_config(path);
     if (hooks.feature_input_hook.empty() || hooks.feature_output_hook.empty()) std::abort();
     try {

@@ -144,8 +144,8 @@ struct reference_replacement {
             if (!freeze_error) frozen.assign(static_cast<std::size_t>(rows * d_in), 0.0);
             for (index_t r = 0; r < rows; ++r) {
                 const std::vector<double> row(x.begin() + r * d_in, x.begin() + (r + 1) * d_in);
-                const bool here = nudge_site.kind == site_kind::mlp_out && nudge_element >= 0 &&
-                                  nudge_element / w->sae.d_sae == r;
+                const bool here =
+                    nudge_site.kind == site_kind::mlp_out && nudge_element >= 0 && nudge_element / w->sae.d_sae == r;
                 const std::vector<double> clean = reference_transcoder(*w, row);
                 const std::vector<double> out =
                     here ? reference_transcoder(*w, row, nudge_element % w->sae.d_sae, nudge) : clean;
@@ -177,8 +177,8 @@ double max_gap(const mechlens::tensor<float, 3>& a, const mechlens::tensor<float
 TEST_CASE("transcoder: with the error term the logits are the plain model's; the MLP input is found per model",
           "[sae][transcoder]") {
     const std::vector<std::int32_t> prompt{1, 5, 9, 2, 11, 3};
-    for (const mechlens::norm_kind norm : {mechlens::norm_kind::rms, mechlens::norm_kind::layer,
-                                           mechlens::norm_kind::none}) {
+    for (const mechlens::norm_kind norm :
+         {mechlens::norm_kind::rms, mechlens::norm_kind::layer, mechlens::norm_kind::none}) {
         const mechlens::model_config c = small_config(norm);
         INFO("norm " << norm_name(norm));
         const mechlens::transformer model(mechlens::random_model(c, 7, 0.3f));
@@ -228,9 +228,10 @@ TEST_CASE("transcoder: its source is validated and read after the source's own c
     const mechlens::transcoder_weights w = random_transcoder(c.d_model, 11, false);
     mechlens::dynamic_hooks hooks(c);
     // A source must fire before the host, in its block, with the declared width.
-    CHECK_THROWS_WITH(hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
-                                                                w, mechlens::transcoder_options(), site_kind::resid_post)),
-                      Catch::Contains("does not fire before the host"));
+    CHECK_THROWS_WITH(
+        hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
+                                                  w, mechlens::transcoder_options(), site_kind::resid_post)),
+        Catch::Contains("does not fire before the host"));
     CHECK_THROWS_WITH(hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(
                                                                 w, mechlens::transcoder_options(), site_kind::mlp_pre)),
                       Catch::Contains("has width 24, not the splice's 16"));
@@ -238,12 +239,12 @@ TEST_CASE("transcoder: its source is validated and read after the source's own c
     // A callback at the source registered after the transcoder still runs first: the transcoder reads what the MLP
     // reads (here, zeros).
     (void)hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(w));
-    (void)hooks.add("blocks.0.ln2.hook_normalized", [](const site&, mechlens::activation_view view,
-                                                       const mechlens::hook_context&) {
-        const auto v = view.as<3>();
-        for (index_t p = 0; p < v.extent(1); ++p)
-            for (index_t i = 0; i < v.extent(2); ++i) v(0, p, i) = 0.0f;
-    });
+    (void)hooks.add("blocks.0.ln2.hook_normalized",
+                    [](const site&, mechlens::activation_view view, const mechlens::hook_context&) {
+                        const auto v = view.as<3>();
+                        for (index_t p = 0; p < v.extent(1); ++p)
+                            for (index_t i = 0; i < v.extent(2); ++i) v(0, p, i) = 0.0f;
+                    });
     snapshots seen;
     (void)hooks.add("blocks.0.hook_mlp_out.hook_sae_input", seen.callback());
     const std::vector<std::int32_t> prompt{1, 5, 9};
@@ -262,28 +263,30 @@ TEST_CASE("transcoder: replacing, the logits are those of the MLP output overwri
     const auto plain = mechlens::forward_logits(model, as_batch(prompt));
 
     mechlens::dynamic_hooks hooks(c);
-    (void)hooks.splice("blocks.0.hook_mlp_out", std::make_shared<mechlens::transcoder_splice>(w, with_error_term(false)));
+    (void)hooks.splice("blocks.0.hook_mlp_out",
+                       std::make_shared<mechlens::transcoder_splice>(w, with_error_term(false)));
     const auto spliced = mechlens::forward_logits(model, as_batch(prompt), hooks);
 
     // Independent: cache ln2's output with a hook, overwrite hook_mlp_out with the double-precision transcoder of it.
     mechlens::dynamic_hooks independent(c);
     std::vector<double> x;
-    (void)independent.add("blocks.0.ln2.hook_normalized", [&](const site&, mechlens::activation_view view,
-                                                              const mechlens::hook_context&) {
-        const auto v = view.as<3>();
-        x.clear();
-        for (index_t p = 0; p < v.extent(1); ++p)
-            for (index_t i = 0; i < v.extent(2); ++i) x.push_back(wide(v(0, p, i)));
-    });
-    (void)independent.add("blocks.0.hook_mlp_out", [&](const site&, mechlens::activation_view view,
-                                                       const mechlens::hook_context&) {
-        const auto v = view.as<3>();
-        for (index_t p = 0; p < v.extent(1); ++p) {
-            const std::vector<double> row(x.begin() + p * c.d_model, x.begin() + (p + 1) * c.d_model);
-            const std::vector<double> out = reference_transcoder(w, row);
-            for (index_t i = 0; i < c.d_model; ++i) v(0, p, i) = static_cast<float>(out[static_cast<std::size_t>(i)]);
-        }
-    });
+    (void)independent.add("blocks.0.ln2.hook_normalized",
+                          [&](const site&, mechlens::activation_view view, const mechlens::hook_context&) {
+                              const auto v = view.as<3>();
+                              x.clear();
+                              for (index_t p = 0; p < v.extent(1); ++p)
+                                  for (index_t i = 0; i < v.extent(2); ++i) x.push_back(wide(v(0, p, i)));
+                          });
+    (void)independent.add(
+        "blocks.0.hook_mlp_out", [&](const site&, mechlens::activation_view view, const mechlens::hook_context&) {
+            const auto v = view.as<3>();
+            for (index_t p = 0; p < v.extent(1); ++p) {
+                const std::vector<double> row(x.begin() + p * c.d_model, x.begin() + (p + 1) * c.d_model);
+                const std::vector<double> out = reference_transcoder(w, row);
+                for (index_t i = 0; i < c.d_model; ++i)
+                    v(0, p, i) = static_cast<float>(out[static_cast<std::size_t>(i)]);
+            }
+        });
     const auto expected = mechlens::forward_logits(model, as_batch(prompt), independent);
     const double gap = max_gap(expected, spliced), change = max_gap(plain, spliced);
     WARN("replacing: largest logit gap " << gap << ", largest change from the plain model " << change);
@@ -415,11 +418,11 @@ TEST_CASE("transcoder: the shipped policies cache, ablate and steer its features
     };
     auto decoder = [&](index_t i) { return wide(w.sae.w_dec[static_cast<std::size_t>(feature * c.d_model + i)]); };
     {
-        auto guard = hooks.scoped(acts_name, [&](const site&, mechlens::activation_view view,
-                                                 const mechlens::hook_context&) {
-            const auto v = view.as<3>();
-            for (index_t p = 0; p < v.extent(1); ++p) v(0, p, feature) = 0.0f;
-        });
+        auto guard =
+            hooks.scoped(acts_name, [&](const site&, mechlens::activation_view view, const mechlens::hook_context&) {
+                const auto v = view.as<3>();
+                for (index_t p = 0; p < v.extent(1); ++p) v(0, p, feature) = 0.0f;
+            });
         const auto ablated = mechlens::forward_logits(model, as_batch(prompt), hooks);
         CHECK(output_moves_by([&](index_t r, index_t i) {
                   return -wide(acts_clean[static_cast<std::size_t>(r * d_tc + feature)]) * decoder(i);
@@ -533,7 +536,7 @@ TEST_CASE("circuit-tracer files: files written by numpy in its layout compute wh
         flatten(expected.at("output"), out);
         const index_t d = t.weights.sae.d_in, rows = static_cast<index_t>(x.size()) / d;
         mechlens::splice_tape tape;
-        tape.source.assign(x.begin(), x.end());  // (rows, d_model)
+        tape.source.assign(x.begin(), x.end());                     // (rows, d_model)
         std::vector<float> host(x.size(), 0.0f), output(x.size());  // (rows, d_model) each
         recording_hooks hooks;
         splice.forward(mechlens::tensor_view<const float, 2>(host.data(), {rows, d}),
@@ -608,9 +611,10 @@ TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line er
         CHECK(raw.tensors[0].values[static_cast<std::size_t>(2 * 16 + 5)] ==
               w.sae.w_enc[static_cast<std::size_t>(5 * d_tc + 2)]);
     }
-    CHECK_THROWS_AS(mechlens::write_circuit_tracer_transcoder(scratch / "topk.safetensors", random_transcoder(16, 5, false),
-                                                              mechlens::transcoder_options(mechlens::sae_architecture::topk, 4)),
-                    std::invalid_argument);
+    CHECK_THROWS_AS(
+        mechlens::write_circuit_tracer_transcoder(scratch / "topk.safetensors", random_transcoder(16, 5, false),
+                                                  mechlens::transcoder_options(mechlens::sae_architecture::topk, 4)),
+        std::invalid_argument);
 
     // Malformed files: each a format_error naming the file and the problem.
     const auto path = scratch / "bad_transcoder.safetensors";
@@ -624,7 +628,8 @@ TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line er
     const std::pair<std::string, std::vector<index_t>> w_enc{"W_enc", {10, 6}}, w_dec{"W_dec", {10, 6}};
     rejects({w_enc, b_enc, b_dec}, "missing tensor 'W_dec'");
     rejects({w_enc, w_dec, b_dec}, "missing tensor 'b_enc'");
-    rejects({w_enc, {"W_dec", {6, 10}}, b_enc, b_dec}, "tensor 'W_dec' has shape (6, 10), but b_enc and b_dec imply (10, 6)");
+    rejects({w_enc, {"W_dec", {6, 10}}, b_enc, b_dec},
+            "tensor 'W_dec' has shape (6, 10), but b_enc and b_dec imply (10, 6)");
     rejects({{"W_enc", {6, 10}}, w_dec, b_enc, b_dec}, "tensor 'W_enc' has shape (6, 10)");
     rejects({w_enc, w_dec, b_enc, b_dec, {"W_skip", {6, 10}}}, "tensor 'W_skip' has shape (6, 10)");
     rejects({w_enc, w_dec, b_enc, b_dec, {"activation_function.threshold", {6}}},
@@ -634,13 +639,16 @@ TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line er
     {
         std::vector<float> w1(60, 0.1f), b1(10, 0.0f), b2(6, 0.0f), negative(10, 0.1f);
         negative[4] = -0.5f;
-        mechlens::write_safetensors(path, {{"W_enc", {10, 6}, w1.data()}, {"W_dec", {10, 6}, w1.data()},
-                                           {"b_enc", {10}, b1.data()}, {"b_dec", {6}, b2.data()},
+        mechlens::write_safetensors(path, {{"W_enc", {10, 6}, w1.data()},
+                                           {"W_dec", {10, 6}, w1.data()},
+                                           {"b_enc", {10}, b1.data()},
+                                           {"b_dec", {6}, b2.data()},
                                            {"activation_function.threshold", {10}, negative.data()}});
         CHECK_THROWS_WITH(mechlens::read_circuit_tracer_transcoder(path), Catch::Contains("negative"));
     }
     // Truncated at every length: always a format_error, never a crash or a transcoder.
-    const std::vector<std::byte> whole = file_bytes(mechlens_test::fixtures_dir() / "transcoder" / "layer_0.safetensors");
+    const std::vector<std::byte> whole =
+        file_bytes(mechlens_test::fixtures_dir() / "transcoder" / "layer_0.safetensors");
     int rejected = 0;
     for (std::size_t cut = 0; cut < whole.size(); ++cut) {
         try {
@@ -651,7 +659,8 @@ TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line er
     }
     CHECK(rejected == static_cast<int>(whole.size()));
     CHECK_NOTHROW(mechlens::parse_circuit_tracer_transcoder(whole.data(), whole.size(), "whole"));
-    CHECK_THROWS_AS(mechlens::read_circuit_tracer_transcoder(scratch / "no_such_layer.safetensors"), mechlens::format_error);
+    CHECK_THROWS_AS(mechlens::read_circuit_tracer_transcoder(scratch / "no_such_layer.safetensors"),
+                    mechlens::format_error);
 }
 
 TEST_CASE("attribution patching runs with splices: an identity SAE changes nothing, a random one does",
@@ -659,7 +668,8 @@ TEST_CASE("attribution patching runs with splices: an identity SAE changes nothi
     const mechlens::model_config c = small_config();
     const mechlens::transformer model(mechlens::random_model(c, 7, 0.3f));
     const std::vector<std::int32_t> clean_ids{1, 5, 9, 2, 11, 3}, corrupt_ids{1, 5, 4, 2, 11, 3};
-    const mechlens::tensor_view<const std::int32_t, 2> clean(clean_ids.data(), {1, 6}), corrupt(corrupt_ids.data(), {1, 6});
+    const mechlens::tensor_view<const std::int32_t, 2> clean(clean_ids.data(), {1, 6}),
+        corrupt(corrupt_ids.data(), {1, 6});
     const auto metric = mechlens::answer_metric::logit_difference({3}, {7});
     const mechlens::attribution_patcher plain(model, clean, corrupt, metric);
 

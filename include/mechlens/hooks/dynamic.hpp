@@ -376,7 +376,8 @@ private:
         const tensor_view<const float, 2> d_source(a.tape.d_source.data(), {rows, a.source_width});
         for (index_t b = 0; b < a.source_batch; ++b)
             for (index_t p = 0; p < a.source_positions; ++p)
-                for (index_t i = 0; i < a.source_width; ++i) gradient(b, p, i) += d_source(b * a.source_positions + p, i);
+                for (index_t i = 0; i < a.source_width; ++i)
+                    gradient(b, p, i) += d_source(b * a.source_positions + p, i);
     }
     void run_splice(attachment& a, activation_view view, const hook_context& ctx) {
         const tensor_view<float, 3> host = host_rows(a, view);  // (batch, pos, width)

@@ -67,7 +67,7 @@ struct splice_tape {
         return tensor_view<const float, 2>(buffers[index].data(), {rows, cols});
     }
 
-    std::vector<float> source;    ///< (rows, source width): a splice with a source: that site's rows as hooks left them.
+    std::vector<float> source;    ///< (rows, source width): the source site's rows, as hooks left them.
     std::vector<float> d_source;  ///< (rows, source width): what its backward adds to the source's gradient.
 
     /// The source rows of this pass (rows, cols); throws std::logic_error when the source did not fire.

@@ -35,7 +35,7 @@ MECHLENS_BEGIN_NAMESPACE
 
 /// One transcoder as stored by circuit-tracer: its weights (mechlens's layout) and options (standard or jumprelu).
 struct circuit_tracer_transcoder {
-    transcoder_weights weights;                 ///< Transposed into mechlens's layout where circuit-tracer's differs.
+    transcoder_weights weights;                  ///< Transposed into mechlens's layout where circuit-tracer's differs.
     sae_options options = transcoder_options();  ///< standard (ReLU) or jumprelu, with the error term.
 };
 
@@ -93,9 +93,11 @@ inline circuit_tracer_transcoder circuit_tracer_from_tensors(safetensors_file fi
     const index_t d_tc = b_enc.shape[0], d_model = b_dec.shape[0];
     auto check = [&](const safetensors_tensor& t, const std::vector<index_t>& shape) {
         if (t.shape != shape)
-            format_fail(where, "tensor '" + t.name + "' has shape " + python_shape(t.shape) + ", but b_enc and b_dec "
-                               "imply " + python_shape(shape) + " (d_tc " + std::to_string(d_tc) + ", d_model " +
-                               std::to_string(d_model) + ")");
+            format_fail(where, "tensor '" + t.name + "' has shape " + python_shape(t.shape) +
+                                   ", but b_enc and b_dec "
+                                   "imply " +
+                                   python_shape(shape) + " (d_tc " + std::to_string(d_tc) + ", d_model " +
+                                   std::to_string(d_model) + ")");
     };
     circuit_tracer_transcoder out;
     sae_weights& w = out.weights.sae;
@@ -173,8 +175,10 @@ inline void write_circuit_tracer_transcoder(const std::filesystem::path& path, c
                                             const sae_options& options = transcoder_options()) {
     validate_transcoder(weights, options, "write_circuit_tracer_transcoder");
     if (options.architecture != sae_architecture::standard && options.architecture != sae_architecture::jumprelu)
-        throw std::invalid_argument("write_circuit_tracer_transcoder: circuit-tracer files hold ReLU or JumpReLU "
-                                    "transcoders, not " + std::string(to_string(options.architecture)));
+        throw std::invalid_argument(
+            "write_circuit_tracer_transcoder: circuit-tracer files hold ReLU or JumpReLU "
+            "transcoders, not " +
+            std::string(to_string(options.architecture)));
     const sae_weights& w = weights.sae;
     const std::vector<float> w_enc = detail::transposed(w.w_enc, w.d_in, w.d_sae);  // (d_tc, d_model)
     std::vector<safetensors_tensor_ref> tensors{{"W_enc", {w.d_sae, w.d_in}, w_enc.data()},
@@ -198,7 +202,8 @@ inline circuit_tracer_hooks read_circuit_tracer_config(const std::filesystem::pa
     std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) detail::format_fail(path.string(), "cannot open");
     const std::streamoff size = in.tellg();
-    if (size < 0 || size > (std::streamoff{1} << 24)) detail::format_fail(path.string(), "cannot read (or over 16 MiB)");
+    if (size < 0 || size > (std::streamoff{1} << 24))
+        detail::format_fail(path.string(), "cannot read (or over 16 MiB)");
     std::string text(static_cast<std::size_t>(size), '\0');
     in.seekg(0);
     if (size > 0 && !in.read(text.data(), static_cast<std::streamsize>(size)))

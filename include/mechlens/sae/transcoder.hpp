@@ -61,9 +61,10 @@ template <class T>
 void validate_transcoder(const basic_transcoder_weights<T>& w, const sae_options& options, const std::string& who) {
     validate_sae(w.sae, options, who);
     if (options.apply_b_dec_to_input || options.normalize_activations == sae_normalization::constant_norm_rescale)
-        throw std::invalid_argument(who + ": a transcoder reads its input as it is (b_dec is its output bias): use "
-                                          "apply_b_dec_to_input = false and no constant_norm_rescale "
-                                          "(transcoder_options())");
+        throw std::invalid_argument(who +
+                                    ": a transcoder reads its input as it is (b_dec is its output bias): use "
+                                    "apply_b_dec_to_input = false and no constant_norm_rescale "
+                                    "(transcoder_options())");
     const auto square = static_cast<std::size_t>(w.sae.d_in * w.sae.d_in);
     if (!w.w_skip.empty() && w.w_skip.size() != square)
         throw shape_error(who + ": W_skip has " + std::to_string(w.w_skip.size()) + " values, expected 0 or " +
@@ -145,7 +146,8 @@ public:
                   splice_hooks& hooks) const override {
         const index_t rows = d_output.extent(0), d_in = w_.sae.d_in, d_sae = w_.sae.d_sae;
         hooks.fire(output_index(), d_output);
-        if (options_.error_term && hooks.active(error)) {  // shown, then dropped: the error is detached
+        if (options_.error_term && hooks.active(error)) {
+            // Shown, then dropped: the error is detached.
             const auto d_error = tape.matrix(slot_d_error, rows, d_in);  // (rows, d_in)
             for (index_t r = 0; r < rows; ++r)
                 for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
@@ -179,8 +181,17 @@ public:
 private:
     // Tape buffers: the forward pass's values (a second set at clean_offset for the clean error), then scratch.
     enum slot : std::size_t {
-        slot_x = 0, slot_pre = 1, slot_acts = 2, slot_kept = 3, slot_recons = 4, clean_offset = 5,
-        slot_clean_recons = 9, slot_error = 10, slot_d_error = 11, slot_d_recons = 12, slot_d_acts = 13,
+        slot_x = 0,
+        slot_pre = 1,
+        slot_acts = 2,
+        slot_kept = 3,
+        slot_recons = 4,
+        clean_offset = 5,
+        slot_clean_recons = 9,
+        slot_error = 10,
+        slot_d_error = 11,
+        slot_d_recons = 12,
+        slot_d_acts = 13,
         slot_d_pre = 14,
     };
 
@@ -207,7 +218,8 @@ private:
         sae_activate<float>(pre, w_.sae, options_, norms_, acts, kept);
         const auto kept_values = tape.matrix(base + slot_kept, rows, d_sae);  // (rows, d_sae) 0 or 1
         for (index_t r = 0; r < rows; ++r)
-            for (index_t j = 0; j < d_sae; ++j) kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
+            for (index_t j = 0; j < d_sae; ++j)
+                kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
         if (hooks != nullptr) hooks->fire(acts_post, acts);
         sae_decode<float>(acts, w_.sae, options_, norms_, out);
         if (!w_.w_skip.empty())
