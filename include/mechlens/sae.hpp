@@ -2,8 +2,9 @@
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
-/// read back in batches).
+/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, and the harvesting
+/// of activations to train them on (sharded safetensors, resumable, read back in batches).
+#include "mechlens/sae/circuit_tracer_format.hpp"
 #include "mechlens/sae/definition.hpp"
 #include "mechlens/sae/forward.hpp"
 #include "mechlens/sae/harvest.hpp"
@@ -12,3 +13,5 @@
 #include "mechlens/sae/loss.hpp"
 #include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"
+#include "mechlens/sae/transcoder.hpp"
+#include "mechlens/sae/transcoder_definition.hpp"

@@ -7480,6 +7480,7 @@ MECHLENS_END_NAMESPACE
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -7496,6 +7497,7 @@ MECHLENS_END_NAMESPACE
 /// pass runs the splice's backward, so gradients flow through it. Attach splices with basic_dynamic_hooks::splice.
 
 #include <cstddef>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -7508,6 +7510,13 @@ MECHLENS_BEGIN_NAMESPACE
 struct splice_site {
     std::string suffix;  ///< E.g. "hook_sae_acts_post": `hook_` then [a-z0-9_], at most 64 characters.
     index_t width = 0;   ///< Extent of the last axis (d_sae for an SAE's latents).
+};
+
+/// A site of the host's block that a splice reads besides its host (a transcoder reads the MLP's input and replaces
+/// the MLP's output): a rank-3 block site that fires before the host, and the width of its last axis.
+struct splice_source {
+    site_kind kind = site_kind::resid_pre;  ///< E.g. site_kind::ln2_normalized for the host blocks.L.hook_mlp_out.
+    index_t width = 0;                      ///< Extent of its last axis.
 };
 
 /// What a splice calls at each of its activations: the hooks registered at that extension site.
@@ -7542,6 +7551,21 @@ struct splice_tape {
             throw std::logic_error("splice_tape: the backward pass needs a forward pass of the same shape first");
         return tensor_view<const float, 2>(buffers[index].data(), {rows, cols});
     }
+
+    std::vector<float> source;    ///< (rows, source width): the source site's rows, as hooks left them.
+    std::vector<float> d_source;  ///< (rows, source width): what its backward adds to the source's gradient.
+
+    /// The source rows of this pass (rows, cols); throws std::logic_error when the source did not fire.
+    [[nodiscard]] tensor_view<const float, 2> source_rows(index_t rows, index_t cols) const {
+        if (source.size() != static_cast<std::size_t>(rows * cols))
+            throw std::logic_error("splice_tape: the splice's source site did not fire before its host");
+        return tensor_view<const float, 2>(source.data(), {rows, cols});
+    }
+    /// The gradient to add at the source site (rows, cols), sized (and zeroed) for this pass.
+    tensor_view<float, 2> source_gradient(index_t rows, index_t cols) {
+        d_source.assign(static_cast<std::size_t>(rows * cols), 0.0f);
+        return tensor_view<float, 2>(d_source.data(), {rows, cols});
+    }
 };
 
 /// A module spliced in at a host site. Implementations are immutable once attached (forward and backward are const,
@@ -7557,13 +7581,17 @@ public:
     [[nodiscard]] virtual index_t width() const noexcept = 0;
     /// Its activations, in the order its forward pass fires them.
     [[nodiscard]] virtual std::vector<splice_site> sites() const = 0;
-    /// Forward: reads `input` (rows, width), writes `output` (rows, width), firing each activation through `hooks`
-    /// and keeping in `tape` what backward needs.
+    /// The site of the host's block it also reads, if any (none by default: it reads its host only). The registry
+    /// copies that site's rows, after its callbacks, into `tape.source` for forward, and adds `tape.d_source`
+    /// (written by backward) to that site's gradient before its gradient callbacks.
+    [[nodiscard]] virtual std::optional<splice_source> source() const { return std::nullopt; }
+    /// Forward: reads `input` (rows, width), the host's rows (and `tape.source_rows` with a source), writes `output`
+    /// (rows, width), firing each activation through `hooks` and keeping in `tape` what backward needs.
     virtual void forward(tensor_view<const float, 2> input, tensor_view<float, 2> output, splice_hooks& hooks,
                          splice_tape& tape) const = 0;
     /// Backward, after forward with the same tape: turns d(output) (rows, width) into d(input) (rows, width),
-    /// handing each activation's gradient to `hooks` (last activation first). May overwrite `d_output` and use more
-    /// tape buffers as scratch.
+    /// handing each activation's gradient to `hooks` (last activation first); with a source, also fills
+    /// `tape.source_gradient`. May overwrite `d_output` and use more tape buffers as scratch.
     virtual void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
                           splice_hooks& hooks) const = 0;
 };
@@ -7706,6 +7734,7 @@ public:
             throw shape_error("dynamic_hooks::splice: the splice reads width " + std::to_string(module->width()) +
                               " but " + to_string(host) + " has width " + std::to_string(expected));
         auto a = std::make_unique<attachment>();
+        if (const std::optional<splice_source> source = module->source()) a->source = checked_source(host, *source);
         a->id = next_id_++;
         a->host = host;
         for (const splice_site& inner : module->sites()) {
@@ -7722,6 +7751,7 @@ public:
         a->module = std::move(module);
         splice_at_[i] = a.get();
         active_[i] = 1;
+        if (a->source) active_[slot(*a->source)] = 1;
         attachments_.push_back(std::move(a));
         ++live_;
         return attachments_.back()->id;
@@ -7778,17 +7808,23 @@ public:
     }
 
     /// The forward pass reached slot `i` (site `s`, activation `view`): its activation callbacks in registration
-    /// order (ones added meanwhile wait for the next call), then the splice attached there, if any.
+    /// order (ones added meanwhile wait for the next call), then the copy of its rows for splices that read it as
+    /// their source, then the splice attached there, if any.
     void fire(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
         const depth_guard guard(*this);
         call(lists_[i], s, view, ctx, false);
+        for (const auto& a : attachments_)
+            if (!a->dead && a->source && slot(*a->source) == i) capture_source(*a, view);
         if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice(*a, view, ctx);
     }
     /// The backward pass reached slot `i` with the gradient `view` of what the rest of the pass used: the splice's
-    /// backward first (the gradient of its output becomes its input's), then the gradient callbacks.
+    /// backward first (the gradient of its output becomes its input's), then the source gradients of splices that
+    /// read this site, then the gradient callbacks.
     void fire_gradient(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
         const depth_guard guard(*this);
         if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice_backward(*a, view, ctx);
+        for (const auto& a : attachments_)
+            if (!a->dead && a->source && slot(*a->source) == i) add_source_gradient(*a, view);
         call(lists_[i], s, view, ctx, true);
     }
 
@@ -7812,6 +7848,11 @@ private:
         splice_tape tape;
         std::vector<float> input, output;  // (rows, width): the host rows in, the replacement out (and gradients)
         index_t batch = 0, positions = 0;  // of the last forward pass
+        std::optional<site> source;        // the other site of the host's block it reads, if any
+        index_t source_width = 0;          // its last axis
+        index_t source_batch = 0, source_positions = 0;  // of its last firing
+        bool source_fresh = false;         // it fired since the host last ran: tape.source holds this pass's rows
+        bool d_source_ready = false;       // backward filled tape.d_source and the source has not taken it yet
         bool dead = false;
     };
     /// Fires the extension sites of one attachment for one pass direction.
@@ -7872,10 +7913,66 @@ private:
                               std::to_string(a.module->width()) + ") activations");
         return view.as<3>();
     }
+    /// The source of a splice at `host` as a site, after checking that it is a rank-3 site of the host's block that
+    /// this model fires before the host, of the declared width.
+    [[nodiscard]] site checked_source(const site& host, const splice_source& source) const {
+        const site where{source.kind, host.layer};
+        auto fail = [&](const std::string& why) {
+            throw std::invalid_argument("dynamic_hooks::splice: the splice at " + to_string(host) + " reads " +
+                                        std::string(site_suffix(source.kind)) + ", which " + why);
+        };
+        if (!is_block_site(host.kind) || !is_block_site(source.kind)) fail("is not a site of the host's block");
+        if (!has_site_kind(config_, source.kind))
+            fail("is not in this model (" + detail::missing_kind_reason(config_, source.kind) + ")");
+        if (site_rank(source.kind) != 3) fail("is not a (batch, pos, width) site");
+        if (!forward_order_less(where, host)) fail("does not fire before the host");
+        if (site_width(config_, source.kind) != source.width)
+            fail("has width " + std::to_string(site_width(config_, source.kind)) + ", not the splice's " +
+                 std::to_string(source.width));
+        return where;
+    }
+    /// Keeps the rows of a splice's source (as its callbacks left them) in its tape for the host's forward.
+    static void capture_source(attachment& a, activation_view view) {
+        if (view.rank != 3) throw shape_error("dynamic_hooks: the source of the splice at " + to_string(a.host) +
+                                              " is not a (batch, pos, width) activation");
+        const tensor_view<float, 3> source = view.as<3>();  // (batch, pos, source width)
+        a.source_batch = source.extent(0);
+        a.source_positions = source.extent(1);
+        a.source_width = source.extent(2);
+        a.tape.source.resize(static_cast<std::size_t>(a.source_batch * a.source_positions * a.source_width));
+        copy_rows(source, tensor_view<float, 2>(a.tape.source.data(), {a.source_batch * a.source_positions,
+                                                                        a.source_width}),
+                  true);
+        a.source_fresh = true;
+        a.d_source_ready = false;
+    }
+    /// Adds what a splice's backward sent to its source into the source's gradient.
+    static void add_source_gradient(attachment& a, activation_view view) {
+        if (!a.d_source_ready) return;  // the host's backward did not run in this pass
+        a.d_source_ready = false;
+        const tensor_view<float, 3> gradient = view.as<3>();  // (batch, pos, source width)
+        const index_t rows = a.source_batch * a.source_positions;
+        if (gradient.extent(0) != a.source_batch || gradient.extent(1) != a.source_positions ||
+            gradient.extent(2) != a.source_width ||
+            a.tape.d_source.size() != static_cast<std::size_t>(rows * a.source_width))
+            throw std::logic_error("dynamic_hooks: the source gradient of the splice at " + to_string(a.host) +
+                                   " does not match its forward pass");
+        const tensor_view<const float, 2> d_source(a.tape.d_source.data(), {rows, a.source_width});
+        for (index_t b = 0; b < a.source_batch; ++b)
+            for (index_t p = 0; p < a.source_positions; ++p)
+                for (index_t i = 0; i < a.source_width; ++i)
+                    gradient(b, p, i) += d_source(b * a.source_positions + p, i);
+    }
     void run_splice(attachment& a, activation_view view, const hook_context& ctx) {
         const tensor_view<float, 3> host = host_rows(a, view);  // (batch, pos, width)
         a.batch = host.extent(0);
         a.positions = host.extent(1);
+        if (a.source) {
+            if (!a.source_fresh || a.source_batch != a.batch || a.source_positions != a.positions)
+                throw std::logic_error("dynamic_hooks: the splice at " + to_string(a.host) + " reads " +
+                                       to_string(*a.source) + ", which did not fire before it in this pass");
+            a.source_fresh = false;
+        }
         const index_t rows = a.batch * a.positions, width = host.extent(2);
         a.input.resize(static_cast<std::size_t>(rows * width));
         a.output.resize(a.input.size());
@@ -7896,6 +7993,7 @@ private:
         attachment_hooks hooks(*this, a, ctx, true);
         a.module->backward(a.tape, d_output, d_input, hooks);
         copy_rows(gradient, d_input, false);
+        a.d_source_ready = a.source.has_value();
     }
     /// Copies between a (batch, pos, width) view and dense (batch * pos, width) rows, in the direction asked.
     static void copy_rows(const tensor_view<float, 3>& view, const tensor_view<float, 2>& rows, bool to_rows) {
@@ -7931,6 +8029,8 @@ private:
         for (auto& a : attachments_) splice_at_[slot(a->host)] = a.get();
         for (std::size_t i = 0; i < lists_.size(); ++i)
             active_[i] = lists_[i].empty() && splice_at_[i] == nullptr ? 0 : 1;
+        for (auto& a : attachments_)
+            if (a->source) active_[slot(*a->source)] = 1;
     }
 
     model_config config_;
@@ -8030,13 +8130,17 @@ public:
     /// Attaches `module` at the site named `host` (one site, which can_host_splice and whose width is the splice's):
     /// from now on the forward pass replaces that activation with the splice's output, its activations are extension
     /// sites named `host` + "." + suffix, and the backward pass runs its backward. One splice per site. Host
-    /// callbacks see the activation before the splice; remove(handle) detaches it.
+    /// callbacks see the activation before the splice; remove(handle) detaches it. A splice with a source (a
+    /// transcoder) also reads that site of the host's block, after its callbacks, and sends it its gradient.
     hook_handle splice(std::string_view host, std::shared_ptr<const mechlens::splice> module) {
         if (!module) throw std::invalid_argument("dynamic_hooks::splice: the splice is null");
         const site where = site_from_name(host, registry_->config());
         if (!Kinds.contains(where.kind))
             throw std::invalid_argument("dynamic_hooks::splice: " + to_string(where) +
                                         " is outside this policy's kind_set");
+        if (const std::optional<splice_source> source = module->source(); source && !Kinds.contains(source->kind))
+            throw std::invalid_argument("dynamic_hooks::splice: the splice reads " +
+                                        std::string(site_suffix(source->kind)) + ", outside this policy's kind_set");
         return hook_handle{registry_->attach(where, std::move(module))};
     }
     /// Like splice(), returning a guard that detaches it when it goes out of scope.
@@ -15493,9 +15597,12 @@ inline double pearson_correlation(const tensor<float, 3>& a, const tensor<float,
 /// backward pass.
 class attribution_patcher {
 public:
-    /// Runs the clean and corrupt prompts (same shape) and one backward pass of `metric` over the corrupt ones.
+    /// Runs the clean and corrupt prompts (same shape) and one backward pass of `metric` over the corrupt ones. With
+    /// `splices` (run-time hooks holding SAEs or transcoders, kept only for the constructor), every pass runs them:
+    /// the caches hold what the rest of the model used (a host's spliced output) and its gradient.
     attribution_patcher(const transformer& model, tensor_view<const std::int32_t, 2> clean,
-                        tensor_view<const std::int32_t, 2> corrupt, answer_metric measure)
+                        tensor_view<const std::int32_t, 2> corrupt, answer_metric measure,
+                        dynamic_hooks* splices = nullptr)
         : config_(model.config()), metric_(std::move(measure)) {
         if (clean.shape() != corrupt.shape())
             throw shape_error("attribution_patcher: clean tokens " + detail::format_extents(clean.shape()) +
@@ -15513,9 +15620,15 @@ public:
         tensor<float, 3> logits({prompts_, 1, config_.vocab_out()});
         workspace ws;
         caching_hooks<> clean_hooks, corrupt_hooks;
-        forward(model, clean_window, logits.view(), ws, clean_hooks);
+        auto run = [&](tensor_view<const std::int32_t, 2> window, caching_hooks<>& cache) {
+            if (splices != nullptr)
+                forward(model, window, logits.view(), ws, compose(*splices, cache));
+            else
+                forward(model, window, logits.view(), ws, cache);
+        };
+        run(clean_window, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
-        forward(model, corrupt_window, logits.view(), ws, corrupt_hooks);
+        run(corrupt_window, corrupt_hooks);
         corrupt_metric_ = metric_.mean(logits.view(), length_);
         clean_cache_ = clean_hooks.take();
         corrupt_cache_ = corrupt_hooks.take();
@@ -15523,8 +15636,12 @@ public:
         answer_metric at_answer = metric_;
         at_answer.position = answer;  // the window ends at the answer
         gradient_cache<> gradients;  // the gradient pass reads the model's own weights, no copy
-        (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
-                               static_cast<model_parameters*>(nullptr), gradients);
+        if (splices != nullptr)  // the cache sees each gradient before a splice turns it into its input's
+            (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
+                                   static_cast<model_parameters*>(nullptr), compose(*splices, gradients));
+        else
+            (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
+                                   static_cast<model_parameters*>(nullptr), gradients);
         gradient_cache_ = gradients.take();
     }
 
@@ -16664,8 +16781,32 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
-/// read back in batches).
+/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, and the harvesting
+/// of activations to train them on (sharded safetensors, resumable, read back in batches).
+// ---- begin mechlens/sae/circuit_tracer_format.hpp ----
+/// @file
+/// circuit-tracer's per-layer transcoder files (`layer_L.safetensors`, as its SingleLayerTranscoder.to_safetensors
+/// writes and load_transcoder reads) and the two hook names of its `config.yaml`. A file holds
+///   W_enc (d_tc, d_model)   pre = x W_enc^T + b_enc (F.linear)   -> transcoder_weights::sae.w_enc (d_model, d_tc)
+///   W_dec (d_tc, d_model)   acts W_dec + b_dec                    -> sae.w_dec as stored
+///   b_enc (d_tc), b_dec (d_model)
+///   activation_function.threshold (d_tc), optional: JumpReLU, pre * (pre > threshold); else ReLU
+///   W_skip (d_model, d_model), optional: + x W_skip^T             -> w_skip (d_model, d_model) transposed
+/// in F32, F16 or BF16. circuit-tracer's JumpReLU has no ReLU; mechlens's jumprelu is relu(pre) * (pre > threshold),
+/// which agrees for thresholds >= 0, so a negative threshold is refused. Not read: top-k files (their `k` is an
+/// integer tensor), Gemma Scope `.npz` files, cross-layer transcoders. Everything wrong with a file is a one-line
+/// format_error naming it.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
 // ---- begin mechlens/sae/definition.hpp ----
 /// @file
 /// What a sparse autoencoder is, as SAELens defines it: its architecture, the options that change its forward pass,
@@ -16805,6 +16946,29 @@ void validate_sae(const basic_sae_weights<T>& w, const sae_options& options, con
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/sae/definition.hpp ----
+// ---- begin mechlens/sae/transcoder.hpp ----
+/// @file
+/// A transcoder spliced in over an MLP, as circuit-tracer's replacement model does: attached at the MLP's output
+/// `blocks.L.hook_mlp_out` (its host), it reads the MLP's input (its source, `blocks.L.ln2.hook_normalized`; see
+/// mlp_input_site) and replaces the MLP's output. Its activations are extension sites below the host, with SAELens's
+/// names:
+///   x        = the source rows, as hooks leave them                  `hook_sae_input`      (batch, pos, d_in)
+///   acts_pre = x W_enc + b_enc                                       `hook_sae_acts_pre`   (batch, pos, d_sae)
+///   acts     = the architecture's activation of acts_pre             `hook_sae_acts_post`  (batch, pos, d_sae)
+///   recons   = acts W_dec + b_dec + x W_skip                         `hook_sae_recons`     (batch, pos, d_in)
+///   error    = mlp_out - recons of the same x without hooks          `hook_sae_error`      (batch, pos, d_in)
+///   output   = recons + error (error term), or recons                `hook_sae_output`     (batch, pos, d_in)
+/// With the error term the model's output is unchanged while nothing intervenes. The error term is detached: the
+/// backward pass sends d(output) through the transcoder to the MLP's input only, so the real MLP gets no gradient
+/// from its output (with or without the error term) and the transcoder's input gradient joins the MLP input's.
+
+#include <cstddef>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
 // ---- begin mechlens/sae/forward.hpp ----
 /// @file
 /// The steps of a sparse autoencoder's forward pass, shared by the splice (float, hooks fired between the steps) and
@@ -17068,6 +17232,453 @@ void sae_scale_backward(tensor_view<const T, 2> x, const std::vector<T>& scale, 
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/sae/forward.hpp ----
+// ---- begin mechlens/sae/transcoder_definition.hpp ----
+/// @file
+/// What a transcoder is: an SAE's parameters plus an optional affine skip from its input to its output.
+
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A transcoder: an SAE that reads one activation (MLP input) and reconstructs another (MLP output), with an optional affine skip.
+template <class T> struct basic_transcoder_weights { basic_sae_weights<T> sae; std::vector<T> w_skip; ///< (d_in, d_in) row-major or empty; output = acts W_dec + b_dec + x W_skip
+};
+using transcoder_weights = basic_transcoder_weights<float>;
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/transcoder_definition.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A transcoder's options: it reads x as it is (b_dec is its output bias, never subtracted from its input, and no
+/// normalization), with the error term on.
+constexpr sae_options transcoder_options(sae_architecture architecture = sae_architecture::standard,
+                                         double k = 0) noexcept {
+    sae_options options;
+    options.apply_b_dec_to_input = false;
+    options.architecture = architecture;
+    options.k = k;
+    return options;
+}
+
+/// The site that holds an MLP's input in a model with this config: `ln2.hook_normalized` (before the gain, as in
+/// TransformerLens) with norms, else `hook_resid_mid`, or `hook_resid_pre` in parallel blocks. Throws
+/// std::invalid_argument for attention-only models (no MLP to replace).
+inline site_kind mlp_input_site(const model_config& c) {
+    if (!has_site_kind(c, site_kind::mlp_out))
+        throw std::invalid_argument("mlp_input_site: the model has no MLP to transcode (" +
+                                    detail::missing_kind_reason(c, site_kind::mlp_out) + ")");
+    if (has_site_kind(c, site_kind::ln2_normalized)) return site_kind::ln2_normalized;
+    return has_site_kind(c, site_kind::resid_mid) ? site_kind::resid_mid : site_kind::resid_pre;
+}
+
+/// Throws shape_error (starting with `who`) when a transcoder's weights disagree with their sizes or its options,
+/// std::invalid_argument when the options subtract b_dec from the input or normalize it.
+template <class T>
+void validate_transcoder(const basic_transcoder_weights<T>& w, const sae_options& options, const std::string& who) {
+    validate_sae(w.sae, options, who);
+    if (options.apply_b_dec_to_input || options.normalize_activations == sae_normalization::constant_norm_rescale)
+        throw std::invalid_argument(who +
+                                    ": a transcoder reads its input as it is (b_dec is its output bias): use "
+                                    "apply_b_dec_to_input = false and no constant_norm_rescale "
+                                    "(transcoder_options())");
+    const auto square = static_cast<std::size_t>(w.sae.d_in * w.sae.d_in);
+    if (!w.w_skip.empty() && w.w_skip.size() != square)
+        throw shape_error(who + ": W_skip has " + std::to_string(w.w_skip.size()) + " values, expected 0 or " +
+                          std::to_string(square) + " (d_in, d_in)");
+}
+
+/// A transcoder spliced in at an MLP's output, reading the MLP's input (see the file comment for its sites).
+class transcoder_splice final : public splice {
+public:
+    /// Positions of its activations in sites() (error is absent without the error term).
+    enum activation : std::size_t { input = 0, acts_pre = 1, acts_post = 2, recons = 3, error = 4 };
+
+    /// Takes the weights, the options (transcoder_options()) and the kind of the site it reads in the host's block
+    /// (mlp_input_site(config)); throws as validate_transcoder.
+    explicit transcoder_splice(transcoder_weights weights, sae_options options = transcoder_options(),
+                               site_kind input_site = site_kind::ln2_normalized)
+        : w_(std::move(weights)), options_(options), input_site_(input_site) {
+        validate_transcoder(w_, options_, "transcoder_splice");
+        norms_ = sae_decoder_norms(w_.sae);
+    }
+
+    /// The weights.
+    [[nodiscard]] const transcoder_weights& weights() const noexcept { return w_; }
+    /// The options.
+    [[nodiscard]] const sae_options& options() const noexcept { return options_; }
+    /// The position of `hook_sae_output` in sites().
+    [[nodiscard]] std::size_t output_index() const noexcept { return options_.error_term ? 5 : 4; }
+
+    /// d_in: the MLP output's width (the same as its input's).
+    [[nodiscard]] index_t width() const noexcept override { return w_.sae.d_in; }
+    /// The MLP's input site in the host's block.
+    [[nodiscard]] std::optional<splice_source> source() const override {
+        return splice_source{input_site_, w_.sae.d_in};
+    }
+    /// SAELens's sites, in firing order.
+    [[nodiscard]] std::vector<splice_site> sites() const override {
+        const index_t d_in = w_.sae.d_in, d_sae = w_.sae.d_sae;
+        std::vector<splice_site> out{{"hook_sae_input", d_in},
+                                     {"hook_sae_acts_pre", d_sae},
+                                     {"hook_sae_acts_post", d_sae},
+                                     {"hook_sae_recons", d_in}};
+        if (options_.error_term) out.push_back({"hook_sae_error", d_in});
+        out.push_back({"hook_sae_output", d_in});
+        return out;
+    }
+
+    /// Encodes the source rows, decodes (plus the skip) and, with the error term, adds the MLP output's clean error.
+    void forward(tensor_view<const float, 2> mlp_out, tensor_view<float, 2> output, splice_hooks& hooks,
+                 splice_tape& tape) const override {
+        const index_t rows = mlp_out.extent(0), d_in = w_.sae.d_in;
+        const tensor_view<const float, 2> source = tape.source_rows(rows, d_in);  // (rows, d_in) the MLP's input
+        const auto x = tape.matrix(slot_x, rows, d_in);                           // (rows, d_in) as hooks leave it
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) x(r, i) = source(r, i);
+        hooks.fire(input, x);
+        const auto out = tape.matrix(slot_recons, rows, d_in);  // (rows, d_in)
+        run(x, tape, 0, out, &hooks);
+        if (options_.error_term) {
+            const auto err = tape.matrix(slot_error, rows, d_in);  // (rows, d_in)
+            bool hooked = false;
+            for (std::size_t k = input; k <= recons; ++k) hooked = hooked || hooks.active(k);
+            const auto clean = hooked ? tape.matrix(slot_clean_recons, rows, d_in) : out;  // (rows, d_in)
+            if (hooked) run(source, tape, clean_offset, clean, nullptr);
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) err(r, i) = mlp_out(r, i) - clean(r, i);
+            hooks.fire(error, err);
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i) + err(r, i);
+        } else {
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i);
+        }
+        hooks.fire(output_index(), output);
+    }
+
+    /// d(output) -> d(MLP input) through the decoder, the kept latents, the encoder and the skip; d(mlp_out) is 0
+    /// (the error term is detached, and without it the MLP's output is not used).
+    void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_mlp_out,
+                  splice_hooks& hooks) const override {
+        const index_t rows = d_output.extent(0), d_in = w_.sae.d_in, d_sae = w_.sae.d_sae;
+        hooks.fire(output_index(), d_output);
+        if (options_.error_term && hooks.active(error)) {
+            // Shown, then dropped: the error is detached.
+            const auto d_error = tape.matrix(slot_d_error, rows, d_in);  // (rows, d_in)
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
+            hooks.fire(error, d_error);
+        }
+        const auto d_recons = tape.matrix(slot_d_recons, rows, d_in);  // (rows, d_in)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) d_recons(r, i) = d_output(r, i);
+        hooks.fire(recons, d_recons);
+        const auto d_acts = tape.matrix(slot_d_acts, rows, d_sae);  // (rows, d_sae)
+        sae_decode_backward<float>(d_recons, w_.sae, options_, norms_, d_acts);
+        hooks.fire(acts_post, d_acts);
+        const auto d_pre = tape.matrix(slot_d_pre, rows, d_sae);  // (rows, d_sae)
+        sae_activate_backward<float>(d_acts, kept_mask(tape, rows), options_, norms_, d_pre);
+        hooks.fire(acts_pre, d_pre);
+        const auto d_x = tape.source_gradient(rows, d_in);  // (rows, d_in): added at the source site
+        sae_encode_backward<float>(d_pre, w_.sae, d_x);
+        if (!w_.w_skip.empty())  // x W_skip: d(x) += d(recons) W_skip^T
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) {
+                    const float* row = w_.w_skip.data() + detail::sae_at(i, 0, d_in);
+                    float sum = 0.0f;
+                    for (index_t o = 0; o < d_in; ++o) sum += d_recons(r, o) * row[o];
+                    d_x(r, i) += sum;
+                }
+        hooks.fire(input, d_x);
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) d_mlp_out(r, i) = 0.0f;
+    }
+
+private:
+    // Tape buffers: the forward pass's values (a second set at clean_offset for the clean error), then scratch.
+    enum slot : std::size_t {
+        slot_x = 0,
+        slot_pre = 1,
+        slot_acts = 2,
+        slot_kept = 3,
+        slot_recons = 4,
+        clean_offset = 5,
+        slot_clean_recons = 9,
+        slot_error = 10,
+        slot_d_error = 11,
+        slot_d_recons = 12,
+        slot_d_acts = 13,
+        slot_d_pre = 14,
+    };
+
+    // The kept-latent mask is stored as floats (0 or 1) in the tape.
+    sae_kept_mask kept_mask(splice_tape& tape, index_t rows) const {
+        const index_t d_sae = w_.sae.d_sae;
+        const auto stored = tape.stored(slot_kept, rows, d_sae);
+        sae_kept_mask kept(static_cast<std::size_t>(rows * d_sae));
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < d_sae; ++j) kept[detail::sae_at(r, j, d_sae)] = stored(r, j) != 0.0f ? 1 : 0;
+        return kept;
+    }
+
+    /// The transcoder of `x` into `out` (recons), keeping its values in the tape from slot `base` on and firing the
+    /// sites after hook_sae_input when `hooks` is not null.
+    void run(tensor_view<const float, 2> x, splice_tape& tape, std::size_t base, tensor_view<float, 2> out,
+             splice_hooks* hooks) const {
+        const index_t rows = x.extent(0), d_in = w_.sae.d_in, d_sae = w_.sae.d_sae;
+        const auto pre = tape.matrix(base + slot_pre, rows, d_sae);  // (rows, d_sae)
+        sae_encode<float>(x, w_.sae, pre);
+        if (hooks != nullptr) hooks->fire(acts_pre, pre);
+        const auto acts = tape.matrix(base + slot_acts, rows, d_sae);  // (rows, d_sae)
+        sae_kept_mask kept;
+        sae_activate<float>(pre, w_.sae, options_, norms_, acts, kept);
+        const auto kept_values = tape.matrix(base + slot_kept, rows, d_sae);  // (rows, d_sae) 0 or 1
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < d_sae; ++j)
+                kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
+        if (hooks != nullptr) hooks->fire(acts_post, acts);
+        sae_decode<float>(acts, w_.sae, options_, norms_, out);
+        if (!w_.w_skip.empty())
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) {
+                    const float v = x(r, i);
+                    const float* row = w_.w_skip.data() + detail::sae_at(i, 0, d_in);
+                    for (index_t o = 0; o < d_in; ++o) out(r, o) += v * row[o];
+                }
+        if (hooks != nullptr) hooks->fire(recons, out);
+    }
+
+    transcoder_weights w_;
+    sae_options options_;
+    site_kind input_site_;
+    std::vector<float> norms_;  // (d_sae) ||W_dec row||
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/transcoder.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One transcoder as stored by circuit-tracer: its weights (mechlens's layout) and options (standard or jumprelu).
+struct circuit_tracer_transcoder {
+    transcoder_weights weights;                  ///< Transposed into mechlens's layout where circuit-tracer's differs.
+    sae_options options = transcoder_options();  ///< standard (ReLU) or jumprelu, with the error term.
+};
+
+/// The hooks of a circuit-tracer transcoder set (`config.yaml`): TransformerLens names within a block.
+struct circuit_tracer_hooks {
+    std::string feature_input_hook = "ln2.hook_normalized";  ///< Where the transcoders read (the MLP's input).
+    std::string feature_output_hook = "hook_mlp_out";        ///< Where they write (the MLP's output).
+};
+
+namespace detail {
+
+/// (rows, cols) row-major `in` transposed into (cols, rows).
+inline std::vector<float> transposed(const std::vector<float>& in, index_t rows, index_t cols) {
+    std::vector<float> out(in.size());
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < cols; ++c)
+            out[static_cast<std::size_t>(c * rows + r)] = in[static_cast<std::size_t>(r * cols + c)];
+    return out;
+}
+
+/// A shape as Python prints it: (3, 4) or (3,).
+inline std::string python_shape(const std::vector<index_t>& shape) {
+    std::string text = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i > 0) text += ", ";
+        text += std::to_string(shape[i]);
+    }
+    text += shape.size() == 1 ? ",)" : ")";
+    return text;
+}
+
+/// The transcoder in a parsed circuit-tracer file (errors name `where`).
+inline circuit_tracer_transcoder circuit_tracer_from_tensors(safetensors_file file, const std::string& where) {
+    auto find = [&](std::string_view name) -> safetensors_tensor* {
+        for (safetensors_tensor& t : file.tensors)
+            if (t.name == name) return &t;
+        return nullptr;
+    };
+    for (const safetensors_tensor& t : file.tensors)
+        if (t.name != "W_enc" && t.name != "W_dec" && t.name != "b_enc" && t.name != "b_dec" && t.name != "W_skip" &&
+            t.name != "activation_function.threshold")
+            format_fail(where, "unexpected tensor '" + t.name.substr(0, 100) +
+                                   "' (a circuit-tracer transcoder has W_enc, W_dec, b_enc, b_dec and optionally "
+                                   "W_skip and activation_function.threshold)");
+    auto need = [&](const char* name) -> safetensors_tensor& {
+        safetensors_tensor* t = find(name);
+        if (t == nullptr) format_fail(where, std::string("missing tensor '") + name + "'");
+        return *t;
+    };
+    safetensors_tensor& b_enc = need("b_enc");
+    safetensors_tensor& b_dec = need("b_dec");
+    if (b_enc.shape.size() != 1 || b_enc.shape[0] <= 0 || b_dec.shape.size() != 1 || b_dec.shape[0] <= 0)
+        format_fail(where, "b_enc and b_dec must be non-empty vectors, got " + python_shape(b_enc.shape) + " and " +
+                               python_shape(b_dec.shape));
+    const index_t d_tc = b_enc.shape[0], d_model = b_dec.shape[0];
+    auto check = [&](const safetensors_tensor& t, const std::vector<index_t>& shape) {
+        if (t.shape != shape)
+            format_fail(where, "tensor '" + t.name + "' has shape " + python_shape(t.shape) +
+                                   ", but b_enc and b_dec "
+                                   "imply " +
+                                   python_shape(shape) + " (d_tc " + std::to_string(d_tc) + ", d_model " +
+                                   std::to_string(d_model) + ")");
+    };
+    circuit_tracer_transcoder out;
+    sae_weights& w = out.weights.sae;
+    w.d_in = d_model;
+    w.d_sae = d_tc;
+    safetensors_tensor& w_enc = need("W_enc");
+    check(w_enc, {d_tc, d_model});
+    w.w_enc = transposed(w_enc.values, d_tc, d_model);
+    safetensors_tensor& w_dec = need("W_dec");
+    check(w_dec, {d_tc, d_model});
+    w.w_dec = std::move(w_dec.values);
+    w.b_enc = std::move(b_enc.values);
+    w.b_dec = std::move(b_dec.values);
+    if (safetensors_tensor* threshold = find("activation_function.threshold")) {
+        check(*threshold, {d_tc});
+        for (float v : threshold->values)
+            if (!(v >= 0.0f))
+                format_fail(where, "activation_function.threshold has a negative or NaN entry (" + std::to_string(v) +
+                                       "): circuit-tracer's JumpReLU pre * (pre > threshold) and mechlens's "
+                                       "relu(pre) * (pre > threshold) agree only for thresholds >= 0");
+        out.options.architecture = sae_architecture::jumprelu;
+        w.threshold = std::move(threshold->values);
+    }
+    if (safetensors_tensor* skip = find("W_skip")) {
+        check(*skip, {d_model, d_model});
+        out.weights.w_skip = transposed(skip->values, d_model, d_model);
+    }
+    return out;
+}
+
+/// The value of a top-level `key: value` line of a YAML document, unquoted, or empty when absent.
+inline std::string yaml_top_level_scalar(std::string_view text, std::string_view key) {
+    std::size_t start = 0;
+    while (start < text.size()) {
+        std::size_t end = text.find('\n', start);
+        if (end == std::string_view::npos) end = text.size();
+        std::string_view line = text.substr(start, end - start);
+        start = end + 1;
+        if (line.size() <= key.size() || line.substr(0, key.size()) != key || line[key.size()] != ':') continue;
+        std::string_view value = line.substr(key.size() + 1);
+        if (const std::size_t hash = value.find(" #"); hash != std::string_view::npos) value = value.substr(0, hash);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+        while (!value.empty() && (value.back() == ' ' || value.back() == '\t' || value.back() == '\r'))
+            value.remove_suffix(1);
+        if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') && value.back() == value.front())
+            value = value.substr(1, value.size() - 2);
+        return std::string(value);
+    }
+    return {};
+}
+
+}  // namespace detail
+
+/// Parses the `size` bytes of a circuit-tracer transcoder file at `bytes` (errors name `where`).
+inline circuit_tracer_transcoder parse_circuit_tracer_transcoder(const std::byte* bytes, std::size_t size,
+                                                                 const std::string& where) {
+    return detail::circuit_tracer_from_tensors(parse_safetensors(bytes, size, where, safetensors_dtypes::float_any),
+                                               where);
+}
+
+/// Reads a circuit-tracer transcoder file (`layer_L.safetensors`); throws format_error naming it.
+inline circuit_tracer_transcoder read_circuit_tracer_transcoder(const std::filesystem::path& path) {
+    return detail::circuit_tracer_from_tensors(read_safetensors(path, safetensors_dtypes::float_any), path.string());
+}
+
+/// The file of layer `layer` in a circuit-tracer folder: `dir/layer_<layer>.safetensors`.
+inline std::filesystem::path circuit_tracer_layer_file(const std::filesystem::path& dir, index_t layer) {
+    return dir / ("layer_" + std::to_string(layer) + ".safetensors");
+}
+
+/// Writes `weights` as circuit-tracer writes a transcoder (F32); throws std::invalid_argument for an architecture
+/// other than standard (ReLU) or jumprelu, or options a transcoder does not take, shape_error for inconsistent
+/// weights, format_error naming the file on I/O failure.
+inline void write_circuit_tracer_transcoder(const std::filesystem::path& path, const transcoder_weights& weights,
+                                            const sae_options& options = transcoder_options()) {
+    validate_transcoder(weights, options, "write_circuit_tracer_transcoder");
+    if (options.architecture != sae_architecture::standard && options.architecture != sae_architecture::jumprelu)
+        throw std::invalid_argument(
+            "write_circuit_tracer_transcoder: circuit-tracer files hold ReLU or JumpReLU "
+            "transcoders, not " +
+            std::string(to_string(options.architecture)));
+    const sae_weights& w = weights.sae;
+    const std::vector<float> w_enc = detail::transposed(w.w_enc, w.d_in, w.d_sae);  // (d_tc, d_model)
+    std::vector<safetensors_tensor_ref> tensors{{"W_enc", {w.d_sae, w.d_in}, w_enc.data()},
+                                                {"W_dec", {w.d_sae, w.d_in}, w.w_dec.data()},
+                                                {"b_enc", {w.d_sae}, w.b_enc.data()},
+                                                {"b_dec", {w.d_in}, w.b_dec.data()}};
+    if (options.architecture == sae_architecture::jumprelu)
+        tensors.push_back({"activation_function.threshold", {w.d_sae}, w.threshold.data()});
+    std::vector<float> skip;  // (d_model, d_model), circuit-tracer's orientation
+    if (!weights.w_skip.empty()) {
+        skip = detail::transposed(weights.w_skip, w.d_in, w.d_in);
+        tensors.push_back({"W_skip", {w.d_in, w.d_in}, skip.data()});
+    }
+    write_safetensors(path, tensors);
+}
+
+/// The hook names of a circuit-tracer `config.yaml` (the top-level `feature_input_hook` and `feature_output_hook`;
+/// the rest of the file is not read), with a `blocks.{layer}.` prefix removed. Throws format_error naming the file
+/// when it cannot be read or lacks either key.
+inline circuit_tracer_hooks read_circuit_tracer_config(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) detail::format_fail(path.string(), "cannot open");
+    const std::streamoff size = in.tellg();
+    if (size < 0 || size > (std::streamoff{1} << 24))
+        detail::format_fail(path.string(), "cannot read (or over 16 MiB)");
+    std::string text(static_cast<std::size_t>(size), '\0');
+    in.seekg(0);
+    if (size > 0 && !in.read(text.data(), static_cast<std::streamsize>(size)))
+        detail::format_fail(path.string(), "cannot read");
+    circuit_tracer_hooks out;
+    auto field = [&](const char* key) {
+        std::string value = detail::yaml_top_level_scalar(text, key);
+        if (value.empty()) detail::format_fail(path.string(), std::string("missing top-level key '") + key + "'");
+        constexpr std::string_view prefix = "blocks.{layer}.";
+        if (value.rfind(prefix, 0) == 0) value.erase(0, prefix.size());
+        return value;
+    };
+    out.feature_input_hook = field("feature_input_hook");
+    out.feature_output_hook = field("feature_output_hook");
+    return out;
+}
+
+/// The mechlens site kinds of circuit-tracer's hook names: the input `ln2.hook_normalized`, `hook_resid_mid` or
+/// `hook_resid_pre`, the output `hook_mlp_out` or `mlp.hook_out`. Throws std::invalid_argument for other names
+/// (circuit-tracer's `mlp.hook_in`, the MLP's input after the norm's gain, has no mechlens site).
+struct circuit_tracer_sites {
+    site_kind input;   ///< The transcoder's source.
+    site_kind output;  ///< Its host.
+};
+
+/// See circuit_tracer_sites.
+inline circuit_tracer_sites circuit_tracer_site_kinds(const circuit_tracer_hooks& hooks) {
+    circuit_tracer_sites out{site_kind::ln2_normalized, site_kind::mlp_out};
+    const std::string& in = hooks.feature_input_hook;
+    if (in == "ln2.hook_normalized")
+        out.input = site_kind::ln2_normalized;
+    else if (in == "hook_resid_mid")
+        out.input = site_kind::resid_mid;
+    else if (in == "hook_resid_pre")
+        out.input = site_kind::resid_pre;
+    else
+        throw std::invalid_argument("circuit-tracer feature_input_hook '" + in.substr(0, 80) +
+                                    "' has no mechlens site (ln2.hook_normalized, hook_resid_mid or hook_resid_pre)");
+    const std::string& o = hooks.feature_output_hook;
+    if (o != "hook_mlp_out" && o != "mlp.hook_out")
+        throw std::invalid_argument("circuit-tracer feature_output_hook '" + o.substr(0, 80) +
+                                    "' is not the MLP's output (hook_mlp_out or mlp.hook_out)");
+    return out;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/circuit_tracer_format.hpp ----
 // ---- begin mechlens/sae/harvest.hpp ----
 /// @file
 /// Harvesting activations for SAE training: a model runs over a packed token stream (harvest_source.hpp) in

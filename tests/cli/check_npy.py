@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks a .npy written by `mechlens logits` with the standard library only: format, dtype, shape, and values
-against a reference .npy (max abs difference <= tolerance). Usage: check_npy.py ACTUAL EXPECTED ROWS COLS TOL"""
+against a reference .npy (max abs difference <= tolerance; with a sixth argument "differ", > tolerance).
+Usage: check_npy.py ACTUAL EXPECTED ROWS COLS TOL [differ]"""
 import ast
 import struct
 import sys
@@ -43,7 +44,10 @@ def main():
         sys.exit(f"reference {expected} has shape {ref_shape}")
     worst = max(abs(a - b) for a, b in zip(values, ref))
     print(f"{actual}: <f4 {shape}, max abs difference to the reference {worst:.3g}")
-    if worst > tol:
+    differ = len(sys.argv) > 6 and sys.argv[6] == "differ"
+    if differ and worst <= tol:
+        sys.exit(f"max abs difference {worst} does not exceed {tol}: the values should differ")
+    if not differ and worst > tol:
         sys.exit(f"max abs difference {worst} exceeds {tol}")
     print("PASS")
 

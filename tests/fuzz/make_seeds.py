@@ -419,10 +419,35 @@ def main() -> int:
             c.add(f"cfg_{name}", b"\x00" + json.dumps(cfg).encode())
     sae_count = c.count
 
+    # fuzz_transcoder_file: first byte even, a circuit-tracer layer_L.safetensors; odd, its config.yaml.
+    c = Corpus(root, "fuzz_transcoder_file")
+    for name in ("layer_0", "layer_1"):
+        layer = fixtures / "transcoder" / f"{name}.safetensors"
+        if layer.is_file():
+            c.add(f"file_{name}", b"\x00" + layer.read_bytes())
+    shapes = [("W_enc", [3, 2]), ("W_dec", [3, 2]), ("b_enc", [3]), ("b_dec", [2]),
+              ("activation_function.threshold", [3]), ("W_skip", [2, 2])]
+    header, offset = {}, 0
+    for name, shape in shapes:
+        size = 4 * (shape[0] * (shape[1] if len(shape) > 1 else 1))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header).encode()
+    head += b" " * ((8 - len(head) % 8) % 8)
+    c.add("file_minimal", b"\x00" + struct.pack("<Q", len(head)) + head + f32s([0.125 * i for i in range(offset // 4)]))
+    config = fixtures / "transcoder" / "config.yaml"
+    if config.is_file():
+        c.add("config_gemma", b"\x01" + config.read_bytes())
+    c.add("config_llama", b"\x01model_kind: transcoder_set\nfeature_input_hook: \"hook_resid_mid\"\n"
+                          b"feature_output_hook: 'mlp.hook_out'\n")
+    c.add("config_templated", b"\x01feature_input_hook: blocks.{layer}.ln2.hook_normalized  # comment\n"
+                              b"feature_output_hook: blocks.{layer}.hook_mlp_out\n")
+    transcoder_count = c.count
+
 
     print(f"seeds in {root}: llama2c {llama2c_count}, gguf {gguf_count}, safetensors {safetensors_count}, "
           f"npy {npy_count}, llama2c_tokenizer {tokenizer_count}, torch_pt {torch_count}, json {json_count}, "
-          f"gpt2_vocab {gpt2_count}, hf_config {hf_count}, sae_config {sae_count}"
+          f"gpt2_vocab {gpt2_count}, hf_config {hf_count}, sae_config {sae_count}, transcoder_file {transcoder_count}"
           + ("" if models.is_dir() else f" (no models at {models}: synthetic seeds only)"))
     return 0
 

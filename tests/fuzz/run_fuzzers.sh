@@ -4,7 +4,7 @@
 # Usage: tests/fuzz/run_fuzzers.sh BUILD_DIR SECONDS
 #   BUILD_DIR: a tree configured with the 'fuzz' preset and built (holds tests/fuzz/fuzz_*).
 #   Environment: FUZZ_JOBS (harnesses run at once, default 2), MECHLENS_MODELS (real models for the seeds),
-#   FUZZ_HARNESSES (space-separated subset, default all ten).
+#   FUZZ_HARNESSES (space-separated subset, default all eleven).
 # Layout under BUILD_DIR/fuzz/: seeds/<h> (rebuilt every run), corpus/<h> (kept and grown across runs),
 # artifacts/<h> (crash-*, leak-*, timeout-*, oom-* inputs), logs/<h>.log.
 # Prints "fuzz <h>: N executions, M corpus units, crashes K" per harness and a total; exits 1 when any harness
@@ -19,7 +19,7 @@ build=$(cd "$1" && pwd) || exit 2
 seconds=$2
 here=$(cd "$(dirname "$0")" && pwd)
 jobs=${FUZZ_JOBS:-2}
-harnesses=${FUZZ_HARNESSES:-"fuzz_llama2c fuzz_gguf fuzz_safetensors fuzz_npy fuzz_llama2c_tokenizer fuzz_torch_pt fuzz_json fuzz_gpt2_vocab fuzz_hf_config fuzz_sae_config"}
+harnesses=${FUZZ_HARNESSES:-"fuzz_llama2c fuzz_gguf fuzz_safetensors fuzz_npy fuzz_llama2c_tokenizer fuzz_torch_pt fuzz_json fuzz_gpt2_vocab fuzz_hf_config fuzz_sae_config fuzz_transcoder_file"}
 work="$build/fuzz"
 
 for h in $harnesses; do

@@ -214,3 +214,107 @@ void print_sites(const mechlens::activation_cache& cache) {
 }
 
 }  // namespace mechlens_cli
+
+namespace mechlens_cli {
+
+splice_options read_splice_options(arguments& args) {
+    splice_options out;
+    out.sae = args.all("sae");
+    out.sae_replace = args.all("sae-replace");
+    out.transcoder = args.get("transcoder");
+    out.transcoder_replace = args.get("transcoder-replace");
+    out.layer = args.get("layer");
+    if (out.transcoder && out.transcoder_replace)
+        throw usage_error("give --transcoder or --transcoder-replace, not both");
+    if ((out.transcoder || out.transcoder_replace) && !out.layer)
+        throw usage_error("--transcoder needs --layer L (the block whose MLP it replaces)");
+    if (out.layer && !out.transcoder && !out.transcoder_replace)
+        throw usage_error("--layer is the block of a --transcoder; no transcoder was given");
+    return out;
+}
+
+namespace {
+
+/// The site `name` of the model for the module from `origin`, checked to be able to host a splice of `width`.
+mechlens::site splice_host(const std::string& origin, const std::string& name, mechlens::index_t width,
+                           const mechlens::model_config& config) {
+    mechlens::site where;
+    try {
+        where = mechlens::site_from_name(name, config);
+    } catch (const std::invalid_argument& e) {
+        throw usage_error(origin + ": its hook " + name.substr(0, 100) + " is not a site of this model (" + e.what() +
+                          ")");
+    }
+    if (!mechlens::can_host_splice(where.kind))
+        throw usage_error(origin + ": its hook " + name + " cannot hold a splice (only (batch, pos, width) sites the " +
+                          "forward pass always computes, outside the norms)");
+    const mechlens::index_t expected = mechlens::site_width(config, where.kind);
+    if (width != expected)
+        throw usage_error(origin + ": d_in " + std::to_string(width) + " disagrees with " + name + ", of width " +
+                          std::to_string(expected));
+    return where;
+}
+
+}  // namespace
+
+std::vector<spliced_module> load_splices(const splice_options& options, const mechlens::model_config& config) {
+    std::vector<spliced_module> out;
+    auto add_sae = [&](const std::string& dir, bool error_term) {
+        const std::string origin = (error_term ? "--sae " : "--sae-replace ") + dir;
+        mechlens::saelens_sae sae = mechlens::read_saelens_folder(dir);
+        if (sae.metadata.hook_name.empty()) throw usage_error(origin + ": cfg.json names no hook (metadata.hook_name)");
+        if (sae.metadata.hook_head_index)
+            throw usage_error(origin + ": SAEs on one head (hook_head_index) are not supported");
+        const mechlens::site host = splice_host(origin, sae.metadata.hook_name, sae.weights.d_in, config);
+        sae.options.error_term = error_term;
+        out.push_back({mechlens::to_string(host),
+                       std::make_shared<const mechlens::sae_splice>(std::move(sae.weights), sae.options), origin});
+    };
+    for (const std::string& dir : options.sae) add_sae(dir, true);
+    for (const std::string& dir : options.sae_replace) add_sae(dir, false);
+    if (options.transcoder || options.transcoder_replace) {
+        const bool error_term = options.transcoder.has_value();
+        const fs::path path = error_term ? *options.transcoder : *options.transcoder_replace;
+        const std::string origin = (error_term ? "--transcoder " : "--transcoder-replace ") + path.string();
+        const auto layer = parse_number<mechlens::index_t>(*options.layer, "--layer");
+        if (layer < 0 || layer >= config.n_layers)
+            throw usage_error("--layer " + std::to_string(layer) + " is not a block of this model (" +
+                              std::to_string(config.n_layers) + " layers)");
+        // A folder holds layer_L.safetensors and, when circuit-tracer wrote it, config.yaml with the hook names.
+        mechlens::circuit_tracer_hooks names;
+        fs::path file = path;
+        if (fs::is_directory(path)) {
+            file = mechlens::circuit_tracer_layer_file(path, layer);
+            if (fs::exists(path / "config.yaml")) names = mechlens::read_circuit_tracer_config(path / "config.yaml");
+        }
+        mechlens::circuit_tracer_transcoder t = mechlens::read_circuit_tracer_transcoder(file);
+        mechlens::circuit_tracer_sites kinds{};
+        try {
+            kinds = mechlens::circuit_tracer_site_kinds(names);
+        } catch (const std::invalid_argument& e) {
+            throw usage_error(origin + ": " + e.what());
+        }
+        // The input site as the model has it: a model without norms has no ln2.hook_normalized, and its MLP reads
+        // the stream itself.
+        if (kinds.input == mechlens::site_kind::ln2_normalized && !mechlens::has_site_kind(config, kinds.input)) {
+            try {
+                kinds.input = mechlens::mlp_input_site(config);
+            } catch (const std::invalid_argument& e) {
+                throw usage_error(origin + ": " + e.what());
+            }
+        }
+        const std::string host = "blocks." + std::to_string(layer) + ".hook_mlp_out";
+        (void)splice_host(origin, host, t.weights.sae.d_in, config);
+        t.options.error_term = error_term;
+        out.push_back({host, std::make_shared<const mechlens::transcoder_splice>(std::move(t.weights), t.options,
+                                                                               kinds.input),
+                       origin});
+    }
+    for (std::size_t i = 0; i < out.size(); ++i)
+        for (std::size_t j = 0; j < i; ++j)
+            if (out[i].host == out[j].host)
+                throw usage_error(out[i].origin + ": " + out[j].origin + " is already spliced at " + out[i].host);
+    return out;
+}
+
+}  // namespace mechlens_cli

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -131,6 +132,47 @@ struct prompt_run {
 /// Throws usage_error unless exactly one of --prompt and --tokens was given, then loads the model, finds its
 /// tokenizer as `use` asks and reads the tokens.
 prompt_run open_prompt(const prompt_options& options, tokenizer_use use);
+
+/// The modules spliced into a command's forward passes: SAELens folders and circuit-tracer transcoders.
+struct splice_options {
+    std::vector<std::string> sae;          ///< --sae DIR (repeatable): spliced at cfg.json's hook_name, error term on
+    std::vector<std::string> sae_replace;  ///< --sae-replace DIR (repeatable): the reconstruction replaces the site
+    std::optional<std::string> transcoder;          ///< --transcoder PATH: a circuit-tracer file or folder, error term
+    std::optional<std::string> transcoder_replace;  ///< --transcoder-replace PATH: the same, replacing the MLP output
+    std::optional<std::string> layer;               ///< --layer L: the block of the transcoder
+    /// True when nothing is spliced.
+    [[nodiscard]] bool empty() const noexcept {
+        return sae.empty() && sae_replace.empty() && !transcoder && !transcoder_replace;
+    }
+};
+
+/// Reads splice_options (throws usage_error for --layer without a transcoder, a transcoder without --layer, or both
+/// --transcoder and --transcoder-replace).
+splice_options read_splice_options(arguments& args);
+
+/// One module to splice: the host's name and the module.
+struct spliced_module {
+    std::string host;                                 ///< E.g. "blocks.0.hook_resid_post".
+    std::shared_ptr<const mechlens::splice> module;   ///< An sae_splice or a transcoder_splice.
+    std::string origin;                               ///< "--sae DIR", for error messages.
+};
+
+/// Reads the SAEs and the transcoder asked for and checks them against the model: a folder or file that does not
+/// read is a format_error naming it; a hook that is not a site of the model (or cannot host a splice), a head index,
+/// a width (d_in) that disagrees with the site's, or two modules at one site are a usage_error naming the option.
+std::vector<spliced_module> load_splices(const splice_options& options, const mechlens::model_config& config);
+
+/// Attaches `modules` to `hooks` (throws usage_error naming the option when the registry refuses one).
+template <mechlens::kind_set Kinds>
+void attach_splices(const std::vector<spliced_module>& modules, mechlens::basic_dynamic_hooks<Kinds>& hooks) {
+    for (const spliced_module& m : modules) {
+        try {
+            (void)hooks.splice(m.host, m.module);
+        } catch (const std::invalid_argument& e) {
+            throw usage_error(m.origin + ": " + e.what());
+        }
+    }
+}
 
 /// A token shown as `id 'text'` when a tokenizer is at hand, else as its id.
 std::string show_token(const std::optional<text_tokenizer>& tokenizer, std::int32_t token);

@@ -19,6 +19,8 @@
 #include "mechlens/grad/backward.hpp"
 #include "mechlens/grad/observers.hpp"
 #include "mechlens/hooks/caching.hpp"
+#include "mechlens/hooks/compose.hpp"
+#include "mechlens/hooks/dynamic.hpp"
 #include "mechlens/model/forward.hpp"
 #include "mechlens/model/parameters.hpp"
 
@@ -54,9 +56,12 @@ inline double pearson_correlation(const tensor<float, 3>& a, const tensor<float,
 /// backward pass.
 class attribution_patcher {
 public:
-    /// Runs the clean and corrupt prompts (same shape) and one backward pass of `metric` over the corrupt ones.
+    /// Runs the clean and corrupt prompts (same shape) and one backward pass of `metric` over the corrupt ones. With
+    /// `splices` (run-time hooks holding SAEs or transcoders, kept only for the constructor), every pass runs them:
+    /// the caches hold what the rest of the model used (a host's spliced output) and its gradient.
     attribution_patcher(const transformer& model, tensor_view<const std::int32_t, 2> clean,
-                        tensor_view<const std::int32_t, 2> corrupt, answer_metric measure)
+                        tensor_view<const std::int32_t, 2> corrupt, answer_metric measure,
+                        dynamic_hooks* splices = nullptr)
         : config_(model.config()), metric_(std::move(measure)) {
         if (clean.shape() != corrupt.shape())
             throw shape_error("attribution_patcher: clean tokens " + detail::format_extents(clean.shape()) +
@@ -74,9 +79,15 @@ public:
         tensor<float, 3> logits({prompts_, 1, config_.vocab_out()});
         workspace ws;
         caching_hooks<> clean_hooks, corrupt_hooks;
-        forward(model, clean_window, logits.view(), ws, clean_hooks);
+        auto run = [&](tensor_view<const std::int32_t, 2> window, caching_hooks<>& cache) {
+            if (splices != nullptr)
+                forward(model, window, logits.view(), ws, compose(*splices, cache));
+            else
+                forward(model, window, logits.view(), ws, cache);
+        };
+        run(clean_window, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
-        forward(model, corrupt_window, logits.view(), ws, corrupt_hooks);
+        run(corrupt_window, corrupt_hooks);
         corrupt_metric_ = metric_.mean(logits.view(), length_);
         clean_cache_ = clean_hooks.take();
         corrupt_cache_ = corrupt_hooks.take();
@@ -84,8 +95,12 @@ public:
         answer_metric at_answer = metric_;
         at_answer.position = answer;  // the window ends at the answer
         gradient_cache<> gradients;  // the gradient pass reads the model's own weights, no copy
-        (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
-                               static_cast<model_parameters*>(nullptr), gradients);
+        if (splices != nullptr)  // the cache sees each gradient before a splice turns it into its input's
+            (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
+                                   static_cast<model_parameters*>(nullptr), compose(*splices, gradients));
+        else
+            (void)forward_backward(model, corrupt_window, at_answer.as_grad_metric(),
+                                   static_cast<model_parameters*>(nullptr), gradients);
         gradient_cache_ = gradients.take();
     }
 

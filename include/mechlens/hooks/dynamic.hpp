@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -149,6 +150,7 @@ public:
             throw shape_error("dynamic_hooks::splice: the splice reads width " + std::to_string(module->width()) +
                               " but " + to_string(host) + " has width " + std::to_string(expected));
         auto a = std::make_unique<attachment>();
+        if (const std::optional<splice_source> source = module->source()) a->source = checked_source(host, *source);
         a->id = next_id_++;
         a->host = host;
         for (const splice_site& inner : module->sites()) {
@@ -165,6 +167,7 @@ public:
         a->module = std::move(module);
         splice_at_[i] = a.get();
         active_[i] = 1;
+        if (a->source) active_[slot(*a->source)] = 1;
         attachments_.push_back(std::move(a));
         ++live_;
         return attachments_.back()->id;
@@ -221,17 +224,23 @@ public:
     }
 
     /// The forward pass reached slot `i` (site `s`, activation `view`): its activation callbacks in registration
-    /// order (ones added meanwhile wait for the next call), then the splice attached there, if any.
+    /// order (ones added meanwhile wait for the next call), then the copy of its rows for splices that read it as
+    /// their source, then the splice attached there, if any.
     void fire(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
         const depth_guard guard(*this);
         call(lists_[i], s, view, ctx, false);
+        for (const auto& a : attachments_)
+            if (!a->dead && a->source && slot(*a->source) == i) capture_source(*a, view);
         if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice(*a, view, ctx);
     }
     /// The backward pass reached slot `i` with the gradient `view` of what the rest of the pass used: the splice's
-    /// backward first (the gradient of its output becomes its input's), then the gradient callbacks.
+    /// backward first (the gradient of its output becomes its input's), then the source gradients of splices that
+    /// read this site, then the gradient callbacks.
     void fire_gradient(std::size_t i, const site& s, activation_view view, const hook_context& ctx) {
         const depth_guard guard(*this);
         if (attachment* a = splice_at_[i]; a != nullptr && !a->dead) run_splice_backward(*a, view, ctx);
+        for (const auto& a : attachments_)
+            if (!a->dead && a->source && slot(*a->source) == i) add_source_gradient(*a, view);
         call(lists_[i], s, view, ctx, true);
     }
 
@@ -255,6 +264,11 @@ private:
         splice_tape tape;
         std::vector<float> input, output;  // (rows, width): the host rows in, the replacement out (and gradients)
         index_t batch = 0, positions = 0;  // of the last forward pass
+        std::optional<site> source;        // the other site of the host's block it reads, if any
+        index_t source_width = 0;          // its last axis
+        index_t source_batch = 0, source_positions = 0;  // of its last firing
+        bool source_fresh = false;         // it fired since the host last ran: tape.source holds this pass's rows
+        bool d_source_ready = false;       // backward filled tape.d_source and the source has not taken it yet
         bool dead = false;
     };
     /// Fires the extension sites of one attachment for one pass direction.
@@ -315,10 +329,66 @@ private:
                               std::to_string(a.module->width()) + ") activations");
         return view.as<3>();
     }
+    /// The source of a splice at `host` as a site, after checking that it is a rank-3 site of the host's block that
+    /// this model fires before the host, of the declared width.
+    [[nodiscard]] site checked_source(const site& host, const splice_source& source) const {
+        const site where{source.kind, host.layer};
+        auto fail = [&](const std::string& why) {
+            throw std::invalid_argument("dynamic_hooks::splice: the splice at " + to_string(host) + " reads " +
+                                        std::string(site_suffix(source.kind)) + ", which " + why);
+        };
+        if (!is_block_site(host.kind) || !is_block_site(source.kind)) fail("is not a site of the host's block");
+        if (!has_site_kind(config_, source.kind))
+            fail("is not in this model (" + detail::missing_kind_reason(config_, source.kind) + ")");
+        if (site_rank(source.kind) != 3) fail("is not a (batch, pos, width) site");
+        if (!forward_order_less(where, host)) fail("does not fire before the host");
+        if (site_width(config_, source.kind) != source.width)
+            fail("has width " + std::to_string(site_width(config_, source.kind)) + ", not the splice's " +
+                 std::to_string(source.width));
+        return where;
+    }
+    /// Keeps the rows of a splice's source (as its callbacks left them) in its tape for the host's forward.
+    static void capture_source(attachment& a, activation_view view) {
+        if (view.rank != 3) throw shape_error("dynamic_hooks: the source of the splice at " + to_string(a.host) +
+                                              " is not a (batch, pos, width) activation");
+        const tensor_view<float, 3> source = view.as<3>();  // (batch, pos, source width)
+        a.source_batch = source.extent(0);
+        a.source_positions = source.extent(1);
+        a.source_width = source.extent(2);
+        a.tape.source.resize(static_cast<std::size_t>(a.source_batch * a.source_positions * a.source_width));
+        copy_rows(source, tensor_view<float, 2>(a.tape.source.data(), {a.source_batch * a.source_positions,
+                                                                        a.source_width}),
+                  true);
+        a.source_fresh = true;
+        a.d_source_ready = false;
+    }
+    /// Adds what a splice's backward sent to its source into the source's gradient.
+    static void add_source_gradient(attachment& a, activation_view view) {
+        if (!a.d_source_ready) return;  // the host's backward did not run in this pass
+        a.d_source_ready = false;
+        const tensor_view<float, 3> gradient = view.as<3>();  // (batch, pos, source width)
+        const index_t rows = a.source_batch * a.source_positions;
+        if (gradient.extent(0) != a.source_batch || gradient.extent(1) != a.source_positions ||
+            gradient.extent(2) != a.source_width ||
+            a.tape.d_source.size() != static_cast<std::size_t>(rows * a.source_width))
+            throw std::logic_error("dynamic_hooks: the source gradient of the splice at " + to_string(a.host) +
+                                   " does not match its forward pass");
+        const tensor_view<const float, 2> d_source(a.tape.d_source.data(), {rows, a.source_width});
+        for (index_t b = 0; b < a.source_batch; ++b)
+            for (index_t p = 0; p < a.source_positions; ++p)
+                for (index_t i = 0; i < a.source_width; ++i)
+                    gradient(b, p, i) += d_source(b * a.source_positions + p, i);
+    }
     void run_splice(attachment& a, activation_view view, const hook_context& ctx) {
         const tensor_view<float, 3> host = host_rows(a, view);  // (batch, pos, width)
         a.batch = host.extent(0);
         a.positions = host.extent(1);
+        if (a.source) {
+            if (!a.source_fresh || a.source_batch != a.batch || a.source_positions != a.positions)
+                throw std::logic_error("dynamic_hooks: the splice at " + to_string(a.host) + " reads " +
+                                       to_string(*a.source) + ", which did not fire before it in this pass");
+            a.source_fresh = false;
+        }
         const index_t rows = a.batch * a.positions, width = host.extent(2);
         a.input.resize(static_cast<std::size_t>(rows * width));
         a.output.resize(a.input.size());
@@ -339,6 +409,7 @@ private:
         attachment_hooks hooks(*this, a, ctx, true);
         a.module->backward(a.tape, d_output, d_input, hooks);
         copy_rows(gradient, d_input, false);
+        a.d_source_ready = a.source.has_value();
     }
     /// Copies between a (batch, pos, width) view and dense (batch * pos, width) rows, in the direction asked.
     static void copy_rows(const tensor_view<float, 3>& view, const tensor_view<float, 2>& rows, bool to_rows) {
@@ -374,6 +445,8 @@ private:
         for (auto& a : attachments_) splice_at_[slot(a->host)] = a.get();
         for (std::size_t i = 0; i < lists_.size(); ++i)
             active_[i] = lists_[i].empty() && splice_at_[i] == nullptr ? 0 : 1;
+        for (auto& a : attachments_)
+            if (a->source) active_[slot(*a->source)] = 1;
     }
 
     model_config config_;
@@ -473,13 +546,17 @@ public:
     /// Attaches `module` at the site named `host` (one site, which can_host_splice and whose width is the splice's):
     /// from now on the forward pass replaces that activation with the splice's output, its activations are extension
     /// sites named `host` + "." + suffix, and the backward pass runs its backward. One splice per site. Host
-    /// callbacks see the activation before the splice; remove(handle) detaches it.
+    /// callbacks see the activation before the splice; remove(handle) detaches it. A splice with a source (a
+    /// transcoder) also reads that site of the host's block, after its callbacks, and sends it its gradient.
     hook_handle splice(std::string_view host, std::shared_ptr<const mechlens::splice> module) {
         if (!module) throw std::invalid_argument("dynamic_hooks::splice: the splice is null");
         const site where = site_from_name(host, registry_->config());
         if (!Kinds.contains(where.kind))
             throw std::invalid_argument("dynamic_hooks::splice: " + to_string(where) +
                                         " is outside this policy's kind_set");
+        if (const std::optional<splice_source> source = module->source(); source && !Kinds.contains(source->kind))
+            throw std::invalid_argument("dynamic_hooks::splice: the splice reads " +
+                                        std::string(site_suffix(source->kind)) + ", outside this policy's kind_set");
         return hook_handle{registry_->attach(where, std::move(module))};
     }
     /// Like splice(), returning a guard that detaches it when it goes out of scope.

@@ -8,6 +8,7 @@
 /// pass runs the splice's backward, so gradients flow through it. Attach splices with basic_dynamic_hooks::splice.
 
 #include <cstddef>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -24,6 +25,13 @@ MECHLENS_BEGIN_NAMESPACE
 struct splice_site {
     std::string suffix;  ///< E.g. "hook_sae_acts_post": `hook_` then [a-z0-9_], at most 64 characters.
     index_t width = 0;   ///< Extent of the last axis (d_sae for an SAE's latents).
+};
+
+/// A site of the host's block that a splice reads besides its host (a transcoder reads the MLP's input and replaces
+/// the MLP's output): a rank-3 block site that fires before the host, and the width of its last axis.
+struct splice_source {
+    site_kind kind = site_kind::resid_pre;  ///< E.g. site_kind::ln2_normalized for the host blocks.L.hook_mlp_out.
+    index_t width = 0;                      ///< Extent of its last axis.
 };
 
 /// What a splice calls at each of its activations: the hooks registered at that extension site.
@@ -58,6 +66,21 @@ struct splice_tape {
             throw std::logic_error("splice_tape: the backward pass needs a forward pass of the same shape first");
         return tensor_view<const float, 2>(buffers[index].data(), {rows, cols});
     }
+
+    std::vector<float> source;    ///< (rows, source width): the source site's rows, as hooks left them.
+    std::vector<float> d_source;  ///< (rows, source width): what its backward adds to the source's gradient.
+
+    /// The source rows of this pass (rows, cols); throws std::logic_error when the source did not fire.
+    [[nodiscard]] tensor_view<const float, 2> source_rows(index_t rows, index_t cols) const {
+        if (source.size() != static_cast<std::size_t>(rows * cols))
+            throw std::logic_error("splice_tape: the splice's source site did not fire before its host");
+        return tensor_view<const float, 2>(source.data(), {rows, cols});
+    }
+    /// The gradient to add at the source site (rows, cols), sized (and zeroed) for this pass.
+    tensor_view<float, 2> source_gradient(index_t rows, index_t cols) {
+        d_source.assign(static_cast<std::size_t>(rows * cols), 0.0f);
+        return tensor_view<float, 2>(d_source.data(), {rows, cols});
+    }
 };
 
 /// A module spliced in at a host site. Implementations are immutable once attached (forward and backward are const,
@@ -73,13 +96,17 @@ public:
     [[nodiscard]] virtual index_t width() const noexcept = 0;
     /// Its activations, in the order its forward pass fires them.
     [[nodiscard]] virtual std::vector<splice_site> sites() const = 0;
-    /// Forward: reads `input` (rows, width), writes `output` (rows, width), firing each activation through `hooks`
-    /// and keeping in `tape` what backward needs.
+    /// The site of the host's block it also reads, if any (none by default: it reads its host only). The registry
+    /// copies that site's rows, after its callbacks, into `tape.source` for forward, and adds `tape.d_source`
+    /// (written by backward) to that site's gradient before its gradient callbacks.
+    [[nodiscard]] virtual std::optional<splice_source> source() const { return std::nullopt; }
+    /// Forward: reads `input` (rows, width), the host's rows (and `tape.source_rows` with a source), writes `output`
+    /// (rows, width), firing each activation through `hooks` and keeping in `tape` what backward needs.
     virtual void forward(tensor_view<const float, 2> input, tensor_view<float, 2> output, splice_hooks& hooks,
                          splice_tape& tape) const = 0;
     /// Backward, after forward with the same tape: turns d(output) (rows, width) into d(input) (rows, width),
-    /// handing each activation's gradient to `hooks` (last activation first). May overwrite `d_output` and use more
-    /// tape buffers as scratch.
+    /// handing each activation's gradient to `hooks` (last activation first); with a source, also fills
+    /// `tape.source_gradient`. May overwrite `d_output` and use more tape buffers as scratch.
     virtual void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
                           splice_hooks& hooks) const = 0;
 };

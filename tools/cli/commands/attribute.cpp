@@ -38,12 +38,19 @@ int run(arguments& args) {
     const auto steps = parse_number<mechlens::index_t>(args.get("steps").value_or("32"), "--steps");
     const mechlens::integration_rule rule = rule_named(args.get("rule").value_or("gauss_legendre"));
     const std::string baseline_name = args.get("baseline").value_or("corrupt");
+    const splice_options splice_input = read_splice_options(args);
     const mechlens::transformer model = open_model(model_input);
     prompt_pairs pairs = read_prompt_pairs(args, model_path, model);
     args.reject_unknown();
+    const std::vector<spliced_module> splices = load_splices(splice_input, model.config());
+    if (!splices.empty() && (method != "patching" || compare))
+        throw usage_error("--sae and --transcoder work with --method patching only, without --compare");
+    mechlens::dynamic_hooks hooks(model.config());
+    attach_splices(splices, hooks);
 
     if (method == "patching") {
-        const mechlens::attribution_patcher estimate(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric);
+        const mechlens::attribution_patcher estimate(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric,
+                                                     splices.empty() ? nullptr : &hooks);
         std::optional<mechlens::activation_patcher> truth;
         if (compare) truth.emplace(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric);
         std::vector<mechlens::patching_table> tables;
@@ -127,7 +134,9 @@ const command attribute_command{
     "attribute",
     "(same prompts and --metric) [--method patching|ig|saliency|gradxinput] [--grid ...] [--compare 1]\n"
     "[--site hook_embed] [--steps 32] [--rule gauss_legendre|left|right|middle|trapezoid]\n"
-    "[--baseline corrupt|zeros|token:ID] [--out PREFIX]",
+    "[--baseline corrupt|zeros|token:ID] [--out PREFIX]\n"
+    "[--sae DIR]... [--sae-replace DIR]... [(--transcoder | --transcoder-replace) PATH --layer L]: with\n"
+    "--method patching (no --compare), the runs and the gradient pass go through the spliced modules",
     run};
 
 }  // namespace mechlens_cli

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,13 +26,54 @@ mechlens::activation_cache cache_sites(const mechlens::transformer& model, const
     return hooks.take();
 }
 
+/// Runs one forward pass with `splices` attached, caching the sites (extension sites included) that `patterns`
+/// match among those `Kinds` lets through.
+template <mechlens::kind_set Kinds>
+mechlens::activation_cache cache_spliced(const mechlens::transformer& model, const std::vector<std::int32_t>& tokens,
+                                         const std::vector<spliced_module>& splices, const std::string& patterns) {
+    mechlens::basic_dynamic_hooks<Kinds> hooks(model.config());
+    attach_splices(splices, hooks);
+    mechlens::caching_hooks<Kinds> cache;
+    (void)hooks.add(patterns, mechlens::as_callback(cache));
+    (void)mechlens::forward_logits(model, as_batch(tokens), hooks);
+    return cache.take();
+}
+
+/// Saves the cache where asked and lists it.
+void report(const mechlens::activation_cache& cache, const std::optional<std::string>& out,
+            const std::optional<std::string>& npy_directory, std::size_t tokens) {
+    if (out) cache.save_safetensors(*out);
+    if (npy_directory) cache.save_npy(*npy_directory);
+    print_sites(cache);
+    std::fprintf(stderr, "%s%s%s%zu activation%s of %zu tokens%s%s\n", out ? "wrote " : "", out ? out->c_str() : "",
+                 out ? ": " : "cached ", cache.size(), cache.size() == 1 ? "" : "s", tokens,
+                 npy_directory ? ", and .npy files in " : "", npy_directory ? npy_directory->c_str() : "");
+}
+
 int run(arguments& args) {
     const prompt_options input = read_prompt_options(args);
     const auto patterns = args.get("names");
     const auto out = args.get("out");
     const auto npy_directory = args.get("npy");
+    const splice_options splice_input = read_splice_options(args);
     args.reject_unknown();
     const prompt_run run = open_prompt(input, tokenizer_use::prompt_only);
+    const std::vector<spliced_module> splices = load_splices(splice_input, run.model.config());
+    if (!splices.empty()) {
+        // The model's sites and the splices' extension sites; attn.hook_result only when a pattern names it.
+        mechlens::basic_dynamic_hooks<mechlens::kind_set::all()> probe(run.model.config());
+        attach_splices(splices, probe);
+        const std::vector<mechlens::site> matched = mechlens::detail::match_in(patterns.value_or("*"), probe.sites());
+        const bool result = patterns && std::any_of(matched.begin(), matched.end(), [](const mechlens::site& s) {
+                                return s.kind == mechlens::site_kind::attn_result;
+                            });
+        const mechlens::activation_cache cache =
+            result ? cache_spliced<mechlens::kind_set::all()>(run.model, run.tokens, splices, *patterns)
+                   : cache_spliced<mechlens::kind_set::all_but_result()>(run.model, run.tokens, splices,
+                                                                         patterns.value_or("*"));
+        report(cache, out, npy_directory, run.tokens.size());
+        return 0;
+    }
     // Without --names, every site TransformerLens's run_with_cache fills by default (attn.hook_result is opt-in).
     std::vector<mechlens::site> sites = mechlens::match_sites(patterns.value_or("*"), run.model.config());
     if (!patterns)
@@ -42,12 +84,7 @@ int run(arguments& args) {
     const mechlens::activation_cache cache =
         wants_result ? cache_sites<mechlens::kind_set::all()>(run.model, run.tokens, sites)
                      : cache_sites<mechlens::kind_set::all_but_result()>(run.model, run.tokens, sites);
-    if (out) cache.save_safetensors(*out);
-    if (npy_directory) cache.save_npy(*npy_directory);
-    print_sites(cache);
-    std::fprintf(stderr, "%s%s%s%zu activation%s of %zu tokens%s%s\n", out ? "wrote " : "", out ? out->c_str() : "",
-                 out ? ": " : "cached ", cache.size(), cache.size() == 1 ? "" : "s", run.tokens.size(),
-                 npy_directory ? ", and .npy files in " : "", npy_directory ? npy_directory->c_str() : "");
+    report(cache, out, npy_directory, run.tokens.size());
     return 0;
 }
 
@@ -56,10 +93,12 @@ int run(arguments& args) {
 const command cache_command{
     "cache",
     "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) [--names PATTERNS]\n"
-    "[--out FILE.safetensors] [--npy DIR]\n"
+    "[--out FILE.safetensors] [--npy DIR] [--sae DIR]... [--sae-replace DIR]...\n"
+    "[(--transcoder | --transcoder-replace) PATH --layer L]\n"
     "PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern';\n"
     "without --names, every site run_with_cache fills (all but attn.hook_result). Prints each name and its\n"
-    "TransformerLens shape (batch first); writes the activations only when --out or --npy is given",
+    "TransformerLens shape (batch first); writes the activations only when --out or --npy is given. With an SAE\n"
+    "or a transcoder spliced in, its sites (e.g. blocks.0.hook_resid_post.hook_sae_acts_post) are cached too",
     run};
 
 }  // namespace mechlens_cli

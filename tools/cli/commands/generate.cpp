@@ -55,6 +55,7 @@ int run(arguments& args) {
     if (auto s = args.get("seed")) options.sampling.seed = parse_number<std::uint64_t>(*s, "--seed");
     const std::vector<std::string> steer_specs = args.all("steer");
     const std::vector<std::string> ablate_specs = args.all("ablate");
+    const splice_options splice_input = read_splice_options(args);
     args.reject_unknown();
     if (options.max_new_tokens < 0) throw usage_error("-n must be >= 0");
 
@@ -63,6 +64,9 @@ int run(arguments& args) {
     mechlens::ablate_hooks<> ablate;
     add_steering(steer, steer_specs, run.model.config());
     add_ablations(ablate, ablate_specs, run.model.config());
+    const std::vector<spliced_module> splices = load_splices(splice_input, run.model.config());
+    mechlens::dynamic_hooks spliced(run.model.config());
+    attach_splices(splices, spliced);
     const std::optional<text_tokenizer>& tokenizer = run.tokenizer;
     if (tokenizer) {
         options.bos_id = tokenizer->bos_id();
@@ -83,9 +87,12 @@ int run(arguments& args) {
         previous = token;
     };
     const auto started = std::chrono::steady_clock::now();
-    // Without interventions, the plain (no_hooks) forward pass; with them, steering first, then ablation.
+    // Without interventions, the plain (no_hooks) forward pass; with them, steering first, then ablation, then the
+    // splices (which see the model's activations as steered and ablated).
     const auto generated =
-        steer_specs.empty() && ablate_specs.empty()
+        !splices.empty()
+            ? mechlens::generate(run.model, run.tokens, options, on_token, mechlens::compose(steer, ablate, spliced))
+        : steer_specs.empty() && ablate_specs.empty()
             ? mechlens::generate(run.model, run.tokens, options, on_token)
             : mechlens::generate(run.model, run.tokens, options, on_token, mechlens::compose(steer, ablate));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -101,6 +108,7 @@ const command generate_command{
     "generate",
     "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) [-n N] [--temperature T] [--top-p P] [--seed S]\n"
     "[--steer NAME:VECTOR.npy:ALPHA]... [--ablate NAME[:head=H]]...\n"
+    "[--sae DIR]... [--sae-replace DIR]... [(--transcoder | --transcoder-replace) PATH --layer L]\n"
     "without a tokenizer (--tokens on a checkpoint), prints the prompt and new tokens as ids and never stops early",
     run};
 
