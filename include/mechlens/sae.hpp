@@ -2,9 +2,10 @@
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
-/// read back in batches).
+/// sites), SAELens folders, evaluation at the hook site (L0, FVU, CE recovered, dead and dense latents), and the
+/// harvesting of activations to train them on (sharded safetensors, resumable, read back in batches).
 #include "mechlens/sae/definition.hpp"
+#include "mechlens/sae/evaluate.hpp"
 #include "mechlens/sae/forward.hpp"
 #include "mechlens/sae/harvest.hpp"
 #include "mechlens/sae/harvest_reader.hpp"
