@@ -96,12 +96,15 @@ namespace detail {
 /// Running per-dimension mean and sum of squared deviations (Chan et al.'s parallel update), in double.
 class running_variance {
 public:
-    explicit running_variance(index_t width) : mean_(static_cast<std::size_t>(width), 0.0), m2_(mean_.size(), 0.0) {}
+    explicit running_variance(index_t width)
+        : mean_(static_cast<std::size_t>(width), 0.0), m2_(mean_.size(), 0.0), batch_(2 * mean_.size(), 0.0) {}
     /// Merges the rows of `rows` (n, width) whose flag in `counted` is set.
     void add(const std::vector<double>& rows, const std::vector<unsigned char>& counted) {
         const std::size_t width = mean_.size();
+        std::fill(batch_.begin(), batch_.end(), 0.0);  // (2, width): the batch's mean, then its squared deviations
+        double* mean = batch_.data();
+        double* m2 = batch_.data() + width;
         std::int64_t n = 0;
-        std::vector<double> mean(width, 0.0), m2(width, 0.0);
         for (std::size_t r = 0; r < counted.size(); ++r) {
             if (counted[r] == 0) continue;
             ++n;
@@ -128,7 +131,8 @@ public:
     }
 
 private:
-    std::vector<double> mean_, m2_;
+    std::vector<double> mean_, m2_;  // (width) each, over every row so far
+    std::vector<double> batch_;      // (2, width) scratch
     std::int64_t count_ = 0;
 };
 
