@@ -82,10 +82,10 @@ std::vector<double> activations_by_hand(const mechlens::transformer& model, cons
     for (index_t b = 0; b < n; ++b)
         for (index_t p = 0; p < T; ++p)
             for (index_t j = 0; j < w.d_sae; ++j) {
-                double pre = w.b_enc[static_cast<std::size_t>(j)];
+                double pre = static_cast<double>(w.b_enc[static_cast<std::size_t>(j)]);
                 for (index_t i = 0; i < w.d_in; ++i)
-                    pre += (static_cast<double>(x(b, p, i)) - w.b_dec[static_cast<std::size_t>(i)]) *
-                           w.w_enc[static_cast<std::size_t>(i * w.d_sae + j)];
+                    pre += (static_cast<double>(x(b, p, i)) - static_cast<double>(w.b_dec[static_cast<std::size_t>(i)])) *
+                           static_cast<double>(w.w_enc[static_cast<std::size_t>(i * w.d_sae + j)]);
                 acts[static_cast<std::size_t>((b * T + p) * w.d_sae + j)] = std::max(pre, 0.0);
             }
     return acts;
@@ -224,13 +224,13 @@ TEST_CASE("sae dashboard: logit weights equal a direct computation (RMSNorm and 
             // Direct: the decoder row (centred for LayerNorm) times the gain, dotted with each unembedding row.
             std::vector<std::pair<double, std::int32_t>> all;
             double mean = 0.0;
-            for (index_t i = 0; i < 16; ++i) mean += w.w_dec[static_cast<std::size_t>(j * 16 + i)] / 16.0;
+            for (index_t i = 0; i < 16; ++i) mean += static_cast<double>(w.w_dec[static_cast<std::size_t>(j * 16 + i)]) / 16.0;
             for (index_t t = 0; t < 31; ++t) {
                 double s = 0.0;
                 for (index_t i = 0; i < 16; ++i) {
-                    double d = w.w_dec[static_cast<std::size_t>(j * 16 + i)];
+                    double d = static_cast<double>(w.w_dec[static_cast<std::size_t>(j * 16 + i)]);
                     if (norm == mechlens::norm_kind::layer) d -= mean;
-                    s += d * mw.final_norm(i) * mw.unembed(t, i);
+                    s += d * static_cast<double>(mw.final_norm(i)) * static_cast<double>(mw.unembed(t, i));
                 }
                 all.emplace_back(s, static_cast<std::int32_t>(t));
             }

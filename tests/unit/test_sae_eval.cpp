@@ -133,19 +133,19 @@ expected_metrics brute_force(const mechlens::transformer& model, const std::stri
             const bool counted = tokens[static_cast<std::size_t>(b * T + p)] != ignored;
             std::vector<double> acts(static_cast<std::size_t>(d_sae));
             for (index_t j = 0; j < d_sae; ++j) {
-                double pre = w.b_enc[static_cast<std::size_t>(j)];
+                double pre = static_cast<double>(w.b_enc[static_cast<std::size_t>(j)]);
                 for (index_t i = 0; i < d_in; ++i)
-                    pre += (static_cast<double>(x(b, p, i)) - w.b_dec[static_cast<std::size_t>(i)]) *
-                           w.w_enc[static_cast<std::size_t>(i * d_sae + j)];
+                    pre += (static_cast<double>(x(b, p, i)) - static_cast<double>(w.b_dec[static_cast<std::size_t>(i)])) *
+                           static_cast<double>(w.w_enc[static_cast<std::size_t>(i * d_sae + j)]);
                 acts[static_cast<std::size_t>(j)] = std::max(pre, 0.0);
             }
             double dot = 0, xx = 0, hh = 0;
             for (index_t i = 0; i < d_in; ++i) {
-                double r = w.b_dec[static_cast<std::size_t>(i)];
+                double r = static_cast<double>(w.b_dec[static_cast<std::size_t>(i)]);
                 for (index_t j = 0; j < d_sae; ++j)
-                    r += acts[static_cast<std::size_t>(j)] * w.w_dec[static_cast<std::size_t>(j * d_in + i)];
+                    r += acts[static_cast<std::size_t>(j)] * static_cast<double>(w.w_dec[static_cast<std::size_t>(j * d_in + i)]);
                 recons[static_cast<std::size_t>((b * T + p) * d_in + i)] = counted ? r : static_cast<double>(x(b, p, i));
-                const double xi = x(b, p, i);
+                const double xi = static_cast<double>(x(b, p, i));
                 if (counted) {
                     resid += (xi - r) * (xi - r);
                     dot += xi * r;

@@ -416,7 +416,7 @@ inline std::string histogram_svg(const activation_histogram& h) {
 
 /// One top context as a line of shaded tokens; the top token outlined.
 inline std::string context_line(const feature_context& c, double scale, const token_text& text) {
-    std::string out = "<div class=\"ctx\"><span class=\"act\">" + format_fixed(c.activation, 3) + "</span> ";
+    std::string out = "<div class=\"ctx\"><span class=\"act\">" + format_fixed(static_cast<double>(c.activation), 3) + "</span> ";
     for (std::size_t i = 0; i < c.tokens.size(); ++i) {
         const double f = scale > 0.0 ? static_cast<double>(c.activations[i]) / scale : 0.0;
         const bool top = c.first + static_cast<index_t>(i) == c.position;
@@ -424,7 +424,7 @@ inline std::string context_line(const feature_context& c, double scale, const to
         out += top ? " max" : "";
         out += f > 0.55 ? " dark" : "";
         out += "\" style=\"background:" + ramp_color(std::max(f, 0.0)) + "\" title=\"" +
-               format_fixed(c.activations[i], 3) + "\">" + dashboard_token(text, c.tokens[i]) + "</span>";
+               format_fixed(static_cast<double>(c.activations[i]), 3) + "\">" + dashboard_token(text, c.tokens[i]) + "</span>";
     }
     return out + "<span class=\"where\">context " + std::to_string(c.context_index) + ", position " +
            std::to_string(c.position) + "</span></div>\n";
@@ -461,7 +461,7 @@ inline std::string feature_dashboard_html(const std::vector<feature_dashboard>& 
         const feature_summary& s = f.summary;
         const std::string id = std::to_string(s.feature);
         index += "<tr><td><a href=\"#feature-" + id + "\">" + id + "</a></td><td>" + format_fixed(100.0 * s.density(), 3) +
-                 " %</td><td>" + (s.top.empty() ? std::string("-") : format_fixed(s.top.front().activation, 3)) +
+                 " %</td><td>" + (s.top.empty() ? std::string("-") : format_fixed(static_cast<double>(s.top.front().activation), 3)) +
                  "</td><td>" + (s.active > 0 ? format_fixed(s.activation_sum / static_cast<double>(s.active), 3) : "-") +
                  "</td></tr>\n";
     }
