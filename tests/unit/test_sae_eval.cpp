@@ -326,6 +326,15 @@ TEST_CASE("sae eval: the figures do not depend on the batch size; a packer feeds
     CHECK(c.contexts == n);
     CHECK(c.l0 == a.l0);
     CHECK(c.fvu == Approx(a.fvu).epsilon(1e-12));
+
+    // Any architecture: a topk SAE keeps at most k latents per token.
+    mechlens::sae_options topk;
+    topk.architecture = mechlens::sae_architecture::topk;
+    topk.k = 3;
+    const auto t = mechlens::evaluate_sae(model, "blocks.1.hook_attn_out", w, topk, ids, four);
+    CHECK(t.l0 <= 3.0);
+    CHECK(t.l0 > 2.0);
+    CHECK(t.l0 < a.l0);
 }
 
 TEST_CASE("sae eval: bad input is refused with a clear message", "[sae][sae_eval]") {
