@@ -2,10 +2,14 @@
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, and the harvesting
-/// of activations to train them on (sharded safetensors, resumable, read back in batches).
+/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, evaluation at the
+/// hook site (L0, FVU, CE recovered, dead and dense latents), feature dashboards (top contexts, activation
+/// histograms, logit weights, as one HTML page), and the harvesting of activations to train them on (sharded
+/// safetensors, resumable, read back in batches).
 #include "mechlens/sae/circuit_tracer_format.hpp"
+#include "mechlens/sae/dashboard.hpp"
 #include "mechlens/sae/definition.hpp"
+#include "mechlens/sae/evaluate.hpp"
 #include "mechlens/sae/forward.hpp"
 #include "mechlens/sae/harvest.hpp"
 #include "mechlens/sae/harvest_reader.hpp"

@@ -16781,8 +16781,10 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
-/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, and the harvesting
-/// of activations to train them on (sharded safetensors, resumable, read back in batches).
+/// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, evaluation at the
+/// hook site (L0, FVU, CE recovered, dead and dense latents), feature dashboards (top contexts, activation
+/// histograms, logit weights, as one HTML page), and the harvesting of activations to train them on (sharded
+/// safetensors, resumable, read back in batches).
 // ---- begin mechlens/sae/circuit_tracer_format.hpp ----
 /// @file
 /// circuit-tracer's per-layer transcoder files (`layer_L.safetensors`, as its SingleLayerTranscoder.to_safetensors
@@ -17679,28 +17681,526 @@ inline circuit_tracer_sites circuit_tracer_site_kinds(const circuit_tracer_hooks
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/sae/circuit_tracer_format.hpp ----
-// ---- begin mechlens/sae/harvest.hpp ----
+// ---- begin mechlens/sae/dashboard.hpp ----
 /// @file
-/// Harvesting activations for SAE training: a model runs over a packed token stream (harvest_source.hpp) in
-/// batches of fixed-length contexts, and the rows of one or more hook sites, one row per token position (float32,
-/// (tokens, width)), are streamed to sharded `.safetensors` files of bounded size. A manifest (`manifest.json`)
-/// lists the shards and records where the token stream stands after the last one, so an interrupted harvest resumes
-/// there and produces the same files as an uninterrupted run, bit for bit. docs/HARVEST.md has the details.
+/// Feature dashboards for a sparse autoencoder, as one self-contained HTML page (no scripts, fonts or stylesheets
+/// from elsewhere): for each chosen latent, its top-activating contexts (tokens shaded by the latent's activation,
+/// the max token outlined), a histogram of its non-zero activations, its activation density, and the tokens its
+/// decoder row promotes and suppresses through the unembedding (the "logit weights"); an index at the top links to
+/// each feature. Collection runs over a token stream with bounded memory: a heap of the top k tokens per feature,
+/// a fixed number of histogram bins per feature, and one batch of activations.
 ///
-/// Memory is bounded: one shard's rows per site, plus one batch of activations in the capturing policy.
+/// Logit weights: W_dec[j] · diag(g) · W_U^T, with g the final norm's gain (RMSNorm or LayerNorm; none without
+/// norms) and, for LayerNorm, W_dec[j] centred first (LayerNorm removes the mean of whatever is added to the
+/// stream). The per-token 1 / scale of the norm is left out: it is positive, so it changes no ranking. The
+/// unembedding bias is left out: it does not depend on the feature. Only for SAEs on d_model-wide sites of the
+/// residual stream (hook_embed, hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out); elsewhere the page says so.
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
+
+// ---- begin mechlens/report/html.hpp ----
+/// @file
+/// A small writer of self-contained HTML reports: headings, text, tables, inline-SVG line charts and heatmaps (for
+/// attention patterns, on a sequential or a diverging colour scale). Everything is inline (no scripts, fonts or
+/// stylesheets from elsewhere), so a report opens offline and can be mailed as one file. Every piece of text is
+/// escaped.
+#include <limits>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// `text` with the five characters that matter in HTML text and attribute values (& < > " ') replaced by entities.
+inline std::string html_escape(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (const char c : text) {
+        switch (c) {
+            case '&':
+                out += "&amp;";
+                break;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            case '\'':
+                out += "&#39;";
+                break;
+            default:
+                out += c;
+        }
+    }
+    return out;
+}
+
+/// `value` with `precision` digits after the point ("nan", "inf" and "-inf" for non-finite values); never depends
+/// on the locale's decimal separator.
+inline std::string format_fixed(double value, int precision = 3) {
+    if (std::isnan(value)) return "nan";
+    if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+    char buffer[64];
+    std::snprintf(buffer, sizeof buffer, "%.*f", std::clamp(precision, 0, 17), value);
+    std::string s = buffer;
+    std::replace(s.begin(), s.end(), ',', '.');  // a C locale with a decimal comma
+    return s;
+}
+
+/// One curve of a line chart.
+struct line_series {
+    std::string name{};             ///< Legend text.
+    std::vector<double> x{};        ///< Abscissae (same length as y); non-finite points break the line.
+    std::vector<double> y{};        ///< Ordinates.
+    std::string color = "#1f77b4";  ///< Any CSS colour.
+    bool dashed = false;            ///< Draw dashed (e.g. a reference level).
+};
+
+/// A labelled vertical line across a chart (e.g. the step of a phase change).
+struct chart_marker {
+    double x = 0.0;       ///< Where, in data units.
+    std::string label{};  ///< Text next to the line.
+};
+
+/// Layout of a line chart.
+struct line_chart_options {
+    std::string title{};                  ///< Caption above the plot.
+    std::string x_label{};                ///< Caption of the horizontal axis.
+    std::string y_label{};                ///< Caption of the vertical axis.
+    int width = 720;                      ///< Pixels.
+    int height = 320;                     ///< Pixels.
+    std::vector<chart_marker> markers{};  ///< Vertical lines.
+};
+
+/// How a heatmap maps values to colours.
+enum class color_scale {
+    sequential,  ///< White at `min` to dark blue at `max`.
+    diverging,   ///< Blue below 0, white at 0, red above; full colour at +-L, L = max(|min|, |max|).
+};
+
+/// Layout of a heatmap.
+struct heatmap_options {
+    std::string title{};                          ///< Caption above the map.
+    std::string row_label{};                      ///< What rows are (e.g. "query").
+    std::string col_label{};                      ///< What columns are (e.g. "key").
+    double min = 0.0;                             ///< Value drawn white.
+    double max = 1.0;                             ///< Value drawn darkest; values outside [min, max] are clamped.
+    int cell = 16;                                ///< Pixels per cell.
+    int precision = 2;                            ///< Digits of the value shown when hovering a cell.
+    color_scale scale = color_scale::sequential;  ///< How values map to colours.
+    bool causal = false;  ///< Grey out (as "masked", not as a value) cells right of the diagonal: keys after the query.
+    bool legend = false;  ///< Draw a colour bar under the map labelled with the ends of the range (and 0 if diverging).
+    std::string hover_join = " -> ";  ///< Text between the row and column label in a cell's hover text.
+};
+
+namespace detail {
+
+/// Smallest and largest finite value over every series, with a margin so lines do not touch the frame.
+inline std::pair<double, double> finite_range(const std::vector<line_series>& series, bool x_axis) {
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (const line_series& s : series)
+        for (const double v : x_axis ? s.x : s.y)
+            if (std::isfinite(v)) {
+                lo = std::min(lo, v);
+                hi = std::max(hi, v);
+            }
+    if (!(lo <= hi)) return {0.0, 1.0};
+    if (lo == hi) return {lo - 0.5, hi + 0.5};
+    return {lo, hi};
+}
+
+/// Around four round tick values covering [lo, hi].
+inline std::vector<double> ticks(double lo, double hi) {
+    const double raw = (hi - lo) / 4.0;
+    const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
+    double step = magnitude;
+    for (const double m : {1.0, 2.0, 5.0, 10.0})
+        if (magnitude * m >= raw) {
+            step = magnitude * m;
+            break;
+        }
+    std::vector<double> out;
+    for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9 && out.size() < 20; t += step)
+        out.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
+    return out;
+}
+
+/// Digits after the point that tell ticks `step` apart.
+inline int tick_precision(const std::vector<double>& t) {
+    if (t.size() < 2) return 2;
+    const double step = t[1] - t[0];
+    return step >= 1.0 ? 0 : std::min(6, static_cast<int>(std::ceil(-std::log10(step))));
+}
+
+/// The colour of `fraction` in [0, 1] on a white-to-dark-blue ramp.
+inline std::string ramp_color(double fraction) {
+    const double f = std::clamp(fraction, 0.0, 1.0);
+    const auto channel = [&](double from, double to) { return static_cast<int>(std::lround(from + (to - from) * f)); };
+    char buffer[16];
+    std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(255, 8), channel(255, 48), channel(255, 107));
+    return buffer;
+}
+
+/// The colour of `fraction` in [-1, 1] on a blue-white-red scale: -1 is #2166ac, 0 is #ffffff, 1 is #b2182b.
+inline std::string diverging_color(double fraction) {
+    const double f = std::isnan(fraction) ? 0.0 : std::clamp(fraction, -1.0, 1.0);
+    const double a = std::abs(f);
+    const auto channel = [&](double to) { return static_cast<int>(std::lround(255.0 + (to - 255.0) * a)); };
+    char buffer[16];
+    if (f >= 0)
+        std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(178), channel(24), channel(43));
+    else
+        std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(33), channel(102), channel(172));
+    return buffer;
+}
+
+/// Full-colour magnitude of a diverging heatmap: max(|min|, |max|), or 1 when that is zero or not finite.
+inline double diverging_limit(const heatmap_options& options) {
+    const double limit = std::max(std::abs(options.min), std::abs(options.max));
+    return std::isfinite(limit) && limit > 0 ? limit : 1.0;
+}
+
+}  // namespace detail
+
+/// An inline `<svg>` line chart of `series` with axes, ticks, a legend and `options.markers`.
+inline std::string svg_line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
+    for (const line_series& s : series)
+        if (s.x.size() != s.y.size())
+            throw shape_error("svg_line_chart: series '" + s.name + "' has " + std::to_string(s.x.size()) +
+                              " x values and " + std::to_string(s.y.size()) + " y values");
+    std::size_t longest_name = 0;  // the legend sits right of the plot, where it never hides a curve
+    for (const line_series& s : series) longest_name = std::max(longest_name, s.name.size());
+    const double legend_w =
+        longest_name == 0 ? 0 : 40 + 7.0 * static_cast<double>(std::min<std::size_t>(longest_name, 32));
+    const double left = 64, right = 16 + legend_w, top = options.title.empty() ? 16 : 36, bottom = 48;
+    const double w = std::max(options.width, 160), h = std::max(options.height, 120);
+    const double plot_w = w - left - right, plot_h = h - top - bottom;
+    // Plain variables, not structured bindings: C++20 lets lambdas capture bindings, but clang 14 does not yet.
+    const std::pair<double, double> x_range = detail::finite_range(series, true);
+    const std::pair<double, double> y_range = detail::finite_range(series, false);
+    const double x_lo = x_range.first, x_hi = x_range.second;
+    double y_lo = y_range.first, y_hi = y_range.second;
+    const double pad = (y_hi - y_lo) * 0.05;
+    y_lo -= pad;
+    y_hi += pad;
+    const auto px = [&](double x) { return left + (x - x_lo) / (x_hi - x_lo) * plot_w; };
+    const auto py = [&](double y) { return top + (y_hi - y) / (y_hi - y_lo) * plot_h; };
+    const auto num = [](double v) { return format_fixed(v, 1); };
+
+    std::string svg = "<svg class=\"chart\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
+                      num(w) + " " + num(h) + "\" font-size=\"12\">\n";
+    if (!options.title.empty())
+        svg += "<text x=\"" + num(w / 2) + "\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">" +
+               html_escape(options.title) + "</text>\n";
+    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(plot_w) + "\" height=\"" +
+           num(plot_h) + "\" fill=\"none\" stroke=\"#888\"/>\n";
+    const std::vector<double> xt = detail::ticks(x_lo, x_hi), yt = detail::ticks(y_lo, y_hi);
+    const int xp = detail::tick_precision(xt), yp = detail::tick_precision(yt);
+    for (const double t : xt)
+        svg += "<line x1=\"" + num(px(t)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(t)) + "\" y2=\"" +
+               num(top + plot_h) + "\" stroke=\"#eee\"/><text x=\"" + num(px(t)) + "\" y=\"" + num(top + plot_h + 16) +
+               "\" text-anchor=\"middle\">" + format_fixed(t, xp) + "</text>\n";
+    for (const double t : yt)
+        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(t)) + "\" x2=\"" + num(left + plot_w) + "\" y2=\"" +
+               num(py(t)) + "\" stroke=\"#eee\"/><text x=\"" + num(left - 6) + "\" y=\"" + num(py(t) + 4) +
+               "\" text-anchor=\"end\">" + format_fixed(t, yp) + "</text>\n";
+    if (!options.x_label.empty())
+        svg += "<text x=\"" + num(left + plot_w / 2) + "\" y=\"" + num(h - 8) + "\" text-anchor=\"middle\">" +
+               html_escape(options.x_label) + "</text>\n";
+    if (!options.y_label.empty())
+        svg += "<text transform=\"translate(14 " + num(top + plot_h / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
+               html_escape(options.y_label) + "</text>\n";
+    for (const line_series& s : series) {
+        std::string path;  // one "M x y L x y ..." path; a non-finite point starts a new piece
+        bool pen_down = false;
+        for (std::size_t i = 0; i < s.x.size(); ++i) {
+            if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) {
+                pen_down = false;
+                continue;
+            }
+            path += (pen_down ? " L" : " M") + num(px(s.x[i])) + " " + num(py(s.y[i]));
+            pen_down = true;
+        }
+        if (path.empty()) continue;
+        svg += "<path d=\"" + path.substr(1) + "\" fill=\"none\" stroke=\"" + html_escape(s.color) +
+               "\" stroke-width=\"1.5\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "><title>" +
+               html_escape(s.name) + "</title></path>\n";
+    }
+    for (const chart_marker& m : options.markers) {
+        if (!std::isfinite(m.x) || m.x < x_lo || m.x > x_hi) continue;
+        svg += "<line x1=\"" + num(px(m.x)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(m.x)) + "\" y2=\"" +
+               num(top + plot_h) + "\" stroke=\"#d62728\" stroke-dasharray=\"2 3\"/><text x=\"" + num(px(m.x) + 4) +
+               "\" y=\"" + num(top + 14) + "\" fill=\"#d62728\">" + html_escape(m.label) + "</text>\n";
+    }
+    double legend_y = top + 14;
+    for (const line_series& s : series) {
+        const double x = left + plot_w + 12;
+        svg += "<line x1=\"" + num(x) + "\" y1=\"" + num(legend_y - 4) + "\" x2=\"" + num(x + 20) + "\" y2=\"" +
+               num(legend_y - 4) + "\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" +
+               (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/><text x=\"" + num(x + 26) + "\" y=\"" +
+               num(legend_y) + "\">" + html_escape(s.name) + "</text>\n";
+        legend_y += 16;
+    }
+    return svg + "</svg>\n";
+}
+
+/// An inline `<svg>` heatmap of `values` (rows, cols), e.g. one head's attention pattern (query, key), with
+/// `row_labels` / `col_labels` (empty, or one per row / column; e.g. the tokens) and each value shown on hover.
+/// Non-finite values are drawn pink (sequential) or yellow (diverging); masked cells (options.causal) light grey.
+/// Throws shape_error when a label list has another length.
+inline std::string svg_heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
+                               const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
+    const index_t rows = values.extent(0), cols = values.extent(1);
+    if (!row_labels.empty() && static_cast<index_t>(row_labels.size()) != rows)
+        throw shape_error("svg_heatmap: " + std::to_string(row_labels.size()) + " row labels for " +
+                          std::to_string(rows) + " rows");
+    if (!col_labels.empty() && static_cast<index_t>(col_labels.size()) != cols)
+        throw shape_error("svg_heatmap: " + std::to_string(col_labels.size()) + " column labels for " +
+                          std::to_string(cols) + " columns");
+    std::size_t longest = 0;  // room for the labels, at about 7 pixels per character
+    for (const auto* labels : {&row_labels, &col_labels})
+        for (const std::string& l : *labels) longest = std::max(longest, l.size());
+    const double cell = std::max(options.cell, 4);
+    const double label_room = 12 + 7.0 * static_cast<double>(std::min<std::size_t>(longest, 16));
+    const double left = label_room + (options.row_label.empty() ? 0 : 18);
+    const double top = (options.title.empty() ? 4 : 24) + label_room + (options.col_label.empty() ? 0 : 18);
+    const double legend_w = 160;
+    const double map_bottom = top + cell * static_cast<double>(rows);
+    const double w = std::max(left + cell * static_cast<double>(cols), options.legend ? left + legend_w + 24 : 0.0) + 8;
+    const double h = map_bottom + (options.legend ? 44 : 8);
+    const auto num = [](double v) { return format_fixed(v, 1); };
+    const double span = options.max > options.min ? options.max - options.min : 1.0;
+    const bool diverging = options.scale == color_scale::diverging;
+    const double limit = detail::diverging_limit(options);
+    const auto color = [&](double v) {
+        if (!std::isfinite(v)) return std::string(diverging ? "#fde725" : "#f4c2c2");
+        return diverging ? detail::diverging_color(v / limit) : detail::ramp_color((v - options.min) / span);
+    };
+
+    std::string svg = "<svg class=\"heatmap\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
+                      num(w) + " " + num(h) + "\" font-size=\"11\">\n";
+    if (!options.title.empty())
+        svg += "<text x=\"4\" y=\"16\" font-weight=\"bold\">" + html_escape(options.title) + "</text>\n";
+    if (!options.col_label.empty())
+        svg += "<text x=\"" + num(left + cell * static_cast<double>(cols) / 2) + "\" y=\"" +
+               num(options.title.empty() ? 16 : 36) + "\" text-anchor=\"middle\">" + html_escape(options.col_label) +
+               "</text>\n";
+    if (!options.row_label.empty())
+        svg += "<text transform=\"translate(12 " + num(top + cell * static_cast<double>(rows) / 2) +
+               ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(options.row_label) + "</text>\n";
+    for (std::size_t c = 0; c < col_labels.size(); ++c) {  // column labels read upwards, ending at the map
+        const double x = left + cell * (static_cast<double>(c) + 0.5) + 4;
+        svg += "<text transform=\"translate(" + num(x) + " " + num(top - 4) + ") rotate(-90)\">" +
+               html_escape(col_labels[c]) + "</text>\n";
+    }
+    for (std::size_t r = 0; r < row_labels.size(); ++r)
+        svg += "<text x=\"" + num(left - 4) + "\" y=\"" + num(top + cell * (static_cast<double>(r) + 0.5) + 4) +
+               "\" text-anchor=\"end\">" + html_escape(row_labels[r]) + "</text>\n";
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < cols; ++c) {
+            const double v = static_cast<double>(values(r, c));
+            // A causal mask leaves future keys at exactly 0; drawing them white would read as "attends nowhere".
+            const bool masked = options.causal && c > r + (cols - rows);
+            svg += "<rect x=\"" + num(left + cell * static_cast<double>(c)) + "\" y=\"" +
+                   num(top + cell * static_cast<double>(r)) + "\" width=\"" + num(cell) + "\" height=\"" + num(cell) +
+                   "\" fill=\"" + (masked ? std::string("#d9d9d9") : color(v)) + "\"><title>" +
+                   html_escape((row_labels.empty() ? std::to_string(r) : row_labels[static_cast<std::size_t>(r)]) +
+                               options.hover_join +
+                               (col_labels.empty() ? std::to_string(c) : col_labels[static_cast<std::size_t>(c)]) +
+                               ": " + (masked ? std::string("masked") : format_fixed(v, options.precision))) +
+                   "</title></rect>\n";
+        }
+    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(cell * static_cast<double>(cols)) +
+           "\" height=\"" + num(cell * static_cast<double>(rows)) + "\" fill=\"none\" stroke=\"#888\"/>\n";
+    if (options.legend) {  // a colour bar from the low end of the range to the high end, in its own group
+        const double lo = diverging ? -limit : options.min, hi = diverging ? limit : options.min + span;
+        const int steps = 24;
+        const double step_w = legend_w / steps, y = map_bottom + 10;
+        svg += "<g class=\"legend\">\n";
+        for (int i = 0; i < steps; ++i) {
+            const double v = lo + (hi - lo) * (static_cast<double>(i) + 0.5) / steps;
+            svg += "<rect x=\"" + num(left + step_w * static_cast<double>(i)) + "\" y=\"" + num(y) + "\" width=\"" +
+                   num(step_w + 0.5) + "\" height=\"10\" fill=\"" + color(v) + "\"/>\n";
+        }
+        const auto label = [&](double x, const char* anchor, double v) {
+            svg += "<text x=\"" + num(x) + "\" y=\"" + num(y + 24) + "\" text-anchor=\"" + anchor + "\">" +
+                   format_fixed(v, options.precision) + "</text>\n";
+        };
+        label(left, "start", lo);
+        if (diverging) label(left + legend_w / 2, "middle", 0.0);
+        label(left + legend_w, "end", hi);
+        svg += "</g>\n";
+    }
+    return svg + "</svg>\n";
+}
+
+/// An HTML `<table>` with a header row; every cell is escaped. Rows may be shorter than the header.
+inline std::string html_table(const std::vector<std::string>& header,
+                              const std::vector<std::vector<std::string>>& rows) {
+    std::string out = "<table>\n<thead><tr>";
+    for (const std::string& h : header) out += "<th>" + html_escape(h) + "</th>";
+    out += "</tr></thead>\n<tbody>\n";
+    for (const auto& row : rows) {
+        out += "<tr>";
+        for (const std::string& cell : row) out += "<td>" + html_escape(cell) + "</td>";
+        out += "</tr>\n";
+    }
+    return out + "</tbody>\n</table>\n";
+}
+
+/// A report assembled piece by piece and written as one self-contained HTML file.
+class html_report {
+public:
+    /// An empty report whose page title and first heading are `title`.
+    explicit html_report(std::string title) : title_(std::move(title)) {}
+
+    /// Appends a heading; `level` is clamped to 1..6.
+    html_report& heading(std::string_view text, int level = 2) {
+        const std::string tag = "h" + std::to_string(std::clamp(level, 1, 6));
+        body_ += "<" + tag + ">" + html_escape(text) + "</" + tag + ">\n";
+        return *this;
+    }
+    /// Appends a paragraph of text.
+    html_report& paragraph(std::string_view text) {
+        body_ += "<p>" + html_escape(text) + "</p>\n";
+        return *this;
+    }
+    /// Appends preformatted text (console output), kept verbatim apart from escaping.
+    html_report& preformatted(std::string_view text) {
+        body_ += "<pre>" + html_escape(text) + "</pre>\n";
+        return *this;
+    }
+    /// Appends a table; see html_table.
+    html_report& table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+        body_ += html_table(header, rows);
+        return *this;
+    }
+    /// Appends a line chart; see svg_line_chart.
+    html_report& line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
+        body_ += "<figure>" + svg_line_chart(series, options) + "</figure>\n";
+        return *this;
+    }
+    /// Appends a heatmap; see svg_heatmap.
+    html_report& heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
+                         const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
+        body_ += "<figure>" + svg_heatmap(values, row_labels, col_labels, options) + "</figure>\n";
+        return *this;
+    }
+    /// Appends trusted figure markup (e.g. an SVG from attribution_report.hpp) in a `<figure>`, with an escaped
+    /// caption when `caption` is not empty.
+    html_report& figure(std::string_view markup, std::string_view caption = {}) {
+        body_ += "<figure>";
+        body_ += markup;
+        if (!caption.empty()) body_ += "<figcaption>" + html_escape(caption) + "</figcaption>";
+        body_ += "</figure>\n";
+        return *this;
+    }
+    /// Starts a row of figures side by side (close it with end_row).
+    html_report& begin_row() {
+        body_ += "<div class=\"row\">\n";
+        return *this;
+    }
+    /// Ends a row started by begin_row.
+    html_report& end_row() {
+        body_ += "</div>\n";
+        return *this;
+    }
+    /// Adds trusted CSS rules to the page's own stylesheet (in its head).
+    html_report& style(std::string_view css) {
+        css_ += css;
+        return *this;
+    }
+    /// Appends trusted markup as it is (not escaped): the caller answers for it being self-contained.
+    html_report& raw(std::string_view markup) {
+        body_ += markup;
+        return *this;
+    }
+
+    /// The whole document.
+    [[nodiscard]] std::string str() const {
+        return "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" + html_escape(title_) +
+               "</title>\n<style>\n"
+               "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\n"
+               "table{border-collapse:collapse;margin:1em 0}\n"
+               "th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}\n"
+               "th{background:#f3f3f3}\n"
+               "pre{background:#f7f7f7;padding:0.5em;overflow-x:auto}\n"
+               "figure{margin:0.5em}\n"
+               ".row{display:flex;flex-wrap:wrap;align-items:flex-start}\n" + css_ +
+               "</style>\n</head>\n<body>\n<h1>" +
+               html_escape(title_) + "</h1>\n" + body_ + "</body>\n</html>\n";
+    }
+    /// Writes the document to `path`; throws format_error naming the path when it cannot be written.
+    void save(const std::filesystem::path& path) const {
+        std::ofstream file(path, std::ios::binary | std::ios::trunc);
+        const std::string text = str();
+        if (file) file.write(text.data(), static_cast<std::streamsize>(text.size()));
+        if (file) file.close();
+        if (!file) throw format_error(path.string() + ": cannot write the HTML report");
+    }
+
+private:
+    std::string title_;
+    std::string body_;
+    std::string css_;
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/report/html.hpp ----
+// ---- begin mechlens/sae/evaluate.hpp ----
+/// @file
+/// Evaluation of a sparse autoencoder spliced in at its hook site, over held-out token contexts, with SAELens's
+/// definitions (`sae_lens/evals.py`, version 6):
+///   L0              mean over tokens of the number of latents with acts != 0
+///   FVU             sum_t ||x_t - x_hat_t||^2 / sum_t ||x_t - mean(x)||^2, mean(x) the per-dimension mean over every
+///                   evaluated token (SAELens's ExplainedVarianceCalculator: Var(x) = E||x||^2 - ||E x||^2);
+///                   explained variance = 1 - FVU
+///   cosine          mean over tokens of cos(x_t, x_hat_t)
+///   CE clean        mean next-token cross-entropy (natural log) of the unmodified model
+///   CE spliced      the same with the host activation replaced by the reconstruction (no error term)
+///   CE ablated      the same with the host activation zero-ablated at every position
+///   CE recovered    (CE ablated - CE spliced) / (CE ablated - CE clean)   (SAELens's ce_loss_score)
+///   dead fraction   latents never active over the evaluated tokens
+///   dense fraction  latents active on more than `dense_threshold` (10 %) of the evaluated tokens, the "high
+///                   frequency" latents of Rajamanoharan et al. 2024 (JumpReLU SAEs, section 5)
+/// Tokens in `ignore_tokens` (SAELens's exclude_special_tokens: BOS and friends) are left out of every metric: their
+/// rows are not counted, the spliced pass keeps their original activation (as SAELens's replacement hook does), and
+/// predictions made at them are not counted in the cross-entropies. Memory: one batch of contexts (activations,
+/// three sets of logits' worth of workspace) and per-latent counters; sums are accumulated in double.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
 #include <vector>
 
 // ---- begin mechlens/sae/harvest_source.hpp ----
@@ -17939,6 +18439,1022 @@ private:
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/sae/harvest_source.hpp ----
+// ---- begin mechlens/sae/sparse_autoencoder.hpp ----
+/// @file
+/// A sparse autoencoder of any of SAELens's architectures (standard, topk, jumprelu, batchtopk; sae/definition.hpp)
+/// as a splice, with SAELens's definitions and site names:
+///   x        = the host activation, as hooks leave it                `hook_sae_input`      (batch, pos, d_in)
+///   sae_in   = x * scale - b_dec (see sae/forward.hpp)
+///   acts_pre = sae_in W_enc + b_enc                                  `hook_sae_acts_pre`   (batch, pos, d_sae)
+///   acts     = the architecture's activation of acts_pre             `hook_sae_acts_post`  (batch, pos, d_sae)
+///   recons   = acts W_dec + b_dec (before undoing the scale)         `hook_sae_recons`     (batch, pos, d_in)
+///   error    = x - output of the same x without hooks (error term)   `hook_sae_error`      (batch, pos, d_in)
+///   output   = recons / scale + error, or recons / scale             `hook_sae_output`     (batch, pos, d_in)
+/// As in SAELens, `hook_sae_input` sees the input before normalization and b_dec, and `hook_sae_recons` the
+/// reconstruction before the constant_norm_rescale scale is undone. With the error term the model's output is
+/// unchanged while nothing intervenes on the SAE's sites, and interventions on its latents reach the rest of the
+/// model through the reconstruction. The error term is detached: the backward pass sends the output's gradient to
+/// the input through the SAE only (through the kept latents of topk, jumprelu and batchtopk; the error node's
+/// gradient is shown to hooks at `hook_sae_error` and goes no further). batchtopk keeps the k * rows largest latents
+/// of each call (its training form); SAELens saves a trained one as jumprelu, which is how it is meant to be used.
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A sparse autoencoder spliced in at a hook site (see the file comment for its sites).
+class sae_splice final : public splice {
+public:
+    /// Positions of the SAE's activations in sites() (error is absent without the error term).
+    enum activation : std::size_t { input = 0, acts_pre = 1, acts_post = 2, recons = 3, error = 4 };
+
+    /// Takes the weights; throws shape_error when they disagree with d_in, d_sae and the architecture.
+    explicit sae_splice(sae_weights weights, sae_options options = {})
+        : w_(std::move(weights)), options_(options) {
+        validate_sae(w_, options_, "sae_splice");
+        norms_ = sae_decoder_norms(w_);
+    }
+
+    /// The weights.
+    [[nodiscard]] const sae_weights& weights() const noexcept { return w_; }
+    /// The options.
+    [[nodiscard]] const sae_options& options() const noexcept { return options_; }
+    /// The position of `hook_sae_output` in sites().
+    [[nodiscard]] std::size_t output_index() const noexcept { return options_.error_term ? 5 : 4; }
+
+    /// d_in.
+    [[nodiscard]] index_t width() const noexcept override { return w_.d_in; }
+    /// SAELens's sites, in firing order.
+    [[nodiscard]] std::vector<splice_site> sites() const override {
+        std::vector<splice_site> out{{"hook_sae_input", w_.d_in},
+                                     {"hook_sae_acts_pre", w_.d_sae},
+                                     {"hook_sae_acts_post", w_.d_sae},
+                                     {"hook_sae_recons", w_.d_in}};
+        if (options_.error_term) out.push_back({"hook_sae_error", w_.d_in});
+        out.push_back({"hook_sae_output", w_.d_in});
+        return out;
+    }
+
+    /// Encodes, decodes and (with the error term) adds the clean error, firing every site.
+    void forward(tensor_view<const float, 2> x, tensor_view<float, 2> output, splice_hooks& hooks,
+                 splice_tape& tape) const override {
+        const index_t rows = x.extent(0), d_in = w_.d_in;
+        const auto hooked_x = tape.matrix(slot_x, rows, d_in);  // (rows, d_in) x as hooks leave it
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) hooked_x(r, i) = x(r, i);
+        hooks.fire(input, hooked_x);
+        const auto out = tape.matrix(slot_out, rows, d_in);  // (rows, d_in) recons / scale
+        run(hooked_x, tape, 0, out, &hooks);
+        if (options_.error_term) {
+            const auto err = tape.matrix(slot_error, rows, d_in);  // (rows, d_in)
+            bool hooked = false;
+            for (std::size_t k = input; k <= recons; ++k) hooked = hooked || hooks.active(k);
+            if (hooked) {  // the error of the same input without hooks
+                const auto clean = tape.matrix(slot_clean_out, rows, d_in);  // (rows, d_in)
+                run(x, tape, clean_offset, clean, nullptr);
+                subtract(x, clean, err);
+            } else {
+                subtract(x, out, err);
+            }
+            hooks.fire(error, err);
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i) + err(r, i);
+        } else {
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i);
+        }
+        hooks.fire(output_index(), output);
+    }
+
+    /// d(output) -> d(input) through the decoder, the kept latents, the encoder and the input scale (the error
+    /// term is detached).
+    void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
+                  splice_hooks& hooks) const override {
+        const index_t rows = d_output.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
+        hooks.fire(output_index(), d_output);
+        if (options_.error_term && hooks.active(error)) {  // shown, then dropped: the error is detached
+            const auto d_error = tape.matrix(slot_d_error, rows, d_in);  // (rows, d_in)
+            for (index_t r = 0; r < rows; ++r)
+                for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
+            hooks.fire(error, d_error);
+        }
+        const std::vector<float> scale = tape.buffers.at(slot_scale);  // (rows), copied: the tape may grow
+        const auto d_recons = tape.matrix(slot_d_recons, rows, d_in);  // (rows, d_in)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < d_in; ++i) d_recons(r, i) = d_output(r, i) / scale[static_cast<std::size_t>(r)];
+        hooks.fire(recons, d_recons);
+        const auto d_acts = tape.matrix(slot_d_acts, rows, d_sae);  // (rows, d_sae)
+        sae_decode_backward<float>(d_recons, w_, options_, norms_, d_acts);
+        hooks.fire(acts_post, d_acts);
+        const auto d_pre = tape.matrix(slot_d_pre, rows, d_sae);  // (rows, d_sae)
+        sae_activate_backward<float>(d_acts, kept_mask(tape, rows), options_, norms_, d_pre);
+        hooks.fire(acts_pre, d_pre);
+        const auto d_sae_in = tape.matrix(slot_d_sae_in, rows, d_in);  // (rows, d_in)
+        sae_encode_backward<float>(d_pre, w_, d_sae_in);
+        sae_scale_backward<float>(tape.stored(slot_x, rows, d_in), scale, options_, tape.stored(slot_recons, rows, d_in),
+                                  d_output, d_sae_in, d_input);
+        hooks.fire(input, d_input);
+    }
+
+private:
+    // Tape buffers: the forward pass's values (a second set at clean_offset for the clean error), then scratch.
+    enum slot : std::size_t {
+        slot_x = 0, slot_scale = 1, slot_sae_in = 2, slot_pre = 3, slot_acts = 4, slot_recons = 5, slot_kept = 6,
+        slot_out = 7, clean_offset = 8, slot_clean_out = 16, slot_error = 17, slot_d_error = 18, slot_d_recons = 19,
+        slot_d_acts = 20, slot_d_pre = 21, slot_d_sae_in = 22,
+    };
+
+    static void subtract(tensor_view<const float, 2> a, tensor_view<const float, 2> b, tensor_view<float, 2> out) {
+        for (index_t r = 0; r < out.extent(0); ++r)
+            for (index_t i = 0; i < out.extent(1); ++i) out(r, i) = a(r, i) - b(r, i);
+    }
+    // The kept-latent mask is stored as floats (0 or 1) in the tape.
+    sae_kept_mask kept_mask(splice_tape& tape, index_t rows) const {
+        const auto stored = tape.stored(slot_kept, rows, w_.d_sae);
+        sae_kept_mask kept(static_cast<std::size_t>(rows * w_.d_sae));
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < w_.d_sae; ++j) kept[detail::sae_at(r, j, w_.d_sae)] = stored(r, j) != 0.0f ? 1 : 0;
+        return kept;
+    }
+
+    /// The forward pass of `x` into `out` (recons / scale), keeping its values in the tape from slot `base` on and
+    /// firing the sites after hook_sae_input when `hooks` is not null.
+    void run(tensor_view<const float, 2> x, splice_tape& tape, std::size_t base, tensor_view<float, 2> out,
+             splice_hooks* hooks) const {
+        const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
+        if (tape.buffers.size() <= base + slot_kept) tape.buffers.resize(base + slot_kept + 1);
+        std::vector<float>& scale = tape.buffers[base + slot_scale];  // (rows)
+        sae_input_scale<float>(x, options_, scale);
+        const auto sae_in = tape.matrix(base + slot_sae_in, rows, d_in);  // (rows, d_in)
+        sae_prepare_input<float>(x, scale, w_, options_, sae_in);
+        const auto pre = tape.matrix(base + slot_pre, rows, d_sae);  // (rows, d_sae)
+        sae_encode<float>(sae_in, w_, pre);
+        if (hooks != nullptr) hooks->fire(acts_pre, pre);
+        const auto acts = tape.matrix(base + slot_acts, rows, d_sae);  // (rows, d_sae)
+        sae_kept_mask kept;
+        sae_activate<float>(pre, w_, options_, norms_, acts, kept);
+        const auto kept_values = tape.matrix(base + slot_kept, rows, d_sae);  // (rows, d_sae) 0 or 1
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < d_sae; ++j) kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
+        if (hooks != nullptr) hooks->fire(acts_post, acts);
+        const auto reconstruction = tape.matrix(base + slot_recons, rows, d_in);  // (rows, d_in)
+        sae_decode<float>(acts, w_, options_, norms_, reconstruction);
+        if (hooks != nullptr) hooks->fire(recons, reconstruction);
+        sae_restore_scale<float>(reconstruction, scale, out);
+    }
+
+    sae_weights w_;
+    sae_options options_;
+    std::vector<float> norms_;  // (d_sae) ||W_dec row||
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/sparse_autoencoder.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Fills `context` with the next context's tokens and returns true, or returns false when there are no more.
+using context_supplier = std::function<bool(std::span<std::int32_t> context)>;
+
+/// What evaluate_sae reads and how.
+struct sae_eval_options {
+    index_t context = 128;                    ///< Tokens per context.
+    std::int64_t tokens_total = 0;            ///< Tokens to evaluate, rounded down to whole contexts.
+    index_t batch_contexts = 8;               ///< Contexts per forward pass.
+    std::vector<std::int32_t> ignore_tokens;  ///< Token ids left out of every metric (e.g. BOS).
+    double dense_threshold = 0.1;             ///< A latent active on more than this fraction of tokens is dense.
+};
+
+/// How far an evaluation is, handed to the progress callback after every batch.
+struct sae_eval_progress {
+    std::int64_t tokens_done = 0;    ///< Tokens run so far (ignored ones included).
+    std::int64_t tokens_total = 0;   ///< Tokens that will be run.
+    double seconds = 0.0;            ///< Since the start.
+    double tokens_per_second = 0.0;  ///< tokens_done / seconds.
+    double eta_seconds = 0.0;        ///< Time left at that rate.
+};
+
+/// Called after every batch.
+using sae_eval_callback = std::function<void(const sae_eval_progress&)>;
+
+/// The metrics of one evaluation (definitions in the file comment).
+struct sae_eval_result {
+    std::int64_t contexts = 0;            ///< Contexts run (fewer than asked when the supplier ran out).
+    std::int64_t tokens = 0;              ///< Tokens counted in the activation metrics (ignored ones left out).
+    std::int64_t predictions = 0;         ///< Next-token predictions counted in the cross-entropies.
+    double l0 = 0.0;                      ///< Mean active latents per token.
+    double l1 = 0.0;                      ///< Mean sum of |acts| per token.
+    double mse = 0.0;                     ///< Mean ||x - x_hat||^2 per token.
+    double total_variance = 0.0;          ///< Mean ||x - mean(x)||^2 per token.
+    double fvu = 0.0;                     ///< Fraction of variance unexplained, mse / total_variance.
+    double explained_variance = 0.0;      ///< 1 - fvu.
+    double cosine = 0.0;                  ///< Mean cos(x, x_hat).
+    double ce_clean = 0.0;                ///< Cross-entropy of the unmodified model.
+    double ce_spliced = 0.0;              ///< With the reconstruction in place of the activation.
+    double ce_ablated = 0.0;              ///< With the activation zeroed.
+    double ce_recovered = 0.0;            ///< (ablated - spliced) / (ablated - clean).
+    double dead_fraction = 0.0;           ///< Latents never active.
+    double dense_fraction = 0.0;          ///< Latents active on more than dense_threshold of the tokens.
+    std::vector<std::int64_t> active_counts;  ///< (d_sae) tokens on which each latent was active.
+    double seconds = 0.0;                 ///< Wall-clock time.
+};
+
+namespace detail {
+
+/// Running per-dimension mean and sum of squared deviations (Chan et al.'s parallel update), in double.
+class running_variance {
+public:
+    explicit running_variance(index_t width)
+        : mean_(static_cast<std::size_t>(width), 0.0), m2_(mean_.size(), 0.0), batch_(2 * mean_.size(), 0.0) {}
+    /// Merges the rows of `rows` (n, width) whose flag in `counted` is set.
+    void add(const std::vector<double>& rows, const std::vector<unsigned char>& counted) {
+        const std::size_t width = mean_.size();
+        std::fill(batch_.begin(), batch_.end(), 0.0);  // (2, width): the batch's mean, then its squared deviations
+        double* mean = batch_.data();
+        double* m2 = batch_.data() + width;
+        std::int64_t n = 0;
+        for (std::size_t r = 0; r < counted.size(); ++r) {
+            if (counted[r] == 0) continue;
+            ++n;
+            for (std::size_t i = 0; i < width; ++i) {
+                const double delta = rows[r * width + i] - mean[i];
+                mean[i] += delta / static_cast<double>(n);
+                m2[i] += delta * (rows[r * width + i] - mean[i]);
+            }
+        }
+        if (n == 0) return;
+        const auto total = static_cast<double>(count_ + n);
+        for (std::size_t i = 0; i < width; ++i) {
+            const double delta = mean[i] - mean_[i];
+            mean_[i] += delta * static_cast<double>(n) / total;
+            m2_[i] += m2[i] + delta * delta * static_cast<double>(count_) * static_cast<double>(n) / total;
+        }
+        count_ += n;
+    }
+    /// Sum over dimensions of the squared deviations from the mean, over every row added.
+    [[nodiscard]] double sum_of_squares() const {
+        double s = 0.0;
+        for (double v : m2_) s += v;
+        return s;
+    }
+
+private:
+    std::vector<double> mean_, m2_;  // (width) each, over every row so far
+    std::vector<double> batch_;      // (2, width) scratch
+    std::int64_t count_ = 0;
+};
+
+/// True when `token` is one of `ignored`.
+inline bool ignored_token(const std::vector<std::int32_t>& ignored, std::int32_t token) {
+    return std::find(ignored.begin(), ignored.end(), token) != ignored.end();
+}
+
+/// Sum over the counted positions of the next-token cross-entropy of `logits` (batch, pos, vocab) for `tokens`
+/// (batch, pos); position p predicts token p + 1 and counts unless token p is ignored. Adds the count to `count`.
+inline double cross_entropy_sum(tensor_view<const float, 3> logits, tensor_view<const std::int32_t, 2> tokens,
+                                const std::vector<std::int32_t>& ignored, std::int64_t& count) {
+    double sum = 0.0;
+    const index_t vocab = logits.extent(2);
+    for (index_t b = 0; b < tokens.extent(0); ++b)
+        for (index_t p = 0; p + 1 < tokens.extent(1); ++p) {
+            if (ignored_token(ignored, tokens(b, p))) continue;
+            const float* row = &logits(b, p, 0);
+            sum += kernels::generic::softmax_denominator(row, vocab).log_sum() -
+                   static_cast<double>(row[tokens(b, p + 1)]);
+            ++count;
+        }
+    return sum;
+}
+
+/// Throws std::invalid_argument unless `hook` names a site of the model that can host an SAE of width d_in.
+inline site sae_host_site(const transformer& model, std::string_view hook, index_t d_in, const char* who) {
+    const site where = site_from_name(hook, model.config());
+    if (!can_host_splice(where.kind))
+        throw std::invalid_argument(std::string(who) + ": " + to_string(where) +
+                                    " cannot hold an SAE (hosts are rank-3 sites outside the norms)");
+    const index_t width = site_width(model.config(), where.kind);
+    if (width != d_in)
+        throw std::invalid_argument(std::string(who) + ": the SAE reads " + std::to_string(d_in) + " values per token but " +
+                                    to_string(where) + " has " + std::to_string(width));
+    return where;
+}
+
+/// Throws std::invalid_argument unless the run options make sense for `model`.
+inline void check_eval_options(const transformer& model, const sae_eval_options& o, const char* who) {
+    if (o.context < 2) throw std::invalid_argument(std::string(who) + ": the context must hold at least 2 tokens");
+    if (o.context > model.config().n_ctx)
+        throw std::invalid_argument(std::string(who) + ": the context of " + std::to_string(o.context) +
+                                    " tokens exceeds the model's n_ctx " + std::to_string(model.config().n_ctx));
+    if (o.tokens_total < o.context)
+        throw std::invalid_argument(std::string(who) + ": tokens_total " + std::to_string(o.tokens_total) +
+                                    " is less than one context of " + std::to_string(o.context));
+    if (o.batch_contexts <= 0) throw std::invalid_argument(std::string(who) + ": batch_contexts must be positive");
+    if (!(o.dense_threshold >= 0.0 && o.dense_threshold <= 1.0))
+        throw std::invalid_argument(std::string(who) + ": dense_threshold must be in [0, 1]");
+}
+
+}  // namespace detail
+
+/// Evaluates the SAE (`weights`, `options`; the error term is switched off) spliced in at `hook` over the contexts
+/// `next` supplies, `o.batch_contexts` per forward pass, until `o.tokens_total` tokens (whole contexts) or the
+/// supplier ends. Three forward passes per batch: clean, spliced, zero-ablated. Throws std::invalid_argument for a
+/// host the SAE cannot sit at, bad options, or a supplier that yields no context; shape_error for bad weights.
+inline sae_eval_result evaluate_sae(const transformer& model, std::string_view hook, const sae_weights& weights,
+                                    sae_options options, const context_supplier& next, const sae_eval_options& o,
+                                    const sae_eval_callback& progress = {}) {
+    const char* who = "evaluate_sae";
+    detail::check_eval_options(model, o, who);
+    validate_sae(weights, options, who);
+    const site host = detail::sae_host_site(model, hook, weights.d_in, who);
+    const model_config& c = model.config();
+    const index_t T = o.context, d_in = weights.d_in, d_sae = weights.d_sae;
+    const std::int64_t contexts_total = o.tokens_total / T;
+    options.error_term = false;
+    const auto splice_module = std::make_shared<sae_splice>(weights, options);
+    const std::string host_name = to_string(host);
+
+    sae_eval_result result;
+    result.active_counts.assign(static_cast<std::size_t>(d_sae), 0);
+    detail::running_variance variance(d_in);
+    double l0_sum = 0.0, l1_sum = 0.0, resid_sum = 0.0, cosine_sum = 0.0;
+    double ce_sums[3] = {0.0, 0.0, 0.0};
+    std::int64_t ce_counts[3] = {0, 0, 0};
+
+    // One batch's state, shared with the callbacks below.
+    std::vector<std::int32_t> tokens;        // (batch, T)
+    std::vector<unsigned char> counted;      // (batch * T) 1 unless the token is ignored
+    std::vector<double> x_rows;              // (batch * T, d_in) the SAE's input
+    std::vector<float> ignored_rows;         // (batch * T, d_in) original rows, restored at ignored positions
+    index_t batch = 0;
+
+    dynamic_hooks hooks(c);
+    workspace ws;
+    tensor<float, 3> logits;
+    const auto started = std::chrono::steady_clock::now();
+    std::int64_t done_contexts = 0;
+    while (done_contexts < contexts_total) {
+        const index_t want = static_cast<index_t>(std::min<std::int64_t>(o.batch_contexts, contexts_total - done_contexts));
+        tokens.resize(static_cast<std::size_t>(want * T));
+        batch = 0;
+        while (batch < want && next(std::span<std::int32_t>(tokens.data() + batch * T, static_cast<std::size_t>(T))))
+            ++batch;
+        if (batch == 0) break;
+        tokens.resize(static_cast<std::size_t>(batch * T));
+        for (const std::int32_t t : tokens)
+            if (t < 0 || t >= c.d_vocab)
+                throw std::invalid_argument(std::string(who) + ": token id " + std::to_string(t) +
+                                            " is outside the vocabulary of " + std::to_string(c.d_vocab));
+        const tensor_view<const std::int32_t, 2> ids(tokens.data(), {batch, T});
+        const index_t rows = batch * T;
+        counted.assign(static_cast<std::size_t>(rows), 1);
+        bool any_ignored = false;
+        for (index_t r = 0; r < rows; ++r)
+            if (detail::ignored_token(o.ignore_tokens, tokens[static_cast<std::size_t>(r)])) {
+                counted[static_cast<std::size_t>(r)] = 0;
+                any_ignored = true;
+            }
+        const extents<3> shape{batch, T, c.vocab_out()};
+        if (logits.shape() != shape) logits = tensor<float, 3>(shape);
+
+        // Clean.
+        forward(model, ids, logits.view(), ws, hooks);
+        ce_sums[0] += detail::cross_entropy_sum(logits.view(), ids, o.ignore_tokens, ce_counts[0]);
+
+        // Spliced: the reconstruction replaces the activation (the original stays at ignored positions).
+        {
+            auto splice_guard = hooks.scoped_splice(host_name, splice_module);
+            auto input_guard = hooks.scoped(host_name + ".hook_sae_input", [&](const site&, activation_view v,
+                                                                               const hook_context&) {
+                const auto x = v.as<3>();  // (batch, T, d_in)
+                x_rows.resize(static_cast<std::size_t>(rows * d_in));
+                if (any_ignored) ignored_rows.resize(x_rows.size());
+                for (index_t b = 0; b < batch; ++b)
+                    for (index_t p = 0; p < T; ++p)
+                        for (index_t i = 0; i < d_in; ++i) {
+                            const std::size_t k = static_cast<std::size_t>((b * T + p) * d_in + i);
+                            x_rows[k] = static_cast<double>(x(b, p, i));
+                            if (any_ignored) ignored_rows[k] = x(b, p, i);
+                        }
+            });
+            auto acts_guard = hooks.scoped(host_name + ".hook_sae_acts_post", [&](const site&, activation_view v,
+                                                                                  const hook_context&) {
+                const auto acts = v.as<3>();  // (batch, T, d_sae)
+                for (index_t b = 0; b < batch; ++b)
+                    for (index_t p = 0; p < T; ++p) {
+                        if (counted[static_cast<std::size_t>(b * T + p)] == 0) continue;
+                        for (index_t j = 0; j < d_sae; ++j) {
+                            const float a = acts(b, p, j);
+                            if (a == 0.0f) continue;
+                            l0_sum += 1.0;
+                            l1_sum += std::abs(static_cast<double>(a));
+                            ++result.active_counts[static_cast<std::size_t>(j)];
+                        }
+                    }
+            });
+            auto output_guard = hooks.scoped(host_name + ".hook_sae_output", [&](const site&, activation_view v,
+                                                                                 const hook_context&) {
+                const auto out = v.as<3>();  // (batch, T, d_in) x_hat
+                for (index_t b = 0; b < batch; ++b)
+                    for (index_t p = 0; p < T; ++p) {
+                        const std::size_t r = static_cast<std::size_t>(b * T + p);
+                        if (counted[r] == 0) {  // keep the original activation, as SAELens does
+                            for (index_t i = 0; i < d_in; ++i)
+                                out(b, p, i) = ignored_rows[r * static_cast<std::size_t>(d_in) + static_cast<std::size_t>(i)];
+                            continue;
+                        }
+                        double resid = 0.0, dot = 0.0, xx = 0.0, hh = 0.0;
+                        for (index_t i = 0; i < d_in; ++i) {
+                            const double xi = x_rows[r * static_cast<std::size_t>(d_in) + static_cast<std::size_t>(i)];
+                            const double hi = static_cast<double>(out(b, p, i));
+                            resid += (xi - hi) * (xi - hi);
+                            dot += xi * hi;
+                            xx += xi * xi;
+                            hh += hi * hi;
+                        }
+                        resid_sum += resid;
+                        if (xx > 0.0 && hh > 0.0)
+                            cosine_sum += dot / (std::sqrt(xx) * std::sqrt(hh));
+                        else if (xx == 0.0 && hh == 0.0)
+                            cosine_sum += 1.0;
+                    }
+            });
+            forward(model, ids, logits.view(), ws, hooks);
+        }
+        variance.add(x_rows, counted);
+        ce_sums[1] += detail::cross_entropy_sum(logits.view(), ids, o.ignore_tokens, ce_counts[1]);
+
+        // Zero-ablated at every position (SAELens's standard_zero_ablate_hook).
+        {
+            auto zero_guard = hooks.scoped(host, [](const site&, activation_view v, const hook_context&) {
+                const auto x = v.as<3>();  // (batch, T, width)
+                for (index_t b = 0; b < x.extent(0); ++b)
+                    for (index_t p = 0; p < x.extent(1); ++p)
+                        for (index_t i = 0; i < x.extent(2); ++i) x(b, p, i) = 0.0f;
+            });
+            forward(model, ids, logits.view(), ws, hooks);
+        }
+        ce_sums[2] += detail::cross_entropy_sum(logits.view(), ids, o.ignore_tokens, ce_counts[2]);
+
+        for (const unsigned char k : counted) result.tokens += k;
+        done_contexts += batch;
+        if (progress) {
+            sae_eval_progress p;
+            p.tokens_done = done_contexts * T;
+            p.tokens_total = contexts_total * T;
+            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
+            p.eta_seconds = p.tokens_per_second > 0.0
+                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
+                                : 0.0;
+            progress(p);
+        }
+        if (batch < want) break;  // the supplier ran out
+    }
+    if (done_contexts == 0) throw std::invalid_argument(std::string(who) + ": the token source yielded no context");
+    result.contexts = done_contexts;
+    result.predictions = ce_counts[0];
+    const auto n = static_cast<double>(result.tokens);
+    if (result.tokens > 0) {
+        result.l0 = l0_sum / n;
+        result.l1 = l1_sum / n;
+        result.mse = resid_sum / n;
+        result.total_variance = variance.sum_of_squares() / n;
+        result.cosine = cosine_sum / n;
+    }
+    // As SAELens: a constant input explains everything when the reconstruction is exact, nothing otherwise.
+    if (result.total_variance < 1e-10)
+        result.fvu = result.mse < 1e-10 ? 0.0 : 1.0;
+    else
+        result.fvu = result.mse / result.total_variance;
+    result.explained_variance = 1.0 - result.fvu;
+    auto mean = [&](int k) { return ce_counts[k] > 0 ? ce_sums[k] / static_cast<double>(ce_counts[k]) : 0.0; };
+    result.ce_clean = mean(0);
+    result.ce_spliced = mean(1);
+    result.ce_ablated = mean(2);
+    result.ce_recovered = (result.ce_ablated - result.ce_spliced) / (result.ce_ablated - result.ce_clean);
+    std::int64_t dead = 0, dense = 0;
+    for (const std::int64_t count : result.active_counts) {
+        dead += count == 0 ? 1 : 0;
+        dense += static_cast<double>(count) > o.dense_threshold * n ? 1 : 0;
+    }
+    result.dead_fraction = static_cast<double>(dead) / static_cast<double>(d_sae);
+    result.dense_fraction = static_cast<double>(dense) / static_cast<double>(d_sae);
+    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    return result;
+}
+
+/// evaluate_sae over contexts packed from `packer` (SAELens's packing; see sae/harvest_source.hpp).
+inline sae_eval_result evaluate_sae(const transformer& model, std::string_view hook, const sae_weights& weights,
+                                    const sae_options& options, context_packer& packer, const sae_eval_options& o,
+                                    const sae_eval_callback& progress = {}) {
+    return evaluate_sae(model, hook, weights, options,
+                        context_supplier([&packer](std::span<std::int32_t> context) { return packer.next(context); }), o,
+                        progress);
+}
+
+/// evaluate_sae over the rows of `contexts` (n, T), which set o.context and o.tokens_total.
+inline sae_eval_result evaluate_sae(const transformer& model, std::string_view hook, const sae_weights& weights,
+                                    const sae_options& options, tensor_view<const std::int32_t, 2> contexts,
+                                    sae_eval_options o, const sae_eval_callback& progress = {}) {
+    o.context = contexts.extent(1);
+    o.tokens_total = static_cast<std::int64_t>(contexts.extent(0)) * contexts.extent(1);
+    index_t row = 0;
+    return evaluate_sae(model, hook, weights, options,
+                        context_supplier([&](std::span<std::int32_t> context) {
+                            if (row >= contexts.extent(0)) return false;
+                            for (index_t p = 0; p < contexts.extent(1); ++p)
+                                context[static_cast<std::size_t>(p)] = contexts(row, p);
+                            ++row;
+                            return true;
+                        }),
+                        o, progress);
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/evaluate.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One top-activating token of a feature, with a window of its context around it.
+struct feature_context {
+    float activation = 0.0f;            ///< The feature's activation at the token.
+    std::int64_t context_index = 0;     ///< Which context of the stream (0-based).
+    index_t position = 0;               ///< The token's position in its context.
+    index_t first = 0;                  ///< Position of window_tokens[0] in the context.
+    std::vector<std::int32_t> tokens;   ///< (window) the tokens around it, the token included.
+    std::vector<float> activations;     ///< (window) the feature's activation at each of them.
+};
+
+/// Counts of non-zero activations in equal bins over [0, bins * width); when a value falls beyond the last bin,
+/// the width doubles and neighbouring bins merge, so memory stays fixed and every count stays exact.
+class activation_histogram {
+public:
+    /// `bins` bins (even, at least 2).
+    explicit activation_histogram(index_t bins = 40) : counts_(static_cast<std::size_t>(std::max<index_t>(2, bins & ~index_t{1})), 0) {}
+    /// Counts `value` (> 0).
+    void add(float value) {
+        const double v = static_cast<double>(value);
+        if (width_ == 0.0) width_ = v / (static_cast<double>(counts_.size()) * 0.5);  // the first value at mid-range
+        while (v >= width_ * static_cast<double>(counts_.size())) {
+            const std::size_t half = counts_.size() / 2;
+            for (std::size_t i = 0; i < half; ++i) counts_[i] = counts_[2 * i] + counts_[2 * i + 1];
+            std::fill(counts_.begin() + static_cast<std::ptrdiff_t>(half), counts_.end(), 0);
+            width_ *= 2.0;
+        }
+        ++counts_[static_cast<std::size_t>(v / width_)];
+    }
+    /// Width of one bin (0 before the first value).
+    [[nodiscard]] double width() const noexcept { return width_; }
+    /// (bins) counts; bin i covers [i * width, (i + 1) * width).
+    [[nodiscard]] const std::vector<std::int64_t>& counts() const noexcept { return counts_; }
+
+private:
+    std::vector<std::int64_t> counts_;
+    double width_ = 0.0;
+};
+
+/// What was seen of one feature over the stream.
+struct feature_summary {
+    index_t feature = 0;                ///< The latent's index.
+    std::int64_t tokens = 0;            ///< Tokens seen (ignored ones left out).
+    std::int64_t active = 0;            ///< Tokens on which the latent was non-zero.
+    double activation_sum = 0.0;        ///< Sum of its non-zero activations.
+    activation_histogram histogram;     ///< Its non-zero activations.
+    std::vector<feature_context> top;   ///< The top k tokens, highest first (ties: earlier context, position).
+    /// Fraction of tokens on which the latent is active.
+    [[nodiscard]] double density() const noexcept {
+        return tokens > 0 ? static_cast<double>(active) / static_cast<double>(tokens) : 0.0;
+    }
+};
+
+/// How feature activity is collected.
+struct feature_collector_options {
+    index_t top_k = 10;            ///< Top-activating tokens kept per feature.
+    index_t window_before = 10;    ///< Tokens of context shown before the top token.
+    index_t window_after = 4;      ///< And after it.
+    index_t histogram_bins = 40;   ///< Bins of the activation histogram.
+    std::vector<std::int32_t> ignore_tokens;  ///< Token ids never counted nor shown as top tokens (e.g. BOS).
+};
+
+/// Collects the activity of chosen features batch by batch: a bounded heap of top tokens, a histogram and counts.
+class feature_collector {
+public:
+    /// Watches `features` (each in [0, d_sae), no duplicates); throws std::invalid_argument otherwise.
+    feature_collector(std::vector<index_t> features, index_t d_sae, feature_collector_options options = {})
+        : options_(std::move(options)) {
+        if (features.empty()) throw std::invalid_argument("feature_collector: no features chosen");
+        if (options_.top_k <= 0 || options_.window_before < 0 || options_.window_after < 0)
+            throw std::invalid_argument("feature_collector: top_k must be positive and the windows non-negative");
+        for (std::size_t i = 0; i < features.size(); ++i) {
+            if (features[i] < 0 || features[i] >= d_sae)
+                throw std::invalid_argument("feature " + std::to_string(features[i]) + " is outside the SAE's " +
+                                            std::to_string(d_sae) + " latents");
+            for (std::size_t k = 0; k < i; ++k)
+                if (features[k] == features[i])
+                    throw std::invalid_argument("feature " + std::to_string(features[i]) + " is chosen twice");
+            feature_summary s{features[i], 0, 0, 0.0, activation_histogram(options_.histogram_bins), {}};
+            summaries_.push_back(std::move(s));
+        }
+    }
+
+    /// Adds one batch: `tokens` (batch, T) and the SAE's activations `acts` (batch, T, d_sae) for them; the batch's
+    /// first context is context number `first_context` of the stream.
+    void add(tensor_view<const std::int32_t, 2> tokens, tensor_view<const float, 3> acts, std::int64_t first_context) {
+        const index_t batch = tokens.extent(0), T = tokens.extent(1);
+        for (feature_summary& s : summaries_) {
+            for (index_t b = 0; b < batch; ++b)
+                for (index_t p = 0; p < T; ++p) {
+                    if (detail::ignored_token(options_.ignore_tokens, tokens(b, p))) continue;
+                    ++s.tokens;
+                    const float a = acts(b, p, s.feature);
+                    if (a == 0.0f) continue;
+                    ++s.active;
+                    s.activation_sum += static_cast<double>(a);
+                    if (a > 0.0f) s.histogram.add(a);
+                    const std::int64_t context = first_context + b;
+                    if (static_cast<index_t>(s.top.size()) == options_.top_k && !better(a, context, p, s.top.front()))
+                        continue;
+                    feature_context c;
+                    c.activation = a;
+                    c.context_index = context;
+                    c.position = p;
+                    c.first = std::max<index_t>(0, p - options_.window_before);
+                    const index_t last = std::min<index_t>(T, p + options_.window_after + 1);
+                    for (index_t q = c.first; q < last; ++q) {
+                        c.tokens.push_back(tokens(b, q));
+                        c.activations.push_back(acts(b, q, s.feature));
+                    }
+                    if (static_cast<index_t>(s.top.size()) == options_.top_k) {
+                        std::pop_heap(s.top.begin(), s.top.end(), worse_first);
+                        s.top.back() = std::move(c);
+                    } else {
+                        s.top.push_back(std::move(c));
+                    }
+                    std::push_heap(s.top.begin(), s.top.end(), worse_first);
+                }
+        }
+    }
+
+    /// What was collected, one summary per feature in the order chosen, top tokens highest first.
+    [[nodiscard]] std::vector<feature_summary> summaries() const {
+        std::vector<feature_summary> out = summaries_;
+        for (feature_summary& s : out)
+            std::sort(s.top.begin(), s.top.end(), [](const feature_context& a, const feature_context& b) {
+                return better(a.activation, a.context_index, a.position, b);
+            });
+        return out;
+    }
+
+private:
+    /// True when (a, context, position) ranks above `c`: higher activation, then earlier context and position.
+    static bool better(float a, std::int64_t context, index_t position, const feature_context& c) {
+        if (a != c.activation) return a > c.activation;
+        if (context != c.context_index) return context < c.context_index;
+        return position < c.position;
+    }
+    /// Heap order with the worst kept entry at the front.
+    static bool worse_first(const feature_context& a, const feature_context& b) {
+        return better(a.activation, a.context_index, a.position, b);
+    }
+
+    feature_collector_options options_;
+    std::vector<feature_summary> summaries_;
+};
+
+/// Runs `model` over the contexts `next` supplies (o.context tokens each, until o.tokens_total or the supplier
+/// ends; o.batch_contexts per pass) with the SAE spliced in at `hook`, and collects the activity of `features`.
+/// Only the blocks up to the host run. Throws as evaluate_sae and feature_collector do.
+inline std::vector<feature_summary> collect_feature_activity(const transformer& model, std::string_view hook,
+                                                             const sae_weights& weights, sae_options options,
+                                                             const context_supplier& next, const sae_eval_options& o,
+                                                             const std::vector<index_t>& features,
+                                                             const feature_collector_options& collector_options = {},
+                                                             const sae_eval_callback& progress = {}) {
+    const char* who = "collect_feature_activity";
+    detail::check_eval_options(model, o, who);
+    validate_sae(weights, options, who);
+    const site host = detail::sae_host_site(model, hook, weights.d_in, who);
+    feature_collector collector(features, weights.d_sae, collector_options);
+    const model_config& c = model.config();
+    const index_t T = o.context;
+    const std::int64_t contexts_total = o.tokens_total / T;
+    options.error_term = true;  // the rest of the pass is not looked at; keep it the model's own
+    dynamic_hooks hooks(c);
+    const std::string host_name = to_string(host);
+    auto splice_guard = hooks.scoped_splice(host_name, std::make_shared<sae_splice>(weights, options));
+    std::vector<std::int32_t> tokens;  // (batch, T)
+    index_t batch = 0;
+    std::int64_t done = 0;
+    auto acts_guard = hooks.scoped(host_name + ".hook_sae_acts_post",
+                                   [&](const site&, activation_view v, const hook_context&) {
+                                       const tensor_view<float, 3> acts = v.as<3>();  // (batch, T, d_sae)
+                                       collector.add(tensor_view<const std::int32_t, 2>(tokens.data(), {batch, T}),
+                                                     acts, done);
+                                   });
+    workspace ws;
+    kv_cache cache;
+    tensor<float, 3> logits;
+    const auto started = std::chrono::steady_clock::now();
+    while (done < contexts_total) {
+        const index_t want = static_cast<index_t>(std::min<std::int64_t>(o.batch_contexts, contexts_total - done));
+        tokens.resize(static_cast<std::size_t>(want * T));
+        batch = 0;
+        while (batch < want && next(std::span<std::int32_t>(tokens.data() + batch * T, static_cast<std::size_t>(T))))
+            ++batch;
+        if (batch == 0) break;
+        const tensor_view<const std::int32_t, 2> ids(tokens.data(), {batch, T});
+        const forward_span span{batch, T, 0};
+        if (site_traits_of(host.kind).scope == site_scope::after_blocks) {
+            const extents<3> shape{batch, T, c.vocab_out()};
+            if (logits.shape() != shape) logits = tensor<float, 3>(shape);
+            forward(model, ids, logits.view(), ws, hooks);
+        } else {
+            cache.reset(c, batch, T);
+            embed_span(model, span, ids, ws, hooks);
+            run_blocks(model, span, 0, host.layer + 1, cache, ws, hooks);
+        }
+        done += batch;
+        if (progress) {
+            sae_eval_progress p;
+            p.tokens_done = done * T;
+            p.tokens_total = contexts_total * T;
+            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
+            p.eta_seconds = p.tokens_per_second > 0.0
+                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
+                                : 0.0;
+            progress(p);
+        }
+        if (batch < want) break;
+    }
+    if (done == 0) throw std::invalid_argument(std::string(who) + ": the token source yielded no context");
+    return collector.summaries();
+}
+
+/// A token and how much a feature moves its logit.
+struct logit_weight {
+    std::int32_t token = 0;  ///< The token.
+    double weight = 0.0;     ///< W_dec[j] · diag(gain) · W_U[token] (see the file comment).
+};
+
+/// The tokens a feature's decoder row promotes most and suppresses most.
+struct feature_logit_weights {
+    std::vector<logit_weight> promoted;    ///< The k largest weights, largest first (ties: lower token id).
+    std::vector<logit_weight> suppressed;  ///< The k smallest, smallest first.
+};
+
+/// True when an SAE at `host` writes into the residual stream, d_model wide, so its logit weights mean something.
+inline bool has_logit_weights(site_kind host) noexcept {
+    switch (host) {
+        case site_kind::embed:
+        case site_kind::resid_pre:
+        case site_kind::resid_mid:
+        case site_kind::resid_post:
+        case site_kind::attn_out:
+        case site_kind::mlp_out: return true;
+        default: return false;
+    }
+}
+
+/// The k tokens feature `feature`'s decoder row promotes and suppresses (see the file comment), computed in
+/// double. Throws std::invalid_argument when the SAE is not d_model wide or the feature is out of range.
+inline feature_logit_weights logit_weights(const transformer& model, const sae_weights& w, index_t feature,
+                                           index_t k = 10) {
+    const model_config& c = model.config();
+    if (w.d_in != c.d_model)
+        throw std::invalid_argument("logit_weights: the SAE is " + std::to_string(w.d_in) +
+                                    " wide, not d_model = " + std::to_string(c.d_model));
+    if (feature < 0 || feature >= w.d_sae)
+        throw std::invalid_argument("logit_weights: feature " + std::to_string(feature) + " is outside [0, " +
+                                    std::to_string(w.d_sae) + ")");
+    const auto& weights = model.weights();
+    const index_t d = c.d_model, vocab = c.vocab_out();
+    std::vector<double> direction(static_cast<std::size_t>(d));  // (d_model)
+    double mean = 0.0;
+    for (index_t i = 0; i < d; ++i) {
+        direction[static_cast<std::size_t>(i)] = static_cast<double>(w.w_dec[static_cast<std::size_t>(feature * d + i)]);
+        mean += direction[static_cast<std::size_t>(i)];
+    }
+    mean /= static_cast<double>(d);
+    for (index_t i = 0; i < d; ++i) {
+        double& v = direction[static_cast<std::size_t>(i)];
+        if (c.norm == norm_kind::layer) v -= mean;
+        if (c.has_norm()) v *= static_cast<double>(weights.final_norm(i));
+    }
+    std::vector<logit_weight> all(static_cast<std::size_t>(vocab));  // (vocab)
+    for (index_t t = 0; t < vocab; ++t) {
+        double s = 0.0;
+        for (index_t i = 0; i < d; ++i) s += direction[static_cast<std::size_t>(i)] * static_cast<double>(weights.unembed(t, i));
+        all[static_cast<std::size_t>(t)] = {static_cast<std::int32_t>(t), s};
+    }
+    const auto n = static_cast<std::ptrdiff_t>(std::min(k, vocab));
+    feature_logit_weights out;
+    auto higher = [](const logit_weight& a, const logit_weight& b) {
+        return a.weight != b.weight ? a.weight > b.weight : a.token < b.token;
+    };
+    auto lower = [](const logit_weight& a, const logit_weight& b) {
+        return a.weight != b.weight ? a.weight < b.weight : a.token < b.token;
+    };
+    std::partial_sort(all.begin(), all.begin() + n, all.end(), higher);
+    out.promoted.assign(all.begin(), all.begin() + n);
+    std::partial_sort(all.begin(), all.begin() + n, all.end(), lower);
+    out.suppressed.assign(all.begin(), all.begin() + n);
+    return out;
+}
+
+/// One feature's dashboard: what was collected, and its logit weights when the host has them.
+struct feature_dashboard {
+    feature_summary summary;                      ///< Top contexts, histogram, density.
+    std::optional<feature_logit_weights> logits;  ///< Absent for hosts outside the residual stream.
+};
+
+/// The text shown for a token (e.g. the tokenizer's piece); the page escapes it.
+using token_text = std::function<std::string(std::int32_t token)>;
+
+/// What the page says about where the figures come from.
+struct dashboard_page_info {
+    std::string title = "SAE feature dashboards";  ///< Page title and first heading.
+    std::vector<std::string> lines;                ///< Lines of text under the title (model, SAE, hook, tokens).
+};
+
+/// The dashboards of `summaries` for the SAE `w` at `hook`, with logit weights (k per side) when the host writes
+/// into the residual stream.
+inline std::vector<feature_dashboard> build_feature_dashboards(const transformer& model, std::string_view hook,
+                                                               const sae_weights& w,
+                                                               std::vector<feature_summary> summaries, index_t k = 10) {
+    const site host = site_from_name(hook, model.config());
+    std::vector<feature_dashboard> out;
+    for (feature_summary& s : summaries) {
+        feature_dashboard d{std::move(s), std::nullopt};
+        if (has_logit_weights(host.kind) && w.d_in == model.config().d_model)
+            d.logits = logit_weights(model, w, d.summary.feature, k);
+        out.push_back(std::move(d));
+    }
+    return out;
+}
+
+namespace detail {
+
+/// A token's text for the page: escaped, newlines shown as a return arrow, an empty piece as a middle dot.
+inline std::string dashboard_token(const token_text& text, std::int32_t token) {
+    std::string piece = text ? text(token) : "#" + std::to_string(token);
+    std::string out;
+    for (const char ch : piece) {
+        if (ch == '\n')
+            out += "\u21b5";
+        else
+            out += ch;
+    }
+    if (out.empty()) out = "\u00b7";
+    return html_escape(out);
+}
+
+/// An inline `<svg>` bar chart of a histogram: counts over [0, bins * width).
+inline std::string histogram_svg(const activation_histogram& h) {
+    const double W = 360, H = 150, left = 44, right = 10, top = 10, bottom = 30;
+    const auto& counts = h.counts();
+    std::size_t used = 0;  // bins up to the last non-empty one
+    std::int64_t most = 0;
+    for (std::size_t i = 0; i < counts.size(); ++i)
+        if (counts[i] > 0) {
+            used = i + 1;
+            most = std::max(most, counts[i]);
+        }
+    std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"360\" height=\"150\" viewBox=\"0 0 360 150\" "
+                      "role=\"img\"><title>histogram of non-zero activations</title>";
+    svg += "<rect x=\"0\" y=\"0\" width=\"360\" height=\"150\" fill=\"#ffffff\"/>";
+    if (used == 0 || most == 0) return svg + "<text x=\"180\" y=\"75\" text-anchor=\"middle\" font-size=\"12\">never active</text></svg>";
+    const double bar = (W - left - right) / static_cast<double>(used);
+    for (std::size_t i = 0; i < used; ++i) {
+        const double height = (H - top - bottom) * static_cast<double>(counts[i]) / static_cast<double>(most);
+        svg += "<rect x=\"" + format_fixed(left + bar * static_cast<double>(i), 1) + "\" y=\"" +
+               format_fixed(H - bottom - height, 1) + "\" width=\"" + format_fixed(std::max(bar - 1.0, 0.5), 1) +
+               "\" height=\"" + format_fixed(height, 1) + "\" fill=\"#3a6fb0\"><title>[" +
+               format_fixed(h.width() * static_cast<double>(i), 3) + ", " +
+               format_fixed(h.width() * static_cast<double>(i + 1), 3) + "): " + std::to_string(counts[i]) +
+               "</title></rect>";
+    }
+    const std::string axis = format_fixed(H - bottom, 1);
+    svg += "<line x1=\"" + format_fixed(left, 1) + "\" y1=\"" + axis + "\" x2=\"" + format_fixed(W - right, 1) +
+           "\" y2=\"" + axis + "\" stroke=\"#444\"/>";
+    svg += "<text x=\"" + format_fixed(left, 1) + "\" y=\"" + format_fixed(H - bottom + 14, 1) +
+           "\" font-size=\"11\" text-anchor=\"middle\">0</text>";
+    svg += "<text x=\"" + format_fixed(W - right, 1) + "\" y=\"" + format_fixed(H - bottom + 14, 1) +
+           "\" font-size=\"11\" text-anchor=\"end\">" + format_fixed(h.width() * static_cast<double>(used), 3) + "</text>";
+    svg += "<text x=\"" + format_fixed((left + W - right) / 2, 1) + "\" y=\"" + format_fixed(H - 4, 1) +
+           "\" font-size=\"11\" text-anchor=\"middle\">activation</text>";
+    svg += "<text x=\"" + format_fixed(left - 4, 1) + "\" y=\"" + format_fixed(top + 10, 1) +
+           "\" font-size=\"11\" text-anchor=\"end\">" + std::to_string(most) + "</text>";
+    svg += "<text x=\"" + format_fixed(left - 4, 1) + "\" y=\"" + axis + "\" font-size=\"11\" text-anchor=\"end\">0</text>";
+    return svg + "</svg>";
+}
+
+/// One top context as a line of shaded tokens; the top token outlined.
+inline std::string context_line(const feature_context& c, double scale, const token_text& text) {
+    std::string out = "<div class=\"ctx\"><span class=\"act\">" + format_fixed(static_cast<double>(c.activation), 3) + "</span> ";
+    for (std::size_t i = 0; i < c.tokens.size(); ++i) {
+        const double f = scale > 0.0 ? static_cast<double>(c.activations[i]) / scale : 0.0;
+        const bool top = c.first + static_cast<index_t>(i) == c.position;
+        out += "<span class=\"tok";
+        out += top ? " max" : "";
+        out += f > 0.55 ? " dark" : "";
+        out += "\" style=\"background:" + ramp_color(std::max(f, 0.0)) + "\" title=\"" +
+               format_fixed(static_cast<double>(c.activations[i]), 3) + "\">" + dashboard_token(text, c.tokens[i]) + "</span>";
+    }
+    return out + "<span class=\"where\">context " + std::to_string(c.context_index) + ", position " +
+           std::to_string(c.position) + "</span></div>\n";
+}
+
+/// A two-column table of logit weights, token text escaped.
+inline std::string logit_table(const std::vector<logit_weight>& rows, const char* heading, const token_text& text) {
+    std::string out = "<table class=\"logits\"><thead><tr><th>" + std::string(heading) +
+                      "</th><th>weight</th></tr></thead><tbody>";
+    for (const logit_weight& r : rows)
+        out += "<tr><td class=\"t\">" + dashboard_token(text, r.token) + "</td><td>" +
+               (r.weight >= 0 ? "+" : "") + format_fixed(r.weight, 3) + "</td></tr>";
+    return out + "</tbody></table>";
+}
+
+}  // namespace detail
+
+/// The whole page: a header, an index linking to each feature (#feature-J), then one section per feature.
+inline std::string feature_dashboard_html(const std::vector<feature_dashboard>& features, const token_text& text,
+                                          const dashboard_page_info& info = {}) {
+    html_report page(info.title);
+    page.style(
+        ".ctx{font-family:monospace;white-space:pre;margin:2px 0;line-height:1.7;text-align:left}\n"
+        ".tok{padding:1px 0;border-radius:2px}\n.tok.dark{color:#fff}\n"
+        ".tok.max{outline:2px solid #d62728;outline-offset:0}\n"
+        ".act{display:inline-block;width:4.5em;color:#555;font-size:0.9em}\n"
+        ".where{color:#999;font-size:0.8em;margin-left:1em}\n"
+        "table.logits td.t{font-family:monospace;white-space:pre;text-align:left}\n"
+        "section.feature{border-top:2px solid #ddd;margin-top:2em}\n");
+    for (const std::string& line : info.lines) page.paragraph(line);
+    std::string index = "<h2 id=\"index\">Features</h2>\n<table class=\"index\"><thead><tr><th>feature</th>"
+                        "<th>density</th><th>max activation</th><th>mean when active</th></tr></thead><tbody>\n";
+    for (const feature_dashboard& f : features) {
+        const feature_summary& s = f.summary;
+        const std::string id = std::to_string(s.feature);
+        index += "<tr><td><a href=\"#feature-" + id + "\">" + id + "</a></td><td>" + format_fixed(100.0 * s.density(), 3) +
+                 " %</td><td>" + (s.top.empty() ? std::string("-") : format_fixed(static_cast<double>(s.top.front().activation), 3)) +
+                 "</td><td>" + (s.active > 0 ? format_fixed(s.activation_sum / static_cast<double>(s.active), 3) : "-") +
+                 "</td></tr>\n";
+    }
+    page.raw(index + "</tbody></table>\n");
+    for (const feature_dashboard& f : features) {
+        const feature_summary& s = f.summary;
+        const std::string id = std::to_string(s.feature);
+        std::string html = "<section class=\"feature\" id=\"feature-" + id + "\">\n<h2>Feature " + id + "</h2>\n<p>";
+        html += "active on " + std::to_string(s.active) + " of " + std::to_string(s.tokens) + " tokens (density " +
+                format_fixed(100.0 * s.density(), 3) + " %";
+        if (s.active > 0) html += ", log10 density " + format_fixed(std::log10(s.density()), 2);
+        html += "). <a href=\"#index\">index</a></p>\n<div class=\"row\">\n<figure>" + detail::histogram_svg(s.histogram) +
+                "<figcaption>non-zero activations</figcaption></figure>\n";
+        if (f.logits) {
+            html += "<figure>" + detail::logit_table(f.logits->promoted, "promoted", text) + "</figure>\n";
+            html += "<figure>" + detail::logit_table(f.logits->suppressed, "suppressed", text) + "</figure>\n";
+        } else {
+            html += "<p>No logit weights: the SAE does not write into the residual stream.</p>\n";
+        }
+        html += "</div>\n<h3>Top activations</h3>\n";
+        if (s.top.empty()) html += "<p>Never active on these tokens.</p>\n";
+        const double scale = s.top.empty() ? 0.0 : static_cast<double>(s.top.front().activation);
+        for (const feature_context& c : s.top) html += detail::context_line(c, scale, text);
+        page.raw(html + "</section>\n");
+    }
+    return page.str();
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/sae/dashboard.hpp ----
+// ---- begin mechlens/sae/harvest.hpp ----
+/// @file
+/// Harvesting activations for SAE training: a model runs over a packed token stream (harvest_source.hpp) in
+/// batches of fixed-length contexts, and the rows of one or more hook sites, one row per token position (float32,
+/// (tokens, width)), are streamed to sharded `.safetensors` files of bounded size. A manifest (`manifest.json`)
+/// lists the shards and records where the token stream stands after the last one, so an interrupted harvest resumes
+/// there and produces the same files as an uninterrupted run, bit for bit. docs/HARVEST.md has the details.
+///
+/// Memory is bounded: one shard's rows per site, plus one batch of activations in the capturing policy.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -19207,639 +20723,10 @@ inline void fold_activation_scaling_factor(saelens_sae& sae, float factor) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/sae/saelens_format.hpp ----
-// ---- begin mechlens/sae/sparse_autoencoder.hpp ----
-/// @file
-/// A sparse autoencoder of any of SAELens's architectures (standard, topk, jumprelu, batchtopk; sae/definition.hpp)
-/// as a splice, with SAELens's definitions and site names:
-///   x        = the host activation, as hooks leave it                `hook_sae_input`      (batch, pos, d_in)
-///   sae_in   = x * scale - b_dec (see sae/forward.hpp)
-///   acts_pre = sae_in W_enc + b_enc                                  `hook_sae_acts_pre`   (batch, pos, d_sae)
-///   acts     = the architecture's activation of acts_pre             `hook_sae_acts_post`  (batch, pos, d_sae)
-///   recons   = acts W_dec + b_dec (before undoing the scale)         `hook_sae_recons`     (batch, pos, d_in)
-///   error    = x - output of the same x without hooks (error term)   `hook_sae_error`      (batch, pos, d_in)
-///   output   = recons / scale + error, or recons / scale             `hook_sae_output`     (batch, pos, d_in)
-/// As in SAELens, `hook_sae_input` sees the input before normalization and b_dec, and `hook_sae_recons` the
-/// reconstruction before the constant_norm_rescale scale is undone. With the error term the model's output is
-/// unchanged while nothing intervenes on the SAE's sites, and interventions on its latents reach the rest of the
-/// model through the reconstruction. The error term is detached: the backward pass sends the output's gradient to
-/// the input through the SAE only (through the kept latents of topk, jumprelu and batchtopk; the error node's
-/// gradient is shown to hooks at `hook_sae_error` and goes no further). batchtopk keeps the k * rows largest latents
-/// of each call (its training form); SAELens saves a trained one as jumprelu, which is how it is meant to be used.
-
-#include <cstddef>
-#include <string>
-#include <utility>
-#include <vector>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// A sparse autoencoder spliced in at a hook site (see the file comment for its sites).
-class sae_splice final : public splice {
-public:
-    /// Positions of the SAE's activations in sites() (error is absent without the error term).
-    enum activation : std::size_t { input = 0, acts_pre = 1, acts_post = 2, recons = 3, error = 4 };
-
-    /// Takes the weights; throws shape_error when they disagree with d_in, d_sae and the architecture.
-    explicit sae_splice(sae_weights weights, sae_options options = {})
-        : w_(std::move(weights)), options_(options) {
-        validate_sae(w_, options_, "sae_splice");
-        norms_ = sae_decoder_norms(w_);
-    }
-
-    /// The weights.
-    [[nodiscard]] const sae_weights& weights() const noexcept { return w_; }
-    /// The options.
-    [[nodiscard]] const sae_options& options() const noexcept { return options_; }
-    /// The position of `hook_sae_output` in sites().
-    [[nodiscard]] std::size_t output_index() const noexcept { return options_.error_term ? 5 : 4; }
-
-    /// d_in.
-    [[nodiscard]] index_t width() const noexcept override { return w_.d_in; }
-    /// SAELens's sites, in firing order.
-    [[nodiscard]] std::vector<splice_site> sites() const override {
-        std::vector<splice_site> out{{"hook_sae_input", w_.d_in},
-                                     {"hook_sae_acts_pre", w_.d_sae},
-                                     {"hook_sae_acts_post", w_.d_sae},
-                                     {"hook_sae_recons", w_.d_in}};
-        if (options_.error_term) out.push_back({"hook_sae_error", w_.d_in});
-        out.push_back({"hook_sae_output", w_.d_in});
-        return out;
-    }
-
-    /// Encodes, decodes and (with the error term) adds the clean error, firing every site.
-    void forward(tensor_view<const float, 2> x, tensor_view<float, 2> output, splice_hooks& hooks,
-                 splice_tape& tape) const override {
-        const index_t rows = x.extent(0), d_in = w_.d_in;
-        const auto hooked_x = tape.matrix(slot_x, rows, d_in);  // (rows, d_in) x as hooks leave it
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t i = 0; i < d_in; ++i) hooked_x(r, i) = x(r, i);
-        hooks.fire(input, hooked_x);
-        const auto out = tape.matrix(slot_out, rows, d_in);  // (rows, d_in) recons / scale
-        run(hooked_x, tape, 0, out, &hooks);
-        if (options_.error_term) {
-            const auto err = tape.matrix(slot_error, rows, d_in);  // (rows, d_in)
-            bool hooked = false;
-            for (std::size_t k = input; k <= recons; ++k) hooked = hooked || hooks.active(k);
-            if (hooked) {  // the error of the same input without hooks
-                const auto clean = tape.matrix(slot_clean_out, rows, d_in);  // (rows, d_in)
-                run(x, tape, clean_offset, clean, nullptr);
-                subtract(x, clean, err);
-            } else {
-                subtract(x, out, err);
-            }
-            hooks.fire(error, err);
-            for (index_t r = 0; r < rows; ++r)
-                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i) + err(r, i);
-        } else {
-            for (index_t r = 0; r < rows; ++r)
-                for (index_t i = 0; i < d_in; ++i) output(r, i) = out(r, i);
-        }
-        hooks.fire(output_index(), output);
-    }
-
-    /// d(output) -> d(input) through the decoder, the kept latents, the encoder and the input scale (the error
-    /// term is detached).
-    void backward(splice_tape& tape, tensor_view<float, 2> d_output, tensor_view<float, 2> d_input,
-                  splice_hooks& hooks) const override {
-        const index_t rows = d_output.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
-        hooks.fire(output_index(), d_output);
-        if (options_.error_term && hooks.active(error)) {  // shown, then dropped: the error is detached
-            const auto d_error = tape.matrix(slot_d_error, rows, d_in);  // (rows, d_in)
-            for (index_t r = 0; r < rows; ++r)
-                for (index_t i = 0; i < d_in; ++i) d_error(r, i) = d_output(r, i);
-            hooks.fire(error, d_error);
-        }
-        const std::vector<float> scale = tape.buffers.at(slot_scale);  // (rows), copied: the tape may grow
-        const auto d_recons = tape.matrix(slot_d_recons, rows, d_in);  // (rows, d_in)
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t i = 0; i < d_in; ++i) d_recons(r, i) = d_output(r, i) / scale[static_cast<std::size_t>(r)];
-        hooks.fire(recons, d_recons);
-        const auto d_acts = tape.matrix(slot_d_acts, rows, d_sae);  // (rows, d_sae)
-        sae_decode_backward<float>(d_recons, w_, options_, norms_, d_acts);
-        hooks.fire(acts_post, d_acts);
-        const auto d_pre = tape.matrix(slot_d_pre, rows, d_sae);  // (rows, d_sae)
-        sae_activate_backward<float>(d_acts, kept_mask(tape, rows), options_, norms_, d_pre);
-        hooks.fire(acts_pre, d_pre);
-        const auto d_sae_in = tape.matrix(slot_d_sae_in, rows, d_in);  // (rows, d_in)
-        sae_encode_backward<float>(d_pre, w_, d_sae_in);
-        sae_scale_backward<float>(tape.stored(slot_x, rows, d_in), scale, options_, tape.stored(slot_recons, rows, d_in),
-                                  d_output, d_sae_in, d_input);
-        hooks.fire(input, d_input);
-    }
-
-private:
-    // Tape buffers: the forward pass's values (a second set at clean_offset for the clean error), then scratch.
-    enum slot : std::size_t {
-        slot_x = 0, slot_scale = 1, slot_sae_in = 2, slot_pre = 3, slot_acts = 4, slot_recons = 5, slot_kept = 6,
-        slot_out = 7, clean_offset = 8, slot_clean_out = 16, slot_error = 17, slot_d_error = 18, slot_d_recons = 19,
-        slot_d_acts = 20, slot_d_pre = 21, slot_d_sae_in = 22,
-    };
-
-    static void subtract(tensor_view<const float, 2> a, tensor_view<const float, 2> b, tensor_view<float, 2> out) {
-        for (index_t r = 0; r < out.extent(0); ++r)
-            for (index_t i = 0; i < out.extent(1); ++i) out(r, i) = a(r, i) - b(r, i);
-    }
-    // The kept-latent mask is stored as floats (0 or 1) in the tape.
-    sae_kept_mask kept_mask(splice_tape& tape, index_t rows) const {
-        const auto stored = tape.stored(slot_kept, rows, w_.d_sae);
-        sae_kept_mask kept(static_cast<std::size_t>(rows * w_.d_sae));
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t j = 0; j < w_.d_sae; ++j) kept[detail::sae_at(r, j, w_.d_sae)] = stored(r, j) != 0.0f ? 1 : 0;
-        return kept;
-    }
-
-    /// The forward pass of `x` into `out` (recons / scale), keeping its values in the tape from slot `base` on and
-    /// firing the sites after hook_sae_input when `hooks` is not null.
-    void run(tensor_view<const float, 2> x, splice_tape& tape, std::size_t base, tensor_view<float, 2> out,
-             splice_hooks* hooks) const {
-        const index_t rows = x.extent(0), d_in = w_.d_in, d_sae = w_.d_sae;
-        if (tape.buffers.size() <= base + slot_kept) tape.buffers.resize(base + slot_kept + 1);
-        std::vector<float>& scale = tape.buffers[base + slot_scale];  // (rows)
-        sae_input_scale<float>(x, options_, scale);
-        const auto sae_in = tape.matrix(base + slot_sae_in, rows, d_in);  // (rows, d_in)
-        sae_prepare_input<float>(x, scale, w_, options_, sae_in);
-        const auto pre = tape.matrix(base + slot_pre, rows, d_sae);  // (rows, d_sae)
-        sae_encode<float>(sae_in, w_, pre);
-        if (hooks != nullptr) hooks->fire(acts_pre, pre);
-        const auto acts = tape.matrix(base + slot_acts, rows, d_sae);  // (rows, d_sae)
-        sae_kept_mask kept;
-        sae_activate<float>(pre, w_, options_, norms_, acts, kept);
-        const auto kept_values = tape.matrix(base + slot_kept, rows, d_sae);  // (rows, d_sae) 0 or 1
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t j = 0; j < d_sae; ++j) kept_values(r, j) = kept[detail::sae_at(r, j, d_sae)] != 0 ? 1.0f : 0.0f;
-        if (hooks != nullptr) hooks->fire(acts_post, acts);
-        const auto reconstruction = tape.matrix(base + slot_recons, rows, d_in);  // (rows, d_in)
-        sae_decode<float>(acts, w_, options_, norms_, reconstruction);
-        if (hooks != nullptr) hooks->fire(recons, reconstruction);
-        sae_restore_scale<float>(reconstruction, scale, out);
-    }
-
-    sae_weights w_;
-    sae_options options_;
-    std::vector<float> norms_;  // (d_sae) ||W_dec row||
-};
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/sae/sparse_autoencoder.hpp ----
 // ---- end mechlens/sae.hpp ----
 // ---- begin mechlens/report.hpp ----
 /// @file
 /// Reports people look at: self-contained HTML with inline SVG (no network needed to view).
-// ---- begin mechlens/report/html.hpp ----
-/// @file
-/// A small writer of self-contained HTML reports: headings, text, tables, inline-SVG line charts and heatmaps (for
-/// attention patterns, on a sequential or a diverging colour scale). Everything is inline (no scripts, fonts or
-/// stylesheets from elsewhere), so a report opens offline and can be mailed as one file. Every piece of text is
-/// escaped.
-#include <limits>
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <string>
-#include <string_view>
-#include <utility>
-#include <vector>
-
-
-MECHLENS_BEGIN_NAMESPACE
-
-/// `text` with the five characters that matter in HTML text and attribute values (& < > " ') replaced by entities.
-inline std::string html_escape(std::string_view text) {
-    std::string out;
-    out.reserve(text.size());
-    for (const char c : text) {
-        switch (c) {
-            case '&':
-                out += "&amp;";
-                break;
-            case '<':
-                out += "&lt;";
-                break;
-            case '>':
-                out += "&gt;";
-                break;
-            case '"':
-                out += "&quot;";
-                break;
-            case '\'':
-                out += "&#39;";
-                break;
-            default:
-                out += c;
-        }
-    }
-    return out;
-}
-
-/// `value` with `precision` digits after the point ("nan", "inf" and "-inf" for non-finite values); never depends
-/// on the locale's decimal separator.
-inline std::string format_fixed(double value, int precision = 3) {
-    if (std::isnan(value)) return "nan";
-    if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
-    char buffer[64];
-    std::snprintf(buffer, sizeof buffer, "%.*f", std::clamp(precision, 0, 17), value);
-    std::string s = buffer;
-    std::replace(s.begin(), s.end(), ',', '.');  // a C locale with a decimal comma
-    return s;
-}
-
-/// One curve of a line chart.
-struct line_series {
-    std::string name{};             ///< Legend text.
-    std::vector<double> x{};        ///< Abscissae (same length as y); non-finite points break the line.
-    std::vector<double> y{};        ///< Ordinates.
-    std::string color = "#1f77b4";  ///< Any CSS colour.
-    bool dashed = false;            ///< Draw dashed (e.g. a reference level).
-};
-
-/// A labelled vertical line across a chart (e.g. the step of a phase change).
-struct chart_marker {
-    double x = 0.0;       ///< Where, in data units.
-    std::string label{};  ///< Text next to the line.
-};
-
-/// Layout of a line chart.
-struct line_chart_options {
-    std::string title{};                  ///< Caption above the plot.
-    std::string x_label{};                ///< Caption of the horizontal axis.
-    std::string y_label{};                ///< Caption of the vertical axis.
-    int width = 720;                      ///< Pixels.
-    int height = 320;                     ///< Pixels.
-    std::vector<chart_marker> markers{};  ///< Vertical lines.
-};
-
-/// How a heatmap maps values to colours.
-enum class color_scale {
-    sequential,  ///< White at `min` to dark blue at `max`.
-    diverging,   ///< Blue below 0, white at 0, red above; full colour at +-L, L = max(|min|, |max|).
-};
-
-/// Layout of a heatmap.
-struct heatmap_options {
-    std::string title{};                          ///< Caption above the map.
-    std::string row_label{};                      ///< What rows are (e.g. "query").
-    std::string col_label{};                      ///< What columns are (e.g. "key").
-    double min = 0.0;                             ///< Value drawn white.
-    double max = 1.0;                             ///< Value drawn darkest; values outside [min, max] are clamped.
-    int cell = 16;                                ///< Pixels per cell.
-    int precision = 2;                            ///< Digits of the value shown when hovering a cell.
-    color_scale scale = color_scale::sequential;  ///< How values map to colours.
-    bool causal = false;  ///< Grey out (as "masked", not as a value) cells right of the diagonal: keys after the query.
-    bool legend = false;  ///< Draw a colour bar under the map labelled with the ends of the range (and 0 if diverging).
-    std::string hover_join = " -> ";  ///< Text between the row and column label in a cell's hover text.
-};
-
-namespace detail {
-
-/// Smallest and largest finite value over every series, with a margin so lines do not touch the frame.
-inline std::pair<double, double> finite_range(const std::vector<line_series>& series, bool x_axis) {
-    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-    for (const line_series& s : series)
-        for (const double v : x_axis ? s.x : s.y)
-            if (std::isfinite(v)) {
-                lo = std::min(lo, v);
-                hi = std::max(hi, v);
-            }
-    if (!(lo <= hi)) return {0.0, 1.0};
-    if (lo == hi) return {lo - 0.5, hi + 0.5};
-    return {lo, hi};
-}
-
-/// Around four round tick values covering [lo, hi].
-inline std::vector<double> ticks(double lo, double hi) {
-    const double raw = (hi - lo) / 4.0;
-    const double magnitude = std::pow(10.0, std::floor(std::log10(raw)));
-    double step = magnitude;
-    for (const double m : {1.0, 2.0, 5.0, 10.0})
-        if (magnitude * m >= raw) {
-            step = magnitude * m;
-            break;
-        }
-    std::vector<double> out;
-    for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9 && out.size() < 20; t += step)
-        out.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
-    return out;
-}
-
-/// Digits after the point that tell ticks `step` apart.
-inline int tick_precision(const std::vector<double>& t) {
-    if (t.size() < 2) return 2;
-    const double step = t[1] - t[0];
-    return step >= 1.0 ? 0 : std::min(6, static_cast<int>(std::ceil(-std::log10(step))));
-}
-
-/// The colour of `fraction` in [0, 1] on a white-to-dark-blue ramp.
-inline std::string ramp_color(double fraction) {
-    const double f = std::clamp(fraction, 0.0, 1.0);
-    const auto channel = [&](double from, double to) { return static_cast<int>(std::lround(from + (to - from) * f)); };
-    char buffer[16];
-    std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(255, 8), channel(255, 48), channel(255, 107));
-    return buffer;
-}
-
-/// The colour of `fraction` in [-1, 1] on a blue-white-red scale: -1 is #2166ac, 0 is #ffffff, 1 is #b2182b.
-inline std::string diverging_color(double fraction) {
-    const double f = std::isnan(fraction) ? 0.0 : std::clamp(fraction, -1.0, 1.0);
-    const double a = std::abs(f);
-    const auto channel = [&](double to) { return static_cast<int>(std::lround(255.0 + (to - 255.0) * a)); };
-    char buffer[16];
-    if (f >= 0)
-        std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(178), channel(24), channel(43));
-    else
-        std::snprintf(buffer, sizeof buffer, "#%02x%02x%02x", channel(33), channel(102), channel(172));
-    return buffer;
-}
-
-/// Full-colour magnitude of a diverging heatmap: max(|min|, |max|), or 1 when that is zero or not finite.
-inline double diverging_limit(const heatmap_options& options) {
-    const double limit = std::max(std::abs(options.min), std::abs(options.max));
-    return std::isfinite(limit) && limit > 0 ? limit : 1.0;
-}
-
-}  // namespace detail
-
-/// An inline `<svg>` line chart of `series` with axes, ticks, a legend and `options.markers`.
-inline std::string svg_line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
-    for (const line_series& s : series)
-        if (s.x.size() != s.y.size())
-            throw shape_error("svg_line_chart: series '" + s.name + "' has " + std::to_string(s.x.size()) +
-                              " x values and " + std::to_string(s.y.size()) + " y values");
-    std::size_t longest_name = 0;  // the legend sits right of the plot, where it never hides a curve
-    for (const line_series& s : series) longest_name = std::max(longest_name, s.name.size());
-    const double legend_w =
-        longest_name == 0 ? 0 : 40 + 7.0 * static_cast<double>(std::min<std::size_t>(longest_name, 32));
-    const double left = 64, right = 16 + legend_w, top = options.title.empty() ? 16 : 36, bottom = 48;
-    const double w = std::max(options.width, 160), h = std::max(options.height, 120);
-    const double plot_w = w - left - right, plot_h = h - top - bottom;
-    // Plain variables, not structured bindings: C++20 lets lambdas capture bindings, but clang 14 does not yet.
-    const std::pair<double, double> x_range = detail::finite_range(series, true);
-    const std::pair<double, double> y_range = detail::finite_range(series, false);
-    const double x_lo = x_range.first, x_hi = x_range.second;
-    double y_lo = y_range.first, y_hi = y_range.second;
-    const double pad = (y_hi - y_lo) * 0.05;
-    y_lo -= pad;
-    y_hi += pad;
-    const auto px = [&](double x) { return left + (x - x_lo) / (x_hi - x_lo) * plot_w; };
-    const auto py = [&](double y) { return top + (y_hi - y) / (y_hi - y_lo) * plot_h; };
-    const auto num = [](double v) { return format_fixed(v, 1); };
-
-    std::string svg = "<svg class=\"chart\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
-                      num(w) + " " + num(h) + "\" font-size=\"12\">\n";
-    if (!options.title.empty())
-        svg += "<text x=\"" + num(w / 2) + "\" y=\"20\" text-anchor=\"middle\" font-weight=\"bold\">" +
-               html_escape(options.title) + "</text>\n";
-    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(plot_w) + "\" height=\"" +
-           num(plot_h) + "\" fill=\"none\" stroke=\"#888\"/>\n";
-    const std::vector<double> xt = detail::ticks(x_lo, x_hi), yt = detail::ticks(y_lo, y_hi);
-    const int xp = detail::tick_precision(xt), yp = detail::tick_precision(yt);
-    for (const double t : xt)
-        svg += "<line x1=\"" + num(px(t)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(t)) + "\" y2=\"" +
-               num(top + plot_h) + "\" stroke=\"#eee\"/><text x=\"" + num(px(t)) + "\" y=\"" + num(top + plot_h + 16) +
-               "\" text-anchor=\"middle\">" + format_fixed(t, xp) + "</text>\n";
-    for (const double t : yt)
-        svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(py(t)) + "\" x2=\"" + num(left + plot_w) + "\" y2=\"" +
-               num(py(t)) + "\" stroke=\"#eee\"/><text x=\"" + num(left - 6) + "\" y=\"" + num(py(t) + 4) +
-               "\" text-anchor=\"end\">" + format_fixed(t, yp) + "</text>\n";
-    if (!options.x_label.empty())
-        svg += "<text x=\"" + num(left + plot_w / 2) + "\" y=\"" + num(h - 8) + "\" text-anchor=\"middle\">" +
-               html_escape(options.x_label) + "</text>\n";
-    if (!options.y_label.empty())
-        svg += "<text transform=\"translate(14 " + num(top + plot_h / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
-               html_escape(options.y_label) + "</text>\n";
-    for (const line_series& s : series) {
-        std::string path;  // one "M x y L x y ..." path; a non-finite point starts a new piece
-        bool pen_down = false;
-        for (std::size_t i = 0; i < s.x.size(); ++i) {
-            if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) {
-                pen_down = false;
-                continue;
-            }
-            path += (pen_down ? " L" : " M") + num(px(s.x[i])) + " " + num(py(s.y[i]));
-            pen_down = true;
-        }
-        if (path.empty()) continue;
-        svg += "<path d=\"" + path.substr(1) + "\" fill=\"none\" stroke=\"" + html_escape(s.color) +
-               "\" stroke-width=\"1.5\"" + (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "><title>" +
-               html_escape(s.name) + "</title></path>\n";
-    }
-    for (const chart_marker& m : options.markers) {
-        if (!std::isfinite(m.x) || m.x < x_lo || m.x > x_hi) continue;
-        svg += "<line x1=\"" + num(px(m.x)) + "\" y1=\"" + num(top) + "\" x2=\"" + num(px(m.x)) + "\" y2=\"" +
-               num(top + plot_h) + "\" stroke=\"#d62728\" stroke-dasharray=\"2 3\"/><text x=\"" + num(px(m.x) + 4) +
-               "\" y=\"" + num(top + 14) + "\" fill=\"#d62728\">" + html_escape(m.label) + "</text>\n";
-    }
-    double legend_y = top + 14;
-    for (const line_series& s : series) {
-        const double x = left + plot_w + 12;
-        svg += "<line x1=\"" + num(x) + "\" y1=\"" + num(legend_y - 4) + "\" x2=\"" + num(x + 20) + "\" y2=\"" +
-               num(legend_y - 4) + "\" stroke=\"" + html_escape(s.color) + "\" stroke-width=\"2\"" +
-               (s.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/><text x=\"" + num(x + 26) + "\" y=\"" +
-               num(legend_y) + "\">" + html_escape(s.name) + "</text>\n";
-        legend_y += 16;
-    }
-    return svg + "</svg>\n";
-}
-
-/// An inline `<svg>` heatmap of `values` (rows, cols), e.g. one head's attention pattern (query, key), with
-/// `row_labels` / `col_labels` (empty, or one per row / column; e.g. the tokens) and each value shown on hover.
-/// Non-finite values are drawn pink (sequential) or yellow (diverging); masked cells (options.causal) light grey.
-/// Throws shape_error when a label list has another length.
-inline std::string svg_heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
-                               const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
-    const index_t rows = values.extent(0), cols = values.extent(1);
-    if (!row_labels.empty() && static_cast<index_t>(row_labels.size()) != rows)
-        throw shape_error("svg_heatmap: " + std::to_string(row_labels.size()) + " row labels for " +
-                          std::to_string(rows) + " rows");
-    if (!col_labels.empty() && static_cast<index_t>(col_labels.size()) != cols)
-        throw shape_error("svg_heatmap: " + std::to_string(col_labels.size()) + " column labels for " +
-                          std::to_string(cols) + " columns");
-    std::size_t longest = 0;  // room for the labels, at about 7 pixels per character
-    for (const auto* labels : {&row_labels, &col_labels})
-        for (const std::string& l : *labels) longest = std::max(longest, l.size());
-    const double cell = std::max(options.cell, 4);
-    const double label_room = 12 + 7.0 * static_cast<double>(std::min<std::size_t>(longest, 16));
-    const double left = label_room + (options.row_label.empty() ? 0 : 18);
-    const double top = (options.title.empty() ? 4 : 24) + label_room + (options.col_label.empty() ? 0 : 18);
-    const double legend_w = 160;
-    const double map_bottom = top + cell * static_cast<double>(rows);
-    const double w = std::max(left + cell * static_cast<double>(cols), options.legend ? left + legend_w + 24 : 0.0) + 8;
-    const double h = map_bottom + (options.legend ? 44 : 8);
-    const auto num = [](double v) { return format_fixed(v, 1); };
-    const double span = options.max > options.min ? options.max - options.min : 1.0;
-    const bool diverging = options.scale == color_scale::diverging;
-    const double limit = detail::diverging_limit(options);
-    const auto color = [&](double v) {
-        if (!std::isfinite(v)) return std::string(diverging ? "#fde725" : "#f4c2c2");
-        return diverging ? detail::diverging_color(v / limit) : detail::ramp_color((v - options.min) / span);
-    };
-
-    std::string svg = "<svg class=\"heatmap\" width=\"" + num(w) + "\" height=\"" + num(h) + "\" viewBox=\"0 0 " +
-                      num(w) + " " + num(h) + "\" font-size=\"11\">\n";
-    if (!options.title.empty())
-        svg += "<text x=\"4\" y=\"16\" font-weight=\"bold\">" + html_escape(options.title) + "</text>\n";
-    if (!options.col_label.empty())
-        svg += "<text x=\"" + num(left + cell * static_cast<double>(cols) / 2) + "\" y=\"" +
-               num(options.title.empty() ? 16 : 36) + "\" text-anchor=\"middle\">" + html_escape(options.col_label) +
-               "</text>\n";
-    if (!options.row_label.empty())
-        svg += "<text transform=\"translate(12 " + num(top + cell * static_cast<double>(rows) / 2) +
-               ") rotate(-90)\" text-anchor=\"middle\">" + html_escape(options.row_label) + "</text>\n";
-    for (std::size_t c = 0; c < col_labels.size(); ++c) {  // column labels read upwards, ending at the map
-        const double x = left + cell * (static_cast<double>(c) + 0.5) + 4;
-        svg += "<text transform=\"translate(" + num(x) + " " + num(top - 4) + ") rotate(-90)\">" +
-               html_escape(col_labels[c]) + "</text>\n";
-    }
-    for (std::size_t r = 0; r < row_labels.size(); ++r)
-        svg += "<text x=\"" + num(left - 4) + "\" y=\"" + num(top + cell * (static_cast<double>(r) + 0.5) + 4) +
-               "\" text-anchor=\"end\">" + html_escape(row_labels[r]) + "</text>\n";
-    for (index_t r = 0; r < rows; ++r)
-        for (index_t c = 0; c < cols; ++c) {
-            const double v = static_cast<double>(values(r, c));
-            // A causal mask leaves future keys at exactly 0; drawing them white would read as "attends nowhere".
-            const bool masked = options.causal && c > r + (cols - rows);
-            svg += "<rect x=\"" + num(left + cell * static_cast<double>(c)) + "\" y=\"" +
-                   num(top + cell * static_cast<double>(r)) + "\" width=\"" + num(cell) + "\" height=\"" + num(cell) +
-                   "\" fill=\"" + (masked ? std::string("#d9d9d9") : color(v)) + "\"><title>" +
-                   html_escape((row_labels.empty() ? std::to_string(r) : row_labels[static_cast<std::size_t>(r)]) +
-                               options.hover_join +
-                               (col_labels.empty() ? std::to_string(c) : col_labels[static_cast<std::size_t>(c)]) +
-                               ": " + (masked ? std::string("masked") : format_fixed(v, options.precision))) +
-                   "</title></rect>\n";
-        }
-    svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(cell * static_cast<double>(cols)) +
-           "\" height=\"" + num(cell * static_cast<double>(rows)) + "\" fill=\"none\" stroke=\"#888\"/>\n";
-    if (options.legend) {  // a colour bar from the low end of the range to the high end, in its own group
-        const double lo = diverging ? -limit : options.min, hi = diverging ? limit : options.min + span;
-        const int steps = 24;
-        const double step_w = legend_w / steps, y = map_bottom + 10;
-        svg += "<g class=\"legend\">\n";
-        for (int i = 0; i < steps; ++i) {
-            const double v = lo + (hi - lo) * (static_cast<double>(i) + 0.5) / steps;
-            svg += "<rect x=\"" + num(left + step_w * static_cast<double>(i)) + "\" y=\"" + num(y) + "\" width=\"" +
-                   num(step_w + 0.5) + "\" height=\"10\" fill=\"" + color(v) + "\"/>\n";
-        }
-        const auto label = [&](double x, const char* anchor, double v) {
-            svg += "<text x=\"" + num(x) + "\" y=\"" + num(y + 24) + "\" text-anchor=\"" + anchor + "\">" +
-                   format_fixed(v, options.precision) + "</text>\n";
-        };
-        label(left, "start", lo);
-        if (diverging) label(left + legend_w / 2, "middle", 0.0);
-        label(left + legend_w, "end", hi);
-        svg += "</g>\n";
-    }
-    return svg + "</svg>\n";
-}
-
-/// An HTML `<table>` with a header row; every cell is escaped. Rows may be shorter than the header.
-inline std::string html_table(const std::vector<std::string>& header,
-                              const std::vector<std::vector<std::string>>& rows) {
-    std::string out = "<table>\n<thead><tr>";
-    for (const std::string& h : header) out += "<th>" + html_escape(h) + "</th>";
-    out += "</tr></thead>\n<tbody>\n";
-    for (const auto& row : rows) {
-        out += "<tr>";
-        for (const std::string& cell : row) out += "<td>" + html_escape(cell) + "</td>";
-        out += "</tr>\n";
-    }
-    return out + "</tbody>\n</table>\n";
-}
-
-/// A report assembled piece by piece and written as one self-contained HTML file.
-class html_report {
-public:
-    /// An empty report whose page title and first heading are `title`.
-    explicit html_report(std::string title) : title_(std::move(title)) {}
-
-    /// Appends a heading; `level` is clamped to 1..6.
-    html_report& heading(std::string_view text, int level = 2) {
-        const std::string tag = "h" + std::to_string(std::clamp(level, 1, 6));
-        body_ += "<" + tag + ">" + html_escape(text) + "</" + tag + ">\n";
-        return *this;
-    }
-    /// Appends a paragraph of text.
-    html_report& paragraph(std::string_view text) {
-        body_ += "<p>" + html_escape(text) + "</p>\n";
-        return *this;
-    }
-    /// Appends preformatted text (console output), kept verbatim apart from escaping.
-    html_report& preformatted(std::string_view text) {
-        body_ += "<pre>" + html_escape(text) + "</pre>\n";
-        return *this;
-    }
-    /// Appends a table; see html_table.
-    html_report& table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
-        body_ += html_table(header, rows);
-        return *this;
-    }
-    /// Appends a line chart; see svg_line_chart.
-    html_report& line_chart(const std::vector<line_series>& series, const line_chart_options& options = {}) {
-        body_ += "<figure>" + svg_line_chart(series, options) + "</figure>\n";
-        return *this;
-    }
-    /// Appends a heatmap; see svg_heatmap.
-    html_report& heatmap(tensor_view<const float, 2> values, const std::vector<std::string>& row_labels = {},
-                         const std::vector<std::string>& col_labels = {}, const heatmap_options& options = {}) {
-        body_ += "<figure>" + svg_heatmap(values, row_labels, col_labels, options) + "</figure>\n";
-        return *this;
-    }
-    /// Appends trusted figure markup (e.g. an SVG from attribution_report.hpp) in a `<figure>`, with an escaped
-    /// caption when `caption` is not empty.
-    html_report& figure(std::string_view markup, std::string_view caption = {}) {
-        body_ += "<figure>";
-        body_ += markup;
-        if (!caption.empty()) body_ += "<figcaption>" + html_escape(caption) + "</figcaption>";
-        body_ += "</figure>\n";
-        return *this;
-    }
-    /// Starts a row of figures side by side (close it with end_row).
-    html_report& begin_row() {
-        body_ += "<div class=\"row\">\n";
-        return *this;
-    }
-    /// Ends a row started by begin_row.
-    html_report& end_row() {
-        body_ += "</div>\n";
-        return *this;
-    }
-    /// Appends trusted markup as it is (not escaped): the caller answers for it being self-contained.
-    html_report& raw(std::string_view markup) {
-        body_ += markup;
-        return *this;
-    }
-
-    /// The whole document.
-    [[nodiscard]] std::string str() const {
-        return "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" + html_escape(title_) +
-               "</title>\n<style>\n"
-               "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\n"
-               "table{border-collapse:collapse;margin:1em 0}\n"
-               "th,td{border:1px solid #ccc;padding:3px 10px;text-align:right}\n"
-               "th{background:#f3f3f3}\n"
-               "pre{background:#f7f7f7;padding:0.5em;overflow-x:auto}\n"
-               "figure{margin:0.5em}\n"
-               ".row{display:flex;flex-wrap:wrap;align-items:flex-start}\n"
-               "</style>\n</head>\n<body>\n<h1>" +
-               html_escape(title_) + "</h1>\n" + body_ + "</body>\n</html>\n";
-    }
-    /// Writes the document to `path`; throws format_error naming the path when it cannot be written.
-    void save(const std::filesystem::path& path) const {
-        std::ofstream file(path, std::ios::binary | std::ios::trunc);
-        const std::string text = str();
-        if (file) file.write(text.data(), static_cast<std::streamsize>(text.size()));
-        if (file) file.close();
-        if (!file) throw format_error(path.string() + ": cannot write the HTML report");
-    }
-
-private:
-    std::string title_;
-    std::string body_;
-};
-
-MECHLENS_END_NAMESPACE
-// ---- end mechlens/report/html.hpp ----
 // ---- begin mechlens/report/attribution_report.hpp ----
 /// @file
 /// Attribution reports: attention patterns labelled with their tokens, activation-patching heatmaps on a diverging

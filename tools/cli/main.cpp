@@ -22,13 +22,16 @@ constexpr const command* command_table[] = {
     &mechlens_cli::cache_command,     &mechlens_cli::grad_command,     &mechlens_cli::train_command,
     &mechlens_cli::lens_command,      &mechlens_cli::dla_command,      &mechlens_cli::patch_command,
     &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command, &mechlens_cli::harvest_command,
+    &mechlens_cli::sae_command,
 };
 
-/// The options that take no value: the weight-processing flags and harvest's --shuffle. A flag given to a command
-/// that does not read it is reported as an unknown option, like any other.
+/// The options that take no value: the weight-processing flags, harvest's --shuffle, sae's --json and
+/// --include-bos. A flag given to a command that does not read it is reported as an unknown option, like any other.
 std::set<std::string> flag_options() {
     std::set<std::string> flags = mechlens_cli::weight_processing_flags;
     flags.insert("shuffle");
+    flags.insert("json");
+    flags.insert("include-bos");
     return flags;
 }
 
@@ -58,20 +61,36 @@ const command* find_command(std::string_view name) {
     return nullptr;
 }
 
-/// Prints `c`'s usage lines: the first after the name (padded to 8 columns), the others indented to match.
-void print_usage(const command& c) {
-    std::string_view rest = c.usage;
+/// Prints usage lines: the first after `name` (padded to 8 columns), the others indented to match.
+void print_usage_lines(const std::string& name, std::string_view rest) {
     bool first = true;
     while (!rest.empty()) {
         const std::size_t end = rest.find('\n');
         const std::string line(rest.substr(0, end));
         if (first)
-            std::printf("  %-8s %s\n", std::string(c.name).c_str(), line.c_str());
+            std::printf("  %-8s %s\n", name.c_str(), line.c_str());
         else
             std::printf("           %s\n", line.c_str());
         first = false;
         rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
     }
+}
+
+/// Prints `c`'s usage: its own lines, then each subcommand's as `NAME SUB options`.
+void print_usage(const command& c) {
+    print_usage_lines(std::string(c.name), c.usage);
+    for (const mechlens_cli::subcommand& s : c.subcommands)
+        print_usage_lines(std::string(c.name) + " " + std::string(s.name), s.usage);
+}
+
+/// "eval, dashboard": the subcommand names of `c` for error messages.
+std::string subcommand_names(const command& c) {
+    std::string out;
+    for (const mechlens_cli::subcommand& s : c.subcommands) {
+        if (!out.empty()) out += ", ";
+        out += s.name;
+    }
+    return out;
 }
 
 bool is_help(std::string_view argument) { return argument == "--help" || argument == "-h" || argument == "help"; }
@@ -83,7 +102,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mechlens: missing command (%s); see mechlens --help\n", command_names().c_str());
         return 2;
     }
-    const std::string name = argv[1];
+    std::string name = argv[1];
     if (is_help(name)) {
         std::fputs("usage: mechlens COMMAND [options]\ncommands:\n", stdout);
         for (const command* c : command_table) print_usage(*c);
@@ -99,9 +118,27 @@ int main(int argc, char** argv) {
             std::fputs(usage_footer, stdout);
             return 0;
         }
-        mechlens_cli::arguments args(argc, argv, 2, flag_options());
         if (c == nullptr)
             throw mechlens_cli::usage_error("unknown command '" + name + "' (try: " + command_names() + ")");
+        if (!c->subcommands.empty()) {  // `mechlens COMMAND SUBCOMMAND [options]`
+            if (argc < 3 || std::string_view(argv[2]).rfind("-", 0) == 0)
+                throw mechlens_cli::usage_error("missing subcommand (" + subcommand_names(*c) + ")");
+            const std::string sub = argv[2];
+            for (const mechlens_cli::subcommand& s : c->subcommands)
+                if (s.name == sub) {
+                    name += " " + sub;
+                    if (argc == 4 && is_help(argv[3])) {
+                        std::printf("usage: mechlens %s [options]\n", name.c_str());
+                        print_usage_lines(name, s.usage);
+                        std::fputs(usage_footer, stdout);
+                        return 0;
+                    }
+                    mechlens_cli::arguments args(argc, argv, 3, flag_options());
+                    return s.run(args);
+                }
+            throw mechlens_cli::usage_error("unknown subcommand '" + sub + "' (try: " + subcommand_names(*c) + ")");
+        }
+        mechlens_cli::arguments args(argc, argv, 2, flag_options());
         return c->run(args);
     } catch (const std::exception& error) {
         std::fprintf(stderr, "mechlens %s: %s\n", name.c_str(), error.what());

@@ -419,6 +419,11 @@ public:
         body_ += "</div>\n";
         return *this;
     }
+    /// Adds trusted CSS rules to the page's own stylesheet (in its head).
+    html_report& style(std::string_view css) {
+        css_ += css;
+        return *this;
+    }
     /// Appends trusted markup as it is (not escaped): the caller answers for it being self-contained.
     html_report& raw(std::string_view markup) {
         body_ += markup;
@@ -435,7 +440,7 @@ public:
                "th{background:#f3f3f3}\n"
                "pre{background:#f7f7f7;padding:0.5em;overflow-x:auto}\n"
                "figure{margin:0.5em}\n"
-               ".row{display:flex;flex-wrap:wrap;align-items:flex-start}\n"
+               ".row{display:flex;flex-wrap:wrap;align-items:flex-start}\n" + css_ +
                "</style>\n</head>\n<body>\n<h1>" +
                html_escape(title_) + "</h1>\n" + body_ + "</body>\n</html>\n";
     }
@@ -451,6 +456,7 @@ public:
 private:
     std::string title_;
     std::string body_;
+    std::string css_;
 };
 
 MECHLENS_END_NAMESPACE
