@@ -396,3 +396,101 @@ TEST_CASE("sae eval: stories260K with an identity SAE and a random one", "[sae][
     const expected_metrics e = brute_force(model, "blocks.2.hook_resid_post", w, tokens, n, T, 1);
     check_against(mechlens::evaluate_sae(model, "blocks.2.hook_resid_post", w, {}, contexts, o), e);
 }
+
+TEST_CASE("sae eval: a transcoder in place of an MLP, every metric against a direct computation",
+          "[sae][sae_eval][transcoder]") {
+    const auto& model = eval_model();
+    const index_t n = 4, T = 12, d_in = 16, d_sae = 32, layer = 1;
+    mechlens::transcoder_weights w;
+    w.sae = random_sae(d_in, d_sae, 21);
+    mechlens::random_generator rng(22);
+    w.w_skip.resize(static_cast<std::size_t>(d_in * d_in));
+    for (float& v : w.w_skip) v = 0.1f * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
+    const auto tokens = random_contexts(n, T, 29, 23);
+    const mechlens::tensor_view<const std::int32_t, 2> ids(tokens.data(), {n, T});
+
+    // By hand: the transcoder of the cached MLP input, against the cached MLP output.
+    const std::string out_name = "blocks." + std::to_string(layer) + ".hook_mlp_out";
+    const mechlens::site in_site = mechlens::site_from_name("blocks." + std::to_string(layer) + ".ln2.hook_normalized",
+                                                            model.config());
+    const mechlens::site out_site = mechlens::site_from_name(out_name, model.config());
+    mechlens::caching_hooks<> cache;
+    const auto clean_logits = mechlens::forward_logits(model, ids, cache);
+    const auto x = cache.cache().at(in_site).view<3>();   // (n, T, d_in) the MLP's input
+    const auto y = cache.cache().at(out_site).view<3>();  // (n, T, d_in) the MLP's output
+    std::vector<double> recons(static_cast<std::size_t>(n * T * d_in));  // (n * T, d_in)
+    std::vector<double> mean(static_cast<std::size_t>(d_in), 0.0);
+    double resid = 0.0, l0 = 0.0;
+    for (index_t b = 0; b < n; ++b)
+        for (index_t p = 0; p < T; ++p) {
+            std::vector<double> acts(static_cast<std::size_t>(d_sae));
+            for (index_t j = 0; j < d_sae; ++j) {
+                double pre = static_cast<double>(w.sae.b_enc[static_cast<std::size_t>(j)]);
+                for (index_t i = 0; i < d_in; ++i)
+                    pre += static_cast<double>(x(b, p, i)) * static_cast<double>(w.sae.w_enc[static_cast<std::size_t>(i * d_sae + j)]);
+                acts[static_cast<std::size_t>(j)] = std::max(pre, 0.0);
+                l0 += pre > 0.0 ? 1.0 : 0.0;
+            }
+            for (index_t i = 0; i < d_in; ++i) {
+                double r = static_cast<double>(w.sae.b_dec[static_cast<std::size_t>(i)]);
+                for (index_t j = 0; j < d_sae; ++j)
+                    r += acts[static_cast<std::size_t>(j)] * static_cast<double>(w.sae.w_dec[static_cast<std::size_t>(j * d_in + i)]);
+                for (index_t k = 0; k < d_in; ++k)
+                    r += static_cast<double>(x(b, p, k)) * static_cast<double>(w.w_skip[static_cast<std::size_t>(k * d_in + i)]);
+                recons[static_cast<std::size_t>((b * T + p) * d_in + i)] = r;
+                const double yi = static_cast<double>(y(b, p, i));
+                resid += (yi - r) * (yi - r);
+                mean[static_cast<std::size_t>(i)] += yi;
+            }
+        }
+    const auto count = static_cast<double>(n * T);
+    for (double& m : mean) m /= count;
+    double total = 0.0;
+    for (index_t b = 0; b < n; ++b)
+        for (index_t p = 0; p < T; ++p)
+            for (index_t i = 0; i < d_in; ++i) {
+                const double d = static_cast<double>(y(b, p, i)) - mean[static_cast<std::size_t>(i)];
+                total += d * d;
+            }
+    mechlens::dynamic_hooks overwrite(model.config());
+    overwrite.add(out_name, [&](const mechlens::site&, mechlens::activation_view v, const mechlens::hook_context&) {
+        const auto a = v.as<3>();  // (n, T, d_in)
+        for (index_t b = 0; b < n; ++b)
+            for (index_t p = 0; p < T; ++p)
+                for (index_t i = 0; i < d_in; ++i)
+                    a(b, p, i) = static_cast<float>(recons[static_cast<std::size_t>((b * T + p) * d_in + i)]);
+    });
+    const double ce_clean = mean_ce(clean_logits, tokens, n, T, -1, nullptr);
+    const double ce_spliced = mean_ce(mechlens::forward_logits(model, ids, overwrite), tokens, n, T, -1, nullptr);
+    mechlens::ablate_hooks<> ablate;
+    ablate.zero(out_site);
+    const double ce_ablated = mean_ce(mechlens::forward_logits(model, ids, ablate), tokens, n, T, -1, nullptr);
+
+    mechlens::sae_eval_options o;
+    o.batch_contexts = 3;
+    o.context = T;
+    o.tokens_total = n * T;
+    index_t row = 0;
+    const auto r = mechlens::evaluate_transcoder(
+        model, layer, w, mechlens::transcoder_options(),
+        [&](std::span<std::int32_t> context) {
+            if (row >= n) return false;
+            std::copy_n(tokens.begin() + row * T, T, context.begin());
+            ++row;
+            return true;
+        },
+        o);
+    CHECK(r.tokens == n * T);
+    CHECK(r.l0 == Approx(l0 / count).epsilon(1e-12));
+    CHECK(r.fvu == Approx(resid / total).epsilon(1e-5));
+    CHECK(r.ce_clean == Approx(ce_clean).epsilon(1e-5));
+    CHECK(r.ce_spliced == Approx(ce_spliced).epsilon(1e-5));
+    CHECK(r.ce_ablated == Approx(ce_ablated).epsilon(1e-5));
+    CHECK(r.ce_recovered == Approx((ce_ablated - ce_spliced) / (ce_ablated - ce_clean)).epsilon(1e-4));
+    CHECK(r.fvu > 0.05);  // a random transcoder explains little: the comparison is not degenerate
+    CHECK(r.ce_spliced != Approx(r.ce_clean).epsilon(1e-4));
+
+    CHECK_THROWS_WITH(mechlens::evaluate_transcoder(model, 2, w, mechlens::transcoder_options(),
+                                                    [](std::span<std::int32_t>) { return false; }, o),
+                      Catch::Matchers::Contains("layer 2 is outside 0..1"));
+}

@@ -42,6 +42,7 @@
 #include "mechlens/sae/definition.hpp"
 #include "mechlens/sae/harvest_source.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"
+#include "mechlens/sae/transcoder.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
 
@@ -187,22 +188,18 @@ inline void check_eval_options(const transformer& model, const sae_eval_options&
 
 }  // namespace detail
 
-/// Evaluates the SAE (`weights`, `options`; the error term is switched off) spliced in at `hook` over the contexts
-/// `next` supplies, `o.batch_contexts` per forward pass, until `o.tokens_total` tokens (whole contexts) or the
-/// supplier ends. Three forward passes per batch: clean, spliced, zero-ablated. Throws std::invalid_argument for a
-/// host the SAE cannot sit at, bad options, or a supplier that yields no context; shape_error for bad weights.
-inline sae_eval_result evaluate_sae(const transformer& model, std::string_view hook, const sae_weights& weights,
-                                    sae_options options, const context_supplier& next, const sae_eval_options& o,
-                                    const sae_eval_callback& progress = {}) {
-    const char* who = "evaluate_sae";
-    detail::check_eval_options(model, o, who);
-    validate_sae(weights, options, who);
-    const site host = detail::sae_host_site(model, hook, weights.d_in, who);
+namespace detail {
+
+/// The evaluation loop of evaluate_sae and evaluate_transcoder: `module` (built without its error term, `d_sae`
+/// latents at `.hook_sae_acts_post`, output at `.hook_sae_output`) spliced in at `host`, whose activation, as the
+/// host's own callbacks see it before the splice, is what the module reconstructs (width `d_in`).
+inline sae_eval_result evaluate_splice(const transformer& model, const site& host,
+                                       const std::shared_ptr<const splice>& splice_module, index_t d_in, index_t d_sae,
+                                       const context_supplier& next, const sae_eval_options& o,
+                                       const sae_eval_callback& progress, const char* who) {
     const model_config& c = model.config();
-    const index_t T = o.context, d_in = weights.d_in, d_sae = weights.d_sae;
+    const index_t T = o.context;
     const std::int64_t contexts_total = o.tokens_total / T;
-    options.error_term = false;
-    const auto splice_module = std::make_shared<sae_splice>(weights, options);
     const std::string host_name = to_string(host);
 
     sae_eval_result result;
@@ -215,7 +212,7 @@ inline sae_eval_result evaluate_sae(const transformer& model, std::string_view h
     // One batch's state, shared with the callbacks below.
     std::vector<std::int32_t> tokens;        // (batch, T)
     std::vector<unsigned char> counted;      // (batch * T) 1 unless the token is ignored
-    std::vector<double> x_rows;              // (batch * T, d_in) the SAE's input
+    std::vector<double> x_rows;              // (batch * T, d_in) the activation reconstructed
     std::vector<float> ignored_rows;         // (batch * T, d_in) original rows, restored at ignored positions
     index_t batch = 0;
 
@@ -255,9 +252,8 @@ inline sae_eval_result evaluate_sae(const transformer& model, std::string_view h
         // Spliced: the reconstruction replaces the activation (the original stays at ignored positions).
         {
             auto splice_guard = hooks.scoped_splice(host_name, splice_module);
-            auto input_guard = hooks.scoped(host_name + ".hook_sae_input", [&](const site&, activation_view v,
-                                                                               const hook_context&) {
-                const auto x = v.as<3>();  // (batch, T, d_in)
+            auto input_guard = hooks.scoped(host_name, [&](const site&, activation_view v, const hook_context&) {
+                const auto x = v.as<3>();  // (batch, T, d_in) the activation the splice reconstructs
                 x_rows.resize(static_cast<std::size_t>(rows * d_in));
                 if (any_ignored) ignored_rows.resize(x_rows.size());
                 for (index_t b = 0; b < batch; ++b)
@@ -373,6 +369,50 @@ inline sae_eval_result evaluate_sae(const transformer& model, std::string_view h
     result.dense_fraction = static_cast<double>(dense) / static_cast<double>(d_sae);
     result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     return result;
+}
+
+}  // namespace detail
+
+/// Evaluates the SAE (`weights`, `options`; the error term is switched off) spliced in at `hook` over the contexts
+/// `next` supplies, `o.batch_contexts` per forward pass, until `o.tokens_total` tokens (whole contexts) or the
+/// supplier ends. Three forward passes per batch: clean, spliced, zero-ablated. Throws std::invalid_argument for a
+/// host the SAE cannot sit at, bad options, or a supplier that yields no context; shape_error for bad weights.
+inline sae_eval_result evaluate_sae(const transformer& model, std::string_view hook, const sae_weights& weights,
+                                    sae_options options, const context_supplier& next, const sae_eval_options& o,
+                                    const sae_eval_callback& progress = {}) {
+    const char* who = "evaluate_sae";
+    detail::check_eval_options(model, o, who);
+    validate_sae(weights, options, who);
+    const site host = detail::sae_host_site(model, hook, weights.d_in, who);
+    options.error_term = false;
+    return detail::evaluate_splice(model, host, std::make_shared<sae_splice>(weights, options), weights.d_in,
+                                   weights.d_sae, next, o, progress, who);
+}
+
+/// Evaluates the transcoder (`weights`, `options`; the error term is switched off) in place of block `layer`'s MLP
+/// (reading mlp_input_site, replacing `blocks.L.hook_mlp_out`) as evaluate_sae does an SAE: x is the MLP's output,
+/// x_hat the transcoder's; CE ablated zeroes the MLP's output. Throws as evaluate_sae, and std::invalid_argument
+/// for a layer out of range or a model without MLPs.
+inline sae_eval_result evaluate_transcoder(const transformer& model, index_t layer, const transcoder_weights& weights,
+                                           sae_options options, const context_supplier& next,
+                                           const sae_eval_options& o, const sae_eval_callback& progress = {}) {
+    const char* who = "evaluate_transcoder";
+    detail::check_eval_options(model, o, who);
+    validate_transcoder(weights, options, who);
+    const model_config& c = model.config();
+    if (layer < 0 || layer >= c.n_layers)
+        throw std::invalid_argument(std::string(who) + ": layer " + std::to_string(layer) + " is outside 0.." +
+                                    std::to_string(c.n_layers - 1));
+    const site_kind input = mlp_input_site(c);
+    site host;
+    host.kind = site_kind::mlp_out;
+    host.layer = layer;
+    if (c.d_model != weights.sae.d_in)
+        throw shape_error(std::string(who) + ": the transcoder's d_in " + std::to_string(weights.sae.d_in) +
+                          " disagrees with d_model " + std::to_string(c.d_model));
+    options.error_term = false;
+    return detail::evaluate_splice(model, host, std::make_shared<transcoder_splice>(weights, options, input),
+                                   weights.sae.d_in, weights.sae.d_sae, next, o, progress, who);
 }
 
 /// evaluate_sae over contexts packed from `packer` (SAELens's packing; see sae/harvest_source.hpp).
