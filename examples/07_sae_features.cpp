@@ -114,11 +114,10 @@ std::string context_text(const mechlens::feature_context& c, const mechlens::bpe
     return out;
 }
 
-// Greedy continuation of `prompt` under `policy`.
+// Greedy continuation of the prompt `ids` under `policy`.
 template <class Policy>
 std::string continue_text(const mechlens::transformer& model, const mechlens::bpe_tokenizer& tokenizer,
-                          const std::string& prompt, index_t tokens, Policy&& policy) {
-    const std::vector<std::int32_t> ids = tokenizer.encode(prompt);
+                          const std::vector<std::int32_t>& ids, index_t tokens, Policy&& policy) {
     mechlens::generation_options o;
     o.max_new_tokens = tokens;
     const std::vector<std::int32_t> out = mechlens::generate(model, ids, o, [](std::int32_t) {}, policy);
@@ -215,15 +214,16 @@ int main(int argc, char** argv) {
                 r.ce_ablated, 100.0 * r.ce_recovered, 100.0 * r.dead_fraction);
 
     // 4. Features a person can name. Names: the token right after " named", or one of the single-token names.
-    const auto token_of = [&](const char* text) {  // the id of the piece that reads `text` inside a story
+    const auto ids_reading = [&](std::initializer_list<const char*> texts) {  // every piece that reads as one of them
+        std::set<std::int32_t> out;
         for (std::int32_t id = 0; id < static_cast<std::int32_t>(tokenizer.size()); ++id)
-            if (tokenizer.decode_piece(-1, id) == text) return id;
-        return std::int32_t{-1};
+            for (const char* text : texts)
+                if (tokenizer.decode_piece(-1, id) == text) out.insert(id);
+        return out;
     };
-    const std::set<std::int32_t> names{token_of(" Lily"), token_of(" Tim"), token_of(" Timmy")};
-    const std::int32_t named = token_of(" named");
-    std::set<std::int32_t> punctuation;
-    for (const char* p : {".", ",", "!", "?", "\""}) punctuation.insert(token_of(p));
+    const std::set<std::int32_t> names = ids_reading({" Lily", " Tim", " Timmy"});
+    const std::set<std::int32_t> named = ids_reading({" named"});
+    const std::set<std::int32_t> punctuation = ids_reading({".", ",", "!", "?", "\""});
     std::vector<index_t> every(static_cast<std::size_t>(t.d_sae));
     for (index_t j = 0; j < t.d_sae; ++j) every[static_cast<std::size_t>(j)] = j;
     story_contexts browse(model, 3, context);
@@ -233,7 +233,7 @@ int main(int argc, char** argv) {
         mechlens::collect_feature_activity(model, hook, sae.weights, sae.options, browse.supplier(), e, every, collect);
     double name_share = 0.0, punctuation_share = 0.0;
     const index_t name_feature = best_feature(
-        activity, [&](std::int32_t previous, std::int32_t token) { return previous == named || names.count(token) > 0; },
+        activity, [&](std::int32_t previous, std::int32_t token) { return named.count(previous) > 0 || names.count(token) > 0; },
         &name_share);
     const index_t punctuation_feature = best_feature(
         activity, [&](std::int32_t, std::int32_t token) { return punctuation.count(token) > 0; }, &punctuation_share);
@@ -249,21 +249,25 @@ int main(int argc, char** argv) {
                         context_text(s.top[i], tokenizer).c_str());
     }
 
-    // 5. Steering: add the name feature's decoder row, scaled to a few times its largest activation, to the
-    // residual stream after block 2 at every position while generating.
-    const std::string prompt = "Once upon a time, there was a little";
+    // 5. Steering: add the name feature's decoder row, scaled to a multiple of its largest activation, to the
+    // residual stream after block 2 at the prompt's last position, then let the model go on greedily.
     const auto row = std::span<const float>(sae.weights.w_dec).subspan(static_cast<std::size_t>(name_feature * c.d_model),
                                                                        static_cast<std::size_t>(c.d_model));
-    const float top_activation = activity[static_cast<std::size_t>(name_feature)].top.empty()
-                                     ? 1.0f
-                                     : activity[static_cast<std::size_t>(name_feature)].top.front().activation;
-    std::printf("5. Steering along feature %lld from \"%s\":\n", static_cast<long long>(name_feature), prompt.c_str());
-    std::printf("   plain:      %s\n", continue_text(model, tokenizer, prompt, 24, mechlens::no_hooks{}).c_str());
-    for (const float times : {2.0f, 4.0f}) {
-        mechlens::steer_hooks<> steer;
-        steer.add(mechlens::site_from_name(hook, c), row, times * top_activation);
-        std::printf("   steered x%.0f: %s\n", static_cast<double>(times),
-                    continue_text(model, tokenizer, prompt, 24, steer).c_str());
+    const mechlens::feature_summary& name_activity = activity[static_cast<std::size_t>(name_feature)];
+    const float top_activation = name_activity.top.empty() ? 1.0f : name_activity.top.front().activation;
+    std::printf("5. Steering along feature %lld at the prompt's last position (alpha in units of its top activation, "
+                "%.2f):\n",
+                static_cast<long long>(name_feature), static_cast<double>(top_activation));
+    for (const char* prompt : {"Tom and his friend", "One day, a big dog named"}) {
+        const std::vector<std::int32_t> ids = tokenizer.encode(prompt);
+        mechlens::selection last;
+        last.positions = mechlens::index_set({static_cast<index_t>(ids.size()) - 1});
+        for (const float times : {0.0f, 1.5f, 3.0f}) {
+            mechlens::steer_hooks<> steer;
+            steer.add(mechlens::site_from_name(hook, c), row, times * top_activation, last);
+            std::printf("   x%.1f  %s|%s\n", static_cast<double>(times), prompt,
+                        continue_text(model, tokenizer, ids, 16, steer).c_str());
+        }
     }
 
     // 6. The dashboards of the two features and of the four most active others.
