@@ -12,3 +12,5 @@
 #include "mechlens/sae/loss.hpp"
 #include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"
+#include "mechlens/sae/training_step.hpp"
+#include "mechlens/sae/transcoder_definition.hpp"
