@@ -3,7 +3,7 @@
 /// Sparse autoencoders (SAELens's standard, topk, jumprelu and batchtopk): their definition, forward steps,
 /// training losses with exact gradients, the splice into the forward and backward passes (latents are extension
 /// sites), SAELens folders, and the harvesting of activations to train them on (sharded safetensors, resumable,
-/// read back in batches).
+/// read back in batches), and training them (and transcoders) with SAELens's semantics.
 #include "mechlens/sae/definition.hpp"
 #include "mechlens/sae/forward.hpp"
 #include "mechlens/sae/harvest.hpp"
@@ -12,5 +12,7 @@
 #include "mechlens/sae/loss.hpp"
 #include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"
+#include "mechlens/sae/toy_superposition.hpp"
+#include "mechlens/sae/training.hpp"
 #include "mechlens/sae/training_step.hpp"
 #include "mechlens/sae/transcoder_definition.hpp"

@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "test_support.hpp"
 
 using mechlens::index_t;
@@ -172,4 +176,268 @@ TEST_CASE("sae training step: losses and gradients equal the exact reference", "
                             static_cast<unsigned long long>(seed), err_double, err_float);
         }
     }
+}
+
+namespace {
+
+/// The transcoder loss (double) at `params`, for finite differences.
+double transcoder_loss(mechlens::sae_training_step<double>& step, const std::vector<double>& params,
+                       const std::vector<double>& x, const std::vector<double>& y, index_t n,
+                       const mechlens::sae_step_coefficients& c) {
+    std::vector<double> g(params.size());
+    return step.compute(params, g, x.data(), y.data(), n, c, {}).total;
+}
+
+}  // namespace
+
+TEST_CASE("sae training step: transcoder gradients, skip included, equal finite differences", "[sae_train]") {
+    const index_t d_in = 6, d_sae = 16, n = 10;
+    for (const auto arch : {mechlens::sae_architecture::standard, mechlens::sae_architecture::topk}) {
+        INFO(mechlens::to_string(arch));
+        mechlens::sae_options o;
+        o.architecture = arch;
+        o.k = 4;
+        o.apply_b_dec_to_input = false;
+        const auto layout = mechlens::sae_parameter_layout::make(d_in, d_sae, false, true);
+        std::vector<double> params(static_cast<std::size_t>(layout.size)), grads(params.size());
+        mechlens::pack_sae_parameters<double>(random_weights<double>(d_in, d_sae, false, true, 5), layout, params);
+        const auto x = random_batch<double>(n, d_in, 6);
+        const auto y = random_batch<double>(n, d_in, 7);  // a target that is not the input
+        mechlens::sae_training_step<double> step(layout, o);
+        const mechlens::sae_step_coefficients c{0.3, 0, 0.05, 1};
+        step.compute(params, grads, x.data(), y.data(), n, c, {});
+        // Every W_skip and b_dec element, and a stride through the rest.
+        std::vector<index_t> probe;
+        for (index_t i = layout.w_skip_t; i < layout.w_skip_t + d_in * d_in; ++i) probe.push_back(i);
+        for (index_t i = layout.b_dec; i < layout.b_dec + d_in; ++i) probe.push_back(i);
+        for (index_t i = 0; i < layout.b_dec; i += 7) probe.push_back(i);
+        double worst = 0, skip_largest = 0;
+        for (index_t i : probe) {
+            const auto s = static_cast<std::size_t>(i);
+            const double h = 1e-6, keep = params[s];
+            params[s] = keep + h;
+            const double up = transcoder_loss(step, params, x, y, n, c);
+            params[s] = keep - h;
+            const double down = transcoder_loss(step, params, x, y, n, c);
+            params[s] = keep;
+            const double fd = (up - down) / (2 * h);
+            worst = std::max(worst, std::abs(fd - grads[s]) / std::max(1.0, std::abs(fd)));
+            if (i >= layout.w_skip_t) skip_largest = std::max(skip_largest, std::abs(grads[s]));
+        }
+        CHECK(skip_largest > 1e-3);  // the skip's gradient is not trivially zero
+        CHECK(worst < 1e-7);         // central differences with h = 1e-6: error ~h^2 plus 1e-16 / h
+        // W_skip really enters the output: zeroing it changes the loss.
+        std::vector<double> no_skip = params;
+        std::fill(no_skip.begin() + layout.w_skip_t, no_skip.end(), 0.0);
+        CHECK(transcoder_loss(step, no_skip, x, y, n, c) != transcoder_loss(step, params, x, y, n, c));
+    }
+}
+
+namespace {
+
+mechlens::sae_trainer_options toy_options(mechlens::sae_architecture arch, std::int64_t tokens) {
+    mechlens::sae_trainer_options o;
+    o.sae.architecture = arch;
+    o.sae.k = 3;
+    o.d_sae = 64;
+    o.batch_size = 512;
+    o.tokens_total = tokens;
+    o.lr = 3e-3;
+    o.l1_coefficient = 0.02;
+    o.dead_feature_window = 50;
+    o.seed = 3;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("sae trainer: runs are deterministic, independent of thread count, and differ by seed", "[sae_train]") {
+    mechlens::toy_superposition_options t;
+    t.seed = 9;
+    for (const auto arch : {mechlens::sae_architecture::standard, mechlens::sae_architecture::topk,
+                            mechlens::sae_architecture::batchtopk, mechlens::sae_architecture::jumprelu}) {
+        INFO(mechlens::to_string(arch));
+        auto run = [&](std::uint64_t seed, int threads) {
+            mechlens::toy_superposition data(t);
+            auto o = toy_options(arch, 512 * 40);
+            o.seed = seed;
+            o.batch_size = 512;
+            o.b_dec_init = mechlens::sae_b_dec_init::geometric_median;
+#if defined(_OPENMP)
+            const int before = omp_get_max_threads();
+            omp_set_num_threads(threads);
+#else
+            (void)threads;
+#endif
+            mechlens::sae_trainer trainer(o, t.dims);
+            trainer.train(data);
+#if defined(_OPENMP)
+            omp_set_num_threads(before);
+#endif
+            return trainer.parameters();
+        };
+        const auto a = run(1, 1);
+        CHECK(a == run(1, 1));
+        CHECK(a == run(1, 2));
+        CHECK(a != run(2, 1));
+    }
+}
+
+TEST_CASE("sae trainer: resuming from a checkpoint equals the uninterrupted run bit for bit", "[sae_train]") {
+    const std::filesystem::path dir = mechlens_test::scratch_dir() / "sae_train_resume";
+    std::filesystem::remove_all(dir);
+    mechlens::toy_superposition_options t;
+    t.seed = 4;
+    for (const auto arch : {mechlens::sae_architecture::topk, mechlens::sae_architecture::batchtopk,
+                            mechlens::sae_architecture::jumprelu}) {
+        INFO(mechlens::to_string(arch));
+        auto o = toy_options(arch, 512 * 30);
+        o.dead_feature_window = 5;  // latents die within the run, so the dead counters matter
+        o.lr_warm_up_steps = 4;
+        o.lr_decay_steps = 6;
+        o.coefficient_warm_up_steps = 8;
+        o.checkpoint_every_tokens = 512 * 10;
+        o.checkpoint_dir = dir / std::string(mechlens::to_string(arch));
+        mechlens::toy_superposition data(t);
+        mechlens::sae_trainer whole(o, t.dims);
+        double dead_seen = 0;
+        whole.train(data, [&](const mechlens::sae_training_progress& p) { dead_seen = std::max(dead_seen, p.dead_fraction); });
+        CHECK(whole.steps_done() == 30);
+        const auto checkpoint = o.checkpoint_dir / "tokens_5120";
+        REQUIRE(std::filesystem::exists(checkpoint / "cfg.json"));
+        REQUIRE(std::filesystem::exists(o.checkpoint_dir / "tokens_15360" / "trainer_state.safetensors"));
+        // The checkpoint is a SAELens folder.
+        const mechlens::saelens_sae folder = mechlens::read_saelens_folder(checkpoint);
+        CHECK(folder.weights.d_sae == 64);
+
+        mechlens::toy_superposition data2(t);
+        auto o2 = o;
+        o2.checkpoint_dir = dir / "resumed";
+        mechlens::sae_trainer resumed(o2, t.dims);
+        resumed.resume(checkpoint);
+        CHECK(resumed.steps_done() == 10);
+        resumed.train(data2);
+        CHECK(resumed.parameters() == whole.parameters());
+        CHECK(resumed.topk_threshold() == whole.topk_threshold());
+        CHECK(resumed.dead() == whole.dead());
+        if (arch == mechlens::sae_architecture::topk) CHECK(dead_seen > 0);
+
+        // An interrupted run (stop_after_steps) continues in the same object to the same result.
+        mechlens::toy_superposition data3(t);
+        auto o3 = o;
+        o3.checkpoint_every_tokens = 0;
+        mechlens::sae_trainer pieces(o3, t.dims);
+        pieces.train(data3, {}, 7);
+        CHECK(pieces.steps_done() == 7);
+        pieces.train(data3);
+        CHECK(pieces.parameters() == whole.parameters());
+    }
+    // A checkpoint of another shape is refused.
+    auto other = toy_options(mechlens::sae_architecture::topk, 512 * 30);
+    other.d_sae = 32;
+    mechlens::sae_trainer wrong(other, 16);
+    CHECK_THROWS_AS(wrong.resume(dir / "topk" / "tokens_5120"), std::invalid_argument);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("sae trainer: toy models of superposition are recovered (standard and topk)", "[sae_train]") {
+    mechlens::toy_superposition_options t;
+    t.features = 32;
+    t.dims = 16;
+    t.probability = 0.05;
+    t.seed = 1;
+    for (const auto arch : {mechlens::sae_architecture::standard, mechlens::sae_architecture::topk}) {
+        INFO(mechlens::to_string(arch));
+        mechlens::toy_superposition data(t);
+        auto o = toy_options(arch, 512 * 1500);
+        o.lr_decay_steps = 300;
+        o.l1_coefficient = 0.2;  // L0 about 4.5 here; 0.05 gives L0 11 and a cosine of 0.90
+        mechlens::sae_trainer trainer(o, t.dims);
+        double l0 = 0, mse = 0;
+        trainer.train(data, [&](const mechlens::sae_training_progress& p) {
+            l0 = p.loss.l0_norm;
+            mse = p.loss.mse;
+        });
+        const double recovery = mechlens::toy_direction_recovery(data.directions(), trainer.weights().sae.w_dec, t.dims);
+        if (std::getenv("MECHLENS_SAE_REPORT"))
+            std::printf("toy %s: mean best cosine %.4f, L0 %.2f, mse %.4f\n",
+                        std::string(mechlens::to_string(arch)).c_str(), recovery, l0, mse);
+        CHECK(recovery >= 0.9);
+        // Untrained, the decoder rows are random: the same measure is far lower.
+        mechlens::sae_trainer untrained(o, t.dims);
+        CHECK(mechlens::toy_direction_recovery(data.directions(), untrained.weights().sae.w_dec, t.dims) < 0.8);
+    }
+}
+
+TEST_CASE("sae trainer: schedules and bad input", "[sae_train]") {
+    mechlens::sae_trainer_options o;
+    o.lr = 1.0;
+    o.lr_warm_up_steps = 4;
+    o.lr_decay_steps = 2;
+    CHECK(mechlens::sae_learning_rate(o, 0, 10) == 0.25);
+    CHECK(mechlens::sae_learning_rate(o, 3, 10) == 1.0);
+    CHECK(mechlens::sae_learning_rate(o, 7, 10) == 1.0);
+    CHECK(mechlens::sae_learning_rate(o, 8, 10) == 1.0);
+    CHECK(mechlens::sae_learning_rate(o, 9, 10) == 0.5);
+
+    auto good = toy_options(mechlens::sae_architecture::standard, 1024);
+    auto bad = good;
+    bad.tokens_total = 100;
+    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
+    bad = good;
+    bad.d_sae = 0;
+    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), mechlens::shape_error);
+    bad = good;
+    bad.sae.architecture = mechlens::sae_architecture::topk;
+    bad.sae.k = 100;
+    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
+    bad = good;
+    bad.sae.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;
+    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
+    bad = good;
+    bad.lr_warm_up_steps = 3;  // 2 steps in the run
+    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
+
+    mechlens::sae_trainer trainer(good, 8);
+    mechlens::toy_superposition data({});
+    CHECK_THROWS_AS(trainer.train(data), mechlens::shape_error);  // width 16, trainer 8
+    auto skip = good;
+    skip.skip = true;
+    skip.sae.apply_b_dec_to_input = false;
+    mechlens::sae_trainer skipper(skip, 16);
+    CHECK_THROWS_AS(skipper.train(data), std::invalid_argument);  // a skip needs pairs
+    CHECK_THROWS_AS(mechlens::in_memory_batches(std::vector<float>(10), {}, 4), mechlens::shape_error);
+}
+
+TEST_CASE("sae trainer: a transcoder learns a linear map through its skip and latents", "[sae_train]") {
+    // y = A x: the skip can represent it exactly; the loss must fall far below the target's variance.
+    const index_t d = 8, rows = 4096;
+    const auto x = random_batch<float>(rows, d, 21);
+    const auto a = random_batch<float>(d, d, 22);
+    std::vector<float> y(x.size(), 0.0f);
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t o = 0; o < d; ++o)
+            for (index_t i = 0; i < d; ++i)
+                y[static_cast<std::size_t>(r * d + o)] += x[static_cast<std::size_t>(r * d + i)] * a[static_cast<std::size_t>(i * d + o)];
+    double variance = 0;
+    for (float v : y) variance += static_cast<double>(v) * static_cast<double>(v);
+    variance /= rows;
+    mechlens::in_memory_batches data(x, y, d);
+    auto o = toy_options(mechlens::sae_architecture::topk, 256 * 600);
+    o.batch_size = 256;
+    o.d_sae = 32;
+    o.skip = true;
+    o.sae.apply_b_dec_to_input = false;
+    o.lr = 1e-2;
+    mechlens::sae_trainer trainer(o, d);
+    double first = -1, last = 0;
+    trainer.train(data, [&](const mechlens::sae_training_progress& p) {
+        if (first < 0) first = p.loss.mse;
+        last = p.loss.mse;
+    });
+    CHECK(first > 0.5 * variance);
+    CHECK(last < 0.01 * variance);
+    const auto w = trainer.weights();
+    REQUIRE(w.w_skip.size() == static_cast<std::size_t>(d * d));
+    mechlens::validate_transcoder(w, o.sae, "test");
 }
