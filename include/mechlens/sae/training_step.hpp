@@ -322,7 +322,11 @@ public:
         // Select each row's entries (row order within each thread's contiguous block of rows).
         const int threads = thread_count(parallel);
         if (static_cast<int>(thread_entries_.size()) < threads) thread_entries_.resize(static_cast<std::size_t>(threads));
-        if (static_cast<int>(thread_order_.size()) < threads) thread_order_.resize(static_cast<std::size_t>(threads));
+        if (static_cast<int>(thread_order_.size()) < threads) {
+            thread_order_.resize(static_cast<std::size_t>(threads));
+            thread_scores_.resize(static_cast<std::size_t>(threads));
+            thread_sorted_.resize(static_cast<std::size_t>(threads));
+        }
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -333,9 +337,11 @@ public:
 #endif
             std::vector<detail::sae_entry<T>>& out = thread_entries_[static_cast<std::size_t>(t)];
             std::vector<std::int32_t>& order = thread_order_[static_cast<std::size_t>(t)];
+            std::vector<T>& scores = thread_scores_[static_cast<std::size_t>(t)];
+            std::vector<T>& sorted = thread_sorted_[static_cast<std::size_t>(t)];
             out.clear();
             const index_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
-            for (index_t r = r0; r < r1; ++r) select_row(r, out, order, batch_cut, k_aux, bw);
+            for (index_t r = r0; r < r1; ++r) select_row(r, out, order, scores, sorted, batch_cut, k_aux, bw);
         }
         entries_.clear();
         for (int t = 0; t < threads; ++t)
@@ -572,9 +578,53 @@ private:
         row_fired_.resize(rows);
     }
 
+    /// The k candidates with the largest score (ties to the lower latent), in latent order, into `out`:
+    /// candidate(m) for m < count gives latents in increasing order. A strided sample of the scores gives a value
+    /// that about 2k scores exceed; only those are quickselected, which is exact whenever at least k exceed it
+    /// (otherwise all scores are). The result does not depend on the sample.
+    template <class Candidate, class Score>
+    static void top_k(std::size_t k, std::size_t count, Candidate candidate, Score score, std::vector<std::int32_t>& out,
+                      std::vector<T>& scores, std::vector<T>& sorted) {
+        out.clear();
+        scores.resize(count);
+        for (std::size_t m = 0; m < count; ++m) scores[m] = score(candidate(m));
+        if (k >= count) {
+            for (std::size_t m = 0; m < count; ++m) out.push_back(candidate(m));
+            return;
+        }
+        T floor = -std::numeric_limits<T>::infinity();
+        const std::size_t stride = count / (4 * k);
+        if (stride >= 2) {
+            sorted.clear();
+            for (std::size_t m = 0; m < count; m += stride) sorted.push_back(scores[m]);
+            const std::size_t rank = (2 * k) / stride;  // about 2k scores of the row beat the sample's rank-th
+            std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(rank), sorted.end(),
+                             std::greater<T>());
+            floor = sorted[rank];
+        }
+        sorted.clear();
+        for (std::size_t m = 0; m < count; ++m)
+            if (scores[m] > floor) sorted.push_back(scores[m]);
+        if (sorted.size() < k) sorted.assign(scores.begin(), scores.end());
+        std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(k) - 1, sorted.end(),
+                         std::greater<T>());
+        const T kth = sorted[k - 1];
+        std::size_t above = 0;
+        for (std::size_t m = 0; m < count; ++m) above += scores[m] > kth ? 1u : 0u;
+        std::size_t ties = k - above;
+        for (std::size_t m = 0; m < count; ++m) {
+            if (scores[m] > kth) {
+                out.push_back(candidate(m));
+            } else if (scores[m] == kth && ties > 0) {
+                out.push_back(candidate(m));
+                --ties;
+            }
+        }
+    }
+
     /// Appends row r's entries in latent order: kept latents, aux latents and (jumprelu) the estimator's window.
-    void select_row(index_t r, std::vector<detail::sae_entry<T>>& out, std::vector<std::int32_t>& order, T batch_cut,
-                    index_t k_aux, T bw) const {
+    void select_row(index_t r, std::vector<detail::sae_entry<T>>& out, std::vector<std::int32_t>& order,
+                    std::vector<T>& scores, std::vector<T>& sorted, T batch_cut, index_t k_aux, T bw) const {
         const index_t d_sae = l_.d_sae;
         const T* pre = pre_.data() + r * d_sae;
         const bool rescale = sae_rescales(o_);
@@ -610,16 +660,11 @@ private:
                 }
                 break;
             case sae_architecture::topk: {
-                order.resize(static_cast<std::size_t>(d_sae));
-                std::iota(order.begin(), order.end(), 0);
-                const auto k = static_cast<std::ptrdiff_t>(o_.k);
-                std::nth_element(order.begin(), order.begin() + k - 1, order.end(), [&](std::int32_t a, std::int32_t b) {
-                    const T sa = score(a), sb = score(b);
-                    return sa > sb || (sa == sb && a < b);
-                });
-                std::sort(order.begin(), order.begin() + k);
-                for (std::ptrdiff_t m = 0; m < k; ++m) {
-                    const std::int32_t j = order[static_cast<std::size_t>(m)];
+                const auto k = static_cast<std::size_t>(o_.k);
+                top_k(k, static_cast<std::size_t>(d_sae), [](std::size_t m) { return static_cast<std::int32_t>(m); }, score,
+                      order, scores, sorted);
+                for (std::size_t m = 0; m < k; ++m) {
+                    const std::int32_t j = order[m];
                     const T s = score(j);
                     if (!(s > T(0))) continue;
                     detail::sae_entry<T>& e = add(j);
@@ -641,12 +686,8 @@ private:
         }
         if (k_aux <= 0) return;
         // The k_aux largest scores among dead latents (ties to the lower index); merged into the row's entries.
-        order.assign(dead_list_.begin(), dead_list_.end());
-        std::nth_element(order.begin(), order.begin() + (k_aux - 1), order.end(), [&](std::int32_t a, std::int32_t b) {
-            const T sa = score(a), sb = score(b);
-            return sa > sb || (sa == sb && a < b);
-        });
-        std::sort(order.begin(), order.begin() + k_aux);
+        top_k(static_cast<std::size_t>(k_aux), dead_list_.size(), [&](std::size_t m) { return dead_list_[m]; }, score,
+              order, scores, sorted);
         const std::size_t last = out.size();
         std::size_t q = first;
         for (index_t m = 0; m < k_aux; ++m) {
@@ -679,6 +720,7 @@ private:
     std::vector<std::int32_t> dead_list_;
     std::vector<std::vector<detail::sae_entry<T>>> thread_entries_;
     std::vector<std::vector<std::int32_t>> thread_order_;
+    std::vector<std::vector<T>> thread_scores_, thread_sorted_;  // per thread: (d_sae) scratch for top_k
     std::vector<detail::sae_entry<T>> entries_;  // (nnz) in row order
     std::vector<std::size_t> row_start_;         // (n + 1)
     std::vector<std::size_t> col_start_;         // (d_sae + 1)
