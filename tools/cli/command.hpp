@@ -10,7 +10,7 @@ namespace mechlens_cli {
 
 /// One command of the CLI: `mechlens NAME [options]`.
 struct command {
-    std::string_view name;        ///< What follows `mechlens`.
+    std::string_view name;        ///< What follows `mechlens`: one word, or two ("sae train").
     std::string_view usage;       ///< Its options for --help: lines separated by '\n', the first after the name.
     int (*run)(arguments& args);  ///< Runs it on the options after the name; returns the exit code.
 };
@@ -28,5 +28,6 @@ extern const command patch_command;      ///< commands/patch.cpp
 extern const command attribute_command;  ///< commands/attribute.cpp
 extern const command tokenize_command;   ///< commands/tokenize.cpp
 extern const command harvest_command;    ///< commands/harvest.cpp
+extern const command sae_train_command;  ///< commands/sae_train.cpp ("sae train")
 
 }  // namespace mechlens_cli

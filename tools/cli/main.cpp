@@ -22,6 +22,7 @@ constexpr const command* command_table[] = {
     &mechlens_cli::cache_command,     &mechlens_cli::grad_command,     &mechlens_cli::train_command,
     &mechlens_cli::lens_command,      &mechlens_cli::dla_command,      &mechlens_cli::patch_command,
     &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command, &mechlens_cli::harvest_command,
+    &mechlens_cli::sae_train_command,
 };
 
 /// The options that take no value: the weight-processing flags and harvest's --shuffle. A flag given to a command
@@ -83,7 +84,13 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mechlens: missing command (%s); see mechlens --help\n", command_names().c_str());
         return 2;
     }
-    const std::string name = argv[1];
+    std::string name = argv[1];
+    int first = 2;
+    // A two-word command ("sae train"): the second word belongs to the name.
+    if (argc >= 3 && argv[2][0] != '-' && find_command(name + " " + argv[2]) != nullptr) {
+        name = name + " " + argv[2];
+        first = 3;
+    }
     if (is_help(name)) {
         std::fputs("usage: mechlens COMMAND [options]\ncommands:\n", stdout);
         for (const command* c : command_table) print_usage(*c);
@@ -93,13 +100,13 @@ int main(int argc, char** argv) {
     try {
         const command* c = find_command(name);
         // `mechlens COMMAND --help`: that command's usage alone.
-        if (c != nullptr && argc == 3 && is_help(argv[2])) {
+        if (c != nullptr && argc == first + 1 && is_help(argv[first])) {
             std::printf("usage: mechlens %s [options]\n", name.c_str());
             print_usage(*c);
             std::fputs(usage_footer, stdout);
             return 0;
         }
-        mechlens_cli::arguments args(argc, argv, 2, flag_options());
+        mechlens_cli::arguments args(argc, argv, first, flag_options());
         if (c == nullptr)
             throw mechlens_cli::usage_error("unknown command '" + name + "' (try: " + command_names() + ")");
         return c->run(args);
