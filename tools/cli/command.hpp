@@ -29,5 +29,6 @@ extern const command attribute_command;  ///< commands/attribute.cpp
 extern const command tokenize_command;   ///< commands/tokenize.cpp
 extern const command harvest_command;    ///< commands/harvest.cpp
 extern const command sae_train_command;  ///< commands/sae_train.cpp ("sae train")
+extern const command transcoder_train_command;  ///< commands/sae_train.cpp ("transcoder train")
 
 }  // namespace mechlens_cli

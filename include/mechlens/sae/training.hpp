@@ -465,11 +465,12 @@ private:
             if (mean > 0) scaling_factor_ = static_cast<float>(std::sqrt(static_cast<double>(d)) / mean);
         }
         const std::vector<float>& rows = source.paired() ? y_ : x_;
+        const auto factor = static_cast<double>(scaling_factor_);
         std::vector<double> point(static_cast<std::size_t>(d), 0.0);  // (d_in)
         for (index_t r = 0; r < n; ++r)
             for (index_t i = 0; i < d; ++i)
                 point[static_cast<std::size_t>(i)] +=
-                    static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * scaling_factor_ / static_cast<double>(n);
+                    static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * factor / static_cast<double>(n);
         if (o_.b_dec_init == sae_b_dec_init::geometric_median)
             for (int iteration = 0; iteration < 100; ++iteration) {  // Weiszfeld from the mean
                 std::vector<double> next(point.size(), 0.0);
@@ -477,7 +478,7 @@ private:
                 for (index_t r = 0; r < n; ++r) {
                     double dist = 0;
                     for (index_t i = 0; i < d; ++i) {
-                        const double v = static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * scaling_factor_ -
+                        const double v = static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * factor -
                                          point[static_cast<std::size_t>(i)];
                         dist += v * v;
                     }
@@ -485,7 +486,7 @@ private:
                     weights += w;
                     for (index_t i = 0; i < d; ++i)
                         next[static_cast<std::size_t>(i)] +=
-                            w * static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * scaling_factor_;
+                            w * static_cast<double>(rows[static_cast<std::size_t>(r * d + i)]) * factor;
                 }
                 for (double& v : next) v /= weights;
                 point = next;

@@ -32,14 +32,16 @@ double parse_double(const std::string& text, const std::string& what) {
 /// The training progress line, rewritten in place on stderr at most ten times a second (and at the end).
 class training_line {
 public:
+    /// A line starting with `what` ("sae train", "transcoder train").
+    explicit training_line(const char* what) : what_(what) {}
     void operator()(const mechlens::sae_training_progress& p) {
         const auto now = std::chrono::steady_clock::now();
         const bool last = p.step >= p.steps_total;
         if (!last && printed_ && now - last_print_ < std::chrono::milliseconds(100)) return;
         last_print_ = now;
         printed_ = true;
-        std::fprintf(stderr, "\rsae train: step %lld / %lld  %lld tokens  loss %.4g (mse %.4g)  L0 %.1f  dead %.1f%%  %.0f tok/s   ",
-                     static_cast<long long>(p.step), static_cast<long long>(p.steps_total),
+        std::fprintf(stderr, "\r%s: step %lld / %lld  %lld tokens  loss %.4g (mse %.4g)  L0 %.1f  dead %.1f%%  %.0f tok/s   ",
+                     what_, static_cast<long long>(p.step), static_cast<long long>(p.steps_total),
                      static_cast<long long>(p.tokens), p.loss.total, p.loss.mse, p.loss.l0_norm,
                      100.0 * p.dead_fraction, p.tokens_per_second);
         std::fflush(stderr);
@@ -50,13 +52,14 @@ public:
     }
 
 private:
+    const char* what_;
     std::chrono::steady_clock::time_point last_print_{};
     bool printed_ = false;
 };
 
-/// Harvests `hook` from --model into `dir` (a temporary directory inside --out) with harvest()'s defaults.
-void harvest_from_model(arguments& args, const std::string& hook, std::int64_t tokens_total, std::uint64_t seed,
-                        const std::filesystem::path& dir) {
+/// Harvests `hooks` from --model into `dir` (a temporary directory inside --out) with harvest()'s defaults.
+void harvest_from_model(arguments& args, const std::vector<std::string>& hooks, std::int64_t tokens_total,
+                        std::uint64_t seed, const std::filesystem::path& dir) {
     const model_options model_opts = read_model_options(args);
     const std::vector<std::string> texts = args.all("text");
     const auto tokenizer_path = args.get("tokenizer");
@@ -70,7 +73,7 @@ void harvest_from_model(arguments& args, const std::string& hook, std::int64_t t
     if (context > c.n_ctx)
         throw usage_error(concat("--context ", std::to_string(context), " exceeds the model's n_ctx ", std::to_string(c.n_ctx)));
     mechlens::harvest_options options;
-    options.sites.push_back(mechlens::parse_harvest_site(hook, c));
+    for (const std::string& hook : hooks) options.sites.push_back(mechlens::parse_harvest_site(hook, c));
     std::optional<text_tokenizer> tokenizer = texts.empty() ? optional_tokenizer(model_opts.path, tokenizer_path)
                                                             : resolve_tokenizer(model_opts.path, tokenizer_path);
     const std::int32_t bos = tokenizer ? tokenizer->bos_id() : -1;
@@ -100,8 +103,8 @@ void harvest_from_model(arguments& args, const std::string& hook, std::int64_t t
     std::filesystem::remove_all(dir);
     const mechlens::harvest_result r = mechlens::harvest(model, *source, dir, options);
     if (r.manifest.rows() == 0) throw usage_error("the text gives no whole context of --context tokens");
-    std::fprintf(stderr, "harvested %lld rows of %s in %.1f s\n", static_cast<long long>(r.manifest.rows()),
-                 hook.c_str(), r.seconds);
+    std::fprintf(stderr, "harvested %lld rows of %s%s in %.1f s\n", static_cast<long long>(r.manifest.rows()),
+                 hooks.front().c_str(), hooks.size() > 1 ? " and its target" : "", r.seconds);
 }
 
 int run(arguments& args) {
@@ -164,7 +167,7 @@ int run(arguments& args) {
             }
         o.metadata.model_name = m.model;
     } else {
-        harvest_from_model(args, *hook, o.tokens_total, o.seed, scratch);
+        harvest_from_model(args, {*hook}, o.tokens_total, o.seed, scratch);
         data = std::make_unique<mechlens::harvest_batches>(scratch, *hook);
         const mechlens::harvest_manifest m = mechlens::read_harvest_manifest(scratch);
         o.metadata.hook_name = m.sites.front().hook_name;
@@ -173,7 +176,7 @@ int run(arguments& args) {
     }
     o.sae.apply_b_dec_to_input = true;
     mechlens::sae_trainer trainer(o, data->width());
-    training_line line;
+    training_line line("sae train");
     try {
         trainer.train(*data, std::ref(line));
     } catch (...) {
@@ -189,6 +192,93 @@ int run(arguments& args) {
     return 0;
 }
 
+/// Writes a transcoder as a SAELens-style folder: cfg.json (SAELens's transcoder architectures: transcoder,
+/// skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder; d_in, d_sae, d_out, the input hook in
+/// metadata.hook_name and the target in metadata.hook_name_out) and sae_weights.safetensors with W_enc, W_dec,
+/// b_enc, b_dec, threshold (jumprelu) and W_skip stored as SAELens stores it, (d_out, d_in) = our W_skip transposed.
+void write_transcoder_folder(const std::filesystem::path& dir, const mechlens::transcoder_weights& w, bool jumprelu,
+                             const std::string& hook_in, const std::string& hook_out, const std::string& model) {
+    mechlens::validate_transcoder(w, {}, "write_transcoder_folder");
+    std::filesystem::create_directories(dir);
+    const mechlens::sae_weights& s = w.sae;
+    const mechlens::index_t d = s.d_in;
+    std::vector<float> skip_t(w.w_skip.size());  // (d_out, d_in)
+    for (mechlens::index_t i = 0; i < d && !w.w_skip.empty(); ++i)
+        for (mechlens::index_t o = 0; o < d; ++o)
+            skip_t[static_cast<std::size_t>(o * d + i)] = w.w_skip[static_cast<std::size_t>(i * d + o)];
+    std::vector<mechlens::safetensors_tensor_ref> tensors{{"W_enc", {d, s.d_sae}, s.w_enc.data()},
+                                                          {"W_dec", {s.d_sae, d}, s.w_dec.data()},
+                                                          {"b_enc", {s.d_sae}, s.b_enc.data()},
+                                                          {"b_dec", {d}, s.b_dec.data()}};
+    if (jumprelu) tensors.push_back({"threshold", {s.d_sae}, s.threshold.data()});
+    if (!w.w_skip.empty()) tensors.push_back({"W_skip", {d, d}, skip_t.data()});
+    mechlens::write_safetensors(dir / "sae_weights.safetensors", tensors);
+    std::string architecture = jumprelu ? "jumprelu_" : "";
+    architecture += w.w_skip.empty() ? "transcoder" : "skip_transcoder";
+    std::FILE* f = std::fopen((dir / "cfg.json").string().c_str(), "wb");
+    if (f == nullptr) throw usage_error(concat("cannot write ", (dir / "cfg.json").string()));
+    std::fprintf(f,
+                 "{\"architecture\": \"%s\", \"d_in\": %td, \"d_sae\": %td, \"d_out\": %td, \"dtype\": \"float32\", "
+                 "\"device\": \"cpu\", \"apply_b_dec_to_input\": false, \"normalize_activations\": \"none\", "
+                 "\"reshape_activations\": \"none\", \"metadata\": {\"sae_lens_version\": \"6.0.0\", "
+                 "\"written_by\": \"mechlens\", \"hook_name\": \"%s\", \"hook_name_out\": \"%s\", "
+                 "\"hook_head_index\": null, \"model_name\": \"%s\"}}\n",
+                 architecture.c_str(), d, s.d_sae, d, hook_in.c_str(), hook_out.c_str(), model.c_str());
+    if (std::fclose(f) != 0) throw usage_error(concat("cannot write ", (dir / "cfg.json").string()));
+}
+
+int run_transcoder(arguments& args) {
+    const auto layer = parse_number<mechlens::index_t>(args.require("layer"), "--layer");
+    const std::string architecture = args.get("architecture").value_or("standard");
+    const std::filesystem::path out = args.require("out");
+    mechlens::sae_trainer_options o;
+    o.d_sae = parse_number<mechlens::index_t>(args.require("d-sae"), "--d-sae");
+    const auto arch = mechlens::parse_sae_architecture(architecture);
+    if (!arch || (*arch != mechlens::sae_architecture::standard && *arch != mechlens::sae_architecture::jumprelu))
+        throw usage_error(concat("--architecture '", architecture, "' for a transcoder: standard or jumprelu"));
+    o.sae.architecture = *arch;
+    o.sae.apply_b_dec_to_input = false;
+    o.skip = args.flag("skip");
+    if (const auto v = args.get("l1")) {
+        o.l1_coefficient = parse_double(*v, "--l1");
+        o.l0_coefficient = o.l1_coefficient;
+    }
+    if (const auto v = args.get("lr")) o.lr = parse_double(*v, "--lr");
+    o.batch_size = parse_number<mechlens::index_t>(args.get("batch").value_or("4096"), "--batch");
+    o.tokens_total = parse_number<std::int64_t>(args.get("tokens-total").value_or("1000000"), "--tokens-total");
+    o.seed = parse_number<std::uint64_t>(args.get("seed").value_or("0"), "--seed");
+    if (o.d_sae <= 0) throw usage_error("--d-sae must be positive");
+    if (o.batch_size <= 0) throw usage_error("--batch must be positive");
+    if (o.tokens_total < o.batch_size)
+        throw usage_error(concat("--tokens-total ", std::to_string(o.tokens_total), " is less than one --batch (",
+                                 std::to_string(o.batch_size), ")"));
+    if (!(o.lr > 0)) throw usage_error("--lr must be positive");
+    if (layer < 0) throw usage_error("--layer must be >= 0");
+    // SAELens's MLP transcoder pair: the MLP's input (after its norm) and the MLP's output.
+    const std::string hook_in = concat("blocks.", std::to_string(layer), ".ln2.hook_normalized");
+    const std::string hook_out = concat("blocks.", std::to_string(layer), ".hook_mlp_out");
+    const std::filesystem::path scratch = out / "harvest.tmp";
+    harvest_from_model(args, {hook_in, hook_out}, o.tokens_total, o.seed, scratch);
+    mechlens::harvest_batches data(scratch, hook_in, hook_out);
+    const std::string model = mechlens::read_harvest_manifest(scratch).model;
+    mechlens::sae_trainer trainer(o, data.width());
+    training_line line("transcoder train");
+    try {
+        trainer.train(data, std::ref(line));
+    } catch (...) {
+        line.finish();
+        throw;
+    }
+    line.finish();
+    write_transcoder_folder(out, trainer.weights(), o.sae.architecture == mechlens::sae_architecture::jumprelu, hook_in,
+                            hook_out, model);
+    std::filesystem::remove_all(scratch);
+    std::printf("%s: %s%s transcoder (%td -> %td latents -> %td) trained on %lld tokens, %s -> %s\n",
+                out.string().c_str(), architecture.c_str(), o.skip ? " skip" : "", data.width(), o.d_sae, data.width(),
+                static_cast<long long>(trainer.steps_done() * o.batch_size), hook_in.c_str(), hook_out.c_str());
+    return 0;
+}
+
 }  // namespace
 
 const command sae_train_command{
@@ -201,5 +291,15 @@ const command sae_train_command{
     "harvested from --model first (text, or stories sampled from the model); writes DIR/cfg.json and\n"
     "DIR/sae_weights.safetensors (a SAELens folder), checkpoints in DIR/checkpoints/ (docs/SAE.md)",
     run};
+
+
+const command transcoder_train_command{
+    "transcoder train",
+    "--model PATH --layer L [--text FILE]... [--context 128] [--architecture standard|jumprelu] --d-sae N [--skip]\n"
+    "[--l1 C] [--lr 3e-4] [--batch 4096] [--tokens-total 1000000] [--seed 0] --out DIR\n"
+    "trains a transcoder from blocks.L.ln2.hook_normalized to blocks.L.hook_mlp_out (harvested from the model first;\n"
+    "--skip adds an affine skip W_skip); writes DIR/cfg.json and DIR/sae_weights.safetensors (SAELens's transcoder\n"
+    "layout, W_skip as (d_out, d_in))",
+    run_transcoder};
 
 }  // namespace mechlens_cli
