@@ -100,7 +100,7 @@ const step_case step_cases[] = {
 /// Fast step (T) on (w, x) against the double reference: returns the largest relative error of every loss term and
 /// gradient tensor.
 template <class T>
-double step_against_reference(const step_case& sc, std::uint64_t seed) {
+double step_against_reference(const step_case& sc, std::uint64_t seed, double dense_fraction) {
     const index_t d_in = 8, d_sae = 24, n = 16;
     const bool jump = sc.architecture == mechlens::sae_architecture::jumprelu;
     const auto wd = random_weights<double>(d_in, d_sae, jump, false, seed);
@@ -125,6 +125,7 @@ double step_against_reference(const step_case& sc, std::uint64_t seed) {
     mechlens::pack_sae_parameters<T>(cast_weights<T>(wd), layout, params);
     const std::vector<T> xt(x.begin(), x.end());
     mechlens::sae_training_step<T> step(layout, o);
+    step.dense_fraction = dense_fraction;
     const mechlens::sae_step_result res =
         step.compute(params, grads, xt.data(), xt.data(), n, {t.l1_coefficient, t.l0_coefficient, t.jumprelu_bandwidth, t.aux_loss_coefficient}, t.dead);
     // Gradients back in SAELens's layout; log(threshold)'s gradient divided by threshold.
@@ -164,16 +165,21 @@ double step_against_reference(const step_case& sc, std::uint64_t seed) {
 TEST_CASE("sae training step: losses and gradients equal the exact reference", "[sae_train]") {
     for (const step_case& sc : step_cases) {
         for (std::uint64_t seed : {11u, 12u, 13u}) {
-            INFO(sc.name << " seed " << seed);
-            const double err_double = step_against_reference<double>(sc, seed);
-            const double err_float = step_against_reference<float>(sc, seed);
+          // The standard SAE's dense path (forced with 0) and sparse path (forbidden with 2).
+          for (double dense_fraction : {0.0, 2.0}) {
+            if (dense_fraction == 0.0 && sc.architecture != mechlens::sae_architecture::standard) continue;
+            INFO(sc.name << " seed " << seed << " dense_fraction " << dense_fraction);
+            const double err_double = step_against_reference<double>(sc, seed, dense_fraction);
+            const double err_float = step_against_reference<float>(sc, seed, dense_fraction);
             // double: the same sums in other orders; float: 24-bit rounding over sums of at most 24 terms of
             // magnitude ~1, relative to each tensor's largest element.
             CHECK(err_double < 1e-12);
             CHECK(err_float < 1e-5);
             if (std::getenv("MECHLENS_SAE_REPORT"))
-                std::printf("%-20s seed %llu  double %.2e  float %.2e\n", sc.name,
-                            static_cast<unsigned long long>(seed), err_double, err_float);
+                std::printf("%-20s seed %llu %s  double %.2e  float %.2e\n", sc.name,
+                            static_cast<unsigned long long>(seed), dense_fraction == 0.0 ? "dense " : "sparse", err_double,
+                            err_float);
+          }
         }
     }
 }

@@ -163,17 +163,19 @@ struct sae_step_result {
 namespace detail {
 
 /// y (rows, outputs) = x (rows, depth) w^T, w (outputs, depth): the batch-invariant float GEMM.
-inline void sae_gemm_xwt(const float* x, index_t rows, const float* w, index_t outputs, index_t depth, float* y) {
-    kernels::detail::gemm_xwt({x, depth, w, depth, y, outputs, depth, false}, rows, outputs);
+inline void sae_gemm_xwt(const float* x, index_t rows, const float* w, index_t outputs, index_t depth, float* y,
+                         bool accumulate = false) {
+    kernels::detail::gemm_xwt({x, depth, w, depth, y, outputs, depth, accumulate}, rows, outputs);
 }
 
 /// y (rows, outputs) = x (rows, depth) w^T in double (tests).
-inline void sae_gemm_xwt(const double* x, index_t rows, const double* w, index_t outputs, index_t depth, double* y) {
+inline void sae_gemm_xwt(const double* x, index_t rows, const double* w, index_t outputs, index_t depth, double* y,
+                         bool accumulate = false) {
     for (index_t r = 0; r < rows; ++r)
         for (index_t o = 0; o < outputs; ++o) {
             double s = 0;
             for (index_t i = 0; i < depth; ++i) s += x[r * depth + i] * w[o * depth + i];
-            y[r * outputs + o] = s;
+            y[r * outputs + o] = accumulate ? y[r * outputs + o] + s : s;
         }
 }
 
@@ -223,6 +225,11 @@ public:
             (!(o_.k > 0) || o_.k > static_cast<double>(l_.d_sae)))
             throw std::invalid_argument("sae_training_step: k must be in (0, d_sae]");
     }
+
+    /// A standard SAE whose firing latents exceed this fraction of the batch's (rows x latents) takes the dense
+    /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it. The two paths
+    /// differ only in rounding; the choice depends on the data alone, never on the thread count.
+    double dense_fraction = 0.12;
 
     /// The layout of the parameter buffers.
     [[nodiscard]] const sae_parameter_layout& layout() const noexcept { return l_; }
@@ -366,126 +373,134 @@ public:
         for (const detail::sae_entry<T>& e : entries_) ++row_start_[static_cast<std::size_t>(e.row) + 1];
         for (index_t r = 0; r < n; ++r) row_start_[at(r + 1)] += row_start_[at(r)];
 
-        // Forward decode: out = b_dec + sum decoded_j W_dec[j] (+ x W_skip); aux_out likewise, (n, d_in).
-        if (l_.skip) detail::sae_gemm_xwt(x, n, w_skip_t, d_in, d_in, out_.data());
         const bool skip = l_.skip;
         const bool has_aux = k_aux > 0;
-        MECHLENS_SAE_PARALLEL_FOR
-        for (index_t r = 0; r < n; ++r) {
-            T* o = out_.data() + r * d_in;
-            T* a = aux_out_.data() + r * d_in;
-            for (index_t i = 0; i < d_in; ++i) {
-                o[i] = skip ? o[i] + b_dec[i] : b_dec[i];
-                if (has_aux) a[i] = b_dec[i];
-            }
-            for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
-                const detail::sae_entry<T>& en = entries_[e];
-                if (en.decoded != T(0)) detail::sae_axpy(o, en.decoded, w_dec + en.col * d_in, d_in);
-                if (en.aux != T(0)) detail::sae_axpy(a, en.aux, w_dec + en.col * d_in, d_in);
-            }
-        }
-        // Row losses, d(out) and d(aux_out), then d(acts) and d(pre) of each entry.
         const T c_l1 = static_cast<T>(c.l1), c_l0 = static_cast<T>(c.l0);
         const T c_aux = static_cast<T>(c.aux) * aux_scale;
-        MECHLENS_SAE_PARALLEL_FOR
-        for (index_t r = 0; r < n; ++r) {
-            const T* o = out_.data() + r * d_in;
-            const T* yr = y + r * d_in;
-            T* d = d_out_.data() + r * d_in;
-            T mse = 0, aux = 0, sparsity = 0, fired = 0;
-            for (index_t i = 0; i < d_in; ++i) {
-                const T diff = o[i] - yr[i];
-                mse += diff * diff;
-                d[i] = T(2) * diff * inv_n;
-            }
-            if (has_aux) {
-                const T* a = aux_out_.data() + r * d_in;
-                T* da = d_aux_.data() + r * d_in;
+        // A standard SAE with many latents firing (early training) runs the decoder and every gradient as dense
+        // products: the sparse path's per-latent work only pays while few latents fire.
+        const bool dense = arch == sae_architecture::standard &&
+                           static_cast<double>(entries_.size()) > dense_fraction * static_cast<double>(n * d_sae);
+        if (dense) {
+            dense_standard(params, grads, x, y, n, c_l1);
+        } else {
+            // Forward decode: out = b_dec + sum decoded_j W_dec[j] (+ x W_skip); aux_out likewise, (n, d_in).
+            if (l_.skip) detail::sae_gemm_xwt(x, n, w_skip_t, d_in, d_in, out_.data());
+            MECHLENS_SAE_PARALLEL_FOR
+            for (index_t r = 0; r < n; ++r) {
+                T* o = out_.data() + r * d_in;
+                T* a = aux_out_.data() + r * d_in;
                 for (index_t i = 0; i < d_in; ++i) {
-                    const T diff = a[i] - (yr[i] - o[i]);
-                    aux += diff * diff;
-                    da[i] = c_aux * T(2) * diff * inv_n;
+                    o[i] = skip ? o[i] + b_dec[i] : b_dec[i];
+                    if (has_aux) a[i] = b_dec[i];
+                }
+                for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
+                    const detail::sae_entry<T>& en = entries_[e];
+                    if (en.decoded != T(0)) detail::sae_axpy(o, en.decoded, w_dec + en.col * d_in, d_in);
+                    if (en.aux != T(0)) detail::sae_axpy(a, en.aux, w_dec + en.col * d_in, d_in);
                 }
             }
-            for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
-                detail::sae_entry<T>& en = entries_[e];
-                const T* wrow = w_dec + en.col * d_in;
-                const T nj = norms_[static_cast<std::size_t>(en.col)];
-                if (en.kept) fired += 1;
-                T dp = 0;
-                switch (arch) {
-                    case sae_architecture::standard:
-                        if (en.kept) {
-                            sparsity += en.decoded * nj;
-                            dp = detail::sae_dot(d, wrow, d_in) + c_l1 * inv_n * nj;
-                        }
-                        break;
-                    case sae_architecture::jumprelu:
-                        en.d_acts = detail::sae_dot(d, wrow, d_in);
-                        if (en.kept) {
-                            sparsity += T(1);
-                            dp = en.d_acts;
-                        }
-                        break;
-                    case sae_architecture::topk:
-                    case sae_architecture::batchtopk:
-                        if (en.kept) dp = rescale ? (detail::sae_dot(d, wrow, d_in) / nj) * nj : detail::sae_dot(d, wrow, d_in);
-                        if (en.aux != T(0)) dp += detail::sae_dot(d_aux_.data() + r * d_in, wrow, d_in);
-                        break;
+            // Row losses, d(out) and d(aux_out), then d(acts) and d(pre) of each entry.
+            MECHLENS_SAE_PARALLEL_FOR
+            for (index_t r = 0; r < n; ++r) {
+                const T* o = out_.data() + r * d_in;
+                const T* yr = y + r * d_in;
+                T* d = d_out_.data() + r * d_in;
+                T mse = 0, aux = 0, sparsity = 0, fired = 0;
+                for (index_t i = 0; i < d_in; ++i) {
+                    const T diff = o[i] - yr[i];
+                    mse += diff * diff;
+                    d[i] = T(2) * diff * inv_n;
                 }
-                en.d_pre = dp;
+                if (has_aux) {
+                    const T* a = aux_out_.data() + r * d_in;
+                    T* da = d_aux_.data() + r * d_in;
+                    for (index_t i = 0; i < d_in; ++i) {
+                        const T diff = a[i] - (yr[i] - o[i]);
+                        aux += diff * diff;
+                        da[i] = c_aux * T(2) * diff * inv_n;
+                    }
+                }
+                for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
+                    detail::sae_entry<T>& en = entries_[e];
+                    const T* wrow = w_dec + en.col * d_in;
+                    const T nj = norms_[static_cast<std::size_t>(en.col)];
+                    if (en.kept) fired += 1;
+                    T dp = 0;
+                    switch (arch) {
+                        case sae_architecture::standard:
+                            if (en.kept) {
+                                sparsity += en.decoded * nj;
+                                dp = detail::sae_dot(d, wrow, d_in) + c_l1 * inv_n * nj;
+                            }
+                            break;
+                        case sae_architecture::jumprelu:
+                            en.d_acts = detail::sae_dot(d, wrow, d_in);
+                            if (en.kept) {
+                                sparsity += T(1);
+                                dp = en.d_acts;
+                            }
+                            break;
+                        case sae_architecture::topk:
+                        case sae_architecture::batchtopk:
+                            if (en.kept) dp = rescale ? (detail::sae_dot(d, wrow, d_in) / nj) * nj : detail::sae_dot(d, wrow, d_in);
+                            if (en.aux != T(0)) dp += detail::sae_dot(d_aux_.data() + r * d_in, wrow, d_in);
+                            break;
+                    }
+                    en.d_pre = dp;
+                }
+                row_mse_[at(r)] = mse;
+                row_aux_[at(r)] = aux;
+                row_sparsity_[at(r)] = sparsity;
+                row_fired_[at(r)] = fired;
             }
-            row_mse_[at(r)] = mse;
-            row_aux_[at(r)] = aux;
-            row_sparsity_[at(r)] = sparsity;
-            row_fired_[at(r)] = fired;
-        }
 
-        // Columns: each latent's entries in row order (a counting sort of the entries by latent).
-        col_start_.assign(at(d_sae + 1), 0);
-        for (const detail::sae_entry<T>& e : entries_) ++col_start_[static_cast<std::size_t>(e.col) + 1];
-        for (index_t j = 0; j < d_sae; ++j) col_start_[at(j + 1)] += col_start_[at(j)];
-        col_entries_.resize(entries_.size());
-        col_fill_.assign(col_start_.begin(), col_start_.end() - 1);
-        for (std::size_t e = 0; e < entries_.size(); ++e)
-            col_entries_[col_fill_[static_cast<std::size_t>(entries_[e].col)]++] = static_cast<std::uint32_t>(e);
+            // Columns: each latent's entries in row order (a counting sort of the entries by latent).
+            col_start_.assign(at(d_sae + 1), 0);
+            for (const detail::sae_entry<T>& e : entries_) ++col_start_[static_cast<std::size_t>(e.col) + 1];
+            for (index_t j = 0; j < d_sae; ++j) col_start_[at(j + 1)] += col_start_[at(j)];
+            col_entries_.resize(entries_.size());
+            col_fill_.assign(col_start_.begin(), col_start_.end() - 1);
+            for (std::size_t e = 0; e < entries_.size(); ++e)
+                col_entries_[col_fill_[static_cast<std::size_t>(entries_[e].col)]++] = static_cast<std::uint32_t>(e);
 
-        // Parameter gradients, one latent at a time.
-        T* g_w_enc_t = grads.data() + l_.w_enc_t;
-        T* g_w_dec = grads.data() + l_.w_dec;
-        T* g_b_enc = grads.data() + l_.b_enc;
-        T* g_log_t = grads.data() + l_.log_threshold;
-        MECHLENS_SAE_PARALLEL_FOR
-        for (index_t j = 0; j < d_sae; ++j) {
-            T* gd = g_w_dec + j * d_in;
-            T* ge = g_w_enc_t + j * d_in;
-            T b = 0, acts_sum = 0, gt = 0;
-            const T t = l_.threshold ? threshold_[at(j)] : T(0);
-            bool any = false;
-            for (std::size_t q = col_start_[at(j)]; q < col_start_[at(j + 1)]; ++q) {
-                const detail::sae_entry<T>& en = entries_[col_entries_[q]];
-                const index_t r = en.row;
-                if (en.decoded != T(0)) detail::sae_axpy(gd, en.decoded, d_out_.data() + r * d_in, d_in);
-                if (en.aux != T(0)) detail::sae_axpy(gd, en.aux, d_aux_.data() + r * d_in, d_in);
-                if (en.d_pre != T(0)) detail::sae_axpy(ge, en.d_pre, sae_in_.data() + r * d_in, d_in);
-                b += en.d_pre;
-                if (en.kept) {
-                    acts_sum += en.decoded;
-                    any = true;
+            // Parameter gradients, one latent at a time.
+            T* g_w_enc_t = grads.data() + l_.w_enc_t;
+            T* g_w_dec = grads.data() + l_.w_dec;
+            T* g_b_enc = grads.data() + l_.b_enc;
+            T* g_log_t = grads.data() + l_.log_threshold;
+            MECHLENS_SAE_PARALLEL_FOR
+            for (index_t j = 0; j < d_sae; ++j) {
+                T* gd = g_w_dec + j * d_in;
+                T* ge = g_w_enc_t + j * d_in;
+                T b = 0, acts_sum = 0, gt = 0;
+                const T t = l_.threshold ? threshold_[at(j)] : T(0);
+                bool any = false;
+                for (std::size_t q = col_start_[at(j)]; q < col_start_[at(j + 1)]; ++q) {
+                    const detail::sae_entry<T>& en = entries_[col_entries_[q]];
+                    const index_t r = en.row;
+                    if (en.decoded != T(0)) detail::sae_axpy(gd, en.decoded, d_out_.data() + r * d_in, d_in);
+                    if (en.aux != T(0)) detail::sae_axpy(gd, en.aux, d_aux_.data() + r * d_in, d_in);
+                    if (en.d_pre != T(0)) detail::sae_axpy(ge, en.d_pre, sae_in_.data() + r * d_in, d_in);
+                    b += en.d_pre;
+                    if (en.kept) {
+                        acts_sum += en.decoded;
+                        any = true;
+                    }
+                    if (l_.threshold) {
+                        const T rect = detail::sae_rectangle((en.pre - t) / bw);
+                        gt += -(T(1) / bw) * rect * c_l0 * inv_n;
+                        gt += -(t / bw) * rect * en.d_acts;
+                    }
                 }
-                if (l_.threshold) {
-                    const T rect = detail::sae_rectangle((en.pre - t) / bw);
-                    gt += -(T(1) / bw) * rect * c_l0 * inv_n;
-                    gt += -(t / bw) * rect * en.d_acts;
+                g_b_enc[j] = b;
+                if (arch == sae_architecture::standard && acts_sum != T(0) && norms_[at(j)] != T(0)) {
+                    const T dn = c_l1 * inv_n * acts_sum / norms_[at(j)];
+                    detail::sae_axpy(gd, dn, w_dec + j * d_in, d_in);
                 }
+                if (l_.threshold) g_log_t[j] = gt * t;
+                fired_[at(j)] = any ? 1 : 0;
             }
-            g_b_enc[j] = b;
-            if (arch == sae_architecture::standard && acts_sum != T(0) && norms_[at(j)] != T(0)) {
-                const T dn = c_l1 * inv_n * acts_sum / norms_[at(j)];
-                detail::sae_axpy(gd, dn, w_dec + j * d_in, d_in);
-            }
-            if (l_.threshold) g_log_t[j] = gt * t;
-            fired_[at(j)] = any ? 1 : 0;
         }
         // b_dec: through both decoders and, when subtracted from the input, through the encoder.
         T* g_b_dec = grads.data() + l_.b_dec;
@@ -494,9 +509,10 @@ public:
             if (has_aux)
                 for (index_t i = 0; i < d_in; ++i) g_b_dec[i] += d_aux_[at(r * d_in + i)];
         }
+        const T* g_b_enc_all = grads.data() + l_.b_enc;
         if (sub)
             for (index_t j = 0; j < d_sae; ++j)
-                if (g_b_enc[j] != T(0)) detail::sae_axpy(g_b_dec, -g_b_enc[j], w_enc_t + j * d_in, d_in);
+                if (g_b_enc_all[j] != T(0)) detail::sae_axpy(g_b_dec, -g_b_enc_all[j], w_enc_t + j * d_in, d_in);
         // W_skip^T (d_out, d_in) = d(out)^T x.
         if (l_.skip) {
             transpose(d_out_.data(), n, d_in, d_out_t_.data());
@@ -550,9 +566,13 @@ private:
 #endif
     }
 
+    /// out (cols, rows) = a (rows, cols)^T, in 32 x 32 tiles.
     static void transpose(const T* a, index_t rows, index_t cols, T* out) {
-        for (index_t r = 0; r < rows; ++r)
-            for (index_t c = 0; c < cols; ++c) out[c * rows + r] = a[r * cols + c];
+        constexpr index_t tile = 32;
+        for (index_t r0 = 0; r0 < rows; r0 += tile)
+            for (index_t c0 = 0; c0 < cols; c0 += tile)
+                for (index_t r = r0; r < std::min(rows, r0 + tile); ++r)
+                    for (index_t c = c0; c < std::min(cols, c0 + tile); ++c) out[c * rows + r] = a[r * cols + c];
     }
 
     void resize(index_t n) {
@@ -619,6 +639,80 @@ private:
                 out.push_back(candidate(m));
                 --ties;
             }
+        }
+    }
+
+    /// The dense path of a standard SAE (pre_ holds the pre-activations): fills out_, d_out_, the row terms,
+    /// fired_ and the gradients of W_enc, W_dec and b_enc. Every product is the batch-invariant GEMM.
+    void dense_standard(std::span<const T> params, std::span<T> grads, const T* x, const T* y, index_t n, T c_l1) {
+        const index_t d_in = l_.d_in, d_sae = l_.d_sae;
+        const auto at = [](index_t i) { return static_cast<std::size_t>(i); };
+        const auto ns = at(n * d_sae);
+        const bool parallel = static_cast<double>(n) * static_cast<double>(d_sae) >= 65536.0;
+        (void)parallel;  // read by the OpenMP pragmas only
+        const T inv_n = T(1) / static_cast<T>(n);
+        const T* w_dec = params.data() + l_.w_dec;  // (d_sae, d_in)
+        const T* b_dec = params.data() + l_.b_dec;  // (d_in)
+        acts_.resize(ns);    // (n, d_sae), then d(pre) in place of d(acts)
+        d_acts_.resize(ns);  // (n, d_sae)
+        t_a_.resize(ns);     // (d_sae, n) transposes
+        w_dec_t_.resize(at(d_in * d_sae));  // (d_in, d_sae)
+        d_out_t_.resize(at(n * d_in));      // (d_in, n)
+        x_t_.resize(at(n * d_in));          // (d_in, n)
+        MECHLENS_SAE_PARALLEL_FOR
+        for (index_t f = 0; f < n * d_sae; ++f) acts_[at(f)] = pre_[at(f)] > T(0) ? pre_[at(f)] : T(0);
+        transpose(w_dec, d_sae, d_in, w_dec_t_.data());
+        // out = acts W_dec + b_dec (+ x W_skip), (n, d_in).
+        if (l_.skip) detail::sae_gemm_xwt(x, n, params.data() + l_.w_skip_t, d_in, d_in, out_.data());
+        detail::sae_gemm_xwt(acts_.data(), n, w_dec_t_.data(), d_in, d_sae, out_.data(), l_.skip);
+        for (index_t r = 0; r < n; ++r) {
+            T mse = 0, sparsity = 0, fired = 0;
+            for (index_t i = 0; i < d_in; ++i) {
+                T& o = out_[at(r * d_in + i)];
+                o += b_dec[i];
+                const T diff = o - y[r * d_in + i];
+                mse += diff * diff;
+                d_out_[at(r * d_in + i)] = T(2) * diff * inv_n;
+            }
+            for (index_t j = 0; j < d_sae; ++j) {
+                const T a = acts_[at(r * d_sae + j)];
+                sparsity += a * norms_[at(j)];
+                fired += a > T(0) ? T(1) : T(0);
+            }
+            row_mse_[at(r)] = mse;
+            row_aux_[at(r)] = 0;
+            row_sparsity_[at(r)] = sparsity;
+            row_fired_[at(r)] = fired;
+        }
+        // d(acts) = d(out) W_dec^T; d(pre) = (d(acts) + c / n * n_j) where the latent fired, (n, d_sae).
+        detail::sae_gemm_xwt(d_out_.data(), n, w_dec, d_sae, d_in, d_acts_.data());
+        MECHLENS_SAE_PARALLEL_FOR
+        for (index_t r = 0; r < n; ++r)
+            for (index_t j = 0; j < d_sae; ++j) {
+                T& d = d_acts_[at(r * d_sae + j)];
+                d = acts_[at(r * d_sae + j)] > T(0) ? d + c_l1 * inv_n * norms_[at(j)] : T(0);
+            }
+        // W_dec (d_sae, d_in) = acts^T d(out), plus the L1's pull through the decoder norms.
+        transpose(acts_.data(), n, d_sae, t_a_.data());
+        transpose(d_out_.data(), n, d_in, d_out_t_.data());
+        T* g_w_dec = grads.data() + l_.w_dec;
+        detail::sae_gemm_xwt(t_a_.data(), d_sae, d_out_t_.data(), d_in, n, g_w_dec);
+        for (index_t j = 0; j < d_sae; ++j) {
+            T sum = 0;
+            for (index_t r = 0; r < n; ++r) sum += t_a_[at(j * n + r)];
+            fired_[at(j)] = sum > T(0) ? 1 : 0;
+            if (sum != T(0) && norms_[at(j)] != T(0))
+                detail::sae_axpy(g_w_dec + j * d_in, c_l1 * inv_n * sum / norms_[at(j)], w_dec + j * d_in, d_in);
+        }
+        // W_enc^T (d_sae, d_in) = d(pre)^T sae_in; b_enc = column sums of d(pre).
+        transpose(d_acts_.data(), n, d_sae, t_a_.data());
+        transpose(sae_in_.data(), n, d_in, x_t_.data());
+        detail::sae_gemm_xwt(t_a_.data(), d_sae, x_t_.data(), d_in, n, grads.data() + l_.w_enc_t);
+        T* g_b_enc = grads.data() + l_.b_enc;
+        for (index_t j = 0; j < d_sae; ++j) {
+            T sum = 0;
+            for (index_t r = 0; r < n; ++r) sum += t_a_[at(j * n + r)];
+            g_b_enc[j] = sum;
         }
     }
 
@@ -712,7 +806,11 @@ private:
     std::vector<T> d_out_;         // (n, d_in)
     std::vector<T> d_aux_;         // (n, d_in)
     std::vector<T> d_out_t_;       // (d_in, n) transcoder skip
-    std::vector<T> x_t_;           // (d_in, n) transcoder skip
+    std::vector<T> x_t_;           // (d_in, n) transcoder skip; dense path: sae_in transposed
+    std::vector<T> acts_;          // (n, d_sae) dense path
+    std::vector<T> d_acts_;        // (n, d_sae) dense path: d(acts), then d(pre)
+    std::vector<T> t_a_;           // (d_sae, n) dense path: acts or d(pre) transposed
+    std::vector<T> w_dec_t_;       // (d_in, d_sae) dense path
     std::vector<T> norms_;         // (d_sae)
     std::vector<T> threshold_;     // (d_sae)
     std::vector<unsigned char> fired_;  // (d_sae)
