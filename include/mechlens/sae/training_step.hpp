@@ -326,61 +326,69 @@ public:
         }
         const T bw = static_cast<T>(c.bandwidth);
 
-        // Select each row's entries (row order within each thread's contiguous block of rows).
-        const int threads = thread_count(parallel);
-        if (static_cast<int>(thread_entries_.size()) < threads) thread_entries_.resize(static_cast<std::size_t>(threads));
-        if (static_cast<int>(thread_order_.size()) < threads) {
-            thread_order_.resize(static_cast<std::size_t>(threads));
-            thread_scores_.resize(static_cast<std::size_t>(threads));
-            thread_sorted_.resize(static_cast<std::size_t>(threads));
+        // A standard SAE with many latents firing (early training) runs the decoder and every gradient as dense
+        // products: the sparse path's per-latent work only pays while few latents fire.
+        bool dense = false;
+        if (arch == sae_architecture::standard) {
+            std::size_t positive = 0;
+            for (std::size_t f = 0; f < at(n * d_sae); ++f) positive += pre_[f] > T(0) ? 1u : 0u;
+            dense = static_cast<double>(positive) > dense_fraction * static_cast<double>(n * d_sae);
         }
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) if (threads > 1)
-#endif
-        {
-            int t = 0;
-#if defined(_OPENMP)
-            t = omp_get_thread_num();
-#endif
-            std::vector<detail::sae_entry<T>>& out = thread_entries_[static_cast<std::size_t>(t)];
-            std::vector<std::int32_t>& order = thread_order_[static_cast<std::size_t>(t)];
-            std::vector<T>& scores = thread_scores_[static_cast<std::size_t>(t)];
-            std::vector<T>& sorted = thread_sorted_[static_cast<std::size_t>(t)];
-            out.clear();
-            const index_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
-            for (index_t r = r0; r < r1; ++r) select_row(r, out, order, scores, sorted, batch_cut, k_aux, bw);
-        }
+        last_dense_ = dense;
         entries_.clear();
-        for (int t = 0; t < threads; ++t)
-            entries_.insert(entries_.end(), thread_entries_[static_cast<std::size_t>(t)].begin(),
-                            thread_entries_[static_cast<std::size_t>(t)].end());
-        // Batchtopk: drop the ties at the cut beyond the ones the reference keeps (lowest flat index first).
-        if (arch == sae_architecture::batchtopk) {
-            for (detail::sae_entry<T>& e : entries_) {
-                if (!e.kept) continue;
-                const T s = std::max(rescale ? e.pre * norms_[at(e.col)] : e.pre, T(0));
-                if (s == batch_cut) {
-                    if (cut_ties_allowed > 0)
-                        --cut_ties_allowed;
-                    else {
-                        e.kept = false;
-                        e.decoded = 0;
+        if (!dense) {
+            // Select each row's entries (row order within each thread's contiguous block of rows).
+            const int threads = thread_count(parallel);
+            if (static_cast<int>(thread_entries_.size()) < threads) thread_entries_.resize(static_cast<std::size_t>(threads));
+            if (static_cast<int>(thread_order_.size()) < threads) {
+                thread_order_.resize(static_cast<std::size_t>(threads));
+                thread_scores_.resize(static_cast<std::size_t>(threads));
+                thread_sorted_.resize(static_cast<std::size_t>(threads));
+            }
+    #if defined(_OPENMP)
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    #endif
+            {
+                int t = 0;
+    #if defined(_OPENMP)
+                t = omp_get_thread_num();
+    #endif
+                std::vector<detail::sae_entry<T>>& out = thread_entries_[static_cast<std::size_t>(t)];
+                std::vector<std::int32_t>& order = thread_order_[static_cast<std::size_t>(t)];
+                std::vector<T>& scores = thread_scores_[static_cast<std::size_t>(t)];
+                std::vector<T>& sorted = thread_sorted_[static_cast<std::size_t>(t)];
+                out.clear();
+                const index_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
+                for (index_t r = r0; r < r1; ++r) select_row(r, out, order, scores, sorted, batch_cut, k_aux, bw);
+            }
+            entries_.clear();
+            for (int t = 0; t < threads; ++t)
+                entries_.insert(entries_.end(), thread_entries_[static_cast<std::size_t>(t)].begin(),
+                                thread_entries_[static_cast<std::size_t>(t)].end());
+            // Batchtopk: drop the ties at the cut beyond the ones the reference keeps (lowest flat index first).
+            if (arch == sae_architecture::batchtopk) {
+                for (detail::sae_entry<T>& e : entries_) {
+                    if (!e.kept) continue;
+                    const T s = std::max(rescale ? e.pre * norms_[at(e.col)] : e.pre, T(0));
+                    if (s == batch_cut) {
+                        if (cut_ties_allowed > 0)
+                            --cut_ties_allowed;
+                        else {
+                            e.kept = false;
+                            e.decoded = 0;
+                        }
                     }
                 }
             }
+            row_start_.assign(at(n + 1), 0);
+            for (const detail::sae_entry<T>& e : entries_) ++row_start_[static_cast<std::size_t>(e.row) + 1];
+            for (index_t r = 0; r < n; ++r) row_start_[at(r + 1)] += row_start_[at(r)];
         }
-        row_start_.assign(at(n + 1), 0);
-        for (const detail::sae_entry<T>& e : entries_) ++row_start_[static_cast<std::size_t>(e.row) + 1];
-        for (index_t r = 0; r < n; ++r) row_start_[at(r + 1)] += row_start_[at(r)];
 
         const bool skip = l_.skip;
         const bool has_aux = k_aux > 0;
         const T c_l1 = static_cast<T>(c.l1), c_l0 = static_cast<T>(c.l0);
         const T c_aux = static_cast<T>(c.aux) * aux_scale;
-        // A standard SAE with many latents firing (early training) runs the decoder and every gradient as dense
-        // products: the sparse path's per-latent work only pays while few latents fire.
-        const bool dense = arch == sae_architecture::standard &&
-                           static_cast<double>(entries_.size()) > dense_fraction * static_cast<double>(n * d_sae);
         if (dense) {
             dense_standard(params, grads, x, y, n, c_l1);
         } else {
@@ -546,6 +554,7 @@ public:
 
     /// The activations of the last step as SAELens's hook_sae_acts_post (n, d_sae), dense (tests).
     [[nodiscard]] std::vector<T> last_acts(index_t n) const {
+        if (last_dense_) return std::vector<T>(acts_.begin(), acts_.begin() + n * l_.d_sae);
         std::vector<T> acts(static_cast<std::size_t>(n * l_.d_sae), T(0));
         const bool rescale = sae_rescales(o_);
         for (const detail::sae_entry<T>& e : entries_)
@@ -798,6 +807,7 @@ private:
 
     sae_parameter_layout l_;
     sae_options o_;
+    bool last_dense_ = false;      // the last step took the dense path
     std::vector<T> sae_in_;        // (n, d_in)
     std::vector<T> pre_;           // (n, d_sae)
     std::vector<T> scores_;        // (n, d_sae) batchtopk: ReLU'd scores, partially sorted
