@@ -229,7 +229,7 @@ public:
     /// A standard SAE whose firing latents exceed this fraction of the batch's (rows x latents) takes the dense
     /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it. The two paths
     /// differ only in rounding; the choice depends on the data alone, never on the thread count.
-    double dense_fraction = 0.12;
+    double dense_fraction = 0.3;  // measured: dense wins at 35-45 % firing (d_in 64), loses at 28 % (d_in 512)
 
     /// The layout of the parameter buffers.
     [[nodiscard]] const sae_parameter_layout& layout() const noexcept { return l_; }
