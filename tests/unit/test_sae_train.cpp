@@ -355,7 +355,8 @@ TEST_CASE("sae trainer: toy models of superposition are recovered (standard and 
     for (const auto arch : {mechlens::sae_architecture::standard, mechlens::sae_architecture::topk}) {
         INFO(mechlens::to_string(arch));
         mechlens::toy_superposition data(t);
-        auto o = toy_options(arch, 512 * 1500);
+        auto o = toy_options(arch, 256 * 1500);
+        o.batch_size = 256;
         o.lr_decay_steps = 300;
         o.l1_coefficient = 0.2;  // L0 about 4.5 here; 0.05 gives L0 11 and a cosine of 0.90
         mechlens::sae_trainer trainer(o, t.dims);
