@@ -448,3 +448,49 @@ TEST_CASE("sae trainer: a transcoder learns a linear map through its skip and la
     REQUIRE(w.w_skip.size() == static_cast<std::size_t>(d * d));
     mechlens::validate_transcoder(w, o.sae, "test");
 }
+
+TEST_CASE("sae trainer: b_dec from the data, and expected_average_only_in folded into the saved SAE", "[sae_train]") {
+    const index_t d = 8, rows = 512;
+    auto x = random_batch<float>(rows, d, 31);
+    for (float& v : x) v = 10.0f * v + 3.0f;  // far from unit norm, and off-centre
+    std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
+    double norm = 0;
+    for (index_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (index_t i = 0; i < d; ++i) {
+            const auto v = static_cast<double>(x[static_cast<std::size_t>(r * d + i)]);
+            mean[static_cast<std::size_t>(i)] += v / rows;
+            s += v * v;
+        }
+        norm += std::sqrt(s) / rows;
+    }
+    auto o = toy_options(mechlens::sae_architecture::standard, rows * 20);
+    o.batch_size = rows;
+    o.d_sae = 16;
+    o.b_dec_init = mechlens::sae_b_dec_init::mean;
+    o.sae.normalize_activations = mechlens::sae_normalization::expected_average_only_in;
+    mechlens::in_memory_batches data(x, {}, d);
+    mechlens::sae_trainer trainer(o, d);
+    trainer.train(data, {}, 0);  // the data-dependent initialization only
+    const double factor = std::sqrt(static_cast<double>(d)) / norm;
+    const auto w0 = trainer.weights();
+    for (index_t i = 0; i < d; ++i)  // b_dec starts at the mean of the scaled rows
+        CHECK(std::abs(static_cast<double>(w0.sae.b_dec[static_cast<std::size_t>(i)]) - mean[static_cast<std::size_t>(i)] * factor) <
+              1e-5 * (1 + std::abs(mean[static_cast<std::size_t>(i)] * factor)));
+    trainer.train(data);
+    // The saved SAE reads unscaled rows: its output equals the trained SAE's on scaled rows, scaled back.
+    const mechlens::saelens_sae saved = trainer.saelens();
+    CHECK(saved.options.normalize_activations == mechlens::sae_normalization::none);
+    const auto trained = trainer.weights();
+    std::vector<float> scaled(x);
+    for (float& v : scaled) v = static_cast<float>(static_cast<double>(v) * factor);
+    mechlens::sae_options plain = saved.options;
+    const auto folded = mechlens::sae_loss_and_gradients<float>(saved.weights, plain, {}, mechlens::tensor_view<const float, 2>(x.data(), {rows, d}));
+    const auto inner = mechlens::sae_loss_and_gradients<float>(trained.sae, plain, {}, mechlens::tensor_view<const float, 2>(scaled.data(), {rows, d}));
+    double err = 0, scale = 0;
+    for (std::size_t f = 0; f < folded.output.size(); ++f) {
+        err = std::max(err, std::abs(static_cast<double>(folded.output[f]) - static_cast<double>(inner.output[f]) / factor));
+        scale = std::max(scale, std::abs(static_cast<double>(folded.output[f])));
+    }
+    CHECK(err < 1e-4 * scale);
+}
