@@ -1,6 +1,7 @@
 // SAE training: the fast step's losses and gradients against the exact reference (sae_loss_and_gradients) for
 // every architecture, the transcoder's gradients (skip included) against finite differences in double, the
 // trainer's determinism, checkpoint and resume, and toy models of superposition recovered by training.
+#include <mechlens/model/random.hpp>
 #include <mechlens/sae.hpp>
 
 #include <algorithm>
@@ -493,4 +494,87 @@ TEST_CASE("sae trainer: b_dec from the data, and expected_average_only_in folded
         scale = std::max(scale, std::abs(static_cast<double>(folded.output[f])));
     }
     CHECK(err < 1e-4 * scale);
+}
+
+namespace {
+
+/// Documents for a harvest: `count` of 20 tokens over ids 2..39.
+class toy_documents final : public mechlens::document_source {
+public:
+    explicit toy_documents(int count) : count_(count) {}
+    bool next(std::vector<std::int32_t>& tokens) override {
+        if (next_ >= count_) return false;
+        tokens.resize(20);
+        for (std::size_t i = 0; i < tokens.size(); ++i)
+            tokens[i] = static_cast<std::int32_t>(2 + (static_cast<std::size_t>(next_) * 7 + i * 13) % 38);
+        ++next_;
+        return true;
+    }
+    void skip(std::uint64_t documents) override { next_ += static_cast<int>(documents); }
+    [[nodiscard]] std::string describe() const override { return "toy documents"; }
+
+private:
+    int count_, next_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("sae trainer: harvest_batches reads a harvest's pairs in order, cycles and seeks", "[sae_train]") {
+    mechlens::model_config c;
+    c.d_model = 16;
+    c.n_layers = 2;
+    c.n_heads = 2;
+    c.n_kv_heads = 2;
+    c.d_mlp = 24;
+    c.d_vocab = 40;
+    c.n_ctx = 16;
+    const mechlens::transformer model(mechlens::random_model(c, 5, 0.2f));
+    const std::filesystem::path dir = mechlens_test::scratch_dir() / "sae_train_harvest";
+    std::filesystem::remove_all(dir);
+    mechlens::harvest_options o;
+    o.sites = {mechlens::parse_harvest_site("blocks.1.ln2.hook_normalized", c),
+               mechlens::parse_harvest_site("blocks.1.hook_mlp_out", c)};
+    o.context = 16;
+    o.tokens_total = 96;
+    o.shard_rows = 32;
+    o.model = "random";
+    toy_documents docs(40);
+    REQUIRE(mechlens::harvest(model, docs, dir, o).manifest.rows() == 96);
+    // Every row of each site, in order, straight from the reader.
+    auto all = [&](const char* hook) {
+        mechlens::harvest_reader r(dir, hook);
+        std::vector<float> rows;
+        r.next(rows, 1000);
+        return rows;
+    };
+    const auto xs = all("blocks.1.ln2.hook_normalized"), ys = all("blocks.1.hook_mlp_out");
+    REQUIRE(xs.size() == 96u * 16u);
+    mechlens::harvest_batches pairs(dir, "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out");
+    CHECK(pairs.paired());
+    CHECK(pairs.width() == 16);
+    std::vector<float> x, y;
+    pairs.next(x, y, 40);
+    CHECK(std::equal(x.begin(), x.end(), xs.begin()));
+    CHECK(std::equal(y.begin(), y.end(), ys.begin()));
+    pairs.next(x, y, 70);  // rows 40..95, then 0..13 again
+    CHECK(std::equal(x.begin(), x.begin() + 56 * 16, xs.begin() + 40 * 16));
+    CHECK(std::equal(x.begin() + 56 * 16, x.end(), xs.begin()));
+    pairs.seek(96 + 50);  // cycled: row 50
+    pairs.next(x, y, 3);
+    CHECK(std::equal(y.begin(), y.end(), ys.begin() + 50 * 16));
+    // A transcoder trains on them; the unpaired reader refuses a skip.
+    auto t = toy_options(mechlens::sae_architecture::standard, 32 * 6);
+    t.batch_size = 32;
+    t.d_sae = 24;
+    t.skip = true;
+    t.sae.apply_b_dec_to_input = false;
+    mechlens::sae_trainer trainer(t, 16);
+    trainer.train(pairs);
+    CHECK(trainer.steps_done() == 6);
+    mechlens::harvest_batches single(dir, "blocks.1.hook_mlp_out");
+    CHECK_FALSE(single.paired());
+    mechlens::sae_trainer skipper(t, 16);
+    CHECK_THROWS_AS(skipper.train(single), std::invalid_argument);
+    CHECK_THROWS_AS(mechlens::harvest_batches(dir, "blocks.0.hook_mlp_out"), std::invalid_argument);
+    std::filesystem::remove_all(dir);
 }
