@@ -238,7 +238,9 @@ public:
     [[nodiscard]] const std::vector<unsigned char>& dead() const noexcept { return dead_; }
 
     /// Trains on `source` until tokens_total rows (or `stop_after_steps` more steps, for tests of interruption),
-    /// calling `progress` after each step. Throws shape_error when the source's width is not d_in.
+    /// calling `progress` after each step. The source is first moved to the next row this run needs, unless it is
+    /// the source of the previous call, left where that call stopped (do not read from it in between). Throws
+    /// shape_error when the source's width is not d_in.
     void train(sae_batch_source& source, const std::function<void(const sae_training_progress&)>& progress = {},
                std::int64_t stop_after_steps = -1) {
         if (source.width() != layout_.d_in)
@@ -250,11 +252,14 @@ public:
             throw std::invalid_argument("sae_trainer: a skip connection needs a paired (transcoder) source");
         const auto batch = o_.batch_size;
         if (step_index_ == 0 && !data_initialized_) initialize_from_data(source);
-        source.seek(step_index_ * batch);
+        // Seek only when the source may stand elsewhere (seeking a harvest re-reads it from the start).
+        if (&source != last_source_ || source_row_ != step_index_ * batch) source.seek(step_index_ * batch);
+        last_source_ = &source;
         const auto start = std::chrono::steady_clock::now();
         std::int64_t done_here = 0;
         while (step_index_ < steps_total_ && (stop_after_steps < 0 || done_here < stop_after_steps)) {
             source.next(x_, y_, batch);
+            source_row_ = (step_index_ + 1) * batch;
             if (scaling_factor_ != 1.0f) {
                 for (float& v : x_) v *= scaling_factor_;
                 if (source.paired())
@@ -391,6 +396,7 @@ public:
         topk_threshold_ = std::stod(meta("topk_threshold"));
         scaling_factor_ = std::stof(meta("scaling_factor"));
         data_initialized_ = true;
+        last_source_ = nullptr;
     }
 
 private:
@@ -451,6 +457,7 @@ private:
         if (!scale && o_.b_dec_init == sae_b_dec_init::zeros) return;
         source.seek(0);
         source.next(x_, y_, o_.batch_size);
+        last_source_ = nullptr;  // the first step seeks back to row 0
         const index_t n = o_.batch_size, d = layout_.d_in;
         if (scale) {
             // SAELens: sqrt(d_in) / mean ||x|| (it averages over more batches; one batch is our estimate).
@@ -509,6 +516,8 @@ private:
     double topk_threshold_ = 0;
     float scaling_factor_ = 1.0f;
     bool data_initialized_ = false;
+    const sae_batch_source* last_source_ = nullptr;  // the source of the last step, and the row it stands at
+    std::int64_t source_row_ = -1;
 };
 
 MECHLENS_END_NAMESPACE
