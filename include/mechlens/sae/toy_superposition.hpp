@@ -57,7 +57,9 @@ public:
     [[nodiscard]] const std::vector<float>& directions() const noexcept { return directions_; }
     /// The options.
     [[nodiscard]] const toy_superposition_options& options() const noexcept { return o_; }
+    /// Width of a row.
     [[nodiscard]] index_t width() const override { return o_.dims; }
+    /// The next `rows` rows of toy data (no targets).
     void next(std::vector<float>& x, std::vector<float>& /*y*/, index_t rows) override {
         x.assign(static_cast<std::size_t>(rows * o_.dims), 0.0f);
         for (index_t r = 0; r < rows; ++r) {
@@ -72,6 +74,7 @@ public:
             }
         }
     }
+    /// Moves to row `row` (modulo the rows held, where the source cycles).
     void seek(std::int64_t row) override { row_ = row; }
 
 private:

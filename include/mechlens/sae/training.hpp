@@ -95,8 +95,11 @@ public:
                               std::to_string(width_) + (y_.empty() ? "" : " in x and y alike"));
         rows_ = static_cast<std::int64_t>(x_.size() / static_cast<std::size_t>(width_));
     }
+    /// Width of a row.
     [[nodiscard]] index_t width() const override { return width_; }
+    /// True when targets were given.
     [[nodiscard]] bool paired() const override { return !y_.empty(); }
+    /// The next `rows` rows (and targets), wrapping around at the end.
     void next(std::vector<float>& x, std::vector<float>& y, index_t rows) override {
         x.resize(static_cast<std::size_t>(rows * width_));
         if (paired()) y.resize(x.size());
@@ -111,6 +114,7 @@ public:
             at_ = (at_ + 1) % rows_;
         }
     }
+    /// Moves to row `row` (modulo the rows held, where the source cycles).
     void seek(std::int64_t row) override { at_ = row % rows_; }
 
 private:
@@ -136,12 +140,16 @@ public:
         }
         if (x_.rows() <= 0) throw shape_error("harvest_batches: " + directory.string() + " holds no rows");
     }
+    /// Width of a row.
     [[nodiscard]] index_t width() const override { return x_.width(); }
+    /// True when targets were given.
     [[nodiscard]] bool paired() const override { return y_ != nullptr; }
+    /// The next `rows` rows (and targets), wrapping around at the end.
     void next(std::vector<float>& x, std::vector<float>& y, index_t rows) override {
         fill(x_, x, rows);
         if (y_) fill(*y_, y, rows);
     }
+    /// Moves to row `row` (modulo the rows held, where the source cycles).
     void seek(std::int64_t row) override {
         row %= x_.rows();
         x_.rewind();
