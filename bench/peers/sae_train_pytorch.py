@@ -5,7 +5,9 @@ clipped to norm 1, decoder rows initialised to norm 0.1 with W_enc = W_dec^T, on
 noise plus 4 of 64 strong directions per row). CPU, float32, torch.set_num_threads(1) and (2). Prints tokens/s
 and the last step's L0 per configuration.
 
-    /usr/bin/python3 bench/peers/sae_train_pytorch.py [--min-time 2] [--shapes 64x1024,64x2048,512x8192]
+    /usr/bin/python3 bench/peers/sae_train_pytorch.py [--steps N] [--shapes 64x1024,64x2048,512x8192]
+
+Like the C++ benchmark, it times steps 3 to 18 of a fresh SAE (d_in 64), or steps 3 and 4 (larger shapes).
 """
 import argparse
 import time
@@ -50,7 +52,7 @@ class SAE(torch.nn.Module):
         return mse + l1 * sparsity, acts
 
 
-def run(d_in, d_sae, topk, threads, min_time, batch=4096):
+def run(d_in, d_sae, topk, threads, steps, batch=4096):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x_all = data(d_in, 8 * batch)
@@ -72,20 +74,16 @@ def run(d_in, d_sae, topk, threads, min_time, batch=4096):
 
     one()
     one()
-    n = 0
     start = time.perf_counter()
-    while True:
+    for _ in range(steps):  # steps 3 .. steps + 2, as the C++ benchmark
         one()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time and n >= 3:
-            break
-    return batch * n / elapsed, l0, elapsed / n
+    elapsed = time.perf_counter() - start
+    return batch * steps / elapsed, l0, elapsed / steps
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--min-time", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=0, help="timed steps (default 16 for d_in 64, 2 above)")
     p.add_argument("--shapes", default="64x1024,64x2048,512x8192")
     p.add_argument("--threads", default="1,2")
     a = p.parse_args()
@@ -94,7 +92,8 @@ def main():
         for topk in (False, True):
             for shape in a.shapes.split(","):
                 d_in, d_sae = (int(v) for v in shape.split("x"))
-                tps, l0, per = run(d_in, d_sae, topk, threads, a.min_time)
+                steps = a.steps or (16 if d_in <= 64 else 2)
+                tps, l0, per = run(d_in, d_sae, topk, threads, steps)
                 print(f"pytorch {'topk' if topk else 'standard'} d_in={d_in} d_sae={d_sae} threads={threads}: "
                       f"{per * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, L0 {l0:.1f}", flush=True)
 
