@@ -5,7 +5,7 @@
 /// sites), transcoders spliced over MLPs and circuit-tracer's transcoder files, SAELens folders, evaluation at the
 /// hook site (L0, FVU, CE recovered, dead and dense latents), feature dashboards (top contexts, activation
 /// histograms, logit weights, as one HTML page), and the harvesting of activations to train them on (sharded
-/// safetensors, resumable, read back in batches).
+/// safetensors, resumable, read back in batches), and training SAEs and transcoders with SAELens's semantics.
 #include "mechlens/sae/circuit_tracer_format.hpp"
 #include "mechlens/sae/dashboard.hpp"
 #include "mechlens/sae/definition.hpp"
@@ -17,5 +17,8 @@
 #include "mechlens/sae/loss.hpp"
 #include "mechlens/sae/saelens_format.hpp"
 #include "mechlens/sae/sparse_autoencoder.hpp"
+#include "mechlens/sae/toy_superposition.hpp"
+#include "mechlens/sae/training.hpp"
+#include "mechlens/sae/training_step.hpp"
 #include "mechlens/sae/transcoder.hpp"
 #include "mechlens/sae/transcoder_definition.hpp"

@@ -38,6 +38,8 @@ extern const command patch_command;      ///< commands/patch.cpp
 extern const command attribute_command;  ///< commands/attribute.cpp
 extern const command tokenize_command;   ///< commands/tokenize.cpp
 extern const command harvest_command;    ///< commands/harvest.cpp
-extern const command sae_command;        ///< commands/sae.cpp (subcommands eval, dashboard)
+extern const command sae_command;        ///< commands/sae.cpp (subcommands eval, dashboard, train)
+extern const command transcoder_command; ///< commands/sae_train.cpp (subcommand train)
+extern const subcommand sae_train_subcommand;  ///< commands/sae_train.cpp: `mechlens sae train`
 
 }  // namespace mechlens_cli

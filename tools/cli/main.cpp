@@ -22,16 +22,18 @@ constexpr const command* command_table[] = {
     &mechlens_cli::cache_command,     &mechlens_cli::grad_command,     &mechlens_cli::train_command,
     &mechlens_cli::lens_command,      &mechlens_cli::dla_command,      &mechlens_cli::patch_command,
     &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command, &mechlens_cli::harvest_command,
-    &mechlens_cli::sae_command,
+    &mechlens_cli::sae_command,       &mechlens_cli::transcoder_command,
 };
 
 /// The options that take no value: the weight-processing flags, harvest's --shuffle, sae's --json and
-/// --include-bos. A flag given to a command that does not read it is reported as an unknown option, like any other.
+/// --include-bos, transcoder train's --skip. A flag given to a command that does not read it is reported as an
+/// unknown option, like any other.
 std::set<std::string> flag_options() {
     std::set<std::string> flags = mechlens_cli::weight_processing_flags;
     flags.insert("shuffle");
     flags.insert("json");
     flags.insert("include-bos");
+    flags.insert("skip");
     return flags;
 }
 

@@ -55,22 +55,6 @@ inline site_kind mlp_input_site(const model_config& c) {
     return has_site_kind(c, site_kind::resid_mid) ? site_kind::resid_mid : site_kind::resid_pre;
 }
 
-/// Throws shape_error (starting with `who`) when a transcoder's weights disagree with their sizes or its options,
-/// std::invalid_argument when the options subtract b_dec from the input or normalize it.
-template <class T>
-void validate_transcoder(const basic_transcoder_weights<T>& w, const sae_options& options, const std::string& who) {
-    validate_sae(w.sae, options, who);
-    if (options.apply_b_dec_to_input || options.normalize_activations == sae_normalization::constant_norm_rescale)
-        throw std::invalid_argument(who +
-                                    ": a transcoder reads its input as it is (b_dec is its output bias): use "
-                                    "apply_b_dec_to_input = false and no constant_norm_rescale "
-                                    "(transcoder_options())");
-    const auto square = static_cast<std::size_t>(w.sae.d_in * w.sae.d_in);
-    if (!w.w_skip.empty() && w.w_skip.size() != square)
-        throw shape_error(who + ": W_skip has " + std::to_string(w.w_skip.size()) + " values, expected 0 or " +
-                          std::to_string(square) + " (d_in, d_in)");
-}
-
 /// A transcoder spliced in at an MLP's output, reading the MLP's input (see the file comment for its sites).
 class transcoder_splice final : public splice {
 public:

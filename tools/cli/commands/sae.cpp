@@ -280,7 +280,7 @@ int run_dashboard(arguments& args) {
     "[--bos ID] [--seed 0] [--story-length 256] [--include-bos] (--hook defaults to cfg.json's hook_name)\n"
 
 /// The subcommands of `mechlens sae`: one row each.
-constexpr subcommand sae_subcommands[] = {
+const subcommand sae_subcommands[] = {
     {"eval",
      "--model PATH --sae DIR [--dense-threshold 0.1] [--json]\n" MECHLENS_SAE_SOURCE_USAGE
      "splices the SAELens SAE in DIR at its hook and prints L0, FVU, cosine, CE clean/spliced/zero-ablated, CE\n"
@@ -291,6 +291,7 @@ constexpr subcommand sae_subcommands[] = {
      "--model PATH --sae DIR --features 3,17,... --out FILE.html [--top-k 10]\n" MECHLENS_SAE_SOURCE_USAGE
      "one self-contained HTML page: per feature its top contexts, activation histogram, density and logit weights",
      run_dashboard},
+    sae_train_subcommand,  // commands/sae_train.cpp
 };
 
 #undef MECHLENS_SAE_SOURCE_USAGE
