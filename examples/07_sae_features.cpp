@@ -20,6 +20,14 @@
 //   7. A transcoder: the same kind of dictionary, trained to map block 2's MLP input to its output, in place of
 //      the MLP.
 //
+// What it finds (2 cores, about 5 minutes; the same figures on every run at a given thread count): the SAE explains
+// 94.6 % of the held-out variance with 16 features per token and keeps 97.9 % of the model's cross-entropy loss
+// (CE 1.662 against 1.565 clean and 6.238 with the site zeroed); one feature fires on character names (" Lily",
+// " Timmy") and one on full stops. Added at the last position of "Tom and his friend" at 1.5 times its top
+// activation, the name feature makes the model continue ", a little girl named Lily."; at 3 times, "One day, a big
+// dog named" continues " Lily went to the park with her mom" instead of " Max ... his mom". The transcoder explains
+// 82.9 % of the MLP output's variance and keeps 86.7 % of the cross-entropy the MLP is worth.
+//
 // Needs stories260K: set MECHLENS_MODELS to the folder holding stories260K/ (default: ../shared/models).
 // Usage: example_07_sae_features [--out DIR] [--quick]
 //   --quick trains on fewer tokens (the sanitizer build runs it so); the figures it prints are then not checked.

@@ -1,8 +1,7 @@
 // SAE training: the fast step's losses and gradients against the exact reference (sae_loss_and_gradients) for
 // every architecture, the transcoder's gradients (skip included) against finite differences in double, the
 // trainer's determinism, checkpoint and resume, and toy models of superposition recovered by training.
-#include <mechlens/model/random.hpp>
-#include <mechlens/sae.hpp>
+#include <mechlens/mechlens.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -372,10 +372,10 @@ TEST_CASE("transcoder: the shipped policies cache, ablate and steer its features
     const auto rows = static_cast<index_t>(prompt.size());
     const std::string host = "blocks.1.hook_mlp_out", acts_name = host + ".hook_sae_acts_post";
     const std::string output_name = host + ".hook_sae_output";
-    const site acts = *mechlens::parse_site(acts_name);
-
     mechlens::dynamic_hooks hooks(c);
     (void)hooks.splice(host, std::make_shared<mechlens::transcoder_splice>(w));
+    // Parsed after the splice declared its suffixes (an extension name is known once some splice declares it).
+    const site acts = *mechlens::parse_site(acts_name);
     // Listed after the host, in firing order.
     std::vector<std::string> names;
     for (const site& s : hooks.sites())
