@@ -14,6 +14,7 @@
 
 #include "../command.hpp"
 #include "../common.hpp"
+#include "../documents.hpp"
 
 namespace mechlens_cli {
 namespace {
@@ -95,24 +96,11 @@ int run(arguments& args) {
     std::int32_t bos = tokenizer ? tokenizer->bos_id() : -1;
     if (bos_text) bos = parse_number<std::int32_t>(*bos_text, "--bos");
     if (bos >= c.d_vocab) throw usage_error(concat("--bos ", std::to_string(bos), " is outside the vocabulary"));
-    std::unique_ptr<mechlens::document_source> source;
-    if (!texts.empty()) {
-        std::vector<std::filesystem::path> files(texts.begin(), texts.end());
-        const text_tokenizer& t = *tokenizer;
-        source = std::make_unique<mechlens::text_documents>(files, [&t](std::string_view text) {
-            if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&t.get()))
-                return sentencepiece->encode(text, false);
-            return std::get<mechlens::gpt2_tokenizer>(t.get()).encode(text, true);
-        });
-    } else {
-        if (bos < 0) throw usage_error("the model has no tokenizer: give --bos ID to sample stories from it, or --text");
-        mechlens::story_options story;
-        story.seed = seed;
-        story.bos = bos;
-        story.eos = tokenizer ? tokenizer->eos_id() : -1;
-        story.max_length = story_length;
-        source = std::make_unique<mechlens::sampled_stories>(model, story);
-    }
+    mechlens::story_options story;
+    story.seed = seed;
+    story.max_length = story_length;
+    const std::unique_ptr<mechlens::document_source> source = open_documents(
+        model, texts, tokenizer, bos, story, "the model has no tokenizer: give --bos ID to sample stories from it, or --text");
 
     options.context = context;
     options.tokens_total = tokens_total;

@@ -17,6 +17,7 @@
 
 #include "../command.hpp"
 #include "../common.hpp"
+#include "../documents.hpp"
 
 namespace mechlens_cli {
 namespace {
@@ -119,23 +120,11 @@ opened_run open_run(const sae_run& r) {
     o.bos = o.tokenizer ? o.tokenizer->bos_id() : -1;
     if (r.bos) o.bos = parse_number<std::int32_t>(*r.bos, "--bos");
     if (o.bos >= c.d_vocab) throw usage_error(concat("--bos ", std::to_string(o.bos), " is outside the vocabulary"));
-    if (!r.texts.empty()) {
-        std::vector<std::filesystem::path> files(r.texts.begin(), r.texts.end());
-        const text_tokenizer& t = *o.tokenizer;
-        o.documents = std::make_unique<mechlens::text_documents>(files, [&t](std::string_view text) {
-            if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&t.get()))
-                return sentencepiece->encode(text, false);
-            return std::get<mechlens::gpt2_tokenizer>(t.get()).encode(text, true);
-        });
-    } else {
-        if (o.bos < 0) throw usage_error("the model has no tokenizer: give --bos ID to sample stories from it, or --text");
-        mechlens::story_options story;
-        story.seed = r.seed;
-        story.bos = o.bos;
-        story.eos = o.tokenizer ? o.tokenizer->eos_id() : -1;
-        story.max_length = r.story_length;
-        o.documents = std::make_unique<mechlens::sampled_stories>(o.model, story);
-    }
+    mechlens::story_options story;
+    story.seed = r.seed;
+    story.max_length = r.story_length;
+    o.documents = open_documents(o.model, r.texts, o.tokenizer, o.bos, story,
+                                 "the model has no tokenizer: give --bos ID to sample stories from it, or --text");
     o.source = o.documents->describe();
     if (r.texts.empty()) o.source = "stories " + o.source + " (no --text given)";
     o.options.context = r.context;

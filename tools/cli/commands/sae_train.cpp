@@ -16,6 +16,7 @@
 
 #include "../command.hpp"
 #include "../common.hpp"
+#include "../documents.hpp"
 
 namespace mechlens_cli {
 namespace {
@@ -77,23 +78,10 @@ void harvest_from_model(arguments& args, const std::vector<std::string>& hooks, 
     std::optional<text_tokenizer> tokenizer = texts.empty() ? optional_tokenizer(model_opts.path, tokenizer_path)
                                                             : resolve_tokenizer(model_opts.path, tokenizer_path);
     const std::int32_t bos = tokenizer ? tokenizer->bos_id() : -1;
-    std::unique_ptr<mechlens::document_source> source;
-    if (!texts.empty()) {
-        std::vector<std::filesystem::path> files(texts.begin(), texts.end());
-        const text_tokenizer& t = *tokenizer;
-        source = std::make_unique<mechlens::text_documents>(files, [&t](std::string_view text) {
-            if (const auto* sentencepiece = std::get_if<mechlens::bpe_tokenizer>(&t.get()))
-                return sentencepiece->encode(text, false);
-            return std::get<mechlens::gpt2_tokenizer>(t.get()).encode(text, true);
-        });
-    } else {
-        if (bos < 0) throw usage_error("the model has no tokenizer: give --text to train on text");
-        mechlens::story_options story;
-        story.seed = seed;
-        story.bos = bos;
-        story.eos = tokenizer ? tokenizer->eos_id() : -1;
-        source = std::make_unique<mechlens::sampled_stories>(model, story);
-    }
+    mechlens::story_options story;
+    story.seed = seed;
+    const std::unique_ptr<mechlens::document_source> source =
+        open_documents(model, texts, tokenizer, bos, story, "the model has no tokenizer: give --text to train on text");
     // Whole contexts covering tokens_total (the trainer cycles over what it gets).
     options.context = context;
     options.tokens_total = (tokens_total + context - 1) / context * context;
