@@ -17656,6 +17656,9 @@ inline circuit_tracer_hooks read_circuit_tracer_config(const std::filesystem::pa
         if (value.empty()) detail::format_fail(path.string(), std::string("missing top-level key '") + key + "'");
         constexpr std::string_view prefix = "blocks.{layer}.";
         if (value.rfind(prefix, 0) == 0) value.erase(0, prefix.size());
+        if (value.empty())
+            detail::format_fail(path.string(), std::string("top-level key '") + key + "' names no hook after '" +
+                                                   std::string(prefix) + "'");
         return value;
     };
     out.feature_input_hook = field("feature_input_hook");

@@ -442,6 +442,8 @@ def main() -> int:
                           b"feature_output_hook: 'mlp.hook_out'\n")
     c.add("config_templated", b"\x01feature_input_hook: blocks.{layer}.ln2.hook_normalized  # comment\n"
                               b"feature_output_hook: blocks.{layer}.hook_mlp_out\n")
+    # Regression: a name that is only the template prefix once crashed the harness (an empty hook was accepted).
+    c.add("config_prefix_only", b"\x01feature_input_hook: blocks.{layer}.\nfeature_output_hook: hook_mlp_out\n")
     transcoder_count = c.count
 
 

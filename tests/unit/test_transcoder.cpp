@@ -580,6 +580,9 @@ TEST_CASE("circuit-tracer files: files written by numpy in its layout compute wh
                       Catch::Contains("no mechlens site"));
     std::ofstream(yaml) << "feature_input_hook: ln2.hook_normalized\n";
     CHECK_THROWS_WITH(mechlens::read_circuit_tracer_config(yaml), Catch::Contains("feature_output_hook"));
+    // A templated name with nothing after the prefix is no hook (found by fuzz_transcoder_file).
+    std::ofstream(yaml) << "feature_input_hook: blocks.{layer}.\nfeature_output_hook: hook_mlp_out\n";
+    CHECK_THROWS_WITH(mechlens::read_circuit_tracer_config(yaml), Catch::Contains("names no hook"));
 }
 
 TEST_CASE("circuit-tracer files: round trip, and malformed files are one-line errors", "[sae][transcoder][io]") {
