@@ -18218,6 +18218,33 @@ MECHLENS_END_NAMESPACE
 #include <string_view>
 #include <vector>
 
+// ---- begin mechlens/detail/throughput.hpp ----
+/// @file
+/// Throughput and time left for the progress reports of long passes (harvesting, SAE evaluation, dashboards).
+
+#include <cstdint>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// Items per second and seconds left, both 0 until something measurable has happened.
+struct throughput_estimate {
+    double per_second = 0.0;   ///< done_this_run / seconds.
+    double eta_seconds = 0.0;  ///< remaining / per_second.
+};
+
+/// The rate of `done_this_run` items in `seconds`, and the time `remaining` items take at that rate.
+inline throughput_estimate estimate_throughput(std::int64_t done_this_run, std::int64_t remaining, double seconds) {
+    throughput_estimate out;
+    if (seconds > 0.0) out.per_second = static_cast<double>(done_this_run) / seconds;
+    if (out.per_second > 0.0) out.eta_seconds = static_cast<double>(remaining) / out.per_second;
+    return out;
+}
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/detail/throughput.hpp ----
 // ---- begin mechlens/sae/harvest_source.hpp ----
 /// @file
 /// Token streams for harvesting activations: documents (UTF-8 text files tokenized by a caller's tokenizer, or
@@ -18651,6 +18678,18 @@ struct sae_eval_progress {
     double seconds = 0.0;            ///< Since the start.
     double tokens_per_second = 0.0;  ///< tokens_done / seconds.
     double eta_seconds = 0.0;        ///< Time left at that rate.
+
+    /// The report after `done` of `total` tokens, timed from `started`.
+    static sae_eval_progress at(std::int64_t done, std::int64_t total, std::chrono::steady_clock::time_point started) {
+        sae_eval_progress p;
+        p.tokens_done = done;
+        p.tokens_total = total;
+        p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        const detail::throughput_estimate rate = detail::estimate_throughput(done, total - done, p.seconds);
+        p.tokens_per_second = rate.per_second;
+        p.eta_seconds = rate.eta_seconds;
+        return p;
+    }
 };
 
 /// Called after every batch.
@@ -18912,15 +18951,7 @@ inline sae_eval_result evaluate_splice(const transformer& model, const site& hos
         for (const unsigned char k : counted) result.tokens += k;
         done_contexts += batch;
         if (progress) {
-            sae_eval_progress p;
-            p.tokens_done = done_contexts * T;
-            p.tokens_total = contexts_total * T;
-            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
-            progress(p);
+            progress(sae_eval_progress::at(done_contexts * T, contexts_total * T, started));
         }
         if (batch < want) break;  // the supplier ran out
     }
@@ -19233,15 +19264,7 @@ inline std::vector<feature_summary> collect_feature_activity(const transformer& 
         }
         done += batch;
         if (progress) {
-            sae_eval_progress p;
-            p.tokens_done = done * T;
-            p.tokens_total = contexts_total * T;
-            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
-            progress(p);
+            progress(sae_eval_progress::at(done * T, contexts_total * T, started));
         }
         if (batch < want) break;
     }
@@ -20061,10 +20084,10 @@ inline harvest_result harvest(const transformer& model, document_source& source,
             harvest_progress p;
             p.tokens_done = static_cast<std::int64_t>(contexts_seen) * T;
             p.tokens_total = static_cast<std::int64_t>(contexts_total) * T;
-            p.tokens_per_second = seconds > 0.0 ? static_cast<double>(result.tokens_this_run) / seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
+            const detail::throughput_estimate rate =
+                detail::estimate_throughput(result.tokens_this_run, p.tokens_total - p.tokens_done, seconds);
+            p.tokens_per_second = rate.per_second;
+            p.eta_seconds = rate.eta_seconds;
             p.shards = m.shards.size();
             progress(p);
         }

@@ -240,15 +240,7 @@ inline std::vector<feature_summary> collect_feature_activity(const transformer& 
         }
         done += batch;
         if (progress) {
-            sae_eval_progress p;
-            p.tokens_done = done * T;
-            p.tokens_total = contexts_total * T;
-            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
-            progress(p);
+            progress(sae_eval_progress::at(done * T, contexts_total * T, started));
         }
         if (batch < want) break;
     }

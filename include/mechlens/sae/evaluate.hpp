@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "mechlens/detail/namespace.hpp"
+#include "mechlens/detail/throughput.hpp"
 #include "mechlens/hooks/dynamic.hpp"
 #include "mechlens/hooks/names.hpp"
 #include "mechlens/hooks/site_traits.hpp"
@@ -65,6 +66,18 @@ struct sae_eval_progress {
     double seconds = 0.0;            ///< Since the start.
     double tokens_per_second = 0.0;  ///< tokens_done / seconds.
     double eta_seconds = 0.0;        ///< Time left at that rate.
+
+    /// The report after `done` of `total` tokens, timed from `started`.
+    static sae_eval_progress at(std::int64_t done, std::int64_t total, std::chrono::steady_clock::time_point started) {
+        sae_eval_progress p;
+        p.tokens_done = done;
+        p.tokens_total = total;
+        p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        const detail::throughput_estimate rate = detail::estimate_throughput(done, total - done, p.seconds);
+        p.tokens_per_second = rate.per_second;
+        p.eta_seconds = rate.eta_seconds;
+        return p;
+    }
 };
 
 /// Called after every batch.
@@ -326,15 +339,7 @@ inline sae_eval_result evaluate_splice(const transformer& model, const site& hos
         for (const unsigned char k : counted) result.tokens += k;
         done_contexts += batch;
         if (progress) {
-            sae_eval_progress p;
-            p.tokens_done = done_contexts * T;
-            p.tokens_total = contexts_total * T;
-            p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-            p.tokens_per_second = p.seconds > 0.0 ? static_cast<double>(p.tokens_done) / p.seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
-            progress(p);
+            progress(sae_eval_progress::at(done_contexts * T, contexts_total * T, started));
         }
         if (batch < want) break;  // the supplier ran out
     }

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "mechlens/detail/throughput.hpp"
 #include "mechlens/hooks/names.hpp"
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/io/json.hpp"
@@ -581,10 +582,10 @@ inline harvest_result harvest(const transformer& model, document_source& source,
             harvest_progress p;
             p.tokens_done = static_cast<std::int64_t>(contexts_seen) * T;
             p.tokens_total = static_cast<std::int64_t>(contexts_total) * T;
-            p.tokens_per_second = seconds > 0.0 ? static_cast<double>(result.tokens_this_run) / seconds : 0.0;
-            p.eta_seconds = p.tokens_per_second > 0.0
-                                ? static_cast<double>(p.tokens_total - p.tokens_done) / p.tokens_per_second
-                                : 0.0;
+            const detail::throughput_estimate rate =
+                detail::estimate_throughput(result.tokens_this_run, p.tokens_total - p.tokens_done, seconds);
+            p.tokens_per_second = rate.per_second;
+            p.eta_seconds = rate.eta_seconds;
             p.shards = m.shards.size();
             progress(p);
         }
