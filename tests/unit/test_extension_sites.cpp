@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "sae_test_support.hpp"
 #include "test_support.hpp"
 
 using mechlens::index_t;
@@ -47,38 +48,11 @@ mechlens::model_config small_config() {
 /// Random SAE weights of width d_in: roughly half the latents fire on a typical residual row.
 mechlens::sae_weights random_sae(index_t d_in, std::uint64_t seed) {
     mechlens::random_generator rng(seed);
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = d_sae;
-    auto draw = [&](std::vector<float>& v, std::size_t n, float scale) {
-        v.resize(n);
-        for (float& x : v) x = scale * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-    };
-    draw(w.w_enc, static_cast<std::size_t>(d_in * d_sae), 0.5f);
-    draw(w.w_dec, static_cast<std::size_t>(d_sae * d_in), 0.5f);
-    draw(w.b_enc, static_cast<std::size_t>(d_sae), 0.2f);
-    draw(w.b_dec, static_cast<std::size_t>(d_in), 0.2f);
-    return w;
+    return mechlens_test::random_sae_weights(rng, d_in, d_sae);
 }
 
-mechlens::tensor_view<const std::int32_t, 2> as_batch(const std::vector<std::int32_t>& ids) {
-    return mechlens::tensor_view<const std::int32_t, 2>(ids.data(), {1, static_cast<index_t>(ids.size())});
-}
-
-/// Copies every firing of the sites it is registered at, by name (the last firing wins).
-struct snapshots {
-    std::map<std::string, std::vector<float>> values;
-    mechlens::hook_callback callback() {
-        return [this](const site& s, mechlens::activation_view view, const mechlens::hook_context&) {
-            const auto v = view.as<3>();
-            std::vector<float>& out = values[mechlens::to_string(s)];
-            out.clear();
-            for (index_t b = 0; b < v.extent(0); ++b)
-                for (index_t p = 0; p < v.extent(1); ++p)
-                    for (index_t i = 0; i < v.extent(2); ++i) out.push_back(v(b, p, i));
-        };
-    }
-};
+using mechlens_test::as_batch;
+using mechlens_test::snapshots;
 
 /// The SAE of SAELens in double precision, straight from the definitions, on rows of width d_in.
 struct reference_sae {

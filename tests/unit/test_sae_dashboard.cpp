@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "sae_test_support.hpp"
 #include "test_support.hpp"
 
 using mechlens::index_t;
@@ -35,31 +36,13 @@ mechlens::model_config dash_config(mechlens::norm_kind norm = mechlens::norm_kin
     return c;
 }
 
+/// Random SAE weights whose encoder biases centre on `enc_bias` (negative: sparser firing).
 mechlens::sae_weights random_sae(index_t d_in, index_t d_sae, std::uint64_t seed, float enc_bias = -0.3f) {
     mechlens::random_generator rng(seed);
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = d_sae;
-    auto draw = [&](std::vector<float>& v, index_t n, float scale, float shift) {
-        v.resize(static_cast<std::size_t>(n));
-        for (float& x : v) x = shift + scale * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-    };
-    draw(w.w_enc, d_in * d_sae, 0.5f, 0.0f);
-    draw(w.w_dec, d_sae * d_in, 0.5f, 0.0f);
-    draw(w.b_enc, d_sae, 0.2f, enc_bias);
-    draw(w.b_dec, d_in, 0.2f, 0.0f);
-    return w;
+    return mechlens_test::random_sae_weights(rng, d_in, d_sae, enc_bias);
 }
 
-std::vector<std::int32_t> random_contexts(index_t n, index_t T, std::int32_t vocab, std::uint64_t seed) {
-    mechlens::random_generator rng(seed);
-    std::vector<std::int32_t> out(static_cast<std::size_t>(n * T));
-    for (index_t r = 0; r < n; ++r)
-        for (index_t p = 0; p < T; ++p)
-            out[static_cast<std::size_t>(r * T + p)] =
-                p == 0 ? 1 : static_cast<std::int32_t>(2 + rng.next() % static_cast<std::uint64_t>(vocab - 2));
-    return out;
-}
+using mechlens_test::random_contexts;
 
 /// A supplier over contexts held in memory.
 mechlens::context_supplier from_memory(const std::vector<std::int32_t>& tokens, index_t T, std::size_t& next) {

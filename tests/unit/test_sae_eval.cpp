@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "sae_test_support.hpp"
 #include "test_support.hpp"
 
 using mechlens::index_t;
@@ -37,20 +38,10 @@ const mechlens::transformer& eval_model() {
 }
 
 /// Random standard-SAE weights: about half the latents fire on a typical row.
+/// Random SAE weights in which latent 0 never fires (a dead latent) and latent 1 always does (a dense one).
 mechlens::sae_weights random_sae(index_t d_in, index_t d_sae, std::uint64_t seed) {
     mechlens::random_generator rng(seed);
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = d_sae;
-    auto draw = [&](std::vector<float>& v, index_t n, float scale) {
-        v.resize(static_cast<std::size_t>(n));
-        for (float& x : v) x = scale * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-    };
-    draw(w.w_enc, d_in * d_sae, 0.5f);
-    draw(w.w_dec, d_sae * d_in, 0.5f);
-    draw(w.b_enc, d_sae, 0.2f);
-    draw(w.b_dec, d_in, 0.2f);
-    // Latent 0 never fires (a dead latent), latent 1 always does (a dense one).
+    mechlens::sae_weights w = mechlens_test::random_sae_weights(rng, d_in, d_sae);
     for (index_t i = 0; i < d_in; ++i) w.w_enc[static_cast<std::size_t>(i * d_sae)] = 0.0f;
     w.b_enc[0] = -1.0f;
     for (index_t i = 0; i < d_in; ++i) w.w_enc[static_cast<std::size_t>(i * d_sae + 1)] = 0.0f;
@@ -76,16 +67,7 @@ mechlens::sae_weights identity_sae(index_t d_in) {
     return w;
 }
 
-/// `n` contexts of `T` random tokens, each starting with BOS = 1.
-std::vector<std::int32_t> random_contexts(index_t n, index_t T, std::int32_t vocab, std::uint64_t seed) {
-    mechlens::random_generator rng(seed);
-    std::vector<std::int32_t> out(static_cast<std::size_t>(n * T));
-    for (index_t r = 0; r < n; ++r)
-        for (index_t p = 0; p < T; ++p)
-            out[static_cast<std::size_t>(r * T + p)] =
-                p == 0 ? 1 : static_cast<std::int32_t>(2 + rng.next() % static_cast<std::uint64_t>(vocab - 2));
-    return out;
-}
+using mechlens_test::random_contexts;
 
 /// The metrics written out directly: the SAE by hand in double on cached activations, two-pass variance, and
 /// cross-entropies of forward passes with the site overwritten (reconstruction) or ablated by ablate_hooks.

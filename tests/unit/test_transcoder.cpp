@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "sae_test_support.hpp"
 #include "test_support.hpp"
 
 using mechlens::index_t;
@@ -47,17 +48,8 @@ mechlens::model_config small_config(mechlens::norm_kind norm = mechlens::norm_ki
 mechlens::transcoder_weights random_transcoder(index_t d_in, std::uint64_t seed, bool skip) {
     mechlens::random_generator rng(seed);
     mechlens::transcoder_weights w;
-    w.sae.d_in = d_in;
-    w.sae.d_sae = d_tc;
-    auto draw = [&](std::vector<float>& v, std::size_t n, float scale) {
-        v.resize(n);
-        for (float& x : v) x = scale * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-    };
-    draw(w.sae.w_enc, static_cast<std::size_t>(d_in * d_tc), 0.5f);
-    draw(w.sae.w_dec, static_cast<std::size_t>(d_tc * d_in), 0.5f);
-    draw(w.sae.b_enc, static_cast<std::size_t>(d_tc), 0.2f);
-    draw(w.sae.b_dec, static_cast<std::size_t>(d_in), 0.2f);
-    if (skip) draw(w.w_skip, static_cast<std::size_t>(d_in * d_in), 0.3f);
+    w.sae = mechlens_test::random_sae_weights(rng, d_in, d_tc);
+    if (skip) mechlens_test::fill_uniform(rng, w.w_skip, static_cast<std::size_t>(d_in * d_in), 0.3f);
     return w;
 }
 
@@ -67,24 +59,8 @@ mechlens::sae_options with_error_term(bool on) {
     return options;
 }
 
-mechlens::tensor_view<const std::int32_t, 2> as_batch(const std::vector<std::int32_t>& ids) {
-    return mechlens::tensor_view<const std::int32_t, 2>(ids.data(), {1, static_cast<index_t>(ids.size())});
-}
-
-/// Copies every firing of the sites it is registered at, by name (the last firing wins).
-struct snapshots {
-    std::map<std::string, std::vector<float>> values;
-    mechlens::hook_callback callback() {
-        return [this](const site& s, mechlens::activation_view view, const mechlens::hook_context&) {
-            const auto v = view.as<3>();
-            std::vector<float>& out = values[mechlens::to_string(s)];
-            out.clear();
-            for (index_t b = 0; b < v.extent(0); ++b)
-                for (index_t p = 0; p < v.extent(1); ++p)
-                    for (index_t i = 0; i < v.extent(2); ++i) out.push_back(v(b, p, i));
-        };
-    }
-};
+using mechlens_test::as_batch;
+using mechlens_test::snapshots;
 
 /// The transcoder in double precision, from circuit-tracer's definition: relu(x W_enc + b_enc) W_dec + b_dec +
 /// x W_skip, with latent `nudge_latent` moved by `nudge` after the ReLU.
