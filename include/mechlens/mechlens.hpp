@@ -12,4 +12,5 @@
 #include "mechlens/train.hpp"
 #include "mechlens/attribution.hpp"
 #include "mechlens/sae.hpp"
+#include "mechlens/medicine.hpp"
 #include "mechlens/report.hpp"

@@ -1,0 +1,6 @@
+#pragma once
+/// @file
+/// Model medicine: linear probes on activations (L2-regularised logistic regression by Newton's method) and
+/// contrastive directions (difference of means, first principal component of paired differences).
+#include "mechlens/medicine/direction.hpp"
+#include "mechlens/medicine/probe.hpp"

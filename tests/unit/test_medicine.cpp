@@ -1,0 +1,258 @@
+// Model medicine's maths: logistic-regression probes (checked by the optimality conditions of the regularised loss,
+// written here in long double, and by recovering a planted direction) and contrastive directions (checked against
+// means and an independent power iteration on the differences' covariance).
+#include <mechlens/mechlens.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "test_support.hpp"
+
+using mechlens::index_t;
+
+namespace {
+
+/// A standard normal draw (Box-Muller) from the library's generator.
+double normal(mechlens::random_generator& rng) {
+    const double u1 = 1.0 - rng.uniform(), u2 = rng.uniform();
+    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+/// Rows and labels drawn from a logistic model: x ~ N(0, I), P(y = 1 | x) = sigmoid(w . x + b).
+struct labelled_rows {
+    std::vector<float> rows;  // (n, d)
+    std::vector<int> labels;  // (n)
+    index_t n = 0, d = 0;
+    [[nodiscard]] mechlens::tensor_view<const float, 2> view() const {
+        return mechlens::tensor_view<const float, 2>(rows.data(), {n, d});
+    }
+};
+
+labelled_rows logistic_data(index_t n, const std::vector<double>& w, double b, std::uint64_t seed) {
+    mechlens::random_generator rng(seed);
+    labelled_rows out;
+    out.n = n;
+    out.d = static_cast<index_t>(w.size());
+    for (index_t r = 0; r < n; ++r) {
+        double z = b;
+        for (double wi : w) {
+            const auto x = static_cast<float>(normal(rng));
+            out.rows.push_back(x);
+            z += wi * static_cast<double>(x);
+        }
+        out.labels.push_back(rng.uniform() < 1.0 / (1.0 + std::exp(-z)) ? 1 : 0);
+    }
+    return out;
+}
+
+/// The gradient of the regularised loss at (w, b) in long double, straight from its definition (bias last).
+std::vector<long double> loss_gradient(const labelled_rows& data, const std::vector<double>& w, double b, double l2) {
+    std::vector<long double> g(w.size() + 1, 0.0L);
+    for (index_t r = 0; r < data.n; ++r) {
+        auto z = static_cast<long double>(b);
+        for (index_t i = 0; i < data.d; ++i)
+            z += static_cast<long double>(w[static_cast<std::size_t>(i)]) *
+                 static_cast<long double>(data.rows[static_cast<std::size_t>(r * data.d + i)]);
+        const long double p = 1.0L / (1.0L + std::exp(-z));
+        const long double residual = p - static_cast<long double>(data.labels[static_cast<std::size_t>(r)]);
+        for (index_t i = 0; i < data.d; ++i)
+            g[static_cast<std::size_t>(i)] +=
+                residual * static_cast<long double>(data.rows[static_cast<std::size_t>(r * data.d + i)]);
+        g.back() += residual;
+    }
+    for (std::size_t i = 0; i < g.size(); ++i) {
+        g[i] /= static_cast<long double>(data.n);
+        if (i < w.size()) g[i] += static_cast<long double>(l2) * static_cast<long double>(w[i]);
+    }
+    return g;
+}
+
+double cosine(const std::vector<double>& a, const std::vector<double>& b) {
+    double ab = 0, aa = 0, bb = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        ab += a[i] * b[i];
+        aa += a[i] * a[i];
+        bb += b[i] * b[i];
+    }
+    return ab / std::sqrt(aa * bb);
+}
+
+}  // namespace
+
+TEST_CASE("probe: Newton's method reaches the regularised loss's unique minimum", "[medicine][probe]") {
+    const std::vector<double> planted{1.5, -2.0, 0.5, 0.0, 3.0, -0.7, 0.2, 1.1};
+    const labelled_rows data = logistic_data(3000, planted, 0.4, 7);
+    for (const double l2 : {1e-1, 1e-3, 1e-6}) {
+        mechlens::probe_options options;
+        options.l2 = l2;
+        const mechlens::logistic_probe probe = mechlens::fit_logistic_probe(data.view(), data.labels, options);
+        INFO("l2 " << l2 << ": " << probe.iterations << " Newton steps, loss " << probe.loss);
+        CHECK(probe.converged);
+        CHECK(probe.iterations <= 12);
+        // Optimality, computed independently: every entry of the gradient vanishes.
+        const std::vector<long double> g = loss_gradient(data, probe.weights, probe.bias, l2);
+        long double worst = 0;
+        for (long double gi : g) worst = std::max(worst, std::abs(gi));
+        INFO("largest gradient entry (long double) " << static_cast<double>(worst));
+        CHECK(worst <= 1.001e-10L);  // the fit's tolerance, 1e-10, plus rounding
+        // The planted direction is found (weak regularisation), and shrinks as l2 grows.
+        if (l2 <= 1e-3) CHECK(cosine(probe.weights, planted) > 0.99);
+    }
+    // Deterministic: the same rows give the same probe bit for bit.
+    const auto a = mechlens::fit_logistic_probe(data.view(), data.labels);
+    const auto b = mechlens::fit_logistic_probe(data.view(), data.labels);
+    CHECK(a.weights == b.weights);
+    CHECK(a.bias == b.bias);
+}
+
+TEST_CASE("probe: held-out accuracy on a split, separable data, and bad input", "[medicine][probe]") {
+    const std::vector<double> planted{2.0, -1.0, 0.0, 0.5};
+    const labelled_rows data = logistic_data(2000, planted, -0.3, 11);
+    const mechlens::probe_split split = mechlens::probe_split::make(data.n, 0.25, 3);
+    CHECK(split.held_out.size() == 500);
+    CHECK(split.train.size() + split.held_out.size() == 2000);
+    CHECK(std::is_sorted(split.train.begin(), split.train.end()));
+    auto subset = [&](const std::vector<index_t>& rows, std::vector<float>& x, std::vector<int>& y) {
+        for (index_t r : rows) {
+            for (index_t i = 0; i < data.d; ++i) x.push_back(data.rows[static_cast<std::size_t>(r * data.d + i)]);
+            y.push_back(data.labels[static_cast<std::size_t>(r)]);
+        }
+        return mechlens::tensor_view<const float, 2>(x.data(), {static_cast<index_t>(rows.size()), data.d});
+    };
+    std::vector<float> train_x, held_x;
+    std::vector<int> train_y, held_y;
+    const auto train = subset(split.train, train_x, train_y);
+    const auto held = subset(split.held_out, held_x, held_y);
+    const mechlens::logistic_probe probe = mechlens::fit_logistic_probe(train, train_y);
+    const mechlens::probe_evaluation on_held = mechlens::evaluate_probe(probe, held, held_y);
+    // The best possible accuracy is the planted model's own, measured on the same held-out rows.
+    mechlens::logistic_probe truth;
+    truth.weights = planted;
+    truth.bias = -0.3;
+    const mechlens::probe_evaluation bayes = mechlens::evaluate_probe(truth, held, held_y);
+    INFO("held-out accuracy " << on_held.accuracy << " (planted model " << bayes.accuracy << "), log-loss "
+                              << on_held.log_loss << " (" << bayes.log_loss << ")");
+    CHECK(on_held.accuracy > bayes.accuracy - 0.02);
+    CHECK(on_held.log_loss < bayes.log_loss + 0.02);
+
+    // Linearly separable rows: without the penalty the weights would grow for ever; with it the fit converges and
+    // classifies every row.
+    std::vector<float> rows;
+    std::vector<int> labels;
+    for (int r = 0; r < 40; ++r) {
+        const float t = static_cast<float>(r - 20) + 0.5f;
+        rows.insert(rows.end(), {t, 0.25f * static_cast<float>(r % 3)});
+        labels.push_back(t > 0 ? 1 : 0);
+    }
+    const mechlens::tensor_view<const float, 2> separable(rows.data(), {40, 2});
+    mechlens::probe_options tiny;
+    tiny.l2 = 1e-6;
+    const mechlens::logistic_probe sharp = mechlens::fit_logistic_probe(separable, labels, tiny);
+    CHECK(sharp.converged);
+    CHECK(mechlens::evaluate_probe(sharp, separable, labels).accuracy == 1.0);
+
+    // Bad input is an error that says what is wrong.
+    std::vector<int> short_labels(labels.begin(), labels.end() - 1);
+    CHECK_THROWS_WITH(mechlens::fit_logistic_probe(separable, short_labels), Catch::Contains("39 labels for 40 rows"));
+    std::vector<int> three = labels;
+    three[0] = 2;
+    CHECK_THROWS_WITH(mechlens::fit_logistic_probe(separable, three), Catch::Contains("labels must be 0 or 1"));
+    mechlens::probe_options none;
+    none.l2 = 0.0;
+    CHECK_THROWS_WITH(mechlens::fit_logistic_probe(separable, labels, none), Catch::Contains("l2 must be"));
+    CHECK_THROWS_AS(mechlens::evaluate_probe(probe, separable, labels), mechlens::shape_error);
+    CHECK_THROWS_AS(mechlens::probe_split::make(10, 1.0, 0), std::invalid_argument);
+}
+
+namespace {
+
+/// The top eigenvector of the centred paired differences' covariance by power iteration in long double.
+std::vector<double> power_iteration_direction(const std::vector<float>& pos, const std::vector<float>& neg, index_t n,
+                                              index_t d) {
+    std::vector<long double> mean(static_cast<std::size_t>(d), 0.0L), c(static_cast<std::size_t>(d * d), 0.0L);
+    auto diff = [&](index_t r, index_t i) {
+        const auto k = static_cast<std::size_t>(r * d + i);
+        return static_cast<long double>(pos[k]) - static_cast<long double>(neg[k]);
+    };
+    for (index_t r = 0; r < n; ++r)
+        for (index_t i = 0; i < d; ++i) mean[static_cast<std::size_t>(i)] += diff(r, i) / static_cast<long double>(n);
+    for (index_t r = 0; r < n; ++r)
+        for (index_t i = 0; i < d; ++i)
+            for (index_t j = 0; j < d; ++j)
+                c[static_cast<std::size_t>(i * d + j)] +=
+                    (diff(r, i) - mean[static_cast<std::size_t>(i)]) * (diff(r, j) - mean[static_cast<std::size_t>(j)]);
+    std::vector<long double> v(static_cast<std::size_t>(d), 1.0L), next(v.size());
+    for (int iteration = 0; iteration < 5000; ++iteration) {
+        long double norm = 0;
+        for (index_t i = 0; i < d; ++i) {
+            long double s = 0;
+            for (index_t j = 0; j < d; ++j)
+                s += c[static_cast<std::size_t>(i * d + j)] * v[static_cast<std::size_t>(j)];
+            next[static_cast<std::size_t>(i)] = s;
+            norm += s * s;
+        }
+        norm = std::sqrt(norm);
+        for (std::size_t i = 0; i < v.size(); ++i) v[i] = next[i] / norm;
+    }
+    return std::vector<double>(v.begin(), v.end());
+}
+
+}  // namespace
+
+TEST_CASE("contrastive directions: difference of means, and the first principal component of the differences",
+          "[medicine][direction]") {
+    // Pairs that differ along a planted axis by a varying amount, plus noise, around a shared mean shift.
+    for (const index_t n : {6, 40}) {  // fewer rows than width (the n x n Gram path), and more
+        const index_t d = 12;
+        mechlens::random_generator rng(static_cast<std::uint64_t>(n));
+        std::vector<double> axis(static_cast<std::size_t>(d));
+        for (double& a : axis) a = normal(rng);
+        std::vector<float> pos, neg;
+        for (index_t r = 0; r < n; ++r) {
+            const double amount = 1.0 + 3.0 * normal(rng);
+            for (index_t i = 0; i < d; ++i) {
+                const double base = normal(rng);
+                neg.push_back(static_cast<float>(base));
+                pos.push_back(
+                    static_cast<float>(base + 0.5 + amount * axis[static_cast<std::size_t>(i)] + 0.1 * normal(rng)));
+            }
+        }
+        const mechlens::tensor_view<const float, 2> p(pos.data(), {n, d}), q(neg.data(), {n, d});
+        const auto mean = mechlens::find_contrastive_direction(p, q, mechlens::direction_method::mean_difference);
+        for (index_t i = 0; i < d; ++i) {
+            double expected = 0;
+            for (index_t r = 0; r < n; ++r)
+                expected += static_cast<double>(pos[static_cast<std::size_t>(r * d + i)]) -
+                            static_cast<double>(neg[static_cast<std::size_t>(r * d + i)]);
+            CHECK(mean.direction[static_cast<std::size_t>(i)] ==
+                  Approx(expected / static_cast<double>(n)).epsilon(1e-12));
+        }
+        const auto pca = mechlens::find_contrastive_direction(p, q, mechlens::direction_method::pca);
+        const std::vector<double> reference = power_iteration_direction(pos, neg, n, d);
+        const double agreement = std::abs(cosine(pca.direction, reference));
+        INFO(n << " pairs: |cos| with power iteration " << agreement << ", explained variance "
+               << pca.explained_variance);
+        CHECK(agreement > 1.0 - 1e-12);
+        CHECK(cosine(pca.direction, pca.direction) == Approx(1.0));
+        double along = 0;
+        for (index_t i = 0; i < d; ++i)
+            along += pca.direction[static_cast<std::size_t>(i)] * mean.direction[static_cast<std::size_t>(i)];
+        CHECK(along >= 0.0);
+        CHECK(std::abs(cosine(pca.direction, axis)) > 0.99);
+        CHECK(pca.explained_variance > 0.9);
+        CHECK(pca.explained_variance <= 1.0);
+    }
+    // Mismatched sets are errors.
+    std::vector<float> a(12, 1.0f), b(8, 0.0f);
+    const mechlens::tensor_view<const float, 2> three(a.data(), {3, 4}), two(b.data(), {2, 4});
+    CHECK_NOTHROW(mechlens::find_contrastive_direction(three, two));
+    CHECK_THROWS_WITH(mechlens::find_contrastive_direction(three, two, mechlens::direction_method::pca),
+                      Catch::Contains("as many positive as negative rows"));
+    const mechlens::tensor_view<const float, 2> wide(a.data(), {2, 6});
+    CHECK_THROWS_AS(mechlens::find_contrastive_direction(wide, two), mechlens::shape_error);
+}
