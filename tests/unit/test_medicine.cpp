@@ -256,3 +256,128 @@ TEST_CASE("contrastive directions: difference of means, and the first principal 
     const mechlens::tensor_view<const float, 2> wide(a.data(), {2, 6});
     CHECK_THROWS_AS(mechlens::find_contrastive_direction(wide, two), mechlens::shape_error);
 }
+
+namespace {
+
+/// A small model of each family the edit must handle: LLaMA (RMSNorm, rotary, gated MLP, tied embedding), GPT-2
+/// (LayerNorm, biases, learned positions, untied) and GPT-NeoX-style parallel attention and MLP.
+std::vector<std::pair<const char*, mechlens::model_config>> ablation_models() {
+    mechlens::model_config llama;
+    llama.d_model = 16;
+    llama.n_layers = 3;
+    llama.n_heads = 4;
+    llama.n_kv_heads = 2;
+    llama.d_mlp = 24;
+    llama.d_vocab = 21;
+    llama.n_ctx = 16;
+    mechlens::model_config gpt2 = llama;
+    gpt2.n_kv_heads = 4;
+    gpt2.norm = mechlens::norm_kind::layer;
+    gpt2.positions = mechlens::positional_kind::learned;
+    gpt2.mlp = mechlens::mlp_kind::plain_gelu;
+    gpt2.linear_biases = true;
+    gpt2.tied_unembed = false;
+    mechlens::model_config parallel = gpt2;
+    parallel.parallel_attn_mlp = true;
+    parallel.positions = mechlens::positional_kind::rotary;
+    return {{"llama, tied", llama}, {"gpt-2", gpt2}, {"parallel attention and MLP", parallel}};
+}
+
+/// Largest |logit difference| of two logit tensors.
+double largest_difference(const mechlens::tensor<float, 3>& a, const mechlens::tensor<float, 3>& b) {
+    double worst = 0;
+    const auto x = a.view(), y = b.view();
+    for (index_t i = 0; i < x.extent(0); ++i)
+        for (index_t p = 0; p < x.extent(1); ++p)
+            for (index_t v = 0; v < x.extent(2); ++v)
+                worst = std::max(worst, std::abs(static_cast<double>(x(i, p, v)) - static_cast<double>(y(i, p, v))));
+    return worst;
+}
+
+/// Checks that runtime ablation leaves no component along `r` in any residual stream, and that the orthogonalised
+/// weights give the runtime-ablated logits; returns the largest logit difference.
+double check_ablation(const mechlens::loaded_model& loaded, const std::vector<float>& r,
+                      const std::vector<std::int32_t>& prompt) {
+    const mechlens::model_config& c = loaded.config;
+    const mechlens::transformer model(loaded);
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(prompt.data(), {1, static_cast<index_t>(prompt.size())});
+    mechlens::direction_ablation_hooks ablate(r, c.d_model, c.n_layers);
+    mechlens::caching_hooks<> cache;
+    const auto ablated = mechlens::forward_logits(model, tokens, mechlens::compose(ablate, cache));
+    const mechlens::activation_cache cached = cache.take();
+    double norm = 0;
+    for (float v : r) norm += static_cast<double>(v) * static_cast<double>(v);
+    norm = std::sqrt(norm);
+    for (index_t layer = 0; layer < c.n_layers; ++layer) {
+        const auto& resid = cached.at(mechlens::site{mechlens::site_kind::resid_post, layer});
+        for (std::size_t row = 0; row * static_cast<std::size_t>(c.d_model) < resid.values.size(); ++row) {
+            double along = 0, length = 0;
+            for (index_t i = 0; i < c.d_model; ++i) {
+                const auto x = static_cast<double>(
+                    resid.values[row * static_cast<std::size_t>(c.d_model) + static_cast<std::size_t>(i)]);
+                along += x * static_cast<double>(r[static_cast<std::size_t>(i)]) / norm;
+                length += x * x;
+            }
+            INFO("layer " << layer << " row " << row << ": component " << along << " of a row of norm "
+                          << std::sqrt(length));
+            CHECK(std::abs(along) <= 1e-6 * (1.0 + std::sqrt(length)));
+        }
+    }
+    const auto plain = mechlens::forward_logits(model, tokens);
+    CHECK(largest_difference(plain, ablated) > 1e-3);  // the edit does something
+
+    const mechlens::model_parameters original(c, loaded.weights);
+    const mechlens::model_parameters edited = mechlens::orthogonalize_weights(original, r);
+    CHECK_FALSE(edited.config().tied_unembed);
+    const mechlens::transformer baked(mechlens::loaded_model{edited.config(), edited.weights()});
+    return largest_difference(mechlens::forward_logits(baked, tokens), ablated);
+}
+
+}  // namespace
+
+TEST_CASE("directional ablation: no residual stream keeps the direction, and the orthogonalised weights agree",
+          "[medicine][ablation]") {
+    for (const auto& [name, config] : ablation_models()) {
+        const mechlens::loaded_model loaded = mechlens::random_model(config, 5, 0.3f);
+        mechlens::random_generator rng(9);
+        std::vector<float> r(static_cast<std::size_t>(config.d_model));
+        for (float& v : r) v = static_cast<float>(normal(rng));
+        const double gap = check_ablation(loaded, r, {1, 4, 9, 16, 3, 7, 12, 2});
+        INFO(name << ": largest |logit difference| between baked and runtime ablation " << gap);
+        CHECK(gap <= 1e-4);
+    }
+    // Bad directions and layers are errors.
+    const std::vector<float> zero(16, 0.0f), short_one(15, 1.0f);
+    CHECK_THROWS_AS(mechlens::direction_ablation_hooks(zero, 16, 3), std::invalid_argument);
+    CHECK_THROWS_AS(mechlens::direction_ablation_hooks(short_one, 16, 3), mechlens::shape_error);
+    const std::vector<float> ones(16, 1.0f);
+    CHECK_THROWS_WITH(mechlens::direction_ablation_hooks(ones, 16, 3, {3}), Catch::Contains("layer 3 is out of range"));
+}
+
+TEST_CASE("directional ablation on stories260K: the baked model written and read back agrees with the runtime edit",
+          "[medicine][ablation][real]") {
+    const auto path = mechlens_test::model_file("stories260K/stories260K.bin");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(path);
+    const mechlens::loaded_model loaded = mechlens::load_model(path);
+    const mechlens::model_config& c = loaded.config;
+    // The direction: the difference of two token embeddings (a real, model-made direction).
+    const mechlens::transformer model(loaded);
+    std::vector<float> r(static_cast<std::size_t>(c.d_model));
+    for (index_t i = 0; i < c.d_model; ++i)
+        r[static_cast<std::size_t>(i)] =
+            model.weights().token_embedding(400, i) - model.weights().token_embedding(300, i);
+    const std::vector<std::int32_t> prompt{1, 403, 407, 261, 378, 5, 90, 400, 300};
+    const double gap = check_ablation(loaded, r, prompt);
+    INFO("stories260K: largest |logit difference| " << gap);
+    CHECK(gap <= 1e-4);
+    // Written as a checkpoint and opened again by load_model: the same logits, bit for bit.
+    const mechlens::model_parameters edited =
+        mechlens::orthogonalize_weights(mechlens::model_parameters(c, loaded.weights), r);
+    const auto file = mechlens_test::scratch_dir() / "stories260K_orthogonalized.safetensors";
+    mechlens::save_checkpoint(file, edited);
+    const mechlens::transformer reopened(mechlens::load_model(file));
+    const mechlens::transformer baked(mechlens::loaded_model{edited.config(), edited.weights()});
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(prompt.data(), {1, static_cast<index_t>(prompt.size())});
+    CHECK(largest_difference(mechlens::forward_logits(reopened, tokens), mechlens::forward_logits(baked, tokens)) ==
+          0.0);
+}
