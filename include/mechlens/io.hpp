@@ -8,6 +8,7 @@
 #include "mechlens/io/checkpoint_format.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/gguf_writer.hpp"
 #include "mechlens/io/huggingface.hpp"
 #include "mechlens/io/json.hpp"
 #include "mechlens/io/llama2c.hpp"

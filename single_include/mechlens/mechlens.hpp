@@ -11250,6 +11250,185 @@ inline vocabulary load_gguf_vocabulary(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/gguf_model.hpp ----
+// ---- begin mechlens/io/gguf_writer.hpp ----
+/// @file
+/// Writes GGUF v3 files (little-endian): typed metadata (any gguf_value, arrays included) and F32 tensors, with the
+/// data section and every tensor aligned to 32 bytes (general.alignment's default). What gguf_file reads back is
+/// what was written; llama.cpp's gguf reader opens the same files.
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// One F32 tensor to write: its name, its extents in ggml order (dims[0] varies fastest) and its values.
+struct gguf_tensor_to_write {
+    std::string name;                 ///< Tensor name, e.g. "direction.3".
+    std::vector<std::uint64_t> dims;  ///< 1 to 4 extents, ggml order.
+    std::span<const float> values;    ///< Product(dims) floats.
+};
+
+namespace detail {
+
+static_assert(std::endian::native == std::endian::little, "mechlens: GGUF files are written little-endian");
+
+/// Appends the bytes of a trivially copyable value.
+template <class T>
+void append_bytes(std::string& out, const T& value) {
+    char bytes[sizeof(T)];
+    std::memcpy(bytes, &value, sizeof(T));
+    out.append(bytes, sizeof(T));
+}
+
+/// Appends a GGUF string (uint64 length + bytes).
+inline void append_gguf_string(std::string& out, const std::string& s) {
+    append_bytes(out, static_cast<std::uint64_t>(s.size()));
+    out += s;
+}
+
+/// Appends the payload of `value` (no type tag) as GGUF stores it; throws std::invalid_argument when the value's
+/// storage does not fit its type.
+inline void append_gguf_payload(std::string& out, const gguf_value& value, gguf_type type) {
+    const auto& v = value.storage();
+    auto integer = [&]() -> std::int64_t {
+        if (const auto* s = std::get_if<std::int64_t>(&v)) return *s;
+        if (const auto* u = std::get_if<std::uint64_t>(&v)) return static_cast<std::int64_t>(*u);
+        throw std::invalid_argument("write_gguf: an integer metadata value holds no integer");
+    };
+    auto real = [&]() -> double {
+        if (const auto* f = std::get_if<double>(&v)) return *f;
+        throw std::invalid_argument("write_gguf: a float metadata value holds no float");
+    };
+    switch (type) {
+        case gguf_type::uint8:
+            append_bytes(out, static_cast<std::uint8_t>(integer()));
+            break;
+        case gguf_type::int8:
+            append_bytes(out, static_cast<std::int8_t>(integer()));
+            break;
+        case gguf_type::uint16:
+            append_bytes(out, static_cast<std::uint16_t>(integer()));
+            break;
+        case gguf_type::int16:
+            append_bytes(out, static_cast<std::int16_t>(integer()));
+            break;
+        case gguf_type::uint32:
+            append_bytes(out, static_cast<std::uint32_t>(integer()));
+            break;
+        case gguf_type::int32:
+            append_bytes(out, static_cast<std::int32_t>(integer()));
+            break;
+        case gguf_type::uint64:
+            append_bytes(out, static_cast<std::uint64_t>(integer()));
+            break;
+        case gguf_type::int64:
+            append_bytes(out, integer());
+            break;
+        case gguf_type::float32:
+            append_bytes(out, static_cast<float>(real()));
+            break;
+        case gguf_type::float64:
+            append_bytes(out, real());
+            break;
+        case gguf_type::boolean: {
+            const auto* b = std::get_if<bool>(&v);
+            if (b == nullptr) throw std::invalid_argument("write_gguf: a bool metadata value holds no bool");
+            append_bytes(out, static_cast<std::uint8_t>(*b ? 1 : 0));
+            break;
+        }
+        case gguf_type::string: {
+            const std::string* s = value.as_string();
+            if (s == nullptr) throw std::invalid_argument("write_gguf: a string metadata value holds no string");
+            append_gguf_string(out, *s);
+            break;
+        }
+        case gguf_type::array: {
+            const gguf_value::array_type* elements = value.as_array();
+            if (elements == nullptr) throw std::invalid_argument("write_gguf: an array metadata value holds no array");
+            append_bytes(out, static_cast<std::uint32_t>(value.element_type()));
+            append_bytes(out, static_cast<std::uint64_t>(elements->size()));
+            for (const gguf_value& e : *elements) append_gguf_payload(out, e, value.element_type());
+            break;
+        }
+        default:
+            throw std::invalid_argument("write_gguf: unknown metadata type " + std::to_string(static_cast<int>(type)));
+    }
+}
+
+}  // namespace detail
+
+/// Writes a GGUF v3 file at `path` with `metadata` (in the given order; keys must be unique) and F32 `tensors`
+/// (unique names, 1 to 4 dims whose product is the number of values). Throws std::invalid_argument for
+/// inconsistent input (nothing is written then), format_error naming the file when writing fails.
+inline void write_gguf(const std::filesystem::path& path,
+                       const std::vector<std::pair<std::string, gguf_value>>& metadata,
+                       const std::vector<gguf_tensor_to_write>& tensors) {
+    constexpr std::uint64_t alignment = 32;
+    std::string header;
+    header += "GGUF";
+    detail::append_bytes(header, std::uint32_t{3});
+    detail::append_bytes(header, static_cast<std::uint64_t>(tensors.size()));
+    detail::append_bytes(header, static_cast<std::uint64_t>(metadata.size()));
+    for (std::size_t i = 0; i < metadata.size(); ++i) {
+        const auto& [key, value] = metadata[i];
+        if (key.empty()) throw std::invalid_argument("write_gguf: an empty metadata key");
+        for (std::size_t j = 0; j < i; ++j)
+            if (metadata[j].first == key)
+                throw std::invalid_argument("write_gguf: duplicate metadata key '" + key + "'");
+        detail::append_gguf_string(header, key);
+        detail::append_bytes(header, static_cast<std::uint32_t>(value.type()));
+        detail::append_gguf_payload(header, value, value.type());
+    }
+    std::uint64_t offset = 0;
+    std::vector<std::uint64_t> offsets;
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+        const gguf_tensor_to_write& t = tensors[i];
+        for (std::size_t j = 0; j < i; ++j)
+            if (tensors[j].name == t.name)
+                throw std::invalid_argument("write_gguf: duplicate tensor name '" + t.name + "'");
+        if (t.name.empty()) throw std::invalid_argument("write_gguf: an empty tensor name");
+        if (t.dims.empty() || t.dims.size() > 4)
+            throw std::invalid_argument("write_gguf: tensor '" + t.name + "' needs 1 to 4 dims");
+        std::uint64_t count = 1;
+        for (std::uint64_t d : t.dims) count *= d;
+        if (count != t.values.size())
+            throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " + std::to_string(t.values.size()) +
+                                        " values for dims whose product is " + std::to_string(count));
+        detail::append_gguf_string(header, t.name);
+        detail::append_bytes(header, static_cast<std::uint32_t>(t.dims.size()));
+        for (std::uint64_t d : t.dims) detail::append_bytes(header, d);
+        detail::append_bytes(header, static_cast<std::uint32_t>(ggml_type::f32));
+        detail::append_bytes(header, offset);
+        offsets.push_back(offset);
+        offset += count * sizeof(float);
+        offset += (alignment - offset % alignment) % alignment;
+    }
+    header.append((alignment - header.size() % alignment) % alignment, '\0');
+    std::string data(offset, '\0');
+    for (std::size_t i = 0; i < tensors.size(); ++i)
+        if (!tensors[i].values.empty())
+            std::memcpy(data.data() + offsets[i], tensors[i].values.data(), tensors[i].values.size() * sizeof(float));
+
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) throw format_error(path.string() + ": cannot open for writing");
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    out.flush();
+    if (!out) throw format_error(path.string() + ": write failed");
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/gguf_writer.hpp ----
 // ---- begin mechlens/io/huggingface.hpp ----
 /// @file
 /// Hugging Face model folders: `config.json` (a PretrainedConfig) and `model.safetensors`, or shards listed by
@@ -22280,7 +22459,131 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Model medicine: linear probes on activations (L2-regularised logistic regression by Newton's method) and
 /// contrastive directions (difference of means, first principal component of paired differences), directional
-/// ablation at run time and baked into the weights.
+/// ablation at run time and baked into the weights, and llama.cpp control vectors (written, read, steered with).
+// ---- begin mechlens/medicine/control_vector.hpp ----
+/// @file
+/// llama.cpp control vectors, both ways. A control vector file is a GGUF file with
+///   general.architecture = "controlvector", controlvector.model_hint (string), controlvector.layer_count (int32),
+///   and F32 1-D tensors `direction.N` of length d_model.
+/// llama.cpp (`--control-vector FILE` or `FILE:STRENGTH`, several summed) adds strength * direction.N to the output
+/// of block N (0-based; its graph applies the vector after the MLP's residual add), which is mechlens's
+/// `blocks.N.hook_resid_post`. Block 0 never receives one: llama.cpp rejects `direction.0`, and so do we. A
+/// direction found at `blocks.N.hook_resid_post` is written as `direction.N` (llama.cpp's own generator names the
+/// vector of block N's output `direction.N+1`; that offset is not reproduced here).
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// A control vector: one direction per block (1 and up) to add to that block's output.
+struct control_vector {
+    std::string model_hint;                            ///< controlvector.model_hint (e.g. the model's architecture).
+    std::map<index_t, std::vector<float>> directions;  ///< Block N (>= 1) -> (d_model) values.
+
+    /// The width of the directions (0 when there are none).
+    [[nodiscard]] index_t width() const noexcept {
+        return directions.empty() ? 0 : static_cast<index_t>(directions.begin()->second.size());
+    }
+};
+
+namespace detail {
+
+/// Throws std::invalid_argument (naming `who`) unless every block is >= 1 and every direction has the same,
+/// positive width.
+inline void check_control_vector(const control_vector& cv, const char* who) {
+    if (cv.directions.empty()) throw std::invalid_argument(std::string(who) + ": the control vector has no direction");
+    for (const auto& [block, values] : cv.directions) {
+        if (block < 1)
+            throw std::invalid_argument(std::string(who) + ": block " + std::to_string(block) +
+                                        " cannot receive a direction (llama.cpp applies direction.N to block N >= 1)");
+        if (values.empty() || static_cast<index_t>(values.size()) != cv.width())
+            throw std::invalid_argument(std::string(who) + ": the directions must all have the same, non-zero width");
+    }
+}
+
+}  // namespace detail
+
+/// Writes `cv` as a llama.cpp control vector file (see the file comment); controlvector.layer_count is the number of
+/// directions, as llama.cpp's generator writes it. Throws std::invalid_argument for a direction at block 0, none at
+/// all, or directions of different widths; format_error naming the file when writing fails.
+inline void write_control_vector(const std::filesystem::path& path, const control_vector& cv) {
+    detail::check_control_vector(cv, "write_control_vector");
+    std::vector<std::pair<std::string, gguf_value>> metadata{
+        {"general.architecture", gguf_value(gguf_type::string, std::string("controlvector"))},
+        {"controlvector.model_hint", gguf_value(gguf_type::string, cv.model_hint)},
+        {"controlvector.layer_count", gguf_value(gguf_type::int32, static_cast<std::int64_t>(cv.directions.size()))}};
+    std::vector<gguf_tensor_to_write> tensors;
+    for (const auto& [block, values] : cv.directions)
+        tensors.push_back({"direction." + std::to_string(block), {static_cast<std::uint64_t>(values.size())}, values});
+    write_gguf(path, metadata, tensors);
+}
+
+/// Reads a llama.cpp control vector file. Throws format_error naming the file when it is not a valid GGUF file,
+/// its architecture is not "controlvector", or a tensor is not an F32 1-D `direction.N` with N >= 1 of the common
+/// width (llama.cpp's own checks).
+inline control_vector read_control_vector(const std::filesystem::path& path) {
+    const gguf_file file(path);
+    auto fail = [&](const std::string& problem) { throw format_error(path.string() + ": " + problem); };
+    const gguf_value* arch = file.find("general.architecture");
+    if (arch == nullptr || arch->as_string() == nullptr || *arch->as_string() != "controlvector")
+        fail("not a control vector (general.architecture is not \"controlvector\")");
+    control_vector cv;
+    if (const gguf_value* hint = file.find("controlvector.model_hint"); hint != nullptr && hint->as_string() != nullptr)
+        cv.model_hint = *hint->as_string();
+    if (file.tensors().empty()) fail("no direction tensors");
+    for (const gguf_tensor_info& t : file.tensors()) {
+        const std::string prefix = "direction.";
+        const std::string digits = t.name.rfind(prefix, 0) == 0 ? t.name.substr(prefix.size()) : std::string();
+        if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos)
+            fail("tensor '" + t.name.substr(0, 80) + "' is not named direction.N");
+        const auto block = static_cast<index_t>(std::stol(digits));
+        if (block == 0) fail("direction.0: block 0 never receives a control vector");
+        if (t.type != ggml_type::f32 || t.dims.size() != 1)
+            fail("tensor '" + t.name + "' must be F32 and 1-D, got " + to_string(t.type) + " with " +
+                 std::to_string(t.dims.size()) + " dims");
+        if (t.dims[0] == 0 || (!cv.directions.empty() && static_cast<index_t>(t.dims[0]) != cv.width()))
+            fail("tensor '" + t.name + "' has " + std::to_string(t.dims[0]) + " values, the others " +
+                 std::to_string(cv.width()));
+        if (cv.directions.count(block) != 0) fail("two tensors for block " + std::to_string(block));
+        const auto* bytes = file.tensor_data(t);
+        std::vector<float> values(static_cast<std::size_t>(t.dims[0]));
+        std::memcpy(values.data(), bytes, values.size() * sizeof(float));
+        cv.directions.emplace(block, std::move(values));
+    }
+    return cv;
+}
+
+/// Adds strength * direction.N at blocks.N.hook_resid_post to `steer` for every direction of `cv` (llama.cpp's
+/// `--control-vector FILE:STRENGTH`; call it once per file to sum several). Throws shape_error when the directions'
+/// width is not `d_model`, std::invalid_argument for a block the model does not have (llama.cpp ignores those;
+/// here they are an error, since they mean the file was made for another model).
+template <kind_set Kinds>
+void add_control_vector(steer_hooks<Kinds>& steer, const control_vector& cv, float strength, index_t d_model,
+                        index_t n_layers) {
+    detail::check_control_vector(cv, "add_control_vector");
+    if (cv.width() != d_model)
+        throw shape_error("add_control_vector: the control vector has width " + std::to_string(cv.width()) +
+                          ", the model's d_model is " + std::to_string(d_model));
+    for (const auto& [block, values] : cv.directions) {
+        if (block >= n_layers)
+            throw std::invalid_argument("add_control_vector: direction." + std::to_string(block) +
+                                        " names a block the model does not have (it has " + std::to_string(n_layers) +
+                                        ")");
+        steer.add(site{site_kind::resid_post, block}, values, strength);
+    }
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/medicine/control_vector.hpp ----
 // ---- begin mechlens/medicine/direction.hpp ----
 /// @file
 /// Contrastive directions: from activations of a positive and a negative prompt set (one row per prompt, e.g. the

@@ -381,3 +381,77 @@ TEST_CASE("directional ablation on stories260K: the baked model written and read
     CHECK(largest_difference(mechlens::forward_logits(reopened, tokens), mechlens::forward_logits(baked, tokens)) ==
           0.0);
 }
+
+TEST_CASE("control vectors: written as llama.cpp reads them, read back, and applied at block N's output",
+          "[medicine][control_vector]") {
+    mechlens::control_vector cv;
+    cv.model_hint = "llama";
+    for (index_t block : {1, 2}) {
+        std::vector<float> v(16);
+        for (std::size_t i = 0; i < v.size(); ++i)
+            v[i] = 0.25f * static_cast<float>(block) - 0.01f * static_cast<float>(i);
+        cv.directions.emplace(block, v);
+    }
+    const auto path = mechlens_test::scratch_dir() / "control.gguf";
+    mechlens::write_control_vector(path, cv);
+
+    // The generic GGUF reader sees what llama.cpp's loader checks.
+    const mechlens::gguf_file file(path);
+    CHECK(file.version() == 3);
+    CHECK(file.get_string("general.architecture") == "controlvector");
+    CHECK(file.get_string("controlvector.model_hint") == "llama");
+    CHECK(file.get_int("controlvector.layer_count") == 2);
+    CHECK(file.at("controlvector.layer_count").type() == mechlens::gguf_type::int32);
+    REQUIRE(file.tensors().size() == 2);
+    CHECK(file.tensors()[0].name == "direction.1");
+    CHECK(file.tensors()[0].type == mechlens::ggml_type::f32);
+    CHECK(file.tensors()[0].dims == std::vector<std::uint64_t>{16});
+    CHECK(file.tensors()[1].offset % file.alignment() == 0);
+    const mechlens::control_vector back = mechlens::read_control_vector(path);
+    CHECK(back.model_hint == "llama");
+    CHECK(back.directions == cv.directions);
+
+    // direction.N goes to blocks.N.hook_resid_post, scaled by the strength.
+    mechlens::steer_hooks<> steer;
+    mechlens::add_control_vector(steer, back, 0.5f, 16, 3);
+    REQUIRE(steer.targets().size() == 2);
+    CHECK(steer.targets()[0].target == mechlens::site{mechlens::site_kind::resid_post, 1});
+    CHECK(steer.targets()[1].target == mechlens::site{mechlens::site_kind::resid_post, 2});
+    CHECK(steer.targets()[1].scaled[3] == 0.5f * cv.directions.at(2)[3]);
+    // Applied in a forward pass: block 1's output moves by exactly strength * direction.1 (block 0's does not).
+    const mechlens::model_config config = ablation_models().front().second;
+    const mechlens::transformer model(mechlens::random_model(config, 5, 0.3f));
+    const std::vector<std::int32_t> prompt{1, 4, 9, 16};
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(prompt.data(), {1, 4});
+    mechlens::caching_hooks<> plain_cache, steered_cache;
+    (void)mechlens::forward_logits(model, tokens, plain_cache);
+    (void)mechlens::forward_logits(model, tokens, mechlens::compose(steer, steered_cache));
+    const auto plain = plain_cache.take(), steered = steered_cache.take();
+    const mechlens::site block0{mechlens::site_kind::resid_post, 0}, block1{mechlens::site_kind::resid_post, 1};
+    CHECK(steered.at(block0).values == plain.at(block0).values);
+    const auto& before = plain.at(block1).values;
+    const auto& after = steered.at(block1).values;
+    for (std::size_t k = 0; k < before.size(); ++k) CHECK(after[k] == before[k] + 0.5f * cv.directions.at(1)[k % 16]);
+
+    // What llama.cpp refuses, we refuse.
+    mechlens::control_vector zero = cv;
+    zero.directions.emplace(0, std::vector<float>(16, 1.0f));
+    CHECK_THROWS_WITH(mechlens::write_control_vector(path, zero), Catch::Contains("block 0"));
+    mechlens::control_vector ragged = cv;
+    ragged.directions.emplace(3, std::vector<float>(15, 1.0f));
+    CHECK_THROWS_AS(mechlens::write_control_vector(path, ragged), std::invalid_argument);
+    CHECK_THROWS_AS(mechlens::add_control_vector(steer, cv, 1.0f, 12, 3), mechlens::shape_error);
+    CHECK_THROWS_WITH(mechlens::add_control_vector(steer, cv, 1.0f, 16, 2), Catch::Contains("direction.2"));
+    const auto not_cv = mechlens_test::scratch_dir() / "not_control.gguf";
+    mechlens::write_gguf(
+        not_cv, {{"general.architecture", mechlens::gguf_value(mechlens::gguf_type::string, std::string("llama"))}},
+        {});
+    CHECK_THROWS_WITH(mechlens::read_control_vector(not_cv), Catch::Contains("not a control vector"));
+    const std::vector<float> four(4, 1.0f);
+    const auto zeroth = mechlens_test::scratch_dir() / "zeroth.gguf";
+    mechlens::write_gguf(
+        zeroth,
+        {{"general.architecture", mechlens::gguf_value(mechlens::gguf_type::string, std::string("controlvector"))}},
+        {{"direction.0", {4}, four}});
+    CHECK_THROWS_WITH(mechlens::read_control_vector(zeroth), Catch::Contains("block 0 never receives"));
+}
