@@ -455,3 +455,42 @@ TEST_CASE("control vectors: written as llama.cpp reads them, read back, and appl
         {{"direction.0", {4}, four}});
     CHECK_THROWS_WITH(mechlens::read_control_vector(zeroth), Catch::Contains("block 0 never receives"));
 }
+
+TEST_CASE("collect_rows: one row per prompt, equal to the row of a full cache", "[medicine][activations]") {
+    const mechlens::model_config config = ablation_models()[1].second;  // GPT-2-style: learned positions
+    const mechlens::transformer model(mechlens::random_model(config, 5, 0.3f));
+    const std::vector<std::vector<std::int32_t>> prompts{{1, 4, 9}, {1, 2, 3, 4, 5, 6}, {7}};
+    const std::vector<mechlens::site> sites{{mechlens::site_kind::resid_post, 1}, {mechlens::site_kind::attn_z, 0}};
+    std::size_t reported = 0;
+    const auto rows = mechlens::collect_rows(model, prompts, sites, -1, [&](std::size_t done, std::size_t total) {
+        CHECK(total == 3);
+        reported = done;
+    });
+    CHECK(reported == 3);
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[0].values.extent(0) == 3);
+    CHECK(rows[0].values.extent(1) == config.d_model);
+    CHECK(rows[1].values.extent(1) == config.n_heads * config.d_head());
+    for (std::size_t p = 0; p < prompts.size(); ++p) {
+        mechlens::caching_hooks<> everything;
+        const auto& ids = prompts[p];
+        (void)mechlens::forward_logits(
+            model, mechlens::tensor_view<const std::int32_t, 2>(ids.data(), {1, static_cast<index_t>(ids.size())}),
+            everything);
+        const mechlens::activation_cache full = everything.take();
+        for (const mechlens::site_rows& r : rows) {
+            const auto& a = full.at(r.where);
+            const index_t width = r.values.extent(1);
+            const std::size_t last = (ids.size() - 1) * static_cast<std::size_t>(width);
+            for (index_t i = 0; i < width; ++i)
+                CHECK(r.values(static_cast<index_t>(p), i) == a.values[last + static_cast<std::size_t>(i)]);
+        }
+    }
+    // A chosen position, and what cannot be collected.
+    const auto first = mechlens::collect_rows(model, {{1, 4, 9}}, {sites[0]}, 0);
+    CHECK(first[0].values.extent(0) == 1);
+    CHECK_THROWS_WITH(mechlens::collect_rows(model, prompts, {sites[0]}, 3), Catch::Contains("past its end"));
+    CHECK_THROWS_WITH(mechlens::collect_rows(model, {{}}, {sites[0]}), Catch::Contains("is empty"));
+    CHECK_THROWS_AS(mechlens::collect_rows(model, prompts, {{mechlens::site_kind::attn_pattern, 0}}),
+                    std::invalid_argument);
+}
