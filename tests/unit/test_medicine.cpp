@@ -494,3 +494,42 @@ TEST_CASE("collect_rows: one row per prompt, equal to the row of a full cache", 
     CHECK_THROWS_AS(mechlens::collect_rows(model, prompts, {{mechlens::site_kind::attn_pattern, 0}}),
                     std::invalid_argument);
 }
+
+TEST_CASE("steering with the norm preserved: only the direction of each steered row changes", "[medicine][steering]") {
+    const mechlens::model_config config = ablation_models().front().second;
+    const mechlens::transformer model(mechlens::random_model(config, 5, 0.3f));
+    const std::vector<std::int32_t> prompt{1, 4, 9, 16, 3};
+    const mechlens::tensor_view<const std::int32_t, 2> tokens(prompt.data(), {1, 5});
+    std::vector<float> v(static_cast<std::size_t>(config.d_model));
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::sin(static_cast<float>(i));
+    const mechlens::site host{mechlens::site_kind::resid_post, 1};
+    // Reference: the clean row x, then (x + 4 v) * ||x|| / ||x + 4 v|| in double, from position 2 on.
+    mechlens::caching_hooks<> clean_cache;
+    (void)mechlens::forward_logits(model, tokens, clean_cache);
+    const auto clean = clean_cache.take();
+    mechlens::steer_hooks<> steer;
+    steer.add(host, v, 4.0f, {.positions = {2, 3, 4}}, mechlens::steering_norm::preserve);
+    mechlens::caching_hooks<> steered_cache;
+    (void)mechlens::forward_logits(model, tokens, mechlens::compose(steer, steered_cache));
+    const auto steered = steered_cache.take();
+    const auto& x = clean.at(host).values;
+    const auto& y = steered.at(host).values;
+    const auto d = static_cast<std::size_t>(config.d_model);
+    for (std::size_t p = 0; p < prompt.size(); ++p) {
+        double before = 0, after = 0;
+        for (std::size_t i = 0; i < d; ++i) {
+            const auto xi = static_cast<double>(x[p * d + i]);
+            before += xi * xi;
+            const double ui = xi + static_cast<double>(4.0f * v[i]);
+            after += ui * ui;
+        }
+        for (std::size_t i = 0; i < d; ++i) {
+            const auto xi = static_cast<double>(x[p * d + i]);
+            const double expected = p < 2 ? xi : (xi + static_cast<double>(4.0f * v[i])) * std::sqrt(before / after);
+            CHECK(static_cast<double>(y[p * d + i]) == Approx(expected).margin(1e-6));
+        }
+    }
+    // A gradient through the rescaling is refused rather than passed through as if it were the identity.
+    mechlens::tensor_view<float, 3> gradient(nullptr, {0, 0, 0});
+    CHECK_THROWS_AS(steer.on_gradient(host, gradient, mechlens::hook_context{}), std::logic_error);
+}
