@@ -26,10 +26,11 @@ launcher = $(if $(shell command -v ccache 2>/dev/null),-DCMAKE_CXX_COMPILER_LAUN
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: help deps configure build test demo test-sanitize test-isa test-aarch64 test-tsan fuzz bench single-header format format-check clean
+.PHONY: help deps configure build test demo demo-medicine test-sanitize test-isa test-aarch64 test-tsan fuzz bench single-header format format-check clean
 
 help:
 	@echo "make demo           build and run examples/04_grow_induction: grow, see and break an induction circuit"
+	@echo "make demo-medicine  build and run examples/08_learned_or_cheated: tell a model that cheated from one that learned"
 	@echo "make test           build everything in build/ (Release, -Werror) and run ctest"
 	@echo "make test-sanitize  clang 14 ASan+UBSan build in build-sanitize/ and run ctest (consumer tests excluded)"
 	@echo "make test-isa       build for -march=x86-64-v3 and x86-64-v4 (-Werror); run the unit tests where the CPU can"
@@ -60,6 +61,11 @@ test: build
 demo: configure
 	cmake --build --preset release --target example_04_grow_induction -j $(JOBS)
 	cd build && ./examples/example_04_grow_induction $(DEMO_ARGS)
+
+# Model medicine: learned or cheated? Two models grown in about half a minute, diagnosed, confirmed and treated.
+demo-medicine: configure
+	cmake --build --preset release --target example_08_learned_or_cheated -j $(JOBS)
+	cd build && ./examples/example_08_learned_or_cheated $(DEMO_ARGS)
 
 # ASan + UBSan (leak checking on), built by clang; the sanitize test preset sets ASAN_OPTIONS/UBSAN_OPTIONS and
 # skips `consumers`.
