@@ -22888,6 +22888,8 @@ public:
     /// The kinds it edits.
     static constexpr kind_set kinds = direction_ablation_kinds;
 
+    /// Edits nothing (a placeholder where no direction is ablated).
+    direction_ablation_hooks() = default;
     /// Ablates `direction` (d_model values, any non-zero length) at `layers` of a model with `n_layers` blocks
     /// (every layer when empty). Throws shape_error for a direction of another width, std::invalid_argument for a
     /// zero direction or a layer out of range.
@@ -22905,6 +22907,15 @@ public:
 
     /// The unit direction, in double.
     [[nodiscard]] const std::vector<double>& direction() const noexcept { return unit_; }
+    /// The sites it edits, in layer order (hook_resid_pre, hook_attn_out, hook_mlp_out of each chosen block).
+    [[nodiscard]] std::vector<site> sites() const {
+        std::vector<site> out;
+        for (index_t layer = 0; layer < static_cast<index_t>(chosen_.size()); ++layer)
+            if (edits(layer))
+                for (site_kind kind : {site_kind::resid_pre, site_kind::attn_out, site_kind::mlp_out})
+                    out.push_back(site{kind, layer});
+        return out;
+    }
     /// True when block `layer` is edited.
     [[nodiscard]] bool edits(index_t layer) const noexcept {
         return layer >= 0 && layer < static_cast<index_t>(chosen_.size()) && chosen_[static_cast<std::size_t>(layer)];

@@ -40,6 +40,10 @@ extern const command tokenize_command;   ///< commands/tokenize.cpp
 extern const command harvest_command;    ///< commands/harvest.cpp
 extern const command sae_command;        ///< commands/sae.cpp (subcommands eval, dashboard, train)
 extern const command transcoder_command; ///< commands/sae_train.cpp (subcommand train)
+extern const command probe_command;          ///< commands/medicine.cpp
+extern const command direction_command;      ///< commands/medicine.cpp
+extern const command orthogonalize_command;  ///< commands/medicine.cpp
+extern const command control_vector_command; ///< commands/medicine.cpp
 extern const subcommand sae_train_subcommand;  ///< commands/sae_train.cpp: `mechlens sae train`
 
 }  // namespace mechlens_cli

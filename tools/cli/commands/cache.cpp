@@ -13,6 +13,7 @@
 
 #include "../command.hpp"
 #include "../common.hpp"
+#include "../medicine_options.hpp"
 
 namespace mechlens_cli {
 namespace {
@@ -26,12 +27,14 @@ mechlens::activation_cache cache_sites(const mechlens::transformer& model, const
     return hooks.take();
 }
 
-/// Runs one forward pass with `splices` attached, caching the sites (extension sites included) that `patterns`
-/// match among those `Kinds` lets through.
+/// Runs one forward pass with the direction ablation (if any) and `splices` attached, caching the sites (extension
+/// sites included) that `patterns` match among those `Kinds` lets through, as the interventions left them.
 template <mechlens::kind_set Kinds>
 mechlens::activation_cache cache_spliced(const mechlens::transformer& model, const std::vector<std::int32_t>& tokens,
-                                         const std::vector<spliced_module>& splices, const std::string& patterns) {
+                                         const std::vector<spliced_module>& splices, const std::string& patterns,
+                                         std::optional<mechlens::direction_ablation_hooks>& ablation) {
     mechlens::basic_dynamic_hooks<Kinds> hooks(model.config());
+    attach_direction_ablation(ablation, hooks);
     attach_splices(splices, hooks);
     mechlens::caching_hooks<Kinds> cache;
     (void)hooks.add(patterns, mechlens::as_callback(cache));
@@ -56,10 +59,11 @@ int run(arguments& args) {
     const auto out = args.get("out");
     const auto npy_directory = args.get("npy");
     const splice_options splice_input = read_splice_options(args);
-    args.reject_unknown();
     const prompt_run run = open_prompt(input, tokenizer_use::prompt_only);
+    std::optional<mechlens::direction_ablation_hooks> ablation = read_direction_ablation(args, run.model.config());
+    args.reject_unknown();
     const std::vector<spliced_module> splices = load_splices(splice_input, run.model.config());
-    if (!splices.empty()) {
+    if (!splices.empty() || ablation) {
         // The model's sites and the splices' extension sites; attn.hook_result only when a pattern names it.
         mechlens::basic_dynamic_hooks<mechlens::kind_set::all()> probe(run.model.config());
         attach_splices(splices, probe);
@@ -68,9 +72,9 @@ int run(arguments& args) {
                                 return s.kind == mechlens::site_kind::attn_result;
                             });
         const mechlens::activation_cache cache =
-            result ? cache_spliced<mechlens::kind_set::all()>(run.model, run.tokens, splices, *patterns)
+            result ? cache_spliced<mechlens::kind_set::all()>(run.model, run.tokens, splices, *patterns, ablation)
                    : cache_spliced<mechlens::kind_set::all_but_result()>(run.model, run.tokens, splices,
-                                                                         patterns.value_or("*"));
+                                                                         patterns.value_or("*"), ablation);
         report(cache, out, npy_directory, run.tokens.size());
         return 0;
     }
@@ -98,7 +102,8 @@ const command cache_command{
     "PATTERNS: comma-separated hook-name globs, e.g. 'blocks.*.hook_resid_post,blocks.0.attn.hook_pattern';\n"
     "without --names, every site run_with_cache fills (all but attn.hook_result). Prints each name and its\n"
     "TransformerLens shape (batch first); writes the activations only when --out or --npy is given. With an SAE\n"
-    "or a transcoder spliced in, its sites (e.g. blocks.0.hook_resid_post.hook_sae_acts_post) are cached too",
+    "or a transcoder spliced in, its sites (e.g. blocks.0.hook_resid_post.hook_sae_acts_post) are cached too\n"
+    "[--ablate-direction D.npy[:LAYERS]]: the cache holds the activations with the direction removed",
     run};
 
 }  // namespace mechlens_cli

@@ -10,22 +10,45 @@
 
 #include "../command.hpp"
 #include "../common.hpp"
+#include "../medicine_options.hpp"
 
 namespace mechlens_cli {
 namespace {
 
-/// Adds `--steer NAME:VECTOR.npy:ALPHA` targets: alpha * the vector (sized like the site's last axis) at every
-/// position.
+/// Adds `--steer NAME:VECTOR.npy:ALPHA[:from=P][:keep-norm]` targets: alpha * the vector (sized like the site's last
+/// axis) at every position, or at positions P and later; with keep-norm, each steered row is rescaled to its norm.
 void add_steering(mechlens::steer_hooks<>& steer, const std::vector<std::string>& specs,
                   const mechlens::model_config& config) {
     for (const std::string& spec : specs) {
-        const std::size_t first = spec.find(':'), last = spec.rfind(':');
-        if (first == std::string::npos || first == last)
-            throw usage_error("--steer expects NAME:VECTOR.npy:ALPHA, got '" + spec + "'");
-        const mechlens::site target = mechlens::site_from_name(spec.substr(0, first), config);
-        const mechlens::npy_array vector = mechlens::read_npy(spec.substr(first + 1, last - first - 1));
-        const float alpha = parse_number<float>(spec.substr(last + 1), "the alpha of --steer");
-        steer.add(target, vector.data, alpha);
+        std::vector<std::string> parts;
+        for (std::size_t start = 0;;) {
+            const std::size_t colon = spec.find(':', start);
+            parts.push_back(spec.substr(start, colon - start));
+            if (colon == std::string::npos) break;
+            start = colon + 1;
+        }
+        if (parts.size() < 3)
+            throw usage_error("--steer expects NAME:VECTOR.npy:ALPHA[:from=P][:keep-norm], got '" + spec + "'");
+        const mechlens::site target = mechlens::site_from_name(parts[0], config);
+        const mechlens::npy_array vector = mechlens::read_npy(parts[1]);
+        const float alpha = parse_number<float>(parts[2], "the alpha of --steer");
+        mechlens::selection where;
+        mechlens::steering_norm norm = mechlens::steering_norm::free;
+        for (std::size_t k = 3; k < parts.size(); ++k) {
+            if (parts[k] == "keep-norm") {
+                norm = mechlens::steering_norm::preserve;
+            } else if (parts[k].rfind("from=", 0) == 0) {
+                const auto from = parse_number<mechlens::index_t>(parts[k].substr(5), "the from= of --steer");
+                if (from < 0 || from >= config.n_ctx)
+                    throw usage_error("--steer: from=" + parts[k].substr(5) + " is outside [0, n_ctx)");
+                std::vector<mechlens::index_t> positions;
+                for (mechlens::index_t p = from; p < config.n_ctx; ++p) positions.push_back(p);
+                where.positions = mechlens::index_set(positions);
+            } else {
+                throw usage_error("--steer: unknown part '" + parts[k] + "' (from=P or keep-norm)");
+            }
+        }
+        steer.add(target, vector.data, alpha, where, norm);
     }
 }
 
@@ -56,16 +79,19 @@ int run(arguments& args) {
     const std::vector<std::string> steer_specs = args.all("steer");
     const std::vector<std::string> ablate_specs = args.all("ablate");
     const splice_options splice_input = read_splice_options(args);
-    args.reject_unknown();
     if (options.max_new_tokens < 0) throw usage_error("-n must be >= 0");
 
     const prompt_run run = open_prompt(input, tokenizer_use::display);
     mechlens::steer_hooks<> steer;
     mechlens::ablate_hooks<> ablate;
     add_steering(steer, steer_specs, run.model.config());
+    const std::size_t control_vectors = add_control_vectors(args, steer, run.model.config());
     add_ablations(ablate, ablate_specs, run.model.config());
+    std::optional<mechlens::direction_ablation_hooks> ablation = read_direction_ablation(args, run.model.config());
+    args.reject_unknown();
     const std::vector<spliced_module> splices = load_splices(splice_input, run.model.config());
     mechlens::dynamic_hooks spliced(run.model.config());
+    attach_direction_ablation(ablation, spliced);
     attach_splices(splices, spliced);
     const std::optional<text_tokenizer>& tokenizer = run.tokenizer;
     if (tokenizer) {
@@ -87,12 +113,12 @@ int run(arguments& args) {
         previous = token;
     };
     const auto started = std::chrono::steady_clock::now();
-    // Without interventions, the plain (no_hooks) forward pass; with them, steering first, then ablation, then the
-    // splices (which see the model's activations as steered and ablated).
+    // Without interventions, the plain (no_hooks) forward pass; with them, steering (and control vectors) first,
+    // then ablation, then the direction ablation and the splices (which see the activations as steered and ablated).
     const auto generated =
-        !splices.empty()
+        !splices.empty() || ablation
             ? mechlens::generate(run.model, run.tokens, options, on_token, mechlens::compose(steer, ablate, spliced))
-        : steer_specs.empty() && ablate_specs.empty()
+        : steer_specs.empty() && ablate_specs.empty() && control_vectors == 0
             ? mechlens::generate(run.model, run.tokens, options, on_token)
             : mechlens::generate(run.model, run.tokens, options, on_token, mechlens::compose(steer, ablate));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -107,8 +133,10 @@ int run(arguments& args) {
 const command generate_command{
     "generate",
     "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) [-n N] [--temperature T] [--top-p P] [--seed S]\n"
-    "[--steer NAME:VECTOR.npy:ALPHA]... [--ablate NAME[:head=H]]...\n"
+    "[--steer NAME:VECTOR.npy:ALPHA[:from=P][:keep-norm]]... [--ablate NAME[:head=H]]...\n"
     "[--sae DIR]... [--sae-replace DIR]... [(--transcoder | --transcoder-replace) PATH --layer L]\n"
+    "[--control-vector F.gguf[:STRENGTH]]... (llama.cpp's: strength * direction.N added to blocks.N.hook_resid_post)\n"
+    "[--ablate-direction D.npy[:LAYERS]] (removed from hook_resid_pre, hook_attn_out, hook_mlp_out of LAYERS)\n"
     "without a tokenizer (--tokens on a checkpoint), prints the prompt and new tokens as ids and never stops early",
     run};
 
