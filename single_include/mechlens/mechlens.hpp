@@ -8195,6 +8195,10 @@ public:
     [[nodiscard]] scoped_hooks scoped(const site& s, hook_callback fn) {
         return scoped_hooks(registry_, add(s, std::move(fn)));
     }
+    /// Like add_gradient(site), returning a guard that removes the callback when it goes out of scope.
+    [[nodiscard]] scoped_hooks scoped_gradient(const site& s, hook_callback fn) {
+        return scoped_hooks(registry_, add_gradient(s, std::move(fn)));
+    }
     /// Unregisters `handle` (callbacks or a splice) everywhere; false when it was not registered. Safe inside a
     /// callback.
     bool remove(hook_handle handle) noexcept { return registry_->remove(handle.id); }
@@ -15317,6 +15321,12 @@ MECHLENS_END_NAMESPACE
 /// Every row of the forward pass is computed the same way whatever the batch, the start position or the number of
 /// rows (the GEMM reduces each element in one fixed order; attention sums keys in order), which is what makes the
 /// resumed, batched rows equal to the full forward's.
+///
+/// With splices (SAEs, transcoders: a dynamic_hooks holding them), every run goes through them: the clean cache holds
+/// what the rest of the model used (a host's spliced output), patches overwrite a host after its splice, and a cell
+/// resumes from the corrupt residual stream as it was before the splices of its first block ran. The resumed rows
+/// equal the full forward's as long as each splice computes every row on its own (SAEs and transcoders do, but
+/// batchtopk, whose latents depend on the whole batch).
 
 #include <algorithm>
 #include <cmath>
@@ -15448,14 +15458,17 @@ struct stacked_cell_patch {
 }  // namespace detail
 
 /// Runs activation-patching sweeps between a clean and a corrupt batch of prompts (prompt i of each is a pair; same
-/// shape): caches both runs once, then answers any grid. Keeps a reference to `model`.
+/// shape): caches both runs once, then answers any grid. Keeps a reference to `model` (and to `splices`).
 class activation_patcher {
 public:
     /// Caches the clean run (every site but attn.hook_result) and the corrupt run (residual stream and keys/values);
-    /// throws shape_error when the token batches differ in shape and std::invalid_argument for a bad metric.
+    /// throws shape_error when the token batches differ in shape and std::invalid_argument for a bad metric. With
+    /// `splices` (run-time hooks holding SAEs or transcoders, which must outlive the patcher), every run goes through
+    /// them: the clean cache holds what the rest of the model used, and patches land after a host's splice.
     activation_patcher(const transformer& model, tensor_view<const std::int32_t, 2> clean,
-                       tensor_view<const std::int32_t, 2> corrupt, answer_metric measure)
-        : model_(&model), metric_(std::move(measure)) {
+                       tensor_view<const std::int32_t, 2> corrupt, answer_metric measure,
+                       dynamic_hooks* splices = nullptr)
+        : model_(&model), splices_(splices), metric_(std::move(measure)) {
         const model_config& c = model.config();
         if (clean.shape() != corrupt.shape())
             throw shape_error("activation_patcher: clean tokens " + detail::format_extents(clean.shape()) +
@@ -15478,15 +15491,31 @@ public:
         // Positions after the answer cannot change it: every run stops there and reads the last row's logits.
         tensor<float, 3> logits({prompts_, 1, c.vocab_out()});
         caching_hooks<> clean_hooks;
-        forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
+        if (splices_ != nullptr)
+            forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, compose(*splices_, clean_hooks));
+        else
+            forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
         clean_cache_ = clean_hooks.take();
 
-        caching_hooks<kind_set::of({site_kind::resid_pre, site_kind::resid_post})> corrupt_hooks;
         corrupt_kv_.reset(c, prompts_, answer_ + 1);
-        forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_, corrupt_hooks);
+        if (splices_ != nullptr) {
+            // A cell resumes a block from its hook_resid_pre and runs that block's splices itself, so the stream is
+            // kept from before them; the final norm reads the last hook_resid_post after its splice.
+            caching_hooks<kind_set::of({site_kind::resid_pre})> before_splices;
+            caching_hooks<kind_set::of({site_kind::resid_post})> after_splices;
+            forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_,
+                    compose(before_splices, *splices_, after_splices));
+            corrupt_cache_ = before_splices.take();
+            const site last{site_kind::resid_post, c.n_layers - 1};
+            activation_cache after = after_splices.take();
+            (void)corrupt_cache_.put(last, std::move(after.at(last)));
+        } else {
+            caching_hooks<kind_set::of({site_kind::resid_pre, site_kind::resid_post})> corrupt_hooks;
+            forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_, corrupt_hooks);
+            corrupt_cache_ = corrupt_hooks.take();
+        }
         corrupt_metric_ = metric_.mean(logits.view(), length_);
-        corrupt_cache_ = corrupt_hooks.take();
     }
 
     /// The metric of the clean run (mean over prompts).
@@ -15527,6 +15556,9 @@ public:
 
     /// The fast sweep: every cell resumes at its layer and first position, cells run stacked on the batch axis.
     [[nodiscard]] patching_table sweep(const patching_grid& grid, const patching_options& options = {}) {
+        // The fast sweep computes only the answer tokens' logits, without firing unembed.hook_out: a splice there
+        // needs the full forward of every cell.
+        if (splices_ != nullptr && splices_at_logits()) return sweep_naive(grid);
         const std::vector<patching_cell> all = cells(grid);
         std::vector<double> raw(all.size(), corrupt_metric_);
         // Group cells by where they resume: (layer, first position), in sweep order.
@@ -15584,7 +15616,10 @@ public:
             for (std::size_t i = 0; i < all.size(); ++i) {
                 patch_hooks<kind_set::of({Kind})> hooks(clean_cache_);
                 hooks.patch(site{Kind, all[i].layer}, all[i].where());
-                forward(*model_, answer_window(), logits.view(), ws_, hooks);
+                if (splices_ != nullptr)
+                    forward(*model_, answer_window(), logits.view(), ws_, compose(*splices_, hooks));
+                else
+                    forward(*model_, answer_window(), logits.view(), ws_, hooks);
                 raw[i] = metric_.mean(logits.view(), length_);
             }
             return 0;
@@ -15599,7 +15634,10 @@ public:
         patch_hooks<> hooks(clean_cache_);
         for (const patch_target& t : targets) hooks.patch(t.target, t.selected);
         tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
-        forward(*model_, answer_window(), logits.view(), ws_, hooks);
+        if (splices_ != nullptr)
+            forward(*model_, answer_window(), logits.view(), ws_, compose(*splices_, hooks));
+        else
+            forward(*model_, answer_window(), logits.view(), ws_, hooks);
         return metric_.mean(logits.view(), length_);
     }
 
@@ -15638,6 +15676,13 @@ private:
         return out;
     }
 
+    /// True when a splice is attached at unembed.hook_out (its extension sites are named below it).
+    [[nodiscard]] bool splices_at_logits() const {
+        const std::vector<site> sites = splices_->sites();
+        return std::any_of(sites.begin(), sites.end(),
+                           [](const site& s) { return s.extension >= 0 && s.kind == site_kind::unembed_out; });
+    }
+
     /// The corrupt tokens up to and including the answer position.
     tensor_view<const std::int32_t, 2> answer_window() const {
         return tensor_view<const std::int32_t, 2>(corrupt_tokens_.view()).slice(1, 0, answer_ + 1);
@@ -15660,9 +15705,7 @@ private:
     std::vector<double> run_stacked(index_t site_layer, index_t from, index_t start,
                                     const std::vector<selection>& selections) {
         const model_config& c = model_->config();
-        const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
-        const index_t window = answer_ + 1 - start, d = c.d_model;
-        const forward_span span{batch, window, start};
+        const index_t batch = static_cast<index_t>(selections.size()) * prompts_, window = answer_ + 1 - start;
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {
@@ -15676,8 +15719,22 @@ private:
                             to_values(b, h, p, i) = values(b % prompts_, h, p, i);
                         }
         }
-        detail::stacked_cell_patch<Kind> policy{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
-                                                prompts_};
+        detail::stacked_cell_patch<Kind> patch{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
+                                               prompts_};
+        if (splices_ != nullptr) {
+            // The splices run first at every site, so a patched host gets the clean run's spliced output.
+            auto spliced = compose(*splices_, patch);
+            return run_stacked_with(spliced, from, start, batch, window);
+        }
+        return run_stacked_with(patch, from, start, batch, window);
+    }
+
+    /// run_stacked's passes with `policy` (the stacked patch, composed after the splices when there are any).
+    template <class Policy>
+    std::vector<double> run_stacked_with(Policy& policy, index_t from, index_t start, index_t batch, index_t window) {
+        const model_config& c = model_->config();
+        const index_t stacked = batch / prompts_, d = c.d_model;
+        const forward_span span{batch, window, start};
         const auto x = span_residual(*model_, span, ws_);  // (batch * window, d_model)
         if (from < 0) {
             tensor<std::int32_t, 2> tokens({batch, window});
@@ -15750,6 +15807,7 @@ private:
     }
 
     const transformer* model_;
+    dynamic_hooks* splices_ = nullptr;  // SAEs and transcoders every run goes through, or null
     answer_metric metric_;
     index_t prompts_ = 0, length_ = 0, answer_ = 0, first_difference_ = 0;
     tensor<std::int32_t, 2> clean_tokens_, corrupt_tokens_;
@@ -16432,6 +16490,11 @@ MECHLENS_END_NAMESPACE
 /// Integrated gradients at any hook site the gradient pass fires (token embeddings being the usual case), with
 /// Gauss-Legendre or Riemann quadrature and several path steps stacked on the batch axis; plus saliency and
 /// gradient x input, which need one backward pass each.
+///
+/// Each takes optional splices (a dynamic_hooks holding SAEs or transcoders): every pass then goes through them, and
+/// the site may be one of their extension sites (`blocks.2.hook_resid_post.hook_sae_acts_post`), whose attributions
+/// summed over positions (per_channel) rank the features. At a model site that hosts a splice the attribution is to
+/// the splice's output, what the rest of the model reads.
 
 #include <algorithm>
 #include <cmath>
@@ -16619,6 +16682,9 @@ struct integrated_gradients_result {
     quadrature points{};               ///< The alphas and weights used.
     cached_activation attributions{};  ///< (x - baseline) * sum_i w_i grad(alpha_i), shaped like the site (batch, ...).
     tensor<double, 2> per_position{};  ///< (batch, pos): attributions summed over all but the position axis.
+    /// (batch, channel): attributions summed over all but the last axis; at an SAE or transcoder latent site, each
+    /// feature's attribution summed over positions.
+    tensor<double, 2> per_channel{};
     std::vector<double> totals{};      ///< Per prompt: the sum of its attributions.
     std::vector<double> input_values{};     ///< Per prompt: F(x), the metric on the unmodified prompt.
     std::vector<double> baseline_values{};  ///< Per prompt: F(baseline), the metric with the site set to the baseline.
@@ -16645,13 +16711,23 @@ struct gradient_attribution_result {
     site where{};                        ///< The site attributed.
     cached_activation values{};          ///< Shaped like the site (batch, ...).
     tensor<double, 2> per_position{};    ///< (batch, pos): values summed over all but the position axis.
+    /// (batch, channel): values summed over all but the last axis (per feature at an SAE or transcoder latent site).
+    tensor<double, 2> per_channel{};
     std::vector<double> input_values{};  ///< Per prompt: F(x).
 };
 
 namespace detail {
 
-/// Throws std::invalid_argument unless `where` is a site the gradient pass fires, with a path that makes sense.
-inline void ig_check_site(const model_config& c, const site& where, const std::string& who) {
+/// Throws std::invalid_argument unless `where` is a site the gradient pass fires, with a path that makes sense: a
+/// model site, or an extension site that an attached splice of `splices` declares.
+inline void ig_check_site(const model_config& c, const site& where, const std::string& who,
+                          const dynamic_hooks* splices) {
+    if (where.extension >= 0) {
+        if (splices == nullptr || splices->extension_width(where) == 0)
+            throw std::invalid_argument(who + ": " + to_string(where) +
+                                        " is an extension site, and no splice attached to the hooks given declares it");
+        return;
+    }
     const std::string name(site_suffix(where.kind));
     if (where.kind == site_kind::attn_result)
         throw std::invalid_argument(who +
@@ -16765,12 +16841,31 @@ inline std::vector<std::int32_t> ig_repeat_rows(tensor_view<const std::int32_t, 
     return out;
 }
 
-/// A forward pass only (no backward) of `tokens` with `probe` attached; returns the metric of each batch row.
+/// Calls `pass(policy)` with `probe` attached: alone without splices; after the splices at a model site (it sees and
+/// replaces what the rest of the model reads, and its gradient); inside them, registered at the extension site, when
+/// the target is one.
+template <class Pass>
+void ig_with_probe(ig_probe& probe, dynamic_hooks* splices, Pass&& pass) {
+    if (splices == nullptr) {
+        pass(probe);
+    } else if (probe.target.extension < 0) {
+        auto spliced = compose(*splices, probe);
+        pass(spliced);
+    } else {
+        const scoped_hooks activation = splices->scoped(probe.target, as_callback(probe));
+        const scoped_hooks gradient = splices->scoped_gradient(probe.target, as_gradient_callback(probe));
+        pass(*splices);
+    }
+}
+
+/// A forward pass only (no backward) of `tokens` with `probe` attached (through `splices` when not null); returns
+/// the metric of each batch row.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 std::vector<double> ig_probe_forward(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                            const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape) {
-    taped_forward(params, tokens, tape, probe);
+                                     const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape,
+                                     dynamic_hooks* splices) {
+    ig_with_probe(probe, splices, [&](auto& policy) { taped_forward(params, tokens, tape, policy); });
     if (!probe.fired) throw std::logic_error("attribution: the forward pass never reached " + to_string(probe.target));
     return answer.values(tape.logits(), tokens.extent(1));
 }
@@ -16792,21 +16887,35 @@ inline tensor<double, 2> ig_sum_per_position(const std::vector<double>& values, 
     return out;
 }
 
+/// Sums `values` (shaped like a site, batch first) over every axis but batch and the last: (batch, channel).
+inline tensor<double, 2> ig_sum_per_channel(const std::vector<double>& values, const std::vector<index_t>& shape) {
+    const index_t batch = shape.at(0), channels = shape.back();
+    const index_t rows = static_cast<index_t>(values.size()) / std::max<index_t>(batch * channels, 1);
+    tensor<double, 2> out({batch, channels});
+    for (index_t b = 0; b < batch; ++b)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < channels; ++i)
+                out(b, i) += values[static_cast<std::size_t>((b * rows + r) * channels + i)];
+    return out;
+}
+
 /// Runs one forward and backward pass at x, returning the probe with the activation and gradient copied.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                           const answer_metric& answer, const site& where, const std::string& who,
-                                           std::vector<double>& input_values) {
-    ig_check_site(detail::config_of(params), where, who);
+                                    const answer_metric& answer, const site& where, const std::string& who,
+                                    std::vector<double>& input_values, dynamic_hooks* splices) {
+    ig_check_site(detail::config_of(params), where, who, splices);
     ig_check_inputs(detail::config_of(params), tokens, answer, who);
     ig_probe probe;
     probe.target = where;
     probe.copy_activation = probe.copy_gradient = true;
     backprop_tape<float> tape;
     // The summed metric gives each prompt its own metric's gradient, not 1/prompts of it.
-    (void)forward_backward(params, tokens, answer.as_grad_metric(true), static_cast<model_parameters*>(nullptr), probe,
-                           tape);
+    ig_with_probe(probe, splices, [&](auto& policy) {
+        (void)forward_backward(params, tokens, answer.as_grad_metric(true), static_cast<model_parameters*>(nullptr),
+                               policy, tape);
+    });
     if (!probe.fired) throw std::logic_error(who + ": the forward pass never reached " + to_string(where));
     input_values = answer.values(tape.logits(), tokens.extent(1));
     return probe;
@@ -16818,18 +16927,20 @@ ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::
 /// (prompts, pos): x is the site's activation on the prompts, the path x(alpha) = baseline + alpha (x - baseline)
 /// replaces it in the forward pass (everything upstream stays as the prompt has it), and d metric / d site is read
 /// at each alpha. Each prompt's attributions approximate F(x) - F(baseline) of its own metric (completeness).
+/// With `splices` (run-time hooks holding SAEs or transcoders) every pass goes through them, and `where` may be one of
+/// their extension sites (an SAE's latents: the path then runs over the features, and per_channel ranks them).
 /// Throws std::invalid_argument for a site the model lacks or the gradient pass does not fire, zero steps, or a
 /// metric that does not fit the prompts; shape_error for a baseline of the wrong shape.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
-integrated_gradients_result integrated_gradients(const Model& params,
-                                                        tensor_view<const std::int32_t, 2> tokens,
-                                                        const answer_metric& answer, const site& where,
-                                                        const ig_baseline& baseline = ig_baseline::zeros(),
-                                                        const integrated_gradients_options& options = {}) {
+integrated_gradients_result integrated_gradients(const Model& params, tensor_view<const std::int32_t, 2> tokens,
+                                                 const answer_metric& answer, const site& where,
+                                                 const ig_baseline& baseline = ig_baseline::zeros(),
+                                                 const integrated_gradients_options& options = {},
+                                                 dynamic_hooks* splices = nullptr) {
     const std::string who = "integrated_gradients at " + to_string(where);
     const model_config& c = detail::config_of(params);
-    detail::ig_check_site(c, where, who);
+    detail::ig_check_site(c, where, who, splices);
     detail::ig_check_inputs(c, tokens, answer, who);
     if (options.batch_steps < 0)
         throw std::invalid_argument(who + ": batch_steps is " + std::to_string(options.batch_steps) +
@@ -16844,7 +16955,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
     detail::ig_probe probe;
     probe.target = where;
     probe.copy_activation = true;
-    result.input_values = detail::ig_probe_forward(params, tokens, answer, probe, tape);
+    result.input_values = detail::ig_probe_forward(params, tokens, answer, probe, tape, splices);
     const cached_activation input = std::move(probe.activation);  // (prompts, ...)
     const index_t width = input.size() / prompts;                 // elements of one prompt's activation
 
@@ -16860,7 +16971,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
         capture.target = where;
         capture.copy_activation = true;
         (void)detail::ig_probe_forward(params, tensor_view<const std::int32_t, 2>(ids.data(), {prompts, positions}),
-                                       answer, capture, tape);
+                                       answer, capture, tape, splices);
         base = std::move(capture.activation.values);
     } else if (baseline.kind() == ig_baseline::source::activation) {
         const cached_activation& given = baseline.activation();
@@ -16885,7 +16996,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
         at_baseline.input = input.values.data();
         at_baseline.baseline = base.data();
         at_baseline.alphas = {0.0};
-        result.baseline_values = detail::ig_probe_forward(params, tokens, answer, at_baseline, tape);
+        result.baseline_values = detail::ig_probe_forward(params, tokens, answer, at_baseline, tape, splices);
     }
 
     // The path: chunks of alphas stacked on the batch axis, each row its own prompt's metric (the summed metric).
@@ -16907,8 +17018,11 @@ integrated_gradients_result integrated_gradients(const Model& params,
                            result.points.alphas.begin() + static_cast<std::ptrdiff_t>(end));
         path.weights.assign(result.points.weights.begin() + static_cast<std::ptrdiff_t>(begin),
                             result.points.weights.begin() + static_cast<std::ptrdiff_t>(end));
-        (void)forward_backward(params, tensor_view<const std::int32_t, 2>(ids.data(), {count * prompts, positions}),
-                               summed, static_cast<model_parameters*>(nullptr), path, tape);
+        detail::ig_with_probe(path, splices, [&](auto& policy) {
+            (void)forward_backward(params,
+                                   tensor_view<const std::int32_t, 2>(ids.data(), {count * prompts, positions}), summed,
+                                   static_cast<model_parameters*>(nullptr), policy, tape);
+        });
         if (options.progress) options.progress(first + count, steps);
     }
 
@@ -16921,6 +17035,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
     std::transform(attribution.begin(), attribution.end(), result.attributions.values.begin(),
                    [](double v) { return static_cast<float>(v); });
     result.per_position = detail::ig_sum_per_position(attribution, input.shape, where.kind);
+    result.per_channel = detail::ig_sum_per_channel(attribution, input.shape);
 
     result.totals.assign(static_cast<std::size_t>(prompts), 0.0);
     for (index_t r = 0; r < prompts; ++r)
@@ -16948,15 +17063,16 @@ integrated_gradients_result embedding_integrated_gradients(const Model& params,
     return integrated_gradients(params, tokens, answer, site{site_kind::embed, -1}, baseline, options);
 }
 
-/// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass.
+/// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass
+/// (through `splices` when given; `where` may then be one of their extension sites).
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 gradient_attribution_result saliency(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                            const answer_metric& answer, const site& where) {
+                                     const answer_metric& answer, const site& where, dynamic_hooks* splices = nullptr) {
     gradient_attribution_result out;
     out.where = where;
-    detail::ig_probe probe = detail::ig_activation_and_gradient(params, tokens, answer, where,
-                                                                "saliency at " + to_string(where), out.input_values);
+    detail::ig_probe probe = detail::ig_activation_and_gradient(
+        params, tokens, answer, where, "saliency at " + to_string(where), out.input_values, splices);
     out.values = std::move(probe.gradient);
     std::vector<double> magnitude(out.values.values.size());
     for (std::size_t i = 0; i < magnitude.size(); ++i) {
@@ -16964,20 +17080,22 @@ gradient_attribution_result saliency(const Model& params, tensor_view<const std:
         magnitude[i] = static_cast<double>(out.values.values[i]);
     }
     out.per_position = detail::ig_sum_per_position(magnitude, out.values.shape, where.kind);
+    out.per_channel = detail::ig_sum_per_channel(magnitude, out.values.shape);
     return out;
 }
 
 /// Gradient x input: x * d metric / d site at the prompts' own activation x (integrated gradients with a zero
-/// baseline and a single step at alpha = 1), one backward pass.
+/// baseline and a single step at alpha = 1), one backward pass (through `splices` when given; `where` may then be one
+/// of their extension sites).
 template <class Model>
     requires detail::gradient_model_of<Model, float>
-gradient_attribution_result gradient_times_input(const Model& params,
-                                                        tensor_view<const std::int32_t, 2> tokens,
-                                                        const answer_metric& answer, const site& where) {
+gradient_attribution_result gradient_times_input(const Model& params, tensor_view<const std::int32_t, 2> tokens,
+                                                 const answer_metric& answer, const site& where,
+                                                 dynamic_hooks* splices = nullptr) {
     gradient_attribution_result out;
     out.where = where;
     detail::ig_probe probe = detail::ig_activation_and_gradient(
-        params, tokens, answer, where, "gradient_times_input at " + to_string(where), out.input_values);
+        params, tokens, answer, where, "gradient_times_input at " + to_string(where), out.input_values, splices);
     out.values = std::move(probe.gradient);
     std::vector<double> product(out.values.values.size());
     for (std::size_t i = 0; i < product.size(); ++i) {
@@ -16985,6 +17103,7 @@ gradient_attribution_result gradient_times_input(const Model& params,
         out.values.values[i] = static_cast<float>(product[i]);
     }
     out.per_position = detail::ig_sum_per_position(product, out.values.shape, where.kind);
+    out.per_channel = detail::ig_sum_per_channel(product, out.values.shape);
     return out;
 }
 

@@ -18,6 +18,12 @@
 /// Every row of the forward pass is computed the same way whatever the batch, the start position or the number of
 /// rows (the GEMM reduces each element in one fixed order; attention sums keys in order), which is what makes the
 /// resumed, batched rows equal to the full forward's.
+///
+/// With splices (SAEs, transcoders: a dynamic_hooks holding them), every run goes through them: the clean cache holds
+/// what the rest of the model used (a host's spliced output), patches overwrite a host after its splice, and a cell
+/// resumes from the corrupt residual stream as it was before the splices of its first block ran. The resumed rows
+/// equal the full forward's as long as each splice computes every row on its own (SAEs and transcoders do, but
+/// batchtopk, whose latents depend on the whole batch).
 
 #include <algorithm>
 #include <cmath>
@@ -31,6 +37,8 @@
 
 #include "mechlens/attribution/answer_metric.hpp"
 #include "mechlens/hooks/caching.hpp"
+#include "mechlens/hooks/compose.hpp"
+#include "mechlens/hooks/dynamic.hpp"
 #include "mechlens/hooks/patching.hpp"
 #include "mechlens/model/forward.hpp"
 
@@ -153,14 +161,17 @@ struct stacked_cell_patch {
 }  // namespace detail
 
 /// Runs activation-patching sweeps between a clean and a corrupt batch of prompts (prompt i of each is a pair; same
-/// shape): caches both runs once, then answers any grid. Keeps a reference to `model`.
+/// shape): caches both runs once, then answers any grid. Keeps a reference to `model` (and to `splices`).
 class activation_patcher {
 public:
     /// Caches the clean run (every site but attn.hook_result) and the corrupt run (residual stream and keys/values);
-    /// throws shape_error when the token batches differ in shape and std::invalid_argument for a bad metric.
+    /// throws shape_error when the token batches differ in shape and std::invalid_argument for a bad metric. With
+    /// `splices` (run-time hooks holding SAEs or transcoders, which must outlive the patcher), every run goes through
+    /// them: the clean cache holds what the rest of the model used, and patches land after a host's splice.
     activation_patcher(const transformer& model, tensor_view<const std::int32_t, 2> clean,
-                       tensor_view<const std::int32_t, 2> corrupt, answer_metric measure)
-        : model_(&model), metric_(std::move(measure)) {
+                       tensor_view<const std::int32_t, 2> corrupt, answer_metric measure,
+                       dynamic_hooks* splices = nullptr)
+        : model_(&model), splices_(splices), metric_(std::move(measure)) {
         const model_config& c = model.config();
         if (clean.shape() != corrupt.shape())
             throw shape_error("activation_patcher: clean tokens " + detail::format_extents(clean.shape()) +
@@ -183,15 +194,31 @@ public:
         // Positions after the answer cannot change it: every run stops there and reads the last row's logits.
         tensor<float, 3> logits({prompts_, 1, c.vocab_out()});
         caching_hooks<> clean_hooks;
-        forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
+        if (splices_ != nullptr)
+            forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, compose(*splices_, clean_hooks));
+        else
+            forward(model, clean.slice(1, 0, answer_ + 1), logits.view(), ws_, clean_hooks);
         clean_metric_ = metric_.mean(logits.view(), length_);
         clean_cache_ = clean_hooks.take();
 
-        caching_hooks<kind_set::of({site_kind::resid_pre, site_kind::resid_post})> corrupt_hooks;
         corrupt_kv_.reset(c, prompts_, answer_ + 1);
-        forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_, corrupt_hooks);
+        if (splices_ != nullptr) {
+            // A cell resumes a block from its hook_resid_pre and runs that block's splices itself, so the stream is
+            // kept from before them; the final norm reads the last hook_resid_post after its splice.
+            caching_hooks<kind_set::of({site_kind::resid_pre})> before_splices;
+            caching_hooks<kind_set::of({site_kind::resid_post})> after_splices;
+            forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_,
+                    compose(before_splices, *splices_, after_splices));
+            corrupt_cache_ = before_splices.take();
+            const site last{site_kind::resid_post, c.n_layers - 1};
+            activation_cache after = after_splices.take();
+            (void)corrupt_cache_.put(last, std::move(after.at(last)));
+        } else {
+            caching_hooks<kind_set::of({site_kind::resid_pre, site_kind::resid_post})> corrupt_hooks;
+            forward(model, corrupt.slice(1, 0, answer_ + 1), corrupt_kv_, logits.view(), ws_, corrupt_hooks);
+            corrupt_cache_ = corrupt_hooks.take();
+        }
         corrupt_metric_ = metric_.mean(logits.view(), length_);
-        corrupt_cache_ = corrupt_hooks.take();
     }
 
     /// The metric of the clean run (mean over prompts).
@@ -232,6 +259,9 @@ public:
 
     /// The fast sweep: every cell resumes at its layer and first position, cells run stacked on the batch axis.
     [[nodiscard]] patching_table sweep(const patching_grid& grid, const patching_options& options = {}) {
+        // The fast sweep computes only the answer tokens' logits, without firing unembed.hook_out: a splice there
+        // needs the full forward of every cell.
+        if (splices_ != nullptr && splices_at_logits()) return sweep_naive(grid);
         const std::vector<patching_cell> all = cells(grid);
         std::vector<double> raw(all.size(), corrupt_metric_);
         // Group cells by where they resume: (layer, first position), in sweep order.
@@ -289,7 +319,10 @@ public:
             for (std::size_t i = 0; i < all.size(); ++i) {
                 patch_hooks<kind_set::of({Kind})> hooks(clean_cache_);
                 hooks.patch(site{Kind, all[i].layer}, all[i].where());
-                forward(*model_, answer_window(), logits.view(), ws_, hooks);
+                if (splices_ != nullptr)
+                    forward(*model_, answer_window(), logits.view(), ws_, compose(*splices_, hooks));
+                else
+                    forward(*model_, answer_window(), logits.view(), ws_, hooks);
                 raw[i] = metric_.mean(logits.view(), length_);
             }
             return 0;
@@ -304,7 +337,10 @@ public:
         patch_hooks<> hooks(clean_cache_);
         for (const patch_target& t : targets) hooks.patch(t.target, t.selected);
         tensor<float, 3> logits({prompts_, 1, model_->config().vocab_out()});
-        forward(*model_, answer_window(), logits.view(), ws_, hooks);
+        if (splices_ != nullptr)
+            forward(*model_, answer_window(), logits.view(), ws_, compose(*splices_, hooks));
+        else
+            forward(*model_, answer_window(), logits.view(), ws_, hooks);
         return metric_.mean(logits.view(), length_);
     }
 
@@ -343,6 +379,13 @@ private:
         return out;
     }
 
+    /// True when a splice is attached at unembed.hook_out (its extension sites are named below it).
+    [[nodiscard]] bool splices_at_logits() const {
+        const std::vector<site> sites = splices_->sites();
+        return std::any_of(sites.begin(), sites.end(),
+                           [](const site& s) { return s.extension >= 0 && s.kind == site_kind::unembed_out; });
+    }
+
     /// The corrupt tokens up to and including the answer position.
     tensor_view<const std::int32_t, 2> answer_window() const {
         return tensor_view<const std::int32_t, 2>(corrupt_tokens_.view()).slice(1, 0, answer_ + 1);
@@ -365,9 +408,7 @@ private:
     std::vector<double> run_stacked(index_t site_layer, index_t from, index_t start,
                                     const std::vector<selection>& selections) {
         const model_config& c = model_->config();
-        const index_t stacked = static_cast<index_t>(selections.size()), batch = stacked * prompts_;
-        const index_t window = answer_ + 1 - start, d = c.d_model;
-        const forward_span span{batch, window, start};
+        const index_t batch = static_cast<index_t>(selections.size()) * prompts_, window = answer_ + 1 - start;
         if (stacked_kv_.batch() < batch) stacked_kv_.reset(c, batch, answer_ + 1);  // rows past `batch` go unused
         // Keys and values of the positions before `start`, from the corrupt run, for every block that runs.
         for (index_t layer = std::max<index_t>(from, 0); layer < c.n_layers; ++layer) {
@@ -381,8 +422,22 @@ private:
                             to_values(b, h, p, i) = values(b % prompts_, h, p, i);
                         }
         }
-        detail::stacked_cell_patch<Kind> policy{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
-                                                prompts_};
+        detail::stacked_cell_patch<Kind> patch{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
+                                               prompts_};
+        if (splices_ != nullptr) {
+            // The splices run first at every site, so a patched host gets the clean run's spliced output.
+            auto spliced = compose(*splices_, patch);
+            return run_stacked_with(spliced, from, start, batch, window);
+        }
+        return run_stacked_with(patch, from, start, batch, window);
+    }
+
+    /// run_stacked's passes with `policy` (the stacked patch, composed after the splices when there are any).
+    template <class Policy>
+    std::vector<double> run_stacked_with(Policy& policy, index_t from, index_t start, index_t batch, index_t window) {
+        const model_config& c = model_->config();
+        const index_t stacked = batch / prompts_, d = c.d_model;
+        const forward_span span{batch, window, start};
         const auto x = span_residual(*model_, span, ws_);  // (batch * window, d_model)
         if (from < 0) {
             tensor<std::int32_t, 2> tokens({batch, window});
@@ -455,6 +510,7 @@ private:
     }
 
     const transformer* model_;
+    dynamic_hooks* splices_ = nullptr;  // SAEs and transcoders every run goes through, or null
     answer_metric metric_;
     index_t prompts_ = 0, length_ = 0, answer_ = 0, first_difference_ = 0;
     tensor<std::int32_t, 2> clean_tokens_, corrupt_tokens_;

@@ -3,6 +3,11 @@
 /// Integrated gradients at any hook site the gradient pass fires (token embeddings being the usual case), with
 /// Gauss-Legendre or Riemann quadrature and several path steps stacked on the batch axis; plus saliency and
 /// gradient x input, which need one backward pass each.
+///
+/// Each takes optional splices (a dynamic_hooks holding SAEs or transcoders): every pass then goes through them, and
+/// the site may be one of their extension sites (`blocks.2.hook_resid_post.hook_sae_acts_post`), whose attributions
+/// summed over positions (per_channel) rank the features. At a model site that hosts a splice the attribution is to
+/// the splice's output, what the rest of the model reads.
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +23,8 @@
 #include "mechlens/attribution/answer_metric.hpp"
 #include "mechlens/grad/backward.hpp"
 #include "mechlens/hooks/activation_cache.hpp"
+#include "mechlens/hooks/compose.hpp"
+#include "mechlens/hooks/dynamic.hpp"
 #include "mechlens/hooks/names.hpp"
 #include "mechlens/hooks/policy.hpp"
 #include "mechlens/hooks/site.hpp"
@@ -200,6 +207,9 @@ struct integrated_gradients_result {
     quadrature points{};               ///< The alphas and weights used.
     cached_activation attributions{};  ///< (x - baseline) * sum_i w_i grad(alpha_i), shaped like the site (batch, ...).
     tensor<double, 2> per_position{};  ///< (batch, pos): attributions summed over all but the position axis.
+    /// (batch, channel): attributions summed over all but the last axis; at an SAE or transcoder latent site, each
+    /// feature's attribution summed over positions.
+    tensor<double, 2> per_channel{};
     std::vector<double> totals{};      ///< Per prompt: the sum of its attributions.
     std::vector<double> input_values{};     ///< Per prompt: F(x), the metric on the unmodified prompt.
     std::vector<double> baseline_values{};  ///< Per prompt: F(baseline), the metric with the site set to the baseline.
@@ -226,13 +236,23 @@ struct gradient_attribution_result {
     site where{};                        ///< The site attributed.
     cached_activation values{};          ///< Shaped like the site (batch, ...).
     tensor<double, 2> per_position{};    ///< (batch, pos): values summed over all but the position axis.
+    /// (batch, channel): values summed over all but the last axis (per feature at an SAE or transcoder latent site).
+    tensor<double, 2> per_channel{};
     std::vector<double> input_values{};  ///< Per prompt: F(x).
 };
 
 namespace detail {
 
-/// Throws std::invalid_argument unless `where` is a site the gradient pass fires, with a path that makes sense.
-inline void ig_check_site(const model_config& c, const site& where, const std::string& who) {
+/// Throws std::invalid_argument unless `where` is a site the gradient pass fires, with a path that makes sense: a
+/// model site, or an extension site that an attached splice of `splices` declares.
+inline void ig_check_site(const model_config& c, const site& where, const std::string& who,
+                          const dynamic_hooks* splices) {
+    if (where.extension >= 0) {
+        if (splices == nullptr || splices->extension_width(where) == 0)
+            throw std::invalid_argument(who + ": " + to_string(where) +
+                                        " is an extension site, and no splice attached to the hooks given declares it");
+        return;
+    }
     const std::string name(site_suffix(where.kind));
     if (where.kind == site_kind::attn_result)
         throw std::invalid_argument(who +
@@ -346,12 +366,31 @@ inline std::vector<std::int32_t> ig_repeat_rows(tensor_view<const std::int32_t, 
     return out;
 }
 
-/// A forward pass only (no backward) of `tokens` with `probe` attached; returns the metric of each batch row.
+/// Calls `pass(policy)` with `probe` attached: alone without splices; after the splices at a model site (it sees and
+/// replaces what the rest of the model reads, and its gradient); inside them, registered at the extension site, when
+/// the target is one.
+template <class Pass>
+void ig_with_probe(ig_probe& probe, dynamic_hooks* splices, Pass&& pass) {
+    if (splices == nullptr) {
+        pass(probe);
+    } else if (probe.target.extension < 0) {
+        auto spliced = compose(*splices, probe);
+        pass(spliced);
+    } else {
+        const scoped_hooks activation = splices->scoped(probe.target, as_callback(probe));
+        const scoped_hooks gradient = splices->scoped_gradient(probe.target, as_gradient_callback(probe));
+        pass(*splices);
+    }
+}
+
+/// A forward pass only (no backward) of `tokens` with `probe` attached (through `splices` when not null); returns
+/// the metric of each batch row.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 std::vector<double> ig_probe_forward(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                            const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape) {
-    taped_forward(params, tokens, tape, probe);
+                                     const answer_metric& answer, ig_probe& probe, backprop_tape<float>& tape,
+                                     dynamic_hooks* splices) {
+    ig_with_probe(probe, splices, [&](auto& policy) { taped_forward(params, tokens, tape, policy); });
     if (!probe.fired) throw std::logic_error("attribution: the forward pass never reached " + to_string(probe.target));
     return answer.values(tape.logits(), tokens.extent(1));
 }
@@ -373,21 +412,35 @@ inline tensor<double, 2> ig_sum_per_position(const std::vector<double>& values, 
     return out;
 }
 
+/// Sums `values` (shaped like a site, batch first) over every axis but batch and the last: (batch, channel).
+inline tensor<double, 2> ig_sum_per_channel(const std::vector<double>& values, const std::vector<index_t>& shape) {
+    const index_t batch = shape.at(0), channels = shape.back();
+    const index_t rows = static_cast<index_t>(values.size()) / std::max<index_t>(batch * channels, 1);
+    tensor<double, 2> out({batch, channels});
+    for (index_t b = 0; b < batch; ++b)
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t i = 0; i < channels; ++i)
+                out(b, i) += values[static_cast<std::size_t>((b * rows + r) * channels + i)];
+    return out;
+}
+
 /// Runs one forward and backward pass at x, returning the probe with the activation and gradient copied.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                           const answer_metric& answer, const site& where, const std::string& who,
-                                           std::vector<double>& input_values) {
-    ig_check_site(detail::config_of(params), where, who);
+                                    const answer_metric& answer, const site& where, const std::string& who,
+                                    std::vector<double>& input_values, dynamic_hooks* splices) {
+    ig_check_site(detail::config_of(params), where, who, splices);
     ig_check_inputs(detail::config_of(params), tokens, answer, who);
     ig_probe probe;
     probe.target = where;
     probe.copy_activation = probe.copy_gradient = true;
     backprop_tape<float> tape;
     // The summed metric gives each prompt its own metric's gradient, not 1/prompts of it.
-    (void)forward_backward(params, tokens, answer.as_grad_metric(true), static_cast<model_parameters*>(nullptr), probe,
-                           tape);
+    ig_with_probe(probe, splices, [&](auto& policy) {
+        (void)forward_backward(params, tokens, answer.as_grad_metric(true), static_cast<model_parameters*>(nullptr),
+                               policy, tape);
+    });
     if (!probe.fired) throw std::logic_error(who + ": the forward pass never reached " + to_string(where));
     input_values = answer.values(tape.logits(), tokens.extent(1));
     return probe;
@@ -399,18 +452,20 @@ ig_probe ig_activation_and_gradient(const Model& params, tensor_view<const std::
 /// (prompts, pos): x is the site's activation on the prompts, the path x(alpha) = baseline + alpha (x - baseline)
 /// replaces it in the forward pass (everything upstream stays as the prompt has it), and d metric / d site is read
 /// at each alpha. Each prompt's attributions approximate F(x) - F(baseline) of its own metric (completeness).
+/// With `splices` (run-time hooks holding SAEs or transcoders) every pass goes through them, and `where` may be one of
+/// their extension sites (an SAE's latents: the path then runs over the features, and per_channel ranks them).
 /// Throws std::invalid_argument for a site the model lacks or the gradient pass does not fire, zero steps, or a
 /// metric that does not fit the prompts; shape_error for a baseline of the wrong shape.
 template <class Model>
     requires detail::gradient_model_of<Model, float>
-integrated_gradients_result integrated_gradients(const Model& params,
-                                                        tensor_view<const std::int32_t, 2> tokens,
-                                                        const answer_metric& answer, const site& where,
-                                                        const ig_baseline& baseline = ig_baseline::zeros(),
-                                                        const integrated_gradients_options& options = {}) {
+integrated_gradients_result integrated_gradients(const Model& params, tensor_view<const std::int32_t, 2> tokens,
+                                                 const answer_metric& answer, const site& where,
+                                                 const ig_baseline& baseline = ig_baseline::zeros(),
+                                                 const integrated_gradients_options& options = {},
+                                                 dynamic_hooks* splices = nullptr) {
     const std::string who = "integrated_gradients at " + to_string(where);
     const model_config& c = detail::config_of(params);
-    detail::ig_check_site(c, where, who);
+    detail::ig_check_site(c, where, who, splices);
     detail::ig_check_inputs(c, tokens, answer, who);
     if (options.batch_steps < 0)
         throw std::invalid_argument(who + ": batch_steps is " + std::to_string(options.batch_steps) +
@@ -425,7 +480,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
     detail::ig_probe probe;
     probe.target = where;
     probe.copy_activation = true;
-    result.input_values = detail::ig_probe_forward(params, tokens, answer, probe, tape);
+    result.input_values = detail::ig_probe_forward(params, tokens, answer, probe, tape, splices);
     const cached_activation input = std::move(probe.activation);  // (prompts, ...)
     const index_t width = input.size() / prompts;                 // elements of one prompt's activation
 
@@ -441,7 +496,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
         capture.target = where;
         capture.copy_activation = true;
         (void)detail::ig_probe_forward(params, tensor_view<const std::int32_t, 2>(ids.data(), {prompts, positions}),
-                                       answer, capture, tape);
+                                       answer, capture, tape, splices);
         base = std::move(capture.activation.values);
     } else if (baseline.kind() == ig_baseline::source::activation) {
         const cached_activation& given = baseline.activation();
@@ -466,7 +521,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
         at_baseline.input = input.values.data();
         at_baseline.baseline = base.data();
         at_baseline.alphas = {0.0};
-        result.baseline_values = detail::ig_probe_forward(params, tokens, answer, at_baseline, tape);
+        result.baseline_values = detail::ig_probe_forward(params, tokens, answer, at_baseline, tape, splices);
     }
 
     // The path: chunks of alphas stacked on the batch axis, each row its own prompt's metric (the summed metric).
@@ -488,8 +543,11 @@ integrated_gradients_result integrated_gradients(const Model& params,
                            result.points.alphas.begin() + static_cast<std::ptrdiff_t>(end));
         path.weights.assign(result.points.weights.begin() + static_cast<std::ptrdiff_t>(begin),
                             result.points.weights.begin() + static_cast<std::ptrdiff_t>(end));
-        (void)forward_backward(params, tensor_view<const std::int32_t, 2>(ids.data(), {count * prompts, positions}),
-                               summed, static_cast<model_parameters*>(nullptr), path, tape);
+        detail::ig_with_probe(path, splices, [&](auto& policy) {
+            (void)forward_backward(params,
+                                   tensor_view<const std::int32_t, 2>(ids.data(), {count * prompts, positions}), summed,
+                                   static_cast<model_parameters*>(nullptr), policy, tape);
+        });
         if (options.progress) options.progress(first + count, steps);
     }
 
@@ -502,6 +560,7 @@ integrated_gradients_result integrated_gradients(const Model& params,
     std::transform(attribution.begin(), attribution.end(), result.attributions.values.begin(),
                    [](double v) { return static_cast<float>(v); });
     result.per_position = detail::ig_sum_per_position(attribution, input.shape, where.kind);
+    result.per_channel = detail::ig_sum_per_channel(attribution, input.shape);
 
     result.totals.assign(static_cast<std::size_t>(prompts), 0.0);
     for (index_t r = 0; r < prompts; ++r)
@@ -529,15 +588,16 @@ integrated_gradients_result embedding_integrated_gradients(const Model& params,
     return integrated_gradients(params, tokens, answer, site{site_kind::embed, -1}, baseline, options);
 }
 
-/// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass.
+/// Saliency: |d metric / d site| at the prompts' own activation, each prompt's own metric, one backward pass
+/// (through `splices` when given; `where` may then be one of their extension sites).
 template <class Model>
     requires detail::gradient_model_of<Model, float>
 gradient_attribution_result saliency(const Model& params, tensor_view<const std::int32_t, 2> tokens,
-                                            const answer_metric& answer, const site& where) {
+                                     const answer_metric& answer, const site& where, dynamic_hooks* splices = nullptr) {
     gradient_attribution_result out;
     out.where = where;
-    detail::ig_probe probe = detail::ig_activation_and_gradient(params, tokens, answer, where,
-                                                                "saliency at " + to_string(where), out.input_values);
+    detail::ig_probe probe = detail::ig_activation_and_gradient(
+        params, tokens, answer, where, "saliency at " + to_string(where), out.input_values, splices);
     out.values = std::move(probe.gradient);
     std::vector<double> magnitude(out.values.values.size());
     for (std::size_t i = 0; i < magnitude.size(); ++i) {
@@ -545,20 +605,22 @@ gradient_attribution_result saliency(const Model& params, tensor_view<const std:
         magnitude[i] = static_cast<double>(out.values.values[i]);
     }
     out.per_position = detail::ig_sum_per_position(magnitude, out.values.shape, where.kind);
+    out.per_channel = detail::ig_sum_per_channel(magnitude, out.values.shape);
     return out;
 }
 
 /// Gradient x input: x * d metric / d site at the prompts' own activation x (integrated gradients with a zero
-/// baseline and a single step at alpha = 1), one backward pass.
+/// baseline and a single step at alpha = 1), one backward pass (through `splices` when given; `where` may then be one
+/// of their extension sites).
 template <class Model>
     requires detail::gradient_model_of<Model, float>
-gradient_attribution_result gradient_times_input(const Model& params,
-                                                        tensor_view<const std::int32_t, 2> tokens,
-                                                        const answer_metric& answer, const site& where) {
+gradient_attribution_result gradient_times_input(const Model& params, tensor_view<const std::int32_t, 2> tokens,
+                                                 const answer_metric& answer, const site& where,
+                                                 dynamic_hooks* splices = nullptr) {
     gradient_attribution_result out;
     out.where = where;
     detail::ig_probe probe = detail::ig_activation_and_gradient(
-        params, tokens, answer, where, "gradient_times_input at " + to_string(where), out.input_values);
+        params, tokens, answer, where, "gradient_times_input at " + to_string(where), out.input_values, splices);
     out.values = std::move(probe.gradient);
     std::vector<double> product(out.values.values.size());
     for (std::size_t i = 0; i < product.size(); ++i) {
@@ -566,6 +628,7 @@ gradient_attribution_result gradient_times_input(const Model& params,
         out.values.values[i] = static_cast<float>(product[i]);
     }
     out.per_position = detail::ig_sum_per_position(product, out.values.shape, where.kind);
+    out.per_channel = detail::ig_sum_per_channel(product, out.values.shape);
     return out;
 }
 

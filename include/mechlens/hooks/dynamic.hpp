@@ -576,6 +576,10 @@ public:
     [[nodiscard]] scoped_hooks scoped(const site& s, hook_callback fn) {
         return scoped_hooks(registry_, add(s, std::move(fn)));
     }
+    /// Like add_gradient(site), returning a guard that removes the callback when it goes out of scope.
+    [[nodiscard]] scoped_hooks scoped_gradient(const site& s, hook_callback fn) {
+        return scoped_hooks(registry_, add_gradient(s, std::move(fn)));
+    }
     /// Unregisters `handle` (callbacks or a splice) everywhere; false when it was not registered. Safe inside a
     /// callback.
     bool remove(hook_handle handle) noexcept { return registry_->remove(handle.id); }

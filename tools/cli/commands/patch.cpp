@@ -1,4 +1,5 @@
-// `mechlens patch`: activation patching sweeps of the corrupt prompts with the clean ones' activations.
+// `mechlens patch`: activation patching sweeps of the corrupt prompts with the clean ones' activations, through SAEs
+// or a transcoder spliced in when asked.
 
 #include <mechlens/mechlens.hpp>
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "../command.hpp"
+#include "../common.hpp"
 #include "prompt_pairs.hpp"
 
 namespace mechlens_cli {
@@ -18,12 +20,17 @@ int run(arguments& args) {
     const std::filesystem::path& model_path = model_input.path;
     const auto names = grid_names(args.get("grid"));
     const auto out = args.get("out");
+    const splice_options splice_input = read_splice_options(args);
     const mechlens::transformer model = open_model(model_input);
     prompt_pairs pairs = read_prompt_pairs(args, model_path, model);
     args.reject_unknown();
     std::vector<mechlens::patching_grid> grids;
     for (const auto& n : names) grids.push_back(grid_named(n));
-    mechlens::activation_patcher patcher(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric);
+    const std::vector<spliced_module> splices = load_splices(splice_input, model.config());
+    mechlens::dynamic_hooks hooks(model.config());
+    attach_splices(splices, hooks);
+    mechlens::activation_patcher patcher(model, pairs.clean.view(), pairs.corrupt.view(), pairs.metric,
+                                         splices.empty() ? nullptr : &hooks);
     std::vector<mechlens::patching_table> tables;
     for (const auto& grid : grids) {
         tables.push_back(patcher.sweep(grid));
@@ -46,7 +53,10 @@ const command patch_command{
     "[--metric logitdiff:A-B|logit:A|logprob:A] [--grid resid_pre,attn_out,mlp_out,z] [--out PREFIX]\n"
     "grids: resid_pre resid_mid resid_post attn_out mlp_out (layer x position), z q k v pattern\n"
     "(layer x head), z_pos (layer x head x position); default metric: each pair's clean top token minus\n"
-    "its corrupt top token. --out writes PREFIX.<grid>.npy and PREFIX.html",
+    "its corrupt top token. --out writes PREFIX.<grid>.npy and PREFIX.html\n"
+    "[--sae DIR]... [--sae-replace DIR]... [(--transcoder | --transcoder-replace) PATH --layer L]: every run\n"
+    "goes through the spliced modules (with the error term, the tables are the plain model's); a patched site\n"
+    "that hosts one gets the clean run's spliced output",
     run};
 
 }  // namespace mechlens_cli
