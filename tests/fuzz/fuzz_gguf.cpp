@@ -1,8 +1,11 @@
 // libFuzzer harness for the GGUF parser (gguf_file) and the GGUF model and vocabulary loaders: parse, walk every
 // metadata value and tensor info, read the bytes of every range-checked tensor, then load the model (touching
 // every weight) and the vocabulary (and tokenize with it). format_error is the documented rejection; the
-// tokenizer may also refuse a vocabulary or a text with std::invalid_argument. Anything else is a bug.
+// tokenizer may also refuse a vocabulary or a text with std::invalid_argument. The file is also read as a llama.cpp
+// control vector, written back and read again (it must come back unchanged). Anything else is a bug.
 #include "fuzz_support.hpp"
+
+#include <mechlens/medicine/control_vector.hpp>
 
 #include <memory>
 #include <stdexcept>
@@ -52,6 +55,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const mechlens::format_error& e) {
         mechlens_fuzz::rejected(e);
     } catch (const std::invalid_argument& e) {
+        mechlens_fuzz::rejected(e);
+    }
+    // As a llama.cpp control vector: what is read is written back and read again unchanged.
+    try {
+        const mechlens::control_vector cv = mechlens::read_control_vector(path);
+        static mechlens_fuzz::memory_file again;
+        const std::string& copy = again.write(nullptr, 0);
+        mechlens::write_control_vector(copy, cv);
+        const mechlens::control_vector back = mechlens::read_control_vector(copy);
+        if (back.directions != cv.directions || back.model_hint != cv.model_hint) std::abort();
+    } catch (const mechlens::format_error& e) {
         mechlens_fuzz::rejected(e);
     }
     return 0;

@@ -131,6 +131,21 @@ def gguf_model(ttype: int = 0, with_vocab: bool = True) -> bytes:
     return out + blob
 
 
+def gguf_control_vector(blocks=(1, 2), width=4) -> bytes:
+    """A llama.cpp control vector: direction.N F32 1-D tensors and the controlvector keys."""
+    kvs = [gguf_kv("general.architecture", 8, gguf_str("controlvector")),
+           gguf_kv("controlvector.model_hint", 8, gguf_str("llama")),
+           gguf_kv("controlvector.layer_count", 5, struct.pack("<i", len(blocks)))]
+    infos, blob = b"", b""
+    for k, block in enumerate(blocks):
+        data = f32s(ramp(width, k))
+        infos += gguf_str(f"direction.{block}") + struct.pack("<IQ", 1, width) + struct.pack("<IQ", 0, len(blob))
+        blob += data + b"\0" * ((-len(data)) % 32)
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(blocks), len(kvs)) + b"".join(kvs) + infos
+    out += b"\0" * ((-len(out)) % 32)
+    return out + blob
+
+
 # ---- safetensors -------------------------------------------------------------------------------------------------
 
 def safetensors(tensors, metadata=None) -> bytes:
@@ -274,6 +289,8 @@ def main() -> int:
     c.add("tiny_f16", gguf_model(1))
     c.add("tiny_no_vocab", gguf_model(0, with_vocab=False))
     c.add("empty_v2", b"GGUF" + struct.pack("<IQQ", 2, 0, 0))
+    c.add("control_vector", gguf_control_vector())
+    c.add("control_vector_block_0", gguf_control_vector((0, 1)))
     c.add_prefixes("stories260K_gguf", models / "stories260K" / "stories260K.gguf", 24)
     gguf_count = c.count
 
