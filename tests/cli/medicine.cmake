@@ -71,7 +71,7 @@ mechlens_cli_test(error_control_vector_block_0 2 - "--layers must be A-B with 1 
                   --negative ${out}/medicine_negative.txt --layers 0-2 --out ${out}/never.gguf)
 mechlens_cli_test(error_not_a_control_vector 2 - "not a control vector" ${gguf}
                   ${cli} generate --model ${bin} --prompt "Once" -n 2 --control-vector ${gguf}:1)
-mechlens_cli_test(error_direction_width 2 - "has 512 values; the model's d_model is 64" ${bin}
+mechlens_cli_test(error_direction_width 2 - "has 2560 values. the model's d_model is 64" ${bin}
                   ${cli} orthogonalize --model ${bin} --direction ${PROJECT_SOURCE_DIR}/tests/reference/fixtures/stories260K/p0/logits.npy
                   --out ${out}/never.safetensors)
 mechlens_cli_test(error_probe_label 2 - "--data line 1: expected 'LABEL<TAB>TEXT' with LABEL 0 or 1" ${bin}

@@ -39,7 +39,10 @@ inline std::optional<mechlens::direction_ablation_hooks> read_direction_ablation
                     ? first
                     : parse_number<mechlens::index_t>(item.substr(dash + 1), "the layers of --ablate-direction");
             if (last < first) throw usage_error("--ablate-direction: layer range '" + item + "' runs backwards");
-            for (mechlens::index_t l = first; l <= last && l <= c.n_layers; ++l) layers.push_back(l);
+            if (first < 0 || last >= c.n_layers)
+                throw usage_error("--ablate-direction: layer " + std::to_string(last >= c.n_layers ? last : first) +
+                                  " is out of range (the model has " + std::to_string(c.n_layers) + " blocks)");
+            for (mechlens::index_t l = first; l <= last; ++l) layers.push_back(l);
             start = comma + 1;
         }
     }
