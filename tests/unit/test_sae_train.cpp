@@ -1,5 +1,6 @@
 // SAE training: the fast step's losses and gradients against the exact reference (sae_loss_and_gradients) for
-// every architecture, the transcoder's gradients (skip included) against finite differences in double, the
+// every architecture (jumprelu's step and tanh penalties and pre-activation loss, constant_norm_rescale), the
+// transcoder's gradients (skip included) against finite differences in double, the
 // trainer's determinism, checkpoint and resume, and toy models of superposition recovered by training.
 #include <mechlens/mechlens.hpp>
 
@@ -87,14 +88,27 @@ struct step_case {
     double k;
     bool rescale;
     bool dead;
+    bool normalize;  // constant_norm_rescale
+    bool tanh;       // jumprelu: the tanh penalty instead of the step
+    bool pre_act;    // jumprelu: the pre-activation loss on the dead latents
 };
 
+using mechlens::sae_architecture;
 const step_case step_cases[] = {
-    {"standard", mechlens::sae_architecture::standard, 0, false, false},
-    {"topk", mechlens::sae_architecture::topk, 4, false, true},
-    {"topk rescaled", mechlens::sae_architecture::topk, 5, true, true},
-    {"batchtopk rescaled", mechlens::sae_architecture::batchtopk, 3.5, true, true},
-    {"jumprelu", mechlens::sae_architecture::jumprelu, 0, false, false},
+    {"standard", sae_architecture::standard, 0, false, false, false, false, false},
+    {"topk", sae_architecture::topk, 4, false, true, false, false, false},
+    {"topk rescaled", sae_architecture::topk, 5, true, true, false, false, false},
+    {"batchtopk rescaled", sae_architecture::batchtopk, 3.5, true, true, false, false, false},
+    {"jumprelu", sae_architecture::jumprelu, 0, false, false, false, false, false},
+    {"jumprelu tanh", sae_architecture::jumprelu, 0, false, false, false, true, false},
+    {"jumprelu step pre-act", sae_architecture::jumprelu, 0, false, true, false, false, true},
+    {"jumprelu tanh pre-act", sae_architecture::jumprelu, 0, false, true, false, true, true},
+    {"standard norm", sae_architecture::standard, 0, false, false, true, false, false},
+    {"topk norm", sae_architecture::topk, 4, false, true, true, false, false},
+    {"topk rescaled norm", sae_architecture::topk, 5, true, true, true, false, false},
+    {"batchtopk norm", sae_architecture::batchtopk, 3.5, true, true, true, false, false},
+    {"jumprelu norm", sae_architecture::jumprelu, 0, false, false, true, false, false},
+    {"jumprelu tanh pre-act norm", sae_architecture::jumprelu, 0, false, true, true, true, true},
 };
 
 /// Fast step (T) on (w, x) against the double reference: returns the largest relative error of every loss term and
@@ -109,11 +123,15 @@ double step_against_reference(const step_case& sc, std::uint64_t seed, double de
     o.architecture = sc.architecture;
     o.k = sc.k;
     o.rescale_acts_by_decoder_norm = sc.rescale;
+    if (sc.normalize) o.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;
     mechlens::sae_training_options t;
     t.l1_coefficient = 0.3;
     t.l0_coefficient = 0.2;
     t.jumprelu_bandwidth = 0.2;  // wide, so the estimator window holds latents
     t.aux_loss_coefficient = 0.7;
+    t.sparsity = sc.tanh ? mechlens::jumprelu_sparsity::tanh : mechlens::jumprelu_sparsity::step;
+    t.jumprelu_tanh_scale = 3.0;
+    t.pre_act_loss_coefficient = sc.pre_act ? 0.4 : 0.0;
     if (sc.dead) {
         t.dead.assign(static_cast<std::size_t>(d_sae), 0);
         for (std::size_t j = 0; j < t.dead.size(); j += 3) t.dead[j] = 1;
@@ -126,8 +144,11 @@ double step_against_reference(const step_case& sc, std::uint64_t seed, double de
     const std::vector<T> xt(x.begin(), x.end());
     mechlens::sae_training_step<T> step(layout, o);
     step.dense_fraction = dense_fraction;
-    const mechlens::sae_step_result res =
-        step.compute(params, grads, xt.data(), xt.data(), n, {t.l1_coefficient, t.l0_coefficient, t.jumprelu_bandwidth, t.aux_loss_coefficient}, t.dead);
+    mechlens::sae_step_coefficients c{t.l1_coefficient, t.l0_coefficient, t.jumprelu_bandwidth, t.aux_loss_coefficient};
+    c.sparsity = t.sparsity;
+    c.tanh_scale = t.jumprelu_tanh_scale;
+    c.pre_act = t.pre_act_loss_coefficient;
+    const mechlens::sae_step_result res = step.compute(params, grads, xt.data(), xt.data(), n, c, t.dead);
     // Gradients back in SAELens's layout; log(threshold)'s gradient divided by threshold.
     const auto g = mechlens::unpack_sae_parameters<T>(grads, layout);
     double worst = 0;
@@ -136,8 +157,11 @@ double step_against_reference(const step_case& sc, std::uint64_t seed, double de
     term(res.l1, ref.loss.l1);
     term(res.l0, ref.loss.l0);
     term(res.aux, ref.loss.aux);
+    term(res.pre_act, ref.loss.pre_act);
     term(res.total, ref.loss.total);
-    if (sc.dead && sc.architecture != mechlens::sae_architecture::standard) CHECK(ref.loss.aux > 0);
+    if (sc.dead && !jump && sc.architecture != mechlens::sae_architecture::standard) CHECK(ref.loss.aux > 0);
+    if (sc.pre_act) CHECK(ref.loss.pre_act > 0);  // dead latents below their thresholds: the loss is exercised
+    if (sc.tanh) CHECK(ref.loss.l0 > 0);
     // unpack exponentiates the flat buffer: undo it for the gradient buffer.
     std::vector<T> g_w_enc(g.sae.w_enc);
     worst = std::max(worst, relative_error(g_w_enc, ref.grad.w_enc));
@@ -167,7 +191,9 @@ TEST_CASE("sae training step: losses and gradients equal the exact reference", "
         for (std::uint64_t seed : {11u, 12u, 13u}) {
           // The standard SAE's dense path (forced with 0) and sparse path (forbidden with 2).
           for (double dense_fraction : {0.0, 2.0}) {
-            if (dense_fraction == 0.0 && sc.architecture != mechlens::sae_architecture::standard) continue;
+            // (constant_norm_rescale always takes the sparse path.)
+            if (dense_fraction == 0.0 && (sc.architecture != mechlens::sae_architecture::standard || sc.normalize))
+                continue;
             INFO(sc.name << " seed " << seed << " dense_fraction " << dense_fraction);
             const double err_double = step_against_reference<double>(sc, seed, dense_fraction);
             const double err_float = step_against_reference<float>(sc, seed, dense_fraction);
@@ -198,18 +224,21 @@ double transcoder_loss(mechlens::sae_training_step<double>& step, const std::vec
 
 TEST_CASE("sae training step: transcoder gradients, skip included, equal finite differences", "[sae_train]") {
     const index_t d_in = 6, d_sae = 16, n = 10;
+    for (const bool normalize : {false, true})
     for (const auto arch : {mechlens::sae_architecture::standard, mechlens::sae_architecture::topk}) {
-        INFO(mechlens::to_string(arch));
+        INFO(mechlens::to_string(arch) << (normalize ? " constant_norm_rescale" : ""));
         mechlens::sae_options o;
         o.architecture = arch;
         o.k = 4;
         o.apply_b_dec_to_input = false;
+        if (normalize) o.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;
         const auto layout = mechlens::sae_parameter_layout::make(d_in, d_sae, false, true);
         std::vector<double> params(static_cast<std::size_t>(layout.size)), grads(params.size());
         mechlens::pack_sae_parameters<double>(random_weights<double>(d_in, d_sae, false, true, 5), layout, params);
         const auto x = random_batch<double>(n, d_in, 6);
         const auto y = random_batch<double>(n, d_in, 7);  // a target that is not the input
         mechlens::sae_training_step<double> step(layout, o);
+        step.transcoder = true;
         const mechlens::sae_step_coefficients c{0.3, 0, 0.05, 1};
         step.compute(params, grads, x.data(), y.data(), n, c, {});
         // Every W_skip and b_dec element, and a stride through the rest.
@@ -236,6 +265,54 @@ TEST_CASE("sae training step: transcoder gradients, skip included, equal finite 
         std::vector<double> no_skip = params;
         std::fill(no_skip.begin() + layout.w_skip_t, no_skip.end(), 0.0);
         CHECK(transcoder_loss(step, no_skip, x, y, n, c) != transcoder_loss(step, params, x, y, n, c));
+    }
+}
+
+TEST_CASE("sae training step: a transcoder under constant_norm_rescale scales only its encoder's input",
+          "[sae_train]") {
+    // SAELens's Transcoder: the encoder reads x * sqrt(d_in) / ||x||, the decoder's output is not scaled back
+    // and is compared with the raw target. So the step equals the unnormalized one on pre-scaled inputs.
+    const index_t d_in = 6, d_sae = 16, n = 10;
+    for (const auto arch : {sae_architecture::standard, sae_architecture::topk, sae_architecture::batchtopk,
+                            sae_architecture::jumprelu}) {
+        INFO(mechlens::to_string(arch));
+        const bool jump = arch == sae_architecture::jumprelu;
+        mechlens::sae_options o;
+        o.architecture = arch;
+        o.k = 4;
+        o.rescale_acts_by_decoder_norm = arch == sae_architecture::batchtopk;
+        o.apply_b_dec_to_input = false;
+        o.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;
+        mechlens::sae_options plain = o;
+        plain.normalize_activations = mechlens::sae_normalization::none;
+        const auto layout = mechlens::sae_parameter_layout::make(d_in, d_sae, jump, false);
+        std::vector<double> params(static_cast<std::size_t>(layout.size));
+        mechlens::pack_sae_parameters<double>(random_weights<double>(d_in, d_sae, jump, false, 8), layout, params);
+        auto x = random_batch<double>(n, d_in, 9);
+        for (double& v : x) v *= 3.0;  // rows far from norm sqrt(d_in)
+        const auto y = random_batch<double>(n, d_in, 10);
+        std::vector<double> scaled(x);
+        for (index_t r = 0; r < n; ++r) {
+            double sum = 0;
+            for (index_t i = 0; i < d_in; ++i) sum += x[static_cast<std::size_t>(r * d_in + i)] * x[static_cast<std::size_t>(r * d_in + i)];
+            for (index_t i = 0; i < d_in; ++i) scaled[static_cast<std::size_t>(r * d_in + i)] *= std::sqrt(static_cast<double>(d_in)) / std::sqrt(sum);
+        }
+        std::vector<unsigned char> dead(static_cast<std::size_t>(d_sae), 0);
+        for (std::size_t j = 1; j < dead.size(); j += 4) dead[j] = 1;
+        mechlens::sae_step_coefficients c{0.3, 0.2, 0.2, 0.7};
+        c.sparsity = mechlens::jumprelu_sparsity::tanh;
+        c.pre_act = 0.4;
+        std::vector<double> g_norm(params.size()), g_plain(params.size());
+        mechlens::sae_training_step<double> normalized(layout, o), reference(layout, plain);
+        normalized.transcoder = reference.transcoder = true;
+        const auto a = normalized.compute(params, g_norm, x.data(), y.data(), n, c, dead);
+        const auto b = reference.compute(params, g_plain, scaled.data(), y.data(), n, c, dead);
+        CHECK(std::abs(a.total - b.total) < 1e-12 * b.total);
+        CHECK(std::abs(a.mse - b.mse) < 1e-12 * b.mse);
+        CHECK(relative_error(g_norm, g_plain) < 1e-12);
+        // The scale matters: without it (raw rows into the encoder) the loss differs.
+        std::vector<double> g_raw(params.size());
+        CHECK(std::abs(reference.compute(params, g_raw, x.data(), y.data(), n, c, dead).total - b.total) > 1e-3 * b.total);
     }
 }
 
@@ -399,8 +476,8 @@ TEST_CASE("sae trainer: schedules and bad input", "[sae_train]") {
     bad.sae.k = 100;
     CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
     bad = good;
-    bad.sae.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;
-    CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
+    bad.sae.normalize_activations = mechlens::sae_normalization::constant_norm_rescale;  // supported since
+    CHECK_NOTHROW(mechlens::sae_trainer(bad, 16));
     bad = good;
     bad.lr_warm_up_steps = 3;  // 2 steps in the run
     CHECK_THROWS_AS(mechlens::sae_trainer(bad, 16), std::invalid_argument);
