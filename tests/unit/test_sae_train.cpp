@@ -736,6 +736,7 @@ TEST_CASE("sae trainer: jumprelu's tanh penalty and pre-activation loss, constan
         INFO(m.name);
         auto o = toy_options(m.architecture, 512 * 24);
         o.sae.normalize_activations = m.normalization;
+        o.d_sae = 128;  // 512 x 128 latents: the step runs its rows and latents in parallel
         o.n_batches_for_norm_estimate = 3;
         o.dead_feature_window = 4;  // latents die within the run: the pre-activation loss and aux see them
         o.coefficient_warm_up_steps = 6;
