@@ -3,7 +3,8 @@
 /// The trainer's fast loss-and-gradient step: the same losses and gradients as sae_loss_and_gradients (the exact
 /// reference, sae/loss.hpp), computed the way a training loop needs them. One dense product (the encoder, with the
 /// batch-invariant GEMM in float); everything after it runs on the sparse latents: each row's kept latents, its
-/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window. Row work runs
+/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window and (with the
+/// pre-activation loss) the dead latents below their thresholds. Row work runs
 /// in parallel over rows, parameter gradients in parallel over latents (each latent's rows summed in row order),
 /// so the results do not depend on the thread count. No allocation once the buffers have grown to the batch.
 ///
