@@ -42,7 +42,7 @@ struct saelens_sae {
     saelens_metadata metadata;  ///< hook_name and friends.
     /// Training settings written into cfg.json as SAELens's training configuration names them (name, JSON text,
     /// e.g. {"jumprelu_sparsity_loss_mode", "\"tanh\""}); SAELens and the reader ignore them on loading.
-    std::vector<std::pair<std::string, std::string>> training_config;
+    std::vector<std::pair<std::string, std::string>> training_config = {};
 };
 
 /// The configuration in a parsed `cfg.json` (weights left empty, d_in and d_sae set); throws format_error naming
