@@ -20901,6 +20901,9 @@ struct saelens_sae {
     sae_weights weights;        ///< The parameters (d_in and d_sae from cfg.json).
     sae_options options;        ///< Architecture and options (error_term is not stored: true on reading).
     saelens_metadata metadata;  ///< hook_name and friends.
+    /// Training settings written into cfg.json as SAELens's training configuration names them (name, JSON text,
+    /// e.g. {"jumprelu_sparsity_loss_mode", "\"tanh\""}); SAELens and the reader ignore them on loading.
+    std::vector<std::pair<std::string, std::string>> training_config = {};
 };
 
 /// The configuration in a parsed `cfg.json` (weights left empty, d_in and d_sae set); throws format_error naming
@@ -21074,6 +21077,12 @@ inline std::string saelens_config_text(const saelens_sae& sae) {
         text += ", \"rescale_acts_by_decoder_norm\": ";
         text += o.rescale_acts_by_decoder_norm ? "true" : "false";
     }
+    for (const auto& [name, value] : sae.training_config) {
+        text += ", ";
+        text += detail::json_quote(name);
+        text += ": ";
+        text += value;
+    }
     text += ", \"metadata\": {\"sae_lens_version\": \"6.0.0\", \"sae_lens_training_version\": \"6.0.0\", "
             "\"written_by\": \"mechlens\", \"hook_name\": ";
     text += detail::json_quote(sae.metadata.hook_name);
@@ -21154,7 +21163,10 @@ MECHLENS_END_NAMESPACE
 /// `sae_lens/training/sae_trainer.py`, `sae_lens/config.py`): Adam (betas 0.9, 0.999, no weight decay), gradients
 /// clipped to global norm 1, a learning rate with linear warm-up and a linear decay to 0 over the last steps, the
 /// sparsity coefficient warmed up linearly from 0, latents counted dead after dead_feature_window steps without
-/// firing (they feed topk's and batchtopk's auxiliary loss), batchtopk's running threshold. The step itself is
+/// firing (they feed topk's and batchtopk's auxiliary loss and jumprelu's pre-activation loss), batchtopk's
+/// running threshold, jumprelu's step or tanh penalty, normalize_activations none, expected_average_only_in (the
+/// factor sqrt(d_in) / mean ||x|| over n_batches_for_norm_estimate batches, folded into the saved weights) and
+/// constant_norm_rescale (SAEs; mechlens's transcoders read their input unscaled). The step itself is
 /// sae_training_step (sae/training_step.hpp). Deterministic: the same options, seed and data give the same weights
 /// bit for bit, whatever the thread count. Checkpoints are SAELens folders plus the trainer's state, and resuming
 /// from one continues exactly as the uninterrupted run.
@@ -21177,7 +21189,8 @@ MECHLENS_END_NAMESPACE
 /// The trainer's fast loss-and-gradient step: the same losses and gradients as sae_loss_and_gradients (the exact
 /// reference, sae/loss.hpp), computed the way a training loop needs them. One dense product (the encoder, with the
 /// batch-invariant GEMM in float); everything after it runs on the sparse latents: each row's kept latents, its
-/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window. Row work runs
+/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window and (with the
+/// pre-activation loss) the dead latents below their thresholds. Row work runs
 /// in parallel over rows, parameter gradients in parallel over latents (each latent's rows summed in row order),
 /// so the results do not depend on the thread count. No allocation once the buffers have grown to the batch.
 ///
@@ -21185,8 +21198,14 @@ MECHLENS_END_NAMESPACE
 /// clipping are element-wise or global, so layout does not change them): W_enc transposed, log(threshold) in
 /// place of threshold, W_skip transposed. A transcoder (target y differs from input x, optional skip) is the same
 /// step with y and the skip.
-/// Supported: the four architectures with normalize_activations none (expected_average_only_in scales the data
-/// outside); jumprelu with the step penalty and without the pre-activation loss.
+/// Supported: the four architectures with normalize_activations none, expected_average_only_in (the trainer scales
+/// the data outside) and constant_norm_rescale; jumprelu with the step or tanh penalty and the pre-activation loss.
+/// constant_norm_rescale (SAELens 6): each row is scaled by s = sqrt(d_in) / ||x|| before encoding and an SAE's
+/// output divided by s, the MSE taken against the raw row; the step works in the scaled space, where that is the
+/// MSE against s x weighted per row by 1 / s^2 (the auxiliary loss likewise; sparsity terms are on the latents of
+/// the scaled row). A transcoder (SAELens's Transcoder) scales only its encoder's input: the decoder writes the
+/// target's space unscaled, the skip reads the raw input. A standard SAE under constant_norm_rescale always takes
+/// the sparse path.
 
 #include <algorithm>
 #include <cmath>
@@ -21314,6 +21333,9 @@ struct sae_step_coefficients {
     double l0 = 0;            ///< jumprelu: L0 (step) coefficient.
     double bandwidth = 0.05;  ///< jumprelu: the straight-through estimator's width.
     double aux = 1;           ///< topk, batchtopk: auxiliary loss coefficient.
+    jumprelu_sparsity sparsity = jumprelu_sparsity::step;  ///< jumprelu: the L0 (step) or tanh penalty.
+    double tanh_scale = 4.0;  ///< jumprelu tanh penalty: the scale inside tanh.
+    double pre_act = 0;       ///< jumprelu: pre-activation loss coefficient on dead latents (0: off).
 };
 
 /// What one step measured (means over the batch's rows).
@@ -21322,6 +21344,7 @@ struct sae_step_result {
     double l1 = 0;       ///< standard: the weighted L1 term.
     double l0 = 0;       ///< jumprelu: the weighted L0 term.
     double aux = 0;      ///< topk, batchtopk: the auxiliary term.
+    double pre_act = 0;  ///< jumprelu: the weighted pre-activation term.
     double total = 0;    ///< The sum of the terms.
     double l0_norm = 0;  ///< Mean number of non-zero latents per row (the L0 "norm" SAELens logs).
     /// Smallest positive latent activation of the batch (what batchtopk's threshold estimate follows), +inf if none.
@@ -21382,11 +21405,9 @@ struct sae_entry {
 template <class T>
 class sae_training_step {
 public:
-    /// A step for `options`' architecture over parameters of `layout`; throws std::invalid_argument for what the
-    /// fast step does not support (constant_norm_rescale; see the file comment).
+    /// A step for `options`' architecture over parameters of `layout`; throws std::invalid_argument for a layout
+    /// that does not fit the architecture or a k out of range.
     sae_training_step(const sae_parameter_layout& layout, const sae_options& options) : l_(layout), o_(options) {
-        if (o_.normalize_activations == sae_normalization::constant_norm_rescale)
-            throw std::invalid_argument("sae_training_step: constant_norm_rescale is not supported by the trainer");
         if ((o_.architecture == sae_architecture::jumprelu) != l_.threshold)
             throw std::invalid_argument("sae_training_step: jumprelu needs the threshold in the layout, others not");
         if ((o_.architecture == sae_architecture::topk || o_.architecture == sae_architecture::batchtopk) &&
@@ -21398,6 +21419,11 @@ public:
     /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it. The two paths
     /// differ only in rounding; the choice depends on the data alone, never on the thread count.
     double dense_fraction = 0.3;  // measured: dense wins at 35-45 % firing (d_in 64), loses at 28 % (d_in 512)
+
+    /// The step trains a transcoder: under constant_norm_rescale only the encoder's input is scaled, the output
+    /// is compared unscaled with y (SAELens's Transcoder.decode does not undo the scale). Without normalization
+    /// this changes nothing.
+    bool transcoder = false;
 
     /// The layout of the parameter buffers.
     [[nodiscard]] const sae_parameter_layout& layout() const noexcept { return l_; }
@@ -21417,6 +21443,25 @@ public:
             throw std::invalid_argument("sae_training_step: the dead mask needs d_sae entries");
         resize(n);
         const auto at = [](index_t i) { return static_cast<std::size_t>(i); };
+        // constant_norm_rescale: the encoder reads x s (n, d_in); an SAE's target is x s with row weight 1 / s^2.
+        const bool normalized = o_.normalize_activations == sae_normalization::constant_norm_rescale;
+        const bool weighted = normalized && !transcoder;
+        const T* encoder_in = x;  // (n, d_in)
+        const T* target = y;      // (n, d_in)
+        if (normalized) {
+            scaled_in_.resize(static_cast<std::size_t>(n * d_in));
+            row_weight_.resize(static_cast<std::size_t>(n));
+            const T root_d = std::sqrt(static_cast<T>(d_in));
+            for (index_t r = 0; r < n; ++r) {
+                T sum = 0;
+                for (index_t i = 0; i < d_in; ++i) sum += x[r * d_in + i] * x[r * d_in + i];
+                const T s = root_d / std::sqrt(sum);
+                for (index_t i = 0; i < d_in; ++i) scaled_in_[at(r * d_in + i)] = x[r * d_in + i] * s;
+                row_weight_[at(r)] = T(1) / (s * s);
+            }
+            encoder_in = scaled_in_.data();
+            if (!transcoder) target = scaled_in_.data();
+        }
         const T* w_enc_t = params.data() + l_.w_enc_t;  // (d_sae, d_in)
         const T* w_dec = params.data() + l_.w_dec;      // (d_sae, d_in)
         const T* b_enc = params.data() + l_.b_enc;      // (d_sae)
@@ -21442,7 +21487,7 @@ public:
         MECHLENS_SAE_PARALLEL_FOR
         for (index_t r = 0; r < n; ++r)
             for (index_t i = 0; i < d_in; ++i)
-                sae_in_[at(r * d_in + i)] = sub ? x[r * d_in + i] - b_dec[i] : x[r * d_in + i];
+                sae_in_[at(r * d_in + i)] = sub ? encoder_in[r * d_in + i] - b_dec[i] : encoder_in[r * d_in + i];
         detail::sae_gemm_xwt(sae_in_.data(), n, w_enc_t, d_sae, d_in, pre_.data());
 
         // Batchtopk: the value a latent must reach, the int(k n)-th largest ReLU'd score of the batch.
@@ -21493,11 +21538,14 @@ public:
                 if (dead[at(j)] != 0) dead_list_.push_back(static_cast<std::int32_t>(j));
         }
         const T bw = static_cast<T>(c.bandwidth);
+        // jumprelu's pre-activation loss: every dead latent below its threshold, in every row.
+        dead_mask_ = dead.empty() ? nullptr : dead.data();
+        pre_act_on_ = arch == sae_architecture::jumprelu && c.pre_act != 0 && dead_count > 0;
 
         // A standard SAE with many latents firing (early training) runs the decoder and every gradient as dense
         // products: the sparse path's per-latent work only pays while few latents fire.
         bool dense = false;
-        if (arch == sae_architecture::standard) {
+        if (arch == sae_architecture::standard && !normalized) {
             std::size_t positive = 0;
             for (std::size_t f = 0; f < at(n * d_sae); ++f) positive += pre_[f] > T(0) ? 1u : 0u;
             dense = static_cast<double>(positive) > dense_fraction * static_cast<double>(n * d_sae);
@@ -21557,6 +21605,8 @@ public:
         const bool has_aux = k_aux > 0;
         const T c_l1 = static_cast<T>(c.l1), c_l0 = static_cast<T>(c.l0);
         const T c_aux = static_cast<T>(c.aux) * aux_scale;
+        const bool tanh_penalty = c.sparsity == jumprelu_sparsity::tanh;
+        const T tanh_scale = static_cast<T>(c.tanh_scale), c_pre = static_cast<T>(c.pre_act);
         if (dense) {
             dense_standard(params, grads, x, y, n, c_l1);
         } else {
@@ -21580,13 +21630,15 @@ public:
             MECHLENS_SAE_PARALLEL_FOR
             for (index_t r = 0; r < n; ++r) {
                 const T* o = out_.data() + r * d_in;
-                const T* yr = y + r * d_in;
+                const T* yr = target + r * d_in;
                 T* d = d_out_.data() + r * d_in;
-                T mse = 0, aux = 0, sparsity = 0, fired = 0;
+                T mse = 0, aux = 0, sparsity = 0, fired = 0, pre_act = 0;
+                const T row_weight = weighted ? row_weight_[at(r)] : T(1);
+                const T row_scale = weighted ? inv_n * row_weight : inv_n;  // d(mean) / d(row's sum)
                 for (index_t i = 0; i < d_in; ++i) {
                     const T diff = o[i] - yr[i];
                     mse += diff * diff;
-                    d[i] = T(2) * diff * inv_n;
+                    d[i] = T(2) * diff * row_scale;
                 }
                 if (has_aux) {
                     const T* a = aux_out_.data() + r * d_in;
@@ -21594,7 +21646,7 @@ public:
                     for (index_t i = 0; i < d_in; ++i) {
                         const T diff = a[i] - (yr[i] - o[i]);
                         aux += diff * diff;
-                        da[i] = c_aux * T(2) * diff * inv_n;
+                        da[i] = c_aux * T(2) * diff * row_scale;
                     }
                 }
                 for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
@@ -21610,13 +21662,23 @@ public:
                                 dp = detail::sae_dot(d, wrow, d_in) + c_l1 * inv_n * nj;
                             }
                             break;
-                        case sae_architecture::jumprelu:
+                        case sae_architecture::jumprelu: {
                             en.d_acts = detail::sae_dot(d, wrow, d_in);
-                            if (en.kept) {
+                            if (tanh_penalty) {
+                                const T th = en.kept ? std::tanh(tanh_scale * en.decoded * nj) : T(0);
+                                en.d_acts += c_l0 * inv_n * (T(1) - th * th) * tanh_scale * nj;
+                                sparsity += th;
+                            } else if (en.kept) {
                                 sparsity += T(1);
-                                dp = en.d_acts;
+                            }
+                            if (en.kept) dp = en.d_acts;
+                            const T below = threshold_[static_cast<std::size_t>(en.col)] - en.pre;
+                            if (pre_act_on_ && dead_mask_[en.col] != 0 && below > T(0)) {
+                                pre_act += below * nj;
+                                dp -= c_pre * inv_n * nj;
                             }
                             break;
+                        }
                         case sae_architecture::topk:
                         case sae_architecture::batchtopk:
                             if (en.kept) dp = rescale ? (detail::sae_dot(d, wrow, d_in) / nj) * nj : detail::sae_dot(d, wrow, d_in);
@@ -21625,10 +21687,11 @@ public:
                     }
                     en.d_pre = dp;
                 }
-                row_mse_[at(r)] = mse;
-                row_aux_[at(r)] = aux;
+                row_mse_[at(r)] = weighted ? mse * row_weight : mse;
+                row_aux_[at(r)] = weighted ? aux * row_weight : aux;
                 row_sparsity_[at(r)] = sparsity;
                 row_fired_[at(r)] = fired;
+                row_pre_act_[at(r)] = pre_act;
             }
 
             // Columns: each latent's entries in row order (a counting sort of the entries by latent).
@@ -21649,7 +21712,7 @@ public:
             for (index_t j = 0; j < d_sae; ++j) {
                 T* gd = g_w_dec + j * d_in;
                 T* ge = g_w_enc_t + j * d_in;
-                T b = 0, acts_sum = 0, gt = 0;
+                T b = 0, acts_sum = 0, gt = 0, d_norm = 0;  // d_norm: jumprelu's d(loss)/d||W_dec row j||
                 const T t = l_.threshold ? threshold_[at(j)] : T(0);
                 bool any = false;
                 for (std::size_t q = col_start_[at(j)]; q < col_start_[at(j + 1)]; ++q) {
@@ -21665,8 +21728,16 @@ public:
                     }
                     if (l_.threshold) {
                         const T rect = detail::sae_rectangle((en.pre - t) / bw);
-                        gt += -(T(1) / bw) * rect * c_l0 * inv_n;
+                        if (!tanh_penalty) gt += -(T(1) / bw) * rect * c_l0 * inv_n;
                         gt += -(t / bw) * rect * en.d_acts;
+                        if (tanh_penalty && en.kept) {
+                            const T th = std::tanh(tanh_scale * en.decoded * norms_[at(j)]);
+                            d_norm += c_l0 * inv_n * (T(1) - th * th) * tanh_scale * en.decoded;
+                        }
+                        if (pre_act_on_ && dead_mask_[j] != 0 && t - en.pre > T(0)) {
+                            gt += c_pre * inv_n * norms_[at(j)];
+                            d_norm += c_pre * inv_n * (t - en.pre);
+                        }
                     }
                 }
                 g_b_enc[j] = b;
@@ -21674,6 +21745,7 @@ public:
                     const T dn = c_l1 * inv_n * acts_sum / norms_[at(j)];
                     detail::sae_axpy(gd, dn, w_dec + j * d_in, d_in);
                 }
+                if (d_norm != T(0) && norms_[at(j)] != T(0)) detail::sae_axpy(gd, d_norm / norms_[at(j)], w_dec + j * d_in, d_in);
                 if (l_.threshold) g_log_t[j] = gt * t;
                 fired_[at(j)] = any ? 1 : 0;
             }
@@ -21704,14 +21776,16 @@ public:
             res.l0_norm += static_cast<double>(row_fired_[at(r)]);
             if (arch == sae_architecture::standard) res.l1 += static_cast<double>(row_sparsity_[at(r)]);
             if (arch == sae_architecture::jumprelu) res.l0 += static_cast<double>(row_sparsity_[at(r)]);
+            if (pre_act_on_) res.pre_act += static_cast<double>(row_pre_act_[at(r)]);
         }
         const double dn = static_cast<double>(n);
         res.mse /= dn;
         res.aux *= static_cast<double>(c_aux) / dn;
         res.l1 *= c.l1 / dn;
         res.l0 *= c.l0 / dn;
+        res.pre_act *= c.pre_act / dn;
         res.l0_norm /= dn;
-        res.total = res.mse + res.l1 + res.l0 + res.aux;
+        res.total = res.mse + res.l1 + res.l0 + res.aux + res.pre_act;
         for (const detail::sae_entry<T>& e : entries_)
             if (e.kept) {
                 const T a = rescale ? e.decoded * norms_[static_cast<std::size_t>(e.col)] : e.decoded;
@@ -21773,6 +21847,7 @@ private:
         row_aux_.resize(rows);
         row_sparsity_.resize(rows);
         row_fired_.resize(rows);
+        row_pre_act_.resize(rows);
     }
 
     /// The k candidates with the largest score (ties to the lower latent), in latent order, into `out`:
@@ -21923,7 +21998,8 @@ private:
                 for (std::int32_t j = 0; j < d_sae; ++j) {
                     const T p = pre[j], t = threshold_[static_cast<std::size_t>(j)];
                     const bool on = p > T(0) && p > t;
-                    if (on || detail::sae_rectangle((p - t) / bw) != T(0)) {
+                    const bool pre_act = pre_act_on_ && dead_mask_[j] != 0 && t - p > T(0);
+                    if (on || pre_act || detail::sae_rectangle((p - t) / bw) != T(0)) {
                         detail::sae_entry<T>& e = add(j);
                         e.kept = on;
                         e.decoded = on ? p : T(0);
@@ -21993,6 +22069,11 @@ private:
     std::vector<T> threshold_;     // (d_sae)
     std::vector<unsigned char> fired_;  // (d_sae)
     std::vector<T> row_mse_, row_aux_, row_sparsity_, row_fired_;  // (n) each
+    std::vector<T> row_pre_act_;   // (n) jumprelu's pre-activation term of each row
+    std::vector<T> scaled_in_;     // (n, d_in) constant_norm_rescale: x * s
+    std::vector<T> row_weight_;    // (n) constant_norm_rescale: 1 / s^2
+    const unsigned char* dead_mask_ = nullptr;  // (d_sae) the dead mask of the current step, or null
+    bool pre_act_on_ = false;      // the current step has a pre-activation loss
     std::vector<std::int32_t> dead_list_;
     std::vector<std::vector<detail::sae_entry<T>>> thread_entries_;
     std::vector<std::vector<std::int32_t>> thread_order_;
@@ -22028,10 +22109,18 @@ struct sae_trainer_options {
     std::int64_t lr_warm_up_steps = 0;  ///< Linear warm-up from lr / W to lr over the first W steps.
     std::int64_t lr_decay_steps = 0;    ///< Linear decay from lr to 0 over the last D steps.
     double l1_coefficient = 1.0;        ///< standard: L1 coefficient.
-    double l0_coefficient = 1.0;        ///< jumprelu: L0 coefficient.
+    double l0_coefficient = 1.0;        ///< jumprelu: L0 (or tanh) coefficient.
     std::int64_t coefficient_warm_up_steps = 0;  ///< The L1 or L0 coefficient grows linearly from 0 over these steps.
     double jumprelu_bandwidth = 0.05;            ///< jumprelu: straight-through estimator width.
     double jumprelu_init_threshold = 0.01;       ///< jumprelu: initial threshold of every latent.
+    jumprelu_sparsity jumprelu_sparsity_mode = jumprelu_sparsity::step;  ///< jumprelu: the L0 (step) or tanh penalty.
+    double jumprelu_tanh_scale = 4.0;            ///< jumprelu tanh penalty: the scale inside tanh.
+    /// jumprelu: weight of the pre-activation loss on dead latents (0: off, SAELens's None); not warmed up, as in
+    /// SAELens (only the L0 coefficient has a warm-up).
+    double pre_act_loss_coefficient = 0;
+    /// expected_average_only_in: batches whose mean row norms are averaged for the factor (SAELens: 1000). They
+    /// are read from the start of the source, which is then rewound (SAELens trains on the batches after them).
+    std::int64_t n_batches_for_norm_estimate = 1000;
     double aux_loss_coefficient = 1.0;           ///< topk, batchtopk: weight of the auxiliary loss.
     std::int64_t dead_feature_window = 1000;     ///< Steps without firing after which a latent is dead.
     double topk_threshold_lr = 0.01;             ///< batchtopk: rate of the running threshold estimate.
@@ -22198,6 +22287,9 @@ public:
         if (!(o_.decoder_init_norm > 0)) fail("decoder_init_norm must be positive");
         if (!(o_.jumprelu_init_threshold > 0)) fail("jumprelu_init_threshold must be positive");
         if (!(o_.max_grad_norm > 0)) fail("max_grad_norm must be positive");
+        if (!(o_.jumprelu_tanh_scale > 0)) fail("jumprelu_tanh_scale must be positive");
+        if (!(o_.pre_act_loss_coefficient >= 0)) fail("pre_act_loss_coefficient must be >= 0");
+        if (o_.n_batches_for_norm_estimate < 1) fail("n_batches_for_norm_estimate must be at least 1");
         steps_total_ = o_.tokens_total / o_.batch_size;
         if (o_.lr_warm_up_steps + o_.lr_decay_steps > steps_total_)
             fail("lr_warm_up_steps + lr_decay_steps exceed the " + std::to_string(steps_total_) + " steps");
@@ -22218,6 +22310,8 @@ public:
     [[nodiscard]] double topk_threshold() const noexcept { return topk_threshold_; }
     /// The flat parameter buffer (sae_parameter_layout), e.g. to compare runs bit for bit.
     [[nodiscard]] const std::vector<float>& parameters() const noexcept { return params_; }
+    /// expected_average_only_in's factor, sqrt(d_in) / mean ||x|| (1 until estimated, and for other modes).
+    [[nodiscard]] float scaling_factor() const noexcept { return scaling_factor_; }
     /// (d_sae) 1 for latents currently counted dead.
     [[nodiscard]] const std::vector<unsigned char>& dead() const noexcept { return dead_; }
 
@@ -22234,6 +22328,10 @@ public:
             throw std::invalid_argument("sae_trainer: a transcoder (paired source) needs apply_b_dec_to_input off");
         if (o_.skip && !source.paired())
             throw std::invalid_argument("sae_trainer: a skip connection needs a paired (transcoder) source");
+        if (source.paired() && o_.sae.normalize_activations == sae_normalization::constant_norm_rescale)
+            throw std::invalid_argument("sae_trainer: constant_norm_rescale is for SAEs: mechlens's transcoders read "
+                                        "their input unscaled");
+        step_.transcoder = source.paired();
         const auto batch = o_.batch_size;
         if (step_index_ == 0 && !data_initialized_) initialize_from_data(source);
         // Seek only when the source may stand elsewhere (seeking a harvest re-reads it from the start).
@@ -22253,8 +22351,11 @@ public:
             const double warm = o_.coefficient_warm_up_steps > 0 && step_index_ < o_.coefficient_warm_up_steps
                                     ? static_cast<double>(step_index_) / static_cast<double>(o_.coefficient_warm_up_steps)
                                     : 1.0;
-            const sae_step_coefficients c{o_.l1_coefficient * warm, o_.l0_coefficient * warm, o_.jumprelu_bandwidth,
-                                          o_.aux_loss_coefficient};
+            sae_step_coefficients c{o_.l1_coefficient * warm, o_.l0_coefficient * warm, o_.jumprelu_bandwidth,
+                                    o_.aux_loss_coefficient};
+            c.sparsity = o_.jumprelu_sparsity_mode;
+            c.tanh_scale = o_.jumprelu_tanh_scale;
+            c.pre_act = o_.pre_act_loss_coefficient;
             const sae_step_result r = step_.compute(params_, grads_, x_.data(), y, batch, c, dead_);
             clip_grad_norm(grads_, o_.max_grad_norm);
             const double lr = sae_learning_rate(o_, step_index_, steps_total_);
@@ -22294,14 +22395,17 @@ public:
     /// factor or converting batchtopk.
     [[nodiscard]] transcoder_weights weights() const { return unpack_sae_parameters<float>(params_, layout_); }
 
-    /// The SAE as SAELens saves it for inference: the scaling factor folded in, batchtopk as jumprelu.
+    /// The SAE as SAELens saves it for inference: the scaling factor folded in (normalize_activations none),
+    /// batchtopk as jumprelu; cfg.json also records the training settings under SAELens's training names.
     [[nodiscard]] saelens_sae saelens() const {
         saelens_sae s;
         s.weights = weights().sae;
         s.options = o_.sae;
         s.options.error_term = true;
         s.metadata = o_.metadata;
-        if (scaling_factor_ != 1.0f) fold_activation_scaling_factor(s, scaling_factor_);
+        s.training_config = training_config();
+        if (o_.sae.normalize_activations == sae_normalization::expected_average_only_in || scaling_factor_ != 1.0f)
+            fold_activation_scaling_factor(s, scaling_factor_);
         if (o_.sae.architecture == sae_architecture::batchtopk)
             s = batchtopk_as_jumprelu(std::move(s), static_cast<float>(topk_threshold_));
         return s;
@@ -22324,6 +22428,7 @@ public:
         meta["skip"] = o_.skip ? "true" : "false";
         meta["topk_threshold"] = exact(topk_threshold_);
         meta["scaling_factor"] = exact(static_cast<double>(scaling_factor_));
+        meta["normalize_activations"] = std::string(to_string(o_.sae.normalize_activations));
         write_safetensors(dir / "trainer_state.safetensors",
                           {{"parameters", {layout_.size}, params_.data()},
                            {"adam_m", {layout_.size}, adam_.m().data()},
@@ -22355,6 +22460,8 @@ public:
         same("d_sae", std::to_string(layout_.d_sae));
         same("batch_size", std::to_string(o_.batch_size));
         same("skip", o_.skip ? "true" : "false");
+        if (f.metadata.count("normalize_activations") != 0)  // (absent from older checkpoints)
+            same("normalize_activations", std::string(to_string(o_.sae.normalize_activations)));
         auto tensor = [&](const std::string& name, index_t size) -> const std::vector<float>& {
             for (const safetensors_tensor& t : f.tensors)
                 if (t.name == name) {
@@ -22391,6 +22498,35 @@ private:
         a.beta2 = static_cast<float>(o.adam_beta2);
         a.weight_decay = 0.0f;  // SAELens uses torch.optim.Adam
         return a;
+    }
+
+    /// The training settings SAELens's training configuration of this architecture holds (name, JSON text).
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> training_config() const {
+        std::vector<std::pair<std::string, std::string>> c;
+        const std::string warm_up = std::to_string(o_.coefficient_warm_up_steps);
+        switch (o_.sae.architecture) {
+            case sae_architecture::standard:
+                c.emplace_back("l1_coefficient", exact(o_.l1_coefficient));
+                c.emplace_back("l1_warm_up_steps", warm_up);
+                break;
+            case sae_architecture::jumprelu:
+                c.emplace_back("l0_coefficient", exact(o_.l0_coefficient));
+                c.emplace_back("l0_warm_up_steps", warm_up);
+                c.emplace_back("jumprelu_bandwidth", exact(o_.jumprelu_bandwidth));
+                c.emplace_back("jumprelu_init_threshold", exact(o_.jumprelu_init_threshold));
+                c.emplace_back("jumprelu_sparsity_loss_mode",
+                               o_.jumprelu_sparsity_mode == jumprelu_sparsity::tanh ? "\"tanh\"" : "\"step\"");
+                c.emplace_back("jumprelu_tanh_scale", exact(o_.jumprelu_tanh_scale));
+                c.emplace_back("pre_act_loss_coefficient",
+                               o_.pre_act_loss_coefficient > 0 ? exact(o_.pre_act_loss_coefficient) : "null");
+                break;
+            case sae_architecture::topk:
+            case sae_architecture::batchtopk:
+                c.emplace_back("aux_loss_coefficient", exact(o_.aux_loss_coefficient));
+                break;
+        }
+        c.emplace_back("decoder_init_norm", exact(o_.decoder_init_norm));
+        return c;
     }
 
     static std::string exact(double v) {
@@ -22434,7 +22570,21 @@ private:
         // A transcoder's skip starts at zero: the latents learn first what the skip does not carry.
     }
 
-    /// expected_average_only_in's factor and b_dec's initial value from the first batch; the source is rewound.
+    /// The mean row norm of x (rows, d) in double, summed in row order.
+    static double mean_row_norm(const std::vector<float>& x, index_t rows, index_t d) {
+        double mean = 0;
+        for (index_t r = 0; r < rows; ++r) {
+            double s = 0;
+            for (index_t i = 0; i < d; ++i)
+                s += static_cast<double>(x[static_cast<std::size_t>(r * d + i)]) *
+                     static_cast<double>(x[static_cast<std::size_t>(r * d + i)]);
+            mean += std::sqrt(s);
+        }
+        return mean / static_cast<double>(rows);
+    }
+
+    /// expected_average_only_in's factor (over n_batches_for_norm_estimate batches from the start) and b_dec's
+    /// initial value (from the first batch); the source is rewound.
     void initialize_from_data(sae_batch_source& source) {
         data_initialized_ = true;
         const bool scale = o_.sae.normalize_activations == sae_normalization::expected_average_only_in;
@@ -22444,15 +22594,14 @@ private:
         last_source_ = nullptr;  // the first step seeks back to row 0
         const index_t n = o_.batch_size, d = layout_.d_in;
         if (scale) {
-            // SAELens: sqrt(d_in) / mean ||x|| (it averages over more batches; one batch is our estimate).
-            double mean = 0;
-            for (index_t r = 0; r < n; ++r) {
-                double s = 0;
-                for (index_t i = 0; i < d; ++i) s += static_cast<double>(x_[static_cast<std::size_t>(r * d + i)]) *
-                                                     static_cast<double>(x_[static_cast<std::size_t>(r * d + i)]);
-                mean += std::sqrt(s);
+            // SAELens: sqrt(d_in) / (the mean over batches of each batch's mean ||x||).
+            double sum = mean_row_norm(x_, n, d);
+            std::vector<float> more_x, more_y;  // (n, d) the later batches
+            for (std::int64_t b = 1; b < o_.n_batches_for_norm_estimate; ++b) {
+                source.next(more_x, more_y, n);
+                sum += mean_row_norm(more_x, n, d);
             }
-            mean /= static_cast<double>(n);
+            const double mean = sum / static_cast<double>(o_.n_batches_for_norm_estimate);
             if (mean > 0) scaling_factor_ = static_cast<float>(std::sqrt(static_cast<double>(d)) / mean);
         }
         const std::vector<float>& rows = source.paired() ? y_ : x_;

@@ -214,6 +214,15 @@ CASES = {
     "batchtopk": dict(architecture="batchtopk", apply_b_dec_to_input=True, normalize_activations="none", k=2.4,
                       rescale_acts_by_decoder_norm=True, aux_loss_coefficient=0.7,
                       dead=[0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1]),
+    # constant_norm_rescale with the terms on dead latents: the auxiliary decoding is divided by the row's scale
+    # like the main one (SAELens's decode), and the pre-activation loss reads the scaled input's pre-activations.
+    "topk_norm": dict(architecture="topk", apply_b_dec_to_input=True, normalize_activations="constant_norm_rescale",
+                      k=3, rescale_acts_by_decoder_norm=True, aux_loss_coefficient=0.8,
+                      dead=[0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0]),
+    "jumprelu_tanh_norm": dict(architecture="jumprelu", apply_b_dec_to_input=True,
+                               normalize_activations="constant_norm_rescale", bandwidth=0.4, sparsity="tanh",
+                               l0_coefficient=0.3, tanh_scale=2.5, pre_act_loss_coefficient=0.4,
+                               dead=[0, 1, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0]),
 }
 
 

@@ -18,8 +18,9 @@ using mechlens::index_t;
 
 namespace {
 
-const char* const fixture_names[] = {"standard",      "standard_norm", "topk",     "topk_rescale",
-                                     "jumprelu_step", "jumprelu_tanh", "batchtopk"};
+const char* const fixture_names[] = {"standard",      "standard_norm", "topk",      "topk_rescale",
+                                     "jumprelu_step", "jumprelu_tanh", "batchtopk", "topk_norm",
+                                     "jumprelu_tanh_norm"};
 
 std::vector<double> numbers(const mechlens::json_value& v) {
     std::vector<double> out;

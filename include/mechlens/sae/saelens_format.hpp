@@ -40,6 +40,9 @@ struct saelens_sae {
     sae_weights weights;        ///< The parameters (d_in and d_sae from cfg.json).
     sae_options options;        ///< Architecture and options (error_term is not stored: true on reading).
     saelens_metadata metadata;  ///< hook_name and friends.
+    /// Training settings written into cfg.json as SAELens's training configuration names them (name, JSON text,
+    /// e.g. {"jumprelu_sparsity_loss_mode", "\"tanh\""}); SAELens and the reader ignore them on loading.
+    std::vector<std::pair<std::string, std::string>> training_config = {};
 };
 
 /// The configuration in a parsed `cfg.json` (weights left empty, d_in and d_sae set); throws format_error naming
@@ -212,6 +215,12 @@ inline std::string saelens_config_text(const saelens_sae& sae) {
     if (o.architecture == sae_architecture::topk || o.architecture == sae_architecture::batchtopk) {
         text += ", \"rescale_acts_by_decoder_norm\": ";
         text += o.rescale_acts_by_decoder_norm ? "true" : "false";
+    }
+    for (const auto& [name, value] : sae.training_config) {
+        text += ", ";
+        text += detail::json_quote(name);
+        text += ": ";
+        text += value;
     }
     text += ", \"metadata\": {\"sae_lens_version\": \"6.0.0\", \"sae_lens_training_version\": \"6.0.0\", "
             "\"written_by\": \"mechlens\", \"hook_name\": ";

@@ -4,7 +4,10 @@
 /// `sae_lens/training/sae_trainer.py`, `sae_lens/config.py`): Adam (betas 0.9, 0.999, no weight decay), gradients
 /// clipped to global norm 1, a learning rate with linear warm-up and a linear decay to 0 over the last steps, the
 /// sparsity coefficient warmed up linearly from 0, latents counted dead after dead_feature_window steps without
-/// firing (they feed topk's and batchtopk's auxiliary loss), batchtopk's running threshold. The step itself is
+/// firing (they feed topk's and batchtopk's auxiliary loss and jumprelu's pre-activation loss), batchtopk's
+/// running threshold, jumprelu's step or tanh penalty, normalize_activations none, expected_average_only_in (the
+/// factor sqrt(d_in) / mean ||x|| over n_batches_for_norm_estimate batches, folded into the saved weights) and
+/// constant_norm_rescale (SAEs; mechlens's transcoders read their input unscaled). The step itself is
 /// sae_training_step (sae/training_step.hpp). Deterministic: the same options, seed and data give the same weights
 /// bit for bit, whatever the thread count. Checkpoints are SAELens folders plus the trainer's state, and resuming
 /// from one continues exactly as the uninterrupted run.
@@ -52,10 +55,18 @@ struct sae_trainer_options {
     std::int64_t lr_warm_up_steps = 0;  ///< Linear warm-up from lr / W to lr over the first W steps.
     std::int64_t lr_decay_steps = 0;    ///< Linear decay from lr to 0 over the last D steps.
     double l1_coefficient = 1.0;        ///< standard: L1 coefficient.
-    double l0_coefficient = 1.0;        ///< jumprelu: L0 coefficient.
+    double l0_coefficient = 1.0;        ///< jumprelu: L0 (or tanh) coefficient.
     std::int64_t coefficient_warm_up_steps = 0;  ///< The L1 or L0 coefficient grows linearly from 0 over these steps.
     double jumprelu_bandwidth = 0.05;            ///< jumprelu: straight-through estimator width.
     double jumprelu_init_threshold = 0.01;       ///< jumprelu: initial threshold of every latent.
+    jumprelu_sparsity jumprelu_sparsity_mode = jumprelu_sparsity::step;  ///< jumprelu: the L0 (step) or tanh penalty.
+    double jumprelu_tanh_scale = 4.0;            ///< jumprelu tanh penalty: the scale inside tanh.
+    /// jumprelu: weight of the pre-activation loss on dead latents (0: off, SAELens's None); not warmed up, as in
+    /// SAELens (only the L0 coefficient has a warm-up).
+    double pre_act_loss_coefficient = 0;
+    /// expected_average_only_in: batches whose mean row norms are averaged for the factor (SAELens: 1000). They
+    /// are read from the start of the source, which is then rewound (SAELens trains on the batches after them).
+    std::int64_t n_batches_for_norm_estimate = 1000;
     double aux_loss_coefficient = 1.0;           ///< topk, batchtopk: weight of the auxiliary loss.
     std::int64_t dead_feature_window = 1000;     ///< Steps without firing after which a latent is dead.
     double topk_threshold_lr = 0.01;             ///< batchtopk: rate of the running threshold estimate.
@@ -222,6 +233,9 @@ public:
         if (!(o_.decoder_init_norm > 0)) fail("decoder_init_norm must be positive");
         if (!(o_.jumprelu_init_threshold > 0)) fail("jumprelu_init_threshold must be positive");
         if (!(o_.max_grad_norm > 0)) fail("max_grad_norm must be positive");
+        if (!(o_.jumprelu_tanh_scale > 0)) fail("jumprelu_tanh_scale must be positive");
+        if (!(o_.pre_act_loss_coefficient >= 0)) fail("pre_act_loss_coefficient must be >= 0");
+        if (o_.n_batches_for_norm_estimate < 1) fail("n_batches_for_norm_estimate must be at least 1");
         steps_total_ = o_.tokens_total / o_.batch_size;
         if (o_.lr_warm_up_steps + o_.lr_decay_steps > steps_total_)
             fail("lr_warm_up_steps + lr_decay_steps exceed the " + std::to_string(steps_total_) + " steps");
@@ -242,6 +256,8 @@ public:
     [[nodiscard]] double topk_threshold() const noexcept { return topk_threshold_; }
     /// The flat parameter buffer (sae_parameter_layout), e.g. to compare runs bit for bit.
     [[nodiscard]] const std::vector<float>& parameters() const noexcept { return params_; }
+    /// expected_average_only_in's factor, sqrt(d_in) / mean ||x|| (1 until estimated, and for other modes).
+    [[nodiscard]] float scaling_factor() const noexcept { return scaling_factor_; }
     /// (d_sae) 1 for latents currently counted dead.
     [[nodiscard]] const std::vector<unsigned char>& dead() const noexcept { return dead_; }
 
@@ -258,6 +274,10 @@ public:
             throw std::invalid_argument("sae_trainer: a transcoder (paired source) needs apply_b_dec_to_input off");
         if (o_.skip && !source.paired())
             throw std::invalid_argument("sae_trainer: a skip connection needs a paired (transcoder) source");
+        if (source.paired() && o_.sae.normalize_activations == sae_normalization::constant_norm_rescale)
+            throw std::invalid_argument("sae_trainer: constant_norm_rescale is for SAEs: mechlens's transcoders read "
+                                        "their input unscaled");
+        step_.transcoder = source.paired();
         const auto batch = o_.batch_size;
         if (step_index_ == 0 && !data_initialized_) initialize_from_data(source);
         // Seek only when the source may stand elsewhere (seeking a harvest re-reads it from the start).
@@ -277,8 +297,11 @@ public:
             const double warm = o_.coefficient_warm_up_steps > 0 && step_index_ < o_.coefficient_warm_up_steps
                                     ? static_cast<double>(step_index_) / static_cast<double>(o_.coefficient_warm_up_steps)
                                     : 1.0;
-            const sae_step_coefficients c{o_.l1_coefficient * warm, o_.l0_coefficient * warm, o_.jumprelu_bandwidth,
-                                          o_.aux_loss_coefficient};
+            sae_step_coefficients c{o_.l1_coefficient * warm, o_.l0_coefficient * warm, o_.jumprelu_bandwidth,
+                                    o_.aux_loss_coefficient};
+            c.sparsity = o_.jumprelu_sparsity_mode;
+            c.tanh_scale = o_.jumprelu_tanh_scale;
+            c.pre_act = o_.pre_act_loss_coefficient;
             const sae_step_result r = step_.compute(params_, grads_, x_.data(), y, batch, c, dead_);
             clip_grad_norm(grads_, o_.max_grad_norm);
             const double lr = sae_learning_rate(o_, step_index_, steps_total_);
@@ -318,14 +341,17 @@ public:
     /// factor or converting batchtopk.
     [[nodiscard]] transcoder_weights weights() const { return unpack_sae_parameters<float>(params_, layout_); }
 
-    /// The SAE as SAELens saves it for inference: the scaling factor folded in, batchtopk as jumprelu.
+    /// The SAE as SAELens saves it for inference: the scaling factor folded in (normalize_activations none),
+    /// batchtopk as jumprelu; cfg.json also records the training settings under SAELens's training names.
     [[nodiscard]] saelens_sae saelens() const {
         saelens_sae s;
         s.weights = weights().sae;
         s.options = o_.sae;
         s.options.error_term = true;
         s.metadata = o_.metadata;
-        if (scaling_factor_ != 1.0f) fold_activation_scaling_factor(s, scaling_factor_);
+        s.training_config = training_config();
+        if (o_.sae.normalize_activations == sae_normalization::expected_average_only_in || scaling_factor_ != 1.0f)
+            fold_activation_scaling_factor(s, scaling_factor_);
         if (o_.sae.architecture == sae_architecture::batchtopk)
             s = batchtopk_as_jumprelu(std::move(s), static_cast<float>(topk_threshold_));
         return s;
@@ -348,6 +374,7 @@ public:
         meta["skip"] = o_.skip ? "true" : "false";
         meta["topk_threshold"] = exact(topk_threshold_);
         meta["scaling_factor"] = exact(static_cast<double>(scaling_factor_));
+        meta["normalize_activations"] = std::string(to_string(o_.sae.normalize_activations));
         write_safetensors(dir / "trainer_state.safetensors",
                           {{"parameters", {layout_.size}, params_.data()},
                            {"adam_m", {layout_.size}, adam_.m().data()},
@@ -379,6 +406,8 @@ public:
         same("d_sae", std::to_string(layout_.d_sae));
         same("batch_size", std::to_string(o_.batch_size));
         same("skip", o_.skip ? "true" : "false");
+        if (f.metadata.count("normalize_activations") != 0)  // (absent from older checkpoints)
+            same("normalize_activations", std::string(to_string(o_.sae.normalize_activations)));
         auto tensor = [&](const std::string& name, index_t size) -> const std::vector<float>& {
             for (const safetensors_tensor& t : f.tensors)
                 if (t.name == name) {
@@ -415,6 +444,35 @@ private:
         a.beta2 = static_cast<float>(o.adam_beta2);
         a.weight_decay = 0.0f;  // SAELens uses torch.optim.Adam
         return a;
+    }
+
+    /// The training settings SAELens's training configuration of this architecture holds (name, JSON text).
+    [[nodiscard]] std::vector<std::pair<std::string, std::string>> training_config() const {
+        std::vector<std::pair<std::string, std::string>> c;
+        const std::string warm_up = std::to_string(o_.coefficient_warm_up_steps);
+        switch (o_.sae.architecture) {
+            case sae_architecture::standard:
+                c.emplace_back("l1_coefficient", exact(o_.l1_coefficient));
+                c.emplace_back("l1_warm_up_steps", warm_up);
+                break;
+            case sae_architecture::jumprelu:
+                c.emplace_back("l0_coefficient", exact(o_.l0_coefficient));
+                c.emplace_back("l0_warm_up_steps", warm_up);
+                c.emplace_back("jumprelu_bandwidth", exact(o_.jumprelu_bandwidth));
+                c.emplace_back("jumprelu_init_threshold", exact(o_.jumprelu_init_threshold));
+                c.emplace_back("jumprelu_sparsity_loss_mode",
+                               o_.jumprelu_sparsity_mode == jumprelu_sparsity::tanh ? "\"tanh\"" : "\"step\"");
+                c.emplace_back("jumprelu_tanh_scale", exact(o_.jumprelu_tanh_scale));
+                c.emplace_back("pre_act_loss_coefficient",
+                               o_.pre_act_loss_coefficient > 0 ? exact(o_.pre_act_loss_coefficient) : "null");
+                break;
+            case sae_architecture::topk:
+            case sae_architecture::batchtopk:
+                c.emplace_back("aux_loss_coefficient", exact(o_.aux_loss_coefficient));
+                break;
+        }
+        c.emplace_back("decoder_init_norm", exact(o_.decoder_init_norm));
+        return c;
     }
 
     static std::string exact(double v) {
@@ -458,7 +516,21 @@ private:
         // A transcoder's skip starts at zero: the latents learn first what the skip does not carry.
     }
 
-    /// expected_average_only_in's factor and b_dec's initial value from the first batch; the source is rewound.
+    /// The mean row norm of x (rows, d) in double, summed in row order.
+    static double mean_row_norm(const std::vector<float>& x, index_t rows, index_t d) {
+        double mean = 0;
+        for (index_t r = 0; r < rows; ++r) {
+            double s = 0;
+            for (index_t i = 0; i < d; ++i)
+                s += static_cast<double>(x[static_cast<std::size_t>(r * d + i)]) *
+                     static_cast<double>(x[static_cast<std::size_t>(r * d + i)]);
+            mean += std::sqrt(s);
+        }
+        return mean / static_cast<double>(rows);
+    }
+
+    /// expected_average_only_in's factor (over n_batches_for_norm_estimate batches from the start) and b_dec's
+    /// initial value (from the first batch); the source is rewound.
     void initialize_from_data(sae_batch_source& source) {
         data_initialized_ = true;
         const bool scale = o_.sae.normalize_activations == sae_normalization::expected_average_only_in;
@@ -468,15 +540,14 @@ private:
         last_source_ = nullptr;  // the first step seeks back to row 0
         const index_t n = o_.batch_size, d = layout_.d_in;
         if (scale) {
-            // SAELens: sqrt(d_in) / mean ||x|| (it averages over more batches; one batch is our estimate).
-            double mean = 0;
-            for (index_t r = 0; r < n; ++r) {
-                double s = 0;
-                for (index_t i = 0; i < d; ++i) s += static_cast<double>(x_[static_cast<std::size_t>(r * d + i)]) *
-                                                     static_cast<double>(x_[static_cast<std::size_t>(r * d + i)]);
-                mean += std::sqrt(s);
+            // SAELens: sqrt(d_in) / (the mean over batches of each batch's mean ||x||).
+            double sum = mean_row_norm(x_, n, d);
+            std::vector<float> more_x, more_y;  // (n, d) the later batches
+            for (std::int64_t b = 1; b < o_.n_batches_for_norm_estimate; ++b) {
+                source.next(more_x, more_y, n);
+                sum += mean_row_norm(more_x, n, d);
             }
-            mean /= static_cast<double>(n);
+            const double mean = sum / static_cast<double>(o_.n_batches_for_norm_estimate);
             if (mean > 0) scaling_factor_ = static_cast<float>(std::sqrt(static_cast<double>(d)) / mean);
         }
         const std::vector<float>& rows = source.paired() ? y_ : x_;

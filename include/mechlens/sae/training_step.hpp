@@ -3,7 +3,8 @@
 /// The trainer's fast loss-and-gradient step: the same losses and gradients as sae_loss_and_gradients (the exact
 /// reference, sae/loss.hpp), computed the way a training loop needs them. One dense product (the encoder, with the
 /// batch-invariant GEMM in float); everything after it runs on the sparse latents: each row's kept latents, its
-/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window. Row work runs
+/// auxiliary (dead) latents and, for jumprelu, the latents inside the threshold's estimator window and (with the
+/// pre-activation loss) the dead latents below their thresholds. Row work runs
 /// in parallel over rows, parameter gradients in parallel over latents (each latent's rows summed in row order),
 /// so the results do not depend on the thread count. No allocation once the buffers have grown to the batch.
 ///
@@ -11,8 +12,14 @@
 /// clipping are element-wise or global, so layout does not change them): W_enc transposed, log(threshold) in
 /// place of threshold, W_skip transposed. A transcoder (target y differs from input x, optional skip) is the same
 /// step with y and the skip.
-/// Supported: the four architectures with normalize_activations none (expected_average_only_in scales the data
-/// outside); jumprelu with the step penalty and without the pre-activation loss.
+/// Supported: the four architectures with normalize_activations none, expected_average_only_in (the trainer scales
+/// the data outside) and constant_norm_rescale; jumprelu with the step or tanh penalty and the pre-activation loss.
+/// constant_norm_rescale (SAELens 6): each row is scaled by s = sqrt(d_in) / ||x|| before encoding and an SAE's
+/// output divided by s, the MSE taken against the raw row; the step works in the scaled space, where that is the
+/// MSE against s x weighted per row by 1 / s^2 (the auxiliary loss likewise; sparsity terms are on the latents of
+/// the scaled row). A transcoder (SAELens's Transcoder) scales only its encoder's input: the decoder writes the
+/// target's space unscaled, the skip reads the raw input. A standard SAE under constant_norm_rescale always takes
+/// the sparse path.
 
 #include <algorithm>
 #include <cmath>
@@ -146,6 +153,9 @@ struct sae_step_coefficients {
     double l0 = 0;            ///< jumprelu: L0 (step) coefficient.
     double bandwidth = 0.05;  ///< jumprelu: the straight-through estimator's width.
     double aux = 1;           ///< topk, batchtopk: auxiliary loss coefficient.
+    jumprelu_sparsity sparsity = jumprelu_sparsity::step;  ///< jumprelu: the L0 (step) or tanh penalty.
+    double tanh_scale = 4.0;  ///< jumprelu tanh penalty: the scale inside tanh.
+    double pre_act = 0;       ///< jumprelu: pre-activation loss coefficient on dead latents (0: off).
 };
 
 /// What one step measured (means over the batch's rows).
@@ -154,6 +164,7 @@ struct sae_step_result {
     double l1 = 0;       ///< standard: the weighted L1 term.
     double l0 = 0;       ///< jumprelu: the weighted L0 term.
     double aux = 0;      ///< topk, batchtopk: the auxiliary term.
+    double pre_act = 0;  ///< jumprelu: the weighted pre-activation term.
     double total = 0;    ///< The sum of the terms.
     double l0_norm = 0;  ///< Mean number of non-zero latents per row (the L0 "norm" SAELens logs).
     /// Smallest positive latent activation of the batch (what batchtopk's threshold estimate follows), +inf if none.
@@ -214,11 +225,9 @@ struct sae_entry {
 template <class T>
 class sae_training_step {
 public:
-    /// A step for `options`' architecture over parameters of `layout`; throws std::invalid_argument for what the
-    /// fast step does not support (constant_norm_rescale; see the file comment).
+    /// A step for `options`' architecture over parameters of `layout`; throws std::invalid_argument for a layout
+    /// that does not fit the architecture or a k out of range.
     sae_training_step(const sae_parameter_layout& layout, const sae_options& options) : l_(layout), o_(options) {
-        if (o_.normalize_activations == sae_normalization::constant_norm_rescale)
-            throw std::invalid_argument("sae_training_step: constant_norm_rescale is not supported by the trainer");
         if ((o_.architecture == sae_architecture::jumprelu) != l_.threshold)
             throw std::invalid_argument("sae_training_step: jumprelu needs the threshold in the layout, others not");
         if ((o_.architecture == sae_architecture::topk || o_.architecture == sae_architecture::batchtopk) &&
@@ -230,6 +239,11 @@ public:
     /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it. The two paths
     /// differ only in rounding; the choice depends on the data alone, never on the thread count.
     double dense_fraction = 0.3;  // measured: dense wins at 35-45 % firing (d_in 64), loses at 28 % (d_in 512)
+
+    /// The step trains a transcoder: under constant_norm_rescale only the encoder's input is scaled, the output
+    /// is compared unscaled with y (SAELens's Transcoder.decode does not undo the scale). Without normalization
+    /// this changes nothing.
+    bool transcoder = false;
 
     /// The layout of the parameter buffers.
     [[nodiscard]] const sae_parameter_layout& layout() const noexcept { return l_; }
@@ -249,6 +263,25 @@ public:
             throw std::invalid_argument("sae_training_step: the dead mask needs d_sae entries");
         resize(n);
         const auto at = [](index_t i) { return static_cast<std::size_t>(i); };
+        // constant_norm_rescale: the encoder reads x s (n, d_in); an SAE's target is x s with row weight 1 / s^2.
+        const bool normalized = o_.normalize_activations == sae_normalization::constant_norm_rescale;
+        const bool weighted = normalized && !transcoder;
+        const T* encoder_in = x;  // (n, d_in)
+        const T* target = y;      // (n, d_in)
+        if (normalized) {
+            scaled_in_.resize(static_cast<std::size_t>(n * d_in));
+            row_weight_.resize(static_cast<std::size_t>(n));
+            const T root_d = std::sqrt(static_cast<T>(d_in));
+            for (index_t r = 0; r < n; ++r) {
+                T sum = 0;
+                for (index_t i = 0; i < d_in; ++i) sum += x[r * d_in + i] * x[r * d_in + i];
+                const T s = root_d / std::sqrt(sum);
+                for (index_t i = 0; i < d_in; ++i) scaled_in_[at(r * d_in + i)] = x[r * d_in + i] * s;
+                row_weight_[at(r)] = T(1) / (s * s);
+            }
+            encoder_in = scaled_in_.data();
+            if (!transcoder) target = scaled_in_.data();
+        }
         const T* w_enc_t = params.data() + l_.w_enc_t;  // (d_sae, d_in)
         const T* w_dec = params.data() + l_.w_dec;      // (d_sae, d_in)
         const T* b_enc = params.data() + l_.b_enc;      // (d_sae)
@@ -274,7 +307,7 @@ public:
         MECHLENS_SAE_PARALLEL_FOR
         for (index_t r = 0; r < n; ++r)
             for (index_t i = 0; i < d_in; ++i)
-                sae_in_[at(r * d_in + i)] = sub ? x[r * d_in + i] - b_dec[i] : x[r * d_in + i];
+                sae_in_[at(r * d_in + i)] = sub ? encoder_in[r * d_in + i] - b_dec[i] : encoder_in[r * d_in + i];
         detail::sae_gemm_xwt(sae_in_.data(), n, w_enc_t, d_sae, d_in, pre_.data());
 
         // Batchtopk: the value a latent must reach, the int(k n)-th largest ReLU'd score of the batch.
@@ -325,11 +358,14 @@ public:
                 if (dead[at(j)] != 0) dead_list_.push_back(static_cast<std::int32_t>(j));
         }
         const T bw = static_cast<T>(c.bandwidth);
+        // jumprelu's pre-activation loss: every dead latent below its threshold, in every row.
+        dead_mask_ = dead.empty() ? nullptr : dead.data();
+        pre_act_on_ = arch == sae_architecture::jumprelu && c.pre_act != 0 && dead_count > 0;
 
         // A standard SAE with many latents firing (early training) runs the decoder and every gradient as dense
         // products: the sparse path's per-latent work only pays while few latents fire.
         bool dense = false;
-        if (arch == sae_architecture::standard) {
+        if (arch == sae_architecture::standard && !normalized) {
             std::size_t positive = 0;
             for (std::size_t f = 0; f < at(n * d_sae); ++f) positive += pre_[f] > T(0) ? 1u : 0u;
             dense = static_cast<double>(positive) > dense_fraction * static_cast<double>(n * d_sae);
@@ -389,6 +425,8 @@ public:
         const bool has_aux = k_aux > 0;
         const T c_l1 = static_cast<T>(c.l1), c_l0 = static_cast<T>(c.l0);
         const T c_aux = static_cast<T>(c.aux) * aux_scale;
+        const bool tanh_penalty = c.sparsity == jumprelu_sparsity::tanh;
+        const T tanh_scale = static_cast<T>(c.tanh_scale), c_pre = static_cast<T>(c.pre_act);
         if (dense) {
             dense_standard(params, grads, x, y, n, c_l1);
         } else {
@@ -412,13 +450,15 @@ public:
             MECHLENS_SAE_PARALLEL_FOR
             for (index_t r = 0; r < n; ++r) {
                 const T* o = out_.data() + r * d_in;
-                const T* yr = y + r * d_in;
+                const T* yr = target + r * d_in;
                 T* d = d_out_.data() + r * d_in;
-                T mse = 0, aux = 0, sparsity = 0, fired = 0;
+                T mse = 0, aux = 0, sparsity = 0, fired = 0, pre_act = 0;
+                const T row_weight = weighted ? row_weight_[at(r)] : T(1);
+                const T row_scale = weighted ? inv_n * row_weight : inv_n;  // d(mean) / d(row's sum)
                 for (index_t i = 0; i < d_in; ++i) {
                     const T diff = o[i] - yr[i];
                     mse += diff * diff;
-                    d[i] = T(2) * diff * inv_n;
+                    d[i] = T(2) * diff * row_scale;
                 }
                 if (has_aux) {
                     const T* a = aux_out_.data() + r * d_in;
@@ -426,7 +466,7 @@ public:
                     for (index_t i = 0; i < d_in; ++i) {
                         const T diff = a[i] - (yr[i] - o[i]);
                         aux += diff * diff;
-                        da[i] = c_aux * T(2) * diff * inv_n;
+                        da[i] = c_aux * T(2) * diff * row_scale;
                     }
                 }
                 for (std::size_t e = row_start_[at(r)]; e < row_start_[at(r + 1)]; ++e) {
@@ -442,13 +482,23 @@ public:
                                 dp = detail::sae_dot(d, wrow, d_in) + c_l1 * inv_n * nj;
                             }
                             break;
-                        case sae_architecture::jumprelu:
+                        case sae_architecture::jumprelu: {
                             en.d_acts = detail::sae_dot(d, wrow, d_in);
-                            if (en.kept) {
+                            if (tanh_penalty) {
+                                const T th = en.kept ? std::tanh(tanh_scale * en.decoded * nj) : T(0);
+                                en.d_acts += c_l0 * inv_n * (T(1) - th * th) * tanh_scale * nj;
+                                sparsity += th;
+                            } else if (en.kept) {
                                 sparsity += T(1);
-                                dp = en.d_acts;
+                            }
+                            if (en.kept) dp = en.d_acts;
+                            const T below = threshold_[static_cast<std::size_t>(en.col)] - en.pre;
+                            if (pre_act_on_ && dead_mask_[en.col] != 0 && below > T(0)) {
+                                pre_act += below * nj;
+                                dp -= c_pre * inv_n * nj;
                             }
                             break;
+                        }
                         case sae_architecture::topk:
                         case sae_architecture::batchtopk:
                             if (en.kept) dp = rescale ? (detail::sae_dot(d, wrow, d_in) / nj) * nj : detail::sae_dot(d, wrow, d_in);
@@ -457,10 +507,11 @@ public:
                     }
                     en.d_pre = dp;
                 }
-                row_mse_[at(r)] = mse;
-                row_aux_[at(r)] = aux;
+                row_mse_[at(r)] = weighted ? mse * row_weight : mse;
+                row_aux_[at(r)] = weighted ? aux * row_weight : aux;
                 row_sparsity_[at(r)] = sparsity;
                 row_fired_[at(r)] = fired;
+                row_pre_act_[at(r)] = pre_act;
             }
 
             // Columns: each latent's entries in row order (a counting sort of the entries by latent).
@@ -481,7 +532,7 @@ public:
             for (index_t j = 0; j < d_sae; ++j) {
                 T* gd = g_w_dec + j * d_in;
                 T* ge = g_w_enc_t + j * d_in;
-                T b = 0, acts_sum = 0, gt = 0;
+                T b = 0, acts_sum = 0, gt = 0, d_norm = 0;  // d_norm: jumprelu's d(loss)/d||W_dec row j||
                 const T t = l_.threshold ? threshold_[at(j)] : T(0);
                 bool any = false;
                 for (std::size_t q = col_start_[at(j)]; q < col_start_[at(j + 1)]; ++q) {
@@ -497,8 +548,16 @@ public:
                     }
                     if (l_.threshold) {
                         const T rect = detail::sae_rectangle((en.pre - t) / bw);
-                        gt += -(T(1) / bw) * rect * c_l0 * inv_n;
+                        if (!tanh_penalty) gt += -(T(1) / bw) * rect * c_l0 * inv_n;
                         gt += -(t / bw) * rect * en.d_acts;
+                        if (tanh_penalty && en.kept) {
+                            const T th = std::tanh(tanh_scale * en.decoded * norms_[at(j)]);
+                            d_norm += c_l0 * inv_n * (T(1) - th * th) * tanh_scale * en.decoded;
+                        }
+                        if (pre_act_on_ && dead_mask_[j] != 0 && t - en.pre > T(0)) {
+                            gt += c_pre * inv_n * norms_[at(j)];
+                            d_norm += c_pre * inv_n * (t - en.pre);
+                        }
                     }
                 }
                 g_b_enc[j] = b;
@@ -506,6 +565,7 @@ public:
                     const T dn = c_l1 * inv_n * acts_sum / norms_[at(j)];
                     detail::sae_axpy(gd, dn, w_dec + j * d_in, d_in);
                 }
+                if (d_norm != T(0) && norms_[at(j)] != T(0)) detail::sae_axpy(gd, d_norm / norms_[at(j)], w_dec + j * d_in, d_in);
                 if (l_.threshold) g_log_t[j] = gt * t;
                 fired_[at(j)] = any ? 1 : 0;
             }
@@ -536,14 +596,16 @@ public:
             res.l0_norm += static_cast<double>(row_fired_[at(r)]);
             if (arch == sae_architecture::standard) res.l1 += static_cast<double>(row_sparsity_[at(r)]);
             if (arch == sae_architecture::jumprelu) res.l0 += static_cast<double>(row_sparsity_[at(r)]);
+            if (pre_act_on_) res.pre_act += static_cast<double>(row_pre_act_[at(r)]);
         }
         const double dn = static_cast<double>(n);
         res.mse /= dn;
         res.aux *= static_cast<double>(c_aux) / dn;
         res.l1 *= c.l1 / dn;
         res.l0 *= c.l0 / dn;
+        res.pre_act *= c.pre_act / dn;
         res.l0_norm /= dn;
-        res.total = res.mse + res.l1 + res.l0 + res.aux;
+        res.total = res.mse + res.l1 + res.l0 + res.aux + res.pre_act;
         for (const detail::sae_entry<T>& e : entries_)
             if (e.kept) {
                 const T a = rescale ? e.decoded * norms_[static_cast<std::size_t>(e.col)] : e.decoded;
@@ -605,6 +667,7 @@ private:
         row_aux_.resize(rows);
         row_sparsity_.resize(rows);
         row_fired_.resize(rows);
+        row_pre_act_.resize(rows);
     }
 
     /// The k candidates with the largest score (ties to the lower latent), in latent order, into `out`:
@@ -755,7 +818,8 @@ private:
                 for (std::int32_t j = 0; j < d_sae; ++j) {
                     const T p = pre[j], t = threshold_[static_cast<std::size_t>(j)];
                     const bool on = p > T(0) && p > t;
-                    if (on || detail::sae_rectangle((p - t) / bw) != T(0)) {
+                    const bool pre_act = pre_act_on_ && dead_mask_[j] != 0 && t - p > T(0);
+                    if (on || pre_act || detail::sae_rectangle((p - t) / bw) != T(0)) {
                         detail::sae_entry<T>& e = add(j);
                         e.kept = on;
                         e.decoded = on ? p : T(0);
@@ -825,6 +889,11 @@ private:
     std::vector<T> threshold_;     // (d_sae)
     std::vector<unsigned char> fired_;  // (d_sae)
     std::vector<T> row_mse_, row_aux_, row_sparsity_, row_fired_;  // (n) each
+    std::vector<T> row_pre_act_;   // (n) jumprelu's pre-activation term of each row
+    std::vector<T> scaled_in_;     // (n, d_in) constant_norm_rescale: x * s
+    std::vector<T> row_weight_;    // (n) constant_norm_rescale: 1 / s^2
+    const unsigned char* dead_mask_ = nullptr;  // (d_sae) the dead mask of the current step, or null
+    bool pre_act_on_ = false;      // the current step has a pre-activation loss
     std::vector<std::int32_t> dead_list_;
     std::vector<std::vector<detail::sae_entry<T>>> thread_entries_;
     std::vector<std::vector<std::int32_t>> thread_order_;

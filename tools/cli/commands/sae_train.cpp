@@ -113,6 +113,36 @@ int run(arguments& args) {
         o.l0_coefficient = o.l1_coefficient;
     }
     if (const auto v = args.get("lr")) o.lr = parse_double(*v, "--lr");
+    const bool jump = o.sae.architecture == mechlens::sae_architecture::jumprelu;
+    if (const auto v = args.get("jumprelu-sparsity")) {
+        if (!jump) throw usage_error(concat("--jumprelu-sparsity is for jumprelu, not ", architecture));
+        if (*v != "step" && *v != "tanh") throw usage_error(concat("--jumprelu-sparsity '", *v, "': step or tanh"));
+        o.jumprelu_sparsity_mode = *v == "tanh" ? mechlens::jumprelu_sparsity::tanh : mechlens::jumprelu_sparsity::step;
+    }
+    if (const auto v = args.get("tanh-scale")) {
+        if (o.jumprelu_sparsity_mode != mechlens::jumprelu_sparsity::tanh)
+            throw usage_error("--tanh-scale needs --jumprelu-sparsity tanh");
+        o.jumprelu_tanh_scale = parse_double(*v, "--tanh-scale");
+        if (!(o.jumprelu_tanh_scale > 0)) throw usage_error("--tanh-scale must be positive");
+    }
+    if (const auto v = args.get("pre-act-loss")) {
+        if (!jump) throw usage_error(concat("--pre-act-loss is for jumprelu, not ", architecture));
+        o.pre_act_loss_coefficient = parse_double(*v, "--pre-act-loss");
+        if (!(o.pre_act_loss_coefficient >= 0)) throw usage_error("--pre-act-loss must be >= 0");
+    }
+    if (const auto v = args.get("normalize")) {
+        const auto n = mechlens::parse_sae_normalization(*v);
+        if (!n)
+            throw usage_error(concat("unknown --normalize '", *v,
+                                     "' (none, expected_average_only_in, constant_norm_rescale)"));
+        o.sae.normalize_activations = *n;
+    }
+    if (const auto v = args.get("norm-estimate-batches")) {
+        if (o.sae.normalize_activations != mechlens::sae_normalization::expected_average_only_in)
+            throw usage_error("--norm-estimate-batches needs --normalize expected_average_only_in");
+        o.n_batches_for_norm_estimate = parse_number<std::int64_t>(*v, "--norm-estimate-batches");
+        if (o.n_batches_for_norm_estimate < 1) throw usage_error("--norm-estimate-batches must be at least 1");
+    }
     o.batch_size = parse_number<mechlens::index_t>(args.get("batch").value_or("4096"), "--batch");
     o.tokens_total = parse_number<std::int64_t>(args.get("tokens-total").value_or("1000000"), "--tokens-total");
     o.seed = parse_number<std::uint64_t>(args.get("seed").value_or("0"), "--seed");
@@ -279,10 +309,18 @@ const subcommand sae_train_subcommand{
     "(--activations DIR [--hook NAME] | --model PATH --hook NAME [--text FILE]... [--context 128])\n"
     "--architecture standard|topk|jumprelu|batchtopk --d-sae N [--k K] [--l1 C] [--lr 3e-4] [--batch 4096]\n"
     "[--tokens-total 1000000] [--seed 0] [--lr-warm-up-steps 0] [--lr-decay-steps 0] [--l1-warm-up-steps 0]\n"
+    "[--jumprelu-sparsity step|tanh] [--tanh-scale 4] [--pre-act-loss C]\n"
+    "[--normalize none|expected_average_only_in|constant_norm_rescale] [--norm-estimate-batches 1000]\n"
     "[--checkpoint-every TOKENS] --out DIR\n"
     "trains an SAE with SAELens's training semantics on harvested activations (mechlens harvest) or on activations\n"
     "harvested from --model first (text, or stories sampled from the model); writes DIR/cfg.json and\n"
-    "DIR/sae_weights.safetensors (a SAELens folder), checkpoints in DIR/checkpoints/ (docs/SAE.md)",
+    "DIR/sae_weights.safetensors (a SAELens folder), checkpoints in DIR/checkpoints/ (docs/SAE.md).\n"
+    "--l1 is the L1 coefficient (standard) or the L0/tanh coefficient (jumprelu), warmed up over --l1-warm-up-steps.\n"
+    "jumprelu: --jumprelu-sparsity step is the L0 penalty through the straight-through estimator, tanh penalizes\n"
+    "tanh(--tanh-scale * acts * ||W_dec row||); --pre-act-loss C adds C * relu(threshold - pre) * ||W_dec row|| on\n"
+    "dead latents. --normalize expected_average_only_in scales inputs by sqrt(d_in) / mean ||x|| (estimated over\n"
+    "--norm-estimate-batches batches, folded into the saved weights); constant_norm_rescale scales each row to norm\n"
+    "sqrt(d_in) inside the SAE",
     run};
 
 namespace {
