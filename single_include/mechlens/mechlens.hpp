@@ -371,7 +371,8 @@ MECHLENS_END_NAMESPACE
 
 // ---- begin mechlens/detail/third_party.hpp ----
 /// @file
-/// The third-party headers the kernels build on (Eigen's core, xsimd), included in one place.
+/// The third-party headers mechlens builds on (Eigen's core and its symmetric eigensolver, xsimd), included in one
+/// place.
 ///
 /// GCC 12 warns "'__Y' may be used uninitialized" (or "is used uninitialized") inside its own AVX-512 intrinsic headers (GCC bug 105593, fixed
 /// in GCC 13): `_mm512_undefined_ps()` and its kin initialise a register from itself on purpose. The warning is
@@ -386,10 +387,12 @@ MECHLENS_END_NAMESPACE
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <xsimd/xsimd.hpp>
 #pragma GCC diagnostic pop
 #else
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <xsimd/xsimd.hpp>
 #endif
 // ---- end mechlens/detail/third_party.hpp ----
@@ -22978,23 +22981,6 @@ MECHLENS_END_NAMESPACE
 #include <string>
 #include <vector>
 
-// ---- begin mechlens/detail/third_party_eigenvalues.hpp ----
-/// @file
-/// Eigen's symmetric eigensolver, for the few places that need one (principal components of contrastive
-/// directions). GCC 12's false -Wmaybe-uninitialized positives inside Eigen's AVX-512 packets are silenced for this
-/// include alone, as in third_party.hpp.
-
-
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <Eigen/Eigenvalues>
-#pragma GCC diagnostic pop
-#else
-#include <Eigen/Eigenvalues>
-#endif
-// ---- end mechlens/detail/third_party_eigenvalues.hpp ----
 
 MECHLENS_BEGIN_NAMESPACE
 

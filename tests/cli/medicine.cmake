@@ -9,7 +9,7 @@ file(WRITE ${out}/medicine_probe.txt
      "0\tTom cried alone in his room\n1\tThe bird sang a happy song\n0\tThe bird was sad and quiet\n"
      "1\tMom hugged her and smiled\n0\tMom was angry and sad\n")
 
-mechlens_cli_test(direction 0 "mean direction at blocks.2.hook_resid_post \\(4 positive, 4 negative prompts\\): norm.*wrote .*medicine_d2.npy"
+mechlens_cli_test(direction 0 "4 positive, 4 negative prompts.*mean direction at blocks.2.hook_resid_post: norm.*wrote .*medicine_d2.npy"
                   - ${bin} ${cli} direction --model ${bin} --positive ${out}/medicine_positive.txt
                   --negative ${out}/medicine_negative.txt --layer 2 --out ${out}/medicine_d2.npy)
 mechlens_cli_test(direction_pca 0 "pca direction at blocks.2.hook_resid_pre.*explaining [0-9.]+ % of the paired" - ${bin}

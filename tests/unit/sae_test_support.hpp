@@ -1,6 +1,6 @@
 #pragma once
-// Helpers shared by the SAE and transcoder unit tests: random SAE weights, random token contexts, one prompt as a
-// batch, and a hook that copies what fires.
+// Helpers shared by the SAE and transcoder unit tests: random and identity SAE weights, random token contexts, one
+// prompt as a batch, and a hook that copies what fires.
 
 #include <mechlens/mechlens.hpp>
 
@@ -31,6 +31,26 @@ inline mechlens::sae_weights random_sae_weights(mechlens::random_generator& rng,
     fill_uniform(rng, w.w_dec, size(d_sae * d_in), 0.5f);
     fill_uniform(rng, w.b_enc, size(d_sae), 0.2f, b_enc_shift);
     fill_uniform(rng, w.b_dec, size(d_in), 0.2f);
+    return w;
+}
+
+/// The exact ReLU identity: W_enc = [I, -I], W_dec = [I; -I], no biases (relu(x) - relu(-x) = x in value and
+/// gradient), an SAE with zero reconstruction error.
+inline mechlens::sae_weights identity_sae_weights(mechlens::index_t d_in) {
+    mechlens::sae_weights w;
+    w.d_in = d_in;
+    w.d_sae = 2 * d_in;
+    const auto at = [](mechlens::index_t i) { return static_cast<std::size_t>(i); };
+    w.w_enc.assign(at(d_in * w.d_sae), 0.0f);
+    w.w_dec.assign(at(w.d_sae * d_in), 0.0f);
+    w.b_enc.assign(at(w.d_sae), 0.0f);
+    w.b_dec.assign(at(d_in), 0.0f);
+    for (mechlens::index_t i = 0; i < d_in; ++i) {
+        w.w_enc[at(i * w.d_sae + i)] = 1.0f;
+        w.w_enc[at(i * w.d_sae + d_in + i)] = -1.0f;
+        w.w_dec[at(i * d_in + i)] = 1.0f;
+        w.w_dec[at((d_in + i) * d_in + i)] = -1.0f;
+    }
     return w;
 }
 

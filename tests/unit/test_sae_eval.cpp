@@ -49,23 +49,8 @@ mechlens::sae_weights random_sae(index_t d_in, index_t d_sae, std::uint64_t seed
     return w;
 }
 
-/// The exact ReLU identity: W_enc = [I, -I], W_dec = [I; -I], no biases (relu(x) - relu(-x) = x).
-mechlens::sae_weights identity_sae(index_t d_in) {
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = 2 * d_in;
-    w.w_enc.assign(static_cast<std::size_t>(d_in * 2 * d_in), 0.0f);
-    w.w_dec.assign(static_cast<std::size_t>(2 * d_in * d_in), 0.0f);
-    for (index_t i = 0; i < d_in; ++i) {
-        w.w_enc[static_cast<std::size_t>(i * 2 * d_in + i)] = 1.0f;
-        w.w_enc[static_cast<std::size_t>(i * 2 * d_in + d_in + i)] = -1.0f;
-        w.w_dec[static_cast<std::size_t>(i * d_in + i)] = 1.0f;
-        w.w_dec[static_cast<std::size_t>((d_in + i) * d_in + i)] = -1.0f;
-    }
-    w.b_enc.assign(static_cast<std::size_t>(2 * d_in), 0.0f);
-    w.b_dec.assign(static_cast<std::size_t>(d_in), 0.0f);
-    return w;
-}
+/// The exact ReLU identity (relu(x) - relu(-x) = x): FVU 0 and CE recovered 1.
+mechlens::sae_weights identity_sae(index_t d_in) { return mechlens_test::identity_sae_weights(d_in); }
 
 using mechlens_test::random_contexts;
 

@@ -4,6 +4,7 @@
 // forward passes computed here, features ranked per channel).
 #include <mechlens/mechlens.hpp>
 
+#include "sae_test_support.hpp"
 #include "test_support.hpp"
 
 #include <catch2/catch.hpp>
@@ -36,49 +37,21 @@ mechlens::model_config small_config() {
     return c;
 }
 
-/// Uniform draws in [-scale, scale].
-void draw(mechlens::random_generator& rng, std::vector<float>& v, std::size_t n, float scale) {
-    v.resize(n);
-    for (float& x : v) x = scale * (2.0f * static_cast<float>(rng.uniform()) - 1.0f);
-}
-
 /// A random standard SAE of width d_in: roughly half its latents fire on a typical row.
 mechlens::sae_weights random_sae(index_t d_in, index_t d_sae, std::uint64_t seed) {
     mechlens::random_generator rng(seed);
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = d_sae;
-    draw(rng, w.w_enc, static_cast<std::size_t>(d_in * d_sae), 0.5f);
-    draw(rng, w.w_dec, static_cast<std::size_t>(d_sae * d_in), 0.5f);
-    draw(rng, w.b_enc, static_cast<std::size_t>(d_sae), 0.2f);
-    draw(rng, w.b_dec, static_cast<std::size_t>(d_in), 0.2f);
-    return w;
+    return mechlens_test::random_sae_weights(rng, d_in, d_sae);
 }
 
 /// relu(x) - relu(-x) = x in value and gradient: an SAE with zero reconstruction error.
-mechlens::sae_weights identity_sae(index_t d_in) {
-    mechlens::sae_weights w;
-    w.d_in = d_in;
-    w.d_sae = 2 * d_in;
-    w.w_enc.assign(static_cast<std::size_t>(w.d_in * w.d_sae), 0.0f);
-    w.w_dec.assign(w.w_enc.size(), 0.0f);
-    w.b_enc.assign(static_cast<std::size_t>(w.d_sae), 0.0f);
-    w.b_dec.assign(static_cast<std::size_t>(w.d_in), 0.0f);
-    for (index_t i = 0; i < d_in; ++i) {
-        w.w_enc[static_cast<std::size_t>(i * w.d_sae + i)] = 1.0f;
-        w.w_enc[static_cast<std::size_t>(i * w.d_sae + d_in + i)] = -1.0f;
-        w.w_dec[static_cast<std::size_t>(i * d_in + i)] = 1.0f;
-        w.w_dec[static_cast<std::size_t>((d_in + i) * d_in + i)] = -1.0f;
-    }
-    return w;
-}
+mechlens::sae_weights identity_sae(index_t d_in) { return mechlens_test::identity_sae_weights(d_in); }
 
 /// A random transcoder with a skip connection.
 mechlens::transcoder_weights random_transcoder(index_t d_in, index_t d_tc, std::uint64_t seed) {
     mechlens::random_generator rng(seed);
     mechlens::transcoder_weights w;
     w.sae = random_sae(d_in, d_tc, seed);
-    draw(rng, w.w_skip, static_cast<std::size_t>(d_in * d_in), 0.3f);
+    mechlens_test::fill_uniform(rng, w.w_skip, static_cast<std::size_t>(d_in * d_in), 0.3f);
     return w;
 }
 

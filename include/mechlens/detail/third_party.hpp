@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// The third-party headers the kernels build on (Eigen's core, xsimd), included in one place.
+/// The third-party headers mechlens builds on (Eigen's core and its symmetric eigensolver, xsimd), included in one
+/// place.
 ///
 /// GCC 12 warns "'__Y' may be used uninitialized" (or "is used uninitialized") inside its own AVX-512 intrinsic headers (GCC bug 105593, fixed
 /// in GCC 13): `_mm512_undefined_ps()` and its kin initialise a register from itself on purpose. The warning is
@@ -15,9 +16,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <xsimd/xsimd.hpp>
 #pragma GCC diagnostic pop
 #else
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <xsimd/xsimd.hpp>
 #endif

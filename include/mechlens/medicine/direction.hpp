@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "mechlens/detail/namespace.hpp"
-#include "mechlens/detail/third_party_eigenvalues.hpp"
+#include "mechlens/detail/third_party.hpp"
 #include "mechlens/tensor/errors.hpp"
 #include "mechlens/tensor/view.hpp"
 

@@ -72,19 +72,45 @@ void show_progress(std::size_t done, std::size_t total) {
     if (done == total) std::fprintf(stderr, "\n");
 }
 
-/// The direction between the rows of two prompt sets at `where`.
-mechlens::contrastive_direction direction_at(const mechlens::transformer& model,
-                                             const std::vector<std::vector<std::int32_t>>& positive,
-                                             const std::vector<std::vector<std::int32_t>>& negative,
-                                             const mechlens::site& where, mechlens::index_t position,
-                                             mechlens::direction_method method) {
-    const auto a = mechlens::collect_rows(model, positive, {where}, position, show_progress);
-    const auto b = mechlens::collect_rows(model, negative, {where}, position, show_progress);
-    try {
-        return mechlens::find_contrastive_direction(a[0].values.view(), b[0].values.view(), method);
-    } catch (const mechlens::shape_error& e) {
-        throw usage_error(e.what());
+/// What `direction` and `control-vector` read alike: the model, the two prompt files, the method and the position.
+struct contrast_input {
+    model_options model;                   ///< --model and the weight-processing flags
+    std::optional<std::string> positive;   ///< --positive FILE
+    std::optional<std::string> negative;   ///< --negative FILE
+    std::optional<std::string> out;        ///< --out
+    std::optional<std::string> tokenizer;  ///< --tokenizer
+    mechlens::direction_method method{};   ///< --method
+    mechlens::index_t position = -1;       ///< --position
+};
+
+contrast_input read_contrast_input(arguments& args) {
+    contrast_input in{read_model_options(args), args.get("positive"), args.get("negative"), args.get("out"),
+                      args.get("tokenizer"),    read_method(args),    read_position(args)};
+    return in;
+}
+
+/// The direction between the two prompt files at each of `sites` (after the command's own options were read and
+/// checked: throws usage_error naming `command` and `out_kind` when a file option is missing).
+std::vector<mechlens::contrastive_direction> contrast(const contrast_input& in, const mechlens::transformer& model,
+                                                      const std::vector<mechlens::site>& sites, const char* command,
+                                                      const char* out_kind) {
+    if (!in.positive || !in.negative || !in.out)
+        throw usage_error(concat(command, " needs --positive FILE --negative FILE --out ", out_kind));
+    const text_tokenizer tokenizer = resolve_tokenizer(in.model.path, in.tokenizer);
+    const auto pos = encode_lines(read_lines(*in.positive, "positive"), tokenizer, model.config(), "positive");
+    const auto neg = encode_lines(read_lines(*in.negative, "negative"), tokenizer, model.config(), "negative");
+    const auto a = mechlens::collect_rows(model, pos, sites, in.position, show_progress);
+    const auto b = mechlens::collect_rows(model, neg, sites, in.position, show_progress);
+    std::vector<mechlens::contrastive_direction> out;
+    for (std::size_t k = 0; k < sites.size(); ++k) {
+        try {
+            out.push_back(mechlens::find_contrastive_direction(a[k].values.view(), b[k].values.view(), in.method));
+        } catch (const mechlens::shape_error& e) {
+            throw usage_error(e.what());
+        }
     }
+    std::printf("%zu positive, %zu negative prompts\n", pos.size(), neg.size());
+    return out;
 }
 
 // --- mechlens probe ---------------------------------------------------------------------------------------------
@@ -184,29 +210,21 @@ mechlens::site read_layer_site(arguments& args, const mechlens::model_config& c)
 }
 
 int run_direction(arguments& args) {
-    const model_options model_input = read_model_options(args);
-    const auto positive = args.get("positive"), negative = args.get("negative"), out = args.get("out");
-    const auto tokenizer_path = args.get("tokenizer");
-    const mechlens::direction_method method = read_method(args);
-    const mechlens::index_t position = read_position(args);
-    const mechlens::transformer model = open_model(model_input);
+    const contrast_input in = read_contrast_input(args);
+    const mechlens::transformer model = open_model(in.model);
     const mechlens::site where = read_layer_site(args, model.config());
     args.reject_unknown();
-    if (!positive || !negative || !out)
-        throw usage_error("direction needs --positive FILE --negative FILE --out D.npy");
-    const text_tokenizer tokenizer = resolve_tokenizer(model_input.path, tokenizer_path);
-    const auto pos = encode_lines(read_lines(*positive, "positive"), tokenizer, model.config(), "positive");
-    const auto neg = encode_lines(read_lines(*negative, "negative"), tokenizer, model.config(), "negative");
-    const mechlens::contrastive_direction d = direction_at(model, pos, neg, where, position, method);
+    const mechlens::contrastive_direction d = contrast(in, model, {where}, "direction", "D.npy").front();
+    const std::string& out = *in.out;
     std::vector<float> values(d.direction.begin(), d.direction.end());
-    mechlens::write_npy(*out, values.data(), {static_cast<mechlens::index_t>(values.size())});
+    mechlens::write_npy(out, values.data(), {static_cast<mechlens::index_t>(values.size())});
     double norm = 0.0;
     for (double v : d.direction) norm += v * v;
-    std::printf("%s direction at %s (%zu positive, %zu negative prompts): norm %.4f", mechlens::to_string(method),
-                mechlens::to_string(where).c_str(), pos.size(), neg.size(), std::sqrt(norm));
-    if (method == mechlens::direction_method::pca)
+    std::printf("%s direction at %s: norm %.4f", mechlens::to_string(in.method), mechlens::to_string(where).c_str(),
+                std::sqrt(norm));
+    if (in.method == mechlens::direction_method::pca)
         std::printf(", explaining %.1f %% of the paired differences' variance", 100.0 * d.explained_variance);
-    std::printf("\nwrote %s (d_model)\n", out->c_str());
+    std::printf("\nwrote %s (d_model)\n", out.c_str());
     return 0;
 }
 
@@ -252,40 +270,24 @@ std::pair<mechlens::index_t, mechlens::index_t> read_layers(arguments& args, con
 }
 
 int run_control_vector(arguments& args) {
-    const model_options model_input = read_model_options(args);
-    const auto positive = args.get("positive"), negative = args.get("negative"), out = args.get("out");
-    const auto tokenizer_path = args.get("tokenizer");
-    const mechlens::direction_method method = read_method(args);
-    const mechlens::index_t position = read_position(args);
-    const mechlens::transformer model = open_model(model_input);
+    const contrast_input in = read_contrast_input(args);
+    const mechlens::transformer model = open_model(in.model);
     const auto [first, last] = read_layers(args, model.config());
     const std::optional<std::string> hint = args.get("model-hint");
     args.reject_unknown();
-    if (!positive || !negative || !out)
-        throw usage_error("control-vector needs --positive FILE --negative FILE --out F.gguf");
-    const text_tokenizer tokenizer = resolve_tokenizer(model_input.path, tokenizer_path);
-    const auto pos = encode_lines(read_lines(*positive, "positive"), tokenizer, model.config(), "positive");
-    const auto neg = encode_lines(read_lines(*negative, "negative"), tokenizer, model.config(), "negative");
     std::vector<mechlens::site> sites;
     for (mechlens::index_t l = first; l <= last; ++l) sites.push_back({mechlens::site_kind::resid_post, l});
-    const auto a = mechlens::collect_rows(model, pos, sites, position, show_progress);
-    const auto b = mechlens::collect_rows(model, neg, sites, position, show_progress);
+    const std::vector<mechlens::contrastive_direction> found = contrast(in, model, sites, "control-vector", "F.gguf");
     mechlens::control_vector cv;
     cv.model_hint = hint.value_or("llama");
-    for (std::size_t k = 0; k < sites.size(); ++k) {
-        mechlens::contrastive_direction d;
-        try {
-            d = mechlens::find_contrastive_direction(a[k].values.view(), b[k].values.view(), method);
-        } catch (const mechlens::shape_error& e) {
-            throw usage_error(e.what());
-        }
-        cv.directions.emplace(sites[k].layer, std::vector<float>(d.direction.begin(), d.direction.end()));
-    }
-    mechlens::write_control_vector(*out, cv);
+    for (std::size_t k = 0; k < sites.size(); ++k)
+        cv.directions.emplace(sites[k].layer, std::vector<float>(found[k].direction.begin(), found[k].direction.end()));
+    const std::string& out = *in.out;
+    mechlens::write_control_vector(out, cv);
     std::printf(
         "wrote %s: direction.%td .. direction.%td (%s, measured at blocks.N.hook_resid_post and added there "
         "by llama.cpp's --control-vector and mechlens generate --control-vector)\n",
-        out->c_str(), first, last, mechlens::to_string(method));
+        out.c_str(), first, last, mechlens::to_string(in.method));
     return 0;
 }
 
