@@ -453,6 +453,45 @@ void require_linear_close(mechlens::tensor_view<const float, 2> x, mechlens::ten
 
 }  // namespace
 
+TEST_CASE("kernels: fused_multiply_add rounds once, in every lane and in scalar code", "[kernels]") {
+    // a * a = 1 + 2^-11 + 2^-24 exactly: halfway between two floats, so the rounded product is 1 + 2^-11 (ties to
+    // even) and adding c = -(1 + 2^-11) gives 0, while a fused multiply-add keeps the 2^-24.
+    const float a = 1.0f + std::ldexp(1.0f, -12), c = -(1.0f + std::ldexp(1.0f, -11));
+    const float fused = std::ldexp(1.0f, -24), unfused = 0.0f;
+    REQUIRE(std::fma(a, a, c) == fused);
+    const float want = kn::has_fused_multiply_add ? fused : unfused;
+    INFO("simd width " << kn::simd_width << ", has_fused_multiply_add " << kn::has_fused_multiply_add);
+#if defined(__x86_64__) || defined(__aarch64__)
+    CHECK(kn::has_fused_multiply_add);  // every x86-64 and ARM64 build of the tests has an FMA (-march=native, v3, v4)
+#endif
+    CHECK(kn::fused_multiply_add(a, a, c) == want);
+    // Every lane, with the other operands varying so no lane can be computed by a broadcast.
+    std::vector<float> av(kn::float_batch::size), bv(kn::float_batch::size), cv(kn::float_batch::size);
+    for (std::size_t i = 0; i < av.size(); ++i) {
+        const float scale = std::ldexp(1.0f, static_cast<int>(i % 5));  // exact powers of two keep the rounding tie
+        av[i] = a * scale;
+        bv[i] = a;
+        cv[i] = c * scale;
+    }
+    const auto result = kn::fused_multiply_add(kn::float_batch::load_unaligned(av.data()),
+                                               kn::float_batch::load_unaligned(bv.data()),
+                                               kn::float_batch::load_unaligned(cv.data()));
+    std::vector<float> out(kn::float_batch::size);
+    result.store_unaligned(out.data());
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        INFO("lane " << i);
+        CHECK(out[i] == want * std::ldexp(1.0f, static_cast<int>(i % 5)));
+    }
+    // Double batches too (the helper is a template over the element type).
+    using double_batch = xsimd::batch<double, kn::float_batch::arch_type>;
+    const double ad = 1.0 + std::ldexp(1.0, -27), cd = -(1.0 + std::ldexp(1.0, -26));
+    const double dfused = std::ldexp(1.0, -54);
+    REQUIRE(std::fma(ad, ad, cd) == dfused);
+    std::vector<double> dout(double_batch::size);
+    kn::fused_multiply_add(double_batch(ad), double_batch(ad), double_batch(cd)).store_unaligned(dout.data());
+    for (double v : dout) CHECK(v == (kn::has_fused_multiply_add ? dfused : 0.0));
+}
+
 TEST_CASE("kernels: linear matches the naive triple loop", "[kernels]") {
     std::mt19937 rng(2024);
     const std::vector<std::array<index_t, 3>> shapes = {{1, 64, 172}, {7, 64, 512}, {128, 768, 768}, {3, 5, 1}};
