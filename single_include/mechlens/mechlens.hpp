@@ -602,14 +602,17 @@ inline void scale(float* x, float s, index_t n) {
 inline void axpy(float* y, float a, const float* x, index_t n) {
     const float_batch factor(a);
     detail::transform(
-        y, n, [=](const float_batch& v, const float_batch& u) { return xsimd::fma(factor, u, v); }, y, x);
+        y, n, [=](const float_batch& v, const float_batch& u) { return fused_multiply_add(factor, u, v); }, y, x);
 }
 
-/// Sum of a[i] * b[i], accumulated with fma in four float batches.
+/// Sum of a[i] * b[i], accumulated with fused multiply-adds in four float batches.
 inline float dot(const float* a, const float* b, index_t n) {
     return detail::reduce_sum(
         n, 0.0f,
-        [](const float_batch& acc, const float_batch& u, const float_batch& v) { return xsimd::fma(u, v, acc); }, a, b);
+        [](const float_batch& acc, const float_batch& u, const float_batch& v) {
+            return fused_multiply_add(u, v, acc);
+        },
+        a, b);
 }
 
 }  // namespace kernels
@@ -628,7 +631,7 @@ namespace kernels {
 /// sqrt(mean(x^2) + eps) over x[0..n); n must be positive.
 inline float rms_scale(const float* x, index_t n, float eps) {
     const float squares = detail::reduce_sum(
-        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return xsimd::fma(v, v, acc); }, x);
+        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return fused_multiply_add(v, v, acc); }, x);
     return std::sqrt(squares / static_cast<float>(n) + eps);
 }
 
@@ -662,7 +665,7 @@ inline layernorm_stats layernorm_moments(const float* x, index_t n, float eps) {
         n, mean,
         [=](const float_batch& acc, const float_batch& v) {
             const float_batch d = v - m;
-            return xsimd::fma(d, d, acc);
+            return fused_multiply_add(d, d, acc);
         },
         x);
     return {mean, std::sqrt(squares / static_cast<float>(n) + eps)};
@@ -678,7 +681,7 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
         detail::transform(
             out, n,
             [=](const float_batch& v, const float_batch& g, const float_batch& b) {
-                return xsimd::fma(detail::divide(v - m, scale), g, b);
+                return fused_multiply_add(detail::divide(v - m, scale), g, b);
             },
             x, weight, bias);
     else if (weight)
@@ -697,7 +700,8 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
 /// bias after the hook rounds exactly like the unhooked one. `out` may equal `x`.
 inline void gain_and_bias(float* out, const float* x, const float* weight, const float* bias, index_t n) {
     detail::transform(
-        out, n, [](const float_batch& v, const float_batch& g, const float_batch& b) { return xsimd::fma(v, g, b); },
+        out, n,
+        [](const float_batch& v, const float_batch& g, const float_batch& b) { return fused_multiply_add(v, g, b); },
         x, weight, bias);
 }
 
@@ -787,7 +791,7 @@ inline float_batch gelu_tanh(const float_batch& x) {
     static constexpr double k = 2.0 * std::numbers::inv_sqrtpi * std::numbers::sqrt2;  // 2 sqrt(2/pi)
     const float_batch linear(static_cast<float>(k));
     const float_batch cubic(static_cast<float>(k * 0.044715));
-    const float_batch two_u = x * xsimd::fma(cubic, x * x, linear);
+    const float_batch two_u = x * fused_multiply_add(cubic, x * x, linear);
     return detail::divide(x, float_batch(1.0f) + xsimd::exp(-two_u));
 }
 
@@ -1240,8 +1244,8 @@ inline void rotate_adjacent(float_batch& x0, float_batch& x1, const float_batch&
     constexpr auto low = xsimd::make_batch_constant<index_batch, repeat_low_half>();
     constexpr auto high = xsimd::make_batch_constant<index_batch, repeat_high_half>();
     const float_batch signs = alternating_signs();
-    x0 = xsimd::fma(xsimd::swizzle(x0, swap), xsimd::swizzle(s, low) * signs, x0 * xsimd::swizzle(c, low));
-    x1 = xsimd::fma(xsimd::swizzle(x1, swap), xsimd::swizzle(s, high) * signs, x1 * xsimd::swizzle(c, high));
+    x0 = fused_multiply_add(xsimd::swizzle(x0, swap), xsimd::swizzle(s, low) * signs, x0 * xsimd::swizzle(c, low));
+    x1 = fused_multiply_add(xsimd::swizzle(x1, swap), xsimd::swizzle(s, high) * signs, x1 * xsimd::swizzle(c, high));
 }
 
 }  // namespace detail
@@ -1277,8 +1281,8 @@ inline void rope_split_halves(float* head, const float* cos, const float* sin, i
     auto rotate = [](float_batch& a, float_batch& b, const float_batch& c, const float_batch& s) {
         // fma of the negated partner, not xsimd::fnma: xsimd 8.1 has no NEON fnma and falls back to an unfused
         // multiply and subtract there; negation is exact, so this is the fused a*c - b*s on every architecture.
-        const float_batch a_rot = xsimd::fma(-b, s, a * c);
-        b = xsimd::fma(a, s, b * c);
+        const float_batch a_rot = fused_multiply_add(-b, s, a * c);
+        b = fused_multiply_add(a, s, b * c);
         a = a_rot;
     };
     index_t i = 0;
@@ -1368,8 +1372,9 @@ MECHLENS_TILE_INLINE inline void unrolled(F&& f) {
     }(std::make_index_sequence<static_cast<std::size_t>(N)>{});
 }
 
-/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
-/// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
+/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fused multiply-add chain
+/// over depth in steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape
+/// shares.
 template <index_t RM, index_t RN>
 MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept {
     constexpr auto rows = static_cast<std::size_t>(RM), outputs = static_cast<std::size_t>(RN);
@@ -1384,7 +1389,9 @@ MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0,
         unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { xv[i] = load_x(x[i]); });
         unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             const float_batch wv = load_w(w[j]);
-            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]); });
+            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE {
+                acc[i][j] = fused_multiply_add(xv[i], wv, acc[i][j]);
+            });
         });
     };
     index_t k = 0;

@@ -59,8 +59,9 @@ MECHLENS_TILE_INLINE inline void unrolled(F&& f) {
     }(std::make_index_sequence<static_cast<std::size_t>(N)>{});
 }
 
-/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
-/// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
+/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fused multiply-add chain
+/// over depth in steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape
+/// shares.
 template <index_t RM, index_t RN>
 MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept {
     constexpr auto rows = static_cast<std::size_t>(RM), outputs = static_cast<std::size_t>(RN);
@@ -75,7 +76,9 @@ MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0,
         unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { xv[i] = load_x(x[i]); });
         unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             const float_batch wv = load_w(w[j]);
-            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]); });
+            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE {
+                acc[i][j] = fused_multiply_add(xv[i], wv, acc[i][j]);
+            });
         });
     };
     index_t k = 0;
