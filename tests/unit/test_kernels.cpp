@@ -513,6 +513,56 @@ TEST_CASE("kernels: linear matches the naive triple loop", "[kernels]") {
     }
 }
 
+/// Rows [begin, end) of m as a new (end - begin, cols) matrix.
+mechlens::tensor<float, 2> rows_of(const mechlens::tensor<float, 2>& m, index_t begin, index_t end) {
+    mechlens::tensor<float, 2> out({end - begin, m.extent(1)});
+    std::copy(m.data() + begin * m.extent(1), m.data() + end * m.extent(1), out.data());
+    return out;
+}
+
+TEST_CASE("kernels: linear gives every element the same bits whatever tile, band or row count computes it",
+          "[kernels]") {
+    // Shapes around the tile sizes (3 or 6 rows, 4 outputs, 8 for one row), SIMD tails, and products large enough
+    // to be split over threads into blocks of outputs and bands of rows.
+    std::mt19937 rng(515);
+    const std::vector<std::array<index_t, 3>> shapes = {{1, 17, 37},  {2, 16, 9},   {5, 64, 13},  {6, 1, 4},
+                                                        {7, 100, 5},  {13, 33, 24}, {25, 48, 130}, {300, 64, 100},
+                                                        {97, 1000, 23}, {500, 64, 1030}};
+    for (const auto& [rows, depth, outputs] : shapes) {
+        INFO("x (" << rows << ", " << depth << "), w (" << outputs << ", " << depth << ")");
+        const auto x = random_matrix(rows, depth, rng), w = random_matrix(outputs, depth, rng);
+        const auto start = random_matrix(rows, outputs, rng);
+        mechlens::tensor<float, 2> full({rows, outputs});
+        kn::linear(x, w, full);
+        mechlens::tensor<float, 2> full_acc = start;
+        kn::linear_accumulate(x, w, full_acc);
+        // Row by row (the matrix-vector tile), and in uneven groups of rows (partial row tiles).
+        for (index_t r = 0; r < rows; r += 1 + r % 4) {
+            const index_t end = std::min(rows, r + 1 + r % 4);
+            const auto xs = rows_of(x, r, end);
+            mechlens::tensor<float, 2> part({end - r, outputs});
+            kn::linear(xs, w, part);
+            require_identical(part.data(), full.data() + r * outputs, (end - r) * outputs, "rows of linear");
+            auto part_acc = rows_of(start, r, end);
+            kn::linear_accumulate(xs, w, part_acc);
+            require_identical(part_acc.data(), full_acc.data() + r * outputs, (end - r) * outputs,
+                              "rows of linear_accumulate");
+        }
+        // Each output alone (1-wide edge tiles) for the first rows.
+        const index_t some_rows = std::min<index_t>(rows, 7);
+        const auto xs = rows_of(x, 0, some_rows);
+        for (index_t o = 0; o < outputs; o += 1 + o % 3) {
+            const auto wo = rows_of(w, o, o + 1);
+            mechlens::tensor<float, 2> column({some_rows, 1});
+            kn::linear(xs, wo, column);
+            for (index_t r = 0; r < some_rows; ++r) {
+                INFO("row " << r << ", output " << o);
+                REQUIRE(std::memcmp(&column(r, 0), &full(r, o), sizeof(float)) == 0);
+            }
+        }
+    }
+}
+
 TEST_CASE("kernels: linear on strided rows, with bias, and shape errors", "[kernels]") {
     std::mt19937 rng(77);
     const index_t rows = 5, in = 48, out = 33;
