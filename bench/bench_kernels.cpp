@@ -1,11 +1,18 @@
 // Kernel benchmarks: each SIMD kernel against its scalar reference at row lengths 64, 768 and 4096 (elements per
 // second), rotary embedding over 128 positions of d_head 64, and Eigen linear layers against the naive triple loop
 // (FLOP/s). The references evaluate in double, so their timings bound "plain scalar code" from above.
+// The gemm/ rows run the batch-invariant GEMM and Eigen's GEMM on the shapes of a GPT-2-small layer and of SAE
+// training, and report each rate as a fraction of the single-core fused multiply-add peak measured at start-up
+// (`peak_fma_gflops` in the context; `of_peak` per row; rates are per second of process CPU time, so a row at 2
+// threads is a per-core efficiency).
 //
 //   mechlens_bench_kernels --benchmark_min_time=0.05 [--benchmark_filter=softmax]
+//   mechlens_bench_kernels --benchmark_filter='gemm/|peak' --benchmark_repetitions=3
 
 #include <cstdint>
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +22,10 @@
 
 #include <Eigen/Core>
 #include <benchmark/benchmark.h>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -186,6 +197,118 @@ BENCHMARK_TEMPLATE(bm_linear, linear_impl::naive)
     ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMicrosecond);
 
+/// Independent accumulator chains of the peak probe: enough to cover FMA latency x FMA ports on Zen 3-5 (4 x 2),
+/// and few enough to stay in 16 vector registers with the two constants.
+constexpr std::size_t peak_chains = 12;
+
+/// Runs `rounds` x peak_chains fused multiply-adds on whole float batches; returns the sum (to keep them live).
+float fma_probe(std::int64_t rounds) {
+    std::array<kn::float_batch, peak_chains> acc;
+    for (std::size_t i = 0; i < peak_chains; ++i) acc[i] = kn::float_batch(static_cast<float>(i) * 1e-3f);
+    const kn::float_batch factor(0.999999f), offset(1e-7f);
+    for (std::int64_t r = 0; r < rounds; ++r)
+        for (auto& a : acc) a = kn::fused_multiply_add(a, factor, offset);
+    kn::float_batch sum(0.0f);
+    for (const auto& a : acc) sum += a;
+    return xsimd::hadd(sum);
+}
+
+/// FLOPs of one fma_probe round.
+constexpr double probe_flops_per_round = 2.0 * static_cast<double>(peak_chains) * kn::float_batch::size;
+
+/// Single-thread fused multiply-add peak (FLOP/s), the best of five timed runs of about 20 ms each.
+double measure_peak_flops() {
+    double best = 0.0;
+    const std::int64_t rounds = 1 << 21;
+    for (int run = 0; run < 5; ++run) {
+        const auto start = std::chrono::steady_clock::now();
+        std::int64_t opaque_rounds = rounds;
+        benchmark::DoNotOptimize(opaque_rounds);
+        const float keep = fma_probe(opaque_rounds);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        benchmark::DoNotOptimize(keep);
+        best = std::max(best, probe_flops_per_round * static_cast<double>(rounds) / seconds);
+    }
+    return best;
+}
+
+/// The measured single-core peak that the gemm/ rows divide by (set in main before the benchmarks run).
+double peak_flops = 0.0;
+
+/// The peak probe itself as a row (FLOPS should match peak_fma_gflops).
+void bm_peak_fma(benchmark::State& state) {
+    std::int64_t rounds = 1 << 16;
+    for (auto _ : state) {
+        benchmark::DoNotOptimize(rounds);  // opaque, so the call is not hoisted out of the loop as invariant
+        benchmark::DoNotOptimize(fma_probe(rounds));
+    }
+    state.counters["FLOPS"] = benchmark::Counter(probe_flops_per_round * static_cast<double>(rounds),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(bm_peak_fma)->Name("peak/fma_one_thread")->Unit(benchmark::kMicrosecond);
+
+/// Sets the OpenMP and Eigen thread counts; returns the previous Eigen count (OpenMP's is the same or unset).
+int use_threads(int threads) {
+    const int previous = Eigen::nbThreads();
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#endif
+    Eigen::setNbThreads(threads);
+    return previous;
+}
+
+/// Which GEMM a gemm/ row runs.
+enum class gemm_impl { mechlens, eigen };
+
+/// y = x w^T for x (rows, depth), w (outputs, depth) on `threads` threads (args: rows, depth, outputs, threads).
+/// Reports FLOPS per second of process CPU time and of_peak, that rate over the measured single-core peak.
+template <gemm_impl Impl>
+void bm_gemm(benchmark::State& state) {
+    const index_t rows = state.range(0), depth = state.range(1), outputs = state.range(2);
+    const int previous_threads = use_threads(static_cast<int>(state.range(3)));
+    mechlens::tensor<float, 2> x({rows, depth}), w({outputs, depth}), y({rows, outputs});
+    const auto xv = random_vector(rows * depth, -1.0f, 1.0f, 6), wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
+    std::copy(xv.begin(), xv.end(), x.data());
+    std::copy(wv.begin(), wv.end(), w.data());
+    using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<const row_major> xm(x.data(), rows, depth), wm(w.data(), outputs, depth);
+    Eigen::Map<row_major> ym(y.data(), rows, outputs);
+    for (auto _ : state) {
+        if constexpr (Impl == gemm_impl::mechlens)
+            kn::linear(x, w, y);
+        else
+            ym.noalias() = xm * wm.transpose();
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(depth) * static_cast<double>(outputs);
+    state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_peak"] = benchmark::Counter(flops / peak_flops, benchmark::Counter::kIsIterationInvariantRate);
+    use_threads(previous_threads);
+}
+
+/// The gemm/ shapes: GPT-2 small's attention and MLP projections over 128 tokens, the SAE training products of
+/// d_in 64 with d_sae 1024 and 2048 over a batch of 4096 (encoder and input gradient: depth 64; decoder: 64
+/// outputs; weight gradients: depth 4096), each at 1 and 2 threads.
+void gemm_shapes(benchmark::internal::Benchmark* b) {
+    for (const int threads : {1, 2}) {
+        b->Args({128, 768, 768, threads})->Args({128, 768, 2048, threads});
+        for (const int d_sae : {1024, 2048})
+            b->Args({4096, 64, d_sae, threads})->Args({4096, d_sae, 64, threads})->Args({d_sae, 4096, 64, threads});
+    }
+    b->ArgNames({"rows", "depth", "outputs", "threads"});
+}
+BENCHMARK_TEMPLATE(bm_gemm, gemm_impl::mechlens)
+    ->Name("gemm/mechlens")
+    ->Apply(gemm_shapes)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(bm_gemm, gemm_impl::eigen)
+    ->Name("gemm/eigen")
+    ->Apply(gemm_shapes)
+    ->MeasureProcessCPUTime()
+    ->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,6 +316,8 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("simd_width_floats", std::to_string(kn::simd_width));
     benchmark::AddCustomContext("eigen_threads", std::to_string(Eigen::nbThreads()));
     benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
+    peak_flops = measure_peak_flops();
+    benchmark::AddCustomContext("peak_fma_gflops", std::to_string(peak_flops * 1e-9));
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();

@@ -453,6 +453,45 @@ void require_linear_close(mechlens::tensor_view<const float, 2> x, mechlens::ten
 
 }  // namespace
 
+TEST_CASE("kernels: fused_multiply_add rounds once, in every lane and in scalar code", "[kernels]") {
+    // a * a = 1 + 2^-11 + 2^-24 exactly: halfway between two floats, so the rounded product is 1 + 2^-11 (ties to
+    // even) and adding c = -(1 + 2^-11) gives 0, while a fused multiply-add keeps the 2^-24.
+    const float a = 1.0f + std::ldexp(1.0f, -12), c = -(1.0f + std::ldexp(1.0f, -11));
+    const float fused = std::ldexp(1.0f, -24), unfused = 0.0f;
+    REQUIRE(std::fma(a, a, c) == fused);
+    const float want = kn::has_fused_multiply_add ? fused : unfused;
+    INFO("simd width " << kn::simd_width << ", has_fused_multiply_add " << kn::has_fused_multiply_add);
+#if defined(__x86_64__) || defined(__aarch64__)
+    CHECK(kn::has_fused_multiply_add);  // every x86-64 and ARM64 build of the tests has an FMA (-march=native, v3, v4)
+#endif
+    CHECK(kn::fused_multiply_add(a, a, c) == want);
+    // Every lane, with the other operands varying so no lane can be computed by a broadcast.
+    std::vector<float> av(kn::float_batch::size), bv(kn::float_batch::size), cv(kn::float_batch::size);
+    for (std::size_t i = 0; i < av.size(); ++i) {
+        const float scale = std::ldexp(1.0f, static_cast<int>(i % 5));  // exact powers of two keep the rounding tie
+        av[i] = a * scale;
+        bv[i] = a;
+        cv[i] = c * scale;
+    }
+    const auto result = kn::fused_multiply_add(kn::float_batch::load_unaligned(av.data()),
+                                               kn::float_batch::load_unaligned(bv.data()),
+                                               kn::float_batch::load_unaligned(cv.data()));
+    std::vector<float> out(kn::float_batch::size);
+    result.store_unaligned(out.data());
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        INFO("lane " << i);
+        CHECK(out[i] == want * std::ldexp(1.0f, static_cast<int>(i % 5)));
+    }
+    // Double batches too (the helper is a template over the element type).
+    using double_batch = xsimd::batch<double, kn::float_batch::arch_type>;
+    const double ad = 1.0 + std::ldexp(1.0, -27), cd = -(1.0 + std::ldexp(1.0, -26));
+    const double dfused = std::ldexp(1.0, -54);
+    REQUIRE(std::fma(ad, ad, cd) == dfused);
+    std::vector<double> dout(double_batch::size);
+    kn::fused_multiply_add(double_batch(ad), double_batch(ad), double_batch(cd)).store_unaligned(dout.data());
+    for (double v : dout) CHECK(v == (kn::has_fused_multiply_add ? dfused : 0.0));
+}
+
 TEST_CASE("kernels: linear matches the naive triple loop", "[kernels]") {
     std::mt19937 rng(2024);
     const std::vector<std::array<index_t, 3>> shapes = {{1, 64, 172}, {7, 64, 512}, {128, 768, 768}, {3, 5, 1}};
@@ -471,6 +510,56 @@ TEST_CASE("kernels: linear matches the naive triple loop", "[kernels]") {
         kn::linear_accumulate(x, w, acc);
         ref::linear_accumulate(x, w, acc_want);
         require_linear_close(x, w, acc, acc_want);
+    }
+}
+
+/// Rows [begin, end) of m as a new (end - begin, cols) matrix.
+mechlens::tensor<float, 2> rows_of(const mechlens::tensor<float, 2>& m, index_t begin, index_t end) {
+    mechlens::tensor<float, 2> out({end - begin, m.extent(1)});
+    std::copy(m.data() + begin * m.extent(1), m.data() + end * m.extent(1), out.data());
+    return out;
+}
+
+TEST_CASE("kernels: linear gives every element the same bits whatever tile, band or row count computes it",
+          "[kernels]") {
+    // Shapes around the tile sizes (3 or 6 rows, 4 outputs, 8 for one row), SIMD tails, and products large enough
+    // to be split over threads into blocks of outputs and bands of rows.
+    std::mt19937 rng(515);
+    const std::vector<std::array<index_t, 3>> shapes = {{1, 17, 37},  {2, 16, 9},   {5, 64, 13},  {6, 1, 4},
+                                                        {7, 100, 5},  {13, 33, 24}, {25, 48, 130}, {300, 64, 100},
+                                                        {97, 1000, 23}, {500, 64, 1030}};
+    for (const auto& [rows, depth, outputs] : shapes) {
+        INFO("x (" << rows << ", " << depth << "), w (" << outputs << ", " << depth << ")");
+        const auto x = random_matrix(rows, depth, rng), w = random_matrix(outputs, depth, rng);
+        const auto start = random_matrix(rows, outputs, rng);
+        mechlens::tensor<float, 2> full({rows, outputs});
+        kn::linear(x, w, full);
+        mechlens::tensor<float, 2> full_acc = start;
+        kn::linear_accumulate(x, w, full_acc);
+        // Row by row (the matrix-vector tile), and in uneven groups of rows (partial row tiles).
+        for (index_t r = 0; r < rows; r += 1 + r % 4) {
+            const index_t end = std::min(rows, r + 1 + r % 4);
+            const auto xs = rows_of(x, r, end);
+            mechlens::tensor<float, 2> part({end - r, outputs});
+            kn::linear(xs, w, part);
+            require_identical(part.data(), full.data() + r * outputs, (end - r) * outputs, "rows of linear");
+            auto part_acc = rows_of(start, r, end);
+            kn::linear_accumulate(xs, w, part_acc);
+            require_identical(part_acc.data(), full_acc.data() + r * outputs, (end - r) * outputs,
+                              "rows of linear_accumulate");
+        }
+        // Each output alone (1-wide edge tiles) for the first rows.
+        const index_t some_rows = std::min<index_t>(rows, 7);
+        const auto xs = rows_of(x, 0, some_rows);
+        for (index_t o = 0; o < outputs; o += 1 + o % 3) {
+            const auto wo = rows_of(w, o, o + 1);
+            mechlens::tensor<float, 2> column({some_rows, 1});
+            kn::linear(xs, wo, column);
+            for (index_t r = 0; r < some_rows; ++r) {
+                INFO("row " << r << ", output " << o);
+                REQUIRE(std::memcmp(&column(r, 0), &full(r, o), sizeof(float)) == 0);
+            }
+        }
     }
 }
 

@@ -24,7 +24,7 @@ inline float_batch gelu_tanh(const float_batch& x) {
     static constexpr double k = 2.0 * std::numbers::inv_sqrtpi * std::numbers::sqrt2;  // 2 sqrt(2/pi)
     const float_batch linear(static_cast<float>(k));
     const float_batch cubic(static_cast<float>(k * 0.044715));
-    const float_batch two_u = x * xsimd::fma(cubic, x * x, linear);
+    const float_batch two_u = x * fused_multiply_add(cubic, x * x, linear);
     return detail::divide(x, float_batch(1.0f) + xsimd::exp(-two_u));
 }
 

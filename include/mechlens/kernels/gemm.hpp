@@ -10,11 +10,16 @@
 /// live in registers) that suits weights stored (out, in) row-major, as llama2.c and GGUF store them.
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
 
 #include "mechlens/kernels/simd.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #if defined(__GNUC__)
 /// Forces inlining of the tile's small lambdas; without it GCC may keep the accumulators in memory.
@@ -31,9 +36,19 @@ MECHLENS_BEGIN_NAMESPACE
 namespace kernels {
 namespace detail {
 
-/// Rows of x per register tile.
-inline constexpr index_t gemm_tile_rows = 3;
-/// Outputs (rows of w) per register tile; 3 x 4 accumulators + 3 x loads + 1 w load fit 16 vector registers.
+/// True when float_batch is an AVX-512 batch: 32 vector registers for the tile, and the sums of four accumulators
+/// are reduced together (horizontal_sums_of_four).
+inline constexpr bool gemm_avx512 =
+#if XSIMD_WITH_AVX512F
+    std::is_base_of_v<xsimd::avx512f, float_batch::arch_type>;
+#else
+    false;
+#endif
+
+/// Rows of x per register tile: 6 x 4 accumulators + 6 x loads + 1 w load fit AVX-512's 32 vector registers,
+/// 3 x 4 + 3 + 1 the 16 of AVX2.
+inline constexpr index_t gemm_tile_rows = gemm_avx512 ? 6 : 3;
+/// Outputs (rows of w) per register tile.
 inline constexpr index_t gemm_tile_outputs = 4;
 /// Outputs per tile when x has a single row (matrix-vector products, i.e. decoding).
 inline constexpr index_t gemv_tile_outputs = 8;
@@ -59,8 +74,52 @@ MECHLENS_TILE_INLINE inline void unrolled(F&& f) {
     }(std::make_index_sequence<static_cast<std::size_t>(N)>{});
 }
 
-/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fma chain over depth in
-/// steps of simd_width (the tail zero-padded), then one horizontal add: the order every tile shape shares.
+#if XSIMD_WITH_AVX512F
+/// xsimd::hadd of each of a, b, c and d, bit for bit, in lanes 0-3: the same tree as xsimd 8.1's AVX-512 hadd
+/// (lane i + lane i+8, then i + i+4, then adjacent pairs twice), computed for four accumulators at once with
+/// 128-bit-lane shuffles instead of four separate extract-and-hadd chains.
+inline __m128 horizontal_sums_of_four(__m512 a, __m512 b, __m512 c, __m512 d) noexcept {
+    constexpr int low_halves = _MM_SHUFFLE(1, 0, 1, 0), high_halves = _MM_SHUFFLE(3, 2, 3, 2);
+    // [a's lanes 0-7 + 8-15 | b's]
+    const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, high_halves), _mm512_shuffle_f32x4(a, b, low_halves));
+    const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, high_halves), _mm512_shuffle_f32x4(c, d, low_halves));
+    // [a's 0-3 + 4-7 | b's | c's | d's]
+    const __m512 quarters = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                                          _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+    // In each 128-bit lane: element 0 = t0 + t1 and element 2 = t2 + t3, then element 0 = (t0 + t1) + (t2 + t3).
+    const __m512 pairs = _mm512_add_ps(quarters, _mm512_permute_ps(quarters, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m512 sums = _mm512_add_ps(pairs, _mm512_permute_ps(pairs, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m512i firsts = _mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(firsts, sums));
+}
+#endif
+
+/// y[j] = xsimd::hadd(acc[j]) (or y[j] += it) for j < RN; on AVX-512 four at a time through
+/// horizontal_sums_of_four, which gives the same bits.
+template <index_t RN>
+MECHLENS_TILE_INLINE inline void store_sums(const float_batch (&acc)[static_cast<std::size_t>(RN)], float* y,
+                                            bool accumulate) noexcept {
+    constexpr index_t grouped = gemm_avx512 ? RN / 4 * 4 : 0;
+#if XSIMD_WITH_AVX512F
+    if constexpr (grouped > 0) {
+        unrolled<grouped / 4>([&](auto g) MECHLENS_TILE_INLINE {
+            constexpr auto j = static_cast<std::size_t>(4 * g);
+            __m128 sums = horizontal_sums_of_four(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
+            if (accumulate) sums = _mm_add_ps(_mm_loadu_ps(y + j), sums);
+            _mm_storeu_ps(y + j, sums);
+        });
+    }
+#endif
+    unrolled<RN - grouped>([&](auto rest) MECHLENS_TILE_INLINE {
+        constexpr auto j = static_cast<std::size_t>(grouped + rest);
+        const float sum = xsimd::hadd(acc[j]);
+        y[j] = accumulate ? y[j] + sum : sum;
+    });
+}
+
+/// The register tile: y[r0 + i][o0 + j] for i < RM, j < RN. Each element is the lane-wise fused multiply-add chain
+/// over depth in steps of simd_width (the tail zero-padded), then xsimd::hadd's tree: the order every tile shape
+/// shares.
 template <index_t RM, index_t RN>
 MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0, index_t o0) noexcept {
     constexpr auto rows = static_cast<std::size_t>(RM), outputs = static_cast<std::size_t>(RN);
@@ -75,7 +134,7 @@ MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0,
         unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { xv[i] = load_x(x[i]); });
         unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             const float_batch wv = load_w(w[j]);
-            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]); });
+            unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE { acc[i][j] = fused_multiply_add(xv[i], wv, acc[i][j]); });
         });
     };
     index_t k = 0;
@@ -89,37 +148,36 @@ MECHLENS_TILE_FLATTEN inline void gemm_tile(const gemm_operands& op, index_t r0,
         step(load, load);
     }
     unrolled<RM>([&](auto i) MECHLENS_TILE_INLINE {
-        float* y = op.y + (r0 + i) * op.y_stride + o0;
-        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
-            const float sum = xsimd::hadd(acc[i][j]);
-            y[j] = op.accumulate ? y[j] + sum : sum;
-        });
+        store_sums<RN>(acc[i], op.y + (r0 + i) * op.y_stride + o0, op.accumulate);
     });
 }
 
 /// Runs the tile of the given (possibly partial) size; every combination up to the full tile is instantiated.
 inline void gemm_edge_tile(const gemm_operands& op, index_t r0, index_t o0, index_t rows, index_t outputs) noexcept {
-    // Tables of instantiations indexed by [rows - 1][outputs - 1].
     using tile_fn = void (*)(const gemm_operands&, index_t, index_t) noexcept;
-    static constexpr tile_fn table[3][4] = {
-        {&gemm_tile<1, 1>, &gemm_tile<1, 2>, &gemm_tile<1, 3>, &gemm_tile<1, 4>},
-        {&gemm_tile<2, 1>, &gemm_tile<2, 2>, &gemm_tile<2, 3>, &gemm_tile<2, 4>},
-        {&gemm_tile<3, 1>, &gemm_tile<3, 2>, &gemm_tile<3, 3>, &gemm_tile<3, 4>},
-    };
-    table[rows - 1][outputs - 1](op, r0, o0);
+    constexpr auto row_count = static_cast<std::size_t>(gemm_tile_rows);
+    constexpr auto output_count = static_cast<std::size_t>(gemm_tile_outputs);
+    // Instantiations indexed by [rows - 1][outputs - 1].
+    static constexpr auto table = []<std::size_t... I>(std::index_sequence<I...>) {
+        return std::array<tile_fn, sizeof...(I)>{
+            &gemm_tile<static_cast<index_t>(I / output_count + 1), static_cast<index_t>(I % output_count + 1)>...};
+    }(std::make_index_sequence<row_count * output_count>{});
+    table[static_cast<std::size_t>((rows - 1) * gemm_tile_outputs + (outputs - 1))](op, r0, o0);
 }
 
-/// Outputs [o_begin, o_end) for every row; the unit of parallel work.
-inline void gemm_output_block(const gemm_operands& op, index_t rows, index_t o_begin, index_t o_end) noexcept {
-    if (rows == 1) {
+/// Rows [r_begin, r_end) by outputs [o_begin, o_end); the unit of parallel work. Which tile computes an element
+/// changes none of its bits, so any partition of the rows and outputs gives the same y.
+inline void gemm_block(const gemm_operands& op, index_t r_begin, index_t r_end, index_t o_begin,
+                       index_t o_end) noexcept {
+    if (r_end - r_begin == 1) {
         index_t o = o_begin;
-        for (; o + gemv_tile_outputs <= o_end; o += gemv_tile_outputs) gemm_tile<1, gemv_tile_outputs>(op, 0, o);
+        for (; o + gemv_tile_outputs <= o_end; o += gemv_tile_outputs) gemm_tile<1, gemv_tile_outputs>(op, r_begin, o);
         for (; o < o_end; o += gemm_tile_outputs)
-            gemm_edge_tile(op, 0, o, 1, std::min(gemm_tile_outputs, o_end - o));
+            gemm_edge_tile(op, r_begin, o, 1, std::min(gemm_tile_outputs, o_end - o));
         return;
     }
-    for (index_t r = 0; r < rows; r += gemm_tile_rows) {
-        const index_t tile_rows = std::min(gemm_tile_rows, rows - r);
+    for (index_t r = r_begin; r < r_end; r += gemm_tile_rows) {
+        const index_t tile_rows = std::min(gemm_tile_rows, r_end - r);
         index_t o = o_begin;
         if (tile_rows == gemm_tile_rows)
             for (; o + gemm_tile_outputs <= o_end; o += gemm_tile_outputs)
@@ -129,25 +187,43 @@ inline void gemm_output_block(const gemm_operands& op, index_t rows, index_t o_b
     }
 }
 
-/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth): blocks of outputs sized to stay in L2 are spread over
-/// OpenMP threads when the product is large enough to pay for them. No shape checks: callers validate.
+/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth): blocks of outputs sized to stay in L2, split into
+/// bands of rows when there are too few blocks to share, are spread over OpenMP threads when the product is large
+/// enough to pay for them. No shape checks: callers validate.
 inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
     if (rows <= 0 || outputs <= 0) return;
     // About 256 KiB of w per block, a multiple of both tile widths.
     const index_t lcm = gemv_tile_outputs;
-    index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
+    const index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
     const index_t blocks = (outputs + block - 1) / block;
     const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+    index_t bands = 1;  // bands of rows per block of outputs
 #if defined(_OPENMP)
-    if (work >= 1 << 20 && blocks > 1) {  // about 50 microseconds of work: worth a parallel region
+    const index_t threads = omp_get_max_threads();
+    if (threads > 1 && work >= 1 << 20) {  // about 50 microseconds of work: worth a parallel region
+        // At least 4 work items per thread when there are rows enough (16 tiles of rows per band at least).
+        const index_t wanted = (4 * threads + blocks - 1) / blocks;
+        bands = std::clamp<index_t>(wanted, 1, std::max<index_t>(1, rows / (16 * gemm_tile_rows)));
+    }
+#endif
+    // Bands a whole number of row tiles tall (the last one shorter).
+    const index_t band_rows = ((rows + bands - 1) / bands + gemm_tile_rows - 1) / gemm_tile_rows * gemm_tile_rows;
+    bands = (rows + band_rows - 1) / band_rows;
+    const index_t items = bands * blocks;
+    const auto run_item = [&](index_t item) {
+        const index_t band = item % bands, b = item / bands;
+        gemm_block(op, band * band_rows, std::min(rows, (band + 1) * band_rows), b * block,
+                   std::min(outputs, (b + 1) * block));
+    };
+#if defined(_OPENMP)
+    if (work >= 1 << 20 && items > 1) {
 #pragma omp parallel for schedule(static)
-        for (index_t b = 0; b < blocks; ++b)
-            gemm_output_block(op, rows, b * block, std::min(outputs, (b + 1) * block));
+        for (index_t item = 0; item < items; ++item) run_item(item);
         return;
     }
 #endif
     (void)work;
-    for (index_t b = 0; b < blocks; ++b) gemm_output_block(op, rows, b * block, std::min(outputs, (b + 1) * block));
+    for (index_t item = 0; item < items; ++item) run_item(item);
 }
 
 }  // namespace detail

@@ -13,7 +13,7 @@ namespace kernels {
 /// sqrt(mean(x^2) + eps) over x[0..n); n must be positive.
 inline float rms_scale(const float* x, index_t n, float eps) {
     const float squares = detail::reduce_sum(
-        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return xsimd::fma(v, v, acc); }, x);
+        n, 0.0f, [](const float_batch& acc, const float_batch& v) { return fused_multiply_add(v, v, acc); }, x);
     return std::sqrt(squares / static_cast<float>(n) + eps);
 }
 
@@ -47,7 +47,7 @@ inline layernorm_stats layernorm_moments(const float* x, index_t n, float eps) {
         n, mean,
         [=](const float_batch& acc, const float_batch& v) {
             const float_batch d = v - m;
-            return xsimd::fma(d, d, acc);
+            return fused_multiply_add(d, d, acc);
         },
         x);
     return {mean, std::sqrt(squares / static_cast<float>(n) + eps)};
@@ -63,7 +63,7 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
         detail::transform(
             out, n,
             [=](const float_batch& v, const float_batch& g, const float_batch& b) {
-                return xsimd::fma(detail::divide(v - m, scale), g, b);
+                return fused_multiply_add(detail::divide(v - m, scale), g, b);
             },
             x, weight, bias);
     else if (weight)
@@ -82,7 +82,8 @@ inline float layernorm(float* out, const float* x, const float* weight, const fl
 /// bias after the hook rounds exactly like the unhooked one. `out` may equal `x`.
 inline void gain_and_bias(float* out, const float* x, const float* weight, const float* bias, index_t n) {
     detail::transform(
-        out, n, [](const float_batch& v, const float_batch& g, const float_batch& b) { return xsimd::fma(v, g, b); },
+        out, n,
+        [](const float_batch& v, const float_batch& g, const float_batch& b) { return fused_multiply_add(v, g, b); },
         x, weight, bias);
 }
 

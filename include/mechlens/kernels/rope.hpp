@@ -84,8 +84,8 @@ inline void rotate_adjacent(float_batch& x0, float_batch& x1, const float_batch&
     constexpr auto low = xsimd::make_batch_constant<index_batch, repeat_low_half>();
     constexpr auto high = xsimd::make_batch_constant<index_batch, repeat_high_half>();
     const float_batch signs = alternating_signs();
-    x0 = xsimd::fma(xsimd::swizzle(x0, swap), xsimd::swizzle(s, low) * signs, x0 * xsimd::swizzle(c, low));
-    x1 = xsimd::fma(xsimd::swizzle(x1, swap), xsimd::swizzle(s, high) * signs, x1 * xsimd::swizzle(c, high));
+    x0 = fused_multiply_add(xsimd::swizzle(x0, swap), xsimd::swizzle(s, low) * signs, x0 * xsimd::swizzle(c, low));
+    x1 = fused_multiply_add(xsimd::swizzle(x1, swap), xsimd::swizzle(s, high) * signs, x1 * xsimd::swizzle(c, high));
 }
 
 }  // namespace detail
@@ -121,8 +121,8 @@ inline void rope_split_halves(float* head, const float* cos, const float* sin, i
     auto rotate = [](float_batch& a, float_batch& b, const float_batch& c, const float_batch& s) {
         // fma of the negated partner, not xsimd::fnma: xsimd 8.1 has no NEON fnma and falls back to an unfused
         // multiply and subtract there; negation is exact, so this is the fused a*c - b*s on every architecture.
-        const float_batch a_rot = xsimd::fma(-b, s, a * c);
-        b = xsimd::fma(a, s, b * c);
+        const float_batch a_rot = fused_multiply_add(-b, s, a * c);
+        b = fused_multiply_add(a, s, b * c);
         a = a_rot;
     };
     index_t i = 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <limits>
 #include <type_traits>
@@ -21,6 +22,45 @@ using float_batch = xsimd::batch<float>;
 
 /// Number of float lanes in float_batch.
 inline constexpr index_t simd_width = static_cast<index_t>(float_batch::size);
+
+/// True when the float_batch architecture has a fused multiply-add instruction (FMA3 on x86, AVX-512, NEON with
+/// VFP4/AArch64), so fused_multiply_add rounds once at full speed; false on plain SSE2 and 32-bit ARM without FMA.
+inline constexpr bool has_fused_multiply_add =
+#if XSIMD_WITH_AVX512F || XSIMD_WITH_FMA3_SSE || XSIMD_WITH_FMA3_AVX || XSIMD_WITH_FMA3_AVX2 || \
+    (XSIMD_WITH_NEON && defined(__ARM_FEATURE_FMA))
+    true;
+#else
+    false;
+#endif
+
+/// a * b + c in every lane, rounded once: a true fused multiply-add on every ISA that has one. xsimd 8.1's
+/// xsimd::fma is fused on FMA3 (x86) and NEON (vfmaq) but is a multiply then an add on its AVX-512 architectures,
+/// so those go through _mm512_fmadd_ps/_pd here. The result therefore does not depend on whether the compiler
+/// contracts (the build keeps -ffp-contract=off). Where the ISA has no FMA (has_fused_multiply_add false) this is
+/// a multiply then an add: a software fma per lane would cost more than the kernels themselves.
+template <class T, class A>
+inline xsimd::batch<T, A> fused_multiply_add(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
+                                             const xsimd::batch<T, A>& c) noexcept {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+        if constexpr (std::is_same_v<T, float>)
+            return _mm512_fmadd_ps(a, b, c);
+        else if constexpr (std::is_same_v<T, double>)
+            return _mm512_fmadd_pd(a, b, c);
+        else
+            return xsimd::fma(a, b, c);
+    } else
+#endif
+        return xsimd::fma(a, b, c);
+}
+
+/// a * b + c rounded once, for scalar code that must round like fused_multiply_add's lanes.
+inline float fused_multiply_add(float a, float b, float c) noexcept {
+    if constexpr (has_fused_multiply_add)
+        return std::fma(a, b, c);
+    else
+        return a * b + c;
+}
 
 namespace detail {
 

@@ -25,14 +25,17 @@ inline void scale(float* x, float s, index_t n) {
 inline void axpy(float* y, float a, const float* x, index_t n) {
     const float_batch factor(a);
     detail::transform(
-        y, n, [=](const float_batch& v, const float_batch& u) { return xsimd::fma(factor, u, v); }, y, x);
+        y, n, [=](const float_batch& v, const float_batch& u) { return fused_multiply_add(factor, u, v); }, y, x);
 }
 
-/// Sum of a[i] * b[i], accumulated with fma in four float batches.
+/// Sum of a[i] * b[i], accumulated with fused multiply-adds in four float batches.
 inline float dot(const float* a, const float* b, index_t n) {
     return detail::reduce_sum(
         n, 0.0f,
-        [](const float_batch& acc, const float_batch& u, const float_batch& v) { return xsimd::fma(u, v, acc); }, a, b);
+        [](const float_batch& acc, const float_batch& u, const float_batch& v) {
+            return fused_multiply_add(u, v, acc);
+        },
+        a, b);
 }
 
 }  // namespace kernels
