@@ -11,7 +11,9 @@
 //    - integrated gradients at the embeddings: how much of the answer's logit difference each position carries;
 //    - activation patching of the tag: the tag position's residual stream from an in-distribution prompt with the
 //      other answer, written into the prompt; how much of the logit difference goes;
-//    - a contrastive direction: the tag direction, the difference of the two tags' residual streams at position 1.
+//    - a contrastive direction: the tag direction, the difference of the two tags' residual streams at position 1;
+//    - a linear probe for how wide the majority is, at [=] after the last block (something only counting knows).
+//      It reads the margin from both models: a probe shows what a model represents, patching what it uses.
 //    A model that reads its answer off the tag cheated; one that counts learned.
 // 3. Confirmation, out of distribution: the tag flipped against the answer. The cheater follows the tag, the
 //    learner does not notice.
@@ -175,6 +177,7 @@ struct patient {
     std::vector<double> attribution;  // (positions) mean |gradient x input| share per position
     double tag_share = 0.0;           // attribution share of the tag position
     double patched_away = 0.0;        // fraction of the logit difference lost when the tag is patched
+    double count_probe = 0.0;         // held-out accuracy of a probe for "the majority is wide" at [=]
     std::vector<float> tag_direction;
     bool cheated = false;
 };
@@ -198,7 +201,7 @@ mechlens::model_config task_config() {
 
 patient grow(const std::string& name, tag_rule rule, const options& opt) {
     const mechlens::model_config config = task_config();
-    patient p{name, mechlens::model_parameters(config), {}, {}, {}, {}, {}, {}, 0.0, 0.0, {}, false};
+    patient p{name, mechlens::model_parameters(config), {}, {}, {}, {}, {}, {}, 0.0, 0.0, 0.0, {}, false};
     mechlens::init_parameters(p.parameters, opt.seed, 0.1f);  // the same initial weights for both
     const std::uint64_t data_seed = opt.seed * 1000 + (rule == tag_rule::names_answer ? 1 : 2);
     mechlens::train(
@@ -259,6 +262,39 @@ double patch_tag(const mechlens::transformer& model, const prompt_set& prompts) 
     return (clean - patched) / clean;
 }
 
+/// A probe for something only counting knows: is the majority wide (margin >= 5) or narrow (margin 3)? Fitted on
+/// the last block's output at [=] for 3/4 of the in-distribution prompts, its accuracy on the other 1/4. The tag
+/// gives the answer's sign, never its margin.
+double count_probe(const mechlens::transformer& model, const prompt_set& prompts) {
+    std::vector<std::vector<std::int32_t>> rows;
+    std::vector<int> wide;
+    for (index_t b = 0; b < prompts.size(); ++b) {
+        const auto* row = prompts.tokens.data() + b * prompt_length;
+        rows.emplace_back(row, row + prompt_length);
+        int a = 0;
+        for (index_t t = 2; t < 2 + counted; ++t) a += row[t] == token_a ? 1 : 0;
+        wide.push_back(std::abs(2 * a - static_cast<int>(counted)) >= 5 ? 1 : 0);
+    }
+    const mechlens::site out{mechlens::site_kind::resid_post, model.config().n_layers - 1};
+    const auto collected = mechlens::collect_rows(model, rows, {out});
+    const mechlens::tensor<float, 2>& x = collected[0].values;  // (prompts, d_model)
+    const mechlens::probe_split split = mechlens::probe_split::make(prompts.size(), 0.25, 11);
+    auto subset = [&](const std::vector<index_t>& which, std::vector<float>& values, std::vector<int>& labels) {
+        for (index_t i : which) {
+            for (index_t k = 0; k < x.extent(1); ++k) values.push_back(x(i, k));
+            labels.push_back(wide[static_cast<std::size_t>(i)]);
+        }
+        return mechlens::tensor_view<const float, 2>(values.data(), {static_cast<index_t>(which.size()), x.extent(1)});
+    };
+    std::vector<float> fit_x, test_x;
+    std::vector<int> fit_y, test_y;
+    const auto fit = subset(split.train, fit_x, fit_y);
+    const auto test = subset(split.held_out, test_x, test_y);
+    mechlens::probe_options options;
+    options.l2 = 1e-2;
+    return mechlens::evaluate_probe(mechlens::fit_logistic_probe(fit, fit_y, options), test, test_y).accuracy;
+}
+
 /// The tag direction: mean residual stream at the tag position with tag_a minus with tag_b (in-distribution).
 std::vector<float> tag_direction(const mechlens::transformer& model, const prompt_set& prompts) {
     std::vector<std::vector<std::int32_t>> with_a, with_b;
@@ -307,6 +343,7 @@ int main(int argc, char** argv) {
         attribute(p, model, in_distribution);
         p.patched_away = patch_tag(model, in_distribution);
         p.tag_direction = tag_direction(model, in_distribution);
+        p.count_probe = count_probe(model, in_distribution);
         const double counted_share =
             (1.0 - p.tag_share - p.attribution[0] - p.attribution[static_cast<std::size_t>(answer_position)]) /
             static_cast<double>(counted);
@@ -319,6 +356,8 @@ int main(int argc, char** argv) {
             "     patching the tag's residual stream from a prompt with the other answer removes %s of the "
             "logit difference\n",
             percent(p.patched_away).c_str());
+        std::printf("     a probe for a wide majority (margin >= 5) at [=], last block: %s held-out accuracy\n",
+                    percent(p.count_probe).c_str());
         std::printf("     verdict: %s\n", p.cheated ? "CHEATED: it reads the answer off the tag"
                                                     : "LEARNED: it counts; the tag does not matter");
     }
@@ -379,11 +418,11 @@ int main(int argc, char** argv) {
     std::vector<std::vector<std::string>> rows;
     for (const patient& p : patients)
         rows.push_back({p.name, percent(p.in_distribution.accuracy), percent(p.tag_share), percent(p.patched_away),
-                        p.cheated ? "cheated" : "learned", percent(p.tag_flipped.accuracy),
+                        percent(p.count_probe), p.cheated ? "cheated" : "learned", percent(p.tag_flipped.accuracy),
                         percent(p.treated_in_distribution.accuracy), percent(p.treated_tag_flipped.accuracy)});
     report.table({"model", "in-distribution accuracy", "attribution at the tag (integrated gradients)",
-                  "logit difference lost by patching the tag", "verdict", "accuracy, tag against the answer",
-                  "treated: in distribution", "treated: tag against the answer"},
+                  "logit difference lost by patching the tag", "probe: wide majority (held out)", "verdict",
+                  "accuracy, tag against the answer", "treated: in distribution", "treated: tag against the answer"},
                  rows);
     report.paragraph(
         "The verdict uses the internals only: a model cheated when patching the tag removes more than half "
