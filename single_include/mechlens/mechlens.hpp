@@ -23262,8 +23262,6 @@ public:
     /// The kinds it edits.
     static constexpr kind_set kinds = direction_ablation_kinds;
 
-    /// Edits nothing (a placeholder where no direction is ablated).
-    direction_ablation_hooks() = default;
     /// Ablates `direction` (d_model values, any non-zero length) at `layers` of a model with `n_layers` blocks
     /// (every layer when empty). Throws shape_error for a direction of another width, std::invalid_argument for a
     /// zero direction or a layer out of range.
