@@ -11,6 +11,10 @@
 #include <filesystem>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_attribution {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -128,3 +132,5 @@ TEST_CASE("attribution: the logit lens ends at the model's logits and ranks toke
     CHECK(mechlens::standing_of(early, 370).probability < top[0].probability);
     CHECK_THROWS_AS(mechlens::logit_lens(model, mechlens::activation_cache{}), std::invalid_argument);
 }
+
+}  // namespace test_attribution

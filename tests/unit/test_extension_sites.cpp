@@ -15,6 +15,10 @@
 #include "sae_test_support.hpp"
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_extension_sites {
+
 using mechlens::index_t;
 using mechlens::kind_set;
 using mechlens::site;
@@ -459,3 +463,5 @@ TEST_CASE("extension sites: gradients through the splice equal finite difference
         }
     }
 }
+
+}  // namespace test_extension_sites

@@ -14,6 +14,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_gguf_gpt2 {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 
@@ -132,3 +136,5 @@ TEST_CASE("gguf gpt2: broken files are one-line format errors", "[gguf_gpt2]") {
         CHECK(error.find('\n') == std::string::npos);
     }
 }
+
+}  // namespace test_gguf_gpt2

@@ -15,6 +15,10 @@
 #include <utility>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_gpt2_tokenizer {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -389,3 +393,5 @@ TEST_CASE("gpt2 tokenizer: in-memory parsers accept what the file readers accept
     CHECK(error_of([] { (void)mechlens::parse_hf_tokenizer_json("{}", "t.json"); }) ==
           "t.json: (root): missing key \"model\"");
 }
+
+}  // namespace test_gpt2_tokenizer

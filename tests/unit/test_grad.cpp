@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_grad {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 using mechlens::site;
@@ -483,3 +487,5 @@ TEST_CASE("grad: the gradient pass runs on a transformer's own weights, bitwise 
     CHECK_THROWS_AS(mechlens::forward_backward(model, tokens, mechlens::metric::cross_entropy(), &wrong),
                     mechlens::shape_error);
 }
+
+}  // namespace test_grad

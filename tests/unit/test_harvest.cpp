@@ -15,6 +15,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_harvest {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 
@@ -477,3 +481,5 @@ TEST_CASE("harvest: stories260K over text, equal to caching_hooks", "[harvest][s
     (void)mechlens::forward_logits(model, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {4, 8}), hooks);
     CHECK(read_all(dir / "out") == hooks.cache()["blocks.2.hook_resid_post"].values);
 }
+
+}  // namespace test_harvest

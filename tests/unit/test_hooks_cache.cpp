@@ -15,6 +15,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_hooks_cache {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -667,3 +671,5 @@ TEST_CASE("site traits: visit_kind calls with the compile-time kind and refuses 
     mechlens::detail::visit_kind<mechlens::kind_set::all()>(site_kind::unembed_out, [&](auto) { ++calls; });
     CHECK(calls == 1);
 }
+
+}  // namespace test_hooks_cache

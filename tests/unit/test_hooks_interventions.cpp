@@ -10,6 +10,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_hooks_interventions {
+
 using mechlens::index_t;
 using mechlens::kind_set;
 using mechlens::site;
@@ -577,3 +581,5 @@ TEST_CASE("interventions: patching from a cache that kept only some positions", 
     CHECK_THROWS_WITH(mechlens::forward_logits(model, as_batch(prompt_b), too_much),
                       Catch::Matchers::Contains("blocks.1.hook_resid_mid") && Catch::Matchers::Contains("position 0"));
 }
+
+}  // namespace test_hooks_interventions

@@ -16,6 +16,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_huggingface {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 
@@ -348,3 +352,5 @@ TEST_CASE("huggingface: malformed folders are one-line errors naming the file", 
         require_rejected(dir, "config.json", "neither a TransformerLens config");
     }
 }
+
+}  // namespace test_huggingface

@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_integrated_gradients {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 using mechlens::integration_rule;
@@ -467,3 +471,5 @@ TEST_CASE("ig: bad input throws clear errors", "[ig][errors]") {
     CHECK_NOTHROW(run(site{site_kind::resid_pre, 1}));
     CHECK_NOTHROW(run(site{site_kind::attn_pattern, 0}, mechlens::ig_baseline::repeated_token(12)));
 }
+
+}  // namespace test_integrated_gradients

@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_json {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -245,3 +249,5 @@ TEST_CASE("json: a 2 MB tokenizer.json parses quickly", "[json]") {
     CHECK(v.at("model").at("merges").size() == 50000);
     CHECK(v.at("added_tokens").at(0).at("content").as_string() == "<|endoftext|>");
 }
+
+}  // namespace test_json

@@ -24,6 +24,10 @@
 #include <utility>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_kernels {
+
 namespace {
 
 using mechlens::index_t;
@@ -610,3 +614,5 @@ TEST_CASE("kernels: linear on strided rows, with bias, and shape errors", "[kern
     kn::linear(x0, w0, y0);
     for (index_t r = 0; r < rows; ++r) REQUIRE(y0(r, 0) == 0.0f);
 }
+
+}  // namespace test_kernels

@@ -17,6 +17,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_loaders {
+
 using mechlens::index_t;
 namespace fs = std::filesystem;
 
@@ -1101,3 +1105,5 @@ TEST_CASE("loaders: load_model rejects truncated checkpoints and safetensors tha
     CHECK(error_of([&] { (void)load_model(mismatched); }).find("tensor 'token_embedding' has shape (10, 8)") !=
           std::string::npos);
 }
+
+}  // namespace test_loaders

@@ -13,6 +13,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_medicine {
+
 using mechlens::index_t;
 
 namespace {
@@ -533,3 +537,5 @@ TEST_CASE("steering with the norm preserved: only the direction of each steered 
     mechlens::tensor_view<float, 3> gradient(nullptr, {0, 0, 0});
     CHECK_THROWS_AS(steer.on_gradient(host, gradient, mechlens::hook_context{}), std::logic_error);
 }
+
+}  // namespace test_medicine

@@ -12,6 +12,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_model {
+
 using mechlens::index_t;
 namespace fs = std::filesystem;
 
@@ -764,3 +768,5 @@ TEST_CASE("variants: weights validate per variant; random_model keeps LLaMA's we
                          untied.weights.token_embedding.data()));
     }
 }
+
+}  // namespace test_model

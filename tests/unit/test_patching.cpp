@@ -13,6 +13,10 @@
 #include <stdexcept>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_patching {
+
 using mechlens::index_t;
 using mechlens::patching_grid;
 using mechlens::site;
@@ -301,3 +305,5 @@ TEST_CASE("partial forward: resuming at any block from a cached residual gives t
                                          mechlens::tensor_view<const std::int32_t, 2>(bad.data(), {1, 3}), ws),
                     std::out_of_range);
 }
+
+}  // namespace test_patching

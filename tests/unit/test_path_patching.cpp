@@ -14,6 +14,10 @@
 #include <stdexcept>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_path_patching {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -314,3 +318,5 @@ TEST_CASE("path patching: a stories260K sweep runs and agrees with plain forward
     WARN("stories260K: clean " << plain_clean << ", corrupt " << plain_corrupt
                                << "; last-block heads vs activation patching, worst difference " << worst);
 }
+
+}  // namespace test_path_patching

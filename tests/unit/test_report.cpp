@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_report {
+
 namespace {
 
 // Checks that every element opened in `html` is closed in order, skipping void elements (meta, br, ...), self-closing
@@ -462,3 +466,5 @@ TEST_CASE("a report with every attribution piece is balanced and fetches nothing
     CHECK(saved == html);
     CHECK(count_of(saved, "http") == count_of(saved, "xmlns=\"http://www.w3.org/2000/svg\""));
 }
+
+}  // namespace test_report

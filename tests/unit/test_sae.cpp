@@ -14,6 +14,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_sae {
+
 using mechlens::index_t;
 
 namespace {
@@ -353,3 +357,5 @@ TEST_CASE("sae: inconsistent weights and options are rejected", "[sae]") {
                                                               mechlens::tensor_view<const double, 2>(x.data(), {1, 7})),
                     mechlens::shape_error);
 }
+
+}  // namespace test_sae

@@ -19,6 +19,10 @@
 #include "sae_test_support.hpp"
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_sae_dashboard {
+
 using mechlens::index_t;
 
 namespace {
@@ -332,3 +336,5 @@ TEST_CASE("sae dashboard: stories260K", "[sae][sae_dashboard][stories260K]") {
     CHECK(html.find("Lily") != std::string::npos);
     std::ofstream(mechlens_test::scratch_dir() / "stories260K_dashboard.html") << html;
 }
+
+}  // namespace test_sae_dashboard

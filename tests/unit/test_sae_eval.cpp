@@ -16,6 +16,10 @@
 #include "sae_test_support.hpp"
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_sae_eval {
+
 using mechlens::index_t;
 
 namespace {
@@ -461,3 +465,5 @@ TEST_CASE("sae eval: a transcoder in place of an MLP, every metric against a dir
                                                     [](std::span<std::int32_t>) { return false; }, o),
                       Catch::Matchers::Contains("layer 2 is outside 0..1"));
 }
+
+}  // namespace test_sae_eval

@@ -20,6 +20,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_sae_train {
+
 using mechlens::index_t;
 
 namespace {
@@ -880,3 +884,5 @@ TEST_CASE("sae trainer: jumprelu with the tanh penalty recovers a toy model; con
         CHECK(after < 0.15);  // measured 0.088 (standard, L0 6.7) and 0.087 (topk, k 3)
     }
 }
+
+}  // namespace test_sae_train

@@ -18,6 +18,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_splice_attribution {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -259,6 +263,46 @@ TEST_CASE("splices in activation patching: every cell equals the spliced model r
     CHECK(worst_naive == 0.0);
 }
 
+TEST_CASE("splices in activation patching: a batchtopk SAE, which couples rows, gets full passes of the prompt batch",
+          "[attribution][patching][splice]") {
+    const mechlens::model_config c = small_config();
+    const mechlens::transformer model(mechlens::random_model(c, 11, 0.3f));
+    const prompt_pairs pairs;
+    mechlens::sae_options batch_top = sae_with_error_term(false);
+    batch_top.architecture = mechlens::sae_architecture::batchtopk;
+    batch_top.k = 3.5;  // on average 3.5 latents per row, chosen over all the batch's rows
+    mechlens::dynamic_hooks splices(c);
+    (void)splices.splice("blocks.1.hook_resid_pre",
+                         std::make_shared<mechlens::sae_splice>(random_sae(c.d_model, 40, 6), batch_top));
+    CHECK_FALSE(splices.splices_rows_independent());
+    mechlens::activation_patcher patcher(model, pairs.clean(), pairs.corrupt(), pairs.metric, &splices);
+
+    // A stacked, resumed sweep would hand the SAE other rows than the spliced model's own forward pass does; every
+    // cell must be the spliced model run on the patched prompt batch.
+    index_t cells = 0, moved = 0;
+    for (const auto& grid : {mechlens::patching_grid::by_layer_position(site_kind::resid_pre),
+                             mechlens::patching_grid::by_layer_position(site_kind::mlp_out)}) {
+        INFO(grid.describe());
+        const mechlens::patching_table fast = patcher.sweep(grid);
+        for (const mechlens::patching_cell& cell : patcher.cells(grid)) {
+            const site where{grid.kind, cell.layer};
+            const double expected = patched_by_hand(model, splices, pairs, where, cell.position, cell.head);
+            const float got = fast.raw(std::max<index_t>(cell.layer, 0), 0, std::max<index_t>(cell.position, 0));
+            INFO(mechlens::to_string(where) << " position " << cell.position);
+            CHECK(got == static_cast<float>(expected));
+            ++cells;
+            if (std::abs(expected - patcher.corrupt_metric()) > 1e-3) ++moved;
+        }
+    }
+    CHECK(moved > cells / 4);
+
+    // Per-row splices keep the fast path.
+    mechlens::dynamic_hooks per_row(c);
+    (void)per_row.splice("blocks.1.hook_resid_pre", std::make_shared<mechlens::sae_splice>(
+                                                        random_sae(c.d_model, 40, 6), sae_with_error_term(false)));
+    CHECK(per_row.splices_rows_independent());
+}
+
 TEST_CASE("splices in integrated gradients, saliency and gradient x input: a zero-error SAE changes nothing, a "
           "replacing one does",
           "[attribution][ig][splice]") {
@@ -470,3 +514,5 @@ TEST_CASE("integrated gradients over an SAE's latents on stories260K: completene
         CHECK(std::abs(r.per_channel(0, order[0])) > std::abs(r.per_channel(0, order[order.size() / 2])));
     }
 }
+
+}  // namespace test_splice_attribution

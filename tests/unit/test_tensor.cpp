@@ -5,6 +5,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_tensor {
+
 using mechlens::index_t;
 
 TEST_CASE("tensor: zero-initialised, 64-byte aligned, row-major", "[tensor]") {
@@ -72,3 +76,5 @@ TEST_CASE("tensor_view: Eigen maps share storage with the view", "[tensor]") {
     mechlens::tensor_view<float, 2> transposed(not_dense.data(), {3, 4}, {1, 3});
     REQUIRE_THROWS_AS(mechlens::as_matrix(transposed), mechlens::shape_error);
 }
+
+}  // namespace test_tensor

@@ -16,6 +16,10 @@
 #include <utility>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_tokenizer {
+
 namespace {
 
 using ids = std::vector<std::int32_t>;
@@ -602,3 +606,5 @@ TEST_CASE("tokenizer: parse_llama2c_vocabulary reads bytes like the file reader"
     CHECK(from_bytes.kinds == from_file.kinds);
     CHECK(from_bytes.kinds[3] == mechlens::token_kind::byte);
 }
+
+}  // namespace test_tokenizer

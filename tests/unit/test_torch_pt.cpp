@@ -15,6 +15,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_torch_pt {
+
 namespace fs = std::filesystem;
 using mechlens::json_value;
 using namespace std::string_literals;
@@ -255,3 +259,5 @@ TEST_CASE("torch_pt: the unpickler refuses unknown opcodes and globals and bound
     CHECK(run("\x80\x02G\x3f\xf8\x00\x00\x00\x00\x00\x00."s).floating == 1.5);
     CHECK(run("\x80\x04\x95\x03\x00\x00\x00\x00\x00\x00\x00K\x07\x94."s).integer == 7);  // FRAME, MEMOIZE
 }
+
+}  // namespace test_torch_pt

@@ -18,6 +18,10 @@
 #include <string>
 #include <vector>
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_training {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -832,3 +836,5 @@ TEST_CASE("parameter table: GGUF names are unique and llama2.c sections are the 
     CHECK(mechlens::traits_of(parameter_id::w_up).llama2c_section == 9);
     CHECK(mechlens::traits_of(parameter_id::unembed).llama2c_section == 13);
 }
+
+}  // namespace test_training

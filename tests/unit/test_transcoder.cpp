@@ -17,6 +17,10 @@
 #include "sae_test_support.hpp"
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_transcoder {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -687,3 +691,5 @@ TEST_CASE("attribution patching runs with splices: an identity SAE changes nothi
     const auto grid = mechlens::patching_grid::by_layer_position(site_kind::resid_pre);
     CHECK(max_gap(plain.estimate(grid).raw, transcoded.estimate(grid).raw) > 1e-4);
 }
+
+}  // namespace test_transcoder

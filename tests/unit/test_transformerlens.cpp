@@ -15,6 +15,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_transformerlens {
+
 namespace fs = std::filesystem;
 using mechlens::index_t;
 using mechlens::site;
@@ -267,3 +271,5 @@ TEST_CASE("transformerlens: GPT-NeoX's options (parallel blocks, partial rotary)
     CHECK_THROWS_WITH(config_with("6"), Catch::Matchers::Contains("rotary_dim 6 is outside [1, d_head = 4]"));
     CHECK_THROWS_WITH(config_with("3"), Catch::Matchers::Contains("must be even"));
 }
+
+}  // namespace test_transformerlens

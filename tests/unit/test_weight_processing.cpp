@@ -11,6 +11,10 @@
 
 #include "test_support.hpp"
 
+// Everything below is in this file's own namespace, so that unity builds (several test files in one
+// translation unit) see no clashes between the helpers of different files.
+namespace test_weight_processing {
+
 using mechlens::index_t;
 using mechlens::site;
 using mechlens::site_kind;
@@ -184,3 +188,5 @@ TEST_CASE("weight processing: refuses what would change the model", "[processing
     CHECK_THROWS_WITH(mechlens::fold_layer_norms(q), Catch::Matchers::Contains("linear biases"));
     CHECK_THROWS_WITH(mechlens::fold_value_biases(q), Catch::Matchers::Contains("no linear biases"));
 }
+
+}  // namespace test_weight_processing
