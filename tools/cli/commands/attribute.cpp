@@ -17,7 +17,7 @@
 #include "prompt_pairs.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace attribute_impl {
 
 /// The quadrature rule a --rule name stands for.
 mechlens::integration_rule rule_named(const std::string& name) {
@@ -170,7 +170,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace attribute_impl
 
 const command attribute_command{
     "attribute",
@@ -182,6 +182,6 @@ const command attribute_command{
     "activation patching) goes through them; --site may then be one of their sites, e.g.\n"
     "blocks.1.hook_resid_post.hook_sae_acts_post, and ig/saliency/gradxinput also print the --top features by\n"
     "|attribution| summed over positions (--out adds PREFIX.<method>.features.npy, (prompts, features))",
-    run};
+    attribute_impl::run};
 
 }  // namespace mechlens_cli

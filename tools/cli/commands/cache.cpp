@@ -16,7 +16,7 @@
 #include "../medicine_options.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace cache_impl {
 
 /// Runs one forward pass with a caching policy that lets `Kinds` through and keeps exactly `sites`.
 template <mechlens::kind_set Kinds>
@@ -92,7 +92,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace cache_impl
 
 const command cache_command{
     "cache",
@@ -104,6 +104,6 @@ const command cache_command{
     "TransformerLens shape (batch first); writes the activations only when --out or --npy is given. With an SAE\n"
     "or a transcoder spliced in, its sites (e.g. blocks.0.hook_resid_post.hook_sae_acts_post) are cached too\n"
     "[--ablate-direction D.npy[:LAYERS]]: the cache holds the activations with the direction removed",
-    run};
+    cache_impl::run};
 
 }  // namespace mechlens_cli

@@ -12,7 +12,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace dla_impl {
 
 int run(arguments& args) {
     const prompt_options input = read_prompt_options(args);
@@ -41,10 +41,10 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace dla_impl
 
 const command dla_command{
     "dla", "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) --token ID [--minus ID] [--position -1]",
-    run};
+    dla_impl::run};
 
 }  // namespace mechlens_cli

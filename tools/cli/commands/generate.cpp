@@ -13,7 +13,7 @@
 #include "../medicine_options.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace generate_impl {
 
 /// Adds `--steer NAME:VECTOR.npy:ALPHA[:from=P][:keep-norm]` targets: alpha * the vector (sized like the site's last
 /// axis) at every position, or at positions P and later; with keep-norm, each steered row is rescaled to its norm.
@@ -128,7 +128,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace generate_impl
 
 const command generate_command{
     "generate",
@@ -138,6 +138,6 @@ const command generate_command{
     "[--control-vector F.gguf[:STRENGTH]]... (llama.cpp's: strength * direction.N added to blocks.N.hook_resid_post)\n"
     "[--ablate-direction D.npy[:LAYERS]] (removed from hook_resid_pre, hook_attn_out, hook_mlp_out of LAYERS)\n"
     "without a tokenizer (--tokens on a checkpoint), prints the prompt and new tokens as ids and never stops early",
-    run};
+    generate_impl::run};
 
 }  // namespace mechlens_cli

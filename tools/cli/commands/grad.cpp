@@ -11,7 +11,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace grad_impl {
 
 /// Parses `loss`, `logit:ID@POS` or `logitdiff:ID1-ID2@POS` (POS may be negative, counting from the end).
 mechlens::metric parse_metric(const std::string& text) {
@@ -54,13 +54,13 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace grad_impl
 
 const command grad_command{
     "grad",
     "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens 1,403,407) --metric METRIC --names PATTERNS\n"
     "--out FILE.safetensors\n"
     "METRIC: loss (mean next-token cross-entropy), logit:ID@POS, logitdiff:ID1-ID2@POS (POS -1 = last)",
-    run};
+    grad_impl::run};
 
 }  // namespace mechlens_cli

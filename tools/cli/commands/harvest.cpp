@@ -17,7 +17,7 @@
 #include "../documents.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace harvest_impl {
 
 /// "1:02:03" or "2:03".
 std::string clock_time(double seconds) {
@@ -134,7 +134,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace harvest_impl
 
 const command harvest_command{
     "harvest",
@@ -144,6 +144,6 @@ const command harvest_command{
     "activations at hook sites (NAME or NAME:head=H), one float32 row per token, in DIR/<site>/shard_NNNNN.safetensors\n"
     "with DIR/manifest.json; documents end at <|endoftext|> lines; without --text, stories sampled from the model\n"
     "(temperature 1, --seed); the same command on the same DIR resumes an interrupted harvest (docs/HARVEST.md)",
-    run};
+    harvest_impl::run};
 
 }  // namespace mechlens_cli

@@ -9,7 +9,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace info_impl {
 
 int run(arguments& args) {
     const model_options model_input = read_model_options(args);
@@ -44,8 +44,8 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace info_impl
 
-const command info_command{"info", "--model PATH", run};
+const command info_command{"info", "--model PATH", info_impl::run};
 
 }  // namespace mechlens_cli

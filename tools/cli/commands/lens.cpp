@@ -10,7 +10,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace lens_impl {
 
 int run(arguments& args) {
     const prompt_options input = read_prompt_options(args);
@@ -40,10 +40,10 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace lens_impl
 
 const command lens_command{
     "lens", "--model PATH [--tokenizer PATH] (--prompt TEXT | --tokens IDS) [--position -1] [--top 5] [--out F.npy]",
-    run};
+    lens_impl::run};
 
 }  // namespace mechlens_cli

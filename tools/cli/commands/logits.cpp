@@ -12,7 +12,7 @@
 #include "../medicine_options.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace logits_impl {
 
 int run(arguments& args) {
     const prompt_options input = read_prompt_options(args);
@@ -35,7 +35,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace logits_impl
 
 const command logits_command{
     "logits",
@@ -46,6 +46,6 @@ const command logits_command{
     "layer_L.safetensors) over blocks.L.hook_mlp_out\n"
     "[--ablate-direction D.npy[:LAYERS]]: removes the direction from hook_resid_pre, hook_attn_out and hook_mlp_out\n"
     "of LAYERS (A-B or A,B,...; every layer by default)",
-    run};
+    logits_impl::run};
 
 }  // namespace mechlens_cli

@@ -18,7 +18,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace medicine_impl {
 
 /// The non-empty lines of a text file (a trailing '\r' removed); throws usage_error naming `option` when the file
 /// cannot be read or has no line.
@@ -291,33 +291,33 @@ int run_control_vector(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace medicine_impl
 
 const command probe_command{
     "probe",
     "--model M --data FILE --sites PATTERNS [--position last|N] [--l2 1e-3] [--held-out 0.2] [--seed S]\n"
     "[--out F.safetensors]: logistic-regression probes (Newton's method) on one row per line of FILE\n"
     "(LABEL<TAB>TEXT, LABEL 0 or 1) at every matched site; prints train and held-out accuracy per site",
-    run_probe};
+    medicine_impl::run_probe};
 
 const command direction_command{
     "direction",
     "--model M --positive FILE --negative FILE --layer L [--site resid_pre|resid_post] [--method mean|pca]\n"
     "[--position last|N] --out D.npy: the contrastive direction between two prompt sets (one prompt per line):\n"
     "mean(positive) - mean(negative), or the first principal component of the paired differences",
-    run_direction};
+    medicine_impl::run_direction};
 
 const command orthogonalize_command{
     "orthogonalize",
     "--model M --direction D.npy --out FILE.safetensors: removes the direction from every matrix and bias that\n"
     "writes the residual stream; the file opens as a model and computes the run-time --ablate-direction",
-    run_orthogonalize};
+    medicine_impl::run_orthogonalize};
 
 const command control_vector_command{
     "control-vector",
     "--model M --positive FILE --negative FILE [--layers A-B] [--method mean|pca] [--position last|N]\n"
     "[--model-hint NAME] --out F.gguf: a llama.cpp control vector, direction.N measured at blocks.N.hook_resid_post\n"
     "(1 <= A <= B < n_layers; default every block but 0)",
-    run_control_vector};
+    medicine_impl::run_control_vector};
 
 }  // namespace mechlens_cli

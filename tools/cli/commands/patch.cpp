@@ -13,7 +13,7 @@
 #include "prompt_pairs.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace patch_impl {
 
 int run(arguments& args) {
     const model_options model_input = read_model_options(args);
@@ -45,7 +45,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace patch_impl
 
 const command patch_command{
     "patch",
@@ -57,6 +57,6 @@ const command patch_command{
     "[--sae DIR]... [--sae-replace DIR]... [(--transcoder | --transcoder-replace) PATH --layer L]: every run\n"
     "goes through the spliced modules (with the error term, the tables are the plain model's); a patched site\n"
     "that hosts one gets the clean run's spliced output",
-    run};
+    patch_impl::run};
 
 }  // namespace mechlens_cli

@@ -9,7 +9,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace prompt_pairs_impl {
 
 /// Stacks equal-length token lists into (count, pos); throws usage_error naming `what` otherwise.
 mechlens::tensor<std::int32_t, 2> stack_prompts(const std::vector<std::vector<std::int32_t>>& lists, const char* what) {
@@ -26,7 +26,7 @@ mechlens::tensor<std::int32_t, 2> stack_prompts(const std::vector<std::vector<st
     return out;
 }
 
-}  // namespace
+}  // namespace prompt_pairs_impl
 
 prompt_pairs read_prompt_pairs(arguments& args, const std::filesystem::path& model_path,
                                const mechlens::transformer& model) {
@@ -53,8 +53,8 @@ prompt_pairs read_prompt_pairs(arguments& args, const std::filesystem::path& mod
     if (clean.size() != corrupt.size())
         throw usage_error(std::to_string(clean.size()) + " clean and " + std::to_string(corrupt.size()) +
                           " corrupt prompts; give one corrupt prompt per clean one");
-    out.clean = stack_prompts(clean, "clean prompt");
-    out.corrupt = stack_prompts(corrupt, "corrupt prompt");
+    out.clean = prompt_pairs_impl::stack_prompts(clean, "clean prompt");
+    out.corrupt = prompt_pairs_impl::stack_prompts(corrupt, "corrupt prompt");
     if (out.corrupt.extent(1) != out.clean.extent(1))
         throw usage_error("clean prompts have " + std::to_string(out.clean.extent(1)) + " tokens, corrupt ones " +
                           std::to_string(out.corrupt.extent(1)) + "; pairs must have the same number of tokens");

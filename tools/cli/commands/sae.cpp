@@ -20,7 +20,7 @@
 #include "../documents.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace sae_impl {
 
 /// The progress line of a long run, rewritten in place on stderr at most ten times a second (and at the end).
 class progress_line {
@@ -285,9 +285,9 @@ const subcommand sae_subcommands[] = {
 
 #undef MECHLENS_SAE_SOURCE_USAGE
 
-}  // namespace
+}  // namespace sae_impl
 
 const command sae_command{"sae", "SUBCOMMAND [options]: sparse autoencoders in SAELens folders", nullptr,
-                          sae_subcommands};
+                          sae_impl::sae_subcommands};
 
 }  // namespace mechlens_cli

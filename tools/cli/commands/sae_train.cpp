@@ -19,7 +19,7 @@
 #include "../documents.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace sae_train_impl {
 
 /// Parses a finite decimal number or throws usage_error naming the option.
 double parse_double(const std::string& text, const std::string& what) {
@@ -302,7 +302,7 @@ int run_transcoder(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace sae_train_impl
 
 const subcommand sae_train_subcommand{
     "train",
@@ -321,9 +321,9 @@ const subcommand sae_train_subcommand{
     "dead latents. --normalize expected_average_only_in scales inputs by sqrt(d_in) / mean ||x|| (estimated over\n"
     "--norm-estimate-batches batches, folded into the saved weights); constant_norm_rescale scales each row to norm\n"
     "sqrt(d_in) inside the SAE",
-    run};
+    sae_train_impl::run};
 
-namespace {
+namespace sae_train_impl {
 
 /// The subcommands of `mechlens transcoder`.
 const subcommand transcoder_subcommands[] = {
@@ -336,9 +336,9 @@ const subcommand transcoder_subcommands[] = {
      run_transcoder},
 };
 
-}  // namespace
+}  // namespace sae_train_impl
 
 const command transcoder_command{"transcoder", "SUBCOMMAND [options]: transcoders in place of an MLP", nullptr,
-                                 transcoder_subcommands};
+                                 sae_train_impl::transcoder_subcommands};
 
 }  // namespace mechlens_cli

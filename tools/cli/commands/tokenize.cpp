@@ -14,7 +14,7 @@
 #include "../common.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace tokenize_impl {
 
 namespace fs = std::filesystem;
 
@@ -55,7 +55,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace tokenize_impl
 
 const command tokenize_command{
     "tokenize",
@@ -63,6 +63,6 @@ const command tokenize_command{
     "PATH: a directory with tokenizer.json or vocab.json + merges.txt, a tokenizer.json, a GGUF (gpt2 or llama\n"
     "vocabulary) or a llama2.c tokenizer .bin. --text prints the ids on one line (llama2.c/llama: BOS first;\n"
     "GPT-2: <|endoftext|> in the text is the special token); --decode prints the text.",
-    run};
+    tokenize_impl::run};
 
 }  // namespace mechlens_cli

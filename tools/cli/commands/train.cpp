@@ -14,7 +14,7 @@
 #include "../command.hpp"
 
 namespace mechlens_cli {
-namespace {
+namespace train_impl {
 
 /// Mean cross-entropy of the logits (batch, pos, vocab) against `targets`, over the positions where `counted(t)`.
 template <class Counted>
@@ -176,7 +176,7 @@ int run(arguments& args) {
     return 0;
 }
 
-}  // namespace
+}  // namespace train_impl
 
 const command train_command{
     "train",
@@ -185,6 +185,6 @@ const command train_command{
     "[--warmup W] [--weight-decay WD] [--clip 1] [--seed 1] [--log-every K] [--out FILE.safetensors]\n"
     "induction: [--vocab 64] [--half 16]; modadd: [--p 53] [--train-fraction 0.3]; --d-mlp 0 = attention-only\n"
     "the checkpoint FILE.safetensors is a --model for every command (it has no tokenizer: give --tokens)",
-    run};
+    train_impl::run};
 
 }  // namespace mechlens_cli
