@@ -7743,6 +7743,9 @@ public:
     /// copies that site's rows, after its callbacks, into `tape.source` for forward, and adds `tape.d_source`
     /// (written by backward) to that site's gradient before its gradient callbacks.
     [[nodiscard]] virtual std::optional<splice_source> source() const { return std::nullopt; }
+    /// True (the default) when each output row depends on its own input row only; false when rows are coupled (a
+    /// batchtopk SAE picks its latents over the whole batch), so a pass over some of the rows differs.
+    [[nodiscard]] virtual bool rows_independent() const noexcept { return true; }
     /// Forward: reads `input` (rows, width), the host's rows (and `tape.source_rows` with a source), writes `output`
     /// (rows, width), firing each activation through `hooks` and keeping in `tape` what backward needs.
     virtual void forward(tensor_view<const float, 2> input, tensor_view<float, 2> output, splice_hooks& hooks,
@@ -7958,6 +7961,11 @@ public:
                 for (const extension_slot& ext : a->sites) out.push_back(ext.where);
         std::stable_sort(out.begin(), out.end(), forward_order_less);
         return out;
+    }
+    /// True when every live splice computes each row on its own (splice::rows_independent).
+    [[nodiscard]] bool splices_rows_independent() const noexcept {
+        return std::all_of(attachments_.begin(), attachments_.end(),
+                           [](const auto& a) { return a->dead || a->module->rows_independent(); });
     }
     /// The width of an extension site's last axis, or 0 when no live splice declares it.
     [[nodiscard]] index_t extension_width(const site& s) const noexcept {
@@ -8310,6 +8318,8 @@ public:
     [[nodiscard]] std::vector<site> sites() const { return registry_->sites(); }
     /// The last axis of an extension site (its declared width), or 0 when no attached splice declares it.
     [[nodiscard]] index_t extension_width(const site& s) const noexcept { return registry_->extension_width(s); }
+    /// True when every attached splice computes each row on its own (false with a batchtopk SAE attached).
+    [[nodiscard]] bool splices_rows_independent() const noexcept { return registry_->splices_rows_independent(); }
     /// Like add(), returning a guard that removes the callback when it goes out of scope.
     [[nodiscard]] scoped_hooks scoped(std::string_view names, hook_callback fn) {
         return scoped_hooks(registry_, add(names, std::move(fn)));
@@ -15449,7 +15459,8 @@ MECHLENS_END_NAMESPACE
 /// what the rest of the model used (a host's spliced output), patches overwrite a host after its splice, and a cell
 /// resumes from the corrupt residual stream as it was before the splices of its first block ran. The resumed rows
 /// equal the full forward's as long as each splice computes every row on its own (SAEs and transcoders do, but
-/// batchtopk, whose latents depend on the whole batch).
+/// batchtopk, whose latents depend on the whole batch): with a splice that couples rows, sweep() runs every cell as
+/// a full forward pass of the prompt batch (sweep_naive), which is the spliced model's own answer.
 
 #include <algorithm>
 #include <cmath>
@@ -15535,18 +15546,21 @@ decltype(auto) with_site_kind(site_kind kind, Fn&& fn) {
 }
 
 /// Patches, in a batch of stacked cells, batch row b with its cell's selection of the clean activation of prompt
-/// b % prompts. Wants exactly one kind.
-template <site_kind Kind>
+/// b % prompts, at the site (`kind`, `layer`). `Wanted` is the kinds the forward pass fires for it: exactly `kind`
+/// on the fast path (every other site keeps its unhooked code), or every sweepable kind, so that one instantiation
+/// of the passes serves every kind where the sites fire anyway (when run-time splices are composed in).
+template <kind_set Wanted>
 struct stacked_cell_patch {
     const cached_activation* source = nullptr;       ///< Clean activation of the site, (prompts, T, ...).
+    site_kind kind = site_kind::embed;               ///< The patched kind (one of `Wanted`).
     index_t layer = 0;                               ///< The patched layer (-1 for global sites).
     const std::vector<selection>* cells = nullptr;   ///< One selection per stacked cell.
     index_t prompts = 1;                             ///< Prompt pairs per cell.
 
-    static constexpr bool wants(site_kind k) noexcept { return k == Kind; }
+    static constexpr bool wants(site_kind k) noexcept { return Wanted.contains(k); }
     template <std::size_t R>
     void on_activation(const site& s, tensor_view<float, R> view, const hook_context& ctx) {
-        if (s.layer != layer) return;
+        if (s.kind != kind || s.layer != layer) return;
         const auto pos_axis = static_cast<std::size_t>(axes_of(s.kind).position);
         std::array<index_t, R> source_strides{};
         index_t running = 1;
@@ -15681,7 +15695,9 @@ public:
     [[nodiscard]] patching_table sweep(const patching_grid& grid, const patching_options& options = {}) {
         // The fast sweep computes only the answer tokens' logits, without firing unembed.hook_out: a splice there
         // needs the full forward of every cell.
-        if (splices_ != nullptr && splices_at_logits()) return sweep_naive(grid);
+        // Nor can it stack cells and resume them at a later position when a splice chooses across the batch's rows.
+        if (splices_ != nullptr && (splices_at_logits() || !splices_->splices_rows_independent()))
+            return sweep_naive(grid);
         const std::vector<patching_cell> all = cells(grid);
         std::vector<double> raw(all.size(), corrupt_metric_);
         // Group cells by where they resume: (layer, first position), in sweep order.
@@ -15842,13 +15858,16 @@ private:
                             to_values(b, h, p, i) = values(b % prompts_, h, p, i);
                         }
         }
-        detail::stacked_cell_patch<Kind> patch{&clean_cache_.at(site{Kind, site_layer}), site_layer, &selections,
-                                               prompts_};
+        const cached_activation* source = &clean_cache_.at(site{Kind, site_layer});
         if (splices_ != nullptr) {
-            // The splices run first at every site, so a patched host gets the clean run's spliced output.
+            // The splices run first at every site, so a patched host gets the clean run's spliced output. The run-time
+            // hooks fire at every site anyway, so the patch checks its kind at run time: one instantiation of the
+            // passes for every kind.
+            detail::stacked_cell_patch<detail::sweepable_kinds> patch{source, Kind, site_layer, &selections, prompts_};
             auto spliced = compose(*splices_, patch);
             return run_stacked_with(spliced, from, start, batch, window);
         }
+        detail::stacked_cell_patch<kind_set::of({Kind})> patch{source, Kind, site_layer, &selections, prompts_};
         return run_stacked_with(patch, from, start, batch, window);
     }
 
@@ -18986,6 +19005,10 @@ public:
 
     /// d_in.
     [[nodiscard]] index_t width() const noexcept override { return w_.d_in; }
+    /// False for batchtopk, whose latents are chosen over the whole batch.
+    [[nodiscard]] bool rows_independent() const noexcept override {
+        return options_.architecture != sae_architecture::batchtopk;
+    }
     /// SAELens's sites, in firing order.
     [[nodiscard]] std::vector<splice_site> sites() const override {
         std::vector<splice_site> out{{"hook_sae_input", w_.d_in},

@@ -217,6 +217,11 @@ public:
         std::stable_sort(out.begin(), out.end(), forward_order_less);
         return out;
     }
+    /// True when every live splice computes each row on its own (splice::rows_independent).
+    [[nodiscard]] bool splices_rows_independent() const noexcept {
+        return std::all_of(attachments_.begin(), attachments_.end(),
+                           [](const auto& a) { return a->dead || a->module->rows_independent(); });
+    }
     /// The width of an extension site's last axis, or 0 when no live splice declares it.
     [[nodiscard]] index_t extension_width(const site& s) const noexcept {
         const extension_slot* ext = find_extension(s);
@@ -568,6 +573,8 @@ public:
     [[nodiscard]] std::vector<site> sites() const { return registry_->sites(); }
     /// The last axis of an extension site (its declared width), or 0 when no attached splice declares it.
     [[nodiscard]] index_t extension_width(const site& s) const noexcept { return registry_->extension_width(s); }
+    /// True when every attached splice computes each row on its own (false with a batchtopk SAE attached).
+    [[nodiscard]] bool splices_rows_independent() const noexcept { return registry_->splices_rows_independent(); }
     /// Like add(), returning a guard that removes the callback when it goes out of scope.
     [[nodiscard]] scoped_hooks scoped(std::string_view names, hook_callback fn) {
         return scoped_hooks(registry_, add(names, std::move(fn)));

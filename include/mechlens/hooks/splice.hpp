@@ -100,6 +100,9 @@ public:
     /// copies that site's rows, after its callbacks, into `tape.source` for forward, and adds `tape.d_source`
     /// (written by backward) to that site's gradient before its gradient callbacks.
     [[nodiscard]] virtual std::optional<splice_source> source() const { return std::nullopt; }
+    /// True (the default) when each output row depends on its own input row only; false when rows are coupled (a
+    /// batchtopk SAE picks its latents over the whole batch), so a pass over some of the rows differs.
+    [[nodiscard]] virtual bool rows_independent() const noexcept { return true; }
     /// Forward: reads `input` (rows, width), the host's rows (and `tape.source_rows` with a source), writes `output`
     /// (rows, width), firing each activation through `hooks` and keeping in `tape` what backward needs.
     virtual void forward(tensor_view<const float, 2> input, tensor_view<float, 2> output, splice_hooks& hooks,

@@ -53,6 +53,10 @@ public:
 
     /// d_in.
     [[nodiscard]] index_t width() const noexcept override { return w_.d_in; }
+    /// False for batchtopk, whose latents are chosen over the whole batch.
+    [[nodiscard]] bool rows_independent() const noexcept override {
+        return options_.architecture != sae_architecture::batchtopk;
+    }
     /// SAELens's sites, in firing order.
     [[nodiscard]] std::vector<splice_site> sites() const override {
         std::vector<splice_site> out{{"hook_sae_input", w_.d_in},
