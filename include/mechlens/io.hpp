@@ -6,6 +6,7 @@
 
 #include "mechlens/io/byte_reader.hpp"
 #include "mechlens/io/checkpoint_format.hpp"
+#include "mechlens/io/ggml_quants.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
 #include "mechlens/io/gguf_writer.hpp"

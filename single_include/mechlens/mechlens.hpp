@@ -3368,12 +3368,15 @@ inline std::string to_string(gguf_type t) {
 enum class ggml_type : std::uint32_t {
     f32 = 0,    ///< IEEE binary32: viewed in place.
     f16 = 1,    ///< IEEE binary16: converted to float when loaded.
-    q4_0 = 2,   ///< 4-bit blocks of 32 (not loadable).
-    q4_1 = 3,   ///< 4-bit blocks of 32 with minimum (not loadable).
-    q5_0 = 6,   ///< 5-bit blocks of 32 (not loadable).
-    q5_1 = 7,   ///< 5-bit blocks of 32 with minimum (not loadable).
-    q8_0 = 8,   ///< 8-bit blocks of 32 (not loadable).
-    bf16 = 30,  ///< bfloat16 (not loadable yet).
+    q4_0 = 2,   ///< 4-bit blocks of 32: decoded to float when loaded (io/ggml_quants.hpp).
+    q4_1 = 3,   ///< 4-bit blocks of 32 with minimum: decoded when loaded.
+    q5_0 = 6,   ///< 5-bit blocks of 32: decoded when loaded.
+    q5_1 = 7,   ///< 5-bit blocks of 32 with minimum: decoded when loaded.
+    q8_0 = 8,   ///< 8-bit blocks of 32: decoded when loaded.
+    q4_k = 12,  ///< 4-bit super-blocks of 256 (k-quant): decoded when loaded.
+    q5_k = 13,  ///< 5-bit super-blocks of 256 (k-quant): decoded when loaded.
+    q6_k = 14,  ///< 6-bit super-blocks of 256 (k-quant): decoded when loaded.
+    bf16 = 30,  ///< bfloat16: converted to float when loaded.
 };
 
 /// ggml's name of a tensor type, e.g. "Q4_0"; "type N" for numbers it does not know.
@@ -3393,10 +3396,13 @@ inline std::pair<std::uint64_t, std::uint64_t> ggml_block_layout(ggml_type t) no
         std::uint32_t type, block, bytes;
     };
     // Quantised blocks: Q4_0 = f16 scale + 16 bytes; Q4_1 adds an f16 minimum; Q5_* add 4 high-bit bytes;
-    // Q8_0 = f16 scale + 32 bytes. Types missing here (K-quants, IQ*) are parsed but not range-checked.
-    static constexpr layout known[] = {{0, 1, 4},   {1, 1, 2},   {2, 32, 18}, {3, 32, 20}, {6, 32, 22},
-                                       {7, 32, 24}, {8, 32, 34}, {24, 1, 1},  {25, 1, 2},  {26, 1, 4},
-                                       {27, 1, 8},  {28, 1, 8},  {30, 1, 2}};
+    // Q8_0 = f16 scale + 32 bytes; Q8_1 = Q8_0 + f16 sum; the k-quants Q2_K..Q8_K hold 256 elements (sizes from
+    // ggml-common.h). Types missing here (IQ*, TQ*) are parsed but not range-checked.
+    static constexpr layout known[] = {
+        {0, 1, 4},      {1, 1, 2},      {2, 32, 18},    {3, 32, 20},    {6, 32, 22},   {7, 32, 24},
+        {8, 32, 34},    {9, 32, 40},    {10, 256, 84},  {11, 256, 110}, {12, 256, 144}, {13, 256, 176},
+        {14, 256, 210}, {15, 256, 292}, {24, 1, 1},     {25, 1, 2},     {26, 1, 4},    {27, 1, 8},
+        {28, 1, 8},     {30, 1, 2}};
     for (const layout& l : known)
         if (l.type == static_cast<std::uint32_t>(t)) return {l.block, l.bytes};
     return {0, 0};
@@ -6142,7 +6148,7 @@ MECHLENS_BEGIN_NAMESPACE
 /// The object behind `model_weights::storage` for weights made by the mechlens loaders.
 struct loader_storage {
     std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
-    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
+    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16, BF16 or quantised blocks decoded, realigned F32.
 };
 
 namespace detail {
@@ -6196,6 +6202,9 @@ public:
         return out;
     }
 
+    /// An owned buffer for `count` floats decoded from a denser storage type (quantised blocks, BF16).
+    float* decoded(index_t count) { return allocate(count); }
+
     /// `count` zeros in an owned buffer (a weight the file does not store).
     const float* zeros(index_t count) {
         storage_->converted.emplace_back(extents<1>{count});
@@ -6212,11 +6221,12 @@ public:
 
 private:
     float* allocate(index_t count) {
-        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
-        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
+        // Tensors that do not overlap convert to at most 128 / 18 = 7.1 times the file's bytes (Q4_0 and Q4_K
+        // decode 18 bytes to 32 floats; F16 doubles); more means tensor infos that reuse the same bytes, which could
+        // otherwise make a small file allocate without bound.
         const std::shared_ptr<const mapped_file>& file = storage_->file;
         converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
-        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
+        if (file != nullptr && converted_bytes_ > 8 * static_cast<std::uint64_t>(file->size()))
             throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
                                std::to_string(converted_bytes_) + " bytes for a file of " +
                                std::to_string(file->size()) + " bytes");
@@ -11073,6 +11083,190 @@ inline loaded_model load_checkpoint_model(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/checkpoint_format.hpp ----
+// ---- begin mechlens/io/ggml_quants.hpp ----
+/// @file
+/// Decoding GGUF's quantised tensor blocks (ggml's layouts) to float: F16, BF16, the legacy 32-element blocks Q4_0,
+/// Q4_1, Q5_0, Q5_1 and Q8_0, and the 256-element k-quants Q4_K, Q5_K and Q6_K (so `Q8_0` and `Q4_K_M` files
+/// open). Every element is computed with the float operations of llama.cpp's reference decoders, in their order and
+/// never fused, so the values equal those of llama.cpp's own Python package bit for bit
+/// (tests/reference/ggml_quants_reference.py makes the fixture that checks it).
+///
+/// Block layouts (little-endian; "half" is an IEEE binary16 scale):
+///   Q4_0  half d, 16 bytes of nibbles          x = d * (q - 8)           element j < 16: low nibble of byte j,
+///   Q4_1  half d, half m, 16 bytes             x = d * q + m             element j >= 16: high nibble of byte j-16
+///   Q5_0  half d, u32 high bits, 16 bytes      x = d * (q - 16)          bit j of the u32 is bit 4 of element j
+///   Q5_1  half d, half m, u32, 16 bytes        x = d * q + m
+///   Q8_0  half d, 32 int8                      x = d * q
+///   Q4_K  half d, half dmin, 12 bytes of 6-bit scales and minimums, 128 bytes of nibbles: 8 sub-blocks of 32,
+///         x = (d * scale_s) * q - dmin * min_s; byte group g (32 bytes) holds sub-block 2g (low) and 2g+1 (high)
+///   Q5_K  as Q4_K with 32 bytes of high bits before the nibbles: bit s of byte l is bit 4 of element l of s
+///   Q6_K  128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales, half d: x = (d * scale_e/16) * (q - 32)
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// True when dequantize_ggml decodes tensors of type `t` (F32 included, copied).
+[[nodiscard]] constexpr bool ggml_type_decodable(ggml_type t) noexcept {
+    switch (t) {
+        case ggml_type::f32:
+        case ggml_type::f16:
+        case ggml_type::bf16:
+        case ggml_type::q4_0:
+        case ggml_type::q4_1:
+        case ggml_type::q5_0:
+        case ggml_type::q5_1:
+        case ggml_type::q8_0:
+        case ggml_type::q4_k:
+        case ggml_type::q5_k:
+        case ggml_type::q6_k: return true;
+    }
+    return false;
+}
+
+namespace detail {
+
+/// Little-endian half at `p`, as float.
+inline float ggml_half_at(const std::byte* p) noexcept {
+    const auto h = static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | std::to_integer<unsigned>(p[1]) << 8);
+    return half_to_float(h);
+}
+
+/// Byte `i` of `p` as an unsigned value.
+inline unsigned ggml_byte(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
+
+/// The 4-bit value of element j (0..31) of a 16-byte nibble array: low nibbles first, then high nibbles.
+inline unsigned ggml_nibble(const std::byte* qs, unsigned j) noexcept {
+    const unsigned byte = ggml_byte(qs, j % 16);
+    return j < 16 ? (byte & 0x0Fu) : (byte >> 4);
+}
+
+/// Q4_0 / Q4_1 / Q5_0 / Q5_1: one 32-element block.
+template <bool FiveBits, bool HasMinimum>
+void decode_legacy_block(const std::byte* block, float* out) noexcept {
+    const float d = ggml_half_at(block);
+    const float m = HasMinimum ? ggml_half_at(block + 2) : 0.0f;
+    const std::byte* after_scales = block + (HasMinimum ? 4 : 2);
+    std::uint32_t high = 0;
+    if constexpr (FiveBits)
+        high = static_cast<std::uint32_t>(ggml_byte(after_scales, 0) | ggml_byte(after_scales, 1) << 8 |
+                                          ggml_byte(after_scales, 2) << 16 | ggml_byte(after_scales, 3) << 24);
+    const std::byte* qs = after_scales + (FiveBits ? 4 : 0);
+    for (unsigned j = 0; j < 32; ++j) {
+        unsigned q = ggml_nibble(qs, j);
+        if constexpr (FiveBits) q |= ((high >> j) & 1u) << 4;
+        if constexpr (HasMinimum) {
+            out[j] = d * static_cast<float>(q) + m;
+        } else {
+            const int centred = static_cast<int>(q) - (FiveBits ? 16 : 8);
+            out[j] = d * static_cast<float>(centred);
+        }
+    }
+}
+
+/// Q8_0: one 32-element block.
+inline void decode_q8_0_block(const std::byte* block, float* out) noexcept {
+    const float d = ggml_half_at(block);
+    for (std::size_t j = 0; j < 32; ++j) {
+        const auto q = static_cast<std::int8_t>(ggml_byte(block, 2 + j));
+        out[j] = static_cast<float>(q) * d;
+    }
+}
+
+/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes.
+inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
+    if (s < 4) {
+        scale = ggml_byte(scales, s) & 63u;
+        minimum = ggml_byte(scales, s + 4) & 63u;
+    } else {
+        scale = (ggml_byte(scales, s + 4) & 0x0Fu) | (ggml_byte(scales, s - 4) >> 6) << 4;
+        minimum = (ggml_byte(scales, s + 4) >> 4) | (ggml_byte(scales, s) >> 6) << 4;
+    }
+}
+
+/// Q4_K (FiveBits false) or Q5_K: one 256-element super-block.
+template <bool FiveBits>
+void decode_k4_block(const std::byte* block, float* out) noexcept {
+    const float d = ggml_half_at(block), dmin = ggml_half_at(block + 2);
+    const std::byte* scales = block + 4;
+    const std::byte* high = block + 16;
+    const std::byte* qs = block + (FiveBits ? 48 : 16);
+    for (unsigned s = 0; s < 8; ++s) {
+        unsigned scale = 0, minimum = 0;
+        k_quant_scale_min(scales, s, scale, minimum);
+        const float sub_scale = d * static_cast<float>(scale);
+        const float sub_minimum = dmin * static_cast<float>(minimum);
+        for (unsigned l = 0; l < 32; ++l) {
+            const unsigned byte = ggml_byte(qs, 32 * (s / 2) + l);
+            unsigned q = s % 2 == 0 ? (byte & 0x0Fu) : (byte >> 4);
+            if constexpr (FiveBits) q |= ((ggml_byte(high, l) >> s) & 1u) << 4;
+            out[32 * s + l] = sub_scale * static_cast<float>(q) - sub_minimum;
+        }
+    }
+}
+
+/// Q6_K: one 256-element super-block.
+inline void decode_q6_k_block(const std::byte* block, float* out) noexcept {
+    const std::byte* low = block;
+    const std::byte* high = block + 128;
+    const std::byte* scales = block + 192;
+    const float d = ggml_half_at(block + 208);
+    for (unsigned e = 0; e < 256; ++e) {
+        const unsigned half = e / 128, within = e % 128;
+        const unsigned low_byte = ggml_byte(low, 64 * half + within % 64);
+        const unsigned low_bits = within < 64 ? (low_byte & 0x0Fu) : (low_byte >> 4);
+        const unsigned high_bits = (ggml_byte(high, 32 * half + e % 32) >> (2 * (within / 32))) & 3u;
+        const int q = static_cast<int>(low_bits | high_bits << 4) - 32;
+        const auto scale = static_cast<std::int8_t>(ggml_byte(scales, e / 16));
+        out[e] = d * static_cast<float>(scale) * static_cast<float>(q);
+    }
+}
+
+}  // namespace detail
+
+/// Decodes `count` elements of type `t` stored at `data` (whole blocks, ggml's layout) into `out`. Throws
+/// std::invalid_argument for a type it cannot decode or a count that is not a whole number of blocks. `data` must
+/// hold ggml_block_layout(t)'s bytes for that many blocks (the GGUF reader checks this against the file).
+inline void dequantize_ggml(ggml_type t, const std::byte* data, std::uint64_t count, float* out) {
+    const auto [per_block, bytes] = detail::ggml_block_layout(t);
+    if (!ggml_type_decodable(t) || per_block == 0)
+        throw std::invalid_argument("dequantize_ggml: tensor type " + to_string(t) + " is not decodable");
+    if (count % per_block != 0)
+        throw std::invalid_argument("dequantize_ggml: " + std::to_string(count) + " elements of " + to_string(t) +
+                                    " are not whole blocks of " + std::to_string(per_block));
+    const std::uint64_t blocks = count / per_block;
+    for (std::uint64_t b = 0; b < blocks; ++b) {
+        const std::byte* block = data + b * bytes;
+        float* to = out + b * per_block;
+        switch (t) {
+            case ggml_type::f32: std::memcpy(to, block, sizeof(float)); break;
+            case ggml_type::f16: *to = detail::ggml_half_at(block); break;
+            case ggml_type::bf16: {
+                const auto bits = static_cast<std::uint32_t>(detail::ggml_byte(block, 0) | detail::ggml_byte(block, 1)
+                                                                                               << 8)
+                                  << 16;
+                std::memcpy(to, &bits, sizeof bits);
+                break;
+            }
+            case ggml_type::q4_0: detail::decode_legacy_block<false, false>(block, to); break;
+            case ggml_type::q4_1: detail::decode_legacy_block<false, true>(block, to); break;
+            case ggml_type::q5_0: detail::decode_legacy_block<true, false>(block, to); break;
+            case ggml_type::q5_1: detail::decode_legacy_block<true, true>(block, to); break;
+            case ggml_type::q8_0: detail::decode_q8_0_block(block, to); break;
+            case ggml_type::q4_k: detail::decode_k4_block<false>(block, to); break;
+            case ggml_type::q5_k: detail::decode_k4_block<true>(block, to); break;
+            case ggml_type::q6_k: detail::decode_q6_k_block(block, to); break;
+        }
+    }
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/ggml_quants.hpp ----
 // ---- begin mechlens/io/gguf_model.hpp ----
 /// @file
 /// LLaMA and GPT-2 models (llama.cpp's tensor names) and sentencepiece-style vocabularies from GGUF files.
@@ -11174,8 +11368,14 @@ private:
             out = builder_.f32(g_.tensor_data(t), count);
         else if (t.type == ggml_type::f16)
             out = builder_.f16(g_.tensor_data(t), count);
-        else
-            g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name + " (only F32 and F16 load)");
+        else if (ggml_type_decodable(t.type)) {
+            float* decoded = builder_.decoded(count);
+            dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
+            out = decoded;
+        } else {
+            g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
+                    " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
+        }
         converted_.emplace(t.name, out);
         return out;
     }
@@ -11275,7 +11475,8 @@ inline constexpr std::array<gguf_architecture, 2> gguf_architectures{{
 
 }  // namespace detail
 
-/// Loads a model from a parsed GGUF file (F32 tensors viewed in place, F16 converted), of general.architecture
+/// Loads a model from a parsed GGUF file (F32 tensors viewed in place; F16, BF16 and quantised ones decoded to
+/// float, io/ggml_quants.hpp), of general.architecture
 /// "llama" or "gpt2" (llama.cpp's tensor names and metadata keys; anything else is a format_error).
 ///
 /// llama: reads llama.* hyper-parameters (head_count_kv defaults to head_count, rope.freq_base to 10000,

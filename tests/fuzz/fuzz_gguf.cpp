@@ -1,6 +1,7 @@
 // libFuzzer harness for the GGUF parser (gguf_file) and the GGUF model and vocabulary loaders: parse, walk every
 // metadata value and tensor info, read the bytes of every range-checked tensor, then load the model (touching
-// every weight) and the vocabulary (and tokenize with it). format_error is the documented rejection; the
+// every weight; quantised tensors are decoded, and every decodable tensor is also decoded on its own) and the
+// vocabulary (and tokenize with it). format_error is the documented rejection; the
 // tokenizer may also refuse a vocabulary or a text with std::invalid_argument. The file is also read as a llama.cpp
 // control vector, written back and read again (it must come back unchanged). Anything else is a bug.
 #include "fuzz_support.hpp"
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <vector>
 
 namespace {
 
@@ -40,6 +42,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (mechlens::detail::ggml_block_layout(t.type).first == 0) continue;
         const std::byte* bytes = g->tensor_data(t);
         for (std::uint64_t i = 0; i < t.n_bytes; ++i) seen += std::to_integer<std::size_t>(bytes[i]);
+        // Any bytes are valid blocks (NaN scales decode to NaN): a range-checked decodable tensor must decode.
+        if (mechlens::ggml_type_decodable(t.type) && t.n_elements <= (std::uint64_t{1} << 22)) {
+            std::vector<float> values(static_cast<std::size_t>(t.n_elements));
+            mechlens::dequantize_ggml(t.type, bytes, t.n_elements, values.data());
+            for (const float x : values) seen += x == 0.0f ? 1u : 0u;
+        }
     }
     mechlens_fuzz::keep(seen);
     try {

@@ -131,6 +131,55 @@ def gguf_model(ttype: int = 0, with_vocab: bool = True) -> bytes:
     return out + blob
 
 
+def gguf_quantised_model() -> bytes:
+    """A tiny llama GGUF (d_model 32, 2 heads, 1 kv head, d_mlp 32, 1 layer, vocab 32) whose matrices are stored
+    as Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16 blocks of pseudo-random bytes with finite half scales."""
+    d = 32
+    kvs = [gguf_kv("general.architecture", 8, gguf_str("llama")),
+           gguf_kv("llama.embedding_length", 4, struct.pack("<I", d)),
+           gguf_kv("llama.block_count", 4, struct.pack("<I", 1)),
+           gguf_kv("llama.feed_forward_length", 4, struct.pack("<I", d)),
+           gguf_kv("llama.attention.head_count", 4, struct.pack("<I", 2)),
+           gguf_kv("llama.attention.head_count_kv", 4, struct.pack("<I", 1)),
+           gguf_kv("llama.context_length", 4, struct.pack("<I", 8)),
+           gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+           gguf_kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+    tensors = [("token_embd.weight", [d, d]), ("blk.0.attn_norm.weight", [d]), ("blk.0.attn_q.weight", [d, d]),
+               ("blk.0.attn_k.weight", [d, 16]), ("blk.0.attn_v.weight", [d, 16]),
+               ("blk.0.attn_output.weight", [d, d]), ("blk.0.ffn_norm.weight", [d]),
+               ("blk.0.ffn_gate.weight", [d, d]), ("blk.0.ffn_up.weight", [d, d]),
+               ("blk.0.ffn_down.weight", [d, d]), ("output_norm.weight", [d])]
+    # (ggml type, bytes per block of 32 elements, byte offsets of half scales)
+    kinds = [(8, 34, [0]), (2, 18, [0]), (3, 20, [0, 2]), (6, 22, [0]), (7, 24, [0, 2]), (30, 64, [])]
+    state = 12345
+    infos, blob = b"", b""
+    for k, (name, dims) in enumerate(tensors):
+        n = 1
+        for x in dims:
+            n *= x
+        if len(dims) == 1:
+            ttype, data = 0, f32s(ramp(n, k))
+        else:
+            ttype, per_block, halves = kinds[k % len(kinds)]
+            raw = bytearray()
+            for _ in range(n // 32 * per_block):
+                state = (state * 1103515245 + 12345) % 2**31
+                raw.append(state >> 16 & 0xFF)
+            for b in range(n // 32):
+                for h in halves:
+                    raw[b * per_block + h:b * per_block + h + 2] = struct.pack("<e", 0.01 * (1 + b % 7))
+            if ttype == 30:  # BF16: keep every exponent moderate
+                for i in range(1, len(raw), 2):
+                    raw[i] = (raw[i] & 0x80) | 0x3E
+            data = bytes(raw)
+        infos += gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        infos += struct.pack("<IQ", ttype, len(blob))
+        blob += data + b"\0" * ((-len(data)) % 32)
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + infos
+    out += b"\0" * ((-len(out)) % 32)
+    return out + blob
+
+
 def gguf_control_vector(blocks=(1, 2), width=4) -> bytes:
     """A llama.cpp control vector: direction.N F32 1-D tensors and the controlvector keys."""
     kvs = [gguf_kv("general.architecture", 8, gguf_str("controlvector")),
@@ -291,6 +340,8 @@ def main() -> int:
     c.add("empty_v2", b"GGUF" + struct.pack("<IQQ", 2, 0, 0))
     c.add("control_vector", gguf_control_vector())
     c.add("control_vector_block_0", gguf_control_vector((0, 1)))
+    c.add("tiny_quantised", gguf_quantised_model())
+    c.add("quant_blocks", (fixtures / "ggml_quants" / "blocks.gguf").read_bytes())
     c.add_prefixes("stories260K_gguf", models / "stories260K" / "stories260K.gguf", 24)
     gguf_count = c.count
 

@@ -677,10 +677,10 @@ TEST_CASE("loaders: hostile synthetic GGUF files are rejected with clear message
         {[](gguf_writer& w) { w.find("output_norm.weight").offset = 4; }, "not a multiple of the alignment"},
         {[](gguf_writer& w) {
              auto& t = w.find("blk.0.attn_q.weight");
-             t.type = 2;
-             t.data.assign(32 * 32 / 32 * 18, '\0');
+             t.type = 9;  // Q8_1: a known layout (range-checked) that no loader decodes
+             t.data.assign(32 * 32 / 32 * 40, '\0');
          },
-         "unsupported tensor type Q4_0 for blk.0.attn_q.weight"},
+         "unsupported tensor type Q8_1 for blk.0.attn_q.weight"},
         {[](gguf_writer& w) { w.find("blk.1.ffn_up.weight").type = 16; }, "unsupported tensor type IQ2_XXS"},
         {[](gguf_writer& w) { w.find("blk.1.ffn_down.weight").type = 2; }, "block size"},
         {[](gguf_writer& w) { w.erase_tensor("blk.1.ffn_down.weight"); }, "missing tensor 'blk.1.ffn_down.weight'"},
@@ -853,13 +853,14 @@ TEST_CASE("loaders: every committed NumPy-written fixture reads back", "[loaders
 
 TEST_CASE("loaders: GGUF tensors that reuse the same bytes cannot multiply the converted memory", "[loaders][fuzz]") {
     // Every F16 tensor info points at data offset 0: a small file whose conversion used to allocate once per
-    // tensor. Valid files never overlap, so the loader now refuses conversions beyond twice the file size.
+    // tensor. Valid files never overlap, so the loader refuses conversions beyond 8 times the file size (the densest
+    // decodable blocks, Q4_0 and Q4_K, become 7.1 times their bytes of floats).
     gguf_writer w = tiny_llama(1);
     for (gguf_writer::tensor& t : w.tensors) t.offset = 0;
     const std::string bytes = w.bytes();
     REQUIRE_NOTHROW(mechlens::gguf_file(write_scratch("alias_f16.gguf", bytes)));  // the container itself is fine
     require_rejected("alias_f16.gguf", bytes, "tensors overlap", load_gguf_file);
-    // The same model without aliasing still loads (F16 converts to twice its bytes: exactly the budget's ratio).
+    // The same model without aliasing still loads.
     REQUIRE_NOTHROW(load_gguf_file(write_scratch("alias_none.gguf", tiny_llama(1).bytes())));
 }
 
@@ -1104,6 +1105,108 @@ TEST_CASE("loaders: load_model rejects truncated checkpoints and safetensors tha
     write_safetensors(mismatched, tensors, metadata);
     CHECK(error_of([&] { (void)load_model(mismatched); }).find("tensor 'token_embedding' has shape (10, 8)") !=
           std::string::npos);
+}
+
+
+// ---- Quantised GGUF tensors (io/ggml_quants.hpp) -----------------------------------------------------------------
+
+TEST_CASE("loaders: GGUF quantised blocks decode bit for bit as llama.cpp's gguf-py decodes them", "[loaders][quant]") {
+    // tests/reference/ggml_quants_reference.py: random blocks of every type (finite scales) beside the values
+    // gguf-py's dequantize() gives, which that script's own decoder, written from the layouts, matched bit for bit.
+    const mechlens::gguf_file g(mechlens_test::fixtures_dir() / "ggml_quants" / "blocks.gguf");
+    std::size_t checked = 0;
+    for (const char* name : {"F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"}) {
+        INFO(name);
+        const mechlens::gguf_tensor_info& blocks = g.tensor(std::string(name) + ".blocks");
+        const mechlens::gguf_tensor_info& values = g.tensor(std::string(name) + ".values");
+        REQUIRE(mechlens::to_string(blocks.type) == name);
+        REQUIRE(mechlens::ggml_type_decodable(blocks.type));
+        REQUIRE(values.type == mechlens::ggml_type::f32);
+        REQUIRE(blocks.n_elements == values.n_elements);
+        std::vector<float> decoded(blocks.n_elements, -1.0f), expected(values.n_elements);
+        mechlens::dequantize_ggml(blocks.type, g.tensor_data(blocks), blocks.n_elements, decoded.data());
+        std::memcpy(expected.data(), g.tensor_data(values), expected.size() * sizeof(float));
+        std::size_t differing = 0;
+        for (std::size_t i = 0; i < decoded.size(); ++i)
+            if (std::bit_cast<std::uint32_t>(decoded[i]) != std::bit_cast<std::uint32_t>(expected[i])) ++differing;
+        CHECK(differing == 0);
+        checked += decoded.size();
+    }
+    CHECK(checked == 10 * 1024);
+
+    // Partial blocks and types without a decoder are refused, naming the type.
+    const mechlens::gguf_tensor_info& q4k = g.tensor("Q4_K.blocks");
+    std::vector<float> out(1024);
+    CHECK_THROWS_WITH(mechlens::dequantize_ggml(q4k.type, g.tensor_data(q4k), 255, out.data()),
+                      Catch::Contains("not whole blocks of 256"));
+    CHECK_THROWS_WITH(mechlens::dequantize_ggml(static_cast<mechlens::ggml_type>(10), g.tensor_data(q4k), 256,
+                                                out.data()),
+                      Catch::Contains("Q2_K is not decodable"));
+}
+
+TEST_CASE("loaders: a GGUF model with Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16 weights runs as its decoded F32 twin",
+          "[loaders][quant]") {
+    // The same tiny LLaMA twice: once with each matrix stored in a quantised type (random blocks, finite scales),
+    // once with those matrices stored as the F32 values they decode to. Every hook site and the logits must agree
+    // bit for bit: the loader puts each decoded tensor where the F32 one goes.
+    const std::uint32_t types[] = {8, 2, 3, 6, 7, 30};
+    gguf_writer quantised = tiny_llama(0), decoded = tiny_llama(0);
+    std::mt19937_64 rng(42);
+    std::size_t matrix = 0;
+    for (std::size_t i = 0; i < quantised.tensors.size(); ++i) {
+        gguf_writer::tensor& q = quantised.tensors[i];
+        if (q.dims.size() != 2) continue;  // norms stay F32, as llama.cpp's quantiser leaves them
+        auto type = static_cast<mechlens::ggml_type>(types[matrix++ % std::size(types)]);
+        if (q.dims[0] % 32 != 0) type = mechlens::ggml_type::bf16;  // ffn_down's rows of 48 are not whole blocks
+        const auto [per_block, bytes] = mechlens::detail::ggml_block_layout(type);
+        const std::uint64_t count = q.dims[0] * q.dims[1];
+        q.type = static_cast<std::uint32_t>(type);
+        q.data.assign(count / per_block * bytes, '\0');
+        for (char& c : q.data) c = static_cast<char>(rng() & 0xFFu);
+        for (std::uint64_t b = 0; b < count / per_block; ++b) {
+            if (type == mechlens::ggml_type::bf16) {  // an exponent well inside the finite range
+                q.data[2 * b + 1] = static_cast<char>((q.data[2 * b + 1] & 0x80) | 0x3E);
+                continue;
+            }
+            const int halves = (type == mechlens::ggml_type::q4_1 || type == mechlens::ggml_type::q5_1) ? 2 : 1;
+            for (int h = 0; h < halves; ++h) {  // a scale of about 2^-7: finite, and the logits stay moderate
+                const std::size_t at = b * bytes + 2 * static_cast<std::size_t>(h);
+                q.data[at + 1] = static_cast<char>((q.data[at + 1] & 0x83) | 0x20);
+            }
+        }
+        std::vector<float> values(count);
+        mechlens::dequantize_ggml(type, reinterpret_cast<const std::byte*>(q.data.data()), count, values.data());
+        gguf_writer::tensor& f = decoded.tensors[i];
+        f.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    }
+    REQUIRE(matrix == 1 + 2 * 7);
+    const auto quantised_model = mechlens::load_model(write_scratch("tiny_quantised.gguf", quantised.bytes()));
+    const auto decoded_model = mechlens::load_model(write_scratch("tiny_decoded.gguf", decoded.bytes()));
+    const mechlens::transformer a(quantised_model), b(decoded_model);
+    mechlens::tensor<std::int32_t, 2> tokens({2, 6});
+    for (index_t i = 0; i < 12; ++i) tokens.data()[i] = static_cast<std::int32_t>((i * 5 + 1) % 16);
+    mechlens::caching_hooks<> hooks_a, hooks_b;
+    const auto logits_a = mechlens::forward_logits(a, tokens.view(), hooks_a);
+    const auto logits_b = mechlens::forward_logits(b, tokens.view(), hooks_b);
+    const mechlens::activation_cache cache_a = hooks_a.take(), cache_b = hooks_b.take();
+    REQUIRE(logits_a.size() == logits_b.size());
+    bool all_finite = true;
+    for (index_t i = 0; i < logits_a.size(); ++i) {
+        REQUIRE(std::bit_cast<std::uint32_t>(logits_a.data()[i]) == std::bit_cast<std::uint32_t>(logits_b.data()[i]));
+        all_finite = all_finite && std::isfinite(logits_a.data()[i]);
+    }
+    CHECK(all_finite);
+    REQUIRE(cache_a.sites() == cache_b.sites());
+    REQUIRE(cache_a.size() > 20u);
+    for (const mechlens::site& where : cache_a.sites()) {
+        INFO(mechlens::to_string(where));
+        const auto& x = cache_a.at(where).values;
+        const auto& y = cache_b.at(where).values;
+        REQUIRE(x.size() == y.size());
+        CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+    }
+    // The decoded weights are owned buffers (15 matrices); the F32 twin views its mapping.
+    CHECK(mechlens::loader_storage_of(quantised_model.weights)->converted.size() == 15u);
 }
 
 }  // namespace test_loaders

@@ -48,12 +48,15 @@ inline std::string to_string(gguf_type t) {
 enum class ggml_type : std::uint32_t {
     f32 = 0,    ///< IEEE binary32: viewed in place.
     f16 = 1,    ///< IEEE binary16: converted to float when loaded.
-    q4_0 = 2,   ///< 4-bit blocks of 32 (not loadable).
-    q4_1 = 3,   ///< 4-bit blocks of 32 with minimum (not loadable).
-    q5_0 = 6,   ///< 5-bit blocks of 32 (not loadable).
-    q5_1 = 7,   ///< 5-bit blocks of 32 with minimum (not loadable).
-    q8_0 = 8,   ///< 8-bit blocks of 32 (not loadable).
-    bf16 = 30,  ///< bfloat16 (not loadable yet).
+    q4_0 = 2,   ///< 4-bit blocks of 32: decoded to float when loaded (io/ggml_quants.hpp).
+    q4_1 = 3,   ///< 4-bit blocks of 32 with minimum: decoded when loaded.
+    q5_0 = 6,   ///< 5-bit blocks of 32: decoded when loaded.
+    q5_1 = 7,   ///< 5-bit blocks of 32 with minimum: decoded when loaded.
+    q8_0 = 8,   ///< 8-bit blocks of 32: decoded when loaded.
+    q4_k = 12,  ///< 4-bit super-blocks of 256 (k-quant): decoded when loaded.
+    q5_k = 13,  ///< 5-bit super-blocks of 256 (k-quant): decoded when loaded.
+    q6_k = 14,  ///< 6-bit super-blocks of 256 (k-quant): decoded when loaded.
+    bf16 = 30,  ///< bfloat16: converted to float when loaded.
 };
 
 /// ggml's name of a tensor type, e.g. "Q4_0"; "type N" for numbers it does not know.
@@ -73,10 +76,13 @@ inline std::pair<std::uint64_t, std::uint64_t> ggml_block_layout(ggml_type t) no
         std::uint32_t type, block, bytes;
     };
     // Quantised blocks: Q4_0 = f16 scale + 16 bytes; Q4_1 adds an f16 minimum; Q5_* add 4 high-bit bytes;
-    // Q8_0 = f16 scale + 32 bytes. Types missing here (K-quants, IQ*) are parsed but not range-checked.
-    static constexpr layout known[] = {{0, 1, 4},   {1, 1, 2},   {2, 32, 18}, {3, 32, 20}, {6, 32, 22},
-                                       {7, 32, 24}, {8, 32, 34}, {24, 1, 1},  {25, 1, 2},  {26, 1, 4},
-                                       {27, 1, 8},  {28, 1, 8},  {30, 1, 2}};
+    // Q8_0 = f16 scale + 32 bytes; Q8_1 = Q8_0 + f16 sum; the k-quants Q2_K..Q8_K hold 256 elements (sizes from
+    // ggml-common.h). Types missing here (IQ*, TQ*) are parsed but not range-checked.
+    static constexpr layout known[] = {
+        {0, 1, 4},      {1, 1, 2},      {2, 32, 18},    {3, 32, 20},    {6, 32, 22},   {7, 32, 24},
+        {8, 32, 34},    {9, 32, 40},    {10, 256, 84},  {11, 256, 110}, {12, 256, 144}, {13, 256, 176},
+        {14, 256, 210}, {15, 256, 292}, {24, 1, 1},     {25, 1, 2},     {26, 1, 4},    {27, 1, 8},
+        {28, 1, 8},     {30, 1, 2}};
     for (const layout& l : known)
         if (l.type == static_cast<std::uint32_t>(t)) return {l.block, l.bytes};
     return {0, 0};

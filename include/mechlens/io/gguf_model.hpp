@@ -14,6 +14,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "mechlens/io/ggml_quants.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/loader_storage.hpp"
 #include "mechlens/model/config.hpp"
@@ -104,8 +105,14 @@ private:
             out = builder_.f32(g_.tensor_data(t), count);
         else if (t.type == ggml_type::f16)
             out = builder_.f16(g_.tensor_data(t), count);
-        else
-            g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name + " (only F32 and F16 load)");
+        else if (ggml_type_decodable(t.type)) {
+            float* decoded = builder_.decoded(count);
+            dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
+            out = decoded;
+        } else {
+            g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
+                    " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
+        }
         converted_.emplace(t.name, out);
         return out;
     }
@@ -205,7 +212,8 @@ inline constexpr std::array<gguf_architecture, 2> gguf_architectures{{
 
 }  // namespace detail
 
-/// Loads a model from a parsed GGUF file (F32 tensors viewed in place, F16 converted), of general.architecture
+/// Loads a model from a parsed GGUF file (F32 tensors viewed in place; F16, BF16 and quantised ones decoded to
+/// float, io/ggml_quants.hpp), of general.architecture
 /// "llama" or "gpt2" (llama.cpp's tensor names and metadata keys; anything else is a format_error).
 ///
 /// llama: reads llama.* hyper-parameters (head_count_kv defaults to head_count, rope.freq_base to 10000,

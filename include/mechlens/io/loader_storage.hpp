@@ -22,7 +22,7 @@ MECHLENS_BEGIN_NAMESPACE
 /// The object behind `model_weights::storage` for weights made by the mechlens loaders.
 struct loader_storage {
     std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
-    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16 converted to float, or realigned F32.
+    std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16, BF16 or quantised blocks decoded, realigned F32.
 };
 
 namespace detail {
@@ -76,6 +76,9 @@ public:
         return out;
     }
 
+    /// An owned buffer for `count` floats decoded from a denser storage type (quantised blocks, BF16).
+    float* decoded(index_t count) { return allocate(count); }
+
     /// `count` zeros in an owned buffer (a weight the file does not store).
     const float* zeros(index_t count) {
         storage_->converted.emplace_back(extents<1>{count});
@@ -92,11 +95,12 @@ public:
 
 private:
     float* allocate(index_t count) {
-        // Tensors that do not overlap convert to at most twice the file's bytes (F16 doubles); more means tensor
-        // infos that reuse the same bytes, which could otherwise make a small file allocate without bound.
+        // Tensors that do not overlap convert to at most 128 / 18 = 7.1 times the file's bytes (Q4_0 and Q4_K
+        // decode 18 bytes to 32 floats; F16 doubles); more means tensor infos that reuse the same bytes, which could
+        // otherwise make a small file allocate without bound.
         const std::shared_ptr<const mapped_file>& file = storage_->file;
         converted_bytes_ += static_cast<std::uint64_t>(count) * sizeof(float);  // count is bounded by the file
-        if (file != nullptr && converted_bytes_ > 2 * static_cast<std::uint64_t>(file->size()))
+        if (file != nullptr && converted_bytes_ > 8 * static_cast<std::uint64_t>(file->size()))
             throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
                                std::to_string(converted_bytes_) + " bytes for a file of " +
                                std::to_string(file->size()) + " bytes");
