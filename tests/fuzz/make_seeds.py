@@ -90,19 +90,23 @@ def gguf_kv(key: str, type_: int, payload: bytes) -> bytes:
     return gguf_str(key) + struct.pack("<I", type_) + payload
 
 
+def gguf_llama_kvs(d: int, hidden: int) -> list:
+    """The metadata of a one-block llama with 2 heads, 1 kv head and a context of 8 (architecture key first)."""
+    return [gguf_kv("general.architecture", 8, gguf_str("llama")),
+            gguf_kv("llama.embedding_length", 4, struct.pack("<I", d)),
+            gguf_kv("llama.block_count", 4, struct.pack("<I", 1)),
+            gguf_kv("llama.feed_forward_length", 4, struct.pack("<I", hidden)),
+            gguf_kv("llama.attention.head_count", 4, struct.pack("<I", 2)),
+            gguf_kv("llama.attention.head_count_kv", 4, struct.pack("<I", 1)),
+            gguf_kv("llama.context_length", 4, struct.pack("<I", 8)),
+            gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
+            gguf_kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+
+
 def gguf_model(ttype: int = 0, with_vocab: bool = True) -> bytes:
     """A tiny llama GGUF: d_model 4, 2 heads, 1 kv head, d_mlp 4, 1 layer, vocab 4; ttype 0 = F32, 1 = F16."""
     d, hidden, vocab = 4, 4, 4
-    kvs = [gguf_kv("general.architecture", 8, gguf_str("llama")),
-           gguf_kv("general.alignment", 4, struct.pack("<I", 32)),
-           gguf_kv("llama.embedding_length", 4, struct.pack("<I", d)),
-           gguf_kv("llama.block_count", 4, struct.pack("<I", 1)),
-           gguf_kv("llama.feed_forward_length", 4, struct.pack("<I", hidden)),
-           gguf_kv("llama.attention.head_count", 4, struct.pack("<I", 2)),
-           gguf_kv("llama.attention.head_count_kv", 4, struct.pack("<I", 1)),
-           gguf_kv("llama.context_length", 4, struct.pack("<I", 8)),
-           gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
-           gguf_kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+    kvs = [gguf_kv("general.alignment", 4, struct.pack("<I", 32))] + gguf_llama_kvs(d, hidden)
     if with_vocab:
         tokens = ["<unk>", "<s>", "</s>", "\u2581a"]
         kvs.append(gguf_kv("tokenizer.ggml.tokens", 9,
@@ -135,15 +139,7 @@ def gguf_quantised_model() -> bytes:
     """A tiny llama GGUF (d_model 32, 2 heads, 1 kv head, d_mlp 32, 1 layer, vocab 32) whose matrices are stored
     as Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16 blocks of pseudo-random bytes with finite half scales."""
     d = 32
-    kvs = [gguf_kv("general.architecture", 8, gguf_str("llama")),
-           gguf_kv("llama.embedding_length", 4, struct.pack("<I", d)),
-           gguf_kv("llama.block_count", 4, struct.pack("<I", 1)),
-           gguf_kv("llama.feed_forward_length", 4, struct.pack("<I", d)),
-           gguf_kv("llama.attention.head_count", 4, struct.pack("<I", 2)),
-           gguf_kv("llama.attention.head_count_kv", 4, struct.pack("<I", 1)),
-           gguf_kv("llama.context_length", 4, struct.pack("<I", 8)),
-           gguf_kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)),
-           gguf_kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+    kvs = gguf_llama_kvs(d, d)
     tensors = [("token_embd.weight", [d, d]), ("blk.0.attn_norm.weight", [d]), ("blk.0.attn_q.weight", [d, d]),
                ("blk.0.attn_k.weight", [d, 16]), ("blk.0.attn_v.weight", [d, 16]),
                ("blk.0.attn_output.weight", [d, d]), ("blk.0.ffn_norm.weight", [d]),
