@@ -90,6 +90,18 @@ def gguf_kv(key: str, type_: int, payload: bytes) -> bytes:
     return gguf_str(key) + struct.pack("<I", type_) + payload
 
 
+def gguf_assemble(kvs: list, entries: list) -> bytes:
+    """A GGUF v3 file: the metadata `kvs`, then tensors (name, dims, ggml type, data) aligned to 32 bytes."""
+    infos, blob = b"", b""
+    for name, dims, ttype, data in entries:
+        infos += gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        infos += struct.pack("<IQ", ttype, len(blob))
+        blob += data + b"\0" * ((-len(data)) % 32)
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(entries), len(kvs)) + b"".join(kvs) + infos
+    out += b"\0" * ((-len(out)) % 32)
+    return out + blob
+
+
 def gguf_llama_kvs(d: int, hidden: int) -> list:
     """The metadata of a one-block llama with 2 heads, 1 kv head and a context of 8 (architecture key first)."""
     return [gguf_kv("general.architecture", 8, gguf_str("llama")),
@@ -120,19 +132,15 @@ def gguf_model(ttype: int = 0, with_vocab: bool = True) -> bytes:
                ("blk.0.ffn_norm.weight", [d]), ("blk.0.ffn_gate.weight", [d, hidden]),
                ("blk.0.ffn_up.weight", [d, hidden]), ("blk.0.ffn_down.weight", [hidden, d]),
                ("output_norm.weight", [d])]
-    infos, blob = b"", b""
+    entries = []
     for k, (name, dims) in enumerate(tensors):
         n = 1
         for x in dims:
             n *= x
         values = ramp(n, k)
         data = f32s(values) if ttype == 0 else struct.pack(f"<{n}e", *values)
-        infos += gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-        infos += struct.pack("<IQ", ttype, len(blob))
-        blob += data + b"\0" * ((-len(data)) % 32)
-    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + infos
-    out += b"\0" * ((-len(out)) % 32)
-    return out + blob
+        entries.append((name, dims, ttype, data))
+    return gguf_assemble(kvs, entries)
 
 
 def gguf_quantised_model() -> bytes:
@@ -148,7 +156,7 @@ def gguf_quantised_model() -> bytes:
     # (ggml type, bytes per block of 32 elements, byte offsets of half scales)
     kinds = [(8, 34, [0]), (2, 18, [0]), (3, 20, [0, 2]), (6, 22, [0]), (7, 24, [0, 2]), (30, 64, [])]
     state = 12345
-    infos, blob = b"", b""
+    entries = []
     for k, (name, dims) in enumerate(tensors):
         n = 1
         for x in dims:
@@ -168,12 +176,8 @@ def gguf_quantised_model() -> bytes:
                 for i in range(1, len(raw), 2):
                     raw[i] = (raw[i] & 0x80) | 0x3E
             data = bytes(raw)
-        infos += gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-        infos += struct.pack("<IQ", ttype, len(blob))
-        blob += data + b"\0" * ((-len(data)) % 32)
-    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs) + infos
-    out += b"\0" * ((-len(out)) % 32)
-    return out + blob
+        entries.append((name, dims, ttype, data))
+    return gguf_assemble(kvs, entries)
 
 
 def gguf_control_vector(blocks=(1, 2), width=4) -> bytes:
@@ -181,14 +185,8 @@ def gguf_control_vector(blocks=(1, 2), width=4) -> bytes:
     kvs = [gguf_kv("general.architecture", 8, gguf_str("controlvector")),
            gguf_kv("controlvector.model_hint", 8, gguf_str("llama")),
            gguf_kv("controlvector.layer_count", 5, struct.pack("<i", len(blocks)))]
-    infos, blob = b"", b""
-    for k, block in enumerate(blocks):
-        data = f32s(ramp(width, k))
-        infos += gguf_str(f"direction.{block}") + struct.pack("<IQ", 1, width) + struct.pack("<IQ", 0, len(blob))
-        blob += data + b"\0" * ((-len(data)) % 32)
-    out = b"GGUF" + struct.pack("<IQQ", 3, len(blocks), len(kvs)) + b"".join(kvs) + infos
-    out += b"\0" * ((-len(out)) % 32)
-    return out + blob
+    return gguf_assemble(kvs, [(f"direction.{block}", [width], 0, f32s(ramp(width, k)))
+                               for k, block in enumerate(blocks)])
 
 
 # ---- safetensors -------------------------------------------------------------------------------------------------
