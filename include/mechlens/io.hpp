@@ -1,7 +1,7 @@
 #pragma once
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
-/// GGUF vocabularies, .npy arrays, safetensors files, JSON documents,
+/// GGUF vocabularies, GGUF models quantised to Q8_0, .npy arrays, safetensors files, JSON documents,
 /// PyTorch state dicts (`torch.save` zip archives), TransformerLens and Hugging Face model folders.
 
 #include "mechlens/io/byte_reader.hpp"
@@ -9,6 +9,7 @@
 #include "mechlens/io/ggml_quants.hpp"
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/gguf_model.hpp"
+#include "mechlens/io/gguf_quantize.hpp"
 #include "mechlens/io/gguf_writer.hpp"
 #include "mechlens/io/huggingface.hpp"
 #include "mechlens/io/json.hpp"

@@ -6173,6 +6173,33 @@ inline float half_to_float(std::uint16_t h) noexcept {
     return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
 }
 
+/// Float to IEEE binary16 bits, rounded to nearest with ties to even (as F16C's conversion and numpy's float16 cast
+/// round): subnormal halves included, magnitudes from 65520 on become infinity, NaN stays a quiet NaN.
+inline std::uint16_t float_to_half(float value) noexcept {
+    const auto bits = std::bit_cast<std::uint32_t>(value);
+    const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+    const std::uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u)  // NaN: quiet, with the top of its payload
+        return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    if (magnitude >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520, infinity included
+    // Rounds `mantissa >> shift` to nearest, ties to the even result.
+    auto round_shift = [](std::uint32_t mantissa, unsigned shift) {
+        const std::uint32_t kept = mantissa >> shift;
+        const std::uint32_t rest = mantissa & ((1u << shift) - 1u);
+        const std::uint32_t halfway = 1u << (shift - 1u);
+        return kept + ((rest > halfway || (rest == halfway && (kept & 1u) != 0)) ? 1u : 0u);
+    };
+    const std::uint32_t exponent = magnitude >> 23;  // biased by 127
+    if (exponent < 113) {  // below 2^-14: a subnormal half (in units of 2^-24) or zero; a carry makes the smallest normal
+        if (exponent < 102) return sign;  // below 2^-25: rounds to zero
+        const std::uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+        return static_cast<std::uint16_t>(sign | round_shift(mantissa, 126u - exponent));
+    }
+    // Normal: rebias 127 -> 15 and round the mantissa to 10 bits; a carry moves into the exponent.
+    const std::uint32_t rebased = magnitude - (112u << 23);
+    return static_cast<std::uint16_t>(sign | round_shift(rebased, 13));
+}
+
 /// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
 /// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
 class weight_builder {
@@ -10797,7 +10824,7 @@ MECHLENS_END_NAMESPACE
 // ---- begin mechlens/io.hpp ----
 /// @file
 /// Loaders and writers: memory-mapped llama2.c .bin and GGUF models, training checkpoints (.safetensors) as models,
-/// GGUF vocabularies, .npy arrays, safetensors files, JSON documents,
+/// GGUF vocabularies, GGUF models quantised to Q8_0, .npy arrays, safetensors files, JSON documents,
 /// PyTorch state dicts (`torch.save` zip archives), TransformerLens and Hugging Face model folders.
 
 // ---- begin mechlens/io/checkpoint_format.hpp ----
@@ -11089,7 +11116,8 @@ MECHLENS_END_NAMESPACE
 /// Q4_1, Q5_0, Q5_1 and Q8_0, and the 256-element k-quants Q4_K, Q5_K and Q6_K (so `Q8_0` and `Q4_K_M` files
 /// open). Every element is computed with the float operations of llama.cpp's reference decoders, in their order and
 /// never fused, so the values equal those of llama.cpp's own Python package bit for bit
-/// (tests/reference/ggml_quants_reference.py makes the fixture that checks it).
+/// (tests/reference/ggml_quants_reference.py makes the fixture that checks it). And encoding to Q8_0
+/// (quantize_q8_0), bit for bit as llama.cpp's reference quantiser, which `llama-quantize` uses for that type.
 ///
 /// Block layouts (little-endian; "half" is an IEEE binary16 scale):
 ///   Q4_0  half d, 16 bytes of nibbles          x = d * (q - 8)           element j < 16: low nibble of byte j,
@@ -11102,6 +11130,8 @@ MECHLENS_END_NAMESPACE
 ///   Q5_K  as Q4_K with 32 bytes of high bits before the nibbles: bit s of byte l is bit 4 of element l of s
 ///   Q6_K  128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales, half d: x = (d * scale_e/16) * (q - 32)
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -11261,6 +11291,44 @@ inline void dequantize_ggml(ggml_type t, const std::byte* data, std::uint64_t co
             case ggml_type::q4_k: detail::decode_k4_block<false>(block, to); break;
             case ggml_type::q5_k: detail::decode_k4_block<true>(block, to); break;
             case ggml_type::q6_k: detail::decode_q6_k_block(block, to); break;
+        }
+    }
+}
+
+/// Bytes of `count` elements of type `t` (whole blocks); 0 when the type's layout is unknown.
+[[nodiscard]] inline std::uint64_t ggml_encoded_bytes(ggml_type t, std::uint64_t count) noexcept {
+    const auto [per_block, bytes] = detail::ggml_block_layout(t);
+    return per_block == 0 ? 0 : count / per_block * bytes;
+}
+
+/// Encodes `count` floats (whole blocks of 32) as Q8_0 blocks at `out` (34 bytes per 32 values), as llama.cpp's
+/// reference quantiser does: per block d = max|x| / 127 in float, stored as a half (rounded to nearest even), and
+/// q = round(x * (1 / d)) with halves away from zero, where 1/d is taken from the float d before it is rounded
+/// (a block of zeros has d = 0 and q = 0). Throws std::invalid_argument for a count that is not whole blocks or a
+/// value that is not finite (nothing is written then).
+inline void quantize_q8_0(const float* values, std::uint64_t count, std::byte* out) {
+    constexpr std::uint64_t block = 32;
+    if (count % block != 0)
+        throw std::invalid_argument("quantize_q8_0: " + std::to_string(count) + " values are not whole blocks of 32");
+    for (std::uint64_t i = 0; i < count; ++i)
+        if (!std::isfinite(values[i]))
+            throw std::invalid_argument("quantize_q8_0: value " + std::to_string(i) + " is not finite");
+    for (std::uint64_t b = 0; b < count / block; ++b) {
+        const float* x = values + b * block;
+        std::byte* to = out + b * 34;
+        float amax = 0.0f;
+        for (std::uint64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.0f;
+        const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+        const std::uint16_t half = detail::float_to_half(d);
+        to[0] = static_cast<std::byte>(half & 0xffu);
+        to[1] = static_cast<std::byte>(half >> 8);
+        for (std::uint64_t j = 0; j < block; ++j) {
+            // |x * inverse| <= 127 up to one rounding. When d is so small that 1/d overflows (its half is zero, so the
+            // block decodes to zeros whatever q is), the clamp and the NaN test keep the conversion defined.
+            const float scaled = x[j] * inverse;
+            const float q = std::isnan(scaled) ? 0.0f : std::clamp(std::round(scaled), -127.0f, 127.0f);
+            to[2 + j] = static_cast<std::byte>(static_cast<std::uint8_t>(static_cast<std::int8_t>(q)));
         }
     }
 }
@@ -11623,9 +11691,30 @@ inline vocabulary load_gguf_vocabulary(const std::filesystem::path& path) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/gguf_model.hpp ----
+// ---- begin mechlens/io/gguf_quantize.hpp ----
+/// @file
+/// Quantising a GGUF model file to Q8_0, as `llama-quantize IN OUT Q8_0` does, so that llama.cpp and mechlens open
+/// the result: every weight matrix whose rows are whole blocks of 32 becomes Q8_0 (io/ggml_quants.hpp's encoder, bit
+/// for bit llama.cpp's reference quantiser); the tensors llama.cpp's quantiser leaves alone stay as they are (1-D
+/// tensors such as norms and biases, `*_norm.weight`, position embeddings, token types, MoE routers, tensors already
+/// quantised); and a matrix whose rows are not whole blocks, which llama.cpp refuses to quantise to Q8_0, is stored
+/// as F16 (its fallback for k-quants) so the file still opens. The metadata is copied as it is (tokenizer included),
+/// with general.file_type = 7 (mostly Q8_0) and general.quantization_version = 2.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
 // ---- begin mechlens/io/gguf_writer.hpp ----
 /// @file
-/// Writes GGUF v3 files (little-endian): typed metadata (any gguf_value, arrays included) and F32 tensors, with the
+/// Writes GGUF v3 files (little-endian): typed metadata (any gguf_value, arrays included) and tensors (F32 values, or
+/// encoded blocks of a type whose layout is known), with the
 /// data section and every tensor aligned to 32 bytes (general.alignment's default). What gguf_file reads back is
 /// what was written; llama.cpp's gguf reader opens the same files.
 
@@ -11644,11 +11733,14 @@ MECHLENS_END_NAMESPACE
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// One F32 tensor to write: its name, its extents in ggml order (dims[0] varies fastest) and its values.
+/// One tensor to write: its name, its extents in ggml order (dims[0] varies fastest) and its data: floats for an F32
+/// tensor, or the encoded blocks of another ggml type (e.g. Q8_0 from quantize_q8_0, or bytes copied from a file).
 struct gguf_tensor_to_write {
-    std::string name;                 ///< Tensor name, e.g. "direction.3".
-    std::vector<std::uint64_t> dims;  ///< 1 to 4 extents, ggml order.
-    std::span<const float> values;    ///< Product(dims) floats.
+    std::string name;                     ///< Tensor name, e.g. "direction.3".
+    std::vector<std::uint64_t> dims;      ///< 1 to 4 extents, ggml order.
+    std::span<const float> values;         ///< Product(dims) floats, for an F32 tensor given as floats.
+    ggml_type type = ggml_type::f32;       ///< Storage type.
+    std::span<const std::byte> encoded{};  ///< Or its stored bytes: the blocks of product(dims) elements of `type`.
 };
 
 namespace detail {
@@ -11740,8 +11832,9 @@ inline void append_gguf_payload(std::string& out, const gguf_value& value, gguf_
 
 }  // namespace detail
 
-/// Writes a GGUF v3 file at `path` with `metadata` (in the given order; keys must be unique) and F32 `tensors`
-/// (unique names, 1 to 4 dims whose product is the number of values). Throws std::invalid_argument for
+/// Writes a GGUF v3 file at `path` with `metadata` (in the given order; keys must be unique) and `tensors` (unique
+/// names, 1 to 4 dims whose product is the number of values, or for an encoded type rows of whole blocks and the
+/// bytes those blocks take). Throws std::invalid_argument for
 /// inconsistent input (nothing is written then), format_error naming the file when writing fails.
 inline void write_gguf(const std::filesystem::path& path,
                        const std::vector<std::pair<std::string, gguf_value>>& metadata,
@@ -11774,23 +11867,46 @@ inline void write_gguf(const std::filesystem::path& path,
             throw std::invalid_argument("write_gguf: tensor '" + t.name + "' needs 1 to 4 dims");
         std::uint64_t count = 1;
         for (std::uint64_t d : t.dims) count *= d;
-        if (count != t.values.size())
-            throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " + std::to_string(t.values.size()) +
-                                        " values for dims whose product is " + std::to_string(count));
+        std::uint64_t n_bytes = 0;
+        if (t.type == ggml_type::f32 && t.encoded.empty()) {
+            if (count != t.values.size())
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " +
+                                            std::to_string(t.values.size()) + " values for dims whose product is " +
+                                            std::to_string(count));
+            n_bytes = count * sizeof(float);
+        } else {
+            const auto [per_block, block_bytes] = detail::ggml_block_layout(t.type);
+            if (per_block == 0)
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has type " + to_string(t.type) +
+                                            ", whose layout is unknown");
+            if (t.dims[0] % per_block != 0)
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' of type " + to_string(t.type) +
+                                            " has rows of " + std::to_string(t.dims[0]) +
+                                            " elements, not whole blocks of " + std::to_string(per_block));
+            n_bytes = count / per_block * block_bytes;
+            if (n_bytes != t.encoded.size())
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " +
+                                            std::to_string(t.encoded.size()) + " bytes where " + to_string(t.type) +
+                                            " needs " + std::to_string(n_bytes));
+        }
         detail::append_gguf_string(header, t.name);
         detail::append_bytes(header, static_cast<std::uint32_t>(t.dims.size()));
         for (std::uint64_t d : t.dims) detail::append_bytes(header, d);
-        detail::append_bytes(header, static_cast<std::uint32_t>(ggml_type::f32));
+        detail::append_bytes(header, static_cast<std::uint32_t>(t.type));
         detail::append_bytes(header, offset);
         offsets.push_back(offset);
-        offset += count * sizeof(float);
+        offset += n_bytes;
         offset += (alignment - offset % alignment) % alignment;
     }
     header.append((alignment - header.size() % alignment) % alignment, '\0');
     std::string data(offset, '\0');
-    for (std::size_t i = 0; i < tensors.size(); ++i)
-        if (!tensors[i].values.empty())
-            std::memcpy(data.data() + offsets[i], tensors[i].values.data(), tensors[i].values.size() * sizeof(float));
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+        const gguf_tensor_to_write& t = tensors[i];
+        if (!t.encoded.empty())
+            std::memcpy(data.data() + offsets[i], t.encoded.data(), t.encoded.size());
+        else if (!t.values.empty())
+            std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
+    }
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     if (!out) throw format_error(path.string() + ": cannot open for writing");
@@ -11802,6 +11918,111 @@ inline void write_gguf(const std::filesystem::path& path,
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/io/gguf_writer.hpp ----
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// What quantize_gguf did to one tensor.
+struct gguf_quantized_tensor {
+    std::string name;                 ///< Tensor name.
+    std::vector<std::uint64_t> dims;  ///< Extents in ggml order.
+    ggml_type from = ggml_type::f32;  ///< Type in the input file.
+    ggml_type to = ggml_type::f32;    ///< Type written.
+    std::string why;                  ///< Why it was not made Q8_0 (empty when it was).
+};
+
+/// The outcome of quantize_gguf: every tensor in file order, and the bytes of tensor data before and after.
+struct gguf_quantize_report {
+    std::vector<gguf_quantized_tensor> tensors;  ///< One entry per tensor, in file order.
+    std::uint64_t bytes_in = 0;                  ///< Tensor data bytes of the input.
+    std::uint64_t bytes_out = 0;                 ///< Tensor data bytes written.
+};
+
+namespace detail {
+
+/// Why llama.cpp's quantiser leaves tensor `info` as it is (its rules for every target type), or empty when it
+/// quantises it.
+inline std::string gguf_quantize_exemption(const gguf_tensor_info& info) {
+    const std::string_view name = info.name;
+    if (info.dims.size() < 2) return "1-D";
+    if (!name.ends_with("weight")) return "not a weight";
+    if (name.find("_norm.weight") != std::string_view::npos) return "a norm";
+    if (name == "position_embd.weight" || name == "token_types.weight") return "an embedding llama.cpp keeps";
+    if (name.find("ffn_gate_inp.weight") != std::string_view::npos) return "a router llama.cpp keeps";
+    if (info.type != ggml_type::f32 && info.type != ggml_type::f16 && info.type != ggml_type::bf16)
+        return "already " + to_string(info.type);
+    return {};
+}
+
+}  // namespace detail
+
+/// Writes `output`, a copy of the GGUF model `input` with its weight matrices quantised to Q8_0 (see the file
+/// comment for which tensors change). `progress`, when given, is called after each tensor with its entry. Throws
+/// format_error naming the file when `input` is not a valid GGUF file or has a tensor whose layout is unknown,
+/// std::invalid_argument when `output` is `input` or a weight is not finite (nothing is written then), and
+/// format_error when writing fails.
+inline gguf_quantize_report quantize_gguf(const std::filesystem::path& input, const std::filesystem::path& output,
+                                          const std::function<void(const gguf_quantized_tensor&)>& progress = {}) {
+    std::error_code same_error;
+    if (std::filesystem::exists(output) && std::filesystem::equivalent(input, output, same_error))
+        throw std::invalid_argument("quantize_gguf: the output " + output.string() + " is the input file");
+    const gguf_file file(input);
+
+    std::vector<std::pair<std::string, gguf_value>> metadata;
+    for (const auto& [key, value] : file.metadata()) {
+        // The writer aligns to 32 (the default), and the two keys below are set for the new contents.
+        if (key == "general.alignment" || key == "general.file_type" || key == "general.quantization_version") continue;
+        metadata.emplace_back(key, value);
+    }
+    metadata.emplace_back("general.file_type", gguf_value(gguf_type::uint32, std::uint64_t{7}));
+    metadata.emplace_back("general.quantization_version", gguf_value(gguf_type::uint32, std::uint64_t{2}));
+
+    gguf_quantize_report report;
+    std::vector<std::vector<std::byte>> encoded(file.tensors().size());
+    std::vector<gguf_tensor_to_write> tensors;
+    for (std::size_t i = 0; i < file.tensors().size(); ++i) {
+        const gguf_tensor_info& info = file.tensors()[i];
+        const std::byte* data = file.tensor_data(info);  // throws for a layout mechlens does not know
+        report.bytes_in += info.n_bytes;
+        gguf_quantized_tensor entry{info.name, info.dims, info.type, info.type, detail::gguf_quantize_exemption(info)};
+        const bool rows_whole = info.dims[0] % 32 == 0;
+        if (entry.why.empty() && !rows_whole) {
+            entry.why = "rows of " + std::to_string(info.dims[0]) + " are not whole blocks of 32";
+            if (info.type != ggml_type::f16) entry.to = ggml_type::f16;
+        } else if (entry.why.empty()) {
+            entry.to = ggml_type::q8_0;
+        }
+        std::vector<std::byte>& bytes = encoded[i];
+        if (entry.to == info.type) {
+            bytes.assign(data, data + info.n_bytes);
+        } else {
+            std::vector<float> values(info.n_elements);
+            dequantize_ggml(info.type, data, info.n_elements, values.data());
+            bytes.resize(ggml_encoded_bytes(entry.to, info.n_elements));
+            if (entry.to == ggml_type::q8_0) {
+                try {
+                    quantize_q8_0(values.data(), info.n_elements, bytes.data());
+                } catch (const std::invalid_argument& e) {
+                    throw std::invalid_argument("quantize_gguf: tensor '" + info.name + "': " + e.what());
+                }
+            } else {  // F16
+                for (std::size_t j = 0; j < values.size(); ++j) {
+                    const std::uint16_t h = detail::float_to_half(values[j]);
+                    bytes[2 * j] = static_cast<std::byte>(h & 0xffu);
+                    bytes[2 * j + 1] = static_cast<std::byte>(h >> 8);
+                }
+            }
+        }
+        report.bytes_out += bytes.size();
+        tensors.push_back({info.name, info.dims, {}, entry.to, bytes});
+        if (progress) progress(entry);
+        report.tensors.push_back(std::move(entry));
+    }
+    write_gguf(output, metadata, tensors);
+    return report;
+}
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/io/gguf_quantize.hpp ----
 // ---- begin mechlens/io/huggingface.hpp ----
 /// @file
 /// Hugging Face model folders: `config.json` (a PretrainedConfig) and `model.safetensors`, or shards listed by
@@ -23247,7 +23468,8 @@ inline void write_control_vector(const std::filesystem::path& path, const contro
         {"controlvector.layer_count", gguf_value(gguf_type::int32, static_cast<std::int64_t>(cv.directions.size()))}};
     std::vector<gguf_tensor_to_write> tensors;
     for (const auto& [block, values] : cv.directions)
-        tensors.push_back({"direction." + std::to_string(block), {static_cast<std::uint64_t>(values.size())}, values});
+        tensors.push_back({"direction." + std::to_string(block), {static_cast<std::uint64_t>(values.size())}, values,
+                           ggml_type::f32, {}});
     write_gguf(path, metadata, tensors);
 }
 

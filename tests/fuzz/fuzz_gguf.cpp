@@ -1,6 +1,7 @@
 // libFuzzer harness for the GGUF parser (gguf_file) and the GGUF model and vocabulary loaders: parse, walk every
 // metadata value and tensor info, read the bytes of every range-checked tensor, then load the model (touching
-// every weight; quantised tensors are decoded, and every decodable tensor is also decoded on its own) and the
+// every weight; quantised tensors are decoded, and every decodable tensor is also decoded on its own and, when its
+// values are finite, encoded again as Q8_0) and the
 // vocabulary (and tokenize with it). format_error is the documented rejection; the
 // tokenizer may also refuse a vocabulary or a text with std::invalid_argument. The file is also read as a llama.cpp
 // control vector, written back and read again (it must come back unchanged). Anything else is a bug.
@@ -8,6 +9,8 @@
 
 #include <mechlens/medicine/control_vector.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -47,6 +50,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             std::vector<float> values(static_cast<std::size_t>(t.n_elements));
             mechlens::dequantize_ggml(t.type, bytes, t.n_elements, values.data());
             for (const float x : values) seen += x == 0.0f ? 1u : 0u;
+            // Whatever the values (subnormal, huge), encoding finite ones as Q8_0 stays defined (UBSan watches the
+            // conversions to int8), as `mechlens quantize` does to every matrix it reads.
+            const bool finite = std::all_of(values.begin(), values.end(), [](float x) { return std::isfinite(x); });
+            if (finite && t.n_elements % 32 == 0) {
+                std::vector<std::byte> encoded(static_cast<std::size_t>(t.n_elements / 32 * 34));
+                mechlens::quantize_q8_0(values.data(), t.n_elements, encoded.data());
+                seen += std::to_integer<std::size_t>(encoded.back());
+            }
         }
     }
     mechlens_fuzz::keep(seen);

@@ -7,6 +7,8 @@ must agree bit for bit before anything is written:
   1. gguf-py's dequantize() from a llama.cpp checkout (its reference dequantisers; --llama-cpp PATH), and
   2. this script's own decoder, written from the block layouts (ggml-common.h) below.
 The file is a GGUF v3 of 2-D tensors: "<TYPE>.blocks" (the raw blocks, shape [512, 2]) and "<TYPE>.values" (F32).
+It also holds "Q8_0.source" (F32) and "Q8_0.encoded", those floats as gguf-py's quantize() encodes them to Q8_0,
+matched bit for bit by this script's own quantiser written from the maths of ggml's reference quantiser.
 
 Usage (Debian's python3 with numpy; gguf-py imports sentencepiece, stubbed here when missing):
   /usr/bin/python3 tests/reference/ggml_quants_reference.py --llama-cpp /tmp/llama-src [--out DIR]
@@ -139,6 +141,49 @@ def own_decode(name, blocks):
     raise ValueError(name)
 
 
+def roundf(x):
+    """C's roundf: to nearest, halves away from zero (float32 in, float32 out)."""
+    a = np.abs(x)
+    whole = np.floor(a)
+    return (np.sign(x) * (whole + (a - whole >= 0.5))).astype(np.float32)
+
+
+def own_quantize_q8_0(values):
+    """Q8_0 from the maths of llama.cpp's reference quantiser: d = max|x| / 127 in float32, stored as a half;
+    q = roundf(x * (1/d)) with 1/d from the float32 d; a block of zeros gets d = 0 and q = 0."""
+    blocks = values.reshape(-1, QK).astype(np.float32)
+    amax = np.abs(blocks).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    inverse = np.where(d == 0, np.float32(0), np.float32(1) / np.where(d == 0, np.float32(1), d)).astype(np.float32)
+    q = roundf((blocks * inverse[:, None]).astype(np.float32)).astype(np.int8)
+    return np.concatenate([d.astype(np.float16)[:, None].view(np.uint8), q.view(np.uint8)], axis=1)
+
+
+def q8_0_encoding_case(gguf):
+    """Float rows for the Q8_0 encoder and their blocks as gguf-py's quantize() writes them (which that package
+    states is bit-exact with ggml's reference quantiser), checked against own_quantize_q8_0 bit for bit. Blocks:
+    zeros; one negative value alone; ties (max 127 makes d = 1, so x.5 rounds away from zero); scales from 1e-6
+    (subnormal half d) to 1e3."""
+    rng = np.random.default_rng(20261205)
+    n_blocks = ROW * ROWS // QK
+    scales = np.float32(10.0) ** rng.uniform(-6, 3, size=n_blocks).astype(np.float32)
+    values = (rng.standard_normal((n_blocks, QK)).astype(np.float32) * scales[:, None]).astype(np.float32)
+    values[0] = 0
+    values[1] = 0
+    values[1, 7] = -3.25
+    values[2] = (np.arange(QK, dtype=np.float32) - 16) + np.float32(0.5)
+    values[2, 0] = 127
+    values = values.reshape(-1)
+    reference = gguf.quants.quantize(values.reshape(ROWS, ROW), gguf.GGMLQuantizationType.Q8_0)
+    reference = np.asarray(reference, dtype=np.uint8).reshape(n_blocks, 34)
+    mine = own_quantize_q8_0(values)
+    if not np.array_equal(reference, mine):
+        bad = np.flatnonzero((reference != mine).any(axis=1))
+        sys.exit(f"Q8_0 encoding: gguf-py and this script's quantiser differ in {bad.size} blocks, first {bad[0]}")
+    print(f"Q8_0 encoding: {n_blocks} blocks, gguf-py and own quantiser agree bit for bit")
+    return values, reference
+
+
 def gguf_py_decode(gguf, name, blocks):
     qtype = gguf.GGMLQuantizationType[name]
     raw = np.ascontiguousarray(blocks).reshape(ROWS, -1)
@@ -195,6 +240,9 @@ def main():
               f"|value| max {np.abs(reference).max():.4g}")
         tensors.append((f"{name}.blocks", t, [ROW, ROWS], blocks.tobytes()))
         tensors.append((f"{name}.values", 0, [ROW, ROWS], reference.astype("<f4").tobytes()))
+    source, encoded = q8_0_encoding_case(gguf)
+    tensors.append(("Q8_0.source", 0, [ROW, ROWS], source.astype("<f4").tobytes()))
+    tensors.append(("Q8_0.encoded", TYPES["Q8_0"][0], [ROW, ROWS], encoded.tobytes()))
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "blocks.gguf")
     write_gguf(path, tensors)

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -1207,6 +1208,266 @@ TEST_CASE("loaders: a GGUF model with Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16 weig
     }
     // The decoded weights are owned buffers (15 matrices); the F32 twin views its mapping.
     CHECK(mechlens::loader_storage_of(quantised_model.weights)->converted.size() == 15u);
+}
+
+// ---- Encoding: float to half, Q8_0, and quantising a GGUF model (io/gguf_quantize.hpp) ---------------------------
+
+TEST_CASE("loaders: float_to_half rounds every binary16 value, midpoint and overflow as IEEE round-to-nearest-even",
+          "[loaders][quant]") {
+    using mechlens::detail::float_to_half;
+    using mechlens::detail::half_to_float;
+    std::size_t round_trips = 0, ties = 0;
+    for (std::uint32_t h = 0; h < 0x10000u; ++h) {
+        const auto bits = static_cast<std::uint16_t>(h);
+        if ((bits & 0x7c00u) == 0x7c00u && (bits & 0x3ffu) != 0) {  // NaN: stays NaN
+            REQUIRE(std::isnan(half_to_float(float_to_half(half_to_float(bits)))));
+            continue;
+        }
+        REQUIRE(float_to_half(half_to_float(bits)) == bits);
+        ++round_trips;
+        // Between this finite half and the next one up in magnitude: the midpoint goes to the even one, anything
+        // off the midpoint to the nearer one (midpoints are exact in float: halves have 11 significant bits).
+        if ((bits & 0x7fffu) >= 0x7bffu) continue;
+        const auto up = static_cast<std::uint16_t>(bits + 1);
+        const float low = half_to_float(bits), high = half_to_float(up);
+        const float middle = low + (high - low) * 0.5f;
+        REQUIRE(float_to_half(middle) == ((bits & 1u) == 0 ? bits : up));
+        REQUIRE(float_to_half(std::nextafter(middle, low)) == bits);
+        REQUIRE(float_to_half(std::nextafter(middle, high)) == up);
+        ++ties;
+    }
+    CHECK(round_trips == 63490u);  // 65536 less 2 x 1023 NaNs
+    CHECK(ties == 63486u);     // the finite ones below the largest, 0x7bff, of either sign
+    CHECK(float_to_half(65519.996f) == 0x7bffu);  // below the midpoint 65520: the largest finite half
+    CHECK(float_to_half(65520.0f) == 0x7c00u);     // the midpoint rounds to even, which is infinity
+    CHECK(float_to_half(-1e30f) == 0xfc00u);
+    CHECK(float_to_half(0x1p-25f) == 0x0000u);     // half the smallest subnormal: ties to zero
+    CHECK(float_to_half(std::nextafter(0x1p-25f, 1.0f)) == 0x0001u);
+    CHECK(float_to_half(-0x1p-26f) == 0x8000u);
+    CHECK(std::isnan(half_to_float(float_to_half(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST_CASE("loaders: quantize_q8_0 encodes bit for bit as llama.cpp's reference quantiser", "[loaders][quant]") {
+    // tests/reference/ggml_quants_reference.py: floats (zeros, a lone value, ties, scales 1e-6 to 1e3) beside the
+    // blocks gguf-py's quantize() makes of them, matched bit for bit by that script's own quantiser.
+    const mechlens::gguf_file g(mechlens_test::fixtures_dir() / "ggml_quants" / "blocks.gguf");
+    const mechlens::gguf_tensor_info& source = g.tensor("Q8_0.source");
+    const mechlens::gguf_tensor_info& encoded = g.tensor("Q8_0.encoded");
+    REQUIRE(source.type == mechlens::ggml_type::f32);
+    REQUIRE(encoded.type == mechlens::ggml_type::q8_0);
+    REQUIRE(source.n_elements == 1024u);
+    std::vector<float> values(source.n_elements);
+    std::memcpy(values.data(), g.tensor_data(source), values.size() * sizeof(float));
+    REQUIRE(mechlens::ggml_encoded_bytes(mechlens::ggml_type::q8_0, values.size()) == encoded.n_bytes);
+    std::vector<std::byte> mine(encoded.n_bytes, std::byte{0xAA});
+    mechlens::quantize_q8_0(values.data(), values.size(), mine.data());
+    std::size_t differing_blocks = 0;
+    for (std::size_t b = 0; b < mine.size() / 34; ++b)
+        differing_blocks += std::memcmp(mine.data() + 34 * b, g.tensor_data(encoded) + 34 * b, 34) != 0;
+    CHECK(differing_blocks == 0);
+    // Decoding gives each value back to within half a step of its block (d / 2, d = max|x| / 127 as a half).
+    std::vector<float> decoded(values.size());
+    mechlens::dequantize_ggml(mechlens::ggml_type::q8_0, mine.data(), values.size(), decoded.data());
+    for (std::size_t b = 0; b < values.size() / 32; ++b) {
+        float amax = 0.0f;
+        for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(values[32 * b + j]));
+        const float d = mechlens::detail::ggml_half_at(mine.data() + 34 * b);
+        for (std::size_t j = 0; j < 32; ++j) {
+            INFO("block " << b << " element " << j);
+            // Half of a step, plus the error of d's own rounding to a half carried by |q| <= 127 steps.
+            CHECK(std::fabs(decoded[32 * b + j] - values[32 * b + j]) <=
+                  0.5f * d + 127.0f * std::fabs(d - amax / 127.0f) + 1e-30f);
+        }
+    }
+    // Partial blocks and non-finite values are refused before anything is written.
+    std::vector<std::byte> untouched(34, std::byte{0x55});
+    CHECK_THROWS_WITH(mechlens::quantize_q8_0(values.data(), 31, untouched.data()),
+                      Catch::Contains("not whole blocks of 32"));
+    std::vector<float> with_nan(values.begin(), values.begin() + 32);
+    with_nan[5] = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(mechlens::quantize_q8_0(with_nan.data(), 32, untouched.data()),
+                      Catch::Contains("value 5 is not finite"));
+    CHECK(std::all_of(untouched.begin(), untouched.end(), [](std::byte b) { return b == std::byte{0x55}; }));
+}
+
+TEST_CASE("loaders: quantize_gguf stores a model's matrices as Q8_0 as llama-quantize does, and the file opens",
+          "[loaders][quant]") {
+    const fs::path f32_path = write_scratch("tiny_for_q8.gguf", tiny_llama(0).bytes());
+    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_tiny_q8.gguf";
+    fs::remove(q8_path);
+    std::size_t progress_calls = 0;
+    const mechlens::gguf_quantize_report report =
+        mechlens::quantize_gguf(f32_path, q8_path, [&](const mechlens::gguf_quantized_tensor&) { ++progress_calls; });
+    const mechlens::gguf_file in(f32_path), out(q8_path);
+    REQUIRE(report.tensors.size() == in.tensors().size());
+    CHECK(progress_calls == in.tensors().size());
+    // Metadata: everything copied, with the file type of a mostly-Q8_0 file and ggml's quantisation version.
+    CHECK(out.get_int("general.file_type") == 7);
+    CHECK(out.get_int("general.quantization_version") == 2);
+    CHECK(out.metadata().size() == in.metadata().size() + 2);
+    for (const auto& [key, value] : in.metadata()) {
+        INFO(key);
+        REQUIRE(out.find(key) != nullptr);
+        CHECK(out.at(key).type() == value.type());
+        std::string written, read;
+        mechlens::detail::append_gguf_payload(written, value, value.type());
+        mechlens::detail::append_gguf_payload(read, out.at(key), out.at(key).type());
+        CHECK(written == read);
+    }
+    // Tensors: the matrices with rows of whole blocks become Q8_0 (the embedding and every projection but ffn_down),
+    // ffn_down's rows of 48 become F16, the norms stay F32 byte for byte.
+    std::size_t q8 = 0, f16 = 0, kept = 0;
+    std::uint64_t bytes_out = 0;
+    for (std::size_t i = 0; i < in.tensors().size(); ++i) {
+        const mechlens::gguf_tensor_info& a = in.tensors()[i];
+        const mechlens::gguf_tensor_info& b = out.tensors()[i];
+        INFO(a.name);
+        REQUIRE(b.name == a.name);
+        REQUIRE(b.dims == a.dims);
+        CHECK(report.tensors[i].to == b.type);
+        bytes_out += b.n_bytes;
+        std::vector<float> values(a.n_elements);
+        std::memcpy(values.data(), in.tensor_data(a), values.size() * sizeof(float));
+        if (a.dims.size() == 1) {
+            CHECK(b.type == mechlens::ggml_type::f32);
+            CHECK(std::memcmp(in.tensor_data(a), out.tensor_data(b), a.n_bytes) == 0);
+            CHECK(report.tensors[i].why == "1-D");
+            ++kept;
+        } else if (a.dims[0] % 32 != 0) {
+            CHECK(b.type == mechlens::ggml_type::f16);
+            CHECK(report.tensors[i].why == "rows of 48 are not whole blocks of 32");
+            std::vector<float> back(values.size());
+            mechlens::dequantize_ggml(b.type, out.tensor_data(b), b.n_elements, back.data());
+            CHECK(back == values);  // the synthetic values are exact in binary16
+            ++f16;
+        } else {
+            CHECK(b.type == mechlens::ggml_type::q8_0);
+            CHECK(report.tensors[i].why.empty());
+            std::vector<std::byte> expected(b.n_bytes);
+            mechlens::quantize_q8_0(values.data(), values.size(), expected.data());
+            CHECK(std::memcmp(expected.data(), out.tensor_data(b), b.n_bytes) == 0);
+            ++q8;
+        }
+    }
+    CHECK(q8 == 13u);
+    CHECK(f16 == 2u);
+    CHECK(kept == 5u);
+    CHECK(report.bytes_out == bytes_out);
+    CHECK(report.bytes_in > 3 * report.bytes_out);
+
+    // The file opens as a model, and runs bit for bit as an F32 file of the values its blocks decode to (written by
+    // write_gguf with the same metadata): what quantize_gguf wrote is what the loader reads.
+    std::vector<std::vector<float>> decoded_values;
+    std::vector<mechlens::gguf_tensor_to_write> decoded_tensors;
+    for (const mechlens::gguf_tensor_info& t : out.tensors()) {
+        decoded_values.emplace_back(t.n_elements);
+        mechlens::dequantize_ggml(t.type, out.tensor_data(t), t.n_elements, decoded_values.back().data());
+    }
+    for (std::size_t i = 0; i < out.tensors().size(); ++i)
+        decoded_tensors.push_back({out.tensors()[i].name, out.tensors()[i].dims, decoded_values[i],
+                                   mechlens::ggml_type::f32, {}});
+    std::vector<std::pair<std::string, mechlens::gguf_value>> metadata(out.metadata().begin(), out.metadata().end());
+    const fs::path twin_path = mechlens_test::scratch_dir() / "loaders_tiny_q8_decoded.gguf";
+    mechlens::write_gguf(twin_path, metadata, decoded_tensors);
+    const mechlens::transformer q8_model(mechlens::load_model(q8_path)), twin(mechlens::load_model(twin_path)),
+        f32_model(mechlens::load_model(f32_path));
+    mechlens::tensor<std::int32_t, 2> tokens({2, 6});
+    for (index_t i = 0; i < 12; ++i) tokens.data()[i] = static_cast<std::int32_t>((i * 5 + 1) % 16);
+    const auto from_q8 = mechlens::forward_logits(q8_model, tokens.view());
+    const auto from_twin = mechlens::forward_logits(twin, tokens.view());
+    const auto from_f32 = mechlens::forward_logits(f32_model, tokens.view());
+    REQUIRE(from_q8.size() == from_twin.size());
+    CHECK(std::memcmp(from_q8.data(), from_twin.data(), static_cast<std::size_t>(from_q8.size()) * sizeof(float)) ==
+          0);
+    CHECK(std::memcmp(from_q8.data(), from_f32.data(), static_cast<std::size_t>(from_q8.size()) * sizeof(float)) !=
+          0);  // Q8_0 did round something
+
+    // Refusals: the output is the input; a file that is not GGUF; nothing is written for either.
+    CHECK_THROWS_WITH(mechlens::quantize_gguf(f32_path, f32_path), Catch::Contains("is the input file"));
+    CHECK(read_file_bytes(f32_path) == tiny_llama(0).bytes());
+    const fs::path not_gguf = write_scratch("not_a_model.gguf", "GGUF but truncated");
+    const fs::path never = mechlens_test::scratch_dir() / "loaders_never_q8.gguf";
+    fs::remove(never);
+    CHECK_THROWS_AS(mechlens::quantize_gguf(not_gguf, never), mechlens::format_error);
+    CHECK_FALSE(fs::exists(never));
+    // A weight that is not finite: Q8_0 cannot store it; the tensor is named and nothing is written.
+    gguf_writer with_inf = tiny_llama(0);
+    with_inf.tensors[2].data.replace(8, 4, std::string("\x00\x00\x80\x7f", 4));
+    const fs::path inf_path = write_scratch("tiny_inf.gguf", with_inf.bytes());
+    CHECK_THROWS_WITH(mechlens::quantize_gguf(inf_path, never),
+                      Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("value 2 is not finite"));
+    CHECK_FALSE(fs::exists(never));
+}
+
+TEST_CASE("loaders: quantize_gguf writes the tensors and keys llama.cpp's llama-quantize writes, byte for byte",
+          "[loaders][quant]") {
+    // tests/reference/gguf_quantize_reference.py: a small random LLaMA (rows of whole blocks, per-row scales over
+    // three decades) and what llama.cpp's `llama-quantize IN OUT Q8_0` (c392e50) made of it.
+    const fs::path fixtures = mechlens_test::fixtures_dir() / "ggml_quants";
+    const fs::path mine = mechlens_test::scratch_dir() / "loaders_tiny_llama_q8_0.gguf";
+    fs::remove(mine);
+    (void)mechlens::quantize_gguf(fixtures / "tiny_llama_f32.gguf", mine);
+    const mechlens::gguf_file ours(mine), theirs(fixtures / "tiny_llama_q8_0.gguf");
+    REQUIRE(ours.tensors().size() == theirs.tensors().size());
+    std::size_t q8 = 0;
+    for (const mechlens::gguf_tensor_info& t : theirs.tensors()) {
+        INFO(t.name);
+        const mechlens::gguf_tensor_info* o = ours.find_tensor(t.name);
+        REQUIRE(o != nullptr);
+        CHECK(o->type == t.type);
+        CHECK(o->dims == t.dims);
+        REQUIRE(o->n_bytes == t.n_bytes);
+        CHECK(std::memcmp(ours.tensor_data(*o), theirs.tensor_data(t), t.n_bytes) == 0);
+        q8 += t.type == mechlens::ggml_type::q8_0;
+    }
+    CHECK(q8 == 9u);  // every matrix; the three norms stay F32
+    REQUIRE(ours.metadata().size() == theirs.metadata().size());
+    for (const auto& [key, value] : theirs.metadata()) {
+        INFO(key);
+        REQUIRE(ours.find(key) != nullptr);
+        std::string a, b;
+        mechlens::detail::append_gguf_payload(a, ours.at(key), ours.at(key).type());
+        mechlens::detail::append_gguf_payload(b, value, value.type());
+        CHECK(a == b);
+    }
+}
+
+TEST_CASE("loaders: stories260K quantised to Q8_0 continues the story as the F32 model does", "[loaders][quant]") {
+    const fs::path f32_path = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(f32_path);
+    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_stories260K_q8_0.gguf";
+    fs::remove(q8_path);
+    const mechlens::gguf_quantize_report report = mechlens::quantize_gguf(f32_path, q8_path);
+    std::size_t q8 = 0, f16 = 0;
+    for (const mechlens::gguf_quantized_tensor& t : report.tensors) {
+        q8 += t.to == mechlens::ggml_type::q8_0;
+        f16 += t.to == mechlens::ggml_type::f16;
+    }
+    CHECK(q8 == 32u);  // token_embd, output, and per layer wq, wk, wv, wo, w1, w3
+    CHECK(f16 == 5u);  // ffn_down: rows of 172
+    const mechlens::transformer f32_model(mechlens::load_model(f32_path)), q8_model(mechlens::load_model(q8_path));
+    const std::vector<std::int32_t> prompt{1, 403, 407, 261, 378};  // "Once upon a time"
+    mechlens::generation_options options;
+    options.max_new_tokens = 30;
+    const auto expected = mechlens::generate(f32_model, prompt, options, [](std::int32_t) {});
+    const auto got = mechlens::generate(q8_model, prompt, options, [](std::int32_t) {});
+    CHECK(got == expected);
+    // The logits along that story: Q8_0's rounding moves them by a small fraction of their spread.
+    std::vector<std::int32_t> story = prompt;
+    story.insert(story.end(), expected.begin(), expected.end());
+    const mechlens::tensor_view<const std::int32_t, 2> batch(story.data(), {1, static_cast<index_t>(story.size())});
+    const auto exact = mechlens::forward_logits(f32_model, batch);
+    const auto approximate = mechlens::forward_logits(q8_model, batch);
+    double spread = 0.0, worst = 0.0, squared = 0.0;
+    for (index_t i = 0; i < exact.size(); ++i) {
+        const double difference = static_cast<double>(exact.data()[i]) - static_cast<double>(approximate.data()[i]);
+        spread = std::max(spread, std::fabs(static_cast<double>(exact.data()[i])));
+        worst = std::max(worst, std::fabs(difference));
+        squared += difference * difference;
+    }
+    WARN("stories260K Q8_0 vs F32 logits over " << story.size() << " positions: max |difference| " << worst
+                                                 << ", rms " << std::sqrt(squared / static_cast<double>(exact.size()))
+                                                 << ", max |logit| " << spread);
 }
 
 }  // namespace test_loaders

@@ -44,6 +44,7 @@ extern const command probe_command;          ///< commands/medicine.cpp
 extern const command direction_command;      ///< commands/medicine.cpp
 extern const command orthogonalize_command;  ///< commands/medicine.cpp
 extern const command control_vector_command; ///< commands/medicine.cpp
+extern const command quantize_command;       ///< commands/quantize.cpp
 extern const subcommand sae_train_subcommand;  ///< commands/sae_train.cpp: `mechlens sae train`
 
 }  // namespace mechlens_cli

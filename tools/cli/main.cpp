@@ -24,6 +24,7 @@ constexpr const command* command_table[] = {
     &mechlens_cli::attribute_command, &mechlens_cli::tokenize_command, &mechlens_cli::harvest_command,
     &mechlens_cli::sae_command,       &mechlens_cli::transcoder_command, &mechlens_cli::probe_command,
     &mechlens_cli::direction_command, &mechlens_cli::orthogonalize_command, &mechlens_cli::control_vector_command,
+    &mechlens_cli::quantize_command,
 };
 
 /// The options that take no value: the weight-processing flags, harvest's --shuffle, sae's --json and

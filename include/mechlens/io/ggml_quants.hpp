@@ -4,7 +4,8 @@
 /// Q4_1, Q5_0, Q5_1 and Q8_0, and the 256-element k-quants Q4_K, Q5_K and Q6_K (so `Q8_0` and `Q4_K_M` files
 /// open). Every element is computed with the float operations of llama.cpp's reference decoders, in their order and
 /// never fused, so the values equal those of llama.cpp's own Python package bit for bit
-/// (tests/reference/ggml_quants_reference.py makes the fixture that checks it).
+/// (tests/reference/ggml_quants_reference.py makes the fixture that checks it). And encoding to Q8_0
+/// (quantize_q8_0), bit for bit as llama.cpp's reference quantiser, which `llama-quantize` uses for that type.
 ///
 /// Block layouts (little-endian; "half" is an IEEE binary16 scale):
 ///   Q4_0  half d, 16 bytes of nibbles          x = d * (q - 8)           element j < 16: low nibble of byte j,
@@ -17,6 +18,8 @@
 ///   Q5_K  as Q4_K with 32 bytes of high bits before the nibbles: bit s of byte l is bit 4 of element l of s
 ///   Q6_K  128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales, half d: x = (d * scale_e/16) * (q - 32)
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -179,6 +182,44 @@ inline void dequantize_ggml(ggml_type t, const std::byte* data, std::uint64_t co
             case ggml_type::q4_k: detail::decode_k4_block<false>(block, to); break;
             case ggml_type::q5_k: detail::decode_k4_block<true>(block, to); break;
             case ggml_type::q6_k: detail::decode_q6_k_block(block, to); break;
+        }
+    }
+}
+
+/// Bytes of `count` elements of type `t` (whole blocks); 0 when the type's layout is unknown.
+[[nodiscard]] inline std::uint64_t ggml_encoded_bytes(ggml_type t, std::uint64_t count) noexcept {
+    const auto [per_block, bytes] = detail::ggml_block_layout(t);
+    return per_block == 0 ? 0 : count / per_block * bytes;
+}
+
+/// Encodes `count` floats (whole blocks of 32) as Q8_0 blocks at `out` (34 bytes per 32 values), as llama.cpp's
+/// reference quantiser does: per block d = max|x| / 127 in float, stored as a half (rounded to nearest even), and
+/// q = round(x * (1 / d)) with halves away from zero, where 1/d is taken from the float d before it is rounded
+/// (a block of zeros has d = 0 and q = 0). Throws std::invalid_argument for a count that is not whole blocks or a
+/// value that is not finite (nothing is written then).
+inline void quantize_q8_0(const float* values, std::uint64_t count, std::byte* out) {
+    constexpr std::uint64_t block = 32;
+    if (count % block != 0)
+        throw std::invalid_argument("quantize_q8_0: " + std::to_string(count) + " values are not whole blocks of 32");
+    for (std::uint64_t i = 0; i < count; ++i)
+        if (!std::isfinite(values[i]))
+            throw std::invalid_argument("quantize_q8_0: value " + std::to_string(i) + " is not finite");
+    for (std::uint64_t b = 0; b < count / block; ++b) {
+        const float* x = values + b * block;
+        std::byte* to = out + b * 34;
+        float amax = 0.0f;
+        for (std::uint64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.0f;
+        const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+        const std::uint16_t half = detail::float_to_half(d);
+        to[0] = static_cast<std::byte>(half & 0xffu);
+        to[1] = static_cast<std::byte>(half >> 8);
+        for (std::uint64_t j = 0; j < block; ++j) {
+            // |x * inverse| <= 127 up to one rounding. When d is so small that 1/d overflows (its half is zero, so the
+            // block decodes to zeros whatever q is), the clamp and the NaN test keep the conversion defined.
+            const float scaled = x[j] * inverse;
+            const float q = std::isnan(scaled) ? 0.0f : std::clamp(std::round(scaled), -127.0f, 127.0f);
+            to[2 + j] = static_cast<std::byte>(static_cast<std::uint8_t>(static_cast<std::int8_t>(q)));
         }
     }
 }

@@ -1,6 +1,7 @@
 #pragma once
 /// @file
-/// Writes GGUF v3 files (little-endian): typed metadata (any gguf_value, arrays included) and F32 tensors, with the
+/// Writes GGUF v3 files (little-endian): typed metadata (any gguf_value, arrays included) and tensors (F32 values, or
+/// encoded blocks of a type whose layout is known), with the
 /// data section and every tensor aligned to 32 bytes (general.alignment's default). What gguf_file reads back is
 /// what was written; llama.cpp's gguf reader opens the same files.
 
@@ -22,11 +23,14 @@
 
 MECHLENS_BEGIN_NAMESPACE
 
-/// One F32 tensor to write: its name, its extents in ggml order (dims[0] varies fastest) and its values.
+/// One tensor to write: its name, its extents in ggml order (dims[0] varies fastest) and its data: floats for an F32
+/// tensor, or the encoded blocks of another ggml type (e.g. Q8_0 from quantize_q8_0, or bytes copied from a file).
 struct gguf_tensor_to_write {
-    std::string name;                 ///< Tensor name, e.g. "direction.3".
-    std::vector<std::uint64_t> dims;  ///< 1 to 4 extents, ggml order.
-    std::span<const float> values;    ///< Product(dims) floats.
+    std::string name;                     ///< Tensor name, e.g. "direction.3".
+    std::vector<std::uint64_t> dims;      ///< 1 to 4 extents, ggml order.
+    std::span<const float> values;         ///< Product(dims) floats, for an F32 tensor given as floats.
+    ggml_type type = ggml_type::f32;       ///< Storage type.
+    std::span<const std::byte> encoded{};  ///< Or its stored bytes: the blocks of product(dims) elements of `type`.
 };
 
 namespace detail {
@@ -118,8 +122,9 @@ inline void append_gguf_payload(std::string& out, const gguf_value& value, gguf_
 
 }  // namespace detail
 
-/// Writes a GGUF v3 file at `path` with `metadata` (in the given order; keys must be unique) and F32 `tensors`
-/// (unique names, 1 to 4 dims whose product is the number of values). Throws std::invalid_argument for
+/// Writes a GGUF v3 file at `path` with `metadata` (in the given order; keys must be unique) and `tensors` (unique
+/// names, 1 to 4 dims whose product is the number of values, or for an encoded type rows of whole blocks and the
+/// bytes those blocks take). Throws std::invalid_argument for
 /// inconsistent input (nothing is written then), format_error naming the file when writing fails.
 inline void write_gguf(const std::filesystem::path& path,
                        const std::vector<std::pair<std::string, gguf_value>>& metadata,
@@ -152,23 +157,46 @@ inline void write_gguf(const std::filesystem::path& path,
             throw std::invalid_argument("write_gguf: tensor '" + t.name + "' needs 1 to 4 dims");
         std::uint64_t count = 1;
         for (std::uint64_t d : t.dims) count *= d;
-        if (count != t.values.size())
-            throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " + std::to_string(t.values.size()) +
-                                        " values for dims whose product is " + std::to_string(count));
+        std::uint64_t n_bytes = 0;
+        if (t.type == ggml_type::f32 && t.encoded.empty()) {
+            if (count != t.values.size())
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " +
+                                            std::to_string(t.values.size()) + " values for dims whose product is " +
+                                            std::to_string(count));
+            n_bytes = count * sizeof(float);
+        } else {
+            const auto [per_block, block_bytes] = detail::ggml_block_layout(t.type);
+            if (per_block == 0)
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has type " + to_string(t.type) +
+                                            ", whose layout is unknown");
+            if (t.dims[0] % per_block != 0)
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' of type " + to_string(t.type) +
+                                            " has rows of " + std::to_string(t.dims[0]) +
+                                            " elements, not whole blocks of " + std::to_string(per_block));
+            n_bytes = count / per_block * block_bytes;
+            if (n_bytes != t.encoded.size())
+                throw std::invalid_argument("write_gguf: tensor '" + t.name + "' has " +
+                                            std::to_string(t.encoded.size()) + " bytes where " + to_string(t.type) +
+                                            " needs " + std::to_string(n_bytes));
+        }
         detail::append_gguf_string(header, t.name);
         detail::append_bytes(header, static_cast<std::uint32_t>(t.dims.size()));
         for (std::uint64_t d : t.dims) detail::append_bytes(header, d);
-        detail::append_bytes(header, static_cast<std::uint32_t>(ggml_type::f32));
+        detail::append_bytes(header, static_cast<std::uint32_t>(t.type));
         detail::append_bytes(header, offset);
         offsets.push_back(offset);
-        offset += count * sizeof(float);
+        offset += n_bytes;
         offset += (alignment - offset % alignment) % alignment;
     }
     header.append((alignment - header.size() % alignment) % alignment, '\0');
     std::string data(offset, '\0');
-    for (std::size_t i = 0; i < tensors.size(); ++i)
-        if (!tensors[i].values.empty())
-            std::memcpy(data.data() + offsets[i], tensors[i].values.data(), tensors[i].values.size() * sizeof(float));
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+        const gguf_tensor_to_write& t = tensors[i];
+        if (!t.encoded.empty())
+            std::memcpy(data.data() + offsets[i], t.encoded.data(), t.encoded.size());
+        else if (!t.values.empty())
+            std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
+    }
 
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     if (!out) throw format_error(path.string() + ": cannot open for writing");

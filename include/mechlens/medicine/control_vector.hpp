@@ -67,7 +67,8 @@ inline void write_control_vector(const std::filesystem::path& path, const contro
         {"controlvector.layer_count", gguf_value(gguf_type::int32, static_cast<std::int64_t>(cv.directions.size()))}};
     std::vector<gguf_tensor_to_write> tensors;
     for (const auto& [block, values] : cv.directions)
-        tensors.push_back({"direction." + std::to_string(block), {static_cast<std::uint64_t>(values.size())}, values});
+        tensors.push_back({"direction." + std::to_string(block), {static_cast<std::uint64_t>(values.size())}, values,
+                           ggml_type::f32, {}});
     write_gguf(path, metadata, tensors);
 }
 
