@@ -1,6 +1,9 @@
 // Forward-pass benchmarks: prefill of 128 tokens and KV-cache decoding, for stories260K (when the shared model is
 // present) and for random-weight models of the stories15M and LLaMA-110M shapes, at 1 and 2 threads.
 // Throughput counters are tokens per second, the unit llama.cpp's llama-bench reports (pp128 / tg128).
+// MECHLENS_BENCH_FILES=A.gguf,B.gguf adds the same two benchmarks for those model files (any format load_model
+// opens; BM_prefill128_file / BM_decode128_file, labelled with the file name), so that mechlens and llama.cpp can be
+// timed on the same files (bench/peers/llama_cpp/bench_vs_llama_cpp.sh).
 
 #include <mechlens/mechlens.hpp>
 
@@ -29,12 +32,32 @@ mechlens::model_config shape_config(index_t d_model, index_t layers, index_t hea
     return c;
 }
 
-/// The models under test, built once: 0 = stories260K (real), 1 = stories15M shape, 2 = LLaMA 110M shape.
+/// The model files of MECHLENS_BENCH_FILES (comma-separated), in order.
+const std::vector<std::string>& bench_files() {
+    static const std::vector<std::string> files = [] {
+        std::vector<std::string> out;
+        const char* env = std::getenv("MECHLENS_BENCH_FILES");
+        std::string list = env ? env : "";
+        for (std::size_t at = 0; at < list.size();) {
+            const std::size_t comma = std::min(list.find(',', at), list.size());
+            if (comma > at) out.push_back(list.substr(at, comma - at));
+            at = comma + 1;
+        }
+        return out;
+    }();
+    return files;
+}
+
+/// The models under test, built once: 0 = stories260K (real), 1 = stories15M shape, 2 = LLaMA 110M shape, 3 and on
+/// the files of MECHLENS_BENCH_FILES.
 const mechlens::transformer* model_by_index(int index) {
     static std::map<int, std::unique_ptr<mechlens::transformer>> models;
     auto& slot = models[index];
     if (!slot) {
-        if (index == 0) {
+        if (index >= 3) {
+            slot = std::make_unique<mechlens::transformer>(
+                mechlens::load_model(bench_files().at(static_cast<std::size_t>(index - 3))));
+        } else if (index == 0) {
             const char* env = std::getenv("MECHLENS_MODELS");
             const std::filesystem::path dir = env && *env ? env : MECHLENS_DEFAULT_MODELS;
             const auto path = dir / "stories260K" / "stories260K.bin";
@@ -49,7 +72,8 @@ const mechlens::transformer* model_by_index(int index) {
     return slot.get();
 }
 
-const char* model_name(int index) {
+std::string model_name(int index) {
+    if (index >= 3) return std::filesystem::path(bench_files().at(static_cast<std::size_t>(index - 3))).filename();
     return index == 0 ? "stories260K" : index == 1 ? "stories15M_shape" : "llama110M_shape";
 }
 
@@ -104,4 +128,21 @@ void BM_decode128(benchmark::State& state) {
 BENCHMARK(BM_prefill128)->ArgsProduct({{0, 1, 2}, {1, 2}})->ArgNames({"model", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_decode128)->ArgsProduct({{0, 1, 2}, {1, 2}})->ArgNames({"model", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+    if (!bench_files().empty()) {
+        std::vector<std::int64_t> files;
+        for (std::size_t i = 0; i < bench_files().size(); ++i) files.push_back(static_cast<std::int64_t>(i + 3));
+        for (const auto& [name, function] : {std::pair{"BM_prefill128_file", &BM_prefill128},
+                                             std::pair{"BM_decode128_file", &BM_decode128}})
+            benchmark::RegisterBenchmark(name, function)
+                ->ArgsProduct({files, {1, 2}})
+                ->ArgNames({"model", "threads"})
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

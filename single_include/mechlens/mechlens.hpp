@@ -1513,10 +1513,15 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
     const index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
     const index_t blocks = (outputs + block - 1) / block;
     const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+    // Worth a parallel region: about 50 microseconds of arithmetic (2^20 multiply-adds), or a weight matrix of 512 KiB
+    // or more, whose reading from memory takes 30 microseconds or more even for the single row of a decode step
+    // (then the threads split the outputs, the rows of w, and each reads its own part of w).
+    [[maybe_unused]] const bool worth_parallel =
+        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
     index_t bands = 1;  // bands of rows per block of outputs
 #if defined(_OPENMP)
     const index_t threads = omp_get_max_threads();
-    if (threads > 1 && work >= 1 << 20) {  // about 50 microseconds of work: worth a parallel region
+    if (threads > 1 && worth_parallel) {
         // At least 4 work items per thread when there are rows enough (16 tiles of rows per band at least).
         const index_t wanted = (4 * threads + blocks - 1) / blocks;
         bands = std::clamp<index_t>(wanted, 1, std::max<index_t>(1, rows / (16 * gemm_tile_rows)));
@@ -1532,13 +1537,12 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
                    std::min(outputs, (b + 1) * block));
     };
 #if defined(_OPENMP)
-    if (work >= 1 << 20 && items > 1) {
+    if (worth_parallel && items > 1) {
 #pragma omp parallel for schedule(static)
         for (index_t item = 0; item < items; ++item) run_item(item);
         return;
     }
 #endif
-    (void)work;
     for (index_t item = 0; item < items; ++item) run_item(item);
 }
 
@@ -11726,6 +11730,7 @@ MECHLENS_END_NAMESPACE
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -11908,12 +11913,29 @@ inline void write_gguf(const std::filesystem::path& path,
             std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
     }
 
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) throw format_error(path.string() + ": cannot open for writing");
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    out.flush();
-    if (!out) throw format_error(path.string() + ": write failed");
+    // Written beside the destination and renamed over it once complete: a failed write leaves no partial file and
+    // any earlier file at `path` as it was.
+    const std::filesystem::path partial = path.string() + ".partial";
+    {
+        std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+        if (!out) throw format_error(path.string() + ": cannot open for writing");
+        out.write(header.data(), static_cast<std::streamsize>(header.size()));
+        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        out.flush();
+        if (!out) {
+            out.close();
+            std::error_code ignored;
+            std::filesystem::remove(partial, ignored);
+            throw format_error(path.string() + ": write failed");
+        }
+    }
+    std::error_code renamed;
+    std::filesystem::rename(partial, path, renamed);
+    if (renamed) {
+        std::error_code ignored;
+        std::filesystem::remove(partial, ignored);
+        throw format_error(path.string() + ": cannot replace it (" + renamed.message() + ")");
+    }
 }
 
 MECHLENS_END_NAMESPACE

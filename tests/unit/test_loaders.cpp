@@ -1397,6 +1397,15 @@ TEST_CASE("loaders: quantize_gguf stores a model's matrices as Q8_0 as llama-qua
     CHECK_THROWS_WITH(mechlens::quantize_gguf(inf_path, never),
                       Catch::Contains("blk.0.attn_q.weight") && Catch::Contains("value 2 is not finite"));
     CHECK_FALSE(fs::exists(never));
+    // A directory that does not exist: format_error naming the path. An existing file is replaced only once the
+    // new one is complete, and no partial file stays behind.
+    const fs::path nowhere = mechlens_test::scratch_dir() / "no_such_directory" / "q8.gguf";
+    CHECK_THROWS_WITH(mechlens::quantize_gguf(f32_path, nowhere),
+                      Catch::Contains(nowhere.string()) && Catch::Contains("cannot open for writing"));
+    const std::string before = read_file_bytes(q8_path);
+    (void)mechlens::quantize_gguf(f32_path, q8_path);
+    CHECK(read_file_bytes(q8_path) == before);
+    CHECK_FALSE(fs::exists(q8_path.string() + ".partial"));
 }
 
 TEST_CASE("loaders: quantize_gguf writes the tensors and keys llama.cpp's llama-quantize writes, byte for byte",

@@ -13,6 +13,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -198,12 +199,29 @@ inline void write_gguf(const std::filesystem::path& path,
             std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
     }
 
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    if (!out) throw format_error(path.string() + ": cannot open for writing");
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    out.flush();
-    if (!out) throw format_error(path.string() + ": write failed");
+    // Written beside the destination and renamed over it once complete: a failed write leaves no partial file and
+    // any earlier file at `path` as it was.
+    const std::filesystem::path partial = path.string() + ".partial";
+    {
+        std::ofstream out(partial, std::ios::binary | std::ios::trunc);
+        if (!out) throw format_error(path.string() + ": cannot open for writing");
+        out.write(header.data(), static_cast<std::streamsize>(header.size()));
+        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        out.flush();
+        if (!out) {
+            out.close();
+            std::error_code ignored;
+            std::filesystem::remove(partial, ignored);
+            throw format_error(path.string() + ": write failed");
+        }
+    }
+    std::error_code renamed;
+    std::filesystem::rename(partial, path, renamed);
+    if (renamed) {
+        std::error_code ignored;
+        std::filesystem::remove(partial, ignored);
+        throw format_error(path.string() + ": cannot replace it (" + renamed.message() + ")");
+    }
 }
 
 MECHLENS_END_NAMESPACE

@@ -197,10 +197,15 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
     const index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
     const index_t blocks = (outputs + block - 1) / block;
     const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+    // Worth a parallel region: about 50 microseconds of arithmetic (2^20 multiply-adds), or a weight matrix of 512 KiB
+    // or more, whose reading from memory takes 30 microseconds or more even for the single row of a decode step
+    // (then the threads split the outputs, the rows of w, and each reads its own part of w).
+    [[maybe_unused]] const bool worth_parallel =
+        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
     index_t bands = 1;  // bands of rows per block of outputs
 #if defined(_OPENMP)
     const index_t threads = omp_get_max_threads();
-    if (threads > 1 && work >= 1 << 20) {  // about 50 microseconds of work: worth a parallel region
+    if (threads > 1 && worth_parallel) {
         // At least 4 work items per thread when there are rows enough (16 tiles of rows per band at least).
         const index_t wanted = (4 * threads + blocks - 1) / blocks;
         bands = std::clamp<index_t>(wanted, 1, std::max<index_t>(1, rows / (16 * gemm_tile_rows)));
@@ -216,13 +221,12 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
                    std::min(outputs, (b + 1) * block));
     };
 #if defined(_OPENMP)
-    if (work >= 1 << 20 && items > 1) {
+    if (worth_parallel && items > 1) {
 #pragma omp parallel for schedule(static)
         for (index_t item = 0; item < items; ++item) run_item(item);
         return;
     }
 #endif
-    (void)work;
     for (index_t item = 0; item < items; ++item) run_item(item);
 }
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# mechlens against llama.cpp on the same GGUF files, interleaved: for each round, each file and each tool in turn,
+# prefill of 128 tokens (llama-bench's pp128) and 128 decoded tokens (tg128) at 1 and 2 threads. Files: random
+# LLaMAs of the stories15M and LLaMA-110M shapes (make_shape_gguf.py) as F32, as Q8_0 (`mechlens quantize`, which
+# llama-quantize matches byte for byte) and as Q4_K_M (llama-quantize). Prints the median tokens/s of each tool
+# and their ratio, mechlens / llama.cpp.
+#
+#   bench/peers/llama_cpp/bench_vs_llama_cpp.sh LLAMA_CPP_DIR [ROUNDS]
+#
+# LLAMA_CPP_DIR: a llama.cpp source tree outside this repository (e.g. one brought by `fetch` and unpacked in /tmp);
+# llama-bench and llama-quantize are built in LLAMA_CPP_DIR/build when missing. Needs the Release build's
+# build/tools/mechlens and the bench preset's build-bench/bench/mechlens_bench_model (cmake --preset bench, then
+# cmake --build --preset bench --target mechlens_bench_model), and Debian's
+# python3 with numpy. Files go to $BENCH_WORK (default /tmp/mechlens_vs_llama_cpp) and are reused.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
+llama=$(cd "${1:?usage: bench_vs_llama_cpp.sh LLAMA_CPP_DIR [ROUNDS]}" && pwd)
+rounds=${2:-3}
+mechlens=${MECHLENS:-$repo/build/tools/mechlens}
+bench=${MECHLENS_BENCH_MODEL:-$repo/build-bench/bench/mechlens_bench_model}
+work=${BENCH_WORK:-/tmp/mechlens_vs_llama_cpp}
+mkdir -p "$work"
+for tool in "$mechlens" "$bench"; do [ -x "$tool" ] || { echo "missing $tool (make build; cmake --preset bench && cmake --build --preset bench --target mechlens_bench_model)"; exit 1; }; done
+if [ ! -x "$llama/build/bin/llama-bench" ] || [ ! -x "$llama/build/bin/llama-quantize" ]; then
+    cmake -S "$llama" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    cmake --build "$llama/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+fi
+
+files=()
+for shape in stories15M llama110M; do
+    f32="$work/${shape}_f32.gguf"
+    [ -f "$f32" ] || /usr/bin/python3 "$here/make_shape_gguf.py" --gguf-py "$llama/gguf-py" --shape "$shape" --out "$f32"
+    [ -f "$work/${shape}_q8_0.gguf" ] || "$mechlens" quantize --model "$f32" --out "$work/${shape}_q8_0.gguf" >/dev/null
+    [ -f "$work/${shape}_q4_k_m.gguf" ] ||
+        "$llama/build/bin/llama-quantize" "$f32" "$work/${shape}_q4_k_m.gguf" Q4_K_M >/dev/null 2>&1
+    files+=("$f32" "$work/${shape}_q8_0.gguf" "$work/${shape}_q4_k_m.gguf")
+done
+
+results="$work/results.csv"
+echo "round,tool,file,test,threads,tokens_per_second" >"$results"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; $(date -u)"
+for round in $(seq 1 "$rounds"); do
+    for f in "${files[@]}"; do
+        name=$(basename "$f")
+        "$llama/build/bin/llama-bench" -m "$f" -p 128 -n 128 -t 1,2 -r 1 -o csv 2>/dev/null |
+            /usr/bin/python3 -c '
+import csv, sys
+for row in csv.DictReader(sys.stdin):
+    test = "prefill128" if int(row["n_prompt"]) > 0 else "decode128"
+    print(f"{sys.argv[1]},llama.cpp,{sys.argv[2]},{test},{row[\"n_threads\"]},{row[\"avg_ts\"]}")
+' "$round" "$name" >>"$results"
+        MECHLENS_BENCH_FILES="$f" "$bench" --benchmark_filter='_file/' --benchmark_format=csv 2>/dev/null |
+            /usr/bin/python3 -c '
+import csv, sys
+lines = [l for l in sys.stdin if l.startswith("name,") or l.startswith("\"BM_")]
+for row in csv.DictReader(lines):
+    test = "prefill128" if "prefill" in row["name"] else "decode128"
+    threads = row["name"].split("threads:")[1].split("/")[0]
+    print(f"{sys.argv[1]},mechlens,{sys.argv[2]},{test},{threads},{row[\"tok/s\"]}")
+' "$round" "$name" >>"$results"
+    done
+    echo "round $round of $rounds done"
+done
+
+/usr/bin/python3 - "$results" <<'PY'
+import csv, sys
+from collections import defaultdict
+from statistics import median
+rates = defaultdict(list)
+for row in csv.DictReader(open(sys.argv[1])):
+    rates[(row["file"], row["test"], row["threads"], row["tool"])].append(float(row["tokens_per_second"]))
+print("\n| file | test | threads | mechlens tok/s | llama.cpp tok/s | mechlens / llama.cpp |")
+print("|---|---|---|---|---|---|")
+for file, test, threads in sorted({k[:3] for k in rates}, key=lambda k: (k[0], k[1] != "prefill128", k[2])):
+    ours, theirs = rates.get((file, test, threads, "mechlens")), rates.get((file, test, threads, "llama.cpp"))
+    if not ours or not theirs:
+        continue
+    print(f"| {file} | {test} | {threads} | {median(ours):,.1f} | {median(theirs):,.1f} | "
+          f"{median(ours) / median(theirs):.2f} |")
+print(f"\nmedians of {len(next(iter(rates.values())))} interleaved rounds; raw rows in {sys.argv[1]}")
+PY
