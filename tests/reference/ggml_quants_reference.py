@@ -211,17 +211,23 @@ def write_gguf(path, tensors):
         f.write(head + data)
 
 
+def import_gguf_py(llama_cpp):
+    """The `gguf` package of a llama.cpp checkout (gguf-py); it imports sentencepiece, stubbed when missing."""
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        sys.modules["sentencepiece"] = types.SimpleNamespace(SentencePieceProcessor=object)
+    sys.path.insert(0, os.path.join(llama_cpp, "gguf-py"))
+    import gguf
+    return gguf
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", required=True, help="a llama.cpp checkout (its gguf-py is the reference)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "fixtures", "ggml_quants"))
     args = ap.parse_args()
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        sys.modules["sentencepiece"] = types.SimpleNamespace(SentencePieceProcessor=object)
-    sys.path.insert(0, os.path.join(args.llama_cpp, "gguf-py"))
-    import gguf
+    gguf = import_gguf_py(args.llama_cpp)
 
     rng = np.random.default_rng(20261204)
     tensors = []

@@ -11,10 +11,10 @@ Usage (Debian's python3 with numpy; gguf-py imports sentencepiece, stubbed here 
 import argparse
 import os
 import subprocess
-import sys
-import types
 
 import numpy as np
+
+from ggml_quants_reference import import_gguf_py
 
 
 def main():
@@ -23,12 +23,7 @@ def main():
     ap.add_argument("--llama-quantize", required=True, help="llama-quantize built from that checkout")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "fixtures", "ggml_quants"))
     args = ap.parse_args()
-    try:
-        import sentencepiece  # noqa: F401
-    except ImportError:
-        sys.modules["sentencepiece"] = types.SimpleNamespace(SentencePieceProcessor=object)
-    sys.path.insert(0, os.path.join(args.llama_cpp, "gguf-py"))
-    import gguf
+    gguf = import_gguf_py(args.llama_cpp)
 
     d, ff, n_heads, n_kv, vocab = 32, 64, 4, 2, 32
     source = os.path.join(args.out, "tiny_llama_f32.gguf")

@@ -49,7 +49,8 @@ for round in $(seq 1 "$rounds"); do
 import csv, sys
 for row in csv.DictReader(sys.stdin):
     test = "prefill128" if int(row["n_prompt"]) > 0 else "decode128"
-    print(f"{sys.argv[1]},llama.cpp,{sys.argv[2]},{test},{row[\"n_threads\"]},{row[\"avg_ts\"]}")
+    threads, rate = row["n_threads"], row["avg_ts"]
+    print(f"{sys.argv[1]},llama.cpp,{sys.argv[2]},{test},{threads},{rate}")
 ' "$round" "$name" >>"$results"
         MECHLENS_BENCH_FILES="$f" "$bench" --benchmark_filter='_file/' --benchmark_format=csv 2>/dev/null |
             /usr/bin/python3 -c '
@@ -58,7 +59,8 @@ lines = [l for l in sys.stdin if l.startswith("name,") or l.startswith("\"BM_")]
 for row in csv.DictReader(lines):
     test = "prefill128" if "prefill" in row["name"] else "decode128"
     threads = row["name"].split("threads:")[1].split("/")[0]
-    print(f"{sys.argv[1]},mechlens,{sys.argv[2]},{test},{threads},{row[\"tok/s\"]}")
+    rate = row["tok/s"]
+    print(f"{sys.argv[1]},mechlens,{sys.argv[2]},{test},{threads},{rate}")
 ' "$round" "$name" >>"$results"
     done
     echo "round $round of $rounds done"

@@ -15,7 +15,7 @@ namespace {
 
 std::size_t element_count(const mechlens::activation_view& x) {
     std::size_t n = 1;
-    for (int r = 0; r < x.rank; ++r) n *= static_cast<std::size_t>(x.shape[r]);
+    for (std::size_t r = 0; r < x.rank; ++r) n *= static_cast<std::size_t>(x.shape[r]);
     return n;
 }
 

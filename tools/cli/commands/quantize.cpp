@@ -31,7 +31,10 @@ int run(arguments& args) {
         mechlens::quantize_gguf(input, output, [](const mechlens::gguf_quantized_tensor& t) {
             std::printf("%-32s %-16s %5s -> %-5s%s%s\n", t.name.c_str(), shape_text(t.dims).c_str(),
                         mechlens::to_string(t.from).c_str(), mechlens::to_string(t.to).c_str(),
-                        t.why.empty() ? "" : "  kept: ", t.why.c_str());
+                        t.why.empty()    ? ""
+                        : t.to == t.from ? "  kept: "
+                                         : "  not Q8_0: ",
+                        t.why.c_str());
             std::fflush(stdout);
         });
     std::size_t quantised = 0;
