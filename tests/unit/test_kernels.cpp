@@ -527,11 +527,12 @@ mechlens::tensor<float, 2> rows_of(const mechlens::tensor<float, 2>& m, index_t 
 TEST_CASE("kernels: linear gives every element the same bits whatever tile, band or row count computes it",
           "[kernels]") {
     // Shapes around the tile sizes (3 or 6 rows, 4 outputs, 8 for one row), SIMD tails, and products large enough
-    // to be split over threads into blocks of outputs and bands of rows.
+    // to be split over threads into blocks of outputs and bands of rows; (3, 512, 300) has a weight matrix of 600 KiB,
+    // so even its single rows (a decode step's products) are split over threads by outputs.
     std::mt19937 rng(515);
     const std::vector<std::array<index_t, 3>> shapes = {{1, 17, 37},  {2, 16, 9},   {5, 64, 13},  {6, 1, 4},
                                                         {7, 100, 5},  {13, 33, 24}, {25, 48, 130}, {300, 64, 100},
-                                                        {97, 1000, 23}, {500, 64, 1030}};
+                                                        {97, 1000, 23}, {500, 64, 1030}, {3, 512, 300}};
     for (const auto& [rows, depth, outputs] : shapes) {
         INFO("x (" << rows << ", " << depth << "), w (" << outputs << ", " << depth << ")");
         const auto x = random_matrix(rows, depth, rng), w = random_matrix(outputs, depth, rng);
