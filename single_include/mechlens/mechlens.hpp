@@ -11171,6 +11171,12 @@ inline float ggml_half_at(const std::byte* p) noexcept {
     return half_to_float(h);
 }
 
+/// Stores the half `h` at `p`, little-endian.
+inline void store_half(std::byte* p, std::uint16_t h) noexcept {
+    p[0] = static_cast<std::byte>(h & 0xffu);
+    p[1] = static_cast<std::byte>(h >> 8);
+}
+
 /// Byte `i` of `p` as an unsigned value.
 inline unsigned ggml_byte(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
 
@@ -11324,9 +11330,7 @@ inline void quantize_q8_0(const float* values, std::uint64_t count, std::byte* o
         for (std::uint64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[j]));
         const float d = amax / 127.0f;
         const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-        const std::uint16_t half = detail::float_to_half(d);
-        to[0] = static_cast<std::byte>(half & 0xffu);
-        to[1] = static_cast<std::byte>(half >> 8);
+        detail::store_half(to, detail::float_to_half(d));
         for (std::uint64_t j = 0; j < block; ++j) {
             // |x * inverse| <= 127 up to one rounding. When d is so small that 1/d overflows (its half is zero, so the
             // block decodes to zeros whatever q is), the clamp and the NaN test keep the conversion defined.
@@ -11904,23 +11908,24 @@ inline void write_gguf(const std::filesystem::path& path,
         offset += (alignment - offset % alignment) % alignment;
     }
     header.append((alignment - header.size() % alignment) % alignment, '\0');
-    std::string data(offset, '\0');
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-        const gguf_tensor_to_write& t = tensors[i];
-        if (!t.encoded.empty())
-            std::memcpy(data.data() + offsets[i], t.encoded.data(), t.encoded.size());
-        else if (!t.values.empty())
-            std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
-    }
 
     // Written beside the destination and renamed over it once complete: a failed write leaves no partial file and
-    // any earlier file at `path` as it was.
+    // any earlier file at `path` as it was. Each tensor's bytes go straight from the caller's buffer to the file.
     const std::filesystem::path partial = path.string() + ".partial";
     {
         std::ofstream out(partial, std::ios::binary | std::ios::trunc);
         if (!out) throw format_error(path.string() + ": cannot open for writing");
         out.write(header.data(), static_cast<std::streamsize>(header.size()));
-        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        const char padding[alignment] = {};
+        std::uint64_t written = 0;
+        for (std::size_t i = 0; i < tensors.size(); ++i) {
+            const gguf_tensor_to_write& t = tensors[i];
+            out.write(padding, static_cast<std::streamsize>(offsets[i] - written));
+            const auto bytes = t.encoded.empty() ? std::as_bytes(t.values) : t.encoded;
+            out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+            written = offsets[i] + bytes.size();
+        }
+        out.write(padding, static_cast<std::streamsize>(offset - written));
         out.flush();
         if (!out) {
             out.close();
@@ -12027,11 +12032,8 @@ inline gguf_quantize_report quantize_gguf(const std::filesystem::path& input, co
                     throw std::invalid_argument("quantize_gguf: tensor '" + info.name + "': " + e.what());
                 }
             } else {  // F16
-                for (std::size_t j = 0; j < values.size(); ++j) {
-                    const std::uint16_t h = detail::float_to_half(values[j]);
-                    bytes[2 * j] = static_cast<std::byte>(h & 0xffu);
-                    bytes[2 * j + 1] = static_cast<std::byte>(h >> 8);
-                }
+                for (std::size_t j = 0; j < values.size(); ++j)
+                    detail::store_half(bytes.data() + 2 * j, detail::float_to_half(values[j]));
             }
         }
         report.bytes_out += bytes.size();

@@ -51,11 +51,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             mechlens::dequantize_ggml(t.type, bytes, t.n_elements, values.data());
             for (const float x : values) seen += x == 0.0f ? 1u : 0u;
             // Whatever the values (subnormal, huge), encoding finite ones as Q8_0 stays defined (UBSan watches the
-            // conversions to int8), as `mechlens quantize` does to every matrix it reads.
+            // conversions to int8) and round-trips within its error bound, as `mechlens quantize` relies on.
             const bool finite = std::all_of(values.begin(), values.end(), [](float x) { return std::isfinite(x); });
-            if (finite && t.n_elements % 32 == 0) {
+            if (finite && t.n_elements != 0 && t.n_elements % 32 == 0) {
                 std::vector<std::byte> encoded(static_cast<std::size_t>(t.n_elements / 32 * 34));
                 mechlens::quantize_q8_0(values.data(), t.n_elements, encoded.data());
+                // Decoded again, each value is within half a step of its block's scale d plus the error of d's own
+                // rounding to a half (127 steps at most), in double with a margin for float's roundings; blocks whose
+                // d overflowed a half decode to infinities and are not checked.
+                std::vector<float> decoded(values.size());
+                mechlens::dequantize_ggml(mechlens::ggml_type::q8_0, encoded.data(), t.n_elements, decoded.data());
+                for (std::size_t b = 0; b < values.size() / 32; ++b) {
+                    const double d = mechlens::detail::ggml_half_at(encoded.data() + 34 * b);
+                    if (!std::isfinite(d)) continue;
+                    double amax = 0.0;
+                    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(double{values[32 * b + j]}));
+                    const double bound = 0.5 * d + 127.0 * std::fabs(d - amax / 127.0) + 1e-5 * amax;
+                    for (std::size_t j = 32 * b; j < 32 * b + 32; ++j)
+                        if (std::fabs(double{decoded[j]} - double{values[j]}) > bound) std::abort();
+                }
                 seen += std::to_integer<std::size_t>(encoded.back());
             }
         }

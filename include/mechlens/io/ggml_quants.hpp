@@ -58,6 +58,12 @@ inline float ggml_half_at(const std::byte* p) noexcept {
     return half_to_float(h);
 }
 
+/// Stores the half `h` at `p`, little-endian.
+inline void store_half(std::byte* p, std::uint16_t h) noexcept {
+    p[0] = static_cast<std::byte>(h & 0xffu);
+    p[1] = static_cast<std::byte>(h >> 8);
+}
+
 /// Byte `i` of `p` as an unsigned value.
 inline unsigned ggml_byte(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
 
@@ -211,9 +217,7 @@ inline void quantize_q8_0(const float* values, std::uint64_t count, std::byte* o
         for (std::uint64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[j]));
         const float d = amax / 127.0f;
         const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-        const std::uint16_t half = detail::float_to_half(d);
-        to[0] = static_cast<std::byte>(half & 0xffu);
-        to[1] = static_cast<std::byte>(half >> 8);
+        detail::store_half(to, detail::float_to_half(d));
         for (std::uint64_t j = 0; j < block; ++j) {
             // |x * inverse| <= 127 up to one rounding. When d is so small that 1/d overflows (its half is zero, so the
             // block decodes to zeros whatever q is), the clamp and the NaN test keep the conversion defined.

@@ -110,11 +110,8 @@ inline gguf_quantize_report quantize_gguf(const std::filesystem::path& input, co
                     throw std::invalid_argument("quantize_gguf: tensor '" + info.name + "': " + e.what());
                 }
             } else {  // F16
-                for (std::size_t j = 0; j < values.size(); ++j) {
-                    const std::uint16_t h = detail::float_to_half(values[j]);
-                    bytes[2 * j] = static_cast<std::byte>(h & 0xffu);
-                    bytes[2 * j + 1] = static_cast<std::byte>(h >> 8);
-                }
+                for (std::size_t j = 0; j < values.size(); ++j)
+                    detail::store_half(bytes.data() + 2 * j, detail::float_to_half(values[j]));
             }
         }
         report.bytes_out += bytes.size();

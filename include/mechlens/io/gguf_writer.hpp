@@ -190,23 +190,24 @@ inline void write_gguf(const std::filesystem::path& path,
         offset += (alignment - offset % alignment) % alignment;
     }
     header.append((alignment - header.size() % alignment) % alignment, '\0');
-    std::string data(offset, '\0');
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-        const gguf_tensor_to_write& t = tensors[i];
-        if (!t.encoded.empty())
-            std::memcpy(data.data() + offsets[i], t.encoded.data(), t.encoded.size());
-        else if (!t.values.empty())
-            std::memcpy(data.data() + offsets[i], t.values.data(), t.values.size() * sizeof(float));
-    }
 
     // Written beside the destination and renamed over it once complete: a failed write leaves no partial file and
-    // any earlier file at `path` as it was.
+    // any earlier file at `path` as it was. Each tensor's bytes go straight from the caller's buffer to the file.
     const std::filesystem::path partial = path.string() + ".partial";
     {
         std::ofstream out(partial, std::ios::binary | std::ios::trunc);
         if (!out) throw format_error(path.string() + ": cannot open for writing");
         out.write(header.data(), static_cast<std::streamsize>(header.size()));
-        out.write(data.data(), static_cast<std::streamsize>(data.size()));
+        const char padding[alignment] = {};
+        std::uint64_t written = 0;
+        for (std::size_t i = 0; i < tensors.size(); ++i) {
+            const gguf_tensor_to_write& t = tensors[i];
+            out.write(padding, static_cast<std::streamsize>(offsets[i] - written));
+            const auto bytes = t.encoded.empty() ? std::as_bytes(t.values) : t.encoded;
+            out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+            written = offsets[i] + bytes.size();
+        }
+        out.write(padding, static_cast<std::streamsize>(offset - written));
         out.flush();
         if (!out) {
             out.close();
