@@ -62,13 +62,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 std::vector<float> decoded(values.size());
                 mechlens::dequantize_ggml(mechlens::ggml_type::q8_0, encoded.data(), t.n_elements, decoded.data());
                 for (std::size_t b = 0; b < values.size() / 32; ++b) {
-                    const double d = mechlens::detail::ggml_half_at(encoded.data() + 34 * b);
+                    const auto d = static_cast<double>(mechlens::detail::ggml_half_at(encoded.data() + 34 * b));
                     if (!std::isfinite(d)) continue;
                     double amax = 0.0;
-                    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(double{values[32 * b + j]}));
+                    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(static_cast<double>(values[32 * b + j])));
                     const double bound = 0.5 * d + 127.0 * std::fabs(d - amax / 127.0) + 1e-5 * amax;
                     for (std::size_t j = 32 * b; j < 32 * b + 32; ++j)
-                        if (std::fabs(double{decoded[j]} - double{values[j]}) > bound) std::abort();
+                        if (std::fabs(static_cast<double>(decoded[j]) - static_cast<double>(values[j])) > bound) std::abort();
                 }
                 seen += std::to_integer<std::size_t>(encoded.back());
             }
