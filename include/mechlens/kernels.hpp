@@ -10,4 +10,5 @@
 #include "mechlens/kernels/generic.hpp"
 #include "mechlens/kernels/rope.hpp"
 #include "mechlens/kernels/matmul.hpp"
+#include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/kernels/reference.hpp"

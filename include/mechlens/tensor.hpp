@@ -6,3 +6,4 @@
 #include "mechlens/tensor/view.hpp"
 #include "mechlens/tensor/tensor.hpp"
 #include "mechlens/tensor/eigen.hpp"
+#include "mechlens/tensor/half.hpp"

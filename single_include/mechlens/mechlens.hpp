@@ -433,6 +433,62 @@ vector_map<T> as_vector(const tensor_view<T, 1>& view) {
 
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/tensor/eigen.hpp ----
+// ---- begin mechlens/tensor/half.hpp ----
+/// @file
+/// IEEE binary16 ("half") to and from float, exactly as the hardware conversions round: what F16 tensors, GGUF
+/// block scales and the quantised matrix kernels share.
+
+#include <bit>
+#include <cstdint>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace detail {
+
+/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
+inline float half_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t exponent = (h >> 10) & 0x1fu;
+    const std::uint32_t mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        // Zero or subnormal: mantissa * 2^-24, exact in float.
+        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
+}
+
+/// Float to IEEE binary16 bits, rounded to nearest with ties to even (as F16C's conversion and numpy's float16 cast
+/// round): subnormal halves included, magnitudes from 65520 on become infinity, NaN stays a quiet NaN.
+inline std::uint16_t float_to_half(float value) noexcept {
+    const auto bits = std::bit_cast<std::uint32_t>(value);
+    const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+    const std::uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u)  // NaN: quiet, with the top of its payload
+        return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+    if (magnitude >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520, infinity included
+    // Rounds `mantissa >> shift` to nearest, ties to the even result.
+    auto round_shift = [](std::uint32_t mantissa, unsigned shift) {
+        const std::uint32_t kept = mantissa >> shift;
+        const std::uint32_t rest = mantissa & ((1u << shift) - 1u);
+        const std::uint32_t halfway = 1u << (shift - 1u);
+        return kept + ((rest > halfway || (rest == halfway && (kept & 1u) != 0)) ? 1u : 0u);
+    };
+    const std::uint32_t exponent = magnitude >> 23;  // biased by 127
+    if (exponent < 113) {  // below 2^-14: a subnormal half (in units of 2^-24) or zero; a carry makes the smallest normal
+        if (exponent < 102) return sign;  // below 2^-25: rounds to zero
+        const std::uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+        return static_cast<std::uint16_t>(sign | round_shift(mantissa, 126u - exponent));
+    }
+    // Normal: rebias 127 -> 15 and round the mantissa to 10 bits; a carry moves into the exponent.
+    const std::uint32_t rebased = magnitude - (112u << 23);
+    return static_cast<std::uint16_t>(sign | round_shift(rebased, 13));
+}
+
+}  // namespace detail
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/tensor/half.hpp ----
 // ---- end mechlens/tensor.hpp ----
 // ---- begin mechlens/kernels.hpp ----
 /// @file
@@ -1617,6 +1673,329 @@ inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w,
 }  // namespace kernels
 MECHLENS_END_NAMESPACE
 // ---- end mechlens/kernels/matmul.hpp ----
+// ---- begin mechlens/kernels/encoded_matmul.hpp ----
+/// @file
+/// Matrix-vector products straight from quantised weight blocks (GGUF's Q8_0, Q4_K and Q6_K), dequantised in
+/// registers: the decode step of a quantised model reads a quarter to an eighth of the bytes of its float weights.
+///
+/// The blocks decode to exactly the floats the loader's dequantizer writes (ggml_quants.hpp: the same products in
+/// the same order), and each output element is then reduced exactly as the dense tiled kernel reduces it (gemm.hpp:
+/// lane-wise fused multiply-adds over depth in steps of simd_width, then the same horizontal sum). So y is bit for
+/// bit what kernels::linear gives on the decoded matrix: whether a product ran on the blocks or on the floats never
+/// shows in a result, a cache or a patching table. Activations stay float; nothing is quantised on the fly.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// Block layouts the products below read (GGUF / ggml names; see io/ggml_quants.hpp for each layout).
+enum class block_format : std::uint8_t {
+    q8_0,  ///< 32 int8 with one half scale: 34 bytes per 32 weights.
+    q4_k,  ///< 256 4-bit weights with 8 six-bit sub-scales and minimums: 144 bytes.
+    q6_k,  ///< 256 6-bit weights with 16 int8 sub-scales: 210 bytes.
+};
+
+/// A (rows, depth) weight matrix kept as its file's blocks, row after row, beside the floats it decodes to.
+struct encoded_matrix {
+    const float* decoded = nullptr;     ///< The decoded (rows, depth) floats the blocks stand for (row-major, dense).
+    const std::byte* blocks = nullptr;  ///< First block of row 0; row r starts at blocks + r * row_bytes.
+    block_format format = block_format::q8_0;  ///< Layout of the blocks.
+    index_t rows = 0;                   ///< Output features (rows of w).
+    index_t depth = 0;                  ///< Input features: a whole number of blocks per row.
+    std::size_t row_bytes = 0;          ///< Bytes of one row's blocks.
+};
+
+/// Weights per block of `format`.
+[[nodiscard]] constexpr index_t block_elements(block_format format) noexcept {
+    return format == block_format::q8_0 ? 32 : 256;
+}
+
+/// Bytes per block of `format`.
+[[nodiscard]] constexpr std::size_t block_bytes(block_format format) noexcept {
+    switch (format) {
+        case block_format::q8_0: return 34;
+        case block_format::q4_k: return 144;
+        case block_format::q6_k: return 210;
+    }
+    return 0;
+}
+
+namespace detail {
+
+/// The int32 batch of float_batch's architecture (same lane count).
+using int_batch = xsimd::batch<std::int32_t, float_batch::arch_type>;
+
+/// simd_width consecutive bytes at `p`, each widened to an int32 lane: sign-extended when Signed, else zero-extended.
+/// Reads exactly simd_width bytes.
+/// (Arch is a parameter so that only its own branch is compiled.)
+template <bool Signed, class Arch = float_batch::arch_type>
+inline xsimd::batch<std::int32_t, Arch> load_bytes_widened(const std::byte* p) noexcept {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return Signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+    } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        return Signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    } else
+#endif
+#if XSIMD_WITH_NEON64
+        if constexpr (std::is_same_v<Arch, xsimd::neon64>) {
+        std::uint32_t four = 0;
+        std::memcpy(&four, p, sizeof four);
+        const uint8x8_t bytes = vreinterpret_u8_u32(vdup_n_u32(four));
+        if constexpr (Signed)
+            return vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u8(bytes))));
+        else
+            return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(bytes))));
+    } else
+#endif
+    {
+        alignas(batch_alignment) std::array<std::int32_t, xsimd::batch<std::int32_t, Arch>::size> lanes;
+        for (std::size_t i = 0; i < lanes.size(); ++i) {
+            const auto byte = std::to_integer<std::uint8_t>(p[i]);
+            lanes[i] = Signed ? static_cast<std::int32_t>(static_cast<std::int8_t>(byte)) : std::int32_t{byte};
+        }
+        return xsimd::batch<std::int32_t, Arch>::load_aligned(lanes.data());
+    }
+}
+
+/// The half at `p` (little-endian) as a float.
+inline float half_at(const std::byte* p) noexcept {
+    return mechlens::detail::half_to_float(
+        static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | std::to_integer<unsigned>(p[1]) << 8));
+}
+
+/// Byte `i` of `p`.
+inline unsigned byte_at(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
+
+/// Q8_0: w = q * d.
+struct q8_0_blocks {
+    static constexpr index_t elements = 32;  ///< Weights per block.
+    static constexpr std::size_t bytes = 34;  ///< Bytes per block.
+    /// The block's scale.
+    struct scales {
+        float d;  ///< Block scale.
+    };
+    /// Reads the block's scale.
+    static scales prepare(const std::byte* block) noexcept { return {half_at(block)}; }
+    /// Weights [C * simd_width, (C + 1) * simd_width) of the block.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        const int_batch q = load_bytes_widened<true>(block + 2 + C * simd_width);
+        return xsimd::to_float(q) * float_batch(s.d);
+    }
+};
+
+/// Q4_K: w = (d * scale_s) * q - dmin * min_s for sub-block s of 32.
+struct q4_k_blocks {
+    static constexpr index_t elements = 256;   ///< Weights per super-block.
+    static constexpr std::size_t bytes = 144;  ///< Bytes per super-block.
+    /// The eight sub-blocks' scales and minimums, multiplied out as the dequantizer does.
+    struct scales {
+        std::array<float, 8> scale;    ///< d * scale_s.
+        std::array<float, 8> minimum;  ///< dmin * min_s.
+    };
+    /// Unpacks the 6-bit scales and minimums.
+    static scales prepare(const std::byte* block) noexcept {
+        const float d = half_at(block), dmin = half_at(block + 2);
+        const std::byte* packed = block + 4;
+        scales s{};
+        for (unsigned sub = 0; sub < 8; ++sub) {
+            unsigned scale = 0, minimum = 0;
+            if (sub < 4) {
+                scale = byte_at(packed, sub) & 63u;
+                minimum = byte_at(packed, sub + 4) & 63u;
+            } else {
+                scale = (byte_at(packed, sub + 4) & 0x0Fu) | (byte_at(packed, sub - 4) >> 6) << 4;
+                minimum = (byte_at(packed, sub + 4) >> 4) | (byte_at(packed, sub) >> 6) << 4;
+            }
+            s.scale[sub] = d * static_cast<float>(scale);
+            s.minimum[sub] = dmin * static_cast<float>(minimum);
+        }
+        return s;
+    }
+    /// Weights [C * simd_width, (C + 1) * simd_width): sub-block s = e / 32 keeps its nibbles in byte group s / 2,
+    /// low nibbles for even s, high for odd.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        constexpr index_t first = C * simd_width, sub = first / 32;
+        const int_batch packed = load_bytes_widened<false>(block + 16 + 32 * (sub / 2) + first % 32);
+        const int_batch q = sub % 2 == 0 ? (packed & int_batch(15)) : (packed >> 4);
+        return xsimd::to_float(q) * float_batch(s.scale[sub]) - float_batch(s.minimum[sub]);
+    }
+};
+
+/// Q6_K: w = (d * scale_e/16) * (q - 32), q's low four bits from a nibble and its high two from a 2-bit field.
+struct q6_k_blocks {
+    static constexpr index_t elements = 256;   ///< Weights per super-block.
+    static constexpr std::size_t bytes = 210;  ///< Bytes per super-block.
+    /// The sixteen sub-blocks' scales times d.
+    struct scales {
+        std::array<float, 16> scale;  ///< d * scale_s.
+    };
+    /// Reads the int8 scales and d.
+    static scales prepare(const std::byte* block) noexcept {
+        const float d = half_at(block + 208);
+        scales s{};
+        for (std::size_t sub = 0; sub < 16; ++sub)
+            s.scale[sub] = d * static_cast<float>(static_cast<std::int8_t>(byte_at(block + 192, sub)));
+        return s;
+    }
+    /// Weights [C * simd_width, (C + 1) * simd_width): in half h = e / 128, position p = e % 128 takes the low
+    /// (p < 64) or high nibble of low byte 64 h + p % 64 and bits 2 (p / 32) of high byte 32 h + e % 32.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        constexpr index_t first = C * simd_width, half = first / 128, within = first % 128;
+        const int_batch low_bytes = load_bytes_widened<false>(block + 64 * half + within % 64);
+        const int_batch high_bytes = load_bytes_widened<false>(block + 128 + 32 * half + first % 32);
+        const int_batch low = within < 64 ? (low_bytes & int_batch(15)) : (low_bytes >> 4);
+        const int_batch high = (high_bytes >> static_cast<int>(2 * (within / 32))) & int_batch(3);
+        const int_batch q = (low | (high << 4)) - int_batch(32);
+        return xsimd::to_float(q) * float_batch(s.scale[static_cast<std::size_t>(first / 16)]);
+    }
+};
+
+/// Operands of one product of a single row x (depth) with an encoded matrix: y (outputs).
+struct encoded_operands {
+    const float* x;             ///< The input row.
+    const std::byte* blocks;    ///< Row 0's blocks.
+    std::size_t row_bytes;      ///< Bytes per row of blocks.
+    float* y;                   ///< The output row.
+    index_t depth;              ///< Inputs: a whole number of blocks.
+    bool accumulate;            ///< y += x w^T instead of y = x w^T.
+};
+
+/// y[o0 + j] for j < RN: each the lane-wise fused multiply-add chain over depth in steps of simd_width, with the
+/// weights decoded block by block into registers, then gemm.hpp's horizontal sums; gemm_tile's order exactly.
+template <class Blocks, index_t RN>
+MECHLENS_TILE_FLATTEN inline void encoded_tile(const encoded_operands& op, index_t o0) noexcept {
+    static_assert(Blocks::elements % simd_width == 0, "a block must hold whole SIMD chunks");
+    constexpr auto outputs = static_cast<std::size_t>(RN);
+    float_batch acc[outputs];
+    const std::byte* row[outputs];
+    unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+        acc[j] = float_batch(0.0f);
+        row[j] = op.blocks + static_cast<std::size_t>(o0 + j) * op.row_bytes;
+    });
+    const index_t blocks = op.depth / Blocks::elements;
+    for (index_t b = 0; b < blocks; ++b) {
+        typename Blocks::scales scales[outputs];
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+            scales[j] = Blocks::prepare(row[j] + static_cast<std::size_t>(b) * Blocks::bytes);
+        });
+        const float* x = op.x + b * Blocks::elements;
+        unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
+            const float_batch xv = float_batch::load_unaligned(x + c * simd_width);
+            unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+                const float_batch wv = Blocks::template chunk<decltype(c)::value>(
+                    row[j] + static_cast<std::size_t>(b) * Blocks::bytes, scales[j]);
+                acc[j] = fused_multiply_add(xv, wv, acc[j]);
+            });
+        });
+    }
+    store_sums<RN>(acc, op.y + o0, op.accumulate);
+}
+
+/// Outputs per encoded tile; a remainder goes through single-output tiles.
+inline constexpr index_t encoded_tile_outputs = 4;
+
+/// Outputs [o_begin, o_end) of one encoded product.
+template <class Blocks>
+void encoded_range(const encoded_operands& op, index_t o_begin, index_t o_end) noexcept {
+    index_t o = o_begin;
+    for (; o + encoded_tile_outputs <= o_end; o += encoded_tile_outputs)
+        encoded_tile<Blocks, encoded_tile_outputs>(op, o);
+    for (; o < o_end; ++o) encoded_tile<Blocks, 1>(op, o);
+}
+
+/// All `outputs` of one encoded product, split over OpenMP threads by outputs (each thread reads its own rows of
+/// blocks) when the matrix is large enough to pay for a parallel region, as gemm_xwt splits a decode step.
+template <class Blocks>
+void encoded_product(const encoded_operands& op, index_t outputs) noexcept {
+#if defined(_OPENMP)
+    const bool worth_parallel = static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
+    const index_t threads = omp_get_max_threads();
+    if (worth_parallel && threads > 1) {
+        // Items of whole tiles, about four per thread.
+        const index_t per_item =
+            std::max<index_t>(encoded_tile_outputs, (outputs / (4 * threads)) / encoded_tile_outputs *
+                                                        encoded_tile_outputs);
+        const index_t items = (outputs + per_item - 1) / per_item;
+#pragma omp parallel for schedule(static)
+        for (index_t item = 0; item < items; ++item)
+            encoded_range<Blocks>(op, item * per_item, std::min(outputs, (item + 1) * per_item));
+        return;
+    }
+#endif
+    encoded_range<Blocks>(op, 0, outputs);
+}
+
+}  // namespace detail
+
+/// Throws shape_error unless `m` describes a usable encoded matrix: a known layout, depth a whole number of blocks
+/// and row_bytes the bytes of those blocks.
+inline void require_encoded_matrix(const encoded_matrix& m, const char* what) {
+    if (m.blocks == nullptr || m.rows < 0 || m.depth < 0 || m.depth % block_elements(m.format) != 0 ||
+        m.row_bytes != static_cast<std::size_t>(m.depth / block_elements(m.format)) * block_bytes(m.format))
+        throw shape_error(std::string(what) + ": an encoded matrix needs whole blocks per row (depth " +
+                          std::to_string(m.depth) + ", " + std::to_string(m.row_bytes) + " bytes per row)");
+}
+
+/// y = x w^T (or y += x w^T with `accumulate`) for x (rows, depth), w the encoded (outputs, depth) matrix `m`, y
+/// (rows, outputs): each row of x in turn against the blocks, bit for bit kernels::linear on m's decoded floats.
+/// Meant for a few rows (a decode step); for many, the dense kernel on the decoded floats does more work per byte.
+/// Rows of x and y may be strided but each must be dense. Throws shape_error on mismatched shapes.
+inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<float, 2> y,
+                           bool accumulate = false) {
+    require_encoded_matrix(m, "kernels::encoded_linear");
+    if (x.extent(1) != m.depth || y.extent(0) != x.extent(0) || y.extent(1) != m.rows)
+        throw shape_error("kernels::encoded_linear: need x (rows, " + std::to_string(m.depth) + ") and y (rows, " +
+                          std::to_string(m.rows) + "); got x " + mechlens::detail::format_extents(x.shape()) +
+                          ", y " + mechlens::detail::format_extents(y.shape()));
+    const auto dense = [](index_t extent, index_t stride) { return extent <= 1 || stride == 1; };
+    if (!dense(x.extent(1), x.stride(1)) || !dense(y.extent(1), y.stride(1)))
+        throw shape_error("kernels::encoded_linear: the last axis of x and y must be dense (stride 1)");
+    if (m.rows == 0) return;
+    for (index_t r = 0; r < x.extent(0); ++r) {
+        float* y_row = y.data() + r * y.stride(0);
+        if (m.depth == 0) {
+            if (!accumulate) std::fill(y_row, y_row + m.rows, 0.0f);
+            continue;
+        }
+        const detail::encoded_operands op{x.data() + r * x.stride(0), m.blocks, m.row_bytes, y_row, m.depth,
+                                          accumulate};
+        switch (m.format) {
+            case block_format::q8_0: detail::encoded_product<detail::q8_0_blocks>(op, m.rows); break;
+            case block_format::q4_k: detail::encoded_product<detail::q4_k_blocks>(op, m.rows); break;
+            case block_format::q6_k: detail::encoded_product<detail::q6_k_blocks>(op, m.rows); break;
+        }
+    }
+}
+
+/// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).
+[[nodiscard]] inline encoded_matrix encoded_rows(const encoded_matrix& m, index_t first, index_t count) noexcept {
+    encoded_matrix part = m;
+    part.decoded = m.decoded + first * m.depth;
+    part.blocks = m.blocks + static_cast<std::size_t>(first) * m.row_bytes;
+    part.rows = count;
+    return part;
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/kernels/encoded_matmul.hpp ----
 // ---- begin mechlens/kernels/reference.hpp ----
 /// @file
 /// Scalar reference kernels: the same signatures as the SIMD kernels, written as the textbook formulas and
@@ -5840,7 +6219,9 @@ MECHLENS_END_NAMESPACE
 /// @file
 /// Model weights as non-owning views, plus the storage that keeps them alive.
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -6120,7 +6501,29 @@ struct model_weights {
     tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
+    /// Matrices whose file also keeps them as quantised blocks (Q8_0, Q4_K, Q6_K), each tied to the decoded floats
+    /// it stands for; the blocks live in `storage`'s mapping. A decode step multiplies by these instead of the
+    /// floats, with the same bits (kernels/encoded_matmul.hpp). Empty for weights that have no such blocks.
+    std::vector<kernels::encoded_matrix> encoded;
 };
+
+/// The blocks of `w` when `weights` keeps `w`'s floats (or a range of their rows) as encoded blocks, else nothing.
+/// Matches by address: a view of other floats, even equal ones, has no blocks.
+[[nodiscard]] inline std::optional<kernels::encoded_matrix> encoded_blocks_of(const model_weights& weights,
+                                                                             tensor_view<const float, 2> w) noexcept {
+    if (w.extent(0) == 0 || (w.extent(1) > 1 && w.stride(1) != 1)) return std::nullopt;
+    const auto address = reinterpret_cast<std::uintptr_t>(w.data());
+    for (const kernels::encoded_matrix& m : weights.encoded) {
+        if (w.extent(1) != m.depth || (w.extent(0) > 1 && w.stride(0) != m.depth) || m.depth == 0) continue;
+        const auto begin = reinterpret_cast<std::uintptr_t>(m.decoded);
+        const std::uintptr_t row_size = static_cast<std::uintptr_t>(m.depth) * sizeof(float);
+        if (address < begin || (address - begin) % row_size != 0) continue;
+        const auto first = static_cast<index_t>((address - begin) / row_size);
+        if (first + w.extent(0) > m.rows) continue;
+        return kernels::encoded_rows(m, first, w.extent(0));
+    }
+    return std::nullopt;
+}
 
 /// What a loader returns: hyper-parameters plus weight views (which keep their storage alive).
 struct loaded_model {
@@ -6162,47 +6565,6 @@ struct loader_storage_deleter {
     /// Deletes the storage.
     void operator()(const loader_storage* p) const noexcept { delete p; }
 };
-
-/// IEEE binary16 bits to float, exactly (subnormals, infinities and NaN included).
-inline float half_to_float(std::uint16_t h) noexcept {
-    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-    const std::uint32_t exponent = (h >> 10) & 0x1fu;
-    const std::uint32_t mantissa = h & 0x3ffu;
-    if (exponent == 0) {
-        // Zero or subnormal: mantissa * 2^-24, exact in float.
-        const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
-        return sign ? -magnitude : magnitude;
-    }
-    if (exponent == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-    return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));  // rebias 15 -> 127
-}
-
-/// Float to IEEE binary16 bits, rounded to nearest with ties to even (as F16C's conversion and numpy's float16 cast
-/// round): subnormal halves included, magnitudes from 65520 on become infinity, NaN stays a quiet NaN.
-inline std::uint16_t float_to_half(float value) noexcept {
-    const auto bits = std::bit_cast<std::uint32_t>(value);
-    const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
-    const std::uint32_t magnitude = bits & 0x7fffffffu;
-    if (magnitude > 0x7f800000u)  // NaN: quiet, with the top of its payload
-        return static_cast<std::uint16_t>(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
-    if (magnitude >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520, infinity included
-    // Rounds `mantissa >> shift` to nearest, ties to the even result.
-    auto round_shift = [](std::uint32_t mantissa, unsigned shift) {
-        const std::uint32_t kept = mantissa >> shift;
-        const std::uint32_t rest = mantissa & ((1u << shift) - 1u);
-        const std::uint32_t halfway = 1u << (shift - 1u);
-        return kept + ((rest > halfway || (rest == halfway && (kept & 1u) != 0)) ? 1u : 0u);
-    };
-    const std::uint32_t exponent = magnitude >> 23;  // biased by 127
-    if (exponent < 113) {  // below 2^-14: a subnormal half (in units of 2^-24) or zero; a carry makes the smallest normal
-        if (exponent < 102) return sign;  // below 2^-25: rounds to zero
-        const std::uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
-        return static_cast<std::uint16_t>(sign | round_shift(mantissa, 126u - exponent));
-    }
-    // Normal: rebias 127 -> 15 and round the mantissa to 10 bits; a carry moves into the exponent.
-    const std::uint32_t rebased = magnitude - (112u << 23);
-    return static_cast<std::uint16_t>(sign | round_shift(rebased, 13));
-}
 
 /// Hands out float pointers for weight views: into the mapping when the data is F32 and float-aligned, else into
 /// owned converted buffers; finish() wraps everything into the `storage` that keeps those pointers valid.
@@ -9546,6 +9908,32 @@ inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w
         kernels::linear(x, w, y);
 }
 
+/// Rows of x up to which a model's linear layers multiply by a matrix's encoded blocks rather than its floats: a
+/// decode step reads a quarter (Q8_0) or less of the bytes, while a prefill, compute-bound, is faster on floats.
+inline constexpr index_t encoded_product_max_rows = 1;
+
+/// y = x w^T (+ bias when the view is not empty) for a weight of `weights`: from w's encoded blocks when `weights`
+/// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
+inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
+                    tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
+    const bool bias_dense = bias.size() == 0 || bias.extent(0) <= 1 || bias.stride(0) == 1;
+    if (x.extent(0) <= encoded_product_max_rows && !weights.encoded.empty() && bias_dense) {
+        if (const auto blocks = encoded_blocks_of(weights, w)) {
+            kernels::detail::require_linear_shapes(x, w, y, "kernels::linear");
+            kernels::encoded_linear(x, *blocks, y);
+            if (bias.size() > 0) {
+                require_shape(bias, {w.extent(0)}, "kernels::linear bias");
+                for (index_t r = 0; r < y.extent(0); ++r) {
+                    float* row = y.data() + r * y.stride(0);  // dense: checked above
+                    kernels::add(row, row, bias.data(), y.extent(1));
+                }
+            }
+            return;
+        }
+    }
+    project(x, w, bias, y);
+}
+
 /// Views a (batch * pos, width) matrix as (batch, pos, width).
 inline tensor_view<float, 3> as_sequence(tensor_view<float, 2> m, const forward_shape& s) {
     return tensor_view<float, 3>(m.data(), {s.batch, s.positions, m.extent(1)});
@@ -9684,7 +10072,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         }
     } else {
         (void)policy, (void)ctx;
-        project(mixed, w.w_o, w.b_o, out);
+        project(model.weights(), mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -9700,9 +10088,9 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    project(in, w.w_q, w.b_q, queries);
-    project(in, w.w_k, w.b_k, new_keys);
-    project(in, w.w_v, w.b_v, new_values);
+    project(model.weights(), in, w.w_q, w.b_q, queries);
+    project(model.weights(), in, w.w_k, w.b_k, new_keys);
+    project(model.weights(), in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
@@ -9924,19 +10312,19 @@ T plain_activation_derivative(mlp_kind kind, T x) {
 /// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
-void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const layer_weights& w,
-             const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const model_weights& all,
+             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
     const index_t rows = s.rows();
     const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
     if (c.mlp == mlp_kind::gated_silu) {
         const auto up = ws.up.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
-        kernels::linear(in, w.w_gate, gate);
-        kernels::linear(in, w.w_up, up);
+        project(all, in, w.w_gate, {}, gate);
+        project(all, in, w.w_up, {}, up);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
         fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
         for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
     } else {
-        project(in, w.w_up, w.b_up, gate);
+        project(all, in, w.w_up, w.b_up, gate);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
         for (index_t r = 0; r < rows; ++r) {
             if (c.mlp == mlp_kind::plain_gelu)
@@ -9948,7 +10336,7 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
         }
     }
     fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    project(gate, w.w_down, w.b_down, out);
+    project(all, gate, w.w_down, w.b_down, out);
 }
 
 /// MLP step, taped forward: from the sublayer input `input2` (rows, d_model) to `branch` (rows, d_model), keeping
@@ -10379,7 +10767,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
-            run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
+            run_mlp(policy, layer, ctx, c, model.weights(), w, s, sublayer_in, ws, branch);
         else
             residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
@@ -10503,8 +10891,8 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
-    kernels::linear(attn_in, w.w_k, new_keys);
-    kernels::linear(attn_in, w.w_v, new_values);
+    detail::project(model.weights(), attn_in, w.w_k, w.b_k, new_keys);
+    detail::project(model.weights(), attn_in, w.w_v, w.b_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
     detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
     if (c.rotary()) {
@@ -10565,7 +10953,7 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
-    detail::project(unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
+    detail::project(model.weights(), unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }
@@ -11358,6 +11746,8 @@ MECHLENS_END_NAMESPACE
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -11425,6 +11815,9 @@ public:
         return tensor_view<const float, 1>(whole.data() + first, {n});
     }
 
+    /// The matrices read so far whose blocks a kernel multiplies by directly (model_weights::encoded).
+    [[nodiscard]] std::vector<kernels::encoded_matrix> take_encoded() { return std::move(encoded_); }
+
     /// n zeros owned by the builder (a weight the format does not store, such as GPT-2's unembedding bias).
     tensor_view<const float, 1> zeros(index_t n) { return tensor_view<const float, 1>(builder_.zeros(n), {n}); }
 
@@ -11448,6 +11841,7 @@ private:
             float* decoded = builder_.decoded(count);
             dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
             out = decoded;
+            keep_blocks(t, decoded);
         } else {
             g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
                     " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
@@ -11456,8 +11850,32 @@ private:
         return out;
     }
 
+    /// Records the blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads) beside
+    /// its decoded floats; they stay in the file's mapping, which the weights' storage keeps alive.
+    void keep_blocks(const gguf_tensor_info& t, const float* decoded) {
+        kernels::block_format format{};
+        if (t.type == ggml_type::q8_0)
+            format = kernels::block_format::q8_0;
+        else if (t.type == ggml_type::q4_k)
+            format = kernels::block_format::q4_k;
+        else if (t.type == ggml_type::q6_k)
+            format = kernels::block_format::q6_k;
+        else
+            return;
+        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0) return;
+        kernels::encoded_matrix m;
+        m.decoded = decoded;
+        m.blocks = g_.tensor_data(t);
+        m.format = format;
+        m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
+        m.depth = static_cast<index_t>(t.dims[0]);
+        m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
+        encoded_.push_back(m);
+    }
+
     const gguf_file& g_;
     weight_builder& builder_;
+    std::vector<kernels::encoded_matrix> encoded_;
     std::map<std::string, const float*, std::less<>> converted_;
 };
 
@@ -11631,6 +12049,7 @@ inline loaded_model load_gguf(const gguf_file& g) {
     });
     if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
+    w.encoded = read.take_encoded();
     try {
         validate_weights(out.config, out.weights);
     } catch (const shape_error& e) {

@@ -568,6 +568,101 @@ TEST_CASE("kernels: linear gives every element the same bits whatever tile, band
     }
 }
 
+namespace {
+
+/// `rows` rows of `blocks_per_row` random blocks of `format`: random bytes, with every half scale (d, and Q4_K's
+/// dmin) set to a random finite value, so that the blocks decode to finite floats over a few decades.
+std::vector<std::byte> random_blocks(kn::block_format format, index_t rows, index_t blocks_per_row,
+                                     std::mt19937& rng) {
+    const std::size_t bytes = kn::block_bytes(format);
+    std::vector<std::byte> out(static_cast<std::size_t>(rows * blocks_per_row) * bytes);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (std::byte& b : out) b = static_cast<std::byte>(byte(rng));
+    std::uniform_real_distribution<float> exponent(-12.0f, 0.0f);
+    const auto put_half = [&](std::byte* at) {
+        const float value = std::exp2(exponent(rng)) * (byte(rng) % 2 == 0 ? 1.0f : -1.0f);
+        mechlens::detail::store_half(at, mechlens::detail::float_to_half(value));
+    };
+    for (std::size_t b = 0; b < out.size() / bytes; ++b) {
+        std::byte* block = out.data() + b * bytes;
+        if (format == kn::block_format::q8_0) put_half(block);
+        if (format == kn::block_format::q4_k) put_half(block), put_half(block + 2);
+        if (format == kn::block_format::q6_k) put_half(block + 208);
+    }
+    return out;
+}
+
+/// The ggml type of `format`, for the loader's dequantizer.
+mechlens::ggml_type ggml_type_of(kn::block_format format) {
+    switch (format) {
+        case kn::block_format::q8_0: return mechlens::ggml_type::q8_0;
+        case kn::block_format::q4_k: return mechlens::ggml_type::q4_k;
+        case kn::block_format::q6_k: return mechlens::ggml_type::q6_k;
+    }
+    return mechlens::ggml_type::f32;
+}
+
+}  // namespace
+
+TEST_CASE("kernels: encoded_linear on Q8_0, Q4_K and Q6_K blocks gives kernels::linear's bits on the decoded floats",
+          "[kernels][quant]") {
+    // The reference is the loader's dequantizer (pinned to llama.cpp's gguf-py in test_loaders) followed by the dense
+    // kernel: the blocks must decode in registers to the same floats and reduce in the same order. Shapes: a few
+    // outputs (single-output tiles only), a remainder after the 4-wide tiles, and matrices of 2^17 weights and more,
+    // whose products are split over threads by outputs.
+    std::mt19937 rng(20261204);
+    const std::vector<std::array<index_t, 2>> shapes = {{1, 1}, {3, 2}, {7, 1}, {130, 3}, {1030, 2}, {300, 12}};
+    for (const kn::block_format format : {kn::block_format::q8_0, kn::block_format::q4_k, kn::block_format::q6_k}) {
+        for (const auto& [outputs, blocks_per_row] : shapes) {
+            const index_t depth = blocks_per_row * kn::block_elements(format);
+            INFO("format " << static_cast<int>(format) << ", w (" << outputs << ", " << depth << ")");
+            const std::vector<std::byte> blocks = random_blocks(format, outputs, blocks_per_row, rng);
+            mechlens::tensor<float, 2> decoded({outputs, depth});
+            mechlens::dequantize_ggml(ggml_type_of(format), blocks.data(), static_cast<std::uint64_t>(outputs * depth),
+                                      decoded.data());
+            const kn::encoded_matrix m{decoded.data(), blocks.data(), format, outputs, depth,
+                                       static_cast<std::size_t>(blocks_per_row) * kn::block_bytes(format)};
+            for (const index_t rows : {1, 2}) {
+                const auto x = random_matrix(rows, depth, rng);
+                mechlens::tensor<float, 2> want({rows, outputs}), got({rows, outputs});
+                kn::linear(x, decoded, want);
+                got.fill(123.0f);  // overwritten
+                kn::encoded_linear(x, m, got);
+                require_identical(got.data(), want.data(), got.size(), "encoded_linear");
+                const auto start = random_matrix(rows, outputs, rng);
+                auto want_acc = start, got_acc = start;
+                kn::linear_accumulate(x, decoded, want_acc);
+                kn::encoded_linear(x, m, got_acc, true);
+                require_identical(got_acc.data(), want_acc.data(), got_acc.size(), "encoded_linear, accumulating");
+            }
+            // A range of rows on its own (a part of a fused tensor): the same bits as those rows of the whole.
+            if (outputs >= 3) {
+                const auto x = random_matrix(1, depth, rng);
+                mechlens::tensor<float, 2> whole({1, outputs}), part({1, outputs - 2});
+                kn::encoded_linear(x, m, whole);
+                kn::encoded_linear(x, kn::encoded_rows(m, 1, outputs - 2), part);
+                require_identical(part.data(), whole.data() + 1, outputs - 2, "encoded_rows");
+            }
+        }
+    }
+}
+
+TEST_CASE("kernels: encoded_linear refuses mismatched shapes and partial blocks", "[kernels][quant]") {
+    std::mt19937 rng(7);
+    const std::vector<std::byte> blocks = random_blocks(kn::block_format::q8_0, 4, 2, rng);
+    kn::encoded_matrix m{nullptr, blocks.data(), kn::block_format::q8_0, 4, 64, 68};
+    mechlens::tensor<float, 2> x({1, 64}), y({1, 4}), wrong_x({1, 32}), wrong_y({1, 5});
+    x.fill(1.0f);
+    CHECK_NOTHROW(kn::encoded_linear(x, m, y));
+    CHECK_THROWS_AS(kn::encoded_linear(wrong_x, m, y), mechlens::shape_error);
+    CHECK_THROWS_AS(kn::encoded_linear(x, m, wrong_y), mechlens::shape_error);
+    m.row_bytes = 60;
+    CHECK_THROWS_WITH(kn::encoded_linear(x, m, y), Catch::Contains("whole blocks per row"));
+    m.row_bytes = 68;
+    m.depth = 48;
+    CHECK_THROWS_WITH(kn::encoded_linear(x, m, y), Catch::Contains("whole blocks per row"));
+}
+
 TEST_CASE("kernels: linear on strided rows, with bias, and shape errors", "[kernels]") {
     std::mt19937 rng(77);
     const index_t rows = 5, in = 48, out = 33;

@@ -1479,4 +1479,89 @@ TEST_CASE("loaders: stories260K quantised to Q8_0 continues the story as the F32
                                                  << ", max |logit| " << spread);
 }
 
+TEST_CASE("loaders: a Q8_0 model decodes from its blocks with the bits of its decoded floats, hooks and cache included",
+          "[loaders][quant]") {
+    const fs::path f32_path = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(f32_path);
+    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_stories260K_q8_0_blocks.gguf";
+    fs::remove(q8_path);
+    (void)mechlens::quantize_gguf(f32_path, q8_path);
+    mechlens::loaded_model loaded = mechlens::load_model(q8_path);
+    // Every Q8_0 matrix keeps its blocks: token_embd, output, and per layer wq, wk, wv, wo, w1, w3 (w2 is F16).
+    REQUIRE(loaded.weights.encoded.size() == 32u);
+    const auto& layer0 = loaded.weights.layers[0];
+    const auto w_q = mechlens::encoded_blocks_of(loaded.weights, layer0.w_q);
+    REQUIRE(w_q.has_value());
+    CHECK(w_q->format == mechlens::kernels::block_format::q8_0);
+    CHECK(w_q->rows == 64);
+    CHECK_FALSE(mechlens::encoded_blocks_of(loaded.weights, layer0.w_down).has_value());
+    // Rows of a matrix have the blocks of those rows; a copy of the floats has none.
+    const auto some_rows = mechlens::encoded_blocks_of(loaded.weights, layer0.w_q.slice(0, 8, 24));
+    REQUIRE(some_rows.has_value());
+    CHECK(some_rows->rows == 16);
+    CHECK(some_rows->blocks == w_q->blocks + 8 * w_q->row_bytes);
+    mechlens::tensor<float, 2> copy({layer0.w_q.extent(0), layer0.w_q.extent(1)});
+    std::copy_n(layer0.w_q.data(), copy.size(), copy.data());
+    CHECK_FALSE(mechlens::encoded_blocks_of(loaded.weights, copy.view()).has_value());
+    CHECK_FALSE(mechlens::encoded_blocks_of(loaded.weights, layer0.w_q.slice(1, 0, 32)).has_value());
+
+    // The same model without its blocks: every product on the decoded floats. And one whose blocks are zeros in
+    // place of the file's: if decoding really reads the blocks, its logits must differ.
+    mechlens::loaded_model floats_only = loaded, zero_blocks = loaded;
+    floats_only.weights.encoded.clear();
+    std::vector<std::vector<std::byte>> zeros;
+    for (mechlens::kernels::encoded_matrix& m : zero_blocks.weights.encoded) {
+        zeros.emplace_back(static_cast<std::size_t>(m.rows) * m.row_bytes, std::byte{0});
+        m.blocks = zeros.back().data();
+    }
+    const mechlens::transformer blocks_model(std::move(loaded)), floats_model(std::move(floats_only)),
+        zeros_model(std::move(zero_blocks));
+    // A prompt, then token by token through the KV cache (one row per product: the blocks' kernel), caching every
+    // site: logits and every cached activation have the same bits.
+    const std::vector<std::int32_t> story{1, 403, 407, 261, 378, 430, 271, 263, 412, 267, 445, 260, 300};
+    const auto run = [&](const mechlens::transformer& model, mechlens::activation_cache& cache) {
+        const mechlens::model_config& c = model.config();
+        mechlens::kv_cache kv(c, 1, static_cast<index_t>(story.size()));
+        mechlens::workspace ws;
+        mechlens::caching_hooks<> hooks;
+        std::vector<float> all_logits;
+        mechlens::tensor<float, 3> logits({1, 1, c.vocab_out()});
+        for (std::size_t t = 0; t < story.size(); ++t) {
+            const mechlens::tensor_view<const std::int32_t, 2> token(&story[t], {1, 1});
+            mechlens::forward(model, token, kv, logits.view(), ws, hooks);
+            all_logits.insert(all_logits.end(), logits.data(), logits.data() + logits.size());
+        }
+        cache = hooks.take();
+        return all_logits;
+    };
+    mechlens::activation_cache from_blocks, from_floats, from_zeros;
+    const std::vector<float> logits_blocks = run(blocks_model, from_blocks);
+    const std::vector<float> logits_floats = run(floats_model, from_floats);
+    const std::vector<float> logits_zeros = run(zeros_model, from_zeros);
+    CHECK(logits_zeros != logits_floats);
+    REQUIRE(logits_blocks.size() == logits_floats.size());
+    CHECK(std::memcmp(logits_blocks.data(), logits_floats.data(), logits_blocks.size() * sizeof(float)) == 0);
+    REQUIRE(from_blocks.size() == from_floats.size());
+    REQUIRE(from_blocks.size() > 50u);
+    for (const mechlens::site& s : from_floats.sites()) {
+        INFO(mechlens::to_string(s));
+        const mechlens::cached_activation& a = from_blocks.at(s);
+        const mechlens::cached_activation& b = from_floats.at(s);
+        REQUIRE(a.shape == b.shape);
+        CHECK(std::memcmp(a.values.data(), b.values.data(), a.values.size() * sizeof(float)) == 0);
+    }
+    // And a steered decode (an intervention at a site between two encoded products) stays identical too.
+    const auto steered = [&](const mechlens::transformer& model) {
+        mechlens::generation_options options;
+        options.max_new_tokens = 12;
+        mechlens::steer_hooks<mechlens::kind_set::of({mechlens::site_kind::resid_mid})> hooks;
+        std::vector<float> direction(static_cast<std::size_t>(model.config().d_model));
+        for (std::size_t i = 0; i < direction.size(); ++i) direction[i] = std::sin(0.37f * static_cast<float>(i));
+        hooks.add(mechlens::site{mechlens::site_kind::resid_mid, 2}, direction, 4.0f);
+        const std::vector<std::int32_t> prompt(story.begin(), story.begin() + 5);
+        return mechlens::generate(model, prompt, options, [](std::int32_t) {}, hooks);
+    };
+    CHECK(steered(blocks_model) == steered(floats_model));
+}
+
 }  // namespace test_loaders

@@ -13,6 +13,8 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "mechlens/io/ggml_quants.hpp"
 #include "mechlens/io/gguf.hpp"
@@ -86,6 +88,9 @@ public:
         return tensor_view<const float, 1>(whole.data() + first, {n});
     }
 
+    /// The matrices read so far whose blocks a kernel multiplies by directly (model_weights::encoded).
+    [[nodiscard]] std::vector<kernels::encoded_matrix> take_encoded() { return std::move(encoded_); }
+
     /// n zeros owned by the builder (a weight the format does not store, such as GPT-2's unembedding bias).
     tensor_view<const float, 1> zeros(index_t n) { return tensor_view<const float, 1>(builder_.zeros(n), {n}); }
 
@@ -109,6 +114,7 @@ private:
             float* decoded = builder_.decoded(count);
             dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
             out = decoded;
+            keep_blocks(t, decoded);
         } else {
             g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
                     " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
@@ -117,8 +123,32 @@ private:
         return out;
     }
 
+    /// Records the blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads) beside
+    /// its decoded floats; they stay in the file's mapping, which the weights' storage keeps alive.
+    void keep_blocks(const gguf_tensor_info& t, const float* decoded) {
+        kernels::block_format format{};
+        if (t.type == ggml_type::q8_0)
+            format = kernels::block_format::q8_0;
+        else if (t.type == ggml_type::q4_k)
+            format = kernels::block_format::q4_k;
+        else if (t.type == ggml_type::q6_k)
+            format = kernels::block_format::q6_k;
+        else
+            return;
+        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0) return;
+        kernels::encoded_matrix m;
+        m.decoded = decoded;
+        m.blocks = g_.tensor_data(t);
+        m.format = format;
+        m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
+        m.depth = static_cast<index_t>(t.dims[0]);
+        m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
+        encoded_.push_back(m);
+    }
+
     const gguf_file& g_;
     weight_builder& builder_;
+    std::vector<kernels::encoded_matrix> encoded_;
     std::map<std::string, const float*, std::less<>> converted_;
 };
 
@@ -292,6 +322,7 @@ inline loaded_model load_gguf(const gguf_file& g) {
     });
     if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
+    w.encoded = read.take_encoded();
     try {
         validate_weights(out.config, out.weights);
     } catch (const shape_error& e) {

@@ -74,7 +74,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
-            run_mlp(policy, layer, ctx, c, w, s, sublayer_in, ws, branch);
+            run_mlp(policy, layer, ctx, c, model.weights(), w, s, sublayer_in, ws, branch);
         else
             residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
@@ -198,8 +198,8 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
-    kernels::linear(attn_in, w.w_k, new_keys);
-    kernels::linear(attn_in, w.w_v, new_values);
+    detail::project(model.weights(), attn_in, w.w_k, w.b_k, new_keys);
+    detail::project(model.weights(), attn_in, w.w_v, w.b_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
     detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
     if (c.rotary()) {
@@ -260,7 +260,7 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
-    detail::project(unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
+    detail::project(model.weights(), unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }

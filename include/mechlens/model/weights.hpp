@@ -2,11 +2,14 @@
 /// @file
 /// Model weights as non-owning views, plus the storage that keeps them alive.
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/model/config.hpp"
 #include "mechlens/model/parameter_table.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -101,7 +104,29 @@ struct model_weights {
     tensor_view<const float, 1> unembed_bias;     ///< (d_vocab_out), with linear biases.
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
+    /// Matrices whose file also keeps them as quantised blocks (Q8_0, Q4_K, Q6_K), each tied to the decoded floats
+    /// it stands for; the blocks live in `storage`'s mapping. A decode step multiplies by these instead of the
+    /// floats, with the same bits (kernels/encoded_matmul.hpp). Empty for weights that have no such blocks.
+    std::vector<kernels::encoded_matrix> encoded;
 };
+
+/// The blocks of `w` when `weights` keeps `w`'s floats (or a range of their rows) as encoded blocks, else nothing.
+/// Matches by address: a view of other floats, even equal ones, has no blocks.
+[[nodiscard]] inline std::optional<kernels::encoded_matrix> encoded_blocks_of(const model_weights& weights,
+                                                                             tensor_view<const float, 2> w) noexcept {
+    if (w.extent(0) == 0 || (w.extent(1) > 1 && w.stride(1) != 1)) return std::nullopt;
+    const auto address = reinterpret_cast<std::uintptr_t>(w.data());
+    for (const kernels::encoded_matrix& m : weights.encoded) {
+        if (w.extent(1) != m.depth || (w.extent(0) > 1 && w.stride(0) != m.depth) || m.depth == 0) continue;
+        const auto begin = reinterpret_cast<std::uintptr_t>(m.decoded);
+        const std::uintptr_t row_size = static_cast<std::uintptr_t>(m.depth) * sizeof(float);
+        if (address < begin || (address - begin) % row_size != 0) continue;
+        const auto first = static_cast<index_t>((address - begin) / row_size);
+        if (first + w.extent(0) > m.rows) continue;
+        return kernels::encoded_rows(m, first, w.extent(0));
+    }
+    return std::nullopt;
+}
 
 /// What a loader returns: hyper-parameters plus weight views (which keep their storage alive).
 struct loaded_model {

@@ -144,7 +144,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         }
     } else {
         (void)policy, (void)ctx;
-        project(mixed, w.w_o, w.b_o, out);
+        project(model.weights(), mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -160,9 +160,9 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    project(in, w.w_q, w.b_q, queries);
-    project(in, w.w_k, w.b_k, new_keys);
-    project(in, w.w_v, w.b_v, new_values);
+    project(model.weights(), in, w.w_q, w.b_q, queries);
+    project(model.weights(), in, w.w_k, w.b_k, new_keys);
+    project(model.weights(), in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });

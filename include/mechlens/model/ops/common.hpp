@@ -5,7 +5,9 @@
 
 #include "mechlens/grad/tape.hpp"
 #include "mechlens/hooks/site.hpp"
+#include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/kernels/matmul.hpp"
+#include "mechlens/model/weights.hpp"
 #include "mechlens/tensor/view.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
@@ -35,6 +37,32 @@ inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w
         kernels::linear(x, w, bias, y);
     else
         kernels::linear(x, w, y);
+}
+
+/// Rows of x up to which a model's linear layers multiply by a matrix's encoded blocks rather than its floats: a
+/// decode step reads a quarter (Q8_0) or less of the bytes, while a prefill, compute-bound, is faster on floats.
+inline constexpr index_t encoded_product_max_rows = 1;
+
+/// y = x w^T (+ bias when the view is not empty) for a weight of `weights`: from w's encoded blocks when `weights`
+/// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
+inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
+                    tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
+    const bool bias_dense = bias.size() == 0 || bias.extent(0) <= 1 || bias.stride(0) == 1;
+    if (x.extent(0) <= encoded_product_max_rows && !weights.encoded.empty() && bias_dense) {
+        if (const auto blocks = encoded_blocks_of(weights, w)) {
+            kernels::detail::require_linear_shapes(x, w, y, "kernels::linear");
+            kernels::encoded_linear(x, *blocks, y);
+            if (bias.size() > 0) {
+                require_shape(bias, {w.extent(0)}, "kernels::linear bias");
+                for (index_t r = 0; r < y.extent(0); ++r) {
+                    float* row = y.data() + r * y.stride(0);  // dense: checked above
+                    kernels::add(row, row, bias.data(), y.extent(1));
+                }
+            }
+            return;
+        }
+    }
+    project(x, w, bias, y);
 }
 
 /// Views a (batch * pos, width) matrix as (batch, pos, width).

@@ -36,19 +36,19 @@ T plain_activation_derivative(mlp_kind kind, T x) {
 /// The MLP of one block, from its normalized input `in` to `out`: gated SiLU (silu(x W_gate^T) * x W_up^T) or plain
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
-void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const layer_weights& w,
-             const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const model_weights& all,
+             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
     const index_t rows = s.rows();
     const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
     if (c.mlp == mlp_kind::gated_silu) {
         const auto up = ws.up.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp)
-        kernels::linear(in, w.w_gate, gate);
-        kernels::linear(in, w.w_up, up);
+        project(all, in, w.w_gate, {}, gate);
+        project(all, in, w.w_up, {}, up);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
         fire<site_kind::mlp_pre_linear>(policy, layer, ctx, [&] { return as_sequence(up, s); });
         for (index_t r = 0; r < rows; ++r) kernels::silu_mul(&gate(r, 0), &gate(r, 0), &up(r, 0), c.d_mlp);
     } else {
-        project(in, w.w_up, w.b_up, gate);
+        project(all, in, w.w_up, w.b_up, gate);
         fire<site_kind::mlp_pre>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
         for (index_t r = 0; r < rows; ++r) {
             if (c.mlp == mlp_kind::plain_gelu)
@@ -60,7 +60,7 @@ void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model
         }
     }
     fire<site_kind::mlp_post>(policy, layer, ctx, [&] { return as_sequence(gate, s); });
-    project(gate, w.w_down, w.b_down, out);
+    project(all, gate, w.w_down, w.b_down, out);
 }
 
 /// MLP step, taped forward: from the sublayer input `input2` (rows, d_model) to `branch` (rows, d_model), keeping

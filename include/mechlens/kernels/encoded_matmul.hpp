@@ -1,0 +1,326 @@
+#pragma once
+/// @file
+/// Matrix-vector products straight from quantised weight blocks (GGUF's Q8_0, Q4_K and Q6_K), dequantised in
+/// registers: the decode step of a quantised model reads a quarter to an eighth of the bytes of its float weights.
+///
+/// The blocks decode to exactly the floats the loader's dequantizer writes (ggml_quants.hpp: the same products in
+/// the same order), and each output element is then reduced exactly as the dense tiled kernel reduces it (gemm.hpp:
+/// lane-wise fused multiply-adds over depth in steps of simd_width, then the same horizontal sum). So y is bit for
+/// bit what kernels::linear gives on the decoded matrix: whether a product ran on the blocks or on the floats never
+/// shows in a result, a cache or a patching table. Activations stay float; nothing is quantised on the fly.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "mechlens/kernels/gemm.hpp"
+#include "mechlens/tensor/errors.hpp"
+#include "mechlens/tensor/half.hpp"
+#include "mechlens/tensor/view.hpp"
+
+MECHLENS_BEGIN_NAMESPACE
+namespace kernels {
+
+/// Block layouts the products below read (GGUF / ggml names; see io/ggml_quants.hpp for each layout).
+enum class block_format : std::uint8_t {
+    q8_0,  ///< 32 int8 with one half scale: 34 bytes per 32 weights.
+    q4_k,  ///< 256 4-bit weights with 8 six-bit sub-scales and minimums: 144 bytes.
+    q6_k,  ///< 256 6-bit weights with 16 int8 sub-scales: 210 bytes.
+};
+
+/// A (rows, depth) weight matrix kept as its file's blocks, row after row, beside the floats it decodes to.
+struct encoded_matrix {
+    const float* decoded = nullptr;     ///< The decoded (rows, depth) floats the blocks stand for (row-major, dense).
+    const std::byte* blocks = nullptr;  ///< First block of row 0; row r starts at blocks + r * row_bytes.
+    block_format format = block_format::q8_0;  ///< Layout of the blocks.
+    index_t rows = 0;                   ///< Output features (rows of w).
+    index_t depth = 0;                  ///< Input features: a whole number of blocks per row.
+    std::size_t row_bytes = 0;          ///< Bytes of one row's blocks.
+};
+
+/// Weights per block of `format`.
+[[nodiscard]] constexpr index_t block_elements(block_format format) noexcept {
+    return format == block_format::q8_0 ? 32 : 256;
+}
+
+/// Bytes per block of `format`.
+[[nodiscard]] constexpr std::size_t block_bytes(block_format format) noexcept {
+    switch (format) {
+        case block_format::q8_0: return 34;
+        case block_format::q4_k: return 144;
+        case block_format::q6_k: return 210;
+    }
+    return 0;
+}
+
+namespace detail {
+
+/// The int32 batch of float_batch's architecture (same lane count).
+using int_batch = xsimd::batch<std::int32_t, float_batch::arch_type>;
+
+/// simd_width consecutive bytes at `p`, each widened to an int32 lane: sign-extended when Signed, else zero-extended.
+/// Reads exactly simd_width bytes.
+/// (Arch is a parameter so that only its own branch is compiled.)
+template <bool Signed, class Arch = float_batch::arch_type>
+inline xsimd::batch<std::int32_t, Arch> load_bytes_widened(const std::byte* p) noexcept {
+#if XSIMD_WITH_AVX512F
+    if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return Signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+    } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {
+        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+        return Signed ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    } else
+#endif
+#if XSIMD_WITH_NEON64
+        if constexpr (std::is_same_v<Arch, xsimd::neon64>) {
+        std::uint32_t four = 0;
+        std::memcpy(&four, p, sizeof four);
+        const uint8x8_t bytes = vreinterpret_u8_u32(vdup_n_u32(four));
+        if constexpr (Signed)
+            return vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u8(bytes))));
+        else
+            return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(bytes))));
+    } else
+#endif
+    {
+        alignas(batch_alignment) std::array<std::int32_t, xsimd::batch<std::int32_t, Arch>::size> lanes;
+        for (std::size_t i = 0; i < lanes.size(); ++i) {
+            const auto byte = std::to_integer<std::uint8_t>(p[i]);
+            lanes[i] = Signed ? static_cast<std::int32_t>(static_cast<std::int8_t>(byte)) : std::int32_t{byte};
+        }
+        return xsimd::batch<std::int32_t, Arch>::load_aligned(lanes.data());
+    }
+}
+
+/// The half at `p` (little-endian) as a float.
+inline float half_at(const std::byte* p) noexcept {
+    return mechlens::detail::half_to_float(
+        static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | std::to_integer<unsigned>(p[1]) << 8));
+}
+
+/// Byte `i` of `p`.
+inline unsigned byte_at(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
+
+/// Q8_0: w = q * d.
+struct q8_0_blocks {
+    static constexpr index_t elements = 32;  ///< Weights per block.
+    static constexpr std::size_t bytes = 34;  ///< Bytes per block.
+    /// The block's scale.
+    struct scales {
+        float d;  ///< Block scale.
+    };
+    /// Reads the block's scale.
+    static scales prepare(const std::byte* block) noexcept { return {half_at(block)}; }
+    /// Weights [C * simd_width, (C + 1) * simd_width) of the block.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        const int_batch q = load_bytes_widened<true>(block + 2 + C * simd_width);
+        return xsimd::to_float(q) * float_batch(s.d);
+    }
+};
+
+/// Q4_K: w = (d * scale_s) * q - dmin * min_s for sub-block s of 32.
+struct q4_k_blocks {
+    static constexpr index_t elements = 256;   ///< Weights per super-block.
+    static constexpr std::size_t bytes = 144;  ///< Bytes per super-block.
+    /// The eight sub-blocks' scales and minimums, multiplied out as the dequantizer does.
+    struct scales {
+        std::array<float, 8> scale;    ///< d * scale_s.
+        std::array<float, 8> minimum;  ///< dmin * min_s.
+    };
+    /// Unpacks the 6-bit scales and minimums.
+    static scales prepare(const std::byte* block) noexcept {
+        const float d = half_at(block), dmin = half_at(block + 2);
+        const std::byte* packed = block + 4;
+        scales s{};
+        for (unsigned sub = 0; sub < 8; ++sub) {
+            unsigned scale = 0, minimum = 0;
+            if (sub < 4) {
+                scale = byte_at(packed, sub) & 63u;
+                minimum = byte_at(packed, sub + 4) & 63u;
+            } else {
+                scale = (byte_at(packed, sub + 4) & 0x0Fu) | (byte_at(packed, sub - 4) >> 6) << 4;
+                minimum = (byte_at(packed, sub + 4) >> 4) | (byte_at(packed, sub) >> 6) << 4;
+            }
+            s.scale[sub] = d * static_cast<float>(scale);
+            s.minimum[sub] = dmin * static_cast<float>(minimum);
+        }
+        return s;
+    }
+    /// Weights [C * simd_width, (C + 1) * simd_width): sub-block s = e / 32 keeps its nibbles in byte group s / 2,
+    /// low nibbles for even s, high for odd.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        constexpr index_t first = C * simd_width, sub = first / 32;
+        const int_batch packed = load_bytes_widened<false>(block + 16 + 32 * (sub / 2) + first % 32);
+        const int_batch q = sub % 2 == 0 ? (packed & int_batch(15)) : (packed >> 4);
+        return xsimd::to_float(q) * float_batch(s.scale[sub]) - float_batch(s.minimum[sub]);
+    }
+};
+
+/// Q6_K: w = (d * scale_e/16) * (q - 32), q's low four bits from a nibble and its high two from a 2-bit field.
+struct q6_k_blocks {
+    static constexpr index_t elements = 256;   ///< Weights per super-block.
+    static constexpr std::size_t bytes = 210;  ///< Bytes per super-block.
+    /// The sixteen sub-blocks' scales times d.
+    struct scales {
+        std::array<float, 16> scale;  ///< d * scale_s.
+    };
+    /// Reads the int8 scales and d.
+    static scales prepare(const std::byte* block) noexcept {
+        const float d = half_at(block + 208);
+        scales s{};
+        for (std::size_t sub = 0; sub < 16; ++sub)
+            s.scale[sub] = d * static_cast<float>(static_cast<std::int8_t>(byte_at(block + 192, sub)));
+        return s;
+    }
+    /// Weights [C * simd_width, (C + 1) * simd_width): in half h = e / 128, position p = e % 128 takes the low
+    /// (p < 64) or high nibble of low byte 64 h + p % 64 and bits 2 (p / 32) of high byte 32 h + e % 32.
+    template <index_t C>
+    static float_batch chunk(const std::byte* block, const scales& s) noexcept {
+        constexpr index_t first = C * simd_width, half = first / 128, within = first % 128;
+        const int_batch low_bytes = load_bytes_widened<false>(block + 64 * half + within % 64);
+        const int_batch high_bytes = load_bytes_widened<false>(block + 128 + 32 * half + first % 32);
+        const int_batch low = within < 64 ? (low_bytes & int_batch(15)) : (low_bytes >> 4);
+        const int_batch high = (high_bytes >> static_cast<int>(2 * (within / 32))) & int_batch(3);
+        const int_batch q = (low | (high << 4)) - int_batch(32);
+        return xsimd::to_float(q) * float_batch(s.scale[static_cast<std::size_t>(first / 16)]);
+    }
+};
+
+/// Operands of one product of a single row x (depth) with an encoded matrix: y (outputs).
+struct encoded_operands {
+    const float* x;             ///< The input row.
+    const std::byte* blocks;    ///< Row 0's blocks.
+    std::size_t row_bytes;      ///< Bytes per row of blocks.
+    float* y;                   ///< The output row.
+    index_t depth;              ///< Inputs: a whole number of blocks.
+    bool accumulate;            ///< y += x w^T instead of y = x w^T.
+};
+
+/// y[o0 + j] for j < RN: each the lane-wise fused multiply-add chain over depth in steps of simd_width, with the
+/// weights decoded block by block into registers, then gemm.hpp's horizontal sums; gemm_tile's order exactly.
+template <class Blocks, index_t RN>
+MECHLENS_TILE_FLATTEN inline void encoded_tile(const encoded_operands& op, index_t o0) noexcept {
+    static_assert(Blocks::elements % simd_width == 0, "a block must hold whole SIMD chunks");
+    constexpr auto outputs = static_cast<std::size_t>(RN);
+    float_batch acc[outputs];
+    const std::byte* row[outputs];
+    unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+        acc[j] = float_batch(0.0f);
+        row[j] = op.blocks + static_cast<std::size_t>(o0 + j) * op.row_bytes;
+    });
+    const index_t blocks = op.depth / Blocks::elements;
+    for (index_t b = 0; b < blocks; ++b) {
+        typename Blocks::scales scales[outputs];
+        unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+            scales[j] = Blocks::prepare(row[j] + static_cast<std::size_t>(b) * Blocks::bytes);
+        });
+        const float* x = op.x + b * Blocks::elements;
+        unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
+            const float_batch xv = float_batch::load_unaligned(x + c * simd_width);
+            unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
+                const float_batch wv = Blocks::template chunk<decltype(c)::value>(
+                    row[j] + static_cast<std::size_t>(b) * Blocks::bytes, scales[j]);
+                acc[j] = fused_multiply_add(xv, wv, acc[j]);
+            });
+        });
+    }
+    store_sums<RN>(acc, op.y + o0, op.accumulate);
+}
+
+/// Outputs per encoded tile; a remainder goes through single-output tiles.
+inline constexpr index_t encoded_tile_outputs = 4;
+
+/// Outputs [o_begin, o_end) of one encoded product.
+template <class Blocks>
+void encoded_range(const encoded_operands& op, index_t o_begin, index_t o_end) noexcept {
+    index_t o = o_begin;
+    for (; o + encoded_tile_outputs <= o_end; o += encoded_tile_outputs)
+        encoded_tile<Blocks, encoded_tile_outputs>(op, o);
+    for (; o < o_end; ++o) encoded_tile<Blocks, 1>(op, o);
+}
+
+/// All `outputs` of one encoded product, split over OpenMP threads by outputs (each thread reads its own rows of
+/// blocks) when the matrix is large enough to pay for a parallel region, as gemm_xwt splits a decode step.
+template <class Blocks>
+void encoded_product(const encoded_operands& op, index_t outputs) noexcept {
+#if defined(_OPENMP)
+    const bool worth_parallel = static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
+    const index_t threads = omp_get_max_threads();
+    if (worth_parallel && threads > 1) {
+        // Items of whole tiles, about four per thread.
+        const index_t per_item =
+            std::max<index_t>(encoded_tile_outputs, (outputs / (4 * threads)) / encoded_tile_outputs *
+                                                        encoded_tile_outputs);
+        const index_t items = (outputs + per_item - 1) / per_item;
+#pragma omp parallel for schedule(static)
+        for (index_t item = 0; item < items; ++item)
+            encoded_range<Blocks>(op, item * per_item, std::min(outputs, (item + 1) * per_item));
+        return;
+    }
+#endif
+    encoded_range<Blocks>(op, 0, outputs);
+}
+
+}  // namespace detail
+
+/// Throws shape_error unless `m` describes a usable encoded matrix: a known layout, depth a whole number of blocks
+/// and row_bytes the bytes of those blocks.
+inline void require_encoded_matrix(const encoded_matrix& m, const char* what) {
+    if (m.blocks == nullptr || m.rows < 0 || m.depth < 0 || m.depth % block_elements(m.format) != 0 ||
+        m.row_bytes != static_cast<std::size_t>(m.depth / block_elements(m.format)) * block_bytes(m.format))
+        throw shape_error(std::string(what) + ": an encoded matrix needs whole blocks per row (depth " +
+                          std::to_string(m.depth) + ", " + std::to_string(m.row_bytes) + " bytes per row)");
+}
+
+/// y = x w^T (or y += x w^T with `accumulate`) for x (rows, depth), w the encoded (outputs, depth) matrix `m`, y
+/// (rows, outputs): each row of x in turn against the blocks, bit for bit kernels::linear on m's decoded floats.
+/// Meant for a few rows (a decode step); for many, the dense kernel on the decoded floats does more work per byte.
+/// Rows of x and y may be strided but each must be dense. Throws shape_error on mismatched shapes.
+inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<float, 2> y,
+                           bool accumulate = false) {
+    require_encoded_matrix(m, "kernels::encoded_linear");
+    if (x.extent(1) != m.depth || y.extent(0) != x.extent(0) || y.extent(1) != m.rows)
+        throw shape_error("kernels::encoded_linear: need x (rows, " + std::to_string(m.depth) + ") and y (rows, " +
+                          std::to_string(m.rows) + "); got x " + mechlens::detail::format_extents(x.shape()) +
+                          ", y " + mechlens::detail::format_extents(y.shape()));
+    const auto dense = [](index_t extent, index_t stride) { return extent <= 1 || stride == 1; };
+    if (!dense(x.extent(1), x.stride(1)) || !dense(y.extent(1), y.stride(1)))
+        throw shape_error("kernels::encoded_linear: the last axis of x and y must be dense (stride 1)");
+    if (m.rows == 0) return;
+    for (index_t r = 0; r < x.extent(0); ++r) {
+        float* y_row = y.data() + r * y.stride(0);
+        if (m.depth == 0) {
+            if (!accumulate) std::fill(y_row, y_row + m.rows, 0.0f);
+            continue;
+        }
+        const detail::encoded_operands op{x.data() + r * x.stride(0), m.blocks, m.row_bytes, y_row, m.depth,
+                                          accumulate};
+        switch (m.format) {
+            case block_format::q8_0: detail::encoded_product<detail::q8_0_blocks>(op, m.rows); break;
+            case block_format::q4_k: detail::encoded_product<detail::q4_k_blocks>(op, m.rows); break;
+            case block_format::q6_k: detail::encoded_product<detail::q6_k_blocks>(op, m.rows); break;
+        }
+    }
+}
+
+/// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).
+[[nodiscard]] inline encoded_matrix encoded_rows(const encoded_matrix& m, index_t first, index_t count) noexcept {
+    encoded_matrix part = m;
+    part.decoded = m.decoded + first * m.depth;
+    part.blocks = m.blocks + static_cast<std::size_t>(first) * m.row_bytes;
+    part.rows = count;
+    return part;
+}
+
+}  // namespace kernels
+MECHLENS_END_NAMESPACE
