@@ -57,6 +57,17 @@ const mechlens::transformer* model_by_index(int index) {
         if (index >= 3) {
             slot = std::make_unique<mechlens::transformer>(
                 mechlens::load_model(bench_files().at(static_cast<std::size_t>(index - 3))));
+            // A warm-up, as llama-bench runs one before it times: a file's weights are pages of its mapping, and the
+            // first pass would otherwise time their page faults. One prefill reads every float matrix, one decode
+            // step every matrix's blocks.
+            mechlens::workspace ws;
+            mechlens::kv_cache cache(slot->config(), 1, 128);
+            std::vector<std::int32_t> tokens(128, 1);
+            mechlens::tensor<float, 3> logits({1, 1, slot->config().vocab_out()});
+            mechlens::forward(*slot, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, 127}), cache,
+                              logits.view(), ws);
+            mechlens::forward(*slot, mechlens::tensor_view<const std::int32_t, 2>(tokens.data(), {1, 1}), cache,
+                              logits.view(), ws);
         } else if (index == 0) {
             const char* env = std::getenv("MECHLENS_MODELS");
             const std::filesystem::path dir = env && *env ? env : MECHLENS_DEFAULT_MODELS;

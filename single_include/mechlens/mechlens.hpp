@@ -1686,6 +1686,7 @@ MECHLENS_END_NAMESPACE
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -1771,10 +1772,28 @@ inline xsimd::batch<std::int32_t, Arch> load_bytes_widened(const std::byte* p) n
     }
 }
 
-/// The half at `p` (little-endian) as a float.
+/// The half at `p` (little-endian) as a float: the hardware conversion where there is one (F16C on x86, AArch64),
+/// which is exact like half_to_float's (a signalling NaN comes out quiet); a scale is read once per block, and the
+/// bit-by-bit conversion there cost as much as the block's arithmetic.
 inline float half_at(const std::byte* p) noexcept {
-    return mechlens::detail::half_to_float(
-        static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | std::to_integer<unsigned>(p[1]) << 8));
+    const auto bits =
+        static_cast<std::uint16_t>(std::to_integer<unsigned>(p[0]) | std::to_integer<unsigned>(p[1]) << 8);
+#if defined(__F16C__)
+    return _cvtsh_ss(bits);
+#elif defined(__aarch64__)
+    return static_cast<float>(std::bit_cast<__fp16>(bits));
+#else
+    return mechlens::detail::half_to_float(bits);
+#endif
+}
+
+/// Asks for the cache line at `address` ahead of its use (no effect where the compiler has no prefetch builtin).
+inline void prefetch(std::uintptr_t address) noexcept {
+#if defined(__GNUC__)
+    __builtin_prefetch(reinterpret_cast<const void*>(address), 0, 3);
+#else
+    (void)address;
+#endif
 }
 
 /// Byte `i` of `p`.
@@ -1877,6 +1896,9 @@ struct encoded_operands {
     bool accumulate;            ///< y += x w^T instead of y = x w^T.
 };
 
+/// How far ahead of a tile its rows' bytes are prefetched.
+inline constexpr std::size_t encoded_prefetch_bytes = 8192;
+
 /// y[o0 + j] for j < RN: each the lane-wise fused multiply-add chain over depth in steps of simd_width, with the
 /// weights decoded block by block into registers, then gemm.hpp's horizontal sums; gemm_tile's order exactly.
 template <class Blocks, index_t RN>
@@ -1895,6 +1917,16 @@ MECHLENS_TILE_FLATTEN inline void encoded_tile(const encoded_operands& op, index
         unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
             scales[j] = Blocks::prepare(row[j] + static_cast<std::size_t>(b) * Blocks::bytes);
         });
+        {
+            // The tile's rows are adjacent in memory but each is short (816 bytes for 768 Q8_0 weights), too short
+            // for the hardware prefetcher to follow RN streams at once: this walks the bytes encoded_prefetch_bytes
+            // ahead of the tile at the pace the tile consumes them (measured on Zen 5: 7.7 -> 31 G weights/s from
+            // DRAM for Q8_0). Past the matrix's end it only asks for lines nobody reads; a prefetch never faults.
+            // (Addresses as integers: a pointer past the end of the blocks would be undefined even unread.)
+            const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(row[0]) + encoded_prefetch_bytes +
+                                         static_cast<std::size_t>(b) * outputs * Blocks::bytes;
+            for (std::size_t line = 0; line < outputs * Blocks::bytes; line += 64) prefetch(ahead + line);
+        }
         const float* x = op.x + b * Blocks::elements;
         unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
             const float_batch xv = float_batch::load_unaligned(x + c * simd_width);
