@@ -1641,6 +1641,22 @@ inline void linear_product(const tensor_view<const float, 2>& x, const tensor_vi
     gemm_xwt(operands, x.extent(0), w.extent(0));
 }
 
+/// Throws shape_error unless `bias` is a dense (outputs) vector.
+inline void require_bias(const tensor_view<const float, 1>& bias, index_t outputs, const char* what) {
+    if (bias.extent(0) != outputs)  // the message names "<what> bias"; built only when it is thrown
+        require_shape(bias, {outputs}, (std::string(what) + " bias").c_str());
+    if (bias.stride(0) != 1 && bias.extent(0) > 1)
+        throw shape_error(std::string(what) + ": the bias must be dense, got stride " + std::to_string(bias.stride(0)));
+}
+
+/// y[r] += bias for every row of y (rows dense, bias checked by require_bias).
+inline void add_bias_to_rows(const tensor_view<const float, 1>& bias, const tensor_view<float, 2>& y) {
+    for (index_t r = 0; r < y.extent(0); ++r) {
+        float* row = y.data() + r * y.stride(0);
+        add(row, row, bias.data(), y.extent(1));
+    }
+}
+
 }  // namespace detail
 
 /// y = x w^T for x (rows, in), w (out, in), y (rows, out). Rows of x and y may be strided but each row must be
@@ -1660,14 +1676,9 @@ inline void linear_accumulate(tensor_view<const float, 2> x, tensor_view<const f
 inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<const float, 1> bias,
                    tensor_view<float, 2> y) {
     detail::require_linear_shapes(x, w, y, "kernels::linear");
-    require_shape(bias, {w.extent(0)}, "kernels::linear bias");
-    if (bias.stride(0) != 1 && bias.extent(0) > 1)
-        throw shape_error("kernels::linear: the bias must be dense, got stride " + std::to_string(bias.stride(0)));
+    detail::require_bias(bias, w.extent(0), "kernels::linear");
     detail::linear_product(x, w, y, false);
-    for (index_t r = 0; r < y.extent(0); ++r) {
-        float* row = y.data() + r * y.stride(0);  // dense: linear_product mapped y
-        add(row, row, bias.data(), y.extent(1));
-    }
+    detail::add_bias_to_rows(bias, y);
 }
 
 }  // namespace kernels
@@ -1799,6 +1810,17 @@ inline void prefetch(std::uintptr_t address) noexcept {
 /// Byte `i` of `p`.
 inline unsigned byte_at(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
 
+/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes (shared with the loader's decoder).
+inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
+    if (s < 4) {
+        scale = byte_at(scales, s) & 63u;
+        minimum = byte_at(scales, s + 4) & 63u;
+    } else {
+        scale = (byte_at(scales, s + 4) & 0x0Fu) | (byte_at(scales, s - 4) >> 6) << 4;
+        minimum = (byte_at(scales, s + 4) >> 4) | (byte_at(scales, s) >> 6) << 4;
+    }
+}
+
 /// Q8_0: w = q * d.
 struct q8_0_blocks {
     static constexpr index_t elements = 32;  ///< Weights per block.
@@ -1829,17 +1851,10 @@ struct q4_k_blocks {
     /// Unpacks the 6-bit scales and minimums.
     static scales prepare(const std::byte* block) noexcept {
         const float d = half_at(block), dmin = half_at(block + 2);
-        const std::byte* packed = block + 4;
         scales s{};
         for (unsigned sub = 0; sub < 8; ++sub) {
             unsigned scale = 0, minimum = 0;
-            if (sub < 4) {
-                scale = byte_at(packed, sub) & 63u;
-                minimum = byte_at(packed, sub + 4) & 63u;
-            } else {
-                scale = (byte_at(packed, sub + 4) & 0x0Fu) | (byte_at(packed, sub - 4) >> 6) << 4;
-                minimum = (byte_at(packed, sub + 4) >> 4) | (byte_at(packed, sub) >> 6) << 4;
-            }
+            k_quant_scale_min(block + 4, sub, scale, minimum);
             s.scale[sub] = d * static_cast<float>(scale);
             s.minimum[sub] = dmin * static_cast<float>(minimum);
         }
@@ -2014,6 +2029,14 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
             case block_format::q6_k: detail::encoded_product<detail::q6_k_blocks>(op, m.rows); break;
         }
     }
+}
+
+/// y = x w^T + bias for bias of shape (outputs) (GPT-2 style layers); otherwise as encoded_linear() above.
+inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<const float, 1> bias,
+                           tensor_view<float, 2> y) {
+    detail::require_bias(bias, m.rows, "kernels::encoded_linear");
+    encoded_linear(x, m, y);
+    detail::add_bias_to_rows(bias, y);
 }
 
 /// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).
@@ -9948,18 +9971,12 @@ inline constexpr index_t encoded_product_max_rows = 1;
 /// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
 inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
                     tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
-    const bool bias_dense = bias.size() == 0 || bias.extent(0) <= 1 || bias.stride(0) == 1;
-    if (x.extent(0) <= encoded_product_max_rows && !weights.encoded.empty() && bias_dense) {
-        if (const auto blocks = encoded_blocks_of(weights, w)) {
-            kernels::detail::require_linear_shapes(x, w, y, "kernels::linear");
-            kernels::encoded_linear(x, *blocks, y);
-            if (bias.size() > 0) {
-                require_shape(bias, {w.extent(0)}, "kernels::linear bias");
-                for (index_t r = 0; r < y.extent(0); ++r) {
-                    float* row = y.data() + r * y.stride(0);  // dense: checked above
-                    kernels::add(row, row, bias.data(), y.extent(1));
-                }
-            }
+    if (x.extent(0) <= encoded_product_max_rows) {
+        if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
+            if (bias.size() > 0)
+                kernels::encoded_linear(x, *blocks, bias, y);
+            else
+                kernels::encoded_linear(x, *blocks, y);
             return;
         }
     }
@@ -10345,7 +10362,8 @@ T plain_activation_derivative(mlp_kind kind, T x) {
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
 void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const model_weights& all,
-             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws,
+             tensor_view<float, 2> out) {
     const index_t rows = s.rows();
     const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
     if (c.mlp == mlp_kind::gated_silu) {
@@ -11638,17 +11656,6 @@ inline void decode_q8_0_block(const std::byte* block, float* out) noexcept {
     }
 }
 
-/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes.
-inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
-    if (s < 4) {
-        scale = ggml_byte(scales, s) & 63u;
-        minimum = ggml_byte(scales, s + 4) & 63u;
-    } else {
-        scale = (ggml_byte(scales, s + 4) & 0x0Fu) | (ggml_byte(scales, s - 4) >> 6) << 4;
-        minimum = (ggml_byte(scales, s + 4) >> 4) | (ggml_byte(scales, s) >> 6) << 4;
-    }
-}
-
 /// Q4_K (FiveBits false) or Q5_K: one 256-element super-block.
 template <bool FiveBits>
 void decode_k4_block(const std::byte* block, float* out) noexcept {
@@ -11658,7 +11665,7 @@ void decode_k4_block(const std::byte* block, float* out) noexcept {
     const std::byte* qs = block + (FiveBits ? 48 : 16);
     for (unsigned s = 0; s < 8; ++s) {
         unsigned scale = 0, minimum = 0;
-        k_quant_scale_min(scales, s, scale, minimum);
+        kernels::detail::k_quant_scale_min(scales, s, scale, minimum);
         const float sub_scale = d * static_cast<float>(scale);
         const float sub_minimum = dmin * static_cast<float>(minimum);
         for (unsigned l = 0; l < 32; ++l) {

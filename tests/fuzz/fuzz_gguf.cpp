@@ -65,10 +65,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     const auto d = static_cast<double>(mechlens::detail::ggml_half_at(encoded.data() + 34 * b));
                     if (!std::isfinite(d)) continue;
                     double amax = 0.0;
-                    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(static_cast<double>(values[32 * b + j])));
-                    const double bound = 0.5 * d + 127.0 * std::fabs(d - amax / 127.0) + 1e-5 * amax;
                     for (std::size_t j = 32 * b; j < 32 * b + 32; ++j)
-                        if (std::fabs(static_cast<double>(decoded[j]) - static_cast<double>(values[j])) > bound) std::abort();
+                        amax = std::max(amax, std::fabs(static_cast<double>(values[j])));
+                    const double bound = 0.5 * d + 127.0 * std::fabs(d - amax / 127.0) + 1e-5 * amax;
+                    for (std::size_t j = 32 * b; j < 32 * b + 32; ++j) {
+                        const double error = std::fabs(static_cast<double>(decoded[j]) - static_cast<double>(values[j]));
+                        if (error > bound) std::abort();
+                    }
                 }
                 seen += std::to_integer<std::size_t>(encoded.back());
             }

@@ -28,6 +28,7 @@
 
 #include "mechlens/io/gguf.hpp"
 #include "mechlens/io/loader_storage.hpp"
+#include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/tensor/tensor.hpp"
 
 MECHLENS_BEGIN_NAMESPACE
@@ -105,17 +106,6 @@ inline void decode_q8_0_block(const std::byte* block, float* out) noexcept {
     }
 }
 
-/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes.
-inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
-    if (s < 4) {
-        scale = ggml_byte(scales, s) & 63u;
-        minimum = ggml_byte(scales, s + 4) & 63u;
-    } else {
-        scale = (ggml_byte(scales, s + 4) & 0x0Fu) | (ggml_byte(scales, s - 4) >> 6) << 4;
-        minimum = (ggml_byte(scales, s + 4) >> 4) | (ggml_byte(scales, s) >> 6) << 4;
-    }
-}
-
 /// Q4_K (FiveBits false) or Q5_K: one 256-element super-block.
 template <bool FiveBits>
 void decode_k4_block(const std::byte* block, float* out) noexcept {
@@ -125,7 +115,7 @@ void decode_k4_block(const std::byte* block, float* out) noexcept {
     const std::byte* qs = block + (FiveBits ? 48 : 16);
     for (unsigned s = 0; s < 8; ++s) {
         unsigned scale = 0, minimum = 0;
-        k_quant_scale_min(scales, s, scale, minimum);
+        kernels::detail::k_quant_scale_min(scales, s, scale, minimum);
         const float sub_scale = d * static_cast<float>(scale);
         const float sub_minimum = dmin * static_cast<float>(minimum);
         for (unsigned l = 0; l < 32; ++l) {

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "mechlens/kernels/gemm.hpp"
+#include "mechlens/kernels/matmul.hpp"
 #include "mechlens/tensor/errors.hpp"
 #include "mechlens/tensor/half.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -128,6 +129,17 @@ inline void prefetch(std::uintptr_t address) noexcept {
 /// Byte `i` of `p`.
 inline unsigned byte_at(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
 
+/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes (shared with the loader's decoder).
+inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
+    if (s < 4) {
+        scale = byte_at(scales, s) & 63u;
+        minimum = byte_at(scales, s + 4) & 63u;
+    } else {
+        scale = (byte_at(scales, s + 4) & 0x0Fu) | (byte_at(scales, s - 4) >> 6) << 4;
+        minimum = (byte_at(scales, s + 4) >> 4) | (byte_at(scales, s) >> 6) << 4;
+    }
+}
+
 /// Q8_0: w = q * d.
 struct q8_0_blocks {
     static constexpr index_t elements = 32;  ///< Weights per block.
@@ -158,17 +170,10 @@ struct q4_k_blocks {
     /// Unpacks the 6-bit scales and minimums.
     static scales prepare(const std::byte* block) noexcept {
         const float d = half_at(block), dmin = half_at(block + 2);
-        const std::byte* packed = block + 4;
         scales s{};
         for (unsigned sub = 0; sub < 8; ++sub) {
             unsigned scale = 0, minimum = 0;
-            if (sub < 4) {
-                scale = byte_at(packed, sub) & 63u;
-                minimum = byte_at(packed, sub + 4) & 63u;
-            } else {
-                scale = (byte_at(packed, sub + 4) & 0x0Fu) | (byte_at(packed, sub - 4) >> 6) << 4;
-                minimum = (byte_at(packed, sub + 4) >> 4) | (byte_at(packed, sub) >> 6) << 4;
-            }
+            k_quant_scale_min(block + 4, sub, scale, minimum);
             s.scale[sub] = d * static_cast<float>(scale);
             s.minimum[sub] = dmin * static_cast<float>(minimum);
         }
@@ -343,6 +348,14 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
             case block_format::q6_k: detail::encoded_product<detail::q6_k_blocks>(op, m.rows); break;
         }
     }
+}
+
+/// y = x w^T + bias for bias of shape (outputs) (GPT-2 style layers); otherwise as encoded_linear() above.
+inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<const float, 1> bias,
+                           tensor_view<float, 2> y) {
+    detail::require_bias(bias, m.rows, "kernels::encoded_linear");
+    encoded_linear(x, m, y);
+    detail::add_bias_to_rows(bias, y);
 }
 
 /// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).

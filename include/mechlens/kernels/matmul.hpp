@@ -45,6 +45,22 @@ inline void linear_product(const tensor_view<const float, 2>& x, const tensor_vi
     gemm_xwt(operands, x.extent(0), w.extent(0));
 }
 
+/// Throws shape_error unless `bias` is a dense (outputs) vector.
+inline void require_bias(const tensor_view<const float, 1>& bias, index_t outputs, const char* what) {
+    if (bias.extent(0) != outputs)  // the message names "<what> bias"; built only when it is thrown
+        require_shape(bias, {outputs}, (std::string(what) + " bias").c_str());
+    if (bias.stride(0) != 1 && bias.extent(0) > 1)
+        throw shape_error(std::string(what) + ": the bias must be dense, got stride " + std::to_string(bias.stride(0)));
+}
+
+/// y[r] += bias for every row of y (rows dense, bias checked by require_bias).
+inline void add_bias_to_rows(const tensor_view<const float, 1>& bias, const tensor_view<float, 2>& y) {
+    for (index_t r = 0; r < y.extent(0); ++r) {
+        float* row = y.data() + r * y.stride(0);
+        add(row, row, bias.data(), y.extent(1));
+    }
+}
+
 }  // namespace detail
 
 /// y = x w^T for x (rows, in), w (out, in), y (rows, out). Rows of x and y may be strided but each row must be
@@ -64,14 +80,9 @@ inline void linear_accumulate(tensor_view<const float, 2> x, tensor_view<const f
 inline void linear(tensor_view<const float, 2> x, tensor_view<const float, 2> w, tensor_view<const float, 1> bias,
                    tensor_view<float, 2> y) {
     detail::require_linear_shapes(x, w, y, "kernels::linear");
-    require_shape(bias, {w.extent(0)}, "kernels::linear bias");
-    if (bias.stride(0) != 1 && bias.extent(0) > 1)
-        throw shape_error("kernels::linear: the bias must be dense, got stride " + std::to_string(bias.stride(0)));
+    detail::require_bias(bias, w.extent(0), "kernels::linear");
     detail::linear_product(x, w, y, false);
-    for (index_t r = 0; r < y.extent(0); ++r) {
-        float* row = y.data() + r * y.stride(0);  // dense: linear_product mapped y
-        add(row, row, bias.data(), y.extent(1));
-    }
+    detail::add_bias_to_rows(bias, y);
 }
 
 }  // namespace kernels

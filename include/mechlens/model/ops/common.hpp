@@ -5,7 +5,6 @@
 
 #include "mechlens/grad/tape.hpp"
 #include "mechlens/hooks/site.hpp"
-#include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/kernels/matmul.hpp"
 #include "mechlens/model/weights.hpp"
 #include "mechlens/tensor/view.hpp"
@@ -47,18 +46,12 @@ inline constexpr index_t encoded_product_max_rows = 1;
 /// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
 inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
                     tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
-    const bool bias_dense = bias.size() == 0 || bias.extent(0) <= 1 || bias.stride(0) == 1;
-    if (x.extent(0) <= encoded_product_max_rows && !weights.encoded.empty() && bias_dense) {
-        if (const auto blocks = encoded_blocks_of(weights, w)) {
-            kernels::detail::require_linear_shapes(x, w, y, "kernels::linear");
-            kernels::encoded_linear(x, *blocks, y);
-            if (bias.size() > 0) {
-                require_shape(bias, {w.extent(0)}, "kernels::linear bias");
-                for (index_t r = 0; r < y.extent(0); ++r) {
-                    float* row = y.data() + r * y.stride(0);  // dense: checked above
-                    kernels::add(row, row, bias.data(), y.extent(1));
-                }
-            }
+    if (x.extent(0) <= encoded_product_max_rows) {
+        if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
+            if (bias.size() > 0)
+                kernels::encoded_linear(x, *blocks, bias, y);
+            else
+                kernels::encoded_linear(x, *blocks, y);
             return;
         }
     }

@@ -37,7 +37,8 @@ T plain_activation_derivative(mlp_kind kind, T x) {
 /// GELU (gelu_tanh(x W_up^T), TransformerLens's `gelu_new`), then W_down. Not called for attention-only blocks.
 template <class Policy>
 void run_mlp(Policy& policy, index_t layer, const hook_context& ctx, const model_config& c, const model_weights& all,
-             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws, tensor_view<float, 2> out) {
+             const layer_weights& w, const forward_shape& s, tensor_view<const float, 2> in, workspace& ws,
+             tensor_view<float, 2> out) {
     const index_t rows = s.rows();
     const auto gate = ws.gate.matrix(rows, c.d_mlp);  // (batch * pos, d_mlp) pre-activation, then the hidden state
     if (c.mlp == mlp_kind::gated_silu) {
