@@ -14,6 +14,9 @@
 //    - a contrastive direction: the tag direction, the difference of the two tags' residual streams at position 1;
 //    - a linear probe for how wide the majority is, at [=] after the last block (something only counting knows).
 //      It reads the margin from both models: a probe shows what a model represents, patching what it uses.
+//    - SAE features: a TopK sparse autoencoder trained on the residual stream between the two blocks, spliced in
+//      with its error term; integrated gradients over its features say which features the answer flows through,
+//      and where each fires. In a cheater the features that fire on the tags carry much of it.
 //    A model that reads its answer off the tag cheated; one that counts learned.
 // 3. Confirmation, out of distribution: the tag flipped against the answer. The cheater follows the tag, the
 //    learner does not notice.
@@ -168,6 +171,16 @@ score evaluate(const mechlens::transformer& model, const prompt_set& prompts, Po
     return s;
 }
 
+/// What the diagnosis looks like through the features of a sparse autoencoder at the residual stream between the
+/// two blocks.
+struct feature_evidence {
+    double explained_variance = 0.0;  // of the in-distribution prompts' rows at the SAE's site
+    double l0 = 0.0;                  // mean number of active features per row
+    double tag_feature_share = 0.0;   // share of |integrated gradients| carried by the tag features
+    index_t tag_features = 0;         // features that fire most on a tag at position 1
+    std::string top_features;         // the three features with the most attribution, and where each fires
+};
+
 /// One grown model and what the lesson measured on it.
 struct patient {
     std::string name;
@@ -179,6 +192,7 @@ struct patient {
     double patched_away = 0.0;        // fraction of the logit difference lost when the tag is patched
     double count_probe = 0.0;         // held-out accuracy of a probe for "the majority is wide" at [=]
     std::vector<float> tag_direction;
+    feature_evidence features;        // the same question asked through SAE features
     bool cheated = false;
 };
 
@@ -201,7 +215,7 @@ mechlens::model_config task_config() {
 
 patient grow(const std::string& name, tag_rule rule, const options& opt) {
     const mechlens::model_config config = task_config();
-    patient p{name, mechlens::model_parameters(config), {}, {}, {}, {}, {}, {}, 0.0, 0.0, 0.0, {}, false};
+    patient p{name, mechlens::model_parameters(config), {}, {}, {}, {}, {}, {}, 0.0, 0.0, 0.0, {}, {}, false};
     mechlens::init_parameters(p.parameters, opt.seed, 0.1f);  // the same initial weights for both
     const std::uint64_t data_seed = opt.seed * 1000 + (rule == tag_rule::names_answer ? 1 : 2);
     mechlens::train(
@@ -312,6 +326,129 @@ std::vector<float> tag_direction(const mechlens::transformer& model, const promp
 
 std::string percent(double x) { return mechlens::format_fixed(100.0 * x, 1) + " %"; }
 
+/// The site the SAE reads: the residual stream between the two blocks.
+constexpr const char* sae_site = "blocks.0.hook_resid_post";
+
+/// Where a feature fires most, in the task's words: the mean activation over the prompts of each kind of position
+/// (BOS, each tag at position 1, a counted A, a counted B, [=]); returns the kind with the largest mean.
+std::string where_it_fires(mechlens::tensor_view<const float, 3> acts, const prompt_set& prompts, index_t feature,
+                           bool* on_a_tag = nullptr) {
+    const char* kinds[] = {"[BOS]", "tag_A at position 1", "tag_B at position 1", "a counted A", "a counted B", "[=]"};
+    double sum[6] = {}, count[6] = {};
+    for (index_t b = 0; b < prompts.size(); ++b)
+        for (index_t t = 0; t < prompt_length; ++t) {
+            const std::int32_t token = prompts.tokens[static_cast<std::size_t>(b * prompt_length + t)];
+            const int kind = t == 0                 ? 0
+                             : t == tag_position    ? (token == tag_a ? 1 : 2)
+                             : t == answer_position ? 5
+                                                    : (token == token_a ? 3 : 4);
+            sum[kind] += static_cast<double>(acts(b, t, feature));
+            count[kind] += 1.0;
+        }
+    int best = 0;
+    for (int k = 1; k < 6; ++k)
+        if (sum[k] / std::max(count[k], 1.0) > sum[best] / std::max(count[best], 1.0)) best = k;
+    if (on_a_tag != nullptr) *on_a_tag = best == 1 || best == 2;
+    return std::string(kinds[best]) + ", mean " + mechlens::format_fixed(sum[best] / std::max(count[best], 1.0), 2);
+}
+
+/// The diagnosis through SAE features: a TopK SAE (64 features, 4 active per token) is trained on the residual
+/// stream between the blocks at every position of `training` (in-distribution prompts), spliced in with its error
+/// term (the model's outputs stay as they were), and integrated gradients over its features attribute the logit
+/// difference on `prompts` to features at each position.
+feature_evidence sae_features(const mechlens::transformer& model, const prompt_set& training, const prompt_set& prompts,
+                              std::uint64_t seed) {
+    const mechlens::model_config& c = model.config();
+    const mechlens::site host = mechlens::site_from_name(sae_site, c);
+    mechlens::caching_hooks<> cache(mechlens::cache_filter().sites({host}));
+    (void)mechlens::forward_logits(model, training.view(), cache);
+    std::vector<float> rows = std::move(cache.take().at(host).values);  // (prompts * pos, d_model)
+
+    mechlens::sae_trainer_options training_options;
+    training_options.sae.architecture = mechlens::sae_architecture::topk;
+    training_options.sae.k = 4;
+    training_options.d_sae = 64;
+    training_options.batch_size = 512;
+    training_options.tokens_total = 400 * training_options.batch_size;
+    training_options.lr = 4e-3;
+    training_options.lr_decay_steps = 80;
+    training_options.seed = seed;
+    training_options.metadata.hook_name = sae_site;
+    const index_t d_sae = training_options.d_sae;
+    mechlens::sae_trainer trainer(training_options, c.d_model);
+    mechlens::in_memory_batches batches(std::move(rows), {}, c.d_model);
+    trainer.train(batches);
+    const mechlens::saelens_sae sae = trainer.saelens();
+
+    mechlens::dynamic_hooks hooks(c);
+    (void)hooks.splice(sae_site, std::make_shared<const mechlens::sae_splice>(sae.weights, sae.options));
+    const std::string prefix = std::string(sae_site) + ".";
+    const mechlens::site acts_site = *mechlens::parse_site(prefix + "hook_sae_acts_post");
+    feature_evidence out;
+
+    // How well it reconstructs the prompts' rows, and its features' activations.
+    double error = 0.0, total = 0.0, active = 0.0;
+    std::vector<float> acts;  // (prompts, pos, d_sae)
+    {
+        std::vector<float> input;
+        auto copy_to = [](std::vector<float>& to) {
+            return [&to](const mechlens::site&, mechlens::activation_view v, const mechlens::hook_context&) {
+                const auto x = v.as<3>();  // (prompts, pos, width)
+                to.assign(x.data(), x.data() + x.size());
+            };
+        };
+        auto a = hooks.scoped(prefix + "hook_sae_input", copy_to(input));
+        auto b = hooks.scoped(prefix + "hook_sae_acts_post", copy_to(acts));
+        std::vector<float> recons;
+        auto r = hooks.scoped(prefix + "hook_sae_recons", copy_to(recons));
+        (void)mechlens::forward_logits(model, prompts.view(), hooks);
+        const auto width = static_cast<std::size_t>(c.d_model);
+        const std::size_t n = input.size() / width;
+        std::vector<double> mean(width, 0.0);
+        for (std::size_t i = 0; i < input.size(); ++i) mean[i % width] += static_cast<double>(input[i]) / static_cast<double>(n);
+        for (std::size_t i = 0; i < input.size(); ++i) {
+            error += std::pow(static_cast<double>(input[i]) - static_cast<double>(recons[i]), 2);
+            total += std::pow(static_cast<double>(input[i]) - mean[i % width], 2);
+        }
+        for (float v : acts) active += v > 0.0f ? 1.0 : 0.0;
+        out.l0 = active / static_cast<double>(n);
+    }
+    out.explained_variance = 1.0 - error / total;
+
+    // Integrated gradients over the features (from all features off).
+    const auto ig = mechlens::integrated_gradients(model, prompts.view(), logit_difference(prompts), acts_site,
+                                                   mechlens::ig_baseline::zeros(), {}, &hooks);
+
+    // The features with the most |attribution| (summed over prompts and positions), and where each fires.
+    std::vector<double> per_feature(static_cast<std::size_t>(d_sae), 0.0);
+    double all = 0.0;
+    for (index_t b = 0; b < prompts.size(); ++b)
+        for (index_t f = 0; f < d_sae; ++f) {
+            per_feature[static_cast<std::size_t>(f)] += std::abs(ig.per_channel(b, f));
+            all += std::abs(ig.per_channel(b, f));
+        }
+    std::vector<index_t> order(static_cast<std::size_t>(d_sae));
+    for (index_t f = 0; f < d_sae; ++f) order[static_cast<std::size_t>(f)] = f;
+    std::stable_sort(order.begin(), order.end(), [&](index_t x, index_t y) {
+        return per_feature[static_cast<std::size_t>(x)] > per_feature[static_cast<std::size_t>(y)];
+    });
+    const mechlens::tensor_view<const float, 3> acts_view(acts.data(), {prompts.size(), prompt_length, d_sae});
+    for (index_t f = 0; f < d_sae; ++f) {
+        bool on_a_tag = false;
+        (void)where_it_fires(acts_view, prompts, f, &on_a_tag);
+        if (!on_a_tag || per_feature[static_cast<std::size_t>(f)] == 0.0) continue;
+        out.tag_features += 1;
+        out.tag_feature_share += per_feature[static_cast<std::size_t>(f)] / all;
+    }
+    for (std::size_t i = 0; i < 3; ++i) {
+        const index_t f = order[i];
+        out.top_features += (i == 0 ? "" : "; ") + std::string("#") + std::to_string(f) + " " +
+                            percent(per_feature[static_cast<std::size_t>(f)] / all) + " (fires most on " +
+                            where_it_fires(acts_view, prompts, f) + ")";
+    }
+    return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -327,6 +464,7 @@ int main(int argc, char** argv) {
     patients.push_back(grow("model 2 (tag was a coin flip in training)", tag_rule::coin_flip, opt));
     const prompt_set in_distribution = make_prompts(400, tag_rule::names_answer, opt.seed * 7 + 3);
     const prompt_set flipped = make_prompts(400, tag_rule::against_answer, opt.seed * 7 + 4);
+    const prompt_set sae_training = make_prompts(2000, tag_rule::names_answer, opt.seed * 7 + 5);
 
     std::printf("1. From the outside (accuracy on 400 in-distribution prompts: the tag names the answer)\n");
     for (patient& p : patients) {
@@ -344,6 +482,7 @@ int main(int argc, char** argv) {
         p.patched_away = patch_tag(model, in_distribution);
         p.tag_direction = tag_direction(model, in_distribution);
         p.count_probe = count_probe(model, in_distribution);
+        p.features = sae_features(model, sae_training, in_distribution, opt.seed);
         const double counted_share =
             (1.0 - p.tag_share - p.attribution[0] - p.attribution[static_cast<std::size_t>(answer_position)]) /
             static_cast<double>(counted);
@@ -358,6 +497,13 @@ int main(int argc, char** argv) {
             percent(p.patched_away).c_str());
         std::printf("     a probe for a wide majority (margin >= 5) at [=], last block: %s held-out accuracy\n",
                     percent(p.count_probe).c_str());
+        const feature_evidence& f = p.features;
+        std::printf("     SAE features at %s (TopK, 64 features, L0 %.1f, %s of the variance explained):\n", sae_site,
+                    f.l0, percent(f.explained_variance).c_str());
+        std::printf("       the %lld features that fire most on a tag at position 1 carry %s of the features' "
+                    "attribution\n",
+                    static_cast<long long>(f.tag_features), percent(f.tag_feature_share).c_str());
+        std::printf("       the features with the most attribution: %s\n", f.top_features.c_str());
         std::printf("     verdict: %s\n", p.cheated ? "CHEATED: it reads the answer off the tag"
                                                     : "LEARNED: it counts; the tag does not matter");
     }
@@ -418,10 +564,12 @@ int main(int argc, char** argv) {
     std::vector<std::vector<std::string>> rows;
     for (const patient& p : patients)
         rows.push_back({p.name, percent(p.in_distribution.accuracy), percent(p.tag_share), percent(p.patched_away),
-                        percent(p.count_probe), p.cheated ? "cheated" : "learned", percent(p.tag_flipped.accuracy),
+                        percent(p.count_probe), percent(p.features.tag_feature_share),
+                        p.cheated ? "cheated" : "learned", percent(p.tag_flipped.accuracy),
                         percent(p.treated_in_distribution.accuracy), percent(p.treated_tag_flipped.accuracy)});
     report.table({"model", "in-distribution accuracy", "attribution at the tag (integrated gradients)",
-                  "logit difference lost by patching the tag", "probe: wide majority (held out)", "verdict",
+                  "logit difference lost by patching the tag", "probe: wide majority (held out)",
+                  "SAE: attribution carried by the tag features", "verdict",
                   "accuracy, tag against the answer", "treated: in distribution", "treated: tag against the answer"},
                  rows);
     report.paragraph(
@@ -431,6 +579,15 @@ int main(int argc, char** argv) {
         "out-of-distribution test (the tag against the answer) came afterwards, as a check. The "
         "treatment removes the tag direction (the difference of the two tags' residual streams at "
         "position 1) from everything the model writes into its residual stream.");
+    report.heading("Through SAE features");
+    for (const patient& p : patients)
+        report.paragraph(p.name + ": a TopK SAE (64 features, L0 " + mechlens::format_fixed(p.features.l0, 1) + ", " +
+                         percent(p.features.explained_variance) + " of the variance explained) at " + sae_site +
+                         ". The " + std::to_string(p.features.tag_features) +
+                         " features that fire most on a tag at position 1 carry " +
+                         percent(p.features.tag_feature_share) +
+                         " of the |integrated gradients| over the features. The features with the most attribution: " +
+                         p.features.top_features + ".");
     const fs::path report_path = opt.out / "mechlens_medicine_report.html";
     report.save(report_path);
 
@@ -455,6 +612,12 @@ int main(int argc, char** argv) {
                   p.name + ": the treatment leaves a model that counts as it was");
     }
     claim(!learner.cheated, "the model whose tag was a coin flip does not read it");
+    for (const patient& p : patients)
+        claim(p.features.explained_variance > 0.9, p.name + ": the SAE explains most of the variance at its site");
+    claim(learner.features.tag_feature_share < 0.15,
+          "little of the coin-flip model's answer flows through the SAE's tag features");
+    claim(!cheater.cheated || cheater.features.tag_feature_share > learner.features.tag_feature_share,
+          "more of the cheater's answer flows through the SAE's tag features than the learner's");
     claim(!cheater.cheated || baked_gap < 1e-4, "the treated weights compute the run-time treatment");
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     std::printf("\nWrote %s (%.1f s in all).\n", report_path.string().c_str(), seconds);
