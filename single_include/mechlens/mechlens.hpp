@@ -22466,9 +22466,20 @@ public:
     }
 
     /// A standard SAE whose firing latents exceed this fraction of the batch's (rows x latents) takes the dense
-    /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it. The two paths
-    /// differ only in rounding; the choice depends on the data alone, never on the thread count.
-    double dense_fraction = 0.3;  // measured: dense wins at 35-45 % firing (d_in 64), loses at 28 % (d_in 512)
+    /// path (GEMMs for the decoder and every gradient); 0 forces it, anything above 1 forbids it, and a negative
+    /// value (the default) picks it by shape (dense_threshold). The two paths differ only in rounding; the choice
+    /// depends on the data and shapes alone, never on the thread count.
+    double dense_fraction = -1;
+
+    /// The firing fraction above which the dense path runs: dense_fraction, or by shape when it is negative.
+    /// Measured on one core (batch 4096; docs/PERFORMANCE.md, "SAE training"): the dense step costs the same as the
+    /// sparse one at about 17 % firing when W_dec fits in 1 MiB (d_in 64, 1024 or 2048 latents), and at about 8 %
+    /// when it does not (d_in 512, 8192 latents: the sparse path's per-latent passes then miss the caches).
+    [[nodiscard]] double dense_threshold() const noexcept {
+        if (dense_fraction >= 0) return dense_fraction;
+        const double decoder_bytes = static_cast<double>(l_.d_sae) * static_cast<double>(l_.d_in) * sizeof(T);
+        return decoder_bytes > 1024.0 * 1024.0 ? 0.05 : 0.15;
+    }
 
     /// The step trains a transcoder: under constant_norm_rescale only the encoder's input is scaled, the output
     /// is compared unscaled with y (SAELens's Transcoder.decode does not undo the scale). Without normalization
@@ -22598,7 +22609,7 @@ public:
         if (arch == sae_architecture::standard && !normalized) {
             std::size_t positive = 0;
             for (std::size_t f = 0; f < at(n * d_sae); ++f) positive += pre_[f] > T(0) ? 1u : 0u;
-            dense = static_cast<double>(positive) > dense_fraction * static_cast<double>(n * d_sae);
+            dense = static_cast<double>(positive) > dense_threshold() * static_cast<double>(n * d_sae);
         }
         last_dense_ = dense;
         entries_.clear();
@@ -22867,13 +22878,25 @@ private:
 #endif
     }
 
-    /// out (cols, rows) = a (rows, cols)^T, in 32 x 32 tiles.
+    /// out (cols, rows) = a (rows, cols)^T, through a 16 x 16 tile on the stack: each tile reads 16 cache lines of a
+    /// and writes 16 of out, each line whole. (Copying element by element straight across would touch a line of out
+    /// per element, and rows 4 KiB apart share a cache set: that took a third of a standard SAE's dense step.)
     static void transpose(const T* a, index_t rows, index_t cols, T* out) {
-        constexpr index_t tile = 32;
-        for (index_t r0 = 0; r0 < rows; r0 += tile)
-            for (index_t c0 = 0; c0 < cols; c0 += tile)
-                for (index_t r = r0; r < std::min(rows, r0 + tile); ++r)
-                    for (index_t c = c0; c < std::min(cols, c0 + tile); ++c) out[c * rows + r] = a[r * cols + c];
+        constexpr index_t tile = 16;
+        const bool parallel = static_cast<double>(rows) * static_cast<double>(cols) >= 65536.0;
+        (void)parallel;  // read by the OpenMP pragma only
+        MECHLENS_SAE_PARALLEL_FOR
+        for (index_t r0 = 0; r0 < rows; r0 += tile) {
+            const index_t r_end = std::min(rows, r0 + tile);
+            T block[tile][tile];  // block[c - c0][r - r0]
+            for (index_t c0 = 0; c0 < cols; c0 += tile) {
+                const index_t c_end = std::min(cols, c0 + tile);
+                for (index_t r = r0; r < r_end; ++r)
+                    for (index_t c = c0; c < c_end; ++c) block[c - c0][r - r0] = a[r * cols + c];
+                for (index_t c = c0; c < c_end; ++c)
+                    for (index_t r = r0; r < r_end; ++r) out[c * rows + r] = block[c - c0][r - r0];
+            }
+        }
     }
 
     void resize(index_t n) {
