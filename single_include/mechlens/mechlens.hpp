@@ -22477,7 +22477,8 @@ public:
     /// when it does not (d_in 512, 8192 latents: the sparse path's per-latent passes then miss the caches).
     [[nodiscard]] double dense_threshold() const noexcept {
         if (dense_fraction >= 0) return dense_fraction;
-        const double decoder_bytes = static_cast<double>(l_.d_sae) * static_cast<double>(l_.d_in) * sizeof(T);
+        const double decoder_bytes =
+            static_cast<double>(l_.d_sae) * static_cast<double>(l_.d_in) * static_cast<double>(sizeof(T));
         return decoder_bytes > 1024.0 * 1024.0 ? 0.05 : 0.15;
     }
 
