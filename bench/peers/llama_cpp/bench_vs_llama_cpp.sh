@@ -2,8 +2,10 @@
 # mechlens against llama.cpp on the same GGUF files, interleaved: for each round, each file and each tool in turn,
 # prefill of 128 tokens (llama-bench's pp128) and 128 decoded tokens (tg128) at 1 and 2 threads. Files: random
 # LLaMAs of the stories15M and LLaMA-110M shapes (make_shape_gguf.py) as F32, as Q8_0 (`mechlens quantize`, which
-# llama-quantize matches byte for byte) and as Q4_K_M (llama-quantize). Prints the median tokens/s of each tool
-# and their ratio, mechlens / llama.cpp.
+# llama-quantize matches byte for byte) and as Q4_K_M (llama-quantize). The F32 files are also run by a PyTorch
+# reference LLaMA (bench/peers/pytorch/llama_reference.py, the third tool of each round; skipped when PYTORCH=0 or
+# when Debian's python3 has no torch). Prints the median tokens/s of each tool and the ratios mechlens / llama.cpp
+# and, for F32, mechlens / PyTorch.
 #
 #   bench/peers/llama_cpp/bench_vs_llama_cpp.sh LLAMA_CPP_DIR [ROUNDS]
 #
@@ -20,6 +22,8 @@ rounds=${2:-3}
 mechlens=${MECHLENS:-$repo/build/tools/mechlens}
 bench=${MECHLENS_BENCH_MODEL:-$repo/build-bench/bench/mechlens_bench_model}
 work=${BENCH_WORK:-/tmp/mechlens_vs_llama_cpp}
+pytorch=${PYTORCH:-1}
+[ "$pytorch" = 0 ] || /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "no torch in /usr/bin/python3: no PyTorch column"; pytorch=0; }
 mkdir -p "$work"
 for tool in "$mechlens" "$bench"; do [ -x "$tool" ] || { echo "missing $tool (make build; cmake --preset bench && cmake --build --preset bench --target mechlens_bench_model)"; exit 1; }; done
 if [ ! -x "$llama/build/bin/llama-bench" ] || [ ! -x "$llama/build/bin/llama-quantize" ]; then
@@ -62,6 +66,10 @@ for row in csv.DictReader(lines):
     rate = row["tok/s"]
     print(f"{sys.argv[1]},mechlens,{sys.argv[2]},{test},{threads},{rate}")
 ' "$round" "$name" >>"$results"
+        if [ "$pytorch" != 0 ] && [[ "$name" == *_f32.gguf ]]; then
+            /usr/bin/python3 "$repo/bench/peers/pytorch/llama_reference.py" --bench "$f" --threads 1,2 \
+                --prefill 128 --decode 128 | sed "s/^/$round,/" >>"$results"
+        fi
     done
     echo "round $round of $rounds done"
 done
@@ -73,13 +81,19 @@ from statistics import median
 rates = defaultdict(list)
 for row in csv.DictReader(open(sys.argv[1])):
     rates[(row["file"], row["test"], row["threads"], row["tool"])].append(float(row["tokens_per_second"]))
-print("\n| file | test | threads | mechlens tok/s | llama.cpp tok/s | mechlens / llama.cpp |")
-print("|---|---|---|---|---|---|")
+torch = any(k[3] == "pytorch" for k in rates)
+extra_head, extra_rule = (" PyTorch tok/s | mechlens / PyTorch |", "---|---|") if torch else ("", "")
+print(f"\n| file | test | threads | mechlens tok/s | llama.cpp tok/s | mechlens / llama.cpp |{extra_head}")
+print(f"|---|---|---|---|---|---|{extra_rule}")
 for file, test, threads in sorted({k[:3] for k in rates}, key=lambda k: (k[0], k[1] != "prefill128", k[2])):
     ours, theirs = rates.get((file, test, threads, "mechlens")), rates.get((file, test, threads, "llama.cpp"))
     if not ours or not theirs:
         continue
+    extra = ""
+    if torch:
+        peer = rates.get((file, test, threads, "pytorch"))
+        extra = f" {median(peer):,.1f} | {median(ours) / median(peer):.2f} |" if peer else " - | - |"
     print(f"| {file} | {test} | {threads} | {median(ours):,.1f} | {median(theirs):,.1f} | "
-          f"{median(ours) / median(theirs):.2f} |")
+          f"{median(ours) / median(theirs):.2f} |{extra}")
 print(f"\nmedians of {len(next(iter(rates.values())))} interleaved rounds; raw rows in {sys.argv[1]}")
 PY
