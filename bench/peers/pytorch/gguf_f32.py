@@ -73,7 +73,8 @@ class _Cursor:
 
 def read_gguf(path, load_tensors=True, mode="r"):
     """Returns (metadata, tensors): metadata maps each key to its value (ints, floats, bools, strings; arrays as numpy
-    arrays of numbers or lists of strings/arrays), plus "__tensor_info__" -> {name: (numpy shape, type id, offset)};
+    arrays of numbers or lists of strings/arrays), plus "GGUF.version" -> the file's version and "__tensor_info__" ->
+    {name: (numpy shape, type id, offset from the data section)};
     tensors maps each tensor name to a float32 np.memmap of its numpy shape (empty when load_tensors is False);
     mode is np.memmap's: "r" read-only, "c" copy-on-write (writable views, e.g. for torch.from_numpy)."""
     mm = np.memmap(path, dtype=np.uint8, mode="r")

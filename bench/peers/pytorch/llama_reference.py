@@ -92,7 +92,8 @@ class RMSNorm(torch.nn.Module):
 
 
 class Rotary:
-    """cos and sin of position * base^(-2i / d_head) for every position and pair i < n_rot / 2."""
+    """cos and sin of position * base^(-2i / n_rot) for every position and pair i < n_rot / 2 (n_rot: d_head unless
+    llama.rope.dimension_count says fewer; the dimensions after n_rot are not rotated)."""
 
     def __init__(self, cfg, pairs):
         i = torch.arange(0, cfg.n_rot // 2, dtype=torch.float64)
