@@ -29,11 +29,13 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp: see llama_reference.py
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_reference import Llama, StopForward, set_threads  # noqa: E402
+from llama_reference import Llama, StopForward, keep_freed_memory, set_threads  # noqa: E402
 
 CONTEXT, BATCH, BATCHES, SHARD_ROWS, DOCUMENT, BOS = 128, 8, 4, 2048, 200, 1
 
@@ -174,6 +176,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     set_threads(args.threads)
+    keep_freed_memory()
     print("tool,model,test,threads,tokens_per_second")
     directory = tempfile.mkdtemp(prefix="pytorch_harvest_")
     try:
