@@ -8,11 +8,19 @@ and the last step's L0 per configuration.
     /usr/bin/python3 bench/peers/sae_train_pytorch.py [--steps N] [--shapes 64x1024,64x2048,512x8192]
 
 Like the C++ benchmark, it times steps 3 to 18 of a fresh SAE (d_in 64), or steps 3 and 4 (larger shapes).
+Threads and memory are set up as in pytorch/llama_reference.py (whose notes give the measurements): OpenBLAS gets
+the thread count too, OpenMP threads sleep when idle, and freed activations stay with the allocator.
 """
 import argparse
+import os
+import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp (see llama_reference.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytorch"))
+from llama_reference import keep_freed_memory, set_threads  # noqa: E402
+
+import torch  # noqa: E402
 
 
 def data(d_in, rows, seed=7):
@@ -53,7 +61,7 @@ class SAE(torch.nn.Module):
 
 
 def run(d_in, d_sae, topk, threads, steps, batch=4096):
-    torch.set_num_threads(threads)
+    set_threads(threads)
     torch.manual_seed(0)
     x_all = data(d_in, 8 * batch)
     sae = SAE(d_in, d_sae, topk)
@@ -87,6 +95,7 @@ def main():
     p.add_argument("--shapes", default="64x1024,64x2048,512x8192")
     p.add_argument("--threads", default="1,2")
     a = p.parse_args()
+    keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available")
     for threads in [int(t) for t in a.threads.split(",")]:
         for topk in (False, True):

@@ -782,12 +782,20 @@ private:
         }
         // d(acts) = d(out) W_dec^T; d(pre) = (d(acts) + c / n * n_j) where the latent fired, (n, d_sae).
         detail::sae_gemm_xwt(d_out_.data(), n, w_dec, d_sae, d_in, d_acts_.data());
-        MECHLENS_SAE_PARALLEL_FOR
-        for (index_t r = 0; r < n; ++r)
-            for (index_t j = 0; j < d_sae; ++j) {
-                T& d = d_acts_[at(r * d_sae + j)];
-                d = acts_[at(r * d_sae + j)] > T(0) ? d + c_l1 * inv_n * norms_[at(j)] : T(0);
+        pull_.resize(at(d_sae));  // c / n * n_j, as the sparse path rounds it
+        for (index_t j = 0; j < d_sae; ++j) pull_[at(j)] = c_l1 * inv_n * norms_[at(j)];
+        {
+            // Through raw pointers, so that the compiler sees no aliasing and vectorizes the loop.
+            T* d_acts = d_acts_.data();
+            const T* acts = acts_.data();
+            const T* pull = pull_.data();
+            MECHLENS_SAE_PARALLEL_FOR
+            for (index_t r = 0; r < n; ++r) {
+                T* d = d_acts + r * d_sae;
+                const T* a = acts + r * d_sae;
+                for (index_t j = 0; j < d_sae; ++j) d[j] = a[j] > T(0) ? d[j] + pull[j] : T(0);
             }
+        }
         // W_dec (d_sae, d_in) = acts^T d(out), plus the L1's pull through the decoder norms.
         transpose(acts_.data(), n, d_sae, t_a_.data());
         transpose(d_out_.data(), n, d_in, d_out_t_.data());
@@ -908,6 +916,7 @@ private:
     std::vector<T> acts_;          // (n, d_sae) dense path
     std::vector<T> d_acts_;        // (n, d_sae) dense path: d(acts), then d(pre)
     std::vector<T> t_a_;           // (d_sae, n) dense path: acts or d(pre) transposed
+    std::vector<T> pull_;          // (d_sae) dense path: the L1 term's pull c / n * n_j per latent
     std::vector<T> w_dec_t_;       // (d_in, d_sae) dense path
     std::vector<T> norms_;         // (d_sae)
     std::vector<T> threshold_;     // (d_sae)
