@@ -22409,6 +22409,87 @@ inline void sae_gemm_xwt(const float* x, index_t rows, const float* w, index_t o
     kernels::detail::gemm_xwt({x, depth, w, depth, y, outputs, depth, accumulate}, rows, outputs);
 }
 
+/// The register tile of sae_gemm_xtw: y[j0 + t][i0 + q * W + lane] for t < RM, q < QN, each the fused
+/// multiply-add chain over the rows r in order, from zero.
+template <index_t RM, index_t QN>
+inline void sae_xtw_tile(const float* a, index_t rows, index_t a_cols, const float* b, index_t b_cols, float* y,
+                         index_t j0, index_t i0) noexcept {
+    using kernels::float_batch;
+    constexpr index_t lanes = kernels::simd_width;
+    constexpr auto R = static_cast<std::size_t>(RM), Q = static_cast<std::size_t>(QN);
+    const index_t tail = std::min(lanes, b_cols - i0 - (QN - 1) * lanes);  // lanes of the last vector
+    float_batch acc[R][Q];
+    for (std::size_t t = 0; t < R; ++t)
+        for (std::size_t q = 0; q < Q; ++q) acc[t][q] = float_batch(0.0f);
+    for (index_t r = 0; r < rows; ++r) {
+        const float* b_row = b + r * b_cols + i0;
+        float_batch bv[Q];
+        for (std::size_t q = 0; q + 1 < Q; ++q)
+            bv[q] = float_batch::load_unaligned(b_row + static_cast<index_t>(q) * lanes);
+        bv[Q - 1] = tail == lanes ? float_batch::load_unaligned(b_row + (QN - 1) * lanes)
+                                  : kernels::detail::load_partial(b_row + (QN - 1) * lanes, tail, 0.0f);
+        const float* a_row = a + r * a_cols + j0;
+        for (std::size_t t = 0; t < R; ++t) {
+            const float_batch av(a_row[t]);
+            for (std::size_t q = 0; q < Q; ++q) acc[t][q] = kernels::fused_multiply_add(av, bv[q], acc[t][q]);
+        }
+    }
+    for (std::size_t t = 0; t < R; ++t) {
+        float* y_row = y + (j0 + static_cast<index_t>(t)) * b_cols + i0;
+        for (std::size_t q = 0; q + 1 < Q; ++q) acc[t][q].store_unaligned(y_row + static_cast<index_t>(q) * lanes);
+        alignas(64) float last[static_cast<std::size_t>(lanes)];
+        acc[t][Q - 1].store_aligned(last);
+        for (index_t l = 0; l < tail; ++l) y_row[(QN - 1) * lanes + l] = last[static_cast<std::size_t>(l)];
+    }
+}
+
+/// y (a_cols, b_cols) = a^T b for a (rows, a_cols) and b (rows, b_cols), both row-major: every element is the fused
+/// multiply-add chain over the rows in order, whatever the thread count (threads split the rows of y). The weight
+/// gradients of the dense standard-SAE step, without transposing the (rows x latents) matrices.
+inline void sae_gemm_xtw(const float* a, index_t rows, index_t a_cols, const float* b, index_t b_cols, float* y) {
+    constexpr index_t lanes = kernels::simd_width, tile_rows = 6;
+    const index_t vectors = (b_cols + lanes - 1) / lanes;
+    const index_t tiles = (a_cols + tile_rows - 1) / tile_rows;
+    const bool parallel = static_cast<double>(rows) * static_cast<double>(a_cols) * static_cast<double>(b_cols) >=
+                          static_cast<double>(1 << 20);
+    (void)parallel;  // read by the OpenMP pragma only
+    MECHLENS_SAE_PARALLEL_FOR
+    for (index_t tile = 0; tile < tiles; ++tile) {
+        const index_t j0 = tile * tile_rows, height = std::min(tile_rows, a_cols - j0);
+        for (index_t i0 = 0, v = 0; v < vectors;) {
+            const index_t width = std::min<index_t>(4, vectors - v);  // vectors in this tile
+            for (index_t t = j0; t < j0 + height;) {
+                // Full-height tiles where possible, single rows at the edge.
+                if (t + tile_rows <= j0 + height) {
+                    if (width == 4) sae_xtw_tile<6, 4>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else if (width == 3) sae_xtw_tile<6, 3>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else if (width == 2) sae_xtw_tile<6, 2>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else sae_xtw_tile<6, 1>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    t += tile_rows;
+                } else {
+                    if (width == 4) sae_xtw_tile<1, 4>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else if (width == 3) sae_xtw_tile<1, 3>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else if (width == 2) sae_xtw_tile<1, 2>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    else sae_xtw_tile<1, 1>(a, rows, a_cols, b, b_cols, y, t, i0);
+                    t += 1;
+                }
+            }
+            v += width;
+            i0 += width * lanes;
+        }
+    }
+}
+
+/// y (a_cols, b_cols) = a^T b in double, summed over the rows in order (tests).
+inline void sae_gemm_xtw(const double* a, index_t rows, index_t a_cols, const double* b, index_t b_cols, double* y) {
+    for (index_t j = 0; j < a_cols; ++j)
+        for (index_t i = 0; i < b_cols; ++i) {
+            double s = 0;
+            for (index_t r = 0; r < rows; ++r) s += a[r * a_cols + j] * b[r * b_cols + i];
+            y[j * b_cols + i] = s;
+        }
+}
+
 /// y (rows, outputs) = x (rows, depth) w^T in double (tests).
 inline void sae_gemm_xwt(const double* x, index_t rows, const double* w, index_t outputs, index_t depth, double* y,
                          bool accumulate = false) {
@@ -22981,10 +23062,7 @@ private:
         const T* b_dec = params.data() + l_.b_dec;  // (d_in)
         acts_.resize(ns);    // (n, d_sae), then d(pre) in place of d(acts)
         d_acts_.resize(ns);  // (n, d_sae)
-        t_a_.resize(ns);     // (d_sae, n) transposes
         w_dec_t_.resize(at(d_in * d_sae));  // (d_in, d_sae)
-        d_out_t_.resize(at(n * d_in));      // (d_in, n)
-        x_t_.resize(at(n * d_in));          // (d_in, n)
         MECHLENS_SAE_PARALLEL_FOR
         for (index_t f = 0; f < n * d_sae; ++f) acts_[at(f)] = pre_[at(f)] > T(0) ? pre_[at(f)] : T(0);
         transpose(w_dec, d_sae, d_in, w_dec_t_.data());
@@ -23012,33 +23090,42 @@ private:
         }
         // d(acts) = d(out) W_dec^T; d(pre) = (d(acts) + c / n * n_j) where the latent fired, (n, d_sae).
         detail::sae_gemm_xwt(d_out_.data(), n, w_dec, d_sae, d_in, d_acts_.data());
-        MECHLENS_SAE_PARALLEL_FOR
-        for (index_t r = 0; r < n; ++r)
-            for (index_t j = 0; j < d_sae; ++j) {
-                T& d = d_acts_[at(r * d_sae + j)];
-                d = acts_[at(r * d_sae + j)] > T(0) ? d + c_l1 * inv_n * norms_[at(j)] : T(0);
+        pull_.resize(at(d_sae));  // c / n * n_j, as the sparse path rounds it
+        for (index_t j = 0; j < d_sae; ++j) pull_[at(j)] = c_l1 * inv_n * norms_[at(j)];
+        {
+            // Through raw pointers, so that the compiler sees no aliasing and vectorizes the loop.
+            T* d_acts = d_acts_.data();
+            const T* acts = acts_.data();
+            const T* pull = pull_.data();
+            MECHLENS_SAE_PARALLEL_FOR
+            for (index_t r = 0; r < n; ++r) {
+                T* d = d_acts + r * d_sae;
+                const T* a = acts + r * d_sae;
+                for (index_t j = 0; j < d_sae; ++j) d[j] = a[j] > T(0) ? d[j] + pull[j] : T(0);
             }
+        }
         // W_dec (d_sae, d_in) = acts^T d(out), plus the L1's pull through the decoder norms.
-        transpose(acts_.data(), n, d_sae, t_a_.data());
-        transpose(d_out_.data(), n, d_in, d_out_t_.data());
         T* g_w_dec = grads.data() + l_.w_dec;
-        detail::sae_gemm_xwt(t_a_.data(), d_sae, d_out_t_.data(), d_in, n, g_w_dec);
+        detail::sae_gemm_xtw(acts_.data(), n, d_sae, d_out_.data(), d_in, g_w_dec);
+        // Column sums of acts and of d(pre), each over the rows in order.
+        col_sum_.assign(at(d_sae), T(0));
+        for (index_t r = 0; r < n; ++r) {
+            const T* a = acts_.data() + r * d_sae;
+            T* sum = col_sum_.data();
+            for (index_t j = 0; j < d_sae; ++j) sum[j] += a[j];
+        }
         for (index_t j = 0; j < d_sae; ++j) {
-            T sum = 0;
-            for (index_t r = 0; r < n; ++r) sum += t_a_[at(j * n + r)];
+            const T sum = col_sum_[at(j)];
             fired_[at(j)] = sum > T(0) ? 1 : 0;
             if (sum != T(0) && norms_[at(j)] != T(0))
                 detail::sae_axpy(g_w_dec + j * d_in, c_l1 * inv_n * sum / norms_[at(j)], w_dec + j * d_in, d_in);
         }
         // W_enc^T (d_sae, d_in) = d(pre)^T sae_in; b_enc = column sums of d(pre).
-        transpose(d_acts_.data(), n, d_sae, t_a_.data());
-        transpose(sae_in_.data(), n, d_in, x_t_.data());
-        detail::sae_gemm_xwt(t_a_.data(), d_sae, x_t_.data(), d_in, n, grads.data() + l_.w_enc_t);
+        detail::sae_gemm_xtw(d_acts_.data(), n, d_sae, sae_in_.data(), d_in, grads.data() + l_.w_enc_t);
         T* g_b_enc = grads.data() + l_.b_enc;
-        for (index_t j = 0; j < d_sae; ++j) {
-            T sum = 0;
-            for (index_t r = 0; r < n; ++r) sum += t_a_[at(j * n + r)];
-            g_b_enc[j] = sum;
+        for (index_t r = 0; r < n; ++r) {
+            const T* d = d_acts_.data() + r * d_sae;
+            for (index_t j = 0; j < d_sae; ++j) g_b_enc[j] += d[j];
         }
     }
 
@@ -23134,10 +23221,11 @@ private:
     std::vector<T> d_out_;         // (n, d_in)
     std::vector<T> d_aux_;         // (n, d_in)
     std::vector<T> d_out_t_;       // (d_in, n) transcoder skip
-    std::vector<T> x_t_;           // (d_in, n) transcoder skip; dense path: sae_in transposed
+    std::vector<T> x_t_;           // (d_in, n) transcoder skip
     std::vector<T> acts_;          // (n, d_sae) dense path
     std::vector<T> d_acts_;        // (n, d_sae) dense path: d(acts), then d(pre)
-    std::vector<T> t_a_;           // (d_sae, n) dense path: acts or d(pre) transposed
+    std::vector<T> pull_;          // (d_sae) dense path: the L1 term's pull c / n * n_j per latent
+    std::vector<T> col_sum_;       // (d_sae) dense path: column sums of acts
     std::vector<T> w_dec_t_;       // (d_in, d_sae) dense path
     std::vector<T> norms_;         // (d_sae)
     std::vector<T> threshold_;     // (d_sae)

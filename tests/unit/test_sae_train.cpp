@@ -5,6 +5,7 @@
 #include <mechlens/mechlens.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -337,6 +338,44 @@ mechlens::sae_trainer_options toy_options(mechlens::sae_architecture arch, std::
 }
 
 }  // namespace
+
+TEST_CASE("sae training step: the dense path's a^T b product equals double sums and ignores the thread count",
+          "[sae_train]") {
+    // Shapes with edges: 13 = 2 tiles of 6 rows + 1, 70 = 4 vectors of 16 + 6 lanes (or 8 + 6, 17 + 2 elsewhere).
+    for (const std::array<index_t, 3>& shape : {std::array<index_t, 3>{37, 13, 70}, std::array<index_t, 3>{1, 1, 1},
+                                                std::array<index_t, 3>{300, 64, 24}}) {
+        const index_t rows = shape[0], a_cols = shape[1], b_cols = shape[2];
+        INFO(rows << " x " << a_cols << " and " << rows << " x " << b_cols);
+        std::mt19937_64 g(static_cast<std::uint64_t>(rows * 1000 + b_cols));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        std::vector<float> a(static_cast<std::size_t>(rows * a_cols)), b(static_cast<std::size_t>(rows * b_cols));
+        for (float& v : a) v = normal(g);
+        for (float& v : b) v = normal(g);
+        const std::vector<double> ad(a.begin(), a.end()), bd(b.begin(), b.end());
+        std::vector<double> expected(static_cast<std::size_t>(a_cols * b_cols));
+        mechlens::detail::sae_gemm_xtw(ad.data(), rows, a_cols, bd.data(), b_cols, expected.data());
+        auto product = [&](int threads) {
+            std::vector<float> y(static_cast<std::size_t>(a_cols * b_cols), -1.0f);
+#if defined(_OPENMP)
+            const int before = omp_get_max_threads();
+            omp_set_num_threads(threads);
+#else
+            (void)threads;
+#endif
+            mechlens::detail::sae_gemm_xtw(a.data(), rows, a_cols, b.data(), b_cols, y.data());
+#if defined(_OPENMP)
+            omp_set_num_threads(before);
+#endif
+            return y;
+        };
+        const std::vector<float> one = product(1);
+        double worst = 0;
+        for (std::size_t i = 0; i < one.size(); ++i)
+            worst = std::max(worst, std::abs(static_cast<double>(one[i]) - expected[i]) / std::sqrt(static_cast<double>(rows)));
+        CHECK(worst < 1e-5);
+        CHECK(one == product(2));
+    }
+}
 
 TEST_CASE("sae trainer: runs are deterministic, independent of thread count, and differ by seed", "[sae_train]") {
     mechlens::toy_superposition_options t;
