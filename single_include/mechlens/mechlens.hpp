@@ -22453,29 +22453,24 @@ inline void sae_gemm_xtw(const float* a, index_t rows, index_t a_cols, const flo
     const bool parallel = static_cast<double>(rows) * static_cast<double>(a_cols) * static_cast<double>(b_cols) >=
                           static_cast<double>(1 << 20);
     (void)parallel;  // read by the OpenMP pragma only
+    // Tiles of RM rows of y by `width` vectors (1 to 4) of its columns.
+    const auto run = [&]<index_t RM>(index_t width, index_t j0, index_t i0) {
+        switch (width) {
+            case 4: sae_xtw_tile<RM, 4>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
+            case 3: sae_xtw_tile<RM, 3>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
+            case 2: sae_xtw_tile<RM, 2>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
+            default: sae_xtw_tile<RM, 1>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
+        }
+    };
     MECHLENS_SAE_PARALLEL_FOR
     for (index_t tile = 0; tile < tiles; ++tile) {
         const index_t j0 = tile * tile_rows, height = std::min(tile_rows, a_cols - j0);
-        for (index_t i0 = 0, v = 0; v < vectors;) {
-            const index_t width = std::min<index_t>(4, vectors - v);  // vectors in this tile
-            for (index_t t = j0; t < j0 + height;) {
-                // Full-height tiles where possible, single rows at the edge.
-                if (t + tile_rows <= j0 + height) {
-                    if (width == 4) sae_xtw_tile<6, 4>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else if (width == 3) sae_xtw_tile<6, 3>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else if (width == 2) sae_xtw_tile<6, 2>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else sae_xtw_tile<6, 1>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    t += tile_rows;
-                } else {
-                    if (width == 4) sae_xtw_tile<1, 4>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else if (width == 3) sae_xtw_tile<1, 3>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else if (width == 2) sae_xtw_tile<1, 2>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    else sae_xtw_tile<1, 1>(a, rows, a_cols, b, b_cols, y, t, i0);
-                    t += 1;
-                }
-            }
-            v += width;
-            i0 += width * lanes;
+        for (index_t v = 0; v < vectors; v += 4) {
+            const index_t width = std::min<index_t>(4, vectors - v), i0 = v * lanes;
+            if (height == tile_rows)
+                run.template operator()<tile_rows>(width, j0, i0);
+            else  // the last rows of y one at a time
+                for (index_t j = j0; j < j0 + height; ++j) run.template operator()<1>(width, j, i0);
         }
     }
 }

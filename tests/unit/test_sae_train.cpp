@@ -15,10 +15,6 @@
 #include <string>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "test_support.hpp"
 
 // Everything below is in this file's own namespace, so that unity builds (several test files in one
@@ -323,6 +319,16 @@ TEST_CASE("sae training step: a transcoder under constant_norm_rescale scales on
 
 namespace {
 
+/// Calls f() with OpenMP limited to `threads` threads (mechlens::set_num_threads), restoring the count after.
+template <class F>
+auto with_threads(int threads, F&& f) {
+    const int before = mechlens::num_threads();
+    mechlens::set_num_threads(threads);
+    auto result = f();
+    mechlens::set_num_threads(before);
+    return result;
+}
+
 mechlens::sae_trainer_options toy_options(mechlens::sae_architecture arch, std::int64_t tokens) {
     mechlens::sae_trainer_options o;
     o.sae.architecture = arch;
@@ -355,18 +361,11 @@ TEST_CASE("sae training step: the dense path's a^T b product equals double sums 
         std::vector<double> expected(static_cast<std::size_t>(a_cols * b_cols));
         mechlens::detail::sae_gemm_xtw(ad.data(), rows, a_cols, bd.data(), b_cols, expected.data());
         auto product = [&](int threads) {
-            std::vector<float> y(static_cast<std::size_t>(a_cols * b_cols), -1.0f);
-#if defined(_OPENMP)
-            const int before = omp_get_max_threads();
-            omp_set_num_threads(threads);
-#else
-            (void)threads;
-#endif
-            mechlens::detail::sae_gemm_xtw(a.data(), rows, a_cols, b.data(), b_cols, y.data());
-#if defined(_OPENMP)
-            omp_set_num_threads(before);
-#endif
-            return y;
+            return with_threads(threads, [&] {
+                std::vector<float> y(static_cast<std::size_t>(a_cols * b_cols), -1.0f);
+                mechlens::detail::sae_gemm_xtw(a.data(), rows, a_cols, b.data(), b_cols, y.data());
+                return y;
+            });
         };
         const std::vector<float> one = product(1);
         double worst = 0;
@@ -389,18 +388,11 @@ TEST_CASE("sae trainer: runs are deterministic, independent of thread count, and
             o.seed = seed;
             o.batch_size = 512;
             o.b_dec_init = mechlens::sae_b_dec_init::geometric_median;
-#if defined(_OPENMP)
-            const int before = omp_get_max_threads();
-            omp_set_num_threads(threads);
-#else
-            (void)threads;
-#endif
-            mechlens::sae_trainer trainer(o, t.dims);
-            trainer.train(data);
-#if defined(_OPENMP)
-            omp_set_num_threads(before);
-#endif
-            return trainer.parameters();
+            return with_threads(threads, [&] {
+                mechlens::sae_trainer trainer(o, t.dims);
+                trainer.train(data);
+                return trainer.parameters();
+            });
         };
         const auto a = run(1, 1);
         CHECK(a == run(1, 1));
@@ -792,18 +784,13 @@ TEST_CASE("sae trainer: jumprelu's tanh penalty and pre-activation loss, constan
         o.checkpoint_dir = dir / "whole";
         auto run = [&](int threads, mechlens::sae_trainer& trainer) {
             mechlens::in_memory_batches data(rows, {}, t.dims);
-#if defined(_OPENMP)
-            const int before = omp_get_max_threads();
-            omp_set_num_threads(threads);
-#else
-            (void)threads;
-#endif
-            double pre_act = 0;
-            trainer.train(data, [&](const mechlens::sae_training_progress& p) { pre_act = std::max(pre_act, p.loss.pre_act); });
-#if defined(_OPENMP)
-            omp_set_num_threads(before);
-#endif
-            return pre_act;
+            return with_threads(threads, [&] {
+                double pre_act = 0;
+                trainer.train(data, [&](const mechlens::sae_training_progress& p) {
+                    pre_act = std::max(pre_act, p.loss.pre_act);
+                });
+                return pre_act;
+            });
         };
         mechlens::sae_trainer whole(o, t.dims);
         const double pre_act = run(1, whole);
