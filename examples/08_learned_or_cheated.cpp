@@ -382,38 +382,24 @@ feature_evidence sae_features(const mechlens::transformer& model, const prompt_s
 
     mechlens::dynamic_hooks hooks(c);
     (void)hooks.splice(sae_site, std::make_shared<const mechlens::sae_splice>(sae.weights, sae.options));
-    const std::string prefix = std::string(sae_site) + ".";
-    const mechlens::site acts_site = *mechlens::parse_site(prefix + "hook_sae_acts_post");
+    const mechlens::site acts_site = *mechlens::parse_site(std::string(sae_site) + ".hook_sae_acts_post");
     feature_evidence out;
 
-    // How well it reconstructs the prompts' rows, and its features' activations.
-    double error = 0.0, total = 0.0, active = 0.0;
+    // How well it reconstructs the prompts' rows (mechlens::evaluate_sae, as `mechlens sae eval` reports it).
+    const mechlens::sae_eval_result evaluation =
+        mechlens::evaluate_sae(model, sae_site, sae.weights, sae.options, prompts.view(), {});
+    out.explained_variance = evaluation.explained_variance;
+    out.l0 = evaluation.l0;
+    // The features' activations on the prompts.
     std::vector<float> acts;  // (prompts, pos, d_sae)
     {
-        std::vector<float> input;
-        auto copy_to = [](std::vector<float>& to) {
-            return [&to](const mechlens::site&, mechlens::activation_view v, const mechlens::hook_context&) {
-                const auto x = v.as<3>();  // (prompts, pos, width)
-                to.assign(x.data(), x.data() + x.size());
-            };
-        };
-        auto a = hooks.scoped(prefix + "hook_sae_input", copy_to(input));
-        auto b = hooks.scoped(prefix + "hook_sae_acts_post", copy_to(acts));
-        std::vector<float> recons;
-        auto r = hooks.scoped(prefix + "hook_sae_recons", copy_to(recons));
+        auto copy = hooks.scoped(acts_site, [&acts](const mechlens::site&, mechlens::activation_view v,
+                                                    const mechlens::hook_context&) {
+            const auto x = v.as<3>();  // (prompts, pos, d_sae)
+            acts.assign(x.data(), x.data() + x.size());
+        });
         (void)mechlens::forward_logits(model, prompts.view(), hooks);
-        const auto width = static_cast<std::size_t>(c.d_model);
-        const std::size_t n = input.size() / width;
-        std::vector<double> mean(width, 0.0);
-        for (std::size_t i = 0; i < input.size(); ++i) mean[i % width] += static_cast<double>(input[i]) / static_cast<double>(n);
-        for (std::size_t i = 0; i < input.size(); ++i) {
-            error += std::pow(static_cast<double>(input[i]) - static_cast<double>(recons[i]), 2);
-            total += std::pow(static_cast<double>(input[i]) - mean[i % width], 2);
-        }
-        for (float v : acts) active += v > 0.0f ? 1.0 : 0.0;
-        out.l0 = active / static_cast<double>(n);
     }
-    out.explained_variance = 1.0 - error / total;
 
     // Integrated gradients over the features (from all features off).
     const auto ig = mechlens::integrated_gradients(model, prompts.view(), logit_difference(prompts), acts_site,
