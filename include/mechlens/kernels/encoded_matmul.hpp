@@ -140,6 +140,46 @@ inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& sca
     }
 }
 
+/// The eight 6-bit scales of a Q4_K / Q5_K super-block's 12 packed bytes, then its eight 6-bit minimums, one per
+/// byte: bytes 0-3 hold scales 0-3 in their low six bits and the top two bits of scales 4-7; bytes 4-7 the same for
+/// the minimums; bytes 8-11 the low four bits of scales 4-7 (low nibble) and of minimums 4-7 (high nibble).
+inline std::array<std::uint8_t, 16> k_quant_unpacked_scales(const std::byte* packed) noexcept {
+    std::uint32_t word[3];  // little-endian, whatever the host
+    for (std::size_t i = 0; i < 3; ++i)
+        word[i] = byte_at(packed, 4 * i) | byte_at(packed, 4 * i + 1) << 8 | byte_at(packed, 4 * i + 2) << 16 |
+                  byte_at(packed, 4 * i + 3) << 24;
+    constexpr std::uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, top2 = 0x03030303u;
+    const std::uint32_t out[4] = {
+        word[0] & low6,                                          // scales 0-3
+        (word[2] & low4) | ((word[0] >> 6) & top2) << 4,         // scales 4-7
+        word[1] & low6,                                          // minimums 0-3
+        ((word[2] >> 4) & low4) | ((word[1] >> 6) & top2) << 4,  // minimums 4-7
+    };
+    std::array<std::uint8_t, 16> bytes;
+    if constexpr (std::endian::native == std::endian::little)
+        std::memcpy(bytes.data(), out, sizeof out);
+    else
+        for (std::size_t i = 0; i < 16; ++i) bytes[i] = static_cast<std::uint8_t>(out[i / 4] >> (8 * (i % 4)));
+    return bytes;
+}
+
+/// scale[s] = d * scale_s and minimum[s] = dmin * min_s for the eight sub-blocks of a Q4_K / Q5_K super-block
+/// (the loader's dequantizer's products), eight lanes at a time on x86 (AVX2 and up).
+inline void k_quant_scales_times(const std::byte* packed, float d, float dmin, float* scale, float* minimum) noexcept {
+    const std::array<std::uint8_t, 16> six_bit = k_quant_unpacked_scales(packed);
+#if defined(__AVX2__)
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(six_bit.data()));
+    _mm256_storeu_ps(scale, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), _mm256_set1_ps(d)));
+    _mm256_storeu_ps(minimum, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))),
+                                            _mm256_set1_ps(dmin)));
+#else
+    for (std::size_t sub = 0; sub < 8; ++sub) {
+        scale[sub] = d * static_cast<float>(six_bit[sub]);
+        minimum[sub] = dmin * static_cast<float>(six_bit[8 + sub]);
+    }
+#endif
+}
+
 /// Q8_0: w = q * d.
 struct q8_0_blocks {
     static constexpr index_t elements = 32;  ///< Weights per block.
@@ -164,29 +204,45 @@ struct q4_k_blocks {
     static constexpr std::size_t bytes = 144;  ///< Bytes per super-block.
     /// The eight sub-blocks' scales and minimums, multiplied out as the dequantizer does.
     struct scales {
-        std::array<float, 8> scale;    ///< d * scale_s.
-        std::array<float, 8> minimum;  ///< dmin * min_s.
+        std::array<float, 8> scale;          ///< d * scale_s.
+        std::array<float, 8> minus_minimum;  ///< -(dmin * min_s).
     };
     /// Unpacks the 6-bit scales and minimums.
     static scales prepare(const std::byte* block) noexcept {
-        const float d = half_at(block), dmin = half_at(block + 2);
-        scales s{};
-        for (unsigned sub = 0; sub < 8; ++sub) {
-            unsigned scale = 0, minimum = 0;
-            k_quant_scale_min(block + 4, sub, scale, minimum);
-            s.scale[sub] = d * static_cast<float>(scale);
-            s.minimum[sub] = dmin * static_cast<float>(minimum);
-        }
+        scales s;
+        k_quant_scales_times(block + 4, half_at(block), -half_at(block + 2), s.scale.data(), s.minus_minimum.data());
         return s;
     }
     /// Weights [C * simd_width, (C + 1) * simd_width): sub-block s = e / 32 keeps its nibbles in byte group s / 2,
-    /// low nibbles for even s, high for odd.
+    /// low nibbles for even s, high for odd. Each weight is q * scale_s - minimum_s with an exact product (a 4-bit q
+    /// times a half times a 6-bit integer fits in a float's 24 bits), so one fused multiply-add rounds it exactly as
+    /// the dequantizer's multiply then subtract. With 16 lanes (AVX-512) the sub-block's sixteen possible weights
+    /// are computed once as a table and each weight is looked up by its nibble (vpermps reads the low four bits of
+    /// an index, so the low nibble needs no mask).
     template <index_t C>
     static float_batch chunk(const std::byte* block, const scales& s) noexcept {
         constexpr index_t first = C * simd_width, sub = first / 32;
         const int_batch packed = load_bytes_widened<false>(block + 16 + 32 * (sub / 2) + first % 32);
-        const int_batch q = sub % 2 == 0 ? (packed & int_batch(15)) : (packed >> 4);
-        return xsimd::to_float(q) * float_batch(s.scale[sub]) - float_batch(s.minimum[sub]);
+#if XSIMD_WITH_AVX512F
+        if constexpr (std::is_base_of_v<xsimd::avx512f, float_batch::arch_type>) {
+            const __m512 nibble_values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            // Lane `sub` of the eight scales spread over the vector (from the register prepare() filled: a
+            // broadcast from memory would first move it out lane by lane).
+            const __m512i lane = _mm512_set1_epi32(static_cast<int>(sub));
+            const auto spread = [&lane](const std::array<float, 8>& values) MECHLENS_TILE_INLINE {
+                return float_batch(_mm512_permutexvar_ps(lane, _mm512_castps256_ps512(_mm256_loadu_ps(values.data()))));
+            };
+            const float_batch table =
+                fused_multiply_add(float_batch(nibble_values), spread(s.scale), spread(s.minus_minimum));
+            const __m512i index = sub % 2 == 0 ? packed.data : _mm512_srli_epi32(packed.data, 4);
+            return _mm512_permutexvar_ps(index, table);
+        } else
+#endif
+        {
+            const int_batch q = sub % 2 == 0 ? (packed & int_batch(15)) : (packed >> 4);
+            return fused_multiply_add(xsimd::to_float(q), float_batch(s.scale[sub]),
+                                      float_batch(s.minus_minimum[sub]));
+        }
     }
 };
 
@@ -194,14 +250,53 @@ struct q4_k_blocks {
 struct q6_k_blocks {
     static constexpr index_t elements = 256;   ///< Weights per super-block.
     static constexpr std::size_t bytes = 210;  ///< Bytes per super-block.
-    /// The sixteen sub-blocks' scales times d.
+#if defined(__AVX512BW__)
+    /// Whether prepare() assembles the block's 256 values of q - 32 with 64-byte integer operations (AVX-512BW).
+    static constexpr bool bytes_assembled = std::is_base_of_v<xsimd::avx512f, float_batch::arch_type>;
+#else
+    /// Whether prepare() assembles the block's 256 values of q - 32 with 64-byte integer operations (AVX-512BW).
+    static constexpr bool bytes_assembled = false;
+#endif
+    /// The sixteen sub-blocks' scales times d and, with bytes_assembled, every q - 32 of the block.
     struct scales {
-        std::array<float, 16> scale;  ///< d * scale_s.
+        alignas(64) std::array<float, 16> scale;  ///< d * scale_s.
+#if defined(__AVX512BW__)
+        alignas(64) std::array<std::int8_t, 256> centred;  ///< q - 32 for each weight (with bytes_assembled).
+#endif
     };
-    /// Reads the int8 scales and d.
+    /// Reads the int8 scales and d; with bytes_assembled also puts together each q from its two fields, 64 weights
+    /// per instruction: in half h (weights 128 h onwards), weight e takes the low (e < 64) or high nibble of low
+    /// byte 64 h + e % 64 and bits 2 (e / 32) of high byte 128 + 32 h + e % 32.
     static scales prepare(const std::byte* block) noexcept {
         const float d = half_at(block + 208);
-        scales s{};
+        scales s;
+#if defined(__AVX512BW__)
+        if constexpr (bytes_assembled) {
+            const __m512 sub_scales = _mm512_cvtepi32_ps(
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 192))));
+            _mm512_store_ps(s.scale.data(), _mm512_mul_ps(sub_scales, _mm512_set1_ps(d)));
+            const __m512i low_nibble = _mm512_set1_epi8(0x0F), high_field = _mm512_set1_epi8(0x30);
+            // Per 16-bit word: bytes 0-31 of the 64 take bits 0-1 (first 64 weights) or 4-5 (last 64) of their high
+            // byte, bytes 32-63 bits 2-3 or 6-7; each shift brings those bits to positions 4-5 of the same byte.
+            const __m512i first_shift = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+            const __m512i second_shift = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+            for (std::size_t half = 0; half < 2; ++half) {
+                const __m512i low = _mm512_loadu_si512(block + 64 * half);
+                const __m512i high = _mm512_broadcast_i64x4(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 128 + 32 * half)));
+                const __m512i first =
+                    _mm512_or_si512(_mm512_and_si512(low, low_nibble),
+                                    _mm512_and_si512(_mm512_sllv_epi16(high, first_shift), high_field));
+                const __m512i second =
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(low, 4), low_nibble),
+                                    _mm512_and_si512(_mm512_srlv_epi16(high, second_shift), high_field));
+                const __m512i centre = _mm512_set1_epi8(32);
+                _mm512_store_si512(s.centred.data() + 128 * half, _mm512_sub_epi8(first, centre));
+                _mm512_store_si512(s.centred.data() + 128 * half + 64, _mm512_sub_epi8(second, centre));
+            }
+            return s;
+        }
+#endif
         for (std::size_t sub = 0; sub < 16; ++sub)
             s.scale[sub] = d * static_cast<float>(static_cast<std::int8_t>(byte_at(block + 192, sub)));
         return s;
@@ -211,12 +306,21 @@ struct q6_k_blocks {
     template <index_t C>
     static float_batch chunk(const std::byte* block, const scales& s) noexcept {
         constexpr index_t first = C * simd_width, half = first / 128, within = first % 128;
-        const int_batch low_bytes = load_bytes_widened<false>(block + 64 * half + within % 64);
-        const int_batch high_bytes = load_bytes_widened<false>(block + 128 + 32 * half + first % 32);
-        const int_batch low = within < 64 ? (low_bytes & int_batch(15)) : (low_bytes >> 4);
-        const int_batch high = (high_bytes >> static_cast<int>(2 * (within / 32))) & int_batch(3);
-        const int_batch q = (low | (high << 4)) - int_batch(32);
-        return xsimd::to_float(q) * float_batch(s.scale[static_cast<std::size_t>(first / 16)]);
+#if defined(__AVX512BW__)
+        if constexpr (bytes_assembled) {
+            const auto* centred = reinterpret_cast<const __m128i*>(s.centred.data() + first);
+            const __m512i q = _mm512_cvtepi8_epi32(_mm_load_si128(centred));
+            return xsimd::to_float(int_batch(q)) * float_batch(s.scale[static_cast<std::size_t>(C)]);
+        } else
+#endif
+        {
+            const int_batch low_bytes = load_bytes_widened<false>(block + 64 * half + within % 64);
+            const int_batch high_bytes = load_bytes_widened<false>(block + 128 + 32 * half + first % 32);
+            const int_batch low = within < 64 ? (low_bytes & int_batch(15)) : (low_bytes >> 4);
+            const int_batch high = (high_bytes >> static_cast<int>(2 * (within / 32))) & int_batch(3);
+            const int_batch q = (low | (high << 4)) - int_batch(32);
+            return xsimd::to_float(q) * float_batch(s.scale[static_cast<std::size_t>(first / 16)]);
+        }
     }
 };
 
@@ -263,7 +367,7 @@ MECHLENS_TILE_FLATTEN inline void encoded_tile(const encoded_operands& op, index
         }
         const float* x = op.x + b * Blocks::elements;
         unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
-            const float_batch xv = float_batch::load_unaligned(x + c * simd_width);
+            const float_batch xv = in_register(float_batch::load_unaligned(x + c * simd_width));
             unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
                 const float_batch wv = Blocks::template chunk<decltype(c)::value>(
                     row[j] + static_cast<std::size_t>(b) * Blocks::bytes, scales[j]);
