@@ -184,6 +184,7 @@ inline void k_quant_scales_times(const std::byte* packed, float d, float dmin, f
 struct q8_0_blocks {
     static constexpr index_t elements = 32;  ///< Weights per block.
     static constexpr std::size_t bytes = 34;  ///< Bytes per block.
+    static constexpr bool scales_from_memory = false;  ///< One scale per block: kept in a register.
     /// The block's scale.
     struct scales {
         float d;  ///< Block scale.
@@ -202,6 +203,7 @@ struct q8_0_blocks {
 struct q4_k_blocks {
     static constexpr index_t elements = 256;   ///< Weights per super-block.
     static constexpr std::size_t bytes = 144;  ///< Bytes per super-block.
+    static constexpr bool scales_from_memory = true;  ///< Broadcast each sub-block's scale from memory.
     /// The eight sub-blocks' scales and minimums, multiplied out as the dequantizer does.
     struct scales {
         std::array<float, 8> scale;          ///< d * scale_s.
@@ -226,14 +228,8 @@ struct q4_k_blocks {
 #if XSIMD_WITH_AVX512F
         if constexpr (std::is_base_of_v<xsimd::avx512f, float_batch::arch_type>) {
             const __m512 nibble_values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-            // Lane `sub` of the eight scales spread over the vector (from the register prepare() filled: a
-            // broadcast from memory would first move it out lane by lane).
-            const __m512i lane = _mm512_set1_epi32(static_cast<int>(sub));
-            const auto spread = [&lane](const std::array<float, 8>& values) MECHLENS_TILE_INLINE {
-                return float_batch(_mm512_permutexvar_ps(lane, _mm512_castps256_ps512(_mm256_loadu_ps(values.data()))));
-            };
-            const float_batch table =
-                fused_multiply_add(float_batch(nibble_values), spread(s.scale), spread(s.minus_minimum));
+            const float_batch table = fused_multiply_add(float_batch(nibble_values), float_batch(s.scale[sub]),
+                                                         float_batch(s.minus_minimum[sub]));
             const __m512i index = sub % 2 == 0 ? packed.data : _mm512_srli_epi32(packed.data, 4);
             return _mm512_permutexvar_ps(index, table);
         } else
@@ -257,6 +253,8 @@ struct q6_k_blocks {
     /// Whether prepare() assembles the block's 256 values of q - 32 with 64-byte integer operations (AVX-512BW).
     static constexpr bool bytes_assembled = false;
 #endif
+    /// Broadcast each sub-block's scale from memory (measured faster with bytes_assembled only).
+    static constexpr bool scales_from_memory = bytes_assembled;
     /// The sixteen sub-blocks' scales times d and, with bytes_assembled, every q - 32 of the block.
     struct scales {
         alignas(64) std::array<float, 16> scale;  ///< d * scale_s.
@@ -324,6 +322,16 @@ struct q6_k_blocks {
     }
 };
 
+/// Makes `p` opaque to the optimiser (same value): what it points to must then be read from memory.
+template <class T>
+MECHLENS_TILE_INLINE inline void opaque_pointer(T*& p) noexcept {
+#if defined(__GNUC__)
+    __asm__("" : "+r"(p));
+#else
+    (void)p;
+#endif
+}
+
 /// Operands of one product of a single row x (depth) with an encoded matrix: y (outputs).
 struct encoded_operands {
     const float* x;             ///< The input row.
@@ -365,12 +373,17 @@ MECHLENS_TILE_FLATTEN inline void encoded_tile(const encoded_operands& op, index
                                          static_cast<std::size_t>(b) * outputs * Blocks::bytes;
             for (std::size_t line = 0; line < outputs * Blocks::bytes; line += 64) prefetch(ahead + line);
         }
+        // The K-quants read their scales through a pointer the compiler cannot see through, so each is broadcast
+        // from memory (a load) instead of moved out of the register prepare() filled lane by lane (shuffles, which
+        // the table lookups already keep busy): Q4_K 8 %, Q6_K 18 % more weights per second on Zen 5 (AVX-512).
+        const typename Blocks::scales* block_scales = scales;
+        if constexpr (Blocks::scales_from_memory) opaque_pointer(block_scales);
         const float* x = op.x + b * Blocks::elements;
         unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
             const float_batch xv = in_register(float_batch::load_unaligned(x + c * simd_width));
             unrolled<RN>([&](auto j) MECHLENS_TILE_INLINE {
                 const float_batch wv = Blocks::template chunk<decltype(c)::value>(
-                    row[j] + static_cast<std::size_t>(b) * Blocks::bytes, scales[j]);
+                    row[j] + static_cast<std::size_t>(b) * Blocks::bytes, block_scales[j]);
                 acc[j] = fused_multiply_add(xv, wv, acc[j]);
             });
         });
