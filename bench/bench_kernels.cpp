@@ -7,12 +7,19 @@
 // threads is a per-core efficiency).
 //
 //   mechlens_bench_kernels --benchmark_min_time=0.05 [--benchmark_filter=softmax]
+// The gemv/ rows are one decode step's product, from F32 weights or from Q8_0 / Q4_K / Q6_K blocks, reported as weight
+// bytes read per second and as a fraction of the single-core DRAM read bandwidth measured at start-up
+// (`read_gbytes_per_s`; `of_bandwidth` per row).
+//
 //   mechlens_bench_kernels --benchmark_filter='gemm/|peak' --benchmark_repetitions=3
+//   mechlens_bench_kernels --benchmark_filter='gemv|peak/read' --benchmark_repetitions=3
 
 #include <cstdint>
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
+#include <cstddef>
 #include <random>
 #include <string>
 #include <vector>
@@ -247,6 +254,63 @@ void bm_peak_fma(benchmark::State& state) {
 }
 BENCHMARK(bm_peak_fma)->Name("peak/fma_one_thread")->Unit(benchmark::kMicrosecond);
 
+/// Bytes of the bandwidth probe's buffer: far beyond any last-level cache, so every pass reads DRAM.
+constexpr index_t bandwidth_probe_floats = index_t{1} << 26;  // 256 MiB
+
+/// Streams the probe reads at once: one core reached its highest DRAM read rate with four (Zen 5: 39 GB/s against 31
+/// with one stream; eight and sixteen streams were slower again).
+constexpr index_t bandwidth_probe_streams = 4;
+
+/// Sums `n` floats as bandwidth_probe_streams consecutive parts read side by side, one vector accumulator each:
+/// one core's streaming read, bound by memory.
+float read_probe(const float* data, index_t n) {
+    constexpr auto streams = static_cast<std::size_t>(bandwidth_probe_streams);
+    std::array<kn::float_batch, streams> acc;
+    acc.fill(kn::float_batch(0.0f));
+    const index_t part = n / bandwidth_probe_streams;
+    for (index_t i = 0; i + kn::simd_width <= part; i += kn::simd_width)
+        for (std::size_t k = 0; k < streams; ++k)
+            acc[k] += kn::float_batch::load_aligned(data + static_cast<index_t>(k) * part + i);
+    kn::float_batch sum(0.0f);
+    for (const auto& a : acc) sum += a;
+    return xsimd::hadd(sum);
+}
+
+/// The probe's buffer, filled once (every page touched before any timing).
+const mechlens::tensor<float, 1>& bandwidth_buffer() {
+    static const mechlens::tensor<float, 1> buffer = [] {
+        mechlens::tensor<float, 1> b({bandwidth_probe_floats});
+        b.fill(1.0f);
+        return b;
+    }();
+    return buffer;
+}
+
+/// Single-thread streaming read bandwidth (bytes/s) from DRAM, the best of three passes over 256 MiB.
+double measure_read_bandwidth() {
+    const auto& buffer = bandwidth_buffer();
+    double best = 0.0;
+    for (int run = 0; run < 3; ++run) {
+        const auto start = std::chrono::steady_clock::now();
+        const float keep = read_probe(buffer.data(), buffer.size());
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        benchmark::DoNotOptimize(keep);
+        best = std::max(best, static_cast<double>(buffer.size()) * sizeof(float) / seconds);
+    }
+    return best;
+}
+
+/// The measured single-core read bandwidth that the gemv/ rows divide by (set in main).
+double read_bandwidth = 0.0;
+
+/// The bandwidth probe itself as a row (bytes_per_second should match read_gbytes_per_s).
+void bm_read_bandwidth(benchmark::State& state) {
+    const auto& buffer = bandwidth_buffer();
+    for (auto _ : state) benchmark::DoNotOptimize(read_probe(buffer.data(), buffer.size()));
+    state.SetBytesProcessed(state.iterations() * buffer.size() * static_cast<std::int64_t>(sizeof(float)));
+}
+BENCHMARK(bm_read_bandwidth)->Name("peak/read_bandwidth_one_thread")->Unit(benchmark::kMillisecond);
+
 /// Sets the OpenMP and Eigen thread counts; returns the previous Eigen count (OpenMP's is the same or unset).
 int use_threads(int threads) {
     const int previous = Eigen::nbThreads();
@@ -309,6 +373,74 @@ BENCHMARK_TEMPLATE(bm_gemm, gemm_impl::eigen)
     ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMicrosecond);
 
+/// A (outputs, depth) weight matrix of random blocks of `format` with finite, moderate half scales.
+std::vector<std::byte> random_weight_blocks(kn::block_format format, index_t outputs, index_t depth) {
+    const std::size_t block_bytes = kn::block_bytes(format);
+    const auto blocks = static_cast<std::size_t>(outputs * (depth / kn::block_elements(format)));
+    std::vector<std::byte> bytes(blocks * block_bytes);
+    std::mt19937 rng(11);
+    for (std::byte& b : bytes) b = static_cast<std::byte>(rng() & 0xFFu);
+    const auto put_scale = [&](std::byte* at) {
+        const float value = std::ldexp(1.0f + static_cast<float>(rng() % 1024) / 1024.0f, -8);
+        mechlens::detail::store_half(at, mechlens::detail::float_to_half(value));
+    };
+    for (std::size_t k = 0; k < blocks; ++k) {
+        std::byte* block = bytes.data() + k * block_bytes;
+        if (format == kn::block_format::q8_0) put_scale(block);
+        if (format == kn::block_format::q4_k) put_scale(block), put_scale(block + 2);
+        if (format == kn::block_format::q6_k) put_scale(block + 208);
+    }
+    return bytes;
+}
+
+/// One decode-step product y = x w^T for a single row x (depth 768) and w (outputs, 768) as F32 (format -1) or as
+/// the blocks of a Q8_0 (0), Q4_K (1) or Q6_K (2) matrix (args: format, outputs, threads). Reports the weight bytes
+/// read per second and of_bandwidth, that rate over the measured single-core read bandwidth (131,072 outputs: 57 MB
+/// of Q4_K to 403 MB of F32, beyond any L3 here; 2,048: an MLP matrix, which sits in L2 or L3).
+void bm_gemv(benchmark::State& state) {
+    const index_t depth = 768, outputs = state.range(1);
+    const int previous_threads = use_threads(static_cast<int>(state.range(2)));
+    mechlens::tensor<float, 2> x({1, depth}), y({1, outputs});
+    const auto xv = random_vector(depth, -1.0f, 1.0f, 6);
+    std::copy(xv.begin(), xv.end(), x.data());
+    double weight_bytes = 0.0;
+    if (state.range(0) < 0) {
+        mechlens::tensor<float, 2> w({outputs, depth});
+        const auto wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
+        std::copy(wv.begin(), wv.end(), w.data());
+        for (auto _ : state) {
+            kn::linear(x, w, y);
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+        }
+        weight_bytes = static_cast<double>(w.size()) * sizeof(float);
+    } else {
+        const auto format = static_cast<kn::block_format>(state.range(0));
+        const std::vector<std::byte> blocks = random_weight_blocks(format, outputs, depth);
+        const kn::encoded_matrix m{nullptr, blocks.data(), format, outputs, depth,
+                                   blocks.size() / static_cast<std::size_t>(outputs)};
+        for (auto _ : state) {
+            kn::encoded_linear(x, m, y);
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+        }
+        weight_bytes = static_cast<double>(blocks.size());
+    }
+    state.counters["weights_per_s"] = benchmark::Counter(static_cast<double>(outputs * depth),
+                                                         benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["weight_bytes_per_s"] =
+        benchmark::Counter(weight_bytes, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_bandwidth"] =
+        benchmark::Counter(weight_bytes / read_bandwidth, benchmark::Counter::kIsIterationInvariantRate);
+    use_threads(previous_threads);
+}
+BENCHMARK(bm_gemv)
+    ->Name("gemv")
+    ->ArgsProduct({{-1, 0, 1, 2}, {2048, 131072}, {1, 2}})
+    ->ArgNames({"format", "outputs", "threads"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -318,6 +450,8 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("eigen_simd", Eigen::SimdInstructionSetsInUse());
     peak_flops = measure_peak_flops();
     benchmark::AddCustomContext("peak_fma_gflops", std::to_string(peak_flops * 1e-9));
+    read_bandwidth = measure_read_bandwidth();
+    benchmark::AddCustomContext("read_gbytes_per_s", std::to_string(read_bandwidth * 1e-9));
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();
