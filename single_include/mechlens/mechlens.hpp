@@ -22545,7 +22545,7 @@ inline void sae_gemm_xwt(const float* x, index_t rows, const float* w, index_t o
 
 /// The register tile of sae_gemm_xtw: y[j0 + t][i0 + q * W + lane] for t < RM, q < QN, each the fused
 /// multiply-add chain over the rows r in order, from zero.
-template <index_t RM, index_t QN>
+template <index_t RM, index_t QN, bool FullLast>
 inline void sae_xtw_tile(const float* a, index_t rows, index_t a_cols, const float* b, index_t b_cols, float* y,
                          index_t j0, index_t i0) noexcept {
     using kernels::float_batch;
@@ -22560,8 +22560,10 @@ inline void sae_xtw_tile(const float* a, index_t rows, index_t a_cols, const flo
         float_batch bv[Q];
         for (std::size_t q = 0; q + 1 < Q; ++q)
             bv[q] = float_batch::load_unaligned(b_row + static_cast<index_t>(q) * lanes);
-        bv[Q - 1] = tail == lanes ? float_batch::load_unaligned(b_row + (QN - 1) * lanes)
-                                  : kernels::detail::load_partial(b_row + (QN - 1) * lanes, tail, 0.0f);
+        if constexpr (FullLast)
+            bv[Q - 1] = float_batch::load_unaligned(b_row + (QN - 1) * lanes);
+        else
+            bv[Q - 1] = kernels::detail::load_partial(b_row + (QN - 1) * lanes, tail, 0.0f);
         const float* a_row = a + r * a_cols + j0;
         for (std::size_t t = 0; t < R; ++t) {
             const float_batch av(a_row[t]);
@@ -22587,13 +22589,20 @@ inline void sae_gemm_xtw(const float* a, index_t rows, index_t a_cols, const flo
     const bool parallel = static_cast<double>(rows) * static_cast<double>(a_cols) * static_cast<double>(b_cols) >=
                           static_cast<double>(1 << 20);
     (void)parallel;  // read by the OpenMP pragma only
+    // Whether the tile's last vector of columns is whole (chosen outside the loop over rows).
+    const auto tile_of = [&]<index_t RM, index_t QN>(index_t j0, index_t i0) {
+        if (b_cols - i0 - (QN - 1) * lanes >= lanes)
+            sae_xtw_tile<RM, QN, true>(a, rows, a_cols, b, b_cols, y, j0, i0);
+        else
+            sae_xtw_tile<RM, QN, false>(a, rows, a_cols, b, b_cols, y, j0, i0);
+    };
     // Tiles of RM rows of y by `width` vectors (1 to 4) of its columns.
     const auto run = [&]<index_t RM>(index_t width, index_t j0, index_t i0) {
         switch (width) {
-            case 4: sae_xtw_tile<RM, 4>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
-            case 3: sae_xtw_tile<RM, 3>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
-            case 2: sae_xtw_tile<RM, 2>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
-            default: sae_xtw_tile<RM, 1>(a, rows, a_cols, b, b_cols, y, j0, i0); break;
+            case 4: tile_of.template operator()<RM, 4>(j0, i0); break;
+            case 3: tile_of.template operator()<RM, 3>(j0, i0); break;
+            case 2: tile_of.template operator()<RM, 2>(j0, i0); break;
+            default: tile_of.template operator()<RM, 1>(j0, i0); break;
         }
     };
     MECHLENS_SAE_PARALLEL_FOR
