@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -113,11 +114,10 @@ void decode_k4_block(const std::byte* block, float* out) noexcept {
     const std::byte* scales = block + 4;
     const std::byte* high = block + 16;
     const std::byte* qs = block + (FiveBits ? 48 : 16);
+    const std::array<std::uint8_t, 16> six_bit = kernels::detail::k_quant_unpacked_scales(scales);
     for (unsigned s = 0; s < 8; ++s) {
-        unsigned scale = 0, minimum = 0;
-        kernels::detail::k_quant_scale_min(scales, s, scale, minimum);
-        const float sub_scale = d * static_cast<float>(scale);
-        const float sub_minimum = dmin * static_cast<float>(minimum);
+        const float sub_scale = d * static_cast<float>(six_bit[s]);
+        const float sub_minimum = dmin * static_cast<float>(six_bit[8 + s]);
         for (unsigned l = 0; l < 32; ++l) {
             const unsigned byte = ggml_byte(qs, 32 * (s / 2) + l);
             unsigned q = s % 2 == 0 ? (byte & 0x0Fu) : (byte >> 4);

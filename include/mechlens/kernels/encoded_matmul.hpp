@@ -129,20 +129,10 @@ inline void prefetch(std::uintptr_t address) noexcept {
 /// Byte `i` of `p`.
 inline unsigned byte_at(const std::byte* p, std::size_t i) noexcept { return std::to_integer<unsigned>(p[i]); }
 
-/// Q4_K / Q5_K: sub-block s's 6-bit scale and minimum from the 12 packed bytes (shared with the loader's decoder).
-inline void k_quant_scale_min(const std::byte* scales, unsigned s, unsigned& scale, unsigned& minimum) noexcept {
-    if (s < 4) {
-        scale = byte_at(scales, s) & 63u;
-        minimum = byte_at(scales, s + 4) & 63u;
-    } else {
-        scale = (byte_at(scales, s + 4) & 0x0Fu) | (byte_at(scales, s - 4) >> 6) << 4;
-        minimum = (byte_at(scales, s + 4) >> 4) | (byte_at(scales, s) >> 6) << 4;
-    }
-}
-
 /// The eight 6-bit scales of a Q4_K / Q5_K super-block's 12 packed bytes, then its eight 6-bit minimums, one per
 /// byte: bytes 0-3 hold scales 0-3 in their low six bits and the top two bits of scales 4-7; bytes 4-7 the same for
 /// the minimums; bytes 8-11 the low four bits of scales 4-7 (low nibble) and of minimums 4-7 (high nibble).
+/// Shared with the loader's decoder (io/ggml_quants.hpp).
 inline std::array<std::uint8_t, 16> k_quant_unpacked_scales(const std::byte* packed) noexcept {
     std::uint32_t word[3];  // little-endian, whatever the host
     for (std::size_t i = 0; i < 3; ++i)
