@@ -13,6 +13,9 @@
 //
 //   mechlens_bench_kernels --benchmark_filter='gemm/|peak' --benchmark_repetitions=3
 //   mechlens_bench_kernels --benchmark_filter='gemv|peak/read' --benchmark_repetitions=3
+// The encoded_gemm/ rows are a 128-token prefill's product from the same blocks (or F32), against the FMA peak:
+//
+//   mechlens_bench_kernels --benchmark_filter='encoded_gemm|peak/fma' --benchmark_repetitions=3
 
 #include <cstdint>
 #include <algorithm>
@@ -439,6 +442,48 @@ BENCHMARK(bm_gemv)
     ->ArgsProduct({{-1, 0, 1, 2}, {2048, 131072}, {1, 2}})
     ->ArgNames({"format", "outputs", "threads"})
     ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+/// A prefill's product y = x w^T for x (128, 768) and w (outputs, 768) as F32 (format -1) or as the blocks of a Q8_0
+/// (0), Q4_K (1) or Q6_K (2) matrix, decoded block by block into a buffer in cache (args: format, outputs, threads).
+/// Reports FLOPS per second of process CPU time and of_peak as the gemm/ rows do: the encoded rows' distance to the
+/// F32 row is what decoding the blocks costs.
+void bm_encoded_gemm(benchmark::State& state) {
+    const index_t rows = 128, depth = 768, outputs = state.range(1);
+    const int previous_threads = use_threads(static_cast<int>(state.range(2)));
+    mechlens::tensor<float, 2> x({rows, depth}), y({rows, outputs});
+    const auto xv = random_vector(rows * depth, -1.0f, 1.0f, 6);
+    std::copy(xv.begin(), xv.end(), x.data());
+    if (state.range(0) < 0) {
+        mechlens::tensor<float, 2> w({outputs, depth});
+        const auto wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
+        std::copy(wv.begin(), wv.end(), w.data());
+        for (auto _ : state) {
+            kn::linear(x, w, y);
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+        }
+    } else {
+        const auto format = static_cast<kn::block_format>(state.range(0));
+        const std::vector<std::byte> blocks = random_weight_blocks(format, outputs, depth);
+        const kn::encoded_matrix m{nullptr, blocks.data(), format, outputs, depth,
+                                   blocks.size() / static_cast<std::size_t>(outputs)};
+        for (auto _ : state) {
+            kn::encoded_linear(x, m, y);
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+        }
+    }
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(depth) * static_cast<double>(outputs);
+    state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["of_peak"] = benchmark::Counter(flops / peak_flops, benchmark::Counter::kIsIterationInvariantRate);
+    use_threads(previous_threads);
+}
+BENCHMARK(bm_encoded_gemm)
+    ->Name("encoded_gemm")
+    ->ArgsProduct({{-1, 0, 1, 2}, {768, 2048}, {1, 2}})
+    ->ArgNames({"format", "outputs", "threads"})
+    ->MeasureProcessCPUTime()
     ->Unit(benchmark::kMicrosecond);
 
 }  // namespace

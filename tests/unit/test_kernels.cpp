@@ -622,7 +622,19 @@ TEST_CASE("kernels: encoded_linear on Q8_0, Q4_K and Q6_K blocks gives kernels::
                                       decoded.data());
             const kn::encoded_matrix m{decoded.data(), blocks.data(), format, outputs, depth,
                                        static_cast<std::size_t>(blocks_per_row) * kn::block_bytes(format)};
-            for (const index_t rows : {1, 2}) {
+            // Decoding rows (the embedding lookup, the float copy made on demand, a prefill's blocks of w) gives
+            // the dequantizer's floats.
+            mechlens::tensor<float, 2> rows_decoded({outputs, depth});
+            rows_decoded.fill(123.0f);
+            kn::decode_encoded_rows(m, 0, outputs, rows_decoded.data());
+            require_identical(rows_decoded.data(), decoded.data(), decoded.size(), "decode_encoded_rows");
+            if (outputs >= 3) {
+                kn::decode_encoded_rows(m, 1, 2, rows_decoded.data());
+                require_identical(rows_decoded.data(), decoded.data() + depth, 2 * depth, "decode_encoded_rows 1..3");
+            }
+            // One row multiplies by the blocks in registers; more rows by blocks of w decoded into a buffer that
+            // stays in cache (13 rows: two tiles of six and an edge; 130: bands over threads).
+            for (const index_t rows : {1, 2, 13, 130}) {
                 const auto x = random_matrix(rows, depth, rng);
                 mechlens::tensor<float, 2> want({rows, outputs}), got({rows, outputs});
                 kn::linear(x, decoded, want);
@@ -648,6 +660,14 @@ TEST_CASE("kernels: encoded_linear on Q8_0, Q4_K and Q6_K blocks gives kernels::
 }
 
 TEST_CASE("kernels: encoded_linear refuses mismatched shapes and partial blocks", "[kernels][quant]") {
+    {
+        std::vector<std::byte> blocks(34 * 2);
+        std::vector<float> out(64);
+        const kn::encoded_matrix two_rows{nullptr, blocks.data(), kn::block_format::q8_0, 2, 32, 34};
+        CHECK_THROWS_WITH(kn::decode_encoded_rows(two_rows, 1, 2, out.data()),
+                          Catch::Contains("rows [1, 3) of a matrix of 2 rows"));
+        CHECK_THROWS_AS(kn::decode_encoded_rows(two_rows, -1, 1, out.data()), mechlens::shape_error);
+    }
     std::mt19937 rng(7);
     const std::vector<std::byte> blocks = random_blocks(kn::block_format::q8_0, 4, 2, rng);
     kn::encoded_matrix m{nullptr, blocks.data(), kn::block_format::q8_0, 4, 64, 68};

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "mechlens/kernels/gemm.hpp"
 #include "mechlens/kernels/matmul.hpp"
@@ -415,6 +416,50 @@ void encoded_product(const encoded_operands& op, index_t outputs) noexcept {
     encoded_range<Blocks>(op, 0, outputs);
 }
 
+/// Decodes the `depth` weights (whole blocks) of the row of blocks at `row` into `out`: the very floats
+/// encoded_tile multiplies by (the same prepare() and chunk()), which are the loader's dequantizer's.
+template <class Blocks>
+MECHLENS_TILE_FLATTEN inline void decode_row(const std::byte* row, index_t depth, float* out) noexcept {
+    for (index_t b = 0; b < depth / Blocks::elements; ++b) {
+        const std::byte* block = row + static_cast<std::size_t>(b) * Blocks::bytes;
+        const typename Blocks::scales scales = Blocks::prepare(block);
+        float* decoded = out + b * Blocks::elements;
+        unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
+            Blocks::template chunk<decltype(c)::value>(block, scales).store_unaligned(decoded + c * simd_width);
+        });
+    }
+}
+
+/// Decodes rows [first, first + count) of `m` into `out`, (count, m.depth) dense.
+inline void decode_rows(const encoded_matrix& m, index_t first, index_t count, float* out) noexcept {
+    const auto decode = [&](auto blocks) {
+        using Blocks = decltype(blocks);
+        for (index_t r = 0; r < count; ++r)
+            decode_row<Blocks>(m.blocks + static_cast<std::size_t>(first + r) * m.row_bytes, m.depth,
+                               out + r * m.depth);
+    };
+    switch (m.format) {
+        case block_format::q8_0: decode(q8_0_blocks{}); break;
+        case block_format::q4_k: decode(q4_k_blocks{}); break;
+        case block_format::q6_k: decode(q6_k_blocks{}); break;
+    }
+}
+
+/// y = x w^T (or +=) for x (rows, depth) with more than one row: the work items of gemm_xwt, each decoding its block
+/// of outputs' rows of w into a buffer of its thread's (about 256 KiB, which stays in L2) and running gemm_block on
+/// it. The buffer holds exactly the decoded floats and gemm_block reduces each element in its one fixed order, so
+/// y is bit for bit gemm_xwt on the decoded matrix; decoding a block costs about one row of x's products with it.
+inline void encoded_gemm(const float* x, index_t x_stride, const encoded_matrix& m, float* y, index_t y_stride,
+                         index_t rows, bool accumulate) {
+    for_each_gemm_item(rows, m.rows, m.depth, [&](index_t r_begin, index_t r_end, index_t o_begin, index_t o_end) {
+        thread_local std::vector<float> panel;  // (outputs of the block, depth)
+        panel.resize(static_cast<std::size_t>(gemm_block_outputs(m.depth) * m.depth));
+        decode_rows(m, o_begin, o_end - o_begin, panel.data());
+        const gemm_operands op{x, x_stride, panel.data(), m.depth, y + o_begin, y_stride, m.depth, accumulate};
+        gemm_block(op, r_begin, r_end, 0, o_end - o_begin);
+    });
+}
+
 }  // namespace detail
 
 /// Throws shape_error unless `m` describes a usable encoded matrix: a known layout, depth a whole number of blocks
@@ -427,9 +472,10 @@ inline void require_encoded_matrix(const encoded_matrix& m, const char* what) {
 }
 
 /// y = x w^T (or y += x w^T with `accumulate`) for x (rows, depth), w the encoded (outputs, depth) matrix `m`, y
-/// (rows, outputs): each row of x in turn against the blocks, bit for bit kernels::linear on m's decoded floats.
-/// Meant for a few rows (a decode step); for many, the dense kernel on the decoded floats does more work per byte.
-/// Rows of x and y may be strided but each must be dense. Throws shape_error on mismatched shapes.
+/// (rows, outputs), bit for bit kernels::linear on m's decoded floats. One row (a decode step) is multiplied by the
+/// blocks, decoded in registers; more rows (a prefill) by blocks of w decoded into a per-thread buffer that stays in
+/// cache, so no float copy of the matrix is ever made. Rows of x and y may be strided but each must be dense.
+/// Throws shape_error on mismatched shapes.
 inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<float, 2> y,
                            bool accumulate = false) {
     require_encoded_matrix(m, "kernels::encoded_linear");
@@ -440,7 +486,11 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
     const auto dense = [](index_t extent, index_t stride) { return extent <= 1 || stride == 1; };
     if (!dense(x.extent(1), x.stride(1)) || !dense(y.extent(1), y.stride(1)))
         throw shape_error("kernels::encoded_linear: the last axis of x and y must be dense (stride 1)");
-    if (m.rows == 0) return;
+    if (m.rows == 0 || x.extent(0) == 0) return;
+    if (x.extent(0) > 1 && m.depth > 0) {
+        detail::encoded_gemm(x.data(), x.stride(0), m, y.data(), y.stride(0), x.extent(0), accumulate);
+        return;
+    }
     for (index_t r = 0; r < x.extent(0); ++r) {
         float* y_row = y.data() + r * y.stride(0);
         if (m.depth == 0) {
@@ -463,6 +513,17 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
     detail::require_bias(bias, m.rows, "kernels::encoded_linear");
     encoded_linear(x, m, y);
     detail::add_bias_to_rows(bias, y);
+}
+
+/// Decodes rows [first, first + count) of the encoded matrix `m` into `out`, (count, m.depth) row-major and dense:
+/// bit for bit the loader's dequantizer's floats (io/ggml_quants.hpp). Throws shape_error when the rows are not
+/// m's or m is not a usable encoded matrix.
+inline void decode_encoded_rows(const encoded_matrix& m, index_t first, index_t count, float* out) {
+    require_encoded_matrix(m, "kernels::decode_encoded_rows");
+    if (first < 0 || count < 0 || first + count > m.rows)
+        throw shape_error("kernels::decode_encoded_rows: rows [" + std::to_string(first) + ", " +
+                          std::to_string(first + count) + ") of a matrix of " + std::to_string(m.rows) + " rows");
+    detail::decode_rows(m, first, count, out);
 }
 
 /// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).

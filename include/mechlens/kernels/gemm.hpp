@@ -52,6 +52,12 @@ inline constexpr index_t gemm_tile_rows = gemm_avx512 ? 6 : 3;
 inline constexpr index_t gemm_tile_outputs = 4;
 /// Outputs per tile when x has a single row (matrix-vector products, i.e. decoding).
 inline constexpr index_t gemv_tile_outputs = 8;
+/// Outputs (rows of w) per block of a product: about 256 KiB of w, which stays in L2 while every row of x passes
+/// it, and a multiple of both tile widths.
+inline constexpr index_t gemm_block_outputs(index_t depth) noexcept {
+    const index_t fitting = 65536 / std::max<index_t>(depth, 1);
+    return std::max<index_t>(gemv_tile_outputs, fitting / gemv_tile_outputs * gemv_tile_outputs);
+}
 
 /// Operands of one product: x (rows, depth) and w (outputs, depth) with dense rows, y (rows, outputs).
 struct gemm_operands {
@@ -204,21 +210,22 @@ inline void gemm_block(const gemm_operands& op, index_t r_begin, index_t r_end, 
     }
 }
 
-/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth): blocks of outputs sized to stay in L2, split into
-/// bands of rows when there are too few blocks to share, are spread over OpenMP threads when the product is large
-/// enough to pay for them. No shape checks: callers validate.
-inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
+/// Splits the product of x (rows, depth) and w (outputs, depth) into work items and runs
+/// `item(r_begin, r_end, o_begin, o_end)` for each: blocks of outputs sized to keep about 256 KiB of w in L2 (a
+/// multiple of both tile widths), split into bands of rows when there are too few blocks to share, spread over
+/// OpenMP threads when the product is large enough to pay for them. Every item is a whole block of outputs by a
+/// band of rows, so an item may prepare its block of w once (encoded_matmul.hpp decodes it there).
+template <class Item>
+inline void for_each_gemm_item(index_t rows, index_t outputs, index_t depth, Item&& item) {
     if (rows <= 0 || outputs <= 0) return;
-    // About 256 KiB of w per block, a multiple of both tile widths.
-    const index_t lcm = gemv_tile_outputs;
-    const index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
+    const index_t block = gemm_block_outputs(depth);
     const index_t blocks = (outputs + block - 1) / block;
-    const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+    const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(depth);
     // Worth a parallel region: about 50 microseconds of arithmetic (2^20 multiply-adds), or a weight matrix of 512 KiB
     // or more, whose reading from memory takes 30 microseconds or more even for the single row of a decode step
     // (then the threads split the outputs, the rows of w, and each reads its own part of w).
     [[maybe_unused]] const bool worth_parallel =
-        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
+        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(depth) >= 1 << 17;
     index_t bands = 1;  // bands of rows per block of outputs
 #if defined(_OPENMP)
     const index_t threads = omp_get_max_threads();
@@ -232,19 +239,26 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
     const index_t band_rows = ((rows + bands - 1) / bands + gemm_tile_rows - 1) / gemm_tile_rows * gemm_tile_rows;
     bands = (rows + band_rows - 1) / band_rows;
     const index_t items = bands * blocks;
-    const auto run_item = [&](index_t item) {
-        const index_t band = item % bands, b = item / bands;
-        gemm_block(op, band * band_rows, std::min(rows, (band + 1) * band_rows), b * block,
-                   std::min(outputs, (b + 1) * block));
+    const auto run_item = [&](index_t i) {
+        const index_t band = i % bands, b = i / bands;
+        item(band * band_rows, std::min(rows, (band + 1) * band_rows), b * block, std::min(outputs, (b + 1) * block));
     };
 #if defined(_OPENMP)
     if (worth_parallel && items > 1) {
 #pragma omp parallel for schedule(static)
-        for (index_t item = 0; item < items; ++item) run_item(item);
+        for (index_t i = 0; i < items; ++i) run_item(i);
         return;
     }
 #endif
-    for (index_t item = 0; item < items; ++item) run_item(item);
+    for (index_t i = 0; i < items; ++i) run_item(i);
+}
+
+/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth), in the work items of for_each_gemm_item. No shape
+/// checks: callers validate.
+inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
+    for_each_gemm_item(rows, outputs, op.depth, [&](index_t r_begin, index_t r_end, index_t o_begin, index_t o_end) {
+        gemm_block(op, r_begin, r_end, o_begin, o_end);
+    });
 }
 
 }  // namespace detail
