@@ -1424,6 +1424,12 @@ inline constexpr index_t gemm_tile_rows = gemm_avx512 ? 6 : 3;
 inline constexpr index_t gemm_tile_outputs = 4;
 /// Outputs per tile when x has a single row (matrix-vector products, i.e. decoding).
 inline constexpr index_t gemv_tile_outputs = 8;
+/// Outputs (rows of w) per block of a product: about 256 KiB of w, which stays in L2 while every row of x passes
+/// it, and a multiple of both tile widths.
+inline constexpr index_t gemm_block_outputs(index_t depth) noexcept {
+    const index_t fitting = 65536 / std::max<index_t>(depth, 1);
+    return std::max<index_t>(gemv_tile_outputs, fitting / gemv_tile_outputs * gemv_tile_outputs);
+}
 
 /// Operands of one product: x (rows, depth) and w (outputs, depth) with dense rows, y (rows, outputs).
 struct gemm_operands {
@@ -1576,21 +1582,22 @@ inline void gemm_block(const gemm_operands& op, index_t r_begin, index_t r_end, 
     }
 }
 
-/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth): blocks of outputs sized to stay in L2, split into
-/// bands of rows when there are too few blocks to share, are spread over OpenMP threads when the product is large
-/// enough to pay for them. No shape checks: callers validate.
-inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
+/// Splits the product of x (rows, depth) and w (outputs, depth) into work items and runs
+/// `item(r_begin, r_end, o_begin, o_end)` for each: blocks of outputs sized to keep about 256 KiB of w in L2 (a
+/// multiple of both tile widths), split into bands of rows when there are too few blocks to share, spread over
+/// OpenMP threads when the product is large enough to pay for them. Every item is a whole block of outputs by a
+/// band of rows, so an item may prepare its block of w once (encoded_matmul.hpp decodes it there).
+template <class Item>
+inline void for_each_gemm_item(index_t rows, index_t outputs, index_t depth, Item&& item) {
     if (rows <= 0 || outputs <= 0) return;
-    // About 256 KiB of w per block, a multiple of both tile widths.
-    const index_t lcm = gemv_tile_outputs;
-    const index_t block = std::max<index_t>(lcm, (65536 / std::max<index_t>(op.depth, 1)) / lcm * lcm);
+    const index_t block = gemm_block_outputs(depth);
     const index_t blocks = (outputs + block - 1) / block;
-    const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(op.depth);
+    const double work = static_cast<double>(rows) * static_cast<double>(outputs) * static_cast<double>(depth);
     // Worth a parallel region: about 50 microseconds of arithmetic (2^20 multiply-adds), or a weight matrix of 512 KiB
     // or more, whose reading from memory takes 30 microseconds or more even for the single row of a decode step
     // (then the threads split the outputs, the rows of w, and each reads its own part of w).
     [[maybe_unused]] const bool worth_parallel =
-        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(op.depth) >= 1 << 17;
+        work >= 1 << 20 || static_cast<double>(outputs) * static_cast<double>(depth) >= 1 << 17;
     index_t bands = 1;  // bands of rows per block of outputs
 #if defined(_OPENMP)
     const index_t threads = omp_get_max_threads();
@@ -1604,19 +1611,26 @@ inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noe
     const index_t band_rows = ((rows + bands - 1) / bands + gemm_tile_rows - 1) / gemm_tile_rows * gemm_tile_rows;
     bands = (rows + band_rows - 1) / band_rows;
     const index_t items = bands * blocks;
-    const auto run_item = [&](index_t item) {
-        const index_t band = item % bands, b = item / bands;
-        gemm_block(op, band * band_rows, std::min(rows, (band + 1) * band_rows), b * block,
-                   std::min(outputs, (b + 1) * block));
+    const auto run_item = [&](index_t i) {
+        const index_t band = i % bands, b = i / bands;
+        item(band * band_rows, std::min(rows, (band + 1) * band_rows), b * block, std::min(outputs, (b + 1) * block));
     };
 #if defined(_OPENMP)
     if (worth_parallel && items > 1) {
 #pragma omp parallel for schedule(static)
-        for (index_t item = 0; item < items; ++item) run_item(item);
+        for (index_t i = 0; i < items; ++i) run_item(i);
         return;
     }
 #endif
-    for (index_t item = 0; item < items; ++item) run_item(item);
+    for (index_t i = 0; i < items; ++i) run_item(i);
+}
+
+/// y = x w^T (or +=) for x (rows, depth), w (outputs, depth), in the work items of for_each_gemm_item. No shape
+/// checks: callers validate.
+inline void gemm_xwt(const gemm_operands& op, index_t rows, index_t outputs) noexcept {
+    for_each_gemm_item(rows, outputs, op.depth, [&](index_t r_begin, index_t r_end, index_t o_begin, index_t o_end) {
+        gemm_block(op, r_begin, r_end, o_begin, o_end);
+    });
 }
 
 }  // namespace detail
@@ -1720,6 +1734,7 @@ MECHLENS_END_NAMESPACE
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 
 MECHLENS_BEGIN_NAMESPACE
@@ -2113,6 +2128,50 @@ void encoded_product(const encoded_operands& op, index_t outputs) noexcept {
     encoded_range<Blocks>(op, 0, outputs);
 }
 
+/// Decodes the `depth` weights (whole blocks) of the row of blocks at `row` into `out`: the very floats
+/// encoded_tile multiplies by (the same prepare() and chunk()), which are the loader's dequantizer's.
+template <class Blocks>
+MECHLENS_TILE_FLATTEN inline void decode_row(const std::byte* row, index_t depth, float* out) noexcept {
+    for (index_t b = 0; b < depth / Blocks::elements; ++b) {
+        const std::byte* block = row + static_cast<std::size_t>(b) * Blocks::bytes;
+        const typename Blocks::scales scales = Blocks::prepare(block);
+        float* decoded = out + b * Blocks::elements;
+        unrolled<Blocks::elements / simd_width>([&](auto c) MECHLENS_TILE_INLINE {
+            Blocks::template chunk<decltype(c)::value>(block, scales).store_unaligned(decoded + c * simd_width);
+        });
+    }
+}
+
+/// Decodes rows [first, first + count) of `m` into `out`, (count, m.depth) dense.
+inline void decode_rows(const encoded_matrix& m, index_t first, index_t count, float* out) noexcept {
+    const auto decode = [&](auto blocks) {
+        using Blocks = decltype(blocks);
+        for (index_t r = 0; r < count; ++r)
+            decode_row<Blocks>(m.blocks + static_cast<std::size_t>(first + r) * m.row_bytes, m.depth,
+                               out + r * m.depth);
+    };
+    switch (m.format) {
+        case block_format::q8_0: decode(q8_0_blocks{}); break;
+        case block_format::q4_k: decode(q4_k_blocks{}); break;
+        case block_format::q6_k: decode(q6_k_blocks{}); break;
+    }
+}
+
+/// y = x w^T (or +=) for x (rows, depth) with more than one row: the work items of gemm_xwt, each decoding its block
+/// of outputs' rows of w into a buffer of its thread's (about 256 KiB, which stays in L2) and running gemm_block on
+/// it. The buffer holds exactly the decoded floats and gemm_block reduces each element in its one fixed order, so
+/// y is bit for bit gemm_xwt on the decoded matrix; decoding a block costs about one row of x's products with it.
+inline void encoded_gemm(const float* x, index_t x_stride, const encoded_matrix& m, float* y, index_t y_stride,
+                         index_t rows, bool accumulate) {
+    for_each_gemm_item(rows, m.rows, m.depth, [&](index_t r_begin, index_t r_end, index_t o_begin, index_t o_end) {
+        thread_local std::vector<float> panel;  // (outputs of the block, depth)
+        panel.resize(static_cast<std::size_t>(gemm_block_outputs(m.depth) * m.depth));
+        decode_rows(m, o_begin, o_end - o_begin, panel.data());
+        const gemm_operands op{x, x_stride, panel.data(), m.depth, y + o_begin, y_stride, m.depth, accumulate};
+        gemm_block(op, r_begin, r_end, 0, o_end - o_begin);
+    });
+}
+
 }  // namespace detail
 
 /// Throws shape_error unless `m` describes a usable encoded matrix: a known layout, depth a whole number of blocks
@@ -2125,9 +2184,10 @@ inline void require_encoded_matrix(const encoded_matrix& m, const char* what) {
 }
 
 /// y = x w^T (or y += x w^T with `accumulate`) for x (rows, depth), w the encoded (outputs, depth) matrix `m`, y
-/// (rows, outputs): each row of x in turn against the blocks, bit for bit kernels::linear on m's decoded floats.
-/// Meant for a few rows (a decode step); for many, the dense kernel on the decoded floats does more work per byte.
-/// Rows of x and y may be strided but each must be dense. Throws shape_error on mismatched shapes.
+/// (rows, outputs), bit for bit kernels::linear on m's decoded floats. One row (a decode step) is multiplied by the
+/// blocks, decoded in registers; more rows (a prefill) by blocks of w decoded into a per-thread buffer that stays in
+/// cache, so no float copy of the matrix is ever made. Rows of x and y may be strided but each must be dense.
+/// Throws shape_error on mismatched shapes.
 inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& m, tensor_view<float, 2> y,
                            bool accumulate = false) {
     require_encoded_matrix(m, "kernels::encoded_linear");
@@ -2138,7 +2198,11 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
     const auto dense = [](index_t extent, index_t stride) { return extent <= 1 || stride == 1; };
     if (!dense(x.extent(1), x.stride(1)) || !dense(y.extent(1), y.stride(1)))
         throw shape_error("kernels::encoded_linear: the last axis of x and y must be dense (stride 1)");
-    if (m.rows == 0) return;
+    if (m.rows == 0 || x.extent(0) == 0) return;
+    if (x.extent(0) > 1 && m.depth > 0) {
+        detail::encoded_gemm(x.data(), x.stride(0), m, y.data(), y.stride(0), x.extent(0), accumulate);
+        return;
+    }
     for (index_t r = 0; r < x.extent(0); ++r) {
         float* y_row = y.data() + r * y.stride(0);
         if (m.depth == 0) {
@@ -2161,6 +2225,17 @@ inline void encoded_linear(tensor_view<const float, 2> x, const encoded_matrix& 
     detail::require_bias(bias, m.rows, "kernels::encoded_linear");
     encoded_linear(x, m, y);
     detail::add_bias_to_rows(bias, y);
+}
+
+/// Decodes rows [first, first + count) of the encoded matrix `m` into `out`, (count, m.depth) row-major and dense:
+/// bit for bit the loader's dequantizer's floats (io/ggml_quants.hpp). Throws shape_error when the rows are not
+/// m's or m is not a usable encoded matrix.
+inline void decode_encoded_rows(const encoded_matrix& m, index_t first, index_t count, float* out) {
+    require_encoded_matrix(m, "kernels::decode_encoded_rows");
+    if (first < 0 || count < 0 || first + count > m.rows)
+        throw shape_error("kernels::decode_encoded_rows: rows [" + std::to_string(first) + ", " +
+                          std::to_string(first + count) + ") of a matrix of " + std::to_string(m.rows) + " rows");
+    detail::decode_rows(m, first, count, out);
 }
 
 /// Rows [first, first + count) of `m` as an encoded matrix of their own (a part of a fused tensor, a user's slice).
@@ -6405,6 +6480,153 @@ MECHLENS_END_NAMESPACE
 #include <type_traits>
 #include <vector>
 
+// ---- begin mechlens/model/decoded_on_demand.hpp ----
+/// @file
+/// The float copies of a model's quantised matrices, each decoded the first time something reads it as floats.
+///
+/// A quantised GGUF matrix is multiplied straight from its blocks (kernels/encoded_matmul.hpp), so a forward pass,
+/// generation, caching, patching and steering never need its floats. Gradients, weight processing and whatever
+/// reads a weight element by element do. So the loader reserves address space for each such matrix's floats (its
+/// weight views point there, which is how a product finds the matrix's blocks) and decodes it only when asked:
+/// transformer::weights() asks for all of them, readable() for the one matrix a view lies in. Until it is decoded
+/// a matrix's range is inaccessible, so a reader that skipped the asking faults on its first read rather than
+/// reading zeros; once decoded it is read-only. A model loaded from a Q4_K_M file thus costs about its file size
+/// in memory until a pass needs floats.
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+/// Whether reservations are inaccessible pages made readable when decoded (POSIX), or decoded at once (elsewhere).
+#define MECHLENS_DECODE_ON_DEMAND 1
+#else
+/// Whether reservations are inaccessible pages made readable when decoded (POSIX), or decoded at once (elsewhere).
+#define MECHLENS_DECODE_ON_DEMAND 0
+#endif
+
+MECHLENS_BEGIN_NAMESPACE
+
+/// Float copies of encoded matrices, each decoded on first request; shared by every copy of the weights that view
+/// them, thread-safe (each matrix is decoded once, by whichever thread asks first).
+class decoded_on_demand {
+public:
+    decoded_on_demand() = default;
+    decoded_on_demand(const decoded_on_demand&) = delete;             ///< Owns its reservations.
+    decoded_on_demand& operator=(const decoded_on_demand&) = delete;  ///< Owns its reservations.
+    /// Releases every reservation.
+    ~decoded_on_demand() = default;
+
+    /// Reserves room for the (m.rows, m.depth) floats that `m`'s blocks decode to and points m.decoded there.
+    /// Without POSIX memory protection the floats are decoded at once. Throws std::bad_alloc when the address space
+    /// cannot be had, shape_error when `m` is not a usable encoded matrix.
+    void reserve(kernels::encoded_matrix& m) {
+        kernels::require_encoded_matrix(m, "decoded_on_demand::reserve");
+        auto r = std::make_unique<region>();
+        r->bytes = static_cast<std::size_t>(m.rows) * static_cast<std::size_t>(m.depth) * sizeof(float);
+        r->memory = acquire(r->bytes);
+        m.decoded = static_cast<const float*>(r->memory);
+        r->matrix = m;
+        reserved_bytes_ += r->bytes;
+        regions_.push_back(std::move(r));
+#if !MECHLENS_DECODE_ON_DEMAND
+        decode(*regions_.back());
+#endif
+    }
+
+    /// Decodes the matrix whose floats hold `address`, unless it is decoded already or no matrix here holds it.
+    void decode_containing(const void* address) const {
+        const auto a = reinterpret_cast<std::uintptr_t>(address);
+        for (const std::unique_ptr<region>& r : regions_) {
+            const auto begin = reinterpret_cast<std::uintptr_t>(r->memory);
+            if (a >= begin && a - begin < r->bytes) {
+                decode(*r);
+                return;
+            }
+        }
+    }
+
+    /// Decodes every matrix not decoded yet; after the first call, one atomic load.
+    void decode_all() const {
+        if (all_decoded_.load(std::memory_order_acquire)) return;
+        for (const std::unique_ptr<region>& r : regions_) decode(*r);
+        all_decoded_.store(true, std::memory_order_release);
+    }
+
+    /// Bytes of floats decoded so far: 0 for a model that only ran forward passes.
+    [[nodiscard]] std::size_t decoded_bytes() const noexcept { return decoded_bytes_.load(); }
+    /// Bytes reserved for the floats of every matrix held here (what decoding them all costs).
+    [[nodiscard]] std::size_t reserved_bytes() const noexcept { return reserved_bytes_; }
+    /// Matrices held here.
+    [[nodiscard]] std::size_t size() const noexcept { return regions_.size(); }
+
+private:
+    struct region {
+        kernels::encoded_matrix matrix;  // its `decoded` is `memory`
+        void* memory = nullptr;
+        std::size_t bytes = 0;
+        mutable std::once_flag once;
+        region() = default;
+        region(const region&) = delete;
+        region& operator=(const region&) = delete;
+        ~region() {
+            if (memory != nullptr) release(memory, bytes);
+        }
+    };
+
+    void decode(const region& r) const {
+        std::call_once(r.once, [&] {
+            writable(r.memory, r.bytes, true);
+            kernels::decode_encoded_rows(r.matrix, 0, r.matrix.rows, static_cast<float*>(r.memory));
+            writable(r.memory, r.bytes, false);
+            decoded_bytes_ += r.bytes;
+        });
+    }
+
+#if MECHLENS_DECODE_ON_DEMAND
+    static std::size_t rounded_to_pages(std::size_t bytes) noexcept {
+        const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+        return (bytes + page - 1) / page * page;
+    }
+    static void* acquire(std::size_t bytes) {
+        // Reserved, not committed: no memory is used until decode() writes the pages.
+        void* p = ::mmap(nullptr, rounded_to_pages(std::max<std::size_t>(bytes, 1)), PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        return p;
+    }
+    static void release(void* p, std::size_t bytes) noexcept {
+        ::munmap(p, rounded_to_pages(std::max<std::size_t>(bytes, 1)));
+    }
+    static void writable(void* p, std::size_t bytes, bool yes) {
+        const int protection = yes ? PROT_READ | PROT_WRITE : PROT_READ;
+        if (::mprotect(p, rounded_to_pages(std::max<std::size_t>(bytes, 1)), protection) != 0)
+            throw std::bad_alloc();  // the only failure mprotect has on our own mapping: no memory for page tables
+    }
+#else
+    static void* acquire(std::size_t bytes) {
+        return ::operator new(std::max<std::size_t>(bytes, 1), std::align_val_t{64});
+    }
+    static void release(void* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+    static void writable(void*, std::size_t, bool) noexcept {}
+#endif
+
+    std::vector<std::unique_ptr<region>> regions_;
+    std::size_t reserved_bytes_ = 0;
+    mutable std::atomic<std::size_t> decoded_bytes_{0};
+    mutable std::atomic<bool> all_decoded_{false};
+};
+
+MECHLENS_END_NAMESPACE
+// ---- end mechlens/model/decoded_on_demand.hpp ----
 // ---- begin mechlens/model/parameter_table.hpp ----
 /// @file
 /// The parameter table: every weight tensor a model can have, once, with its shape as a function of the config and
@@ -6681,10 +6903,27 @@ struct model_weights {
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
     /// Matrices whose file also keeps them as quantised blocks (Q8_0, Q4_K, Q6_K), each tied to the decoded floats
-    /// it stands for; the blocks live in `storage`'s mapping. A decode step multiplies by these instead of the
+    /// it stands for; the blocks live in `storage`'s mapping. The forward passes multiply by these instead of the
     /// floats, with the same bits (kernels/encoded_matmul.hpp). Empty for weights that have no such blocks.
     std::vector<kernels::encoded_matrix> encoded;
+    /// Where the floats of the encoded matrices are decoded when first needed (null when every view is readable
+    /// as loaded): until decode_all_floats() or readable() asks, those views must not be read.
+    std::shared_ptr<const decoded_on_demand> on_demand;
 };
+
+/// Makes every float view of `weights` readable: decodes each encoded matrix whose floats are still held on demand
+/// (once, thread-safe; transformer::weights() calls this). Throws std::bad_alloc when memory runs out.
+inline void decode_all_floats(const model_weights& weights) {
+    if (weights.on_demand != nullptr) weights.on_demand->decode_all();
+}
+
+/// `view`, a view of `weights`, once readable: decodes the one encoded matrix it lies in when that matrix's floats
+/// are still held on demand, and nothing else.
+template <class View>
+const View& readable(const model_weights& weights, const View& view) {
+    if (weights.on_demand != nullptr && view.size() > 0) weights.on_demand->decode_containing(view.data());
+    return view;
+}
 
 /// The blocks of `w` when `weights` keeps `w`'s floats (or a range of their rows) as encoded blocks, else nothing.
 /// Matches by address: a view of other floats, even equal ones, has no blocks.
@@ -6735,6 +6974,7 @@ MECHLENS_BEGIN_NAMESPACE
 struct loader_storage {
     std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
     std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16, BF16 or quantised blocks decoded, realigned F32.
+    ///< (The floats of Q8_0, Q4_K and Q6_K matrices are not here: model_weights::on_demand decodes them when read.)
 };
 
 namespace detail {
@@ -6777,6 +7017,17 @@ public:
     /// An owned buffer for `count` floats decoded from a denser storage type (quantised blocks, BF16).
     float* decoded(index_t count) { return allocate(count); }
 
+    /// Reserves the floats of the encoded matrix `m` (whose blocks lie in the mapping) to be decoded when first
+    /// read, and points m.decoded there (see decoded_on_demand).
+    void on_demand(kernels::encoded_matrix& m) {
+        count_converted(m.rows * m.depth);
+        if (on_demand_ == nullptr) on_demand_ = std::make_shared<decoded_on_demand>();
+        on_demand_->reserve(m);
+    }
+
+    /// The floats reserved by on_demand() (null when none were), for model_weights::on_demand.
+    [[nodiscard]] std::shared_ptr<const decoded_on_demand> take_on_demand() { return std::move(on_demand_); }
+
     /// `count` zeros in an owned buffer (a weight the file does not store).
     const float* zeros(index_t count) {
         storage_->converted.emplace_back(extents<1>{count});
@@ -6793,6 +7044,12 @@ public:
 
 private:
     float* allocate(index_t count) {
+        count_converted(count);
+        storage_->converted.emplace_back(extents<1>{count});
+        return storage_->converted.back().data();
+    }
+
+    void count_converted(index_t count) {
         // Tensors that do not overlap convert to at most 128 / 18 = 7.1 times the file's bytes (Q4_0 and Q4_K
         // decode 18 bytes to 32 floats; F16 doubles); more means tensor infos that reuse the same bytes, which could
         // otherwise make a small file allocate without bound.
@@ -6802,11 +7059,10 @@ private:
             throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
                                std::to_string(converted_bytes_) + " bytes for a file of " +
                                std::to_string(file->size()) + " bytes");
-        storage_->converted.emplace_back(extents<1>{count});
-        return storage_->converted.back().data();
     }
 
     std::unique_ptr<loader_storage> storage_;
+    std::shared_ptr<decoded_on_demand> on_demand_;
     std::uint64_t converted_bytes_ = 0;
 };
 
@@ -9253,16 +9509,29 @@ public:
         bind();
     }
     /// A copy of `weights` (converted to T), which must have the shapes `config` implies (throws shape_error
-    /// otherwise).
+    /// otherwise). A quantised matrix kept as blocks is decoded row by row straight into the copy, without the float
+    /// copy transformer::weights() would make.
     basic_model_parameters(const model_config& config, const model_weights& weights) : basic_model_parameters(config) {
         validate_weights(config, weights);
+        std::vector<float> row;
         for_each_view(*this, [&](parameter_id id, index_t block, auto destination) {
             if (id == parameter_id::unembed && config.tied_unembed) return;
             const auto source = view_of(weights, id, block);
             if (source.size() == 0) return;
             if (!source.is_contiguous()) throw shape_error("model_parameters: weights must be contiguous");
-            std::transform(source.data(), source.data() + source.size(), destination.data(),
-                           [](float x) { return static_cast<T>(x); });
+            const auto convert = [](float x) { return static_cast<T>(x); };
+            if constexpr (std::remove_cvref_t<decltype(source)>::rank == 2) {
+                if (const auto blocks = encoded_blocks_of(weights, source)) {
+                    row.resize(static_cast<std::size_t>(source.extent(1)));
+                    for (index_t r = 0; r < source.extent(0); ++r) {
+                        kernels::decode_encoded_rows(*blocks, r, 1, row.data());
+                        std::transform(row.begin(), row.end(), destination.data() + r * source.extent(1), convert);
+                    }
+                    return;
+                }
+            }
+            const auto& floats = readable(weights, source);
+            std::transform(floats.data(), floats.data() + floats.size(), destination.data(), convert);
         });
     }
     /// Deep copy.
@@ -9559,8 +9828,16 @@ public:
 
     /// Hyper-parameters.
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
-    /// Weight views.
-    [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
+    /// Weight views, every one readable: the first call decodes the floats of quantised matrices that the loader
+    /// kept as blocks only (see decoded_on_demand; costs their float size in memory). Thread-safe.
+    [[nodiscard]] const model_weights& weights() const {
+        decode_all_floats(weights_);
+        return weights_;
+    }
+    /// Weight views as stored, without decoding anything: the forward passes read these, multiplying quantised
+    /// matrices by their blocks. A quantised matrix's float view may not be readable yet: read floats through
+    /// weights(), or readable(stored_weights(), view) for one matrix.
+    [[nodiscard]] const model_weights& stored_weights() const noexcept { return weights_; }
     /// Rotary cos/sin tables, (n_ctx, rotary_dim / 2) each; empty with learned positions.
     [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
 
@@ -10087,22 +10364,17 @@ inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w
         kernels::linear(x, w, y);
 }
 
-/// Rows of x up to which a model's linear layers multiply by a matrix's encoded blocks rather than its floats: a
-/// decode step reads a quarter (Q8_0) or less of the bytes, while a prefill, compute-bound, is faster on floats.
-inline constexpr index_t encoded_product_max_rows = 1;
-
 /// y = x w^T (+ bias when the view is not empty) for a weight of `weights`: from w's encoded blocks when `weights`
-/// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
+/// keeps them (a quantised file's matrices, whose floats need never be decoded; kernels::encoded_linear), else from
+/// its floats. The same bits either way.
 inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
                     tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
-    if (x.extent(0) <= encoded_product_max_rows) {
-        if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
-            if (bias.size() > 0)
-                kernels::encoded_linear(x, *blocks, bias, y);
-            else
-                kernels::encoded_linear(x, *blocks, y);
-            return;
-        }
+    if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
+        if (bias.size() > 0)
+            kernels::encoded_linear(x, *blocks, bias, y);
+        else
+            kernels::encoded_linear(x, *blocks, y);
+        return;
     }
     project(x, w, bias, y);
 }
@@ -10225,7 +10497,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
                    const forward_shape& s, workspace& ws, tensor_view<float, 2> out) {
     const model_config& c = model.config();
     const auto mixed = ws.mixed.matrix(s.rows(), c.n_heads * c.d_head());  // (batch * pos, n_heads * d_head)
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     if constexpr (Policy::wants(site_kind::attn_result)) {
         const index_t heads = c.n_heads, d_head = c.d_head(), d = c.d_model;
         ws.head_result.reserve(s.rows() * heads * d);
@@ -10233,7 +10505,9 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         for (index_t h = 0; h < heads; ++h) {
             const tensor_view<const float, 2> z_h(&mixed(0, h * d_head), {s.rows(), d_head},
                                                   {heads * d_head, 1});          // (batch * pos, d_head)
-            const auto w_h = w.w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
+            // A head's columns of W_O cut across quantised blocks: its floats are decoded for this (once).
+            const auto w_o = readable(model.stored_weights(), w.w_o);      // (d_model, n_heads * d_head)
+            const auto w_h = w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
             kernels::linear(z_h, w_h, tensor_view<float, 2>(&result(0, 0, h, 0), {s.rows(), d}, {heads * d, 1}));
         }
         fire<site_kind::attn_result>(policy, layer, ctx, [&] { return result; });
@@ -10245,7 +10519,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         }
     } else {
         (void)policy, (void)ctx;
-        project(model.weights(), mixed, w.w_o, w.b_o, out);
+        project(model.stored_weights(), mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -10256,14 +10530,14 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
                     const forward_shape& s, tensor_view<const float, 2> in, kv_cache& cache, workspace& ws,
                     tensor_view<float, 2> out) {
     const model_config& c = model.config();
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const index_t rows = s.rows(), d_head = c.d_head();
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    project(model.weights(), in, w.w_q, w.b_q, queries);
-    project(model.weights(), in, w.w_k, w.b_k, new_keys);
-    project(model.weights(), in, w.w_v, w.b_v, new_values);
+    project(model.stored_weights(), in, w.w_q, w.b_q, queries);
+    project(model.stored_weights(), in, w.w_k, w.b_k, new_keys);
+    project(model.stored_weights(), in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });
@@ -10895,6 +11169,22 @@ MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
+/// Copies row row_of(r) of `table` (a weight of `weights`: an embedding) to row r of `out` for r < rows: decoded
+/// from the table's blocks when it is a quantised matrix held as blocks, else copied from its floats.
+template <class RowOf>
+void copy_table_rows(const model_weights& weights, tensor_view<const float, 2> table, index_t rows, RowOf&& row_of,
+                     tensor_view<float, 2> out) {
+    const index_t width = table.extent(1);
+    if (const auto blocks = encoded_blocks_of(weights, table)) {
+        for (index_t r = 0; r < rows; ++r) kernels::decode_encoded_rows(*blocks, row_of(r), 1, &out(r, 0));
+        return;
+    }
+    for (index_t r = 0; r < rows; ++r) {
+        const float* row = &table(row_of(r), 0);
+        for (index_t i = 0; i < width; ++i) out(r, i) = row[i];
+    }
+}
+
 /// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
 /// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
 /// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
@@ -10902,21 +11192,15 @@ template <class Policy>
 void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
            const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
     const model_config& c = model.config();
-    const model_weights& w = model.weights();
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const std::int32_t token = tokens(r / s.positions, r % s.positions);
-        const float* embedding = &w.token_embedding(token, 0);
-        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
-    }
+    const model_weights& w = model.stored_weights();
+    copy_table_rows(w, w.token_embedding, s.rows(), [&](index_t r) { return tokens(r / s.positions, r % s.positions); },
+                    x);
     fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
     if (c.rotary()) return;
     // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
     // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
     const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
-        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
-    }
+    copy_table_rows(w, w.pos_embedding, s.rows(), [&](index_t r) { return s.start + r % s.positions; }, positions);
     fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
     for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
 }
@@ -10927,7 +11211,7 @@ template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
     const model_config& c = model.config();
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const auto x = ws.residual.matrix(s.rows(), c.d_model);       // (batch * pos, d_model)
     const auto normed = ws.normed.matrix(s.rows(), c.d_model);    // (batch * pos, d_model)
     const auto branch = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
@@ -10941,7 +11225,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
-            run_mlp(policy, layer, ctx, c, model.weights(), w, s, sublayer_in, ws, branch);
+            run_mlp(policy, layer, ctx, c, model.stored_weights(), w, s, sublayer_in, ws, branch);
         else
             residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
@@ -11056,7 +11340,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     ws.reserve(c, span.batch, span.positions, span.keys());
     const detail::forward_shape s = detail::shape_of(span);
     const hook_context ctx{span.start};
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const index_t rows = s.rows(), kv_width = c.n_kv_heads * c.d_head();
     const auto x = ws.residual.matrix(rows, c.d_model);               // (batch * pos, d_model)
     const auto normed = ws.normed.matrix(rows, c.d_model);            // (batch * pos, d_model)
@@ -11065,8 +11349,8 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
-    detail::project(model.weights(), attn_in, w.w_k, w.b_k, new_keys);
-    detail::project(model.weights(), attn_in, w.w_v, w.b_v, new_values);
+    detail::project(model.stored_weights(), attn_in, w.w_k, w.b_k, new_keys);
+    detail::project(model.stored_weights(), attn_in, w.w_v, w.b_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
     detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
     if (c.rotary()) {
@@ -11091,9 +11375,9 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
                           std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
+    const model_weights& w = model.stored_weights();
     return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
-                                              model.weights().final_norm, model.weights().final_norm_bias, normed,
-                                              ws.norm_scale);
+                                              w.final_norm, w.final_norm_bias, normed, ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
@@ -11127,7 +11411,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
-    detail::project(model.weights(), unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
+    const model_weights& w = model.stored_weights();
+    detail::project(w, unembed_in, w.unembed, w.unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }
@@ -11905,6 +12190,7 @@ MECHLENS_END_NAMESPACE
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -12000,11 +12286,14 @@ private:
             out = builder_.f32(g_.tensor_data(t), count);
         else if (t.type == ggml_type::f16)
             out = builder_.f16(g_.tensor_data(t), count);
-        else if (ggml_type_decodable(t.type)) {
+        else if (std::optional<kernels::encoded_matrix> blocks = encoded_blocks(t)) {
+            builder_.on_demand(*blocks);  // the products read the blocks; the floats are decoded only when read
+            out = blocks->decoded;
+            encoded_.push_back(*blocks);
+        } else if (ggml_type_decodable(t.type)) {
             float* decoded = builder_.decoded(count);
             dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
             out = decoded;
-            keep_blocks(t, decoded);
         } else {
             g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
                     " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
@@ -12013,9 +12302,9 @@ private:
         return out;
     }
 
-    /// Records the blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads) beside
-    /// its decoded floats; they stay in the file's mapping, which the weights' storage keeps alive.
-    void keep_blocks(const gguf_tensor_info& t, const float* decoded) {
+    /// The blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads), else
+    /// nothing; they stay in the file's mapping, which the weights' storage keeps alive.
+    std::optional<kernels::encoded_matrix> encoded_blocks(const gguf_tensor_info& t) const {
         kernels::block_format format{};
         if (t.type == ggml_type::q8_0)
             format = kernels::block_format::q8_0;
@@ -12024,16 +12313,16 @@ private:
         else if (t.type == ggml_type::q6_k)
             format = kernels::block_format::q6_k;
         else
-            return;
-        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0) return;
+            return std::nullopt;
+        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0)
+            return std::nullopt;
         kernels::encoded_matrix m;
-        m.decoded = decoded;
         m.blocks = g_.tensor_data(t);
         m.format = format;
         m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
         m.depth = static_cast<index_t>(t.dims[0]);
         m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
-        encoded_.push_back(m);
+        return m;
     }
 
     const gguf_file& g_;
@@ -12213,6 +12502,7 @@ inline loaded_model load_gguf(const gguf_file& g) {
     if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     w.encoded = read.take_encoded();
+    w.on_demand = builder.take_on_demand();
     try {
         validate_weights(out.config, out.weights);
     } catch (const shape_error& e) {
@@ -14940,7 +15230,7 @@ const basic_model_parameters<T>& weights_of(const basic_model_parameters<T>& par
     return params;
 }
 /// A transformer's weights: the gradient pass reads them in place, with no copy.
-inline const model_weights& weights_of(const transformer& model) noexcept { return model.weights(); }
+inline const model_weights& weights_of(const transformer& model) { return model.weights(); }
 
 /// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
 /// (float).
@@ -16283,6 +16573,7 @@ inline double final_norm_divisor(const model_config& c, const float* row) {
 /// (batch, pos, d_vocab). Accumulates in double.
 inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<const float, 3> resid) {
     const model_config& c = model.config();
+    const model_weights& weights = model.weights();  // read element by element: decoded floats
     if (resid.extent(2) != c.d_model)
         throw shape_error("unembed_residual: the residual has width " + std::to_string(resid.extent(2)) +
                           ", the model d_model " + std::to_string(c.d_model));
@@ -16297,12 +16588,12 @@ inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<c
             for (index_t i = 0; i < c.d_model; ++i)
                 normed[static_cast<std::size_t>(i)] =
                     (static_cast<double>(row[static_cast<std::size_t>(i)]) - centre) / divisor *
-                        (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0) +
-                    (c.norm == norm_kind::layer ? static_cast<double>(model.weights().final_norm_bias(i)) : 0.0);
+                        (c.has_norm() ? static_cast<double>(weights.final_norm(i)) : 1.0) +
+                    (c.norm == norm_kind::layer ? static_cast<double>(weights.final_norm_bias(i)) : 0.0);
             for (index_t v = 0; v < c.vocab_out(); ++v) {
-                double dot = c.linear_biases ? static_cast<double>(model.weights().unembed_bias(v)) : 0.0;
+                double dot = c.linear_biases ? static_cast<double>(weights.unembed_bias(v)) : 0.0;
                 for (index_t i = 0; i < c.d_model; ++i)
-                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(model.weights().unembed(v, i));
+                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(weights.unembed(v, i));
                 logits(b, p, v) = static_cast<float>(dot);
             }
         }
@@ -16375,6 +16666,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
                                                   index_t batch, index_t position, std::int32_t token,
                                                   std::optional<std::int32_t> other = std::nullopt) {
     const model_config& c = model.config();
+    const model_weights& weights = model.weights();  // read element by element: decoded floats
     const char* who = "direct_logit_attribution";
     for (const std::int32_t t : {token, other.value_or(token)})
         if (t < 0 || t >= c.vocab_out())
@@ -16392,9 +16684,9 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             detail::required(cache, site{site_kind::ln_final_scale, -1}, who).view<3>()(batch, position, 0));
     std::vector<double> direction(static_cast<std::size_t>(c.d_model));
     for (index_t i = 0; i < c.d_model; ++i) {
-        double u = static_cast<double>(model.weights().unembed(token, i));
-        if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
-        const double gain = c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0;
+        double u = static_cast<double>(weights.unembed(token, i));
+        if (other) u -= static_cast<double>(weights.unembed(*other, i));
+        const double gain = c.has_norm() ? static_cast<double>(weights.final_norm(i)) : 1.0;
         direction[static_cast<std::size_t>(i)] = u * gain / scale;
     }
     // LayerNorm centres each component before scaling it: reading (x - mean(x)) along `direction` is reading x along
@@ -16406,14 +16698,14 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
         mean /= static_cast<double>(c.d_model);
         for (double& v : direction) v -= mean;
         for (index_t i = 0; i < c.d_model; ++i) {
-            double u = static_cast<double>(model.weights().unembed(token, i));
-            if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
-            bias_term += u * static_cast<double>(model.weights().final_norm_bias(i));
+            double u = static_cast<double>(weights.unembed(token, i));
+            if (other) u -= static_cast<double>(weights.unembed(*other, i));
+            bias_term += u * static_cast<double>(weights.final_norm_bias(i));
         }
     }
     if (c.linear_biases)
-        bias_term += static_cast<double>(model.weights().unembed_bias(token)) -
-                     (other ? static_cast<double>(model.weights().unembed_bias(*other)) : 0.0);
+        bias_term += static_cast<double>(weights.unembed_bias(token)) -
+                     (other ? static_cast<double>(weights.unembed_bias(*other)) : 0.0);
     auto read = [&](const float* vector, index_t stride) {
         double dot = 0.0;
         for (index_t i = 0; i < c.d_model; ++i)
@@ -16436,7 +16728,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         const auto z =
             detail::required(cache, site{site_kind::attn_z, layer}, who).view<4>();     // (b, pos, head, d_head)
-        const auto& w_o = model.weights().layers[static_cast<std::size_t>(layer)].w_o;  // (d_model, heads * d_head)
+        const auto& w_o = weights.layers[static_cast<std::size_t>(layer)].w_o;  // (d_model, heads * d_head)
         for (index_t h = 0; h < c.n_heads; ++h) {
             double value = 0.0;  // direction . (W_O,h z_h)
             for (index_t i = 0; i < c.d_model; ++i) {
@@ -16448,7 +16740,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             add(detail::component_name(layer, h), value);
         }
         if (c.linear_biases) {  // b_O is added after the heads: a component of its own
-            const auto& b_o = model.weights().layers[static_cast<std::size_t>(layer)].b_o;
+            const auto& b_o = weights.layers[static_cast<std::size_t>(layer)].b_o;
             add("L" + std::to_string(layer) + ".b_O", read(b_o.data(), b_o.stride(0)));
         }
         if (!c.attn_only()) {

@@ -75,6 +75,7 @@ double touch(const mechlens::tensor_view<T, Rank>& view) {
 /// Reads every weight of a loaded model and checks the views against the config.
 inline double touch_model(const mechlens::loaded_model& m) {
     mechlens::validate_weights(m.config, m.weights);  // throws shape_error, which a loader must never let through
+    mechlens::decode_all_floats(m.weights);  // quantised matrices kept as blocks: their floats, decoded on demand
     const mechlens::model_weights& w = m.weights;
     double sum = touch(w.token_embedding) + touch(w.unembed) + touch(w.final_norm);
     for (const mechlens::layer_weights& l : w.layers)

@@ -1206,8 +1206,13 @@ TEST_CASE("loaders: a GGUF model with Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16 weig
         REQUIRE(x.size() == y.size());
         CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
     }
-    // The decoded weights are owned buffers (15 matrices); the F32 twin views its mapping.
-    CHECK(mechlens::loader_storage_of(quantised_model.weights)->converted.size() == 15u);
+    // The F32 twin views its mapping. Of the 15 quantised matrices, the Q8_0 ones (every sixth) are multiplied by
+    // their blocks and their floats reserved to be decoded when read; the others are decoded into owned buffers.
+    REQUIRE(quantised_model.weights.on_demand != nullptr);
+    CHECK(quantised_model.weights.on_demand->size() == 3u);
+    CHECK(quantised_model.weights.encoded.size() == 3u);
+    CHECK(mechlens::loader_storage_of(quantised_model.weights)->converted.size() == 12u);
+    CHECK(decoded_model.weights.on_demand == nullptr);
 }
 
 // ---- Encoding: float to half, Q8_0, and quantising a GGUF model (io/gguf_quantize.hpp) ---------------------------
@@ -1501,13 +1506,18 @@ TEST_CASE("loaders: a Q8_0 model decodes from its blocks with the bits of its de
     CHECK(some_rows->rows == 16);
     CHECK(some_rows->blocks == w_q->blocks + 8 * w_q->row_bytes);
     mechlens::tensor<float, 2> copy({layer0.w_q.extent(0), layer0.w_q.extent(1)});
-    std::copy_n(layer0.w_q.data(), copy.size(), copy.data());
+    // The floats of a matrix kept as blocks are read through readable(), which decodes that matrix alone.
+    REQUIRE(loaded.weights.on_demand != nullptr);
+    CHECK(loaded.weights.on_demand->decoded_bytes() == 0u);
+    std::copy_n(mechlens::readable(loaded.weights, layer0.w_q).data(), copy.size(), copy.data());
+    CHECK(loaded.weights.on_demand->decoded_bytes() == static_cast<std::size_t>(layer0.w_q.size()) * sizeof(float));
     CHECK_FALSE(mechlens::encoded_blocks_of(loaded.weights, copy.view()).has_value());
     CHECK_FALSE(mechlens::encoded_blocks_of(loaded.weights, layer0.w_q.slice(1, 0, 32)).has_value());
 
     // The same model without its blocks: every product on the decoded floats. And one whose blocks are zeros in
     // place of the file's: if decoding really reads the blocks, its logits must differ.
-    mechlens::loaded_model floats_only = loaded, zero_blocks = loaded;
+    mechlens::loaded_model floats_only = mechlens::load_model(q8_path), zero_blocks = loaded;
+    mechlens::decode_all_floats(floats_only.weights);
     floats_only.weights.encoded.clear();
     std::vector<std::vector<std::byte>> zeros;
     for (mechlens::kernels::encoded_matrix& m : zero_blocks.weights.encoded) {
@@ -1550,6 +1560,22 @@ TEST_CASE("loaders: a Q8_0 model decodes from its blocks with the bits of its de
         REQUIRE(a.shape == b.shape);
         CHECK(std::memcmp(a.values.data(), b.values.data(), a.values.size() * sizeof(float)) == 0);
     }
+    // Caching every default site decoded no float copy (the embedding rows came from the blocks too): only the
+    // W_Q read through readable() above is decoded. The per-head results (hook_result) slice W_O by columns, across
+    // its blocks: caching them decodes each block's W_O and nothing else, with the same bits as the floats model.
+    const std::size_t w_q_bytes = static_cast<std::size_t>(layer0.w_q.size()) * sizeof(float);
+    CHECK(blocks_model.stored_weights().on_demand->decoded_bytes() == w_q_bytes);
+    std::size_t w_o_bytes = 0;
+    for (const auto& layer : blocks_model.stored_weights().layers)
+        w_o_bytes += static_cast<std::size_t>(layer.w_o.size()) * sizeof(float);
+    const auto head_results = [&](const mechlens::transformer& model) {
+        mechlens::caching_hooks<mechlens::kind_set::all()> hooks;
+        const mechlens::tensor_view<const std::int32_t, 2> prompt(story.data(), {1, 6});
+        (void)mechlens::forward_logits(model, prompt, hooks);
+        return hooks.take().at(mechlens::site{mechlens::site_kind::attn_result, 3}).values;
+    };
+    CHECK(head_results(blocks_model) == head_results(floats_model));
+    CHECK(blocks_model.stored_weights().on_demand->decoded_bytes() == w_q_bytes + w_o_bytes);
     // And a steered decode (an intervention at a site between two encoded products) stays identical too.
     const auto steered = [&](const mechlens::transformer& model) {
         mechlens::generation_options options;
@@ -1562,6 +1588,52 @@ TEST_CASE("loaders: a Q8_0 model decodes from its blocks with the bits of its de
         return mechlens::generate(model, prompt, options, [](std::int32_t) {}, hooks);
     };
     CHECK(steered(blocks_model) == steered(floats_model));
+}
+
+TEST_CASE("loaders: a quantised model's floats are decoded only when something reads them as floats",
+          "[loaders][quant]") {
+    const fs::path f32_path = mechlens_test::model_file("stories260K/stories260K.gguf");
+    MECHLENS_REQUIRE_FILE_OR_SKIP(f32_path);
+    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_stories260K_q8_0_on_demand.gguf";
+    fs::remove(q8_path);
+    (void)mechlens::quantize_gguf(f32_path, q8_path);
+    const mechlens::transformer model(mechlens::load_model(q8_path));
+    const mechlens::decoded_on_demand& on_demand = *model.stored_weights().on_demand;
+    REQUIRE(on_demand.size() == 32u);  // token_embd, output, and per layer wq, wk, wv, wo, w1, w3
+    const mechlens::model_config& c = model.config();
+    const std::size_t matrix_floats = 2 * static_cast<std::size_t>(c.d_vocab * c.d_model) +
+                                      static_cast<std::size_t>(c.n_layers) *
+                                          static_cast<std::size_t>(2 * 64 * 64 + 2 * 32 * 64 + 2 * c.d_mlp * 64);
+    CHECK(on_demand.reserved_bytes() == matrix_floats * sizeof(float));
+
+    // A prefill (many rows: blocks of w decoded into a cache-sized buffer), a generation through the KV cache (one
+    // row: decoded in registers) and a model_parameters copy (decoded row by row into the copy) decode no float copy.
+    const std::vector<std::int32_t> prompt{1, 403, 407, 261, 378};  // "Once upon a time"
+    const mechlens::tensor_view<const std::int32_t, 2> batch(prompt.data(), {1, 5});
+    const auto prefill = mechlens::forward_logits(model, batch);
+    mechlens::generation_options options;
+    options.max_new_tokens = 8;
+    const auto story = mechlens::generate(model, prompt, options, [](std::int32_t) {});
+    CHECK(story.size() == 8u);
+    const mechlens::model_parameters copy(c, model.stored_weights());
+    CHECK(on_demand.decoded_bytes() == 0u);
+
+    // weights() decodes them all, to the dequantizer's floats; a transformer on the copy gives the same logits.
+    const mechlens::model_weights& floats = model.weights();
+    CHECK(on_demand.decoded_bytes() == on_demand.reserved_bytes());
+    const mechlens::gguf_file g(q8_path);
+    const mechlens::gguf_tensor_info& embd = g.tensor("token_embd.weight");
+    std::vector<float> expected(embd.n_elements);
+    mechlens::dequantize_ggml(embd.type, g.tensor_data(embd), embd.n_elements, expected.data());
+    REQUIRE(static_cast<std::size_t>(floats.token_embedding.size()) == expected.size());
+    CHECK(std::memcmp(floats.token_embedding.data(), expected.data(), expected.size() * sizeof(float)) == 0);
+    const mechlens::model_weights copied_weights = copy.weights();
+    const auto copied_embedding = copied_weights.token_embedding;
+    CHECK(std::memcmp(copied_embedding.data(), expected.data(), expected.size() * sizeof(float)) == 0);
+    const mechlens::transformer copied(mechlens::loaded_model{c, copy.weights()});
+    const auto from_copy = mechlens::forward_logits(copied, batch);
+    REQUIRE(from_copy.size() == prefill.size());
+    CHECK(std::memcmp(from_copy.data(), prefill.data(), static_cast<std::size_t>(prefill.size()) * sizeof(float)) == 0);
 }
 
 }  // namespace test_loaders

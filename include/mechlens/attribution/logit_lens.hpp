@@ -62,6 +62,7 @@ inline double final_norm_divisor(const model_config& c, const float* row) {
 /// (batch, pos, d_vocab). Accumulates in double.
 inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<const float, 3> resid) {
     const model_config& c = model.config();
+    const model_weights& weights = model.weights();  // read element by element: decoded floats
     if (resid.extent(2) != c.d_model)
         throw shape_error("unembed_residual: the residual has width " + std::to_string(resid.extent(2)) +
                           ", the model d_model " + std::to_string(c.d_model));
@@ -76,12 +77,12 @@ inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<c
             for (index_t i = 0; i < c.d_model; ++i)
                 normed[static_cast<std::size_t>(i)] =
                     (static_cast<double>(row[static_cast<std::size_t>(i)]) - centre) / divisor *
-                        (c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0) +
-                    (c.norm == norm_kind::layer ? static_cast<double>(model.weights().final_norm_bias(i)) : 0.0);
+                        (c.has_norm() ? static_cast<double>(weights.final_norm(i)) : 1.0) +
+                    (c.norm == norm_kind::layer ? static_cast<double>(weights.final_norm_bias(i)) : 0.0);
             for (index_t v = 0; v < c.vocab_out(); ++v) {
-                double dot = c.linear_biases ? static_cast<double>(model.weights().unembed_bias(v)) : 0.0;
+                double dot = c.linear_biases ? static_cast<double>(weights.unembed_bias(v)) : 0.0;
                 for (index_t i = 0; i < c.d_model; ++i)
-                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(model.weights().unembed(v, i));
+                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(weights.unembed(v, i));
                 logits(b, p, v) = static_cast<float>(dot);
             }
         }
@@ -154,6 +155,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
                                                   index_t batch, index_t position, std::int32_t token,
                                                   std::optional<std::int32_t> other = std::nullopt) {
     const model_config& c = model.config();
+    const model_weights& weights = model.weights();  // read element by element: decoded floats
     const char* who = "direct_logit_attribution";
     for (const std::int32_t t : {token, other.value_or(token)})
         if (t < 0 || t >= c.vocab_out())
@@ -171,9 +173,9 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             detail::required(cache, site{site_kind::ln_final_scale, -1}, who).view<3>()(batch, position, 0));
     std::vector<double> direction(static_cast<std::size_t>(c.d_model));
     for (index_t i = 0; i < c.d_model; ++i) {
-        double u = static_cast<double>(model.weights().unembed(token, i));
-        if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
-        const double gain = c.has_norm() ? static_cast<double>(model.weights().final_norm(i)) : 1.0;
+        double u = static_cast<double>(weights.unembed(token, i));
+        if (other) u -= static_cast<double>(weights.unembed(*other, i));
+        const double gain = c.has_norm() ? static_cast<double>(weights.final_norm(i)) : 1.0;
         direction[static_cast<std::size_t>(i)] = u * gain / scale;
     }
     // LayerNorm centres each component before scaling it: reading (x - mean(x)) along `direction` is reading x along
@@ -185,14 +187,14 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
         mean /= static_cast<double>(c.d_model);
         for (double& v : direction) v -= mean;
         for (index_t i = 0; i < c.d_model; ++i) {
-            double u = static_cast<double>(model.weights().unembed(token, i));
-            if (other) u -= static_cast<double>(model.weights().unembed(*other, i));
-            bias_term += u * static_cast<double>(model.weights().final_norm_bias(i));
+            double u = static_cast<double>(weights.unembed(token, i));
+            if (other) u -= static_cast<double>(weights.unembed(*other, i));
+            bias_term += u * static_cast<double>(weights.final_norm_bias(i));
         }
     }
     if (c.linear_biases)
-        bias_term += static_cast<double>(model.weights().unembed_bias(token)) -
-                     (other ? static_cast<double>(model.weights().unembed_bias(*other)) : 0.0);
+        bias_term += static_cast<double>(weights.unembed_bias(token)) -
+                     (other ? static_cast<double>(weights.unembed_bias(*other)) : 0.0);
     auto read = [&](const float* vector, index_t stride) {
         double dot = 0.0;
         for (index_t i = 0; i < c.d_model; ++i)
@@ -215,7 +217,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         const auto z =
             detail::required(cache, site{site_kind::attn_z, layer}, who).view<4>();     // (b, pos, head, d_head)
-        const auto& w_o = model.weights().layers[static_cast<std::size_t>(layer)].w_o;  // (d_model, heads * d_head)
+        const auto& w_o = weights.layers[static_cast<std::size_t>(layer)].w_o;  // (d_model, heads * d_head)
         for (index_t h = 0; h < c.n_heads; ++h) {
             double value = 0.0;  // direction . (W_O,h z_h)
             for (index_t i = 0; i < c.d_model; ++i) {
@@ -227,7 +229,7 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             add(detail::component_name(layer, h), value);
         }
         if (c.linear_biases) {  // b_O is added after the heads: a component of its own
-            const auto& b_o = model.weights().layers[static_cast<std::size_t>(layer)].b_o;
+            const auto& b_o = weights.layers[static_cast<std::size_t>(layer)].b_o;
             add("L" + std::to_string(layer) + ".b_O", read(b_o.data(), b_o.stride(0)));
         }
         if (!c.attn_only()) {

@@ -56,7 +56,7 @@ const basic_model_parameters<T>& weights_of(const basic_model_parameters<T>& par
     return params;
 }
 /// A transformer's weights: the gradient pass reads them in place, with no copy.
-inline const model_weights& weights_of(const transformer& model) noexcept { return model.weights(); }
+inline const model_weights& weights_of(const transformer& model) { return model.weights(); }
 
 /// True when the gradient pass can run on a `Model` in scalar type T: basic_model_parameters<T>, or a transformer
 /// (float).

@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -110,11 +111,14 @@ private:
             out = builder_.f32(g_.tensor_data(t), count);
         else if (t.type == ggml_type::f16)
             out = builder_.f16(g_.tensor_data(t), count);
-        else if (ggml_type_decodable(t.type)) {
+        else if (std::optional<kernels::encoded_matrix> blocks = encoded_blocks(t)) {
+            builder_.on_demand(*blocks);  // the products read the blocks; the floats are decoded only when read
+            out = blocks->decoded;
+            encoded_.push_back(*blocks);
+        } else if (ggml_type_decodable(t.type)) {
             float* decoded = builder_.decoded(count);
             dequantize_ggml(t.type, g_.tensor_data(t), t.n_elements, decoded);  // whole blocks: checked by gguf_file
             out = decoded;
-            keep_blocks(t, decoded);
         } else {
             g_.fail("unsupported tensor type " + to_string(t.type) + " for " + t.name +
                     " (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K load)");
@@ -123,9 +127,9 @@ private:
         return out;
     }
 
-    /// Records the blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads) beside
-    /// its decoded floats; they stay in the file's mapping, which the weights' storage keeps alive.
-    void keep_blocks(const gguf_tensor_info& t, const float* decoded) {
+    /// The blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads), else
+    /// nothing; they stay in the file's mapping, which the weights' storage keeps alive.
+    std::optional<kernels::encoded_matrix> encoded_blocks(const gguf_tensor_info& t) const {
         kernels::block_format format{};
         if (t.type == ggml_type::q8_0)
             format = kernels::block_format::q8_0;
@@ -134,16 +138,16 @@ private:
         else if (t.type == ggml_type::q6_k)
             format = kernels::block_format::q6_k;
         else
-            return;
-        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0) return;
+            return std::nullopt;
+        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0)
+            return std::nullopt;
         kernels::encoded_matrix m;
-        m.decoded = decoded;
         m.blocks = g_.tensor_data(t);
         m.format = format;
         m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
         m.depth = static_cast<index_t>(t.dims[0]);
         m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
-        encoded_.push_back(m);
+        return m;
     }
 
     const gguf_file& g_;
@@ -323,6 +327,7 @@ inline loaded_model load_gguf(const gguf_file& g) {
     if (config.tied_unembed) w.unembed = w.token_embedding;
     w.storage = builder.finish();
     w.encoded = read.take_encoded();
+    w.on_demand = builder.take_on_demand();
     try {
         validate_weights(out.config, out.weights);
     } catch (const shape_error& e) {

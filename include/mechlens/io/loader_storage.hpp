@@ -24,6 +24,7 @@ MECHLENS_BEGIN_NAMESPACE
 struct loader_storage {
     std::shared_ptr<const mapped_file> file;  ///< The mapping that F32 weights view in place.
     std::vector<tensor<float, 1>> converted;  ///< Owned copies: F16, BF16 or quantised blocks decoded, realigned F32.
+    ///< (The floats of Q8_0, Q4_K and Q6_K matrices are not here: model_weights::on_demand decodes them when read.)
 };
 
 namespace detail {
@@ -66,6 +67,17 @@ public:
     /// An owned buffer for `count` floats decoded from a denser storage type (quantised blocks, BF16).
     float* decoded(index_t count) { return allocate(count); }
 
+    /// Reserves the floats of the encoded matrix `m` (whose blocks lie in the mapping) to be decoded when first
+    /// read, and points m.decoded there (see decoded_on_demand).
+    void on_demand(kernels::encoded_matrix& m) {
+        count_converted(m.rows * m.depth);
+        if (on_demand_ == nullptr) on_demand_ = std::make_shared<decoded_on_demand>();
+        on_demand_->reserve(m);
+    }
+
+    /// The floats reserved by on_demand() (null when none were), for model_weights::on_demand.
+    [[nodiscard]] std::shared_ptr<const decoded_on_demand> take_on_demand() { return std::move(on_demand_); }
+
     /// `count` zeros in an owned buffer (a weight the file does not store).
     const float* zeros(index_t count) {
         storage_->converted.emplace_back(extents<1>{count});
@@ -82,6 +94,12 @@ public:
 
 private:
     float* allocate(index_t count) {
+        count_converted(count);
+        storage_->converted.emplace_back(extents<1>{count});
+        return storage_->converted.back().data();
+    }
+
+    void count_converted(index_t count) {
         // Tensors that do not overlap convert to at most 128 / 18 = 7.1 times the file's bytes (Q4_0 and Q4_K
         // decode 18 bytes to 32 floats; F16 doubles); more means tensor infos that reuse the same bytes, which could
         // otherwise make a small file allocate without bound.
@@ -91,11 +109,10 @@ private:
             throw format_error(file->path().string() + ": tensors overlap: converting them would need " +
                                std::to_string(converted_bytes_) + " bytes for a file of " +
                                std::to_string(file->size()) + " bytes");
-        storage_->converted.emplace_back(extents<1>{count});
-        return storage_->converted.back().data();
     }
 
     std::unique_ptr<loader_storage> storage_;
+    std::shared_ptr<decoded_on_demand> on_demand_;
     std::uint64_t converted_bytes_ = 0;
 };
 

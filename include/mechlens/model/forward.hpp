@@ -28,6 +28,22 @@ MECHLENS_BEGIN_NAMESPACE
 
 namespace detail {
 
+/// Copies row row_of(r) of `table` (a weight of `weights`: an embedding) to row r of `out` for r < rows: decoded
+/// from the table's blocks when it is a quantised matrix held as blocks, else copied from its floats.
+template <class RowOf>
+void copy_table_rows(const model_weights& weights, tensor_view<const float, 2> table, index_t rows, RowOf&& row_of,
+                     tensor_view<float, 2> out) {
+    const index_t width = table.extent(1);
+    if (const auto blocks = encoded_blocks_of(weights, table)) {
+        for (index_t r = 0; r < rows; ++r) kernels::decode_encoded_rows(*blocks, row_of(r), 1, &out(r, 0));
+        return;
+    }
+    for (index_t r = 0; r < rows; ++r) {
+        const float* row = &table(row_of(r), 0);
+        for (index_t i = 0; i < width; ++i) out(r, i) = row[i];
+    }
+}
+
 /// Fills the residual stream `x` with the token embeddings (firing `hook_embed`) and, with learned positions, adds
 /// the position rows at each row's absolute position (firing `hook_pos_embed`): TransformerLens's order, so
 /// `blocks.0.hook_resid_pre` is their sum and a hook's edits to either reach it.
@@ -35,21 +51,15 @@ template <class Policy>
 void embed(Policy& policy, const hook_context& ctx, const transformer& model, tensor_view<const std::int32_t, 2> tokens,
            const forward_shape& s, tensor_view<float, 2> x, workspace& ws) {
     const model_config& c = model.config();
-    const model_weights& w = model.weights();
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const std::int32_t token = tokens(r / s.positions, r % s.positions);
-        const float* embedding = &w.token_embedding(token, 0);
-        for (index_t i = 0; i < c.d_model; ++i) x(r, i) = embedding[i];
-    }
+    const model_weights& w = model.stored_weights();
+    copy_table_rows(w, w.token_embedding, s.rows(), [&](index_t r) { return tokens(r / s.positions, r % s.positions); },
+                    x);
     fire<site_kind::embed>(policy, -1, ctx, [&] { return as_sequence(x, s); });
     if (c.rotary()) return;
     // Copied out, not added in place, so that hooks see (and may edit) the position rows on their own. Positions
     // are absolute: a KV-cache decode step at start 7 adds row 7; s.keys <= n_ctx keeps every row in the table.
     const auto positions = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
-    for (index_t r = 0; r < s.rows(); ++r) {
-        const float* row = &w.pos_embedding(s.start + r % s.positions, 0);
-        for (index_t i = 0; i < c.d_model; ++i) positions(r, i) = row[i];
-    }
+    copy_table_rows(w, w.pos_embedding, s.rows(), [&](index_t r) { return s.start + r % s.positions; }, positions);
     fire<site_kind::pos_embed>(policy, -1, ctx, [&] { return as_sequence(positions, s); });
     for (index_t r = 0; r < s.rows(); ++r) kernels::add(&x(r, 0), &x(r, 0), &positions(r, 0), c.d_model);
 }
@@ -60,7 +70,7 @@ template <class Policy>
 void run_block(Policy& policy, index_t layer, const hook_context& ctx, const transformer& model,
                const forward_shape& s, kv_cache& cache, workspace& ws) {
     const model_config& c = model.config();
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const auto x = ws.residual.matrix(s.rows(), c.d_model);       // (batch * pos, d_model)
     const auto normed = ws.normed.matrix(s.rows(), c.d_model);    // (batch * pos, d_model)
     const auto branch = ws.block_out.matrix(s.rows(), c.d_model);  // (batch * pos, d_model)
@@ -74,7 +84,7 @@ void run_block(Policy& policy, index_t layer, const hook_context& ctx, const tra
         else if constexpr (Step.op == block_op::attention)
             attention_step(policy, layer, ctx, model, s, sublayer_in, cache, ws, branch);
         else if constexpr (Step.op == block_op::mlp)
-            run_mlp(policy, layer, ctx, c, model.weights(), w, s, sublayer_in, ws, branch);
+            run_mlp(policy, layer, ctx, c, model.stored_weights(), w, s, sublayer_in, ws, branch);
         else
             residual_add_step<Step>(policy, layer, ctx, s, c, x, branch, ws.parallel_sum.matrix(s.rows(), c.d_model));
     });
@@ -189,7 +199,7 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     ws.reserve(c, span.batch, span.positions, span.keys());
     const detail::forward_shape s = detail::shape_of(span);
     const hook_context ctx{span.start};
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const index_t rows = s.rows(), kv_width = c.n_kv_heads * c.d_head();
     const auto x = ws.residual.matrix(rows, c.d_model);               // (batch * pos, d_model)
     const auto normed = ws.normed.matrix(rows, c.d_model);            // (batch * pos, d_model)
@@ -198,8 +208,8 @@ void write_keys_values(const transformer& model, const forward_span& span, index
     detail::fire<site_kind::resid_pre>(policy, layer, ctx, [&] { return detail::as_sequence(x, s); });
     const auto attn_in = detail::norm_step<decoder_block[0]>(  // (batch * pos, d_model)
         policy, layer, ctx, s, c, x, w.attn_norm, w.attn_norm_bias, normed, ws.norm_scale);
-    detail::project(model.weights(), attn_in, w.w_k, w.b_k, new_keys);
-    detail::project(model.weights(), attn_in, w.w_v, w.b_v, new_values);
+    detail::project(model.stored_weights(), attn_in, w.w_k, w.b_k, new_keys);
+    detail::project(model.stored_weights(), attn_in, w.w_v, w.b_v, new_values);
     detail::fire<site_kind::attn_k>(policy, layer, ctx, [&] { return detail::as_heads(new_keys, s, c.n_kv_heads); });
     detail::fire<site_kind::attn_v>(policy, layer, ctx, [&] { return detail::as_heads(new_values, s, c.n_kv_heads); });
     if (c.rotary()) {
@@ -224,9 +234,9 @@ tensor_view<const float, 2> final_norm_span(const transformer& model, const forw
                           std::to_string(span.rows()) + ", " + std::to_string(c.d_model) + ")");
     ws.reserve(c, span.batch, span.positions, span.keys());
     const auto normed = ws.normed.matrix(span.rows(), c.d_model);  // (batch * pos, d_model)
+    const model_weights& w = model.stored_weights();
     return detail::norm_step<final_norm_step>(policy, -1, hook_context{span.start}, detail::shape_of(span), c, rows,
-                                              model.weights().final_norm, model.weights().final_norm_bias, normed,
-                                              ws.norm_scale);
+                                              w.final_norm, w.final_norm_bias, normed, ws.norm_scale);
 }
 
 /// Runs `tokens` (batch, pos) through the model after the positions already in `cache`, appends their keys and
@@ -260,7 +270,8 @@ void forward(const transformer& model, tensor_view<const std::int32_t, 2> tokens
     const forward_span out_span{s.batch, out_shape.positions, final_ctx.start_position};
     const auto unembed_in = final_norm_span(model, out_span, final_rows, ws, hooks);  // (batch * out_pos, d_model)
     const auto logit_rows = logits.reshape(extents<2>{out_shape.rows(), c.vocab_out()});  // (batch * out_pos, vocab)
-    detail::project(model.weights(), unembed_in, model.weights().unembed, model.weights().unembed_bias, logit_rows);
+    const model_weights& w = model.stored_weights();
+    detail::project(w, unembed_in, w.unembed, w.unembed_bias, logit_rows);
     detail::fire<site_kind::unembed_out>(hooks, -1, final_ctx, [&] { return logits; });
     cache.advance(s.positions);
 }

@@ -119,16 +119,29 @@ public:
         bind();
     }
     /// A copy of `weights` (converted to T), which must have the shapes `config` implies (throws shape_error
-    /// otherwise).
+    /// otherwise). A quantised matrix kept as blocks is decoded row by row straight into the copy, without the float
+    /// copy transformer::weights() would make.
     basic_model_parameters(const model_config& config, const model_weights& weights) : basic_model_parameters(config) {
         validate_weights(config, weights);
+        std::vector<float> row;
         for_each_view(*this, [&](parameter_id id, index_t block, auto destination) {
             if (id == parameter_id::unembed && config.tied_unembed) return;
             const auto source = view_of(weights, id, block);
             if (source.size() == 0) return;
             if (!source.is_contiguous()) throw shape_error("model_parameters: weights must be contiguous");
-            std::transform(source.data(), source.data() + source.size(), destination.data(),
-                           [](float x) { return static_cast<T>(x); });
+            const auto convert = [](float x) { return static_cast<T>(x); };
+            if constexpr (std::remove_cvref_t<decltype(source)>::rank == 2) {
+                if (const auto blocks = encoded_blocks_of(weights, source)) {
+                    row.resize(static_cast<std::size_t>(source.extent(1)));
+                    for (index_t r = 0; r < source.extent(0); ++r) {
+                        kernels::decode_encoded_rows(*blocks, r, 1, row.data());
+                        std::transform(row.begin(), row.end(), destination.data() + r * source.extent(1), convert);
+                    }
+                    return;
+                }
+            }
+            const auto& floats = readable(weights, source);
+            std::transform(floats.data(), floats.data() + floats.size(), destination.data(), convert);
         });
     }
     /// Deep copy.

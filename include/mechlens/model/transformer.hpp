@@ -26,8 +26,16 @@ public:
 
     /// Hyper-parameters.
     [[nodiscard]] const model_config& config() const noexcept { return config_; }
-    /// Weight views.
-    [[nodiscard]] const model_weights& weights() const noexcept { return weights_; }
+    /// Weight views, every one readable: the first call decodes the floats of quantised matrices that the loader
+    /// kept as blocks only (see decoded_on_demand; costs their float size in memory). Thread-safe.
+    [[nodiscard]] const model_weights& weights() const {
+        decode_all_floats(weights_);
+        return weights_;
+    }
+    /// Weight views as stored, without decoding anything: the forward passes read these, multiplying quantised
+    /// matrices by their blocks. A quantised matrix's float view may not be readable yet: read floats through
+    /// weights(), or readable(stored_weights(), view) for one matrix.
+    [[nodiscard]] const model_weights& stored_weights() const noexcept { return weights_; }
     /// Rotary cos/sin tables, (n_ctx, rotary_dim / 2) each; empty with learned positions.
     [[nodiscard]] const kernels::rope_tables& rope() const noexcept { return rope_; }
 

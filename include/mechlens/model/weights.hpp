@@ -11,6 +11,7 @@
 
 #include "mechlens/kernels/encoded_matmul.hpp"
 #include "mechlens/model/config.hpp"
+#include "mechlens/model/decoded_on_demand.hpp"
 #include "mechlens/model/parameter_table.hpp"
 #include "mechlens/tensor/view.hpp"
 
@@ -105,10 +106,27 @@ struct model_weights {
     /// Keeps the memory behind the views alive (mapped file, converted F16 tensors, ...).
     std::shared_ptr<const void> storage;
     /// Matrices whose file also keeps them as quantised blocks (Q8_0, Q4_K, Q6_K), each tied to the decoded floats
-    /// it stands for; the blocks live in `storage`'s mapping. A decode step multiplies by these instead of the
+    /// it stands for; the blocks live in `storage`'s mapping. The forward passes multiply by these instead of the
     /// floats, with the same bits (kernels/encoded_matmul.hpp). Empty for weights that have no such blocks.
     std::vector<kernels::encoded_matrix> encoded;
+    /// Where the floats of the encoded matrices are decoded when first needed (null when every view is readable
+    /// as loaded): until decode_all_floats() or readable() asks, those views must not be read.
+    std::shared_ptr<const decoded_on_demand> on_demand;
 };
+
+/// Makes every float view of `weights` readable: decodes each encoded matrix whose floats are still held on demand
+/// (once, thread-safe; transformer::weights() calls this). Throws std::bad_alloc when memory runs out.
+inline void decode_all_floats(const model_weights& weights) {
+    if (weights.on_demand != nullptr) weights.on_demand->decode_all();
+}
+
+/// `view`, a view of `weights`, once readable: decodes the one encoded matrix it lies in when that matrix's floats
+/// are still held on demand, and nothing else.
+template <class View>
+const View& readable(const model_weights& weights, const View& view) {
+    if (weights.on_demand != nullptr && view.size() > 0) weights.on_demand->decode_containing(view.data());
+    return view;
+}
 
 /// The blocks of `w` when `weights` keeps `w`'s floats (or a range of their rows) as encoded blocks, else nothing.
 /// Matches by address: a view of other floats, even equal ones, has no blocks.

@@ -41,6 +41,10 @@ int run(arguments& args) {
     if (!c.causal()) std::printf("attention   bidirectional\n");
     if (c.vocab_out() != c.d_vocab) std::printf("d_vocab_out %td\n", c.vocab_out());
     std::printf("parameters  %td\n", mechlens::layout_size(mechlens::parameter_layout(c)));
+    // Quantised matrices multiplied from their blocks: what their floats would cost if a pass decoded them.
+    if (const auto& on_demand = model.stored_weights().on_demand; on_demand != nullptr)
+        std::printf("as blocks   %zu matrices (Q8_0, Q4_K, Q6_K); their floats, %.1f MB, decoded only when read\n",
+                    on_demand->size(), static_cast<double>(on_demand->reserved_bytes()) / 1e6);
     return 0;
 }
 

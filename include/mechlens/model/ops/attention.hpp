@@ -124,7 +124,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
                    const forward_shape& s, workspace& ws, tensor_view<float, 2> out) {
     const model_config& c = model.config();
     const auto mixed = ws.mixed.matrix(s.rows(), c.n_heads * c.d_head());  // (batch * pos, n_heads * d_head)
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     if constexpr (Policy::wants(site_kind::attn_result)) {
         const index_t heads = c.n_heads, d_head = c.d_head(), d = c.d_model;
         ws.head_result.reserve(s.rows() * heads * d);
@@ -132,7 +132,9 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         for (index_t h = 0; h < heads; ++h) {
             const tensor_view<const float, 2> z_h(&mixed(0, h * d_head), {s.rows(), d_head},
                                                   {heads * d_head, 1});          // (batch * pos, d_head)
-            const auto w_h = w.w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
+            // A head's columns of W_O cut across quantised blocks: its floats are decoded for this (once).
+            const auto w_o = readable(model.stored_weights(), w.w_o);      // (d_model, n_heads * d_head)
+            const auto w_h = w_o.slice(1, h * d_head, (h + 1) * d_head);       // (d_model, d_head)
             kernels::linear(z_h, w_h, tensor_view<float, 2>(&result(0, 0, h, 0), {s.rows(), d}, {heads * d, 1}));
         }
         fire<site_kind::attn_result>(policy, layer, ctx, [&] { return result; });
@@ -144,7 +146,7 @@ void project_heads(Policy& policy, index_t layer, const hook_context& ctx, const
         }
     } else {
         (void)policy, (void)ctx;
-        project(model.weights(), mixed, w.w_o, w.b_o, out);
+        project(model.stored_weights(), mixed, w.w_o, w.b_o, out);
     }
 }
 
@@ -155,14 +157,14 @@ void attention_step(Policy& policy, index_t layer, const hook_context& ctx, cons
                     const forward_shape& s, tensor_view<const float, 2> in, kv_cache& cache, workspace& ws,
                     tensor_view<float, 2> out) {
     const model_config& c = model.config();
-    const layer_weights& w = model.weights().layers[static_cast<std::size_t>(layer)];
+    const layer_weights& w = model.stored_weights().layers[static_cast<std::size_t>(layer)];
     const index_t rows = s.rows(), d_head = c.d_head();
     const auto queries = ws.queries.matrix(rows, c.n_heads * d_head);           // (batch * pos, n_heads * d_head)
     const auto new_keys = ws.new_keys.matrix(rows, c.n_kv_heads * d_head);      // (batch * pos, n_kv_heads * d_head)
     const auto new_values = ws.new_values.matrix(rows, c.n_kv_heads * d_head);  // (batch * pos, n_kv_heads * d_head)
-    project(model.weights(), in, w.w_q, w.b_q, queries);
-    project(model.weights(), in, w.w_k, w.b_k, new_keys);
-    project(model.weights(), in, w.w_v, w.b_v, new_values);
+    project(model.stored_weights(), in, w.w_q, w.b_q, queries);
+    project(model.stored_weights(), in, w.w_k, w.b_k, new_keys);
+    project(model.stored_weights(), in, w.w_v, w.b_v, new_values);
     fire<site_kind::attn_q>(policy, layer, ctx, [&] { return as_heads(queries, s, c.n_heads); });
     fire<site_kind::attn_k>(policy, layer, ctx, [&] { return as_heads(new_keys, s, c.n_kv_heads); });
     fire<site_kind::attn_v>(policy, layer, ctx, [&] { return as_heads(new_values, s, c.n_kv_heads); });

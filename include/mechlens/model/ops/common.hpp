@@ -38,22 +38,17 @@ inline void project(tensor_view<const float, 2> x, tensor_view<const float, 2> w
         kernels::linear(x, w, y);
 }
 
-/// Rows of x up to which a model's linear layers multiply by a matrix's encoded blocks rather than its floats: a
-/// decode step reads a quarter (Q8_0) or less of the bytes, while a prefill, compute-bound, is faster on floats.
-inline constexpr index_t encoded_product_max_rows = 1;
-
 /// y = x w^T (+ bias when the view is not empty) for a weight of `weights`: from w's encoded blocks when `weights`
-/// keeps them and x has at most encoded_product_max_rows rows, else from its floats. The same bits either way.
+/// keeps them (a quantised file's matrices, whose floats need never be decoded; kernels::encoded_linear), else from
+/// its floats. The same bits either way.
 inline void project(const model_weights& weights, tensor_view<const float, 2> x, tensor_view<const float, 2> w,
                     tensor_view<const float, 1> bias, tensor_view<float, 2> y) {
-    if (x.extent(0) <= encoded_product_max_rows) {
-        if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
-            if (bias.size() > 0)
-                kernels::encoded_linear(x, *blocks, bias, y);
-            else
-                kernels::encoded_linear(x, *blocks, y);
-            return;
-        }
+    if (const auto blocks = encoded_blocks_of(weights, w)) {  // its extents are w's
+        if (bias.size() > 0)
+            kernels::encoded_linear(x, *blocks, bias, y);
+        else
+            kernels::encoded_linear(x, *blocks, y);
+        return;
     }
     project(x, w, bias, y);
 }
