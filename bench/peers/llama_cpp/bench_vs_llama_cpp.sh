@@ -24,6 +24,11 @@ bench=${MECHLENS_BENCH_MODEL:-$repo/build-bench/bench/mechlens_bench_model}
 work=${BENCH_WORK:-/tmp/mechlens_vs_llama_cpp}
 pytorch=${PYTORCH:-1}
 [ "$pytorch" = 0 ] || /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "no torch in /usr/bin/python3: no PyTorch column"; pytorch=0; }
+# Debian's torch multiplies through the system BLAS: the reference BLAS (libblas3 alone) is 20-40 times slower than
+# OpenBLAS, which would make the PyTorch column meaningless.
+if [ "$pytorch" != 0 ] && readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null | grep -q '/blas/libblas'; then
+    echo "warning: the system BLAS is the reference BLAS; install libopenblas0-pthread for a fair PyTorch column"
+fi
 mkdir -p "$work"
 for tool in "$mechlens" "$bench"; do [ -x "$tool" ] || { echo "missing $tool (make build; cmake --preset bench && cmake --build --preset bench --target mechlens_bench_model)"; exit 1; }; done
 if [ ! -x "$llama/build/bin/llama-bench" ] || [ ! -x "$llama/build/bin/llama-quantize" ]; then
