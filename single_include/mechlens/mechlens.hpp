@@ -17243,10 +17243,12 @@ private:
         const auto unembed_in = final_norm_span(*model_, answer_span, final_rows, ws_, policy);  // (batch, d_model)
         logits_.reserve(batch * c.vocab_out());
         const auto logit_rows = logits_.matrix(batch, c.vocab_out());  // (batch, d_vocab_out)
-        const auto unembed = model_->weights().unembed;                // (d_vocab_out, d_model)
-        const auto unembed_bias = model_->weights().unembed_bias;      // (d_vocab_out) or empty
+        // As stored: a quantised unembedding is multiplied by its blocks (rows of it too), never decoded.
+        const model_weights& stored = model_->stored_weights();
+        const auto unembed = stored.unembed;                           // (d_vocab_out, d_model)
+        const auto unembed_bias = stored.unembed_bias;                 // (d_vocab_out) or empty
         if (metric_.kind == answer_kind::log_prob) {
-            detail::project(unembed_in, unembed, unembed_bias, logit_rows);
+            detail::project(stored, unembed_in, unembed, unembed_bias, logit_rows);
         } else {
             // Only the answer tokens' logits: the same numbers the full product gives (each output element is
             // reduced in one fixed order), without streaming the whole unembedding once per batch.
@@ -17255,7 +17257,7 @@ private:
                 for (const std::int32_t token :
                      {metric_.correct[prompt], metric_.kind == answer_kind::logit_diff ? metric_.wrong[prompt]
                                                                                        : metric_.correct[prompt]})
-                    detail::project(unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
+                    detail::project(stored, unembed_in.slice(0, b, b + 1), unembed.slice(0, token, token + 1),
                                     unembed_bias.size() > 0 ? unembed_bias.slice(0, token, token + 1) : unembed_bias,
                                     logit_rows.slice(0, b, b + 1).slice(1, token, token + 1));
             }

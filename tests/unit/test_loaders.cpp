@@ -1616,6 +1616,14 @@ TEST_CASE("loaders: a quantised model's floats are decoded only when something r
     const auto story = mechlens::generate(model, prompt, options, [](std::int32_t) {});
     CHECK(story.size() == 8u);
     const mechlens::model_parameters copy(c, model.stored_weights());
+    // An activation-patching sweep with a logit-difference metric: its answer logits come from the unembedding's
+    // blocks (rows of it), not from decoded floats.
+    const std::vector<std::int32_t> corrupt_prompt{1, 403, 407, 261, 300};
+    const mechlens::tensor_view<const std::int32_t, 2> corrupt(corrupt_prompt.data(), {1, 5});
+    mechlens::activation_patcher patcher(model, batch, corrupt,
+                                         mechlens::answer_metric::logit_difference({story[0]}, {story[1]}));
+    const mechlens::patching_table swept =
+        patcher.sweep(mechlens::patching_grid::by_layer_position(mechlens::site_kind::resid_pre));
     CHECK(on_demand.decoded_bytes() == 0u);
 
     // weights() decodes them all, to the dequantizer's floats; a transformer on the copy gives the same logits.
@@ -1632,6 +1640,13 @@ TEST_CASE("loaders: a quantised model's floats are decoded only when something r
     CHECK(std::memcmp(copied_embedding.data(), expected.data(), expected.size() * sizeof(float)) == 0);
     const mechlens::transformer copied(mechlens::loaded_model{c, copy.weights()});
     const auto from_copy = mechlens::forward_logits(copied, batch);
+    mechlens::activation_patcher copied_patcher(copied, batch, corrupt,
+                                                mechlens::answer_metric::logit_difference({story[0]}, {story[1]}));
+    const mechlens::patching_table copied_swept =
+        copied_patcher.sweep(mechlens::patching_grid::by_layer_position(mechlens::site_kind::resid_pre));
+    CHECK(copied_swept.raw.size() == swept.raw.size());
+    CHECK(std::memcmp(copied_swept.raw.data(), swept.raw.data(),
+                      static_cast<std::size_t>(swept.raw.size()) * sizeof(float)) == 0);
     REQUIRE(from_copy.size() == prefill.size());
     CHECK(std::memcmp(from_copy.data(), prefill.data(), static_cast<std::size_t>(prefill.size()) * sizeof(float)) == 0);
 }
