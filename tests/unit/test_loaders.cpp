@@ -1625,6 +1625,11 @@ TEST_CASE("loaders: a quantised model's floats are decoded only when something r
     const mechlens::patching_table swept =
         patcher.sweep(mechlens::patching_grid::by_layer_position(mechlens::site_kind::resid_pre));
     CHECK(on_demand.decoded_bytes() == 0u);
+    // The logit lens reads W_U element by element, as floats: that one matrix is decoded, and nothing else.
+    mechlens::tensor<float, 3> resid({1, 1, c.d_model});
+    resid.fill(0.5f);
+    (void)mechlens::unembed_residual(model, resid.view());
+    CHECK(on_demand.decoded_bytes() == static_cast<std::size_t>(c.vocab_out() * c.d_model) * sizeof(float));
 
     // weights() decodes them all, to the dequantizer's floats; a transformer on the copy gives the same logits.
     const mechlens::model_weights& floats = model.weights();

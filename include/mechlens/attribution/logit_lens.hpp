@@ -62,7 +62,9 @@ inline double final_norm_divisor(const model_config& c, const float* row) {
 /// (batch, pos, d_vocab). Accumulates in double.
 inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<const float, 3> resid) {
     const model_config& c = model.config();
-    const model_weights& weights = model.weights();  // read element by element: decoded floats
+    // Read element by element as floats: of the matrices, only W_U (and W_O below) is decoded when quantised.
+    const model_weights& weights = model.stored_weights();
+    const tensor_view<const float, 2> unembed = readable(weights, weights.unembed);  // (d_vocab_out, d_model)
     if (resid.extent(2) != c.d_model)
         throw shape_error("unembed_residual: the residual has width " + std::to_string(resid.extent(2)) +
                           ", the model d_model " + std::to_string(c.d_model));
@@ -82,7 +84,7 @@ inline tensor<float, 3> unembed_residual(const transformer& model, tensor_view<c
             for (index_t v = 0; v < c.vocab_out(); ++v) {
                 double dot = c.linear_biases ? static_cast<double>(weights.unembed_bias(v)) : 0.0;
                 for (index_t i = 0; i < c.d_model; ++i)
-                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(weights.unembed(v, i));
+                    dot += normed[static_cast<std::size_t>(i)] * static_cast<double>(unembed(v, i));
                 logits(b, p, v) = static_cast<float>(dot);
             }
         }
@@ -155,7 +157,9 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
                                                   index_t batch, index_t position, std::int32_t token,
                                                   std::optional<std::int32_t> other = std::nullopt) {
     const model_config& c = model.config();
-    const model_weights& weights = model.weights();  // read element by element: decoded floats
+    // Read element by element as floats: of the matrices, only W_U (and W_O below) is decoded when quantised.
+    const model_weights& weights = model.stored_weights();
+    const tensor_view<const float, 2> unembed = readable(weights, weights.unembed);  // (d_vocab_out, d_model)
     const char* who = "direct_logit_attribution";
     for (const std::int32_t t : {token, other.value_or(token)})
         if (t < 0 || t >= c.vocab_out())
@@ -173,8 +177,8 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
             detail::required(cache, site{site_kind::ln_final_scale, -1}, who).view<3>()(batch, position, 0));
     std::vector<double> direction(static_cast<std::size_t>(c.d_model));
     for (index_t i = 0; i < c.d_model; ++i) {
-        double u = static_cast<double>(weights.unembed(token, i));
-        if (other) u -= static_cast<double>(weights.unembed(*other, i));
+        double u = static_cast<double>(unembed(token, i));
+        if (other) u -= static_cast<double>(unembed(*other, i));
         const double gain = c.has_norm() ? static_cast<double>(weights.final_norm(i)) : 1.0;
         direction[static_cast<std::size_t>(i)] = u * gain / scale;
     }
@@ -187,8 +191,8 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
         mean /= static_cast<double>(c.d_model);
         for (double& v : direction) v -= mean;
         for (index_t i = 0; i < c.d_model; ++i) {
-            double u = static_cast<double>(weights.unembed(token, i));
-            if (other) u -= static_cast<double>(weights.unembed(*other, i));
+            double u = static_cast<double>(unembed(token, i));
+            if (other) u -= static_cast<double>(unembed(*other, i));
             bias_term += u * static_cast<double>(weights.final_norm_bias(i));
         }
     }
@@ -217,7 +221,8 @@ inline logit_attribution direct_logit_attribution(const transformer& model, cons
     for (index_t layer = 0; layer < c.n_layers; ++layer) {
         const auto z =
             detail::required(cache, site{site_kind::attn_z, layer}, who).view<4>();     // (b, pos, head, d_head)
-        const auto& w_o = weights.layers[static_cast<std::size_t>(layer)].w_o;  // (d_model, heads * d_head)
+        const auto& layer_w_o = weights.layers[static_cast<std::size_t>(layer)].w_o;
+        const auto& w_o = readable(weights, layer_w_o);  // (d_model, heads * d_head)
         for (index_t h = 0; h < c.n_heads; ++h) {
             double value = 0.0;  // direction . (W_O,h z_h)
             for (index_t i = 0; i < c.d_model; ++i) {
