@@ -61,8 +61,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             for (const float x : values) seen += x == 0.0f ? 1u : 0u;
             // The products' decoder (kernels/encoded_matmul.hpp) gives the same floats from the same blocks, NaN for
             // NaN (whose payload the two may carry differently).
-            if (const auto format = encoded_format(t.type); format && t.dims.size() == 2 &&
-                                                           t.dims[0] % mechlens::kernels::block_elements(*format) == 0) {
+            const auto format = encoded_format(t.type);
+            if (format && t.dims.size() == 2 &&
+                t.dims[0] % static_cast<std::uint64_t>(mechlens::kernels::block_elements(*format)) == 0) {
                 const auto depth = static_cast<mechlens::index_t>(t.dims[0]);
                 const mechlens::kernels::encoded_matrix m{
                     nullptr, bytes, *format, static_cast<mechlens::index_t>(t.dims[1]), depth,
