@@ -396,6 +396,35 @@ std::vector<std::byte> random_weight_blocks(kn::block_format format, index_t out
     return bytes;
 }
 
+/// Times y = x w^T over the benchmark's iterations for random x (rows, depth) and w (outputs, depth), w as F32
+/// (format < 0, kernels::linear) or as random blocks of block_format `format` (kernels::encoded_linear). Returns the
+/// bytes of w.
+double time_product(benchmark::State& state, std::int64_t format, index_t rows, index_t depth, index_t outputs) {
+    mechlens::tensor<float, 2> x({rows, depth}), y({rows, outputs});
+    const auto xv = random_vector(rows * depth, -1.0f, 1.0f, 6);
+    std::copy(xv.begin(), xv.end(), x.data());
+    const auto timed = [&](auto&& product) {
+        for (auto _ : state) {
+            product();
+            benchmark::DoNotOptimize(y.data());
+            benchmark::ClobberMemory();
+        }
+    };
+    if (format < 0) {
+        mechlens::tensor<float, 2> w({outputs, depth});
+        const auto wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
+        std::copy(wv.begin(), wv.end(), w.data());
+        timed([&] { kn::linear(x, w, y); });
+        return static_cast<double>(w.size()) * sizeof(float);
+    }
+    const auto layout = static_cast<kn::block_format>(format);
+    const std::vector<std::byte> blocks = random_weight_blocks(layout, outputs, depth);
+    const kn::encoded_matrix m{nullptr, blocks.data(), layout, outputs, depth,
+                               blocks.size() / static_cast<std::size_t>(outputs)};
+    timed([&] { kn::encoded_linear(x, m, y); });
+    return static_cast<double>(blocks.size());
+}
+
 /// One decode-step product y = x w^T for a single row x (depth 768) and w (outputs, 768) as F32 (format -1) or as
 /// the blocks of a Q8_0 (0), Q4_K (1) or Q6_K (2) matrix (args: format, outputs, threads). Reports the weight bytes
 /// read per second and of_bandwidth, that rate over the measured single-core read bandwidth (131,072 outputs: 57 MB
@@ -403,32 +432,7 @@ std::vector<std::byte> random_weight_blocks(kn::block_format format, index_t out
 void bm_gemv(benchmark::State& state) {
     const index_t depth = 768, outputs = state.range(1);
     const int previous_threads = use_threads(static_cast<int>(state.range(2)));
-    mechlens::tensor<float, 2> x({1, depth}), y({1, outputs});
-    const auto xv = random_vector(depth, -1.0f, 1.0f, 6);
-    std::copy(xv.begin(), xv.end(), x.data());
-    double weight_bytes = 0.0;
-    if (state.range(0) < 0) {
-        mechlens::tensor<float, 2> w({outputs, depth});
-        const auto wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
-        std::copy(wv.begin(), wv.end(), w.data());
-        for (auto _ : state) {
-            kn::linear(x, w, y);
-            benchmark::DoNotOptimize(y.data());
-            benchmark::ClobberMemory();
-        }
-        weight_bytes = static_cast<double>(w.size()) * sizeof(float);
-    } else {
-        const auto format = static_cast<kn::block_format>(state.range(0));
-        const std::vector<std::byte> blocks = random_weight_blocks(format, outputs, depth);
-        const kn::encoded_matrix m{nullptr, blocks.data(), format, outputs, depth,
-                                   blocks.size() / static_cast<std::size_t>(outputs)};
-        for (auto _ : state) {
-            kn::encoded_linear(x, m, y);
-            benchmark::DoNotOptimize(y.data());
-            benchmark::ClobberMemory();
-        }
-        weight_bytes = static_cast<double>(blocks.size());
-    }
+    const double weight_bytes = time_product(state, state.range(0), 1, depth, outputs);
     state.counters["weights_per_s"] = benchmark::Counter(static_cast<double>(outputs * depth),
                                                          benchmark::Counter::kIsIterationInvariantRate);
     state.counters["weight_bytes_per_s"] =
@@ -451,29 +455,7 @@ BENCHMARK(bm_gemv)
 void bm_encoded_gemm(benchmark::State& state) {
     const index_t rows = 128, depth = 768, outputs = state.range(1);
     const int previous_threads = use_threads(static_cast<int>(state.range(2)));
-    mechlens::tensor<float, 2> x({rows, depth}), y({rows, outputs});
-    const auto xv = random_vector(rows * depth, -1.0f, 1.0f, 6);
-    std::copy(xv.begin(), xv.end(), x.data());
-    if (state.range(0) < 0) {
-        mechlens::tensor<float, 2> w({outputs, depth});
-        const auto wv = random_vector(outputs * depth, -1.0f, 1.0f, 7);
-        std::copy(wv.begin(), wv.end(), w.data());
-        for (auto _ : state) {
-            kn::linear(x, w, y);
-            benchmark::DoNotOptimize(y.data());
-            benchmark::ClobberMemory();
-        }
-    } else {
-        const auto format = static_cast<kn::block_format>(state.range(0));
-        const std::vector<std::byte> blocks = random_weight_blocks(format, outputs, depth);
-        const kn::encoded_matrix m{nullptr, blocks.data(), format, outputs, depth,
-                                   blocks.size() / static_cast<std::size_t>(outputs)};
-        for (auto _ : state) {
-            kn::encoded_linear(x, m, y);
-            benchmark::DoNotOptimize(y.data());
-            benchmark::ClobberMemory();
-        }
-    }
+    (void)time_product(state, state.range(0), rows, depth, outputs);
     const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(depth) * static_cast<double>(outputs);
     state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["of_peak"] = benchmark::Counter(flops / peak_flops, benchmark::Counter::kIsIterationInvariantRate);

@@ -12226,6 +12226,29 @@ inline std::string spaces_from_u2581(std::string_view piece) {
     return out;
 }
 
+/// The tensor `t` of `g` as a matrix of the blocks kernels::encoded_linear multiplies by (Q8_0, Q4_K or Q6_K, two
+/// dims, whole blocks per row), else nothing. The blocks stay in the file's mapping; `decoded` is left null.
+inline std::optional<kernels::encoded_matrix> gguf_encoded_matrix(const gguf_file& g, const gguf_tensor_info& t) {
+    kernels::block_format format{};
+    if (t.type == ggml_type::q8_0)
+        format = kernels::block_format::q8_0;
+    else if (t.type == ggml_type::q4_k)
+        format = kernels::block_format::q4_k;
+    else if (t.type == ggml_type::q6_k)
+        format = kernels::block_format::q6_k;
+    else
+        return std::nullopt;
+    if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0)
+        return std::nullopt;
+    kernels::encoded_matrix m;
+    m.blocks = g.tensor_data(t);
+    m.format = format;
+    m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
+    m.depth = static_cast<index_t>(t.dims[0]);
+    m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
+    return m;
+}
+
 /// Builds weight views for the tensors of one GGUF file, checking each tensor's shape and type.
 class gguf_weight_reader {
 public:
@@ -12286,7 +12309,7 @@ private:
             out = builder_.f32(g_.tensor_data(t), count);
         else if (t.type == ggml_type::f16)
             out = builder_.f16(g_.tensor_data(t), count);
-        else if (std::optional<kernels::encoded_matrix> blocks = encoded_blocks(t)) {
+        else if (std::optional<kernels::encoded_matrix> blocks = gguf_encoded_matrix(g_, t)) {
             builder_.on_demand(*blocks);  // the products read the blocks; the floats are decoded only when read
             out = blocks->decoded;
             encoded_.push_back(*blocks);
@@ -12300,29 +12323,6 @@ private:
         }
         converted_.emplace(t.name, out);
         return out;
-    }
-
-    /// The blocks of a matrix stored as Q8_0, Q4_K or Q6_K (the layouts kernels::encoded_linear reads), else
-    /// nothing; they stay in the file's mapping, which the weights' storage keeps alive.
-    std::optional<kernels::encoded_matrix> encoded_blocks(const gguf_tensor_info& t) const {
-        kernels::block_format format{};
-        if (t.type == ggml_type::q8_0)
-            format = kernels::block_format::q8_0;
-        else if (t.type == ggml_type::q4_k)
-            format = kernels::block_format::q4_k;
-        else if (t.type == ggml_type::q6_k)
-            format = kernels::block_format::q6_k;
-        else
-            return std::nullopt;
-        if (t.dims.size() != 2 || t.dims[0] % static_cast<std::uint64_t>(kernels::block_elements(format)) != 0)
-            return std::nullopt;
-        kernels::encoded_matrix m;
-        m.blocks = g_.tensor_data(t);
-        m.format = format;
-        m.rows = static_cast<index_t>(t.dims[1]);  // t.n_elements, the product, is bounded by the file size
-        m.depth = static_cast<index_t>(t.dims[0]);
-        m.row_bytes = static_cast<std::size_t>(m.depth / kernels::block_elements(format)) * kernels::block_bytes(format);
-        return m;
     }
 
     const gguf_file& g_;

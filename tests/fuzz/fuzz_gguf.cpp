@@ -13,7 +13,6 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -25,14 +24,6 @@ std::size_t walk(const mechlens::gguf_value& v) {
     if (const auto* a = v.as_array())
         for (const mechlens::gguf_value& e : *a) n += walk(e);
     return n;
-}
-
-/// The encoded-product layout of a GGUF type, if it has one.
-std::optional<mechlens::kernels::block_format> encoded_format(mechlens::ggml_type type) {
-    if (type == mechlens::ggml_type::q8_0) return mechlens::kernels::block_format::q8_0;
-    if (type == mechlens::ggml_type::q4_k) return mechlens::kernels::block_format::q4_k;
-    if (type == mechlens::ggml_type::q6_k) return mechlens::kernels::block_format::q6_k;
-    return std::nullopt;
 }
 
 }  // namespace
@@ -61,16 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             for (const float x : values) seen += x == 0.0f ? 1u : 0u;
             // The products' decoder (kernels/encoded_matmul.hpp) gives the same floats from the same blocks, NaN for
             // NaN (whose payload the two may carry differently).
-            const auto format = encoded_format(t.type);
-            if (format && t.dims.size() == 2 &&
-                t.dims[0] % static_cast<std::uint64_t>(mechlens::kernels::block_elements(*format)) == 0) {
-                const auto depth = static_cast<mechlens::index_t>(t.dims[0]);
-                const mechlens::kernels::encoded_matrix m{
-                    nullptr, bytes, *format, static_cast<mechlens::index_t>(t.dims[1]), depth,
-                    static_cast<std::size_t>(depth / mechlens::kernels::block_elements(*format)) *
-                        mechlens::kernels::block_bytes(*format)};
+            if (const auto m = mechlens::detail::gguf_encoded_matrix(*g, t)) {
                 std::vector<float> again(values.size());
-                mechlens::kernels::decode_encoded_rows(m, 0, m.rows, again.data());
+                mechlens::kernels::decode_encoded_rows(*m, 0, m->rows, again.data());
                 for (std::size_t i = 0; i < values.size(); ++i)
                     if (std::isnan(values[i]) ? !std::isnan(again[i])
                                               : std::memcmp(&values[i], &again[i], sizeof(float)) != 0)

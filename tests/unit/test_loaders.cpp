@@ -44,6 +44,14 @@ fs::path write_scratch(const std::string& name, const std::string& bytes) {
     return p;
 }
 
+/// The GGUF model `f32` written as Q8_0 by quantize_gguf to the scratch file "loaders_" + name (replaced if there).
+fs::path quantised_scratch(const fs::path& f32, const std::string& name) {
+    const fs::path p = mechlens_test::scratch_dir() / ("loaders_" + name);
+    fs::remove(p);
+    (void)mechlens::quantize_gguf(f32, p);
+    return p;
+}
+
 template <class T>
 T get_raw(const std::string& bytes, std::size_t offset) {
     T v{};
@@ -1488,9 +1496,7 @@ TEST_CASE("loaders: a Q8_0 model decodes from its blocks with the bits of its de
           "[loaders][quant]") {
     const fs::path f32_path = mechlens_test::model_file("stories260K/stories260K.gguf");
     MECHLENS_REQUIRE_FILE_OR_SKIP(f32_path);
-    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_stories260K_q8_0_blocks.gguf";
-    fs::remove(q8_path);
-    (void)mechlens::quantize_gguf(f32_path, q8_path);
+    const fs::path q8_path = quantised_scratch(f32_path, "stories260K_q8_0_blocks.gguf");
     mechlens::loaded_model loaded = mechlens::load_model(q8_path);
     // Every Q8_0 matrix keeps its blocks: token_embd, output, and per layer wq, wk, wv, wo, w1, w3 (w2 is F16).
     REQUIRE(loaded.weights.encoded.size() == 32u);
@@ -1594,9 +1600,7 @@ TEST_CASE("loaders: a quantised model's floats are decoded only when something r
           "[loaders][quant]") {
     const fs::path f32_path = mechlens_test::model_file("stories260K/stories260K.gguf");
     MECHLENS_REQUIRE_FILE_OR_SKIP(f32_path);
-    const fs::path q8_path = mechlens_test::scratch_dir() / "loaders_stories260K_q8_0_on_demand.gguf";
-    fs::remove(q8_path);
-    (void)mechlens::quantize_gguf(f32_path, q8_path);
+    const fs::path q8_path = quantised_scratch(f32_path, "stories260K_q8_0_on_demand.gguf");
     const mechlens::transformer model(mechlens::load_model(q8_path));
     const mechlens::decoded_on_demand& on_demand = *model.stored_weights().on_demand;
     REQUIRE(on_demand.size() == 32u);  // token_embd, output, and per layer wq, wk, wv, wo, w1, w3
